@@ -1,0 +1,47 @@
+/* Element types and scalar conversions (bf16/f16 <-> f32). Inline so kernels can use them in
+ * inner loops; the compiler vectorises the bf16 shift and uses F16C for f16 where available. */
+#ifndef AV_DTYPE_H
+#define AV_DTYPE_H
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef enum { AV_F32 = 0, AV_F16, AV_BF16, AV_I32, AV_I64, AV_U8, AV_I8, AV_U32, AV_F64, AV_BOOL, AV_DTYPE_COUNT } av_dtype;
+
+static inline size_t av_dtype_size(av_dtype t) {
+    static const size_t sz[AV_DTYPE_COUNT] = {4, 2, 2, 4, 8, 1, 1, 4, 8, 1};
+    return sz[t];
+}
+const char *av_dtype_name(av_dtype t);          /* "F32", "BF16", ... (safetensors spelling) */
+int av_dtype_parse(const char *s, av_dtype *out); /* 0 on success */
+
+static inline float av_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint16_t av_f32_to_bf16(float f) { /* round to nearest even, NaN kept NaN */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static inline float av_f16_to_f32(uint16_t h) {
+    _Float16 f;
+    memcpy(&f, &h, 2);
+    return (float)f;
+}
+static inline uint16_t av_f32_to_f16(float f) {
+    _Float16 h = (_Float16)f;
+    uint16_t u;
+    memcpy(&u, &h, 2);
+    return u;
+}
+/* Converts n elements of `src` (f32/f16/bf16) to f32. */
+void av_convert_to_f32(float *dst, const void *src, av_dtype t, size_t n);
+/* Converts n f32 values to `t` (f32/f16/bf16). */
+void av_convert_from_f32(void *dst, av_dtype t, const float *src, size_t n);
+
+#endif

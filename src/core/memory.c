@@ -1,0 +1,160 @@
+/* mmap, file helpers, atomic writes, tracked allocation and peak memory. */
+#include "core/memory.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+av_status av_file_map(av_mapped_file *m, const char *path) {
+    m->data = NULL;
+    m->size = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return av_fail(AV_ERR_IO, "%s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return av_fail(AV_ERR_IO, "%s: not a regular file", path);
+    }
+    m->size = (size_t)st.st_size;
+    if (m->size == 0) { close(fd); return av_fail(AV_ERR_FORMAT, "%s: file is empty", path); }
+    m->data = mmap(NULL, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m->data == MAP_FAILED) {
+        m->data = NULL;
+        return av_fail(AV_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+    }
+    return AV_OK;
+}
+
+void av_file_unmap(av_mapped_file *m) {
+    if (m->data) munmap(m->data, m->size);
+    m->data = NULL;
+    m->size = 0;
+}
+
+av_status av_file_read(const char *path, char **out, size_t *len) {
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return av_fail(AV_ERR_IO, "%s: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf) { fclose(f); return av_fail(AV_ERR_NOMEM, "%s: out of memory reading file", path); }
+        n += fread(buf + n, 1, cap - n - 1, f);
+        if (n < cap - 1) break;
+        cap *= 2;
+        char *nb = realloc(buf, cap);
+        if (!nb) free(buf);
+        buf = nb;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) { free(buf); return av_fail(AV_ERR_IO, "%s: read error", path); }
+    buf[n] = 0;
+    *out = buf;
+    if (len) *len = n;
+    return AV_OK;
+}
+
+int av_file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+int av_dir_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+char *av_path_join(char *buf, size_t cap, const char *dir, const char *name) {
+    size_t dl = strlen(dir);
+    if (dl && dir[dl - 1] == '/') snprintf(buf, cap, "%s%s", dir, name);
+    else snprintf(buf, cap, "%s/%s", dir, name);
+    return buf;
+}
+
+av_status av_atomic_open(av_atomic_file *a, const char *path) {
+    snprintf(a->path, sizeof a->path, "%s", path);
+    snprintf(a->tmp, sizeof a->tmp, "%s.tmp.%d", path, (int)getpid());
+    a->f = fopen(a->tmp, "wb");
+    if (!a->f) return av_fail(AV_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    return AV_OK;
+}
+
+av_status av_atomic_commit(av_atomic_file *a) {
+    if (!a->f) return av_fail(AV_ERR_IO, "%s: not open", a->path);
+    int bad = fflush(a->f) != 0 || ferror(a->f);
+    if (!bad) fsync(fileno(a->f));
+    bad |= fclose(a->f) != 0;
+    a->f = NULL;
+    if (bad) { unlink(a->tmp); return av_fail(AV_ERR_IO, "%s: write failed (disk full?)", a->path); }
+    if (rename(a->tmp, a->path) != 0) {
+        int e = errno;
+        unlink(a->tmp);
+        return av_fail(AV_ERR_IO, "%s: rename failed: %s", a->path, strerror(e));
+    }
+    return AV_OK;
+}
+
+void av_atomic_abort(av_atomic_file *a) {
+    if (a->f) fclose(a->f);
+    a->f = NULL;
+    unlink(a->tmp);
+}
+
+av_status av_write_file_atomic(const char *path, const void *data, size_t len) {
+    av_atomic_file a;
+    AV_TRY(av_atomic_open(&a, path));
+    if (len && fwrite(data, 1, len, a.f) != len) {
+        av_atomic_abort(&a);
+        return av_fail(AV_ERR_IO, "%s: write failed", path);
+    }
+    return av_atomic_commit(&a);
+}
+
+static atomic_size_t g_alloc_cur, g_alloc_peak;
+#define AV_HDR 64
+
+void *av_alloc(size_t bytes, const char *what) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes + AV_HDR) != 0 || !p) {
+        av_fail(AV_ERR_NOMEM, "out of memory allocating %zu bytes for %s", bytes, what ? what : "buffer");
+        return NULL;
+    }
+    *(size_t *)p = bytes;
+    size_t cur = atomic_fetch_add(&g_alloc_cur, bytes) + bytes;
+    size_t pk = atomic_load(&g_alloc_peak);
+    while (cur > pk && !atomic_compare_exchange_weak(&g_alloc_peak, &pk, cur)) {}
+    return (char *)p + AV_HDR;
+}
+
+void *av_calloc(size_t bytes, const char *what) {
+    void *p = av_alloc(bytes, what);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+void av_free(void *p) {
+    if (!p) return;
+    char *base = (char *)p - AV_HDR;
+    atomic_fetch_sub(&g_alloc_cur, *(size_t *)base);
+    free(base);
+}
+
+size_t av_mem_peak_alloc(void) { return atomic_load(&g_alloc_peak); }
+
+static size_t read_status_kb(const char *key) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    size_t kb = 0, kl = strlen(key);
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, key, kl)) { kb = strtoull(line + kl, NULL, 10); break; }
+    fclose(f);
+    return kb * 1024;
+}
+size_t av_mem_peak_rss(void) { return read_status_kb("VmHWM:"); }
+size_t av_mem_current_rss(void) { return read_status_kb("VmRSS:"); }

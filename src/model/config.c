@@ -1,0 +1,186 @@
+/* LlamaForCausalLM config parsing. Accepts rope settings at the top level (transformers 4.x:
+ * rope_theta + rope_scaling) or nested (5.x: rope_parameters). */
+#include "model/config.h"
+#include "core/memory.h"
+#include "formats/json.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int supported_arch(const char *a) {
+    return !strcmp(a, "LlamaForCausalLM") || !strcmp(a, "MistralForCausalLM");
+}
+
+static av_status parse_rope(av_config *c, const cJSON *rp, const char *where) {
+    if (!rp) return AV_OK;
+    if (!cJSON_IsObject(rp)) return av_fail(AV_ERR_FORMAT, "%s: rope scaling/parameters must be an object", where);
+    c->rope_theta = av_json_num(rp, "rope_theta", c->rope_theta);
+    const char *t = av_json_str(rp, "rope_type", av_json_str(rp, "type", "default"));
+    if (!strcmp(t, "default")) c->rope_type = AV_ROPE_DEFAULT;
+    else if (!strcmp(t, "linear")) c->rope_type = AV_ROPE_LINEAR;
+    else if (!strcmp(t, "llama3")) c->rope_type = AV_ROPE_LLAMA3;
+    else return av_fail(AV_ERR_UNSUPPORTED, "%s: unsupported rope_type '%s' (supported: default, linear, llama3)", where, t);
+    c->rope_factor = av_json_num(rp, "factor", 1.0);
+    c->rope_low_freq_factor = av_json_num(rp, "low_freq_factor", 1.0);
+    c->rope_high_freq_factor = av_json_num(rp, "high_freq_factor", 4.0);
+    c->rope_original_max_pos = (int)av_json_num(rp, "original_max_position_embeddings", 8192);
+    if (c->rope_type != AV_ROPE_DEFAULT && !(c->rope_factor > 0))
+        return av_fail(AV_ERR_FORMAT, "%s: rope scaling factor must be > 0", where);
+    return AV_OK;
+}
+
+static av_status parse_obj(av_config *c, const cJSON *j, const char *where) {
+    memset(c, 0, sizeof *c);
+    if (!cJSON_IsObject(j)) return av_fail(AV_ERR_FORMAT, "%s: not a JSON object", where);
+    const cJSON *archs = av_json_get(j, "architectures");
+    const char *mt = av_json_str(j, "model_type", NULL);
+    if (cJSON_IsArray(archs) && cJSON_GetArraySize(archs) > 0) {
+        const cJSON *a0 = cJSON_GetArrayItem(archs, 0);
+        if (!cJSON_IsString(a0) || !supported_arch(a0->valuestring))
+            return av_fail(AV_ERR_UNSUPPORTED, "%s: unsupported architecture '%s' (anvil runs LlamaForCausalLM)", where,
+                           cJSON_IsString(a0) ? a0->valuestring : "?");
+    } else if (!mt || (strcmp(mt, "llama") && strcmp(mt, "mistral"))) {
+        return av_fail(AV_ERR_UNSUPPORTED, "%s: unsupported model_type '%s' (anvil runs llama)", where, mt ? mt : "(none)");
+    }
+    const char *act = av_json_str(j, "hidden_act", "silu");
+    if (strcmp(act, "silu")) return av_fail(AV_ERR_UNSUPPORTED, "%s: unsupported hidden_act '%s'", where, act);
+    if (av_json_bool(j, "attention_bias", 0) || av_json_bool(j, "mlp_bias", 0))
+        return av_fail(AV_ERR_UNSUPPORTED, "%s: attention_bias/mlp_bias are not supported", where);
+    struct { const char *key; int *dst; int required; } ints[] = {
+        {"vocab_size", &c->vocab_size, 1}, {"hidden_size", &c->hidden_size, 1},
+        {"intermediate_size", &c->intermediate_size, 1}, {"num_hidden_layers", &c->n_layers, 1},
+        {"num_attention_heads", &c->n_heads, 1}, {"num_key_value_heads", &c->n_kv_heads, 0},
+        {"head_dim", &c->head_dim, 0}, {"max_position_embeddings", &c->max_position_embeddings, 0},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        const cJSON *v = av_json_get(j, ints[i].key);
+        if (!v) {
+            if (ints[i].required) return av_fail(AV_ERR_FORMAT, "%s: missing \"%s\"", where, ints[i].key);
+            continue;
+        }
+        if (!cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > 1e8 || v->valuedouble != floor(v->valuedouble))
+            return av_fail(AV_ERR_FORMAT, "%s: \"%s\" must be a positive integer", where, ints[i].key);
+        *ints[i].dst = (int)v->valuedouble;
+    }
+    if (!c->n_kv_heads) c->n_kv_heads = c->n_heads;
+    if (!c->head_dim) {
+        if (c->hidden_size % c->n_heads) return av_fail(AV_ERR_FORMAT, "%s: hidden_size not divisible by num_attention_heads", where);
+        c->head_dim = c->hidden_size / c->n_heads;
+    }
+    if (c->n_heads % c->n_kv_heads)
+        return av_fail(AV_ERR_FORMAT, "%s: num_attention_heads %d not divisible by num_key_value_heads %d", where, c->n_heads, c->n_kv_heads);
+    if (c->head_dim % 2) return av_fail(AV_ERR_FORMAT, "%s: head_dim must be even", where);
+    if (!c->max_position_embeddings) c->max_position_embeddings = 2048;
+    c->rms_norm_eps = (float)av_json_num(j, "rms_norm_eps", 1e-6);
+    c->tie_word_embeddings = av_json_bool(j, "tie_word_embeddings", 0);
+    c->rope_theta = av_json_num(j, "rope_theta", 10000.0);
+    c->rope_factor = 1.0;
+    AV_TRY(parse_rope(c, av_json_get(j, "rope_scaling"), where));
+    AV_TRY(parse_rope(c, av_json_get(j, "rope_parameters"), where));
+    c->bos_token_id = (int)av_json_num(j, "bos_token_id", -1);
+    const cJSON *eos = av_json_get(j, "eos_token_id");
+    if (cJSON_IsNumber(eos)) c->eos_token_ids[c->n_eos++] = eos->valueint;
+    else if (cJSON_IsArray(eos))
+        for (const cJSON *e = eos->child; e && c->n_eos < AV_MAX_EOS; e = e->next)
+            if (cJSON_IsNumber(e)) c->eos_token_ids[c->n_eos++] = e->valueint;
+    const char *dt = av_json_str(j, "torch_dtype", av_json_str(j, "dtype", "bfloat16"));
+    if (av_dtype_parse(dt, &c->dtype) != 0) c->dtype = AV_BF16;
+    const cJSON *q = av_json_get(j, "quantization");
+    if (q) {
+        c->quant_bits = (int)av_json_num(q, "bits", 0);
+        c->quant_group_size = (int)av_json_num(q, "group_size", 64);
+    }
+    return AV_OK;
+}
+
+av_status av_config_parse(av_config *c, const char *txt, const char *where) {
+    cJSON *j = cJSON_Parse(txt);
+    if (!j) return av_fail(AV_ERR_FORMAT, "%s: invalid JSON", where);
+    av_status st = parse_obj(c, j, where);
+    cJSON_Delete(j);
+    return st;
+}
+
+av_status av_config_load(av_config *c, const char *path) {
+    cJSON *j;
+    AV_TRY(av_json_load(path, &j));
+    av_status st = parse_obj(c, j, path);
+    cJSON_Delete(j);
+    return st;
+}
+
+void av_config_inv_freq(const av_config *c, float *inv) {
+    int half = c->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        /* HF: 1 / theta^(arange(0, dim, 2)/dim), computed in float64 via int64 arange then float */
+        double f = 1.0 / pow(c->rope_theta, (double)(2 * i) / (double)c->head_dim);
+        if (c->rope_type == AV_ROPE_LINEAR) f /= c->rope_factor;
+        else if (c->rope_type == AV_ROPE_LLAMA3) {
+            double low_wl = c->rope_original_max_pos / c->rope_low_freq_factor;
+            double high_wl = c->rope_original_max_pos / c->rope_high_freq_factor;
+            double wl = 2 * M_PI / f;
+            if (wl > low_wl) f /= c->rope_factor;
+            else if (wl >= high_wl) {
+                double smooth = (c->rope_original_max_pos / wl - c->rope_low_freq_factor) /
+                                (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                f = (1 - smooth) * f / c->rope_factor + smooth * f;
+            }
+        }
+        inv[i] = (float)f;
+    }
+}
+
+long long av_config_param_count(const av_config *c) {
+    long long D = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    long long q = (long long)c->n_heads * c->head_dim, kv = (long long)c->n_kv_heads * c->head_dim;
+    long long layer = D * q + 2 * D * kv + q * D + 3 * D * F + 2 * D;
+    return V * D + c->n_layers * layer + D + (c->tie_word_embeddings ? 0 : V * D);
+}
+
+av_status av_config_save(const av_config *c, const char *path) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON *a = cJSON_AddArrayToObject(j, "architectures");
+    cJSON_AddItemToArray(a, cJSON_CreateString("LlamaForCausalLM"));
+    cJSON_AddStringToObject(j, "model_type", "llama");
+    cJSON_AddNumberToObject(j, "vocab_size", c->vocab_size);
+    cJSON_AddNumberToObject(j, "hidden_size", c->hidden_size);
+    cJSON_AddNumberToObject(j, "intermediate_size", c->intermediate_size);
+    cJSON_AddNumberToObject(j, "num_hidden_layers", c->n_layers);
+    cJSON_AddNumberToObject(j, "num_attention_heads", c->n_heads);
+    cJSON_AddNumberToObject(j, "num_key_value_heads", c->n_kv_heads);
+    cJSON_AddNumberToObject(j, "head_dim", c->head_dim);
+    cJSON_AddNumberToObject(j, "max_position_embeddings", c->max_position_embeddings);
+    cJSON_AddNumberToObject(j, "rms_norm_eps", c->rms_norm_eps);
+    cJSON_AddNumberToObject(j, "rope_theta", c->rope_theta);
+    if (c->rope_type != AV_ROPE_DEFAULT) {
+        cJSON *rs = cJSON_AddObjectToObject(j, "rope_scaling");
+        cJSON_AddStringToObject(rs, "rope_type", c->rope_type == AV_ROPE_LINEAR ? "linear" : "llama3");
+        cJSON_AddNumberToObject(rs, "factor", c->rope_factor);
+        if (c->rope_type == AV_ROPE_LLAMA3) {
+            cJSON_AddNumberToObject(rs, "low_freq_factor", c->rope_low_freq_factor);
+            cJSON_AddNumberToObject(rs, "high_freq_factor", c->rope_high_freq_factor);
+            cJSON_AddNumberToObject(rs, "original_max_position_embeddings", c->rope_original_max_pos);
+        }
+    }
+    cJSON_AddBoolToObject(j, "tie_word_embeddings", c->tie_word_embeddings);
+    cJSON_AddStringToObject(j, "hidden_act", "silu");
+    cJSON_AddBoolToObject(j, "attention_bias", 0);
+    cJSON_AddBoolToObject(j, "mlp_bias", 0);
+    if (c->bos_token_id >= 0) cJSON_AddNumberToObject(j, "bos_token_id", c->bos_token_id);
+    if (c->n_eos == 1) cJSON_AddNumberToObject(j, "eos_token_id", c->eos_token_ids[0]);
+    else if (c->n_eos > 1) {
+        cJSON *e = cJSON_AddArrayToObject(j, "eos_token_id");
+        for (int i = 0; i < c->n_eos; i++) cJSON_AddItemToArray(e, cJSON_CreateNumber(c->eos_token_ids[i]));
+    }
+    cJSON_AddStringToObject(j, "torch_dtype", c->dtype == AV_F32 ? "float32" : c->dtype == AV_F16 ? "float16" : "bfloat16");
+    if (c->quant_bits) {
+        cJSON *q = cJSON_AddObjectToObject(j, "quantization");
+        cJSON_AddNumberToObject(q, "group_size", c->quant_group_size);
+        cJSON_AddNumberToObject(q, "bits", c->quant_bits);
+    }
+    char *txt = cJSON_Print(j);
+    cJSON_Delete(j);
+    av_status st = av_write_file_atomic(path, txt, strlen(txt));
+    free(txt);
+    return st;
+}

@@ -1,0 +1,36 @@
+/* Minimal test harness: CHECK macros count failures; TEST_SUMMARY() prints
+ * "<file>: N checks, M failed[, K skipped]" and returns the exit status. */
+#ifndef AV_TEST_H
+#define AV_TEST_H
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int t_checks, t_failed, t_skipped;
+
+#define CHECK(cond, ...) do { t_checks++; if (!(cond)) { t_failed++; \
+    fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
+#define CHECK_OK(expr) do { av_status s_ = (expr); CHECK(s_ == AV_OK, "%s", av_last_error()); } while (0)
+#define CHECK_NEAR(a, b, tol) do { double a_ = (a), b_ = (b); CHECK(fabs(a_ - b_) <= (tol), "%s=%.9g vs %s=%.9g (tol %g)", #a, a_, #b, b_, (double)(tol)); } while (0)
+#define SKIP(why) do { t_skipped++; printf("skipped: %s\n", why); } while (0)
+#define TEST_SUMMARY() (printf("%s: %d checks, %d failed%s\n", __FILE__, t_checks, t_failed, t_skipped ? ", some skipped" : ""), t_failed ? 1 : 0)
+
+/* Path to ../shared/fixtures (or $AV_FIXTURES); NULL if absent. */
+static inline const char *test_fixtures(void) {
+    const char *e = getenv("AV_FIXTURES");
+    static char buf[4096];
+    snprintf(buf, sizeof buf, "%s", e ? e : "../shared/fixtures");
+    return access(buf, R_OK) == 0 ? buf : NULL;
+}
+static inline const char *test_fixture(const char *name) {
+    static char buf[8][4096];
+    static int k;
+    const char *d = test_fixtures();
+    if (!d) return NULL;
+    k = (k + 1) & 7;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", d, name);
+    return buf[k];
+}
+#endif
