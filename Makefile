@@ -5,7 +5,7 @@ NVCC    ?= nvcc
 BUILD   ?= build
 OPT     ?= -O2 -march=native
 CFLAGS  ?= $(OPT) -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fopenmp -Iinclude -Isrc -MMD -MP
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-format-truncation -fopenmp -Iinclude -Isrc -MMD -MP
 LDLIBS  += -lcjson -lyaml -ledit -lm -lpthread -fopenmp
 LDFLAGS ?=
 

@@ -69,6 +69,7 @@ static av_status parse_obj(av_config *c, const cJSON *j, const char *where) {
     }
     if (c->n_heads % c->n_kv_heads)
         return av_fail(AV_ERR_FORMAT, "%s: num_attention_heads %d not divisible by num_key_value_heads %d", where, c->n_heads, c->n_kv_heads);
+    if (c->head_dim > 512) return av_fail(AV_ERR_UNSUPPORTED, "%s: head_dim %d is larger than 512", where, c->head_dim);
     if (c->head_dim % 2) return av_fail(AV_ERR_FORMAT, "%s: head_dim must be even", where);
     if (!c->max_position_embeddings) c->max_position_embeddings = 2048;
     c->rms_norm_eps = (float)av_json_num(j, "rms_norm_eps", 1e-6);

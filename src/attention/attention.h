@@ -1,0 +1,15 @@
+/* Attention behind its own interface so implementations (standard, flash; CPU, CUDA) swap freely.
+ * Causal, GQA: query head h reads KV head h / (H / KVH). */
+#ifndef AV_ATTENTION_H
+#define AV_ATTENTION_H
+
+/* Standard (materialised) attention for one sequence.
+ * q [T, H*hd]; k, v: [S, KVH*hd] (keys for positions 0..S-1); query t is at position pos0+t and
+ * sees keys 0..pos0+t (pos0 + T <= S). out [T, H*hd]. If probs != NULL it receives the softmax
+ * [H, T, S] (zeros where masked) for the backward. Scale 1/sqrt(hd). */
+void av_attention_forward(float *out, float *probs, const float *q, const float *k, const float *v, int T, int S, int pos0,
+                          int H, int KVH, int hd);
+/* Gradients (accumulated) given the saved probs. dk, dv are [S, KVH*hd]. */
+void av_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q,
+                           const float *k, const float *v, int T, int S, int pos0, int H, int KVH, int hd);
+#endif

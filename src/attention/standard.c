@@ -1,0 +1,81 @@
+/* Standard (materialised-softmax) causal attention with GQA, forward and backward. The reference
+ * implementation that faster kernels (flash, CUDA) are checked against. */
+#include "attention/attention.h"
+#include "ops/simd.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void av_attention_forward(float *out, float *probs, const float *q, const float *k, const float *v, int T, int S, int pos0,
+                          int H, int KVH, int hd) {
+    int group = H / KVH, qs = H * hd, ks = KVH * hd;
+    float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel
+    {
+        float *p = malloc((size_t)S * sizeof(float));
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++) {
+                if (!p) continue;
+                int kh = h / group, n = pos0 + t + 1;
+                const float *qr = q + (size_t)t * qs + (size_t)h * hd;
+                float mx = -INFINITY;
+                for (int s = 0; s < n; s++) {
+                    p[s] = av_dot_f32(qr, k + (size_t)s * ks + (size_t)kh * hd, hd) * scale;
+                    mx = p[s] > mx ? p[s] : mx;
+                }
+                float sum = 0;
+                for (int s = 0; s < n; s++) { p[s] = expf(p[s] - mx); sum += p[s]; }
+                float inv = 1.0f / sum;
+                float *o = out + (size_t)t * qs + (size_t)h * hd;
+                memset(o, 0, (size_t)hd * sizeof(float));
+                for (int s = 0; s < n; s++) {
+                    p[s] *= inv;
+                    av_axpy(o, p[s], v + (size_t)s * ks + (size_t)kh * hd, hd);
+                }
+                if (probs) {
+                    float *pr = probs + ((size_t)h * T + t) * S;
+                    memcpy(pr, p, (size_t)n * sizeof(float));
+                    memset(pr + n, 0, (size_t)(S - n) * sizeof(float));
+                }
+            }
+        free(p);
+    }
+}
+
+/* o = P V, P = softmax(scale * q k^T):  dP = dO V^T; dS = P * (dP - rowsum(dP * P)); dq = scale dS K;
+ * dk = scale dS^T q; dv = P^T dO. KV heads shared by a group accumulate from every query head. */
+void av_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q,
+                           const float *k, const float *v, int T, int S, int pos0, int H, int KVH, int hd) {
+    int group = H / KVH, qs = H * hd, ks = KVH * hd;
+    float scale = 1.0f / sqrtf((float)hd);
+    /* parallel over KV heads so dk/dv writes never collide */
+#pragma omp parallel
+    {
+        float *ds = malloc((size_t)S * sizeof(float));
+#pragma omp for schedule(static)
+        for (int kh = 0; kh < KVH; kh++) {
+            if (!ds) continue;
+            for (int h = kh * group; h < (kh + 1) * group; h++)
+                for (int t = 0; t < T; t++) {
+                    int n = pos0 + t + 1;
+                    const float *pr = probs + ((size_t)h * T + t) * S;
+                    const float *go = dout + (size_t)t * qs + (size_t)h * hd;
+                    float dot = 0;
+                    for (int s = 0; s < n; s++) {
+                        ds[s] = av_dot_f32(go, v + (size_t)s * ks + (size_t)kh * hd, hd);
+                        dot += ds[s] * pr[s];
+                    }
+                    const float *qr = q + (size_t)t * qs + (size_t)h * hd;
+                    float *dqr = dq ? dq + (size_t)t * qs + (size_t)h * hd : NULL;
+                    for (int s = 0; s < n; s++) {
+                        float g = pr[s] * (ds[s] - dot) * scale;
+                        if (dqr) av_axpy(dqr, g, k + (size_t)s * ks + (size_t)kh * hd, hd);
+                        if (dk) av_axpy(dk + (size_t)s * ks + (size_t)kh * hd, g, qr, hd);
+                        if (dv) av_axpy(dv + (size_t)s * ks + (size_t)kh * hd, pr[s], go, hd);
+                    }
+                }
+        }
+        free(ds);
+    }
+}

@@ -1,0 +1,39 @@
+/* A loaded model: config, the mmapped safetensors, and per-layer weight views resident on the
+ * chosen backend (the mmap itself on the CPU; one uploaded arena on a GPU). */
+#ifndef AV_MODEL_H
+#define AV_MODEL_H
+#include "backend/backend.h"
+#include "formats/safetensors.h"
+#include "model/config.h"
+#include "ops/ops.h"
+
+typedef struct {
+    av_linear q, k, v, o, gate, up, down;
+    av_mat attn_norm, mlp_norm;
+} av_layer;
+
+/* Indexes of the seven projections, in PEFT/MLX key order helpers use. */
+typedef enum { AV_PROJ_Q = 0, AV_PROJ_K, AV_PROJ_V, AV_PROJ_O, AV_PROJ_GATE, AV_PROJ_UP, AV_PROJ_DOWN, AV_PROJ_COUNT } av_proj;
+extern const char *const av_proj_names[AV_PROJ_COUNT];         /* "q_proj", ... */
+extern const char *const av_proj_module[AV_PROJ_COUNT];        /* "self_attn", "mlp" */
+av_linear *av_layer_proj(av_layer *l, av_proj p);
+
+typedef struct av_model {
+    char dir[4096];
+    av_config cfg;
+    av_st_set st;              /* host mapping of the weight files */
+    const av_backend *be;
+    av_mat embed, final_norm, lm_head; /* backend-resident views */
+    av_layer *layers;
+    float *inv_freq;           /* backend memory, head_dim/2 */
+    void *arena;               /* uploaded weights (non-host backends) */
+    size_t weight_bytes;
+} av_model;
+
+/* Loads DIR/config.json + safetensors, checks every tensor's shape and dtype against the config. */
+av_status av_model_load(av_model **out, const char *dir, const av_backend *be);
+void av_model_free(av_model *m);
+/* Host view of a named tensor (for fuse/export); NULL if absent. */
+const av_st_tensor *av_model_tensor(const av_model *m, const char *name);
+
+#endif

@@ -1,0 +1,148 @@
+/* Maps Hugging Face tensor names to model fields through one table, checking shape and dtype
+ * against the config; uploads to the backend when it is not host memory. */
+#include "model/model.h"
+#include "core/memory.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *const av_proj_names[AV_PROJ_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+const char *const av_proj_module[AV_PROJ_COUNT] = {"self_attn", "self_attn", "self_attn", "self_attn", "mlp", "mlp", "mlp"};
+
+av_linear *av_layer_proj(av_layer *l, av_proj p) {
+    av_linear *t[AV_PROJ_COUNT] = {&l->q, &l->k, &l->v, &l->o, &l->gate, &l->up, &l->down};
+    return t[p];
+}
+
+typedef struct {
+    av_mat *dst;
+    char name[128];
+    int rows, cols; /* cols = 0: vector of `rows` */
+    int required;
+} slot;
+
+static av_status bind(av_model *m, const slot *s) {
+    const av_st_tensor *t = av_st_set_find(&m->st, s->name);
+    if (!t) {
+        if (!s->required) return AV_OK;
+        return av_fail(AV_ERR_FORMAT, "%s: missing tensor '%s'", m->dir, s->name);
+    }
+    if (t->dtype != AV_F32 && t->dtype != AV_F16 && t->dtype != AV_BF16)
+        return av_fail(AV_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (supported: F32, F16, BF16)", t->file, s->name,
+                       av_dtype_name(t->dtype));
+    int ok = s->cols ? (t->ndim == 2 && t->shape[0] == s->rows && t->shape[1] == s->cols)
+                     : (t->ndim == 1 && t->shape[0] == s->rows);
+    if (!ok) {
+        char got[96] = "", exp[64];
+        for (int i = 0; i < t->ndim; i++) snprintf(got + strlen(got), sizeof got - strlen(got), i ? ",%lld" : "%lld", (long long)t->shape[i]);
+        if (s->cols) snprintf(exp, sizeof exp, "%d,%d", s->rows, s->cols);
+        else snprintf(exp, sizeof exp, "%d", s->rows);
+        return av_fail(AV_ERR_SHAPE, "%s: tensor '%s' has shape [%s] but config.json implies [%s]", t->file, s->name, got, exp);
+    }
+    s->dst->data = t->data;
+    s->dst->dtype = t->dtype;
+    s->dst->rows = s->rows;
+    s->dst->cols = s->cols ? s->cols : s->rows;
+    if (!s->cols) s->dst->rows = 1;
+    return AV_OK;
+}
+
+static size_t mat_bytes(const av_mat *a) { return (size_t)a->rows * a->cols * av_dtype_size(a->dtype); }
+
+/* Copies every weight into one backend allocation and repoints the views. */
+static av_status upload_all(av_model *m) {
+    const av_config *c = &m->cfg;
+    int nm = 3 + c->n_layers * 9;
+    av_mat **all = calloc((size_t)nm, sizeof *all);
+    if (!all) return av_fail(AV_ERR_NOMEM, "out of memory");
+    int k = 0;
+    all[k++] = &m->embed;
+    all[k++] = &m->final_norm;
+    if (m->lm_head.data != m->embed.data) all[k++] = &m->lm_head;
+    for (int l = 0; l < c->n_layers; l++) {
+        av_layer *L = &m->layers[l];
+        for (int p = 0; p < AV_PROJ_COUNT; p++) all[k++] = &av_layer_proj(L, (av_proj)p)->w;
+        all[k++] = &L->attn_norm;
+        all[k++] = &L->mlp_norm;
+    }
+    size_t total = 0;
+    for (int i = 0; i < k; i++) total += (mat_bytes(all[i]) + 255) & ~(size_t)255;
+    m->arena = m->be->alloc(total, "model weights");
+    if (!m->arena) { free(all); return av_fail_prefix(AV_ERR_NOMEM, "%s", m->dir); }
+    size_t off = 0;
+    for (int i = 0; i < k; i++) {
+        void *dst = (char *)m->arena + off;
+        m->be->upload(dst, all[i]->data, mat_bytes(all[i]));
+        all[i]->data = dst;
+        off += (mat_bytes(all[i]) + 255) & ~(size_t)255;
+    }
+    if (m->lm_head.rows == m->embed.rows && m->cfg.tie_word_embeddings) m->lm_head = m->embed;
+    free(all);
+    return AV_OK;
+}
+
+av_status av_model_load(av_model **out, const char *dir, const av_backend *be) {
+    *out = NULL;
+    if (!av_dir_exists(dir)) return av_fail(AV_ERR_IO, "%s: model directory not found", dir);
+    av_model *m = calloc(1, sizeof *m);
+    if (!m) return av_fail(AV_ERR_NOMEM, "out of memory");
+    snprintf(m->dir, sizeof m->dir, "%s", dir);
+    m->be = be;
+    char path[4200];
+    av_status st = av_config_load(&m->cfg, av_path_join(path, sizeof path, dir, "config.json"));
+    if (st == AV_OK && m->cfg.quant_bits)
+        st = av_fail(AV_ERR_UNSUPPORTED, "%s: quantized models are not supported by this build", path);
+    if (st == AV_OK) st = av_st_set_open_dir(&m->st, dir);
+    if (st != AV_OK) { av_model_free(m); return st; }
+    const av_config *c = &m->cfg;
+    int D = c->hidden_size, F = c->intermediate_size, q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->layers) { av_model_free(m); return av_fail(AV_ERR_NOMEM, "out of memory"); }
+    slot s = {&m->embed, "model.embed_tokens.weight", c->vocab_size, D, 1};
+    st = bind(m, &s);
+    slot n = {&m->final_norm, "model.norm.weight", D, 0, 1};
+    if (st == AV_OK) st = bind(m, &n);
+    if (st == AV_OK) {
+        slot h = {&m->lm_head, "lm_head.weight", c->vocab_size, D, !c->tie_word_embeddings};
+        if (c->tie_word_embeddings) m->lm_head = m->embed;
+        else st = bind(m, &h);
+    }
+    for (int l = 0; l < c->n_layers && st == AV_OK; l++) {
+        av_layer *L = &m->layers[l];
+        int rows[AV_PROJ_COUNT] = {q, kv, kv, D, F, F, D}, cols[AV_PROJ_COUNT] = {D, D, D, q, D, D, F};
+        for (int p = 0; p < AV_PROJ_COUNT && st == AV_OK; p++) {
+            slot ps = {&av_layer_proj(L, (av_proj)p)->w, "", rows[p], cols[p], 1};
+            snprintf(ps.name, sizeof ps.name, "model.layers.%d.%s.%s.weight", l, av_proj_module[p], av_proj_names[p]);
+            st = bind(m, &ps);
+        }
+        slot a = {&L->attn_norm, "", D, 0, 1}, b = {&L->mlp_norm, "", D, 0, 1};
+        snprintf(a.name, sizeof a.name, "model.layers.%d.input_layernorm.weight", l);
+        snprintf(b.name, sizeof b.name, "model.layers.%d.post_attention_layernorm.weight", l);
+        if (st == AV_OK) st = bind(m, &a);
+        if (st == AV_OK) st = bind(m, &b);
+    }
+    if (st == AV_OK) {
+        m->weight_bytes = 0;
+        for (int i = 0; i < m->st.nfiles; i++) m->weight_bytes += m->st.files[i].map.size;
+        float inv[512];
+        av_config_inv_freq(c, inv);
+        m->inv_freq = be->alloc(sizeof(float) * (size_t)(c->head_dim / 2), "rope frequencies");
+        if (!m->inv_freq) st = AV_ERR_NOMEM;
+        else be->upload(m->inv_freq, inv, sizeof(float) * (size_t)(c->head_dim / 2));
+    }
+    if (st == AV_OK && !be->host_visible) st = upload_all(m);
+    if (st != AV_OK) { av_model_free(m); return st; }
+    *out = m;
+    return AV_OK;
+}
+
+void av_model_free(av_model *m) {
+    if (!m) return;
+    if (m->arena) m->be->free(m->arena);
+    if (m->inv_freq) m->be->free(m->inv_freq);
+    free(m->layers);
+    av_st_set_close(&m->st);
+    free(m);
+}
+
+const av_st_tensor *av_model_tensor(const av_model *m, const char *name) { return av_st_set_find(&m->st, name); }

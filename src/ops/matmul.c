@@ -1,0 +1,116 @@
+/* Matrix products against weight matrices (f32/f16/bf16): matrix-vector for decode (memory-bound,
+ * SIMD dot products over rows, threads split rows) and matrix-matrix for prefill/training
+ * (weights converted to f32 in row panels, then OpenBLAS sgemm; plain loops without BLAS). */
+#include "ops/ops.h"
+#include "ops/simd.h"
+#include "core/memory.h"
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef AV_HAVE_BLAS
+#include <cblas.h>
+#endif
+
+float av_dot_row(const float *x, const av_mat *W, int row) {
+    size_t off = (size_t)row * (size_t)W->cols;
+    switch (W->dtype) {
+    case AV_BF16: return av_dot_bf16(x, (const uint16_t *)W->data + off, W->cols);
+    case AV_F16: return av_dot_f16(x, (const uint16_t *)W->data + off, W->cols);
+    default: return av_dot_f32(x, (const float *)W->data + off, W->cols);
+    }
+}
+
+void av_mat_rows_to_f32(float *dst, const av_mat *W, int r0, int nr) {
+    size_t off = (size_t)r0 * (size_t)W->cols, n = (size_t)nr * (size_t)W->cols;
+    const char *base = (const char *)W->data + off * av_dtype_size(W->dtype);
+    av_convert_to_f32(dst, base, W->dtype, n);
+}
+
+/* Few rows of x: read each weight row once and dot it with every x row. */
+static void matmul_rows(float *out, const float *x, const av_mat *W, int T) {
+    int N = W->rows, K = W->cols;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int t = 0; t < T; t++) out[(size_t)t * N + n] = av_dot_row(x + (size_t)t * K, W, n);
+}
+
+#define PANEL_ROWS 256
+
+/* Thread-local f32 panel for weight conversion (reused across calls). */
+static float *panel_buf(size_t floats) {
+    static _Thread_local float *buf;
+    static _Thread_local size_t cap;
+    if (floats > cap) {
+        free(buf);
+        buf = aligned_alloc(64, ((floats * 4 + 63) / 64) * 64);
+        cap = buf ? floats : 0;
+    }
+    return buf;
+}
+
+void av_matmul_forward(float *out, const float *x, const av_mat *W, int T) {
+    int N = W->rows, K = W->cols;
+    if (T <= 4) { matmul_rows(out, x, W, T); return; }
+#ifdef AV_HAVE_BLAS
+    if (W->dtype == AV_F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, x, K, (const float *)W->data, K, 0.0f, out, N);
+        return;
+    }
+    float *pan = panel_buf((size_t)PANEL_ROWS * K);
+    if (!pan) { matmul_rows(out, x, W, T); return; }
+    for (int n0 = 0; n0 < N; n0 += PANEL_ROWS) {
+        int nr = N - n0 < PANEL_ROWS ? N - n0 : PANEL_ROWS;
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < nr; r++) av_mat_rows_to_f32(pan + (size_t)r * K, W, n0 + r, 1);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, nr, K, 1.0f, x, K, pan, K, 0.0f, out + n0, N);
+    }
+#else
+    matmul_rows(out, x, W, T);
+#endif
+}
+
+void av_matmul_backward(float *dx, float *dW, const float *dout, const float *x, const av_mat *W, int T) {
+    int N = W->rows, K = W->cols;
+    if (dW) { /* dW[N,K] += dout^T[N,T] x[T,K] */
+#ifdef AV_HAVE_BLAS
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, T, 1.0f, dout, N, x, K, 1.0f, dW, K);
+#else
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++)
+            for (int t = 0; t < T; t++) av_axpy(dW + (size_t)n * K, dout[(size_t)t * N + n], x + (size_t)t * K, K);
+#endif
+    }
+    if (!dx) return;
+#ifdef AV_HAVE_BLAS
+    if (W->dtype == AV_F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, K, N, 1.0f, dout, N, (const float *)W->data, K, 1.0f, dx, K);
+        return;
+    }
+    float *pan = panel_buf((size_t)PANEL_ROWS * K);
+    if (pan) {
+        for (int n0 = 0; n0 < N; n0 += PANEL_ROWS) {
+            int nr = N - n0 < PANEL_ROWS ? N - n0 : PANEL_ROWS;
+#pragma omp parallel for schedule(static)
+            for (int r = 0; r < nr; r++) av_mat_rows_to_f32(pan + (size_t)r * K, W, n0 + r, 1);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, K, nr, 1.0f, dout + n0, N, pan, K, 1.0f, dx, K);
+        }
+        return;
+    }
+#endif
+    /* portable: dx[t,:] += sum_n dout[t,n] W[n,:]; threads split t, rows converted per use */
+#pragma omp parallel
+    {
+        float *row = malloc((size_t)K * sizeof(float));
+#pragma omp for schedule(static)
+        for (int t = 0; t < T; t++) {
+            if (!row) continue;
+            for (int n = 0; n < N; n++) {
+                float g = dout[(size_t)t * N + n];
+                if (g == 0.0f) continue;
+                av_mat_rows_to_f32(row, W, n, 1);
+                av_axpy(dx + (size_t)t * K, g, row, K);
+            }
+        }
+        free(row);
+    }
+}

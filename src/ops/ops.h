@@ -1,0 +1,77 @@
+/* Every op's signature: the contract that the CPU (.c) and CUDA (.cu) implementations share.
+ * Conventions (as llm.c): outputs first; plain pointers; shapes in the signature; row-major;
+ * activations are f32; weights are av_mat views (f32/f16/bf16, later quantized).
+ * Forward ops overwrite their outputs. Backward ops ACCUMULATE (+=) into their gradient outputs
+ * (callers zero them), and a NULL gradient pointer means "not needed". */
+#ifndef AV_OPS_H
+#define AV_OPS_H
+#include <stddef.h>
+#include <stdint.h>
+#include "core/dtype.h"
+
+/* A weight matrix in PyTorch Linear layout: rows = out_features, cols = in_features.
+ * Vectors (norm weights) are rows = 1. data is a host pointer on the CPU backend and a device
+ * pointer on CUDA. Quantized (MLX affine) weights set q_bits/q_group and scales/biases. */
+typedef struct {
+    const void *data;
+    av_dtype dtype;
+    int rows, cols;
+    int q_bits, q_group;
+    const void *scales, *biases;
+} av_mat;
+
+/* A linear layer with an optional LoRA adapter: y = x W^T + scale * (x A^T) B^T.
+ * A is [rank, in], B is [out, rank], f32 (trainable). */
+typedef struct {
+    av_mat w;
+    float *lora_a, *lora_b;
+    int rank;
+    float scale;
+} av_linear;
+
+/* ---- embedding ---- out[T, D] = table[ids[t], :] */
+void av_embedding_forward(float *out, const int32_t *ids, const av_mat *table, int T);
+/* dtable[V, D] += scatter of dout rows (f32 table gradient; full fine-tuning only) */
+void av_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int T, int D);
+
+/* ---- RMSNorm (HF): out = x * rsqrt(mean(x^2) + eps) * w; rstd[T] saved if non-NULL ---- */
+void av_rmsnorm_forward(float *out, float *rstd, const float *x, const av_mat *w, int T, int D, float eps);
+void av_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const av_mat *w, const float *rstd, int T, int D);
+
+/* ---- matmul: out[T, rows] = x[T, cols] W^T ---- */
+void av_matmul_forward(float *out, const float *x, const av_mat *W, int T);
+/* dx[T, cols] += dout[T, rows] W ; dW[rows, cols] += dout^T x (f32, may be NULL) */
+void av_matmul_backward(float *dx, float *dW, const float *dout, const float *x, const av_mat *W, int T);
+
+/* ---- RoPE, HF rotate-half layout, in place on x[T, n_heads * head_dim]; position of row t is pos[t] ---- */
+void av_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int T, int n_heads, int head_dim);
+/* in place: dx <- R(pos)^T dx (the inverse rotation) */
+void av_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int T, int n_heads, int head_dim);
+
+/* ---- SwiGLU: out = silu(gate) * up, elementwise over n ---- */
+void av_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
+void av_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
+
+/* ---- residual: y += x;  y += a * x ---- */
+void av_add_inplace(float *y, const float *x, size_t n);
+void av_add_scaled(float *y, float a, const float *x, size_t n);
+
+/* ---- cross-entropy over a linear head, chunked so [T, V] logits never exist at once.
+ * For each row t with targets[t] >= 0: nll_t = logsumexp(h_t W^T) - (h_t W^T)[target].
+ * Returns the sum of nll over valid rows; per-row nll into row_nll if non-NULL (0 for ignored).
+ * If dh != NULL: dh[T, D] += grad_scale * (softmax - onehot) W   (grad_scale = 1/num_valid for a mean).
+ * scratch holds chunk * V floats. */
+double av_xent_forward_backward(float *dh, float *row_nll, const float *h, const av_mat *W, const int32_t *targets,
+                                int T, float grad_scale, float *scratch, int chunk);
+
+/* ---- AdamW (PyTorch semantics, bias-corrected; step counts from 1) ---- */
+void av_adamw_step(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps,
+                   float weight_decay, int step);
+
+/* ---- small helpers used by several ops ---- */
+/* Dot product of f32 x with one weight row of any supported dtype. */
+float av_dot_row(const float *x, const av_mat *W, int row);
+/* Converts weight rows [r0, r0+nr) to f32 into dst[nr, cols]. */
+void av_mat_rows_to_f32(float *dst, const av_mat *W, int r0, int nr);
+
+#endif

@@ -1,0 +1,41 @@
+/* LM head + cross-entropy, chunked over rows so the full [T, V] logits never exist at once:
+ * logits for `chunk` rows -> log-softmax stats -> NLL, then (optionally) the gradient w.r.t. the
+ * hidden states, (softmax - onehot) * scale @ W, before the next chunk reuses the scratch. */
+#include "ops/ops.h"
+#include <math.h>
+
+double av_xent_forward_backward(float *dh, float *row_nll, const float *h, const av_mat *W, const int32_t *targets,
+                                int T, float grad_scale, float *scratch, int chunk) {
+    int V = W->rows, D = W->cols;
+    double total = 0;
+    for (int t0 = 0; t0 < T; t0 += chunk) {
+        int c = T - t0 < chunk ? T - t0 : chunk;
+        av_matmul_forward(scratch, h + (size_t)t0 * D, W, c);
+        double part = 0;
+#pragma omp parallel for schedule(static) reduction(+ : part)
+        for (int r = 0; r < c; r++) {
+            float *lg = scratch + (size_t)r * V;
+            int tgt = targets[t0 + r];
+            if (tgt < 0) {
+                if (row_nll) row_nll[t0 + r] = 0;
+                if (dh) for (int i = 0; i < V; i++) lg[i] = 0;
+                continue;
+            }
+            float mx = lg[0];
+            for (int i = 1; i < V; i++) mx = lg[i] > mx ? lg[i] : mx;
+            double se = 0;
+            for (int i = 0; i < V; i++) se += exp((double)(lg[i] - mx));
+            double lse = mx + log(se);
+            double nll = lse - lg[tgt];
+            if (row_nll) row_nll[t0 + r] = (float)nll;
+            part += nll;
+            if (dh) {
+                for (int i = 0; i < V; i++) lg[i] = (float)exp(lg[i] - lse) * grad_scale;
+                lg[tgt] -= grad_scale;
+            }
+        }
+        total += part;
+        if (dh) av_matmul_backward(dh + (size_t)t0 * D, NULL, scratch, NULL, W, c);
+    }
+    return total;
+}
