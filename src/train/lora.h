@@ -1,0 +1,28 @@
+/* LoRA adapters on a loaded model: which projections of which layers get A [rank, in] and
+ * B [out, rank] (f32, backend memory), initialisation as PEFT/MLX-LM (A random, B zero), and the
+ * trainable-parameter view the optimizer and adapter files work on. */
+#ifndef AV_LORA_H
+#define AV_LORA_H
+#include <stdint.h>
+#include "model/model.h"
+
+typedef struct {
+    int rank;          /* default 8 */
+    float alpha;       /* default 16 */
+    float scale;       /* alpha / rank unless set directly (--scale) */
+    float dropout;     /* default 0 */
+    int num_layers;    /* last N layers; -1 = all */
+    unsigned keys;     /* bitmask over av_proj: (1u << AV_PROJ_Q) | (1u << AV_PROJ_V) by default */
+} av_lora_spec;
+
+void av_lora_spec_default(av_lora_spec *s);
+/* Parses "q_proj,v_proj" (also accepts "self_attn.q_proj" and MLX-LM names) into a key mask. */
+av_status av_lora_parse_keys(const char *list, unsigned *mask);
+/* Allocates and initialises adapters on m's layers per spec (seeded). */
+av_status av_lora_attach(av_model *m, const av_lora_spec *spec, uint64_t seed);
+/* Frees adapters (model back to base). */
+void av_lora_detach(av_model *m);
+/* Trainable parameter count (A and B of all attached adapters). */
+long long av_lora_param_count(const av_model *m);
+
+#endif
