@@ -25,4 +25,13 @@ void av_lora_detach(av_model *m);
 /* Trainable parameter count (A and B of all attached adapters). */
 long long av_lora_param_count(const av_model *m);
 
+/* As av_lora_attach, but on exactly the layers with layer_on[l] != 0 (n_layers flags; NULL = the
+ * spec's last num_layers). Used for PEFT's layers_to_transform. */
+av_status av_lora_attach_layers(av_model *m, const av_lora_spec *spec, const uint8_t *layer_on, uint64_t seed);
+/* Host-side merge of one adapter into f32 weights: w[rows, cols] += scale * B[rows, rank] A[rank, cols]
+ * (a, b are host copies, accumulated in double per element). */
+void av_lora_merge_f32(float *w, const float *a, const float *b, int rows, int cols, int rank, float scale);
+/* Number of layers / projections that carry an adapter (0 when none is attached). */
+int av_lora_count(const av_model *m);
+
 #endif
