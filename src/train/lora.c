@@ -149,3 +149,24 @@ void av_lora_merge_f32(float *w, const float *a, const float *b, int rows, int c
         }
     }
 }
+
+void av_linear_backward(const av_backend *be, float *dx, float *dA, float *dB, const float *dy, const float *x, const av_linear *L,
+                        int T, float *tmp) {
+    be->matmul_backward(dx, NULL, dy, NULL, &L->w, T);
+    if (!L->lora_a || (!dA && !dB && !dx)) return;
+    av_mat A = {.data = L->lora_a, .dtype = AV_F32, .rows = L->rank, .cols = L->w.cols};
+    av_mat Bm = {.data = L->lora_b, .dtype = AV_F32, .rows = L->w.rows, .cols = L->rank};
+    size_t nr = (size_t)T * L->rank;
+    float *xa = tmp, *sx = tmp + nr, *dyb = tmp + 2 * nr;
+    if (dB) {
+        be->matmul_forward(xa, x, &A, T);            /* x A^T        [T, r] */
+        be->zero(sx, nr * sizeof(float));
+        be->add_scaled(sx, L->scale, xa, nr);        /* s x A^T */
+        be->matmul_backward(NULL, dB, dy, sx, &Bm, T); /* dB += dy^T (s x A^T) */
+    }
+    be->zero(dyb, nr * sizeof(float));
+    be->matmul_backward(dyb, NULL, dy, NULL, &Bm, T); /* dy B         [T, r] */
+    be->zero(sx, nr * sizeof(float));
+    be->add_scaled(sx, L->scale, dyb, nr);            /* s dy B */
+    be->matmul_backward(dx, dA, sx, x, &A, T);        /* dx += s dyB A; dA += (s dyB)^T x */
+}

@@ -8,6 +8,7 @@
 #include "attention/attention.h"
 #include "core/memory.h"
 #include "model/llama.h"
+#include "train/lora.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,7 @@ struct av_train_ctx {
     float **xs;        /* n_layers + 1 layer inputs/outputs [N, D] */
     layer_acts *acts;  /* n_layers sets, or 1 with checkpointing */
     float *hidden, *rstdf, *dh, *dx, *dxn, *datt, *dq, *dk, *dv, *dact, *dgate, *dup, *tmp, *lora_tmp, *xout;
-    float *lxa, *lsx, *ldyb, *scratch;
+    float *lora3, *scratch; /* lora3: 3 * N * max rank (av_linear_backward) */
     int32_t *ids_dev, *tgt_dev, *pos_dev;
     int32_t *pos_host;
     float **ga, **gb;  /* [n_layers * AV_PROJ_COUNT] gradient of A / B per projection, NULL if none */
@@ -151,7 +152,7 @@ av_status av_train_ctx_new(av_train_ctx **out, av_model *m, int max_rows, int ma
         {&c->hidden, N * D}, {&c->rstdf, N}, {&c->dh, N * D}, {&c->dx, N * D}, {&c->dxn, N * D}, {&c->datt, N * qd},
         {&c->dq, N * qd}, {&c->dk, N * kvd}, {&c->dv, N * kvd}, {&c->dact, N * F}, {&c->dgate, N * F}, {&c->dup, N * F},
         {&c->tmp, N * widest}, {&c->lora_tmp, N * (R + widest)}, {&c->xout, c->ckpt ? N * D : 1},
-        {&c->lxa, N * R}, {&c->lsx, N * R}, {&c->ldyb, N * R}, {&c->scratch, (size_t)XENT_CHUNK * V},
+        {&c->lora3, 3 * N * R}, {&c->scratch, (size_t)XENT_CHUNK * V},
     };
     for (size_t i = 0; i < sizeof b / sizeof b[0] && ok; i++) ok = (*b[i].p = ctx_alloc(c, b[i].n, "training buffers")) != NULL;
     if (ok) ok = (c->ids_dev = (int32_t *)ctx_alloc(c, N, "token ids")) && (c->tgt_dev = (int32_t *)ctx_alloc(c, N, "targets")) &&
@@ -200,24 +201,9 @@ static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const flo
     be->add_inplace(x_out, c->tmp, (size_t)N * D);
 }
 
-/* Backward of a (LoRA) linear: dx += dy W + s (dy B) A; gA += s (dy B)^T x; gB += s dy^T (x A^T). */
+/* Backward of one projection; gradients go to its adapter's A/B (if any). */
 static void linear_backward(av_train_ctx *c, float *dx, const float *dy, const float *x, const av_linear *L, int l, av_proj p, int N) {
-    const av_backend *be = c->m->be;
-    be->matmul_backward(dx, NULL, dy, NULL, &L->w, N);
-    if (!L->lora_a) return;
-    float *gA = c->ga[l * AV_PROJ_COUNT + p], *gB = c->gb[l * AV_PROJ_COUNT + p];
-    av_mat A = {.data = L->lora_a, .dtype = AV_F32, .rows = L->rank, .cols = L->w.cols};
-    av_mat Bm = {.data = L->lora_b, .dtype = AV_F32, .rows = L->w.rows, .cols = L->rank};
-    size_t nr = (size_t)N * L->rank;
-    be->matmul_forward(c->lxa, x, &A, N);                 /* x A^T          [N, r] */
-    be->zero(c->lsx, nr * sizeof(float));
-    be->add_scaled(c->lsx, L->scale, c->lxa, nr);         /* s x A^T */
-    be->matmul_backward(NULL, gB, dy, c->lsx, &Bm, N);    /* gB += dy^T (s x A^T) */
-    be->zero(c->ldyb, nr * sizeof(float));
-    be->matmul_backward(c->ldyb, NULL, dy, NULL, &Bm, N); /* dy B           [N, r] */
-    be->zero(c->lsx, nr * sizeof(float));
-    be->add_scaled(c->lsx, L->scale, c->ldyb, nr);        /* s dy B */
-    be->matmul_backward(dx, gA, c->lsx, x, &A, N);        /* dx += s dyB A; gA += (s dyB)^T x */
+    av_linear_backward(c->m->be, dx, c->ga[l * AV_PROJ_COUNT + p], c->gb[l * AV_PROJ_COUNT + p], dy, x, L, N, c->lora3);
 }
 
 /* One decoder layer backward: on entry c->dx = dL/d(layer output); on exit dL/d(layer input). */
