@@ -9,13 +9,16 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-format-truncation -
 LDLIBS  += -lcjson -lyaml -ledit -lm -lpthread -fopenmp
 LDFLAGS ?=
 
+comma := ,
 # --- optional dependencies -------------------------------------------------------------------
 HAVE_NVCC := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1)
 CUDA ?= $(if $(HAVE_NVCC),1,0)
+# OpenBLAS built on OpenMP shares our thread pool (the pthread build would fight it for the cores).
+OPENBLAS_OMP := $(firstword $(wildcard /usr/lib/*/openblas-openmp))
 HAVE_OPENBLAS := $(shell test -f /usr/include/x86_64-linux-gnu/cblas.h -o -f /usr/include/cblas.h -o -f /usr/include/openblas/cblas.h && echo 1)
 ifeq ($(HAVE_OPENBLAS),1)
   CFLAGS += -DAV_HAVE_BLAS
-  LDLIBS += -lopenblas
+  LDLIBS += $(if $(OPENBLAS_OMP),-L$(OPENBLAS_OMP) -Wl$(comma)-rpath$(comma)$(OPENBLAS_OMP)) -lopenblas
 endif
 
 LIB_SRC  := $(sort $(wildcard src/*/*.c))
@@ -40,7 +43,7 @@ endif
 all: info $(BUILD)/anvil
 
 info:
-	@echo "anvil build: CC=$(CC) CUDA=$(CUDA) OpenBLAS=$(if $(HAVE_OPENBLAS),yes,no) BUILD=$(BUILD)"
+	@echo "anvil build: CC=$(CC) CUDA=$(CUDA) OpenBLAS=$(if $(HAVE_OPENBLAS),$(if $(OPENBLAS_OMP),openmp,yes),no) BUILD=$(BUILD)"
 
 setup:
 	@scripts/setup.sh

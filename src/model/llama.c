@@ -59,7 +59,8 @@ av_status av_session_new(av_session **out, av_model *m, int max_seq, int max_chu
     }
     s->ids_dev = be->alloc(C * sizeof(int32_t), "ids");
     s->pos_dev = be->alloc(C * sizeof(int32_t), "positions");
-    if (!s->ids_dev || !s->pos_dev) { av_session_free(s); return av_fail(AV_ERR_NOMEM, "out of memory"); }
+    s->hist = malloc(sizeof(int32_t) * (size_t)max_seq);
+    if (!s->ids_dev || !s->pos_dev || !s->hist) { av_session_free(s); return av_fail(AV_ERR_NOMEM, "out of memory"); }
     *out = s;
     return AV_OK;
 }
@@ -73,6 +74,7 @@ void av_session_free(av_session *s) {
         if (bufs[i]) be->free(bufs[i]);
     if (s->ids_dev) be->free(s->ids_dev);
     if (s->pos_dev) be->free(s->pos_dev);
+    free(s->hist);
     free(s);
 }
 
@@ -89,6 +91,7 @@ static void forward_chunk(av_session *s, const int32_t *ids, int T) {
     int32_t pos[4096];
     int p0 = s->n_past;
     for (int t = 0; t < T; t++) pos[t] = p0 + t;
+    memcpy(s->hist + p0, ids, sizeof(int32_t) * (size_t)T);
     be->upload(s->ids_dev, ids, (size_t)T * sizeof(int32_t));
     be->upload(s->pos_dev, pos, (size_t)T * sizeof(int32_t));
     be->embedding_forward(s->x, s->ids_dev, &m->embed, T);

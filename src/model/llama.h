@@ -14,6 +14,7 @@ typedef struct av_session {
     float *logits;            /* [logits_rows, V] backend scratch */
     int logits_rows;
     int32_t *ids_dev, *pos_dev;
+    int32_t *hist;            /* host: ids at cached positions [max_seq] (prefix reuse) */
     int last_T;               /* rows of `hidden` from the last forward */
     size_t bytes;
 } av_session;

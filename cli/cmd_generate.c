@@ -1,0 +1,139 @@
+/* anvil generate: one prompt in, streamed text out; MLX-LM's flags and its speed/memory summary. */
+#include "args.h"
+#include "chat_prompt.h"
+#include "common.h"
+#include "core/memory.h"
+#include "engine/generate.h"
+#include "formats/json.h"
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static volatile sig_atomic_t g_interrupt;
+static void on_sigint(int sig) { (void)sig; g_interrupt = 1; }
+
+static int print_text(void *ud, const char *s, size_t n) {
+    (void)ud;
+    fwrite(s, 1, n, stdout);
+    fflush(stdout);
+    return 0;
+}
+
+static double peak_gb(const av_model *m) {
+    return (double)(m->be->host_visible ? av_mem_peak_rss() : m->be->peak_bytes()) / 1e9;
+}
+
+int av_cmd_generate(int argc, char **argv) {
+    const char *cmd = "generate", *prompt = NULL, *system = NULL, *tmpl = NULL;
+    av_cli_model_opts mo = {0};
+    int max_tokens = 100, top_k = 0, seed = 0, ignore_tmpl = 0, json = 0, max_kv = 0, rep_ctx = 20;
+    double temp = 0.0, top_p = 1.0, min_p = 0.0, rep = 1.0;
+    av_strlist stops = {0};
+    av_opt opts[] = {
+        {"model", AV_OPT_STR, &mo.model, "model directory (HF layout)", 0, 0, NULL},
+        {"adapter-path", AV_OPT_STR, &mo.adapter, "LoRA adapter (MLX or PEFT) to apply", 0, 0, NULL},
+        {"prompt", AV_OPT_STR, &prompt, "prompt text ('-' reads stdin)", 0, 0, "p"},
+        {"max-tokens", AV_OPT_INT, &max_tokens, "maximum tokens to generate (default 100)", 0, 1e7, "m"},
+        {"temp", AV_OPT_FLOAT, &temp, "sampling temperature; 0 = greedy (default 0)", 0, 100, NULL},
+        {"top-p", AV_OPT_FLOAT, &top_p, "nucleus sampling mass (default 1 = off)", 0, 1, NULL},
+        {"top-k", AV_OPT_INT, &top_k, "sample among the k most likely (default 0 = off)", 0, 1e7, NULL},
+        {"min-p", AV_OPT_FLOAT, &min_p, "drop tokens below min-p x the top probability (default 0)", 0, 1, NULL},
+        {"repetition-penalty", AV_OPT_FLOAT, &rep, "penalty for recent tokens (default 1 = off)", 0.01, 100, NULL},
+        {"repetition-context-size", AV_OPT_INT, &rep_ctx, "recent tokens penalised (default 20)", 1, 1e7, NULL},
+        {"seed", AV_OPT_INT, &seed, "random seed (default 0)", 0, 2147483647, NULL},
+        {"system-prompt", AV_OPT_STR, &system, "system message for the chat template", 0, 0, NULL},
+        {"ignore-chat-template", AV_OPT_FLAG, &ignore_tmpl, "use the prompt as raw text", 0, 0, NULL},
+        {"chat-template", AV_OPT_STR, &tmpl, "Jinja chat template file to use instead of the model's", 0, 0, NULL},
+        {"stop", AV_OPT_MULTI, &stops, "stop string (repeatable; not printed)", 0, 0, NULL},
+        {"max-kv-size", AV_OPT_INT, &max_kv, "KV cache size in tokens (default: prompt + max tokens)", 1, 1e8, NULL},
+        {"device", AV_OPT_STR, &mo.device, "cpu or cuda (default: cuda when a GPU is present)", 0, 0, NULL},
+        {"threads", AV_OPT_INT, &mo.threads, "CPU threads (default: all cores)", 1, 1024, "t"},
+        {"json", AV_OPT_FLAG, &json, "print one JSON object with ids, text and speeds", 0, 0, NULL},
+        {NULL, 0, NULL, NULL, 0, 0, NULL},
+    };
+    int r = av_args_parse(argc, argv, opts, cmd, "Generate text from a prompt (streams to stdout).");
+    if (r) return r == 1 ? 0 : 2;
+    if (!prompt) return av_cli_error(cmd, "--prompt TEXT is required");
+    if (stops.n > AV_MAX_STOPS) return av_cli_error(cmd, "at most %d --stop strings", AV_MAX_STOPS);
+    char *stdin_buf = NULL;
+    if (!strcmp(prompt, "-")) {
+        size_t cap = 1 << 16, n = 0;
+        stdin_buf = malloc(cap);
+        for (size_t k; stdin_buf && (k = fread(stdin_buf + n, 1, cap - n - 1, stdin)) > 0;) {
+            n += k;
+            if (n + 1 == cap) stdin_buf = realloc(stdin_buf, cap *= 2);
+        }
+        if (!stdin_buf) return av_cli_error(cmd, "out of memory reading stdin");
+        stdin_buf[n] = 0;
+        prompt = stdin_buf;
+    }
+    av_model *m;
+    av_tokenizer *tok;
+    if (av_cli_load(cmd, &mo, &m, &tok)) { free(stdin_buf); return 1; }
+    int32_t *ids = NULL;
+    int n = 0, rc = 0, used_tmpl = 0;
+    if (!ignore_tmpl && av_cli_has_chat_template(mo.model, tmpl)) {
+        cJSON *msgs = cJSON_CreateArray();
+        if (system) {
+            cJSON *sm = cJSON_CreateObject();
+            cJSON_AddStringToObject(sm, "role", "system");
+            cJSON_AddStringToObject(sm, "content", system);
+            cJSON_AddItemToArray(msgs, sm);
+        }
+        cJSON *um = cJSON_CreateObject();
+        cJSON_AddStringToObject(um, "role", "user");
+        cJSON_AddStringToObject(um, "content", prompt);
+        cJSON_AddItemToArray(msgs, um);
+        rc = av_cli_chat_ids(cmd, mo.model, tok, tmpl, msgs, 1, &ids, &n, &used_tmpl);
+        cJSON_Delete(msgs);
+    } else if (av_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n) != AV_OK) {
+        rc = av_cli_fail(cmd);
+    }
+    av_session *s = NULL;
+    int ctx = max_kv ? max_kv : n + max_tokens;
+    if (ctx > m->cfg.max_position_embeddings && !max_kv) ctx = m->cfg.max_position_embeddings > n + 1 ? m->cfg.max_position_embeddings : n + 1;
+    if (!rc && n >= ctx) rc = av_cli_error(cmd, "prompt has %d tokens; the context holds %d", n, ctx);
+    if (!rc && av_session_new(&s, m, ctx, 512) != AV_OK) rc = av_cli_fail(cmd);
+    av_gen_opts go;
+    av_gen_opts_default(&go);
+    go.max_tokens = max_tokens;
+    go.sampler.temp = (float)temp;
+    go.sampler.top_p = (float)top_p;
+    go.sampler.top_k = top_k;
+    go.sampler.min_p = (float)min_p;
+    go.sampler.repetition_penalty = (float)rep;
+    go.sampler.repetition_context = rep_ctx;
+    go.sampler.seed = (uint64_t)seed;
+    for (int i = 0; i < stops.n; i++) go.stops[go.n_stops++] = stops.v[i];
+    go.on_text = json ? NULL : print_text;
+    go.interrupt = &g_interrupt;
+    signal(SIGINT, on_sigint);
+    av_gen_result res = {0};
+    if (!rc && av_generate(s, tok, ids, n, &go, &res) != AV_OK) rc = av_cli_fail(cmd);
+    if (!rc) {
+        double pk = peak_gb(m);
+        if (json) {
+            printf("{\"prompt_ids\":[");
+            for (int i = 0; i < n; i++) printf(i ? ",%d" : "%d", ids[i]);
+            printf("],\"ids\":[");
+            for (int i = 0; i < res.n_ids; i++) printf(i ? ",%d" : "%d", res.ids[i]);
+            printf("],\"text\":");
+            av_json_fput_string(stdout, res.text, strlen(res.text));
+            printf(",\"prompt_tokens\":%d,\"generation_tokens\":%d,\"prompt_tps\":%.3f,\"gen_tps\":%.3f,\"peak_mem_mb\":%.1f,"
+                   "\"finish_reason\":\"%s\"}\n",
+                   n, res.n_ids, res.prompt_tps, res.gen_tps, pk * 1e3, res.finish);
+        } else {
+            printf("\n");
+            fprintf(stderr, "==========\nPrompt: %d tokens, %.3f tokens-per-sec\nGeneration: %d tokens, %.3f tokens-per-sec\n"
+                            "Peak memory: %.3f GB\n", n, res.prompt_tps, res.n_ids, res.gen_tps, pk);
+        }
+    }
+    av_gen_result_free(&res);
+    free(ids);
+    free(stdin_buf);
+    av_session_free(s);
+    av_model_free(m);
+    av_tokenizer_free(tok);
+    return rc;
+}

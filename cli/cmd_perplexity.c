@@ -1,0 +1,108 @@
+/* anvil perplexity: mean next-token NLL and perplexity of a text file or a JSONL dataset, in
+ * windows of --context tokens (one window = exactly HF's cross_entropy(logits[:-1], ids[1:])). */
+#include "args.h"
+#include "common.h"
+#include "core/memory.h"
+#include "formats/json.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Appends the token ids of one text (with BOS) to a growing array. */
+static int add_text(av_tokenizer *tok, const char *text, size_t len, int32_t **all, int *n, int *cap) {
+    int32_t *ids;
+    int k;
+    if (av_tokenizer_encode(tok, text, len, 1, &ids, &k) != AV_OK) return -1;
+    if (*n + k > *cap) {
+        *cap = (*n + k) * 2;
+        int32_t *na = realloc(*all, sizeof(int32_t) * (size_t)*cap);
+        if (!na) { free(ids); av_fail(AV_ERR_NOMEM, "out of memory"); return -1; }
+        *all = na;
+    }
+    memcpy(*all + *n, ids, sizeof(int32_t) * (size_t)k);
+    *n += k;
+    free(ids);
+    return 0;
+}
+
+int av_cmd_perplexity(int argc, char **argv) {
+    const char *cmd = "perplexity", *text_file = NULL, *data = NULL;
+    av_cli_model_opts mo = {0};
+    int max_tokens = 0, context = 0, json = 0;
+    av_opt opts[] = {
+        {"model", AV_OPT_STR, &mo.model, "model directory (HF layout)", 0, 0, NULL},
+        {"adapter-path", AV_OPT_STR, &mo.adapter, "LoRA adapter (MLX or PEFT) to apply", 0, 0, NULL},
+        {"text-file", AV_OPT_STR, &text_file, "text file, tokenized verbatim with BOS", 0, 0, NULL},
+        {"data", AV_OPT_STR, &data, "JSONL file or directory with test.jsonl/valid.jsonl ({\"text\":...} lines)", 0, 0, NULL},
+        {"max-tokens", AV_OPT_INT, &max_tokens, "keep the first N tokens (default: all)", 1, 1e9, NULL},
+        {"context", AV_OPT_INT, &context, "window length (default: model max_position_embeddings)", 2, 1e6, NULL},
+        {"device", AV_OPT_STR, &mo.device, "cpu or cuda (default: cuda when a GPU is present)", 0, 0, NULL},
+        {"threads", AV_OPT_INT, &mo.threads, "CPU threads (default: all cores)", 1, 1024, NULL},
+        {"json", AV_OPT_FLAG, &json, "print {\"tokens\":N,\"mean_nll\":x,\"ppl\":y}", 0, 0, NULL},
+        {NULL, 0, NULL, NULL, 0, 0, NULL},
+    };
+    int r = av_args_parse(argc, argv, opts, cmd, "Mean next-token NLL and perplexity of a text.");
+    if (r) return r == 1 ? 0 : 2;
+    if (!!text_file == !!data) return av_cli_error(cmd, "give exactly one of --text-file F or --data DIR_OR_JSONL");
+    av_model *m;
+    av_tokenizer *tok;
+    if (av_cli_load(cmd, &mo, &m, &tok)) return 1;
+    int32_t *all = NULL;
+    int n = 0, cap = 0, rc = 0;
+    if (text_file) {
+        size_t len;
+        char *txt = av_cli_read_file(cmd, text_file, &len);
+        if (!txt) rc = 1;
+        else if (add_text(tok, txt, len, &all, &n, &cap)) rc = av_cli_fail(cmd);
+        free(txt);
+    } else {
+        char path[4200];
+        snprintf(path, sizeof path, "%s", data);
+        if (av_dir_exists(data)) {
+            av_path_join(path, sizeof path, data, "test.jsonl");
+            if (!av_file_exists(path)) av_path_join(path, sizeof path, data, "valid.jsonl");
+        }
+        av_jsonl j;
+        if (av_jsonl_open(&j, path) != AV_OK) rc = av_cli_fail(cmd);
+        cJSON *o;
+        int got;
+        while (!rc && (got = av_jsonl_next(&j, &o)) != 0) {
+            if (got < 0) { rc = av_cli_fail(cmd); break; }
+            const char *t = av_json_str(o, "text", NULL);
+            if (!t) rc = av_cli_error(cmd, "%s:%d: line has no \"text\" string", path, j.lineno);
+            else if (add_text(tok, t, strlen(t), &all, &n, &cap)) rc = av_cli_fail(cmd);
+            cJSON_Delete(o);
+            if (max_tokens && n >= max_tokens) break;
+        }
+        if (j.f) av_jsonl_close(&j);
+    }
+    if (!rc && max_tokens && n > max_tokens) n = max_tokens;
+    if (!rc && n < 2) rc = av_cli_error(cmd, "need at least 2 tokens, got %d", n);
+    if (!context) context = m->cfg.max_position_embeddings;
+    av_session *s = NULL;
+    if (!rc && av_session_new(&s, m, context < n ? context : n, 512) != AV_OK) rc = av_cli_fail(cmd);
+    double total = 0;
+    long long count = 0;
+    /* non-overlapping windows; each window predicts its own tokens 1..len-1 */
+    for (int w0 = 0; !rc && w0 < n - 1; w0 += context) {
+        int len = n - w0 < context ? n - w0 : context;
+        if (len < 2) break;
+        double sum;
+        if (av_session_nll(s, all + w0, len, &sum, NULL, NULL) != AV_OK) { rc = av_cli_fail(cmd); break; }
+        total += sum;
+        count += len - 1;
+        if (!json && n > context) fprintf(stderr, "\rwindow %d/%d", w0 / context + 1, (n - 1 + context - 1) / context);
+    }
+    if (!rc) {
+        if (!json && n > context) fputc('\n', stderr);
+        double mean = total / (double)count;
+        if (json) printf("{\"tokens\":%d,\"mean_nll\":%.9g,\"ppl\":%.9g}\n", n, mean, exp(mean));
+        else printf("Tokens: %d\nMean NLL: %.6f\nPerplexity: %.4f\n", n, mean, exp(mean));
+    }
+    free(all);
+    av_session_free(s);
+    av_model_free(m);
+    av_tokenizer_free(tok);
+    return rc;
+}

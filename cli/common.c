@@ -1,0 +1,47 @@
+/* Model/tokenizer loading for commands. */
+#include "common.h"
+#include "args.h"
+#include "core/memory.h"
+#include "core/threads.h"
+#include "train/lora.h"
+#include <stdlib.h>
+
+/* Provided by src/train/adapter_io.c; weak so builds without it still link. */
+av_status av_adapter_load(av_model *m, const char *path, av_lora_spec *spec) __attribute__((weak));
+
+int av_cli_attach_adapter(const char *cmd, av_model *m, const char *path) {
+    if (!av_adapter_load) return av_cli_error(cmd, "adapters are not supported in this build");
+    av_lora_spec spec;
+    if (av_adapter_load(m, path, &spec) != AV_OK) return av_cli_fail(cmd);
+    return 0;
+}
+
+int av_cli_load(const char *cmd, const av_cli_model_opts *o, av_model **m, av_tokenizer **tok) {
+    if (m) *m = NULL;
+    if (tok) *tok = NULL;
+    if (!o->model) return av_cli_error(cmd, "--model DIR is required");
+    av_threads_set(o->threads);
+    if (tok && av_tokenizer_load(tok, o->model, 0) != AV_OK) return av_cli_fail(cmd);
+    if (!m) return 0;
+    const av_backend *be;
+    if (av_backend_select(o->device, &be) != AV_OK || av_model_load(m, o->model, be) != AV_OK) {
+        if (tok) { av_tokenizer_free(*tok); *tok = NULL; }
+        return av_cli_fail(cmd);
+    }
+    if (o->adapter && av_cli_attach_adapter(cmd, *m, o->adapter) != 0) {
+        av_model_free(*m);
+        *m = NULL;
+        if (tok) { av_tokenizer_free(*tok); *tok = NULL; }
+        return 1;
+    }
+    return 0;
+}
+
+char *av_cli_read_file(const char *cmd, const char *path, size_t *len) {
+    char *buf;
+    if (av_file_read(path, &buf, len) != AV_OK) {
+        av_cli_fail(cmd);
+        return NULL;
+    }
+    return buf;
+}

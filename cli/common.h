@@ -1,0 +1,21 @@
+/* Shared CLI plumbing: backend choice, threads, model + tokenizer loading with one-line errors. */
+#ifndef AV_CLI_COMMON_H
+#define AV_CLI_COMMON_H
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+
+typedef struct {
+    const char *model;
+    const char *device;  /* cpu | cuda | auto (NULL) */
+    const char *adapter; /* --adapter-path, optional */
+    int threads;
+} av_cli_model_opts;
+
+/* Loads model (+ adapter) and tokenizer; prints the error and returns non-zero on failure.
+ * tok may be NULL when no tokenizer is wanted. */
+int av_cli_load(const char *cmd, const av_cli_model_opts *o, av_model **m, av_tokenizer **tok);
+/* Attaches an adapter directory/file to a loaded model (weak: available once adapter_io is built). */
+int av_cli_attach_adapter(const char *cmd, av_model *m, const char *path);
+/* Reads a whole file (for --file / --text-file); prints error and returns NULL on failure. */
+char *av_cli_read_file(const char *cmd, const char *path, size_t *len);
+#endif
