@@ -1,0 +1,330 @@
+/* Reads an HF tokenizer.json into av_tokenizer: model (BPE vocab + merges in "a b" or ["a","b"]
+ * form), added_tokens, normalizer, pre_tokenizer, decoder and the TemplateProcessing post-processor.
+ * Anything outside the supported subset fails with AV_ERR_UNSUPPORTED naming the component. */
+#include "tokenizer/tok_internal.h"
+#include "formats/json.h"
+#include <stdlib.h>
+#include <string.h>
+
+#define FAIL_FMT(...) av_fail(AV_ERR_FORMAT, __VA_ARGS__)
+#define FAIL_UNS(...) av_fail(AV_ERR_UNSUPPORTED, __VA_ARGS__)
+
+static char *dupstr(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+static const char *type_of(const cJSON *o) { return av_json_str(o, "type", ""); }
+
+/* pattern {"String": s} -> s; Regex -> NULL with *is_regex */
+static const char *pattern_of(const cJSON *o, int *is_regex) {
+    const cJSON *p = av_json_get(o, "pattern");
+    *is_regex = 0;
+    if (cJSON_IsString(p)) return p->valuestring;
+    const char *s = av_json_str(p, "String", NULL);
+    if (s) return s;
+    s = av_json_str(p, "Regex", NULL);
+    if (s) *is_regex = 1;
+    return s;
+}
+
+static av_status add_norm(av_tokenizer *t, const cJSON *n, const char *path) {
+    if (!n) return AV_OK;
+    const char *ty = type_of(n);
+    if (!strcmp(ty, "Sequence")) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, av_json_get(n, "normalizers")) AV_TRY(add_norm(t, it, path));
+        return AV_OK;
+    }
+    if (t->n_norm >= TK_MAX_STEPS) return FAIL_UNS("%s: too many normalizer steps", path);
+    tk_norm *s = &t->norm[t->n_norm];
+    memset(s, 0, sizeof *s);
+    if (!strcmp(ty, "Prepend")) {
+        s->type = TK_NORM_PREPEND;
+        s->a = dupstr(av_json_str(n, "prepend", ""));
+    } else if (!strcmp(ty, "Replace")) {
+        int rx;
+        const char *pat = pattern_of(n, &rx);
+        if (!pat || rx) return FAIL_UNS("%s: normalizer Replace with a regex pattern is not supported", path);
+        if (!*pat) return FAIL_FMT("%s: normalizer Replace has an empty pattern", path);
+        s->type = TK_NORM_REPLACE;
+        s->a = dupstr(pat);
+        s->b = dupstr(av_json_str(n, "content", ""));
+    } else if (!strcmp(ty, "NFC")) {
+        s->type = TK_NORM_NFC; /* composed text passes unchanged; decomposed input is not recomposed */
+    } else {
+        return FAIL_UNS("%s: normalizer type '%s' is not supported", path, ty);
+    }
+    t->n_norm++;
+    return AV_OK;
+}
+
+static int prepend_scheme(const cJSON *o) {
+    const char *ps = av_json_str(o, "prepend_scheme", NULL);
+    if (ps) return !strcmp(ps, "first") ? TK_SCHEME_FIRST : !strcmp(ps, "never") ? TK_SCHEME_NEVER : TK_SCHEME_ALWAYS;
+    return av_json_bool(o, "add_prefix_space", 1) ? TK_SCHEME_ALWAYS : TK_SCHEME_NEVER;
+}
+
+/* Recognizes the GPT-2 and Llama-3 style split regexes (the latter with any digit-group size). */
+static int regex_kind(const char *rx, int *digits) {
+    static const char gpt2[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+    static const char l3a[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|";
+    static const char l3b[] = "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    if (!strcmp(rx, gpt2)) { *digits = 0; return TK_RX_GPT2; }
+    size_t n = strlen(rx), na = strlen(l3a), nb = strlen(l3b);
+    if (n < na + nb || memcmp(rx, l3a, na) || strcmp(rx + n - nb, l3b)) return TK_RX_NONE;
+    char mid[64];
+    size_t nm = n - na - nb;
+    if (nm >= sizeof mid) return TK_RX_NONE;
+    memcpy(mid, rx + na, nm);
+    mid[nm] = 0;
+    int k;
+    char tail;
+    if (!strcmp(mid, "\\p{N}")) *digits = 1;
+    else if (!strcmp(mid, "\\p{N}+")) *digits = 0;
+    else if (sscanf(mid, "\\p{N}{1,%d%c", &k, &tail) == 2 && tail == '}' && k > 0) *digits = k;
+    else return TK_RX_NONE;
+    return TK_RX_LLAMA3;
+}
+
+static av_status add_pre(av_tokenizer *t, const cJSON *p, const char *path) {
+    if (!p) return AV_OK;
+    const char *ty = type_of(p);
+    if (!strcmp(ty, "Sequence")) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, av_json_get(p, "pretokenizers")) AV_TRY(add_pre(t, it, path));
+        return AV_OK;
+    }
+    if (t->n_pre >= TK_MAX_STEPS) return FAIL_UNS("%s: too many pre_tokenizer steps", path);
+    tk_pretok *s = &t->pre[t->n_pre];
+    memset(s, 0, sizeof *s);
+    if (!strcmp(ty, "Metaspace")) {
+        s->type = TK_PRE_METASPACE;
+        s->repl = dupstr(av_json_str(p, "replacement", "\xE2\x96\x81"));
+        s->scheme = prepend_scheme(p);
+        s->split = av_json_bool(p, "split", 1);
+    } else if (!strcmp(ty, "ByteLevel")) {
+        s->type = TK_PRE_BYTELEVEL;
+        s->add_prefix_space = av_json_bool(p, "add_prefix_space", 1);
+        s->use_regex = av_json_bool(p, "use_regex", 1);
+        t->byte_level = 1;
+    } else if (!strcmp(ty, "Split")) {
+        int rx;
+        const char *pat = pattern_of(p, &rx);
+        if (!pat) return FAIL_FMT("%s: Split pre-tokenizer without a pattern", path);
+        s->type = TK_PRE_SPLIT;
+        if (rx) {
+            s->regex = regex_kind(pat, &s->rx_digits);
+            if (s->regex == TK_RX_NONE) return FAIL_UNS("%s: Split regex '%.60s' is not supported", path, pat);
+        } else {
+            if (!*pat) return FAIL_FMT("%s: Split pre-tokenizer has an empty pattern", path);
+            s->literal = dupstr(pat);
+        }
+        const char *b = av_json_str(p, "behavior", "Isolated");
+        s->behavior = !strcmp(b, "Removed") ? TK_SPLIT_REMOVED : !strcmp(b, "MergedWithPrevious") ? TK_SPLIT_MERGED_PREV
+                    : !strcmp(b, "MergedWithNext") ? TK_SPLIT_MERGED_NEXT : !strcmp(b, "Contiguous") ? TK_SPLIT_CONTIGUOUS
+                    : TK_SPLIT_ISOLATED;
+        s->invert = av_json_bool(p, "invert", 0);
+        if (s->invert) return FAIL_UNS("%s: inverted Split pre-tokenizer is not supported", path);
+    } else if (!strcmp(ty, "Digits")) {
+        s->type = TK_PRE_DIGITS;
+        s->individual = av_json_bool(p, "individual_digits", 0);
+    } else {
+        return FAIL_UNS("%s: pre_tokenizer type '%s' is not supported", path, ty);
+    }
+    t->n_pre++;
+    return AV_OK;
+}
+
+static av_status add_dec(av_tokenizer *t, const cJSON *d, const char *path) {
+    if (!d) return AV_OK;
+    const char *ty = type_of(d);
+    if (!strcmp(ty, "Sequence")) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, av_json_get(d, "decoders")) AV_TRY(add_dec(t, it, path));
+        return AV_OK;
+    }
+    if (t->n_dec >= TK_MAX_STEPS) return FAIL_UNS("%s: too many decoder steps", path);
+    tk_dec *s = &t->dec[t->n_dec];
+    memset(s, 0, sizeof *s);
+    if (!strcmp(ty, "Replace")) {
+        int rx;
+        const char *pat = pattern_of(d, &rx);
+        if (!pat || rx || !*pat) return FAIL_UNS("%s: decoder Replace needs a string pattern", path);
+        s->type = TK_DEC_REPLACE;
+        s->a = dupstr(pat);
+        s->b = dupstr(av_json_str(d, "content", ""));
+    } else if (!strcmp(ty, "ByteFallback")) {
+        s->type = TK_DEC_BYTEFALLBACK;
+    } else if (!strcmp(ty, "Fuse")) {
+        s->type = TK_DEC_FUSE;
+    } else if (!strcmp(ty, "Strip")) {
+        s->type = TK_DEC_STRIP;
+        s->a = dupstr(av_json_str(d, "content", " "));
+        s->start = (int)av_json_num(d, "start", 0);
+        s->stop = (int)av_json_num(d, "stop", 0);
+    } else if (!strcmp(ty, "ByteLevel")) {
+        s->type = TK_DEC_BYTELEVEL;
+    } else if (!strcmp(ty, "Metaspace")) {
+        s->type = TK_DEC_METASPACE;
+        s->a = dupstr(av_json_str(d, "replacement", "\xE2\x96\x81"));
+        s->scheme = prepend_scheme(d);
+    } else {
+        return FAIL_UNS("%s: decoder type '%s' is not supported", path, ty);
+    }
+    t->n_dec++;
+    return AV_OK;
+}
+
+static av_status add_post(av_tokenizer *t, const cJSON *p, const char *path) {
+    if (!p) return AV_OK;
+    const char *ty = type_of(p);
+    if (!strcmp(ty, "Sequence")) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, av_json_get(p, "processors")) AV_TRY(add_post(t, it, path));
+        return AV_OK;
+    }
+    if (strcmp(ty, "TemplateProcessing")) return AV_OK; /* ByteLevel etc. only touch offsets */
+    const cJSON *single = av_json_get(p, "single"), *specials = av_json_get(p, "special_tokens"), *it;
+    int seen_seq = 0;
+    t->n_prefix = t->n_suffix = 0;
+    cJSON_ArrayForEach(it, single) {
+        if (av_json_get(it, "Sequence")) { seen_seq = 1; continue; }
+        const char *name = av_json_str(av_json_get(it, "SpecialToken"), "id", NULL);
+        if (!name) return FAIL_FMT("%s: post_processor template item without a token", path);
+        const cJSON *ids = av_json_get(av_json_get(specials, name), "ids"), *x;
+        if (!cJSON_IsArray(ids)) return FAIL_FMT("%s: post_processor special token '%s' has no ids", path, name);
+        cJSON_ArrayForEach(x, ids) {
+            int32_t *dst = seen_seq ? t->suffix_ids : t->prefix_ids;
+            int *cnt = seen_seq ? &t->n_suffix : &t->n_prefix;
+            if (*cnt >= 8 || !cJSON_IsNumber(x)) return FAIL_UNS("%s: post_processor template too long", path);
+            dst[(*cnt)++] = (int32_t)x->valueint;
+        }
+    }
+    return AV_OK;
+}
+
+static av_status load_model(av_tokenizer *t, const cJSON *root, const char *path) {
+    const cJSON *m = av_json_get(root, "model");
+    if (!cJSON_IsObject(m)) return FAIL_FMT("%s: no \"model\" object", path);
+    const char *ty = av_json_str(m, "type", "BPE");
+    if (strcmp(ty, "BPE")) return FAIL_UNS("%s: model type '%s' is not supported (only BPE)", path, ty);
+    if (av_json_str(m, "continuing_subword_prefix", NULL) || av_json_str(m, "end_of_word_suffix", NULL))
+        return FAIL_UNS("%s: BPE continuing_subword_prefix / end_of_word_suffix are not supported", path);
+    const cJSON *vocab = av_json_get(m, "vocab"), *merges = av_json_get(m, "merges"), *added = av_json_get(root, "added_tokens"), *it;
+    if (!cJSON_IsObject(vocab)) return FAIL_FMT("%s: model.vocab is not an object", path);
+    if (merges && !cJSON_IsArray(merges)) return FAIL_FMT("%s: model.merges is not an array", path);
+    if (added && !cJSON_IsArray(added)) return FAIL_FMT("%s: added_tokens is not an array", path);
+    /* size the id space and the piece arena */
+    long max_id = -1;
+    size_t mem = 0, nv = 0;
+    cJSON_ArrayForEach(it, vocab) {
+        if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble > 1e8)
+            return FAIL_FMT("%s: vocab entry '%.40s' has a bad id", path, it->string);
+        if (it->valueint > max_id) max_id = it->valueint;
+        mem += strlen(it->string) + 1;
+        nv++;
+    }
+    cJSON_ArrayForEach(it, added) {
+        double id = av_json_num(it, "id", -1);
+        const char *c = av_json_str(it, "content", NULL);
+        if (id < 0 || id > 1e8 || !c) return FAIL_FMT("%s: added token without id/content", path);
+        if ((long)id > max_id) max_id = (long)id;
+        mem += strlen(c) + 1;
+    }
+    t->n_vocab = (int)(max_id + 1);
+    t->piece_mem = malloc(mem + 1);
+    t->piece_off = malloc((size_t)(t->n_vocab + 1) * sizeof *t->piece_off);
+    t->piece_len = calloc((size_t)t->n_vocab + 1, sizeof *t->piece_len);
+    t->special = calloc((size_t)t->n_vocab + 1, 1);
+    if (!t->piece_mem || !t->piece_off || !t->piece_len || !t->special || tk_strmap_init(&t->vocab, nv))
+        return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
+    memset(t->piece_off, 0xFF, (size_t)(t->n_vocab + 1) * sizeof *t->piece_off);
+    size_t at = 0;
+    cJSON_ArrayForEach(it, vocab) {
+        size_t l = strlen(it->string);
+        int id = it->valueint;
+        memcpy(t->piece_mem + at, it->string, l + 1);
+        if (t->piece_off[id] == UINT32_MAX) { t->piece_off[id] = (uint32_t)at; t->piece_len[id] = (uint32_t)l; }
+        if (tk_strmap_put(&t->vocab, t->piece_mem + at, l, id)) return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
+        int b = tk_is_byte_piece(it->string, l);
+        if (b >= 0 && t->byte_id[b] < 0) t->byte_id[b] = id;
+        at += l + 1;
+    }
+    int na = cJSON_GetArraySize(added);
+    t->added = calloc((size_t)na + 1, sizeof *t->added);
+    if (!t->added) return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
+    cJSON_ArrayForEach(it, added) {
+        const char *c = av_json_str(it, "content", "");
+        size_t l = strlen(c);
+        int id = (int)av_json_num(it, "id", 0);
+        memcpy(t->piece_mem + at, c, l + 1);
+        t->piece_off[id] = (uint32_t)at;
+        t->piece_len[id] = (uint32_t)l;
+        tk_added *a = &t->added[t->n_added];
+        a->content = t->piece_mem + at;
+        a->len = (int)l;
+        a->id = id;
+        a->special = (uint8_t)av_json_bool(it, "special", 0);
+        a->lstrip = (uint8_t)av_json_bool(it, "lstrip", 0);
+        a->rstrip = (uint8_t)av_json_bool(it, "rstrip", 0);
+        a->single_word = (uint8_t)av_json_bool(it, "single_word", 0);
+        a->normalized = (uint8_t)av_json_bool(it, "normalized", !a->special);
+        t->special[id] = a->special;
+        at += l + 1;
+        if (l) t->n_added++;
+    }
+    t->byte_fallback = av_json_bool(m, "byte_fallback", 0);
+    t->ignore_merges = av_json_bool(m, "ignore_merges", 0);
+    t->fuse_unk = av_json_bool(m, "fuse_unk", 0);
+    const char *unk = av_json_str(m, "unk_token", NULL);
+    t->unk_id = unk ? tk_strmap_get(&t->vocab, unk, strlen(unk)) : -1;
+    /* merges */
+    int nm = cJSON_GetArraySize(merges), rank = 0;
+    if (tk_pairmap_init(&t->merges, (size_t)nm)) return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
+    char tmp[1024];
+    cJSON_ArrayForEach(it, merges) {
+        const char *a, *b;
+        size_t la, lb;
+        if (cJSON_IsString(it)) {
+            a = it->valuestring;
+            const char *sp = strchr(a, ' ');
+            if (!sp || strchr(sp + 1, ' ')) return FAIL_FMT("%s: merge %d '%.40s' is not 'a b'", path, rank, a);
+            la = (size_t)(sp - a);
+            b = sp + 1;
+            lb = strlen(b);
+        } else if (cJSON_IsArray(it) && cJSON_GetArraySize(it) == 2 && cJSON_IsString(it->child) && cJSON_IsString(it->child->next)) {
+            a = it->child->valuestring;
+            b = it->child->next->valuestring;
+            la = strlen(a);
+            lb = strlen(b);
+        } else {
+            return FAIL_FMT("%s: merge %d is neither \"a b\" nor [\"a\", \"b\"]", path, rank);
+        }
+        if (la + lb >= sizeof tmp) return FAIL_FMT("%s: merge %d is too long", path, rank);
+        memcpy(tmp, a, la);
+        memcpy(tmp + la, b, lb);
+        int32_t ia = tk_strmap_get(&t->vocab, a, la), ib = tk_strmap_get(&t->vocab, b, lb), in = tk_strmap_get(&t->vocab, tmp, la + lb);
+        if (ia < 0 || ib < 0 || in < 0) return FAIL_FMT("%s: merge %d '%.*s %.*s' uses a piece missing from the vocab", path, rank, (int)la, a, (int)lb, b);
+        if (tk_pairmap_put(&t->merges, ia, ib, rank, in)) return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
+        rank++;
+    }
+    return AV_OK;
+}
+
+av_status tk_hf_load(av_tokenizer *t, const char *path) {
+    cJSON *root;
+    AV_TRY(av_json_load(path, &root));
+    av_status st = AV_OK;
+    if (!cJSON_IsObject(root)) st = FAIL_FMT("%s: top level is not an object", path);
+    if (!st) st = load_model(t, root, path);
+    if (!st) st = add_norm(t, av_json_get(root, "normalizer"), path);
+    if (!st) st = add_pre(t, av_json_get(root, "pre_tokenizer"), path);
+    if (!st) st = add_dec(t, av_json_get(root, "decoder"), path);
+    if (!st) st = add_post(t, av_json_get(root, "post_processor"), path);
+    cJSON_Delete(root);
+    t->kind = TK_KIND_HF;
+    return st;
+}
