@@ -8,6 +8,7 @@
 #include "formats/json.h"
 #include "model/llama.h"
 #include "train/adapter_io.h"
+#include "train/fuse.h"
 #include "train/lora.h"
 #include "train/train_model.h"
 #include <sys/stat.h>
@@ -160,6 +161,32 @@ static void check_roundtrip(const char *name, av_model *m, const int32_t *ids, i
     if (system(cmd) != 0) fprintf(stderr, "cleanup failed\n");
 }
 
+/* Fused model (f32 and bf16 output) vs base + adapter: same NLL (f32: 1e-4; bf16: 1e-3 for the
+ * fused weights' extra rounding). */
+static void check_fuse(const char *name, av_model *m, const int32_t *ids, int T, double want) {
+    char dir[256];
+    snprintf(dir, sizeof dir, "/tmp/anvil-fuse-test-%d", (int)getpid());
+    for (int k = 0; k < 2; k++) {
+        char sub[300];
+        snprintf(sub, sizeof sub, "%s/%s", dir, k ? "bf16" : "f32");
+        int n = 0;
+        CHECK_OK(av_fuse_save(m, sub, k ? -1 : AV_F32, &n));
+        CHECK(n == m->cfg.n_layers * AV_PROJ_COUNT, "%s: fused %d adapters", name, n);
+        av_model *f;
+        CHECK_OK(av_model_load(&f, sub, av_backend_cpu()));
+        if (!f) continue;
+        CHECK(f->layers[0].q.w.dtype == (k ? AV_BF16 : AV_F32), "%s: fused dtype", sub);
+        double nll = prompt_nll(f, ids, T), tol = k ? 1e-3 : 1e-4;
+        CHECK(fabs(nll - want) <= tol, "%s %s: fused NLL %.7f vs base+adapter %.7f", name, sub, nll, want);
+        printf("%s: fused (%s) NLL err %.3g\n", name, k ? "bf16" : "f32", fabs(nll - want));
+        av_model_free(f);
+    }
+    CHECK(av_fuse_save(m, m->dir, -1, NULL) == AV_ERR_ARG, "fuse over the model dir must fail");
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0) fprintf(stderr, "cleanup failed\n");
+}
+
 static void check_model(const char *name) {
     char golden[4096], lora_dir[4096], grads[4096];
     snprintf(golden, sizeof golden, "%s/%s_golden.json", test_fixtures(), name);
@@ -190,6 +217,7 @@ static void check_model(const char *name) {
         printf("%s (grad_checkpoint %d): loss abs err %.3g, max grad rel L2 err %.3g\n", name, ckpt, le, worst);
     }
     av_st_close(&gf);
+    check_fuse(name, m, ids, T, nll);
     check_roundtrip(name, m, ids, T, nll);
     av_lora_detach(m);
     av_model_free(m);
