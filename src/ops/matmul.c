@@ -29,7 +29,7 @@ void av_mat_rows_to_f32(float *dst, const av_mat *W, int r0, int nr) {
 /* Few rows of x: read each weight row once and dot it with every x row. */
 static void matmul_rows(float *out, const float *x, const av_mat *W, int T) {
     int N = W->rows, K = W->cols;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * K * T > (1u << 18))
     for (int n = 0; n < N; n++)
         for (int t = 0; t < T; t++) out[(size_t)t * N + n] = av_dot_row(x + (size_t)t * K, W, n);
 }
