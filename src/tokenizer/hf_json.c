@@ -3,6 +3,7 @@
  * Anything outside the supported subset fails with AV_ERR_UNSUPPORTED naming the component. */
 #include "tokenizer/tok_internal.h"
 #include "formats/json.h"
+#include "core/memory.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -206,65 +207,66 @@ static av_status add_post(av_tokenizer *t, const cJSON *p, const char *path) {
     return AV_OK;
 }
 
-static av_status load_model(av_tokenizer *t, const cJSON *root, const char *path) {
+/* model.vocab / model.merges, already decoded by hf_fast.c */
+typedef struct { tk_buf vmem, mmem; tk_ids voff, vlen, vid, mq; } fast_parts;
+
+int tk_fast_spans(const char *s, size_t n, size_t sp[4]);
+int tk_fast_vocab(const char *s, size_t n, tk_buf *mem, tk_ids *off, tk_ids *len, tk_ids *ids);
+int tk_fast_merges(const char *s, size_t n, tk_buf *mem, tk_ids *q);
+
+static av_status load_model(av_tokenizer *t, const cJSON *root, fast_parts *fp, const char *path) {
     const cJSON *m = av_json_get(root, "model");
     if (!cJSON_IsObject(m)) return FAIL_FMT("%s: no \"model\" object", path);
     const char *ty = av_json_str(m, "type", "BPE");
     if (strcmp(ty, "BPE")) return FAIL_UNS("%s: model type '%s' is not supported (only BPE)", path, ty);
     if (av_json_str(m, "continuing_subword_prefix", NULL) || av_json_str(m, "end_of_word_suffix", NULL))
         return FAIL_UNS("%s: BPE continuing_subword_prefix / end_of_word_suffix are not supported", path);
-    const cJSON *vocab = av_json_get(m, "vocab"), *merges = av_json_get(m, "merges"), *added = av_json_get(root, "added_tokens"), *it;
-    if (!cJSON_IsObject(vocab)) return FAIL_FMT("%s: model.vocab is not an object", path);
-    if (merges && !cJSON_IsArray(merges)) return FAIL_FMT("%s: model.merges is not an array", path);
+    if (!fp->vid.n) return FAIL_FMT("%s: model.vocab is missing or empty", path);
+    const cJSON *added = av_json_get(root, "added_tokens"), *it;
     if (added && !cJSON_IsArray(added)) return FAIL_FMT("%s: added_tokens is not an array", path);
-    /* size the id space and the piece arena */
+    /* id space: vocab ids and added token ids; added contents go to the same arena */
     long max_id = -1;
-    size_t mem = 0, nv = 0;
-    cJSON_ArrayForEach(it, vocab) {
-        if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble > 1e8)
-            return FAIL_FMT("%s: vocab entry '%.40s' has a bad id", path, it->string);
-        if (it->valueint > max_id) max_id = it->valueint;
-        mem += strlen(it->string) + 1;
-        nv++;
-    }
+    for (int i = 0; i < fp->vid.n; i++) if (fp->vid.v[i] > max_id) max_id = fp->vid.v[i];
+    int na = cJSON_GetArraySize(added), k = 0;
+    int32_t *aoff = malloc(((size_t)na + 1) * sizeof *aoff);
+    if (!aoff) return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
     cJSON_ArrayForEach(it, added) {
         double id = av_json_num(it, "id", -1);
         const char *c = av_json_str(it, "content", NULL);
-        if (id < 0 || id > 1e8 || !c) return FAIL_FMT("%s: added token without id/content", path);
+        if (id < 0 || id > 1e8 || !c) { free(aoff); return FAIL_FMT("%s: added token without id/content", path); }
         if ((long)id > max_id) max_id = (long)id;
-        mem += strlen(c) + 1;
+        aoff[k++] = (int32_t)fp->vmem.n;
+        if (tk_buf_put(&fp->vmem, c, strlen(c) + 1)) { free(aoff); return av_fail(AV_ERR_NOMEM, "%s: out of memory", path); }
     }
     t->n_vocab = (int)(max_id + 1);
-    t->piece_mem = malloc(mem + 1);
+    t->piece_mem = fp->vmem.p;
+    fp->vmem.p = NULL;
     t->piece_off = malloc((size_t)(t->n_vocab + 1) * sizeof *t->piece_off);
     t->piece_len = calloc((size_t)t->n_vocab + 1, sizeof *t->piece_len);
     t->special = calloc((size_t)t->n_vocab + 1, 1);
-    if (!t->piece_mem || !t->piece_off || !t->piece_len || !t->special || tk_strmap_init(&t->vocab, nv))
-        return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
-    memset(t->piece_off, 0xFF, (size_t)(t->n_vocab + 1) * sizeof *t->piece_off);
-    size_t at = 0;
-    cJSON_ArrayForEach(it, vocab) {
-        size_t l = strlen(it->string);
-        int id = it->valueint;
-        memcpy(t->piece_mem + at, it->string, l + 1);
-        if (t->piece_off[id] == UINT32_MAX) { t->piece_off[id] = (uint32_t)at; t->piece_len[id] = (uint32_t)l; }
-        if (tk_strmap_put(&t->vocab, t->piece_mem + at, l, id)) return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
-        int b = tk_is_byte_piece(it->string, l);
-        if (b >= 0 && t->byte_id[b] < 0) t->byte_id[b] = id;
-        at += l + 1;
-    }
-    int na = cJSON_GetArraySize(added);
     t->added = calloc((size_t)na + 1, sizeof *t->added);
-    if (!t->added) return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
+    if (!t->piece_off || !t->piece_len || !t->special || !t->added || tk_strmap_init(&t->vocab, (size_t)fp->vid.n)) {
+        free(aoff);
+        return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
+    }
+    memset(t->piece_off, 0xFF, (size_t)(t->n_vocab + 1) * sizeof *t->piece_off);
+    for (int i = 0; i < fp->vid.n; i++) {
+        int id = fp->vid.v[i];
+        const char *p = t->piece_mem + fp->voff.v[i];
+        size_t l = (size_t)fp->vlen.v[i];
+        if (t->piece_off[id] == UINT32_MAX) { t->piece_off[id] = (uint32_t)fp->voff.v[i]; t->piece_len[id] = (uint32_t)l; }
+        if (tk_strmap_put(&t->vocab, p, l, id)) { free(aoff); return av_fail(AV_ERR_NOMEM, "%s: out of memory", path); }
+        int b = tk_is_byte_piece(p, l);
+        if (b >= 0 && t->byte_id[b] < 0) t->byte_id[b] = id;
+    }
+    k = 0;
     cJSON_ArrayForEach(it, added) {
-        const char *c = av_json_str(it, "content", "");
-        size_t l = strlen(c);
         int id = (int)av_json_num(it, "id", 0);
-        memcpy(t->piece_mem + at, c, l + 1);
-        t->piece_off[id] = (uint32_t)at;
+        size_t l = strlen(t->piece_mem + aoff[k]);
+        t->piece_off[id] = (uint32_t)aoff[k];
         t->piece_len[id] = (uint32_t)l;
         tk_added *a = &t->added[t->n_added];
-        a->content = t->piece_mem + at;
+        a->content = t->piece_mem + aoff[k];
         a->len = (int)l;
         a->id = id;
         a->special = (uint8_t)av_json_bool(it, "special", 0);
@@ -273,58 +275,64 @@ static av_status load_model(av_tokenizer *t, const cJSON *root, const char *path
         a->single_word = (uint8_t)av_json_bool(it, "single_word", 0);
         a->normalized = (uint8_t)av_json_bool(it, "normalized", !a->special);
         t->special[id] = a->special;
-        at += l + 1;
         if (l) t->n_added++;
+        k++;
     }
+    free(aoff);
     t->byte_fallback = av_json_bool(m, "byte_fallback", 0);
     t->ignore_merges = av_json_bool(m, "ignore_merges", 0);
     t->fuse_unk = av_json_bool(m, "fuse_unk", 0);
     const char *unk = av_json_str(m, "unk_token", NULL);
     t->unk_id = unk ? tk_strmap_get(&t->vocab, unk, strlen(unk)) : -1;
     /* merges */
-    int nm = cJSON_GetArraySize(merges), rank = 0;
+    int nm = fp->mq.n / 4;
     if (tk_pairmap_init(&t->merges, (size_t)nm)) return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
     char tmp[1024];
-    cJSON_ArrayForEach(it, merges) {
-        const char *a, *b;
-        size_t la, lb;
-        if (cJSON_IsString(it)) {
-            a = it->valuestring;
-            const char *sp = strchr(a, ' ');
-            if (!sp || strchr(sp + 1, ' ')) return FAIL_FMT("%s: merge %d '%.40s' is not 'a b'", path, rank, a);
-            la = (size_t)(sp - a);
-            b = sp + 1;
-            lb = strlen(b);
-        } else if (cJSON_IsArray(it) && cJSON_GetArraySize(it) == 2 && cJSON_IsString(it->child) && cJSON_IsString(it->child->next)) {
-            a = it->child->valuestring;
-            b = it->child->next->valuestring;
-            la = strlen(a);
-            lb = strlen(b);
-        } else {
-            return FAIL_FMT("%s: merge %d is neither \"a b\" nor [\"a\", \"b\"]", path, rank);
-        }
-        if (la + lb >= sizeof tmp) return FAIL_FMT("%s: merge %d is too long", path, rank);
+    for (int r = 0; r < nm; r++) {
+        const int32_t *q = fp->mq.v + 4 * r;
+        const char *a = fp->mmem.p + q[0], *b = fp->mmem.p + q[2];
+        size_t la = (size_t)q[1], lb = (size_t)q[3];
+        if (la + lb >= sizeof tmp) return FAIL_FMT("%s: merge %d is too long", path, r);
         memcpy(tmp, a, la);
         memcpy(tmp + la, b, lb);
         int32_t ia = tk_strmap_get(&t->vocab, a, la), ib = tk_strmap_get(&t->vocab, b, lb), in = tk_strmap_get(&t->vocab, tmp, la + lb);
-        if (ia < 0 || ib < 0 || in < 0) return FAIL_FMT("%s: merge %d '%.*s %.*s' uses a piece missing from the vocab", path, rank, (int)la, a, (int)lb, b);
-        if (tk_pairmap_put(&t->merges, ia, ib, rank, in)) return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
-        rank++;
+        if (ia < 0 || ib < 0 || in < 0) return FAIL_FMT("%s: merge %d '%.*s %.*s' uses a piece missing from the vocab", path, r, (int)la, a, (int)lb, b);
+        if (tk_pairmap_put(&t->merges, ia, ib, r, in)) return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
     }
     return AV_OK;
 }
 
 av_status tk_hf_load(av_tokenizer *t, const char *path) {
-    cJSON *root;
-    AV_TRY(av_json_load(path, &root));
+    char *txt;
+    size_t n;
+    AV_TRY(av_file_read(path, &txt, &n));
+    fast_parts fp = {0};
+    size_t sp[4];
+    cJSON *root = NULL;
     av_status st = AV_OK;
-    if (!cJSON_IsObject(root)) st = FAIL_FMT("%s: top level is not an object", path);
-    if (!st) st = load_model(t, root, path);
+    int fast = tk_fast_spans(txt, n, sp) == 0;
+    if (fast && sp[1] && tk_fast_vocab(txt + sp[0], sp[1] - sp[0], &fp.vmem, &fp.voff, &fp.vlen, &fp.vid)) fast = 0;
+    if (fast && sp[3] && tk_fast_merges(txt + sp[2], sp[3] - sp[2], &fp.mmem, &fp.mq)) fast = 0;
+    if (fast) {
+        /* blank the big parts out so cJSON parses only the rest */
+        if (sp[1]) { memset(txt + sp[0], ' ', sp[1] - sp[0]); memcpy(txt + sp[0], "{}", 2); }
+        if (sp[3]) { memset(txt + sp[2], ' ', sp[3] - sp[2]); memcpy(txt + sp[2], "[]", 2); }
+        root = cJSON_ParseWithLength(txt, n);
+    }
+    free(txt);
+    if (!root) {
+        /* slow path only for the error message: which line is malformed, or which part */
+        st = av_json_load(path, &root);
+        if (!st) st = FAIL_FMT("%s: model.vocab or model.merges is malformed", path);
+    }
+    if (!st && !cJSON_IsObject(root)) st = FAIL_FMT("%s: top level is not an object", path);
+    if (!st) st = load_model(t, root, &fp, path);
     if (!st) st = add_norm(t, av_json_get(root, "normalizer"), path);
     if (!st) st = add_pre(t, av_json_get(root, "pre_tokenizer"), path);
     if (!st) st = add_dec(t, av_json_get(root, "decoder"), path);
     if (!st) st = add_post(t, av_json_get(root, "post_processor"), path);
     cJSON_Delete(root);
+    free(fp.vmem.p); free(fp.mmem.p); free(fp.voff.v); free(fp.vlen.v); free(fp.vid.v); free(fp.mq.v);
     t->kind = TK_KIND_HF;
     return st;
 }
