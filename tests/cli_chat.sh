@@ -1,0 +1,27 @@
+# anvil chat end to end: under a pseudo-terminal (script(1)), three turns with /stats after each;
+# turn 3 must reuse the whole cached conversation up to turn 2's prompt and process only the
+# rest. Also the non-interactive mode, /save + /load, and /reset.
+. tests/lib.sh
+need_fixtures
+M="$FX/tiny-llama"
+command -v script >/dev/null || { skip "script(1) not installed"; exit 0; }
+printf 'Hello there\n/stats\nHow are you?\n/stats\nTell me more.\n/stats\n/save %s/conv.json\n/exit\n' "$AV_TMP" > "$AV_TMP/chat_in.txt"
+timeout 120 script -q -e -c "$ANVIL chat --model $M --max-tokens 8" /dev/null < "$AV_TMP/chat_in.txt" | tr -d '\r' > "$AV_TMP/chat_out.txt"
+rc=$?
+[ $rc -eq 0 ] && ok "chat under a pty exits 0" || bad "chat under a pty rc=$rc: $(tail -5 "$AV_TMP/chat_out.txt")"
+grep -q '^anvil chat' "$AV_TMP/chat_out.txt" && ok "interactive banner (tty detected)" || bad "no interactive banner"
+stats=$(grep '^last turn: prompt tokens' "$AV_TMP/chat_out.txt" | sed 's/[^0-9 ]//g' | tr -s ' ')
+n=$(echo "$stats" | grep -c .)
+[ "$n" -eq 3 ] && ok "three /stats lines" || bad "expected 3 stats lines, got $n"
+set -- $(echo "$stats" | sed -n 2p); P2=$1
+set -- $(echo "$stats" | sed -n 3p); P3=$1; X3=$2; R3=$3
+[ "$X3" -eq $((P3 - R3)) ] && ok "turn 3: processed ($X3) = prompt ($P3) - reused ($R3)" || bad "turn 3 accounting: $P3 $X3 $R3"
+[ "$R3" -ge "$P2" ] && ok "turn 3 reused the cache through turn 2's prompt ($R3 >= $P2)" || bad "turn 3 reused only $R3 < $P2"
+[ $((X3 * 2)) -lt "$P3" ] && ok "turn 3 processed only its new tokens ($X3 of $P3)" || bad "turn 3 processed $X3 of $P3"
+grep -q '"assistant"' "$AV_TMP/conv.json" && ok "/save wrote the conversation" || bad "/save"
+# non-interactive: each stdin line is a turn; /load restores a conversation
+printf '/load %s/conv.json\n/stats\n/reset\nHi\n' "$AV_TMP" | "$ANVIL" chat --model "$M" --max-tokens 4 > "$AV_TMP/chat2.txt" 2>&1
+grep -q 'loaded 6 messages' "$AV_TMP/chat2.txt" && ok "/load" || bad "/load: $(cat "$AV_TMP/chat2.txt")"
+grep -q 'new conversation' "$AV_TMP/chat2.txt" && ok "/reset" || bad "/reset"
+expect_error "chat missing model" "nope" "$ANVIL" chat --model "$AV_TMP/nope"
+finish
