@@ -241,6 +241,12 @@ static void test_limits(void) {
     EXPECT_ERR(deep, NULL, "nested too deeply");
     free(deep);
     EXPECT_ERR("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", NULL, "macro calls nested deeper");
+    /* a namespace that contains itself: repr stops, tojson refuses */
+    char *o = render("{% set ns = namespace() %}{% set ns.me = {'x': ns} %}{{ ns }}", NULL);
+    CHECK(o && strstr(o, "..."), "cyclic repr: %s", o ? o : av_last_error());
+    free(o);
+    EXPECT_ERR("{% set ns = namespace() %}{% set ns.me = [ns] %}{{ ns.me | tojson }}", NULL, "Object of type Namespace");
+    EXPECT_ERR("{% set ns = namespace() %}{% set ns.me = {'x': ns} %}{{ {'a': ns.me} | tojson }}", NULL, "Object of type Namespace");
     av_template *t = NULL;
     char *out = NULL;
     CHECK_OK(av_template_parse(&t, "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "t"));

@@ -160,6 +160,7 @@ static jv do_tojson(jx_ctx *c, const jnode *at, jv in, jx_args *a) {
     jx_buf b = {.ar = &c->ar, .limit = c->max_out};
     jb_put(&b, "", 0);
     const char *bad = jv_write_json(&b, in, indent, item_sep, key_sep, jv_truthy(sk), 0);
+    if (bad && !strcmp(bad, JV_JSON_TOO_DEEP)) jx_fail(c, at, "Circular reference detected (or nesting deeper than 500)");
     if (bad) jx_fail(c, at, "Object of type %s is not JSON serializable", bad);
     return jv_sref(b.p, b.n);
 }

@@ -93,7 +93,9 @@ void jv_write_str(jx_buf *b, jv v);   /* str(v); undefined → "" */
 void jv_write_repr(jx_buf *b, jv v);  /* repr(v) */
 jv jv_to_string(jx_arena *a, jv v);   /* str(v) as a string value */
 /* json.dumps(v, ensure_ascii=False, indent, separators, sort_keys). indent NULL = none. Returns
- * NULL on success or the name of the type that is not serializable. */
+ * NULL on success or the name of the type that is not serializable (JV_JSON_TOO_DEEP: nesting
+ * beyond 500 levels, i.e. a namespace that contains itself). */
+#define JV_JSON_TOO_DEEP "(too deep)"
 const char *jv_write_json(jx_buf *b, jv v, const char *indent, const char *item_sep, const char *key_sep, int sort_keys, int level);
 void py_float_repr(double d, char *buf); /* buf >= 32 */
 

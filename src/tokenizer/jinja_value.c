@@ -394,7 +394,12 @@ static void write_str_repr(jx_buf *b, const char *s, size_t n) {
     jb_putc(b, q);
 }
 
-void jv_write_repr(jx_buf *b, jv v) {
+static void repr_lvl(jx_buf *b, jv v, int level);
+void jv_write_repr(jx_buf *b, jv v) { repr_lvl(b, v, 0); }
+
+/* level bounds recursion: namespaces are mutable and can contain themselves */
+static void repr_lvl(jx_buf *b, jv v, int level) {
+    if (level > 200) { jb_puts(b, "..."); return; }
     switch (v.t) {
     case JV_UNDEF: jb_puts(b, "Undefined"); break;
     case JV_NONE: jb_puts(b, "None"); break;
@@ -405,7 +410,7 @@ void jv_write_repr(jx_buf *b, jv v) {
         jb_putc(b, v.aux ? '(' : '[');
         for (size_t i = 0; i < v.u.l->n; i++) {
             if (i) jb_puts(b, ", ");
-            jv_write_repr(b, v.u.l->v[i]);
+            repr_lvl(b, v.u.l->v[i], level + 1);
         }
         if (v.aux && v.u.l->n == 1) jb_putc(b, ',');
         jb_putc(b, v.aux ? ')' : ']');
@@ -416,9 +421,9 @@ void jv_write_repr(jx_buf *b, jv v) {
         jb_putc(b, '{');
         for (size_t i = 0; i < v.u.d->n; i++) {
             if (i) jb_puts(b, ", ");
-            jv_write_repr(b, v.u.d->k[i]);
+            repr_lvl(b, v.u.d->k[i], level + 1);
             jb_puts(b, ": ");
-            jv_write_repr(b, v.u.d->v[i]);
+            repr_lvl(b, v.u.d->v[i], level + 1);
         }
         jb_putc(b, '}');
         if (v.t == JV_NS) jb_putc(b, '>');
@@ -484,6 +489,7 @@ static int key_cmp(const void *x, const void *y) {
 
 const char *jv_write_json(jx_buf *b, jv v, const char *indent, const char *item_sep, const char *key_sep, int sort_keys, int level) {
     char tmp[40];
+    if (level > 500) return JV_JSON_TOO_DEEP;
     switch (v.t) {
     case JV_NONE: jb_puts(b, "null"); return NULL;
     case JV_BOOL: jb_puts(b, v.u.b ? "true" : "false"); return NULL;
