@@ -54,7 +54,7 @@ static av_status add_norm(av_tokenizer *t, const cJSON *n, const char *path) {
         s->a = dupstr(pat);
         s->b = dupstr(av_json_str(n, "content", ""));
     } else if (!strcmp(ty, "NFC")) {
-        s->type = TK_NORM_NFC; /* composed text passes unchanged; decomposed input is not recomposed */
+        s->type = TK_NORM_NFC;
     } else {
         return FAIL_UNS("%s: normalizer type '%s' is not supported", path, ty);
     }

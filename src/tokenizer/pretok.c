@@ -129,6 +129,9 @@ static int normalize(const av_tokenizer *t, const char *s, size_t n, tk_buf *out
                 if (i + la <= out->n && !memcmp(out->p + i, st->a, la)) { if (tk_buf_put(&tmp, st->b, lb)) goto oom; i += la; }
                 else { if (tk_buf_put(&tmp, out->p + i, 1)) goto oom; i++; }
             }
+        } else if (st->type == TK_NORM_NFC) {
+            tmp.n = 0;
+            if (tk_buf_put(&tmp, "", 0) || tk_nfc(out->p, out->n, &tmp)) goto oom;
         } else {
             continue;
         }

@@ -105,6 +105,8 @@ int tk_is_letter(uint32_t cp);
 int tk_is_number(uint32_t cp);
 int tk_is_space(uint32_t cp);
 int tk_utf8_put(uint32_t cp, char out[4]);
+/* unicode_nfc.c: appends the NFC form of valid UTF-8 s[0..n) */
+int tk_nfc(const char *s, size_t n, tk_buf *out);
 /* decode.c: runs the decoder steps over ids; `first` = chunk starts the sequence.
  * Appends UTF-8 (or raw bytes when *raw is set: byte-level output needing lossy conversion). */
 int tk_decode_chunk(const av_tokenizer *t, const int32_t *ids, int n, int first, tk_buf *out, int *raw);

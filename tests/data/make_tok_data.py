@@ -12,7 +12,8 @@ extra = ["Hello, world!", "  leading spaces", "trailing spaces   ", "tabs\tand\n
          "I'm sure it's 12345678 o'clock, WE'LL SEE'S", "naïve café — “quotes” … ½ ² Ⅻ", "日本語のテキスト、中文文本。",
          "emoji 😀👍🏽 and ZWJ 👨‍👩‍👧", "Ελληνικά και русский текст", "x  y   z    \n\n  \t w", "<|eot_id|>hi<|eot_id|>",
          "a<|endoftext|>b <|im_start|>user\nhey<|im_end|>", "numbers 1 12 123 1234 12345 ٣٤٥ ①②", "'s 'S 'T 'Re", "",
-         " ", "\n", "!!!???...", "http://example.com/a?b=c&d=e#f", "$100.50, 3.14159, -42, 1e10"]
+         " ", "\n", "!!!???...", "http://example.com/a?b=c&d=e#f", "$100.50, 3.14159, -42, 1e10",
+         "cafe\u0301 A\u030a\u0301 a\u0323\u0302 \u1100\u1161\u11a8 \u212b \u0958 n\u0303o"]
 tests = texts[::25] + extra
 
 def train(pre, specials, vocab=700, ignore_merges=False, norm=None):
