@@ -4,12 +4,13 @@ BUILD=${1:-build}
 export ANVIL="$PWD/$BUILD/anvil"
 export AV_FIXTURES="${AV_FIXTURES:-$PWD/../shared/fixtures}"
 export AV_DATA="${AV_DATA:-$PWD/../shared/data}"
-export AV_TMP=$(mktemp -d /tmp/anvil-test.XXXXXX)
-trap 'rm -rf "$AV_TMP"' EXIT
+ROOT_TMP=$(mktemp -d /tmp/anvil-test.XXXXXX)
+trap 'rm -rf "$ROOT_TMP"' EXIT
 pass=0; fail=0; failed=""
 for t in "$BUILD"/tests/test_*; do
   [ -x "$t" ] || continue
   name=$(basename "$t")
+  export AV_TMP="$ROOT_TMP/$name"; mkdir -p "$AV_TMP"
   start=$(date +%s)
   if "$t" > "$AV_TMP/$name.log" 2>&1; then pass=$((pass+1)); r=ok; else fail=$((fail+1)); failed="$failed $name"; r=FAIL; fi
   grep -E '^skipped:' "$AV_TMP/$name.log" | sort -u | sed "s/^/  [$name] /"
@@ -19,6 +20,7 @@ done
 for t in tests/cli_*.sh; do
   [ -f "$t" ] || continue
   name=$(basename "$t" .sh)
+  export AV_TMP="$ROOT_TMP/$name"; mkdir -p "$AV_TMP"
   start=$(date +%s)
   if sh "$t" > "$AV_TMP/$name.log" 2>&1; then pass=$((pass+1)); r=ok; else fail=$((fail+1)); failed="$failed $name"; r=FAIL; fi
   grep -E '^skipped:' "$AV_TMP/$name.log" | sort -u | sed "s/^/  [$name] /"
