@@ -12,20 +12,20 @@ for t in "$BUILD"/tests/test_*; do
   name=$(basename "$t")
   export AV_TMP="$ROOT_TMP/$name"; mkdir -p "$AV_TMP"
   start=$(date +%s)
-  if "$t" > "$AV_TMP/$name.log" 2>&1; then pass=$((pass+1)); r=ok; else fail=$((fail+1)); failed="$failed $name"; r=FAIL; fi
-  grep -E '^skipped:' "$AV_TMP/$name.log" | sort -u | sed "s/^/  [$name] /"
+  if "$t" > "$ROOT_TMP/$name.log" 2>&1; then pass=$((pass+1)); r=ok; else fail=$((fail+1)); failed="$failed $name"; r=FAIL; fi
+  grep -E '^skipped:' "$ROOT_TMP/$name.log" | sort -u | sed "s/^/  [$name] /"
   echo "[$r] $name ($(( $(date +%s) - start ))s)"
-  [ $r = FAIL ] && tail -30 "$AV_TMP/$name.log"
+  [ $r = FAIL ] && tail -30 "$ROOT_TMP/$name.log"
 done
 for t in tests/cli_*.sh; do
   [ -f "$t" ] || continue
   name=$(basename "$t" .sh)
   export AV_TMP="$ROOT_TMP/$name"; mkdir -p "$AV_TMP"
   start=$(date +%s)
-  if sh "$t" > "$AV_TMP/$name.log" 2>&1; then pass=$((pass+1)); r=ok; else fail=$((fail+1)); failed="$failed $name"; r=FAIL; fi
-  grep -E '^skipped:' "$AV_TMP/$name.log" | sort -u | sed "s/^/  [$name] /"
+  if sh "$t" > "$ROOT_TMP/$name.log" 2>&1; then pass=$((pass+1)); r=ok; else fail=$((fail+1)); failed="$failed $name"; r=FAIL; fi
+  grep -E '^skipped:' "$ROOT_TMP/$name.log" | sort -u | sed "s/^/  [$name] /"
   echo "[$r] $name ($(( $(date +%s) - start ))s)"
-  [ $r = FAIL ] && tail -30 "$AV_TMP/$name.log"
+  [ $r = FAIL ] && tail -30 "$ROOT_TMP/$name.log"
 done
 echo "== $pass passed, $fail failed${failed:+:$failed}"
 [ $fail -eq 0 ]
