@@ -312,7 +312,7 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
     double run_t0 = now_s(), train_time = 0, loss_sum = 0;
     int loss_n = 0, window_iters = 0, first_iter = t->iter + 1;
     long long window_tokens = 0;
-    char path[4200], path2[4200];
+    char path[4200] = "", path2[4200] = "";
 
     if (valid && t->iter == 0) st = evaluate_and_emit(t, valid, 0, 0);
     for (int it = t->iter + 1; it <= o->iters && st == AV_OK; it++) {
@@ -377,7 +377,7 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
             char tag[16];
             snprintf(tag, sizeof tag, "%07d", it);
             st = checkpoint(t, tag, path2, sizeof path2);
-            if (st == AV_OK && it != o->iters) st = checkpoint(t, NULL, path, sizeof path);
+            if (st == AV_OK) st = checkpoint(t, NULL, path, sizeof path);
             if (st != AV_OK) break;
             av_train_event ev = {.kind = AV_TEV_SAVE, .iter = it, .path = path, .path2 = path2};
             emit(t, &ev);
@@ -397,7 +397,7 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
         }
     }
     if (st == AV_OK && !t->dumped) {
-        st = checkpoint(t, NULL, path, sizeof path);
+        if (t->iter % o->save_every != 0) st = checkpoint(t, NULL, path, sizeof path); /* else just written */
         if (st == AV_OK) {
             av_train_event ev = {.kind = AV_TEV_FINAL, .iter = t->iter, .path = path};
             emit(t, &ev);

@@ -1,0 +1,693 @@
+/* `anvil lora`: LoRA fine-tuning with MLX-LM's flags, config file (-c config.yaml), report lines
+ * and adapter files (MLX or PEFT layout), the best adapter by validation loss kept apart, exact
+ * resume from anvil's own checkpoints, --test evaluation, and --dump-grads. */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml.h>
+#include "args.h"
+#include "commands.h"
+#include "core/memory.h"
+#include "core/threads.h"
+#include "formats/json.h"
+#include "model/model.h"
+#include "tokenizer/chat_config.h"
+#include "tokenizer/tokenizer.h"
+#include "train/adapter_io.h"
+#include "train/dataset.h"
+#include "train/lora.h"
+#include "train/schedule.h"
+#include "train/train_model.h"
+#include "train/trainer.h"
+
+
+#define CMD "lora"
+#define UNSET_I INT_MIN
+
+typedef struct {
+    const char *model, *data, *fine_tune_type, *adapter_path, *adapter_format, *resume, *lora_keys, *config, *device,
+        *dump_grads, *lr_schedule, *optimizer;
+    int train, test, grad_checkpoint, mask_prompt;
+    int num_layers, batch_size, iters, steps_per_report, steps_per_eval, val_batches, save_every, max_seq_length, rank,
+        seed, grad_accum, test_batches, threads, warmup, decay_steps;
+    double learning_rate, alpha, scale, dropout, warmup_init, lr_end, weight_decay;
+    av_lr_schedule sched; /* from the config file's lr_schedule (nargs 0 = none) */
+    int sched_from_config;
+} lora_opts;
+
+/* ---- config file (YAML, MLX-LM keys) ---------------------------------------------------------- */
+static cJSON *yaml_node_json(yaml_document_t *doc, yaml_node_t *n, int depth) {
+    if (!n || depth > 32) return cJSON_CreateNull();
+    if (n->type == YAML_SCALAR_NODE) {
+        const char *s = (const char *)n->data.scalar.value;
+        if (n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE) {
+            if (!strcmp(s, "true") || !strcmp(s, "True") || !strcmp(s, "yes")) return cJSON_CreateTrue();
+            if (!strcmp(s, "false") || !strcmp(s, "False") || !strcmp(s, "no")) return cJSON_CreateFalse();
+            if (!*s || !strcmp(s, "null") || !strcmp(s, "~")) return cJSON_CreateNull();
+            char *end;
+            errno = 0;
+            double v = strtod(s, &end);
+            if (!*end && !errno && end != s) return cJSON_CreateNumber(v);
+        }
+        return cJSON_CreateString(s);
+    }
+    if (n->type == YAML_SEQUENCE_NODE) {
+        cJSON *a = cJSON_CreateArray();
+        for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++)
+            cJSON_AddItemToArray(a, yaml_node_json(doc, yaml_document_get_node(doc, *it), depth + 1));
+        return a;
+    }
+    if (n->type == YAML_MAPPING_NODE) {
+        cJSON *o = cJSON_CreateObject();
+        for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+            yaml_node_t *k = yaml_document_get_node(doc, p->key);
+            if (!k || k->type != YAML_SCALAR_NODE) continue;
+            cJSON_AddItemToObject(o, (const char *)k->data.scalar.value, yaml_node_json(doc, yaml_document_get_node(doc, p->value), depth + 1));
+        }
+        return o;
+    }
+    return cJSON_CreateNull();
+}
+
+static int load_yaml(const char *path, cJSON **out) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return av_cli_error(CMD, "%s: cannot open config file: %s", path, strerror(errno));
+    yaml_parser_t p;
+    yaml_document_t doc;
+    yaml_parser_initialize(&p);
+    yaml_parser_set_input_file(&p, f);
+    int ok = yaml_parser_load(&p, &doc);
+    int rc = 0;
+    if (!ok) {
+        rc = av_cli_error(CMD, "%s:%zu: YAML error: %s", path, p.problem_mark.line + 1, p.problem ? p.problem : "parse error");
+    } else {
+        yaml_node_t *root = yaml_document_get_root_node(&doc);
+        *out = root ? yaml_node_json(&doc, root, 0) : cJSON_CreateObject();
+        if (!cJSON_IsObject(*out)) {
+            cJSON_Delete(*out);
+            *out = NULL;
+            rc = av_cli_error(CMD, "%s: the config must be a mapping of keys to values", path);
+        }
+        yaml_document_delete(&doc);
+    }
+    yaml_parser_delete(&p);
+    fclose(f);
+    return rc;
+}
+
+static int cfg_int(const cJSON *v, const char *path, const char *key, int *dst) {
+    if (*dst != UNSET_I) return 0; /* the command line wins */
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > INT_MAX)
+        return av_cli_error(CMD, "%s: %s must be an integer", path, key);
+    *dst = (int)v->valuedouble;
+    return 0;
+}
+static int cfg_num(const cJSON *v, const char *path, const char *key, double *dst) {
+    if (!isnan(*dst)) return 0;
+    if (cJSON_IsString(v)) { /* PyYAML reads 1e-5 as a string; MLX-LM configs are written that way */
+        char *end;
+        double x = strtod(v->valuestring, &end);
+        if (end != v->valuestring && !*end) { *dst = x; return 0; }
+    }
+    if (!cJSON_IsNumber(v)) return av_cli_error(CMD, "%s: %s must be a number", path, key);
+    *dst = v->valuedouble;
+    return 0;
+}
+static int cfg_bool(const cJSON *v, const char *path, const char *key, int *dst) {
+    if (!cJSON_IsBool(v)) return av_cli_error(CMD, "%s: %s must be true or false", path, key);
+    if (cJSON_IsTrue(v)) *dst = 1;
+    return 0;
+}
+static int cfg_str(const cJSON *v, const char *path, const char *key, const char **dst) {
+    if (*dst) return 0;
+    if (!cJSON_IsString(v)) return av_cli_error(CMD, "%s: %s must be a string", path, key);
+    *dst = v->valuestring;
+    return 0;
+}
+
+static int apply_config(lora_opts *o, const cJSON *cfg, const char *path, char *keys_buf, size_t keys_cap) {
+    const cJSON *kv;
+    int rc = 0;
+    cJSON_ArrayForEach(kv, cfg) {
+        const char *k = kv->string;
+        if (cJSON_IsNull(kv)) continue;
+        if (!strcmp(k, "model")) rc = cfg_str(kv, path, k, &o->model);
+        else if (!strcmp(k, "data")) rc = cfg_str(kv, path, k, &o->data);
+        else if (!strcmp(k, "train")) rc = cfg_bool(kv, path, k, &o->train);
+        else if (!strcmp(k, "test")) rc = cfg_bool(kv, path, k, &o->test);
+        else if (!strcmp(k, "grad_checkpoint")) rc = cfg_bool(kv, path, k, &o->grad_checkpoint);
+        else if (!strcmp(k, "mask_prompt")) rc = cfg_bool(kv, path, k, &o->mask_prompt);
+        else if (!strcmp(k, "fine_tune_type")) rc = cfg_str(kv, path, k, &o->fine_tune_type);
+        else if (!strcmp(k, "adapter_path")) rc = cfg_str(kv, path, k, &o->adapter_path);
+        else if (!strcmp(k, "adapter_format")) rc = cfg_str(kv, path, k, &o->adapter_format);
+        else if (!strcmp(k, "resume_adapter_file")) rc = cfg_str(kv, path, k, &o->resume);
+        else if (!strcmp(k, "device")) rc = cfg_str(kv, path, k, &o->device);
+        else if (!strcmp(k, "optimizer")) rc = cfg_str(kv, path, k, &o->optimizer);
+        else if (!strcmp(k, "seed")) rc = cfg_int(kv, path, k, &o->seed);
+        else if (!strcmp(k, "num_layers")) rc = cfg_int(kv, path, k, &o->num_layers);
+        else if (!strcmp(k, "batch_size")) rc = cfg_int(kv, path, k, &o->batch_size);
+        else if (!strcmp(k, "iters")) rc = cfg_int(kv, path, k, &o->iters);
+        else if (!strcmp(k, "val_batches")) rc = cfg_int(kv, path, k, &o->val_batches);
+        else if (!strcmp(k, "test_batches")) rc = cfg_int(kv, path, k, &o->test_batches);
+        else if (!strcmp(k, "steps_per_report")) rc = cfg_int(kv, path, k, &o->steps_per_report);
+        else if (!strcmp(k, "steps_per_eval")) rc = cfg_int(kv, path, k, &o->steps_per_eval);
+        else if (!strcmp(k, "save_every")) rc = cfg_int(kv, path, k, &o->save_every);
+        else if (!strcmp(k, "max_seq_length")) rc = cfg_int(kv, path, k, &o->max_seq_length);
+        else if (!strcmp(k, "grad_accumulation_steps")) rc = cfg_int(kv, path, k, &o->grad_accum);
+        else if (!strcmp(k, "threads")) rc = cfg_int(kv, path, k, &o->threads);
+        else if (!strcmp(k, "learning_rate")) rc = cfg_num(kv, path, k, &o->learning_rate);
+        else if (!strcmp(k, "lora_parameters")) {
+            if (!cJSON_IsObject(kv)) return av_cli_error(CMD, "%s: lora_parameters must be a mapping", path);
+            const cJSON *v;
+            cJSON_ArrayForEach(v, kv) {
+                const char *s = v->string;
+                if (!strcmp(s, "rank")) rc = cfg_int(v, path, "lora_parameters.rank", &o->rank);
+                else if (!strcmp(s, "alpha")) rc = cfg_num(v, path, "lora_parameters.alpha", &o->alpha);
+                else if (!strcmp(s, "scale")) rc = cfg_num(v, path, "lora_parameters.scale", &o->scale);
+                else if (!strcmp(s, "dropout")) rc = cfg_num(v, path, "lora_parameters.dropout", &o->dropout);
+                else if (!strcmp(s, "keys")) {
+                    if (o->lora_keys) continue;
+                    if (!cJSON_IsArray(v)) return av_cli_error(CMD, "%s: lora_parameters.keys must be a list", path);
+                    keys_buf[0] = 0;
+                    const cJSON *e;
+                    cJSON_ArrayForEach(e, v) {
+                        if (!cJSON_IsString(e)) return av_cli_error(CMD, "%s: lora_parameters.keys must be strings", path);
+                        if (strlen(keys_buf) + strlen(e->valuestring) + 2 >= keys_cap)
+                            return av_cli_error(CMD, "%s: lora_parameters.keys is too long", path);
+                        if (keys_buf[0]) strcat(keys_buf, ",");
+                        strcat(keys_buf, e->valuestring);
+                    }
+                    o->lora_keys = keys_buf;
+                } else fprintf(stderr, "anvil lora: warning: %s: unknown key lora_parameters.%s ignored\n", path, s);
+                if (rc) return rc;
+            }
+        } else if (!strcmp(k, "lr_schedule")) {
+            if (!cJSON_IsObject(kv)) return av_cli_error(CMD, "%s: lr_schedule must be a mapping", path);
+            av_lr_schedule *s = &o->sched;
+            memset(s, 0, sizeof *s);
+            if (av_lr_kind_parse(av_json_str(kv, "name", NULL), &s->kind) != AV_OK)
+                return av_cli_error(CMD, "%s: %s", path, av_last_error());
+            const cJSON *args = cJSON_GetObjectItemCaseSensitive(kv, "arguments"), *e;
+            if (!cJSON_IsArray(args)) return av_cli_error(CMD, "%s: lr_schedule.arguments must be a list", path);
+            cJSON_ArrayForEach(e, args) {
+                if (s->nargs >= 3) return av_cli_error(CMD, "%s: lr_schedule.arguments: at most 3", path);
+                double x = NAN;
+                if (cfg_num(e, path, "lr_schedule.arguments", &x)) return 1;
+                s->args[s->nargs++] = x;
+            }
+            s->warmup = (int)av_json_num(kv, "warmup", 0);
+            s->warmup_init = av_json_num(kv, "warmup_init", 0);
+            if (av_lr_validate(s) != AV_OK) return av_cli_error(CMD, "%s: %s", path, av_last_error());
+            o->sched_from_config = 1;
+        } else if (!strcmp(k, "optimizer_config")) {
+            if (!cJSON_IsObject(kv)) return av_cli_error(CMD, "%s: optimizer_config must be a mapping", path);
+            const cJSON *v;
+            cJSON_ArrayForEach(v, kv) {
+                const cJSON *wd = cJSON_GetObjectItemCaseSensitive(v, "weight_decay");
+                if (wd && cfg_num(wd, path, "optimizer_config.weight_decay", &o->weight_decay)) return 1;
+            }
+        } else if (!strcmp(k, "wandb") || !strcmp(k, "report_to") || !strcmp(k, "project_name")) {
+            /* MLX-LM logging integrations: nothing to do */
+        } else fprintf(stderr, "anvil lora: warning: %s: unknown key '%s' ignored\n", path, k);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* ---- tokenizer + chat template glue for the dataset -------------------------------------------- */
+typedef struct {
+    av_tokenizer *tok;
+    av_chat_config chat;
+} text_ctx;
+
+static av_status glue_encode(void *ctx, const char *s, size_t n, int add_special, int32_t **ids, int *cnt) {
+    return av_tokenizer_encode(((text_ctx *)ctx)->tok, s, n, add_special, ids, cnt);
+}
+static av_status glue_render(void *ctx, const cJSON *msgs, int gen, char **out) {
+    const av_chat_config *c = &((text_ctx *)ctx)->chat;
+    return av_chat_render(c->template_src, c->where, msgs, gen, c->bos, c->eos, NULL, out);
+}
+
+/* ---- events -------------------------------------------------------------------------------------- */
+typedef struct {
+    av_model *m;
+    av_lora_spec spec;
+    const char *adapter_dir;
+    int peft;
+    int tty; /* progress bar on stderr */
+    int bar_shown;
+} run_ctx;
+
+static void clear_bar(run_ctx *r) {
+    if (r->bar_shown) {
+        fputs("\r\033[K", stderr);
+        r->bar_shown = 0;
+    }
+}
+
+static void fmt_time(char *b, size_t cap, double s) {
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(b, cap, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else snprintf(b, cap, "%ld:%02ld", t / 60, t % 60);
+}
+
+static void on_event(void *ctx, const av_train_event *e) {
+    run_ctx *r = ctx;
+    if (e->kind != AV_TEV_PROGRESS) clear_bar(r);
+    switch (e->kind) {
+    case AV_TEV_PROGRESS:
+        if (r->tty) {
+            int w = 30, fill = (int)((double)w * e->iter / e->iters);
+            char bar[40], el[32], eta[32];
+            for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
+            bar[w] = 0;
+            fmt_time(el, sizeof el, e->elapsed);
+            fmt_time(eta, sizeof eta, e->eta);
+            fprintf(stderr, "\r[%s] %d/%d  %s elapsed, ETA %s\033[K", bar, e->iter, e->iters, el, eta);
+            fflush(stderr);
+            r->bar_shown = 1;
+        }
+        return;
+    case AV_TEV_REPORT:
+        printf("Iter %d: Train loss %.3f, Learning Rate %.3e, It/sec %.3f, Tokens/sec %.3f, Trained Tokens %lld, Peak mem %.3f GB\n",
+               e->iter, e->train_loss, e->lr, e->it_per_sec, e->tok_per_sec, e->trained_tokens, e->peak_gb);
+        break;
+    case AV_TEV_EVAL: printf("Iter %d: Val loss %.3f, Val took %.3fs\n", e->iter, e->val_loss, e->val_secs); break;
+    case AV_TEV_SAVE: printf("Iter %d: Saved adapter weights to %s and %s.\n", e->iter, e->path, e->path2); break;
+    case AV_TEV_BEST: printf("Iter %d: New best val loss %.3f, saved to %s.\n", e->iter, e->val_loss, e->path); break;
+    case AV_TEV_FINAL: printf("Saved final weights to %s.\n", e->path); break;
+    case AV_TEV_INTERRUPTED: printf("Iter %d: Interrupted; saved adapter weights and training state to %s.\n", e->iter, e->path); break;
+    }
+    fflush(stdout);
+}
+
+/* tag NULL = main adapter, "best", or "NNNNNNN" (numbered checkpoint). */
+static av_status save_adapter(void *ctx, const char *tag, char *path, size_t cap) {
+    run_ctx *r = ctx;
+    char dir[4200];
+    if (!tag) {
+        AV_TRY(av_adapter_save(r->m, &r->spec, r->adapter_dir, r->peft));
+        if (r->peft) snprintf(path, cap, "%s", r->adapter_dir);
+        else av_path_join(path, cap, r->adapter_dir, "adapters.safetensors");
+        return AV_OK;
+    }
+    if (r->peft) { /* PEFT checkpoints are directories: DIR/best/, DIR/0000100/ */
+        av_path_join(dir, sizeof dir, r->adapter_dir, tag);
+        AV_TRY(av_adapter_save(r->m, &r->spec, dir, 1));
+        snprintf(path, cap, "%s", dir);
+        return AV_OK;
+    }
+    char name[64];
+    snprintf(name, sizeof name, "%s_adapters.safetensors", tag);
+    av_path_join(path, cap, r->adapter_dir, name);
+    return av_adapter_save_weights(r->m, path, 0);
+}
+
+static volatile sig_atomic_t g_stop;
+static volatile int g_stop_flag;
+static void on_sigint(int sig) {
+    (void)sig;
+    if (g_stop) _exit(130); /* second Ctrl-C: leave now (writes are atomic) */
+    g_stop = 1;
+    g_stop_flag = 1;
+}
+
+/* ---- datasets -------------------------------------------------------------------------------------- */
+static int load_split(const char *dir, const char *name, int required, const av_ds_opts *dso, int max_len, av_dataset *d,
+                      int *loaded) {
+    char p[4200];
+    av_path_join(p, sizeof p, dir, name);
+    *loaded = 0;
+    if (!av_file_exists(p)) {
+        if (required) return av_cli_error(CMD, "%s: not found (--data needs train.jsonl and valid.jsonl)", p);
+        return 0;
+    }
+    if (av_dataset_load(d, p, dso) != AV_OK) return av_cli_fail(CMD);
+    *loaded = 1;
+    int cut = av_dataset_truncate(d, max_len);
+    if (cut)
+        fprintf(stderr, "[WARNING] %d of %d sequences in %s are longer than %d tokens (longest %d) and were truncated to %d.\n",
+                cut, d->n, p, max_len, d->longest, max_len);
+    return 0;
+}
+
+static const char k_summary[] =
+    "LoRA fine-tuning with MLX-LM's flags, config keys, report lines and adapter files.\n"
+    "Data: --data DIR with train.jsonl, valid.jsonl (and test.jsonl for --test); lines are {\"text\"},\n"
+    "{\"prompt\",\"completion\"} or {\"messages\"} (rendered with the model's chat template).\n"
+    "Files in --adapter-path: adapters.safetensors + adapter_config.json (mlx) or adapter_model.safetensors +\n"
+    "adapter_config.json (peft); checkpoints NNNNNNN_adapters.safetensors (mlx) or NNNNNNN/ (peft); the best\n"
+    "adapter by validation loss in best_adapters.safetensors (mlx) or best/ (peft). Each adapter file has a\n"
+    "*.state.safetensors beside it (optimizer state, iteration, data order, schedule): resuming from it with\n"
+    "--resume-adapter-file continues the run exactly (--iters counts from the start of the run).\n"
+    "Validation runs before training (reported as Iter 0), every --steps-per-eval iterations and at the end.";
+
+int av_cmd_lora(int argc, char **argv) {
+    lora_opts o = {0};
+    int *ints[] = {&o.num_layers, &o.batch_size, &o.iters, &o.steps_per_report, &o.steps_per_eval, &o.val_batches, &o.save_every,
+                   &o.max_seq_length, &o.rank, &o.seed, &o.grad_accum, &o.test_batches, &o.threads, &o.warmup, &o.decay_steps};
+    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) *ints[i] = UNSET_I;
+    double *nums[] = {&o.learning_rate, &o.alpha, &o.scale, &o.dropout, &o.warmup_init, &o.lr_end, &o.weight_decay};
+    for (size_t i = 0; i < sizeof nums / sizeof *nums; i++) *nums[i] = NAN;
+    const av_opt opts[] = {
+        {"model", AV_OPT_STR, &o.model, "model directory (HF layout)", 0, 0, NULL},
+        {"train", AV_OPT_FLAG, &o.train, "train", 0, 0, NULL},
+        {"data", AV_OPT_STR, &o.data, "directory with train.jsonl, valid.jsonl, test.jsonl", 0, 0, NULL},
+        {"fine-tune-type", AV_OPT_STR, &o.fine_tune_type, "lora (default; full is not available yet)", 0, 0, NULL},
+        {"num-layers", AV_OPT_INT, &o.num_layers, "adapt the last N layers (default 16, -1 = all)", -1, 1e6, NULL},
+        {"batch-size", AV_OPT_INT, &o.batch_size, "rows per batch (default 4)", 1, 1e6, NULL},
+        {"iters", AV_OPT_INT, &o.iters, "training iterations (default 1000)", 1, 1e9, NULL},
+        {"learning-rate", AV_OPT_FLOAT, &o.learning_rate, "AdamW learning rate (default 1e-4)", 0, 10, NULL},
+        {"lr-schedule", AV_OPT_STR, &o.lr_schedule, "constant (default), cosine_decay, linear_schedule (to --lr-end)", 0, 0, NULL},
+        {"warmup", AV_OPT_INT, &o.warmup, "linear warmup steps before the schedule (default 0)", 0, 1e9, NULL},
+        {"warmup-init", AV_OPT_FLOAT, &o.warmup_init, "learning rate at the start of the warmup (default 0)", 0, 10, NULL},
+        {"lr-end", AV_OPT_FLOAT, &o.lr_end, "final learning rate of cosine/linear schedules (default 0)", 0, 10, NULL},
+        {"decay-steps", AV_OPT_INT, &o.decay_steps, "steps of the decay (default: optimizer steps after warmup)", 1, 1e9, NULL},
+        {"weight-decay", AV_OPT_FLOAT, &o.weight_decay, "AdamW weight decay (default 0.01)", 0, 10, NULL},
+        {"steps-per-report", AV_OPT_INT, &o.steps_per_report, "iterations between loss reports (default 10)", 1, 1e9, NULL},
+        {"steps-per-eval", AV_OPT_INT, &o.steps_per_eval, "iterations between validations (default 200)", 1, 1e9, NULL},
+        {"val-batches", AV_OPT_INT, &o.val_batches, "validation batches, -1 = whole set (default 25)", -1, 1e9, NULL},
+        {"save-every", AV_OPT_INT, &o.save_every, "iterations between checkpoints (default 100)", 1, 1e9, NULL},
+        {"adapter-path", AV_OPT_STR, &o.adapter_path, "directory for adapter files (default adapters)", 0, 0, NULL},
+        {"adapter-format", AV_OPT_STR, &o.adapter_format, "mlx (default) or peft", 0, 0, NULL},
+        {"resume-adapter-file", AV_OPT_STR, &o.resume, "MLX adapters file or PEFT directory to start from", 0, 0, NULL},
+        {"grad-checkpoint", AV_OPT_FLAG, &o.grad_checkpoint, "keep only layer inputs; recompute in backward", 0, 0, NULL},
+        {"mask-prompt", AV_OPT_FLAG, &o.mask_prompt, "train only on completions / the last message", 0, 0, NULL},
+        {"max-seq-length", AV_OPT_INT, &o.max_seq_length, "truncate examples to N tokens (default 2048)", 2, 1e7, NULL},
+        {"lora-keys", AV_OPT_STR, &o.lora_keys, "projections to adapt (default q_proj,v_proj; all = every one)", 0, 0, NULL},
+        {"rank", AV_OPT_INT, &o.rank, "LoRA rank (default 8)", 1, 65536, NULL},
+        {"alpha", AV_OPT_FLOAT, &o.alpha, "LoRA alpha; scale = alpha / rank (default 16)", 0, 1e6, NULL},
+        {"scale", AV_OPT_FLOAT, &o.scale, "LoRA scale, overrides alpha (MLX-LM style)", 0, 1e6, NULL},
+        {"dropout", AV_OPT_FLOAT, &o.dropout, "LoRA dropout (only 0 is supported yet)", 0, 1, NULL},
+        {"seed", AV_OPT_INT, &o.seed, "seed for LoRA init and data order (default 0)", 0, 2147483647, NULL},
+        {"grad-accumulation-steps", AV_OPT_INT, &o.grad_accum, "batches per optimizer update (default 1)", 1, 1e6, NULL},
+        {"test", AV_OPT_FLAG, &o.test, "report test loss and perplexity (test.jsonl)", 0, 0, NULL},
+        {"test-batches", AV_OPT_INT, &o.test_batches, "test batches, -1 = whole set (default 500)", -1, 1e9, NULL},
+        {"config", AV_OPT_STR, &o.config, "YAML file with MLX-LM config keys (flags override it)", 0, 0, "c"},
+        {"device", AV_OPT_STR, &o.device, "cpu or cuda (default: cuda if present)", 0, 0, NULL},
+        {"threads", AV_OPT_INT, &o.threads, "CPU threads (default: all cores)", 0, 4096, NULL},
+        {"dump-grads", AV_OPT_STR, &o.dump_grads, "write the first batch's LoRA gradients (PEFT names) and exit", 0, 0, NULL},
+        {NULL, 0, NULL, NULL, 0, 0, NULL},
+    };
+    int pr = av_args_parse(argc, argv, opts, CMD, k_summary);
+    if (pr) return pr == 1 ? 0 : 2;
+
+    cJSON *cfg = NULL;
+    char keys_buf[512];
+    if (o.config) {
+        if (load_yaml(o.config, &cfg)) return 2;
+        int rc = apply_config(&o, cfg, o.config, keys_buf, sizeof keys_buf);
+        if (rc) {
+            cJSON_Delete(cfg);
+            return 2;
+        }
+    }
+    int rc = 1;
+    av_tokenizer *tok = NULL;
+    av_model *m = NULL;
+    av_train_ctx *tc = NULL;
+    av_trainer *tr = NULL;
+    av_dataset dtrain = {0}, dvalid = {0}, dtest = {0};
+    av_batcher btrain = {0}, bvalid = {0}, btest = {0};
+    int have_train = 0, have_valid = 0, have_test = 0;
+    text_ctx tctx = {0};
+
+    /* defaults (MLX-LM's, but lr 1e-4 as in the seed) and checks */
+#define DEF_I(x, v) if ((x) == UNSET_I) (x) = (v)
+#define DEF_D(x, v) if (isnan(x)) (x) = (v)
+    int num_layers_set = o.num_layers != UNSET_I;
+    DEF_I(o.num_layers, 16);
+    DEF_I(o.batch_size, 4);
+    DEF_I(o.iters, 1000);
+    DEF_I(o.steps_per_report, 10);
+    DEF_I(o.steps_per_eval, 200);
+    DEF_I(o.val_batches, 25);
+    DEF_I(o.save_every, 100);
+    DEF_I(o.max_seq_length, 2048);
+    DEF_I(o.seed, 0);
+    DEF_I(o.grad_accum, 1);
+    DEF_I(o.test_batches, 500);
+    DEF_I(o.threads, 0);
+    DEF_I(o.warmup, 0);
+    DEF_D(o.learning_rate, 1e-4);
+    DEF_D(o.warmup_init, 0);
+    DEF_D(o.lr_end, 0);
+    DEF_D(o.dropout, 0);
+    if (!o.adapter_path) o.adapter_path = "adapters";
+    if (!o.fine_tune_type) o.fine_tune_type = "lora";
+    if (!o.adapter_format) o.adapter_format = "mlx";
+    if (!o.optimizer) o.optimizer = "adamw";
+    DEF_D(o.weight_decay, strcmp(o.optimizer, "adam") ? 0.01 : 0.0);
+
+    const char *bad = NULL;
+    char badbuf[256];
+    if (!o.model) bad = "--model DIR is required";
+    else if (!o.train && !o.test) bad = "nothing to do: pass --train and/or --test";
+    else if (!o.data) bad = "--data DIR is required";
+    else if (strcmp(o.fine_tune_type, "lora")) {
+        snprintf(badbuf, sizeof badbuf, "--fine-tune-type %s is not supported yet (use lora)", o.fine_tune_type);
+        bad = badbuf;
+    } else if (strcmp(o.adapter_format, "mlx") && strcmp(o.adapter_format, "peft")) bad = "--adapter-format must be mlx or peft";
+    else if (strcmp(o.optimizer, "adamw") && strcmp(o.optimizer, "adam")) bad = "optimizer must be adamw or adam";
+    else if (o.dropout != 0) bad = "--dropout > 0 is not supported yet";
+    else if (o.num_layers == 0 || o.num_layers < -1) bad = "--num-layers must be -1 (all) or >= 1";
+    else if (o.batch_size < 1 || o.iters < 1 || o.steps_per_report < 1 || o.steps_per_eval < 1 || o.save_every < 1 ||
+             o.grad_accum < 1 || o.max_seq_length < 2)
+        bad = "--batch-size, --iters, --steps-per-report, --steps-per-eval, --save-every, --grad-accumulation-steps must be >= 1";
+    else if (o.val_batches == 0 || o.val_batches < -1 || o.test_batches == 0 || o.test_batches < -1)
+        bad = "--val-batches and --test-batches must be -1 (all) or >= 1";
+    else if (o.learning_rate <= 0 || !isfinite(o.learning_rate)) bad = "--learning-rate must be > 0";
+    else if (o.rank != UNSET_I && o.rank < 1) bad = "--rank must be >= 1";
+    else if (!o.train && o.dump_grads) bad = "--dump-grads needs --train";
+    if (bad) {
+        av_cli_error(CMD, "%s", bad);
+        rc = 2;
+        goto done;
+    }
+    /* learning-rate schedule: the config's lr_schedule, else the flags */
+    av_lr_schedule sched;
+    int opt_steps = o.iters / o.grad_accum;
+    if (o.sched_from_config && !o.lr_schedule) sched = o.sched;
+    else {
+        memset(&sched, 0, sizeof sched);
+        if (av_lr_kind_parse(o.lr_schedule ? o.lr_schedule : "constant", &sched.kind) != AV_OK) {
+            rc = av_cli_fail(CMD) + 1;
+            goto done;
+        }
+        int ds = o.decay_steps != UNSET_I ? o.decay_steps : opt_steps - o.warmup > 1 ? opt_steps - o.warmup : 1;
+        sched.args[0] = o.learning_rate;
+        sched.nargs = 1;
+        if (sched.kind == AV_LR_COSINE) sched.args[1] = ds, sched.args[2] = o.lr_end, sched.nargs = 3;
+        else if (sched.kind == AV_LR_LINEAR) sched.args[1] = o.lr_end, sched.args[2] = ds, sched.nargs = 3;
+        else if (sched.kind != AV_LR_CONSTANT) {
+            av_cli_error(CMD, "--lr-schedule %s needs its arguments in a config file (lr_schedule: {name, arguments})", o.lr_schedule);
+            rc = 2;
+            goto done;
+        }
+        sched.warmup = o.warmup;
+        sched.warmup_init = o.warmup_init;
+        if (av_lr_validate(&sched) != AV_OK) {
+            rc = av_cli_fail(CMD) + 1;
+            goto done;
+        }
+    }
+    if (!av_dir_exists(o.data)) {
+        av_cli_error(CMD, "%s: data directory not found", o.data);
+        goto done;
+    }
+    if (o.resume && !av_file_exists(o.resume) && !av_dir_exists(o.resume)) {
+        av_cli_error(CMD, "%s: adapter to resume from not found", o.resume);
+        goto done;
+    }
+
+    /* tokenizer and data first: a bad line is reported before the model is loaded */
+    av_threads_set(o.threads);
+    printf("Loading pretrained model\n");
+    fflush(stdout);
+    if (av_tokenizer_load(&tok, o.model, 0) != AV_OK) {
+        av_cli_fail(CMD);
+        goto done;
+    }
+    tctx.tok = tok;
+    if (av_chat_config_load(&tctx.chat, o.model) != AV_OK) {
+        av_cli_fail(CMD);
+        goto done;
+    }
+    av_ds_opts dso = {.encode = glue_encode, .render = tctx.chat.template_src ? glue_render : NULL, .ctx = &tctx,
+                      .eos_id = av_tokenizer_eos_id(tok), .mask_prompt = o.mask_prompt};
+    printf("Loading datasets\n");
+    fflush(stdout);
+    if (o.train) {
+        if (load_split(o.data, "train.jsonl", 1, &dso, o.max_seq_length, &dtrain, &have_train)) goto done;
+        if (load_split(o.data, "valid.jsonl", 1, &dso, o.max_seq_length, &dvalid, &have_valid)) goto done;
+        if (av_batcher_init(&btrain, &dtrain, o.batch_size, (uint64_t)o.seed) != AV_OK ||
+            av_batcher_init(&bvalid, &dvalid, o.batch_size, 0) != AV_OK) {
+            av_cli_fail(CMD);
+            goto done;
+        }
+    }
+    if (o.test) {
+        if (load_split(o.data, "test.jsonl", 1, &dso, o.max_seq_length, &dtest, &have_test)) goto done;
+        if (av_batcher_init(&btest, &dtest, o.batch_size, 0) != AV_OK) {
+            av_cli_fail(CMD);
+            goto done;
+        }
+    }
+
+    const av_backend *be;
+    if (av_backend_select(o.device, &be) != AV_OK || av_model_load(&m, o.model, be) != AV_OK) {
+        av_cli_fail(CMD);
+        goto done;
+    }
+
+    /* adapters: resumed (config from the adapter), trained afresh, or (test only) loaded */
+    run_ctx rctx = {.m = m, .adapter_dir = o.adapter_path, .peft = !strcmp(o.adapter_format, "peft"), .tty = isatty(1)};
+    av_lora_spec_default(&rctx.spec);
+    const char *load_from = o.resume;
+    if (!o.train && !load_from) {
+        av_adapter_format f;
+        if (av_adapter_detect(o.adapter_path, &f) == AV_OK) load_from = o.adapter_path;
+        else if (strcmp(o.adapter_path, "adapters")) {
+            av_cli_fail(CMD);
+            goto done;
+        }
+    }
+    if (load_from) {
+        if (av_adapter_load(m, load_from, &rctx.spec) != AV_OK) {
+            av_cli_fail(CMD);
+            goto done;
+        }
+    } else if (o.train) {
+        av_lora_spec *s = &rctx.spec;
+        if (o.lora_keys && av_lora_parse_keys(o.lora_keys, &s->keys) != AV_OK) {
+            av_cli_fail(CMD);
+            goto done;
+        }
+        if (o.num_layers > m->cfg.n_layers) {
+            if (num_layers_set) {
+                av_cli_error(CMD, "--num-layers %d: the model has only %d layers", o.num_layers, m->cfg.n_layers);
+                goto done;
+            }
+            o.num_layers = m->cfg.n_layers;
+        }
+        s->num_layers = o.num_layers;
+        if (o.rank != UNSET_I) s->rank = o.rank;
+        if (!isnan(o.alpha)) s->alpha = (float)o.alpha;
+        s->scale = !isnan(o.scale) ? (float)o.scale : s->alpha / (float)s->rank;
+        s->dropout = (float)o.dropout;
+        if (av_lora_attach(m, s, (uint64_t)o.seed) != AV_OK) {
+            av_cli_fail(CMD);
+            goto done;
+        }
+    }
+    long long trainable = av_lora_param_count(m), total = av_config_param_count(&m->cfg);
+    printf("Trainable parameters: %.3f%% (%.3fM/%.3fM)\n", 100.0 * (double)trainable / (double)total, (double)trainable / 1e6,
+           (double)total / 1e6);
+    fflush(stdout);
+
+    int max_len = 2;
+    if (have_train && av_dataset_max_len(&dtrain) > max_len) max_len = av_dataset_max_len(&dtrain);
+    if (have_valid && av_dataset_max_len(&dvalid) > max_len) max_len = av_dataset_max_len(&dvalid);
+    if (have_test && av_dataset_max_len(&dtest) > max_len) max_len = av_dataset_max_len(&dtest);
+    if (av_train_ctx_new(&tc, m, o.batch_size, max_len - 1, o.grad_checkpoint) != AV_OK) {
+        av_cli_fail(CMD);
+        goto done;
+    }
+
+    if (o.train) {
+        av_trainer_opts to;
+        av_trainer_opts_default(&to);
+        to.iters = o.iters;
+        to.grad_accum = o.grad_accum;
+        to.steps_per_report = o.steps_per_report;
+        to.steps_per_eval = o.steps_per_eval;
+        to.val_batches = o.val_batches;
+        to.save_every = o.save_every;
+        to.seed = (uint64_t)o.seed;
+        to.lr = sched;
+        to.weight_decay = o.weight_decay;
+        to.dump_grads = o.dump_grads;
+        to.stop = &g_stop_flag;
+        to.save = save_adapter;
+        to.on_event = on_event;
+        to.ctx = &rctx;
+        if (av_trainer_new(&tr, m, tc, &to) != AV_OK) {
+            av_cli_fail(CMD);
+            goto done;
+        }
+        if (o.resume) {
+            char sp[4300];
+            av_adapter_format f = AV_ADAPTER_MLX;
+            av_adapter_detect(o.resume, &f);
+            if (av_dir_exists(o.resume) && f == AV_ADAPTER_MLX) {
+                char fp[4200];
+                av_trainer_state_path(av_path_join(fp, sizeof fp, o.resume, "adapters.safetensors"), sp, sizeof sp);
+            } else av_trainer_state_path(o.resume, sp, sizeof sp);
+            if (av_file_exists(sp)) {
+                if (av_trainer_load_state(tr, sp) != AV_OK) {
+                    av_cli_fail(CMD);
+                    goto done;
+                }
+                printf("Resuming from iteration %d with the optimizer state in %s\n", av_trainer_iter(tr), sp);
+            } else printf("Resuming from the adapter weights in %s (no training state beside it: starting at iteration 1)\n", o.resume);
+        }
+        if (!o.dump_grads && av_adapter_save_config(m, &rctx.spec, o.adapter_path, rctx.peft) != AV_OK) {
+            av_cli_fail(CMD);
+            goto done;
+        }
+        printf("Starting training..., iters: %d\n", o.iters);
+        fflush(stdout);
+        struct sigaction sa = {0};
+        sa.sa_handler = on_sigint;
+        sigaction(SIGINT, &sa, NULL);
+        av_status st = av_trainer_run(tr, &btrain, &bvalid);
+        signal(SIGINT, SIG_DFL);
+        clear_bar(&rctx);
+        if (st == AV_ERR_INTERRUPTED) {
+            av_cli_fail(CMD);
+            rc = 130;
+            goto done;
+        }
+        if (st != AV_OK) {
+            av_cli_fail(CMD);
+            goto done;
+        }
+        if (av_trainer_dumped(tr)) {
+            printf("Wrote the first batch's gradients (%d tensors) to %s.\n", av_train_nparams(tc), o.dump_grads);
+            rc = 0;
+            goto done;
+        }
+    }
+    if (o.test) {
+        printf("Testing\n");
+        fflush(stdout);
+        double loss;
+        if (av_evaluate(tc, &btest, o.test_batches, &loss, NULL) != AV_OK) {
+            av_cli_fail(CMD);
+            goto done;
+        }
+        printf("Test loss %.3f, Test ppl %.3f.\n", loss, exp(loss));
+    }
+    rc = 0;
+done:
+    av_trainer_free(tr);
+    if (tc) av_train_ctx_free(tc);
+    av_batcher_free(&btrain);
+    av_batcher_free(&bvalid);
+    av_batcher_free(&btest);
+    av_dataset_free(&dtrain);
+    av_dataset_free(&dvalid);
+    av_dataset_free(&dtest);
+    if (m) av_model_free(m);
+    if (tok) av_tokenizer_free(tok);
+    av_chat_config_free(&tctx.chat);
+    cJSON_Delete(cfg);
+    return rc;
+}
