@@ -70,6 +70,21 @@ static double check_step(const char *name, av_model *m, const cJSON *ts, const a
         matched++;
     }
     CHECK(matched == gf->n, "%s: matched %d of %d reference gradients", name, matched, gf->n);
+    /* the dump file holds the same tensors under the same names */
+    char dump[128];
+    snprintf(dump, sizeof dump, "/tmp/anvil-grads-%d.safetensors", (int)getpid());
+    CHECK_OK(av_train_save_grads(c, dump));
+    av_st_file df;
+    if (av_st_open(&df, dump) == AV_OK) {
+        int same = df.n == np;
+        for (int i = 0; i < np && same; i++) {
+            const av_st_tensor *t = av_st_find(&df, P[i].name);
+            same = t && av_st_numel(t) == (int64_t)P[i].n && !memcmp(t->data, P[i].grad, P[i].n * sizeof(float));
+        }
+        CHECK(same, "%s: dumped gradients differ", dump);
+        av_st_close(&df);
+    } else CHECK(0, "%s", av_last_error());
+    unlink(dump);
     /* forward-only gives the same NLL */
     double nll2;
     CHECK_OK(av_train_step(c, ids, tg, B, T, 0.0f, 0, &nll2, &nv));

@@ -7,6 +7,7 @@
 #include "train/train_model.h"
 #include "attention/attention.h"
 #include "core/memory.h"
+#include "formats/safetensors.h"
 #include "model/llama.h"
 #include "train/lora.h"
 #include <stdio.h>
@@ -286,4 +287,23 @@ av_status av_train_step(av_train_ctx *c, const int32_t *ids, const int32_t *targ
     }
     /* the embedding is frozen: dL/d(embedding output) = c->dx is not needed further */
     return AV_OK;
+}
+
+av_status av_train_save_grads(av_train_ctx *c, const char *path) {
+    float *host = malloc(sizeof(float) * (c->grad_floats ? c->grad_floats : 1));
+    if (!host) return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
+    c->m->be->download(host, c->grad_arena, sizeof(float) * c->grad_floats);
+    av_st_writer w;
+    av_st_writer_init(&w);
+    av_status st = AV_OK;
+    for (int i = 0; i < c->nparams && st == AV_OK; i++) {
+        const av_param *P = &c->params[i];
+        int64_t shape[2] = {P->rows, P->cols};
+        st = av_st_writer_add(&w, P->name, AV_F32, 2, shape, host + (P->grad - c->grad_arena));
+    }
+    if (st == AV_OK) st = av_st_writer_set_metadata(&w, "{\"format\":\"pt\"}");
+    if (st == AV_OK) st = av_st_writer_write(&w, path);
+    av_st_writer_free(&w);
+    free(host);
+    return st;
 }

@@ -18,7 +18,9 @@ typedef struct {
 
 typedef struct av_train_ctx av_train_ctx;
 
-/* max_rows x max_len is the largest batch; grad_checkpoint keeps only layer inputs. */
+/* max_rows x max_len is the largest batch; grad_checkpoint keeps only layer inputs. Create the
+ * context after attaching adapters (av_lora_attach / av_adapter_load): its params point at them,
+ * in layer order, q k v o gate up down, A before B. */
 av_status av_train_ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_len, int grad_checkpoint);
 void av_train_ctx_free(av_train_ctx *c);
 int av_train_nparams(const av_train_ctx *c);
@@ -31,5 +33,9 @@ av_status av_train_step(av_train_ctx *c, const int32_t *ids, const int32_t *targ
                         int backward, double *nll_sum, int *n_valid);
 /* Peak bytes of the training buffers (activations, grads). */
 size_t av_train_bytes(const av_train_ctx *c);
+
+/* Writes every parameter's gradient as f32 safetensors (PEFT names, [rows, cols]) atomically:
+ * the --dump-grads file, comparable with the fixtures' *-lora_grads.safetensors. */
+av_status av_train_save_grads(av_train_ctx *c, const char *path);
 
 #endif
