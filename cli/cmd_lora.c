@@ -685,7 +685,10 @@ done:
     av_dataset_free(&dtrain);
     av_dataset_free(&dvalid);
     av_dataset_free(&dtest);
-    if (m) av_model_free(m);
+    if (m) {
+        av_lora_detach(m);
+        av_model_free(m);
+    }
     if (tok) av_tokenizer_free(tok);
     av_chat_config_free(&tctx.chat);
     cJSON_Delete(cfg);

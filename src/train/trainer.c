@@ -314,7 +314,7 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
     long long window_tokens = 0;
     char path[4200] = "", path2[4200] = "";
 
-    if (valid && t->iter == 0) st = evaluate_and_emit(t, valid, 0, 0);
+    if (valid && t->iter == 0 && !o->dump_grads) st = evaluate_and_emit(t, valid, 0, 0);
     for (int it = t->iter + 1; it <= o->iters && st == AV_OK; it++) {
         /* one batch per iteration; batch k of the seeded stream is a function of k alone */
         st = av_batcher_get(train, (long long)(it - 1), 1, &b);
