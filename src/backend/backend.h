@@ -47,6 +47,24 @@ typedef struct av_backend {
                               int H, int KVH, int hd);
     void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q,
                                const float *k, const float *v, int T, int S, int pos0, int H, int KVH, int hd);
+
+    /* ---- optional: NULL where a backend lacks them (callers fall back to the ops above) ---- */
+    /* Decode attention over N sequences, one new query row each, positions on the device:
+     * row i (position pos[i]) writes its new key/value rows k_new[i], v_new[i] ([N, KVH*hd]) into
+     * its cache region (k_cache + i*seq_stride, row pos[i]) and attends keys 0..pos[i] of it. */
+    void (*attention_decode)(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache,
+                             float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd);
+    /* Samples ids[i] from logits[i, V] (temperature <= 0: argmax; else softmax(l/temperature) cut
+     * to the top-p mass), randomness keyed by (seed, i, pos[i]); then pos[i] += 1 where active is
+     * NULL or active[i] != 0 (pos may be NULL). All pointers are backend memory. */
+    void (*sample)(int32_t *ids, const float *logits, int N, int V, float temperature, float top_p, uint64_t seed,
+                   int32_t *pos, const int32_t *active);
+    /* Capture of the ops issued between begin and end into a replayable graph (CUDA graphs).
+     * launch returns 0, 1 when the graph is stale (re-capture), -1 on failure. */
+    int (*graph_begin)(void);
+    void *(*graph_end)(void);
+    int (*graph_launch)(void *graph);
+    void (*graph_free)(void *graph);
 } av_backend;
 
 const av_backend *av_backend_cpu(void);

@@ -2,6 +2,7 @@
  * attention, O, residual, RMSNorm, SwiGLU MLP, residual] -> final RMSNorm. All ops go through the
  * backend table, so this file runs unchanged on the CPU and the GPU. */
 #include "model/llama.h"
+#include "model/decode_graph.h"
 #include "attention/attention.h"
 #include "core/memory.h"
 #include <math.h>
@@ -72,6 +73,7 @@ void av_session_free(av_session *s) {
                      s->lora_tmp, s->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) be->free(bufs[i]);
+    av_session_decode_free(s);
     if (s->ids_dev) be->free(s->ids_dev);
     if (s->pos_dev) be->free(s->pos_dev);
     free(s->hist);
@@ -126,6 +128,10 @@ av_status av_session_forward(av_session *s, const int32_t *ids, int T) {
     int V = s->m->cfg.vocab_size;
     for (int t = 0; t < T; t++)
         if (ids[t] < 0 || ids[t] >= V) return av_fail(AV_ERR_ARG, "token id %d out of range [0, %d)", ids[t], V);
+    if (T == 1) { /* single-token decode: one captured graph per session where the backend can */
+        av_status st = av_session_decode_one(s, ids[0]);
+        if (st != AV_ERR_UNSUPPORTED) return st;
+    }
     int chunk = s->max_chunk < 4096 ? s->max_chunk : 4096;
     for (int t0 = 0; t0 < T; t0 += chunk) forward_chunk(s, ids + t0, T - t0 < chunk ? T - t0 : chunk);
     return AV_OK;

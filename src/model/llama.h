@@ -16,6 +16,7 @@ typedef struct av_session {
     int32_t *ids_dev, *pos_dev;
     int32_t *hist;            /* host: ids at cached positions [max_seq] (prefix reuse) */
     int last_T;               /* rows of `hidden` from the last forward */
+    void *decode;             /* graph-captured single-token step (model/decode_graph.c), lazily made */
     size_t bytes;
 } av_session;
 

@@ -1,0 +1,191 @@
+/* anvil's side of bench/gpu_vs_hf.py: on one model directory and one backend, measures decode of
+ * batch 1 (graph-captured step, device sampler), batched decode of N sequences, prefill of 2048
+ * tokens, and LoRA training steps (r8, q/v, last 16 layers) at B x 512; prints one JSON line per
+ * workload (tok/s, peak device GB, GB/s or MFU). Built by bench/gpu_bench.sh against libanvil.a.
+ * usage: gpu_bench MODEL_DIR [decode|batch|prefill|lora|all] */
+#include "backend/backend.h"
+#include "backend/cuda.h"
+#include "core/memory.h"
+#include "model/batch.h"
+#include "model/decode_graph.h"
+#include "model/llama.h"
+#include "train/lora.h"
+#include "train/train_model.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+static double gb(size_t b) { return b / 1e9; }
+static void die(const char *what) {
+    fprintf(stderr, "gpu_bench: %s: %s\n", what, av_last_error());
+    exit(1);
+}
+static int32_t tok(int i, int V) { return 1 + (int)(((unsigned)i * 2654435761u) % (unsigned)(V - 1)); }
+
+/* bytes one decode step must read: every weight but the embedding table (one row of it) */
+static double step_bytes(const av_model *m) {
+    const av_config *c = &m->cfg;
+    double emb = (double)c->vocab_size * c->hidden_size * 2;
+    return (double)m->weight_bytes - (c->tie_word_embeddings ? 0 : emb);
+}
+
+static void bench_decode1(av_model *m, int gen) {
+    const av_backend *be = m->be;
+    int prompt = 16, V = m->cfg.vocab_size;
+    av_session *s;
+    if (av_session_new(&s, m, prompt + gen + 8, 64) != AV_OK) die("session");
+    int32_t ids[16];
+    for (int i = 0; i < prompt; i++) ids[i] = tok(i, V);
+    double best = 1e30;
+    for (int rep = 0; rep < 3; rep++) {
+        av_session_truncate(s, 0);
+        if (av_session_forward(s, ids, prompt - 1) != AV_OK) die("prefill");
+        av_decoder *d;
+        if (av_decoder_new(&d, s) != AV_OK) die("decoder");
+        int32_t t = ids[prompt - 1], next;
+        be->sync();
+        double t0 = now();
+        for (int i = 0; i < gen; i++) {
+            if (av_decoder_next(d, t, 0.0f, 1.0f, 0, &next) != AV_OK) die("decode");
+            t = next;
+        }
+        double dt = now() - t0;
+        if (rep > 0 && dt < best) best = dt; /* rep 0 warms up (graph capture) */
+        av_decoder_free(d);
+    }
+    double tps = gen / best;
+    printf("{\"workload\":\"decode_b1\",\"tokens\":%d,\"tok_s\":%.1f,\"gb_s\":%.1f,\"peak_gb\":%.2f}\n", gen, tps,
+           step_bytes(m) * tps / 1e9, gb(be->peak_bytes()));
+    fflush(stdout);
+    av_session_free(s);
+}
+
+static void bench_batch(av_model *m, int N, int gen) {
+    const av_backend *be = m->be;
+    int V = m->cfg.vocab_size;
+    av_batch_session *b;
+    if (av_batch_session_new(&b, m, N, 32 + gen + 8, 64) != AV_OK) die("batch");
+    av_batch_sampling sp = {0.0f, 1.0f, 1};
+    int32_t *out = malloc(sizeof(int32_t) * N), ids[32];
+    double best = 1e30;
+    for (int rep = 0; rep < 3; rep++) {
+        for (int i = 0; i < N; i++) {
+            int len = 12 + (i * 7) % 13; /* different prompt lengths */
+            for (int t = 0; t < len; t++) ids[t] = tok(i * 100 + t, V);
+            if (av_batch_session_prefill(b, i, ids, len, &sp, &out[i]) != AV_OK) die("batch prefill");
+        }
+        be->sync();
+        double t0 = now();
+        for (int s = 0; s < gen; s++)
+            if (av_batch_session_step(b, &sp, out) != AV_OK) die("batch step");
+        double dt = now() - t0;
+        if (rep > 0 && dt < best) best = dt;
+    }
+    double tps = (double)N * gen / best;
+    printf("{\"workload\":\"decode_b%d\",\"tokens\":%d,\"tok_s\":%.1f,\"gb_s\":%.1f,\"peak_gb\":%.2f}\n", N, gen, tps,
+           step_bytes(m) * (gen / best) / 1e9, gb(be->peak_bytes()));
+    fflush(stdout);
+    free(out);
+    av_batch_session_free(b);
+}
+
+static void bench_prefill(av_model *m, int T) {
+    const av_backend *be = m->be;
+    av_session *s;
+    if (av_session_new(&s, m, T, T) != AV_OK) die("session");
+    int32_t *ids = malloc(sizeof(int32_t) * T);
+    for (int i = 0; i < T; i++) ids[i] = tok(i, m->cfg.vocab_size);
+    double best = 1e30;
+    for (int rep = 0; rep < 4; rep++) {
+        av_session_truncate(s, 0);
+        be->sync();
+        double t0 = now();
+        if (av_session_forward(s, ids, T) != AV_OK) die("prefill");
+        be->sync();
+        double dt = now() - t0;
+        if (rep > 0 && dt < best) best = dt;
+    }
+    double flops = 2.0 * (double)av_config_param_count(&m->cfg) * T;
+    printf("{\"workload\":\"prefill_%d\",\"tokens\":%d,\"tok_s\":%.1f,\"tflops\":%.1f,\"peak_gb\":%.2f}\n", T, T, T / best,
+           flops / best / 1e12, gb(be->peak_bytes()));
+    fflush(stdout);
+    free(ids);
+    av_session_free(s);
+}
+
+static void bench_lora(av_model *m, int B, int T, double peak_tflops) {
+    const av_backend *be = m->be;
+    av_cuda_reset_peak();
+    av_lora_spec spec;
+    av_lora_spec_default(&spec);
+    spec.rank = 8;
+    spec.alpha = 16;
+    spec.scale = 2;
+    spec.num_layers = 16;
+    spec.keys = (1u << AV_PROJ_Q) | (1u << AV_PROJ_V);
+    if (av_lora_attach(m, &spec, 1) != AV_OK) die("lora attach");
+    av_train_ctx *c;
+    if (av_train_ctx_new(&c, m, B, T, 0) != AV_OK) die("train ctx");
+    int np = av_train_nparams(c), N = B * T;
+    av_param *P = av_train_params(c);
+    float **mo = calloc(np, sizeof(float *)), **vo = calloc(np, sizeof(float *));
+    for (int i = 0; i < np; i++) {
+        mo[i] = be->alloc(P[i].n * 4, "m");
+        vo[i] = be->alloc(P[i].n * 4, "v");
+        be->zero(mo[i], P[i].n * 4);
+        be->zero(vo[i], P[i].n * 4);
+    }
+    int32_t *ids = malloc(sizeof(int32_t) * N), *tg = malloc(sizeof(int32_t) * N);
+    for (int i = 0; i < N; i++) ids[i] = tok(i, m->cfg.vocab_size);
+    for (int i = 0; i < N; i++) tg[i] = (i % T) + 1 < T ? ids[i + 1] : -1;
+    int steps = 6;
+    double t0 = 0, nll;
+    int nv;
+    for (int s = 0; s < steps; s++) {
+        if (s == 2) { be->sync(); t0 = now(); } /* two warm-up steps */
+        av_train_zero_grads(c);
+        if (av_train_step(c, ids, tg, B, T, 1.0f / N, 1, &nll, &nv) != AV_OK) die("train step");
+        for (int i = 0; i < np; i++) be->adamw_step(P[i].data, P[i].grad, mo[i], vo[i], P[i].n, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, s + 1);
+    }
+    be->sync();
+    double dt = (now() - t0) / (steps - 2), tps = N / dt;
+    double params = (double)av_config_param_count(&m->cfg);
+    printf("{\"workload\":\"lora_%dx%d\",\"tokens\":%d,\"tok_s\":%.1f,\"peak_gb\":%.2f,\"mfu\":%.3f,\"loss\":%.4f}\n", B, T, N, tps,
+           gb(be->peak_bytes()), 4.0 * params * tps / (peak_tflops * 1e12), nll / nv);
+    fflush(stdout);
+    for (int i = 0; i < np; i++) { be->free(mo[i]); be->free(vo[i]); }
+    free(mo); free(vo); free(ids); free(tg);
+    av_train_ctx_free(c);
+    av_lora_detach(m);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) { fprintf(stderr, "usage: gpu_bench MODEL_DIR [decode|batch|prefill|lora|all]\n"); return 2; }
+    const char *what = argc > 2 ? argv[2] : "all";
+    const av_backend *be = av_backend_cuda();
+    if (!be) die("cuda");
+    char dev[256] = "";
+    av_cuda_device_name(dev, sizeof dev);
+    double peak_tflops = strstr(dev, "A100") ? 312 : 989; /* dense bf16 tensor-core peak (H100/H200 SXM) */
+    av_model *m;
+    if (av_model_load(&m, argv[1], be) != AV_OK) die("load");
+    printf("{\"device\":\"%s\",\"weight_gb\":%.3f,\"params\":%lld}\n", dev, gb(m->weight_bytes), av_config_param_count(&m->cfg));
+    int all = !strcmp(what, "all");
+    if (all || !strcmp(what, "decode")) bench_decode1(m, 128);
+    if (all || !strcmp(what, "batch")) { bench_batch(m, 8, 128); bench_batch(m, 32, 128); }
+    if (all || !strcmp(what, "prefill")) bench_prefill(m, 2048);
+    if (all || !strcmp(what, "lora")) {
+        bench_lora(m, 1, 512, peak_tflops);
+        bench_lora(m, 4, 512, peak_tflops);
+        bench_lora(m, 16, 512, peak_tflops);
+    }
+    if (av_cuda_status() != AV_OK) die("cuda status");
+    av_model_free(m);
+    return 0;
+}

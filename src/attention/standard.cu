@@ -1,0 +1,193 @@
+/* CUDA twin of standard.c (causal GQA attention) plus batched decode attention. Few query rows
+ * without saved probs: one block per (head, row) with an online softmax over the keys. Otherwise
+ * the materialised form: scores and P V as strided-batched cuBLAS products (f32, or TF32 in bf16
+ * mode), a masked softmax kernel between; the backward is the same products transposed. */
+#include "backend/cuda_common.cuh"
+extern "C" {
+#include "backend/cuda.h"
+#include "attention/attention.h"
+}
+
+#define ATT_WARPS 4
+#define ATT_MAX_HD 256
+
+/* One block per (head h = blockIdx.x, row r = blockIdx.y). Row r's query at q + r*q_row + h*hd sees
+ * keys 0..n-1 of its sequence (base k/v + r*seq_stride in decode mode). In decode mode key n-1 is
+ * the new row (k_new/v_new), which the first head of each KV group also writes into the cache. */
+template <bool DECODE>
+__global__ void __launch_bounds__(ATT_WARPS * 32) attn_rows_k(float *out, const float *q, const float *k, const float *v, float *kc,
+                                                              float *vc, const float *k_new, const float *v_new, const int32_t *pos,
+                                                              int pos0, size_t seq_stride, int H, int KVH, int hd, float scale) {
+    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS], sacc[ATT_WARPS][ATT_MAX_HD];
+    int h = blockIdx.x, r = blockIdx.y, group = H / KVH, kh = h / group;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    size_t qs = (size_t)H * hd, ks = (size_t)KVH * hd;
+    int n;
+    const float *K, *Vv, *kn = NULL, *vn = NULL;
+    if (DECODE) {
+        int p = pos[r];
+        n = p + 1;
+        K = kc + r * seq_stride;
+        Vv = vc + r * seq_stride;
+        kn = k_new + (size_t)r * ks + (size_t)kh * hd;
+        vn = v_new + (size_t)r * ks + (size_t)kh * hd;
+        if (h % group == 0)
+            for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+                kc[r * seq_stride + (size_t)p * ks + (size_t)kh * hd + d] = kn[d];
+                vc[r * seq_stride + (size_t)p * ks + (size_t)kh * hd + d] = vn[d];
+            }
+    } else {
+        n = pos0 + r + 1;
+        K = k;
+        Vv = v;
+    }
+    const float *qr = q + (size_t)r * qs + (size_t)h * hd;
+    float qv[ATT_MAX_HD / 32], acc[ATT_MAX_HD / 32];
+#pragma unroll
+    for (int j = 0; j < ATT_MAX_HD / 32; j++) {
+        int d = j * 32 + lane;
+        qv[j] = d < hd ? qr[d] * scale : 0.0f;
+        acc[j] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (int s = warp; s < n; s += ATT_WARPS) {
+        const float *kr = (DECODE && s == n - 1) ? kn : K + (size_t)s * ks + (size_t)kh * hd;
+        const float *vr = (DECODE && s == n - 1) ? vn : Vv + (size_t)s * ks + (size_t)kh * hd;
+        float part = 0.0f;
+#pragma unroll
+        for (int j = 0; j < ATT_MAX_HD / 32; j++) {
+            int d = j * 32 + lane;
+            if (j * 32 < hd && d < hd) part += qv[j] * kr[d];
+        }
+        float sc = av_warp_sum(part);
+        float mn = fmaxf(m, sc), corr = expf(m - mn), p = expf(sc - mn);
+        l = l * corr + p;
+#pragma unroll
+        for (int j = 0; j < ATT_MAX_HD / 32; j++) {
+            int d = j * 32 + lane;
+            if (j * 32 < hd) acc[j] = acc[j] * corr + (d < hd ? p * vr[d] : 0.0f);
+        }
+        m = mn;
+    }
+    if (lane == 0) { sm[warp] = m; sl[warp] = l; }
+#pragma unroll
+    for (int j = 0; j < ATT_MAX_HD / 32; j++) {
+        int d = j * 32 + lane;
+        if (d < hd) sacc[warp][d] = acc[j];
+    }
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm[w]);
+    float L = 0.0f;
+    for (int w = 0; w < ATT_WARPS; w++) L += sm[w] == -INFINITY ? 0.0f : sl[w] * expf(sm[w] - M);
+    float *o = out + (size_t)r * qs + (size_t)h * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float a = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++) a += sm[w] == -INFINITY ? 0.0f : sacc[w][d] * expf(sm[w] - M);
+        o[d] = a / L;
+    }
+}
+
+/* Row-wise causal softmax in place on scores [H, T, S]; row (h, t) keeps s < pos0 + t + 1. */
+__global__ void softmax_causal_k(float *P, int T, int S, int pos0) {
+    __shared__ float sh[32];
+    size_t row = blockIdx.x; /* h * T + t */
+    int t = (int)(row % T), n = pos0 + t + 1;
+    float *p = P + row * S;
+    float mx = -INFINITY;
+    for (int s = threadIdx.x; s < n; s += blockDim.x) mx = fmaxf(mx, p[s]);
+    mx = av_block_max(mx, sh);
+    float sum = 0.0f;
+    for (int s = threadIdx.x; s < n; s += blockDim.x) sum += expf(p[s] - mx);
+    sum = av_block_sum(sum, sh);
+    float inv = 1.0f / sum;
+    for (int s = threadIdx.x; s < S; s += blockDim.x) p[s] = s < n ? expf(p[s] - mx) * inv : 0.0f;
+}
+
+/* dS = P * (dP - rowsum(dP * P)) * scale, in place on dP. */
+__global__ void softmax_bwd_k(float *dP, const float *P, int S, float scale) {
+    __shared__ float sh[32];
+    size_t row = blockIdx.x;
+    float *d = dP + row * S;
+    const float *p = P + row * S;
+    float dot = 0.0f;
+    for (int s = threadIdx.x; s < S; s += blockDim.x) dot += d[s] * p[s];
+    dot = av_block_sum(dot, sh);
+    for (int s = threadIdx.x; s < S; s += blockDim.x) d[s] = p[s] * (d[s] - dot) * scale;
+}
+
+/* Column-major strided-batched product over the KV heads (batch KVH) with f32 data. */
+static void sbgemm(int f32, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, const float *A, int lda,
+                   long long sA, const float *B, int ldb, long long sB, float beta, float *C, int ldc, long long sC, int batch) {
+    av_cuda_note_blas(cublasGemmStridedBatchedEx(av_cuda_cublas(), ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, sA, B, CUDA_R_32F, ldb,
+                                                 sB, &beta, C, CUDA_R_32F, ldc, sC, batch,
+                                                 f32 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT),
+                      "attention gemm");
+}
+
+/* S_h[T,S] = alpha * A_h[T,hd] . B_kh[S,hd]^T for every head h (A row stride as, B row stride bs). */
+static void heads_abt(int f32, float *S_out, const float *A, int as, const float *B, int bs, float alpha, int T, int S, int H, int KVH,
+                      int hd) {
+    int group = H / KVH;
+    for (int g = 0; g < group; g++)
+        sbgemm(f32, CUBLAS_OP_T, CUBLAS_OP_N, S, T, hd, alpha, B, bs, hd, A + (size_t)g * hd, as, (long long)group * hd, 0.0f,
+               S_out + (size_t)g * T * S, S, (long long)group * T * S, KVH);
+}
+/* O_h[T,hd] (+)= P_h[T,S] . B_kh[S,hd] */
+static void heads_pb(int f32, float *O, int os, const float *P, const float *B, int bs, float beta, int T, int S, int H, int KVH, int hd) {
+    int group = H / KVH;
+    for (int g = 0; g < group; g++)
+        sbgemm(f32, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, S, 1.0f, B, bs, hd, P + (size_t)g * T * S, S, (long long)group * T * S, beta,
+               O + (size_t)g * hd, os, (long long)group * hd, KVH);
+}
+/* G_kh[S,hd] += P_h[T,S]^T . A_h[T,hd] summed over the heads of each group */
+static void heads_ptb(int f32, float *G, int gs, const float *P, const float *A, int as, int T, int S, int H, int KVH, int hd) {
+    int group = H / KVH;
+    for (int g = 0; g < group; g++)
+        sbgemm(f32, CUBLAS_OP_N, CUBLAS_OP_T, hd, S, T, 1.0f, A + (size_t)g * hd, as, (long long)group * hd, P + (size_t)g * T * S, S,
+               (long long)group * T * S, 1.0f, G, gs, hd, KVH);
+}
+
+extern "C" void av_cuda_attention_forward_mode(float *out, float *probs, const float *q, const float *k, const float *v, int T, int S,
+                                               int pos0, int H, int KVH, int hd, int f32) {
+    if (T <= 0) return;
+    float scale = 1.0f / sqrtf((float)hd);
+    cudaStream_t st = av_cuda_stream();
+    if (!probs && T <= 16 && hd <= ATT_MAX_HD) {
+        attn_rows_k<false><<<dim3(H, T), ATT_WARPS * 32, 0, st>>>(out, q, k, v, NULL, NULL, NULL, NULL, NULL, pos0, 0, H, KVH, hd, scale);
+        AV_CU_LAUNCHED("attention rows");
+        return;
+    }
+    float *P = probs ? probs : (float *)av_cuda_scratch(AV_SCR_ATTN, (size_t)H * T * S * sizeof(float));
+    if (!P) return;
+    int qs = H * hd, ks = KVH * hd;
+    heads_abt(f32, P, q, qs, k, ks, scale, T, S, H, KVH, hd);
+    softmax_causal_k<<<(unsigned)((size_t)H * T), 256, 0, st>>>(P, T, S, pos0);
+    AV_CU_LAUNCHED("attention softmax");
+    heads_pb(f32, out, qs, P, v, ks, 0.0f, T, S, H, KVH, hd);
+}
+
+extern "C" void av_cuda_attention_backward_mode(float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q,
+                                                const float *k, const float *v, int T, int S, int pos0, int H, int KVH, int hd, int f32) {
+    (void)pos0;
+    if (T <= 0) return;
+    float scale = 1.0f / sqrtf((float)hd);
+    int qs = H * hd, ks = KVH * hd;
+    if (dv) heads_ptb(f32, dv, ks, probs, dout, qs, T, S, H, KVH, hd);
+    if (!dq && !dk) return;
+    float *dP = (float *)av_cuda_scratch(AV_SCR_ATTN2, (size_t)H * T * S * sizeof(float));
+    if (!dP) return;
+    heads_abt(f32, dP, dout, qs, v, ks, 1.0f, T, S, H, KVH, hd);
+    softmax_bwd_k<<<(unsigned)((size_t)H * T), 256, 0, av_cuda_stream()>>>(dP, probs, S, scale);
+    AV_CU_LAUNCHED("attention softmax backward");
+    if (dq) heads_pb(f32, dq, qs, dP, k, ks, 1.0f, T, S, H, KVH, hd);
+    if (dk) heads_ptb(f32, dk, ks, dP, q, qs, T, S, H, KVH, hd);
+}
+
+extern "C" void av_cuda_attention_decode(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache,
+                                         float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd) {
+    if (N <= 0) return;
+    attn_rows_k<true><<<dim3(H, N), ATT_WARPS * 32, 0, av_cuda_stream()>>>(out, q, NULL, NULL, k_cache, v_cache, k_new, v_new, pos, 0,
+                                                                          seq_stride, H, KVH, hd, 1.0f / sqrtf((float)hd));
+    AV_CU_LAUNCHED("attention decode");
+}

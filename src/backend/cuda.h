@@ -1,0 +1,48 @@
+/* CUDA-specific entry points beyond the op table: the backend with a chosen compute dtype
+ * (bf16 tensor cores, or exact f32 for tight comparisons), device status/name, peak reset, and the
+ * .cu ops under their own names (same signatures as the CPU ops; pointers are device memory).
+ * Without CUDA in the build the functions of the first block exist and fail cleanly. */
+#ifndef AV_CUDA_H
+#define AV_CUDA_H
+#include <stddef.h>
+#include <stdint.h>
+#include "backend/backend.h"
+
+/* compute: AV_BF16 (default; bf16 inputs, f32 accumulate) or AV_F32 (--dtype f32). NULL + av_fail without a GPU. */
+const av_backend *av_backend_cuda_dtype(av_dtype compute);
+/* AV_ERR_DEVICE (with the av_fail line) if any CUDA call or kernel failed so far. */
+av_status av_cuda_status(void);
+/* "NVIDIA H100 80GB HBM3 (132 SMs, 79.1 GiB)"; -1 without a GPU. */
+int av_cuda_device_name(char *buf, size_t cap);
+/* Device bytes held by the arena now; restart peak tracking from the current level. */
+size_t av_cuda_held_bytes(void);
+void av_cuda_reset_peak(void);
+
+#ifdef AV_HAVE_CUDA
+void av_cuda_embedding_forward(float *out, const int32_t *ids, const av_mat *table, int T);
+void av_cuda_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int T, int D);
+void av_cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const av_mat *w, int T, int D, float eps);
+void av_cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const av_mat *w, const float *rstd, int T, int D);
+/* f32 != 0: exact f32 arithmetic; 0: bf16 tensor cores for T > 8 (decode-sized T uses an exact GEMV). */
+void av_cuda_matmul_forward_mode(float *out, const float *x, const av_mat *W, int T, int f32);
+void av_cuda_matmul_backward_mode(float *dx, float *dW, const float *dout, const float *x, const av_mat *W, int T, int f32);
+void av_cuda_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int T, int n_heads, int head_dim);
+void av_cuda_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int T, int n_heads, int head_dim);
+void av_cuda_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
+void av_cuda_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
+void av_cuda_add_inplace(float *y, const float *x, size_t n);
+void av_cuda_add_scaled(float *y, float a, const float *x, size_t n);
+double av_cuda_xent_mode(float *dh, float *row_nll, const float *h, const av_mat *W, const int32_t *targets, int T,
+                         float grad_scale, float *scratch, int chunk, int f32);
+void av_cuda_adamw_step(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps,
+                        float weight_decay, int step);
+void av_cuda_attention_forward_mode(float *out, float *probs, const float *q, const float *k, const float *v, int T, int S,
+                                    int pos0, int H, int KVH, int hd, int f32);
+void av_cuda_attention_backward_mode(float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q,
+                                     const float *k, const float *v, int T, int S, int pos0, int H, int KVH, int hd, int f32);
+void av_cuda_attention_decode(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache,
+                              float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd);
+void av_cuda_sample(int32_t *ids, const float *logits, int N, int V, float temperature, float top_p, uint64_t seed,
+                    int32_t *pos, const int32_t *active);
+#endif
+#endif

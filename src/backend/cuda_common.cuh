@@ -1,0 +1,69 @@
+/* Shared by the CUDA backend and the .cu ops: the one stream every kernel and cuBLAS call runs on,
+ * the cuBLAS/cuBLASLt handles, grow-only device scratch from the arena, the sticky error record,
+ * and small device helpers (bf16/f16 loads, warp/block reductions). Internal: not a public header. */
+#ifndef AV_CUDA_COMMON_CUH
+#define AV_CUDA_COMMON_CUH
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cublas_v2.h>
+#include <stdint.h>
+extern "C" {
+#include "core/status.h"
+#include "ops/ops.h"
+}
+
+/* Scratch slots (each grow-only, never shrinks; a growth bumps av_cuda_scratch_generation so
+ * captured graphs that baked the old pointer are re-captured). */
+enum { AV_SCR_XCONV = 0, AV_SCR_DCONV, AV_SCR_WF32, AV_SCR_ATTN, AV_SCR_ATTN2, AV_SCR_NLL, AV_SCR_COUNT };
+
+extern "C" {
+cudaStream_t av_cuda_stream(void);
+cublasHandle_t av_cuda_cublas(void);
+void *av_cuda_scratch(int slot, size_t bytes);
+unsigned av_cuda_scratch_generation(void);
+/* Records the first CUDA/cuBLAS failure as the av_fail line (returns 0 when e is success). */
+int av_cuda_note(cudaError_t e, const char *where);
+int av_cuda_note_blas(cublasStatus_t s, const char *where);
+}
+
+#define AV_CU_LAUNCHED(where) av_cuda_note(cudaGetLastError(), where)
+
+static inline unsigned av_cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
+
+__device__ __forceinline__ float av_ld_w(const void *p, av_dtype t, size_t i) {
+    if (t == AV_BF16) return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    if (t == AV_F16) return __half2float(((const __half *)p)[i]);
+    return ((const float *)p)[i];
+}
+
+__device__ __forceinline__ float av_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float av_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+/* Block-wide sum/max (blockDim.x a multiple of 32, <= 1024); every thread gets the result. */
+__device__ __forceinline__ float av_block_sum(float v, float *sh32) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = av_warp_sum(v);
+    __syncthreads();
+    if (lane == 0) sh32[w] = v;
+    __syncthreads();
+    v = lane < nw ? sh32[lane] : 0.0f;
+    return av_warp_sum(v);
+}
+__device__ __forceinline__ float av_block_max(float v, float *sh32) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = av_warp_max(v);
+    __syncthreads();
+    if (lane == 0) sh32[w] = v;
+    __syncthreads();
+    v = lane < nw ? sh32[lane] : -INFINITY;
+    return av_warp_max(v);
+}
+#endif

@@ -1,0 +1,222 @@
+/* Decode steps with device-resident ids/positions, captured once as a backend graph and replayed
+ * per token (see decode_graph.h). The first step of a plan runs eagerly (so lazily grown backend
+ * scratch exists before capture); a stale graph (scratch moved) is re-captured. */
+#include "model/decode_graph.h"
+#include <stdlib.h>
+#include <string.h>
+
+/* The ops of one step (no host<->device traffic, nothing position-dependent on the host side
+ * unless the backend lacks attention_decode). */
+static void step_ops(av_decode_plan *p) {
+    av_model *m = p->m;
+    const av_config *c = &m->cfg;
+    const av_backend *be = m->be;
+    int N = p->N, D = c->hidden_size, F = c->intermediate_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
+    size_t kvd = (size_t)KVH * hd, qd = (size_t)H * hd;
+    be->embedding_forward(p->x, p->ids, &m->embed, N);
+    for (int l = 0; l < c->n_layers; l++) {
+        const av_layer *L = &m->layers[l];
+        float *kc = p->k_cache + (size_t)l * p->layer_stride, *vc = p->v_cache + (size_t)l * p->layer_stride;
+        be->rmsnorm_forward(p->xn, NULL, p->x, &L->attn_norm, N, D, c->rms_norm_eps);
+        av_linear_forward(be, p->q, p->xn, &L->q, N, p->lora_tmp);
+        av_linear_forward(be, p->k, p->xn, &L->k, N, p->lora_tmp);
+        av_linear_forward(be, p->v, p->xn, &L->v, N, p->lora_tmp);
+        be->rope_forward(p->q, p->pos, m->inv_freq, N, H, hd);
+        be->rope_forward(p->k, p->pos, m->inv_freq, N, KVH, hd);
+        if (be->attention_decode) {
+            be->attention_decode(p->att, p->q, p->k, p->v, kc, vc, p->pos, N, p->seq_stride, H, KVH, hd);
+        } else {
+            for (int i = 0; i < N; i++) {
+                int ps = p->host_pos[i];
+                float *ki = kc + (size_t)i * p->seq_stride, *vi = vc + (size_t)i * p->seq_stride;
+                be->copy(ki + (size_t)ps * kvd, p->k + (size_t)i * kvd, kvd * sizeof(float));
+                be->copy(vi + (size_t)ps * kvd, p->v + (size_t)i * kvd, kvd * sizeof(float));
+                be->attention_forward(p->att + (size_t)i * qd, NULL, p->q + (size_t)i * qd, ki, vi, 1, ps + 1, ps, H, KVH, hd);
+            }
+        }
+        av_linear_forward(be, p->tmp, p->att, &L->o, N, p->lora_tmp);
+        be->add_inplace(p->x, p->tmp, (size_t)N * D);
+        be->rmsnorm_forward(p->xn, NULL, p->x, &L->mlp_norm, N, D, c->rms_norm_eps);
+        av_linear_forward(be, p->gate, p->xn, &L->gate, N, p->lora_tmp);
+        av_linear_forward(be, p->up, p->xn, &L->up, N, p->lora_tmp);
+        be->swiglu_forward(p->gate, p->gate, p->up, (size_t)N * F);
+        av_linear_forward(be, p->tmp, p->gate, &L->down, N, p->lora_tmp);
+        be->add_inplace(p->x, p->tmp, (size_t)N * D);
+    }
+    be->rmsnorm_forward(p->hidden, NULL, p->x, &m->final_norm, N, D, c->rms_norm_eps);
+    if (p->sample) {
+        be->matmul_forward(p->logits, p->hidden, &m->lm_head, N);
+        if (be->sample)
+            be->sample(p->ids, p->logits, N, c->vocab_size, p->temperature, p->top_p, p->seed, p->pos, p->active);
+    }
+}
+
+static int graphable(const av_backend *be, const av_decode_plan *p) {
+    return be->graph_begin && be->attention_decode && (!p->sample || be->sample);
+}
+
+/* Host sampling for backends without a sampler op. */
+#include "ops/sample.h"
+static av_status host_sample(av_decode_plan *p) {
+    const av_backend *be = p->m->be;
+    int N = p->N, V = p->m->cfg.vocab_size;
+    float *lg = malloc(sizeof(float) * (size_t)N * V);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)N * 3);
+    if (!lg || !ids) { free(lg); free(ids); return av_fail(AV_ERR_NOMEM, "out of memory"); }
+    int32_t *pos = ids + N, *act = ids + 2 * N;
+    be->download(lg, p->logits, sizeof(float) * (size_t)N * V);
+    be->download(pos, p->pos, sizeof(int32_t) * (size_t)N);
+    if (p->active) be->download(act, p->active, sizeof(int32_t) * (size_t)N);
+    av_sample_rows(ids, lg, N, V, p->temperature, p->top_p, p->seed, pos, p->active ? act : NULL);
+    be->upload(p->ids, ids, sizeof(int32_t) * (size_t)N);
+    be->upload(p->pos, pos, sizeof(int32_t) * (size_t)N);
+    free(lg);
+    free(ids);
+    return AV_OK;
+}
+
+av_status av_decode_plan_step(av_decode_plan *p, int32_t *host_ids) {
+    const av_backend *be = p->m->be;
+    if (!graphable(be, p)) {
+        if (!be->attention_decode) { /* the fallback path needs host positions */
+            if (!p->host_pos && !(p->host_pos = malloc(sizeof(int32_t) * (size_t)p->N))) return av_fail(AV_ERR_NOMEM, "out of memory");
+            be->download(p->host_pos, p->pos, sizeof(int32_t) * (size_t)p->N);
+        }
+        step_ops(p);
+        if (p->sample && !be->sample) AV_TRY(host_sample(p));
+    } else {
+        if (p->graph && (p->g_temperature != p->temperature || p->g_top_p != p->top_p || p->g_seed != p->seed)) {
+            be->graph_free(p->graph);
+            p->graph = NULL;
+        }
+        int ran = 0;
+        if (p->graph) {
+            int r = be->graph_launch(p->graph);
+            if (r < 0) return AV_ERR_DEVICE;
+            if (r == 0) ran = 1;
+            else { be->graph_free(p->graph); p->graph = NULL; p->eager_done = 0; }
+        }
+        if (!ran && p->eager_done) {
+            if (be->graph_begin() != 0) return AV_ERR_DEVICE;
+            step_ops(p);
+            p->graph = be->graph_end();
+            if (!p->graph) return AV_ERR_DEVICE;
+            p->g_temperature = p->temperature;
+            p->g_top_p = p->top_p;
+            p->g_seed = p->seed;
+            int r = be->graph_launch(p->graph);
+            if (r != 0) return r < 0 ? AV_ERR_DEVICE : av_fail(AV_ERR_DEVICE, "decode graph went stale during capture");
+            ran = 1;
+        }
+        if (!ran) {
+            step_ops(p);
+            p->eager_done = 1;
+        }
+    }
+    if (host_ids && p->sample) be->download(host_ids, p->ids, sizeof(int32_t) * (size_t)p->N);
+    else be->sync();
+    return AV_OK;
+}
+
+void av_decode_plan_release(av_decode_plan *p) {
+    if (p->graph) p->m->be->graph_free(p->graph);
+    p->graph = NULL;
+    free(p->host_pos);
+    p->host_pos = NULL;
+}
+
+/* ---------------------------------------------------------------- av_session plans */
+static void session_plan(av_decode_plan *p, av_session *s, int sample) {
+    const av_config *c = &s->m->cfg;
+    memset(p, 0, sizeof *p);
+    p->m = s->m;
+    p->N = 1;
+    p->layer_stride = (size_t)s->max_seq * c->n_kv_heads * c->head_dim;
+    p->seq_stride = 0;
+    p->k_cache = s->k_cache;
+    p->v_cache = s->v_cache;
+    p->x = s->x; p->xn = s->xn; p->q = s->q; p->k = s->k; p->v = s->v; p->att = s->att; p->tmp = s->tmp;
+    p->gate = s->gate; p->up = s->up; p->hidden = s->hidden; p->lora_tmp = s->lora_tmp;
+    p->logits = s->logits;
+    p->sample = sample;
+}
+
+struct av_decoder {
+    av_session *s;
+    av_decode_plan plan;
+    int32_t *dev; /* ids[1], pos[1] */
+    int32_t dev_id, dev_pos; /* what the device holds (-1 unknown) */
+};
+
+av_status av_decoder_new(av_decoder **out, av_session *s) {
+    *out = NULL;
+    av_decoder *d = calloc(1, sizeof *d);
+    if (!d) return av_fail(AV_ERR_NOMEM, "out of memory");
+    d->s = s;
+    d->dev = s->m->be->alloc(2 * sizeof(int32_t), "decoder ids");
+    if (!d->dev) { free(d); return AV_ERR_NOMEM; }
+    session_plan(&d->plan, s, 1);
+    d->plan.ids = d->dev;
+    d->plan.pos = d->dev + 1;
+    d->dev_id = d->dev_pos = -1;
+    *out = d;
+    return AV_OK;
+}
+
+void av_decoder_free(av_decoder *d) {
+    if (!d) return;
+    av_decode_plan_release(&d->plan);
+    d->s->m->be->free(d->dev);
+    free(d);
+}
+
+av_status av_decoder_next(av_decoder *d, int32_t id, float temperature, float top_p, uint64_t seed, int32_t *next) {
+    av_session *s = d->s;
+    const av_backend *be = s->m->be;
+    if (s->n_past + 1 > s->max_seq)
+        return av_fail(AV_ERR_ARG, "context full: %d cached + 1 new token exceed the %d-token limit", s->n_past, s->max_seq);
+    if (id < 0 || id >= s->m->cfg.vocab_size) return av_fail(AV_ERR_ARG, "token id %d out of range [0, %d)", id, s->m->cfg.vocab_size);
+    if (id != d->dev_id || s->n_past != d->dev_pos) {
+        int32_t h[2] = {id, s->n_past};
+        be->upload(d->dev, h, sizeof h);
+    }
+    d->plan.temperature = temperature;
+    d->plan.top_p = top_p;
+    d->plan.seed = seed;
+    AV_TRY(av_decode_plan_step(&d->plan, next));
+    if (s->hist) s->hist[s->n_past] = id;
+    s->n_past += 1;
+    s->last_T = 1;
+    d->dev_id = *next;
+    d->dev_pos = s->n_past;
+    return AV_OK;
+}
+
+av_status av_session_decode_one(av_session *s, int32_t id) {
+    const av_backend *be = s->m->be;
+    if (!be->graph_begin || !be->attention_decode) return AV_ERR_UNSUPPORTED;
+    av_decode_plan *p = (av_decode_plan *)s->decode;
+    if (!p) {
+        p = calloc(1, sizeof *p);
+        if (!p) return av_fail(AV_ERR_NOMEM, "out of memory");
+        session_plan(p, s, 0);
+        p->ids = s->ids_dev;
+        p->pos = s->pos_dev;
+        s->decode = p;
+    }
+    int32_t pos = s->n_past;
+    be->upload(s->ids_dev, &id, sizeof id);
+    be->upload(s->pos_dev, &pos, sizeof pos);
+    AV_TRY(av_decode_plan_step(p, NULL));
+    if (s->hist) s->hist[s->n_past] = id;
+    s->n_past += 1;
+    s->last_T = 1;
+    return AV_OK;
+}
+
+void av_session_decode_free(av_session *s) {
+    if (!s->decode) return;
+    av_decode_plan_release((av_decode_plan *)s->decode);
+    free(s->decode);
+    s->decode = NULL;
+}

@@ -1,0 +1,54 @@
+/* Decode steps whose every position-dependent input lives in backend memory (token ids, positions,
+ * active flags), so one step's ops can be captured once as a CUDA graph and replayed for every
+ * token: N rows (sequences) per step, each appending its K/V to its own cache region and attending
+ * over it (backend attention_decode), optionally followed by the LM head and the device sampler so
+ * only the sampled ids come back. Backends without graphs/attention_decode run the same ops eagerly.
+ * Used by av_session (single-sequence decode, av_decoder) and by av_batch (batched generation). */
+#ifndef AV_DECODE_GRAPH_H
+#define AV_DECODE_GRAPH_H
+#include "model/llama.h"
+
+typedef struct {
+    av_model *m;
+    int N;                          /* rows (sequences) per step */
+    size_t layer_stride, seq_stride; /* floats between layers' / sequences' cache regions */
+    float *k_cache, *v_cache;       /* row p of sequence i, layer l: + l*layer_stride + i*seq_stride + p*kv_dim */
+    /* activation buffers, >= N rows each (as av_session's) */
+    float *x, *xn, *q, *k, *v, *att, *tmp, *gate, *up, *hidden, *lora_tmp;
+    float *logits;                  /* [N, V]; used when sample != 0 */
+    int32_t *ids, *pos, *active;    /* backend memory [N]; active may be NULL (all active) */
+    int sample;                     /* 1: LM head + sampler after the layers (ids/pos advance on the device) */
+    float temperature, top_p;
+    uint64_t seed;
+    /* state */
+    void *graph;
+    float g_temperature, g_top_p;
+    uint64_t g_seed;
+    int eager_done;
+    int32_t *host_pos;              /* host mirror of pos for the eager fallback [N] */
+} av_decode_plan;
+
+/* Runs one step: the tokens in plan->ids at plan->pos (both already in backend memory).
+ * With sample: logits -> sampled ids written back to plan->ids, pos advanced where active;
+ * host_ids (if non-NULL) receives the N sampled ids. Graph-captured where the backend can. */
+av_status av_decode_plan_step(av_decode_plan *p, int32_t *host_ids);
+/* Frees the captured graph (buffers belong to the owner). */
+void av_decode_plan_release(av_decode_plan *p);
+
+/* ---- single-sequence decode on an av_session with device-side sampling ---- */
+typedef struct av_decoder av_decoder;
+av_status av_decoder_new(av_decoder **out, av_session *s);
+void av_decoder_free(av_decoder *d);
+/* Feeds `id` at position s->n_past (appending it to the cache), samples the next token on the device
+ * (temperature <= 0: greedy; top_p 1 = off; randomness keyed by seed and position) into *next.
+ * Only *next crosses to the host; when `id` is the previous call's *next nothing is uploaded. */
+av_status av_decoder_next(av_decoder *d, int32_t id, float temperature, float top_p, uint64_t seed, int32_t *next);
+
+/* av_session_forward's single-token path on graph-capable backends (llama.c calls it for T == 1):
+ * the same ops as the eager forward, captured once per session. Returns AV_ERR_UNSUPPORTED when the
+ * backend cannot (caller runs the eager path). */
+av_status av_session_decode_one(av_session *s, int32_t id);
+/* Releases what av_session_decode_one made (av_session_free calls it). */
+void av_session_decode_free(av_session *s);
+
+#endif

@@ -1,0 +1,194 @@
+/* CUDA twin of matmul.c. Decode-sized T (<= 8 rows): a memory-bound GEMV reading each 16-bit
+ * weight row once with 16-byte loads, f32 accumulation (exact). Larger T: cuBLAS on tensor cores
+ * with the f32 activations converted to the weight's 16-bit type (bf16 mode), or weight panels
+ * converted to f32 + SGEMM (exact f32 mode). f32 weights (LoRA A/B) always use SGEMM. */
+#include "backend/cuda_common.cuh"
+extern "C" {
+#include "backend/cuda.h"
+}
+
+#define GEMV_MAX_T 8
+#define GEMV_WARPS 8
+
+__device__ __forceinline__ void unpack8(uint4 w, av_dtype dt, float *f) {
+    uint32_t u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        if (dt == AV_BF16) {
+            f[2 * j] = __uint_as_float(u[j] << 16);
+            f[2 * j + 1] = __uint_as_float(u[j] & 0xffff0000u);
+        } else {
+            __half2 h = *reinterpret_cast<__half2 *>(&u[j]);
+            float2 p = __half22float2(h);
+            f[2 * j] = p.x;
+            f[2 * j + 1] = p.y;
+        }
+    }
+}
+
+/* One warp per weight row; each lane walks the row 8 elements (16 bytes) at a time. */
+template <int TT>
+__global__ void __launch_bounds__(GEMV_WARPS * 32) gemv16_k(float *out, const float *x, const uint16_t *W, av_dtype dt, int N, int K) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row = blockIdx.x * GEMV_WARPS + warp;
+    if (row >= N) return;
+    const uint4 *wr = reinterpret_cast<const uint4 *>(W + (size_t)row * K);
+    int nv = K >> 3;
+    float acc[TT];
+#pragma unroll
+    for (int t = 0; t < TT; t++) acc[t] = 0.0f;
+#pragma unroll 4
+    for (int i = lane; i < nv; i += 32) {
+        uint4 wv = __ldcs(wr + i);
+        float wf[8];
+        unpack8(wv, dt, wf);
+#pragma unroll
+        for (int t = 0; t < TT; t++) {
+            const float4 *xr = reinterpret_cast<const float4 *>(x + (size_t)t * K) + 2 * i;
+            float4 a = __ldg(xr), b = __ldg(xr + 1);
+            acc[t] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < TT; t++) {
+        float s = av_warp_sum(acc[t]);
+        if (lane == 0) out[(size_t)t * N + row] = s;
+    }
+}
+
+/* Any shape/alignment: one warp per (row), scalar loads. */
+__global__ void gemv_any_k(float *out, const float *x, const void *W, av_dtype dt, int N, int K, int T) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row = blockIdx.x * GEMV_WARPS + warp;
+    if (row >= N) return;
+    for (int t = 0; t < T; t++) {
+        float acc = 0;
+        for (int k = lane; k < K; k += 32) acc += av_ld_w(W, dt, (size_t)row * K + k) * x[(size_t)t * K + k];
+        acc = av_warp_sum(acc);
+        if (lane == 0) out[(size_t)t * N + row] = acc;
+    }
+}
+
+__global__ void to16_k(uint16_t *dst, const float *src, size_t n, av_dtype dt) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    if (dt == AV_BF16) {
+        __nv_bfloat16 b = __float2bfloat16_rn(src[i]);
+        dst[i] = *reinterpret_cast<uint16_t *>(&b);
+    } else {
+        __half h = __float2half_rn(src[i]);
+        dst[i] = *reinterpret_cast<uint16_t *>(&h);
+    }
+}
+
+__global__ void to32_k(float *dst, const void *src, av_dtype dt, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = av_ld_w(src, dt, i);
+}
+
+static uint16_t *to16(int slot, const float *src, size_t n, av_dtype dt) {
+    uint16_t *d = (uint16_t *)av_cuda_scratch(slot, n * 2);
+    if (!d) return NULL;
+    to16_k<<<av_cdiv(n, 256), 256, 0, av_cuda_stream()>>>(d, src, n, dt);
+    AV_CU_LAUNCHED("convert to 16-bit");
+    return d;
+}
+
+static cudaDataType_t cu_type(av_dtype t) { return t == AV_BF16 ? CUDA_R_16BF : t == AV_F16 ? CUDA_R_16F : CUDA_R_32F; }
+
+/* Column-major C[m,n] = alpha op(A) op(B) + beta C with f32 accumulation. */
+static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A, cudaDataType_t at, int lda,
+                 const void *B, cudaDataType_t bt, int ldb, float beta, float *C, int ldc) {
+    float alpha = 1.0f;
+    av_cuda_note_blas(cublasGemmEx(av_cuda_cublas(), ta, tb, m, n, k, &alpha, A, at, lda, B, bt, ldb, &beta, C, CUDA_R_32F, ldc,
+                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                      "gemm");
+}
+
+#define PANEL_FLOATS ((size_t)16 << 20)
+
+static int gemv_ok(const float *x, const av_mat *W) {
+    return (W->dtype == AV_BF16 || W->dtype == AV_F16) && W->cols % 8 == 0 && ((uintptr_t)x % 16) == 0 && ((uintptr_t)W->data % 16) == 0;
+}
+
+static void gemv(float *out, const float *x, const av_mat *W, int T) {
+    int N = W->rows, K = W->cols;
+    dim3 grid(av_cdiv(N, GEMV_WARPS)), block(GEMV_WARPS * 32);
+    cudaStream_t s = av_cuda_stream();
+    const uint16_t *w = (const uint16_t *)W->data;
+    if (!gemv_ok(x, W)) {
+        gemv_any_k<<<grid, block, 0, s>>>(out, x, W->data, W->dtype, N, K, T);
+    } else {
+        switch (T) {
+        case 1: gemv16_k<1><<<grid, block, 0, s>>>(out, x, w, W->dtype, N, K); break;
+        case 2: gemv16_k<2><<<grid, block, 0, s>>>(out, x, w, W->dtype, N, K); break;
+        case 3: gemv16_k<3><<<grid, block, 0, s>>>(out, x, w, W->dtype, N, K); break;
+        case 4: gemv16_k<4><<<grid, block, 0, s>>>(out, x, w, W->dtype, N, K); break;
+        case 5: gemv16_k<5><<<grid, block, 0, s>>>(out, x, w, W->dtype, N, K); break;
+        case 6: gemv16_k<6><<<grid, block, 0, s>>>(out, x, w, W->dtype, N, K); break;
+        case 7: gemv16_k<7><<<grid, block, 0, s>>>(out, x, w, W->dtype, N, K); break;
+        default: gemv16_k<8><<<grid, block, 0, s>>>(out, x, w, W->dtype, N, K); break;
+        }
+    }
+    AV_CU_LAUNCHED("gemv");
+}
+
+extern "C" void av_cuda_matmul_forward_mode(float *out, const float *x, const av_mat *W, int T, int f32) {
+    int N = W->rows, K = W->cols;
+    if (T <= 0) return;
+    if (W->dtype == AV_F32) { /* out^T[N,T] = W^T(col-major K x N)^T . x^T(K x T) */
+        gemm(CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, W->data, CUDA_R_32F, K, x, CUDA_R_32F, K, 0.0f, out, N);
+        return;
+    }
+    if (T <= GEMV_MAX_T) { gemv(out, x, W, T); return; }
+    if (!f32) {
+        uint16_t *xb = to16(AV_SCR_XCONV, x, (size_t)T * K, W->dtype);
+        if (!xb) return;
+        gemm(CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, W->data, cu_type(W->dtype), K, xb, cu_type(W->dtype), K, 0.0f, out, N);
+        return;
+    }
+    size_t rows = PANEL_FLOATS / (size_t)K;
+    if (rows < 1) rows = 1;
+    if (rows > (size_t)N) rows = N;
+    float *pan = (float *)av_cuda_scratch(AV_SCR_WF32, rows * K * sizeof(float));
+    if (!pan) return;
+    size_t es = W->dtype == AV_F32 ? 4 : 2;
+    for (int n0 = 0; n0 < N; n0 += (int)rows) {
+        int nr = N - n0 < (int)rows ? N - n0 : (int)rows;
+        size_t cnt = (size_t)nr * K;
+        to32_k<<<av_cdiv(cnt, 256), 256, 0, av_cuda_stream()>>>(pan, (const char *)W->data + (size_t)n0 * K * es, W->dtype, cnt);
+        AV_CU_LAUNCHED("convert panel");
+        gemm(CUBLAS_OP_T, CUBLAS_OP_N, nr, T, K, pan, CUDA_R_32F, K, x, CUDA_R_32F, K, 0.0f, out + n0, N);
+    }
+}
+
+extern "C" void av_cuda_matmul_backward_mode(float *dx, float *dW, const float *dout, const float *x, const av_mat *W, int T, int f32) {
+    int N = W->rows, K = W->cols;
+    if (T <= 0) return;
+    if (dW) /* dW^T[K,N] += x^T(K x T) . dout(T x N) */
+        gemm(CUBLAS_OP_N, CUBLAS_OP_T, K, N, T, x, CUDA_R_32F, K, dout, CUDA_R_32F, N, 1.0f, dW, K);
+    if (!dx) return;
+    /* dx^T[K,T] += W^T(K x N) . dout^T(N x T) */
+    if (W->dtype == AV_F32) {
+        gemm(CUBLAS_OP_N, CUBLAS_OP_N, K, T, N, W->data, CUDA_R_32F, K, dout, CUDA_R_32F, N, 1.0f, dx, K);
+        return;
+    }
+    if (!f32) {
+        uint16_t *db = to16(AV_SCR_DCONV, dout, (size_t)T * N, W->dtype);
+        if (!db) return;
+        gemm(CUBLAS_OP_N, CUBLAS_OP_N, K, T, N, W->data, cu_type(W->dtype), K, db, cu_type(W->dtype), N, 1.0f, dx, K);
+        return;
+    }
+    size_t rows = PANEL_FLOATS / (size_t)K;
+    if (rows < 1) rows = 1;
+    if (rows > (size_t)N) rows = N;
+    float *pan = (float *)av_cuda_scratch(AV_SCR_WF32, rows * K * sizeof(float));
+    if (!pan) return;
+    for (int n0 = 0; n0 < N; n0 += (int)rows) {
+        int nr = N - n0 < (int)rows ? N - n0 : (int)rows;
+        size_t cnt = (size_t)nr * K;
+        to32_k<<<av_cdiv(cnt, 256), 256, 0, av_cuda_stream()>>>(pan, (const uint16_t *)W->data + (size_t)n0 * K, W->dtype, cnt);
+        AV_CU_LAUNCHED("convert panel");
+        gemm(CUBLAS_OP_N, CUBLAS_OP_N, K, T, nr, pan, CUDA_R_32F, K, dout + n0, CUDA_R_32F, N, 1.0f, dx, K);
+    }
+}

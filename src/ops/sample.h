@@ -1,0 +1,25 @@
+/* Token sampling over logits rows (argmax, or temperature + top-p), the rule the CUDA sampler
+ * (sample.cu, the backend's `sample` op) follows on the device. Randomness is a counter-based hash
+ * of (seed, row, position), so the same seed gives the same tokens on either backend. */
+#ifndef AV_SAMPLE_H
+#define AV_SAMPLE_H
+#include <stddef.h>
+#include <stdint.h>
+
+/* Host version of backend->sample (same semantics; host pointers). */
+void av_sample_rows(int32_t *ids, const float *logits, int N, int V, float temperature, float top_p, uint64_t seed, int32_t *pos,
+                    const int32_t *active);
+#ifdef __CUDACC__
+#define AV_HD __host__ __device__
+#else
+#define AV_HD
+#endif
+/* Uniform in [0, 1) from (seed, row, position): splitmix64 of the three, top 24 bits. */
+AV_HD static inline float av_sample_uniform(uint64_t seed, int row, int position) {
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (uint64_t)(row + 1) + 0xD1B54A32D192ED03ull * (uint64_t)(uint32_t)position;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+#endif
