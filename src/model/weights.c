@@ -138,6 +138,13 @@ av_status av_model_load(av_model **out, const char *dir, const av_backend *be) {
 
 void av_model_free(av_model *m) {
     if (!m) return;
+    for (int l = 0; m->layers && l < m->cfg.n_layers; l++) /* adapters attached by train/lora.c */
+        for (int p = 0; p < AV_PROJ_COUNT; p++) {
+            av_linear *L = av_layer_proj(&m->layers[l], (av_proj)p);
+            if (L->lora_a) m->be->free(L->lora_a);
+            if (L->lora_b) m->be->free(L->lora_b);
+            L->lora_a = L->lora_b = NULL;
+        }
     if (m->arena) m->be->free(m->arena);
     if (m->inv_freq) m->be->free(m->inv_freq);
     free(m->layers);
