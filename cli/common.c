@@ -3,14 +3,10 @@
 #include "args.h"
 #include "core/memory.h"
 #include "core/threads.h"
-#include "train/lora.h"
+#include "train/adapter_io.h"
 #include <stdlib.h>
 
-/* Provided by src/train/adapter_io.c; weak so builds without it still link. */
-av_status av_adapter_load(av_model *m, const char *path, av_lora_spec *spec) __attribute__((weak));
-
 int av_cli_attach_adapter(const char *cmd, av_model *m, const char *path) {
-    if (!av_adapter_load) return av_cli_error(cmd, "adapters are not supported in this build");
     av_lora_spec spec;
     if (av_adapter_load(m, path, &spec) != AV_OK) return av_cli_fail(cmd);
     return 0;

@@ -14,7 +14,7 @@ typedef struct {
 /* Loads model (+ adapter) and tokenizer; prints the error and returns non-zero on failure.
  * tok may be NULL when no tokenizer is wanted. */
 int av_cli_load(const char *cmd, const av_cli_model_opts *o, av_model **m, av_tokenizer **tok);
-/* Attaches an adapter directory/file to a loaded model (weak: available once adapter_io is built). */
+/* Attaches an adapter directory/file (MLX or PEFT layout) to a loaded model. */
 int av_cli_attach_adapter(const char *cmd, av_model *m, const char *path);
 /* Reads a whole file (for --file / --text-file); prints error and returns NULL on failure. */
 char *av_cli_read_file(const char *cmd, const char *path, size_t *len);
