@@ -263,28 +263,6 @@ static av_status checkpoint(av_trainer *t, const char *tag, char *path, size_t c
     return save_state(t, path);
 }
 
-static av_status dump_grads(av_trainer *t) {
-    av_st_writer w;
-    av_st_writer_init(&w);
-    size_t total = 0;
-    for (int i = 0; i < t->np; i++) total += t->params[i].n;
-    float *host = malloc(total * sizeof(float) + 1);
-    if (!host) return av_fail(AV_ERR_NOMEM, "out of memory");
-    av_status st = AV_OK;
-    size_t off = 0;
-    for (int i = 0; i < t->np && st == AV_OK; i++) {
-        const av_param *p = &t->params[i];
-        t->be->download(host + off, p->grad, p->n * sizeof(float));
-        int64_t shape[2] = {p->rows, p->cols};
-        st = av_st_writer_add(&w, p->name, AV_F32, 2, shape, host + off);
-        off += p->n;
-    }
-    if (st == AV_OK) st = av_st_writer_write(&w, t->o.dump_grads);
-    av_st_writer_free(&w);
-    free(host);
-    return st;
-}
-
 static av_status evaluate_and_emit(av_trainer *t, av_batcher *valid, int iter, int track_best) {
     double t0 = now_s(), loss = 0;
     AV_TRY(av_evaluate(t->tc, valid, t->o.val_batches, &loss, NULL));
@@ -333,7 +311,7 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
         }
         if (o->dump_grads) {
             t->be->sync();
-            st = dump_grads(t);
+            st = av_train_save_grads(t->tc, o->dump_grads);
             t->dumped = 1;
             break;
         }
