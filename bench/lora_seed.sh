@@ -4,7 +4,9 @@
 # v_proj of the last 16 layers (0.819M trainable), batch 2, max length 512, 50 iterations on the
 # quotes data. Prints it/s, tokens/s, peak memory and the achieved fraction of peak FLOP/s.
 # usage: bench/lora_seed.sh [BUILD] [extra anvil lora flags...]
-#   env: ITERS (50), BATCH (2), PEAK_GFLOPS (default: cores x GHz x 64, AVX-512 with 2 FMA units), KEEP=1
+#   env: ITERS (50), BATCH (2), KEEP=1, PEAK_GFLOPS (default: cores x GHz x 64 = f32 AVX-512 with 2 FMA
+#   units; the fraction is of the CPU's peak, so with --device cuda pass the GPU's, e.g. 989000 for H100/H200 bf16)
+# With AV_FIXTURES / AV_DATA pointing elsewhere it runs on a machine without ../shared (the GPU box).
 set -eu
 BUILD=${1:-build}; [ $# -gt 0 ] && shift
 case "$BUILD" in /*) ANVIL="$BUILD/anvil" ;; *) ANVIL="$PWD/$BUILD/anvil" ;; esac
