@@ -65,6 +65,14 @@ typedef struct av_backend {
     void *(*graph_end)(void);
     int (*graph_launch)(void *graph);
     void (*graph_free)(void *graph);
+
+    /* ---- training extras: NULL where a backend lacks them (training code fails with av_fail
+     * when a run needs one: full fine-tuning needs xent_forward_backward_dw, LoRA dropout needs
+     * dropout_forward/backward) ---- */
+    double (*xent_forward_backward_dw)(float *dh, float *dW, float *row_nll, const float *h, const av_mat *W,
+                                       const int32_t *targets, int T, float grad_scale, float *scratch, int chunk);
+    void (*dropout_forward)(float *out, const float *x, size_t n, float p, uint64_t seed);
+    void (*dropout_backward)(float *dx, const float *dout, size_t n, float p, uint64_t seed);
 } av_backend;
 
 const av_backend *av_backend_cpu(void);

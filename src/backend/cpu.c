@@ -36,6 +36,9 @@ static const av_backend k_cpu = {
     .adamw_step = av_adamw_step,
     .attention_forward = av_attention_forward,
     .attention_backward = av_attention_backward,
+    .xent_forward_backward_dw = av_xent_forward_backward_dw,
+    .dropout_forward = av_dropout_forward,
+    .dropout_backward = av_dropout_backward,
 };
 
 const av_backend *av_backend_cpu(void) { return &k_cpu; }

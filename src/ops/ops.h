@@ -64,6 +64,21 @@ void av_add_scaled(float *y, float a, const float *x, size_t n);
 double av_xent_forward_backward(float *dh, float *row_nll, const float *h, const av_mat *W, const int32_t *targets,
                                 int T, float grad_scale, float *scratch, int chunk);
 
+/* ---- cross-entropy as above that also accumulates the head's weight gradient, chunk by chunk:
+ * dW[V, D] += grad_scale * (softmax - onehot)^T h (f32, may be NULL; used by full fine-tuning).
+ * With dW == NULL it is av_xent_forward_backward exactly. */
+double av_xent_forward_backward_dw(float *dh, float *dW, float *row_nll, const float *h, const av_mat *W, const int32_t *targets,
+                                   int T, float grad_scale, float *scratch, int chunk);
+
+/* ---- inverted dropout (LoRA dropout, training only): out = x * mask / (1 - p), mask[i] kept with
+ * probability 1 - p, a pure function of (seed, i) (counter-based hash: nothing saved, the backward
+ * regenerates it; same seed -> same mask on every backend). out may alias x. 0 <= p < 1. ---- */
+void av_dropout_forward(float *out, const float *x, size_t n, float p, uint64_t seed);
+/* dx += dout * mask / (1 - p) with the forward's mask for the same (seed, n, p) */
+void av_dropout_backward(float *dx, const float *dout, size_t n, float p, uint64_t seed);
+/* Host helper: a well-mixed key for one dropout call from (seed, a, b), e.g. (run seed, step, site). */
+uint64_t av_dropout_key(uint64_t seed, uint64_t a, uint64_t b);
+
 /* ---- AdamW (PyTorch semantics, bias-corrected; step counts from 1) ---- */
 void av_adamw_step(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps,
                    float weight_decay, int step);

@@ -4,8 +4,8 @@
 #include "ops/ops.h"
 #include <math.h>
 
-double av_xent_forward_backward(float *dh, float *row_nll, const float *h, const av_mat *W, const int32_t *targets,
-                                int T, float grad_scale, float *scratch, int chunk) {
+static double xent(float *dh, float *dW, float *row_nll, const float *h, const av_mat *W, const int32_t *targets, int T,
+                   float grad_scale, float *scratch, int chunk) {
     int V = W->rows, D = W->cols;
     double total = 0;
     for (int t0 = 0; t0 < T; t0 += chunk) {
@@ -18,7 +18,7 @@ double av_xent_forward_backward(float *dh, float *row_nll, const float *h, const
             int tgt = targets[t0 + r];
             if (tgt < 0) {
                 if (row_nll) row_nll[t0 + r] = 0;
-                if (dh) for (int i = 0; i < V; i++) lg[i] = 0;
+                if (dh || dW) for (int i = 0; i < V; i++) lg[i] = 0;
                 continue;
             }
             float mx = lg[0];
@@ -29,13 +29,24 @@ double av_xent_forward_backward(float *dh, float *row_nll, const float *h, const
             double nll = lse - lg[tgt];
             if (row_nll) row_nll[t0 + r] = (float)nll;
             part += nll;
-            if (dh) {
+            if (dh || dW) {
                 for (int i = 0; i < V; i++) lg[i] = (float)exp(lg[i] - lse) * grad_scale;
                 lg[tgt] -= grad_scale;
             }
         }
         total += part;
-        if (dh) av_matmul_backward(dh + (size_t)t0 * D, NULL, scratch, NULL, W, c);
+        if (dh || dW) av_matmul_backward(dh ? dh + (size_t)t0 * D : NULL, dW, scratch, h + (size_t)t0 * D, W, c);
     }
     return total;
+}
+
+double av_xent_forward_backward(float *dh, float *row_nll, const float *h, const av_mat *W, const int32_t *targets,
+                                int T, float grad_scale, float *scratch, int chunk) {
+    return xent(dh, NULL, row_nll, h, W, targets, T, grad_scale, scratch, chunk);
+}
+
+/* The same chunk loop; the head's gradient dW += (scaled softmax - onehot)^T h per chunk. */
+double av_xent_forward_backward_dw(float *dh, float *dW, float *row_nll, const float *h, const av_mat *W, const int32_t *targets,
+                                   int T, float grad_scale, float *scratch, int chunk) {
+    return xent(dh, dW, row_nll, h, W, targets, T, grad_scale, scratch, chunk);
 }

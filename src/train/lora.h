@@ -39,5 +39,10 @@ int av_lora_count(const av_model *m);
  * tmp holds 3 * T * rank floats of backend memory. */
 void av_linear_backward(const av_backend *be, float *dx, float *dA, float *dB, const float *dy, const float *x, const av_linear *L,
                         int T, float *tmp);
+/* Only the adapter branch of av_linear_backward (no base term): with u the branch's input
+ * (x itself, or dropout(x) for LoRA dropout), dA += s (dy B)^T u, dB += s dy^T (u A^T),
+ * du += s (dy B) A (du may be NULL). tmp holds 3 * T * rank floats of backend memory. */
+void av_lora_branch_backward(const av_backend *be, float *du, float *dA, float *dB, const float *dy, const float *u, const av_linear *L,
+                             int T, float *tmp);
 
 #endif

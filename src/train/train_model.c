@@ -3,16 +3,24 @@
  * checkpointing, recomputing one layer at a time in the backward), the LM head + cross-entropy is
  * chunked, and the backward calls every op's backward in exact reverse order. Gradients reach
  * the LoRA A/B only (the base is frozen): for y = x W^T + s (x A^T) B^T,
- *   dB += s dy^T (x A^T),  dA += s (dy B)^T x,  dx += dy W + s (dy B) A. */
+ *   dB += s dy^T (x A^T),  dA += s (dy B)^T x,  dx += dy W + s (dy B) A.
+ * LoRA dropout (training steps only) feeds the adapter branch u = dropout(x) instead of x, the
+ * mask regenerated from its key in the backward: dx += dy W + dropout_backward(s (dy B) A).
+ * Full fine-tuning runs the same code with the weights replaced by f32 master copies and the
+ * weight gradients switched on: dW of every matmul, dw of every RMSNorm, the LM head's dW from
+ * the chunked cross-entropy, and the embedding's scatter-add. */
 #include "train/train_model.h"
 #include "attention/attention.h"
 #include "core/memory.h"
 #include "formats/safetensors.h"
 #include "model/llama.h"
 #include "train/lora.h"
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define XENT_CHUNK 32
 
@@ -36,6 +44,19 @@ struct av_train_ctx {
     size_t grad_floats, bytes;
     void **allocs;     /* every backend allocation, for free */
     int nallocs, cap_allocs;
+    /* full fine-tuning */
+    int full, tied;
+    float **gw;             /* [n_layers * AV_PROJ_COUNT] dW of each projection */
+    float **gn1, **gn2;     /* [n_layers] dw of input_layernorm / post_attention_layernorm */
+    float *gembed, *gfinal, *glm; /* glm == gembed when tied */
+    av_mat **views, *orig;  /* the model's weight views and their original values (restored on free) */
+    int nviews;
+    /* LoRA dropout */
+    float drop_p;
+    uint64_t drop_seed, drop_step;
+    int drop_on;            /* this step applies dropout */
+    float *xdrop, *dxdrop;  /* [N, widest]: dropout(x) and its gradient */
+    size_t widest;
 };
 
 static float *ctx_alloc(av_train_ctx *c, size_t floats, const char *what) {
@@ -57,6 +78,15 @@ static float *ctx_alloc(av_train_ctx *c, size_t floats, const char *what) {
 
 void av_train_ctx_free(av_train_ctx *c) {
     if (!c) return;
+    if (c->views) { /* full fine-tuning: the model back on its own weights */
+        for (int i = 0; i < c->nviews; i++) *c->views[i] = c->orig[i];
+        if (c->tied) c->m->lm_head = c->m->embed;
+    }
+    free(c->views);
+    free(c->orig);
+    free(c->gw);
+    free(c->gn1);
+    free(c->gn2);
     for (int i = 0; i < c->nallocs; i++) c->m->be->free(c->allocs[i]);
     free(c->allocs);
     free(c->xs);
@@ -113,7 +143,122 @@ static av_status build_params(av_train_ctx *c) {
     return AV_OK;
 }
 
+/* Full fine-tuning: f32 master copies of every weight become the parameters. */
+static av_status build_params_full(av_train_ctx *c) {
+    av_model *m = c->m;
+    const av_backend *be = m->be;
+    int NL = m->cfg.n_layers;
+    if (av_lora_count(m)) return av_fail(AV_ERR_ARG, "train: full fine-tuning of a model with LoRA adapters attached (detach them)");
+    if (!be->xent_forward_backward_dw || !be->embedding_backward || !be->rmsnorm_backward || !be->matmul_backward)
+        return av_fail(AV_ERR_UNSUPPORTED, "train: the %s backend lacks the weight-gradient ops full fine-tuning needs (xent_forward_backward_dw)",
+                       be->name);
+    c->tied = m->lm_head.data == m->embed.data;
+    int nv = 2 + 9 * NL + !c->tied;
+    c->views = calloc((size_t)nv, sizeof *c->views);
+    c->orig = calloc((size_t)nv, sizeof *c->orig);
+    c->params = calloc((size_t)nv, sizeof *c->params);
+    c->gw = calloc((size_t)NL * AV_PROJ_COUNT, sizeof(float *));
+    c->gn1 = calloc((size_t)NL, sizeof(float *));
+    c->gn2 = calloc((size_t)NL, sizeof(float *));
+    if (!c->views || !c->orig || !c->params || !c->gw || !c->gn1 || !c->gn2) return av_fail(AV_ERR_NOMEM, "train: out of memory");
+    /* the views, in parameter order, with their HF names */
+    int k = 0;
+#define ADD_VIEW(ptr, ...) do { c->views[k] = (ptr); snprintf(c->params[k].name, sizeof c->params[k].name, __VA_ARGS__); k++; } while (0)
+    ADD_VIEW(&m->embed, "model.embed_tokens.weight");
+    const int order[AV_PROJ_COUNT] = {AV_PROJ_Q, AV_PROJ_K, AV_PROJ_V, AV_PROJ_O, AV_PROJ_GATE, AV_PROJ_UP, AV_PROJ_DOWN};
+    for (int l = 0; l < NL; l++) {
+        av_layer *L = &m->layers[l];
+        ADD_VIEW(&L->attn_norm, "model.layers.%d.input_layernorm.weight", l);
+        for (int j = 0; j < 4; j++)
+            ADD_VIEW(&av_layer_proj(L, (av_proj)order[j])->w, "model.layers.%d.%s.%s.weight", l, av_proj_module[order[j]], av_proj_names[order[j]]);
+        ADD_VIEW(&L->mlp_norm, "model.layers.%d.post_attention_layernorm.weight", l);
+        for (int j = 4; j < 7; j++)
+            ADD_VIEW(&av_layer_proj(L, (av_proj)order[j])->w, "model.layers.%d.%s.%s.weight", l, av_proj_module[order[j]], av_proj_names[order[j]]);
+    }
+    ADD_VIEW(&m->final_norm, "model.norm.weight");
+    if (!c->tied) ADD_VIEW(&m->lm_head, "lm_head.weight");
+#undef ADD_VIEW
+    size_t total = 0;
+    for (int i = 0; i < nv; i++) {
+        const av_mat *v = c->views[i];
+        if (v->q_bits) return av_fail(AV_ERR_UNSUPPORTED, "train: %s is quantized: full fine-tuning needs f32/f16/bf16 weights", c->params[i].name);
+        if (v->dtype != AV_F32 && v->dtype != AV_F16 && v->dtype != AV_BF16)
+            return av_fail(AV_ERR_UNSUPPORTED, "train: %s has dtype %s (full fine-tuning needs f32/f16/bf16)", c->params[i].name,
+                           av_dtype_name(v->dtype));
+        total += (size_t)v->rows * v->cols;
+    }
+    c->grad_arena = ctx_alloc(c, total, "full fine-tuning gradients");
+    if (!c->grad_arena) return av_fail(AV_ERR_NOMEM, "train: out of memory for gradients (%zu floats)", total);
+    c->grad_floats = total;
+    be->zero(c->grad_arena, total * sizeof(float));
+    /* master copies: convert on the host (downloading first where the backend is not host memory) */
+    size_t off = 0;
+    for (int i = 0; i < nv; i++) {
+        av_mat *v = c->views[i];
+        av_param *P = &c->params[i];
+        P->rows = v->rows;
+        P->cols = v->cols;
+        P->n = (size_t)v->rows * v->cols;
+        P->data = ctx_alloc(c, P->n, "f32 master weights");
+        if (!P->data) return av_fail(AV_ERR_NOMEM, "train: out of memory for the f32 master copy of %s", P->name);
+        P->grad = c->grad_arena + off;
+        off += P->n;
+        av_mat hv = *v;
+        void *raw = NULL;
+        float *host = be->host_visible ? P->data : malloc(P->n * sizeof(float));
+        if (!be->host_visible) {
+            size_t bytes = P->n * av_dtype_size(v->dtype);
+            raw = malloc(bytes ? bytes : 1);
+            if (raw && host) be->download(raw, v->data, bytes);
+            hv.data = raw;
+        }
+        if (!host || (!be->host_visible && !raw)) {
+            if (!be->host_visible) free(host);
+            free(raw);
+            return av_fail(AV_ERR_NOMEM, "train: out of memory converting %s", P->name);
+        }
+        av_mat_rows_to_f32(host, &hv, 0, v->rows);
+        if (!be->host_visible) {
+            be->upload(P->data, host, P->n * sizeof(float));
+            free(host);
+            free(raw);
+        }
+    }
+    c->nparams = nv;
+    /* point the model at the masters and name each gradient's role */
+    for (int i = 0; i < nv; i++) {
+        c->orig[i] = *c->views[i];
+        av_mat *v = c->views[i];
+        v->data = c->params[i].data;
+        v->dtype = AV_F32;
+        v->scales = v->biases = NULL;
+    }
+    c->nviews = nv;
+    if (c->tied) m->lm_head = m->embed;
+    k = 0;
+    c->gembed = c->params[k++].grad;
+    for (int l = 0; l < NL; l++) {
+        c->gn1[l] = c->params[k++].grad;
+        for (int j = 0; j < 4; j++) c->gw[l * AV_PROJ_COUNT + order[j]] = c->params[k++].grad;
+        c->gn2[l] = c->params[k++].grad;
+        for (int j = 4; j < 7; j++) c->gw[l * AV_PROJ_COUNT + order[j]] = c->params[k++].grad;
+    }
+    c->gfinal = c->params[k++].grad;
+    c->glm = c->tied ? c->gembed : c->params[k++].grad;
+    return AV_OK;
+}
+
+static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_len, int grad_checkpoint, int full);
+
 av_status av_train_ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_len, int grad_checkpoint) {
+    return ctx_new(out, m, max_rows, max_len, grad_checkpoint, 0);
+}
+
+av_status av_train_ctx_new_full(av_train_ctx **out, av_model *m, int max_rows, int max_len, int grad_checkpoint) {
+    return ctx_new(out, m, max_rows, max_len, grad_checkpoint, 1);
+}
+
+static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_len, int grad_checkpoint, int full) {
     *out = NULL;
     const av_config *cf = &m->cfg;
     if (max_rows <= 0 || max_len <= 0) return av_fail(AV_ERR_ARG, "train: batch of %d rows x %d tokens", max_rows, max_len);
@@ -127,13 +272,15 @@ av_status av_train_ctx_new(av_train_ctx **out, av_model *m, int max_rows, int ma
     c->ckpt = grad_checkpoint != 0;
     int NL = cf->n_layers;
     c->nsets = c->ckpt ? 1 : NL;
-    av_status st = build_params(c);
+    c->full = full != 0;
+    av_status st = full ? build_params_full(c) : build_params(c);
     if (st != AV_OK) { av_train_ctx_free(c); return st; }
     size_t N = (size_t)max_rows * max_len, D = cf->hidden_size, F = cf->intermediate_size, H = cf->n_heads,
            qd = (size_t)cf->n_heads * cf->head_dim, kvd = (size_t)cf->n_kv_heads * cf->head_dim, V = cf->vocab_size,
            R = (size_t)c->max_rank, L = (size_t)max_len;
     size_t widest = D > F ? D : F;
     if (qd > widest) widest = qd;
+    c->widest = widest;
     c->xs = calloc((size_t)NL + 1, sizeof(float *));
     c->acts = calloc((size_t)c->nsets, sizeof(layer_acts));
     c->pos_host = malloc(sizeof(int32_t) * N);
@@ -170,6 +317,50 @@ int av_train_nparams(const av_train_ctx *c) { return c->nparams; }
 av_param *av_train_params(av_train_ctx *c) { return c->params; }
 void av_train_zero_grads(av_train_ctx *c) { c->m->be->zero(c->grad_arena, c->grad_floats * sizeof(float)); }
 size_t av_train_bytes(const av_train_ctx *c) { return c->bytes; }
+int av_train_is_full(const av_train_ctx *c) { return c->full; }
+long long av_train_param_count(const av_train_ctx *c) { return (long long)c->grad_floats; }
+
+av_status av_train_set_dropout(av_train_ctx *c, float p, uint64_t seed) {
+    const av_backend *be = c->m->be;
+    if (!(p >= 0.0f && p < 1.0f)) return av_fail(AV_ERR_ARG, "train: dropout must be in [0, 1) (got %g)", (double)p);
+    if (p > 0 && c->full) return av_fail(AV_ERR_ARG, "train: dropout applies to LoRA adapters; full fine-tuning has none");
+    if (p > 0 && (!be->dropout_forward || !be->dropout_backward))
+        return av_fail(AV_ERR_UNSUPPORTED, "train: the %s backend has no dropout op (LoRA dropout > 0 needs dropout_forward/backward)", be->name);
+    if (p > 0 && !c->xdrop) {
+        size_t n = (size_t)c->max_rows * c->max_len * c->widest;
+        c->xdrop = ctx_alloc(c, n, "dropout buffers");
+        c->dxdrop = c->xdrop ? ctx_alloc(c, n, "dropout buffers") : NULL;
+        if (!c->xdrop || !c->dxdrop) return av_fail(AV_ERR_NOMEM, "train: out of memory for dropout buffers");
+    }
+    c->drop_p = p;
+    c->drop_seed = seed;
+    c->drop_step = 0;
+    return AV_OK;
+}
+
+void av_train_set_dropout_step(av_train_ctx *c, uint64_t step) { c->drop_step = step; }
+
+/* The mask key of one LoRA linear in the current step. */
+static uint64_t drop_key(const av_train_ctx *c, int l, av_proj p) {
+    return av_dropout_key(c->drop_seed, c->drop_step, (uint64_t)l * AV_PROJ_COUNT + (uint64_t)p);
+}
+
+/* Forward of one projection: av_linear_forward, or with dropout the adapter branch on dropout(x). */
+static void linear_forward(av_train_ctx *c, float *out, const float *x, const av_linear *L, int l, av_proj p, int N) {
+    const av_backend *be = c->m->be;
+    if (!c->drop_on || !L->lora_a) {
+        av_linear_forward(be, out, x, L, N, c->lora_tmp);
+        return;
+    }
+    be->dropout_forward(c->xdrop, x, (size_t)N * L->w.cols, c->drop_p, drop_key(c, l, p));
+    be->matmul_forward(out, x, &L->w, N);
+    av_mat A = {.data = L->lora_a, .dtype = AV_F32, .rows = L->rank, .cols = L->w.cols};
+    av_mat B = {.data = L->lora_b, .dtype = AV_F32, .rows = L->w.rows, .cols = L->rank};
+    float *xa = c->lora_tmp, *xab = c->lora_tmp + (size_t)N * L->rank;
+    be->matmul_forward(xa, c->xdrop, &A, N);
+    be->matmul_forward(xab, xa, &B, N);
+    be->add_scaled(out, L->scale, xab, (size_t)N * L->w.rows);
+}
 
 /* One decoder layer forward over N = B*T rows, saving activations into a. */
 static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const float *x_in, float *x_out, int B, int T) {
@@ -180,9 +371,9 @@ static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const flo
     int D = cf->hidden_size, F = cf->intermediate_size, H = cf->n_heads, KVH = cf->n_kv_heads, hd = cf->head_dim, N = B * T;
     size_t qd = (size_t)H * hd, kvd = (size_t)KVH * hd;
     be->rmsnorm_forward(a->xn1, a->rstd1, x_in, &L->attn_norm, N, D, cf->rms_norm_eps);
-    av_linear_forward(be, a->q, a->xn1, &L->q, N, c->lora_tmp);
-    av_linear_forward(be, a->k, a->xn1, &L->k, N, c->lora_tmp);
-    av_linear_forward(be, a->v, a->xn1, &L->v, N, c->lora_tmp);
+    linear_forward(c, a->q, a->xn1, &L->q, l, AV_PROJ_Q, N);
+    linear_forward(c, a->k, a->xn1, &L->k, l, AV_PROJ_K, N);
+    linear_forward(c, a->v, a->xn1, &L->v, l, AV_PROJ_V, N);
     be->rope_forward(a->q, c->pos_dev, m->inv_freq, N, H, hd);
     be->rope_forward(a->k, c->pos_dev, m->inv_freq, N, KVH, hd);
     for (int b = 0; b < B; b++) {
@@ -190,21 +381,37 @@ static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const flo
         be->attention_forward(a->att + r * qd, a->probs + (size_t)b * H * T * T, a->q + r * qd, a->k + r * kvd, a->v + r * kvd, T, T,
                               0, H, KVH, hd);
     }
-    av_linear_forward(be, c->tmp, a->att, &L->o, N, c->lora_tmp);
+    linear_forward(c, c->tmp, a->att, &L->o, l, AV_PROJ_O, N);
     be->copy(a->xmid, x_in, sizeof(float) * (size_t)N * D);
     be->add_inplace(a->xmid, c->tmp, (size_t)N * D);
     be->rmsnorm_forward(a->xn2, a->rstd2, a->xmid, &L->mlp_norm, N, D, cf->rms_norm_eps);
-    av_linear_forward(be, a->gate, a->xn2, &L->gate, N, c->lora_tmp);
-    av_linear_forward(be, a->up, a->xn2, &L->up, N, c->lora_tmp);
+    linear_forward(c, a->gate, a->xn2, &L->gate, l, AV_PROJ_GATE, N);
+    linear_forward(c, a->up, a->xn2, &L->up, l, AV_PROJ_UP, N);
     be->swiglu_forward(a->act, a->gate, a->up, (size_t)N * F);
-    av_linear_forward(be, c->tmp, a->act, &L->down, N, c->lora_tmp);
+    linear_forward(c, c->tmp, a->act, &L->down, l, AV_PROJ_DOWN, N);
     be->copy(x_out, a->xmid, sizeof(float) * (size_t)N * D);
     be->add_inplace(x_out, c->tmp, (size_t)N * D);
 }
 
 /* Backward of one projection; gradients go to its adapter's A/B (if any). */
 static void linear_backward(av_train_ctx *c, float *dx, const float *dy, const float *x, const av_linear *L, int l, av_proj p, int N) {
-    av_linear_backward(c->m->be, dx, c->ga[l * AV_PROJ_COUNT + p], c->gb[l * AV_PROJ_COUNT + p], dy, x, L, N, c->lora3);
+    const av_backend *be = c->m->be;
+    int k = l * AV_PROJ_COUNT + p;
+    if (c->full) { /* full fine-tuning: no adapters, dW of the (f32 master) weight */
+        be->matmul_backward(dx, c->gw[k], dy, x, &L->w, N);
+        return;
+    }
+    if (!c->drop_on || !L->lora_a) {
+        av_linear_backward(be, dx, c->ga[k], c->gb[k], dy, x, L, N, c->lora3);
+        return;
+    }
+    size_t n = (size_t)N * L->w.cols;
+    uint64_t key = drop_key(c, l, p);
+    be->matmul_backward(dx, NULL, dy, NULL, &L->w, N);
+    be->dropout_forward(c->xdrop, x, n, c->drop_p, key); /* the forward's mask, regenerated */
+    if (dx) be->zero(c->dxdrop, n * sizeof(float));
+    av_lora_branch_backward(be, dx ? c->dxdrop : NULL, c->ga[k], c->gb[k], dy, c->xdrop, L, N, c->lora3);
+    if (dx) be->dropout_backward(dx, c->dxdrop, n, c->drop_p, key);
 }
 
 /* One decoder layer backward: on entry c->dx = dL/d(layer output); on exit dL/d(layer input). */
@@ -224,7 +431,7 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
     be->zero(c->dxn, sizeof(float) * (size_t)N * D);
     linear_backward(c, c->dxn, c->dup, a->xn2, &L->up, l, AV_PROJ_UP, N);
     linear_backward(c, c->dxn, c->dgate, a->xn2, &L->gate, l, AV_PROJ_GATE, N);
-    be->rmsnorm_backward(c->dx, NULL, c->dxn, a->xmid, &L->mlp_norm, a->rstd2, N, D);
+    be->rmsnorm_backward(c->dx, c->full ? c->gn2[l] : NULL, c->dxn, a->xmid, &L->mlp_norm, a->rstd2, N, D);
     /* xmid = x_in + o(att) */
     be->zero(c->datt, sizeof(float) * (size_t)N * qd);
     linear_backward(c, c->datt, c->dx, a->att, &L->o, l, AV_PROJ_O, N);
@@ -242,11 +449,17 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
     linear_backward(c, c->dxn, c->dv, a->xn1, &L->v, l, AV_PROJ_V, N);
     linear_backward(c, c->dxn, c->dk, a->xn1, &L->k, l, AV_PROJ_K, N);
     linear_backward(c, c->dxn, c->dq, a->xn1, &L->q, l, AV_PROJ_Q, N);
-    be->rmsnorm_backward(c->dx, NULL, c->dxn, x_in, &L->attn_norm, a->rstd1, N, D);
+    be->rmsnorm_backward(c->dx, c->full ? c->gn1[l] : NULL, c->dxn, x_in, &L->attn_norm, a->rstd1, N, D);
 }
 
 av_status av_train_step(av_train_ctx *c, const int32_t *ids, const int32_t *targets, int B, int T, float grad_scale,
                         int backward, double *nll_sum, int *n_valid) {
+    return av_train_step_ex(c, ids, targets, B, T, grad_scale, backward ? AV_STEP_BACKWARD | AV_STEP_DROPOUT : 0, nll_sum, n_valid);
+}
+
+av_status av_train_step_ex(av_train_ctx *c, const int32_t *ids, const int32_t *targets, int B, int T, float grad_scale, int flags,
+                           double *nll_sum, int *n_valid) {
+    int backward = (flags & AV_STEP_BACKWARD) != 0;
     av_model *m = c->m;
     const av_backend *be = m->be;
     const av_config *cf = &m->cfg;
@@ -268,24 +481,35 @@ av_status av_train_step(av_train_ctx *c, const int32_t *ids, const int32_t *targ
     be->upload(c->tgt_dev, targets, sizeof(int32_t) * (size_t)N);
     be->upload(c->pos_dev, c->pos_host, sizeof(int32_t) * (size_t)N);
     size_t nd = (size_t)N * D;
+    c->drop_on = (flags & AV_STEP_DROPOUT) && c->drop_p > 0 && !c->full;
 
     be->embedding_forward(c->xs[0], c->ids_dev, &m->embed, N);
     for (int l = 0; l < NL; l++) layer_forward(c, l, &c->acts[c->ckpt ? 0 : l], c->xs[l], c->xs[l + 1], B, T);
     be->rmsnorm_forward(c->hidden, c->rstdf, c->xs[NL], &m->final_norm, N, D, cf->rms_norm_eps);
     if (backward) be->zero(c->dh, nd * sizeof(float));
-    *nll_sum = be->xent_forward_backward(backward ? c->dh : NULL, NULL, c->hidden, &m->lm_head, c->tgt_dev, N, grad_scale, c->scratch,
-                                         XENT_CHUNK);
+    if (backward && c->full)
+        *nll_sum = be->xent_forward_backward_dw(c->dh, c->glm, NULL, c->hidden, &m->lm_head, c->tgt_dev, N, grad_scale, c->scratch,
+                                                XENT_CHUNK);
+    else
+        *nll_sum = be->xent_forward_backward(backward ? c->dh : NULL, NULL, c->hidden, &m->lm_head, c->tgt_dev, N, grad_scale,
+                                             c->scratch, XENT_CHUNK);
     *n_valid = nv;
-    if (!backward) return AV_OK;
+    if (!backward) {
+        c->drop_on = 0;
+        return AV_OK;
+    }
 
     be->zero(c->dx, nd * sizeof(float));
-    be->rmsnorm_backward(c->dx, NULL, c->dh, c->xs[NL], &m->final_norm, c->rstdf, N, D);
+    be->rmsnorm_backward(c->dx, c->full ? c->gfinal : NULL, c->dh, c->xs[NL], &m->final_norm, c->rstdf, N, D);
     for (int l = NL - 1; l >= 0; l--) {
         const layer_acts *a = &c->acts[c->ckpt ? 0 : l];
         if (c->ckpt && l != NL - 1) layer_forward(c, l, a, c->xs[l], c->xout, B, T); /* recompute this layer */
         layer_backward(c, l, a, c->xs[l], B, T);
     }
-    /* the embedding is frozen: dL/d(embedding output) = c->dx is not needed further */
+    /* the embedding: frozen with LoRA (c->dx is not needed further); scatter-added with full FT */
+    if (c->full) be->embedding_backward(c->gembed, c->dx, c->ids_dev, N, D);
+    if (c->drop_on) c->drop_step++;
+    c->drop_on = 0;
     return AV_OK;
 }
 
@@ -306,4 +530,103 @@ av_status av_train_save_grads(av_train_ctx *c, const char *path) {
     av_st_writer_free(&w);
     free(host);
     return st;
+}
+
+av_status av_train_save_weights(av_train_ctx *c, const char *path) {
+    size_t total = 0;
+    for (int i = 0; i < c->nparams; i++) total += c->params[i].n;
+    float *host = malloc(sizeof(float) * (total ? total : 1));
+    if (!host) return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
+    av_st_writer w;
+    av_st_writer_init(&w);
+    av_status st = AV_OK;
+    size_t off = 0;
+    for (int i = 0; i < c->nparams && st == AV_OK; i++) {
+        const av_param *P = &c->params[i];
+        c->m->be->download(host + off, P->data, sizeof(float) * P->n);
+        int64_t shape[2] = {P->rows, P->cols};
+        int vec = c->full && P->rows == 1 && strstr(P->name, "norm"); /* norms are 1-D in HF files */
+        st = av_st_writer_add(&w, P->name, AV_F32, vec ? 1 : 2, vec ? shape + 1 : shape, host + off);
+        off += P->n;
+    }
+    if (st == AV_OK) st = av_st_writer_set_metadata(&w, "{\"format\":\"pt\"}");
+    if (st == AV_OK) st = av_st_writer_write(&w, path);
+    av_st_writer_free(&w);
+    free(host);
+    return st;
+}
+
+av_status av_train_load_weights(av_train_ctx *c, const char *path) {
+    av_st_file f;
+    AV_TRY(av_st_open(&f, path));
+    av_status st = AV_OK;
+    float *host = NULL;
+    for (int i = 0; i < c->nparams && st == AV_OK; i++) {
+        const av_param *P = &c->params[i];
+        const av_st_tensor *t = av_st_find(&f, P->name);
+        if (!t) { st = av_fail(AV_ERR_FORMAT, "%s: no tensor '%s'", path, P->name); break; }
+        if (av_st_numel(t) != (int64_t)P->n || (t->dtype != AV_F32 && t->dtype != AV_F16 && t->dtype != AV_BF16)) {
+            st = av_fail(AV_ERR_SHAPE, "%s: '%s' has the wrong size or dtype (expected %d x %d f32/f16/bf16)", path, P->name, P->rows, P->cols);
+            break;
+        }
+        free(host);
+        host = malloc(sizeof(float) * P->n);
+        if (!host) { st = av_fail(AV_ERR_NOMEM, "%s: out of memory", path); break; }
+        av_mat hv = {.data = t->data, .dtype = t->dtype, .rows = P->rows, .cols = P->cols};
+        av_mat_rows_to_f32(host, &hv, 0, P->rows);
+        c->m->be->upload(P->data, host, sizeof(float) * P->n);
+    }
+    free(host);
+    av_st_close(&f);
+    return st;
+}
+
+/* Copies src to dst atomically (whole-file read; config and tokenizer files are small). */
+static av_status copy_file(const char *src, const char *dst) {
+    char *buf;
+    size_t n;
+    AV_TRY(av_file_read(src, &buf, &n));
+    av_status st = av_write_file_atomic(dst, buf, n);
+    free(buf);
+    return st;
+}
+
+av_status av_train_save_model_dir(av_train_ctx *c, const char *dir) {
+    av_model *m = c->m;
+    if (!c->full) return av_fail(AV_ERR_ARG, "%s: a model directory is written by full fine-tuning only (LoRA saves adapters)", dir);
+    if (!strcmp(dir, m->dir)) return av_fail(AV_ERR_ARG, "%s: refusing to write the trained model over the base model directory", dir);
+    if (!av_dir_exists(dir) && mkdir(dir, 0755) != 0) return av_fail(AV_ERR_IO, "%s: cannot create directory", dir);
+    char wpath[4200], tmp[4300], lpath[4200], src[4200], dst[4200];
+    av_path_join(wpath, sizeof wpath, dir, "adapters.safetensors");
+    AV_TRY(av_train_save_weights(c, wpath));
+    /* adapter_config.json as MLX-LM writes for full fine-tuning */
+    cJSON *cfg = cJSON_CreateObject();
+    cJSON_AddStringToObject(cfg, "fine_tune_type", "full");
+    cJSON_AddStringToObject(cfg, "model", m->dir);
+    cJSON_AddNumberToObject(cfg, "num_layers", m->cfg.n_layers);
+    char *js = cJSON_Print(cfg);
+    cJSON_Delete(cfg);
+    if (!js) return av_fail(AV_ERR_NOMEM, "out of memory");
+    av_status st = av_write_file_atomic(av_path_join(dst, sizeof dst, dir, "adapter_config.json"), js, strlen(js));
+    free(js);
+    AV_TRY(st);
+    /* a plain model directory too: config + tokenizer files, model.safetensors = the same weights */
+    static const char *const files[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                                        "special_tokens_map.json", "tokenizer.model", "added_tokens.json", "chat_template.jinja"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        av_path_join(src, sizeof src, m->dir, files[i]);
+        if (!av_file_exists(src)) continue;
+        AV_TRY(copy_file(src, av_path_join(dst, sizeof dst, dir, files[i])));
+    }
+    av_path_join(lpath, sizeof lpath, dir, "model.safetensors");
+    snprintf(tmp, sizeof tmp, "%s.tmp-link", lpath);
+    unlink(tmp);
+    if (link(wpath, tmp) == 0) {
+        if (rename(tmp, lpath) != 0) {
+            unlink(tmp);
+            return av_fail(AV_ERR_IO, "%s: cannot rename into place", lpath);
+        }
+        return AV_OK;
+    }
+    return copy_file(wpath, lpath); /* no hard links on this file system */
 }
