@@ -147,7 +147,7 @@ void av_session_last_logits(av_session *s, float *logits) {
 av_status av_session_nll(av_session *s, const int32_t *ids, int T, double *sum, float *row_nll, int32_t *argmax) {
     av_model *m = s->m;
     const av_backend *be = m->be;
-    int D = m->cfg.hidden_size, V = m->cfg.vocab_size, C = s->max_chunk, LC = 16;
+    int D = m->cfg.hidden_size, V = m->cfg.vocab_size, C = s->max_chunk, LC = 128; /* logit rows per chunk: enough to amortise converting the LM head */
     *sum = 0;
     av_session_truncate(s, 0);
     float *nll_dev = be->alloc(sizeof(float) * (size_t)C, "nll");
