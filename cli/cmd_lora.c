@@ -238,6 +238,8 @@ static av_status glue_render(void *ctx, const cJSON *msgs, int gen, char **out) 
 /* ---- events -------------------------------------------------------------------------------------- */
 typedef struct {
     av_model *m;
+    av_train_ctx *tc; /* full fine-tuning saves the context's f32 weights */
+    int full;
     av_lora_spec spec;
     const char *adapter_dir;
     int peft;
@@ -292,6 +294,17 @@ static void on_event(void *ctx, const av_train_event *e) {
 static av_status save_adapter(void *ctx, const char *tag, char *path, size_t cap) {
     run_ctx *r = ctx;
     char dir[4200];
+    if (r->full) { /* MLX-LM layout: all weights in adapters.safetensors (+ a loadable model directory) */
+        if (!tag) {
+            AV_TRY(av_train_save_model_dir(r->tc, r->adapter_dir));
+            av_path_join(path, cap, r->adapter_dir, "adapters.safetensors");
+            return AV_OK;
+        }
+        char name[64];
+        snprintf(name, sizeof name, "%s_adapters.safetensors", tag);
+        av_path_join(path, cap, r->adapter_dir, name);
+        return av_train_save_weights(r->tc, path);
+    }
     if (!tag) {
         AV_TRY(av_adapter_save(r->m, &r->spec, r->adapter_dir, r->peft));
         if (r->peft) snprintf(path, cap, "%s", r->adapter_dir);
@@ -347,7 +360,11 @@ static const char k_summary[] =
     "adapter by validation loss in best_adapters.safetensors (mlx) or best/ (peft). Each adapter file has a\n"
     "*.state.safetensors beside it (optimizer state, iteration, data order, schedule): resuming from it with\n"
     "--resume-adapter-file continues the run exactly (--iters counts from the start of the run).\n"
-    "Validation runs before training (reported as Iter 0), every --steps-per-eval iterations and at the end.";
+    "Validation runs before training (reported as Iter 0), every --steps-per-eval iterations and at the end.\n"
+    "--fine-tune-type full trains every weight (f32 master copies; embedding, norms, projections, LM head) and,\n"
+    "as MLX-LM, writes all weights to adapters.safetensors (adapter_config.json: fine_tune_type full); the\n"
+    "--adapter-path directory is also a model directory (config, tokenizer, model.safetensors) for --model.\n"
+    "--dropout P applies LoRA dropout (PEFT semantics) to the adapter inputs in training steps only.";
 
 int av_cmd_lora(int argc, char **argv) {
     lora_opts o = {0};
@@ -360,7 +377,7 @@ int av_cmd_lora(int argc, char **argv) {
         {"model", AV_OPT_STR, &o.model, "model directory (HF layout)", 0, 0, NULL},
         {"train", AV_OPT_FLAG, &o.train, "train", 0, 0, NULL},
         {"data", AV_OPT_STR, &o.data, "directory with train.jsonl, valid.jsonl, test.jsonl", 0, 0, NULL},
-        {"fine-tune-type", AV_OPT_STR, &o.fine_tune_type, "lora (default; full is not available yet)", 0, 0, NULL},
+        {"fine-tune-type", AV_OPT_STR, &o.fine_tune_type, "lora (default) or full (all weights, f32 master copies)", 0, 0, NULL},
         {"num-layers", AV_OPT_INT, &o.num_layers, "adapt the last N layers (default 16, -1 = all)", -1, 1e6, NULL},
         {"batch-size", AV_OPT_INT, &o.batch_size, "rows per batch (default 4)", 1, 1e6, NULL},
         {"iters", AV_OPT_INT, &o.iters, "training iterations (default 1000)", 1, 1e9, NULL},
@@ -385,7 +402,7 @@ int av_cmd_lora(int argc, char **argv) {
         {"rank", AV_OPT_INT, &o.rank, "LoRA rank (default 8)", 1, 65536, NULL},
         {"alpha", AV_OPT_FLOAT, &o.alpha, "LoRA alpha; scale = alpha / rank (default 16)", 0, 1e6, NULL},
         {"scale", AV_OPT_FLOAT, &o.scale, "LoRA scale, overrides alpha (MLX-LM style)", 0, 1e6, NULL},
-        {"dropout", AV_OPT_FLOAT, &o.dropout, "LoRA dropout (only 0 is supported yet)", 0, 1, NULL},
+        {"dropout", AV_OPT_FLOAT, &o.dropout, "LoRA dropout probability, training only (default 0)", 0, 1, NULL},
         {"seed", AV_OPT_INT, &o.seed, "seed for LoRA init and data order (default 0)", 0, 2147483647, NULL},
         {"grad-accumulation-steps", AV_OPT_INT, &o.grad_accum, "batches per optimizer update (default 1)", 1, 1e6, NULL},
         {"test", AV_OPT_FLAG, &o.test, "report test loss and perplexity (test.jsonl)", 0, 0, NULL},
@@ -401,6 +418,9 @@ int av_cmd_lora(int argc, char **argv) {
 
     cJSON *cfg = NULL;
     char keys_buf[512];
+    /* LoRA-only settings given as flags (errors with full fine-tuning; from a config file: warnings) */
+    int lora_flags = o.rank != UNSET_I || !isnan(o.alpha) || !isnan(o.scale) || o.lora_keys || (!isnan(o.dropout) && o.dropout > 0) ||
+                     o.num_layers != UNSET_I;
     if (o.config) {
         if (load_yaml(o.config, &cfg)) return 2;
         int rc = apply_config(&o, cfg, o.config, keys_buf, sizeof keys_buf);
@@ -422,7 +442,7 @@ int av_cmd_lora(int argc, char **argv) {
     /* defaults (MLX-LM's, but lr 1e-4 as in the seed) and checks */
 #define DEF_I(x, v) if ((x) == UNSET_I) (x) = (v)
 #define DEF_D(x, v) if (isnan(x)) (x) = (v)
-    int num_layers_set = o.num_layers != UNSET_I;
+    int num_layers_set = o.num_layers != UNSET_I, dropout_set = !isnan(o.dropout);
     DEF_I(o.num_layers, 16);
     DEF_I(o.batch_size, 4);
     DEF_I(o.iters, 1000);
@@ -451,12 +471,16 @@ int av_cmd_lora(int argc, char **argv) {
     if (!o.model) bad = "--model DIR is required";
     else if (!o.train && !o.test) bad = "nothing to do: pass --train and/or --test";
     else if (!o.data) bad = "--data DIR is required";
-    else if (strcmp(o.fine_tune_type, "lora")) {
-        snprintf(badbuf, sizeof badbuf, "--fine-tune-type %s is not supported yet (use lora)", o.fine_tune_type);
+    else if (strcmp(o.fine_tune_type, "lora") && strcmp(o.fine_tune_type, "full")) {
+        snprintf(badbuf, sizeof badbuf, "--fine-tune-type %s is not supported (use lora or full)", o.fine_tune_type);
         bad = badbuf;
-    } else if (strcmp(o.adapter_format, "mlx") && strcmp(o.adapter_format, "peft")) bad = "--adapter-format must be mlx or peft";
+    } else if (!strcmp(o.fine_tune_type, "full") && lora_flags) {
+        bad = "--fine-tune-type full trains every weight: --rank, --alpha, --scale, --lora-keys, --dropout and --num-layers apply to LoRA only";
+    } else if (!strcmp(o.fine_tune_type, "full") && !strcmp(o.adapter_format, "peft"))
+        bad = "--adapter-format peft is a LoRA format; full fine-tuning writes MLX-LM's layout (and a model directory)";
+    else if (strcmp(o.adapter_format, "mlx") && strcmp(o.adapter_format, "peft")) bad = "--adapter-format must be mlx or peft";
     else if (strcmp(o.optimizer, "adamw") && strcmp(o.optimizer, "adam")) bad = "optimizer must be adamw or adam";
-    else if (o.dropout != 0) bad = "--dropout > 0 is not supported yet";
+    else if (!(o.dropout >= 0 && o.dropout < 1)) bad = "--dropout must be in [0, 1)";
     else if (o.num_layers == 0 || o.num_layers < -1) bad = "--num-layers must be -1 (all) or >= 1";
     else if (o.batch_size < 1 || o.iters < 1 || o.steps_per_report < 1 || o.steps_per_eval < 1 || o.save_every < 1 ||
              o.grad_accum < 1 || o.max_seq_length < 2)
@@ -466,6 +490,10 @@ int av_cmd_lora(int argc, char **argv) {
     else if (o.learning_rate <= 0 || !isfinite(o.learning_rate)) bad = "--learning-rate must be > 0";
     else if (o.rank != UNSET_I && o.rank < 1) bad = "--rank must be >= 1";
     else if (!o.train && o.dump_grads) bad = "--dump-grads needs --train";
+    if (!bad && !strcmp(o.fine_tune_type, "full") &&
+        (o.rank != UNSET_I || !isnan(o.alpha) || !isnan(o.scale) || o.lora_keys || o.dropout > 0 || num_layers_set))
+        fprintf(stderr, "anvil lora: warning: %s: lora_parameters and num_layers are ignored with fine_tune_type full "
+                        "(every weight of every layer is trained)\n", o.config);
     if (bad) {
         av_cli_error(CMD, "%s", bad);
         rc = 2;
@@ -548,10 +576,21 @@ int av_cmd_lora(int argc, char **argv) {
     }
 
     /* adapters: resumed (config from the adapter), trained afresh, or (test only) loaded */
-    run_ctx rctx = {.m = m, .adapter_dir = o.adapter_path, .peft = !strcmp(o.adapter_format, "peft"), .tty = isatty(1)};
+    run_ctx rctx = {.m = m, .adapter_dir = o.adapter_path, .peft = !strcmp(o.adapter_format, "peft"), .tty = isatty(1),
+                    .full = !strcmp(o.fine_tune_type, "full")};
     av_lora_spec_default(&rctx.spec);
     const char *load_from = o.resume;
-    if (!o.train && !load_from) {
+    char full_weights[4200] = "";
+    if (rctx.full) { /* weights to start from: --resume-adapter-file, or (test only) --adapter-path if it holds some */
+        const char *from = o.resume ? o.resume : !o.train ? o.adapter_path : NULL;
+        if (from && av_dir_exists(from)) av_path_join(full_weights, sizeof full_weights, from, "adapters.safetensors");
+        else if (from) snprintf(full_weights, sizeof full_weights, "%s", from);
+        if (full_weights[0] && !o.resume && !av_file_exists(full_weights)) {
+            printf("No full fine-tuning weights at %s: testing the model itself\n", full_weights);
+            full_weights[0] = 0;
+        }
+        load_from = NULL;
+    } else if (!o.train && !load_from) {
         av_adapter_format f;
         if (av_adapter_detect(o.adapter_path, &f) == AV_OK) load_from = o.adapter_path;
         else if (strcmp(o.adapter_path, "adapters")) {
@@ -564,7 +603,7 @@ int av_cmd_lora(int argc, char **argv) {
             av_cli_fail(CMD);
             goto done;
         }
-    } else if (o.train) {
+    } else if (o.train && !rctx.full) {
         av_lora_spec *s = &rctx.spec;
         if (o.lora_keys && av_lora_parse_keys(o.lora_keys, &s->keys) != AV_OK) {
             av_cli_fail(CMD);
@@ -587,7 +626,8 @@ int av_cmd_lora(int argc, char **argv) {
             goto done;
         }
     }
-    long long trainable = av_lora_param_count(m), total = av_config_param_count(&m->cfg);
+    if (!rctx.full && dropout_set) rctx.spec.dropout = (float)o.dropout; /* else a resumed adapter's own dropout */
+    long long total = av_config_param_count(&m->cfg), trainable = rctx.full ? total : av_lora_param_count(m);
     printf("Trainable parameters: %.3f%% (%.3fM/%.3fM)\n", 100.0 * (double)trainable / (double)total, (double)trainable / 1e6,
            (double)total / 1e6);
     fflush(stdout);
@@ -596,8 +636,16 @@ int av_cmd_lora(int argc, char **argv) {
     if (have_train && av_dataset_max_len(&dtrain) > max_len) max_len = av_dataset_max_len(&dtrain);
     if (have_valid && av_dataset_max_len(&dvalid) > max_len) max_len = av_dataset_max_len(&dvalid);
     if (have_test && av_dataset_max_len(&dtest) > max_len) max_len = av_dataset_max_len(&dtest);
-    if (av_train_ctx_new(&tc, m, o.batch_size, max_len - 1, o.grad_checkpoint) != AV_OK) {
+    if ((rctx.full ? av_train_ctx_new_full(&tc, m, o.batch_size, max_len - 1, o.grad_checkpoint)
+                   : av_train_ctx_new(&tc, m, o.batch_size, max_len - 1, o.grad_checkpoint)) != AV_OK ||
+        (!rctx.full && o.train && rctx.spec.dropout > 0 && av_train_set_dropout(tc, rctx.spec.dropout, (uint64_t)o.seed) != AV_OK) ||
+        (full_weights[0] && av_train_load_weights(tc, full_weights) != AV_OK)) {
         av_cli_fail(CMD);
+        goto done;
+    }
+    rctx.tc = tc;
+    if (rctx.full && o.train && !o.dump_grads && !av_dir_exists(o.adapter_path) && mkdir(o.adapter_path, 0755) != 0) {
+        av_cli_error(CMD, "%s: cannot create directory: %s", o.adapter_path, strerror(errno));
         goto done;
     }
 
@@ -638,7 +686,7 @@ int av_cmd_lora(int argc, char **argv) {
                 printf("Resuming from iteration %d with the optimizer state in %s\n", av_trainer_iter(tr), sp);
             } else printf("Resuming from the adapter weights in %s (no training state beside it: starting at iteration 1)\n", o.resume);
         }
-        if (!o.dump_grads && av_adapter_save_config(m, &rctx.spec, o.adapter_path, rctx.peft) != AV_OK) {
+        if (!o.dump_grads && !rctx.full && av_adapter_save_config(m, &rctx.spec, o.adapter_path, rctx.peft) != AV_OK) {
             av_cli_fail(CMD);
             goto done;
         }

@@ -304,6 +304,7 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
         int nv = 0;
         if (b.n_targets > 0) {
             float scale = (float)(1.0 / ((double)b.n_targets * (o->dump_grads ? 1 : ga)));
+            av_train_set_dropout_step(t->tc, (uint64_t)(it - 1)); /* LoRA dropout masks follow the iteration (exact resume) */
             st = av_train_step(t->tc, b.ids, b.targets, b.B, b.T, scale, 1, &nll, &nv);
             if (st != AV_OK) break;
             loss_sum += nll / nv;
