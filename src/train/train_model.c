@@ -22,7 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define XENT_CHUNK 32
+#define XENT_CHUNK 256 /* logit rows per LM-head chunk: amortises the weight conversion; 256 x V floats of scratch */
 
 typedef struct {
     float *xn1, *rstd1, *q, *k, *v, *probs, *att, *xmid, *xn2, *rstd2, *gate, *up, *act;
