@@ -60,8 +60,34 @@ static void bench_decode1(av_model *m, int gen) {
         av_decoder_free(d);
     }
     double tps = gen / best;
-    printf("{\"workload\":\"decode_b1\",\"tokens\":%d,\"tok_s\":%.1f,\"gb_s\":%.1f,\"peak_gb\":%.2f}\n", gen, tps,
-           step_bytes(m) * tps / 1e9, gb(be->peak_bytes()));
+    /* diagnostic: the step's matrix-vector products alone (graph of the 7 per layer + LM head) */
+    double mm_ms = 0;
+    if (be->graph_begin && be->graph_begin() == 0) {
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            const av_layer *L = &m->layers[l];
+            be->matmul_forward(s->q, s->xn, &L->q.w, 1);
+            be->matmul_forward(s->k, s->xn, &L->k.w, 1);
+            be->matmul_forward(s->v, s->xn, &L->v.w, 1);
+            be->matmul_forward(s->tmp, s->att, &L->o.w, 1);
+            be->matmul_forward(s->gate, s->xn, &L->gate.w, 1);
+            be->matmul_forward(s->up, s->xn, &L->up.w, 1);
+            be->matmul_forward(s->tmp, s->gate, &L->down.w, 1);
+        }
+        be->matmul_forward(s->logits, s->hidden, &m->lm_head, 1);
+        void *g = be->graph_end();
+        if (g) {
+            be->graph_launch(g);
+            be->sync();
+            double t0 = now();
+            for (int i = 0; i < 50; i++) be->graph_launch(g);
+            be->sync();
+            mm_ms = (now() - t0) / 50 * 1e3;
+            be->graph_free(g);
+        }
+    }
+    printf("{\"workload\":\"decode_b1\",\"tokens\":%d,\"tok_s\":%.1f,\"gb_s\":%.1f,\"peak_gb\":%.2f,\"step_ms\":%.3f,\"matmuls_ms\":%.3f,"
+           "\"matmul_gb_s\":%.1f}\n",
+           gen, tps, step_bytes(m) * tps / 1e9, gb(be->peak_bytes()), 1e3 / tps, mm_ms, mm_ms > 0 ? step_bytes(m) / (mm_ms * 1e-3) / 1e9 : 0.0);
     fflush(stdout);
     av_session_free(s);
 }

@@ -160,7 +160,7 @@ static void test_matmul(void) {
         char nm[96];
         for (int f = 0; f < 2; f++) {
             const av_backend *be = f ? G32 : G;
-            double tol = (f || T <= 8) ? 1e-5 : 1e-2;
+            double tol = (f || T == 1) ? 1e-5 : 1e-2; /* bf16 table: tensor cores from 2 rows */
             be->matmul_forward(od, xd, &Wd, T);
             snprintf(nm, sizeof nm, "matmul_forward %s T=%d N=%d K=%d", be->name, T, N, K);
             CMP(nm, od, o, (size_t)T * N, tol);
@@ -189,7 +189,8 @@ static void test_matmul(void) {
 }
 
 static void test_attention(void) {
-    int cases[][5] = {{1, 9, 8, 4, 2}, {5, 12, 7, 4, 2}, {33, 33, 0, 6, 3}, {20, 64, 44, 4, 4}}; /* T S pos0 H KVH */
+    int cases[][5] = {{1, 9, 8, 4, 2}, {5, 12, 7, 4, 2}, {33, 33, 0, 6, 3}, {20, 64, 44, 4, 4}, {90, 130, 40, 4, 2}}; /* T S pos0 H KVH */
+    av_cuda_set_attention_chunk(2 * 130 * 32); /* 32-row chunks: exercises the chunked inference path */
     int hd = 32;
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         int T = cases[ci][0], S = cases[ci][1], p0 = cases[ci][2], H = cases[ci][3], KVH = cases[ci][4];
@@ -222,6 +223,7 @@ static void test_attention(void) {
         }
         free(q); free(k); free(v); free(go); free(o); free(pr); free(dq); free(dk); free(dv);
     }
+    av_cuda_set_attention_chunk(0);
     /* batched decode attention: 3 sequences at different positions vs per-sequence CPU attention */
     int N = 3, H = 4, KVH = 2, MS = 50, posn[3] = {0, 17, 49};
     size_t kvd = (size_t)KVH * hd, qd = (size_t)H * hd, stride = (size_t)MS * kvd;

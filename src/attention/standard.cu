@@ -88,12 +88,100 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_rows_k(float *out, const 
     }
 }
 
-/* Row-wise causal softmax in place on scores [H, T, S]; row (h, t) keeps s < pos0 + t + 1. */
-__global__ void softmax_causal_k(float *P, int T, int S, int pos0) {
+/* Decode attention, one block per (head, sequence): threads over keys for the scores (each thread a
+ * whole q.k dot product with 16-byte loads) into shared memory, a block softmax, then threads over
+ * (dim, key slice) for P V. The first head of each KV group writes the new K/V row into the cache;
+ * every block reads that row from k_new/v_new. Needs hd % 4 == 0, hd <= DEC_THREADS. */
+#define DEC_THREADS 256
+__global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const float *q, const float *k_new, const float *v_new, float *kc,
+                                                          float *vc, const int32_t *pos, size_t seq_stride, int H, int KVH, int hd,
+                                                          float scale) {
+    extern __shared__ float dsm[];
+    __shared__ float red[32];
+    float *qs = dsm, *part = dsm + ATT_MAX_HD, *sc = part + DEC_THREADS;
+    int h = blockIdx.x, r = blockIdx.y, group = H / KVH, kh = h / group, tid = threadIdx.x;
+    size_t ks = (size_t)KVH * hd;
+    int p = pos[r], n = p + 1;
+    const float *K = kc + r * seq_stride + (size_t)kh * hd, *Vv = vc + r * seq_stride + (size_t)kh * hd;
+    const float *kn = k_new + (size_t)r * ks + (size_t)kh * hd, *vn = v_new + (size_t)r * ks + (size_t)kh * hd;
+    if (h % group == 0)
+        for (int d = tid; d < hd; d += blockDim.x) {
+            kc[r * seq_stride + (size_t)p * ks + (size_t)kh * hd + d] = kn[d];
+            vc[r * seq_stride + (size_t)p * ks + (size_t)kh * hd + d] = vn[d];
+        }
+    const float *qr = q + (size_t)r * H * hd + (size_t)h * hd;
+    for (int d = tid; d < hd; d += blockDim.x) qs[d] = qr[d] * scale;
+    __syncthreads();
+    int h4 = hd >> 2;
+    const float4 *q4 = reinterpret_cast<const float4 *>(qs);
+    float mx = -INFINITY;
+    for (int s = tid; s < n; s += blockDim.x) {
+        const float4 *k4 = reinterpret_cast<const float4 *>(s == n - 1 ? kn : K + (size_t)s * ks);
+        float a = 0.0f;
+        for (int j = 0; j < h4; j++) {
+            float4 kv = __ldg(k4 + j), qv = q4[j];
+            a += kv.x * qv.x + kv.y * qv.y + kv.z * qv.z + kv.w * qv.w;
+        }
+        sc[s] = a;
+        mx = fmaxf(mx, a);
+    }
+    mx = av_block_max(mx, red);
+    float sum = 0.0f;
+    for (int s = tid; s < n; s += blockDim.x) {
+        float e = expf(sc[s] - mx);
+        sc[s] = e;
+        sum += e;
+    }
+    sum = av_block_sum(sum, red); /* its barriers also publish sc[] */
+    int parts = blockDim.x / hd, d = tid % hd, pi = tid / hd;
+    float a = 0.0f;
+    if (pi < parts) {
+        for (int s = pi; s < n - 1; s += parts) a += sc[s] * Vv[(size_t)s * ks + d];
+        if ((n - 1) % parts == pi) a += sc[n - 1] * vn[d];
+    }
+    part[tid] = a;
+    __syncthreads();
+    if (tid < hd) {
+        float o = 0.0f;
+        for (int j = 0; j < parts; j++) o += part[j * hd + tid];
+        out[(size_t)r * H * hd + (size_t)h * hd + tid] = o / sum;
+    }
+}
+
+/* Row-wise causal softmax in place on scores [H, T, S]; row (h, t) keeps s < pos0 + t + 1. Rows up to
+ * 256 * SM_PER values are held in registers (one read, one write); longer rows loop over memory. */
+#define SM_PER 16
+__global__ void __launch_bounds__(256) softmax_causal_k(float *P, int T, int S, int pos0) {
     __shared__ float sh[32];
     size_t row = blockIdx.x; /* h * T + t */
     int t = (int)(row % T), n = pos0 + t + 1;
     float *p = P + row * S;
+    if (S <= 256 * SM_PER) {
+        float v[SM_PER];
+        float mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < SM_PER; j++) {
+            int s = threadIdx.x + j * 256;
+            v[j] = s < n ? p[s] : -INFINITY;
+            mx = fmaxf(mx, v[j]);
+        }
+        mx = av_block_max(mx, sh);
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < SM_PER; j++) {
+            int s = threadIdx.x + j * 256;
+            v[j] = s < n ? expf(v[j] - mx) : 0.0f;
+            sum += v[j];
+        }
+        sum = av_block_sum(sum, sh);
+        float inv = 1.0f / sum;
+#pragma unroll
+        for (int j = 0; j < SM_PER; j++) {
+            int s = threadIdx.x + j * 256;
+            if (s < S) p[s] = v[j] * inv;
+        }
+        return;
+    }
     float mx = -INFINITY;
     for (int s = threadIdx.x; s < n; s += blockDim.x) mx = fmaxf(mx, p[s]);
     mx = av_block_max(mx, sh);
@@ -148,6 +236,9 @@ static void heads_ptb(int f32, float *G, int gs, const float *P, const float *A,
                (long long)group * T * S, 1.0f, G, gs, hd, KVH);
 }
 
+static size_t g_attn_chunk_floats = (size_t)8 << 20;
+extern "C" void av_cuda_set_attention_chunk(size_t floats) { g_attn_chunk_floats = floats ? floats : (size_t)8 << 20; }
+
 extern "C" void av_cuda_attention_forward_mode(float *out, float *probs, const float *q, const float *k, const float *v, int T, int S,
                                                int pos0, int H, int KVH, int hd, int f32) {
     if (T <= 0) return;
@@ -158,9 +249,28 @@ extern "C" void av_cuda_attention_forward_mode(float *out, float *probs, const f
         AV_CU_LAUNCHED("attention rows");
         return;
     }
-    float *P = probs ? probs : (float *)av_cuda_scratch(AV_SCR_ATTN, (size_t)H * T * S * sizeof(float));
-    if (!P) return;
     int qs = H * hd, ks = KVH * hd;
+    if (!probs) { /* inference: per group member and row chunk, keys trimmed to the causal need, scores kept L2-sized */
+        int group = H / KVH;
+        size_t budget = g_attn_chunk_floats;
+        int Tc = (int)(budget / ((size_t)KVH * S));
+        if (Tc < 16) Tc = 16;
+        if (Tc > T) Tc = T;
+        float *P = (float *)av_cuda_scratch(AV_SCR_ATTN, (size_t)KVH * Tc * S * sizeof(float));
+        if (!P) return;
+        for (int g = 0; g < group; g++)
+            for (int t0 = 0; t0 < T; t0 += Tc) {
+                int tc = T - t0 < Tc ? T - t0 : Tc, Se = pos0 + t0 + tc;
+                sbgemm(f32, CUBLAS_OP_T, CUBLAS_OP_N, Se, tc, hd, scale, k, ks, hd, q + (size_t)t0 * qs + (size_t)g * hd, qs,
+                       (long long)group * hd, 0.0f, P, Se, (long long)tc * Se, KVH);
+                softmax_causal_k<<<(unsigned)((size_t)KVH * tc), 256, 0, st>>>(P, tc, Se, pos0 + t0);
+                AV_CU_LAUNCHED("attention softmax");
+                sbgemm(f32, CUBLAS_OP_N, CUBLAS_OP_N, hd, tc, Se, 1.0f, v, ks, hd, P, Se, (long long)tc * Se, 0.0f,
+                       out + (size_t)t0 * qs + (size_t)g * hd, qs, (long long)group * hd, KVH);
+            }
+        return;
+    }
+    float *P = probs;
     heads_abt(f32, P, q, qs, k, ks, scale, T, S, H, KVH, hd);
     softmax_causal_k<<<(unsigned)((size_t)H * T), 256, 0, st>>>(P, T, S, pos0);
     AV_CU_LAUNCHED("attention softmax");
@@ -187,7 +297,19 @@ extern "C" void av_cuda_attention_backward_mode(float *dq, float *dk, float *dv,
 extern "C" void av_cuda_attention_decode(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache,
                                          float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd) {
     if (N <= 0) return;
-    attn_rows_k<true><<<dim3(H, N), ATT_WARPS * 32, 0, av_cuda_stream()>>>(out, q, NULL, NULL, k_cache, v_cache, k_new, v_new, pos, 0,
-                                                                          seq_stride, H, KVH, hd, 1.0f / sqrtf((float)hd));
+    size_t max_s = seq_stride / ((size_t)KVH * hd); /* the cache region's rows bound every sequence's length */
+    size_t smem = (ATT_MAX_HD + DEC_THREADS + max_s) * sizeof(float);
+    static size_t smem_set = 48 << 10;
+    if (hd % 4 == 0 && hd <= DEC_THREADS && max_s > 0 && smem <= (200u << 10)) {
+        if (smem > smem_set) {
+            cudaFuncSetAttribute(attn_dec_k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+            smem_set = smem;
+        }
+        attn_dec_k<<<dim3(H, N), DEC_THREADS, smem, av_cuda_stream()>>>(out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H, KVH, hd,
+                                                                       1.0f / sqrtf((float)hd));
+    } else {
+        attn_rows_k<true><<<dim3(H, N), ATT_WARPS * 32, 0, av_cuda_stream()>>>(out, q, NULL, NULL, k_cache, v_cache, k_new, v_new, pos, 0,
+                                                                              seq_stride, H, KVH, hd, 1.0f / sqrtf((float)hd));
+    }
     AV_CU_LAUNCHED("attention decode");
 }

@@ -7,6 +7,25 @@
 
 /* The ops of one step (no host<->device traffic, nothing position-dependent on the host side
  * unless the backend lacks attention_decode). */
+/* Two or three projections whose weights lie back to back in backend memory (the upload order of
+ * model/weights.c) without adapters: one matrix of all their rows, so one N == 1 product reads them. */
+static int stacked(av_mat *out, const av_linear *a, const av_linear *b, const av_linear *c) {
+    const av_linear *L[3] = {a, b, c};
+    int n = c ? 3 : 2, rows = 0;
+    const char *next = (const char *)a->w.data;
+    for (int i = 0; i < n; i++) {
+        if (L[i]->lora_a || L[i]->w.q_bits || L[i]->w.dtype != a->w.dtype || L[i]->w.cols != a->w.cols || (const char *)L[i]->w.data != next)
+            return 0;
+        next += (size_t)L[i]->w.rows * L[i]->w.cols * av_dtype_size(L[i]->w.dtype);
+        rows += L[i]->w.rows;
+    }
+    *out = a->w;
+    out->rows = rows;
+    return 1;
+}
+
+/* The ops of one step (no host<->device traffic, nothing position-dependent on the host side
+ * unless the backend lacks attention_decode). */
 static void step_ops(av_decode_plan *p) {
     av_model *m = p->m;
     const av_config *c = &m->cfg;
@@ -17,30 +36,43 @@ static void step_ops(av_decode_plan *p) {
     for (int l = 0; l < c->n_layers; l++) {
         const av_layer *L = &m->layers[l];
         float *kc = p->k_cache + (size_t)l * p->layer_stride, *vc = p->v_cache + (size_t)l * p->layer_stride;
+        float *q = p->q, *k = p->k, *v = p->v, *gate = p->gate, *up = p->up;
+        av_mat W;
         be->rmsnorm_forward(p->xn, NULL, p->x, &L->attn_norm, N, D, c->rms_norm_eps);
-        av_linear_forward(be, p->q, p->xn, &L->q, N, p->lora_tmp);
-        av_linear_forward(be, p->k, p->xn, &L->k, N, p->lora_tmp);
-        av_linear_forward(be, p->v, p->xn, &L->v, N, p->lora_tmp);
-        be->rope_forward(p->q, p->pos, m->inv_freq, N, H, hd);
-        be->rope_forward(p->k, p->pos, m->inv_freq, N, KVH, hd);
+        if (N == 1 && p->qkv && stacked(&W, &L->q, &L->k, &L->v)) {
+            q = p->qkv, k = q + qd, v = k + kvd;
+            be->matmul_forward(q, p->xn, &W, 1);
+            be->rope_forward(q, p->pos, m->inv_freq, 1, H + KVH, hd); /* q and k heads are adjacent */
+        } else {
+            av_linear_forward(be, q, p->xn, &L->q, N, p->lora_tmp);
+            av_linear_forward(be, k, p->xn, &L->k, N, p->lora_tmp);
+            av_linear_forward(be, v, p->xn, &L->v, N, p->lora_tmp);
+            be->rope_forward(q, p->pos, m->inv_freq, N, H, hd);
+            be->rope_forward(k, p->pos, m->inv_freq, N, KVH, hd);
+        }
         if (be->attention_decode) {
-            be->attention_decode(p->att, p->q, p->k, p->v, kc, vc, p->pos, N, p->seq_stride, H, KVH, hd);
+            be->attention_decode(p->att, q, k, v, kc, vc, p->pos, N, p->seq_stride, H, KVH, hd);
         } else {
             for (int i = 0; i < N; i++) {
                 int ps = p->host_pos[i];
                 float *ki = kc + (size_t)i * p->seq_stride, *vi = vc + (size_t)i * p->seq_stride;
-                be->copy(ki + (size_t)ps * kvd, p->k + (size_t)i * kvd, kvd * sizeof(float));
-                be->copy(vi + (size_t)ps * kvd, p->v + (size_t)i * kvd, kvd * sizeof(float));
-                be->attention_forward(p->att + (size_t)i * qd, NULL, p->q + (size_t)i * qd, ki, vi, 1, ps + 1, ps, H, KVH, hd);
+                be->copy(ki + (size_t)ps * kvd, k + (size_t)i * kvd, kvd * sizeof(float));
+                be->copy(vi + (size_t)ps * kvd, v + (size_t)i * kvd, kvd * sizeof(float));
+                be->attention_forward(p->att + (size_t)i * qd, NULL, q + (size_t)i * qd, ki, vi, 1, ps + 1, ps, H, KVH, hd);
             }
         }
         av_linear_forward(be, p->tmp, p->att, &L->o, N, p->lora_tmp);
         be->add_inplace(p->x, p->tmp, (size_t)N * D);
         be->rmsnorm_forward(p->xn, NULL, p->x, &L->mlp_norm, N, D, c->rms_norm_eps);
-        av_linear_forward(be, p->gate, p->xn, &L->gate, N, p->lora_tmp);
-        av_linear_forward(be, p->up, p->xn, &L->up, N, p->lora_tmp);
-        be->swiglu_forward(p->gate, p->gate, p->up, (size_t)N * F);
-        av_linear_forward(be, p->tmp, p->gate, &L->down, N, p->lora_tmp);
+        if (N == 1 && p->gu && stacked(&W, &L->gate, &L->up, NULL)) {
+            gate = p->gu, up = gate + F;
+            be->matmul_forward(gate, p->xn, &W, 1);
+        } else {
+            av_linear_forward(be, gate, p->xn, &L->gate, N, p->lora_tmp);
+            av_linear_forward(be, up, p->xn, &L->up, N, p->lora_tmp);
+        }
+        be->swiglu_forward(gate, gate, up, (size_t)N * F);
+        av_linear_forward(be, p->tmp, gate, &L->down, N, p->lora_tmp);
         be->add_inplace(p->x, p->tmp, (size_t)N * D);
     }
     be->rmsnorm_forward(p->hidden, NULL, p->x, &m->final_norm, N, D, c->rms_norm_eps);
@@ -77,6 +109,13 @@ static av_status host_sample(av_decode_plan *p) {
 
 av_status av_decode_plan_step(av_decode_plan *p, int32_t *host_ids) {
     const av_backend *be = p->m->be;
+    if (p->N == 1 && !p->qkv && be->attention_decode) {
+        const av_config *c = &p->m->cfg;
+        size_t nq = (size_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim, ng = 2 * (size_t)c->intermediate_size;
+        p->qkv = be->alloc(sizeof(float) * (nq + ng), "decode q|k|v, gate|up");
+        if (!p->qkv) return AV_ERR_NOMEM;
+        p->gu = p->qkv + nq;
+    }
     if (!graphable(be, p)) {
         if (!be->attention_decode) { /* the fallback path needs host positions */
             if (!p->host_pos && !(p->host_pos = malloc(sizeof(int32_t) * (size_t)p->N))) return av_fail(AV_ERR_NOMEM, "out of memory");
@@ -123,6 +162,8 @@ void av_decode_plan_release(av_decode_plan *p) {
     p->graph = NULL;
     free(p->host_pos);
     p->host_pos = NULL;
+    if (p->qkv) p->m->be->free(p->qkv);
+    p->qkv = p->gu = NULL;
 }
 
 /* ---------------------------------------------------------------- av_session plans */
@@ -132,7 +173,7 @@ static void session_plan(av_decode_plan *p, av_session *s, int sample) {
     p->m = s->m;
     p->N = 1;
     p->layer_stride = (size_t)s->max_seq * c->n_kv_heads * c->head_dim;
-    p->seq_stride = 0;
+    p->seq_stride = p->layer_stride; /* N = 1: only bounds the sequence length */
     p->k_cache = s->k_cache;
     p->v_cache = s->v_cache;
     p->x = s->x; p->xn = s->xn; p->q = s->q; p->k = s->k; p->v = s->v; p->att = s->att; p->tmp = s->tmp;

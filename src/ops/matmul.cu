@@ -1,7 +1,7 @@
-/* CUDA twin of matmul.c. Decode-sized T (<= 8 rows): a memory-bound GEMV reading each 16-bit
- * weight row once with 16-byte loads, f32 accumulation (exact). Larger T: cuBLAS on tensor cores
- * with the f32 activations converted to the weight's 16-bit type (bf16 mode), or weight panels
- * converted to f32 + SGEMM (exact f32 mode). f32 weights (LoRA A/B) always use SGEMM. */
+/* CUDA twin of matmul.c. One row (decode): a memory-bound GEMV reading each 16-bit weight row once
+ * with 16-byte loads, f32 accumulation (exact). More rows: cuBLAS on tensor cores with the f32
+ * activations converted to the weight's 16-bit type (bf16 mode), or, in exact f32 mode, a warp GEMV
+ * up to 8 rows and weight panels converted to f32 + SGEMM beyond. f32 weights (LoRA A/B): SGEMM. */
 #include "backend/cuda_common.cuh"
 extern "C" {
 #include "backend/cuda.h"
@@ -26,33 +26,84 @@ __device__ __forceinline__ void unpack8(uint4 w, av_dtype dt, float *f) {
     }
 }
 
-/* One warp per weight row; each lane walks the row 8 elements (16 bytes) at a time. */
-template <int TT>
-__global__ void __launch_bounds__(GEMV_WARPS * 32) gemv16_k(float *out, const float *x, const uint16_t *W, av_dtype dt, int N, int K) {
+/* Each warp owns R consecutive weight rows and walks them 8 elements (16 bytes) at a time; the x
+ * values it loads serve all R rows (R independent 16-byte weight loads in flight per step). */
+#define GEMV_BLOCK_WARPS 4
+template <int TT, int R>
+__global__ void __launch_bounds__(GEMV_BLOCK_WARPS * 32) gemv16_k(float *out, const float *x, const uint16_t *W, av_dtype dt, int N, int K) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int row = blockIdx.x * GEMV_WARPS + warp;
-    if (row >= N) return;
-    const uint4 *wr = reinterpret_cast<const uint4 *>(W + (size_t)row * K);
+    int row0 = (blockIdx.x * GEMV_BLOCK_WARPS + warp) * R;
+    if (row0 >= N) return;
     int nv = K >> 3;
-    float acc[TT];
+    float acc[R][TT];
 #pragma unroll
-    for (int t = 0; t < TT; t++) acc[t] = 0.0f;
-#pragma unroll 4
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < TT; t++) acc[r][t] = 0.0f;
+#pragma unroll 2
     for (int i = lane; i < nv; i += 32) {
-        uint4 wv = __ldcs(wr + i);
-        float wf[8];
-        unpack8(wv, dt, wf);
+        float wf[R][8];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            uint4 wv = row0 + r < N ? __ldcs(reinterpret_cast<const uint4 *>(W + (size_t)(row0 + r) * K) + i) : make_uint4(0, 0, 0, 0);
+            unpack8(wv, dt, wf[r]);
+        }
 #pragma unroll
         for (int t = 0; t < TT; t++) {
             const float4 *xr = reinterpret_cast<const float4 *>(x + (size_t)t * K) + 2 * i;
             float4 a = __ldg(xr), b = __ldg(xr + 1);
-            acc[t] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                acc[r][t] += wf[r][0] * a.x + wf[r][1] * a.y + wf[r][2] * a.z + wf[r][3] * a.w + wf[r][4] * b.x + wf[r][5] * b.y +
+                             wf[r][6] * b.z + wf[r][7] * b.w;
         }
     }
 #pragma unroll
-    for (int t = 0; t < TT; t++) {
-        float s = av_warp_sum(acc[t]);
-        if (lane == 0) out[(size_t)t * N + row] = s;
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < TT; t++) {
+            float v = av_warp_sum(acc[r][t]);
+            if (lane == 0 && row0 + r < N) out[(size_t)t * N + row0 + r] = v;
+        }
+}
+
+/* Single-row decode GEMV: a block of GEMV1_THREADS owns GEMV1_R rows and its threads stride across K
+ * in 16-byte chunks (all loads of a row issued up front), then a block reduction. Many blocks per
+ * SM keep enough bytes in flight even for the small projections. */
+#define GEMV1_THREADS 128
+#define GEMV1_R 2
+__global__ void __launch_bounds__(GEMV1_THREADS) gemv1_k(float *out, const float *x, const uint16_t *W, av_dtype dt, int N, int K) {
+    __shared__ float red[GEMV1_R][GEMV1_THREADS / 32];
+    int row0 = blockIdx.x * GEMV1_R, nv = K >> 3, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float acc[GEMV1_R];
+#pragma unroll
+    for (int r = 0; r < GEMV1_R; r++) acc[r] = 0.0f;
+    const float4 *x4 = reinterpret_cast<const float4 *>(x);
+#pragma unroll 4
+    for (int i = threadIdx.x; i < nv; i += GEMV1_THREADS) {
+        uint4 wv[GEMV1_R];
+#pragma unroll
+        for (int r = 0; r < GEMV1_R; r++)
+            wv[r] = row0 + r < N ? __ldcs(reinterpret_cast<const uint4 *>(W + (size_t)(row0 + r) * K) + i) : make_uint4(0, 0, 0, 0);
+        float4 a = __ldg(x4 + 2 * i), b = __ldg(x4 + 2 * i + 1);
+#pragma unroll
+        for (int r = 0; r < GEMV1_R; r++) {
+            float f[8];
+            unpack8(wv[r], dt, f);
+            acc[r] += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV1_R; r++) {
+        float v = av_warp_sum(acc[r]);
+        if (lane == 0) red[r][warp] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < GEMV1_R && row0 + threadIdx.x < N) {
+        float v = 0.0f;
+#pragma unroll
+        for (int w = 0; w < GEMV1_THREADS / 32; w++) v += red[threadIdx.x][w];
+        out[row0 + threadIdx.x] = v;
     }
 }
 
@@ -119,15 +170,17 @@ static void gemv(float *out, const float *x, const av_mat *W, int T) {
     if (!gemv_ok(x, W)) {
         gemv_any_k<<<grid, block, 0, s>>>(out, x, W->data, W->dtype, N, K, T);
     } else {
+        dim3 b2(GEMV_BLOCK_WARPS * 32);
+        unsigned g4 = av_cdiv(N, GEMV_BLOCK_WARPS * 4);
         switch (T) {
-        case 1: gemv16_k<1><<<grid, block, 0, s>>>(out, x, w, W->dtype, N, K); break;
-        case 2: gemv16_k<2><<<grid, block, 0, s>>>(out, x, w, W->dtype, N, K); break;
-        case 3: gemv16_k<3><<<grid, block, 0, s>>>(out, x, w, W->dtype, N, K); break;
-        case 4: gemv16_k<4><<<grid, block, 0, s>>>(out, x, w, W->dtype, N, K); break;
-        case 5: gemv16_k<5><<<grid, block, 0, s>>>(out, x, w, W->dtype, N, K); break;
-        case 6: gemv16_k<6><<<grid, block, 0, s>>>(out, x, w, W->dtype, N, K); break;
-        case 7: gemv16_k<7><<<grid, block, 0, s>>>(out, x, w, W->dtype, N, K); break;
-        default: gemv16_k<8><<<grid, block, 0, s>>>(out, x, w, W->dtype, N, K); break;
+        case 1: gemv1_k<<<av_cdiv(N, GEMV1_R), GEMV1_THREADS, 0, s>>>(out, x, w, W->dtype, N, K); break;
+        case 2: gemv16_k<2, 4><<<g4, b2, 0, s>>>(out, x, w, W->dtype, N, K); break;
+        case 3: gemv16_k<3, 4><<<g4, b2, 0, s>>>(out, x, w, W->dtype, N, K); break;
+        case 4: gemv16_k<4, 4><<<g4, b2, 0, s>>>(out, x, w, W->dtype, N, K); break;
+        case 5: gemv16_k<5, 4><<<g4, b2, 0, s>>>(out, x, w, W->dtype, N, K); break;
+        case 6: gemv16_k<6, 4><<<g4, b2, 0, s>>>(out, x, w, W->dtype, N, K); break;
+        case 7: gemv16_k<7, 4><<<g4, b2, 0, s>>>(out, x, w, W->dtype, N, K); break;
+        default: gemv16_k<8, 4><<<g4, b2, 0, s>>>(out, x, w, W->dtype, N, K); break;
         }
     }
     AV_CU_LAUNCHED("gemv");
@@ -140,7 +193,8 @@ extern "C" void av_cuda_matmul_forward_mode(float *out, const float *x, const av
         gemm(CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, W->data, CUDA_R_32F, K, x, CUDA_R_32F, K, 0.0f, out, N);
         return;
     }
-    if (T <= GEMV_MAX_T) { gemv(out, x, W, T); return; }
+    /* exact GEMV: one row always; up to 8 rows in f32 mode (bf16 mode: tensor cores from 2 rows) */
+    if (T == 1 || (f32 && T <= GEMV_MAX_T)) { gemv(out, x, W, T); return; }
     if (!f32) {
         uint16_t *xb = to16(AV_SCR_XCONV, x, (size_t)T * K, W->dtype);
         if (!xb) return;
