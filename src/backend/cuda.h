@@ -17,6 +17,8 @@ int av_cuda_device_name(char *buf, size_t cap);
 /* Device bytes held by the arena now; restart peak tracking from the current level. */
 size_t av_cuda_held_bytes(void);
 void av_cuda_reset_peak(void);
+/* Score-buffer budget (floats) of the inference attention's row chunks (tests shrink it; 0 = default). */
+void av_cuda_set_attention_chunk(size_t floats);
 
 #ifdef AV_HAVE_CUDA
 void av_cuda_embedding_forward(float *out, const int32_t *ids, const av_mat *table, int T);
@@ -40,8 +42,6 @@ void av_cuda_attention_forward_mode(float *out, float *probs, const float *q, co
                                     int pos0, int H, int KVH, int hd, int f32);
 void av_cuda_attention_backward_mode(float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q,
                                      const float *k, const float *v, int T, int S, int pos0, int H, int KVH, int hd, int f32);
-/* Score-buffer budget (floats) of the inference attention's row chunks (tests shrink it; 0 = default). */
-void av_cuda_set_attention_chunk(size_t floats);
 void av_cuda_attention_decode(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache,
                               float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd);
 void av_cuda_sample(int32_t *ids, const float *logits, int N, int V, float temperature, float top_p, uint64_t seed,

@@ -13,6 +13,7 @@ int av_cuda_device_name(char *buf, size_t cap) {
 }
 size_t av_cuda_held_bytes(void) { return 0; }
 void av_cuda_reset_peak(void) {}
+void av_cuda_set_attention_chunk(size_t floats) { (void)floats; }
 #else
 typedef int av_cuda_stub_unused; /* ISO C forbids an empty translation unit */
 #endif
