@@ -3,6 +3,7 @@
  * (weights converted to f32 in row panels, then OpenBLAS sgemm; plain loops without BLAS). */
 #include "ops/ops.h"
 #include "ops/simd.h"
+#include "ops/gemm.h"
 #include "core/memory.h"
 #include <omp.h>
 #include <stdlib.h>
@@ -34,7 +35,7 @@ static void matmul_rows(float *out, const float *x, const av_mat *W, int T) {
         for (int t = 0; t < T; t++) out[(size_t)t * N + n] = av_dot_row(x + (size_t)t * K, W, n);
 }
 
-#define PANEL_ROWS 256
+#define PANEL_ROWS 128
 
 /* Thread-local f32 panel for weight conversion (reused across calls). */
 static float *panel_buf(size_t floats) {
@@ -51,19 +52,32 @@ static float *panel_buf(size_t floats) {
 void av_matmul_forward(float *out, const float *x, const av_mat *W, int T) {
     int N = W->rows, K = W->cols;
     if (T <= 4) { matmul_rows(out, x, W, T); return; }
+    if (T >= 32 && W->dtype != AV_F32 && !W->q_bits && av_gemm_wt(out, x, W, T)) return;
 #ifdef AV_HAVE_BLAS
     if (W->dtype == AV_F32) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, x, K, (const float *)W->data, K, 0.0f, out, N);
         return;
     }
-    float *pan = panel_buf((size_t)PANEL_ROWS * K);
-    if (!pan) { matmul_rows(out, x, W, T); return; }
-    for (int n0 = 0; n0 < N; n0 += PANEL_ROWS) {
-        int nr = N - n0 < PANEL_ROWS ? N - n0 : PANEL_ROWS;
-#pragma omp parallel for schedule(static)
-        for (int r = 0; r < nr; r++) av_mat_rows_to_f32(pan + (size_t)r * K, W, n0 + r, 1);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, nr, K, 1.0f, x, K, pan, K, 0.0f, out + n0, N);
+    /* Threads take panels of weight rows (dynamic: a preempted thread does not hold the other back),
+     * convert each into a thread-local f32 buffer and multiply it with a single-threaded sgemm
+     * (OpenBLAS runs one thread inside a parallel region): one barrier per matmul. */
+    int np = (N + PANEL_ROWS - 1) / PANEL_ROWS, fail = 0;
+#pragma omp parallel
+    {
+        float *pan = panel_buf((size_t)PANEL_ROWS * K);
+        if (!pan) {
+#pragma omp atomic write
+            fail = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int p = 0; p < np; p++) {
+            if (!pan) continue;
+            int n0 = p * PANEL_ROWS, nr = N - n0 < PANEL_ROWS ? N - n0 : PANEL_ROWS;
+            av_mat_rows_to_f32(pan, W, n0, nr);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, nr, K, 1.0f, x, K, pan, K, 0.0f, out + n0, N);
+        }
     }
+    if (fail) matmul_rows(out, x, W, T);
 #else
     matmul_rows(out, x, W, T);
 #endif

@@ -4,6 +4,7 @@
 #define AV_SIMD_H
 #include <stdint.h>
 #include "core/dtype.h"
+#include <math.h>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -85,6 +86,80 @@ static inline float av_dot_f16(const float *x, const uint16_t *w, int n) {
 
 /* y[i] += a * x[i] */
 static inline void av_axpy(float *y, float a, const float *x, int n) {
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
+    int i = 0;
+#if defined(__AVX512F__)
+    __m512 av = _mm512_set1_ps(a);
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+#endif
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+#if defined(__AVX512F__)
+/* exp(x) for 16 floats: range reduction x = n ln2 + r, degree-6 polynomial on |r| <= ln2/2, scale by
+ * 2^n (scalef). Relative error ~2 ulp; exp(-inf) = 0, large negative -> 0, large positive -> inf. */
+static inline __m512 av_exp16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    x = _mm512_min_ps(x, _mm512_set1_ps(88.7f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
+
+/* In place x[i] = exp(x[i] - m); returns the sum of the results. */
+static inline float av_exp_sub_sum(float *x, float m, int n) {
+    int i = 0;
+    float s = 0;
+#if defined(__AVX512F__)
+    __m512 acc = _mm512_setzero_ps(), mv = _mm512_set1_ps(m);
+    for (; i + 16 <= n; i += 16) {
+        __m512 e = av_exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), mv));
+        _mm512_storeu_ps(x + i, e);
+        acc = _mm512_add_ps(acc, e);
+    }
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        __m512 e = av_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), mv));
+        _mm512_mask_storeu_ps(x + i, k, e);
+        acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(k, e));
+        i = n;
+    }
+    s = _mm512_reduce_add_ps(acc);
+#endif
+    for (; i < n; i++) { x[i] = expf(x[i] - m); s += x[i]; }
+    return s;
+}
+
+/* max of x[0..n) (n >= 1) */
+static inline float av_max(const float *x, int n) {
+    int i = 0;
+    float m = x[0];
+#if defined(__AVX512F__)
+    if (n >= 16) {
+        __m512 mv = _mm512_loadu_ps(x);
+        for (i = 16; i + 16 <= n; i += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(x + i));
+        m = _mm512_reduce_max_ps(mv);
+    }
+#endif
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* x[i] *= a */
+static inline void av_scale(float *x, float a, int n) {
+    int i = 0;
+#if defined(__AVX512F__)
+    __m512 av = _mm512_set1_ps(a);
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), av));
+#endif
+    for (; i < n; i++) x[i] *= a;
 }
 #endif

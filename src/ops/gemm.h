@@ -1,0 +1,7 @@
+/* Prefill GEMM for 16-bit/f32 weights without BLAS packing overheads: out[T, N] = x[T, K] W^T.
+ * AVX-512 only; returns 0 when it cannot run (no AVX-512, out of memory) so callers fall back. */
+#ifndef AV_GEMM_H
+#define AV_GEMM_H
+#include "ops/ops.h"
+int av_gemm_wt(float *out, const float *x, const av_mat *W, int T);
+#endif
