@@ -5,6 +5,7 @@
 #include "core/memory.h"
 #include "engine/generate.h"
 #include "formats/json.h"
+#include "generate_batch.h"
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +26,8 @@ static double peak_gb(const av_model *m) {
 }
 
 int av_cmd_generate(int argc, char **argv) {
-    const char *cmd = "generate", *prompt = NULL, *system = NULL, *tmpl = NULL;
+    const char *cmd = "generate", *prompt = NULL, *system = NULL, *tmpl = NULL, *prompts_file = NULL;
+    int batch_size = 8;
     av_cli_model_opts mo = {0};
     int max_tokens = 100, top_k = 0, seed = 0, ignore_tmpl = 0, json = 0, max_kv = 0, rep_ctx = 20;
     double temp = 0.0, top_p = 1.0, min_p = 0.0, rep = 1.0;
@@ -34,6 +36,8 @@ int av_cmd_generate(int argc, char **argv) {
         {"model", AV_OPT_STR, &mo.model, "model directory (HF layout)", 0, 0, NULL},
         {"adapter-path", AV_OPT_STR, &mo.adapter, "LoRA adapter (MLX or PEFT) to apply", 0, 0, NULL},
         {"prompt", AV_OPT_STR, &prompt, "prompt text ('-' reads stdin)", 0, 0, "p"},
+        {"prompts-file", AV_OPT_STR, &prompts_file, "batch mode: one prompt per line (or JSONL {\"prompt\":...})", 0, 0, NULL},
+        {"batch-size", AV_OPT_INT, &batch_size, "batch mode: sequences decoded together (default 8)", 1, 4096, NULL},
         {"max-tokens", AV_OPT_INT, &max_tokens, "maximum tokens to generate (default 100)", 0, 1e7, "m"},
         {"temp", AV_OPT_FLOAT, &temp, "sampling temperature; 0 = greedy (default 0)", 0, 100, NULL},
         {"top-p", AV_OPT_FLOAT, &top_p, "nucleus sampling mass (default 1 = off)", 0, 1, NULL},
@@ -48,15 +52,29 @@ int av_cmd_generate(int argc, char **argv) {
         {"stop", AV_OPT_MULTI, &stops, "stop string (repeatable; not printed)", 0, 0, NULL},
         {"max-kv-size", AV_OPT_INT, &max_kv, "KV cache size in tokens (default: prompt + max tokens)", 1, 1e8, NULL},
         {"device", AV_OPT_STR, &mo.device, "cpu or cuda (default: cuda when a GPU is present)", 0, 0, NULL},
+        {"dtype", AV_OPT_STR, &mo.dtype, "GPU compute: bf16 (default, tensor cores) or f32 (exact)", 0, 0, NULL},
         {"threads", AV_OPT_INT, &mo.threads, "CPU threads (default: all cores)", 1, 1024, "t"},
         {"json", AV_OPT_FLAG, &json, "print one JSON object with ids, text and speeds", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
     int r = av_args_parse(argc, argv, opts, cmd, "Generate text from a prompt (streams to stdout).");
     if (r) return r == 1 ? 0 : 2;
-    if (!prompt) return av_cli_error(cmd, "--prompt TEXT is required");
+    if (!prompt == !prompts_file) return av_cli_error(cmd, "give exactly one of --prompt TEXT or --prompts-file F");
+    if (prompts_file && (top_k || min_p > 0 || rep != 1.0))
+        return av_cli_error(cmd, "--top-k, --min-p and --repetition-penalty are not available with --prompts-file (batched sampling is temperature + top-p)");
     if (stops.n > AV_MAX_STOPS) return av_cli_error(cmd, "at most %d --stop strings", AV_MAX_STOPS);
     char *stdin_buf = NULL;
+    if (prompts_file) {
+        av_model *bm;
+        av_tokenizer *bt;
+        if (av_cli_load(cmd, &mo, &bm, &bt)) return 1;
+        av_batch_gen_opts bo = {prompts_file, system, tmpl, batch_size, max_tokens, ignore_tmpl, json, (float)temp, (float)top_p,
+                                (uint64_t)seed, stops.v, stops.n};
+        int brc = av_cli_generate_batch(cmd, mo.model, bm, bt, &bo);
+        av_model_free(bm);
+        av_tokenizer_free(bt);
+        return brc;
+    }
     if (!strcmp(prompt, "-")) {
         size_t cap = 1 << 16, n = 0;
         stdin_buf = malloc(cap);

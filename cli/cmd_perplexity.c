@@ -38,6 +38,7 @@ int av_cmd_perplexity(int argc, char **argv) {
         {"max-tokens", AV_OPT_INT, &max_tokens, "keep the first N tokens (default: all)", 1, 1e9, NULL},
         {"context", AV_OPT_INT, &context, "window length (default: model max_position_embeddings)", 2, 1e6, NULL},
         {"device", AV_OPT_STR, &mo.device, "cpu or cuda (default: cuda when a GPU is present)", 0, 0, NULL},
+        {"dtype", AV_OPT_STR, &mo.dtype, "GPU compute: bf16 (default, tensor cores) or f32 (exact)", 0, 0, NULL},
         {"threads", AV_OPT_INT, &mo.threads, "CPU threads (default: all cores)", 1, 1024, NULL},
         {"json", AV_OPT_FLAG, &json, "print {\"tokens\":N,\"mean_nll\":x,\"ppl\":y}", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},

@@ -3,8 +3,22 @@
 #include "args.h"
 #include "core/memory.h"
 #include "core/threads.h"
+#include "backend/cuda.h"
 #include "train/adapter_io.h"
 #include <stdlib.h>
+#include <string.h>
+
+/* --device plus --dtype: f32 picks the CUDA backend's exact-f32 table (the CPU always computes in f32). */
+static int pick_backend(const char *cmd, const av_cli_model_opts *o, const av_backend **be) {
+    if (o->dtype && strcmp(o->dtype, "bf16") && strcmp(o->dtype, "f32"))
+        return av_cli_error(cmd, "--dtype: '%s' is not bf16 or f32", o->dtype);
+    if (av_backend_select(o->device, be) != AV_OK) return av_cli_fail(cmd);
+    if ((*be)->device == AV_DEVICE_CUDA && o->dtype && !strcmp(o->dtype, "f32")) {
+        *be = av_backend_cuda_dtype(AV_F32);
+        if (!*be) return av_cli_fail(cmd);
+    }
+    return 0;
+}
 
 int av_cli_attach_adapter(const char *cmd, av_model *m, const char *path) {
     av_lora_spec spec;
@@ -20,7 +34,11 @@ int av_cli_load(const char *cmd, const av_cli_model_opts *o, av_model **m, av_to
     if (tok && av_tokenizer_load(tok, o->model, 0) != AV_OK) return av_cli_fail(cmd);
     if (!m) return 0;
     const av_backend *be;
-    if (av_backend_select(o->device, &be) != AV_OK || av_model_load(m, o->model, be) != AV_OK) {
+    if (pick_backend(cmd, o, &be)) {
+        if (tok) { av_tokenizer_free(*tok); *tok = NULL; }
+        return 1;
+    }
+    if (av_model_load(m, o->model, be) != AV_OK) {
         if (tok) { av_tokenizer_free(*tok); *tok = NULL; }
         return av_cli_fail(cmd);
     }

@@ -8,6 +8,7 @@ typedef struct {
     const char *model;
     const char *device;  /* cpu | cuda | auto (NULL) */
     const char *adapter; /* --adapter-path, optional */
+    const char *dtype;   /* GPU compute dtype: bf16 (default) | f32 */
     int threads;
 } av_cli_model_opts;
 

@@ -1,0 +1,38 @@
+# generate: batched mode (--prompts-file/--batch-size) equals one-at-a-time greedy generation for
+# every prompt (different prompt lengths, batch larger and smaller than the file); stop strings
+# are never printed; chat-template wrapping; bad flags give one-line errors.
+. tests/lib.sh
+need_fixtures
+M="$FX/tiny-llama"
+P="$AV_TMP/prompts.txt"
+printf 'Hello there\nOnce upon a time, there was a little llama who\n{"prompt": "Tell me a joke"}\nA\n' > "$P"
+i=0
+while IFS= read -r line; do
+  case "$line" in '{'*) line=$(echo "$line" | sed 's/{"prompt": "\(.*\)"}/\1/') ;; esac
+  "$ANVIL" generate --model "$M" --prompt "$line" --max-tokens 12 --json 2>/dev/null | sed 's/.*"ids":\(\[[^]]*\]\).*/\1/' > "$AV_TMP/single_$i"
+  i=$((i + 1))
+done < "$P"
+for bs in 1 3 8; do
+  "$ANVIL" generate --model "$M" --prompts-file "$P" --batch-size $bs --max-tokens 12 --json > "$AV_TMP/batch_$bs" 2>"$AV_TMP/batch_err"
+  n=$(grep -c '"index"' "$AV_TMP/batch_$bs")
+  [ "$n" -eq 4 ] || bad "batch $bs: $n results: $(cat "$AV_TMP/batch_err")"
+  same=1
+  for i in 0 1 2 3; do
+    got=$(grep "\"index\":$i," "$AV_TMP/batch_$bs" | sed 's/.*"ids":\(\[[^]]*\]\).*/\1/')
+    [ "$got" = "$(cat "$AV_TMP/single_$i")" ] || { same=0; bad "batch $bs prompt $i: $got vs $(cat "$AV_TMP/single_$i")"; }
+  done
+  [ $same = 1 ] && ok "batch size $bs: every sequence equals its single-prompt greedy run"
+done
+grep -q 'Generation: .* tokens-per-sec (all sequences)' "$AV_TMP/batch_err" && ok "batch summary on stderr" || bad "no batch summary"
+# stop string: text is cut before it and the stop string itself never appears
+full=$("$ANVIL" generate --model "$M" --prompt "Hello there" --max-tokens 12 --ignore-chat-template 2>/dev/null | head -1)
+stop=$(echo "$full" | cut -c5-8)
+cut=$("$ANVIL" generate --model "$M" --prompt "Hello there" --max-tokens 12 --ignore-chat-template --stop "$stop" 2>/dev/null | head -1)
+case "$cut" in *"$stop"*) bad "stop string printed: '$cut' (stop '$stop')" ;; *) [ -n "$stop" ] && ok "stop string '$stop' cut the output ('$cut')" ;; esac
+expect_error "no prompt" "exactly one of --prompt" "$ANVIL" generate --model "$M"
+expect_error "missing prompts file" "nofile.*cannot open" "$ANVIL" generate --model "$M" --prompts-file "$AV_TMP/nofile"
+printf '{"text": 1}\n' > "$AV_TMP/badp.jsonl"
+expect_error "bad prompts line" "badp.jsonl:1" "$ANVIL" generate --model "$M" --prompts-file "$AV_TMP/badp.jsonl"
+expect_error "batch with top-k" "not available with --prompts-file" "$ANVIL" generate --model "$M" --prompts-file "$P" --top-k 5
+expect_error "bad dtype" "dtype" "$ANVIL" generate --model "$M" --prompt hi --dtype f8
+finish
