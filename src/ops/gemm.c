@@ -5,6 +5,7 @@
  * blocked over K so the xt slab stays in L2 and the weight micro-panel in L1. */
 #include "ops/gemm.h"
 #include "ops/simd.h"
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,7 +13,7 @@
 #define MR 12     /* weight rows per micro-tile */
 #define NT 32     /* token rows per micro-tile (2 zmm) */
 #define KC 256    /* K block */
-#define NP 96     /* weight rows per thread panel (multiple of MR) */
+#define NP 96     /* most weight rows per thread panel (multiple of MR) */
 
 typedef struct { float *p; size_t cap; } buf_t;
 
@@ -56,7 +57,12 @@ int av_gemm_wt(float *out, const float *x, const av_mat *W, int T) {
     int N = W->rows, K = W->cols, TB = (T + NT - 1) / NT, Tp = TB * NT, ldw = K + 16;
     float *xt = buf_get(&xtb, (size_t)Tp * K);
     if (!xt) return 0;
-    int np = (N + NP - 1) / NP, fail = 0;
+    /* panels: at most NP rows, at least 4 per thread so small matrices (k/v) still balance */
+    int nth = omp_get_max_threads(), prow = (N + 4 * nth - 1) / (4 * nth);
+    prow = (prow + MR - 1) / MR * MR;
+    if (prow > NP) prow = NP;
+    if (prow < 2 * MR) prow = 2 * MR;
+    int np = (N + prow - 1) / prow, fail = 0;
 #pragma omp parallel
     {
         /* transpose x into xt[tb][k][32] (zero rows past T) */
@@ -81,7 +87,7 @@ int av_gemm_wt(float *out, const float *x, const av_mat *W, int T) {
 #pragma omp for schedule(dynamic, 1)
         for (int p = 0; p < np; p++) {
             if (!wp || !acc) continue;
-            int n0 = p * NP, nr = N - n0 < NP ? N - n0 : NP, nmr = (nr + MR - 1) / MR * MR;
+            int n0 = p * prow, nr = N - n0 < prow ? N - n0 : prow, nmr = (nr + MR - 1) / MR * MR;
             for (int r = 0; r < nr; r++) av_mat_rows_to_f32(wp + (size_t)r * ldw, W, n0 + r, 1);
             for (int r = nr; r < nmr; r++) memset(wp + (size_t)r * ldw, 0, (size_t)K * sizeof(float));
             for (int k0 = 0; k0 < K; k0 += KC) {

@@ -27,10 +27,50 @@ void av_mat_rows_to_f32(float *dst, const av_mat *W, int r0, int nr) {
     av_convert_to_f32(dst, base, W->dtype, n);
 }
 
-/* Few rows of x: read each weight row once and dot it with every x row. */
+#if defined(__AVX512F__)
+static inline __m512 ld16_w(const void *w, av_dtype dt, size_t i) {
+    switch (dt) {
+    case AV_BF16: return av_ld16_bf16((const uint16_t *)w + i);
+    case AV_F16: return av_ld16_f16((const uint16_t *)w + i);
+    default: return _mm512_loadu_ps((const float *)w + i);
+    }
+}
+
+/* out[0..3] = x . W[n0..n0+3]: four weight rows streamed at once against one x (decode: memory-bound,
+ * four independent streams and accumulators keep more loads in flight). K % 16 == 0. */
+static inline void dot4_rows(float *out, const float *x, const av_mat *W, int n0) {
+    size_t K = (size_t)W->cols, es = av_dtype_size(W->dtype);
+    const char *b = (const char *)W->data + (size_t)n0 * K * es;
+    const void *w0 = b, *w1 = b + K * es, *w2 = b + 2 * K * es, *w3 = b + 3 * K * es;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    for (size_t i = 0; i < K; i += 16) {
+        __m512 xv = _mm512_loadu_ps(x + i);
+        a0 = _mm512_fmadd_ps(xv, ld16_w(w0, W->dtype, i), a0);
+        a1 = _mm512_fmadd_ps(xv, ld16_w(w1, W->dtype, i), a1);
+        a2 = _mm512_fmadd_ps(xv, ld16_w(w2, W->dtype, i), a2);
+        a3 = _mm512_fmadd_ps(xv, ld16_w(w3, W->dtype, i), a3);
+    }
+    out[0] = _mm512_reduce_add_ps(a0);
+    out[1] = _mm512_reduce_add_ps(a1);
+    out[2] = _mm512_reduce_add_ps(a2);
+    out[3] = _mm512_reduce_add_ps(a3);
+}
+#endif
+
+/* Few rows of x: read each weight row once and dot it with every x row. Threads take chunks of rows
+ * dynamically, so a thread that loses its core to another process does not stall the other. */
 static void matmul_rows(float *out, const float *x, const av_mat *W, int T) {
     int N = W->rows, K = W->cols;
-#pragma omp parallel for schedule(static) if ((size_t)N * K * T > (1u << 18))
+#if defined(__AVX512F__)
+    if (T == 1 && K % 16 == 0 && !W->q_bits) {
+        int nq = N / 4;
+#pragma omp parallel for schedule(dynamic, 16) if ((size_t)N * K > (1u << 18))
+        for (int i = 0; i < nq; i++) dot4_rows(out + 4 * i, x, W, 4 * i);
+        for (int n = 4 * nq; n < N; n++) out[n] = av_dot_row(x, W, n);
+        return;
+    }
+#endif
+#pragma omp parallel for schedule(dynamic, 32) if ((size_t)N * K * T > (1u << 18))
     for (int n = 0; n < N; n++)
         for (int t = 0; t < T; t++) out[(size_t)t * N + n] = av_dot_row(x + (size_t)t * K, W, n);
 }
