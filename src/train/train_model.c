@@ -24,15 +24,20 @@
 
 #define XENT_CHUNK 256 /* logit rows per LM-head chunk: amortises the weight conversion; 256 x V floats of scratch */
 
+/* What one layer's backward needs and cannot recompute cheaply. The normed inputs (from x_in /
+ * xmid and rstd), the SwiGLU output (from gate, up) and the attention probabilities and output
+ * (from q, k, v) are recomputed in the backward into shared scratch buffers. */
 typedef struct {
-    float *xn1, *rstd1, *q, *k, *v, *probs, *att, *xmid, *xn2, *rstd2, *gate, *up, *act;
+    float *rstd1, *q, *k, *v, *xmid, *rstd2, *gate, *up;
 } layer_acts;
 
 struct av_train_ctx {
     av_model *m;
     int max_rows, max_len, ckpt, nsets, max_rank;
-    float **xs;        /* n_layers + 1 layer inputs/outputs [N, D] */
-    layer_acts *acts;  /* n_layers sets, or 1 with checkpointing */
+    int first;         /* first layer with trainable parameters: layers before it run forward only */
+    float **xs;        /* layer inputs/outputs [N, D], layers first..n_layers (NULL below first) */
+    layer_acts *acts;  /* one set per layer first..n_layers-1, or 1 with checkpointing */
+    float *xn, *att, *probs; /* scratch: a normed input [N, D], attention output [N, H*hd], probs [B, H, T, T] */
     float *hidden, *rstdf, *dh, *dx, *dxn, *datt, *dq, *dk, *dv, *dact, *dgate, *dup, *tmp, *lora_tmp, *xout;
     float *lora3, *scratch; /* lora3: 3 * N * max rank (av_linear_backward) */
     int32_t *ids_dev, *tgt_dev, *pos_dev;
@@ -96,6 +101,12 @@ void av_train_ctx_free(av_train_ctx *c) {
     free(c->params);
     free(c->pos_host);
     free(c);
+}
+
+static int layer_has_adapter(const av_model *m, int l) {
+    for (int p = 0; p < AV_PROJ_COUNT; p++)
+        if (av_layer_proj(&m->layers[l], (av_proj)p)->lora_a) return 1;
+    return 0;
 }
 
 static av_status build_params(av_train_ctx *c) {
@@ -271,10 +282,13 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
     c->max_len = max_len;
     c->ckpt = grad_checkpoint != 0;
     int NL = cf->n_layers;
-    c->nsets = c->ckpt ? 1 : NL;
     c->full = full != 0;
     av_status st = full ? build_params_full(c) : build_params(c);
     if (st != AV_OK) { av_train_ctx_free(c); return st; }
+    c->first = 0;
+    if (!c->full) /* LoRA: the layers below the first adapter need no backward and no saved activations */
+        while (c->first < NL - 1 && !layer_has_adapter(m, c->first)) c->first++;
+    c->nsets = c->ckpt ? 1 : NL - c->first;
     size_t N = (size_t)max_rows * max_len, D = cf->hidden_size, F = cf->intermediate_size, H = cf->n_heads,
            qd = (size_t)cf->n_heads * cf->head_dim, kvd = (size_t)cf->n_kv_heads * cf->head_dim, V = cf->vocab_size,
            R = (size_t)c->max_rank, L = (size_t)max_len;
@@ -286,13 +300,12 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
     c->pos_host = malloc(sizeof(int32_t) * N);
     if (!c->xs || !c->acts || !c->pos_host) { av_train_ctx_free(c); return av_fail(AV_ERR_NOMEM, "train: out of memory"); }
     int ok = 1;
-    for (int l = 0; l <= NL && ok; l++) ok = (c->xs[l] = ctx_alloc(c, N * D, "layer inputs")) != NULL;
+    for (int l = c->first; l <= NL && ok; l++) ok = (c->xs[l] = ctx_alloc(c, N * D, "layer inputs")) != NULL;
     for (int s = 0; s < c->nsets && ok; s++) {
         layer_acts *a = &c->acts[s];
         struct { float **p; size_t n; } b[] = {
-            {&a->xn1, N * D}, {&a->rstd1, N}, {&a->q, N * qd}, {&a->k, N * kvd}, {&a->v, N * kvd},
-            {&a->probs, (size_t)max_rows * H * L * L}, {&a->att, N * qd}, {&a->xmid, N * D}, {&a->xn2, N * D},
-            {&a->rstd2, N}, {&a->gate, N * F}, {&a->up, N * F}, {&a->act, N * F},
+            {&a->rstd1, N}, {&a->q, N * qd}, {&a->k, N * kvd}, {&a->v, N * kvd}, {&a->xmid, N * D},
+            {&a->rstd2, N}, {&a->gate, N * F}, {&a->up, N * F},
         };
         for (size_t i = 0; i < sizeof b / sizeof b[0] && ok; i++) ok = (*b[i].p = ctx_alloc(c, b[i].n, "activations")) != NULL;
     }
@@ -301,6 +314,7 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
         {&c->dq, N * qd}, {&c->dk, N * kvd}, {&c->dv, N * kvd}, {&c->dact, N * F}, {&c->dgate, N * F}, {&c->dup, N * F},
         {&c->tmp, N * widest}, {&c->lora_tmp, N * (R + widest)}, {&c->xout, c->ckpt ? N * D : 1},
         {&c->lora3, 3 * N * R}, {&c->scratch, (size_t)XENT_CHUNK * V},
+        {&c->xn, N * D}, {&c->att, N * qd}, {&c->probs, (size_t)max_rows * H * L * L},
     };
     for (size_t i = 0; i < sizeof b / sizeof b[0] && ok; i++) ok = (*b[i].p = ctx_alloc(c, b[i].n, "training buffers")) != NULL;
     if (ok) ok = (c->ids_dev = (int32_t *)ctx_alloc(c, N, "token ids")) && (c->tgt_dev = (int32_t *)ctx_alloc(c, N, "targets")) &&
@@ -362,33 +376,45 @@ static void linear_forward(av_train_ctx *c, float *out, const float *x, const av
     be->add_scaled(out, L->scale, xab, (size_t)N * L->w.rows);
 }
 
-/* One decoder layer forward over N = B*T rows, saving activations into a. */
-static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const float *x_in, float *x_out, int B, int T) {
+/* Attention of the B rows of the batch: out [N, H*hd]; probs [B, H, T, T] or NULL (no saved
+ * softmax: the backend's inference path). */
+static void attention_rows(av_train_ctx *c, float *out, float *probs, const layer_acts *a, int B, int T) {
+    const av_backend *be = c->m->be;
+    const av_config *cf = &c->m->cfg;
+    int H = cf->n_heads, KVH = cf->n_kv_heads, hd = cf->head_dim;
+    size_t qd = (size_t)H * hd, kvd = (size_t)KVH * hd;
+    for (int b = 0; b < B; b++) {
+        size_t r = (size_t)b * T;
+        be->attention_forward(out + r * qd, probs ? probs + (size_t)b * H * T * T : NULL, a->q + r * qd, a->k + r * kvd, a->v + r * kvd,
+                              T, T, 0, H, KVH, hd);
+    }
+}
+
+/* One decoder layer forward over N = B*T rows, saving into a what the backward needs (with
+ * train == 0, a is scratch: a frozen layer below the first trainable one, or evaluation). */
+static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const float *x_in, float *x_out, int B, int T, int train) {
     av_model *m = c->m;
     const av_backend *be = m->be;
     const av_config *cf = &m->cfg;
     const av_layer *L = &m->layers[l];
     int D = cf->hidden_size, F = cf->intermediate_size, H = cf->n_heads, KVH = cf->n_kv_heads, hd = cf->head_dim, N = B * T;
-    size_t qd = (size_t)H * hd, kvd = (size_t)KVH * hd;
-    be->rmsnorm_forward(a->xn1, a->rstd1, x_in, &L->attn_norm, N, D, cf->rms_norm_eps);
-    linear_forward(c, a->q, a->xn1, &L->q, l, AV_PROJ_Q, N);
-    linear_forward(c, a->k, a->xn1, &L->k, l, AV_PROJ_K, N);
-    linear_forward(c, a->v, a->xn1, &L->v, l, AV_PROJ_V, N);
+    float *act = c->dgate; /* the SwiGLU output lives in dgate's buffer (free until the backward needs it) */
+    be->rmsnorm_forward(c->xn, a->rstd1, x_in, &L->attn_norm, N, D, cf->rms_norm_eps);
+    linear_forward(c, a->q, c->xn, &L->q, l, AV_PROJ_Q, N);
+    linear_forward(c, a->k, c->xn, &L->k, l, AV_PROJ_K, N);
+    linear_forward(c, a->v, c->xn, &L->v, l, AV_PROJ_V, N);
     be->rope_forward(a->q, c->pos_dev, m->inv_freq, N, H, hd);
     be->rope_forward(a->k, c->pos_dev, m->inv_freq, N, KVH, hd);
-    for (int b = 0; b < B; b++) {
-        size_t r = (size_t)b * T;
-        be->attention_forward(a->att + r * qd, a->probs + (size_t)b * H * T * T, a->q + r * qd, a->k + r * kvd, a->v + r * kvd, T, T,
-                              0, H, KVH, hd);
-    }
-    linear_forward(c, c->tmp, a->att, &L->o, l, AV_PROJ_O, N);
+    /* the trained layers' forward takes the same attention path as the backward's recomputation */
+    attention_rows(c, c->att, train ? c->probs : NULL, a, B, T);
+    linear_forward(c, c->tmp, c->att, &L->o, l, AV_PROJ_O, N);
     be->copy(a->xmid, x_in, sizeof(float) * (size_t)N * D);
     be->add_inplace(a->xmid, c->tmp, (size_t)N * D);
-    be->rmsnorm_forward(a->xn2, a->rstd2, a->xmid, &L->mlp_norm, N, D, cf->rms_norm_eps);
-    linear_forward(c, a->gate, a->xn2, &L->gate, l, AV_PROJ_GATE, N);
-    linear_forward(c, a->up, a->xn2, &L->up, l, AV_PROJ_UP, N);
-    be->swiglu_forward(a->act, a->gate, a->up, (size_t)N * F);
-    linear_forward(c, c->tmp, a->act, &L->down, l, AV_PROJ_DOWN, N);
+    be->rmsnorm_forward(c->xn, a->rstd2, a->xmid, &L->mlp_norm, N, D, cf->rms_norm_eps);
+    linear_forward(c, a->gate, c->xn, &L->gate, l, AV_PROJ_GATE, N);
+    linear_forward(c, a->up, c->xn, &L->up, l, AV_PROJ_UP, N);
+    be->swiglu_forward(act, a->gate, a->up, (size_t)N * F);
+    linear_forward(c, c->tmp, act, &L->down, l, AV_PROJ_DOWN, N);
     be->copy(x_out, a->xmid, sizeof(float) * (size_t)N * D);
     be->add_inplace(x_out, c->tmp, (size_t)N * D);
 }
@@ -414,8 +440,10 @@ static void linear_backward(av_train_ctx *c, float *dx, const float *dy, const f
     if (dx) be->dropout_backward(dx, c->dxdrop, n, c->drop_p, key);
 }
 
-/* One decoder layer backward: on entry c->dx = dL/d(layer output); on exit dL/d(layer input). */
-static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const float *x_in, int B, int T) {
+/* One decoder layer backward: on entry c->dx = dL/d(layer output); on exit dL/d(layer input)
+ * when need_dx (the first trainable layer of a LoRA run skips it: nothing below consumes it).
+ * Recomputes the SwiGLU output, the normed inputs and the attention probabilities first. */
+static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const float *x_in, int B, int T, int need_dx) {
     av_model *m = c->m;
     const av_backend *be = m->be;
     const av_config *cf = &m->cfg;
@@ -423,33 +451,39 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
     int D = cf->hidden_size, F = cf->intermediate_size, H = cf->n_heads, KVH = cf->n_kv_heads, hd = cf->head_dim, N = B * T;
     size_t qd = (size_t)H * hd, kvd = (size_t)KVH * hd, nf = (size_t)N * F;
     /* x_out = xmid + down(act) */
+    float *act = c->dgate;
+    be->swiglu_forward(act, a->gate, a->up, nf);
     be->zero(c->dact, nf * sizeof(float));
-    linear_backward(c, c->dact, c->dx, a->act, &L->down, l, AV_PROJ_DOWN, N);
-    be->zero(c->dgate, nf * sizeof(float));
+    linear_backward(c, c->dact, c->dx, act, &L->down, l, AV_PROJ_DOWN, N);
+    be->zero(c->dgate, nf * sizeof(float)); /* act is dead */
     be->zero(c->dup, nf * sizeof(float));
     be->swiglu_backward(c->dgate, c->dup, c->dact, a->gate, a->up, nf);
+    be->rmsnorm_forward(c->xn, a->rstd2, a->xmid, &L->mlp_norm, N, D, cf->rms_norm_eps);
     be->zero(c->dxn, sizeof(float) * (size_t)N * D);
-    linear_backward(c, c->dxn, c->dup, a->xn2, &L->up, l, AV_PROJ_UP, N);
-    linear_backward(c, c->dxn, c->dgate, a->xn2, &L->gate, l, AV_PROJ_GATE, N);
+    linear_backward(c, c->dxn, c->dup, c->xn, &L->up, l, AV_PROJ_UP, N);
+    linear_backward(c, c->dxn, c->dgate, c->xn, &L->gate, l, AV_PROJ_GATE, N);
     be->rmsnorm_backward(c->dx, c->full ? c->gn2[l] : NULL, c->dxn, a->xmid, &L->mlp_norm, a->rstd2, N, D);
     /* xmid = x_in + o(att) */
+    attention_rows(c, c->att, c->probs, a, B, T);
     be->zero(c->datt, sizeof(float) * (size_t)N * qd);
-    linear_backward(c, c->datt, c->dx, a->att, &L->o, l, AV_PROJ_O, N);
+    linear_backward(c, c->datt, c->dx, c->att, &L->o, l, AV_PROJ_O, N);
     be->zero(c->dq, sizeof(float) * (size_t)N * qd);
     be->zero(c->dk, sizeof(float) * (size_t)N * kvd);
     be->zero(c->dv, sizeof(float) * (size_t)N * kvd);
     for (int b = B - 1; b >= 0; b--) {
         size_t r = (size_t)b * T;
-        be->attention_backward(c->dq + r * qd, c->dk + r * kvd, c->dv + r * kvd, c->datt + r * qd, a->probs + (size_t)b * H * T * T,
+        be->attention_backward(c->dq + r * qd, c->dk + r * kvd, c->dv + r * kvd, c->datt + r * qd, c->probs + (size_t)b * H * T * T,
                                a->q + r * qd, a->k + r * kvd, a->v + r * kvd, T, T, 0, H, KVH, hd);
     }
     be->rope_backward(c->dk, c->pos_dev, m->inv_freq, N, KVH, hd);
     be->rope_backward(c->dq, c->pos_dev, m->inv_freq, N, H, hd);
-    be->zero(c->dxn, sizeof(float) * (size_t)N * D);
-    linear_backward(c, c->dxn, c->dv, a->xn1, &L->v, l, AV_PROJ_V, N);
-    linear_backward(c, c->dxn, c->dk, a->xn1, &L->k, l, AV_PROJ_K, N);
-    linear_backward(c, c->dxn, c->dq, a->xn1, &L->q, l, AV_PROJ_Q, N);
-    be->rmsnorm_backward(c->dx, c->full ? c->gn1[l] : NULL, c->dxn, x_in, &L->attn_norm, a->rstd1, N, D);
+    be->rmsnorm_forward(c->xn, a->rstd1, x_in, &L->attn_norm, N, D, cf->rms_norm_eps);
+    float *dxn = need_dx ? c->dxn : NULL;
+    if (dxn) be->zero(dxn, sizeof(float) * (size_t)N * D);
+    linear_backward(c, dxn, c->dv, c->xn, &L->v, l, AV_PROJ_V, N);
+    linear_backward(c, dxn, c->dk, c->xn, &L->k, l, AV_PROJ_K, N);
+    linear_backward(c, dxn, c->dq, c->xn, &L->q, l, AV_PROJ_Q, N);
+    if (need_dx) be->rmsnorm_backward(c->dx, c->full ? c->gn1[l] : NULL, c->dxn, x_in, &L->attn_norm, a->rstd1, N, D);
 }
 
 av_status av_train_step(av_train_ctx *c, const int32_t *ids, const int32_t *targets, int B, int T, float grad_scale,
@@ -483,8 +517,12 @@ av_status av_train_step_ex(av_train_ctx *c, const int32_t *ids, const int32_t *t
     size_t nd = (size_t)N * D;
     c->drop_on = (flags & AV_STEP_DROPOUT) && c->drop_p > 0 && !c->full;
 
-    be->embedding_forward(c->xs[0], c->ids_dev, &m->embed, N);
-    for (int l = 0; l < NL; l++) layer_forward(c, l, &c->acts[c->ckpt ? 0 : l], c->xs[l], c->xs[l + 1], B, T);
+    /* layers below the first trainable one ping-pong between xs[first] and xs[first + 1], ending in xs[first] */
+    int F0 = c->first;
+    float *pp[2] = {c->xs[F0], c->xs[F0 + 1]};
+    be->embedding_forward(pp[F0 % 2], c->ids_dev, &m->embed, N);
+    for (int l = 0; l < F0; l++) layer_forward(c, l, &c->acts[0], pp[(F0 - l) % 2], pp[(F0 - l + 1) % 2], B, T, 0);
+    for (int l = F0; l < NL; l++) layer_forward(c, l, &c->acts[c->ckpt ? 0 : l - F0], c->xs[l], c->xs[l + 1], B, T, backward);
     be->rmsnorm_forward(c->hidden, c->rstdf, c->xs[NL], &m->final_norm, N, D, cf->rms_norm_eps);
     if (backward) be->zero(c->dh, nd * sizeof(float));
     if (backward && c->full)
@@ -501,10 +539,10 @@ av_status av_train_step_ex(av_train_ctx *c, const int32_t *ids, const int32_t *t
 
     be->zero(c->dx, nd * sizeof(float));
     be->rmsnorm_backward(c->dx, c->full ? c->gfinal : NULL, c->dh, c->xs[NL], &m->final_norm, c->rstdf, N, D);
-    for (int l = NL - 1; l >= 0; l--) {
-        const layer_acts *a = &c->acts[c->ckpt ? 0 : l];
-        if (c->ckpt && l != NL - 1) layer_forward(c, l, a, c->xs[l], c->xout, B, T); /* recompute this layer */
-        layer_backward(c, l, a, c->xs[l], B, T);
+    for (int l = NL - 1; l >= F0; l--) {
+        const layer_acts *a = &c->acts[c->ckpt ? 0 : l - F0];
+        if (c->ckpt && l != NL - 1) layer_forward(c, l, a, c->xs[l], c->xout, B, T, 1); /* recompute this layer */
+        layer_backward(c, l, a, c->xs[l], B, T, c->full || l > F0);
     }
     /* the embedding: frozen with LoRA (c->dx is not needed further); scatter-added with full FT */
     if (c->full) be->embedding_backward(c->gembed, c->dx, c->ids_dev, N, D);
