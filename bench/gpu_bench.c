@@ -196,6 +196,9 @@ int main(int argc, char **argv) {
     const char *what = argc > 2 ? argv[2] : "all";
     const av_backend *be = av_backend_cuda();
     if (!be) die("cuda");
+    /* AV_GEMV=variant[,blocks_per_sm]: the single-row GEMV kernel and its grid (tuning sweeps) */
+    const char *gv = getenv("AV_GEMV");
+    if (gv) av_cuda_set_gemv(atoi(gv), strchr(gv, ',') ? atoi(strchr(gv, ',') + 1) : 0);
     char dev[256] = "";
     av_cuda_device_name(dev, sizeof dev);
     double peak_tflops = strstr(dev, "A100") ? 312 : 989; /* dense bf16 tensor-core peak (H100/H200 SXM) */

@@ -188,6 +188,42 @@ static void test_matmul(void) {
     }
 }
 
+/* Fused single-row products (decode) vs the separate CPU ops: RMSNorm / SwiGLU input, RoPE on the
+ * outputs, residual accumulate; shapes that take the fused kernel (several units per warp, several
+ * load batches per row, odd rows) and one that falls back (K % 8 != 0). */
+static void test_matmul_fused(void) {
+    struct { av_gemv_in in; int N, K, acc, rope_heads, hd; } cases[] = {
+        {AV_GEMV_IN_X, 9000, 264, 0, 0, 0},         {AV_GEMV_IN_RMSNORM, 440, 4104, 0, 8, 40},
+        {AV_GEMV_IN_SWIGLU, 301, 2056, 1, 0, 0},    {AV_GEMV_IN_RMSNORM, 24, 100, 1, 2, 8},
+        {AV_GEMV_IN_X, 2048, 2048, 1, 0, 0},        {AV_GEMV_IN_RMSNORM, 2560, 2048, 0, 36, 64},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        int N = cases[ci].N, K = cases[ci].K, hd = cases[ci].hd, rh = cases[ci].rope_heads;
+        float *x = rnd(K, 1), *u = rnd(K, 1), *w = rnd((size_t)N * K, 0.1f), *g = rnd(K, 1), *y = rnd(N, 1);
+        float *in = malloc(sizeof(float) * K), *o = malloc(sizeof(float) * N), inv[64];
+        uint16_t *wb, *gb;
+        av_mat W = bf16_mat(w, N, K, &wb), Wd = on_dev(W), Gm = bf16_mat(g, 1, K, &gb), Gd = on_dev(Gm);
+        int32_t pos = 37;
+        for (int i = 0; i < hd / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / hd);
+        if (cases[ci].in == AV_GEMV_IN_RMSNORM) av_rmsnorm_forward(in, NULL, x, &Gm, 1, K, 1e-5f);
+        else if (cases[ci].in == AV_GEMV_IN_SWIGLU) av_swiglu_forward(in, x, u, (size_t)K);
+        else memcpy(in, x, sizeof(float) * K);
+        av_matmul_forward(o, in, &W, 1);
+        if (rh) av_rope_forward(o, &pos, inv, 1, rh, hd);
+        if (cases[ci].acc) for (int i = 0; i < N; i++) o[i] += y[i];
+        float *xd = up(G, x, K * 4), *ud = up(G, u, K * 4), *od = up(G, y, (size_t)N * 4), *invd = up(G, inv, sizeof inv);
+        int32_t *posd = up(G, &pos, sizeof pos);
+        av_gemv_fusion f = {.in = cases[ci].in, .norm = &Gd, .eps = 1e-5f, .up = ud, .accumulate = cases[ci].acc, .pos = posd,
+                            .inv_freq = invd, .rope_heads = rh, .head_dim = hd};
+        av_cuda_matmul_fused_forward(od, xd, &Wd, &f); /* not in the table yet */
+        char nm[96];
+        snprintf(nm, sizeof nm, "matmul_fused in=%d N=%d K=%d acc=%d rope=%d", (int)cases[ci].in, N, K, cases[ci].acc, rh);
+        CMP(nm, od, o, (size_t)N, 1e-5);
+        G->free(xd); G->free(ud); G->free(od); G->free(invd); G->free(posd); G->free((void *)Wd.data); G->free((void *)Gd.data);
+        free(x); free(u); free(w); free(g); free(y); free(in); free(o); free(wb); free(gb);
+    }
+}
+
 static void test_attention(void) {
     int cases[][5] = {{1, 9, 8, 4, 2}, {5, 12, 7, 4, 2}, {33, 33, 0, 6, 3}, {20, 64, 44, 4, 4}, {90, 130, 40, 4, 2}}; /* T S pos0 H KVH */
     av_cuda_set_attention_chunk(2 * 130 * 32); /* 32-row chunks: exercises the chunked inference path */
@@ -480,6 +516,7 @@ int main(void) {
     printf("GPU: %s\n", dev);
     test_elementwise();
     test_matmul();
+    test_matmul_fused();
     test_attention();
     test_xent_sample();
     CHECK_OK(av_cuda_status());

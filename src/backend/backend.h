@@ -11,6 +11,19 @@
 
 typedef enum { AV_DEVICE_CPU = 0, AV_DEVICE_CUDA } av_device;
 
+/* What a fused single-row product does around W . in (see matmul_fused_forward). */
+typedef enum { AV_GEMV_IN_X = 0, AV_GEMV_IN_RMSNORM, AV_GEMV_IN_SWIGLU } av_gemv_in;
+typedef struct av_gemv_fusion {
+    av_gemv_in in;        /* X: in = x; RMSNORM: in = x * rsqrt(mean(x^2) + eps) * norm; SWIGLU: in = silu(x) * up */
+    const av_mat *norm;   /* RMSNORM: the norm weight [K] */
+    float eps;
+    const float *up;      /* SWIGLU: the up activations [K] */
+    int accumulate;       /* 1: out += W . in (residual add); 0: out = W . in */
+    const int32_t *pos;   /* rope_heads > 0: HF rotate-half RoPE at position *pos (backend memory) */
+    const float *inv_freq;
+    int rope_heads, head_dim; /* on the first rope_heads * head_dim outputs, head by head */
+} av_gemv_fusion;
+
 typedef struct av_backend {
     const char *name;
     av_device device;
@@ -59,6 +72,9 @@ typedef struct av_backend {
      * NULL or active[i] != 0 (pos may be NULL). All pointers are backend memory. */
     void (*sample)(int32_t *ids, const float *logits, int N, int V, float temperature, float top_p, uint64_t seed,
                    int32_t *pos, const int32_t *active);
+    /* One query row (decode): out[W->rows] (= or +=) W . in(x), x of W->cols floats, with the input
+     * transform and RoPE of f fused in (16-bit weights, no adapters; equal to the separate ops). */
+    void (*matmul_fused_forward)(float *out, const float *x, const av_mat *W, const av_gemv_fusion *f);
     /* Capture of the ops issued between begin and end into a replayable graph (CUDA graphs).
      * launch returns 0, 1 when the graph is stale (re-capture), -1 on failure. */
     int (*graph_begin)(void);

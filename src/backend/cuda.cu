@@ -335,6 +335,9 @@ static void fill_table(av_backend *b, int f32) {
     b->attention_forward = f32 ? att_fwd_f32 : att_fwd_bf16;
     b->attention_backward = f32 ? att_bwd_f32 : att_bwd_bf16;
     b->attention_decode = av_cuda_attention_decode;
+    /* av_cuda_matmul_fused_forward passes its tests but its kernel is slower than the separate ops
+     * so far (H200: 954 vs 992 tok/s decode b1): left out of the table until it is tuned. */
+    b->matmul_fused_forward = NULL;
     b->sample = av_cuda_sample;
     b->graph_begin = cuda_graph_begin;
     b->graph_end = cuda_graph_end;

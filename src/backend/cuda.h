@@ -19,6 +19,11 @@ size_t av_cuda_held_bytes(void);
 void av_cuda_reset_peak(void);
 /* Score-buffer budget (floats) of the inference attention's row chunks (tests shrink it; 0 = default). */
 void av_cuda_set_attention_chunk(size_t floats);
+/* Single-row GEMV kernel (benchmarks): 0 = the fused persistent kernel, 1 = the block-per-2-rows
+ * kernel (default); blocks_per_sm <= 0 keeps the default grid. */
+void av_cuda_set_gemv(int variant, int blocks_per_sm);
+/* The backend's matmul_fused_forward (not in the table yet: see cuda.cu); does nothing without CUDA. */
+void av_cuda_matmul_fused_forward(float *out, const float *x, const av_mat *W, const av_gemv_fusion *f);
 
 #ifdef AV_HAVE_CUDA
 void av_cuda_embedding_forward(float *out, const int32_t *ids, const av_mat *table, int T);

@@ -15,7 +15,7 @@ extern "C" {
 
 /* Scratch slots (each grow-only, never shrinks; a growth bumps av_cuda_scratch_generation so
  * captured graphs that baked the old pointer are re-captured). */
-enum { AV_SCR_XCONV = 0, AV_SCR_DCONV, AV_SCR_WF32, AV_SCR_ATTN, AV_SCR_ATTN2, AV_SCR_NLL, AV_SCR_COUNT };
+enum { AV_SCR_XCONV = 0, AV_SCR_DCONV, AV_SCR_WF32, AV_SCR_ATTN, AV_SCR_ATTN2, AV_SCR_NLL, AV_SCR_FUSED, AV_SCR_COUNT };
 
 extern "C" {
 cudaStream_t av_cuda_stream(void);
@@ -26,6 +26,9 @@ unsigned av_cuda_scratch_generation(void);
 int av_cuda_note(cudaError_t e, const char *where);
 int av_cuda_note_blas(cublasStatus_t s, const char *where);
 }
+/* Single-row product on the fused persistent GEMV (matmul_fused.cu); 0 when the shape or the
+ * chosen variant does not take it (the caller then uses its own kernel). */
+int av_cuda_gemv1_fused(float *out, const float *x, const av_mat *W);
 
 #define AV_CU_LAUNCHED(where) av_cuda_note(cudaGetLastError(), where)
 

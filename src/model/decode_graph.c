@@ -24,6 +24,9 @@ static int stacked(av_mat *out, const av_linear *a, const av_linear *b, const av
     return 1;
 }
 
+/* A projection the fused single-row products take: no adapter, unquantized. */
+static int plain(const av_linear *L) { return !L->lora_a && !L->w.q_bits; }
+
 /* The ops of one step (no host<->device traffic, nothing position-dependent on the host side
  * unless the backend lacks attention_decode). */
 static void step_ops(av_decode_plan *p) {
@@ -38,17 +41,27 @@ static void step_ops(av_decode_plan *p) {
         float *kc = p->k_cache + (size_t)l * p->layer_stride, *vc = p->v_cache + (size_t)l * p->layer_stride;
         float *q = p->q, *k = p->k, *v = p->v, *gate = p->gate, *up = p->up;
         av_mat W;
-        be->rmsnorm_forward(p->xn, NULL, p->x, &L->attn_norm, N, D, c->rms_norm_eps);
-        if (N == 1 && p->qkv && stacked(&W, &L->q, &L->k, &L->v)) {
+        /* one row with the backend's fused products: RMSNorm inside the q|k|v and gate|up
+         * products, RoPE in the q|k|v store, residual adds in the o/down stores, SwiGLU inside down */
+        int fuse = N == 1 && p->qkv && be->matmul_fused_forward;
+        if (fuse && stacked(&W, &L->q, &L->k, &L->v)) {
             q = p->qkv, k = q + qd, v = k + kvd;
-            be->matmul_forward(q, p->xn, &W, 1);
-            be->rope_forward(q, p->pos, m->inv_freq, 1, H + KVH, hd); /* q and k heads are adjacent */
+            av_gemv_fusion f = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->attn_norm, .eps = c->rms_norm_eps, .pos = p->pos,
+                                .inv_freq = m->inv_freq, .rope_heads = H + KVH, .head_dim = hd};
+            be->matmul_fused_forward(q, p->x, &W, &f);
         } else {
-            av_linear_forward(be, q, p->xn, &L->q, N, p->lora_tmp);
-            av_linear_forward(be, k, p->xn, &L->k, N, p->lora_tmp);
-            av_linear_forward(be, v, p->xn, &L->v, N, p->lora_tmp);
-            be->rope_forward(q, p->pos, m->inv_freq, N, H, hd);
-            be->rope_forward(k, p->pos, m->inv_freq, N, KVH, hd);
+            be->rmsnorm_forward(p->xn, NULL, p->x, &L->attn_norm, N, D, c->rms_norm_eps);
+            if (N == 1 && p->qkv && stacked(&W, &L->q, &L->k, &L->v)) {
+                q = p->qkv, k = q + qd, v = k + kvd;
+                be->matmul_forward(q, p->xn, &W, 1);
+                be->rope_forward(q, p->pos, m->inv_freq, 1, H + KVH, hd); /* q and k heads are adjacent */
+            } else {
+                av_linear_forward(be, q, p->xn, &L->q, N, p->lora_tmp);
+                av_linear_forward(be, k, p->xn, &L->k, N, p->lora_tmp);
+                av_linear_forward(be, v, p->xn, &L->v, N, p->lora_tmp);
+                be->rope_forward(q, p->pos, m->inv_freq, N, H, hd);
+                be->rope_forward(k, p->pos, m->inv_freq, N, KVH, hd);
+            }
         }
         if (be->attention_decode) {
             be->attention_decode(p->att, q, k, v, kc, vc, p->pos, N, p->seq_stride, H, KVH, hd);
@@ -61,19 +74,35 @@ static void step_ops(av_decode_plan *p) {
                 be->attention_forward(p->att + (size_t)i * qd, NULL, q + (size_t)i * qd, ki, vi, 1, ps + 1, ps, H, KVH, hd);
             }
         }
-        av_linear_forward(be, p->tmp, p->att, &L->o, N, p->lora_tmp);
-        be->add_inplace(p->x, p->tmp, (size_t)N * D);
-        be->rmsnorm_forward(p->xn, NULL, p->x, &L->mlp_norm, N, D, c->rms_norm_eps);
-        if (N == 1 && p->gu && stacked(&W, &L->gate, &L->up, NULL)) {
-            gate = p->gu, up = gate + F;
-            be->matmul_forward(gate, p->xn, &W, 1);
+        if (fuse && plain(&L->o)) {
+            av_gemv_fusion f = {.in = AV_GEMV_IN_X, .accumulate = 1};
+            be->matmul_fused_forward(p->x, p->att, &L->o.w, &f);
         } else {
-            av_linear_forward(be, gate, p->xn, &L->gate, N, p->lora_tmp);
-            av_linear_forward(be, up, p->xn, &L->up, N, p->lora_tmp);
+            av_linear_forward(be, p->tmp, p->att, &L->o, N, p->lora_tmp);
+            be->add_inplace(p->x, p->tmp, (size_t)N * D);
         }
-        be->swiglu_forward(gate, gate, up, (size_t)N * F);
-        av_linear_forward(be, p->tmp, gate, &L->down, N, p->lora_tmp);
-        be->add_inplace(p->x, p->tmp, (size_t)N * D);
+        if (fuse && stacked(&W, &L->gate, &L->up, NULL)) {
+            gate = p->gu, up = gate + F;
+            av_gemv_fusion f = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->mlp_norm, .eps = c->rms_norm_eps};
+            be->matmul_fused_forward(gate, p->x, &W, &f);
+        } else {
+            be->rmsnorm_forward(p->xn, NULL, p->x, &L->mlp_norm, N, D, c->rms_norm_eps);
+            if (N == 1 && p->gu && stacked(&W, &L->gate, &L->up, NULL)) {
+                gate = p->gu, up = gate + F;
+                be->matmul_forward(gate, p->xn, &W, 1);
+            } else {
+                av_linear_forward(be, gate, p->xn, &L->gate, N, p->lora_tmp);
+                av_linear_forward(be, up, p->xn, &L->up, N, p->lora_tmp);
+            }
+        }
+        if (fuse && plain(&L->down)) {
+            av_gemv_fusion f = {.in = AV_GEMV_IN_SWIGLU, .up = up, .accumulate = 1};
+            be->matmul_fused_forward(p->x, gate, &L->down.w, &f);
+        } else {
+            be->swiglu_forward(gate, gate, up, (size_t)N * F);
+            av_linear_forward(be, p->tmp, gate, &L->down, N, p->lora_tmp);
+            be->add_inplace(p->x, p->tmp, (size_t)N * D);
+        }
     }
     be->rmsnorm_forward(p->hidden, NULL, p->x, &m->final_norm, N, D, c->rms_norm_eps);
     if (p->sample) {
