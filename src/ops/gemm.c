@@ -10,10 +10,14 @@
 #include <string.h>
 
 #if defined(__AVX512F__)
+#ifndef MR
 #define MR 12     /* weight rows per micro-tile */
+#endif
 #define NT 32     /* token rows per micro-tile (2 zmm) */
+#ifndef KC
 #define KC 256    /* K block */
-#define NP 96     /* most weight rows per thread panel (multiple of MR) */
+#endif
+#define NP (8 * MR) /* most weight rows per thread panel */
 
 typedef struct { float *p; size_t cap; } buf_t;
 
@@ -29,18 +33,18 @@ static float *buf_get(buf_t *b, size_t floats) {
 /* acc[MR][lda] (+)= W[MR rows, ldw][k0..k0+kc) . xt[kc][32] */
 static inline void kernel_12x32(float *acc, int lda, const float *w, int ldw, const float *xt, int kc, int first) {
     __m512 c[MR][2];
-#pragma GCC unroll 12
+#pragma GCC unroll 16
     for (int r = 0; r < MR; r++) c[r][0] = c[r][1] = _mm512_setzero_ps();
     for (int k = 0; k < kc; k++) {
         __m512 x0 = _mm512_load_ps(xt + (size_t)k * NT), x1 = _mm512_load_ps(xt + (size_t)k * NT + 16);
-#pragma GCC unroll 12
+#pragma GCC unroll 16
         for (int r = 0; r < MR; r++) {
             __m512 b = _mm512_set1_ps(w[(size_t)r * ldw + k]);
             c[r][0] = _mm512_fmadd_ps(b, x0, c[r][0]);
             c[r][1] = _mm512_fmadd_ps(b, x1, c[r][1]);
         }
     }
-#pragma GCC unroll 12
+#pragma GCC unroll 16
     for (int r = 0; r < MR; r++) {
         float *a = acc + (size_t)r * lda;
         if (!first) {
