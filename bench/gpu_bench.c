@@ -199,6 +199,8 @@ int main(int argc, char **argv) {
     /* AV_GEMV=variant[,blocks_per_sm]: the single-row GEMV kernel and its grid (tuning sweeps) */
     const char *gv = getenv("AV_GEMV");
     if (gv) av_cuda_set_gemv(atoi(gv), strchr(gv, ',') ? atoi(strchr(gv, ',') + 1) : 0);
+    /* AV_FLASH_WARPS=4|8: query rows per flash-attention block (16 per warp) */
+    if (getenv("AV_FLASH_WARPS")) av_cuda_set_flash_warps(atoi(getenv("AV_FLASH_WARPS")));
     char dev[256] = "";
     av_cuda_device_name(dev, sizeof dev);
     double peak_tflops = strstr(dev, "A100") ? 312 : 989; /* dense bf16 tensor-core peak (H100/H200 SXM) */

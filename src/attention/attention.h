@@ -12,4 +12,10 @@ void av_attention_forward(float *out, float *probs, const float *q, const float 
 /* Gradients (accumulated) given the saved probs. dk, dv are [S, KVH*hd]. */
 void av_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q,
                            const float *k, const float *v, int T, int S, int pos0, int H, int KVH, int hd);
+
+/* Flash attention forward (flash.c): the same function as av_attention_forward without the [H,T,S]
+ * probabilities, computed tile by tile with an online softmax. lse (if not NULL) [H, T] receives each
+ * row's log-sum-exp of the scaled scores (natural log), for a later backward. */
+void av_flash_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int T, int S, int pos0,
+                                int H, int KVH, int hd);
 #endif

@@ -65,6 +65,10 @@ typedef struct av_backend {
     /* Decode attention over N sequences, one new query row each, positions on the device:
      * row i (position pos[i]) writes its new key/value rows k_new[i], v_new[i] ([N, KVH*hd]) into
      * its cache region (k_cache + i*seq_stride, row pos[i]) and attends keys 0..pos[i] of it. */
+    /* Flash attention forward (attention.h: av_flash_attention_forward): no probabilities; lse [H, T]
+     * or NULL. Inference prefill uses it for long chunks where present. */
+    void (*flash_attention_forward)(float *out, float *lse, const float *q, const float *k, const float *v, int T, int S,
+                                    int pos0, int H, int KVH, int hd);
     void (*attention_decode)(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache,
                              float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd);
     /* Samples ids[i] from logits[i, V] (temperature <= 0: argmax; else softmax(l/temperature) cut

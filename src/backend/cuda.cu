@@ -335,6 +335,7 @@ static void fill_table(av_backend *b, int f32) {
     b->attention_forward = f32 ? att_fwd_f32 : att_fwd_bf16;
     b->attention_backward = f32 ? att_bwd_f32 : att_bwd_bf16;
     b->attention_decode = av_cuda_attention_decode;
+    b->flash_attention_forward = f32 ? NULL : av_cuda_flash_attention_forward; /* bf16 tensor cores: not in the exact-f32 table */
     /* av_cuda_matmul_fused_forward passes its tests but its kernel is slower than the separate ops
      * so far (H200: 954 vs 992 tok/s decode b1): left out of the table until it is tuned. */
     b->matmul_fused_forward = NULL;

@@ -19,6 +19,8 @@ size_t av_cuda_held_bytes(void);
 void av_cuda_reset_peak(void);
 /* Score-buffer budget (floats) of the inference attention's row chunks (tests shrink it; 0 = default). */
 void av_cuda_set_attention_chunk(size_t floats);
+/* Warps (16 query rows each) per block of the flash attention kernel: 4 (default) or 8 (benchmarks). */
+void av_cuda_set_flash_warps(int warps);
 /* Single-row GEMV kernel (benchmarks): 0 = the fused persistent kernel, 1 = the block-per-2-rows
  * kernel (default); blocks_per_sm <= 0 keeps the default grid. */
 void av_cuda_set_gemv(int variant, int blocks_per_sm);
@@ -47,6 +49,9 @@ void av_cuda_attention_forward_mode(float *out, float *probs, const float *q, co
                                     int pos0, int H, int KVH, int hd, int f32);
 void av_cuda_attention_backward_mode(float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q,
                                      const float *k, const float *v, int T, int S, int pos0, int H, int KVH, int hd, int f32);
+/* bf16 tensor-core flash attention (flash.cu); head_dim 64 or 128, else the standard kernel (lse unset). */
+void av_cuda_flash_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int T, int S, int pos0,
+                                     int H, int KVH, int hd);
 void av_cuda_attention_decode(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache,
                               float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd);
 void av_cuda_sample(int32_t *ids, const float *logits, int N, int V, float temperature, float top_p, uint64_t seed,

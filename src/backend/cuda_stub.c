@@ -14,6 +14,7 @@ int av_cuda_device_name(char *buf, size_t cap) {
 size_t av_cuda_held_bytes(void) { return 0; }
 void av_cuda_reset_peak(void) {}
 void av_cuda_set_attention_chunk(size_t floats) { (void)floats; }
+void av_cuda_set_flash_warps(int warps) { (void)warps; }
 void av_cuda_set_gemv(int variant, int blocks_per_sm) { (void)variant; (void)blocks_per_sm; }
 void av_cuda_matmul_fused_forward(float *out, const float *x, const av_mat *W, const av_gemv_fusion *f) {
     (void)out; (void)x; (void)W; (void)f;

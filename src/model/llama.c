@@ -106,7 +106,10 @@ static void forward_chunk(av_session *s, const int32_t *ids, int T) {
         av_linear_forward(be, vc + (size_t)p0 * kvd, s->xn, &L->v, T, s->lora_tmp);
         be->rope_forward(s->q, s->pos_dev, m->inv_freq, T, H, hd);
         be->rope_forward(kc + (size_t)p0 * kvd, s->pos_dev, m->inv_freq, T, KVH, hd);
-        be->attention_forward(s->att, NULL, s->q, kc, vc, T, p0 + T, p0, H, KVH, hd);
+        if (be->flash_attention_forward && T >= 64) /* long chunks: tiled attention, no score matrix */
+            be->flash_attention_forward(s->att, NULL, s->q, kc, vc, T, p0 + T, p0, H, KVH, hd);
+        else
+            be->attention_forward(s->att, NULL, s->q, kc, vc, T, p0 + T, p0, H, KVH, hd);
         av_linear_forward(be, s->tmp, s->att, &L->o, T, s->lora_tmp);
         be->add_inplace(s->x, s->tmp, (size_t)T * D);
         be->rmsnorm_forward(s->xn, NULL, s->x, &L->mlp_norm, T, D, c->rms_norm_eps);

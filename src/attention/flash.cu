@@ -1,0 +1,244 @@
+/* CUDA flash attention forward for prefill (the twin of flash.c): bf16 tensor cores (mma.sync
+ * m16n8k16, f32 accumulate) with an online softmax in f32 registers. K and V are first converted to
+ * bf16 once per call (K as [KVH][S'][hd], V transposed to [KVH][hd][S'], S' = S rounded up to the
+ * key tile, zero padded); Q is converted from f32 while loading its fragments. One block per
+ * (query tile of 16 * warps rows, head), key tiles of 64 double-buffered in shared memory through
+ * cp.async; tiles past the causal limit are skipped (per block and per warp). */
+#include "backend/cuda_common.cuh"
+extern "C" {
+#include "backend/cuda.h"
+#include "attention/attention.h"
+}
+
+#define FA_BC 64 /* keys per tile */
+#define FA_PAD 8 /* bf16 padding per shared row: 16 bytes, keeps fragment reads conflict-free */
+
+static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&p);
+}
+static __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+static __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
+static __device__ __forceinline__ void cp_async_wait_all(void) { asm volatile("cp.async.wait_group 0;\n" ::); }
+
+/* kb[kh][s][d] = k[s][kh*hd + d]; vt[kh][d][s] = v[s][kh*hd + d]; zeros for S <= s < Sp.
+ * Block (32, 8) over a 32-key x 32-dim tile of one KV head (blockIdx.z), transposed through smem. */
+__global__ void fa_convert_kv_k(__nv_bfloat16 *kb, __nv_bfloat16 *vt, const float *k, const float *v, int S, int Sp, int KVH, int hd) {
+    __shared__ float tile[32][33];
+    int kh = blockIdx.z, s0 = blockIdx.x * 32, d0 = blockIdx.y * 32;
+    size_t ks = (size_t)KVH * hd;
+    for (int i = threadIdx.y; i < 32; i += 8) {
+        int s = s0 + i, d = d0 + threadIdx.x;
+        float kv = 0.0f, vv = 0.0f;
+        if (s < S && d < hd) {
+            kv = k[(size_t)s * ks + (size_t)kh * hd + d];
+            vv = v[(size_t)s * ks + (size_t)kh * hd + d];
+        }
+        if (s < Sp && d < hd) kb[((size_t)kh * Sp + s) * hd + d] = __float2bfloat16_rn(kv);
+        tile[i][threadIdx.x] = vv;
+    }
+    __syncthreads();
+    for (int i = threadIdx.y; i < 32; i += 8) {
+        int d = d0 + i, s = s0 + threadIdx.x;
+        if (d < hd && s < Sp) vt[((size_t)kh * hd + d) * Sp + s] = __float2bfloat16_rn(tile[threadIdx.x][i]);
+    }
+}
+
+template <int HD, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, const float *q, const __nv_bfloat16 *kb,
+                                                       const __nv_bfloat16 *vt, int T, int Sp, int pos0, int H, int KVH, float qscale) {
+    constexpr int BR = 16 * WARPS, KS = HD + FA_PAD, VS = FA_BC + FA_PAD;
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    __nv_bfloat16 *Ks = reinterpret_cast<__nv_bfloat16 *>(fa_smem);  /* [2][FA_BC][KS] */
+    __nv_bfloat16 *Vs = Ks + 2 * FA_BC * KS;                          /* [2][HD][VS] */
+    int nqt = gridDim.x, qt = nqt - 1 - blockIdx.x;                   /* heaviest (last) query tiles first */
+    int h = blockIdx.y, kh = h / (H / KVH);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    int t0 = qt * BR, tw = t0 + warp * 16;                            /* first row of the block / the warp */
+    int kend = pos0 + min(t0 + BR, T);                                /* keys the block's last row sees */
+    int ntiles = (kend + FA_BC - 1) / FA_BC;
+    const __nv_bfloat16 *Kg = kb + (size_t)kh * Sp * HD, *Vg = vt + (size_t)kh * HD * Sp;
+
+    auto load_tile = [&](int j, int buf) {
+        __nv_bfloat16 *ks_ = Ks + buf * FA_BC * KS, *vs_ = Vs + buf * HD * VS;
+        const __nv_bfloat16 *kg = Kg + (size_t)j * FA_BC * HD;
+        for (int i = threadIdx.x; i < FA_BC * HD / 8; i += WARPS * 32) {
+            int r = i / (HD / 8), cc = (i % (HD / 8)) * 8;
+            cp_async16(ks_ + r * KS + cc, kg + (size_t)r * HD + cc);
+        }
+        for (int i = threadIdx.x; i < HD * FA_BC / 8; i += WARPS * 32) {
+            int r = i / (FA_BC / 8), cc = (i % (FA_BC / 8)) * 8;
+            cp_async16(vs_ + r * VS + cc, Vg + (size_t)r * Sp + (size_t)j * FA_BC + cc);
+        }
+        cp_async_commit();
+    };
+    load_tile(0, 0);
+
+    /* Q fragments (A operand, rows tw+g and tw+g+8), scaled by 1/sqrt(hd) * log2(e) */
+    uint32_t qf[HD / 16][4];
+    {
+        int r0 = tw + g, r1 = tw + g + 8;
+        size_t qs = (size_t)H * HD;
+        const float *q0 = q + (size_t)r0 * qs + (size_t)h * HD, *q1 = q + (size_t)r1 * qs + (size_t)h * HD;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            int d = kk * 16 + 2 * c;
+            float2 a = r0 < T ? *reinterpret_cast<const float2 *>(q0 + d) : make_float2(0.f, 0.f);
+            float2 b = r1 < T ? *reinterpret_cast<const float2 *>(q1 + d) : make_float2(0.f, 0.f);
+            float2 a8 = r0 < T ? *reinterpret_cast<const float2 *>(q0 + d + 8) : make_float2(0.f, 0.f);
+            float2 b8 = r1 < T ? *reinterpret_cast<const float2 *>(q1 + d + 8) : make_float2(0.f, 0.f);
+            qf[kk][0] = pack_bf16(a.x * qscale, a.y * qscale);
+            qf[kk][1] = pack_bf16(b.x * qscale, b.y * qscale);
+            qf[kk][2] = pack_bf16(a8.x * qscale, a8.y * qscale);
+            qf[kk][3] = pack_bf16(b8.x * qscale, b8.y * qscale);
+        }
+    }
+    float o[HD / 8][4];
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    int lim0 = pos0 + tw + g, lim1 = lim0 + 8;          /* last visible key of the thread's two rows */
+    int wlast = pos0 + min(tw + 15, T - 1);             /* last key any row of this warp sees */
+
+    for (int j = 0; j < ntiles; j++) {
+        int buf = j & 1, s0 = j * FA_BC;
+        cp_async_wait_all();
+        __syncthreads();
+        if (j + 1 < ntiles) load_tile(j + 1, buf ^ 1);
+        if (s0 > wlast) continue;                        /* the whole tile is masked for this warp */
+        const __nv_bfloat16 *ks_ = Ks + buf * FA_BC * KS, *vs_ = Vs + buf * HD * VS;
+        float sc[FA_BC / 8][4];
+#pragma unroll
+        for (int n = 0; n < FA_BC / 8; n++) {
+            sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+            const __nv_bfloat16 *kr = ks_ + (n * 8 + g) * KS + 2 * c;
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++) {
+                uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr + kk * 16);
+                uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + kk * 16 + 8);
+                mma_bf16(sc[n], qf[kk], b0, b1);
+            }
+        }
+        if (s0 + FA_BC - 1 > pos0 + tw) { /* the causal edge crosses this tile */
+#pragma unroll
+            for (int n = 0; n < FA_BC / 8; n++) {
+                int s = s0 + n * 8 + 2 * c;
+                if (s > lim0) sc[n][0] = -INFINITY;
+                if (s + 1 > lim0) sc[n][1] = -INFINITY;
+                if (s > lim1) sc[n][2] = -INFINITY;
+                if (s + 1 > lim1) sc[n][3] = -INFINITY;
+            }
+        }
+        float mx0 = m0, mx1 = m1;
+#pragma unroll
+        for (int n = 0; n < FA_BC / 8; n++) {
+            mx0 = fmaxf(mx0, fmaxf(sc[n][0], sc[n][1]));
+            mx1 = fmaxf(mx1, fmaxf(sc[n][2], sc[n][3]));
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        /* a padding row (t >= T) or a row with no visible key yet keeps -inf: use 0 as the base */
+        float b0 = mx0 == -INFINITY ? 0.0f : mx0, b1 = mx1 == -INFINITY ? 0.0f : mx1;
+        float corr0 = exp2f(m0 - b0), corr1 = exp2f(m1 - b1);
+        m0 = mx0;
+        m1 = mx1;
+        float sum0 = 0.0f, sum1 = 0.0f;
+        uint32_t pa[FA_BC / 16][4];
+#pragma unroll
+        for (int n = 0; n < FA_BC / 8; n++) {
+            float p0 = exp2f(sc[n][0] - b0), p1 = exp2f(sc[n][1] - b0), p2 = exp2f(sc[n][2] - b1), p3 = exp2f(sc[n][3] - b1);
+            sum0 += p0 + p1;
+            sum1 += p2 + p3;
+            pa[n / 2][(n & 1) * 2 + 0] = pack_bf16(p0, p1);
+            pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(p2, p3);
+        }
+        l0 = l0 * corr0 + sum0;
+        l1 = l1 * corr1 + sum1;
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            o[n][0] *= corr0;
+            o[n][1] *= corr0;
+            o[n][2] *= corr1;
+            o[n][3] *= corr1;
+            const __nv_bfloat16 *vr = vs_ + (n * 8 + g) * VS + 2 * c;
+#pragma unroll
+            for (int kk = 0; kk < FA_BC / 16; kk++) {
+                uint32_t v0 = *reinterpret_cast<const uint32_t *>(vr + kk * 16);
+                uint32_t v1 = *reinterpret_cast<const uint32_t *>(vr + kk * 16 + 8);
+                mma_bf16(o[n], pa[kk], v0, v1);
+            }
+        }
+    }
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    int r0 = tw + g, r1 = r0 + 8;
+    size_t qs = (size_t)H * HD;
+    float i0 = 1.0f / l0, i1 = 1.0f / l1;
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++) {
+        int d = n * 8 + 2 * c;
+        if (r0 < T) *reinterpret_cast<float2 *>(out + (size_t)r0 * qs + (size_t)h * HD + d) = make_float2(o[n][0] * i0, o[n][1] * i0);
+        if (r1 < T) *reinterpret_cast<float2 *>(out + (size_t)r1 * qs + (size_t)h * HD + d) = make_float2(o[n][2] * i1, o[n][3] * i1);
+    }
+    if (lse && c == 0) {
+        const float ln2 = 0.69314718056f;
+        if (r0 < T) lse[(size_t)h * T + r0] = (m0 + log2f(l0)) * ln2;
+        if (r1 < T) lse[(size_t)h * T + r1] = (m1 + log2f(l1)) * ln2;
+    }
+}
+
+static int g_flash_warps = 4;
+extern "C" void av_cuda_set_flash_warps(int warps) { g_flash_warps = warps == 8 ? 8 : 4; }
+
+template <int HD, int WARPS>
+static void fa_launch(float *out, float *lse, const float *q, const __nv_bfloat16 *kb, const __nv_bfloat16 *vt, int T, int Sp, int pos0,
+                      int H, int KVH, float qscale) {
+    size_t smem = (size_t)2 * (FA_BC * (HD + FA_PAD) + HD * (FA_BC + FA_PAD)) * sizeof(__nv_bfloat16);
+    static size_t smem_set = 48 << 10;
+    if (smem > smem_set) {
+        cudaFuncSetAttribute(fa_fwd_k<HD, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        smem_set = smem;
+    }
+    int nqt = (T + 16 * WARPS - 1) / (16 * WARPS);
+    fa_fwd_k<HD, WARPS><<<dim3(nqt, H), WARPS * 32, smem, av_cuda_stream()>>>(out, lse, q, kb, vt, T, Sp, pos0, H, KVH, qscale);
+}
+
+extern "C" void av_cuda_flash_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int T, int S,
+                                                int pos0, int H, int KVH, int hd) {
+    if (T <= 0) return;
+    if (hd != 64 && hd != 128) { /* no kernel for this head size: the standard attention (no lse) */
+        av_cuda_attention_forward_mode(out, NULL, q, k, v, T, S, pos0, H, KVH, hd, 0);
+        if (lse) av_cuda_note(cudaErrorInvalidValue, "flash attention: lse needs head_dim 64 or 128");
+        return;
+    }
+    int Sk = pos0 + T, Sp = (Sk + FA_BC - 1) / FA_BC * FA_BC; /* only keys 0..pos0+T-1 are ever seen */
+    (void)S;
+    size_t n = (size_t)KVH * Sp * hd;
+    __nv_bfloat16 *kb = (__nv_bfloat16 *)av_cuda_scratch(AV_SCR_FLASH, 2 * n * sizeof(__nv_bfloat16));
+    if (!kb) return;
+    __nv_bfloat16 *vt = kb + n;
+    cudaStream_t st = av_cuda_stream();
+    fa_convert_kv_k<<<dim3(Sp / 32, av_cdiv(hd, 32), KVH), dim3(32, 8), 0, st>>>(kb, vt, k, v, Sk, Sp, KVH, hd);
+    AV_CU_LAUNCHED("flash attention convert");
+    float qscale = 1.4426950409f / sqrtf((float)hd);
+    if (hd == 64) {
+        if (g_flash_warps == 8) fa_launch<64, 8>(out, lse, q, kb, vt, T, Sp, pos0, H, KVH, qscale);
+        else fa_launch<64, 4>(out, lse, q, kb, vt, T, Sp, pos0, H, KVH, qscale);
+    } else {
+        if (g_flash_warps == 8) fa_launch<128, 8>(out, lse, q, kb, vt, T, Sp, pos0, H, KVH, qscale);
+        else fa_launch<128, 4>(out, lse, q, kb, vt, T, Sp, pos0, H, KVH, qscale);
+    }
+    AV_CU_LAUNCHED("flash attention");
+}
