@@ -184,6 +184,16 @@ static void bench_lora(av_model *m, int B, int T, double peak_tflops) {
     double params = (double)av_config_param_count(&m->cfg);
     printf("{\"workload\":\"lora_%dx%d\",\"tokens\":%d,\"tok_s\":%.1f,\"peak_gb\":%.2f,\"mfu\":%.3f,\"loss\":%.4f}\n", B, T, N, tps,
            gb(be->peak_bytes()), 4.0 * params * tps / (peak_tflops * 1e12), nll / nv);
+    if (getenv("AV_TRAIN_PROFILE")) { /* phase ms per step (all steps; synchronised at each switch) */
+        double ms[AV_TRAIN_NPHASES], tot = 0;
+        av_train_profile(c, ms);
+        printf("{\"profile\":\"lora_%dx%d\"", B, T);
+        for (int i = 0; i < AV_TRAIN_NPHASES; i++) {
+            printf(",\"%s\":%.2f", av_train_phase_names[i], ms[i] / steps);
+            tot += ms[i] / steps;
+        }
+        printf(",\"total\":%.2f}\n", tot);
+    }
     fflush(stdout);
     for (int i = 0; i < np; i++) { be->free(mo[i]); be->free(vo[i]); }
     free(mo); free(vo); free(ids); free(tg);

@@ -2,6 +2,7 @@
  * Causal, GQA: query head h reads KV head h / (H / KVH). */
 #ifndef AV_ATTENTION_H
 #define AV_ATTENTION_H
+#include <stddef.h>
 
 /* Standard (materialised) attention for one sequence.
  * q [T, H*hd]; k, v: [S, KVH*hd] (keys for positions 0..S-1); query t is at position pos0+t and
@@ -18,4 +19,16 @@ void av_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
  * row's log-sum-exp of the scaled scores (natural log), for a later backward. */
 void av_flash_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int T, int S, int pos0,
                                 int H, int KVH, int hd);
+
+/* Batched training attention: B sequences of T rows each (positions 0..T-1, keys of their own
+ * sequence only), token-major q [B*T, H*hd], k, v [B*T, KVH*hd], out [B*T, H*hd]; probs
+ * [B, H, T, T]. The CPU version loops over the sequences (the reference); backends do every head of
+ * every sequence in a few launches, using `work` (av_attention_batch_work floats; NULL or smaller:
+ * the backend finds its own) as scratch. The backward accumulates into dq, dk, dv (each may be
+ * NULL) and may overwrite probs. */
+size_t av_attention_batch_work(int B, int T, int H, int KVH, int hd);
+void av_attention_forward_batch(float *out, float *probs, const float *q, const float *k, const float *v, int B, int T, int H, int KVH,
+                                int hd, float *work, size_t work_floats);
+void av_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, float *probs, const float *q, const float *k,
+                                 const float *v, int B, int T, int H, int KVH, int hd, float *work, size_t work_floats);
 #endif

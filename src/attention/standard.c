@@ -120,3 +120,31 @@ void av_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
         free(ds);
     }
 }
+
+size_t av_attention_batch_work(int B, int T, int H, int KVH, int hd) {
+    return (size_t)B * T * (2 * (size_t)H * hd + 4 * (size_t)KVH * hd);
+}
+
+void av_attention_forward_batch(float *out, float *probs, const float *q, const float *k, const float *v, int B, int T, int H, int KVH,
+                                int hd, float *work, size_t work_floats) {
+    (void)work;
+    (void)work_floats;
+    size_t qd = (size_t)H * hd, kvd = (size_t)KVH * hd;
+    for (int b = 0; b < B; b++) {
+        size_t r = (size_t)b * T;
+        av_attention_forward(out + r * qd, probs ? probs + (size_t)b * H * T * T : NULL, q + r * qd, k + r * kvd, v + r * kvd, T, T, 0, H,
+                             KVH, hd);
+    }
+}
+
+void av_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, float *probs, const float *q, const float *k,
+                                 const float *v, int B, int T, int H, int KVH, int hd, float *work, size_t work_floats) {
+    (void)work;
+    (void)work_floats;
+    size_t qd = (size_t)H * hd, kvd = (size_t)KVH * hd;
+    for (int b = B - 1; b >= 0; b--) {
+        size_t r = (size_t)b * T;
+        av_attention_backward(dq ? dq + r * qd : NULL, dk ? dk + r * kvd : NULL, dv ? dv + r * kvd : NULL, dout + r * qd,
+                              probs + (size_t)b * H * T * T, q + r * qd, k + r * kvd, v + r * kvd, T, T, 0, H, KVH, hd);
+    }
+}

@@ -93,6 +93,12 @@ typedef struct av_backend {
                                        const int32_t *targets, int T, float grad_scale, float *scratch, int chunk);
     void (*dropout_forward)(float *out, const float *x, size_t n, float p, uint64_t seed);
     void (*dropout_backward)(float *dx, const float *dout, size_t n, float p, uint64_t seed);
+    /* Batched training attention over B sequences of T rows (attention.h: av_attention_forward_batch;
+     * the backward may overwrite probs). NULL: callers loop attention_forward/backward per sequence. */
+    void (*attention_forward_batch)(float *out, float *probs, const float *q, const float *k, const float *v, int B, int T, int H,
+                                    int KVH, int hd, float *work, size_t work_floats);
+    void (*attention_backward_batch)(float *dq, float *dk, float *dv, const float *dout, float *probs, const float *q, const float *k,
+                                     const float *v, int B, int T, int H, int KVH, int hd, float *work, size_t work_floats);
 } av_backend;
 
 const av_backend *av_backend_cpu(void);

@@ -304,6 +304,23 @@ static void att_bwd_f32(float *dq, float *dk, float *dv, const float *d, const f
     av_cuda_attention_backward_mode(dq, dk, dv, d, p, q, k, v, T, S, p0, H, KVH, hd, 1);
 }
 
+static void attb_fwd_bf16(float *o, float *p, const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd, float *w,
+                          size_t wn) {
+    av_cuda_attention_forward_batch_mode(o, p, q, k, v, B, T, H, KVH, hd, w, wn, 0);
+}
+static void attb_fwd_f32(float *o, float *p, const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd, float *w,
+                         size_t wn) {
+    av_cuda_attention_forward_batch_mode(o, p, q, k, v, B, T, H, KVH, hd, w, wn, 1);
+}
+static void attb_bwd_bf16(float *dq, float *dk, float *dv, const float *d, float *p, const float *q, const float *k, const float *v, int B,
+                          int T, int H, int KVH, int hd, float *w, size_t wn) {
+    av_cuda_attention_backward_batch_mode(dq, dk, dv, d, p, q, k, v, B, T, H, KVH, hd, w, wn, 0);
+}
+static void attb_bwd_f32(float *dq, float *dk, float *dv, const float *d, float *p, const float *q, const float *k, const float *v, int B,
+                         int T, int H, int KVH, int hd, float *w, size_t wn) {
+    av_cuda_attention_backward_batch_mode(dq, dk, dv, d, p, q, k, v, B, T, H, KVH, hd, w, wn, 1);
+}
+
 static av_backend k_cuda_bf16, k_cuda_f32;
 
 static void fill_table(av_backend *b, int f32) {
@@ -335,6 +352,8 @@ static void fill_table(av_backend *b, int f32) {
     b->attention_forward = f32 ? att_fwd_f32 : att_fwd_bf16;
     b->attention_backward = f32 ? att_bwd_f32 : att_bwd_bf16;
     b->attention_decode = av_cuda_attention_decode;
+    b->attention_forward_batch = f32 ? attb_fwd_f32 : attb_fwd_bf16;
+    b->attention_backward_batch = f32 ? attb_bwd_f32 : attb_bwd_bf16;
     b->flash_attention_forward = f32 ? NULL : av_cuda_flash_attention_forward; /* bf16 tensor cores: not in the exact-f32 table */
     /* av_cuda_matmul_fused_forward passes its tests but its kernel is slower than the separate ops
      * so far (H200: 954 vs 992 tok/s decode b1): left out of the table until it is tuned. */

@@ -52,6 +52,12 @@ void av_cuda_attention_backward_mode(float *dq, float *dk, float *dv, const floa
 /* bf16 tensor-core flash attention (flash.cu); head_dim 64 or 128, else the standard kernel (lse unset). */
 void av_cuda_flash_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int T, int S, int pos0,
                                      int H, int KVH, int hd);
+/* Batched training attention (attention.h: av_attention_forward_batch / av_attention_backward_batch). */
+void av_cuda_attention_forward_batch_mode(float *out, float *probs, const float *q, const float *k, const float *v, int B, int T, int H,
+                                          int KVH, int hd, float *work, size_t work_floats, int f32);
+void av_cuda_attention_backward_batch_mode(float *dq, float *dk, float *dv, const float *dout, float *probs, const float *q,
+                                           const float *k, const float *v, int B, int T, int H, int KVH, int hd, float *work,
+                                           size_t work_floats, int f32);
 void av_cuda_attention_decode(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache,
                               float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd);
 void av_cuda_sample(int32_t *ids, const float *logits, int N, int V, float temperature, float top_p, uint64_t seed,

@@ -1,7 +1,8 @@
 /* CUDA twin of matmul.c. One row (decode): a memory-bound GEMV reading each 16-bit weight row once
  * with 16-byte loads, f32 accumulation (exact). More rows: cuBLAS on tensor cores with the f32
  * activations converted to the weight's 16-bit type (bf16 mode), or, in exact f32 mode, a warp GEMV
- * up to 8 rows and weight panels converted to f32 + SGEMM beyond. f32 weights (LoRA A/B): SGEMM. */
+ * up to 8 rows and weight panels converted to f32 + SGEMM beyond. f32 weights (LoRA A/B): SGEMM
+ * (TF32 tensor cores in bf16 mode when one side is rank-sized, <= 64). */
 #include "backend/cuda_common.cuh"
 extern "C" {
 #include "backend/cuda.h"
@@ -148,12 +149,20 @@ static uint16_t *to16(int slot, const float *src, size_t n, av_dtype dt) {
 static cudaDataType_t cu_type(av_dtype t) { return t == AV_BF16 ? CUDA_R_16BF : t == AV_F16 ? CUDA_R_16F : CUDA_R_32F; }
 
 /* Column-major C[m,n] = alpha op(A) op(B) + beta C with f32 accumulation. */
+static void gemm_c(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A, cudaDataType_t at, int lda,
+                   const void *B, cudaDataType_t bt, int ldb, float beta, float *C, int ldc, cublasComputeType_t ct) {
+    float alpha = 1.0f;
+    av_cuda_note_blas(cublasGemmEx(av_cuda_cublas(), ta, tb, m, n, k, &alpha, A, at, lda, B, bt, ldb, &beta, C, CUDA_R_32F, ldc, ct,
+                                   CUBLAS_GEMM_DEFAULT),
+                      "gemm");
+}
 static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A, cudaDataType_t at, int lda,
                  const void *B, cudaDataType_t bt, int ldb, float beta, float *C, int ldc) {
-    float alpha = 1.0f;
-    av_cuda_note_blas(cublasGemmEx(av_cuda_cublas(), ta, tb, m, n, k, &alpha, A, at, lda, B, bt, ldb, &beta, C, CUDA_R_32F, ldc,
-                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                      "gemm");
+    gemm_c(ta, tb, m, n, k, A, at, lda, B, bt, ldb, beta, C, ldc, CUBLAS_COMPUTE_32F);
+}
+/* f32 products with a low-rank side (LoRA A/B: rank <= 64): TF32 tensor cores in bf16 mode. */
+static cublasComputeType_t f32_compute(const av_mat *W, int f32) {
+    return !f32 && (W->rows <= 64 || W->cols <= 64) ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
 
 #define PANEL_FLOATS ((size_t)16 << 20)
@@ -192,7 +201,7 @@ extern "C" void av_cuda_matmul_forward_mode(float *out, const float *x, const av
     int N = W->rows, K = W->cols;
     if (T <= 0) return;
     if (W->dtype == AV_F32) { /* out^T[N,T] = W^T(col-major K x N)^T . x^T(K x T) */
-        gemm(CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, W->data, CUDA_R_32F, K, x, CUDA_R_32F, K, 0.0f, out, N);
+        gemm_c(CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, W->data, CUDA_R_32F, K, x, CUDA_R_32F, K, 0.0f, out, N, f32_compute(W, f32));
         return;
     }
     /* exact GEMV: one row always; up to 8 rows in f32 mode (bf16 mode: tensor cores from 2 rows) */
@@ -222,11 +231,11 @@ extern "C" void av_cuda_matmul_backward_mode(float *dx, float *dW, const float *
     int N = W->rows, K = W->cols;
     if (T <= 0) return;
     if (dW) /* dW^T[K,N] += x^T(K x T) . dout(T x N) */
-        gemm(CUBLAS_OP_N, CUBLAS_OP_T, K, N, T, x, CUDA_R_32F, K, dout, CUDA_R_32F, N, 1.0f, dW, K);
+        gemm_c(CUBLAS_OP_N, CUBLAS_OP_T, K, N, T, x, CUDA_R_32F, K, dout, CUDA_R_32F, N, 1.0f, dW, K, f32_compute(W, f32));
     if (!dx) return;
     /* dx^T[K,T] += W^T(K x N) . dout^T(N x T) */
     if (W->dtype == AV_F32) {
-        gemm(CUBLAS_OP_N, CUBLAS_OP_N, K, T, N, W->data, CUDA_R_32F, K, dout, CUDA_R_32F, N, 1.0f, dx, K);
+        gemm_c(CUBLAS_OP_N, CUBLAS_OP_N, K, T, N, W->data, CUDA_R_32F, K, dout, CUDA_R_32F, N, 1.0f, dx, K, f32_compute(W, f32));
         return;
     }
     if (!f32) {

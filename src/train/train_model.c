@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define XENT_CHUNK 256 /* logit rows per LM-head chunk: amortises the weight conversion; 256 x V floats of scratch */
@@ -62,7 +63,35 @@ struct av_train_ctx {
     int drop_on;            /* this step applies dropout */
     float *xdrop, *dxdrop;  /* [N, widest]: dropout(x) and its gradient */
     size_t widest;
+    /* batched attention: workspace (dup's buffer when it is big enough: dead around attention) */
+    float *attw;
+    size_t attw_n;
+    /* phase profile (AV_TRAIN_PROFILE=1): synchronises at every phase switch */
+    int prof, prof_ph;
+    double prof_t, prof_ms[AV_TRAIN_NPHASES];
 };
+
+static double wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+/* Charges the time since the last switch to the current phase; returns the phase left. */
+static int prof_switch(av_train_ctx *c, int ph) {
+    int old = c->prof_ph;
+    if (!c->prof) return old;
+    c->m->be->sync();
+    double t = wall_ms();
+    c->prof_ms[old] += t - c->prof_t;
+    c->prof_t = t;
+    c->prof_ph = ph;
+    return old;
+}
+const char *const av_train_phase_names[AV_TRAIN_NPHASES] = {"other", "frozen_fwd", "layer_fwd", "attn_fwd", "lora", "xent",
+                                                            "layer_bwd", "attn_bwd"};
+void av_train_profile(const av_train_ctx *c, double ms[AV_TRAIN_NPHASES]) {
+    for (int i = 0; i < AV_TRAIN_NPHASES; i++) ms[i] = c->prof_ms[i];
+}
 
 static float *ctx_alloc(av_train_ctx *c, size_t floats, const char *what) {
     if (c->nallocs == c->cap_allocs) {
@@ -319,10 +348,17 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
     for (size_t i = 0; i < sizeof b / sizeof b[0] && ok; i++) ok = (*b[i].p = ctx_alloc(c, b[i].n, "training buffers")) != NULL;
     if (ok) ok = (c->ids_dev = (int32_t *)ctx_alloc(c, N, "token ids")) && (c->tgt_dev = (int32_t *)ctx_alloc(c, N, "targets")) &&
                  (c->pos_dev = (int32_t *)ctx_alloc(c, N, "positions"));
+    if (ok && m->be->attention_forward_batch && m->be->attention_backward_batch) {
+        c->attw_n = av_attention_batch_work(max_rows, max_len, cf->n_heads, cf->n_kv_heads, cf->head_dim);
+        if (c->attw_n <= N * F) c->attw = c->dup;
+        else ok = (c->attw = ctx_alloc(c, c->attw_n, "attention workspace")) != NULL;
+    }
     if (!ok) {
         av_train_ctx_free(c);
         return av_fail(AV_ERR_NOMEM, "train: out of memory for a %d x %d batch", max_rows, max_len);
     }
+    const char *pe = getenv("AV_TRAIN_PROFILE");
+    c->prof = pe && *pe && *pe != '0';
     *out = c;
     return AV_OK;
 }
@@ -362,6 +398,18 @@ static uint64_t drop_key(const av_train_ctx *c, int l, av_proj p) {
 /* Forward of one projection: av_linear_forward, or with dropout the adapter branch on dropout(x). */
 static void linear_forward(av_train_ctx *c, float *out, const float *x, const av_linear *L, int l, av_proj p, int N) {
     const av_backend *be = c->m->be;
+    if (c->prof && L->lora_a && !c->drop_on) { /* base product and adapter timed apart */
+        av_mat A = {.data = L->lora_a, .dtype = AV_F32, .rows = L->rank, .cols = L->w.cols};
+        av_mat Bm = {.data = L->lora_b, .dtype = AV_F32, .rows = L->w.rows, .cols = L->rank};
+        float *xa = c->lora_tmp, *xab = c->lora_tmp + (size_t)N * L->rank;
+        be->matmul_forward(out, x, &L->w, N);
+        int ph = prof_switch(c, AV_TRAIN_PH_LORA);
+        be->matmul_forward(xa, x, &A, N);
+        be->matmul_forward(xab, xa, &Bm, N);
+        be->add_scaled(out, L->scale, xab, (size_t)N * L->w.rows);
+        prof_switch(c, ph);
+        return;
+    }
     if (!c->drop_on || !L->lora_a) {
         av_linear_forward(be, out, x, L, N, c->lora_tmp);
         return;
@@ -383,11 +431,18 @@ static void attention_rows(av_train_ctx *c, float *out, float *probs, const laye
     const av_config *cf = &c->m->cfg;
     int H = cf->n_heads, KVH = cf->n_kv_heads, hd = cf->head_dim;
     size_t qd = (size_t)H * hd, kvd = (size_t)KVH * hd;
+    int ph = prof_switch(c, AV_TRAIN_PH_ATT_FWD);
+    if (c->attw) { /* every sequence at once; the probs buffer is scratch when none are kept */
+        be->attention_forward_batch(out, probs ? probs : c->probs, a->q, a->k, a->v, B, T, H, KVH, hd, c->attw, c->attw_n);
+        prof_switch(c, ph);
+        return;
+    }
     for (int b = 0; b < B; b++) {
         size_t r = (size_t)b * T;
         be->attention_forward(out + r * qd, probs ? probs + (size_t)b * H * T * T : NULL, a->q + r * qd, a->k + r * kvd, a->v + r * kvd,
                               T, T, 0, H, KVH, hd);
     }
+    prof_switch(c, ph);
 }
 
 /* One decoder layer forward over N = B*T rows, saving into a what the backward needs (with
@@ -425,6 +480,13 @@ static void linear_backward(av_train_ctx *c, float *dx, const float *dy, const f
     int k = l * AV_PROJ_COUNT + p;
     if (c->full) { /* full fine-tuning: no adapters, dW of the (f32 master) weight */
         be->matmul_backward(dx, c->gw[k], dy, x, &L->w, N);
+        return;
+    }
+    if (c->prof && L->lora_a && !c->drop_on) {
+        be->matmul_backward(dx, NULL, dy, NULL, &L->w, N);
+        int ph = prof_switch(c, AV_TRAIN_PH_LORA);
+        av_lora_branch_backward(be, dx, c->ga[k], c->gb[k], dy, x, L, N, c->lora3);
+        prof_switch(c, ph);
         return;
     }
     if (!c->drop_on || !L->lora_a) {
@@ -470,11 +532,16 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
     be->zero(c->dq, sizeof(float) * (size_t)N * qd);
     be->zero(c->dk, sizeof(float) * (size_t)N * kvd);
     be->zero(c->dv, sizeof(float) * (size_t)N * kvd);
-    for (int b = B - 1; b >= 0; b--) {
-        size_t r = (size_t)b * T;
-        be->attention_backward(c->dq + r * qd, c->dk + r * kvd, c->dv + r * kvd, c->datt + r * qd, c->probs + (size_t)b * H * T * T,
-                               a->q + r * qd, a->k + r * kvd, a->v + r * kvd, T, T, 0, H, KVH, hd);
-    }
+    int ph = prof_switch(c, AV_TRAIN_PH_ATT_BWD);
+    if (c->attw)
+        be->attention_backward_batch(c->dq, c->dk, c->dv, c->datt, c->probs, a->q, a->k, a->v, B, T, H, KVH, hd, c->attw, c->attw_n);
+    else
+        for (int b = B - 1; b >= 0; b--) {
+            size_t r = (size_t)b * T;
+            be->attention_backward(c->dq + r * qd, c->dk + r * kvd, c->dv + r * kvd, c->datt + r * qd, c->probs + (size_t)b * H * T * T,
+                                   a->q + r * qd, a->k + r * kvd, a->v + r * kvd, T, T, 0, H, KVH, hd);
+        }
+    prof_switch(c, ph);
     be->rope_backward(c->dk, c->pos_dev, m->inv_freq, N, KVH, hd);
     be->rope_backward(c->dq, c->pos_dev, m->inv_freq, N, H, hd);
     be->rmsnorm_forward(c->xn, a->rstd1, x_in, &L->attn_norm, N, D, cf->rms_norm_eps);
@@ -520,9 +587,13 @@ av_status av_train_step_ex(av_train_ctx *c, const int32_t *ids, const int32_t *t
     /* layers below the first trainable one ping-pong between xs[first] and xs[first + 1], ending in xs[first] */
     int F0 = c->first;
     float *pp[2] = {c->xs[F0], c->xs[F0 + 1]};
+    if (c->prof) { c->m->be->sync(); c->prof_t = wall_ms(); c->prof_ph = AV_TRAIN_PH_OTHER; }
+    prof_switch(c, AV_TRAIN_PH_FROZEN);
     be->embedding_forward(pp[F0 % 2], c->ids_dev, &m->embed, N);
     for (int l = 0; l < F0; l++) layer_forward(c, l, &c->acts[0], pp[(F0 - l) % 2], pp[(F0 - l + 1) % 2], B, T, 0);
+    prof_switch(c, AV_TRAIN_PH_LAYER_FWD);
     for (int l = F0; l < NL; l++) layer_forward(c, l, &c->acts[c->ckpt ? 0 : l - F0], c->xs[l], c->xs[l + 1], B, T, backward);
+    prof_switch(c, AV_TRAIN_PH_XENT);
     be->rmsnorm_forward(c->hidden, c->rstdf, c->xs[NL], &m->final_norm, N, D, cf->rms_norm_eps);
     if (backward) be->zero(c->dh, nd * sizeof(float));
     if (backward && c->full)
@@ -533,10 +604,12 @@ av_status av_train_step_ex(av_train_ctx *c, const int32_t *ids, const int32_t *t
                                              c->scratch, XENT_CHUNK);
     *n_valid = nv;
     if (!backward) {
+        prof_switch(c, AV_TRAIN_PH_OTHER);
         c->drop_on = 0;
         return AV_OK;
     }
 
+    prof_switch(c, AV_TRAIN_PH_LAYER_BWD);
     be->zero(c->dx, nd * sizeof(float));
     be->rmsnorm_backward(c->dx, c->full ? c->gfinal : NULL, c->dh, c->xs[NL], &m->final_norm, c->rstdf, N, D);
     for (int l = NL - 1; l >= F0; l--) {
@@ -546,6 +619,7 @@ av_status av_train_step_ex(av_train_ctx *c, const int32_t *ids, const int32_t *t
     }
     /* the embedding: frozen with LoRA (c->dx is not needed further); scatter-added with full FT */
     if (c->full) be->embedding_backward(c->gembed, c->dx, c->ids_dev, N, D);
+    prof_switch(c, AV_TRAIN_PH_OTHER);
     if (c->drop_on) c->drop_step++;
     c->drop_on = 0;
     return AV_OK;
