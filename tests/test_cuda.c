@@ -2,7 +2,8 @@
  * reductions through cuBLAS; bf16 table: big matrix products with bf16 inputs, rel L2 <= 1e-2),
  * the fixture models' forward vs golden (f32: NLL rel 1e-4 + argmax + greedy exact; bf16: NLL rel
  * 2e-2, argmax agreement >= 90%), graph decode + device sampler, batched generation (also on the
- * CPU, without a GPU), and LoRA training gradients vs PEFT. Without a GPU: "skipped: no GPU". */
+ * CPU, without a GPU), LoRA training gradients vs PEFT, dropout masks bit-identical to the CPU's,
+ * the full fine-tuning weight-gradient ops, and full-FT / LoRA-dropout training steps vs the CPU. Without a GPU: "skipped: no GPU". */
 #include "test.h"
 #include "backend/backend.h"
 #include "backend/cuda.h"
@@ -366,6 +367,133 @@ static void test_xent_sample(void) {
     free(h); free(w); free(wb); free(dh); free(nll); free(scr); free(lg);
 }
 
+/* LoRA dropout: the CUDA ops draw the CPU's masks bit for bit (same hash of (seed, i)), forward
+ * and backward (accumulating into non-zero dx), in place too, on a length that is no multiple of
+ * the block size. */
+static void test_dropout_ops(void) {
+    size_t n = 300007;
+    float *x = rnd(n, 2), *d = rnd(n, 1), *dx0 = rnd(n, 1);
+    float *xd = up(G, x, n * 4), *dd = up(G, d, n * 4), *od = G->alloc(n * 4, "t"), *dxd = G->alloc(n * 4, "t");
+    float *o = malloc(n * 4), *dx = malloc(n * 4);
+    const float ps[] = {0.0f, 0.1f, 0.37f, 0.9f};
+    for (int pi = 0; pi < 4; pi++) {
+        float p = ps[pi];
+        uint64_t key = av_dropout_key(7, 3 + pi, 11);
+        for (int f = 0; f < 2; f++) {
+            const av_backend *be = f ? G32 : G;
+            av_dropout_forward(o, x, n, p, key);
+            be->dropout_forward(od, xd, n, p, key);
+            float *h = down(G, od, n);
+            size_t bad = 0, dropped = 0;
+            for (size_t i = 0; i < n; i++) {
+                bad += memcmp(&h[i], &o[i], 4) != 0;
+                dropped += o[i] == 0.0f;
+            }
+            CHECK(bad == 0, "dropout_forward %s p=%.2f: %zu of %zu differ from the CPU", be->name, p, bad, n);
+            CHECK(fabs((double)dropped / n - p) < 0.01, "dropout_forward p=%.2f drops %.4f", p, (double)dropped / n);
+            free(h);
+            memcpy(dx, dx0, n * 4);
+            G->upload(dxd, dx0, n * 4);
+            av_dropout_backward(dx, d, n, p, key);
+            be->dropout_backward(dxd, dd, n, p, key);
+            h = down(G, dxd, n);
+            bad = 0;
+            for (size_t i = 0; i < n; i++) bad += memcmp(&h[i], &dx[i], 4) != 0;
+            CHECK(bad == 0, "dropout_backward %s p=%.2f: %zu of %zu differ from the CPU", be->name, p, bad, n);
+            free(h);
+        }
+    }
+    /* in place (out aliases x) */
+    G->copy(od, xd, n * 4);
+    G->dropout_forward(od, od, n, 0.25f, 99);
+    av_dropout_forward(o, x, n, 0.25f, 99);
+    float *h = down(G, od, n);
+    CHECK(memcmp(h, o, n * 4) == 0, "dropout_forward in place differs from the CPU");
+    free(h);
+    G->free(xd); G->free(dd); G->free(od); G->free(dxd);
+    free(x); free(d); free(dx0); free(o); free(dx);
+}
+
+/* The weight-gradient ops of full fine-tuning, both tables vs the CPU: embedding scatter-add with
+ * repeated ids into a non-zero table gradient, RMSNorm dw alone (dx NULL, f32 master weight),
+ * matmul dW alone (dx NULL) for f32 master weights, and the LM-head cross-entropy with dW. */
+static void test_full_ft_ops(void) {
+    int T = 53, D = 96, V = 211;
+    size_t n = (size_t)T * D;
+    float *x = rnd(n, 1.5f), *y = rnd(n, 1), *w = rnd(D, 1);
+    float *xd = up(G, x, n * 4), *yd = up(G, y, n * 4);
+    int32_t ids[53];
+    for (int t = 0; t < T; t++) ids[t] = (t * 7) % 13 == 0 ? 5 : (t * 31) % V; /* id 5 repeats */
+    int32_t *idsd = up(G, ids, sizeof ids);
+    float *tab0 = rnd((size_t)V * D, 0.1f), *tab = malloc((size_t)V * D * 4), *tabd = G->alloc((size_t)V * D * 4, "t");
+    av_mat Wf = {.data = w, .dtype = AV_F32, .rows = 1, .cols = D}, Wfd = Wf;
+    Wfd.data = up(G, w, D * 4);
+    float *rs = malloc(T * 4), *o = malloc(n * 4), *dw = malloc(D * 4), *dw0 = rnd(D, 0.1f);
+    av_rmsnorm_forward(o, rs, x, &Wf, T, D, 1e-6f);
+    float *rsd = up(G, rs, T * 4), *dwd = G->alloc(D * 4, "t");
+    for (int f = 0; f < 2; f++) {
+        const av_backend *be = f ? G32 : G;
+        char nm[96];
+        memcpy(tab, tab0, (size_t)V * D * 4);
+        G->upload(tabd, tab0, (size_t)V * D * 4);
+        av_embedding_backward(tab, y, ids, T, D);
+        be->embedding_backward(tabd, yd, idsd, T, D);
+        snprintf(nm, sizeof nm, "embedding_backward (repeated ids) %s", be->name);
+        CMP(nm, tabd, tab, (size_t)V * D, 1e-6);
+        memcpy(dw, dw0, D * 4);
+        G->upload(dwd, dw0, D * 4);
+        av_rmsnorm_backward(NULL, dw, y, x, &Wf, rs, T, D);
+        be->rmsnorm_backward(NULL, dwd, yd, xd, &Wfd, rsd, T, D);
+        snprintf(nm, sizeof nm, "rmsnorm_backward dw only %s", be->name);
+        CMP(nm, dwd, dw, D, 1e-5);
+    }
+    /* matmul dW alone, f32 master weights, a non-zero starting gradient */
+    int N = 160, K = D;
+    float *wm = rnd((size_t)N * K, 0.1f), *dy = rnd((size_t)T * N, 1), *gW0 = rnd((size_t)N * K, 0.1f), *gW = malloc((size_t)N * K * 4);
+    av_mat M = {.data = wm, .dtype = AV_F32, .rows = N, .cols = K}, Md = M;
+    Md.data = up(G, wm, (size_t)N * K * 4);
+    float *dyd = up(G, dy, (size_t)T * N * 4), *gWd = G->alloc((size_t)N * K * 4, "t");
+    for (int f = 0; f < 2; f++) {
+        const av_backend *be = f ? G32 : G;
+        memcpy(gW, gW0, (size_t)N * K * 4);
+        G->upload(gWd, gW0, (size_t)N * K * 4);
+        av_matmul_backward(NULL, gW, dy, x, &M, T);
+        be->matmul_backward(NULL, gWd, dyd, xd, &Md, T);
+        CMP(f ? "matmul_backward dW only cuda-f32" : "matmul_backward dW only cuda", gWd, gW, (size_t)N * K, f ? 1e-5 : 2e-3);
+    }
+    /* xent with the head's dW (f32 master head), chunks that do not divide T, ignored rows */
+    int Vh = 1000, chunk = 8;
+    float *hw = rnd((size_t)Vh * D, 0.3f);
+    av_mat H = {.data = hw, .dtype = AV_F32, .rows = Vh, .cols = D}, Hd = H;
+    Hd.data = up(G, hw, (size_t)Vh * D * 4);
+    int32_t tg[53];
+    for (int t = 0; t < T; t++) tg[t] = t % 5 == 4 ? -1 : (t * 131) % Vh;
+    int32_t *tgd = up(G, tg, sizeof tg);
+    float *dh = calloc(n, 4), *dH = calloc((size_t)Vh * D, 4), *nll = malloc(T * 4), *scr = malloc((size_t)chunk * Vh * 4);
+    double ref = av_xent_forward_backward_dw(dh, dH, nll, x, &H, tg, T, 0.05f, scr, chunk);
+    float *dhd = G->alloc(n * 4, "t"), *dHd = G->alloc((size_t)Vh * D * 4, "t"), *nlld = G->alloc(T * 4, "t"),
+          *scrd = G->alloc((size_t)chunk * Vh * 4, "t");
+    for (int f = 0; f < 2; f++) {
+        const av_backend *be = f ? G32 : G;
+        CHECK(be->xent_forward_backward_dw != NULL, "%s: no xent_forward_backward_dw", be->name);
+        if (!be->xent_forward_backward_dw) continue;
+        G->zero(dhd, n * 4);
+        G->zero(dHd, (size_t)Vh * D * 4);
+        double got = be->xent_forward_backward_dw(dhd, dHd, nlld, xd, &Hd, tgd, T, 0.05f, scrd, chunk);
+        CHECK(fabs(got - ref) <= (f ? 1e-5 : 1e-3) * fabs(ref), "xent_dw %s: sum %.8f vs %.8f", be->name, got, ref);
+        CMP(f ? "xent_dw nll cuda-f32" : "xent_dw nll cuda", nlld, nll, T, f ? 1e-5 : 1e-3);
+        CMP(f ? "xent_dw dh cuda-f32" : "xent_dw dh cuda", dhd, dh, n, f ? 1e-5 : 1e-2);
+        CMP(f ? "xent_dw dW cuda-f32" : "xent_dw dW cuda", dHd, dH, (size_t)Vh * D, f ? 1e-5 : 1e-2);
+        /* dW == NULL: the plain op */
+        G->zero(dhd, n * 4);
+        got = be->xent_forward_backward_dw(dhd, NULL, nlld, xd, &Hd, tgd, T, 0.05f, scrd, chunk);
+        CHECK(fabs(got - ref) <= (f ? 1e-5 : 1e-3) * fabs(ref), "xent_dw(dW NULL) %s: sum %.8f vs %.8f", be->name, got, ref);
+        CMP("xent_dw(dW NULL) dh", dhd, dh, n, f ? 1e-5 : 1e-2);
+    }
+    free(x); free(y); free(w); free(tab0); free(tab); free(rs); free(o); free(dw); free(dw0);
+    free(wm); free(dy); free(gW0); free(gW); free(hw); free(dh); free(dH); free(nll); free(scr);
+}
+
 static int read_ids(const cJSON *arr, int32_t *out, int cap) {
     int n = 0;
     for (const cJSON *e = arr ? arr->child : NULL; e && n < cap; e = e->next) out[n++] = e->valueint;
@@ -542,6 +670,108 @@ static void check_train(const char *name, const av_backend *be, double tol) {
     cJSON_Delete(g);
 }
 
+/* Full fine-tuning and LoRA dropout end to end: one training step on the CUDA f32 table vs the
+ * same step on the CPU (same batch, same weights, same masks): loss and every parameter gradient
+ * (all weights for full FT; LoRA A/B with dropout, with and without checkpointing). */
+static double cmp_params(av_train_ctx *cc, av_train_ctx *cg, const av_backend *be, const char **worst_name) {
+    double worst = 0;
+    *worst_name = "";
+    if (av_train_nparams(cc) != av_train_nparams(cg)) return INFINITY;
+    for (int i = 0; i < av_train_nparams(cc); i++) {
+        av_param *a = &av_train_params(cc)[i], *b = &av_train_params(cg)[i];
+        if (a->n != b->n || strcmp(a->name, b->name)) return INFINITY;
+        float *h = down(be, b->grad, b->n);
+        double e = rel_l2(h, a->grad, a->n);
+        if (e > worst) { worst = e; *worst_name = a->name; }
+        free(h);
+    }
+    return worst;
+}
+
+static void check_full_and_dropout(const char *name, const av_backend *be, double tol) {
+    enum { B = 2, T = 12 };
+    int32_t ids[B * T], tg[B * T];
+    av_model *mc = NULL, *mg = NULL;
+    CHECK_OK(av_model_load(&mc, test_fixture(name), C));
+    CHECK_OK(av_model_load(&mg, test_fixture(name), be));
+    if (!mc || !mg) { av_model_free(mc); av_model_free(mg); return; }
+    int V = mc->cfg.vocab_size;
+    for (int i = 0; i < B * T; i++) ids[i] = 3 + (int32_t)((i * 7919u + 13u) % (unsigned)(V - 3));
+    ids[5] = ids[2]; /* a repeated id: the embedding gradient scatter-adds */
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) tg[b * T + t] = t + 1 < T ? ids[b * T + t + 1] : -1;
+    tg[3] = -1;
+    const char *wn;
+    for (int ckpt = 0; ckpt < 2; ckpt++) { /* full fine-tuning */
+        av_train_ctx *cc = NULL, *cg = NULL;
+        CHECK_OK(av_train_ctx_new_full(&cc, mc, B, T, ckpt));
+        CHECK_OK(av_train_ctx_new_full(&cg, mg, B, T, ckpt));
+        if (cc && cg) {
+            double lc, lg;
+            int nc, ng;
+            av_train_zero_grads(cc);
+            av_train_zero_grads(cg);
+            CHECK_OK(av_train_step(cc, ids, tg, B, T, 1.0f / 20, 1, &lc, &nc));
+            CHECK_OK(av_train_step(cg, ids, tg, B, T, 1.0f / 20, 1, &lg, &ng));
+            CHECK(nc == ng && fabs(lc - lg) <= tol * fabs(lc), "%s full FT on %s (ckpt %d): loss %.8f vs CPU %.8f", name, be->name, ckpt, lg, lc);
+            double w = cmp_params(cc, cg, be, &wn);
+            CHECK(w <= tol * 10, "%s full FT on %s (ckpt %d): worst gradient rel L2 %.3g (%s)", name, be->name, ckpt, w, wn);
+            printf("%s full FT on %s (ckpt %d, %lld params): loss err %.2g, worst grad rel L2 %.3g (%s)\n", name, be->name, ckpt,
+                   av_train_param_count(cg), fabs(lc - lg), w, wn);
+        }
+        av_train_ctx_free(cc);
+        av_train_ctx_free(cg);
+    }
+    /* LoRA with dropout: the same adapter values on both sides (non-zero B so every path counts) */
+    av_lora_spec spec;
+    av_lora_spec_default(&spec);
+    spec.rank = 4;
+    spec.num_layers = -1;
+    spec.keys = (1u << AV_PROJ_COUNT) - 1;
+    CHECK_OK(av_lora_attach(mc, &spec, 3));
+    CHECK_OK(av_lora_attach(mg, &spec, 3));
+    for (int l = 0; l < mc->cfg.n_layers; l++)
+        for (int p = 0; p < AV_PROJ_COUNT; p++) {
+            av_linear *Lc = av_layer_proj(&mc->layers[l], (av_proj)p), *Lg = av_layer_proj(&mg->layers[l], (av_proj)p);
+            size_t na = (size_t)Lc->rank * Lc->w.cols, nb = (size_t)Lc->w.rows * Lc->rank;
+            float *a = rnd(na, 0.1f), *b = rnd(nb, 0.1f);
+            memcpy(Lc->lora_a, a, na * 4);
+            memcpy(Lc->lora_b, b, nb * 4);
+            be->upload(Lg->lora_a, a, na * 4);
+            be->upload(Lg->lora_b, b, nb * 4);
+            free(a);
+            free(b);
+        }
+    for (int ckpt = 0; ckpt < 2; ckpt++) {
+        av_train_ctx *cc = NULL, *cg = NULL;
+        CHECK_OK(av_train_ctx_new(&cc, mc, B, T, ckpt));
+        CHECK_OK(av_train_ctx_new(&cg, mg, B, T, ckpt));
+        if (cc && cg) {
+            CHECK_OK(av_train_set_dropout(cc, 0.25f, 11));
+            CHECK_OK(av_train_set_dropout(cg, 0.25f, 11));
+            av_train_set_dropout_step(cc, 5);
+            av_train_set_dropout_step(cg, 5);
+            double lc, lg, l0;
+            int nc, ng;
+            av_train_zero_grads(cc);
+            av_train_zero_grads(cg);
+            CHECK_OK(av_train_step(cc, ids, tg, B, T, 1.0f / 20, 1, &lc, &nc));
+            CHECK_OK(av_train_step(cg, ids, tg, B, T, 1.0f / 20, 1, &lg, &ng));
+            CHECK_OK(av_train_step(cg, ids, tg, B, T, 1.0f / 20, 0, &l0, &ng)); /* evaluation: no dropout */
+            CHECK(fabs(lg - l0) > 1e-4 * fabs(l0), "%s dropout on %s: training loss %.8f equals the evaluation loss", name, be->name, lg);
+            CHECK(fabs(lc - lg) <= tol * fabs(lc), "%s LoRA dropout on %s (ckpt %d): loss %.8f vs CPU %.8f", name, be->name, ckpt, lg, lc);
+            double w = cmp_params(cc, cg, be, &wn);
+            CHECK(w <= tol * 10, "%s LoRA dropout on %s (ckpt %d): worst gradient rel L2 %.3g (%s)", name, be->name, ckpt, w, wn);
+            printf("%s LoRA dropout 0.25 on %s (ckpt %d): loss err %.2g, worst grad rel L2 %.3g (%s)\n", name, be->name, ckpt,
+                   fabs(lc - lg), w, wn);
+        }
+        av_train_ctx_free(cc);
+        av_train_ctx_free(cg);
+    }
+    av_model_free(mc);
+    av_model_free(mg);
+}
+
 int main(void) {
     C = av_backend_cpu();
     const char *fx = test_fixtures();
@@ -560,6 +790,8 @@ int main(void) {
     test_matmul_fused();
     test_attention();
     test_xent_sample();
+    test_dropout_ops();
+    test_full_ft_ops();
     CHECK_OK(av_cuda_status());
     if (!fx) { SKIP("no fixtures"); return TEST_SUMMARY(); }
     const char *models[] = {"tiny-llama", "tiny-llama-tied"};
@@ -570,6 +802,7 @@ int main(void) {
         check_batch(models[i], G, 0);
         check_train(models[i], G32, 1e-4);
         check_train(models[i], G, 1e-2);
+        check_full_and_dropout(models[i], G32, 1e-4);
     }
     CHECK_OK(av_cuda_status());
     printf("peak GPU memory %.1f MiB\n", G->peak_bytes() / 1048576.0);

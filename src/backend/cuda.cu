@@ -289,6 +289,14 @@ static double xent_bf16(float *dh, float *nll, const float *h, const av_mat *W, 
 static double xent_f32(float *dh, float *nll, const float *h, const av_mat *W, const int32_t *tg, int T, float gs, float *scr, int chunk) {
     return av_cuda_xent_mode(dh, nll, h, W, tg, T, gs, scr, chunk, 1);
 }
+static double xent_dw_bf16(float *dh, float *dW, float *nll, const float *h, const av_mat *W, const int32_t *tg, int T, float gs,
+                           float *scr, int chunk) {
+    return av_cuda_xent_dw_mode(dh, dW, nll, h, W, tg, T, gs, scr, chunk, 0);
+}
+static double xent_dw_f32(float *dh, float *dW, float *nll, const float *h, const av_mat *W, const int32_t *tg, int T, float gs,
+                          float *scr, int chunk) {
+    return av_cuda_xent_dw_mode(dh, dW, nll, h, W, tg, T, gs, scr, chunk, 1);
+}
 static void att_fwd_bf16(float *o, float *p, const float *q, const float *k, const float *v, int T, int S, int p0, int H, int KVH, int hd) {
     av_cuda_attention_forward_mode(o, p, q, k, v, T, S, p0, H, KVH, hd, 0);
 }
@@ -348,6 +356,9 @@ static void fill_table(av_backend *b, int f32) {
     b->add_inplace = av_cuda_add_inplace;
     b->add_scaled = av_cuda_add_scaled;
     b->xent_forward_backward = f32 ? xent_f32 : xent_bf16;
+    b->xent_forward_backward_dw = f32 ? xent_dw_f32 : xent_dw_bf16;
+    b->dropout_forward = av_cuda_dropout_forward;
+    b->dropout_backward = av_cuda_dropout_backward;
     b->adamw_step = av_cuda_adamw_step;
     b->attention_forward = f32 ? att_fwd_f32 : att_fwd_bf16;
     b->attention_backward = f32 ? att_bwd_f32 : att_bwd_bf16;

@@ -43,6 +43,11 @@ void av_cuda_add_inplace(float *y, const float *x, size_t n);
 void av_cuda_add_scaled(float *y, float a, const float *x, size_t n);
 double av_cuda_xent_mode(float *dh, float *row_nll, const float *h, const av_mat *W, const int32_t *targets, int T,
                          float grad_scale, float *scratch, int chunk, int f32);
+/* av_cuda_xent_mode that also accumulates the head's gradient dW (xent_forward_backward_dw; dW may be NULL). */
+double av_cuda_xent_dw_mode(float *dh, float *dW, float *row_nll, const float *h, const av_mat *W, const int32_t *targets, int T,
+                            float grad_scale, float *scratch, int chunk, int f32);
+void av_cuda_dropout_forward(float *out, const float *x, size_t n, float p, uint64_t seed);
+void av_cuda_dropout_backward(float *dx, const float *dout, size_t n, float p, uint64_t seed);
 void av_cuda_adamw_step(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps,
                         float weight_decay, int step);
 void av_cuda_attention_forward_mode(float *out, float *probs, const float *q, const float *k, const float *v, int T, int S,

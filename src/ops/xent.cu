@@ -1,6 +1,6 @@
 /* CUDA twin of xent.c: chunked LM head + cross-entropy. Per chunk: logits by the matmul op, one block
  * per row for max / log-sum-exp / NLL and (optionally) the softmax-minus-onehot gradient in place,
- * then dh += grad @ W by the matmul backward. The NLL sum comes back with one download per call. */
+ * then dh += grad @ W (and, for full fine-tuning, dW += grad^T h) by the matmul backward. The NLL sum comes back with one download per call. */
 #include "backend/cuda_common.cuh"
 extern "C" {
 #include "backend/cuda.h"
@@ -47,8 +47,10 @@ __global__ void sum_k(double *out, const float *v, int n) {
     if (threadIdx.x == 0) *out = sh[0];
 }
 
-extern "C" double av_cuda_xent_mode(float *dh, float *row_nll, const float *h, const av_mat *W, const int32_t *targets, int T,
-                                    float grad_scale, float *scratch, int chunk, int f32) {
+/* dW != NULL: also dW[V, D] += grad^T h per chunk (the head's weight gradient, full fine-tuning),
+ * by the same matmul backward call that gives dh (cuBLAS). */
+extern "C" double av_cuda_xent_dw_mode(float *dh, float *dW, float *row_nll, const float *h, const av_mat *W, const int32_t *targets,
+                                       int T, float grad_scale, float *scratch, int chunk, int f32) {
     int V = W->rows, D = W->cols;
     if (T <= 0) return 0.0;
     char *scr = (char *)av_cuda_scratch(AV_SCR_NLL, 64 + (row_nll ? 0 : (size_t)T * sizeof(float)));
@@ -59,9 +61,10 @@ extern "C" double av_cuda_xent_mode(float *dh, float *row_nll, const float *h, c
     for (int t0 = 0; t0 < T; t0 += chunk) {
         int c = T - t0 < chunk ? T - t0 : chunk;
         av_cuda_matmul_forward_mode(scratch, h + (size_t)t0 * D, W, c, f32);
-        xent_rows_k<<<c, 1024, 0, s>>>(scratch, V, targets + t0, nll + t0, dh != NULL, grad_scale);
+        xent_rows_k<<<c, 1024, 0, s>>>(scratch, V, targets + t0, nll + t0, dh || dW, grad_scale);
         AV_CU_LAUNCHED("xent rows");
-        if (dh) av_cuda_matmul_backward_mode(dh + (size_t)t0 * D, NULL, scratch, NULL, W, c, f32);
+        if (dh || dW)
+            av_cuda_matmul_backward_mode(dh ? dh + (size_t)t0 * D : NULL, dW, scratch, dW ? h + (size_t)t0 * D : NULL, W, c, f32);
     }
     sum_k<<<1, 256, 0, s>>>(sum_dev, nll, T);
     AV_CU_LAUNCHED("xent sum");
@@ -69,4 +72,9 @@ extern "C" double av_cuda_xent_mode(float *dh, float *row_nll, const float *h, c
     av_cuda_note(cudaMemcpyAsync(&total, sum_dev, sizeof total, cudaMemcpyDeviceToHost, s), "xent download");
     av_cuda_note(cudaStreamSynchronize(s), "xent sync");
     return total;
+}
+
+extern "C" double av_cuda_xent_mode(float *dh, float *row_nll, const float *h, const av_mat *W, const int32_t *targets, int T,
+                                    float grad_scale, float *scratch, int chunk, int f32) {
+    return av_cuda_xent_dw_mode(dh, NULL, row_nll, h, W, targets, T, grad_scale, scratch, chunk, f32);
 }
