@@ -24,7 +24,7 @@ if ls "$OUT/bf16" "$OUT/f32" | grep -q '\.tmp\.'; then bad "temp files left behi
 if "$ANVIL" perplexity --help > /dev/null 2>&1; then
   TXT="$AV_TMP/fuse_text.$$"
   printf 'The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of times.\n' > "$TXT"
-  ppl() { "$ANVIL" perplexity "$@" --text-file "$TXT" --json 2>/dev/null | sed -n 's/.*"mean_nll":\([^,}]*\).*/\1/p'; }
+  ppl() { "$ANVIL" perplexity --dtype f32 "$@" --text-file "$TXT" --json 2>/dev/null | sed -n 's/.*"mean_nll":\([^,}]*\).*/\1/p'; }
   ref=$(ppl --model "$M" --adapter-path "$A")
   base=$(ppl --model "$M")
   f32=$(ppl --model "$OUT/f32")

@@ -2,6 +2,7 @@
 # every prompt (different prompt lengths, batch larger and smaller than the file); stop strings
 # are never printed; chat-template wrapping; bad flags give one-line errors.
 . tests/lib.sh
+# Reference comparisons pass --dtype f32: on a GPU that selects the exact-f32 path (a no-op on the CPU).
 need_fixtures
 M="$FX/tiny-llama"
 P="$AV_TMP/prompts.txt"
@@ -9,11 +10,11 @@ printf 'Hello there\nOnce upon a time, there was a little llama who\n{"prompt": 
 i=0
 while IFS= read -r line; do
   case "$line" in '{'*) line=$(echo "$line" | sed 's/{"prompt": "\(.*\)"}/\1/') ;; esac
-  "$ANVIL" generate --model "$M" --prompt "$line" --max-tokens 12 --json 2>/dev/null | sed 's/.*"ids":\(\[[^]]*\]\).*/\1/' > "$AV_TMP/single_$i"
+  "$ANVIL" generate --dtype f32 --model "$M" --prompt "$line" --max-tokens 12 --json 2>/dev/null | sed 's/.*"ids":\(\[[^]]*\]\).*/\1/' > "$AV_TMP/single_$i"
   i=$((i + 1))
 done < "$P"
 for bs in 1 3 8; do
-  "$ANVIL" generate --model "$M" --prompts-file "$P" --batch-size $bs --max-tokens 12 --json > "$AV_TMP/batch_$bs" 2>"$AV_TMP/batch_err"
+  "$ANVIL" generate --dtype f32 --model "$M" --prompts-file "$P" --batch-size $bs --max-tokens 12 --json > "$AV_TMP/batch_$bs" 2>"$AV_TMP/batch_err"
   n=$(grep -c '"index"' "$AV_TMP/batch_$bs")
   [ "$n" -eq 4 ] || bad "batch $bs: $n results: $(cat "$AV_TMP/batch_err")"
   same=1

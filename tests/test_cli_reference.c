@@ -42,7 +42,7 @@ static void check(const char *anvil, const char *tmp, const char *name) {
     char txt[4096];
     snprintf(txt, sizeof txt, "%s/%s_eval.txt", tmp, name);
     write_file(txt, cJSON_GetObjectItem(ev, "text")->valuestring);
-    snprintf(cmd, sizeof cmd, "%s perplexity --model %s/%s --text-file %s --max-tokens %d --json", anvil, test_fixtures(), name, txt,
+    snprintf(cmd, sizeof cmd, "%s perplexity --dtype f32 --model %s/%s --text-file %s --max-tokens %d --json", anvil, test_fixtures(), name, txt,
              cJSON_GetObjectItem(ev, "n_tokens")->valueint);
     cJSON *r = run_json(cmd);
     CHECK(r != NULL, "perplexity json");
@@ -55,7 +55,7 @@ static void check(const char *anvil, const char *tmp, const char *name) {
     cJSON *gr = cJSON_GetObjectItem(g, "greedy");
     snprintf(txt, sizeof txt, "%s/%s_prompt.txt", tmp, name);
     write_file(txt, cJSON_GetObjectItem(gr, "prompt")->valuestring);
-    snprintf(cmd, sizeof cmd, "%s generate --model %s/%s --prompt - --ignore-chat-template --temp 0 --max-tokens 24 --json < %s",
+    snprintf(cmd, sizeof cmd, "%s generate --dtype f32 --model %s/%s --prompt - --ignore-chat-template --temp 0 --max-tokens 24 --json < %s",
              anvil, test_fixtures(), name, txt);
     r = run_json(cmd);
     CHECK(r != NULL, "generate json");
