@@ -69,6 +69,20 @@ int av_dir_exists(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+av_status av_mkdir_p(const char *dir) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", dir);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return av_fail(AV_ERR_IO, "%s: cannot create directory: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return av_fail(AV_ERR_IO, "%s: cannot create directory: %s", buf, strerror(errno));
+    if (!av_dir_exists(buf)) return av_fail(AV_ERR_IO, "%s: not a directory", buf);
+    return AV_OK;
+}
+
 char *av_path_join(char *buf, size_t cap, const char *dir, const char *name) {
     size_t dl = strlen(dir);
     if (dl && dir[dl - 1] == '/') snprintf(buf, cap, "%s%s", dir, name);

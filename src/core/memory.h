@@ -17,6 +17,8 @@ void av_file_unmap(av_mapped_file *m);
 av_status av_file_read(const char *path, char **out, size_t *len);
 int av_file_exists(const char *path);
 int av_dir_exists(const char *path);
+/* mkdir -p: creates dir and its missing parents. */
+av_status av_mkdir_p(const char *dir);
 /* path_join into buf; returns buf. */
 char *av_path_join(char *buf, size_t cap, const char *dir, const char *name);
 

@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 int av_synth_preset(av_config *c, const char *name) {
     memset(c, 0, sizeof *c);
@@ -72,8 +71,7 @@ static void fill_ones(void *dst, av_dtype dt, size_t n) {
 
 av_status av_synth_write(const av_config *c, const char *dir, uint64_t seed, av_dtype dt) {
     if (dt != AV_F32 && dt != AV_F16 && dt != AV_BF16) return av_fail(AV_ERR_ARG, "synth: dtype must be f32, f16 or bf16");
-    mkdir(dir, 0755);
-    if (!av_dir_exists(dir)) return av_fail(AV_ERR_IO, "%s: cannot create directory", dir);
+    AV_TRY(av_mkdir_p(dir));
     av_config cc = *c;
     cc.dtype = dt;
     int D = c->hidden_size, F = c->intermediate_size, q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;

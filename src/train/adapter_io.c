@@ -282,20 +282,6 @@ av_status av_adapter_load(av_model *m, const char *path, av_lora_spec *out) {
 
 /* ---- saving ---- */
 
-static av_status mkdir_p(const char *dir) {
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", dir);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return av_fail(AV_ERR_IO, "%s: cannot create directory: %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return av_fail(AV_ERR_IO, "%s: cannot create directory: %s", buf, strerror(errno));
-    if (!av_dir_exists(buf)) return av_fail(AV_ERR_IO, "%s: not a directory", buf);
-    return AV_OK;
-}
-
 /* What is attached: projection mask, layer flags, rank, scale; error if nothing or mixed ranks/scales. */
 static av_status attached_layout(const av_model *m, unsigned *keys, uint8_t *on, int *rank, float *scale) {
     *keys = 0;
@@ -380,7 +366,7 @@ av_status av_adapter_save_config(const av_model *m, const av_lora_spec *spec, co
     if (st != AV_OK) return st;
     if (!txt) return av_fail(AV_ERR_NOMEM, "out of memory");
     char path[4200];
-    st = mkdir_p(dir);
+    st = av_mkdir_p(dir);
     if (st == AV_OK) st = av_write_file_atomic(av_path_join(path, sizeof path, dir, CONFIG_FILE), txt, strlen(txt));
     free(txt);
     return st;

@@ -17,20 +17,6 @@ static const char *const k_copy[] = {"config.json", "generation_config.json", "t
                                      "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
                                      "chat_template.json", NULL};
 
-static av_status mkdirs(const char *dir) {
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", dir);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return av_fail(AV_ERR_IO, "%s: cannot create directory: %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return av_fail(AV_ERR_IO, "%s: cannot create directory: %s", buf, strerror(errno));
-    if (!av_dir_exists(buf)) return av_fail(AV_ERR_IO, "%s: not a directory", buf);
-    return AV_OK;
-}
-
 static int is_float(av_dtype t) { return t == AV_F32 || t == AV_F16 || t == AV_BF16; }
 
 /* Which attached projection (if any) a tensor name is. */
@@ -100,7 +86,7 @@ av_status av_fuse_save(const av_model *m, const char *out_dir, int out_dtype, in
     }
     if (st == AV_OK && done != total)
         st = av_fail(AV_ERR_FORMAT, "fuse: merged %d of %d adapters (base tensors missing from %s)", done, total, m->dir);
-    if (st == AV_OK) st = mkdirs(out_dir);
+    if (st == AV_OK) st = av_mkdir_p(out_dir);
     char path[4200], src[4200];
     for (int k = 0; k_copy[k] && st == AV_OK; k++) {
         av_path_join(src, sizeof src, m->dir, k_copy[k]);
