@@ -120,7 +120,10 @@ static void prefill_chunk(av_batch_session *b, int i, const int32_t *ids, int T,
         av_linear_forward(be, vc + (size_t)p0 * kvd, b->xn, &L->v, T, b->lora_tmp);
         be->rope_forward(b->q, pos_dev, m->inv_freq, T, H, hd);
         be->rope_forward(kc + (size_t)p0 * kvd, pos_dev, m->inv_freq, T, KVH, hd);
-        be->attention_forward(b->att, NULL, b->q, kc, vc, T, p0 + T, p0, H, KVH, hd);
+        if (be->flash_attention_forward && T >= 64) /* long prompts: tiled attention, as llama.c */
+            be->flash_attention_forward(b->att, NULL, b->q, kc, vc, T, p0 + T, p0, H, KVH, hd);
+        else
+            be->attention_forward(b->att, NULL, b->q, kc, vc, T, p0 + T, p0, H, KVH, hd);
         av_linear_forward(be, b->tmp, b->att, &L->o, T, b->lora_tmp);
         be->add_inplace(b->x, b->tmp, (size_t)T * D);
         be->rmsnorm_forward(b->xn, NULL, b->x, &L->mlp_norm, T, D, c->rms_norm_eps);
