@@ -23,5 +23,9 @@ grep -q '"assistant"' "$AV_TMP/conv.json" && ok "/save wrote the conversation" |
 printf '/load %s/conv.json\n/stats\n/reset\nHi\n' "$AV_TMP" | "$ANVIL" chat --model "$M" --max-tokens 4 > "$AV_TMP/chat2.txt" 2>&1
 grep -q 'loaded 6 messages' "$AV_TMP/chat2.txt" && ok "/load" || bad "/load: $(cat "$AV_TMP/chat2.txt")"
 grep -q 'new conversation' "$AV_TMP/chat2.txt" && ok "/reset" || bad "/reset"
+# a small context fills up: the oldest turns are dropped (system prompt kept) and the user is told
+printf 'first turn here\nsecond turn here\nthird turn here\nfourth turn here\n/stats\n' | "$ANVIL" chat --model "$M" --max-tokens 8 --max-kv-size 60 --system-prompt "Be brief." > "$AV_TMP/chat3.txt" 2>&1
+grep -q 'context full: dropped' "$AV_TMP/chat3.txt" && ok "context full: oldest turns dropped and reported" || bad "no context-full notice: $(tail -3 "$AV_TMP/chat3.txt")"
+grep -q '^turns: 4' "$AV_TMP/chat3.txt" && ok "all four turns answered in a 60-token context" || bad "turns: $(grep turns "$AV_TMP/chat3.txt")"
 expect_error "chat missing model" "nope" "$ANVIL" chat --model "$AV_TMP/nope"
 finish

@@ -30,6 +30,17 @@ full=$("$ANVIL" generate --model "$M" --prompt "Hello there" --max-tokens 12 --i
 stop=$(echo "$full" | cut -c5-8)
 cut=$("$ANVIL" generate --model "$M" --prompt "Hello there" --max-tokens 12 --ignore-chat-template --stop "$stop" 2>/dev/null | head -1)
 case "$cut" in *"$stop"*) bad "stop string printed: '$cut' (stop '$stop')" ;; *) [ -n "$stop" ] && ok "stop string '$stop' cut the output ('$cut')" ;; esac
+# --chat-template FILE overrides the model's template
+printf '[[{{ messages[0].content }}]]' > "$AV_TMP/t.jinja"
+a=$("$ANVIL" generate --model "$M" --prompt "hi there" --chat-template "$AV_TMP/t.jinja" --max-tokens 1 --json 2>/dev/null | sed 's/.*"prompt_ids":\(\[[^]]*\]\).*/\1/')
+b=$("$ANVIL" tokenize --model "$M" --text "[[hi there]]" --no-bos)
+[ "$a" = "$b" ] && ok "--chat-template renders the given template ($a)" || bad "--chat-template: $a vs $b"
+c=$("$ANVIL" generate --model "$M" --prompt "hi there" --max-tokens 1 --json 2>/dev/null | sed 's/.*"prompt_ids":\(\[[^]]*\]\).*/\1/')
+d=$("$ANVIL" template --model "$M" --messages /dev/stdin <<EOT | "$ANVIL" tokenize --model "$M" --file /dev/stdin --no-bos
+[{"role": "user", "content": "hi there"}]
+EOT
+)
+[ "$c" = "$d" ] && ok "generate wraps the prompt with the model's own template" || bad "chat wrap: $c vs $d"
 expect_error "no prompt" "exactly one of --prompt" "$ANVIL" generate --model "$M"
 expect_error "missing prompts file" "nofile.*cannot open" "$ANVIL" generate --model "$M" --prompts-file "$AV_TMP/nofile"
 printf '{"text": 1}\n' > "$AV_TMP/badp.jsonl"
