@@ -414,6 +414,37 @@ static void test_dropout_ops(void) {
     free(x); free(d); free(dx0); free(o); free(dx);
 }
 
+/* bf16 activation storage: store / load match the CPU's bit for bit (round to nearest even, NaN
+ * kept NaN, ties, huge values), vectorised and on unaligned offsets, odd length. */
+static void test_bf16_store_ops(void) {
+    size_t n = 100003;
+    float *x = rnd(n, 3);
+    x[0] = NAN; x[1] = INFINITY; x[2] = -0.0f; x[3] = 3.0e38f; x[4] = 1.00390625f; /* tie: 1 + 2^-8 */ x[5] = 1.01171875f;
+    uint16_t *h16 = malloc(n * 2), *c16 = malloc(n * 2);
+    float *back = malloc(n * 4);
+    float *xd = up(G, x, n * 4), *bd = G->alloc(n * 4, "t");
+    uint16_t *sd = G->alloc(n * 2, "t");
+    for (int off = 0; off < 2; off++) { /* 0: aligned (vector path); 1: one element in (scalar path) */
+        size_t m = n - off;
+        av_store_bf16(h16, x + off, m);
+        G->store_bf16(sd + off, xd + off, m);
+        G->download(c16, sd + off, m * 2);
+        size_t bad = 0;
+        for (size_t i = 0; i < m; i++) bad += h16[i] != c16[i];
+        CHECK(bad == 0, "store_bf16 (offset %d): %zu of %zu differ from the CPU", off, bad, m);
+        av_load_bf16(back, h16, m);
+        G->load_bf16(bd + off, sd + off, m);
+        float *h = down(G, bd, n);
+        bad = 0;
+        for (size_t i = 0; i < m; i++) bad += memcmp(&h[off + i], &back[i], 4) != 0;
+        CHECK(bad == 0, "load_bf16 (offset %d): %zu of %zu differ from the CPU", off, bad, m);
+        free(h);
+        if (!off) CHECK(back[2] == 0.0f && signbit(back[2]) && isnan(back[0]) && isinf(back[1]), "bf16 round trip of -0 / NaN / inf");
+    }
+    G->free(xd); G->free(bd); G->free(sd);
+    free(x); free(h16); free(c16); free(back);
+}
+
 /* The weight-gradient ops of full fine-tuning, both tables vs the CPU: embedding scatter-add with
  * repeated ids into a non-zero table gradient, RMSNorm dw alone (dx NULL, f32 master weight),
  * matmul dW alone (dx NULL) for f32 master weights, and the LM-head cross-entropy with dW. */
@@ -791,6 +822,7 @@ int main(void) {
     test_attention();
     test_xent_sample();
     test_dropout_ops();
+    test_bf16_store_ops();
     test_full_ft_ops();
     CHECK_OK(av_cuda_status());
     if (!fx) { SKIP("no fixtures"); return TEST_SUMMARY(); }

@@ -99,6 +99,13 @@ typedef struct av_backend {
                                     int KVH, int hd, float *work, size_t work_floats);
     void (*attention_backward_batch)(float *dq, float *dk, float *dv, const float *dout, float *probs, const float *q, const float *k,
                                      const float *v, int B, int T, int H, int KVH, int hd, float *work, size_t work_floats);
+    /* 16-bit activation storage (ops.h: av_store_bf16 / av_load_bf16). */
+    void (*store_bf16)(uint16_t *dst, const float *src, size_t n);
+    void (*load_bf16)(float *dst, const uint16_t *src, size_t n);
+    /* 1: the compute rounds activations to bf16 anyway (bf16 tensor cores), so training may save
+     * the activations of its layers in bf16 (half the memory; opt-in, AV_TRAIN_ACT_BF16=1);
+     * 0 (CPU, exact f32): saved in f32. */
+    int save_acts_bf16;
 } av_backend;
 
 const av_backend *av_backend_cpu(void);

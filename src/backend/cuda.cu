@@ -355,6 +355,9 @@ static void fill_table(av_backend *b, int f32) {
     b->swiglu_backward = av_cuda_swiglu_backward;
     b->add_inplace = av_cuda_add_inplace;
     b->add_scaled = av_cuda_add_scaled;
+    b->store_bf16 = av_cuda_store_bf16;
+    b->load_bf16 = av_cuda_load_bf16;
+    b->save_acts_bf16 = !f32; /* the exact-f32 table keeps f32 activations (compared with the CPU) */
     b->xent_forward_backward = f32 ? xent_f32 : xent_bf16;
     b->xent_forward_backward_dw = f32 ? xent_dw_f32 : xent_dw_bf16;
     b->dropout_forward = av_cuda_dropout_forward;

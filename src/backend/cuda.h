@@ -41,6 +41,8 @@ void av_cuda_swiglu_forward(float *out, const float *gate, const float *up, size
 void av_cuda_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
 void av_cuda_add_inplace(float *y, const float *x, size_t n);
 void av_cuda_add_scaled(float *y, float a, const float *x, size_t n);
+void av_cuda_store_bf16(uint16_t *dst, const float *src, size_t n);
+void av_cuda_load_bf16(float *dst, const uint16_t *src, size_t n);
 double av_cuda_xent_mode(float *dh, float *row_nll, const float *h, const av_mat *W, const int32_t *targets, int T,
                          float grad_scale, float *scratch, int chunk, int f32);
 /* av_cuda_xent_mode that also accumulates the head's gradient dW (xent_forward_backward_dw; dW may be NULL). */

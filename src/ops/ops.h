@@ -56,6 +56,11 @@ void av_swiglu_backward(float *dgate, float *dup, const float *dout, const float
 void av_add_inplace(float *y, const float *x, size_t n);
 void av_add_scaled(float *y, float a, const float *x, size_t n);
 
+/* ---- 16-bit activation storage: dst[i] = bf16(src[i]) (round to nearest even, NaN kept NaN);
+ * dst[i] = f32(src[i]) (exact). Training saves activations with them where the compute is bf16. ---- */
+void av_store_bf16(uint16_t *dst, const float *src, size_t n);
+void av_load_bf16(float *dst, const uint16_t *src, size_t n);
+
 /* ---- cross-entropy over a linear head, chunked so [T, V] logits never exist at once.
  * For each row t with targets[t] >= 0: nll_t = logsumexp(h_t W^T) - (h_t W^T)[target].
  * Returns the sum of nll over valid rows; per-row nll into row_nll if non-NULL (0 for ignored).

@@ -27,7 +27,10 @@
 
 /* What one layer's backward needs and cannot recompute cheaply. The normed inputs (from x_in /
  * xmid and rstd), the SwiGLU output (from gate, up) and the attention probabilities and output
- * (from q, k, v) are recomputed in the backward into shared scratch buffers. */
+ * (from q, k, v) are recomputed in the backward into shared scratch buffers. Where the backend
+ * computes in bf16 (save_acts_bf16) and AV_TRAIN_ACT_BF16=1, q, k, v, gate and up are stored as bf16 (uint16_t behind the
+ * float pointers, half the bytes): the layer computes them in f32 scratch, stores them, and the
+ * backward loads them back into scratch (q k v: tmp; gate: tmp, up: lora_tmp). */
 typedef struct {
     float *rstd1, *q, *k, *v, *xmid, *rstd2, *gate, *up;
 } layer_acts;
@@ -35,6 +38,7 @@ typedef struct {
 struct av_train_ctx {
     av_model *m;
     int max_rows, max_len, ckpt, nsets, max_rank;
+    int a16;           /* q, k, v, gate, up saved as bf16 (see layer_acts) */
     int first;         /* first layer with trainable parameters: layers before it run forward only */
     float **xs;        /* layer inputs/outputs [N, D], layers first..n_layers (NULL below first) */
     layer_acts *acts;  /* one set per layer first..n_layers-1, or 1 with checkpointing */
@@ -328,6 +332,10 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
     c->acts = calloc((size_t)c->nsets, sizeof(layer_acts));
     c->pos_host = malloc(sizeof(int32_t) * N);
     if (!c->xs || !c->acts || !c->pos_host) { av_train_ctx_free(c); return av_fail(AV_ERR_NOMEM, "train: out of memory"); }
+    /* opt-in (AV_TRAIN_ACT_BF16=1): H100 TinyLlama 1x512 peak 3.12 -> 2.92 GB, but the separate
+     * store/load kernels cost ~4-5% tok/s, so it is off by default until they are fused */
+    const char *ab = getenv("AV_TRAIN_ACT_BF16");
+    c->a16 = ab && *ab && *ab != '0' && m->be->save_acts_bf16 && m->be->store_bf16 && m->be->load_bf16;
     int ok = 1;
     for (int l = c->first; l <= NL && ok; l++) ok = (c->xs[l] = ctx_alloc(c, N * D, "layer inputs")) != NULL;
     for (int s = 0; s < c->nsets && ok; s++) {
@@ -336,12 +344,15 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
             {&a->rstd1, N}, {&a->q, N * qd}, {&a->k, N * kvd}, {&a->v, N * kvd}, {&a->xmid, N * D},
             {&a->rstd2, N}, {&a->gate, N * F}, {&a->up, N * F},
         };
-        for (size_t i = 0; i < sizeof b / sizeof b[0] && ok; i++) ok = (*b[i].p = ctx_alloc(c, b[i].n, "activations")) != NULL;
+        for (size_t i = 0; i < sizeof b / sizeof b[0] && ok; i++) {
+            int half = c->a16 && b[i].p != &a->rstd1 && b[i].p != &a->rstd2 && b[i].p != &a->xmid; /* bf16: n / 2 floats */
+            ok = (*b[i].p = ctx_alloc(c, half ? (b[i].n + 1) / 2 : b[i].n, "activations")) != NULL;
+        }
     }
     struct { float **p; size_t n; } b[] = {
         {&c->hidden, N * D}, {&c->rstdf, N}, {&c->dh, N * D}, {&c->dx, N * D}, {&c->dxn, N * D}, {&c->datt, N * qd},
         {&c->dq, N * qd}, {&c->dk, N * kvd}, {&c->dv, N * kvd}, {&c->dact, N * F}, {&c->dgate, N * F}, {&c->dup, N * F},
-        {&c->tmp, N * widest}, {&c->lora_tmp, N * (R + widest)}, {&c->xout, c->ckpt ? N * D : 1},
+        {&c->tmp, N * (c->a16 && qd + 2 * kvd > widest ? qd + 2 * kvd : widest)}, {&c->lora_tmp, N * (R + widest)}, {&c->xout, c->ckpt ? N * D : 1},
         {&c->lora3, 3 * N * R}, {&c->scratch, (size_t)XENT_CHUNK * V},
         {&c->xn, N * D}, {&c->att, N * qd}, {&c->probs, (size_t)max_rows * H * L * L},
     };
@@ -424,23 +435,23 @@ static void linear_forward(av_train_ctx *c, float *out, const float *x, const av
     be->add_scaled(out, L->scale, xab, (size_t)N * L->w.rows);
 }
 
-/* Attention of the B rows of the batch: out [N, H*hd]; probs [B, H, T, T] or NULL (no saved
- * softmax: the backend's inference path). */
-static void attention_rows(av_train_ctx *c, float *out, float *probs, const layer_acts *a, int B, int T) {
+/* Attention of the B rows of the batch (q, k, v in f32): out [N, H*hd]; probs [B, H, T, T] or
+ * NULL (no saved softmax: the backend's inference path). */
+static void attention_rows(av_train_ctx *c, float *out, float *probs, const float *q, const float *k, const float *v, int B, int T) {
     const av_backend *be = c->m->be;
     const av_config *cf = &c->m->cfg;
     int H = cf->n_heads, KVH = cf->n_kv_heads, hd = cf->head_dim;
     size_t qd = (size_t)H * hd, kvd = (size_t)KVH * hd;
     int ph = prof_switch(c, AV_TRAIN_PH_ATT_FWD);
     if (c->attw) { /* every sequence at once; the probs buffer is scratch when none are kept */
-        be->attention_forward_batch(out, probs ? probs : c->probs, a->q, a->k, a->v, B, T, H, KVH, hd, c->attw, c->attw_n);
+        be->attention_forward_batch(out, probs ? probs : c->probs, q, k, v, B, T, H, KVH, hd, c->attw, c->attw_n);
         prof_switch(c, ph);
         return;
     }
     for (int b = 0; b < B; b++) {
         size_t r = (size_t)b * T;
-        be->attention_forward(out + r * qd, probs ? probs + (size_t)b * H * T * T : NULL, a->q + r * qd, a->k + r * kvd, a->v + r * kvd,
-                              T, T, 0, H, KVH, hd);
+        be->attention_forward(out + r * qd, probs ? probs + (size_t)b * H * T * T : NULL, q + r * qd, k + r * kvd, v + r * kvd, T, T,
+                              0, H, KVH, hd);
     }
     prof_switch(c, ph);
 }
@@ -454,21 +465,34 @@ static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const flo
     const av_layer *L = &m->layers[l];
     int D = cf->hidden_size, F = cf->intermediate_size, H = cf->n_heads, KVH = cf->n_kv_heads, hd = cf->head_dim, N = B * T;
     float *act = c->dgate; /* the SwiGLU output lives in dgate's buffer (free until the backward needs it) */
+    size_t qd = (size_t)H * hd, kvd = (size_t)KVH * hd, nf = (size_t)N * F;
+    /* bf16-saved activations: q k v in tmp (dead until o's output), gate / up in dup / dact (free in the forward) */
+    float *q = c->a16 ? c->tmp : a->q, *k = c->a16 ? c->tmp + (size_t)N * qd : a->k, *v = c->a16 ? k + (size_t)N * kvd : a->v;
+    float *gate = c->a16 ? c->dup : a->gate, *up = c->a16 ? c->dact : a->up;
     be->rmsnorm_forward(c->xn, a->rstd1, x_in, &L->attn_norm, N, D, cf->rms_norm_eps);
-    linear_forward(c, a->q, c->xn, &L->q, l, AV_PROJ_Q, N);
-    linear_forward(c, a->k, c->xn, &L->k, l, AV_PROJ_K, N);
-    linear_forward(c, a->v, c->xn, &L->v, l, AV_PROJ_V, N);
-    be->rope_forward(a->q, c->pos_dev, m->inv_freq, N, H, hd);
-    be->rope_forward(a->k, c->pos_dev, m->inv_freq, N, KVH, hd);
+    linear_forward(c, q, c->xn, &L->q, l, AV_PROJ_Q, N);
+    linear_forward(c, k, c->xn, &L->k, l, AV_PROJ_K, N);
+    linear_forward(c, v, c->xn, &L->v, l, AV_PROJ_V, N);
+    be->rope_forward(q, c->pos_dev, m->inv_freq, N, H, hd);
+    be->rope_forward(k, c->pos_dev, m->inv_freq, N, KVH, hd);
     /* the trained layers' forward takes the same attention path as the backward's recomputation */
-    attention_rows(c, c->att, train ? c->probs : NULL, a, B, T);
+    attention_rows(c, c->att, train ? c->probs : NULL, q, k, v, B, T);
+    if (c->a16 && train) {
+        be->store_bf16((uint16_t *)a->q, q, (size_t)N * qd);
+        be->store_bf16((uint16_t *)a->k, k, (size_t)N * kvd);
+        be->store_bf16((uint16_t *)a->v, v, (size_t)N * kvd);
+    }
     linear_forward(c, c->tmp, c->att, &L->o, l, AV_PROJ_O, N);
     be->copy(a->xmid, x_in, sizeof(float) * (size_t)N * D);
     be->add_inplace(a->xmid, c->tmp, (size_t)N * D);
     be->rmsnorm_forward(c->xn, a->rstd2, a->xmid, &L->mlp_norm, N, D, cf->rms_norm_eps);
-    linear_forward(c, a->gate, c->xn, &L->gate, l, AV_PROJ_GATE, N);
-    linear_forward(c, a->up, c->xn, &L->up, l, AV_PROJ_UP, N);
-    be->swiglu_forward(act, a->gate, a->up, (size_t)N * F);
+    linear_forward(c, gate, c->xn, &L->gate, l, AV_PROJ_GATE, N);
+    linear_forward(c, up, c->xn, &L->up, l, AV_PROJ_UP, N);
+    if (c->a16 && train) {
+        be->store_bf16((uint16_t *)a->gate, gate, nf);
+        be->store_bf16((uint16_t *)a->up, up, nf);
+    }
+    be->swiglu_forward(act, gate, up, nf);
     linear_forward(c, c->tmp, act, &L->down, l, AV_PROJ_DOWN, N);
     be->copy(x_out, a->xmid, sizeof(float) * (size_t)N * D);
     be->add_inplace(x_out, c->tmp, (size_t)N * D);
@@ -514,19 +538,35 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
     size_t qd = (size_t)H * hd, kvd = (size_t)KVH * hd, nf = (size_t)N * F;
     /* x_out = xmid + down(act) */
     float *act = c->dgate;
-    be->swiglu_forward(act, a->gate, a->up, nf);
+    const float *gate = a->gate, *up = a->up, *q = a->q, *k = a->k, *v = a->v;
+    if (c->a16) { /* bf16-saved: gate in tmp, up in lora_tmp (both free in the backward) */
+        be->load_bf16(c->tmp, (const uint16_t *)a->gate, nf);
+        be->load_bf16(c->lora_tmp, (const uint16_t *)a->up, nf);
+        gate = c->tmp;
+        up = c->lora_tmp;
+    }
+    be->swiglu_forward(act, gate, up, nf);
     be->zero(c->dact, nf * sizeof(float));
     linear_backward(c, c->dact, c->dx, act, &L->down, l, AV_PROJ_DOWN, N);
     be->zero(c->dgate, nf * sizeof(float)); /* act is dead */
     be->zero(c->dup, nf * sizeof(float));
-    be->swiglu_backward(c->dgate, c->dup, c->dact, a->gate, a->up, nf);
+    be->swiglu_backward(c->dgate, c->dup, c->dact, gate, up, nf);
     be->rmsnorm_forward(c->xn, a->rstd2, a->xmid, &L->mlp_norm, N, D, cf->rms_norm_eps);
     be->zero(c->dxn, sizeof(float) * (size_t)N * D);
     linear_backward(c, c->dxn, c->dup, c->xn, &L->up, l, AV_PROJ_UP, N);
     linear_backward(c, c->dxn, c->dgate, c->xn, &L->gate, l, AV_PROJ_GATE, N);
     be->rmsnorm_backward(c->dx, c->full ? c->gn2[l] : NULL, c->dxn, a->xmid, &L->mlp_norm, a->rstd2, N, D);
     /* xmid = x_in + o(att) */
-    attention_rows(c, c->att, c->probs, a, B, T);
+    if (c->a16) { /* q k v back into tmp (gate is dead) */
+        float *qf = c->tmp, *kf = qf + (size_t)N * qd, *vf = kf + (size_t)N * kvd;
+        be->load_bf16(qf, (const uint16_t *)a->q, (size_t)N * qd);
+        be->load_bf16(kf, (const uint16_t *)a->k, (size_t)N * kvd);
+        be->load_bf16(vf, (const uint16_t *)a->v, (size_t)N * kvd);
+        q = qf;
+        k = kf;
+        v = vf;
+    }
+    attention_rows(c, c->att, c->probs, q, k, v, B, T);
     be->zero(c->datt, sizeof(float) * (size_t)N * qd);
     linear_backward(c, c->datt, c->dx, c->att, &L->o, l, AV_PROJ_O, N);
     be->zero(c->dq, sizeof(float) * (size_t)N * qd);
@@ -534,12 +574,12 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
     be->zero(c->dv, sizeof(float) * (size_t)N * kvd);
     int ph = prof_switch(c, AV_TRAIN_PH_ATT_BWD);
     if (c->attw)
-        be->attention_backward_batch(c->dq, c->dk, c->dv, c->datt, c->probs, a->q, a->k, a->v, B, T, H, KVH, hd, c->attw, c->attw_n);
+        be->attention_backward_batch(c->dq, c->dk, c->dv, c->datt, c->probs, q, k, v, B, T, H, KVH, hd, c->attw, c->attw_n);
     else
         for (int b = B - 1; b >= 0; b--) {
             size_t r = (size_t)b * T;
             be->attention_backward(c->dq + r * qd, c->dk + r * kvd, c->dv + r * kvd, c->datt + r * qd, c->probs + (size_t)b * H * T * T,
-                                   a->q + r * qd, a->k + r * kvd, a->v + r * kvd, T, T, 0, H, KVH, hd);
+                                   q + r * qd, k + r * kvd, v + r * kvd, T, T, 0, H, KVH, hd);
         }
     prof_switch(c, ph);
     be->rope_backward(c->dk, c->pos_dev, m->inv_freq, N, KVH, hd);
