@@ -100,8 +100,7 @@ static void prefill_chunk(av_batch_session *b, int i, const int32_t *ids, int T,
     av_model *m = b->m;
     const av_config *c = &m->cfg;
     const av_backend *be = m->be;
-    int D = c->hidden_size, F = c->intermediate_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
-    size_t kvd = (size_t)KVH * hd;
+    int D = c->hidden_size;
     int32_t *ids_dev = b->dev + 3 * b->N, *pos_dev = ids_dev + b->C;
     int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
     if (!pos) return;
@@ -110,29 +109,9 @@ static void prefill_chunk(av_batch_session *b, int i, const int32_t *ids, int T,
     be->upload(pos_dev, pos, sizeof(int32_t) * (size_t)T);
     free(pos);
     be->embedding_forward(b->x, ids_dev, &m->embed, T);
-    for (int l = 0; l < c->n_layers; l++) {
-        const av_layer *L = &m->layers[l];
-        size_t off = (size_t)l * b->plan.layer_stride + (size_t)i * b->plan.seq_stride;
-        float *kc = b->k_cache + off, *vc = b->v_cache + off;
-        be->rmsnorm_forward(b->xn, NULL, b->x, &L->attn_norm, T, D, c->rms_norm_eps);
-        av_linear_forward(be, b->q, b->xn, &L->q, T, b->lora_tmp);
-        av_linear_forward(be, kc + (size_t)p0 * kvd, b->xn, &L->k, T, b->lora_tmp);
-        av_linear_forward(be, vc + (size_t)p0 * kvd, b->xn, &L->v, T, b->lora_tmp);
-        be->rope_forward(b->q, pos_dev, m->inv_freq, T, H, hd);
-        be->rope_forward(kc + (size_t)p0 * kvd, pos_dev, m->inv_freq, T, KVH, hd);
-        if (be->flash_attention_forward && T >= 64) /* long prompts: tiled attention, as llama.c */
-            be->flash_attention_forward(b->att, NULL, b->q, kc, vc, T, p0 + T, p0, H, KVH, hd);
-        else
-            be->attention_forward(b->att, NULL, b->q, kc, vc, T, p0 + T, p0, H, KVH, hd);
-        av_linear_forward(be, b->tmp, b->att, &L->o, T, b->lora_tmp);
-        be->add_inplace(b->x, b->tmp, (size_t)T * D);
-        be->rmsnorm_forward(b->xn, NULL, b->x, &L->mlp_norm, T, D, c->rms_norm_eps);
-        av_linear_forward(be, b->gate, b->xn, &L->gate, T, b->lora_tmp);
-        av_linear_forward(be, b->up, b->xn, &L->up, T, b->lora_tmp);
-        be->swiglu_forward(b->gate, b->gate, b->up, (size_t)T * F);
-        av_linear_forward(be, b->tmp, b->gate, &L->down, T, b->lora_tmp);
-        be->add_inplace(b->x, b->tmp, (size_t)T * D);
-    }
+    av_chunk_bufs bufs = {b->x, b->xn, b->q, b->att, b->tmp, b->gate, b->up, b->lora_tmp};
+    size_t seq_off = (size_t)i * b->plan.seq_stride;
+    av_llama_layers_forward(m, &bufs, b->k_cache + seq_off, b->v_cache + seq_off, b->plan.layer_stride, pos_dev, T, p0);
     be->rmsnorm_forward(b->hidden, NULL, b->x + (size_t)(T - 1) * D, &m->final_norm, 1, D, c->rms_norm_eps);
 }
 

@@ -84,11 +84,41 @@ void av_session_truncate(av_session *s, int n) {
     if (n < s->n_past) s->n_past = n < 0 ? 0 : n;
 }
 
+void av_llama_layers_forward(const av_model *m, const av_chunk_bufs *b, float *k_cache, float *v_cache, size_t layer_stride,
+                             const int32_t *pos_dev, int T, int p0) {
+    const av_config *c = &m->cfg;
+    const av_backend *be = m->be;
+    int D = c->hidden_size, F = c->intermediate_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
+    size_t kvd = (size_t)KVH * hd;
+    for (int l = 0; l < c->n_layers; l++) {
+        const av_layer *L = &m->layers[l];
+        float *kc = k_cache + (size_t)l * layer_stride, *vc = v_cache + (size_t)l * layer_stride;
+        be->rmsnorm_forward(b->xn, NULL, b->x, &L->attn_norm, T, D, c->rms_norm_eps);
+        av_linear_forward(be, b->q, b->xn, &L->q, T, b->lora_tmp);
+        av_linear_forward(be, kc + (size_t)p0 * kvd, b->xn, &L->k, T, b->lora_tmp);
+        av_linear_forward(be, vc + (size_t)p0 * kvd, b->xn, &L->v, T, b->lora_tmp);
+        be->rope_forward(b->q, pos_dev, m->inv_freq, T, H, hd);
+        be->rope_forward(kc + (size_t)p0 * kvd, pos_dev, m->inv_freq, T, KVH, hd);
+        if (be->flash_attention_forward && T >= 64) /* long chunks: tiled attention, no score matrix */
+            be->flash_attention_forward(b->att, NULL, b->q, kc, vc, T, p0 + T, p0, H, KVH, hd);
+        else
+            be->attention_forward(b->att, NULL, b->q, kc, vc, T, p0 + T, p0, H, KVH, hd);
+        av_linear_forward(be, b->tmp, b->att, &L->o, T, b->lora_tmp);
+        be->add_inplace(b->x, b->tmp, (size_t)T * D);
+        be->rmsnorm_forward(b->xn, NULL, b->x, &L->mlp_norm, T, D, c->rms_norm_eps);
+        av_linear_forward(be, b->gate, b->xn, &L->gate, T, b->lora_tmp);
+        av_linear_forward(be, b->up, b->xn, &L->up, T, b->lora_tmp);
+        be->swiglu_forward(b->gate, b->gate, b->up, (size_t)T * F);
+        av_linear_forward(be, b->tmp, b->gate, &L->down, T, b->lora_tmp);
+        be->add_inplace(b->x, b->tmp, (size_t)T * D);
+    }
+}
+
 static void forward_chunk(av_session *s, const int32_t *ids, int T) {
     av_model *m = s->m;
     const av_config *c = &m->cfg;
     const av_backend *be = m->be;
-    int D = c->hidden_size, F = c->intermediate_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
+    int D = c->hidden_size, KVH = c->n_kv_heads, hd = c->head_dim;
     size_t kvd = (size_t)KVH * hd;
     int32_t pos[4096];
     int p0 = s->n_past;
@@ -97,28 +127,8 @@ static void forward_chunk(av_session *s, const int32_t *ids, int T) {
     be->upload(s->ids_dev, ids, (size_t)T * sizeof(int32_t));
     be->upload(s->pos_dev, pos, (size_t)T * sizeof(int32_t));
     be->embedding_forward(s->x, s->ids_dev, &m->embed, T);
-    for (int l = 0; l < c->n_layers; l++) {
-        const av_layer *L = &m->layers[l];
-        float *kc = s->k_cache + (size_t)l * s->max_seq * kvd, *vc = s->v_cache + (size_t)l * s->max_seq * kvd;
-        be->rmsnorm_forward(s->xn, NULL, s->x, &L->attn_norm, T, D, c->rms_norm_eps);
-        av_linear_forward(be, s->q, s->xn, &L->q, T, s->lora_tmp);
-        av_linear_forward(be, kc + (size_t)p0 * kvd, s->xn, &L->k, T, s->lora_tmp);
-        av_linear_forward(be, vc + (size_t)p0 * kvd, s->xn, &L->v, T, s->lora_tmp);
-        be->rope_forward(s->q, s->pos_dev, m->inv_freq, T, H, hd);
-        be->rope_forward(kc + (size_t)p0 * kvd, s->pos_dev, m->inv_freq, T, KVH, hd);
-        if (be->flash_attention_forward && T >= 64) /* long chunks: tiled attention, no score matrix */
-            be->flash_attention_forward(s->att, NULL, s->q, kc, vc, T, p0 + T, p0, H, KVH, hd);
-        else
-            be->attention_forward(s->att, NULL, s->q, kc, vc, T, p0 + T, p0, H, KVH, hd);
-        av_linear_forward(be, s->tmp, s->att, &L->o, T, s->lora_tmp);
-        be->add_inplace(s->x, s->tmp, (size_t)T * D);
-        be->rmsnorm_forward(s->xn, NULL, s->x, &L->mlp_norm, T, D, c->rms_norm_eps);
-        av_linear_forward(be, s->gate, s->xn, &L->gate, T, s->lora_tmp);
-        av_linear_forward(be, s->up, s->xn, &L->up, T, s->lora_tmp);
-        be->swiglu_forward(s->gate, s->gate, s->up, (size_t)T * F);
-        av_linear_forward(be, s->tmp, s->gate, &L->down, T, s->lora_tmp);
-        be->add_inplace(s->x, s->tmp, (size_t)T * D);
-    }
+    av_chunk_bufs bufs = {s->x, s->xn, s->q, s->att, s->tmp, s->gate, s->up, s->lora_tmp};
+    av_llama_layers_forward(m, &bufs, s->k_cache, s->v_cache, (size_t)s->max_seq * kvd, s->pos_dev, T, p0);
     be->rmsnorm_forward(s->hidden, NULL, s->x, &m->final_norm, T, D, c->rms_norm_eps);
     s->n_past += T;
     s->last_T = T;

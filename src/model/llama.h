@@ -33,6 +33,15 @@ void av_session_truncate(av_session *s, int n);
  * t < T-1; row_nll (host, T-1) optional; argmax (host, T) optional. Resets the session first. */
 av_status av_session_nll(av_session *s, const int32_t *ids, int T, double *sum, float *row_nll, int32_t *argmax);
 
+/* Activation buffers of a prefill chunk ([T, *] rows), shared by single and batched sessions. */
+typedef struct {
+    float *x, *xn, *q, *att, *tmp, *gate, *up, *lora_tmp;
+} av_chunk_bufs;
+/* Runs every decoder layer over T rows held in b->x (positions p0.., pos_dev on the backend),
+ * appending K/V at rows p0.. of layer l's cache k_cache + l * layer_stride (same for v_cache). */
+void av_llama_layers_forward(const av_model *m, const av_chunk_bufs *b, float *k_cache, float *v_cache, size_t layer_stride,
+                             const int32_t *pos_dev, int T, int p0);
+
 /* Linear layer with optional LoRA on the model's backend: out[T, rows] = x W^T + scale (x A^T) B^T.
  * tmp holds T * rank floats. */
 void av_linear_forward(const av_backend *be, float *out, const float *x, const av_linear *L, int T, float *tmp);
