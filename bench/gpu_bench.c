@@ -2,7 +2,7 @@
  * batch 1 (graph-captured step, device sampler), batched decode of N sequences, prefill of 2048
  * tokens, and LoRA training steps (r8, q/v, last 16 layers) at B x 512; prints one JSON line per
  * workload (tok/s, peak device GB, GB/s or MFU). Built by bench/gpu_bench.sh against libanvil.a.
- * usage: gpu_bench MODEL_DIR [decode|batch|prefill|lora|all] */
+ * usage: gpu_bench MODEL_DIR [decode|batch|prefill|lora|all|parts]   (parts: per-kernel decode timings) */
 #include "backend/backend.h"
 #include "backend/cuda.h"
 #include "core/memory.h"
@@ -201,14 +201,93 @@ static void bench_lora(av_model *m, int B, int T, double peak_tflops) {
     av_lora_detach(m);
 }
 
+/* Diagnostic: each kind of decode kernel alone, one graph of its 22 layer instances per kind, for
+ * T = 1, 8, 32 rows: microseconds per kernel and the weight (or KV) GB/s it reaches. */
+static double time_graph(const av_backend *be, void *g) {
+    be->graph_launch(g);
+    be->sync();
+    double t0 = now();
+    for (int i = 0; i < 20; i++) be->graph_launch(g);
+    be->sync();
+    return (now() - t0) / 20;
+}
+static void bench_parts(av_model *m) {
+    const av_backend *be = m->be;
+    const av_config *c = &m->cfg;
+    if (!be->matmul_fused_forward || !be->graph_begin) return;
+    int D = c->hidden_size, F = c->intermediate_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim, NL = c->n_layers, S = 256;
+    size_t qd = (size_t)H * hd, kvd = (size_t)KVH * hd, nq = qd + 2 * kvd, wide = (size_t)2 * F > nq ? (size_t)2 * F : nq;
+    size_t nbuf = 32 * (wide > (size_t)c->vocab_size ? wide : (size_t)c->vocab_size);
+    if (nbuf < (size_t)32 * S * kvd) nbuf = (size_t)32 * S * kvd;
+    float *h = malloc(sizeof(float) * nbuf);
+    for (size_t i = 0; i < nbuf; i++) h[i] = 0.01f * (float)((i * 2654435761u) % 200) - 1.0f;
+    float *xa = be->alloc(sizeof(float) * nbuf, "parts"), *xb = be->alloc(sizeof(float) * nbuf, "parts");
+    float *kc = be->alloc(sizeof(float) * 32 * S * kvd, "parts"), *vc = be->alloc(sizeof(float) * 32 * S * kvd, "parts");
+    int32_t pos[32];
+    for (int i = 0; i < 32; i++) pos[i] = 100;
+    int32_t *posd = be->alloc(sizeof pos, "parts");
+    if (!xa || !xb || !kc || !vc || !posd) die("parts alloc");
+    be->upload(xa, h, sizeof(float) * nbuf);
+    be->upload(xb, h, sizeof(float) * nbuf);
+    be->upload(kc, h, sizeof(float) * 32 * S * kvd);
+    be->upload(vc, h, sizeof(float) * 32 * S * kvd);
+    be->upload(posd, pos, sizeof pos);
+    const char *names[] = {"qkv", "attn", "o", "gate_up", "down", "lm_head"};
+    int Ts[] = {1, 8, 32};
+    for (int ti = 0; ti < 3; ti++) {
+        int T = Ts[ti];
+        for (int part = 0; part < 6; part++) {
+            double bytes = 0;
+            if (be->graph_begin() != 0) die("capture");
+            for (int l = 0; l < (part == 5 ? 1 : NL); l++) {
+                const av_layer *L = &m->layers[l];
+                av_mat W = L->q.w;
+                W.rows = L->q.w.rows + L->k.w.rows + L->v.w.rows;
+                av_gemv_fusion f = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->attn_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_ROPE,
+                                    .pos = posd, .inv_freq = m->inv_freq, .rope_heads = H + KVH, .head_dim = hd};
+                av_gemv_fusion add = {.in = AV_GEMV_IN_X, .out = AV_GEMV_OUT_ADD};
+                av_gemv_fusion sw = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->mlp_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_SWIGLU};
+                av_gemv_fusion st = {.in = AV_GEMV_IN_RMSNORM, .norm = &m->final_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_STORE};
+                if (part == 0) { be->matmul_fused_forward(xb, xa, &W, T, &f); bytes += (double)W.rows * W.cols * 2; }
+                if (part == 1) {
+                    be->attention_decode(xb, xa, xa + qd, xa + qd + kvd, kc, vc, posd, T, (size_t)S * kvd, H, KVH, hd, nq);
+                    bytes += (double)T * 101 * kvd * 8;
+                }
+                if (part == 2) { be->matmul_fused_forward(xb, xa, &L->o.w, T, &add); bytes += (double)D * D * 2; }
+                if (part == 3) {
+                    av_mat G = L->gate.w;
+                    G.rows *= 2;
+                    be->matmul_fused_forward(xb, xa, &G, T, &sw);
+                    bytes += (double)G.rows * G.cols * 2;
+                }
+                if (part == 4) { be->matmul_fused_forward(xb, xa, &L->down.w, T, &add); bytes += (double)D * F * 2; }
+                if (part == 5) {
+                    be->matmul_fused_forward(xb, xa, &m->lm_head, T, &st);
+                    bytes += (double)m->lm_head.rows * m->lm_head.cols * 2;
+                }
+            }
+            void *g = be->graph_end();
+            if (!g) die("capture end");
+            double dt = time_graph(be, g);
+            be->graph_free(g);
+            int n = part == 5 ? 1 : NL;
+            printf("{\"part\":\"%s\",\"T\":%d,\"us_per_kernel\":%.2f,\"gb_s\":%.0f,\"graph_us\":%.1f}\n", names[part], T, dt / n * 1e6,
+                   bytes / dt / 1e9, dt * 1e6);
+        }
+    }
+    fflush(stdout);
+    be->free(xa); be->free(xb); be->free(kc); be->free(vc); be->free(posd);
+    free(h);
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2) { fprintf(stderr, "usage: gpu_bench MODEL_DIR [decode|batch|prefill|lora|all]\n"); return 2; }
+    if (argc < 2) { fprintf(stderr, "usage: gpu_bench MODEL_DIR [decode|batch|prefill|lora|all|parts]\n"); return 2; }
     const char *what = argc > 2 ? argv[2] : "all";
     const av_backend *be = av_backend_cuda();
     if (!be) die("cuda");
-    /* AV_GEMV=variant[,blocks_per_sm]: the single-row GEMV kernel and its grid (tuning sweeps) */
+    /* AV_GEMV=0: the separate ops instead of the fused decode products (side-by-side runs) */
     const char *gv = getenv("AV_GEMV");
-    if (gv) av_cuda_set_gemv(atoi(gv), strchr(gv, ',') ? atoi(strchr(gv, ',') + 1) : 0);
+    if (gv) av_cuda_set_gemv(atoi(gv));
     /* AV_FLASH_WARPS=4|8: query rows per flash-attention block (16 per warp) */
     if (getenv("AV_FLASH_WARPS")) av_cuda_set_flash_warps(atoi(getenv("AV_FLASH_WARPS")));
     char dev[256] = "";
@@ -219,6 +298,7 @@ int main(int argc, char **argv) {
     printf("{\"device\":\"%s\",\"weight_gb\":%.3f,\"params\":%lld}\n", dev, gb(m->weight_bytes), av_config_param_count(&m->cfg));
     int all = !strcmp(what, "all");
     if (all || !strcmp(what, "decode")) bench_decode1(m, 128);
+    if (!strcmp(what, "parts")) bench_parts(m);
     if (all || !strcmp(what, "batch")) { bench_batch(m, 8, 128); bench_batch(m, 32, 128); }
     if (all || !strcmp(what, "prefill")) bench_prefill(m, 2048);
     if (all || !strcmp(what, "lora")) {

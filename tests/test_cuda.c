@@ -190,39 +190,54 @@ static void test_matmul(void) {
     }
 }
 
-/* Fused single-row products (decode) vs the separate CPU ops: RMSNorm / SwiGLU input, RoPE on the
- * outputs, residual accumulate; shapes that take the fused kernel (several units per warp, several
- * load batches per row, odd rows) and one that falls back (K % 8 != 0). */
+/* Fused decode products vs the separate CPU ops: RMSNorm input, stores with RoPE pairs, SwiGLU pairs
+ * and residual adds; one row (exact f32 GEMV: 1e-5), 2..16 rows on bf16 tensor cores and more through
+ * cuBLAS (inputs rounded to bf16: 4e-3), the exact-f32 table (1e-5); shapes with partial tiles,
+ * K not a multiple of 32, and ones that fall back (K % 8 != 0). */
 static void test_matmul_fused(void) {
-    struct { av_gemv_in in; int N, K, acc, rope_heads, hd; } cases[] = {
-        {AV_GEMV_IN_X, 9000, 264, 0, 0, 0},         {AV_GEMV_IN_RMSNORM, 440, 4104, 0, 8, 40},
-        {AV_GEMV_IN_SWIGLU, 301, 2056, 1, 0, 0},    {AV_GEMV_IN_RMSNORM, 24, 100, 1, 2, 8},
-        {AV_GEMV_IN_X, 2048, 2048, 1, 0, 0},        {AV_GEMV_IN_RMSNORM, 2560, 2048, 0, 36, 64},
+    struct { av_gemv_in in; av_gemv_out out; int T, N, K, rope_heads, hd, f32; } cases[] = {
+        {AV_GEMV_IN_X, AV_GEMV_OUT_STORE, 1, 9000, 264, 0, 0, 0},      {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 1, 440, 4104, 8, 40, 0},
+        {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 1, 301, 2056, 0, 0, 0},         {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ADD, 1, 24, 100, 0, 0, 0},
+        {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 1, 600, 2048, 0, 0, 0}, {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 1, 2560, 2048, 36, 64, 0},
+        {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 3, 2560, 2048, 36, 64, 0}, {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 8, 2048, 5632, 0, 0, 0},
+        {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 13, 352, 2048, 0, 0, 0}, {AV_GEMV_IN_X, AV_GEMV_OUT_STORE, 32, 1000, 264, 0, 0, 0},
+        {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 20, 512, 1024, 6, 64, 0},  {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 2, 37, 40, 0, 0, 0},
+        {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 3, 2560, 2048, 36, 64, 1}, {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 5, 352, 100, 0, 0, 0},
     };
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-        int N = cases[ci].N, K = cases[ci].K, hd = cases[ci].hd, rh = cases[ci].rope_heads;
-        float *x = rnd(K, 1), *u = rnd(K, 1), *w = rnd((size_t)N * K, 0.1f), *g = rnd(K, 1), *y = rnd(N, 1);
-        float *in = malloc(sizeof(float) * K), *o = malloc(sizeof(float) * N), inv[64];
+        int T = cases[ci].T, N = cases[ci].N, K = cases[ci].K, hd = cases[ci].hd, rh = cases[ci].rope_heads, F = N / 2;
+        av_gemv_out om = cases[ci].out;
+        int on = om == AV_GEMV_OUT_SWIGLU ? F : N; /* output columns */
+        float *x = rnd((size_t)T * K, 1), *w = rnd((size_t)N * K, 0.1f), *g = rnd(K, 1), *y = rnd((size_t)T * on, 1);
+        float *in = malloc(sizeof(float) * T * K), *o = malloc(sizeof(float) * T * N), *ref = malloc(sizeof(float) * T * on), inv[64];
         uint16_t *wb, *gb;
         av_mat W = bf16_mat(w, N, K, &wb), Wd = on_dev(W), Gm = bf16_mat(g, 1, K, &gb), Gd = on_dev(Gm);
-        int32_t pos = 37;
+        int32_t pos[32];
+        for (int t = 0; t < T; t++) pos[t] = 37 + 5 * t;
         for (int i = 0; i < hd / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / hd);
-        if (cases[ci].in == AV_GEMV_IN_RMSNORM) av_rmsnorm_forward(in, NULL, x, &Gm, 1, K, 1e-5f);
-        else if (cases[ci].in == AV_GEMV_IN_SWIGLU) av_swiglu_forward(in, x, u, (size_t)K);
-        else memcpy(in, x, sizeof(float) * K);
-        av_matmul_forward(o, in, &W, 1);
-        if (rh) av_rope_forward(o, &pos, inv, 1, rh, hd);
-        if (cases[ci].acc) for (int i = 0; i < N; i++) o[i] += y[i];
-        float *xd = up(G, x, K * 4), *ud = up(G, u, K * 4), *od = up(G, y, (size_t)N * 4), *invd = up(G, inv, sizeof inv);
-        int32_t *posd = up(G, &pos, sizeof pos);
-        av_gemv_fusion f = {.in = cases[ci].in, .norm = &Gd, .eps = 1e-5f, .up = ud, .accumulate = cases[ci].acc, .pos = posd,
-                            .inv_freq = invd, .rope_heads = rh, .head_dim = hd};
-        av_cuda_matmul_fused_forward(od, xd, &Wd, &f); /* not in the table yet */
-        char nm[96];
-        snprintf(nm, sizeof nm, "matmul_fused in=%d N=%d K=%d acc=%d rope=%d", (int)cases[ci].in, N, K, cases[ci].acc, rh);
-        CMP(nm, od, o, (size_t)N, 1e-5);
-        G->free(xd); G->free(ud); G->free(od); G->free(invd); G->free(posd); G->free((void *)Wd.data); G->free((void *)Gd.data);
-        free(x); free(u); free(w); free(g); free(y); free(in); free(o); free(wb); free(gb);
+        if (cases[ci].in == AV_GEMV_IN_RMSNORM) av_rmsnorm_forward(in, NULL, x, &Gm, T, K, 1e-5f);
+        else memcpy(in, x, sizeof(float) * T * K);
+        av_matmul_forward(o, in, &W, T);
+        for (int t = 0; t < T; t++) {
+            float *ot = o + (size_t)t * N, *rt = ref + (size_t)t * on;
+            if (om == AV_GEMV_OUT_SWIGLU) {
+                av_swiglu_forward(rt, ot, ot + F, (size_t)F);
+                continue;
+            }
+            if (om == AV_GEMV_OUT_ROPE && rh) av_rope_forward(ot, &pos[t], inv, 1, rh, hd);
+            for (int i = 0; i < N; i++) rt[i] = ot[i] + (om == AV_GEMV_OUT_ADD ? y[(size_t)t * N + i] : 0.0f);
+        }
+        float *xd = up(G, x, sizeof(float) * T * K), *od = up(G, y, sizeof(float) * T * on), *invd = up(G, inv, sizeof inv);
+        int32_t *posd = up(G, pos, sizeof pos);
+        av_gemv_fusion f = {.in = cases[ci].in, .norm = &Gd, .eps = 1e-5f, .out = om, .pos = posd, .inv_freq = invd, .rope_heads = rh,
+                            .head_dim = hd};
+        (cases[ci].f32 ? G32 : G)->matmul_fused_forward(od, xd, &Wd, T, &f);
+        char nm[112];
+        snprintf(nm, sizeof nm, "matmul_fused in=%d out=%d T=%d N=%d K=%d rope=%d%s", (int)cases[ci].in, (int)om, T, N, K, rh,
+                 cases[ci].f32 ? " f32" : "");
+        CMP(nm, od, ref, (size_t)T * on, T > 1 && !cases[ci].f32 ? 4e-3 : 1e-5); /* bf16 table, > 1 row: bf16 inputs */
+        G->free(xd); G->free(od); G->free(invd); G->free(posd); G->free((void *)Wd.data); G->free((void *)Gd.data);
+        free(x); free(w); free(g); free(y); free(in); free(o); free(ref); free(wb); free(gb);
     }
 }
 
@@ -309,7 +324,7 @@ static void test_attention(void) {
     float *kcd = up(G, kc, N * stride * 4), *vcd = up(G, vc, N * stride * 4), *qd2 = up(G, q, N * qd * 4), *knd = up(G, kn, N * kvd * 4),
           *vnd = up(G, vn, N * kvd * 4), *od = G->alloc(N * qd * 4, "t");
     int32_t *posd = up(G, posn, sizeof posn);
-    G->attention_decode(od, qd2, knd, vnd, kcd, vcd, posd, N, stride, H, KVH, hd);
+    G->attention_decode(od, qd2, knd, vnd, kcd, vcd, posd, N, stride, H, KVH, hd, 0);
     float *ref = malloc(N * qd * 4);
     for (int i = 0; i < N; i++) {
         memcpy(kc + i * stride + posn[i] * kvd, kn + i * kvd, kvd * 4);

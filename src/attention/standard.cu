@@ -11,17 +11,20 @@ extern "C" {
 #define ATT_WARPS 4
 #define ATT_MAX_HD 256
 
-/* One block per (head h = blockIdx.x, row r = blockIdx.y). Row r's query at q + r*q_row + h*hd sees
+/* One block per (head h = blockIdx.x, row r = blockIdx.y). Row r's query at q + r*qrow + h*hd sees
  * keys 0..n-1 of its sequence (base k/v + r*seq_stride in decode mode). In decode mode key n-1 is
  * the new row (k_new/v_new), which the first head of each KV group also writes into the cache. */
 template <bool DECODE>
 __global__ void __launch_bounds__(ATT_WARPS * 32) attn_rows_k(float *out, const float *q, const float *k, const float *v, float *kc,
                                                               float *vc, const float *k_new, const float *v_new, const int32_t *pos,
-                                                              int pos0, size_t seq_stride, int H, int KVH, int hd, float scale) {
+                                                              int pos0, size_t seq_stride, int H, int KVH, int hd, float scale,
+                                                              size_t qrow, size_t knrow) {
     __shared__ float sm[ATT_WARPS], sl[ATT_WARPS], sacc[ATT_WARPS][ATT_MAX_HD];
+    av_pdl_wait();
+    av_pdl_launch();
     int h = blockIdx.x, r = blockIdx.y, group = H / KVH, kh = h / group;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    size_t qs = (size_t)H * hd, ks = (size_t)KVH * hd;
+    size_t qs = qrow, ks = (size_t)KVH * hd;
     int n;
     const float *K, *Vv, *kn = NULL, *vn = NULL;
     if (DECODE) {
@@ -29,8 +32,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_rows_k(float *out, const 
         n = p + 1;
         K = kc + r * seq_stride;
         Vv = vc + r * seq_stride;
-        kn = k_new + (size_t)r * ks + (size_t)kh * hd;
-        vn = v_new + (size_t)r * ks + (size_t)kh * hd;
+        kn = k_new + (size_t)r * knrow + (size_t)kh * hd;
+        vn = v_new + (size_t)r * knrow + (size_t)kh * hd;
         if (h % group == 0)
             for (int d = threadIdx.x; d < hd; d += blockDim.x) {
                 kc[r * seq_stride + (size_t)p * ks + (size_t)kh * hd + d] = kn[d];
@@ -95,21 +98,32 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_rows_k(float *out, const 
 #define DEC_THREADS 256
 __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const float *q, const float *k_new, const float *v_new, float *kc,
                                                           float *vc, const int32_t *pos, size_t seq_stride, int H, int KVH, int hd,
-                                                          float scale) {
+                                                          float scale, size_t qrow, size_t knrow) {
     extern __shared__ float dsm[];
     __shared__ float red[32];
-    float *qs = dsm, *part = dsm + ATT_MAX_HD, *sc = part + DEC_THREADS;
+    float *qs = dsm, *sc = dsm + ATT_MAX_HD + 4 * DEC_THREADS;
+    float4 *part = reinterpret_cast<float4 *>(dsm + ATT_MAX_HD);
     int h = blockIdx.x, r = blockIdx.y, group = H / KVH, kh = h / group, tid = threadIdx.x;
     size_t ks = (size_t)KVH * hd;
+    /* positions change only between steps (sampler, host) and cache rows < pos were written by earlier
+     * steps: both may be read before the wait, so the cached keys/values are fetched into L1 while
+     * the q|k|v product still runs */
     int p = pos[r], n = p + 1;
     const float *K = kc + r * seq_stride + (size_t)kh * hd, *Vv = vc + r * seq_stride + (size_t)kh * hd;
-    const float *kn = k_new + (size_t)r * ks + (size_t)kh * hd, *vn = v_new + (size_t)r * ks + (size_t)kh * hd;
+    for (int i = tid; i < p * (hd >> 5); i += blockDim.x) { /* 128-byte lines of rows 0..p-1 */
+        int s = i / (hd >> 5), l = i - s * (hd >> 5);
+        asm volatile("prefetch.global.L1 [%0];" ::"l"(K + (size_t)s * ks + 32 * l));
+        asm volatile("prefetch.global.L1 [%0];" ::"l"(Vv + (size_t)s * ks + 32 * l));
+    }
+    av_pdl_wait();
+    av_pdl_launch();
+    const float *kn = k_new + (size_t)r * knrow + (size_t)kh * hd, *vn = v_new + (size_t)r * knrow + (size_t)kh * hd;
     if (h % group == 0)
         for (int d = tid; d < hd; d += blockDim.x) {
             kc[r * seq_stride + (size_t)p * ks + (size_t)kh * hd + d] = kn[d];
             vc[r * seq_stride + (size_t)p * ks + (size_t)kh * hd + d] = vn[d];
         }
-    const float *qr = q + (size_t)r * H * hd + (size_t)h * hd;
+    const float *qr = q + (size_t)r * qrow + (size_t)h * hd;
     for (int d = tid; d < hd; d += blockDim.x) qs[d] = qr[d] * scale;
     __syncthreads();
     int h4 = hd >> 2;
@@ -133,18 +147,34 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const floa
         sum += e;
     }
     sum = av_block_sum(sum, red); /* its barriers also publish sc[] */
-    int parts = blockDim.x / hd, d = tid % hd, pi = tid / hd;
-    float a = 0.0f;
+    /* P V: threads over (4 dims, key slice), 16-byte loads of V rows */
+    int groups = hd >> 2, parts = blockDim.x / groups, d4 = tid % groups, pi = tid / groups;
+    float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (pi < parts) {
-        for (int s = pi; s < n - 1; s += parts) a += sc[s] * Vv[(size_t)s * ks + d];
-        if ((n - 1) % parts == pi) a += sc[n - 1] * vn[d];
+        const float4 *V4 = reinterpret_cast<const float4 *>(Vv) + d4;
+        size_t ks4 = ks >> 2;
+        for (int s = pi; s < n - 1; s += parts) {
+            float4 vv = __ldg(V4 + (size_t)s * ks4);
+            float w = sc[s];
+            a.x += w * vv.x, a.y += w * vv.y, a.z += w * vv.z, a.w += w * vv.w;
+        }
+        if ((n - 1) % parts == pi) {
+            float4 vv = reinterpret_cast<const float4 *>(vn)[d4];
+            float w = sc[n - 1];
+            a.x += w * vv.x, a.y += w * vv.y, a.z += w * vv.z, a.w += w * vv.w;
+        }
     }
     part[tid] = a;
     __syncthreads();
-    if (tid < hd) {
-        float o = 0.0f;
-        for (int j = 0; j < parts; j++) o += part[j * hd + tid];
-        out[(size_t)r * H * hd + (size_t)h * hd + tid] = o / sum;
+    if (tid < groups) {
+        float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int j = 0; j < parts; j++) {
+            float4 p = part[j * groups + tid];
+            o.x += p.x, o.y += p.y, o.z += p.z, o.w += p.w;
+        }
+        float inv = 1.0f / sum;
+        float4 res = make_float4(o.x * inv, o.y * inv, o.z * inv, o.w * inv);
+        reinterpret_cast<float4 *>(out + (size_t)r * H * hd + (size_t)h * hd)[tid] = res;
     }
 }
 
@@ -245,7 +275,8 @@ extern "C" void av_cuda_attention_forward_mode(float *out, float *probs, const f
     float scale = 1.0f / sqrtf((float)hd);
     cudaStream_t st = av_cuda_stream();
     if (!probs && T <= 16 && hd <= ATT_MAX_HD) {
-        attn_rows_k<false><<<dim3(H, T), ATT_WARPS * 32, 0, st>>>(out, q, k, v, NULL, NULL, NULL, NULL, NULL, pos0, 0, H, KVH, hd, scale);
+        attn_rows_k<false><<<dim3(H, T), ATT_WARPS * 32, 0, st>>>(out, q, k, v, NULL, NULL, NULL, NULL, NULL, pos0, 0, H, KVH, hd, scale,
+                                                                  (size_t)H * hd, (size_t)KVH * hd);
         AV_CU_LAUNCHED("attention rows");
         return;
     }
@@ -295,21 +326,24 @@ extern "C" void av_cuda_attention_backward_mode(float *dq, float *dk, float *dv,
 }
 
 extern "C" void av_cuda_attention_decode(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache,
-                                         float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd) {
+                                         float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd,
+                                         size_t row_stride) {
     if (N <= 0) return;
     size_t max_s = seq_stride / ((size_t)KVH * hd); /* the cache region's rows bound every sequence's length */
-    size_t smem = (ATT_MAX_HD + DEC_THREADS + max_s) * sizeof(float);
+    size_t smem = (ATT_MAX_HD + 4 * DEC_THREADS + max_s) * sizeof(float);
+    size_t qrow = row_stride ? row_stride : (size_t)H * hd, knrow = row_stride ? row_stride : (size_t)KVH * hd;
+    float scale = 1.0f / sqrtf((float)hd);
     static size_t smem_set = 48 << 10;
-    if (hd % 4 == 0 && hd <= DEC_THREADS && max_s > 0 && smem <= (200u << 10)) {
+    if (hd % 4 == 0 && hd <= DEC_THREADS && max_s > 0 && smem <= (200u << 10) && qrow % 4 == 0 && knrow % 4 == 0) {
         if (smem > smem_set) {
             cudaFuncSetAttribute(attn_dec_k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
             smem_set = smem;
         }
-        attn_dec_k<<<dim3(H, N), DEC_THREADS, smem, av_cuda_stream()>>>(out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H, KVH, hd,
-                                                                       1.0f / sqrtf((float)hd));
+        av_launch(attn_dec_k, dim3(H, N), dim3(DEC_THREADS), smem, 1, out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H, KVH, hd,
+                  scale, qrow, knrow);
     } else {
-        attn_rows_k<true><<<dim3(H, N), ATT_WARPS * 32, 0, av_cuda_stream()>>>(out, q, NULL, NULL, k_cache, v_cache, k_new, v_new, pos, 0,
-                                                                              seq_stride, H, KVH, hd, 1.0f / sqrtf((float)hd));
+        av_launch(attn_rows_k<true>, dim3(H, N), dim3(ATT_WARPS * 32), 0, 1, out, q, (const float *)NULL, (const float *)NULL, k_cache,
+                  v_cache, k_new, v_new, pos, 0, seq_stride, H, KVH, hd, scale, qrow, knrow);
     }
     AV_CU_LAUNCHED("attention decode");
 }

@@ -11,17 +11,19 @@
 
 typedef enum { AV_DEVICE_CPU = 0, AV_DEVICE_CUDA } av_device;
 
-/* What a fused single-row product does around W . in (see matmul_fused_forward). */
-typedef enum { AV_GEMV_IN_X = 0, AV_GEMV_IN_RMSNORM, AV_GEMV_IN_SWIGLU } av_gemv_in;
+/* What a fused decode product (a few rows: T <= 32) does around W . in (see matmul_fused_forward). */
+typedef enum { AV_GEMV_IN_X = 0, AV_GEMV_IN_RMSNORM } av_gemv_in;
+typedef enum { AV_GEMV_OUT_STORE = 0, AV_GEMV_OUT_ADD, AV_GEMV_OUT_ROPE, AV_GEMV_OUT_SWIGLU } av_gemv_out;
 typedef struct av_gemv_fusion {
-    av_gemv_in in;        /* X: in = x; RMSNORM: in = x * rsqrt(mean(x^2) + eps) * norm; SWIGLU: in = silu(x) * up */
+    av_gemv_in in;        /* X: in = x; RMSNORM: in = x * rsqrt(mean(x^2) + eps) * norm, row by row */
     const av_mat *norm;   /* RMSNORM: the norm weight [K] */
     float eps;
-    const float *up;      /* SWIGLU: the up activations [K] */
-    int accumulate;       /* 1: out += W . in (residual add); 0: out = W . in */
-    const int32_t *pos;   /* rope_heads > 0: HF rotate-half RoPE at position *pos (backend memory) */
+    av_gemv_out out;      /* STORE: out = W.in; ADD: out += W.in (residual); ROPE: as STORE, then HF rotate-half
+                           * RoPE on the first rope_heads * head_dim outputs of row t at position pos[t];
+                           * SWIGLU: W is [gate; up] (2F rows), out[t] = silu(gate . in) * (up . in), [T, F] */
+    const int32_t *pos;   /* ROPE: positions (backend memory), one per row */
     const float *inv_freq;
-    int rope_heads, head_dim; /* on the first rope_heads * head_dim outputs, head by head */
+    int rope_heads, head_dim;
 } av_gemv_fusion;
 
 typedef struct av_backend {
@@ -64,21 +66,23 @@ typedef struct av_backend {
     /* ---- optional: NULL where a backend lacks them (callers fall back to the ops above) ---- */
     /* Decode attention over N sequences, one new query row each, positions on the device:
      * row i (position pos[i]) writes its new key/value rows k_new[i], v_new[i] ([N, KVH*hd]) into
-     * its cache region (k_cache + i*seq_stride, row pos[i]) and attends keys 0..pos[i] of it. */
+     * its cache region (k_cache + i*seq_stride, row pos[i]) and attends keys 0..pos[i] of it.
+     * row_stride: floats from one row of q / k_new / v_new to the next (0: packed, H*hd and KVH*hd). */
     /* Flash attention forward (attention.h: av_flash_attention_forward): no probabilities; lse [H, T]
      * or NULL. Inference prefill uses it for long chunks where present. */
     void (*flash_attention_forward)(float *out, float *lse, const float *q, const float *k, const float *v, int T, int S,
                                     int pos0, int H, int KVH, int hd);
     void (*attention_decode)(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache,
-                             float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd);
+                             float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd, size_t row_stride);
     /* Samples ids[i] from logits[i, V] (temperature <= 0: argmax; else softmax(l/temperature) cut
      * to the top-p mass), randomness keyed by (seed, i, pos[i]); then pos[i] += 1 where active is
      * NULL or active[i] != 0 (pos may be NULL). All pointers are backend memory. */
     void (*sample)(int32_t *ids, const float *logits, int N, int V, float temperature, float top_p, uint64_t seed,
                    int32_t *pos, const int32_t *active);
-    /* One query row (decode): out[W->rows] (= or +=) W . in(x), x of W->cols floats, with the input
-     * transform and RoPE of f fused in (16-bit weights, no adapters; equal to the separate ops). */
-    void (*matmul_fused_forward)(float *out, const float *x, const av_mat *W, const av_gemv_fusion *f);
+    /* Decode-sized products (T rows): out[T, W->rows] (= or +=) in(x) . W^T, x [T, W->cols], with the
+     * input transform and output transform of f fused in (16-bit weights, no adapters; equal to the
+     * separate ops within the table's matmul precision). */
+    void (*matmul_fused_forward)(float *out, const float *x, const av_mat *W, int T, const av_gemv_fusion *f);
     /* Capture of the ops issued between begin and end into a replayable graph (CUDA graphs).
      * launch returns 0, 1 when the graph is stale (re-capture), -1 on failure. */
     int (*graph_begin)(void);
@@ -103,7 +107,7 @@ typedef struct av_backend {
     void (*store_bf16)(uint16_t *dst, const float *src, size_t n);
     void (*load_bf16)(float *dst, const uint16_t *src, size_t n);
     /* 1: the compute rounds activations to bf16 anyway (bf16 tensor cores), so training may save
-     * the activations of its layers in bf16 (half the memory; opt-in, AV_TRAIN_ACT_BF16=1);
+     * the activations of its layers in bf16 (half the memory; the default, AV_TRAIN_ACT_BF16=0 keeps f32);
      * 0 (CPU, exact f32): saved in f32. */
     int save_acts_bf16;
 } av_backend;

@@ -181,6 +181,9 @@ static void *g_scr[AV_SCR_COUNT];
 static size_t g_scr_n[AV_SCR_COUNT];
 static unsigned g_scr_gen;
 static int g_ready = -1; /* -1 unknown, 0 no GPU, 1 ready */
+static int g_pdl;         /* programmatic dependent launch (see cuda_common.cuh) */
+
+extern "C" int av_cuda_pdl(void) { return g_pdl; }
 
 extern "C" cudaStream_t av_cuda_stream(void) { return g_stream; }
 extern "C" cublasHandle_t av_cuda_cublas(void) { return g_blas; }
@@ -217,6 +220,10 @@ static int cuda_init(void) {
     cublasSetStream(g_blas, g_stream);
     if (g_blas_ws) cublasSetWorkspace(g_blas, g_blas_ws, ws);
     cublasSetMathMode(g_blas, CUBLAS_DEFAULT_MATH);
+    int dev = 0, major = 0;
+    const char *pdl = getenv("AV_PDL");
+    if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess)
+        g_pdl = major >= 9 && !(pdl && !strcmp(pdl, "0"));
     g_ready = 1;
     return 1;
 }
@@ -276,6 +283,12 @@ static void cuda_graph_free(void *p) {
 
 /* ---------------------------------------------------------------- tables */
 static void mm_fwd_bf16(float *o, const float *x, const av_mat *W, int T) { av_cuda_matmul_forward_mode(o, x, W, T, 0); }
+static void mmf_f32(float *o, const float *x, const av_mat *W, int T, const av_gemv_fusion *f) {
+    av_cuda_matmul_fused_forward_mode(o, x, W, T, f, 1);
+}
+static void mmf_bf16(float *o, const float *x, const av_mat *W, int T, const av_gemv_fusion *f) {
+    av_cuda_matmul_fused_forward_mode(o, x, W, T, f, 0);
+}
 static void mm_fwd_f32(float *o, const float *x, const av_mat *W, int T) { av_cuda_matmul_forward_mode(o, x, W, T, 1); }
 static void mm_bwd_bf16(float *dx, float *dW, const float *d, const float *x, const av_mat *W, int T) {
     av_cuda_matmul_backward_mode(dx, dW, d, x, W, T, 0);
@@ -369,9 +382,7 @@ static void fill_table(av_backend *b, int f32) {
     b->attention_forward_batch = f32 ? attb_fwd_f32 : attb_fwd_bf16;
     b->attention_backward_batch = f32 ? attb_bwd_f32 : attb_bwd_bf16;
     b->flash_attention_forward = f32 ? NULL : av_cuda_flash_attention_forward; /* bf16 tensor cores: not in the exact-f32 table */
-    /* av_cuda_matmul_fused_forward passes its tests but its kernel is slower than the separate ops
-     * so far (H200: 954 vs 992 tok/s decode b1): left out of the table until it is tuned. */
-    b->matmul_fused_forward = NULL;
+    b->matmul_fused_forward = f32 ? mmf_f32 : mmf_bf16;
     b->sample = av_cuda_sample;
     b->graph_begin = cuda_graph_begin;
     b->graph_end = cuda_graph_end;

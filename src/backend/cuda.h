@@ -21,11 +21,11 @@ void av_cuda_reset_peak(void);
 void av_cuda_set_attention_chunk(size_t floats);
 /* Warps (16 query rows each) per block of the flash attention kernel: 4 (default) or 8 (benchmarks). */
 void av_cuda_set_flash_warps(int warps);
-/* Single-row GEMV kernel (benchmarks): 0 = the fused persistent kernel, 1 = the block-per-2-rows
- * kernel (default); blocks_per_sm <= 0 keeps the default grid. */
-void av_cuda_set_gemv(int variant, int blocks_per_sm);
-/* The backend's matmul_fused_forward (not in the table yet: see cuda.cu); does nothing without CUDA. */
-void av_cuda_matmul_fused_forward(float *out, const float *x, const av_mat *W, const av_gemv_fusion *f);
+/* Fused decode products (benchmarks): 1 = the fused kernels (default), 0 = the separate ops. */
+void av_cuda_set_gemv(int fused);
+/* The backend's matmul_fused_forward: f32 != 0 keeps exact f32 arithmetic (one row fused, more rows
+ * through the separate exact ops); 0 also runs 2..32 rows on bf16 tensor cores. No-op without CUDA. */
+void av_cuda_matmul_fused_forward_mode(float *out, const float *x, const av_mat *W, int T, const av_gemv_fusion *f, int f32);
 
 #ifdef AV_HAVE_CUDA
 void av_cuda_embedding_forward(float *out, const int32_t *ids, const av_mat *table, int T);
@@ -66,7 +66,7 @@ void av_cuda_attention_backward_batch_mode(float *dq, float *dk, float *dv, cons
                                            const float *k, const float *v, int B, int T, int H, int KVH, int hd, float *work,
                                            size_t work_floats, int f32);
 void av_cuda_attention_decode(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache,
-                              float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd);
+                              float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd, size_t row_stride);
 void av_cuda_sample(int32_t *ids, const float *logits, int N, int V, float temperature, float top_p, uint64_t seed,
                     int32_t *pos, const int32_t *active);
 #endif

@@ -26,11 +26,42 @@ unsigned av_cuda_scratch_generation(void);
 int av_cuda_note(cudaError_t e, const char *where);
 int av_cuda_note_blas(cublasStatus_t s, const char *where);
 }
-/* Single-row product on the fused persistent GEMV (matmul_fused.cu); 0 when the shape or the
- * chosen variant does not take it (the caller then uses its own kernel). */
-int av_cuda_gemv1_fused(float *out, const float *x, const av_mat *W);
 
 #define AV_CU_LAUNCHED(where) av_cuda_note(cudaGetLastError(), where)
+
+/* Programmatic dependent launch (sm_90+): a kernel launched with av_launch(..., pdl = 1) may start
+ * while its predecessor drains, so it must call av_pdl_wait() before reading anything a previous
+ * kernel wrote and before writing anything (only constant data such as weights may be read before
+ * it, by every block, unconditionally). av_pdl_launch() lets the next kernel start early. Both are
+ * no-ops for kernels launched normally. */
+__device__ __forceinline__ void av_pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void av_pdl_launch(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+/* 1 when dependent launches are on (compute capability >= 9 and AV_PDL is not "0"). */
+extern "C" int av_cuda_pdl(void);
+template <typename... P, typename... A>
+static inline void av_launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, int pdl, A... args) {
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at[1];
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = av_cuda_stream();
+    if (pdl && av_cuda_pdl()) {
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = at;
+        cfg.numAttrs = 1;
+    }
+    cudaLaunchKernelEx(&cfg, k, ((P)args)...);
+}
 
 static inline unsigned av_cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
 

@@ -5,10 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The ops of one step (no host<->device traffic, nothing position-dependent on the host side
- * unless the backend lacks attention_decode). */
 /* Two or three projections whose weights lie back to back in backend memory (the upload order of
- * model/weights.c) without adapters: one matrix of all their rows, so one N == 1 product reads them. */
+ * model/weights.c) without adapters: one matrix of all their rows, so one product reads them. */
 static int stacked(av_mat *out, const av_linear *a, const av_linear *b, const av_linear *c) {
     const av_linear *L[3] = {a, b, c};
     int n = c ? 3 : 2, rows = 0;
@@ -24,8 +22,33 @@ static int stacked(av_mat *out, const av_linear *a, const av_linear *b, const av
     return 1;
 }
 
-/* A projection the fused single-row products take: no adapter, unquantized. */
+/* A projection the fused products take: no adapter, unquantized. */
 static int plain(const av_linear *L) { return !L->lora_a && !L->w.q_bits; }
+
+/* One layer as four fused products (backend matmul_fused_forward) and the attention: RMSNorm inside
+ * the q|k|v and gate|up products, RoPE in the q|k|v store, SwiGLU in the gate|up store, residual adds
+ * in the o and down stores. 0 when the layer's weights do not allow it (adapters, layout). */
+static int layer_fused(av_decode_plan *p, const av_layer *L, float *kc, float *vc) {
+    av_model *m = p->m;
+    const av_config *c = &m->cfg;
+    const av_backend *be = m->be;
+    int N = p->N, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
+    size_t qd = (size_t)H * hd, nq = (size_t)(H + 2 * KVH) * hd;
+    av_mat Wqkv, Wgu;
+    if (!p->qkv || !be->matmul_fused_forward || !stacked(&Wqkv, &L->q, &L->k, &L->v) || !stacked(&Wgu, &L->gate, &L->up, NULL) ||
+        !plain(&L->o) || !plain(&L->down))
+        return 0;
+    av_gemv_fusion f = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->attn_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_ROPE,
+                        .pos = p->pos, .inv_freq = m->inv_freq, .rope_heads = H + KVH, .head_dim = hd};
+    be->matmul_fused_forward(p->qkv, p->x, &Wqkv, N, &f); /* q and k heads are adjacent: one RoPE range */
+    be->attention_decode(p->att, p->qkv, p->qkv + qd, p->qkv + qd + (size_t)KVH * hd, kc, vc, p->pos, N, p->seq_stride, H, KVH, hd, nq);
+    av_gemv_fusion o = {.in = AV_GEMV_IN_X, .out = AV_GEMV_OUT_ADD};
+    be->matmul_fused_forward(p->x, p->att, &L->o.w, N, &o);
+    av_gemv_fusion gu = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->mlp_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_SWIGLU};
+    be->matmul_fused_forward(p->gu, p->x, &Wgu, N, &gu);
+    be->matmul_fused_forward(p->x, p->gu, &L->down.w, N, &o);
+    return 1;
+}
 
 /* The ops of one step (no host<->device traffic, nothing position-dependent on the host side
  * unless the backend lacks attention_decode). */
@@ -39,32 +62,16 @@ static void step_ops(av_decode_plan *p) {
     for (int l = 0; l < c->n_layers; l++) {
         const av_layer *L = &m->layers[l];
         float *kc = p->k_cache + (size_t)l * p->layer_stride, *vc = p->v_cache + (size_t)l * p->layer_stride;
+        if (layer_fused(p, L, kc, vc)) continue;
         float *q = p->q, *k = p->k, *v = p->v, *gate = p->gate, *up = p->up;
-        av_mat W;
-        /* one row with the backend's fused products: RMSNorm inside the q|k|v and gate|up
-         * products, RoPE in the q|k|v store, residual adds in the o/down stores, SwiGLU inside down */
-        int fuse = N == 1 && p->qkv && be->matmul_fused_forward;
-        if (fuse && stacked(&W, &L->q, &L->k, &L->v)) {
-            q = p->qkv, k = q + qd, v = k + kvd;
-            av_gemv_fusion f = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->attn_norm, .eps = c->rms_norm_eps, .pos = p->pos,
-                                .inv_freq = m->inv_freq, .rope_heads = H + KVH, .head_dim = hd};
-            be->matmul_fused_forward(q, p->x, &W, &f);
-        } else {
-            be->rmsnorm_forward(p->xn, NULL, p->x, &L->attn_norm, N, D, c->rms_norm_eps);
-            if (N == 1 && p->qkv && stacked(&W, &L->q, &L->k, &L->v)) {
-                q = p->qkv, k = q + qd, v = k + kvd;
-                be->matmul_forward(q, p->xn, &W, 1);
-                be->rope_forward(q, p->pos, m->inv_freq, 1, H + KVH, hd); /* q and k heads are adjacent */
-            } else {
-                av_linear_forward(be, q, p->xn, &L->q, N, p->lora_tmp);
-                av_linear_forward(be, k, p->xn, &L->k, N, p->lora_tmp);
-                av_linear_forward(be, v, p->xn, &L->v, N, p->lora_tmp);
-                be->rope_forward(q, p->pos, m->inv_freq, N, H, hd);
-                be->rope_forward(k, p->pos, m->inv_freq, N, KVH, hd);
-            }
-        }
+        be->rmsnorm_forward(p->xn, NULL, p->x, &L->attn_norm, N, D, c->rms_norm_eps);
+        av_linear_forward(be, q, p->xn, &L->q, N, p->lora_tmp);
+        av_linear_forward(be, k, p->xn, &L->k, N, p->lora_tmp);
+        av_linear_forward(be, v, p->xn, &L->v, N, p->lora_tmp);
+        be->rope_forward(q, p->pos, m->inv_freq, N, H, hd);
+        be->rope_forward(k, p->pos, m->inv_freq, N, KVH, hd);
         if (be->attention_decode) {
-            be->attention_decode(p->att, q, k, v, kc, vc, p->pos, N, p->seq_stride, H, KVH, hd);
+            be->attention_decode(p->att, q, k, v, kc, vc, p->pos, N, p->seq_stride, H, KVH, hd, 0);
         } else {
             for (int i = 0; i < N; i++) {
                 int ps = p->host_pos[i];
@@ -74,42 +81,24 @@ static void step_ops(av_decode_plan *p) {
                 be->attention_forward(p->att + (size_t)i * qd, NULL, q + (size_t)i * qd, ki, vi, 1, ps + 1, ps, H, KVH, hd);
             }
         }
-        if (fuse && plain(&L->o)) {
-            av_gemv_fusion f = {.in = AV_GEMV_IN_X, .accumulate = 1};
-            be->matmul_fused_forward(p->x, p->att, &L->o.w, &f);
-        } else {
-            av_linear_forward(be, p->tmp, p->att, &L->o, N, p->lora_tmp);
-            be->add_inplace(p->x, p->tmp, (size_t)N * D);
-        }
-        if (fuse && stacked(&W, &L->gate, &L->up, NULL)) {
-            gate = p->gu, up = gate + F;
-            av_gemv_fusion f = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->mlp_norm, .eps = c->rms_norm_eps};
-            be->matmul_fused_forward(gate, p->x, &W, &f);
-        } else {
-            be->rmsnorm_forward(p->xn, NULL, p->x, &L->mlp_norm, N, D, c->rms_norm_eps);
-            if (N == 1 && p->gu && stacked(&W, &L->gate, &L->up, NULL)) {
-                gate = p->gu, up = gate + F;
-                be->matmul_forward(gate, p->xn, &W, 1);
-            } else {
-                av_linear_forward(be, gate, p->xn, &L->gate, N, p->lora_tmp);
-                av_linear_forward(be, up, p->xn, &L->up, N, p->lora_tmp);
-            }
-        }
-        if (fuse && plain(&L->down)) {
-            av_gemv_fusion f = {.in = AV_GEMV_IN_SWIGLU, .up = up, .accumulate = 1};
-            be->matmul_fused_forward(p->x, gate, &L->down.w, &f);
-        } else {
-            be->swiglu_forward(gate, gate, up, (size_t)N * F);
-            av_linear_forward(be, p->tmp, gate, &L->down, N, p->lora_tmp);
-            be->add_inplace(p->x, p->tmp, (size_t)N * D);
-        }
+        av_linear_forward(be, p->tmp, p->att, &L->o, N, p->lora_tmp);
+        be->add_inplace(p->x, p->tmp, (size_t)N * D);
+        be->rmsnorm_forward(p->xn, NULL, p->x, &L->mlp_norm, N, D, c->rms_norm_eps);
+        av_linear_forward(be, gate, p->xn, &L->gate, N, p->lora_tmp);
+        av_linear_forward(be, up, p->xn, &L->up, N, p->lora_tmp);
+        be->swiglu_forward(gate, gate, up, (size_t)N * F);
+        av_linear_forward(be, p->tmp, gate, &L->down, N, p->lora_tmp);
+        be->add_inplace(p->x, p->tmp, (size_t)N * D);
     }
-    be->rmsnorm_forward(p->hidden, NULL, p->x, &m->final_norm, N, D, c->rms_norm_eps);
-    if (p->sample) {
-        be->matmul_forward(p->logits, p->hidden, &m->lm_head, N);
-        if (be->sample)
-            be->sample(p->ids, p->logits, N, c->vocab_size, p->temperature, p->top_p, p->seed, p->pos, p->active);
+    if (p->sample && be->matmul_fused_forward && !m->lm_head.q_bits) {
+        av_gemv_fusion f = {.in = AV_GEMV_IN_RMSNORM, .norm = &m->final_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_STORE};
+        be->matmul_fused_forward(p->logits, p->x, &m->lm_head, N, &f);
+    } else {
+        be->rmsnorm_forward(p->hidden, NULL, p->x, &m->final_norm, N, D, c->rms_norm_eps);
+        if (p->sample) be->matmul_forward(p->logits, p->hidden, &m->lm_head, N);
     }
+    if (p->sample && be->sample)
+        be->sample(p->ids, p->logits, N, c->vocab_size, p->temperature, p->top_p, p->seed, p->pos, p->active);
 }
 
 static int graphable(const av_backend *be, const av_decode_plan *p) {
@@ -138,12 +127,12 @@ static av_status host_sample(av_decode_plan *p) {
 
 av_status av_decode_plan_step(av_decode_plan *p, int32_t *host_ids) {
     const av_backend *be = p->m->be;
-    if (p->N == 1 && !p->qkv && be->attention_decode) {
+    if (!p->qkv && be->matmul_fused_forward && be->attention_decode) {
         const av_config *c = &p->m->cfg;
-        size_t nq = (size_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim, ng = 2 * (size_t)c->intermediate_size;
-        p->qkv = be->alloc(sizeof(float) * (nq + ng), "decode q|k|v, gate|up");
+        size_t nq = (size_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim, ng = (size_t)c->intermediate_size;
+        p->qkv = be->alloc(sizeof(float) * (nq + ng) * (size_t)p->N, "decode q|k|v, swiglu");
         if (!p->qkv) return AV_ERR_NOMEM;
-        p->gu = p->qkv + nq;
+        p->gu = p->qkv + nq * (size_t)p->N;
     }
     if (!graphable(be, p)) {
         if (!be->attention_decode) { /* the fallback path needs host positions */
@@ -256,7 +245,7 @@ av_status av_decoder_next(av_decoder *d, int32_t id, float temperature, float to
     AV_TRY(av_decode_plan_step(&d->plan, next));
     if (s->hist) s->hist[s->n_past] = id;
     s->n_past += 1;
-    s->last_T = 1;
+    s->last_T = 0; /* the step computed the logits (maybe without `hidden`) */
     d->dev_id = *next;
     d->dev_pos = s->n_past;
     return AV_OK;

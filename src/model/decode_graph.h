@@ -26,7 +26,7 @@ typedef struct {
     uint64_t g_seed;
     int eager_done;
     int32_t *host_pos;              /* host mirror of pos for the eager fallback [N] */
-    float *qkv, *gu;                /* N == 1: outputs of the fused q|k|v and gate|up products (plan-owned) */
+    float *qkv, *gu;                /* outputs of the fused q|k|v and gate|up products [N rows] (plan-owned) */
 } av_decode_plan;
 
 /* Runs one step: the tokens in plan->ids at plan->pos (both already in backend memory).

@@ -153,7 +153,7 @@ av_status av_session_forward(av_session *s, const int32_t *ids, int T) {
 void av_session_last_logits(av_session *s, float *logits) {
     const av_model *m = s->m;
     int D = m->cfg.hidden_size;
-    m->be->matmul_forward(s->logits, s->hidden + (size_t)(s->last_T - 1) * D, &m->lm_head, 1);
+    if (s->last_T > 0) m->be->matmul_forward(s->logits, s->hidden + (size_t)(s->last_T - 1) * D, &m->lm_head, 1);
     m->be->download(logits, s->logits, sizeof(float) * (size_t)m->cfg.vocab_size);
 }
 

@@ -15,7 +15,7 @@ typedef struct av_session {
     int logits_rows;
     int32_t *ids_dev, *pos_dev;
     int32_t *hist;            /* host: ids at cached positions [max_seq] (prefix reuse) */
-    int last_T;               /* rows of `hidden` from the last forward */
+    int last_T;               /* rows of `hidden` from the last forward (0: `logits` already hold the last row's) */
     void *decode;             /* graph-captured single-token step (model/decode_graph.c), lazily made */
     size_t bytes;
 } av_session;

@@ -6,6 +6,8 @@ extern "C" {
 }
 
 __global__ void embed_fwd_k(float *out, const int32_t *ids, const void *table, av_dtype dt, int D) {
+    av_pdl_wait();
+    av_pdl_launch();
     int t = blockIdx.x;
     size_t row = (size_t)ids[t] * D;
     for (int d = threadIdx.x; d < D; d += blockDim.x) out[(size_t)t * D + d] = av_ld_w(table, dt, row + d);
@@ -19,7 +21,7 @@ __global__ void embed_bwd_k(float *dtable, const float *dout, const int32_t *ids
 
 extern "C" void av_cuda_embedding_forward(float *out, const int32_t *ids, const av_mat *table, int T) {
     if (T <= 0) return;
-    embed_fwd_k<<<T, 256, 0, av_cuda_stream()>>>(out, ids, table->data, table->dtype, table->cols);
+    av_launch(embed_fwd_k, dim3(T), dim3(256), 0, 1, out, ids, table->data, table->dtype, table->cols);
     AV_CU_LAUNCHED("embedding_forward");
 }
 

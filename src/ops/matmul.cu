@@ -183,7 +183,6 @@ static void gemv(float *out, const float *x, const av_mat *W, int T) {
         unsigned g4 = av_cdiv(N, GEMV_BLOCK_WARPS * 4);
         switch (T) {
         case 1:
-            if (av_cuda_gemv1_fused(out, x, W)) return;
             gemv1_k<<<av_cdiv(N, GEMV1_R), GEMV1_THREADS, 0, s>>>(out, x, w, W->dtype, N, K); break;
         case 2: gemv16_k<2, 4><<<g4, b2, 0, s>>>(out, x, w, W->dtype, N, K); break;
         case 3: gemv16_k<3, 4><<<g4, b2, 0, s>>>(out, x, w, W->dtype, N, K); break;

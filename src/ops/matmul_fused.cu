@@ -1,24 +1,49 @@
-/* Fused single-row (decode) products for the CUDA backend: out (= or +=) W . in(x) with the input
- * transform (RMSNorm, SwiGLU) computed once per block into shared memory, RoPE applied on the
- * outputs, and the residual add done in the store. One persistent-style kernel streams 16-bit
- * weight rows with 16-byte loads, two rows per warp, the first rows' loads issued before x. */
+/* Fused decode products for the CUDA backend (backend.h av_gemv_fusion): out = in(x) . W^T for
+ * T <= 32 rows, with RMSNorm on the input (its sum of squares gathered in the same pass over x) and a
+ * residual add, RoPE pairs or SwiGLU pairs on the outputs, so a decoder layer is four products and
+ * the attention. One row: an exact f32 GEMV, a block per output pair. 2..32 rows (bf16 table, bf16
+ * weights): mma.sync m16n8k16 tensor-core products whose weight fragments come straight from memory
+ * in 16-byte loads (the k order inside a fragment is permuted the same way for weights and inputs,
+ * which a dot product does not see), warps of a block splitting K. Both kinds issue their first
+ * weight loads before waiting on the previous kernel (programmatic dependent launch). */
 #include "backend/cuda_common.cuh"
+#include <stdlib.h>
 extern "C" {
 #include "backend/cuda.h"
 }
 
-#define FG_WARPS 8
-#define FG_UNR 8                       /* 16-byte loads per row in flight per lane */
-#define FG_MAX_K (47 * 1024 / 4)       /* x in shared memory: under 48 KiB without opting in */
-
-static int g_variant = 1, g_bps = 2, g_sms; /* default: matmul.cu's own single-row kernel */
-
-extern "C" void av_cuda_set_gemv(int variant, int blocks_per_sm) {
-    g_variant = variant;
-    g_bps = blocks_per_sm > 0 ? blocks_per_sm : 2;
+static int g_fused = 1;
+extern "C" void av_cuda_set_gemv(int fused) { g_fused = fused; }
+/* Tuning knobs read once (benchmarks): AV_G1 = one-row kernel block shape (0: one output pair per
+ * 128 threads, 1: two pairs per 256, 2: one pair per 64, 3 (default): 0 for q|k|v, 1 for the rest);
+ * AV_MMA_U = k steps in flight per warp of the tensor-core kernel at <= 8 rows (2, the default, with
+ * 3 blocks per SM: 5.7k vs 5.5k tok/s at 8 sequences on H100; or 4); AV_MMA_MAX = most rows on the
+ * tensor-core kernel (default 16; more rows: cuBLAS and an epilogue kernel, 16.7k vs 12.8k at 32). */
+static int g_g1 = -1, g_mma_max = 16, g_mma_u = 2;
+static void knobs(void) {
+    if (g_g1 >= 0) return;
+    const char *e = getenv("AV_G1"), *m = getenv("AV_MMA_MAX"), *u = getenv("AV_MMA_U");
+    if (u) g_mma_u = atoi(u);
+    g_g1 = e ? atoi(e) : 3;
+    if (m) g_mma_max = atoi(m);
 }
 
-__device__ __forceinline__ void fg_unpack8(uint4 w, av_dtype dt, float *f) {
+struct fz_args {
+    float *out;
+    const float *x;
+    const uint16_t *W;
+    av_dtype dt;
+    int N, K, T;
+    const void *norm;
+    av_dtype ndt;
+    int nvec; /* norm is bf16 and 16-byte aligned: 8 values per load */
+    float eps;
+    const int32_t *pos;
+    const float *inv_freq;
+    int rope_rows, hd, F;
+};
+
+__device__ __forceinline__ void fz_unpack8(uint4 w, av_dtype dt, float *f) {
     uint32_t u[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
     for (int j = 0; j < 4; j++) {
@@ -34,196 +59,437 @@ __device__ __forceinline__ void fg_unpack8(uint4 w, av_dtype dt, float *f) {
     }
 }
 
-/* Unit u of a warp = two output rows: (head*hd + j, head*hd + j + hd/2) when paired by head (so
- * RoPE's rotated pairs meet in one warp), else (2u, 2u + 1). */
-template <bool PAIR>
-__device__ __forceinline__ void fg_rows(int u, int hd, int *r0, int *r1) {
-    if (PAIR) {
-        int half = hd >> 1, h = u / half, j = u - h * half;
-        *r0 = h * hd + j;
-        *r1 = *r0 + half;
-    } else {
-        *r0 = 2 * u;
-        *r1 = 2 * u + 1;
+/* x[8c .. 8c+7] of one row, times the norm weight when the input is RMSNorm'ed; *ss += sum of x^2. */
+template <int IN>
+__device__ __forceinline__ void fz_x8(const fz_args &a, const float *xr, int c, float *v, float *ss) {
+    const float4 *x4 = reinterpret_cast<const float4 *>(xr) + 2 * c;
+    float4 p = x4[0], q = x4[1];
+    v[0] = p.x, v[1] = p.y, v[2] = p.z, v[3] = p.w, v[4] = q.x, v[5] = q.y, v[6] = q.z, v[7] = q.w;
+    if (IN == AV_GEMV_IN_RMSNORM) {
+        float gw[8];
+        if (a.nvec) {
+            fz_unpack8(__ldg(reinterpret_cast<const uint4 *>(a.norm) + c), AV_BF16, gw);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; j++) gw[j] = av_ld_w(a.norm, a.ndt, (size_t)8 * c + j);
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            *ss += v[j] * v[j];
+            v[j] *= gw[j];
+        }
     }
 }
 
-template <int IN, bool PAIR>
-__global__ void __launch_bounds__(FG_WARPS * 32) gemv_fused_k(float *out, const float *x, const float *up, const void *g, av_dtype gdt,
-                                                              float eps, const uint16_t *W, av_dtype dt, int N, int K, int accumulate,
-                                                              const int32_t *pos, const float *inv_freq, int rope_rows, int hd) {
-    extern __shared__ float4 xs[]; /* two planes: xa[i] = in[8i..8i+3], xb[i] = in[8i+4..8i+7] */
-    __shared__ float red[32];
-    int nv = K >> 3;
-    float4 *xa = xs, *xb = xs + nv;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int U = PAIR ? N / 2 : (N + 1) / 2, TW = gridDim.x * FG_WARPS, u = blockIdx.x * FG_WARPS + warp;
-    uint4 w0[FG_UNR], w1[FG_UNR];
-    int r0 = 0, r1 = 0;
-    bool have = false;
-    if (u < U) { /* weights do not depend on x: start streaming them now */
-        fg_rows<PAIR>(u, hd, &r0, &r1);
-        const uint4 *p0 = reinterpret_cast<const uint4 *>(W + (size_t)r0 * K), *p1 = reinterpret_cast<const uint4 *>(W + (size_t)r1 * K);
-#pragma unroll
-        for (int j = 0; j < FG_UNR; j++) {
-            int i = j * 32 + lane;
-            w0[j] = i < nv ? __ldcs(p0 + i) : make_uint4(0, 0, 0, 0);
-            w1[j] = i < nv && r1 < N ? __ldcs(p1 + i) : make_uint4(0, 0, 0, 0);
-        }
-        have = true;
-    }
-    /* the input vector, transformed, into shared memory */
-    const float4 *x4 = reinterpret_cast<const float4 *>(x);
-    if (IN == AV_GEMV_IN_RMSNORM) {
-        float ss = 0.0f;
-        for (int i = threadIdx.x; i < nv; i += blockDim.x) {
-            float4 a = x4[2 * i], b = x4[2 * i + 1];
-            ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w + b.x * b.x + b.y * b.y + b.z * b.z + b.w * b.w;
-            xa[i] = a;
-            xb[i] = b;
-        }
-        ss = av_block_sum(ss, red);
-        float r = 1.0f / sqrtf(ss / (float)K + eps);
-        for (int i = threadIdx.x; i < nv; i += blockDim.x) {
-            float4 a = xa[i], b = xb[i];
-            int k = 8 * i;
-            a.x = av_ld_w(g, gdt, k) * (a.x * r), a.y = av_ld_w(g, gdt, k + 1) * (a.y * r);
-            a.z = av_ld_w(g, gdt, k + 2) * (a.z * r), a.w = av_ld_w(g, gdt, k + 3) * (a.w * r);
-            b.x = av_ld_w(g, gdt, k + 4) * (b.x * r), b.y = av_ld_w(g, gdt, k + 5) * (b.y * r);
-            b.z = av_ld_w(g, gdt, k + 6) * (b.z * r), b.w = av_ld_w(g, gdt, k + 7) * (b.w * r);
-            xa[i] = a;
-            xb[i] = b;
-        }
-    } else if (IN == AV_GEMV_IN_SWIGLU) {
-        const float4 *u4 = reinterpret_cast<const float4 *>(up);
-        for (int i = threadIdx.x; i < nv; i += blockDim.x) {
-            float4 a = x4[2 * i], b = x4[2 * i + 1], c = u4[2 * i], d = u4[2 * i + 1];
-            a.x = a.x / (1.0f + expf(-a.x)) * c.x, a.y = a.y / (1.0f + expf(-a.y)) * c.y;
-            a.z = a.z / (1.0f + expf(-a.z)) * c.z, a.w = a.w / (1.0f + expf(-a.w)) * c.w;
-            b.x = b.x / (1.0f + expf(-b.x)) * d.x, b.y = b.y / (1.0f + expf(-b.y)) * d.y;
-            b.z = b.z / (1.0f + expf(-b.z)) * d.z, b.w = b.w / (1.0f + expf(-b.w)) * d.w;
-            xa[i] = a;
-            xb[i] = b;
-        }
+/* ---------------------------------------------------------------- one row: exact f32 GEMV */
+/* The two weight rows of unit u: (2u, 2u+1); ROPE: (h*hd + j, h*hd + j + hd/2) over the rotated
+ * rows, then pairs again; SWIGLU: (u, F + u). */
+template <int OUT>
+__device__ __forceinline__ void fz1_rows(const fz_args &a, int u, int *r0, int *r1) {
+    if (OUT == AV_GEMV_OUT_SWIGLU) {
+        *r0 = u, *r1 = a.F + u;
+    } else if (OUT == AV_GEMV_OUT_ROPE && u < a.rope_rows / 2) {
+        int half = a.hd >> 1, h = u / half;
+        *r0 = h * a.hd + (u - h * half), *r1 = *r0 + half;
     } else {
-        for (int i = threadIdx.x; i < nv; i += blockDim.x) {
-            xa[i] = x4[2 * i];
-            xb[i] = x4[2 * i + 1];
+        int b = OUT == AV_GEMV_OUT_ROPE ? a.rope_rows : 0, v = OUT == AV_GEMV_OUT_ROPE ? u - a.rope_rows / 2 : u;
+        *r0 = b + 2 * v, *r1 = b + 2 * v + 1;
+    }
+}
+
+/* A block of NTH threads owns P units (2P weight rows); its threads stride over K in 16-byte chunks,
+ * UNR chunks per row in flight (all of a row in one pass when NTH * UNR * 8 >= K), then one block
+ * reduction of the 2P dot products and the RMSNorm sum of squares. (A variant over up to 8 input
+ * rows, weights read once for all, measured 2x slower than the tensor-core kernel at 8 rows.) */
+template <int IN, int OUT, int NTH, int P, int UNR>
+__global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units) {
+    __shared__ float red[2 * P + 1][NTH / 32];
+    int nv = a.K >> 3, tid = threadIdx.x, u0 = blockIdx.x * P;
+    int r[P][2];
+    bool ok[P][2];
+    const uint4 *p[P][2];
+#pragma unroll
+    for (int q = 0; q < P; q++) {
+        bool in = u0 + q < units;
+        fz1_rows<OUT>(a, in ? u0 + q : 0, &r[q][0], &r[q][1]);
+        ok[q][0] = in;
+        ok[q][1] = in && r[q][1] < a.N;
+#pragma unroll
+        for (int h = 0; h < 2; h++) p[q][h] = reinterpret_cast<const uint4 *>(a.W + (size_t)(ok[q][h] ? r[q][h] : 0) * a.K);
+    }
+    uint4 w[UNR][P][2];
+#pragma unroll
+    for (int j = 0; j < UNR; j++) { /* weights are constant: start streaming before the wait */
+        int c = tid + j * NTH;
+#pragma unroll
+        for (int q = 0; q < P; q++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) w[j][q][h] = c < nv && ok[q][h] ? __ldcs(p[q][h] + c) : make_uint4(0, 0, 0, 0);
+    }
+    av_pdl_wait();
+    av_pdl_launch();
+    float acc[P][2], ss = 0.0f;
+#pragma unroll
+    for (int q = 0; q < P; q++) acc[q][0] = acc[q][1] = 0.0f;
+    for (int base = 0; base < nv; base += UNR * NTH) {
+        if (base) {
+#pragma unroll
+            for (int j = 0; j < UNR; j++) {
+                int c = base + tid + j * NTH;
+#pragma unroll
+                for (int q = 0; q < P; q++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) w[j][q][h] = c < nv && ok[q][h] ? __ldcs(p[q][h] + c) : make_uint4(0, 0, 0, 0);
+            }
         }
+#pragma unroll
+        for (int j = 0; j < UNR; j++) {
+            int c = base + tid + j * NTH;
+            if (c < nv) {
+                float xv[8], f[8];
+                fz_x8<IN>(a, a.x, c, xv, &ss);
+#pragma unroll
+                for (int q = 0; q < P; q++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        fz_unpack8(w[j][q][h], a.dt, f);
+#pragma unroll
+                        for (int e = 0; e < 8; e++) acc[q][h] += f[e] * xv[e];
+                    }
+            }
+        }
+    }
+    int lane = tid & 31, warp = tid >> 5;
+#pragma unroll
+    for (int q = 0; q < P; q++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float v = av_warp_sum(acc[q][h]);
+            if (lane == 0) red[2 * q + h][warp] = v;
+        }
+    if (IN == AV_GEMV_IN_RMSNORM) {
+        ss = av_warp_sum(ss);
+        if (lane == 0) red[2 * P][warp] = ss;
     }
     __syncthreads();
-    for (; u < U; u += TW) {
-        fg_rows<PAIR>(u, hd, &r0, &r1);
-        const uint4 *p0 = reinterpret_cast<const uint4 *>(W + (size_t)r0 * K), *p1 = reinterpret_cast<const uint4 *>(W + (size_t)r1 * K);
-        float a0 = 0.0f, a1 = 0.0f;
-        for (int s0 = 0; s0 < nv; s0 += 32 * FG_UNR) {
-            if (!have) {
+    if (tid >= P) return;
+    int q = tid;
+    if (!ok[0][0] || u0 + q >= units) return;
+    float v0 = 0.0f, v1 = 0.0f, s2 = 0.0f;
 #pragma unroll
-                for (int j = 0; j < FG_UNR; j++) {
-                    int i = s0 + j * 32 + lane;
-                    w0[j] = i < nv ? __ldcs(p0 + i) : make_uint4(0, 0, 0, 0);
-                    w1[j] = i < nv && r1 < N ? __ldcs(p1 + i) : make_uint4(0, 0, 0, 0);
-                }
-            }
-            have = false;
+    for (int w2 = 0; w2 < NTH / 32; w2++) v0 += red[2 * q][w2], v1 += red[2 * q + 1][w2];
+    if (IN == AV_GEMV_IN_RMSNORM) {
 #pragma unroll
-            for (int j = 0; j < FG_UNR; j++) {
-                int i = s0 + j * 32 + lane;
-                if (i < nv) {
-                    float4 a = xa[i], b = xb[i];
-                    float f[8];
-                    fg_unpack8(w0[j], dt, f);
-                    a0 += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
-                    fg_unpack8(w1[j], dt, f);
-                    a1 += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
+        for (int w2 = 0; w2 < NTH / 32; w2++) s2 += red[2 * P][w2];
+        float rn = 1.0f / sqrtf(s2 / (float)a.K + a.eps);
+        v0 *= rn, v1 *= rn;
+    }
+    int r0, r1;
+    fz1_rows<OUT>(a, u0 + q, &r0, &r1);
+    bool has1 = r1 < a.N;
+    float *o = a.out;
+    if (OUT == AV_GEMV_OUT_SWIGLU) {
+        o[u0 + q] = v0 / (1.0f + expf(-v0)) * v1;
+    } else if (OUT == AV_GEMV_OUT_ROPE && r0 < a.rope_rows) {
+        float ang = (float)a.pos[0] * a.inv_freq[r0 % a.hd], s, c;
+        sincosf(ang, &s, &c);
+        o[r0] = v0 * c - v1 * s;
+        o[r1] = v1 * c + v0 * s;
+    } else if (OUT == AV_GEMV_OUT_ADD) {
+        o[r0] += v0;
+        if (has1) o[r1] += v1;
+    } else {
+        o[r0] = v0;
+        if (has1) o[r1] = v1;
+    }
+}
+
+/* ---------------------------------------------------------------- 2..32 rows: bf16 tensor cores */
+#define MM_WARPS 8
+
+/* Row bases of the TU 16-row weight tiles of unit u: plain 16u; ROPE: the tile and its rotation
+ * partner hd/2 rows on inside a head, then plain pairs of tiles; SWIGLU: gate tile 16u, up F + 16u. */
+template <int OUT, int TU>
+__device__ __forceinline__ void fzm_tiles(const fz_args &a, int u, int *tb) {
+    if (OUT == AV_GEMV_OUT_SWIGLU) {
+        tb[0] = 16 * u, tb[TU - 1] = a.F + 16 * u;
+    } else if (OUT == AV_GEMV_OUT_ROPE) {
+        int per = a.hd >> 5, ru = a.rope_rows >> 5;
+        if (u < ru) {
+            int h = u / per;
+            tb[0] = h * a.hd + 16 * (u - h * per), tb[TU - 1] = tb[0] + (a.hd >> 1);
+        } else {
+            tb[0] = a.rope_rows + 32 * (u - ru), tb[TU - 1] = tb[0] + 16;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < TU; i++) tb[i] = 16 * TU * u + 16 * i;
+    }
+}
+
+__device__ __forceinline__ void mma_bf16(float *d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/* Weight fragments of k steps s0, s0 + MM_WARPS, ... (U of them) for the unit's tiles. */
+template <int U, int TU>
+__device__ __forceinline__ void fzm_load(uint4 (&wv)[U][TU][2], const uint4 *const (&wr)[TU][2], const bool (&ok)[TU][2], int s0, int t,
+                                         int nv) {
+#pragma unroll
+    for (int j = 0; j < U; j++) {
+        int c = 4 * (s0 + j * MM_WARPS) + t;
+#pragma unroll
+        for (int i = 0; i < TU; i++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) wv[j][i][h] = c < nv && ok[i][h] ? __ldcs(wr[i][h] + c) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+/* Block = MM_WARPS warps on one unit (TU tiles of 16 weight rows) x all T <= 8 NT input rows; warp w
+ * takes the 32-wide k steps w, w + MM_WARPS, ... Lane (g, t) loads 8 consecutive k of weight rows g
+ * and g + 8 and of input row g (+ 8n) at chunk 4s + t: the low 4 feed one mma, the high 4 the next. */
+template <int IN, int OUT, int NT, int U, int TU>
+__global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_k(fz_args a) {
+    constexpr int G = (OUT == AV_GEMV_OUT_ROPE || OUT == AV_GEMV_OUT_SWIGLU) ? 2 : 1;
+    __shared__ float red[MM_WARPS][G * NT * 4][32];
+    __shared__ float ssw[MM_WARPS][8 * NT];
+    __shared__ float rs[8 * NT];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int nv = a.K >> 3, S = (nv + 3) >> 2;
+    int tb[TU];
+    fzm_tiles<OUT, TU>(a, blockIdx.x, tb);
+    const uint4 *wr[TU][2];
+    bool ok[TU][2];
+#pragma unroll
+    for (int i = 0; i < TU; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int row = tb[i] + g + 8 * h;
+            ok[i][h] = row < a.N;
+            wr[i][h] = reinterpret_cast<const uint4 *>(a.W + (size_t)(ok[i][h] ? row : 0) * a.K);
+        }
+    uint4 wv[U][TU][2];
+    fzm_load<U, TU>(wv, wr, ok, warp, t, nv); /* weights are constant: start streaming before the wait */
+    av_pdl_wait();
+    av_pdl_launch();
+    float acc[TU][NT][4], ss[NT];
+#pragma unroll
+    for (int i = 0; i < TU; i++)
+#pragma unroll
+        for (int n = 0; n < NT; n++) acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.0f;
+#pragma unroll
+    for (int n = 0; n < NT; n++) ss[n] = 0.0f;
+    for (int s0 = warp; s0 < S; s0 += U * MM_WARPS) {
+        if (s0 != warp) fzm_load<U, TU>(wv, wr, ok, s0, t, nv);
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            int s = s0 + j * MM_WARPS;
+            if (s >= S) break; /* warp-uniform */
+            int c = 4 * s + t;
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                int row = g + 8 * n;
+                float xv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                if (row < a.T && c < nv) fz_x8<IN>(a, a.x + (size_t)row * a.K, c, xv, &ss[n]);
+                uint32_t b0 = pack_bf16(xv[0], xv[1]), b1 = pack_bf16(xv[2], xv[3]);
+                uint32_t b2 = pack_bf16(xv[4], xv[5]), b3 = pack_bf16(xv[6], xv[7]);
+#pragma unroll
+                for (int i = 0; i < TU; i++) {
+                    mma_bf16(acc[i][n], wv[j][i][0].x, wv[j][i][1].x, wv[j][i][0].y, wv[j][i][1].y, b0, b1);
+                    mma_bf16(acc[i][n], wv[j][i][0].z, wv[j][i][1].z, wv[j][i][0].w, wv[j][i][1].w, b2, b3);
                 }
             }
         }
-        a0 = av_warp_sum(a0);
-        a1 = av_warp_sum(a1);
-        if (lane == 0) {
-            if (PAIR && r0 < rope_rows) {
-                int j = r0 % hd;
-                float ang = (float)pos[0] * inv_freq[j], s, c;
-                sincosf(ang, &s, &c);
-                float p = a0, q = a1;
-                a0 = p * c - q * s;
-                a1 = q * c + p * s;
+    }
+    /* across the block's warps through shared memory, G tiles at a time (pairs: both tiles) */
+    if (IN == AV_GEMV_IN_RMSNORM) {
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            float v = ss[n];
+            v += __shfl_xor_sync(0xffffffffu, v, 1);
+            v += __shfl_xor_sync(0xffffffffu, v, 2);
+            if (t == 0) ssw[warp][8 * n + g] = v;
+        }
+        __syncthreads();
+        if (threadIdx.x < 8 * NT) {
+            float v = 0.0f;
+#pragma unroll
+            for (int w = 0; w < MM_WARPS; w++) v += ssw[w][threadIdx.x];
+            rs[threadIdx.x] = 1.0f / sqrtf(v / (float)a.K + a.eps);
+        }
+    }
+#pragma unroll
+    for (int i0 = 0; i0 < TU; i0 += G) {
+        if (i0) __syncthreads(); /* the previous group's reads are done */
+#pragma unroll
+        for (int i = 0; i < G; i++)
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) red[warp][(i * NT + n) * 4 + e][lane] = acc[i0 + i][n][e];
+        __syncthreads();
+        /* outputs (row rr of the group's tiles, input row tk): fragment element c{half*2+e} of lane
+         * g*4+t holds weight row g + 8*half, input row 8n + 2t + e */
+        for (int idx = threadIdx.x; idx < 16 * 8 * NT; idx += blockDim.x) {
+            int rr = idx & 15, tk = idx >> 4;
+            if (tk >= a.T) continue;
+            int n = tk >> 3, tt = (tk & 7) >> 1, e = tk & 1, ln = (rr & 7) * 4 + tt, reg = (rr >> 3) * 2 + e;
+            float v[G];
+#pragma unroll
+            for (int i = 0; i < G; i++) {
+                float sum = 0.0f;
+#pragma unroll
+                for (int w = 0; w < MM_WARPS; w++) sum += red[w][(i * NT + n) * 4 + reg][ln];
+                v[i] = IN == AV_GEMV_IN_RMSNORM ? sum * rs[tk] : sum;
             }
-            if (accumulate) {
-                out[r0] += a0;
-                if (r1 < N) out[r1] += a1;
+            float *o = a.out + (size_t)tk * (OUT == AV_GEMV_OUT_SWIGLU ? a.F : a.N);
+            int r0 = tb[i0] + rr;
+            if (OUT == AV_GEMV_OUT_SWIGLU) {
+                o[r0] = v[0] / (1.0f + expf(-v[0])) * v[G - 1];
+            } else if (OUT == AV_GEMV_OUT_ROPE && r0 < a.rope_rows) {
+                float ang = (float)a.pos[tk] * a.inv_freq[r0 % a.hd], sn, cs;
+                sincosf(ang, &sn, &cs);
+                o[r0] = v[0] * cs - v[G - 1] * sn;
+                o[tb[G - 1] + rr] = v[G - 1] * cs + v[0] * sn;
             } else {
-                out[r0] = a0;
-                if (r1 < N) out[r1] = a1;
+#pragma unroll
+                for (int i = 0; i < G; i++) {
+                    int row = tb[i0 + i] + rr;
+                    if (row >= a.N) continue;
+                    if (OUT == AV_GEMV_OUT_ADD) o[row] += v[i];
+                    else o[row] = v[i];
+                }
             }
         }
     }
 }
 
-template <int IN, bool PAIR>
-static void launch(float *out, const float *x, const float *up, const av_mat *norm, float eps, const av_mat *W, int accumulate,
-                   const int32_t *pos, const float *inv_freq, int rope_rows, int hd) {
-    int N = W->rows, K = W->cols;
-    if (!g_sms) {
-        int dev = 0;
-        cudaGetDevice(&dev);
-        if (cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || g_sms <= 0) g_sms = 108;
+/* Output transform of the separate-ops path: prod [T, N] from the plain product into out. */
+__global__ void fz_epi_k(float *out, const float *prod, int T, int N, int mode, const int32_t *pos, const float *inv_freq, int rope_rows,
+                         int hd, int F) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x, cols = mode == AV_GEMV_OUT_SWIGLU ? (size_t)F : (size_t)N;
+    if (i >= (size_t)T * cols) return;
+    int t = (int)(i / cols), c = (int)(i - (size_t)t * cols);
+    const float *pr = prod + (size_t)t * N;
+    float *o = out + (size_t)t * cols;
+    if (mode == AV_GEMV_OUT_SWIGLU) {
+        float gv = pr[c];
+        o[c] = gv / (1.0f + expf(-gv)) * pr[F + c];
+    } else if (mode == AV_GEMV_OUT_ADD) {
+        o[c] += pr[c];
+    } else if (c < rope_rows) {
+        int j = c % hd, half = hd >> 1;
+        if (j >= half) return; /* the pair's first thread rotates both */
+        float ang = (float)pos[t] * inv_freq[j], sn, cs, p0 = pr[c], p1 = pr[c + half];
+        sincosf(ang, &sn, &cs);
+        o[c] = p0 * cs - p1 * sn;
+        o[c + half] = p1 * cs + p0 * sn;
+    } else {
+        o[c] = pr[c];
     }
-    int U = PAIR ? N / 2 : (N + 1) / 2;
-    /* every warp gets ceil(U / warps) units or one fewer: balanced rows, one or two waves at most */
-    long warps_max = (long)g_sms * g_bps * FG_WARPS;
-    long per = (U + warps_max - 1) / warps_max;
-    unsigned blocks = av_cdiv((size_t)U, (size_t)(per * FG_WARPS));
-    size_t smem = (size_t)K * sizeof(float);
-    gemv_fused_k<IN, PAIR><<<blocks, FG_WARPS * 32, smem, av_cuda_stream()>>>(out, x, up, norm ? norm->data : NULL,
-                                                                            norm ? norm->dtype : AV_F32, eps, (const uint16_t *)W->data,
-                                                                            W->dtype, N, K, accumulate, pos, inv_freq, rope_rows, hd);
-    AV_CU_LAUNCHED("fused gemv");
 }
 
-static int fused_ok(const float *x, const av_mat *W) {
-    return (W->dtype == AV_BF16 || W->dtype == AV_F16) && !W->q_bits && W->cols % 8 == 0 && W->cols <= FG_MAX_K && W->rows > 0 &&
-           ((uintptr_t)x % 16) == 0 && ((uintptr_t)W->data % 16) == 0;
+/* ---------------------------------------------------------------- dispatch */
+template <int IN, int OUT, int NTH, int P>
+static void launch1c(const fz_args &a, unsigned units) {
+    int per = (int)av_cdiv((size_t)(a.K >> 3), NTH); /* chunks per thread and row */
+    dim3 g(av_cdiv(units, P)), b(NTH);
+    if (per <= 1) av_launch(fz1_k<IN, OUT, NTH, P, 1>, g, b, 0, 1, a, (int)units);
+    else if (per <= 2) av_launch(fz1_k<IN, OUT, NTH, P, 2>, g, b, 0, 1, a, (int)units);
+    else if (per <= 3) av_launch(fz1_k<IN, OUT, NTH, P, 3>, g, b, 0, 1, a, (int)units);
+    else av_launch(fz1_k<IN, OUT, NTH, P, 6>, g, b, 0, 1, a, (int)units); /* K > 6 * 8 * NTH: several passes */
 }
 
-int av_cuda_gemv1_fused(float *out, const float *x, const av_mat *W) {
-    if (g_variant != 0 || !fused_ok(x, W)) return 0;
-    launch<AV_GEMV_IN_X, false>(out, x, NULL, NULL, 0.0f, W, 0, NULL, NULL, 0, 0);
+template <int IN, int OUT>
+static void launch1(const fz_args &a) {
+    unsigned units = OUT == AV_GEMV_OUT_SWIGLU ? (unsigned)a.F
+                     : OUT == AV_GEMV_OUT_ROPE ? (unsigned)(a.rope_rows / 2 + (a.N - a.rope_rows + 1) / 2)
+                                               : av_cdiv((size_t)a.N, 2);
+    int cfg = g_g1 != 3 ? g_g1 : OUT == AV_GEMV_OUT_ROPE ? 0 : 1; /* measured best on H100 (bench parts) */
+    if (cfg == 1) launch1c<IN, OUT, 256, 2>(a, units);
+    else if (cfg == 2) launch1c<IN, OUT, 64, 1>(a, units);
+    else launch1c<IN, OUT, 128, 1>(a, units);
+}
+
+template <int IN, int OUT, int NT>
+static void launchm(const fz_args &a) {
+    /* pairs: two tiles; plain: one tile for <= 8 rows, else two (fewer input reads per weight byte;
+     * four tiles measured slower: too few blocks for the 2048-row products) */
+    constexpr int TU = (OUT == AV_GEMV_OUT_ROPE || OUT == AV_GEMV_OUT_SWIGLU || NT > 1) ? 2 : 1;
+    unsigned units = OUT == AV_GEMV_OUT_SWIGLU ? (unsigned)(a.F / 16)
+                     : OUT == AV_GEMV_OUT_ROPE ? (unsigned)(a.rope_rows / 32 + av_cdiv((size_t)(a.N - a.rope_rows), 32))
+                                               : av_cdiv((size_t)a.N, 16 * TU);
+    constexpr int U = NT >= 4 ? 2 : 4;
+    if (NT == 1 && g_mma_u == 2) av_launch(fzm_k<IN, OUT, NT, 2, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
+    else av_launch(fzm_k<IN, OUT, NT, U, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
+}
+
+template <int IN, int OUT>
+static void launch_t(const fz_args &a) {
+    if (a.T == 1) launch1<IN, OUT>(a); /* exact f32 kernel */
+    else if (a.T <= 8) launchm<IN, OUT, 1>(a);
+    else if (a.T <= 16) launchm<IN, OUT, 2>(a);
+    else launchm<IN, OUT, 4>(a);
+}
+
+template <int IN>
+static void launch_out(const fz_args &a, av_gemv_out out) {
+    switch (out) {
+    case AV_GEMV_OUT_STORE: launch_t<IN, AV_GEMV_OUT_STORE>(a); break;
+    case AV_GEMV_OUT_ADD: launch_t<IN, AV_GEMV_OUT_ADD>(a); break;
+    case AV_GEMV_OUT_ROPE: launch_t<IN, AV_GEMV_OUT_ROPE>(a); break;
+    default: launch_t<IN, AV_GEMV_OUT_SWIGLU>(a); break;
+    }
+}
+
+/* Shapes the fused kernels take; anything else runs the separate ops below. */
+static int fused_ok(const float *x, const av_mat *W, int T, const av_gemv_fusion *f, int f32) {
+    int N = W->rows, K = W->cols, hd = f->head_dim, rr = f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0;
+    knobs();
+    if (!g_fused || T < 1 || T > 32) return 0;
+    if (T > 1 && (T > g_mma_max || f32 || W->dtype != AV_BF16)) return 0;
+    if ((W->dtype != AV_BF16 && W->dtype != AV_F16) || W->q_bits || K % 8 || N < 1 || ((uintptr_t)x % 16) || ((uintptr_t)W->data % 16))
+        return 0;
+    if (f->in == AV_GEMV_IN_RMSNORM && (!f->norm || (size_t)f->norm->rows * f->norm->cols != (size_t)K)) return 0;
+    if (f->out == AV_GEMV_OUT_ROPE && (hd <= 0 || hd % 2 || rr < 0 || rr > N || rr % hd || (T > 1 && hd % 32))) return 0;
+    if (f->out == AV_GEMV_OUT_SWIGLU && (N % 2 || (T > 1 && (N / 2) % 16))) return 0;
     return 1;
 }
 
-extern "C" void av_cuda_matmul_fused_forward(float *out, const float *x, const av_mat *W, const av_gemv_fusion *f) {
-    int N = W->rows, K = W->cols, hd = f->head_dim, rope_rows = f->rope_heads > 0 ? f->rope_heads * hd : 0;
-    int pair = rope_rows > 0;
-    bool ok = fused_ok(x, W) && (f->in != AV_GEMV_IN_SWIGLU || ((uintptr_t)f->up % 16) == 0) &&
-              (f->in != AV_GEMV_IN_RMSNORM || (f->norm && f->norm->rows * f->norm->cols == K)) &&
-              (!pair || (hd > 0 && hd % 2 == 0 && N % hd == 0 && rope_rows <= N));
-    if (ok) {
-        switch (f->in * 2 + pair) {
-        case 0: launch<AV_GEMV_IN_X, false>(out, x, NULL, NULL, 0.0f, W, f->accumulate, NULL, NULL, 0, 0); break;
-        case 1: launch<AV_GEMV_IN_X, true>(out, x, NULL, NULL, 0.0f, W, f->accumulate, f->pos, f->inv_freq, rope_rows, hd); break;
-        case 2: launch<AV_GEMV_IN_RMSNORM, false>(out, x, NULL, f->norm, f->eps, W, f->accumulate, NULL, NULL, 0, 0); break;
-        case 3: launch<AV_GEMV_IN_RMSNORM, true>(out, x, NULL, f->norm, f->eps, W, f->accumulate, f->pos, f->inv_freq, rope_rows, hd); break;
-        case 4: launch<AV_GEMV_IN_SWIGLU, false>(out, x, f->up, NULL, 0.0f, W, f->accumulate, NULL, NULL, 0, 0); break;
-        default: launch<AV_GEMV_IN_SWIGLU, true>(out, x, f->up, NULL, 0.0f, W, f->accumulate, f->pos, f->inv_freq, rope_rows, hd); break;
-        }
+extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, const av_mat *W, int T, const av_gemv_fusion *f, int f32) {
+    int N = W->rows, K = W->cols, hd = f->head_dim;
+    if (T <= 0) return;
+    if (fused_ok(x, W, T, f, f32)) {
+        const void *nd = f->norm ? f->norm->data : NULL;
+        av_dtype ndt = f->norm ? f->norm->dtype : AV_F32;
+        fz_args a = {out, x, (const uint16_t *)W->data, W->dtype, N, K, T, nd, ndt, ndt == AV_BF16 && ((uintptr_t)nd % 16) == 0, f->eps,
+                     f->pos, f->inv_freq, f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0, hd, N / 2};
+        if (f->in == AV_GEMV_IN_RMSNORM) launch_out<AV_GEMV_IN_RMSNORM>(a, f->out);
+        else launch_out<AV_GEMV_IN_X>(a, f->out);
+        AV_CU_LAUNCHED("fused decode product");
         return;
     }
-    /* any other shape: the separate ops through scratch (same results, more launches) */
-    float *in = (float *)av_cuda_scratch(AV_SCR_FUSED, ((size_t)K + N) * sizeof(float));
+    /* the separate ops through scratch (same results within the table's precision, more launches) */
+    float *in = (float *)av_cuda_scratch(AV_SCR_FUSED, ((size_t)K + N) * T * sizeof(float));
     if (!in) return;
-    float *prod = in + K;
+    float *prod = in + (size_t)K * T;
     const float *src = x;
     if (f->in == AV_GEMV_IN_RMSNORM) {
-        av_cuda_rmsnorm_forward(in, NULL, x, f->norm, 1, K, f->eps);
-        src = in;
-    } else if (f->in == AV_GEMV_IN_SWIGLU) {
-        av_cuda_swiglu_forward(in, x, f->up, (size_t)K);
+        av_cuda_rmsnorm_forward(in, NULL, x, f->norm, T, K, f->eps);
         src = in;
     }
-    av_cuda_matmul_forward_mode(f->accumulate ? prod : out, src, W, 1, 0);
-    float *o = f->accumulate ? prod : out;
-    if (rope_rows > 0) av_cuda_rope_forward(o, f->pos, f->inv_freq, 1, f->rope_heads, hd);
-    if (f->accumulate) av_cuda_add_inplace(out, prod, (size_t)N);
+    int direct = f->out == AV_GEMV_OUT_STORE || (f->out == AV_GEMV_OUT_ROPE && f->rope_heads <= 0);
+    av_cuda_matmul_forward_mode(direct ? out : prod, src, W, T, f32);
+    if (direct) return;
+    size_t n = (size_t)T * (f->out == AV_GEMV_OUT_SWIGLU ? N / 2 : N);
+    fz_epi_k<<<av_cdiv(n, 256), 256, 0, av_cuda_stream()>>>(out, prod, T, N, (int)f->out, f->pos, f->inv_freq,
+                                                         f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0, hd > 0 ? hd : 1, N / 2);
+    AV_CU_LAUNCHED("fused product epilogue");
 }

@@ -25,6 +25,8 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_k(int32_t *ids, const f
     __shared__ int si[32];
     __shared__ float scan[SAMPLE_THREADS];
     __shared__ int chosen;
+    av_pdl_wait();
+    av_pdl_launch();
     int i = blockIdx.x, lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const float *l = logits + (size_t)i * V;
     /* argmax, lowest index on ties */
@@ -100,6 +102,6 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_k(int32_t *ids, const f
 extern "C" void av_cuda_sample(int32_t *ids, const float *logits, int N, int V, float temperature, float top_p, uint64_t seed,
                                int32_t *pos, const int32_t *active) {
     if (N <= 0) return;
-    sample_k<<<N, SAMPLE_THREADS, 0, av_cuda_stream()>>>(ids, logits, V, temperature, top_p, seed, pos, active);
+    av_launch(sample_k, dim3(N), dim3(SAMPLE_THREADS), 0, 1, ids, logits, V, temperature, top_p, seed, pos, active);
     AV_CU_LAUNCHED("sample");
 }

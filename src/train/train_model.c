@@ -28,7 +28,7 @@
 /* What one layer's backward needs and cannot recompute cheaply. The normed inputs (from x_in /
  * xmid and rstd), the SwiGLU output (from gate, up) and the attention probabilities and output
  * (from q, k, v) are recomputed in the backward into shared scratch buffers. Where the backend
- * computes in bf16 (save_acts_bf16) and AV_TRAIN_ACT_BF16=1, q, k, v, gate and up are stored as bf16 (uint16_t behind the
+ * computes in bf16 (save_acts_bf16), unless AV_TRAIN_ACT_BF16=0, q, k, v, gate and up are stored as bf16 (uint16_t behind the
  * float pointers, half the bytes): the layer computes them in f32 scratch, stores them, and the
  * backward loads them back into scratch (q k v: tmp; gate: tmp, up: lora_tmp). */
 typedef struct {
@@ -332,10 +332,10 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
     c->acts = calloc((size_t)c->nsets, sizeof(layer_acts));
     c->pos_host = malloc(sizeof(int32_t) * N);
     if (!c->xs || !c->acts || !c->pos_host) { av_train_ctx_free(c); return av_fail(AV_ERR_NOMEM, "train: out of memory"); }
-    /* opt-in (AV_TRAIN_ACT_BF16=1): H100 TinyLlama 1x512 peak 3.12 -> 2.92 GB, but the separate
-     * store/load kernels cost ~4-5% tok/s, so it is off by default until they are fused */
+    /* on by default where the backend computes in bf16 (AV_TRAIN_ACT_BF16=0 turns it off): H100
+     * TinyLlama 1x512 peak 3.12 -> 2.92 GB for ~4-5% tok/s (the separate store/load kernels) */
     const char *ab = getenv("AV_TRAIN_ACT_BF16");
-    c->a16 = ab && *ab && *ab != '0' && m->be->save_acts_bf16 && m->be->store_bf16 && m->be->load_bf16;
+    c->a16 = !(ab && *ab == '0') && m->be->save_acts_bf16 && m->be->store_bf16 && m->be->load_bf16;
     int ok = 1;
     for (int l = c->first; l <= NL && ok; l++) ok = (c->xs[l] = ctx_alloc(c, N * D, "layer inputs")) != NULL;
     for (int s = 0; s < c->nsets && ok; s++) {
