@@ -275,6 +275,42 @@ static void bench_parts(av_model *m) {
                    bytes / dt / 1e9, dt * 1e6);
         }
     }
+    /* the decode chain of T rows as the step runs it (q|k|v, attention, o, gate|up, down per layer,
+     * LM head), and with one kind left out: that kind's marginal cost inside the chain */
+    const char *skip_names[] = {"none", "qkv", "attn", "o", "gate_up", "down", "lm_head"};
+    float *qkv = xb, *att = xb + (size_t)32 * nq, *gu = kc; /* scratch regions (values do not matter) */
+    for (int ti = 0; ti < 2; ti++) {
+        int T = Ts[ti];
+        double full = 0;
+        for (int skip = 0; skip < 7; skip++) {
+            if (be->graph_begin() != 0) die("capture");
+            for (int l = 0; l < NL; l++) {
+                const av_layer *L = &m->layers[l];
+                av_mat W = L->q.w, G = L->gate.w;
+                W.rows = L->q.w.rows + L->k.w.rows + L->v.w.rows;
+                G.rows *= 2;
+                av_gemv_fusion f = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->attn_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_ROPE,
+                                    .pos = posd, .inv_freq = m->inv_freq, .rope_heads = H + KVH, .head_dim = hd};
+                av_gemv_fusion add = {.in = AV_GEMV_IN_X, .out = AV_GEMV_OUT_ADD};
+                av_gemv_fusion sw = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->mlp_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_SWIGLU};
+                if (skip != 1) be->matmul_fused_forward(qkv, xa, &W, T, &f);
+                if (skip != 2) be->attention_decode(att, qkv, qkv + qd, qkv + qd + kvd, vc, vc + (size_t)16 * S * kvd, posd, T, (size_t)S * kvd / 2, H, KVH, hd, nq);
+                if (skip != 3) be->matmul_fused_forward(xa, att, &L->o.w, T, &add);
+                if (skip != 4) be->matmul_fused_forward(gu, xa, &G, T, &sw);
+                if (skip != 5) be->matmul_fused_forward(xa, gu, &L->down.w, T, &add);
+            }
+            av_gemv_fusion st = {.in = AV_GEMV_IN_RMSNORM, .norm = &m->final_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_STORE};
+            if (skip != 6) be->matmul_fused_forward(xb + (size_t)32 * (nq + qd), xa, &m->lm_head, T, &st);
+            void *g = be->graph_end();
+            if (!g) die("capture end");
+            be->upload(xa, h, sizeof(float) * 32 * (size_t)F); /* keep the residual finite between repeats */
+            double dt = time_graph(be, g);
+            be->graph_free(g);
+            if (!skip) full = dt;
+            printf("{\"chain\":\"T%d_without_%s\",\"step_us\":%.1f,\"marginal_us_per_layer\":%.2f}\n", T, skip_names[skip], dt * 1e6,
+                   skip ? (full - dt) * 1e6 / (skip == 6 ? 1 : NL) : 0.0);
+        }
+    }
     fflush(stdout);
     be->free(xa); be->free(xb); be->free(kc); be->free(vc); be->free(posd);
     free(h);

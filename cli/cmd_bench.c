@@ -4,6 +4,7 @@
 #include "common.h"
 #include "core/memory.h"
 #include "engine/generate.h"
+#include "model/decode_graph.h"
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -41,6 +42,11 @@ int av_cmd_bench(int argc, char **argv) {
     int rc = 0;
     /* warm-up: touch every weight page once */
     if (av_session_forward(s, ids, 1) != AV_OK) rc = av_cli_fail(cmd);
+    /* generation as `anvil generate` runs it greedy: on a backend with graph decode and a device
+     * sampler, one captured graph per token and only the id comes back (see engine/generate.c) */
+    av_decoder *dec = NULL;
+    const av_backend *be = m->be;
+    if (!rc && tg > 0 && be->graph_begin && be->sample && be->attention_decode && av_decoder_new(&dec, s) != AV_OK) dec = NULL;
     for (int k = 0; k < reps && !rc; k++) {
         if (pp > 0) {
             av_session_truncate(s, 0);
@@ -52,7 +58,12 @@ int av_cmd_bench(int argc, char **argv) {
         if (tg > 0) {
             av_session_truncate(s, 0);
             double t0 = av_now();
+            int32_t id = ids[0];
             for (int i = 0; i < tg; i++) {
+                if (dec) {
+                    if (av_decoder_next(dec, id, 0.0f, 1.0f, 0, &id) != AV_OK) { rc = av_cli_fail(cmd); break; }
+                    continue;
+                }
                 if (av_session_forward(s, ids + i, 1) != AV_OK) { rc = av_cli_fail(cmd); break; }
                 av_session_last_logits(s, logits);
             }
@@ -81,6 +92,7 @@ int av_cmd_bench(int argc, char **argv) {
     free(ttg);
     free(ids);
     free(logits);
+    av_decoder_free(dec);
     av_session_free(s);
     av_model_free(m);
     return rc;

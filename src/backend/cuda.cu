@@ -182,6 +182,10 @@ static size_t g_scr_n[AV_SCR_COUNT];
 static unsigned g_scr_gen;
 static int g_ready = -1; /* -1 unknown, 0 no GPU, 1 ready */
 static int g_pdl;         /* programmatic dependent launch (see cuda_common.cuh) */
+/* Small transfers (decode: token ids, positions) go through one pinned buffer: a pageable copy
+ * stages through a driver buffer and costs several microseconds more per token. */
+#define PIN_BYTES 4096
+static void *g_pin;
 
 extern "C" int av_cuda_pdl(void) { return g_pdl; }
 
@@ -220,6 +224,10 @@ static int cuda_init(void) {
     cublasSetStream(g_blas, g_stream);
     if (g_blas_ws) cublasSetWorkspace(g_blas, g_blas_ws, ws);
     cublasSetMathMode(g_blas, CUBLAS_DEFAULT_MATH);
+    if (cudaMallocHost(&g_pin, PIN_BYTES) != cudaSuccess) { /* optional: pageable copies otherwise */
+        g_pin = NULL;
+        cudaGetLastError();
+    }
     int dev = 0, major = 0;
     const char *pdl = getenv("AV_PDL");
     if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess)
@@ -231,12 +239,19 @@ static int cuda_init(void) {
 /* ---------------------------------------------------------------- memory entry points */
 static void *cuda_alloc(size_t n, const char *what) { return arena_alloc(n, what); }
 static void cuda_upload(void *dst, const void *src, size_t n) {
-    av_cuda_note(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, g_stream), "upload");
+    if (g_pin && n <= PIN_BYTES) {
+        memcpy(g_pin, src, n);
+        av_cuda_note(cudaMemcpyAsync(dst, g_pin, n, cudaMemcpyHostToDevice, g_stream), "upload");
+    } else {
+        av_cuda_note(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, g_stream), "upload");
+    }
     av_cuda_note(cudaStreamSynchronize(g_stream), "upload");
 }
 static void cuda_download(void *dst, const void *src, size_t n) {
-    av_cuda_note(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, g_stream), "download");
+    int pin = g_pin && n <= PIN_BYTES;
+    av_cuda_note(cudaMemcpyAsync(pin ? g_pin : dst, src, n, cudaMemcpyDeviceToHost, g_stream), "download");
     av_cuda_note(cudaStreamSynchronize(g_stream), "download");
+    if (pin) memcpy(dst, g_pin, n);
 }
 static void cuda_copy(void *dst, const void *src, size_t n) {
     av_cuda_note(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, g_stream), "copy");

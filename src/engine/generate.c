@@ -1,5 +1,6 @@
 /* Prefill + decode loop with streaming and stop handling. */
 #include "engine/generate.h"
+#include "model/decode_graph.h"
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -94,8 +95,17 @@ av_status av_generate(av_session *s, const av_tokenizer *tok, const int32_t *pro
     size_t max_stop = 0;
     for (int i = 0; i < o->n_stops; i++) if (strlen(o->stops[i]) > max_stop) max_stop = strlen(o->stops[i]);
     int n = 0, user_stop = 0;
+    /* greedy without a repetition penalty on a backend with graph decode and a device sampler: each
+     * step is one captured graph whose argmax stays on the device (only the id comes back), the same
+     * tokens as the host sampler's argmax (lowest id on ties) */
+    const av_backend *be = s->m->be;
+    av_decoder *dec = NULL;
+    if (st == AV_OK && o->sampler.temp <= 0.0f && o->sampler.repetition_penalty == 1.0f && be->graph_begin && be->sample &&
+        be->attention_decode && av_decoder_new(&dec, s) != AV_OK)
+        dec = NULL; /* the session path below still works */
+    int id = -1;
     while (st == AV_OK && n < max_new) {
-        int id = av_sampler_sample(&smp, logits, all, n_prompt + n);
+        if (id < 0) id = av_sampler_sample(&smp, logits, all, n_prompt + n);
         if (is_eos(s, tok, id)) { r->finish = "stop"; break; }
         all[n_prompt + n++] = id;
         if (sd) {
@@ -113,9 +123,17 @@ av_status av_generate(av_session *s, const av_tokenizer *tok, const int32_t *pro
         if (emit(&tb, safe, o)) user_stop = 1;
         if (user_stop || (o->interrupt && *o->interrupt)) { r->finish = "interrupted"; break; }
         if (n == max_new) break;
+        if (dec) {
+            int32_t next;
+            st = av_decoder_next(dec, id, 0.0f, 1.0f, 0, &next);
+            id = next;
+            continue;
+        }
+        id = -1;
         st = av_session_forward(s, &all[n_prompt + n - 1], 1);
         if (st == AV_OK) av_session_last_logits(s, logits);
     }
+    av_decoder_free(dec);
     if (sd && st == AV_OK && strcmp(r->finish, "interrupted")) {
         size_t len;
         const char *rest = av_stream_decoder_flush(sd, &len);

@@ -17,11 +17,14 @@ extern "C" void av_cuda_set_gemv(int fused) { g_fused = fused; }
 /* Tuning knobs read once (benchmarks): AV_G1 = one-row kernel block shape (0: one output pair per
  * 128 threads, 1: two pairs per 256, 2: one pair per 64, 3 (default): 0 for q|k|v, 1 for the rest);
  * AV_MMA_U = k steps in flight per warp of the tensor-core kernel at <= 8 rows (2, the default, with
- * 3 blocks per SM: 5.7k vs 5.5k tok/s at 8 sequences on H100; or 4); AV_MMA_MAX = most rows on the
+ * 3 blocks per SM and 8 for grids of one block per SM: 5.7k vs 5.5k tok/s at 8 sequences on H100; or
+ * 4 throughout); AV_MMA_MAX = most rows on the
  * tensor-core kernel (default 16; more rows: cuBLAS and an epilogue kernel, 16.7k vs 12.8k at 32). */
-static int g_g1 = -1, g_mma_max = 16, g_mma_u = 2;
+static int g_g1 = -1, g_mma_max = 16, g_mma_u = 2, g_sms = 132;
 static void knobs(void) {
     if (g_g1 >= 0) return;
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) g_sms = 132;
     const char *e = getenv("AV_G1"), *m = getenv("AV_MMA_MAX"), *u = getenv("AV_MMA_U");
     if (u) g_mma_u = atoi(u);
     g_g1 = e ? atoi(e) : 3;
@@ -427,7 +430,10 @@ static void launchm(const fz_args &a) {
                      : OUT == AV_GEMV_OUT_ROPE ? (unsigned)(a.rope_rows / 32 + av_cdiv((size_t)(a.N - a.rope_rows), 32))
                                                : av_cdiv((size_t)a.N, 16 * TU);
     constexpr int U = NT >= 4 ? 2 : 4;
-    if (NT == 1 && g_mma_u == 2) av_launch(fzm_k<IN, OUT, NT, 2, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
+    /* <= 8 rows: a grid of at most one block per SM (the 2048-row products) is latency-bound, so it
+     * keeps 8 k steps per warp in flight; larger grids keep 2 and fit three blocks per SM */
+    if (NT == 1 && g_mma_u == 2 && units <= (unsigned)g_sms) av_launch(fzm_k<IN, OUT, NT, 8, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
+    else if (NT == 1 && g_mma_u == 2) av_launch(fzm_k<IN, OUT, NT, 2, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
     else av_launch(fzm_k<IN, OUT, NT, U, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
 }
 
