@@ -60,9 +60,10 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
+# -MMD/-MF: header dependencies for .cu files too (a changed .cuh rebuilds every kernel that includes it)
 $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -c -o $@ $<
+	$(NVCC) $(NVFLAGS) -MMD -MP -MF $(@:.o=.d) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libanvil.a tests/test.h
 	@mkdir -p $(dir $@)

@@ -192,7 +192,8 @@ static void test_matmul(void) {
 
 /* Fused decode products vs the separate CPU ops: RMSNorm input, stores with RoPE pairs, SwiGLU pairs
  * and residual adds; one row (exact f32 GEMV: 1e-5), 2..16 rows on bf16 tensor cores and more through
- * cuBLAS (inputs rounded to bf16: 4e-3), the exact-f32 table (1e-5); shapes with partial tiles,
+ * cuBLAS (inputs rounded to bf16: 4e-3), the exact-f32 table (1e-5); shapes with partial tiles, small
+ * and large grids,
  * K not a multiple of 32, and ones that fall back (K % 8 != 0). */
 static void test_matmul_fused(void) {
     struct { av_gemv_in in; av_gemv_out out; int T, N, K, rope_heads, hd, f32; } cases[] = {
@@ -203,6 +204,9 @@ static void test_matmul_fused(void) {
         {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 13, 352, 2048, 0, 0, 0}, {AV_GEMV_IN_X, AV_GEMV_OUT_STORE, 32, 1000, 264, 0, 0, 0},
         {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 20, 512, 1024, 6, 64, 0},  {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 2, 37, 40, 0, 0, 0},
         {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 3, 2560, 2048, 36, 64, 1}, {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 5, 352, 100, 0, 0, 0},
+        {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_STORE, 4, 300, 2048, 0, 0, 0},   {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 7, 4000, 2048, 0, 0, 0},
+        {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 3, 64, 176, 0, 0, 0},             {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 3, 64, 64, 0, 0, 0},
+        {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 3, 352, 64, 0, 0, 0},
     };
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         int T = cases[ci].T, N = cases[ci].N, K = cases[ci].K, hd = cases[ci].hd, rh = cases[ci].rope_heads, F = N / 2;

@@ -17,8 +17,8 @@ extern "C" void av_cuda_set_gemv(int fused) { g_fused = fused; }
 /* Tuning knobs read once (benchmarks): AV_G1 = one-row kernel block shape (0: one output pair per
  * 128 threads, 1: two pairs per 256, 2: one pair per 64, 3 (default): 0 for q|k|v, 1 for the rest);
  * AV_MMA_U = k steps in flight per warp of the tensor-core kernel at <= 8 rows (2, the default, with
- * 3 blocks per SM and 8 for grids of one block per SM: 5.7k vs 5.5k tok/s at 8 sequences on H100; or
- * 4 throughout); AV_MMA_MAX = most rows on the
+ * 3 blocks per SM and 8 for grids of one block per SM: 8 sequences on H100 5.5k -> 6.35k tok/s; or 4
+ * throughout; splitting K over two blocks per tile for those grids measured slower); AV_MMA_MAX = most rows on the
  * tensor-core kernel (default 16; more rows: cuBLAS and an epilogue kernel, 16.7k vs 12.8k at 32). */
 static int g_g1 = -1, g_mma_max = 16, g_mma_u = 2, g_sms = 132;
 static void knobs(void) {
@@ -244,10 +244,10 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 /* Weight fragments of k steps s0, s0 + MM_WARPS, ... (U of them) for the unit's tiles. */
 template <int U, int TU>
 __device__ __forceinline__ void fzm_load(uint4 (&wv)[U][TU][2], const uint4 *const (&wr)[TU][2], const bool (&ok)[TU][2], int s0, int t,
-                                         int nv) {
+                                         int nv, int stride) {
 #pragma unroll
     for (int j = 0; j < U; j++) {
-        int c = 4 * (s0 + j * MM_WARPS) + t;
+        int c = 4 * (s0 + j * stride) + t;
 #pragma unroll
         for (int i = 0; i < TU; i++)
 #pragma unroll
@@ -279,7 +279,8 @@ __global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_
             wr[i][h] = reinterpret_cast<const uint4 *>(a.W + (size_t)(ok[i][h] ? row : 0) * a.K);
         }
     uint4 wv[U][TU][2];
-    fzm_load<U, TU>(wv, wr, ok, warp, t, nv); /* weights are constant: start streaming before the wait */
+    const int wg = warp, stride = MM_WARPS;
+    fzm_load<U, TU>(wv, wr, ok, wg, t, nv, stride); /* weights are constant: start streaming before the wait */
     av_pdl_wait();
     av_pdl_launch();
     float acc[TU][NT][4], ss[NT];
@@ -289,11 +290,11 @@ __global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_
         for (int n = 0; n < NT; n++) acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.0f;
 #pragma unroll
     for (int n = 0; n < NT; n++) ss[n] = 0.0f;
-    for (int s0 = warp; s0 < S; s0 += U * MM_WARPS) {
-        if (s0 != warp) fzm_load<U, TU>(wv, wr, ok, s0, t, nv);
+    for (int s0 = wg; s0 < S; s0 += U * stride) {
+        if (s0 != wg) fzm_load<U, TU>(wv, wr, ok, s0, t, nv, stride);
 #pragma unroll
         for (int j = 0; j < U; j++) {
-            int s = s0 + j * MM_WARPS;
+            int s = s0 + j * stride;
             if (s >= S) break; /* warp-uniform */
             int c = 4 * s + t;
 #pragma unroll
