@@ -71,6 +71,23 @@ __device__ __forceinline__ float av_ld_w(const void *p, av_dtype t, size_t i) {
     return ((const float *)p)[i];
 }
 
+/* 8 consecutive bf16 or f16 values (one 16-byte load) as floats. */
+__device__ __forceinline__ void av_unpack8(uint4 w, av_dtype dt, float *f) {
+    uint32_t u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        if (dt == AV_BF16) {
+            f[2 * j] = __uint_as_float(u[j] << 16);
+            f[2 * j + 1] = __uint_as_float(u[j] & 0xffff0000u);
+        } else {
+            __half2 h = *reinterpret_cast<__half2 *>(&u[j]);
+            float2 p = __half22float2(h);
+            f[2 * j] = p.x;
+            f[2 * j + 1] = p.y;
+        }
+    }
+}
+
 __device__ __forceinline__ float av_warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -11,22 +11,6 @@ extern "C" {
 #define GEMV_MAX_T 8
 #define GEMV_WARPS 8
 
-__device__ __forceinline__ void unpack8(uint4 w, av_dtype dt, float *f) {
-    uint32_t u[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        if (dt == AV_BF16) {
-            f[2 * j] = __uint_as_float(u[j] << 16);
-            f[2 * j + 1] = __uint_as_float(u[j] & 0xffff0000u);
-        } else {
-            __half2 h = *reinterpret_cast<__half2 *>(&u[j]);
-            float2 p = __half22float2(h);
-            f[2 * j] = p.x;
-            f[2 * j + 1] = p.y;
-        }
-    }
-}
-
 /* Each warp owns R consecutive weight rows and walks them 8 elements (16 bytes) at a time; the x
  * values it loads serve all R rows (R independent 16-byte weight loads in flight per step). */
 #define GEMV_BLOCK_WARPS 4
@@ -47,7 +31,7 @@ __global__ void __launch_bounds__(GEMV_BLOCK_WARPS * 32) gemv16_k(float *out, co
 #pragma unroll
         for (int r = 0; r < R; r++) {
             uint4 wv = row0 + r < N ? __ldcs(reinterpret_cast<const uint4 *>(W + (size_t)(row0 + r) * K) + i) : make_uint4(0, 0, 0, 0);
-            unpack8(wv, dt, wf[r]);
+            av_unpack8(wv, dt, wf[r]);
         }
 #pragma unroll
         for (int t = 0; t < TT; t++) {
@@ -90,7 +74,7 @@ __global__ void __launch_bounds__(GEMV1_THREADS) gemv1_k(float *out, const float
 #pragma unroll
         for (int r = 0; r < GEMV1_R; r++) {
             float f[8];
-            unpack8(wv[r], dt, f);
+            av_unpack8(wv[r], dt, f);
             acc[r] += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
         }
     }

@@ -46,22 +46,6 @@ struct fz_args {
     int rope_rows, hd, F;
 };
 
-__device__ __forceinline__ void fz_unpack8(uint4 w, av_dtype dt, float *f) {
-    uint32_t u[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        if (dt == AV_BF16) {
-            f[2 * j] = __uint_as_float(u[j] << 16);
-            f[2 * j + 1] = __uint_as_float(u[j] & 0xffff0000u);
-        } else {
-            __half2 h = *reinterpret_cast<__half2 *>(&u[j]);
-            float2 p = __half22float2(h);
-            f[2 * j] = p.x;
-            f[2 * j + 1] = p.y;
-        }
-    }
-}
-
 /* x[8c .. 8c+7] of one row, times the norm weight when the input is RMSNorm'ed; *ss += sum of x^2. */
 template <int IN>
 __device__ __forceinline__ void fz_x8(const fz_args &a, const float *xr, int c, float *v, float *ss) {
@@ -71,7 +55,7 @@ __device__ __forceinline__ void fz_x8(const fz_args &a, const float *xr, int c, 
     if (IN == AV_GEMV_IN_RMSNORM) {
         float gw[8];
         if (a.nvec) {
-            fz_unpack8(__ldg(reinterpret_cast<const uint4 *>(a.norm) + c), AV_BF16, gw);
+            av_unpack8(__ldg(reinterpret_cast<const uint4 *>(a.norm) + c), AV_BF16, gw);
         } else {
 #pragma unroll
             for (int j = 0; j < 8; j++) gw[j] = av_ld_w(a.norm, a.ndt, (size_t)8 * c + j);
@@ -155,7 +139,7 @@ __global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units) {
                 for (int q = 0; q < P; q++)
 #pragma unroll
                     for (int h = 0; h < 2; h++) {
-                        fz_unpack8(w[j][q][h], a.dt, f);
+                        av_unpack8(w[j][q][h], a.dt, f);
 #pragma unroll
                         for (int e = 0; e < 8; e++) acc[q][h] += f[e] * xv[e];
                     }
