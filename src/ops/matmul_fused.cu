@@ -1,11 +1,12 @@
 /* Fused decode products for the CUDA backend (backend.h av_gemv_fusion): out = in(x) . W^T for
  * T <= 32 rows, with RMSNorm on the input (its sum of squares gathered in the same pass over x) and a
  * residual add, RoPE pairs or SwiGLU pairs on the outputs, so a decoder layer is four products and
- * the attention. One row: an exact f32 GEMV, a block per output pair. 2..32 rows (bf16 table, bf16
- * weights): mma.sync m16n8k16 tensor-core products whose weight fragments come straight from memory
- * in 16-byte loads (the k order inside a fragment is permuted the same way for weights and inputs,
- * which a dot product does not see), warps of a block splitting K. Both kinds issue their first
- * weight loads before waiting on the previous kernel (programmatic dependent launch). */
+ * the attention. One row: an exact f32 GEMV, a block per one or two output pairs. 2..16 rows (bf16
+ * table, bf16 weights): mma.sync m16n8k16 tensor-core products whose weight fragments come straight
+ * from memory in 16-byte loads (the k order inside a fragment is permuted the same way for weights and
+ * inputs, which a dot product does not see), warps of a block splitting K; more rows: cuBLAS and one
+ * epilogue kernel. The fused kernels issue their first weight loads before waiting on the previous
+ * kernel (programmatic dependent launch). */
 #include "backend/cuda_common.cuh"
 #include <stdlib.h>
 extern "C" {
@@ -18,8 +19,9 @@ extern "C" void av_cuda_set_gemv(int fused) { g_fused = fused; }
  * 128 threads, 1: two pairs per 256, 2: one pair per 64, 3 (default): 0 for q|k|v, 1 for the rest);
  * AV_MMA_U = k steps in flight per warp of the tensor-core kernel at <= 8 rows (2, the default, with
  * 3 blocks per SM and 8 for grids of one block per SM: 8 sequences on H100 5.5k -> 6.35k tok/s; or 4
- * throughout; splitting K over two blocks per tile for those grids measured slower); AV_MMA_MAX = most rows on the
- * tensor-core kernel (default 16; more rows: cuBLAS and an epilogue kernel, 16.7k vs 12.8k at 32). */
+ * throughout; splitting K over two blocks per tile for those grids measured slower); AV_MMA_MAX =
+ * most rows on the tensor-core kernel (default 16; more rows: cuBLAS and an epilogue kernel, 16.7k vs
+ * 12.8k tok/s at 32 sequences). */
 static int g_g1 = -1, g_mma_max = 16, g_mma_u = 2, g_sms = 132;
 static void knobs(void) {
     if (g_g1 >= 0) return;
