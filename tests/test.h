@@ -18,6 +18,18 @@ static int t_checks, t_failed, t_skipped;
 #define TEST_SUMMARY() (printf("%s: %d checks, %d failed%s\n", __FILE__, t_checks, t_failed, t_skipped ? ", some skipped" : ""), t_failed ? 1 : 0)
 
 /* Path to ../shared/fixtures (or $AV_FIXTURES); NULL if absent. */
+/* Relative L2 error of a against ref (INFINITY on NaN). */
+static inline double test_rel_l2(const float *a, const float *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        if (d != d) return INFINITY;
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1e-30));
+}
+
 static inline const char *test_fixtures(void) {
     const char *e = getenv("AV_FIXTURES");
     static char buf[4096];

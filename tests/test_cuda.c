@@ -39,17 +39,7 @@ static float *down(const av_backend *be, const void *d, size_t n) {
     be->download(h, d, n * sizeof(float));
     return h;
 }
-static double rel_l2(const float *a, const float *ref, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - ref[i];
-        if (d != d) return INFINITY;
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1e-30));
-}
-#define CMP(name, dev_ptr, ref, n, tol) do { float *h_ = down(G, dev_ptr, n); double e_ = rel_l2(h_, ref, n); \
+#define CMP(name, dev_ptr, ref, n, tol) do { float *h_ = down(G, dev_ptr, n); double e_ = test_rel_l2(h_, ref, n); \
     CHECK(e_ <= (tol), "%s: rel L2 %.3g > %g", name, e_, (double)(tol)); free(h_); } while (0)
 
 static av_mat bf16_mat(const float *w, int rows, int cols, uint16_t **host) {
@@ -707,7 +697,7 @@ static void check_train(const char *name, const av_backend *be, double tol) {
             const av_st_tensor *t = av_st_find(&gf, P[i].name);
             if (!t || av_st_numel(t) != (int64_t)P[i].n) { CHECK(0, "reference gradient %s", P[i].name); continue; }
             float *h = down(be, P[i].grad, P[i].n);
-            double e = rel_l2(h, t->data, P[i].n);
+            double e = test_rel_l2(h, t->data, P[i].n);
             if (e > worst) worst = e;
             free(h);
         }
@@ -731,7 +721,7 @@ static double cmp_params(av_train_ctx *cc, av_train_ctx *cg, const av_backend *b
         av_param *a = &av_train_params(cc)[i], *b = &av_train_params(cg)[i];
         if (a->n != b->n || strcmp(a->name, b->name)) return INFINITY;
         float *h = down(be, b->grad, b->n);
-        double e = rel_l2(h, a->grad, a->n);
+        double e = test_rel_l2(h, a->grad, a->n);
         if (e > worst) { worst = e; *worst_name = a->name; }
         free(h);
     }

@@ -18,16 +18,6 @@ static float *rnd(size_t n, float scale) {
     for (size_t i = 0; i < n; i++) p[i] = frand() * scale;
     return p;
 }
-static double rel_l2(const float *a, const float *ref, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - ref[i];
-        if (d != d) return INFINITY;
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1e-30));
-}
 /* float64 log-sum-exp of row (h, t)'s scaled scores */
 static double lse_ref(const float *q, const float *k, int t, int h, int pos0, int H, int KVH, int hd) {
     int kh = h / (H / KVH), n = pos0 + t + 1;
@@ -65,7 +55,7 @@ int main(void) {
               *lse = malloc(sizeof(float) * H * T);
         av_attention_forward(ref, NULL, q, k, v, T, S, p0, H, KVH, hd);
         av_flash_attention_forward(o, lse, q, k, v, T, S, p0, H, KVH, hd);
-        double e = rel_l2(o, ref, qn);
+        double e = test_rel_l2(o, ref, qn);
         CHECK(e <= 1e-5, "cpu flash T=%d pos0=%d H=%d KVH=%d hd=%d: rel L2 %.3g", T, p0, H, KVH, hd, e);
         /* lse on a few rows of every head */
         double lerr = 0;
@@ -89,7 +79,7 @@ int main(void) {
             G->download(go, od, qn * 4);
             G->download(gl, ld, sizeof(float) * H * T);
             CHECK_OK(av_cuda_status());
-            e = rel_l2(go, ref, qn);
+            e = test_rel_l2(go, ref, qn);
             CHECK(e <= 1e-2, "cuda flash T=%d pos0=%d H=%d KVH=%d hd=%d: rel L2 %.3g", T, p0, H, KVH, hd, e);
             double le = 0; /* absolute: a row's lse is a bf16-rounded score when it sees one key */
             for (int i = 0; i < H * T; i++) {
@@ -112,7 +102,7 @@ int main(void) {
         G->upload(qd, q, qn * 4); G->upload(kd, k, kn * 4); G->upload(vd, v, kn * 4);
         G->flash_attention_forward(od, NULL, qd, kd, vd, T, S, 0, H, KVH, hd);
         G->download(go, od, qn * 4);
-        double e = rel_l2(go, ref, qn);
+        double e = test_rel_l2(go, ref, qn);
         CHECK(e <= 1e-2, "cuda flash fallback hd=32: rel L2 %.3g", e);
         CHECK_OK(av_cuda_status());
         G->free(qd); G->free(kd); G->free(vd); G->free(od);
