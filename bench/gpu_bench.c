@@ -35,6 +35,9 @@ static double step_bytes(const av_model *m) {
     return (double)m->weight_bytes - (c->tie_word_embeddings ? 0 : emb);
 }
 
+/* AV_AHEAD=0: every decode step waits for the previous one's ids (no step queued ahead) */
+static int ahead = 1;
+
 static void bench_decode1(av_model *m, int gen) {
     const av_backend *be = m->be;
     int prompt = 16, V = m->cfg.vocab_size;
@@ -52,7 +55,7 @@ static void bench_decode1(av_model *m, int gen) {
         be->sync();
         double t0 = now();
         for (int i = 0; i < gen; i++) {
-            if (av_decoder_next(d, t, 0.0f, 1.0f, 0, &next) != AV_OK) die("decode");
+            if (av_decoder_next_ahead(d, t, 0.0f, 1.0f, 0, &next, ahead && i + 1 < gen) != AV_OK) die("decode");
             t = next;
         }
         double dt = now() - t0;
@@ -109,7 +112,7 @@ static void bench_batch(av_model *m, int N, int gen) {
         be->sync();
         double t0 = now();
         for (int s = 0; s < gen; s++)
-            if (av_batch_session_step(b, &sp, out) != AV_OK) die("batch step");
+            if (av_batch_session_step_ahead(b, &sp, out, ahead && s + 1 < gen) != AV_OK) die("batch step");
         double dt = now() - t0;
         if (rep > 0 && dt < best) best = dt;
     }
@@ -322,6 +325,7 @@ int main(int argc, char **argv) {
     const av_backend *be = av_backend_cuda();
     if (!be) die("cuda");
     /* AV_GEMV=0: the separate ops instead of the fused decode products (side-by-side runs) */
+    if (getenv("AV_AHEAD")) ahead = atoi(getenv("AV_AHEAD")) != 0;
     const char *gv = getenv("AV_GEMV");
     if (gv) av_cuda_set_gemv(atoi(gv));
     /* AV_FLASH_WARPS=4|8: query rows per flash-attention block (16 per warp) */

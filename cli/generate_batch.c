@@ -142,7 +142,9 @@ int av_cli_generate_batch(const char *cmd, const char *model_dir, av_model *m, a
         double t1 = av_now();
         t_prompt += t1 - t0;
         while (!rc && running > 0) {
-            if (av_batch_session_step(b, &sp, tok_out) != AV_OK) { rc = av_cli_fail(cmd); break; }
+            int more = 0; /* a step after this one is sure to be wanted unless a stop comes: queue it */
+            for (int i = 0; i < n && !more; i++) more = !sq[g0 + i].done && sq[g0 + i].n_ids + 1 < o->max_tokens;
+            if (av_batch_session_step_ahead(b, &sp, tok_out, more) != AV_OK) { rc = av_cli_fail(cmd); break; }
             for (int i = 0; i < n; i++) {
                 seq *s = &sq[g0 + i];
                 if (s->done) continue;

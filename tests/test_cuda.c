@@ -599,6 +599,20 @@ static void check_model(const char *name, const av_backend *be, int exact) {
     }
     CHECK(exact ? same == 24 : same >= 20, "%s on %s: greedy (decoder, device sampler) %d of 24 tokens match", name, be->name, same);
     av_decoder_free(d);
+    /* the next step queued ahead must not change a token: the fed ids (the golden ones, one of them
+     * replaced so the queued step is discarded there) give the same outputs with and without */
+    int32_t outs[2][24];
+    for (int la = 0; la < 2; la++) {
+        av_session_truncate(s, 0);
+        CHECK_OK(av_session_forward(s, all, n_prompt - 1));
+        CHECK_OK(av_decoder_new(&d, s));
+        for (int i = 0; i < 24 && d; i++) {
+            int32_t feed = i == 12 ? (all[n_prompt + i - 1] + 1) % V : all[n_prompt + i - 1];
+            CHECK_OK(av_decoder_next_ahead(d, feed, 0.0f, 1.0f, 0, &outs[la][i], la && i != 17));
+        }
+        av_decoder_free(d);
+    }
+    CHECK(!memcmp(outs[0], outs[1], sizeof outs[0]), "%s on %s: decoder tokens differ with steps queued ahead", name, be->name);
     free(logits);
     av_session_free(s);
     av_model_free(m);
@@ -651,6 +665,26 @@ static void check_batch(const char *name, const av_backend *be, int exact) {
     }
     CHECK(exact ? same0 == 24 : same0 >= 20, "%s batch on %s: sequence 0 vs alone %d of 24 match", name, be->name, same0);
     CHECK(av_batch_session_pos(b, 2) == n2 + 10 && av_batch_session_pos(b, 0) == n0 + 23, "%s batch positions %d %d", name, av_batch_session_pos(b, 2),
+          av_batch_session_pos(b, 0));
+    /* again with the next step queued ahead (finish in between, a prefill with a step still queued):
+     * the same tokens */
+    int32_t again[3][24];
+    CHECK_OK(av_batch_session_prefill(b, 0, p0, n0, &sp, &again[0][0]));
+    CHECK_OK(av_batch_session_prefill(b, 1, all, n_prompt, &sp, &again[1][0]));
+    CHECK_OK(av_batch_session_prefill(b, 2, p2, n2, &sp, &again[2][0]));
+    for (int i = 1; i < 24; i++) {
+        CHECK_OK(av_batch_session_step_ahead(b, &sp, out, 1));
+        for (int j = 0; j < 3; j++) again[j][i] = out[j];
+        if (i == 10) av_batch_session_finish(b, 2);
+    }
+    int diff = 0;
+    for (int i = 0; i < 24; i++) diff += again[0][i] != got[0][i] || again[1][i] != got[1][i] || (i <= 10 && again[2][i] != got[2][i]);
+    CHECK(diff == 0, "%s batch on %s: %d tokens differ with steps queued ahead", name, be->name, diff);
+    int32_t first;
+    CHECK_OK(av_batch_session_prefill(b, 2, p2, n2, &sp, &first)); /* a step is still queued */
+    CHECK_OK(av_batch_session_step(b, &sp, out));
+    CHECK(first == got[2][0] && out[2] == got[2][1] && av_batch_session_pos(b, 0) == n0 + 24,
+          "%s batch on %s: prefill after a queued step: %d %d (want %d %d), pos %d", name, be->name, first, out[2], got[2][0], got[2][1],
           av_batch_session_pos(b, 0));
     free(lg);
     av_session_free(s);

@@ -31,4 +31,11 @@ void av_attention_forward_batch(float *out, float *probs, const float *q, const 
                                 int hd, float *work, size_t work_floats);
 void av_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, float *probs, const float *q, const float *k,
                                  const float *v, int B, int T, int H, int KVH, int hd, float *work, size_t work_floats);
+
+/* Flash training attention (backend ops flash_attention_forward_batch / _backward_batch; CUDA only,
+ * bf16 tensor cores): the function of av_attention_forward_batch / av_attention_backward_batch
+ * without probs. The forward also writes lse [B, H, T] (natural-log log-sum-exp of each row's scaled
+ * scores, or NULL); the backward takes out and lse of that forward, recomputes the softmax tile by
+ * tile and accumulates dq, dk, dv with one writer per element (bit-reproducible). The reference is
+ * the pair above: the same gradients within bf16 rounding. */
 #endif

@@ -2,39 +2,27 @@
  * m16n8k16, f32 accumulate) with an online softmax in f32 registers. K and V are first converted to
  * bf16 once per call (K as [KVH][S'][hd], V transposed to [KVH][hd][S'], S' = S rounded up to the
  * key tile, zero padded); Q is converted from f32 while loading its fragments. One block per
- * (query tile of 16 * warps rows, head), key tiles of 64 double-buffered in shared memory through
- * cp.async; tiles past the causal limit are skipped (per block and per warp). */
-#include "backend/cuda_common.cuh"
+ * (query tile of 16 * warps rows, head, sequence: training runs B sequences in one launch), key
+ * tiles of 64 double-buffered in shared memory through cp.async; tiles past the causal limit are
+ * skipped (per block and per warp). The backward for training is flash_bwd.cu. */
+#include "attention/flash_common.cuh"
 extern "C" {
 #include "backend/cuda.h"
 #include "attention/attention.h"
 }
 
-#define FA_BC 64 /* keys per tile */
-#define FA_PAD 8 /* bf16 padding per shared row: 16 bytes, keeps fragment reads conflict-free */
-
-static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&p);
-}
-static __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
-    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
-static __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
-static __device__ __forceinline__ void cp_async_wait_all(void) { asm volatile("cp.async.wait_group 0;\n" ::); }
-
-/* kb[kh][s][d] = k[s][kh*hd + d]; vt[kh][d][s] = v[s][kh*hd + d]; zeros for S <= s < Sp.
- * Block (32, 8) over a 32-key x 32-dim tile of one KV head (blockIdx.z), transposed through smem. */
-__global__ void fa_convert_kv_k(__nv_bfloat16 *kb, __nv_bfloat16 *vt, const float *k, const float *v, int S, int Sp, int KVH, int hd) {
+/* kb[b][kh][s][d] = k[b][s][kh*hd + d]; vt[b][kh][d][s] = v[b][s][kh*hd + d]; zeros for S <= s < Sp.
+ * Block (32, 8) over a 32-key x 32-dim tile of one (sequence, KV head) (blockIdx.z = b * KVH + kh),
+ * transposed through smem; sequence b's keys start at row b * seq_rows. */
+__global__ void fa_convert_kv_k(__nv_bfloat16 *kb, __nv_bfloat16 *vt, const float *k, const float *v, int S, int Sp, int KVH, int hd,
+                                int seq_rows) {
     __shared__ float tile[32][33];
-    int kh = blockIdx.z, s0 = blockIdx.x * 32, d0 = blockIdx.y * 32;
+    int kh = blockIdx.z % KVH, b = blockIdx.z / KVH, s0 = blockIdx.x * 32, d0 = blockIdx.y * 32;
     size_t ks = (size_t)KVH * hd;
+    k += (size_t)b * seq_rows * ks;
+    v += (size_t)b * seq_rows * ks;
+    kb += (size_t)b * KVH * Sp * hd;
+    vt += (size_t)b * KVH * Sp * hd;
     for (int i = threadIdx.y; i < 32; i += 8) {
         int s = s0 + i, d = d0 + threadIdx.x;
         float kv = 0.0f, vv = 0.0f;
@@ -60,7 +48,12 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
     __nv_bfloat16 *Ks = reinterpret_cast<__nv_bfloat16 *>(fa_smem);  /* [2][FA_BC][KS] */
     __nv_bfloat16 *Vs = Ks + 2 * FA_BC * KS;                          /* [2][HD][VS] */
     int nqt = gridDim.x, qt = nqt - 1 - blockIdx.x;                   /* heaviest (last) query tiles first */
-    int h = blockIdx.y, kh = h / (H / KVH);
+    int h = blockIdx.y, kh = h / (H / KVH), b = blockIdx.z; /* sequence b: its rows, its keys */
+    q += (size_t)b * T * H * HD;
+    out += (size_t)b * T * H * HD;
+    if (lse) lse += (size_t)b * H * T;
+    kb += (size_t)b * KVH * Sp * HD;
+    vt += (size_t)b * KVH * Sp * HD;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     int t0 = qt * BR, tw = t0 + warp * 16;                            /* first row of the block / the warp */
     int kend = pos0 + min(t0 + BR, T);                                /* keys the block's last row sees */
@@ -203,8 +196,8 @@ static int g_flash_warps = 4;
 extern "C" void av_cuda_set_flash_warps(int warps) { g_flash_warps = warps == 8 ? 8 : 4; }
 
 template <int HD, int WARPS>
-static void fa_launch(float *out, float *lse, const float *q, const __nv_bfloat16 *kb, const __nv_bfloat16 *vt, int T, int Sp, int pos0,
-                      int H, int KVH, float qscale) {
+static void fa_launch(float *out, float *lse, const float *q, const __nv_bfloat16 *kb, const __nv_bfloat16 *vt, int B, int T, int Sp,
+                      int pos0, int H, int KVH, float qscale) {
     size_t smem = (size_t)2 * (FA_BC * (HD + FA_PAD) + HD * (FA_BC + FA_PAD)) * sizeof(__nv_bfloat16);
     static size_t smem_set = 48 << 10;
     if (smem > smem_set) {
@@ -212,7 +205,29 @@ static void fa_launch(float *out, float *lse, const float *q, const __nv_bfloat1
         smem_set = smem;
     }
     int nqt = (T + 16 * WARPS - 1) / (16 * WARPS);
-    fa_fwd_k<HD, WARPS><<<dim3(nqt, H), WARPS * 32, smem, av_cuda_stream()>>>(out, lse, q, kb, vt, T, Sp, pos0, H, KVH, qscale);
+    fa_fwd_k<HD, WARPS><<<dim3(nqt, H, B), WARPS * 32, smem, av_cuda_stream()>>>(out, lse, q, kb, vt, T, Sp, pos0, H, KVH, qscale);
+}
+
+/* B sequences of T rows (sequence b's keys at rows b * seq_rows, its first query at position pos0). */
+static void fa_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int seq_rows, int pos0,
+                       int H, int KVH, int hd) {
+    int Sk = pos0 + T, Sp = (Sk + FA_BC - 1) / FA_BC * FA_BC; /* only keys 0..pos0+T-1 are ever seen */
+    size_t n = (size_t)B * KVH * Sp * hd;
+    __nv_bfloat16 *kb = (__nv_bfloat16 *)av_cuda_scratch(AV_SCR_FLASH, 2 * n * sizeof(__nv_bfloat16));
+    if (!kb) return;
+    __nv_bfloat16 *vt = kb + n;
+    cudaStream_t st = av_cuda_stream();
+    fa_convert_kv_k<<<dim3(Sp / 32, av_cdiv(hd, 32), B * KVH), dim3(32, 8), 0, st>>>(kb, vt, k, v, Sk, Sp, KVH, hd, seq_rows);
+    AV_CU_LAUNCHED("flash attention convert");
+    float qscale = 1.4426950409f / sqrtf((float)hd);
+    if (hd == 64) {
+        if (g_flash_warps == 8) fa_launch<64, 8>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale);
+        else fa_launch<64, 4>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale);
+    } else {
+        if (g_flash_warps == 8) fa_launch<128, 8>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale);
+        else fa_launch<128, 4>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale);
+    }
+    AV_CU_LAUNCHED("flash attention");
 }
 
 extern "C" void av_cuda_flash_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int T, int S,
@@ -223,22 +238,13 @@ extern "C" void av_cuda_flash_attention_forward(float *out, float *lse, const fl
         if (lse) av_cuda_note(cudaErrorInvalidValue, "flash attention: lse needs head_dim 64 or 128");
         return;
     }
-    int Sk = pos0 + T, Sp = (Sk + FA_BC - 1) / FA_BC * FA_BC; /* only keys 0..pos0+T-1 are ever seen */
-    (void)S;
-    size_t n = (size_t)KVH * Sp * hd;
-    __nv_bfloat16 *kb = (__nv_bfloat16 *)av_cuda_scratch(AV_SCR_FLASH, 2 * n * sizeof(__nv_bfloat16));
-    if (!kb) return;
-    __nv_bfloat16 *vt = kb + n;
-    cudaStream_t st = av_cuda_stream();
-    fa_convert_kv_k<<<dim3(Sp / 32, av_cdiv(hd, 32), KVH), dim3(32, 8), 0, st>>>(kb, vt, k, v, Sk, Sp, KVH, hd);
-    AV_CU_LAUNCHED("flash attention convert");
-    float qscale = 1.4426950409f / sqrtf((float)hd);
-    if (hd == 64) {
-        if (g_flash_warps == 8) fa_launch<64, 8>(out, lse, q, kb, vt, T, Sp, pos0, H, KVH, qscale);
-        else fa_launch<64, 4>(out, lse, q, kb, vt, T, Sp, pos0, H, KVH, qscale);
-    } else {
-        if (g_flash_warps == 8) fa_launch<128, 8>(out, lse, q, kb, vt, T, Sp, pos0, H, KVH, qscale);
-        else fa_launch<128, 4>(out, lse, q, kb, vt, T, Sp, pos0, H, KVH, qscale);
-    }
-    AV_CU_LAUNCHED("flash attention");
+    fa_forward(out, lse, q, k, v, 1, T, S, pos0, H, KVH, hd);
+}
+
+/* Training forward: every sequence and head in one launch (after one conversion of all K/V). */
+extern "C" int av_cuda_flash_attention_forward_batch(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
+                                                     int H, int KVH, int hd) {
+    if (hd != 64 && hd != 128) return -1;
+    if (B > 0 && T > 0) fa_forward(out, lse, q, k, v, B, T, T, 0, H, KVH, hd);
+    return 0;
 }

@@ -40,6 +40,11 @@ typedef struct av_backend {
     void (*zero)(void *p, size_t bytes);
     void (*sync)(void);
     size_t (*peak_bytes)(void); /* peak backend memory in use */
+    /* Optional (NULL: use download): a small download (<= 4 KB) queued behind the work issued so
+     * far without waiting for it. begin returns a ticket (-1: none free, use download); end waits for
+     * that copy only and writes the bytes to dst. At most 4 tickets outstanding; each ended once. */
+    int (*download_begin)(const void *src, size_t bytes);
+    void (*download_end)(int ticket, void *dst, size_t bytes);
 
     /* ops (see ops.h for semantics) */
     void (*embedding_forward)(float *out, const int32_t *ids, const av_mat *table, int T);
@@ -103,6 +108,14 @@ typedef struct av_backend {
                                     int KVH, int hd, float *work, size_t work_floats);
     void (*attention_backward_batch)(float *dq, float *dk, float *dv, const float *dout, float *probs, const float *q, const float *k,
                                      const float *v, int B, int T, int H, int KVH, int hd, float *work, size_t work_floats);
+    /* Flash training attention (attention.h, "flash training attention"): no
+     * [B,H,T,T] probabilities; the forward writes lse [B, H, T] (or NULL), the backward recomputes the
+     * softmax from it and accumulates dq, dk, dv (all required), deterministically. Both return -1 (and
+     * do nothing) for a head_dim / group they have no kernel for; a call with B = 0 only asks that. */
+    int (*flash_attention_forward_batch)(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int H,
+                                         int KVH, int hd);
+    int (*flash_attention_backward_batch)(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                                          const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd);
     /* 16-bit activation storage (ops.h: av_store_bf16 / av_load_bf16). */
     void (*store_bf16)(uint16_t *dst, const float *src, size_t n);
     void (*load_bf16)(float *dst, const uint16_t *src, size_t n);

@@ -253,6 +253,38 @@ static void cuda_download(void *dst, const void *src, size_t n) {
     av_cuda_note(cudaStreamSynchronize(g_stream), "download");
     if (pin) memcpy(dst, g_pin, n);
 }
+/* Queued small downloads: a ring of pinned slots, each with an event recorded after its copy, so
+ * decode can keep the next step queued on the GPU while the host waits for one token's ids. */
+#define DL_SLOTS 4
+static void *g_dl_pin[DL_SLOTS];
+static cudaEvent_t g_dl_ev[DL_SLOTS];
+static int g_dl_busy[DL_SLOTS], g_dl_next;
+static int cuda_download_begin(const void *src, size_t n) {
+    if (n > PIN_BYTES) return -1;
+    int s = g_dl_next;
+    if (g_dl_busy[s]) return -1;
+    if (!g_dl_pin[s]) {
+        if (cudaMallocHost(&g_dl_pin[s], PIN_BYTES) != cudaSuccess) { g_dl_pin[s] = NULL; cudaGetLastError(); return -1; }
+        if (cudaEventCreateWithFlags(&g_dl_ev[s], cudaEventDisableTiming) != cudaSuccess) {
+            cudaFreeHost(g_dl_pin[s]);
+            g_dl_pin[s] = NULL;
+            cudaGetLastError();
+            return -1;
+        }
+    }
+    if (av_cuda_note(cudaMemcpyAsync(g_dl_pin[s], src, n, cudaMemcpyDeviceToHost, g_stream), "download") ||
+        av_cuda_note(cudaEventRecord(g_dl_ev[s], g_stream), "download"))
+        return -1;
+    g_dl_busy[s] = 1;
+    g_dl_next = (s + 1) % DL_SLOTS;
+    return s;
+}
+static void cuda_download_end(int s, void *dst, size_t n) {
+    if (s < 0 || s >= DL_SLOTS || !g_dl_busy[s]) return;
+    av_cuda_note(cudaEventSynchronize(g_dl_ev[s]), "download");
+    memcpy(dst, g_dl_pin[s], n);
+    g_dl_busy[s] = 0;
+}
 static void cuda_copy(void *dst, const void *src, size_t n) {
     av_cuda_note(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, g_stream), "copy");
 }
@@ -367,6 +399,8 @@ static void fill_table(av_backend *b, int f32) {
     b->free = arena_free;
     b->upload = cuda_upload;
     b->download = cuda_download;
+    b->download_begin = cuda_download_begin;
+    b->download_end = cuda_download_end;
     b->copy = cuda_copy;
     b->zero = cuda_zero;
     b->sync = cuda_sync;
@@ -397,6 +431,8 @@ static void fill_table(av_backend *b, int f32) {
     b->attention_forward_batch = f32 ? attb_fwd_f32 : attb_fwd_bf16;
     b->attention_backward_batch = f32 ? attb_bwd_f32 : attb_bwd_bf16;
     b->flash_attention_forward = f32 ? NULL : av_cuda_flash_attention_forward; /* bf16 tensor cores: not in the exact-f32 table */
+    b->flash_attention_forward_batch = f32 ? NULL : av_cuda_flash_attention_forward_batch;
+    b->flash_attention_backward_batch = f32 ? NULL : av_cuda_flash_attention_backward_batch;
     b->matmul_fused_forward = f32 ? mmf_f32 : mmf_bf16;
     b->sample = av_cuda_sample;
     b->graph_begin = cuda_graph_begin;

@@ -59,6 +59,12 @@ void av_cuda_attention_backward_mode(float *dq, float *dk, float *dv, const floa
 /* bf16 tensor-core flash attention (flash.cu); head_dim 64 or 128, else the standard kernel (lse unset). */
 void av_cuda_flash_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int T, int S, int pos0,
                                      int H, int KVH, int hd);
+/* Flash training attention over B sequences (backend.h: flash_attention_forward_batch /
+ * flash_attention_backward_batch; flash.cu, flash_bwd.cu): head_dim 64 or 128, else -1 and nothing done. */
+int av_cuda_flash_attention_forward_batch(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int H,
+                                          int KVH, int hd);
+int av_cuda_flash_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                                           const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd);
 /* Batched training attention (attention.h: av_attention_forward_batch / av_attention_backward_batch). */
 void av_cuda_attention_forward_batch_mode(float *out, float *probs, const float *q, const float *k, const float *v, int B, int T, int H,
                                           int KVH, int hd, float *work, size_t work_floats, int f32);

@@ -125,7 +125,8 @@ av_status av_generate(av_session *s, const av_tokenizer *tok, const int32_t *pro
         if (n == max_new) break;
         if (dec) {
             int32_t next;
-            st = av_decoder_next(dec, id, 0.0f, 1.0f, 0, &next);
+            /* the step after this one queued behind it unless this is the last token wanted */
+            st = av_decoder_next_ahead(dec, id, 0.0f, 1.0f, 0, &next, n + 1 < max_new);
             id = next;
             continue;
         }

@@ -13,7 +13,10 @@ struct av_batch_session {
     float *x, *xn, *q, *k, *v, *att, *tmp, *gate, *up, *hidden, *lora_tmp, *logits;
     int32_t *dev;          /* ids[N] pos[N] active[N] prefill_ids[C] prefill_pos[C] */
     int32_t *pos, *active; /* host mirrors */
+    int32_t *last;         /* the ids the device feeds next (the caller's last tokens), host copy */
     av_decode_plan plan;
+    int ahead;             /* a step is queued ahead (av_batch_session_step_ahead) with these samplings */
+    av_batch_sampling ahead_sp;
     void **allocs;
     int nallocs;
     size_t bytes;
@@ -43,10 +46,11 @@ av_status av_batch_session_new(av_batch_session **out, av_model *m, int n_seq, i
     b->N = n_seq;
     b->max_seq = max_seq;
     b->C = max_chunk;
-    b->pos = calloc((size_t)n_seq * 2, sizeof(int32_t));
+    b->pos = calloc((size_t)n_seq * 3, sizeof(int32_t));
     b->allocs = calloc(32, sizeof(void *));
     if (!b->pos || !b->allocs) { av_batch_session_free(b); return av_fail(AV_ERR_NOMEM, "out of memory"); }
     b->active = b->pos + n_seq;
+    b->last = b->pos + 2 * (size_t)n_seq;
     size_t D = c->hidden_size, F = c->intermediate_size, qd = (size_t)c->n_heads * c->head_dim,
            kvd = (size_t)c->n_kv_heads * c->head_dim, V = c->vocab_size, R = (size_t)max_rank(m);
     size_t rows = (size_t)(n_seq > max_chunk ? n_seq : max_chunk), widest = D > F ? D : F;
@@ -142,9 +146,21 @@ static av_status sample_rows(av_batch_session *b, int i0, int n, const av_batch_
     return AV_OK;
 }
 
+/* Waits for a step queued ahead and undoes what it did to the device's ids and positions (the
+ * caller is about to change a sequence, so the queued step's inputs are stale). */
+static void drop_ahead(av_batch_session *b) {
+    if (!b->ahead) return;
+    const av_backend *be = b->m->be;
+    av_decode_plan_collect(&b->plan, NULL);
+    b->ahead = 0;
+    be->upload(b->plan.ids, b->last, sizeof(int32_t) * (size_t)b->N);
+    be->upload(b->plan.pos, b->pos, sizeof(int32_t) * (size_t)b->N);
+}
+
 av_status av_batch_session_prefill(av_batch_session *b, int i, const int32_t *ids, int T, const av_batch_sampling *sp, int32_t *first) {
     const av_backend *be = b->m->be;
     int V = b->m->cfg.vocab_size;
+    drop_ahead(b);
     if (i < 0 || i >= b->N) return av_fail(AV_ERR_ARG, "batch: sequence %d of %d", i, b->N);
     if (T <= 0) return av_fail(AV_ERR_ARG, "batch: sequence %d has an empty prompt", i);
     if (T + 1 > b->max_seq) return av_fail(AV_ERR_ARG, "batch: prompt of %d tokens exceeds the %d-token sequence limit", T, b->max_seq);
@@ -162,19 +178,43 @@ av_status av_batch_session_prefill(av_batch_session *b, int i, const int32_t *id
     b->pos[i] = T;
     if (!be->sample) be->upload(b->plan.pos + i, &b->pos[i], sizeof(int32_t));
     be->download(first, b->plan.ids + i, sizeof(int32_t));
+    b->last[i] = *first;
     return AV_OK;
 }
 
 av_status av_batch_session_step(av_batch_session *b, const av_batch_sampling *sp, int32_t *out) {
-    for (int i = 0; i < b->N; i++)
-        if (b->active[i] && b->pos[i] + 1 > b->max_seq)
+    return av_batch_session_step_ahead(b, sp, out, 0);
+}
+
+av_status av_batch_session_step_ahead(av_batch_session *b, const av_batch_sampling *sp, int32_t *out, int lookahead) {
+    int room = 1;
+    for (int i = 0; i < b->N; i++) {
+        if (b->active[i] && b->pos[i] + 1 > b->max_seq) {
+            drop_ahead(b);
             return av_fail(AV_ERR_ARG, "batch: sequence %d reached its %d-token limit", i, b->max_seq);
-    b->plan.temperature = sp->temperature;
-    b->plan.top_p = sp->top_p;
-    b->plan.seed = sp->seed;
-    AV_TRY(av_decode_plan_step(&b->plan, out));
+        }
+        if (b->active[i] && b->pos[i] + 2 > b->max_seq) room = 0;
+    }
+    int queued = b->ahead && b->ahead_sp.temperature == sp->temperature && b->ahead_sp.top_p == sp->top_p && b->ahead_sp.seed == sp->seed;
+    if (!queued) drop_ahead(b);
+    b->ahead = 0;
+    if (!queued) {
+        b->plan.temperature = sp->temperature;
+        b->plan.top_p = sp->top_p;
+        b->plan.seed = sp->seed;
+        AV_TRY(av_decode_plan_submit(&b->plan));
+    }
+    /* the following step feeds the ids this one samples, at the positions it advances (on the device) */
+    int ahead = lookahead && room && b->plan.graph && av_decode_plan_queueable(&b->plan);
+    if (ahead && av_decode_plan_submit(&b->plan) != AV_OK) ahead = 0;
+    AV_TRY(av_decode_plan_collect(&b->plan, out));
+    memcpy(b->last, out, sizeof(int32_t) * (size_t)b->N);
     for (int i = 0; i < b->N; i++)
         if (b->active[i]) b->pos[i]++;
+    if (ahead) {
+        b->ahead = 1;
+        b->ahead_sp = *sp;
+    }
     return AV_OK;
 }
 

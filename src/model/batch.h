@@ -37,6 +37,10 @@ av_status av_batch_session_prefill(av_batch_session *b, int i, const int32_t *id
 /* Feeds every sequence's pending token at its position, samples the next tokens into out[N]
  * (host). Finished sequences produce ignorable tokens. Fails when a running sequence is full. */
 av_status av_batch_session_step(av_batch_session *b, const av_batch_sampling *sp, int32_t *out);
+/* As av_batch_session_step; with lookahead != 0 the following step is queued before returning (the
+ * GPU runs it while the caller handles out[]) and the next call with the same sampling takes it.
+ * Finishing sequences in between is fine; a prefill discards it. Pass 0 on the last step. */
+av_status av_batch_session_step_ahead(av_batch_session *b, const av_batch_sampling *sp, int32_t *out, int lookahead);
 /* Stops sequence i (its slot is reused by the next av_batch_session_prefill(b, i, ...)). */
 void av_batch_session_finish(av_batch_session *b, int i);
 /* Number of tokens in sequence i's cache + its pending token's position. */

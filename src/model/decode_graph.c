@@ -125,8 +125,39 @@ static av_status host_sample(av_decode_plan *p) {
     return AV_OK;
 }
 
-av_status av_decode_plan_step(av_decode_plan *p, int32_t *host_ids) {
+int av_decode_plan_queueable(const av_decode_plan *p) {
     const av_backend *be = p->m->be;
+    return p->sample && be->download_begin && be->download_end && (size_t)p->N * sizeof(int32_t) <= 4096;
+}
+
+av_status av_decode_plan_step(av_decode_plan *p, int32_t *host_ids) {
+    AV_TRY(av_decode_plan_submit(p));
+    return av_decode_plan_collect(p, host_ids);
+}
+
+av_status av_decode_plan_collect(av_decode_plan *p, int32_t *host_ids) {
+    const av_backend *be = p->m->be;
+    if (!p->npend) return av_fail(AV_ERR_ARG, "decode: no step queued");
+    int t = p->pend[0];
+    p->pend[0] = p->pend[1];
+    p->npend--;
+    size_t bytes = sizeof(int32_t) * (size_t)p->N;
+    if (t >= 0) {
+        int32_t *tmp = host_ids ? NULL : malloc(bytes);
+        if (!host_ids && !tmp) return av_fail(AV_ERR_NOMEM, "out of memory");
+        be->download_end(t, host_ids ? host_ids : tmp, bytes);
+        free(tmp);
+    } else if (host_ids && p->sample) {
+        be->download(host_ids, p->ids, bytes);
+    } else {
+        be->sync();
+    }
+    return AV_OK;
+}
+
+av_status av_decode_plan_submit(av_decode_plan *p) {
+    const av_backend *be = p->m->be;
+    if (p->npend == 2 || (p->npend && !av_decode_plan_queueable(p))) return av_fail(AV_ERR_ARG, "decode: too many steps queued");
     if (!p->qkv && be->matmul_fused_forward && be->attention_decode) {
         const av_config *c = &p->m->cfg;
         size_t nq = (size_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim, ng = (size_t)c->intermediate_size;
@@ -170,12 +201,14 @@ av_status av_decode_plan_step(av_decode_plan *p, int32_t *host_ids) {
             p->eager_done = 1;
         }
     }
-    if (host_ids && p->sample) be->download(host_ids, p->ids, sizeof(int32_t) * (size_t)p->N);
-    else be->sync();
+    int t = av_decode_plan_queueable(p) ? be->download_begin(p->ids, sizeof(int32_t) * (size_t)p->N) : -1;
+    if (t < 0 && p->npend) return av_fail(AV_ERR_DEVICE, "decode: could not queue the ids' copy");
+    p->pend[p->npend++] = t;
     return AV_OK;
 }
 
 void av_decode_plan_release(av_decode_plan *p) {
+    while (p->npend) av_decode_plan_collect(p, NULL);
     if (p->graph) p->m->be->graph_free(p->graph);
     p->graph = NULL;
     free(p->host_pos);
@@ -205,7 +238,20 @@ struct av_decoder {
     av_decode_plan plan;
     int32_t *dev; /* ids[1], pos[1] */
     int32_t dev_id, dev_pos; /* what the device holds (-1 unknown) */
+    /* a step queued ahead (av_decoder_next_ahead): fed with ahead_id at position ahead_pos */
+    int ahead;
+    int32_t ahead_id, ahead_pos;
+    float ahead_t, ahead_p;
+    uint64_t ahead_seed;
 };
+
+/* Waits for a step queued ahead and forgets it (its input was not what the caller fed). */
+static void drop_ahead(av_decoder *d) {
+    if (!d->ahead) return;
+    av_decode_plan_collect(&d->plan, NULL);
+    d->ahead = 0;
+    d->dev_id = d->dev_pos = -1; /* the step advanced the device's id and position */
+}
 
 av_status av_decoder_new(av_decoder **out, av_session *s) {
     *out = NULL;
@@ -224,30 +270,60 @@ av_status av_decoder_new(av_decoder **out, av_session *s) {
 
 void av_decoder_free(av_decoder *d) {
     if (!d) return;
+    drop_ahead(d);
     av_decode_plan_release(&d->plan);
     d->s->m->be->free(d->dev);
     free(d);
 }
 
 av_status av_decoder_next(av_decoder *d, int32_t id, float temperature, float top_p, uint64_t seed, int32_t *next) {
+    return av_decoder_next_ahead(d, id, temperature, top_p, seed, next, 0);
+}
+
+av_status av_decoder_next_ahead(av_decoder *d, int32_t id, float temperature, float top_p, uint64_t seed, int32_t *next,
+                                int lookahead) {
     av_session *s = d->s;
     const av_backend *be = s->m->be;
-    if (s->n_past + 1 > s->max_seq)
+    if (s->n_past + 1 > s->max_seq) {
+        drop_ahead(d);
         return av_fail(AV_ERR_ARG, "context full: %d cached + 1 new token exceed the %d-token limit", s->n_past, s->max_seq);
-    if (id < 0 || id >= s->m->cfg.vocab_size) return av_fail(AV_ERR_ARG, "token id %d out of range [0, %d)", id, s->m->cfg.vocab_size);
-    if (id != d->dev_id || s->n_past != d->dev_pos) {
-        int32_t h[2] = {id, s->n_past};
-        be->upload(d->dev, h, sizeof h);
     }
-    d->plan.temperature = temperature;
-    d->plan.top_p = top_p;
-    d->plan.seed = seed;
-    AV_TRY(av_decode_plan_step(&d->plan, next));
+    if (id < 0 || id >= s->m->cfg.vocab_size) {
+        drop_ahead(d);
+        return av_fail(AV_ERR_ARG, "token id %d out of range [0, %d)", id, s->m->cfg.vocab_size);
+    }
+    int queued = d->ahead && d->ahead_id == id && d->ahead_pos == s->n_past && d->ahead_t == temperature && d->ahead_p == top_p &&
+                 d->ahead_seed == seed;
+    if (!queued) drop_ahead(d);
+    d->ahead = 0;
+    if (!queued) {
+        if (id != d->dev_id || s->n_past != d->dev_pos) {
+            int32_t h[2] = {id, s->n_past};
+            be->upload(d->dev, h, sizeof h);
+        }
+        d->plan.temperature = temperature;
+        d->plan.top_p = top_p;
+        d->plan.seed = seed;
+        AV_TRY(av_decode_plan_submit(&d->plan));
+    }
+    /* the following step reads the id this one samples and the position it advances, on the device */
+    int ahead = lookahead && s->n_past + 2 <= s->max_seq && d->plan.graph && av_decode_plan_queueable(&d->plan);
+    if (ahead && av_decode_plan_submit(&d->plan) != AV_OK) ahead = 0;
+    av_status st = av_decode_plan_collect(&d->plan, next);
+    if (st != AV_OK) return st;
     if (s->hist) s->hist[s->n_past] = id;
     s->n_past += 1;
     s->last_T = 0; /* the step computed the logits (maybe without `hidden`) */
     d->dev_id = *next;
     d->dev_pos = s->n_past;
+    if (ahead) {
+        d->ahead = 1;
+        d->ahead_id = *next;
+        d->ahead_pos = s->n_past;
+        d->ahead_t = temperature;
+        d->ahead_p = top_p;
+        d->ahead_seed = seed;
+    }
     return AV_OK;
 }
 

@@ -27,13 +27,21 @@ typedef struct {
     int eager_done;
     int32_t *host_pos;              /* host mirror of pos for the eager fallback [N] */
     float *qkv, *gu;                /* outputs of the fused q|k|v and gate|up products [N rows] (plan-owned) */
+    int pend[2], npend;             /* queued steps, oldest first: their id-copy tickets (-1: none) */
 } av_decode_plan;
 
 /* Runs one step: the tokens in plan->ids at plan->pos (both already in backend memory).
  * With sample: logits -> sampled ids written back to plan->ids, pos advanced where active;
  * host_ids (if non-NULL) receives the N sampled ids. Graph-captured where the backend can. */
 av_status av_decode_plan_step(av_decode_plan *p, int32_t *host_ids);
-/* Frees the captured graph (buffers belong to the owner). */
+/* av_decode_plan_step in two halves, so a caller can keep the next step queued behind the one it
+ * waits for (the GPU never idles between tokens): submit queues a step (reading plan->ids/pos as the
+ * previous step left them) and, with sample, the copy of its ids to the host; collect waits for the
+ * oldest queued step and gives its ids. Two steps may be queued only where av_decode_plan_queueable. */
+av_status av_decode_plan_submit(av_decode_plan *p);
+av_status av_decode_plan_collect(av_decode_plan *p, int32_t *host_ids);
+int av_decode_plan_queueable(const av_decode_plan *p);
+/* Frees the captured graph (buffers belong to the owner); waits for queued steps first. */
 void av_decode_plan_release(av_decode_plan *p);
 
 /* ---- single-sequence decode on an av_session with device-side sampling ---- */
@@ -44,6 +52,13 @@ void av_decoder_free(av_decoder *d);
  * (temperature <= 0: greedy; top_p 1 = off; randomness keyed by seed and position) into *next.
  * Only *next crosses to the host; when `id` is the previous call's *next nothing is uploaded. */
 av_status av_decoder_next(av_decoder *d, int32_t id, float temperature, float top_p, uint64_t seed, int32_t *next);
+/* As av_decoder_next; with lookahead != 0 the step that feeds *next is queued before returning, so
+ * the GPU runs it while the caller handles *next. The next call with id == *next (and the same
+ * sampling) takes that step instead of queueing a new one; any other id discards it. While a step is
+ * queued ahead the session's logits belong to it: callers that read logits must not look ahead.
+ * Pass lookahead = 0 on the last token the caller will request. */
+av_status av_decoder_next_ahead(av_decoder *d, int32_t id, float temperature, float top_p, uint64_t seed, int32_t *next,
+                                int lookahead);
 
 /* av_session_forward's single-token path on graph-capable backends (llama.c calls it for T == 1):
  * the same ops as the eager forward, captured once per session. Returns AV_ERR_UNSUPPORTED when the

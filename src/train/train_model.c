@@ -70,6 +70,10 @@ struct av_train_ctx {
     /* batched attention: workspace (dup's buffer when it is big enough: dead around attention) */
     float *attw;
     size_t attw_n;
+    /* flash attention (backend flash ops, AV_TRAIN_FLASH != 0): no probs; lse [B, H, T] of the
+     * backward's recomputed forward */
+    int flash;
+    float *lse;
     /* phase profile (AV_TRAIN_PROFILE=1): synchronises at every phase switch */
     int prof, prof_ph;
     double prof_t, prof_ms[AV_TRAIN_NPHASES];
@@ -354,12 +358,20 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
         {&c->dq, N * qd}, {&c->dk, N * kvd}, {&c->dv, N * kvd}, {&c->dact, N * F}, {&c->dgate, N * F}, {&c->dup, N * F},
         {&c->tmp, N * (c->a16 && qd + 2 * kvd > widest ? qd + 2 * kvd : widest)}, {&c->lora_tmp, N * (R + widest)}, {&c->xout, c->ckpt ? N * D : 1},
         {&c->lora3, 3 * N * R}, {&c->scratch, (size_t)XENT_CHUNK * V},
-        {&c->xn, N * D}, {&c->att, N * qd}, {&c->probs, (size_t)max_rows * H * L * L},
+        {&c->xn, N * D}, {&c->att, N * qd},
     };
     for (size_t i = 0; i < sizeof b / sizeof b[0] && ok; i++) ok = (*b[i].p = ctx_alloc(c, b[i].n, "training buffers")) != NULL;
     if (ok) ok = (c->ids_dev = (int32_t *)ctx_alloc(c, N, "token ids")) && (c->tgt_dev = (int32_t *)ctx_alloc(c, N, "targets")) &&
                  (c->pos_dev = (int32_t *)ctx_alloc(c, N, "positions"));
-    if (ok && m->be->attention_forward_batch && m->be->attention_backward_batch) {
+    /* flash attention where the backend has it for this shape (a B = 0 call asks): no [B, H, T, T] probs */
+    const char *fe = getenv("AV_TRAIN_FLASH");
+    c->flash = !(fe && *fe == '0') && m->be->flash_attention_forward_batch && m->be->flash_attention_backward_batch &&
+               m->be->flash_attention_forward_batch(NULL, NULL, NULL, NULL, NULL, 0, 0, cf->n_heads, cf->n_kv_heads, cf->head_dim) == 0 &&
+               m->be->flash_attention_backward_batch(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, cf->n_heads, cf->n_kv_heads,
+                                                     cf->head_dim) == 0;
+    if (ok && c->flash) ok = (c->lse = ctx_alloc(c, (size_t)max_rows * H * L, "attention lse")) != NULL;
+    if (ok && !c->flash) ok = (c->probs = ctx_alloc(c, (size_t)max_rows * H * L * L, "attention probabilities")) != NULL;
+    if (ok && !c->flash && m->be->attention_forward_batch && m->be->attention_backward_batch) {
         c->attw_n = av_attention_batch_work(max_rows, max_len, cf->n_heads, cf->n_kv_heads, cf->head_dim);
         if (c->attw_n <= N * F) c->attw = c->dup;
         else ok = (c->attw = ctx_alloc(c, c->attw_n, "attention workspace")) != NULL;
@@ -435,14 +447,20 @@ static void linear_forward(av_train_ctx *c, float *out, const float *x, const av
     be->add_scaled(out, L->scale, xab, (size_t)N * L->w.rows);
 }
 
-/* Attention of the B rows of the batch (q, k, v in f32): out [N, H*hd]; probs [B, H, T, T] or
- * NULL (no saved softmax: the backend's inference path). */
-static void attention_rows(av_train_ctx *c, float *out, float *probs, const float *q, const float *k, const float *v, int B, int T) {
+/* Attention of the B rows of the batch (q, k, v in f32): out [N, H*hd]; keep: the backward's
+ * softmax saved (c->probs [B, H, T, T], or with flash attention its lse in c->lse). */
+static void attention_rows(av_train_ctx *c, float *out, int keep, const float *q, const float *k, const float *v, int B, int T) {
     const av_backend *be = c->m->be;
     const av_config *cf = &c->m->cfg;
     int H = cf->n_heads, KVH = cf->n_kv_heads, hd = cf->head_dim;
     size_t qd = (size_t)H * hd, kvd = (size_t)KVH * hd;
+    float *probs = keep ? c->probs : NULL;
     int ph = prof_switch(c, AV_TRAIN_PH_ATT_FWD);
+    if (c->flash) {
+        be->flash_attention_forward_batch(out, keep ? c->lse : NULL, q, k, v, B, T, H, KVH, hd);
+        prof_switch(c, ph);
+        return;
+    }
     if (c->attw) { /* every sequence at once; the probs buffer is scratch when none are kept */
         be->attention_forward_batch(out, probs ? probs : c->probs, q, k, v, B, T, H, KVH, hd, c->attw, c->attw_n);
         prof_switch(c, ph);
@@ -476,7 +494,7 @@ static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const flo
     be->rope_forward(q, c->pos_dev, m->inv_freq, N, H, hd);
     be->rope_forward(k, c->pos_dev, m->inv_freq, N, KVH, hd);
     /* the trained layers' forward takes the same attention path as the backward's recomputation */
-    attention_rows(c, c->att, train ? c->probs : NULL, q, k, v, B, T);
+    attention_rows(c, c->att, train, q, k, v, B, T);
     if (c->a16 && train) {
         be->store_bf16((uint16_t *)a->q, q, (size_t)N * qd);
         be->store_bf16((uint16_t *)a->k, k, (size_t)N * kvd);
@@ -566,14 +584,16 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
         k = kf;
         v = vf;
     }
-    attention_rows(c, c->att, c->probs, q, k, v, B, T);
+    attention_rows(c, c->att, 1, q, k, v, B, T);
     be->zero(c->datt, sizeof(float) * (size_t)N * qd);
     linear_backward(c, c->datt, c->dx, c->att, &L->o, l, AV_PROJ_O, N);
     be->zero(c->dq, sizeof(float) * (size_t)N * qd);
     be->zero(c->dk, sizeof(float) * (size_t)N * kvd);
     be->zero(c->dv, sizeof(float) * (size_t)N * kvd);
     int ph = prof_switch(c, AV_TRAIN_PH_ATT_BWD);
-    if (c->attw)
+    if (c->flash)
+        be->flash_attention_backward_batch(c->dq, c->dk, c->dv, c->datt, c->att, c->lse, q, k, v, B, T, H, KVH, hd);
+    else if (c->attw)
         be->attention_backward_batch(c->dq, c->dk, c->dv, c->datt, c->probs, q, k, v, B, T, H, KVH, hd, c->attw, c->attw_n);
     else
         for (int b = B - 1; b >= 0; b--) {

@@ -1,0 +1,401 @@
+/* CUDA flash attention backward for training (FA2-style, no [B,H,T,T] probabilities): B sequences of
+ * T rows, positions 0..T-1, causal, GQA. bf16 tensor cores (mma.sync m16n8k16) with f32
+ * accumulation; the softmax is recomputed from the forward's log-sum-exp.
+ *   pre-pass: q, dout, k, v to bf16 in the layouts the products read ([n][k] rows for B operands,
+ *             transposed copies where the reduction runs over tokens), q's rows pre-scaled by
+ *             log2(e)/sqrt(hd) exactly as the forward rounds them (same scores, same P), and
+ *             delta = rowsum(dout * out) per (sequence, head, row).
+ *   kernel A: one block per (64-key tile, KV head [, share of its query heads], sequence); each of
+ *             4 warps owns 16 keys and loops over the group's query heads and the query tiles at or
+ *             after the key tile: S^T = K Q^T, P^T, dV += P^T dO, dP^T = V dO^T,
+ *             dS^T = P^T (dP^T - delta), dK += dS^T Q, in registers.
+ *   kernel B: one block per (64-query tile, head, sequence); each warp owns 16 queries and loops
+ *             over the key tiles up to the diagonal: S, P, dP = dO V^T, dS, dQ += dS K.
+ * Every gradient element has one writer and a fixed summation order: deterministic, no atomics.
+ * When there are too few (key tile, KV head, sequence) blocks to fill the GPU, kernel A splits a
+ * group's query heads over several blocks writing partial sums, added in a fixed order after. */
+#include "attention/flash_common.cuh"
+extern "C" {
+#include "backend/cuda.h"
+#include "attention/attention.h"
+}
+
+#define FB_T 64 /* query rows and keys per tile (both kernels) */
+#define FB_TS (FB_T + FA_PAD) /* row stride of a transposed [hd][64] tile */
+#define LOG2E 1.4426950409f
+
+/* rows[b][h][t][d] = bf16(x[b*T + t][h*hd + d] * rscale); cols[b][h][d][t] = bf16(x[...]) (if not
+ * NULL); zeros for T <= t < Tp. Block (32, 8) over 32 rows x 32 dims of one (sequence, head). */
+__global__ void fb_convert_k(__nv_bfloat16 *rows, __nv_bfloat16 *cols, const float *x, float rscale, int T, int Tp, int NH, int hd) {
+    __shared__ float tile[32][33];
+    int z = blockIdx.z, b = z / NH, hh = z % NH, t0 = blockIdx.x * 32, d0 = blockIdx.y * 32;
+    size_t xs = (size_t)NH * hd;
+    const float *xb = x + (size_t)b * T * xs + (size_t)hh * hd;
+    __nv_bfloat16 *rb = rows + (size_t)z * Tp * hd;
+    for (int i = threadIdx.y; i < 32; i += 8) {
+        int t = t0 + i, d = d0 + threadIdx.x;
+        float val = t < T ? xb[(size_t)t * xs + d] : 0.0f;
+        rb[(size_t)t * hd + d] = __float2bfloat16_rn(val * rscale);
+        tile[i][threadIdx.x] = val;
+    }
+    if (!cols) return;
+    __syncthreads();
+    __nv_bfloat16 *cb = cols + (size_t)z * hd * Tp;
+    for (int i = threadIdx.y; i < 32; i += 8) {
+        int d = d0 + i, t = t0 + threadIdx.x;
+        cb[(size_t)d * Tp + t] = __float2bfloat16_rn(tile[threadIdx.x][i]);
+    }
+}
+
+/* One warp per (b, h, t < Tp): delta = dout . out (0 for padding rows); lse2 = lse * log2(e), +inf
+ * for padding rows so their P is exactly 0. */
+__global__ void fb_rowdot_k(float *delta, float *lse2, const float *dout, const float *out, const float *lse, int B, int T, int Tp, int H,
+                            int hd) {
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= B * H * Tp) return;
+    int t = row % Tp, z = row / Tp, h = z % H, b = z / H;
+    float s = 0.0f;
+    if (t < T) {
+        size_t off = ((size_t)b * T + t) * H * hd + (size_t)h * hd;
+        for (int d = lane; d < hd; d += 32) s += dout[off + d] * out[off + d];
+    }
+    s = av_warp_sum(s);
+    if (lane == 0) {
+        delta[row] = s;
+        lse2[row] = t < T ? lse[(size_t)z * T + t] * LOG2E : INFINITY;
+    }
+}
+
+static __device__ __forceinline__ uint32_t ld32(const __nv_bfloat16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
+
+/* Kernel A: dK, dV of one 64-key tile. grid (KVH * nsplit, B, key tiles), heaviest tiles (most
+ * query tiles after them) first. nsplit == 1: dk, dv += the result; else block share sp writes
+ * (=) its partial sum into dk / dv + sp * part_n. */
+template <int HD>
+__global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *qt,
+                                                 const __nv_bfloat16 *ob, const __nv_bfloat16 *ot, const __nv_bfloat16 *kb,
+                                                 const __nv_bfloat16 *vb, const float *lse2, const float *delta, int T, int Tp, int H,
+                                                 int KVH, int nsplit, size_t part_n, float scale) {
+    constexpr int KS = HD + FA_PAD;
+    constexpr int BUF = 2 * FB_T * KS + 2 * HD * FB_TS; /* bf16 elements of one chunk's operands */
+    extern __shared__ __align__(16) unsigned char fb_smem[];
+    __nv_bfloat16 *Ks = reinterpret_cast<__nv_bfloat16 *>(fb_smem), *Vs = Ks + FB_T * KS;
+    __nv_bfloat16 *cb = Vs + FB_T * KS;              /* [2][Qs | Os | QTs | OTs] */
+    float *fl = reinterpret_cast<float *>(cb + 2 * BUF); /* [2][lse2 64 | delta 64] */
+    int kh = blockIdx.x / nsplit, sp = blockIdx.x % nsplit, b = blockIdx.y, j = blockIdx.z;
+    int G = H / KVH, hpb = G / nsplit, h0 = kh * G + sp * hpb;
+    int nqt = Tp / FB_T, nq = nqt - j, nit = hpb * nq;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, kw = warp * 16;
+
+    { /* the key tile's K and V rows (part of the first chunk's copy group) */
+        size_t base = ((size_t)(b * KVH + kh) * Tp + (size_t)j * FB_T) * HD;
+        for (int i = threadIdx.x; i < FB_T * HD / 8; i += 128) {
+            int r = i / (HD / 8), cc = (i % (HD / 8)) * 8;
+            cp_async16(Ks + r * KS + cc, kb + base + (size_t)r * HD + cc);
+            cp_async16(Vs + r * KS + cc, vb + base + (size_t)r * HD + cc);
+        }
+    }
+    auto load_chunk = [&](int it, int buf) {
+        int h = h0 + it / nq, q0 = (j + it % nq) * FB_T;
+        size_t z = (size_t)b * H + h;
+        __nv_bfloat16 *qs = cb + buf * BUF, *os = qs + FB_T * KS, *qts = os + FB_T * KS, *ots = qts + HD * FB_TS;
+        const __nv_bfloat16 *qg = qb + (z * Tp + q0) * HD, *og = ob + (z * Tp + q0) * HD;
+        for (int i = threadIdx.x; i < FB_T * HD / 8; i += 128) {
+            int r = i / (HD / 8), cc = (i % (HD / 8)) * 8;
+            cp_async16(qs + r * KS + cc, qg + (size_t)r * HD + cc);
+            cp_async16(os + r * KS + cc, og + (size_t)r * HD + cc);
+        }
+        const __nv_bfloat16 *qtg = qt + z * HD * Tp + q0, *otg = ot + z * HD * Tp + q0;
+        for (int i = threadIdx.x; i < HD * FB_T / 8; i += 128) {
+            int r = i / (FB_T / 8), cc = (i % (FB_T / 8)) * 8;
+            cp_async16(qts + r * FB_TS + cc, qtg + (size_t)r * Tp + cc);
+            cp_async16(ots + r * FB_TS + cc, otg + (size_t)r * Tp + cc);
+        }
+        if (threadIdx.x < 32) { /* 16 x 16 bytes of lse2, then of delta */
+            float *f = fl + buf * 2 * FB_T;
+            const float *src = (threadIdx.x < 16 ? lse2 : delta) + z * Tp + q0;
+            int o = (threadIdx.x & 15) * 4;
+            cp_async16(f + (threadIdx.x < 16 ? 0 : FB_T) + o, src + o);
+        }
+        cp_async_commit();
+    };
+    load_chunk(0, 0);
+
+    float dK[HD / 8][4], dV[HD / 8][4];
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dK[n][e] = dV[n][e] = 0.0f;
+
+    for (int it = 0; it < nit; it++) {
+        int buf = it & 1, diag = it % nq == 0; /* the first query tile of each head is the key tile */
+        cp_async_wait_all();
+        __syncthreads();
+        if (it + 1 < nit) load_chunk(it + 1, buf ^ 1);
+        const __nv_bfloat16 *qs = cb + buf * BUF, *os = qs + FB_T * KS, *qts = os + FB_T * KS, *ots = qts + HD * FB_TS;
+        const float *ls = fl + buf * 2 * FB_T, *dl = ls + FB_T;
+        /* S^T = K Q^T (log2 units: q pre-scaled), then P^T = exp2(S^T - lse2[query]), causal on the diagonal */
+        float p[FB_T / 8][4];
+#pragma unroll
+        for (int n = 0; n < FB_T / 8; n++) p[n][0] = p[n][1] = p[n][2] = p[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            uint32_t a[4];
+            ld_afrag(a, Ks + kw * KS + kk * 16, KS, g, c);
+#pragma unroll
+            for (int n = 0; n < FB_T / 8; n++) {
+                const __nv_bfloat16 *r = qs + (n * 8 + g) * KS + kk * 16 + 2 * c;
+                mma_bf16(p[n], a, ld32(r), ld32(r + 8));
+            }
+        }
+        int key0 = kw + g, key1 = key0 + 8; /* the thread's two keys, relative to the tile */
+#pragma unroll
+        for (int n = 0; n < FB_T / 8; n++) {
+            int tq = n * 8 + 2 * c;
+            float l0 = ls[tq], l1 = ls[tq + 1];
+            p[n][0] = diag && tq < key0 ? 0.0f : exp2f(p[n][0] - l0);
+            p[n][1] = diag && tq + 1 < key0 ? 0.0f : exp2f(p[n][1] - l1);
+            p[n][2] = diag && tq < key1 ? 0.0f : exp2f(p[n][2] - l0);
+            p[n][3] = diag && tq + 1 < key1 ? 0.0f : exp2f(p[n][3] - l1);
+        }
+        /* dP^T = V dO^T */
+        float dp[FB_T / 8][4];
+#pragma unroll
+        for (int n = 0; n < FB_T / 8; n++) dp[n][0] = dp[n][1] = dp[n][2] = dp[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            uint32_t a[4];
+            ld_afrag(a, Vs + kw * KS + kk * 16, KS, g, c);
+#pragma unroll
+            for (int n = 0; n < FB_T / 8; n++) {
+                const __nv_bfloat16 *r = os + (n * 8 + g) * KS + kk * 16 + 2 * c;
+                mma_bf16(dp[n], a, ld32(r), ld32(r + 8));
+            }
+        }
+        /* P^T and dS^T = P^T (dP^T - delta) as A operands (k = queries): accumulator reuse */
+        uint32_t pa[FB_T / 16][4], da[FB_T / 16][4];
+#pragma unroll
+        for (int n = 0; n < FB_T / 8; n++) {
+            int tq = n * 8 + 2 * c;
+            float d0 = dl[tq], d1 = dl[tq + 1];
+            pa[n / 2][(n & 1) * 2 + 0] = pack_bf16(p[n][0], p[n][1]);
+            pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(p[n][2], p[n][3]);
+            da[n / 2][(n & 1) * 2 + 0] = pack_bf16(p[n][0] * (dp[n][0] - d0), p[n][1] * (dp[n][1] - d1));
+            da[n / 2][(n & 1) * 2 + 1] = pack_bf16(p[n][2] * (dp[n][2] - d0), p[n][3] * (dp[n][3] - d1));
+        }
+        /* dV += P^T dO, dK += dS^T Q (B operands: the transposed tiles, [d][query]) */
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            const __nv_bfloat16 *ro = ots + (n * 8 + g) * FB_TS + 2 * c, *rq = qts + (n * 8 + g) * FB_TS + 2 * c;
+#pragma unroll
+            for (int kq = 0; kq < FB_T / 16; kq++) {
+                mma_bf16(dV[n], pa[kq], ld32(ro + kq * 16), ld32(ro + kq * 16 + 8));
+                mma_bf16(dK[n], da[kq], ld32(rq + kq * 16), ld32(rq + kq * 16 + 8));
+            }
+        }
+    }
+    int s0 = j * FB_T + kw + g, s1 = s0 + 8;
+    size_t ks = (size_t)KVH * HD;
+    int acc = nsplit == 1;
+    float *dkp = dk + sp * part_n, *dvp = dv + sp * part_n;
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++) {
+        size_t col = (size_t)kh * HD + n * 8 + 2 * c;
+        if (s0 < T) {
+            float2 *pk = reinterpret_cast<float2 *>(dkp + ((size_t)b * T + s0) * ks + col);
+            float2 *pv = reinterpret_cast<float2 *>(dvp + ((size_t)b * T + s0) * ks + col);
+            float2 xk = acc ? *pk : make_float2(0.f, 0.f), xv = acc ? *pv : make_float2(0.f, 0.f);
+            *pk = make_float2(xk.x + dK[n][0] * scale, xk.y + dK[n][1] * scale);
+            *pv = make_float2(xv.x + dV[n][0], xv.y + dV[n][1]);
+        }
+        if (s1 < T) {
+            float2 *pk = reinterpret_cast<float2 *>(dkp + ((size_t)b * T + s1) * ks + col);
+            float2 *pv = reinterpret_cast<float2 *>(dvp + ((size_t)b * T + s1) * ks + col);
+            float2 xk = acc ? *pk : make_float2(0.f, 0.f), xv = acc ? *pv : make_float2(0.f, 0.f);
+            *pk = make_float2(xk.x + dK[n][2] * scale, xk.y + dK[n][3] * scale);
+            *pv = make_float2(xv.x + dV[n][2], xv.y + dV[n][3]);
+        }
+    }
+}
+
+/* Kernel B: dQ of one 64-query tile of one head. grid (H, B, query tiles), heaviest (last) first. */
+template <int HD>
+__global__ void __launch_bounds__(128) fb_dq_k(float *dq, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
+                                               const __nv_bfloat16 *kt, const __nv_bfloat16 *vb, const float *lse2, const float *delta,
+                                               int T, int Tp, int H, int KVH, float scale) {
+    constexpr int KS = HD + FA_PAD;
+    constexpr int BUF = 2 * FB_T * KS + HD * FB_TS; /* Ks | Vs | KTs */
+    extern __shared__ __align__(16) unsigned char fb_smem[];
+    __nv_bfloat16 *sm = reinterpret_cast<__nv_bfloat16 *>(fb_smem);
+    int h = blockIdx.x, b = blockIdx.y, qt = gridDim.z - 1 - blockIdx.z, kh = h / (H / KVH);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    int tw = qt * FB_T + warp * 16; /* the warp's first row */
+    size_t z = (size_t)b * H + h, zk = (size_t)b * KVH + kh;
+
+    auto load_tile = [&](int j, int buf) {
+        __nv_bfloat16 *ks_ = sm + buf * BUF, *vs_ = ks_ + FB_T * KS, *kts = vs_ + FB_T * KS;
+        size_t base = (zk * Tp + (size_t)j * FB_T) * HD;
+        for (int i = threadIdx.x; i < FB_T * HD / 8; i += 128) {
+            int r = i / (HD / 8), cc = (i % (HD / 8)) * 8;
+            cp_async16(ks_ + r * KS + cc, kb + base + (size_t)r * HD + cc);
+            cp_async16(vs_ + r * KS + cc, vb + base + (size_t)r * HD + cc);
+        }
+        const __nv_bfloat16 *ktg = kt + zk * HD * Tp + (size_t)j * FB_T;
+        for (int i = threadIdx.x; i < HD * FB_T / 8; i += 128) {
+            int r = i / (FB_T / 8), cc = (i % (FB_T / 8)) * 8;
+            cp_async16(kts + r * FB_TS + cc, ktg + (size_t)r * Tp + cc);
+        }
+        cp_async_commit();
+    };
+    load_tile(0, 0);
+
+    /* the warp's Q (pre-scaled) and dO rows as A fragments, its rows' lse2 and delta */
+    uint32_t qf[HD / 16][4], of[HD / 16][4];
+    const __nv_bfloat16 *qg = qb + (z * Tp + tw) * HD, *og = ob + (z * Tp + tw) * HD;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        ld_afrag(qf[kk], qg + kk * 16, HD, g, c);
+        ld_afrag(of[kk], og + kk * 16, HD, g, c);
+    }
+    float l0 = lse2[z * Tp + tw + g], l1 = lse2[z * Tp + tw + g + 8];
+    float d0 = delta[z * Tp + tw + g], d1 = delta[z * Tp + tw + g + 8];
+    int r0 = warp * 16 + g, r1 = r0 + 8; /* the thread's rows, relative to the tile */
+    float acc[HD / 8][4];
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+
+    for (int j = 0; j <= qt; j++) {
+        int buf = j & 1, diag = j == qt;
+        cp_async_wait_all();
+        __syncthreads();
+        if (j < qt) load_tile(j + 1, buf ^ 1);
+        const __nv_bfloat16 *ks_ = sm + buf * BUF, *vs_ = ks_ + FB_T * KS, *kts = vs_ + FB_T * KS;
+        float p[FB_T / 8][4], dp[FB_T / 8][4];
+#pragma unroll
+        for (int n = 0; n < FB_T / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) p[n][e] = dp[n][e] = 0.0f;
+#pragma unroll
+        for (int n = 0; n < FB_T / 8; n++) {
+            const __nv_bfloat16 *kr = ks_ + (n * 8 + g) * KS + 2 * c, *vr = vs_ + (n * 8 + g) * KS + 2 * c;
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++) {
+                mma_bf16(p[n], qf[kk], ld32(kr + kk * 16), ld32(kr + kk * 16 + 8));
+                mma_bf16(dp[n], of[kk], ld32(vr + kk * 16), ld32(vr + kk * 16 + 8));
+            }
+        }
+        uint32_t da[FB_T / 16][4];
+#pragma unroll
+        for (int n = 0; n < FB_T / 8; n++) {
+            int s = n * 8 + 2 * c; /* key relative to the tile */
+            float p0 = diag && s > r0 ? 0.0f : exp2f(p[n][0] - l0), p1 = diag && s + 1 > r0 ? 0.0f : exp2f(p[n][1] - l0);
+            float p2 = diag && s > r1 ? 0.0f : exp2f(p[n][2] - l1), p3 = diag && s + 1 > r1 ? 0.0f : exp2f(p[n][3] - l1);
+            da[n / 2][(n & 1) * 2 + 0] = pack_bf16(p0 * (dp[n][0] - d0), p1 * (dp[n][1] - d0));
+            da[n / 2][(n & 1) * 2 + 1] = pack_bf16(p2 * (dp[n][2] - d1), p3 * (dp[n][3] - d1));
+        }
+        /* dQ += dS K (B operand: K^T tile, [d][key]) */
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            const __nv_bfloat16 *kr = kts + (n * 8 + g) * FB_TS + 2 * c;
+#pragma unroll
+            for (int kq = 0; kq < FB_T / 16; kq++) mma_bf16(acc[n], da[kq], ld32(kr + kq * 16), ld32(kr + kq * 16 + 8));
+        }
+    }
+    int t0 = tw + g, t1 = t0 + 8;
+    size_t qs = (size_t)H * HD;
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++) {
+        size_t col = (size_t)h * HD + n * 8 + 2 * c;
+        if (t0 < T) {
+            float2 *pq = reinterpret_cast<float2 *>(dq + ((size_t)b * T + t0) * qs + col);
+            float2 x = *pq;
+            *pq = make_float2(x.x + acc[n][0] * scale, x.y + acc[n][1] * scale);
+        }
+        if (t1 < T) {
+            float2 *pq = reinterpret_cast<float2 *>(dq + ((size_t)b * T + t1) * qs + col);
+            float2 x = *pq;
+            *pq = make_float2(x.x + acc[n][2] * scale, x.y + acc[n][3] * scale);
+        }
+    }
+}
+
+/* dk[i] += sum over sp of part_k[sp][i] (same for v), in share order. */
+__global__ void fb_reduce_k(float *dk, float *dv, const float *pk, const float *pv, size_t n, int nsplit) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float sk = 0.0f, sv = 0.0f;
+    for (int s = 0; s < nsplit; s++) {
+        sk += pk[s * n + i];
+        sv += pv[s * n + i];
+    }
+    dk[i] += sk;
+    dv[i] += sv;
+}
+
+template <int HD>
+static void fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *qt, const __nv_bfloat16 *ob,
+                      const __nv_bfloat16 *ot, const __nv_bfloat16 *kb, const __nv_bfloat16 *kt, const __nv_bfloat16 *vb, const float *lse2,
+                      const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit, size_t part_n, float scale) {
+    constexpr int KS = HD + FA_PAD;
+    size_t smem_a = (size_t)(2 * FB_T * KS + 2 * (2 * FB_T * KS + 2 * HD * FB_TS)) * sizeof(__nv_bfloat16) + 4 * FB_T * sizeof(float);
+    size_t smem_b = (size_t)2 * (2 * FB_T * KS + HD * FB_TS) * sizeof(__nv_bfloat16);
+    static int set;
+    if (!set) { /* above the 48 KiB default */
+        cudaFuncSetAttribute(fb_dkdv_k<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
+        cudaFuncSetAttribute(fb_dq_k<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_b);
+        set = 1;
+    }
+    int nt = Tp / FB_T;
+    cudaStream_t st = av_cuda_stream();
+    fb_dkdv_k<HD><<<dim3(KVH * nsplit, B, nt), 128, smem_a, st>>>(dk, dv, qb, qt, ob, ot, kb, vb, lse2, delta, T, Tp, H, KVH, nsplit,
+                                                                   part_n, scale);
+    AV_CU_LAUNCHED("flash attention backward dk/dv");
+    fb_dq_k<HD><<<dim3(H, B, nt), 128, smem_b, st>>>(dq, qb, ob, kb, kt, vb, lse2, delta, T, Tp, H, KVH, scale);
+    AV_CU_LAUNCHED("flash attention backward dq");
+}
+
+/* Query-head shares per KV head for kernel A: split (a power of two dividing the group) until the
+ * blocks cover the GPU twice; depends only on the shape and the GPU, so runs repeat bit for bit. */
+static int fb_nsplit(int blocks, int G) {
+    static int sms;
+    if (!sms) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) sms = 1;
+    }
+    int ns = 1;
+    while (G % (ns * 2) == 0 && blocks * ns < 2 * sms) ns *= 2;
+    return ns;
+}
+
+extern "C" int av_cuda_flash_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                                                      const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd) {
+    if ((hd != 64 && hd != 128) || KVH <= 0 || H % KVH) return -1;
+    if (B <= 0 || T <= 0) return 0;
+    int Tp = (T + FB_T - 1) / FB_T * FB_T, nt = Tp / FB_T;
+    int nsplit = fb_nsplit(nt * KVH * B, H / KVH);
+    size_t nq = (size_t)B * H * Tp * hd, nk = (size_t)B * KVH * Tp * hd, nr = (size_t)B * H * Tp;
+    size_t part_n = nsplit > 1 ? (size_t)B * T * KVH * hd : 0; /* floats of one share's dk (or dv) */
+    size_t fl = 2 * nr + 2 * (size_t)nsplit * part_n;
+    char *w = (char *)av_cuda_scratch(AV_SCR_FLASH_BWD, fl * sizeof(float) + (4 * nq + 3 * nk) * sizeof(__nv_bfloat16));
+    if (!w) return 0;
+    float *lse2 = (float *)w, *delta = lse2 + nr, *pk = delta + nr, *pv = pk + nsplit * part_n;
+    __nv_bfloat16 *qb = (__nv_bfloat16 *)(w + fl * sizeof(float)), *qt = qb + nq, *ob = qt + nq, *ot = ob + nq, *kb = ot + nq,
+                  *kt = kb + nk, *vb = kt + nk;
+    cudaStream_t st = av_cuda_stream();
+    float sl2 = LOG2E / sqrtf((float)hd), scale = 1.0f / sqrtf((float)hd);
+    dim3 cb(32, 8);
+    fb_convert_k<<<dim3(Tp / 32, hd / 32, B * H), cb, 0, st>>>(qb, qt, q, sl2, T, Tp, H, hd);
+    fb_convert_k<<<dim3(Tp / 32, hd / 32, B * H), cb, 0, st>>>(ob, ot, dout, 1.0f, T, Tp, H, hd);
+    fb_convert_k<<<dim3(Tp / 32, hd / 32, B * KVH), cb, 0, st>>>(kb, kt, k, 1.0f, T, Tp, KVH, hd);
+    fb_convert_k<<<dim3(Tp / 32, hd / 32, B * KVH), cb, 0, st>>>(vb, NULL, v, 1.0f, T, Tp, KVH, hd);
+    fb_rowdot_k<<<av_cdiv(nr, 8), 256, 0, st>>>(delta, lse2, dout, out, lse, B, T, Tp, H, hd);
+    AV_CU_LAUNCHED("flash attention backward convert");
+    float *dka = nsplit > 1 ? pk : dk, *dva = nsplit > 1 ? pv : dv;
+    if (hd == 64) fb_launch<64>(dq, dka, dva, qb, qt, ob, ot, kb, kt, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale);
+    else fb_launch<128>(dq, dka, dva, qb, qt, ob, ot, kb, kt, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale);
+    if (nsplit > 1) {
+        fb_reduce_k<<<av_cdiv(part_n, 256), 256, 0, st>>>(dk, dv, pk, pv, part_n, nsplit);
+        AV_CU_LAUNCHED("flash attention backward reduce");
+    }
+    return 0;
+}

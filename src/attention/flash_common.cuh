@@ -1,0 +1,35 @@
+/* Device helpers shared by the flash attention kernels (flash.cu forward, flash_bwd.cu backward):
+ * bf16 packing, the m16n8k16 bf16 tensor-core product with f32 accumulation, and cp.async copies.
+ * Fragment layout of m16n8k16 (g = lane / 4, c = lane % 4): A rows g, g+8 x k 2c..2c+1 (+8);
+ * B (stored [n][k]) row n = g, k 2c..2c+1 (+8); C rows g, g+8 x cols 2c, 2c+1. */
+#ifndef AV_FLASH_COMMON_CUH
+#define AV_FLASH_COMMON_CUH
+#include "backend/cuda_common.cuh"
+
+#define FA_BC 64 /* keys per tile */
+#define FA_PAD 8 /* bf16 padding per shared row: 16 bytes, keeps fragment reads conflict-free */
+
+static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&p);
+}
+static __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+static __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
+static __device__ __forceinline__ void cp_async_wait_all(void) { asm volatile("cp.async.wait_group 0;\n" ::); }
+/* A fragment (16 rows x 16 k) of a bf16 row-major tile with row stride ld (elements). */
+static __device__ __forceinline__ void ld_afrag(uint32_t *a, const __nv_bfloat16 *p, int ld, int g, int c) {
+    const __nv_bfloat16 *r0 = p + g * ld + 2 * c, *r1 = r0 + 8 * ld;
+    a[0] = *reinterpret_cast<const uint32_t *>(r0);
+    a[1] = *reinterpret_cast<const uint32_t *>(r1);
+    a[2] = *reinterpret_cast<const uint32_t *>(r0 + 8);
+    a[3] = *reinterpret_cast<const uint32_t *>(r1 + 8);
+}
+#endif

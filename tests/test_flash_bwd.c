@@ -1,0 +1,215 @@
+/* Flash training attention on the GPU (flash_attention_forward_batch / _backward_batch: flash.cu,
+ * flash_bwd.cu) vs the CPU reference av_attention_forward_batch + av_attention_backward_batch on
+ * B 1..3, T in {1, 17, 64, 130, 512}, GQA ratios 1/4/8, head_dim 64 and 128; gradients accumulate
+ * into non-zero buffers; two runs are bit-identical. Then one LoRA training step of a random
+ * head_dim-64 model on the GPU with flash attention vs the CPU and vs the GPU's standard attention,
+ * and bit-identical over two runs. Without a GPU: "skipped: no GPU". */
+#include "test.h"
+#include <stddef.h>
+#include <stdint.h>
+#include "attention/attention.h"
+#include "backend/backend.h"
+#include "backend/cuda.h"
+#include "model/model.h"
+#include "model/synth.h"
+#include "train/lora.h"
+#include "train/train_model.h"
+
+/* bf16 tensor cores: q, k, v, dout, P and dS are rounded to 8-bit mantissas (relative 2^-9 each)
+ * before products that sum over 64..512 terms; measured errors are a few 1e-3, so 1e-2 relative L2
+ * catches layout or masking mistakes (those give O(1) errors) while allowing the rounding. */
+#define TOL_OUT 1e-2
+#define TOL_GRAD 1e-2
+#define TOL_ONE_KEY 5e-3 /* T = 1: max abs error of dq, dk, whose exact increment is 0 (see check_shape) */
+
+static unsigned rng_state = 4242;
+static float frand(void) {
+    rng_state = rng_state * 1664525u + 1013904223u;
+    return ((rng_state >> 8) / 16777216.0f) * 2.0f - 1.0f;
+}
+static float *rnd(size_t n, float scale) {
+    float *p = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = frand() * scale;
+    return p;
+}
+static float *up(const av_backend *be, const float *h, size_t n) {
+    float *d = be->alloc(n * sizeof(float), "test");
+    be->upload(d, h, n * sizeof(float));
+    return d;
+}
+static float *down(const av_backend *be, const float *d, size_t n) {
+    float *h = malloc(n * sizeof(float));
+    be->download(h, d, n * sizeof(float));
+    return h;
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= m)) m = d != d ? INFINITY : d;
+    }
+    return m;
+}
+
+typedef struct { int B, T, H, KVH, hd; } shape;
+static const shape shapes[] = {
+    {1, 1, 4, 4, 64},   {2, 17, 8, 2, 64},   {3, 64, 8, 1, 64},  {1, 130, 4, 4, 64},   {2, 130, 8, 1, 64},  {3, 512, 8, 2, 64},
+    {1, 512, 32, 4, 64}, {3, 1, 8, 1, 128},  {2, 17, 4, 4, 128}, {1, 130, 8, 2, 128},  {2, 512, 8, 1, 128},
+};
+
+static void check_shape(const av_backend *G, shape sh) {
+    int B = sh.B, T = sh.T, H = sh.H, KVH = sh.KVH, hd = sh.hd;
+    size_t N = (size_t)B * T, qn = N * H * hd, kn = N * KVH * hd;
+    float *q = rnd(qn, 1.5f), *k = rnd(kn, 1.5f), *v = rnd(kn, 1), *dout = rnd(qn, 1);
+    float *g0q = rnd(qn, 0.01f), *g0k = rnd(kn, 0.01f), *g0v = rnd(kn, 0.01f); /* accumulated onto */
+    float *out = malloc(qn * 4), *probs = malloc(sizeof(float) * B * H * T * T), *dq = malloc(qn * 4), *dk = malloc(kn * 4),
+          *dv = malloc(kn * 4);
+    memcpy(dq, g0q, qn * 4);
+    memcpy(dk, g0k, kn * 4);
+    memcpy(dv, g0v, kn * 4);
+    av_attention_forward_batch(out, probs, q, k, v, B, T, H, KVH, hd, NULL, 0);
+    av_attention_backward_batch(dq, dk, dv, dout, probs, q, k, v, B, T, H, KVH, hd, NULL, 0);
+
+    float *qd = up(G, q, qn), *kd = up(G, k, kn), *vd = up(G, v, kn), *dod = up(G, dout, qn), *od = G->alloc(qn * 4, "t"),
+          *ld = G->alloc(sizeof(float) * N * H, "t");
+    CHECK(G->flash_attention_forward_batch(od, ld, qd, kd, vd, B, T, H, KVH, hd) == 0, "forward batch refused hd=%d", hd);
+    float *go = down(G, od, qn);
+    double e = test_rel_l2(go, out, qn);
+    CHECK(e <= TOL_OUT, "flash fwd B=%d T=%d H=%d KVH=%d hd=%d: out rel L2 %.3g", B, T, H, KVH, hd, e);
+    float *gq[2], *gk[2], *gv[2];
+    for (int run = 0; run < 2; run++) { /* the same call twice: bit-identical */
+        float *dqd = up(G, g0q, qn), *dkd = up(G, g0k, kn), *dvd = up(G, g0v, kn);
+        CHECK(G->flash_attention_backward_batch(dqd, dkd, dvd, dod, od, ld, qd, kd, vd, B, T, H, KVH, hd) == 0, "backward refused");
+        gq[run] = down(G, dqd, qn);
+        gk[run] = down(G, dkd, kn);
+        gv[run] = down(G, dvd, kn);
+        G->free(dqd); G->free(dkd); G->free(dvd);
+    }
+    CHECK_OK(av_cuda_status());
+    double eq = test_rel_l2(gq[0], dq, qn), ek = test_rel_l2(gk[0], dk, kn), ev = test_rel_l2(gv[0], dv, kn);
+    if (T == 1) { /* one key: the softmax is constant, dq and dk gain exactly 0; dS = P (dP - delta) is
+                   * left with the rounding of dP (bf16 dout . v against the f32 delta): bound it absolutely */
+        eq = max_abs_diff(gq[0], dq, qn);
+        ek = max_abs_diff(gk[0], dk, kn);
+        CHECK(eq <= TOL_ONE_KEY && ek <= TOL_ONE_KEY && ev <= TOL_GRAD, "flash bwd B=%d T=1 H=%d KVH=%d hd=%d: dq, dk max abs %.3g %.3g, dv %.3g",
+              B, H, KVH, hd, eq, ek, ev);
+    } else {
+        CHECK(eq <= TOL_GRAD && ek <= TOL_GRAD && ev <= TOL_GRAD, "flash bwd B=%d T=%d H=%d KVH=%d hd=%d: dq %.3g dk %.3g dv %.3g", B, T,
+              H, KVH, hd, eq, ek, ev);
+    }
+    int same = !memcmp(gq[0], gq[1], qn * 4) && !memcmp(gk[0], gk[1], kn * 4) && !memcmp(gv[0], gv[1], kn * 4);
+    CHECK(same, "flash bwd B=%d T=%d H=%d KVH=%d hd=%d: two runs differ", B, T, H, KVH, hd);
+    printf("flash B=%d T=%d H=%d KVH=%d hd=%d: out %.2e, dq %.2e, dk %.2e, dv %.2e %s%s\n", B, T, H, KVH, hd, e, eq, ek, ev,
+           T == 1 ? "(dq, dk: max abs)" : "rel L2", same ? ", deterministic" : "");
+    for (int run = 0; run < 2; run++) { free(gq[run]); free(gk[run]); free(gv[run]); }
+    G->free(qd); G->free(kd); G->free(vd); G->free(dod); G->free(od); G->free(ld);
+    free(go); free(q); free(k); free(v); free(dout); free(g0q); free(g0k); free(g0v);
+    free(out); free(probs); free(dq); free(dk); free(dv);
+}
+
+/* One LoRA step (adapters on q, k, v, o) of the model in dir on be (ckpt: gradient checkpointing);
+ * returns every gradient, concatenated. */
+static float *train_grads(const char *dir, const av_backend *be, int B, int T, int ckpt, size_t *n, double *loss) {
+    av_model *m = NULL;
+    av_train_ctx *c = NULL;
+    float *all = NULL;
+    *n = 0;
+    CHECK_OK(av_model_load(&m, dir, be));
+    if (!m) return NULL;
+    av_lora_spec spec;
+    av_lora_spec_default(&spec);
+    spec.num_layers = -1;
+    spec.keys = (1u << AV_PROJ_Q) | (1u << AV_PROJ_K) | (1u << AV_PROJ_V) | (1u << AV_PROJ_O);
+    CHECK_OK(av_lora_attach(m, &spec, 11));
+    /* B starts at zero (PEFT): give it values so dA (through the adapter's B) is tested too */
+    CHECK_OK(av_train_ctx_new(&c, m, B, T, ckpt));
+    if (c) {
+        av_param *P = av_train_params(c);
+        unsigned keep = rng_state;
+        rng_state = 99;
+        for (int i = 0; i < av_train_nparams(c); i++) {
+            float *h = rnd(P[i].n, 0.05f);
+            be->upload(P[i].data, h, P[i].n * sizeof(float));
+            free(h);
+            *n += P[i].n;
+        }
+        int32_t *ids = malloc(sizeof(int32_t) * B * T), *tg = malloc(sizeof(int32_t) * B * T);
+        for (int i = 0; i < B * T; i++) ids[i] = (int32_t)((i * 7919u + 13) % 500);
+        for (int i = 0; i < B * T; i++) tg[i] = (i % T) + 1 < T ? ids[i + 1] : -1;
+        rng_state = keep;
+        double nll;
+        int nv;
+        av_train_zero_grads(c);
+        CHECK_OK(av_train_step(c, ids, tg, B, T, 1.0f / (float)(B * T), 1, &nll, &nv));
+        *loss = nll / nv;
+        all = malloc(sizeof(float) * *n);
+        size_t off = 0;
+        for (int i = 0; i < av_train_nparams(c); i++) {
+            be->download(all + off, P[i].grad, P[i].n * sizeof(float));
+            off += P[i].n;
+        }
+        free(ids);
+        free(tg);
+        av_train_ctx_free(c);
+    }
+    av_model_free(m);
+    return all;
+}
+
+static void check_training(const av_backend *G) {
+    char dir[4096];
+    const char *tmp = getenv("AV_TMP");
+    snprintf(dir, sizeof dir, "%s/flash-bwd-model-%d", tmp ? tmp : "/tmp", (int)getpid());
+    av_config cf;
+    av_synth_preset(&cf, "tiny");
+    cf.hidden_size = 256;
+    cf.intermediate_size = 512;
+    cf.n_heads = 4;
+    cf.n_kv_heads = 1;
+    cf.head_dim = 64;
+    CHECK_OK(av_synth_write(&cf, dir, 5, AV_BF16));
+    int B = 2, T = 70;
+    size_t nc = 0, nf = 0, nf2 = 0, ns = 0, nk = 0;
+    double lc = 0, lf = 0, lf2 = 0, ls = 0, lk = 0;
+    unsetenv("AV_TRAIN_FLASH");
+    float *gc = train_grads(dir, av_backend_cpu(), B, T, 0, &nc, &lc);
+    float *gf = train_grads(dir, G, B, T, 0, &nf, &lf);
+    float *gf2 = train_grads(dir, G, B, T, 0, &nf2, &lf2);
+    float *gk = train_grads(dir, G, B, T, 1, &nk, &lk);
+    setenv("AV_TRAIN_FLASH", "0", 1);
+    float *gs = train_grads(dir, G, B, T, 0, &ns, &ls);
+    unsetenv("AV_TRAIN_FLASH");
+    if (gc && gf && gf2 && gs && gk && nc == nf && nf == nf2 && nf == ns && nf == nk) {
+        double ef = test_rel_l2(gf, gc, nc), es = test_rel_l2(gs, gc, nc), efs = test_rel_l2(gf, gs, nc);
+        /* the whole model in bf16 (weights, activations, products): the table's training tolerance */
+        CHECK(ef <= 5e-2, "LoRA step, flash attention vs CPU: gradient rel L2 %.3g", ef);
+        CHECK(fabs(lf - lc) <= 1e-2 * fabs(lc), "LoRA step loss flash %.6f vs CPU %.6f", lf, lc);
+        CHECK(!memcmp(gf, gf2, nf * sizeof(float)) && lf == lf2, "LoRA step with flash attention: two runs differ");
+        double ek = test_rel_l2(gk, gf, nf); /* checkpointing recomputes the same layer forward */
+        CHECK(ek <= 1e-5, "LoRA step with flash attention: checkpointing changes the gradients (rel L2 %.3g)", ek);
+        printf("LoRA step hd=64: loss cpu %.6f flash %.6f standard %.6f; grads rel L2 flash-cpu %.2e, standard-cpu %.2e, flash-standard %.2e, "
+               "flash checkpointed-not %.1e\n", lc, lf, ls, ef, es, efs, ek);
+    } else {
+        CHECK(0, "LoRA step gradients missing (%zu %zu %zu %zu)", nc, nf, nf2, ns);
+    }
+    free(gc); free(gf); free(gf2); free(gs); free(gk);
+}
+
+int main(void) {
+    const av_backend *G = av_backend_cuda();
+    if (!G || !G->flash_attention_forward_batch || !G->flash_attention_backward_batch) {
+        SKIP("no GPU (CUDA flash attention backward not tested)");
+        return TEST_SUMMARY();
+    }
+    char dev[256];
+    av_cuda_device_name(dev, sizeof dev);
+    printf("GPU: %s\n", dev);
+    /* shapes without a kernel are refused (the caller keeps the standard attention) */
+    CHECK(G->flash_attention_backward_batch(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 4, 2, 16) != 0, "hd=16 accepted");
+    CHECK(G->flash_attention_forward_batch(NULL, NULL, NULL, NULL, NULL, 0, 0, 4, 2, 64) == 0, "hd=64 refused");
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_shape(G, shapes[i]);
+    check_training(G);
+    CHECK_OK(av_cuda_status());
+    return TEST_SUMMARY();
+}
