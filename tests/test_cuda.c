@@ -311,8 +311,9 @@ static void test_attention(void) {
         free(q); free(k); free(v); free(go); free(o); free(pr); free(dq); free(dk); free(dv); free(dq0); free(dk0); free(dv0);
     }
     av_cuda_set_attention_chunk(0);
-    /* batched decode attention: 3 sequences at different positions vs per-sequence CPU attention */
-    int N = 3, H = 4, KVH = 2, MS = 50, posn[3] = {0, 17, 49};
+    /* batched decode attention: 4 sequences at different positions vs per-sequence CPU attention (the
+     * last one at the end of a 600-row cache region) */
+    int N = 4, H = 4, KVH = 2, MS = 600, posn[4] = {0, 17, 49, 599};
     size_t kvd = (size_t)KVH * hd, qd = (size_t)H * hd, stride = (size_t)MS * kvd;
     float *kc = rnd(N * stride, 1), *vc = rnd(N * stride, 1), *q = rnd(N * qd, 1), *kn = rnd(N * kvd, 1), *vn = rnd(N * kvd, 1);
     float *kcd = up(G, kc, N * stride * 4), *vcd = up(G, vc, N * stride * 4), *qd2 = up(G, q, N * qd * 4), *knd = up(G, kn, N * kvd * 4),
@@ -452,6 +453,110 @@ static void test_bf16_store_ops(void) {
     }
     G->free(xd); G->free(bd); G->free(sd);
     free(x); free(h16); free(c16); free(back);
+}
+
+/* The bf16 table's 16-bit activation products and SwiGLU (backend.h: matmul_forward_ex ...) vs the
+ * separate ops: x converted by store_bf16 first gives what matmul_forward converts itself (rel L2
+ * <= 1e-5), bf16 output within bf16 rounding (4e-3), accumulate / alpha as a product plus add_scaled,
+ * the f32 LoRA-B case on TF32 (2e-3), dx overwrite and accumulate, the cases answered -1, and the
+ * bf16 SwiGLU vs the CPU's on the same bf16 inputs (bf16 output rounding: 4e-3), odd n and
+ * unaligned pointers (scalar kernels) included. */
+static void test_mm16_ops(void) {
+    int shapes[][3] = {{37, 300, 200}, {130, 512, 256}, {64, 64, 8}};
+    char nm[128];
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int T = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+        size_t tk = (size_t)T * K, tn = (size_t)T * N;
+        float *x = rnd(tk, 1), *w = rnd((size_t)N * K, 0.1f), *dy = rnd(tn, 1), *y0 = rnd(tn, 1);
+        uint16_t *wb;
+        av_mat Wd = on_dev(bf16_mat(w, N, K, &wb));
+        float *xd = up(G, x, tk * 4), *dyd = up(G, dy, tn * 4), *ref = G->alloc(tn * 4, "t"), *od = G->alloc(tn * 4, "t"),
+              *y0d = up(G, y0, tn * 4), *dxr = G->alloc(tk * 4, "t"), *dxd = G->alloc(tk * 4, "t");
+        uint16_t *x16 = G->alloc(tk * 2, "t"), *dy16 = G->alloc(tn * 2, "t"), *o16 = G->alloc(tn * 2, "t");
+        G->store_bf16(x16, xd, tk);
+        G->store_bf16(dy16, dyd, tn);
+        G->matmul_forward(ref, xd, &Wd, T);
+        float *r = down(G, ref, tn);
+        for (int x16on = 0; x16on < 2; x16on++) {
+            const void *in = x16on ? (const void *)x16 : (const void *)xd;
+            CHECK(G->matmul_forward_ex(od, 0, in, x16on, &Wd, T, 1.0f, 0) == 0, "matmul_forward_ex ran");
+            snprintf(nm, sizeof nm, "matmul_forward_ex x16=%d T=%d N=%d K=%d", x16on, T, N, K);
+            CMP(nm, od, r, tn, 1e-5);
+            CHECK(G->matmul_forward_ex(o16, 1, in, x16on, &Wd, T, 1.0f, 0) == 0, "matmul_forward_ex bf16 out ran");
+            G->load_bf16(od, o16, tn);
+            snprintf(nm, sizeof nm, "matmul_forward_ex bf16 out x16=%d T=%d N=%d K=%d", x16on, T, N, K);
+            CMP(nm, od, r, tn, 4e-3);
+        }
+        /* out = y0 + 0.5 x W^T */
+        float *acc = malloc(tn * 4);
+        for (size_t i = 0; i < tn; i++) acc[i] = y0[i] + 0.5f * r[i];
+        G->copy(od, y0d, tn * 4);
+        CHECK(G->matmul_forward_ex(od, 0, x16, 1, &Wd, T, 0.5f, 1) == 0, "matmul_forward_ex accumulate ran");
+        snprintf(nm, sizeof nm, "matmul_forward_ex accumulate T=%d N=%d K=%d", T, N, K);
+        CMP(nm, od, acc, tn, 1e-5);
+        CHECK(G->matmul_forward_ex(o16, 1, x16, 1, &Wd, T, 1.0f, 1) == -1, "bf16 output with accumulate is refused");
+        /* f32 weights (LoRA B): out = y0 + 0.5 x W^T vs matmul_forward + add_scaled */
+        av_mat Wf = {.data = up(G, w, (size_t)N * K * 4), .dtype = AV_F32, .rows = N, .cols = K};
+        G->matmul_forward(ref, xd, &Wf, T);
+        G->copy(od, y0d, tn * 4);
+        G->add_scaled(od, 0.5f, ref, tn);
+        float *fr = down(G, od, tn);
+        G->copy(od, y0d, tn * 4);
+        CHECK(G->matmul_forward_ex(od, 0, xd, 0, &Wf, T, 0.5f, 1) == 0, "matmul_forward_ex f32 ran");
+        snprintf(nm, sizeof nm, "matmul_forward_ex f32 W T=%d N=%d K=%d", T, N, K);
+        CMP(nm, od, fr, tn, 2e-3);
+        CHECK(G->matmul_forward_ex(od, 0, x16, 1, &Wf, T, 1.0f, 0) == -1, "f32 weights with bf16 x are refused");
+        CHECK(G->matmul_backward_dx_ex(dxd, 0, dyd, 0, &Wf, T) == -1, "dx of f32 weights is refused");
+        /* dx: overwrite (over garbage), then accumulate */
+        G->zero(dxr, tk * 4);
+        G->matmul_backward(dxr, NULL, dyd, NULL, &Wd, T);
+        float *dr = down(G, dxr, tk);
+        for (int d16 = 0; d16 < 2; d16++) {
+            G->copy(dxd, xd, tk * 4);
+            CHECK(G->matmul_backward_dx_ex(dxd, 0, d16 ? (const void *)dy16 : (const void *)dyd, d16, &Wd, T) == 0, "dx ex ran");
+            snprintf(nm, sizeof nm, "matmul_backward_dx_ex dout16=%d T=%d N=%d K=%d", d16, T, N, K);
+            CMP(nm, dxd, dr, tk, 1e-5);
+            CHECK(G->matmul_backward_dx_ex(dxd, 1, d16 ? (const void *)dy16 : (const void *)dyd, d16, &Wd, T) == 0, "dx ex ran");
+            for (size_t i = 0; i < tk; i++) dr[i] *= 2;
+            snprintf(nm, sizeof nm, "matmul_backward_dx_ex accumulate dout16=%d T=%d N=%d K=%d", d16, T, N, K);
+            CMP(nm, dxd, dr, tk, 1e-5);
+            for (size_t i = 0; i < tk; i++) dr[i] *= 0.5f;
+        }
+        G->free(xd); G->free(dyd); G->free(ref); G->free(od); G->free(y0d); G->free(dxr); G->free(dxd); G->free(x16); G->free(dy16);
+        G->free(o16); G->free((void *)Wd.data); G->free((void *)Wf.data);
+        free(x); free(w); free(dy); free(y0); free(wb); free(r); free(acc); free(fr); free(dr);
+    }
+    size_t sizes[] = {4096, 1003};
+    for (size_t si = 0; si < 2; si++)
+        for (int off = 0; off < 2; off++) { /* off 1: pointers 2 bytes in (scalar kernels) */
+            size_t n = sizes[si];
+            float *g = rnd(n + 1, 4), *u = rnd(n + 1, 2), *d = rnd(n + 1, 1);
+            uint16_t *gb = malloc((n + 1) * 2), *ub = malloc((n + 1) * 2);
+            av_store_bf16(gb, g, n + 1);
+            av_store_bf16(ub, u, n + 1);
+            av_load_bf16(g, gb, n + 1); /* the CPU reference on the same bf16 inputs */
+            av_load_bf16(u, ub, n + 1);
+            float *o = malloc(n * 4), *dg = calloc(n, 4), *du = calloc(n, 4);
+            av_swiglu_forward(o, g + off, u + off, n);
+            av_swiglu_backward(dg, du, d + off, g + off, u + off, n);
+            uint16_t *gd = up(G, gb, (n + 1) * 2), *ud = up(G, ub, (n + 1) * 2), *od = G->alloc((n + 1) * 2, "t"),
+                     *dgd = G->alloc((n + 1) * 2, "t"), *dud = G->alloc((n + 1) * 2, "t");
+            float *dd = up(G, d, (n + 1) * 4), *f = G->alloc(n * 4, "t");
+            G->swiglu_forward_bf16(od + off, gd + off, ud + off, n);
+            G->swiglu_backward_bf16(dgd + off, dud + off, dd + off, gd + off, ud + off, n);
+            G->load_bf16(f, od + off, n);
+            snprintf(nm, sizeof nm, "swiglu_forward_bf16 n=%zu off=%d", n, off);
+            CMP(nm, f, o, n, 4e-3);
+            G->load_bf16(f, dgd + off, n);
+            snprintf(nm, sizeof nm, "swiglu_backward_bf16 dgate n=%zu off=%d", n, off);
+            CMP(nm, f, dg, n, 4e-3);
+            G->load_bf16(f, dud + off, n);
+            snprintf(nm, sizeof nm, "swiglu_backward_bf16 dup n=%zu off=%d", n, off);
+            CMP(nm, f, du, n, 4e-3);
+            G->free(gd); G->free(ud); G->free(od); G->free(dgd); G->free(dud); G->free(dd); G->free(f);
+            free(g); free(u); free(d); free(gb); free(ub); free(o); free(dg); free(du);
+        }
+    CHECK(!G32->matmul_forward_ex && !G32->swiglu_forward_bf16, "the exact-f32 table has no 16-bit activation ops");
 }
 
 /* The weight-gradient ops of full fine-tuning, both tables vs the CPU: embedding scatter-add with
@@ -866,6 +971,7 @@ int main(void) {
     test_xent_sample();
     test_dropout_ops();
     test_bf16_store_ops();
+    test_mm16_ops();
     test_full_ft_ops();
     CHECK_OK(av_cuda_status());
     if (!fx) { SKIP("no fixtures"); return TEST_SUMMARY(); }

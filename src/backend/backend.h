@@ -123,6 +123,19 @@ typedef struct av_backend {
      * the activations of its layers in bf16 (half the memory; the default, AV_TRAIN_ACT_BF16=0 keeps f32);
      * 0 (CPU, exact f32): saved in f32. */
     int save_acts_bf16;
+    /* 16-bit activation products and SwiGLU (NULL where a backend lacks them; the bf16 table has
+     * them). Training converts one input once for the products sharing it and keeps gate, up and
+     * their gradients in bf16. Each product returns -1, doing nothing, for a case it does not serve
+     * (weights not bf16 or f32, bf16 output with accumulate): the caller then uses the ops above.
+     * matmul_forward_ex: out[T, W->rows] = alpha x . W^T (accumulate: += into f32 out); x16 / out16:
+     * x / out hold bf16 (uint16_t). f32 W (LoRA B) takes f32 x and out only.
+     * matmul_backward_dx_ex: dx[T, W->cols] = dout . W (accumulate: +=), dout bf16 when dout16; bf16 W only.
+     * swiglu_*_bf16: swiglu_forward/backward on bf16 gate and up; the forward rounds its output to bf16,
+     * the backward overwrites (not accumulates) dgate and dup with bf16 values. */
+    int (*matmul_forward_ex)(void *out, int out16, const void *x, int x16, const av_mat *W, int T, float alpha, int accumulate);
+    int (*matmul_backward_dx_ex)(float *dx, int accumulate, const void *dout, int dout16, const av_mat *W, int T);
+    void (*swiglu_forward_bf16)(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n);
+    void (*swiglu_backward_bf16)(uint16_t *dgate, uint16_t *dup, const float *dout, const uint16_t *gate, const uint16_t *up, size_t n);
 } av_backend;
 
 const av_backend *av_backend_cpu(void);

@@ -420,6 +420,10 @@ static void fill_table(av_backend *b, int f32) {
     b->store_bf16 = av_cuda_store_bf16;
     b->load_bf16 = av_cuda_load_bf16;
     b->save_acts_bf16 = !f32; /* the exact-f32 table keeps f32 activations (compared with the CPU) */
+    b->matmul_forward_ex = f32 ? NULL : av_cuda_matmul_forward_ex; /* bf16 activations: not in the exact-f32 table */
+    b->matmul_backward_dx_ex = f32 ? NULL : av_cuda_matmul_backward_dx_ex;
+    b->swiglu_forward_bf16 = f32 ? NULL : av_cuda_swiglu_forward_bf16;
+    b->swiglu_backward_bf16 = f32 ? NULL : av_cuda_swiglu_backward_bf16;
     b->xent_forward_backward = f32 ? xent_f32 : xent_bf16;
     b->xent_forward_backward_dw = f32 ? xent_dw_f32 : xent_dw_bf16;
     b->dropout_forward = av_cuda_dropout_forward;

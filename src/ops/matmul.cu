@@ -105,16 +105,25 @@ __global__ void gemv_any_k(float *out, const float *x, const void *W, av_dtype d
     }
 }
 
-__global__ void to16_k(uint16_t *dst, const float *src, size_t n, av_dtype dt) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
+/* Four elements per thread (16-byte loads, 8-byte stores) where the pointers allow: a scalar
+ * conversion ran well below the memory bandwidth in front of every training GEMM. */
+__device__ __forceinline__ uint16_t to16_one(float f, av_dtype dt) {
     if (dt == AV_BF16) {
-        __nv_bfloat16 b = __float2bfloat16_rn(src[i]);
-        dst[i] = *reinterpret_cast<uint16_t *>(&b);
-    } else {
-        __half h = __float2half_rn(src[i]);
-        dst[i] = *reinterpret_cast<uint16_t *>(&h);
+        __nv_bfloat16 b = __float2bfloat16_rn(f);
+        return *reinterpret_cast<uint16_t *>(&b);
     }
+    __half h = __float2half_rn(f);
+    return *reinterpret_cast<uint16_t *>(&h);
+}
+__global__ void to16_k(uint16_t *dst, const float *src, size_t n, av_dtype dt, int vec) {
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (i >= n) return;
+    if (vec && i + 4 <= n) {
+        float4 v = *reinterpret_cast<const float4 *>(src + i);
+        uint2 w = make_uint2(to16_one(v.x, dt) | (unsigned)to16_one(v.y, dt) << 16, to16_one(v.z, dt) | (unsigned)to16_one(v.w, dt) << 16);
+        *reinterpret_cast<uint2 *>(dst + i) = w;
+    } else
+        for (size_t e = i + 4 < n ? i + 4 : n; i < e; i++) dst[i] = to16_one(src[i], dt);
 }
 
 __global__ void to32_k(float *dst, const void *src, av_dtype dt, size_t n) {
@@ -125,7 +134,8 @@ __global__ void to32_k(float *dst, const void *src, av_dtype dt, size_t n) {
 static uint16_t *to16(int slot, const float *src, size_t n, av_dtype dt) {
     uint16_t *d = (uint16_t *)av_cuda_scratch(slot, n * 2);
     if (!d) return NULL;
-    to16_k<<<av_cdiv(n, 256), 256, 0, av_cuda_stream()>>>(d, src, n, dt);
+    int vec = !((uintptr_t)src & 15) && !((uintptr_t)d & 7);
+    to16_k<<<av_cdiv(av_cdiv(n, 4), 256), 256, 0, av_cuda_stream()>>>(d, src, n, dt, vec);
     AV_CU_LAUNCHED("convert to 16-bit");
     return d;
 }
@@ -239,4 +249,43 @@ extern "C" void av_cuda_matmul_backward_mode(float *dx, float *dW, const float *
         AV_CU_LAUNCHED("convert panel");
         gemm(CUBLAS_OP_N, CUBLAS_OP_N, K, T, nr, pan, CUDA_R_32F, K, dout + n0, CUDA_R_32F, N, 1.0f, dx, K);
     }
+}
+
+/* ---- 16-bit activation products (the bf16 table's matmul_forward_ex / matmul_backward_dx_ex) ----
+ * Training feeds one converted input to several products and keeps MLP activations in bf16, so
+ * these take x / dout already in bf16 and may write bf16 or accumulate (beta = 1) into f32 output,
+ * saving the conversion, zero-fill and add passes around each GEMM. */
+static int bf16_weight(const av_mat *W) { return W->dtype == AV_BF16 && !W->q_bits; }
+
+extern "C" int av_cuda_matmul_forward_ex(void *out, int out16, const void *x, int x16, const av_mat *W, int T, float alpha, int accumulate) {
+    int N = W->rows, K = W->cols;
+    if (out16 && accumulate) return -1;
+    if (T <= 0) return 0;
+    float beta = accumulate ? 1.0f : 0.0f;
+    if (W->dtype == AV_F32 && !x16 && !out16) { /* LoRA B: out (+)= alpha x B^T on TF32 tensor cores */
+        av_cuda_note_blas(cublasGemmEx(av_cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &alpha, W->data, CUDA_R_32F, K, x, CUDA_R_32F, K,
+                                       &beta, out, CUDA_R_32F, N, f32_compute(W, 0), CUBLAS_GEMM_DEFAULT),
+                          "gemm ex");
+        return 0;
+    }
+    if (!bf16_weight(W)) return -1;
+    const void *xb = x16 ? x : (const void *)to16(AV_SCR_XCONV, (const float *)x, (size_t)T * K, AV_BF16);
+    if (!xb) return 0;
+    av_cuda_note_blas(cublasGemmEx(av_cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &alpha, W->data, CUDA_R_16BF, K, xb, CUDA_R_16BF, K,
+                                   &beta, out, out16 ? CUDA_R_16BF : CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                      "gemm ex");
+    return 0;
+}
+
+extern "C" int av_cuda_matmul_backward_dx_ex(float *dx, int accumulate, const void *dout, int dout16, const av_mat *W, int T) {
+    int N = W->rows, K = W->cols;
+    if (!bf16_weight(W)) return -1;
+    if (T <= 0) return 0;
+    float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    const void *db = dout16 ? dout : (const void *)to16(AV_SCR_DCONV, (const float *)dout, (size_t)T * N, AV_BF16);
+    if (!db) return 0;
+    av_cuda_note_blas(cublasGemmEx(av_cuda_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, K, T, N, &alpha, W->data, CUDA_R_16BF, K, db, CUDA_R_16BF, N,
+                                   &beta, dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                      "gemm dx ex");
+    return 0;
 }

@@ -30,7 +30,9 @@
  * (from q, k, v) are recomputed in the backward into shared scratch buffers. Where the backend
  * computes in bf16 (save_acts_bf16), unless AV_TRAIN_ACT_BF16=0, q, k, v, gate and up are stored as bf16 (uint16_t behind the
  * float pointers, half the bytes): the layer computes them in f32 scratch, stores them, and the
- * backward loads them back into scratch (q k v: tmp; gate: tmp, up: lora_tmp). */
+ * backward loads them back into scratch (q k v: tmp; gate: tmp, up: lora_tmp). With the backend's
+ * 16-bit products (mm16) and no adapter in the MLP, gate and up are written in bf16 by their products
+ * and read in bf16 by the SwiGLU (mlp16). */
 typedef struct {
     float *rstd1, *q, *k, *v, *xmid, *rstd2, *gate, *up;
 } layer_acts;
@@ -39,6 +41,7 @@ struct av_train_ctx {
     av_model *m;
     int max_rows, max_len, ckpt, nsets, max_rank;
     int a16;           /* q, k, v, gate, up saved as bf16 (see layer_acts) */
+    int mm16;          /* the backend's 16-bit activation products (backend.h: matmul_forward_ex ...) are used */
     int first;         /* first layer with trainable parameters: layers before it run forward only */
     float **xs;        /* layer inputs/outputs [N, D], layers first..n_layers (NULL below first) */
     layer_acts *acts;  /* one set per layer first..n_layers-1, or 1 with checkpointing */
@@ -340,6 +343,10 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
      * TinyLlama 1x512 peak 3.12 -> 2.92 GB for ~4-5% tok/s (the separate store/load kernels) */
     const char *ab = getenv("AV_TRAIN_ACT_BF16");
     c->a16 = !(ab && *ab == '0') && m->be->save_acts_bf16 && m->be->store_bf16 && m->be->load_bf16;
+    /* AV_TRAIN_MM16=0: the f32 products with their conversions, zero fills and adds (for comparison) */
+    const char *me = getenv("AV_TRAIN_MM16");
+    c->mm16 = !(me && *me == '0') && c->a16 && !c->full && m->be->matmul_forward_ex && m->be->matmul_backward_dx_ex &&
+              m->be->swiglu_forward_bf16 && m->be->swiglu_backward_bf16;
     int ok = 1;
     for (int l = c->first; l <= NL && ok; l++) ok = (c->xs[l] = ctx_alloc(c, N * D, "layer inputs")) != NULL;
     for (int s = 0; s < c->nsets && ok; s++) {
@@ -418,33 +425,42 @@ static uint64_t drop_key(const av_train_ctx *c, int l, av_proj p) {
     return av_dropout_key(c->drop_seed, c->drop_step, (uint64_t)l * AV_PROJ_COUNT + (uint64_t)p);
 }
 
-/* Forward of one projection: av_linear_forward, or with dropout the adapter branch on dropout(x). */
-static void linear_forward(av_train_ctx *c, float *out, const float *x, const av_linear *L, int l, av_proj p, int N) {
+/* A base weight the 16-bit products take (bf16, unquantized, c->mm16). */
+static int w16(const av_train_ctx *c, const av_linear *L) { return c->mm16 && L->w.dtype == AV_BF16 && !L->w.q_bits; }
+
+/* The layer's MLP runs on bf16 activations end to end: gate, up and down take the 16-bit products
+ * and carry no adapter (whose backward would need the f32 inputs). */
+static int mlp16(const av_train_ctx *c, const av_layer *L) {
+    return w16(c, &L->gate) && w16(c, &L->up) && w16(c, &L->down) && !L->gate.lora_a && !L->up.lora_a && !L->down.lora_a;
+}
+
+/* Forward of one projection, av_linear_forward with out (= or, with acc, +=) x W^T + s u A^T B^T,
+ * u = x or, on training steps with dropout, dropout(x). x16: x already in bf16 (NULL: none); acc
+ * and x16 need w16(L). The adapter's second product accumulates straight into out where the
+ * backend can (matmul_forward_ex), else through the xab scratch and add_scaled. */
+static void linear_forward(av_train_ctx *c, float *out, int acc, const float *x, const uint16_t *x16, const av_linear *L, int l, av_proj p,
+                           int N) {
     const av_backend *be = c->m->be;
-    if (c->prof && L->lora_a && !c->drop_on) { /* base product and adapter timed apart */
-        av_mat A = {.data = L->lora_a, .dtype = AV_F32, .rows = L->rank, .cols = L->w.cols};
-        av_mat Bm = {.data = L->lora_b, .dtype = AV_F32, .rows = L->w.rows, .cols = L->rank};
-        float *xa = c->lora_tmp, *xab = c->lora_tmp + (size_t)N * L->rank;
+    if (w16(c, L))
+        be->matmul_forward_ex(out, 0, x16 ? (const void *)x16 : (const void *)x, x16 != NULL, &L->w, N, 1.0f, acc);
+    else
         be->matmul_forward(out, x, &L->w, N);
-        int ph = prof_switch(c, AV_TRAIN_PH_LORA);
-        be->matmul_forward(xa, x, &A, N);
+    if (!L->lora_a) return;
+    int ph = prof_switch(c, AV_TRAIN_PH_LORA);
+    const float *u = x;
+    if (c->drop_on) {
+        be->dropout_forward(c->xdrop, x, (size_t)N * L->w.cols, c->drop_p, drop_key(c, l, p));
+        u = c->xdrop;
+    }
+    av_mat A = {.data = L->lora_a, .dtype = AV_F32, .rows = L->rank, .cols = L->w.cols};
+    av_mat Bm = {.data = L->lora_b, .dtype = AV_F32, .rows = L->w.rows, .cols = L->rank};
+    float *xa = c->lora_tmp, *xab = c->lora_tmp + (size_t)N * L->rank;
+    be->matmul_forward(xa, u, &A, N);
+    if (!be->matmul_forward_ex || be->matmul_forward_ex(out, 0, xa, 0, &Bm, N, L->scale, 1) != 0) {
         be->matmul_forward(xab, xa, &Bm, N);
         be->add_scaled(out, L->scale, xab, (size_t)N * L->w.rows);
-        prof_switch(c, ph);
-        return;
     }
-    if (!c->drop_on || !L->lora_a) {
-        av_linear_forward(be, out, x, L, N, c->lora_tmp);
-        return;
-    }
-    be->dropout_forward(c->xdrop, x, (size_t)N * L->w.cols, c->drop_p, drop_key(c, l, p));
-    be->matmul_forward(out, x, &L->w, N);
-    av_mat A = {.data = L->lora_a, .dtype = AV_F32, .rows = L->rank, .cols = L->w.cols};
-    av_mat B = {.data = L->lora_b, .dtype = AV_F32, .rows = L->w.rows, .cols = L->rank};
-    float *xa = c->lora_tmp, *xab = c->lora_tmp + (size_t)N * L->rank;
-    be->matmul_forward(xa, c->xdrop, &A, N);
-    be->matmul_forward(xab, xa, &B, N);
-    be->add_scaled(out, L->scale, xab, (size_t)N * L->w.rows);
+    prof_switch(c, ph);
 }
 
 /* Attention of the B rows of the batch (q, k, v in f32): out [N, H*hd]; keep: the backward's
@@ -488,9 +504,15 @@ static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const flo
     float *q = c->a16 ? c->tmp : a->q, *k = c->a16 ? c->tmp + (size_t)N * qd : a->k, *v = c->a16 ? k + (size_t)N * kvd : a->v;
     float *gate = c->a16 ? c->dup : a->gate, *up = c->a16 ? c->dact : a->up;
     be->rmsnorm_forward(c->xn, a->rstd1, x_in, &L->attn_norm, N, D, cf->rms_norm_eps);
-    linear_forward(c, q, c->xn, &L->q, l, AV_PROJ_Q, N);
-    linear_forward(c, k, c->xn, &L->k, l, AV_PROJ_K, N);
-    linear_forward(c, v, c->xn, &L->v, l, AV_PROJ_V, N);
+    /* the normed input converted to bf16 once for q, k and v (dxn's buffer: free in the forward) */
+    uint16_t *x16 = NULL;
+    if (w16(c, &L->q) && w16(c, &L->k) && w16(c, &L->v)) {
+        x16 = (uint16_t *)c->dxn;
+        be->store_bf16(x16, c->xn, (size_t)N * D);
+    }
+    linear_forward(c, q, 0, c->xn, x16, &L->q, l, AV_PROJ_Q, N);
+    linear_forward(c, k, 0, c->xn, x16, &L->k, l, AV_PROJ_K, N);
+    linear_forward(c, v, 0, c->xn, x16, &L->v, l, AV_PROJ_V, N);
     be->rope_forward(q, c->pos_dev, m->inv_freq, N, H, hd);
     be->rope_forward(k, c->pos_dev, m->inv_freq, N, KVH, hd);
     /* the trained layers' forward takes the same attention path as the backward's recomputation */
@@ -500,48 +522,67 @@ static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const flo
         be->store_bf16((uint16_t *)a->k, k, (size_t)N * kvd);
         be->store_bf16((uint16_t *)a->v, v, (size_t)N * kvd);
     }
-    linear_forward(c, c->tmp, c->att, &L->o, l, AV_PROJ_O, N);
+    /* xmid = x_in + o(att): the product accumulates onto the copied residual where it can */
     be->copy(a->xmid, x_in, sizeof(float) * (size_t)N * D);
-    be->add_inplace(a->xmid, c->tmp, (size_t)N * D);
+    if (w16(c, &L->o)) {
+        linear_forward(c, a->xmid, 1, c->att, NULL, &L->o, l, AV_PROJ_O, N);
+    } else {
+        linear_forward(c, c->tmp, 0, c->att, NULL, &L->o, l, AV_PROJ_O, N);
+        be->add_inplace(a->xmid, c->tmp, (size_t)N * D);
+    }
     be->rmsnorm_forward(c->xn, a->rstd2, a->xmid, &L->mlp_norm, N, D, cf->rms_norm_eps);
-    linear_forward(c, gate, c->xn, &L->gate, l, AV_PROJ_GATE, N);
-    linear_forward(c, up, c->xn, &L->up, l, AV_PROJ_UP, N);
+    if (mlp16(c, L)) { /* gate and up straight into the saved bf16 activations (scratch when not training) */
+        uint16_t *xn16 = (uint16_t *)c->dxn, *g16 = (uint16_t *)(train ? a->gate : c->dup), *u16 = (uint16_t *)(train ? a->up : c->dact),
+                 *act16 = (uint16_t *)act;
+        be->store_bf16(xn16, c->xn, (size_t)N * D);
+        be->matmul_forward_ex(g16, 1, xn16, 1, &L->gate.w, N, 1.0f, 0);
+        be->matmul_forward_ex(u16, 1, xn16, 1, &L->up.w, N, 1.0f, 0);
+        be->swiglu_forward_bf16(act16, g16, u16, nf);
+        be->copy(x_out, a->xmid, sizeof(float) * (size_t)N * D); /* x_out = xmid + down(act) */
+        be->matmul_forward_ex(x_out, 0, act16, 1, &L->down.w, N, 1.0f, 1);
+        return;
+    }
+    linear_forward(c, gate, 0, c->xn, NULL, &L->gate, l, AV_PROJ_GATE, N);
+    linear_forward(c, up, 0, c->xn, NULL, &L->up, l, AV_PROJ_UP, N);
     if (c->a16 && train) {
         be->store_bf16((uint16_t *)a->gate, gate, nf);
         be->store_bf16((uint16_t *)a->up, up, nf);
     }
     be->swiglu_forward(act, gate, up, nf);
-    linear_forward(c, c->tmp, act, &L->down, l, AV_PROJ_DOWN, N);
+    linear_forward(c, c->tmp, 0, act, NULL, &L->down, l, AV_PROJ_DOWN, N);
     be->copy(x_out, a->xmid, sizeof(float) * (size_t)N * D);
     be->add_inplace(x_out, c->tmp, (size_t)N * D);
 }
 
-/* Backward of one projection; gradients go to its adapter's A/B (if any). */
-static void linear_backward(av_train_ctx *c, float *dx, const float *dy, const float *x, const av_linear *L, int l, av_proj p, int N) {
+/* Backward of one projection: dx (= or, with acc, +=) dy W + the adapter's term (dx may be NULL);
+ * gradients go to its adapter's A/B (if any). Without acc, the base product overwrites dx where
+ * the backend can (matmul_backward_dx_ex), else dx is zeroed first. */
+static void linear_backward(av_train_ctx *c, float *dx, int acc, const float *dy, const float *x, const av_linear *L, int l, av_proj p,
+                            int N) {
     const av_backend *be = c->m->be;
     int k = l * AV_PROJ_COUNT + p;
+    size_t nx = (size_t)N * L->w.cols;
     if (c->full) { /* full fine-tuning: no adapters, dW of the (f32 master) weight */
+        if (dx && !acc) be->zero(dx, nx * sizeof(float));
         be->matmul_backward(dx, c->gw[k], dy, x, &L->w, N);
         return;
     }
-    if (c->prof && L->lora_a && !c->drop_on) {
+    if (dx && (!w16(c, L) || be->matmul_backward_dx_ex(dx, acc, dy, 0, &L->w, N) != 0)) {
+        if (!acc) be->zero(dx, nx * sizeof(float));
         be->matmul_backward(dx, NULL, dy, NULL, &L->w, N);
-        int ph = prof_switch(c, AV_TRAIN_PH_LORA);
+    }
+    if (!L->lora_a) return;
+    int ph = prof_switch(c, AV_TRAIN_PH_LORA);
+    if (!c->drop_on) {
         av_lora_branch_backward(be, dx, c->ga[k], c->gb[k], dy, x, L, N, c->lora3);
-        prof_switch(c, ph);
-        return;
+    } else {
+        uint64_t key = drop_key(c, l, p);
+        be->dropout_forward(c->xdrop, x, nx, c->drop_p, key); /* the forward's mask, regenerated */
+        if (dx) be->zero(c->dxdrop, nx * sizeof(float));
+        av_lora_branch_backward(be, dx ? c->dxdrop : NULL, c->ga[k], c->gb[k], dy, c->xdrop, L, N, c->lora3);
+        if (dx) be->dropout_backward(dx, c->dxdrop, nx, c->drop_p, key);
     }
-    if (!c->drop_on || !L->lora_a) {
-        av_linear_backward(be, dx, c->ga[k], c->gb[k], dy, x, L, N, c->lora3);
-        return;
-    }
-    size_t n = (size_t)N * L->w.cols;
-    uint64_t key = drop_key(c, l, p);
-    be->matmul_backward(dx, NULL, dy, NULL, &L->w, N);
-    be->dropout_forward(c->xdrop, x, n, c->drop_p, key); /* the forward's mask, regenerated */
-    if (dx) be->zero(c->dxdrop, n * sizeof(float));
-    av_lora_branch_backward(be, dx ? c->dxdrop : NULL, c->ga[k], c->gb[k], dy, c->xdrop, L, N, c->lora3);
-    if (dx) be->dropout_backward(dx, c->dxdrop, n, c->drop_p, key);
+    prof_switch(c, ph);
 }
 
 /* One decoder layer backward: on entry c->dx = dL/d(layer output); on exit dL/d(layer input)
@@ -555,24 +596,31 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
     int D = cf->hidden_size, F = cf->intermediate_size, H = cf->n_heads, KVH = cf->n_kv_heads, hd = cf->head_dim, N = B * T;
     size_t qd = (size_t)H * hd, kvd = (size_t)KVH * hd, nf = (size_t)N * F;
     /* x_out = xmid + down(act) */
-    float *act = c->dgate;
-    const float *gate = a->gate, *up = a->up, *q = a->q, *k = a->k, *v = a->v;
-    if (c->a16) { /* bf16-saved: gate in tmp, up in lora_tmp (both free in the backward) */
-        be->load_bf16(c->tmp, (const uint16_t *)a->gate, nf);
-        be->load_bf16(c->lora_tmp, (const uint16_t *)a->up, nf);
-        gate = c->tmp;
-        up = c->lora_tmp;
+    const float *q = a->q, *k = a->k, *v = a->v;
+    if (mlp16(c, L)) { /* bf16 MLP: no act / normed input to recompute (no adapters there) */
+        uint16_t *dg16 = (uint16_t *)c->dgate, *du16 = (uint16_t *)c->dup;
+        linear_backward(c, c->dact, 0, c->dx, NULL, &L->down, l, AV_PROJ_DOWN, N);
+        be->swiglu_backward_bf16(dg16, du16, c->dact, (const uint16_t *)a->gate, (const uint16_t *)a->up, nf);
+        be->matmul_backward_dx_ex(c->dxn, 0, du16, 1, &L->up.w, N);
+        be->matmul_backward_dx_ex(c->dxn, 1, dg16, 1, &L->gate.w, N);
+    } else {
+        float *act = c->dgate;
+        const float *gate = a->gate, *up = a->up;
+        if (c->a16) { /* bf16-saved: gate in tmp, up in lora_tmp (both free in the backward) */
+            be->load_bf16(c->tmp, (const uint16_t *)a->gate, nf);
+            be->load_bf16(c->lora_tmp, (const uint16_t *)a->up, nf);
+            gate = c->tmp;
+            up = c->lora_tmp;
+        }
+        if (c->full || L->down.lora_a) be->swiglu_forward(act, gate, up, nf); /* only down's dW / adapter reads it */
+        linear_backward(c, c->dact, 0, c->dx, act, &L->down, l, AV_PROJ_DOWN, N);
+        be->zero(c->dgate, nf * sizeof(float)); /* act is dead */
+        be->zero(c->dup, nf * sizeof(float));
+        be->swiglu_backward(c->dgate, c->dup, c->dact, gate, up, nf);
+        be->rmsnorm_forward(c->xn, a->rstd2, a->xmid, &L->mlp_norm, N, D, cf->rms_norm_eps);
+        linear_backward(c, c->dxn, 0, c->dup, c->xn, &L->up, l, AV_PROJ_UP, N);
+        linear_backward(c, c->dxn, 1, c->dgate, c->xn, &L->gate, l, AV_PROJ_GATE, N);
     }
-    be->swiglu_forward(act, gate, up, nf);
-    be->zero(c->dact, nf * sizeof(float));
-    linear_backward(c, c->dact, c->dx, act, &L->down, l, AV_PROJ_DOWN, N);
-    be->zero(c->dgate, nf * sizeof(float)); /* act is dead */
-    be->zero(c->dup, nf * sizeof(float));
-    be->swiglu_backward(c->dgate, c->dup, c->dact, gate, up, nf);
-    be->rmsnorm_forward(c->xn, a->rstd2, a->xmid, &L->mlp_norm, N, D, cf->rms_norm_eps);
-    be->zero(c->dxn, sizeof(float) * (size_t)N * D);
-    linear_backward(c, c->dxn, c->dup, c->xn, &L->up, l, AV_PROJ_UP, N);
-    linear_backward(c, c->dxn, c->dgate, c->xn, &L->gate, l, AV_PROJ_GATE, N);
     be->rmsnorm_backward(c->dx, c->full ? c->gn2[l] : NULL, c->dxn, a->xmid, &L->mlp_norm, a->rstd2, N, D);
     /* xmid = x_in + o(att) */
     if (c->a16) { /* q k v back into tmp (gate is dead) */
@@ -585,8 +633,7 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
         v = vf;
     }
     attention_rows(c, c->att, 1, q, k, v, B, T);
-    be->zero(c->datt, sizeof(float) * (size_t)N * qd);
-    linear_backward(c, c->datt, c->dx, c->att, &L->o, l, AV_PROJ_O, N);
+    linear_backward(c, c->datt, 0, c->dx, c->att, &L->o, l, AV_PROJ_O, N);
     be->zero(c->dq, sizeof(float) * (size_t)N * qd);
     be->zero(c->dk, sizeof(float) * (size_t)N * kvd);
     be->zero(c->dv, sizeof(float) * (size_t)N * kvd);
@@ -604,12 +651,12 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
     prof_switch(c, ph);
     be->rope_backward(c->dk, c->pos_dev, m->inv_freq, N, KVH, hd);
     be->rope_backward(c->dq, c->pos_dev, m->inv_freq, N, H, hd);
-    be->rmsnorm_forward(c->xn, a->rstd1, x_in, &L->attn_norm, N, D, cf->rms_norm_eps);
+    if (c->full || L->q.lora_a || L->k.lora_a || L->v.lora_a) /* the normed input: only dW / adapters read it */
+        be->rmsnorm_forward(c->xn, a->rstd1, x_in, &L->attn_norm, N, D, cf->rms_norm_eps);
     float *dxn = need_dx ? c->dxn : NULL;
-    if (dxn) be->zero(dxn, sizeof(float) * (size_t)N * D);
-    linear_backward(c, dxn, c->dv, c->xn, &L->v, l, AV_PROJ_V, N);
-    linear_backward(c, dxn, c->dk, c->xn, &L->k, l, AV_PROJ_K, N);
-    linear_backward(c, dxn, c->dq, c->xn, &L->q, l, AV_PROJ_Q, N);
+    linear_backward(c, dxn, 0, c->dv, c->xn, &L->v, l, AV_PROJ_V, N);
+    linear_backward(c, dxn, 1, c->dk, c->xn, &L->k, l, AV_PROJ_K, N);
+    linear_backward(c, dxn, 1, c->dq, c->xn, &L->q, l, AV_PROJ_Q, N);
     if (need_dx) be->rmsnorm_backward(c->dx, c->full ? c->gn1[l] : NULL, c->dxn, x_in, &L->attn_norm, a->rstd1, N, D);
 }
 
