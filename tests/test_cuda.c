@@ -556,7 +556,35 @@ static void test_mm16_ops(void) {
             G->free(gd); G->free(ud); G->free(od); G->free(dgd); G->free(dud); G->free(dd); G->free(f);
             free(g); free(u); free(d); free(gb); free(ub); free(o); free(dg); free(du);
         }
-    CHECK(!G32->matmul_forward_ex && !G32->swiglu_forward_bf16, "the exact-f32 table has no 16-bit activation ops");
+    /* rmsnorm_forward_bf16 equals rmsnorm_forward + store_bf16 bit for bit (same sums, one rounding):
+     * 0 differing elements and equal rstd, bf16 and f32 norm weights, a width that is no multiple of 4 */
+    int dims[] = {2048, 100};
+    for (int di = 0; di < 2; di++)
+        for (int wf = 0; wf < 2; wf++) {
+            int T = 37, D = dims[di];
+            size_t n = (size_t)T * D;
+            float *x = rnd(n, 2), *w = rnd(D, 1);
+            uint16_t *wb = NULL;
+            av_mat Wn = wf ? (av_mat){.data = w, .dtype = AV_F32, .rows = 1, .cols = D} : bf16_mat(w, 1, D, &wb);
+            av_mat Wd = on_dev(Wn);
+            float *xd = up(G, x, n * 4), *of = G->alloc(n * 4, "t"), *r1 = G->alloc(T * 4, "t"), *r2 = G->alloc(T * 4, "t");
+            uint16_t *o1 = G->alloc(n * 2, "t"), *o2 = G->alloc(n * 2, "t");
+            G->rmsnorm_forward(of, r1, xd, &Wd, T, D, 1e-5f);
+            G->store_bf16(o1, of, n);
+            G->rmsnorm_forward_bf16(o2, r2, xd, &Wd, T, D, 1e-5f);
+            uint16_t *h1 = malloc(n * 2), *h2 = malloc(n * 2);
+            float *hr1 = down(G, r1, T), *hr2 = down(G, r2, T);
+            G->download(h1, o1, n * 2);
+            G->download(h2, o2, n * 2);
+            size_t bad = 0;
+            for (size_t i = 0; i < n; i++) bad += h1[i] != h2[i];
+            CHECK(bad == 0 && !memcmp(hr1, hr2, T * 4), "rmsnorm_forward_bf16 D=%d %s weights: %zu of %zu differ from rmsnorm_forward + store_bf16", D,
+                  wf ? "f32" : "bf16", bad, n);
+            G->free(xd); G->free(of); G->free(r1); G->free(r2); G->free(o1); G->free(o2); G->free((void *)Wd.data);
+            free(x); free(w); free(wb); free(h1); free(h2); free(hr1); free(hr2);
+        }
+    CHECK(!G32->matmul_forward_ex && !G32->swiglu_forward_bf16 && !G32->rmsnorm_forward_bf16, "the exact-f32 table has no 16-bit activation ops");
+    CHECK(!C->rmsnorm_forward_bf16, "the CPU table has no bf16 RMSNorm (callers fall back)");
 }
 
 /* The weight-gradient ops of full fine-tuning, both tables vs the CPU: embedding scatter-add with

@@ -136,6 +136,9 @@ typedef struct av_backend {
     int (*matmul_backward_dx_ex)(float *dx, int accumulate, const void *dout, int dout16, const av_mat *W, int T);
     void (*swiglu_forward_bf16)(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n);
     void (*swiglu_backward_bf16)(uint16_t *dgate, uint16_t *dup, const float *dout, const uint16_t *gate, const uint16_t *up, size_t n);
+    /* rmsnorm_forward with its output rounded to bf16 (equal to rmsnorm_forward + store_bf16): the
+     * input of 16-bit products when nothing else reads the f32 normed rows. */
+    void (*rmsnorm_forward_bf16)(uint16_t *out, float *rstd, const float *x, const av_mat *w, int T, int D, float eps);
 } av_backend;
 
 const av_backend *av_backend_cpu(void);

@@ -423,6 +423,7 @@ static void fill_table(av_backend *b, int f32) {
     b->matmul_forward_ex = f32 ? NULL : av_cuda_matmul_forward_ex; /* bf16 activations: not in the exact-f32 table */
     b->matmul_backward_dx_ex = f32 ? NULL : av_cuda_matmul_backward_dx_ex;
     b->swiglu_forward_bf16 = f32 ? NULL : av_cuda_swiglu_forward_bf16;
+    b->rmsnorm_forward_bf16 = f32 ? NULL : av_cuda_rmsnorm_forward_bf16;
     b->swiglu_backward_bf16 = f32 ? NULL : av_cuda_swiglu_backward_bf16;
     b->xent_forward_backward = f32 ? xent_f32 : xent_bf16;
     b->xent_forward_backward_dw = f32 ? xent_dw_f32 : xent_dw_bf16;

@@ -31,6 +31,7 @@ void av_cuda_matmul_fused_forward_mode(float *out, const float *x, const av_mat 
 void av_cuda_embedding_forward(float *out, const int32_t *ids, const av_mat *table, int T);
 void av_cuda_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int T, int D);
 void av_cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const av_mat *w, int T, int D, float eps);
+void av_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const float *x, const av_mat *w, int T, int D, float eps);
 void av_cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const av_mat *w, const float *rstd, int T, int D);
 /* f32 != 0: exact f32 arithmetic; 0: bf16 tensor cores for T > 8 (decode-sized T uses an exact GEMV). */
 void av_cuda_matmul_forward_mode(float *out, const float *x, const av_mat *W, int T, int f32);

@@ -17,6 +17,23 @@ __global__ void rms_fwd_k(float *out, float *rstd, const float *x, const void *w
     for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = av_ld_w(w, wt, i) * (xr[i] * r);
 }
 
+/* rms_fwd_k with bf16 output for the training products: the same sum order and values, rounded
+ * once here instead of by a separate conversion pass over an f32 copy. */
+__global__ void rms_fwd16_k(uint16_t *out, float *rstd, const float *x, const void *w, av_dtype wt, int D, float eps) {
+    __shared__ float sh[32];
+    const float *xr = x + (size_t)blockIdx.x * D;
+    float ss = 0;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = av_block_sum(ss, sh);
+    float r = 1.0f / sqrtf(ss / (float)D + eps);
+    if (rstd && threadIdx.x == 0) rstd[blockIdx.x] = r;
+    uint16_t *o = out + (size_t)blockIdx.x * D;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        __nv_bfloat16 b = __float2bfloat16_rn(av_ld_w(w, wt, i) * (xr[i] * r));
+        o[i] = *reinterpret_cast<uint16_t *>(&b);
+    }
+}
+
 __global__ void rms_bwd_dx_k(float *dx, const float *dout, const float *x, const void *w, av_dtype wt, const float *rstd, int D) {
     __shared__ float sh[32];
     size_t off = (size_t)blockIdx.x * D;
@@ -40,6 +57,12 @@ extern "C" void av_cuda_rmsnorm_forward(float *out, float *rstd, const float *x,
     if (T <= 0) return;
     rms_fwd_k<<<T, D >= 2048 ? 512 : 256, 0, av_cuda_stream()>>>(out, rstd, x, w->data, w->dtype, D, eps);
     AV_CU_LAUNCHED("rmsnorm_forward");
+}
+
+extern "C" void av_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const float *x, const av_mat *w, int T, int D, float eps) {
+    if (T <= 0) return;
+    rms_fwd16_k<<<T, D >= 2048 ? 512 : 256, 0, av_cuda_stream()>>>(out, rstd, x, w->data, w->dtype, D, eps);
+    AV_CU_LAUNCHED("rmsnorm_forward_bf16");
 }
 
 extern "C" void av_cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const av_mat *w, const float *rstd,

@@ -171,15 +171,19 @@ void av_linear_backward(const av_backend *be, float *dx, float *dA, float *dB, c
     be->matmul_backward(dx, dA, sx, x, &A, T);        /* dx += s dyB A; dA += (s dyB)^T x */
 }
 
-void av_lora_branch_backward(const av_backend *be, float *dx, float *dA, float *dB, const float *dy, const float *x, const av_linear *L,
-                             int T, float *tmp) {
+void av_lora_branch_backward(const av_backend *be, float *dx, float *dA, float *dB, const float *dy, const float *x, const float *ua,
+                             const av_linear *L, int T, float *tmp) {
     if (!L->lora_a || (!dA && !dB && !dx)) return;
     av_mat A = {.data = L->lora_a, .dtype = AV_F32, .rows = L->rank, .cols = L->w.cols};
     av_mat Bm = {.data = L->lora_b, .dtype = AV_F32, .rows = L->w.rows, .cols = L->rank};
     size_t nr = (size_t)T * L->rank;
-    float *xa = tmp, *sx = tmp + nr, *dyb = tmp + 2 * nr;
+    float *sx = tmp + nr, *dyb = tmp + 2 * nr;
     if (dB) {
-        be->matmul_forward(xa, x, &A, T);
+        const float *xa = ua; /* the forward's x A^T saves re-reading x (the widest operand) */
+        if (!xa) {
+            be->matmul_forward(tmp, x, &A, T);
+            xa = tmp;
+        }
         be->zero(sx, nr * sizeof(float));
         be->add_scaled(sx, L->scale, xa, nr);
         be->matmul_backward(NULL, dB, dy, sx, &Bm, T);

@@ -41,8 +41,9 @@ void av_linear_backward(const av_backend *be, float *dx, float *dA, float *dB, c
                         int T, float *tmp);
 /* Only the adapter branch of av_linear_backward (no base term): with u the branch's input
  * (x itself, or dropout(x) for LoRA dropout), dA += s (dy B)^T u, dB += s dy^T (u A^T),
- * du += s (dy B) A (du may be NULL). tmp holds 3 * T * rank floats of backend memory. */
-void av_lora_branch_backward(const av_backend *be, float *du, float *dA, float *dB, const float *dy, const float *u, const av_linear *L,
-                             int T, float *tmp);
+ * du += s (dy B) A (du may be NULL). ua: u A^T [T, rank] kept from the forward, or NULL (recomputed).
+ * tmp holds 3 * T * rank floats of backend memory. */
+void av_lora_branch_backward(const av_backend *be, float *du, float *dA, float *dB, const float *dy, const float *u, const float *ua,
+                             const av_linear *L, int T, float *tmp);
 
 #endif

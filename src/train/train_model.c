@@ -26,8 +26,9 @@
 #define XENT_CHUNK 256 /* logit rows per LM-head chunk: amortises the weight conversion; 256 x V floats of scratch */
 
 /* What one layer's backward needs and cannot recompute cheaply. The normed inputs (from x_in /
- * xmid and rstd), the SwiGLU output (from gate, up) and the attention probabilities and output
- * (from q, k, v) are recomputed in the backward into shared scratch buffers. Where the backend
+ * xmid and rstd), the SwiGLU output (from gate, up) and, without flash attention or with
+ * AV_TRAIN_KEEP_ATT=0, the attention probabilities and output (from q, k, v) are recomputed in
+ * the backward into shared scratch buffers. Where the backend
  * computes in bf16 (save_acts_bf16), unless AV_TRAIN_ACT_BF16=0, q, k, v, gate and up are stored as bf16 (uint16_t behind the
  * float pointers, half the bytes): the layer computes them in f32 scratch, stores them, and the
  * backward loads them back into scratch (q k v: tmp; gate: tmp, up: lora_tmp). With the backend's
@@ -35,6 +36,8 @@
  * and read in bf16 by the SwiGLU (mlp16). */
 typedef struct {
     float *rstd1, *q, *k, *v, *xmid, *rstd2, *gate, *up;
+    float *att, *lse;              /* flash attention output [N, H*hd] and lse (keep_att): no recompute in the backward */
+    float *xa[AV_PROJ_COUNT];      /* u A^T [N, rank] of each adapter (keep_xa): the backward's dB reads it */
 } layer_acts;
 
 struct av_train_ctx {
@@ -77,6 +80,7 @@ struct av_train_ctx {
      * backward's recomputed forward */
     int flash;
     float *lse;
+    int keep_att, keep_xa; /* see layer_acts.att / .xa (AV_TRAIN_KEEP_ATT=0 / AV_TRAIN_KEEP_XA=0: recompute, for comparison) */
     /* phase profile (AV_TRAIN_PROFILE=1): synchronises at every phase switch */
     int prof, prof_ph;
     double prof_t, prof_ms[AV_TRAIN_NPHASES];
@@ -377,6 +381,31 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
                m->be->flash_attention_backward_batch(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, cf->n_heads, cf->n_kv_heads,
                                                      cf->head_dim) == 0;
     if (ok && c->flash) ok = (c->lse = ctx_alloc(c, (size_t)max_rows * H * L, "attention lse")) != NULL;
+    /* per-set attention outputs (f32, what the flash backward reads: N * H*hd floats a layer) and
+     * adapter products; one block each for all sets, so that the arena's chunks are not fragmented.
+     * H100 TinyLlama q/v r8: peak 1x512 2.84 -> 2.91 GB, 4x512 4.35 -> 4.62, 16x512 11.48 -> 12.56
+     * for +4-6% tok/s (no attention recompute in the backward) */
+    const char *ka = getenv("AV_TRAIN_KEEP_ATT"), *kx = getenv("AV_TRAIN_KEEP_XA");
+    c->keep_att = c->flash && !(ka && *ka == '0');
+    c->keep_xa = !c->full && !(kx && *kx == '0');
+    size_t nlse = (size_t)max_rows * H * L;
+    float *atts = NULL, *lses = NULL;
+    if (ok && c->keep_att)
+        ok = (atts = ctx_alloc(c, (size_t)c->nsets * N * qd, "attention outputs")) &&
+             (lses = ctx_alloc(c, (size_t)c->nsets * nlse, "attention lse"));
+    for (int s = 0; s < c->nsets && ok; s++) {
+        layer_acts *a = &c->acts[s];
+        if (c->keep_att) {
+            a->att = atts + (size_t)s * N * qd;
+            a->lse = lses + (size_t)s * nlse;
+        }
+        for (int p = 0; p < AV_PROJ_COUNT && ok && c->keep_xa; p++) {
+            int need = 0; /* this set's layer (any trained layer with checkpointing) has an adapter on p */
+            for (int l = c->ckpt ? c->first : c->first + s; l <= (c->ckpt ? NL - 1 : c->first + s) && !need; l++)
+                need = av_layer_proj(&m->layers[l], (av_proj)p)->lora_a != NULL;
+            if (need) ok = (a->xa[p] = ctx_alloc(c, N * R, "adapter products")) != NULL;
+        }
+    }
     if (ok && !c->flash) ok = (c->probs = ctx_alloc(c, (size_t)max_rows * H * L * L, "attention probabilities")) != NULL;
     if (ok && !c->flash && m->be->attention_forward_batch && m->be->attention_backward_batch) {
         c->attw_n = av_attention_batch_work(max_rows, max_len, cf->n_heads, cf->n_kv_heads, cf->head_dim);
@@ -436,10 +465,10 @@ static int mlp16(const av_train_ctx *c, const av_layer *L) {
 
 /* Forward of one projection, av_linear_forward with out (= or, with acc, +=) x W^T + s u A^T B^T,
  * u = x or, on training steps with dropout, dropout(x). x16: x already in bf16 (NULL: none); acc
- * and x16 need w16(L). The adapter's second product accumulates straight into out where the
+ * and x16 need w16(L); xa_keep: where u A^T is kept for the backward (NULL: scratch). The adapter's second product accumulates straight into out where the
  * backend can (matmul_forward_ex), else through the xab scratch and add_scaled. */
 static void linear_forward(av_train_ctx *c, float *out, int acc, const float *x, const uint16_t *x16, const av_linear *L, int l, av_proj p,
-                           int N) {
+                           int N, float *xa_keep) {
     const av_backend *be = c->m->be;
     if (w16(c, L))
         be->matmul_forward_ex(out, 0, x16 ? (const void *)x16 : (const void *)x, x16 != NULL, &L->w, N, 1.0f, acc);
@@ -454,7 +483,7 @@ static void linear_forward(av_train_ctx *c, float *out, int acc, const float *x,
     }
     av_mat A = {.data = L->lora_a, .dtype = AV_F32, .rows = L->rank, .cols = L->w.cols};
     av_mat Bm = {.data = L->lora_b, .dtype = AV_F32, .rows = L->w.rows, .cols = L->rank};
-    float *xa = c->lora_tmp, *xab = c->lora_tmp + (size_t)N * L->rank;
+    float *xa = xa_keep ? xa_keep : c->lora_tmp, *xab = c->lora_tmp + (size_t)N * L->rank;
     be->matmul_forward(xa, u, &A, N);
     if (!be->matmul_forward_ex || be->matmul_forward_ex(out, 0, xa, 0, &Bm, N, L->scale, 1) != 0) {
         be->matmul_forward(xab, xa, &Bm, N);
@@ -464,8 +493,8 @@ static void linear_forward(av_train_ctx *c, float *out, int acc, const float *x,
 }
 
 /* Attention of the B rows of the batch (q, k, v in f32): out [N, H*hd]; keep: the backward's
- * softmax saved (c->probs [B, H, T, T], or with flash attention its lse in c->lse). */
-static void attention_rows(av_train_ctx *c, float *out, int keep, const float *q, const float *k, const float *v, int B, int T) {
+ * softmax saved (c->probs [B, H, T, T], or with flash attention its lse in lse). */
+static void attention_rows(av_train_ctx *c, float *out, float *lse, int keep, const float *q, const float *k, const float *v, int B, int T) {
     const av_backend *be = c->m->be;
     const av_config *cf = &c->m->cfg;
     int H = cf->n_heads, KVH = cf->n_kv_heads, hd = cf->head_dim;
@@ -473,7 +502,7 @@ static void attention_rows(av_train_ctx *c, float *out, int keep, const float *q
     float *probs = keep ? c->probs : NULL;
     int ph = prof_switch(c, AV_TRAIN_PH_ATT_FWD);
     if (c->flash) {
-        be->flash_attention_forward_batch(out, keep ? c->lse : NULL, q, k, v, B, T, H, KVH, hd);
+        be->flash_attention_forward_batch(out, keep ? lse : NULL, q, k, v, B, T, H, KVH, hd);
         prof_switch(c, ph);
         return;
     }
@@ -503,20 +532,23 @@ static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const flo
     /* bf16-saved activations: q k v in tmp (dead until o's output), gate / up in dup / dact (free in the forward) */
     float *q = c->a16 ? c->tmp : a->q, *k = c->a16 ? c->tmp + (size_t)N * qd : a->k, *v = c->a16 ? k + (size_t)N * kvd : a->v;
     float *gate = c->a16 ? c->dup : a->gate, *up = c->a16 ? c->dact : a->up;
-    be->rmsnorm_forward(c->xn, a->rstd1, x_in, &L->attn_norm, N, D, cf->rms_norm_eps);
-    /* the normed input converted to bf16 once for q, k and v (dxn's buffer: free in the forward) */
-    uint16_t *x16 = NULL;
-    if (w16(c, &L->q) && w16(c, &L->k) && w16(c, &L->v)) {
-        x16 = (uint16_t *)c->dxn;
-        be->store_bf16(x16, c->xn, (size_t)N * D);
+    /* the normed input in bf16 once for q, k and v (dxn's buffer: free in the forward); with no
+     * adapter there (frozen layers) only the bf16 rows are read, written by the norm itself */
+    uint16_t *x16 = w16(c, &L->q) && w16(c, &L->k) && w16(c, &L->v) ? (uint16_t *)c->dxn : NULL;
+    if (x16 && be->rmsnorm_forward_bf16 && !L->q.lora_a && !L->k.lora_a && !L->v.lora_a) {
+        be->rmsnorm_forward_bf16(x16, a->rstd1, x_in, &L->attn_norm, N, D, cf->rms_norm_eps);
+    } else {
+        be->rmsnorm_forward(c->xn, a->rstd1, x_in, &L->attn_norm, N, D, cf->rms_norm_eps);
+        if (x16) be->store_bf16(x16, c->xn, (size_t)N * D);
     }
-    linear_forward(c, q, 0, c->xn, x16, &L->q, l, AV_PROJ_Q, N);
-    linear_forward(c, k, 0, c->xn, x16, &L->k, l, AV_PROJ_K, N);
-    linear_forward(c, v, 0, c->xn, x16, &L->v, l, AV_PROJ_V, N);
+    linear_forward(c, q, 0, c->xn, x16, &L->q, l, AV_PROJ_Q, N, train ? a->xa[AV_PROJ_Q] : NULL);
+    linear_forward(c, k, 0, c->xn, x16, &L->k, l, AV_PROJ_K, N, train ? a->xa[AV_PROJ_K] : NULL);
+    linear_forward(c, v, 0, c->xn, x16, &L->v, l, AV_PROJ_V, N, train ? a->xa[AV_PROJ_V] : NULL);
     be->rope_forward(q, c->pos_dev, m->inv_freq, N, H, hd);
     be->rope_forward(k, c->pos_dev, m->inv_freq, N, KVH, hd);
-    /* the trained layers' forward takes the same attention path as the backward's recomputation */
-    attention_rows(c, c->att, train, q, k, v, B, T);
+    /* the trained layers' forward takes the same attention path as the backward (kept or recomputed) */
+    float *att = train && a->att ? a->att : c->att;
+    attention_rows(c, att, train && a->lse ? a->lse : c->lse, train, q, k, v, B, T);
     if (c->a16 && train) {
         be->store_bf16((uint16_t *)a->q, q, (size_t)N * qd);
         be->store_bf16((uint16_t *)a->k, k, (size_t)N * kvd);
@@ -525,16 +557,20 @@ static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const flo
     /* xmid = x_in + o(att): the product accumulates onto the copied residual where it can */
     be->copy(a->xmid, x_in, sizeof(float) * (size_t)N * D);
     if (w16(c, &L->o)) {
-        linear_forward(c, a->xmid, 1, c->att, NULL, &L->o, l, AV_PROJ_O, N);
+        linear_forward(c, a->xmid, 1, att, NULL, &L->o, l, AV_PROJ_O, N, train ? a->xa[AV_PROJ_O] : NULL);
     } else {
-        linear_forward(c, c->tmp, 0, c->att, NULL, &L->o, l, AV_PROJ_O, N);
+        linear_forward(c, c->tmp, 0, att, NULL, &L->o, l, AV_PROJ_O, N, train ? a->xa[AV_PROJ_O] : NULL);
         be->add_inplace(a->xmid, c->tmp, (size_t)N * D);
     }
-    be->rmsnorm_forward(c->xn, a->rstd2, a->xmid, &L->mlp_norm, N, D, cf->rms_norm_eps);
     if (mlp16(c, L)) { /* gate and up straight into the saved bf16 activations (scratch when not training) */
         uint16_t *xn16 = (uint16_t *)c->dxn, *g16 = (uint16_t *)(train ? a->gate : c->dup), *u16 = (uint16_t *)(train ? a->up : c->dact),
                  *act16 = (uint16_t *)act;
-        be->store_bf16(xn16, c->xn, (size_t)N * D);
+        if (be->rmsnorm_forward_bf16) {
+            be->rmsnorm_forward_bf16(xn16, a->rstd2, a->xmid, &L->mlp_norm, N, D, cf->rms_norm_eps);
+        } else {
+            be->rmsnorm_forward(c->xn, a->rstd2, a->xmid, &L->mlp_norm, N, D, cf->rms_norm_eps);
+            be->store_bf16(xn16, c->xn, (size_t)N * D);
+        }
         be->matmul_forward_ex(g16, 1, xn16, 1, &L->gate.w, N, 1.0f, 0);
         be->matmul_forward_ex(u16, 1, xn16, 1, &L->up.w, N, 1.0f, 0);
         be->swiglu_forward_bf16(act16, g16, u16, nf);
@@ -542,14 +578,15 @@ static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const flo
         be->matmul_forward_ex(x_out, 0, act16, 1, &L->down.w, N, 1.0f, 1);
         return;
     }
-    linear_forward(c, gate, 0, c->xn, NULL, &L->gate, l, AV_PROJ_GATE, N);
-    linear_forward(c, up, 0, c->xn, NULL, &L->up, l, AV_PROJ_UP, N);
+    be->rmsnorm_forward(c->xn, a->rstd2, a->xmid, &L->mlp_norm, N, D, cf->rms_norm_eps);
+    linear_forward(c, gate, 0, c->xn, NULL, &L->gate, l, AV_PROJ_GATE, N, train ? a->xa[AV_PROJ_GATE] : NULL);
+    linear_forward(c, up, 0, c->xn, NULL, &L->up, l, AV_PROJ_UP, N, train ? a->xa[AV_PROJ_UP] : NULL);
     if (c->a16 && train) {
         be->store_bf16((uint16_t *)a->gate, gate, nf);
         be->store_bf16((uint16_t *)a->up, up, nf);
     }
     be->swiglu_forward(act, gate, up, nf);
-    linear_forward(c, c->tmp, 0, act, NULL, &L->down, l, AV_PROJ_DOWN, N);
+    linear_forward(c, c->tmp, 0, act, NULL, &L->down, l, AV_PROJ_DOWN, N, train ? a->xa[AV_PROJ_DOWN] : NULL);
     be->copy(x_out, a->xmid, sizeof(float) * (size_t)N * D);
     be->add_inplace(x_out, c->tmp, (size_t)N * D);
 }
@@ -558,7 +595,7 @@ static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const flo
  * gradients go to its adapter's A/B (if any). Without acc, the base product overwrites dx where
  * the backend can (matmul_backward_dx_ex), else dx is zeroed first. */
 static void linear_backward(av_train_ctx *c, float *dx, int acc, const float *dy, const float *x, const av_linear *L, int l, av_proj p,
-                            int N) {
+                            int N, const float *xa) {
     const av_backend *be = c->m->be;
     int k = l * AV_PROJ_COUNT + p;
     size_t nx = (size_t)N * L->w.cols;
@@ -574,12 +611,12 @@ static void linear_backward(av_train_ctx *c, float *dx, int acc, const float *dy
     if (!L->lora_a) return;
     int ph = prof_switch(c, AV_TRAIN_PH_LORA);
     if (!c->drop_on) {
-        av_lora_branch_backward(be, dx, c->ga[k], c->gb[k], dy, x, L, N, c->lora3);
+        av_lora_branch_backward(be, dx, c->ga[k], c->gb[k], dy, x, xa, L, N, c->lora3);
     } else {
         uint64_t key = drop_key(c, l, p);
         be->dropout_forward(c->xdrop, x, nx, c->drop_p, key); /* the forward's mask, regenerated */
         if (dx) be->zero(c->dxdrop, nx * sizeof(float));
-        av_lora_branch_backward(be, dx ? c->dxdrop : NULL, c->ga[k], c->gb[k], dy, c->xdrop, L, N, c->lora3);
+        av_lora_branch_backward(be, dx ? c->dxdrop : NULL, c->ga[k], c->gb[k], dy, c->xdrop, xa, L, N, c->lora3);
         if (dx) be->dropout_backward(dx, c->dxdrop, nx, c->drop_p, key);
     }
     prof_switch(c, ph);
@@ -599,7 +636,7 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
     const float *q = a->q, *k = a->k, *v = a->v;
     if (mlp16(c, L)) { /* bf16 MLP: no act / normed input to recompute (no adapters there) */
         uint16_t *dg16 = (uint16_t *)c->dgate, *du16 = (uint16_t *)c->dup;
-        linear_backward(c, c->dact, 0, c->dx, NULL, &L->down, l, AV_PROJ_DOWN, N);
+        linear_backward(c, c->dact, 0, c->dx, NULL, &L->down, l, AV_PROJ_DOWN, N, a->xa[AV_PROJ_DOWN]);
         be->swiglu_backward_bf16(dg16, du16, c->dact, (const uint16_t *)a->gate, (const uint16_t *)a->up, nf);
         be->matmul_backward_dx_ex(c->dxn, 0, du16, 1, &L->up.w, N);
         be->matmul_backward_dx_ex(c->dxn, 1, dg16, 1, &L->gate.w, N);
@@ -613,13 +650,13 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
             up = c->lora_tmp;
         }
         if (c->full || L->down.lora_a) be->swiglu_forward(act, gate, up, nf); /* only down's dW / adapter reads it */
-        linear_backward(c, c->dact, 0, c->dx, act, &L->down, l, AV_PROJ_DOWN, N);
+        linear_backward(c, c->dact, 0, c->dx, act, &L->down, l, AV_PROJ_DOWN, N, a->xa[AV_PROJ_DOWN]);
         be->zero(c->dgate, nf * sizeof(float)); /* act is dead */
         be->zero(c->dup, nf * sizeof(float));
         be->swiglu_backward(c->dgate, c->dup, c->dact, gate, up, nf);
         be->rmsnorm_forward(c->xn, a->rstd2, a->xmid, &L->mlp_norm, N, D, cf->rms_norm_eps);
-        linear_backward(c, c->dxn, 0, c->dup, c->xn, &L->up, l, AV_PROJ_UP, N);
-        linear_backward(c, c->dxn, 1, c->dgate, c->xn, &L->gate, l, AV_PROJ_GATE, N);
+        linear_backward(c, c->dxn, 0, c->dup, c->xn, &L->up, l, AV_PROJ_UP, N, a->xa[AV_PROJ_UP]);
+        linear_backward(c, c->dxn, 1, c->dgate, c->xn, &L->gate, l, AV_PROJ_GATE, N, a->xa[AV_PROJ_GATE]);
     }
     be->rmsnorm_backward(c->dx, c->full ? c->gn2[l] : NULL, c->dxn, a->xmid, &L->mlp_norm, a->rstd2, N, D);
     /* xmid = x_in + o(att) */
@@ -632,14 +669,15 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
         k = kf;
         v = vf;
     }
-    attention_rows(c, c->att, 1, q, k, v, B, T);
-    linear_backward(c, c->datt, 0, c->dx, c->att, &L->o, l, AV_PROJ_O, N);
+    float *att = a->att ? a->att : c->att, *lse = a->lse ? a->lse : c->lse; /* kept by the forward, or recomputed */
+    if (!a->att) attention_rows(c, att, lse, 1, q, k, v, B, T);
+    linear_backward(c, c->datt, 0, c->dx, att, &L->o, l, AV_PROJ_O, N, a->xa[AV_PROJ_O]);
     be->zero(c->dq, sizeof(float) * (size_t)N * qd);
     be->zero(c->dk, sizeof(float) * (size_t)N * kvd);
     be->zero(c->dv, sizeof(float) * (size_t)N * kvd);
     int ph = prof_switch(c, AV_TRAIN_PH_ATT_BWD);
     if (c->flash)
-        be->flash_attention_backward_batch(c->dq, c->dk, c->dv, c->datt, c->att, c->lse, q, k, v, B, T, H, KVH, hd);
+        be->flash_attention_backward_batch(c->dq, c->dk, c->dv, c->datt, att, lse, q, k, v, B, T, H, KVH, hd);
     else if (c->attw)
         be->attention_backward_batch(c->dq, c->dk, c->dv, c->datt, c->probs, q, k, v, B, T, H, KVH, hd, c->attw, c->attw_n);
     else
@@ -654,9 +692,9 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
     if (c->full || L->q.lora_a || L->k.lora_a || L->v.lora_a) /* the normed input: only dW / adapters read it */
         be->rmsnorm_forward(c->xn, a->rstd1, x_in, &L->attn_norm, N, D, cf->rms_norm_eps);
     float *dxn = need_dx ? c->dxn : NULL;
-    linear_backward(c, dxn, 0, c->dv, c->xn, &L->v, l, AV_PROJ_V, N);
-    linear_backward(c, dxn, 1, c->dk, c->xn, &L->k, l, AV_PROJ_K, N);
-    linear_backward(c, dxn, 1, c->dq, c->xn, &L->q, l, AV_PROJ_Q, N);
+    linear_backward(c, dxn, 0, c->dv, c->xn, &L->v, l, AV_PROJ_V, N, a->xa[AV_PROJ_V]);
+    linear_backward(c, dxn, 1, c->dk, c->xn, &L->k, l, AV_PROJ_K, N, a->xa[AV_PROJ_K]);
+    linear_backward(c, dxn, 1, c->dq, c->xn, &L->q, l, AV_PROJ_Q, N, a->xa[AV_PROJ_Q]);
     if (need_dx) be->rmsnorm_backward(c->dx, c->full ? c->gn1[l] : NULL, c->dxn, x_in, &L->attn_norm, a->rstd1, N, D);
 }
 
