@@ -495,6 +495,16 @@ static void test_mm16_ops(void) {
         snprintf(nm, sizeof nm, "matmul_forward_ex accumulate T=%d N=%d K=%d", T, N, K);
         CMP(nm, od, acc, tn, 1e-5);
         CHECK(G->matmul_forward_ex(o16, 1, x16, 1, &Wd, T, 1.0f, 1) == -1, "bf16 output with accumulate is refused");
+        /* out = y0 + x W^T into a separate output (y0 left as it was) */
+        for (size_t i = 0; i < tn; i++) acc[i] = y0[i] + r[i];
+        for (int x16on = 0; x16on < 2; x16on++) {
+            G->zero(od, tn * 4);
+            CHECK(G->matmul_forward_res(od, y0d, x16on ? (const void *)x16 : (const void *)xd, x16on, &Wd, T) == 0, "matmul_forward_res ran");
+            snprintf(nm, sizeof nm, "matmul_forward_res x16=%d T=%d N=%d K=%d", x16on, T, N, K);
+            CMP(nm, od, acc, tn, 1e-5);
+        }
+        CMP("matmul_forward_res leaves res", y0d, y0, tn, 0);
+        CHECK(G->matmul_forward_res(y0d, y0d, x16, 1, &Wd, T) == -1, "matmul_forward_res in place is refused");
         /* f32 weights (LoRA B): out = y0 + 0.5 x W^T vs matmul_forward + add_scaled */
         av_mat Wf = {.data = up(G, w, (size_t)N * K * 4), .dtype = AV_F32, .rows = N, .cols = K};
         G->matmul_forward(ref, xd, &Wf, T);

@@ -134,6 +134,9 @@ typedef struct av_backend {
      * the backward overwrites (not accumulates) dgate and dup with bf16 values. */
     int (*matmul_forward_ex)(void *out, int out16, const void *x, int x16, const av_mat *W, int T, float alpha, int accumulate);
     int (*matmul_backward_dx_ex)(float *dx, int accumulate, const void *dout, int dout16, const av_mat *W, int T);
+    /* matmul_forward_res: out[T, W->rows] = res + x . W^T with out != res (x bf16 when x16; bf16 W
+     * only, else -1): the residual add without a copy of res into out first. */
+    int (*matmul_forward_res)(float *out, const float *res, const void *x, int x16, const av_mat *W, int T);
     void (*swiglu_forward_bf16)(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n);
     void (*swiglu_backward_bf16)(uint16_t *dgate, uint16_t *dup, const float *dout, const uint16_t *gate, const uint16_t *up, size_t n);
     /* rmsnorm_forward with its output rounded to bf16 (equal to rmsnorm_forward + store_bf16): the

@@ -191,6 +191,11 @@ extern "C" int av_cuda_pdl(void) { return g_pdl; }
 
 extern "C" cudaStream_t av_cuda_stream(void) { return g_stream; }
 extern "C" cublasHandle_t av_cuda_cublas(void) { return g_blas; }
+/* cuBLASLt products share cuBLAS's workspace: both run in order on the one stream. */
+extern "C" void *av_cuda_blas_workspace(size_t *bytes) {
+    *bytes = g_blas_ws ? (size_t)32 << 20 : 0;
+    return g_blas_ws;
+}
 extern "C" unsigned av_cuda_scratch_generation(void) { return g_scr_gen; }
 
 extern "C" void *av_cuda_scratch(int slot, size_t bytes) {
@@ -219,7 +224,7 @@ static int cuda_init(void) {
         g_ready = 0;
         return 0;
     }
-    size_t ws = (size_t)32 << 20;
+    size_t ws = (size_t)32 << 20; /* av_cuda_blas_workspace reports this size */
     g_blas_ws = arena_alloc(ws, "cuBLAS workspace");
     cublasSetStream(g_blas, g_stream);
     if (g_blas_ws) cublasSetWorkspace(g_blas, g_blas_ws, ws);
@@ -422,6 +427,7 @@ static void fill_table(av_backend *b, int f32) {
     b->save_acts_bf16 = !f32; /* the exact-f32 table keeps f32 activations (compared with the CPU) */
     b->matmul_forward_ex = f32 ? NULL : av_cuda_matmul_forward_ex; /* bf16 activations: not in the exact-f32 table */
     b->matmul_backward_dx_ex = f32 ? NULL : av_cuda_matmul_backward_dx_ex;
+    b->matmul_forward_res = f32 ? NULL : av_cuda_matmul_forward_res;
     b->swiglu_forward_bf16 = f32 ? NULL : av_cuda_swiglu_forward_bf16;
     b->rmsnorm_forward_bf16 = f32 ? NULL : av_cuda_rmsnorm_forward_bf16;
     b->swiglu_backward_bf16 = f32 ? NULL : av_cuda_swiglu_backward_bf16;

@@ -20,6 +20,7 @@ enum { AV_SCR_XCONV = 0, AV_SCR_DCONV, AV_SCR_WF32, AV_SCR_ATTN, AV_SCR_ATTN2, A
 extern "C" {
 cudaStream_t av_cuda_stream(void);
 cublasHandle_t av_cuda_cublas(void);
+void *av_cuda_blas_workspace(size_t *bytes);
 void *av_cuda_scratch(int slot, size_t bytes);
 unsigned av_cuda_scratch_generation(void);
 /* Records the first CUDA/cuBLAS failure as the av_fail line (returns 0 when e is success). */

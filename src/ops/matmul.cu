@@ -6,6 +6,7 @@
 #include "backend/cuda_common.cuh"
 extern "C" {
 #include "backend/cuda.h"
+#include <cublasLt.h>
 }
 
 #define GEMV_MAX_T 8
@@ -287,5 +288,38 @@ extern "C" int av_cuda_matmul_backward_dx_ex(float *dx, int accumulate, const vo
     av_cuda_note_blas(cublasGemmEx(av_cuda_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, K, T, N, &alpha, W->data, CUDA_R_16BF, K, db, CUDA_R_16BF, N,
                                    &beta, dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                       "gemm dx ex");
+    return 0;
+}
+
+/* out = res + x . W^T through cuBLASLt, whose epilogue reads C (res) and writes a separate D
+ * (out): the residual stream of a layer needs no copy pass before its o / down products. */
+static cublasLtHandle_t g_lt;
+
+extern "C" int av_cuda_matmul_forward_res(float *out, const float *res, const void *x, int x16, const av_mat *W, int T) {
+    int N = W->rows, K = W->cols;
+    if (!bf16_weight(W) || out == res) return -1;
+    if (T <= 0) return 0;
+    if (!g_lt && av_cuda_note_blas(cublasLtCreate(&g_lt), "cublasLt create")) return 0;
+    const void *xb = x16 ? x : (const void *)to16(AV_SCR_XCONV, (const float *)x, (size_t)T * K, AV_BF16);
+    if (!xb) return 0;
+    cublasLtMatmulDesc_t op = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
+    cublasOperation_t tr = CUBLAS_OP_T;
+    float alpha = 1.0f, beta = 1.0f;
+    size_t wsn = 0;
+    void *ws = av_cuda_blas_workspace(&wsn);
+    /* column-major: out^T[N, T] = W(K x N)^T . x^T(K x T) + res^T */
+    cublasStatus_t st = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (st == CUBLAS_STATUS_SUCCESS) st = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &tr, sizeof tr);
+    if (st == CUBLAS_STATUS_SUCCESS) st = cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, K, N, K);
+    if (st == CUBLAS_STATUS_SUCCESS) st = cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, T, K);
+    if (st == CUBLAS_STATUS_SUCCESS) st = cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, N, T, N);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmul(g_lt, op, &alpha, W->data, la, xb, lb, &beta, res, lc, out, lc, NULL, ws, wsn, av_cuda_stream());
+    av_cuda_note_blas(st, "cublasLt matmul res");
+    if (lc) cublasLtMatrixLayoutDestroy(lc);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (op) cublasLtMatmulDescDestroy(op);
     return 0;
 }

@@ -554,11 +554,16 @@ static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const flo
         be->store_bf16((uint16_t *)a->k, k, (size_t)N * kvd);
         be->store_bf16((uint16_t *)a->v, v, (size_t)N * kvd);
     }
-    /* xmid = x_in + o(att): the product accumulates onto the copied residual where it can */
-    be->copy(a->xmid, x_in, sizeof(float) * (size_t)N * D);
+    /* xmid = x_in + o(att): one product reading the residual where the backend can (no copy),
+     * else the product accumulates onto the copied residual */
     if (w16(c, &L->o)) {
-        linear_forward(c, a->xmid, 1, att, NULL, &L->o, l, AV_PROJ_O, N, train ? a->xa[AV_PROJ_O] : NULL);
+        int res = !L->o.lora_a && be->matmul_forward_res && be->matmul_forward_res(a->xmid, x_in, att, 0, &L->o.w, N) == 0;
+        if (!res) {
+            be->copy(a->xmid, x_in, sizeof(float) * (size_t)N * D);
+            linear_forward(c, a->xmid, 1, att, NULL, &L->o, l, AV_PROJ_O, N, train ? a->xa[AV_PROJ_O] : NULL);
+        }
     } else {
+        be->copy(a->xmid, x_in, sizeof(float) * (size_t)N * D);
         linear_forward(c, c->tmp, 0, att, NULL, &L->o, l, AV_PROJ_O, N, train ? a->xa[AV_PROJ_O] : NULL);
         be->add_inplace(a->xmid, c->tmp, (size_t)N * D);
     }
@@ -574,8 +579,11 @@ static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const flo
         be->matmul_forward_ex(g16, 1, xn16, 1, &L->gate.w, N, 1.0f, 0);
         be->matmul_forward_ex(u16, 1, xn16, 1, &L->up.w, N, 1.0f, 0);
         be->swiglu_forward_bf16(act16, g16, u16, nf);
-        be->copy(x_out, a->xmid, sizeof(float) * (size_t)N * D); /* x_out = xmid + down(act) */
-        be->matmul_forward_ex(x_out, 0, act16, 1, &L->down.w, N, 1.0f, 1);
+        /* x_out = xmid + down(act) */
+        if (!be->matmul_forward_res || be->matmul_forward_res(x_out, a->xmid, act16, 1, &L->down.w, N) != 0) {
+            be->copy(x_out, a->xmid, sizeof(float) * (size_t)N * D);
+            be->matmul_forward_ex(x_out, 0, act16, 1, &L->down.w, N, 1.0f, 1);
+        }
         return;
     }
     be->rmsnorm_forward(c->xn, a->rstd2, a->xmid, &L->mlp_norm, N, D, cf->rms_norm_eps);
