@@ -299,8 +299,10 @@ static void bench_parts(av_model *m) {
                 if (skip != 1) be->matmul_fused_forward(qkv, xa, &W, T, &f);
                 if (skip != 2) be->attention_decode(att, qkv, qkv + qd, qkv + qd + kvd, vc, vc + (size_t)16 * S * kvd, posd, T, (size_t)S * kvd / 2, H, KVH, hd, nq);
                 if (skip != 3) be->matmul_fused_forward(xa, att, &L->o.w, T, &add);
-                if (skip != 4) be->matmul_fused_forward(gu, xa, &G, T, &sw);
-                if (skip != 5) be->matmul_fused_forward(xa, gu, &L->down.w, T, &add);
+                av_gemv_fusion sw16 = sw, dn = add; /* as the decoder: bf16 SwiGLU output for several rows */
+                sw16.out_bf16 = dn.in_bf16 = T > 1 && be->save_acts_bf16;
+                if (skip != 4) be->matmul_fused_forward(gu, xa, &G, T, &sw16);
+                if (skip != 5) be->matmul_fused_forward(xa, gu, &L->down.w, T, &dn);
             }
             av_gemv_fusion st = {.in = AV_GEMV_IN_RMSNORM, .norm = &m->final_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_STORE};
             if (skip != 6) be->matmul_fused_forward(xb + (size_t)32 * (nq + qd), xa, &m->lm_head, T, &st);

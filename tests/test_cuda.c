@@ -8,6 +8,7 @@
 #include "backend/backend.h"
 #include "backend/cuda.h"
 #include "attention/attention.h"
+#include "core/dtype.h"
 #include "core/memory.h"
 #include "formats/json.h"
 #include "model/batch.h"
@@ -232,6 +233,51 @@ static void test_matmul_fused(void) {
         CMP(nm, od, ref, (size_t)T * on, T > 1 && !cases[ci].f32 ? 4e-3 : 1e-5); /* bf16 table, > 1 row: bf16 inputs */
         G->free(xd); G->free(od); G->free(invd); G->free(posd); G->free((void *)Wd.data); G->free((void *)Gd.data);
         free(x); free(w); free(g); free(y); free(in); free(o); free(ref); free(wb); free(gb);
+    }
+}
+
+/* 16-bit decode activations (av_gemv_fusion in_bf16 / out_bf16, bf16 table): the SwiGLU output
+ * written as bf16 must be the f32 output rounded to nearest (bit for bit), and a product reading bf16
+ * x must equal the same product on the rounded values in f32 (the kernels round x to bf16 anyway). */
+static void test_matmul_fused_bf16(void) {
+    int Ts[] = {1, 3, 8, 13, 24};
+    struct { int N, K; } sh[] = {{2048, 5632}, {64, 176}};
+    for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+        int T = Ts[ti], N = 704, K = 2048, F = N / 2;
+        float *x = rnd((size_t)T * K, 1), *w = rnd((size_t)N * K, 0.1f), *g = rnd(K, 1);
+        uint16_t *wb, *gb, *h16 = malloc(sizeof(uint16_t) * (size_t)T * F);
+        av_mat Wd = on_dev(bf16_mat(w, N, K, &wb)), Gd = on_dev(bf16_mat(g, 1, K, &gb));
+        float *xd = up(G, x, sizeof(float) * T * K), *o32 = G->alloc(sizeof(float) * T * F, "t"), *o16 = G->alloc(sizeof(float) * T * F, "t");
+        av_gemv_fusion f = {.in = AV_GEMV_IN_RMSNORM, .norm = &Gd, .eps = 1e-5f, .out = AV_GEMV_OUT_SWIGLU};
+        G->matmul_fused_forward(o32, xd, &Wd, T, &f);
+        f.out_bf16 = 1;
+        G->matmul_fused_forward(o16, xd, &Wd, T, &f);
+        float *h32 = down(G, o32, (size_t)T * F);
+        G->download(h16, o16, sizeof(uint16_t) * (size_t)T * F);
+        int bad = 0;
+        for (size_t i = 0; i < (size_t)T * F; i++) bad += h16[i] != av_f32_to_bf16(h32[i]);
+        CHECK(bad == 0, "matmul_fused SWIGLU out_bf16 T=%d: %d of %d differ from the rounded f32 output", T, bad, T * F);
+        G->free(xd); G->free(o32); G->free(o16); G->free((void *)Wd.data); G->free((void *)Gd.data);
+        free(x); free(w); free(g); free(wb); free(gb); free(h16); free(h32);
+        for (size_t si = 0; si < sizeof sh / sizeof sh[0]; si++) {
+            int n = sh[si].N, k = sh[si].K;
+            float *xr = rnd((size_t)T * k, 1), *wr = rnd((size_t)n * k, 0.05f), *y = rnd((size_t)T * n, 1);
+            uint16_t *xb = malloc(sizeof(uint16_t) * (size_t)T * k), *wrb;
+            for (size_t i = 0; i < (size_t)T * k; i++) xr[i] = av_bf16_to_f32(xb[i] = av_f32_to_bf16(xr[i]));
+            av_mat Wr = on_dev(bf16_mat(wr, n, k, &wrb));
+            float *xf = up(G, xr, sizeof(float) * T * k), *xh = up(G, xb, sizeof(uint16_t) * T * k), *a = up(G, y, sizeof(float) * T * n),
+                  *b = up(G, y, sizeof(float) * T * n);
+            av_gemv_fusion ad = {.in = AV_GEMV_IN_X, .out = AV_GEMV_OUT_ADD};
+            G->matmul_fused_forward(a, xf, &Wr, T, &ad);
+            ad.in_bf16 = 1;
+            G->matmul_fused_forward(b, xh, &Wr, T, &ad);
+            float *ha = down(G, a, (size_t)T * n), *hb = down(G, b, (size_t)T * n);
+            char nm[96];
+            snprintf(nm, sizeof nm, "matmul_fused in_bf16 T=%d N=%d K=%d", T, n, k);
+            CHECK(test_rel_l2(hb, ha, (size_t)T * n) <= 1e-6, "%s: rel L2 %.3g", nm, test_rel_l2(hb, ha, (size_t)T * n));
+            G->free(xf); G->free(xh); G->free(a); G->free(b); G->free((void *)Wr.data);
+            free(xr); free(wr); free(y); free(xb); free(wrb); free(ha); free(hb);
+        }
     }
 }
 
@@ -1005,6 +1051,7 @@ int main(void) {
     test_elementwise();
     test_matmul();
     test_matmul_fused();
+    test_matmul_fused_bf16();
     test_attention();
     test_xent_sample();
     test_dropout_ops();

@@ -24,6 +24,10 @@ typedef struct av_gemv_fusion {
     const int32_t *pos;   /* ROPE: positions (backend memory), one per row */
     const float *inv_freq;
     int rope_heads, head_dim;
+    /* 16-bit activations (only where the backend's save_acts_bf16 says its products round their
+     * inputs to bf16 anyway, so nothing changes numerically): out_bf16: SWIGLU writes out as bf16;
+     * in_bf16: x holds bf16 (in must be X). uint16_t behind the float pointers. */
+    int in_bf16, out_bf16;
 } av_gemv_fusion;
 
 typedef struct av_backend {

@@ -44,9 +44,14 @@ static int layer_fused(av_decode_plan *p, const av_layer *L, float *kc, float *v
     be->attention_decode(p->att, p->qkv, p->qkv + qd, p->qkv + qd + (size_t)KVH * hd, kc, vc, p->pos, N, p->seq_stride, H, KVH, hd, nq);
     av_gemv_fusion o = {.in = AV_GEMV_IN_X, .out = AV_GEMV_OUT_ADD};
     be->matmul_fused_forward(p->x, p->att, &L->o.w, N, &o);
-    av_gemv_fusion gu = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->mlp_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_SWIGLU};
+    /* several rows: the SwiGLU output goes to the down product as bf16 (its tensor cores round it so
+     * anyway); one row keeps the exact f32 GEMV */
+    int gu16 = N > 1 && be->save_acts_bf16;
+    av_gemv_fusion gu = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->mlp_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_SWIGLU,
+                         .out_bf16 = gu16};
     be->matmul_fused_forward(p->gu, p->x, &Wgu, N, &gu);
-    be->matmul_fused_forward(p->x, p->gu, &L->down.w, N, &o);
+    av_gemv_fusion dn = {.in = AV_GEMV_IN_X, .out = AV_GEMV_OUT_ADD, .in_bf16 = gu16};
+    be->matmul_fused_forward(p->x, p->gu, &L->down.w, N, &dn);
     return 1;
 }
 

@@ -46,11 +46,21 @@ struct fz_args {
     const int32_t *pos;
     const float *inv_freq;
     int rope_rows, hd, F;
+    int xb, ob; /* x holds bf16 (IN_X only); SWIGLU writes bf16 */
 };
+
+__device__ __forceinline__ uint16_t fz_bf16(float v) {
+    __nv_bfloat16 b = __float2bfloat16_rn(v);
+    return *reinterpret_cast<uint16_t *>(&b);
+}
 
 /* x[8c .. 8c+7] of one row, times the norm weight when the input is RMSNorm'ed; *ss += sum of x^2. */
 template <int IN>
 __device__ __forceinline__ void fz_x8(const fz_args &a, const float *xr, int c, float *v, float *ss) {
+    if (IN == AV_GEMV_IN_X && a.xb) { /* row 0 of bf16 x (the one-row kernel) */
+        av_unpack8(reinterpret_cast<const uint4 *>(xr)[c], AV_BF16, v);
+        return;
+    }
     const float4 *x4 = reinterpret_cast<const float4 *>(xr) + 2 * c;
     float4 p = x4[0], q = x4[1];
     v[0] = p.x, v[1] = p.y, v[2] = p.z, v[3] = p.w, v[4] = q.x, v[5] = q.y, v[6] = q.z, v[7] = q.w;
@@ -178,7 +188,9 @@ __global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units) {
     bool has1 = r1 < a.N;
     float *o = a.out;
     if (OUT == AV_GEMV_OUT_SWIGLU) {
-        o[u0 + q] = v0 / (1.0f + expf(-v0)) * v1;
+        float sw = v0 / (1.0f + expf(-v0)) * v1;
+        if (a.ob) reinterpret_cast<uint16_t *>(o)[u0 + q] = fz_bf16(sw);
+        else o[u0 + q] = sw;
     } else if (OUT == AV_GEMV_OUT_ROPE && r0 < a.rope_rows) {
         float ang = (float)a.pos[0] * a.inv_freq[r0 % a.hd], s, c;
         sincosf(ang, &s, &c);
@@ -286,10 +298,17 @@ __global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_
 #pragma unroll
             for (int n = 0; n < NT; n++) {
                 int row = g + 8 * n;
-                float xv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-                if (row < a.T && c < nv) fz_x8<IN>(a, a.x + (size_t)row * a.K, c, xv, &ss[n]);
-                uint32_t b0 = pack_bf16(xv[0], xv[1]), b1 = pack_bf16(xv[2], xv[3]);
-                uint32_t b2 = pack_bf16(xv[4], xv[5]), b3 = pack_bf16(xv[6], xv[7]);
+                uint32_t b0, b1, b2, b3;
+                if (IN == AV_GEMV_IN_X && a.xb) { /* bf16 x: its 16-byte chunk is the fragment as it lies */
+                    uint4 raw = make_uint4(0, 0, 0, 0);
+                    if (row < a.T && c < nv) raw = reinterpret_cast<const uint4 *>(reinterpret_cast<const uint16_t *>(a.x) + (size_t)row * a.K)[c];
+                    b0 = raw.x, b1 = raw.y, b2 = raw.z, b3 = raw.w;
+                } else {
+                    float xv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                    if (row < a.T && c < nv) fz_x8<IN>(a, a.x + (size_t)row * a.K, c, xv, &ss[n]);
+                    b0 = pack_bf16(xv[0], xv[1]), b1 = pack_bf16(xv[2], xv[3]);
+                    b2 = pack_bf16(xv[4], xv[5]), b3 = pack_bf16(xv[6], xv[7]);
+                }
 #pragma unroll
                 for (int i = 0; i < TU; i++) {
                     mma_bf16(acc[i][n], wv[j][i][0].x, wv[j][i][1].x, wv[j][i][0].y, wv[j][i][1].y, b0, b1);
@@ -342,7 +361,9 @@ __global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_
             float *o = a.out + (size_t)tk * (OUT == AV_GEMV_OUT_SWIGLU ? a.F : a.N);
             int r0 = tb[i0] + rr;
             if (OUT == AV_GEMV_OUT_SWIGLU) {
-                o[r0] = v[0] / (1.0f + expf(-v[0])) * v[G - 1];
+                float sw = v[0] / (1.0f + expf(-v[0])) * v[G - 1];
+                if (a.ob) reinterpret_cast<uint16_t *>(a.out)[(size_t)tk * a.F + r0] = fz_bf16(sw);
+                else o[r0] = sw;
             } else if (OUT == AV_GEMV_OUT_ROPE && r0 < a.rope_rows) {
                 float ang = (float)a.pos[tk] * a.inv_freq[r0 % a.hd], sn, cs;
                 sincosf(ang, &sn, &cs);
@@ -363,15 +384,16 @@ __global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_
 
 /* Output transform of the separate-ops path: prod [T, N] from the plain product into out. */
 __global__ void fz_epi_k(float *out, const float *prod, int T, int N, int mode, const int32_t *pos, const float *inv_freq, int rope_rows,
-                         int hd, int F) {
+                         int hd, int F, int ob) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x, cols = mode == AV_GEMV_OUT_SWIGLU ? (size_t)F : (size_t)N;
     if (i >= (size_t)T * cols) return;
     int t = (int)(i / cols), c = (int)(i - (size_t)t * cols);
     const float *pr = prod + (size_t)t * N;
     float *o = out + (size_t)t * cols;
     if (mode == AV_GEMV_OUT_SWIGLU) {
-        float gv = pr[c];
-        o[c] = gv / (1.0f + expf(-gv)) * pr[F + c];
+        float gv = pr[c], sw = gv / (1.0f + expf(-gv)) * pr[F + c];
+        if (ob) reinterpret_cast<uint16_t *>(out)[i] = fz_bf16(sw);
+        else o[c] = sw;
     } else if (mode == AV_GEMV_OUT_ADD) {
         o[c] += pr[c];
     } else if (c < rope_rows) {
@@ -453,6 +475,7 @@ static int fused_ok(const float *x, const av_mat *W, int T, const av_gemv_fusion
     if (f->in == AV_GEMV_IN_RMSNORM && (!f->norm || (size_t)f->norm->rows * f->norm->cols != (size_t)K)) return 0;
     if (f->out == AV_GEMV_OUT_ROPE && (hd <= 0 || hd % 2 || rr < 0 || rr > N || rr % hd || (T > 1 && hd % 32))) return 0;
     if (f->out == AV_GEMV_OUT_SWIGLU && (N % 2 || (T > 1 && (N / 2) % 16))) return 0;
+    if (f->in_bf16 && f->in != AV_GEMV_IN_X) return 0;
     return 1;
 }
 
@@ -463,7 +486,8 @@ extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, co
         const void *nd = f->norm ? f->norm->data : NULL;
         av_dtype ndt = f->norm ? f->norm->dtype : AV_F32;
         fz_args a = {out, x, (const uint16_t *)W->data, W->dtype, N, K, T, nd, ndt, ndt == AV_BF16 && ((uintptr_t)nd % 16) == 0, f->eps,
-                     f->pos, f->inv_freq, f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0, hd, N / 2};
+                     f->pos, f->inv_freq, f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0, hd, N / 2, f->in_bf16 != 0,
+                     f->out_bf16 != 0 && f->out == AV_GEMV_OUT_SWIGLU};
         if (f->in == AV_GEMV_IN_RMSNORM) launch_out<AV_GEMV_IN_RMSNORM>(a, f->out);
         else launch_out<AV_GEMV_IN_X>(a, f->out);
         AV_CU_LAUNCHED("fused decode product");
@@ -475,14 +499,20 @@ extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, co
     float *prod = in + (size_t)K * T;
     const float *src = x;
     if (f->in == AV_GEMV_IN_RMSNORM) {
+        if (f->in_bf16) { av_cuda_note(cudaErrorInvalidValue, "fused product: bf16 input with RMSNorm"); return; }
         av_cuda_rmsnorm_forward(in, NULL, x, f->norm, T, K, f->eps);
         src = in;
     }
     int direct = f->out == AV_GEMV_OUT_STORE || (f->out == AV_GEMV_OUT_ROPE && f->rope_heads <= 0);
-    av_cuda_matmul_forward_mode(direct ? out : prod, src, W, T, f32);
+    if (!f->in_bf16) av_cuda_matmul_forward_mode(direct ? out : prod, src, W, T, f32);
+    else if (av_cuda_matmul_forward_ex(direct ? out : prod, 0, x, 1, W, T, 1.0f, 0) != 0) { /* bf16 x straight into cuBLAS */
+        av_cuda_note(cudaErrorInvalidValue, "fused product: bf16 input for this weight");
+        return;
+    }
     if (direct) return;
     size_t n = (size_t)T * (f->out == AV_GEMV_OUT_SWIGLU ? N / 2 : N);
     fz_epi_k<<<av_cdiv(n, 256), 256, 0, av_cuda_stream()>>>(out, prod, T, N, (int)f->out, f->pos, f->inv_freq,
-                                                         f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0, hd > 0 ? hd : 1, N / 2);
+                                                         f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0, hd > 0 ? hd : 1, N / 2,
+                                                         f->out_bf16 != 0 && f->out == AV_GEMV_OUT_SWIGLU);
     AV_CU_LAUNCHED("fused product epilogue");
 }
