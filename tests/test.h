@@ -45,4 +45,16 @@ static inline const char *test_fixture(const char *name) {
     snprintf(buf[k], sizeof buf[k], "%s/%s", d, name);
     return buf[k];
 }
+/* Test data: a seedable LCG (each test sets test_rng_state to its own seed first thing in main). */
+static unsigned test_rng_state = 12345;
+static inline float test_frand(void) { /* uniform in [-1, 1) */
+    test_rng_state = test_rng_state * 1664525u + 1013904223u;
+    return ((test_rng_state >> 8) / 16777216.0f) * 2.0f - 1.0f;
+}
+static inline float *test_rnd(size_t n, float scale) { /* n floats, uniform in [-scale, scale) (malloc'd) */
+    float *p = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = test_frand() * scale;
+    return p;
+}
+
 #endif

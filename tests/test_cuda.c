@@ -20,16 +20,6 @@
 #include "train/train_model.h"
 
 static const av_backend *G, *G32, *C;
-static unsigned rng_state = 12345;
-static float frand(void) {
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return ((rng_state >> 8) / 16777216.0f) * 2.0f - 1.0f;
-}
-static float *rnd(size_t n, float scale) {
-    float *p = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) p[i] = frand() * scale;
-    return p;
-}
 static void *up(const av_backend *be, const void *h, size_t bytes) {
     void *d = be->alloc(bytes, "test");
     be->upload(d, h, bytes);
@@ -58,7 +48,7 @@ static av_mat on_dev(av_mat m) {
 static void test_elementwise(void) {
     int T = 37, D = 200;
     size_t n = (size_t)T * D;
-    float *x = rnd(n, 2), *y = rnd(n, 1), *w = rnd(D, 1);
+    float *x = test_rnd(n, 2), *y = test_rnd(n, 1), *w = test_rnd(D, 1);
     uint16_t *wb;
     av_mat W = bf16_mat(w, 1, D, &wb), Wd = on_dev(W);
     float *dx = up(G, x, n * 4), *dy = up(G, y, n * 4);
@@ -79,7 +69,7 @@ static void test_elementwise(void) {
     av_swiglu_forward(o, x, y, n);
     G->swiglu_forward(od, dx, dy, n);
     CMP("swiglu_forward", od, o, n, 1e-6);
-    float *g = rnd(n, 1), *gd = up(G, g, n * 4), *dg = calloc(n, 4), *du = calloc(n, 4);
+    float *g = test_rnd(n, 1), *gd = up(G, g, n * 4), *dg = calloc(n, 4), *du = calloc(n, 4);
     av_swiglu_backward(dg, du, g, x, y, n);
     G->zero(dxd, n * 4);
     G->zero(od, n * 4);
@@ -97,7 +87,7 @@ static void test_elementwise(void) {
     /* rope */
     int H = 5, hd = 40;
     size_t rn = (size_t)T * H * hd;
-    float *r = rnd(rn, 1), *rd = up(G, r, rn * 4), inv[20];
+    float *r = test_rnd(rn, 1), *rd = up(G, r, rn * 4), inv[20];
     int32_t pos[37];
     for (int t = 0; t < T; t++) pos[t] = 3 * t + 1;
     for (int i = 0; i < hd / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / hd);
@@ -110,7 +100,7 @@ static void test_elementwise(void) {
     G->rope_backward(rd, posd, invd, T, H, hd);
     CMP("rope_backward", rd, r, rn, 1e-5);
     /* adamw */
-    float *p = rnd(n, 1), *m = rnd(n, 0.1f), *v = rnd(n, 0.1f);
+    float *p = test_rnd(n, 1), *m = test_rnd(n, 0.1f), *v = test_rnd(n, 0.1f);
     for (size_t i = 0; i < n; i++) v[i] = fabsf(v[i]);
     float *pd = up(G, p, n * 4), *md = up(G, m, n * 4), *vd = up(G, v, n * 4);
     av_adamw_step(p, y, m, v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 3);
@@ -119,7 +109,7 @@ static void test_elementwise(void) {
     CMP("adamw v", vd, v, n, 1e-6);
     /* embedding */
     int V = 300;
-    float *tab = rnd((size_t)V * D, 1);
+    float *tab = test_rnd((size_t)V * D, 1);
     uint16_t *tb;
     av_mat E = bf16_mat(tab, V, D, &tb), Ed = on_dev(E);
     int32_t ids[37];
@@ -141,7 +131,7 @@ static void test_matmul(void) {
     int shapes[][3] = {{1, 96, 64}, {3, 200, 136}, {8, 256, 512}, {37, 300, 200}, {130, 512, 256}, {5, 70, 36}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         int T = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
-        float *x = rnd((size_t)T * K, 1), *w = rnd((size_t)N * K, 0.1f), *dy = rnd((size_t)T * N, 1);
+        float *x = test_rnd((size_t)T * K, 1), *w = test_rnd((size_t)N * K, 0.1f), *dy = test_rnd((size_t)T * N, 1);
         uint16_t *wb;
         av_mat W = bf16_mat(w, N, K, &wb), Wd = on_dev(W);
         float *o = malloc(sizeof(float) * T * N), *dx = calloc((size_t)T * K, 4);
@@ -203,7 +193,7 @@ static void test_matmul_fused(void) {
         int T = cases[ci].T, N = cases[ci].N, K = cases[ci].K, hd = cases[ci].hd, rh = cases[ci].rope_heads, F = N / 2;
         av_gemv_out om = cases[ci].out;
         int on = om == AV_GEMV_OUT_SWIGLU ? F : N; /* output columns */
-        float *x = rnd((size_t)T * K, 1), *w = rnd((size_t)N * K, 0.1f), *g = rnd(K, 1), *y = rnd((size_t)T * on, 1);
+        float *x = test_rnd((size_t)T * K, 1), *w = test_rnd((size_t)N * K, 0.1f), *g = test_rnd(K, 1), *y = test_rnd((size_t)T * on, 1);
         float *in = malloc(sizeof(float) * T * K), *o = malloc(sizeof(float) * T * N), *ref = malloc(sizeof(float) * T * on), inv[64];
         uint16_t *wb, *gb;
         av_mat W = bf16_mat(w, N, K, &wb), Wd = on_dev(W), Gm = bf16_mat(g, 1, K, &gb), Gd = on_dev(Gm);
@@ -244,7 +234,7 @@ static void test_matmul_fused_bf16(void) {
     struct { int N, K; } sh[] = {{2048, 5632}, {64, 176}};
     for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
         int T = Ts[ti], N = 704, K = 2048, F = N / 2;
-        float *x = rnd((size_t)T * K, 1), *w = rnd((size_t)N * K, 0.1f), *g = rnd(K, 1);
+        float *x = test_rnd((size_t)T * K, 1), *w = test_rnd((size_t)N * K, 0.1f), *g = test_rnd(K, 1);
         uint16_t *wb, *gb, *h16 = malloc(sizeof(uint16_t) * (size_t)T * F);
         av_mat Wd = on_dev(bf16_mat(w, N, K, &wb)), Gd = on_dev(bf16_mat(g, 1, K, &gb));
         float *xd = up(G, x, sizeof(float) * T * K), *o32 = G->alloc(sizeof(float) * T * F, "t"), *o16 = G->alloc(sizeof(float) * T * F, "t");
@@ -261,7 +251,7 @@ static void test_matmul_fused_bf16(void) {
         free(x); free(w); free(g); free(wb); free(gb); free(h16); free(h32);
         for (size_t si = 0; si < sizeof sh / sizeof sh[0]; si++) {
             int n = sh[si].N, k = sh[si].K;
-            float *xr = rnd((size_t)T * k, 1), *wr = rnd((size_t)n * k, 0.05f), *y = rnd((size_t)T * n, 1);
+            float *xr = test_rnd((size_t)T * k, 1), *wr = test_rnd((size_t)n * k, 0.05f), *y = test_rnd((size_t)T * n, 1);
             uint16_t *xb = malloc(sizeof(uint16_t) * (size_t)T * k), *wrb;
             for (size_t i = 0; i < (size_t)T * k; i++) xr[i] = av_bf16_to_f32(xb[i] = av_f32_to_bf16(xr[i]));
             av_mat Wr = on_dev(bf16_mat(wr, n, k, &wrb));
@@ -288,7 +278,7 @@ static void test_attention(void) {
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         int T = cases[ci][0], S = cases[ci][1], p0 = cases[ci][2], H = cases[ci][3], KVH = cases[ci][4];
         size_t qn = (size_t)T * H * hd, kn = (size_t)S * KVH * hd, pn = (size_t)H * T * S;
-        float *q = rnd(qn, 1), *k = rnd(kn, 1), *v = rnd(kn, 1), *go = rnd(qn, 1);
+        float *q = test_rnd(qn, 1), *k = test_rnd(kn, 1), *v = test_rnd(kn, 1), *go = test_rnd(qn, 1);
         float *o = malloc(qn * 4), *pr = malloc(pn * 4), *dq = calloc(qn, 4), *dk = calloc(kn, 4), *dv = calloc(kn, 4);
         av_attention_forward(o, pr, q, k, v, T, S, p0, H, KVH, hd);
         av_attention_backward(dq, dk, dv, go, pr, q, k, v, T, S, p0, H, KVH, hd);
@@ -323,8 +313,8 @@ static void test_attention(void) {
         int B = bcases[ci][0], T = bcases[ci][1], H = bcases[ci][2], KVH = bcases[ci][3], bhd = bcases[ci][4];
         size_t qn = (size_t)B * T * H * bhd, kn = (size_t)B * T * KVH * bhd, pn = (size_t)B * H * T * T;
         av_cuda_set_attention_chunk((size_t)2 * H * T * T); /* the backward's dP in chunks of 2 sequences */
-        float *q = rnd(qn, 1), *k = rnd(kn, 1), *v = rnd(kn, 1), *go = rnd(qn, 1);
-        float *o = malloc(qn * 4), *pr = malloc(pn * 4), *dq0 = rnd(qn, 1), *dk0 = rnd(kn, 1), *dv0 = rnd(kn, 1);
+        float *q = test_rnd(qn, 1), *k = test_rnd(kn, 1), *v = test_rnd(kn, 1), *go = test_rnd(qn, 1);
+        float *o = malloc(qn * 4), *pr = malloc(pn * 4), *dq0 = test_rnd(qn, 1), *dk0 = test_rnd(kn, 1), *dv0 = test_rnd(kn, 1);
         float *dq = malloc(qn * 4), *dk = malloc(kn * 4), *dv = malloc(kn * 4);
         memcpy(dq, dq0, qn * 4);
         memcpy(dk, dk0, kn * 4);
@@ -361,7 +351,7 @@ static void test_attention(void) {
      * last one at the end of a 600-row cache region) */
     int N = 4, H = 4, KVH = 2, MS = 600, posn[4] = {0, 17, 49, 599};
     size_t kvd = (size_t)KVH * hd, qd = (size_t)H * hd, stride = (size_t)MS * kvd;
-    float *kc = rnd(N * stride, 1), *vc = rnd(N * stride, 1), *q = rnd(N * qd, 1), *kn = rnd(N * kvd, 1), *vn = rnd(N * kvd, 1);
+    float *kc = test_rnd(N * stride, 1), *vc = test_rnd(N * stride, 1), *q = test_rnd(N * qd, 1), *kn = test_rnd(N * kvd, 1), *vn = test_rnd(N * kvd, 1);
     float *kcd = up(G, kc, N * stride * 4), *vcd = up(G, vc, N * stride * 4), *qd2 = up(G, q, N * qd * 4), *knd = up(G, kn, N * kvd * 4),
           *vnd = up(G, vn, N * kvd * 4), *od = G->alloc(N * qd * 4, "t");
     int32_t *posd = up(G, posn, sizeof posn);
@@ -379,7 +369,7 @@ static void test_attention(void) {
 
 static void test_xent_sample(void) {
     int T = 21, D = 64, V = 1000, chunk = 8;
-    float *h = rnd((size_t)T * D, 1), *w = rnd((size_t)V * D, 0.3f);
+    float *h = test_rnd((size_t)T * D, 1), *w = test_rnd((size_t)V * D, 0.3f);
     uint16_t *wb;
     av_mat W = bf16_mat(w, V, D, &wb), Wd = on_dev(W);
     int32_t tg[21];
@@ -399,7 +389,7 @@ static void test_xent_sample(void) {
     }
     /* sampler: argmax exact; temperature/top-p draws agree with the host rule on nearly every row */
     int N = 64;
-    float *lg = rnd((size_t)N * V, 4);
+    float *lg = test_rnd((size_t)N * V, 4);
     float *lgd = up(G, lg, (size_t)N * V * 4);
     int32_t ids[64], idh[64], pos[64], posh[64];
     int32_t *idsd = G->alloc(sizeof ids, "t"), *posd = G->alloc(sizeof pos, "t");
@@ -428,7 +418,7 @@ static void test_xent_sample(void) {
  * the block size. */
 static void test_dropout_ops(void) {
     size_t n = 300007;
-    float *x = rnd(n, 2), *d = rnd(n, 1), *dx0 = rnd(n, 1);
+    float *x = test_rnd(n, 2), *d = test_rnd(n, 1), *dx0 = test_rnd(n, 1);
     float *xd = up(G, x, n * 4), *dd = up(G, d, n * 4), *od = G->alloc(n * 4, "t"), *dxd = G->alloc(n * 4, "t");
     float *o = malloc(n * 4), *dx = malloc(n * 4);
     const float ps[] = {0.0f, 0.1f, 0.37f, 0.9f};
@@ -474,7 +464,7 @@ static void test_dropout_ops(void) {
  * kept NaN, ties, huge values), vectorised and on unaligned offsets, odd length. */
 static void test_bf16_store_ops(void) {
     size_t n = 100003;
-    float *x = rnd(n, 3);
+    float *x = test_rnd(n, 3);
     x[0] = NAN; x[1] = INFINITY; x[2] = -0.0f; x[3] = 3.0e38f; x[4] = 1.00390625f; /* tie: 1 + 2^-8 */ x[5] = 1.01171875f;
     uint16_t *h16 = malloc(n * 2), *c16 = malloc(n * 2);
     float *back = malloc(n * 4);
@@ -513,7 +503,7 @@ static void test_mm16_ops(void) {
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         int T = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
         size_t tk = (size_t)T * K, tn = (size_t)T * N;
-        float *x = rnd(tk, 1), *w = rnd((size_t)N * K, 0.1f), *dy = rnd(tn, 1), *y0 = rnd(tn, 1);
+        float *x = test_rnd(tk, 1), *w = test_rnd((size_t)N * K, 0.1f), *dy = test_rnd(tn, 1), *y0 = test_rnd(tn, 1);
         uint16_t *wb;
         av_mat Wd = on_dev(bf16_mat(w, N, K, &wb));
         float *xd = up(G, x, tk * 4), *dyd = up(G, dy, tn * 4), *ref = G->alloc(tn * 4, "t"), *od = G->alloc(tn * 4, "t"),
@@ -586,7 +576,7 @@ static void test_mm16_ops(void) {
     for (size_t si = 0; si < 2; si++)
         for (int off = 0; off < 2; off++) { /* off 1: pointers 2 bytes in (scalar kernels) */
             size_t n = sizes[si];
-            float *g = rnd(n + 1, 4), *u = rnd(n + 1, 2), *d = rnd(n + 1, 1);
+            float *g = test_rnd(n + 1, 4), *u = test_rnd(n + 1, 2), *d = test_rnd(n + 1, 1);
             uint16_t *gb = malloc((n + 1) * 2), *ub = malloc((n + 1) * 2);
             av_store_bf16(gb, g, n + 1);
             av_store_bf16(ub, u, n + 1);
@@ -619,7 +609,7 @@ static void test_mm16_ops(void) {
         for (int wf = 0; wf < 2; wf++) {
             int T = 37, D = dims[di];
             size_t n = (size_t)T * D;
-            float *x = rnd(n, 2), *w = rnd(D, 1);
+            float *x = test_rnd(n, 2), *w = test_rnd(D, 1);
             uint16_t *wb = NULL;
             av_mat Wn = wf ? (av_mat){.data = w, .dtype = AV_F32, .rows = 1, .cols = D} : bf16_mat(w, 1, D, &wb);
             av_mat Wd = on_dev(Wn);
@@ -649,15 +639,15 @@ static void test_mm16_ops(void) {
 static void test_full_ft_ops(void) {
     int T = 53, D = 96, V = 211;
     size_t n = (size_t)T * D;
-    float *x = rnd(n, 1.5f), *y = rnd(n, 1), *w = rnd(D, 1);
+    float *x = test_rnd(n, 1.5f), *y = test_rnd(n, 1), *w = test_rnd(D, 1);
     float *xd = up(G, x, n * 4), *yd = up(G, y, n * 4);
     int32_t ids[53];
     for (int t = 0; t < T; t++) ids[t] = (t * 7) % 13 == 0 ? 5 : (t * 31) % V; /* id 5 repeats */
     int32_t *idsd = up(G, ids, sizeof ids);
-    float *tab0 = rnd((size_t)V * D, 0.1f), *tab = malloc((size_t)V * D * 4), *tabd = G->alloc((size_t)V * D * 4, "t");
+    float *tab0 = test_rnd((size_t)V * D, 0.1f), *tab = malloc((size_t)V * D * 4), *tabd = G->alloc((size_t)V * D * 4, "t");
     av_mat Wf = {.data = w, .dtype = AV_F32, .rows = 1, .cols = D}, Wfd = Wf;
     Wfd.data = up(G, w, D * 4);
-    float *rs = malloc(T * 4), *o = malloc(n * 4), *dw = malloc(D * 4), *dw0 = rnd(D, 0.1f);
+    float *rs = malloc(T * 4), *o = malloc(n * 4), *dw = malloc(D * 4), *dw0 = test_rnd(D, 0.1f);
     av_rmsnorm_forward(o, rs, x, &Wf, T, D, 1e-6f);
     float *rsd = up(G, rs, T * 4), *dwd = G->alloc(D * 4, "t");
     for (int f = 0; f < 2; f++) {
@@ -678,7 +668,7 @@ static void test_full_ft_ops(void) {
     }
     /* matmul dW alone, f32 master weights, a non-zero starting gradient */
     int N = 160, K = D;
-    float *wm = rnd((size_t)N * K, 0.1f), *dy = rnd((size_t)T * N, 1), *gW0 = rnd((size_t)N * K, 0.1f), *gW = malloc((size_t)N * K * 4);
+    float *wm = test_rnd((size_t)N * K, 0.1f), *dy = test_rnd((size_t)T * N, 1), *gW0 = test_rnd((size_t)N * K, 0.1f), *gW = malloc((size_t)N * K * 4);
     av_mat M = {.data = wm, .dtype = AV_F32, .rows = N, .cols = K}, Md = M;
     Md.data = up(G, wm, (size_t)N * K * 4);
     float *dyd = up(G, dy, (size_t)T * N * 4), *gWd = G->alloc((size_t)N * K * 4, "t");
@@ -692,7 +682,7 @@ static void test_full_ft_ops(void) {
     }
     /* xent with the head's dW (f32 master head), chunks that do not divide T, ignored rows */
     int Vh = 1000, chunk = 8;
-    float *hw = rnd((size_t)Vh * D, 0.3f);
+    float *hw = test_rnd((size_t)Vh * D, 0.3f);
     av_mat H = {.data = hw, .dtype = AV_F32, .rows = Vh, .cols = D}, Hd = H;
     Hd.data = up(G, hw, (size_t)Vh * D * 4);
     int32_t tg[53];
@@ -997,7 +987,7 @@ static void check_full_and_dropout(const char *name, const av_backend *be, doubl
         for (int p = 0; p < AV_PROJ_COUNT; p++) {
             av_linear *Lc = av_layer_proj(&mc->layers[l], (av_proj)p), *Lg = av_layer_proj(&mg->layers[l], (av_proj)p);
             size_t na = (size_t)Lc->rank * Lc->w.cols, nb = (size_t)Lc->w.rows * Lc->rank;
-            float *a = rnd(na, 0.1f), *b = rnd(nb, 0.1f);
+            float *a = test_rnd(na, 0.1f), *b = test_rnd(nb, 0.1f);
             memcpy(Lc->lora_a, a, na * 4);
             memcpy(Lc->lora_b, b, nb * 4);
             be->upload(Lg->lora_a, a, na * 4);
@@ -1036,6 +1026,7 @@ static void check_full_and_dropout(const char *name, const av_backend *be, doubl
 }
 
 int main(void) {
+    test_rng_state = 12345;
     C = av_backend_cpu();
     const char *fx = test_fixtures();
     if (fx) check_batch("tiny-llama", C, 1); /* batched generation on the CPU: runs everywhere */

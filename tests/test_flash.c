@@ -8,16 +8,6 @@
 #include "backend/backend.h"
 #include "backend/cuda.h"
 
-static unsigned rng_state = 777;
-static float frand(void) {
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return ((rng_state >> 8) / 16777216.0f) * 2.0f - 1.0f;
-}
-static float *rnd(size_t n, float scale) {
-    float *p = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) p[i] = frand() * scale;
-    return p;
-}
 /* float64 log-sum-exp of row (h, t)'s scaled scores */
 static double lse_ref(const float *q, const float *k, int t, int h, int pos0, int H, int KVH, int hd) {
     int kh = h / (H / KVH), n = pos0 + t + 1;
@@ -40,6 +30,7 @@ static const shape shapes[] = {
 };
 
 int main(void) {
+    test_rng_state = 777;
     const av_backend *G = av_backend_cuda();
     if (!G || !G->flash_attention_forward) SKIP("no GPU (CUDA flash attention not tested)");
     else {
@@ -51,7 +42,7 @@ int main(void) {
         shape sh = shapes[si];
         int T = sh.T, p0 = sh.pos0, H = sh.H, KVH = sh.KVH, hd = sh.hd, S = p0 + T;
         size_t qn = (size_t)T * H * hd, kn = (size_t)S * KVH * hd;
-        float *q = rnd(qn, 1.5f), *k = rnd(kn, 1.5f), *v = rnd(kn, 1), *ref = malloc(qn * 4), *o = malloc(qn * 4),
+        float *q = test_rnd(qn, 1.5f), *k = test_rnd(kn, 1.5f), *v = test_rnd(kn, 1), *ref = malloc(qn * 4), *o = malloc(qn * 4),
               *lse = malloc(sizeof(float) * H * T);
         av_attention_forward(ref, NULL, q, k, v, T, S, p0, H, KVH, hd);
         av_flash_attention_forward(o, lse, q, k, v, T, S, p0, H, KVH, hd);
@@ -96,7 +87,7 @@ int main(void) {
     if (G && G->flash_attention_forward) { /* head_dim without a kernel: the standard attention */
         int T = 70, H = 4, KVH = 2, hd = 32, S = T;
         size_t qn = (size_t)T * H * hd, kn = (size_t)S * KVH * hd;
-        float *q = rnd(qn, 1), *k = rnd(kn, 1), *v = rnd(kn, 1), *ref = malloc(qn * 4), *go = malloc(qn * 4);
+        float *q = test_rnd(qn, 1), *k = test_rnd(kn, 1), *v = test_rnd(kn, 1), *ref = malloc(qn * 4), *go = malloc(qn * 4);
         av_attention_forward(ref, NULL, q, k, v, T, S, 0, H, KVH, hd);
         float *qd = G->alloc(qn * 4, "t"), *kd = G->alloc(kn * 4, "t"), *vd = G->alloc(kn * 4, "t"), *od = G->alloc(qn * 4, "t");
         G->upload(qd, q, qn * 4); G->upload(kd, k, kn * 4); G->upload(vd, v, kn * 4);

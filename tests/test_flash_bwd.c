@@ -22,16 +22,6 @@
 #define TOL_GRAD 1e-2
 #define TOL_ONE_KEY 5e-3 /* T = 1: max abs error of dq, dk, whose exact increment is 0 (see check_shape) */
 
-static unsigned rng_state = 4242;
-static float frand(void) {
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return ((rng_state >> 8) / 16777216.0f) * 2.0f - 1.0f;
-}
-static float *rnd(size_t n, float scale) {
-    float *p = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) p[i] = frand() * scale;
-    return p;
-}
 static float *up(const av_backend *be, const float *h, size_t n) {
     float *d = be->alloc(n * sizeof(float), "test");
     be->upload(d, h, n * sizeof(float));
@@ -61,8 +51,8 @@ static const shape shapes[] = {
 static void check_shape(const av_backend *G, shape sh) {
     int B = sh.B, T = sh.T, H = sh.H, KVH = sh.KVH, hd = sh.hd;
     size_t N = (size_t)B * T, qn = N * H * hd, kn = N * KVH * hd;
-    float *q = rnd(qn, 1.5f), *k = rnd(kn, 1.5f), *v = rnd(kn, 1), *dout = rnd(qn, 1);
-    float *g0q = rnd(qn, 0.01f), *g0k = rnd(kn, 0.01f), *g0v = rnd(kn, 0.01f); /* accumulated onto */
+    float *q = test_rnd(qn, 1.5f), *k = test_rnd(kn, 1.5f), *v = test_rnd(kn, 1), *dout = test_rnd(qn, 1);
+    float *g0q = test_rnd(qn, 0.01f), *g0k = test_rnd(kn, 0.01f), *g0v = test_rnd(kn, 0.01f); /* accumulated onto */
     float *out = malloc(qn * 4), *probs = malloc(sizeof(float) * B * H * T * T), *dq = malloc(qn * 4), *dk = malloc(kn * 4),
           *dv = malloc(kn * 4);
     memcpy(dq, g0q, qn * 4);
@@ -126,10 +116,10 @@ static float *train_grads(const char *dir, const av_backend *be, int B, int T, i
     CHECK_OK(av_train_ctx_new(&c, m, B, T, ckpt));
     if (c) {
         av_param *P = av_train_params(c);
-        unsigned keep = rng_state;
-        rng_state = 99;
+        unsigned keep = test_rng_state;
+        test_rng_state = 99;
         for (int i = 0; i < av_train_nparams(c); i++) {
-            float *h = rnd(P[i].n, 0.05f);
+            float *h = test_rnd(P[i].n, 0.05f);
             be->upload(P[i].data, h, P[i].n * sizeof(float));
             free(h);
             *n += P[i].n;
@@ -137,7 +127,7 @@ static float *train_grads(const char *dir, const av_backend *be, int B, int T, i
         int32_t *ids = malloc(sizeof(int32_t) * B * T), *tg = malloc(sizeof(int32_t) * B * T);
         for (int i = 0; i < B * T; i++) ids[i] = (int32_t)((i * 7919u + 13) % 500);
         for (int i = 0; i < B * T; i++) tg[i] = (i % T) + 1 < T ? ids[i + 1] : -1;
-        rng_state = keep;
+        test_rng_state = keep;
         double nll;
         int nv;
         av_train_zero_grads(c);
@@ -197,6 +187,7 @@ static void check_training(const av_backend *G) {
 }
 
 int main(void) {
+    test_rng_state = 4242;
     const av_backend *G = av_backend_cuda();
     if (!G || !G->flash_attention_forward_batch || !G->flash_attention_backward_batch) {
         SKIP("no GPU (CUDA flash attention backward not tested)");

@@ -71,6 +71,24 @@ static __device__ __forceinline__ uint32_t ld32(const __nv_bfloat16 *p) { return
 /* Kernel A: dK, dV of one 64-key tile. grid (KVH * nsplit, B, key tiles), heaviest tiles (most
  * query tiles after them) first. nsplit == 1: dk, dv += the result; else block share sp writes
  * (=) its partial sum into dk / dv + sp * part_n. */
+/* acc[n] = A . B^T for a warp's 16 rows of A (row stride KS) against the FB_T rows of B (n: 8-row
+ * groups), over HD: the S^T = K Q^T and dP^T = V dO^T products of the dk/dv kernel. */
+template <int HD, int KS>
+__device__ __forceinline__ void fb_tile_abt(float (&acc)[FB_T / 8][4], const __nv_bfloat16 *A, const __nv_bfloat16 *Bm, int g, int c) {
+#pragma unroll
+    for (int n = 0; n < FB_T / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        uint32_t a[4];
+        ld_afrag(a, A + kk * 16, KS, g, c);
+#pragma unroll
+        for (int n = 0; n < FB_T / 8; n++) {
+            const __nv_bfloat16 *r = Bm + (n * 8 + g) * KS + kk * 16 + 2 * c;
+            mma_bf16(acc[n], a, ld32(r), ld32(r + 8));
+        }
+    }
+}
+
 template <int HD>
 __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *qt,
                                                  const __nv_bfloat16 *ob, const __nv_bfloat16 *ot, const __nv_bfloat16 *kb,
@@ -136,18 +154,7 @@ __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __n
         const float *ls = fl + buf * 2 * FB_T, *dl = ls + FB_T;
         /* S^T = K Q^T (log2 units: q pre-scaled), then P^T = exp2(S^T - lse2[query]), causal on the diagonal */
         float p[FB_T / 8][4];
-#pragma unroll
-        for (int n = 0; n < FB_T / 8; n++) p[n][0] = p[n][1] = p[n][2] = p[n][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) {
-            uint32_t a[4];
-            ld_afrag(a, Ks + kw * KS + kk * 16, KS, g, c);
-#pragma unroll
-            for (int n = 0; n < FB_T / 8; n++) {
-                const __nv_bfloat16 *r = qs + (n * 8 + g) * KS + kk * 16 + 2 * c;
-                mma_bf16(p[n], a, ld32(r), ld32(r + 8));
-            }
-        }
+        fb_tile_abt<HD, KS>(p, Ks + kw * KS, qs, g, c);
         int key0 = kw + g, key1 = key0 + 8; /* the thread's two keys, relative to the tile */
 #pragma unroll
         for (int n = 0; n < FB_T / 8; n++) {
@@ -160,18 +167,7 @@ __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __n
         }
         /* dP^T = V dO^T */
         float dp[FB_T / 8][4];
-#pragma unroll
-        for (int n = 0; n < FB_T / 8; n++) dp[n][0] = dp[n][1] = dp[n][2] = dp[n][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) {
-            uint32_t a[4];
-            ld_afrag(a, Vs + kw * KS + kk * 16, KS, g, c);
-#pragma unroll
-            for (int n = 0; n < FB_T / 8; n++) {
-                const __nv_bfloat16 *r = os + (n * 8 + g) * KS + kk * 16 + 2 * c;
-                mma_bf16(dp[n], a, ld32(r), ld32(r + 8));
-            }
-        }
+        fb_tile_abt<HD, KS>(dp, Vs + kw * KS, os, g, c);
         /* P^T and dS^T = P^T (dP^T - delta) as A operands (k = queries): accumulator reuse */
         uint32_t pa[FB_T / 16][4], da[FB_T / 16][4];
 #pragma unroll

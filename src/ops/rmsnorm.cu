@@ -5,21 +5,15 @@ extern "C" {
 #include "backend/cuda.h"
 }
 
-__global__ void rms_fwd_k(float *out, float *rstd, const float *x, const void *w, av_dtype wt, int D, float eps) {
-    __shared__ float sh[32];
-    const float *xr = x + (size_t)blockIdx.x * D;
-    float ss = 0;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) ss += xr[i] * xr[i];
-    ss = av_block_sum(ss, sh);
-    float r = 1.0f / sqrtf(ss / (float)D + eps);
-    if (rstd && threadIdx.x == 0) rstd[blockIdx.x] = r;
-    float *o = out + (size_t)blockIdx.x * D;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = av_ld_w(w, wt, i) * (xr[i] * r);
+/* One row per block. OT = uint16_t: the bf16 output for the training products (the same sums and
+ * values, rounded once here instead of by a separate conversion pass over an f32 copy). */
+__device__ __forceinline__ void rms_store(float *o, float v) { *o = v; }
+__device__ __forceinline__ void rms_store(uint16_t *o, float v) {
+    __nv_bfloat16 b = __float2bfloat16_rn(v);
+    *o = *reinterpret_cast<uint16_t *>(&b);
 }
-
-/* rms_fwd_k with bf16 output for the training products: the same sum order and values, rounded
- * once here instead of by a separate conversion pass over an f32 copy. */
-__global__ void rms_fwd16_k(uint16_t *out, float *rstd, const float *x, const void *w, av_dtype wt, int D, float eps) {
+template <typename OT>
+__global__ void rms_fwd_k(OT *out, float *rstd, const float *x, const void *w, av_dtype wt, int D, float eps) {
     __shared__ float sh[32];
     const float *xr = x + (size_t)blockIdx.x * D;
     float ss = 0;
@@ -27,11 +21,8 @@ __global__ void rms_fwd16_k(uint16_t *out, float *rstd, const float *x, const vo
     ss = av_block_sum(ss, sh);
     float r = 1.0f / sqrtf(ss / (float)D + eps);
     if (rstd && threadIdx.x == 0) rstd[blockIdx.x] = r;
-    uint16_t *o = out + (size_t)blockIdx.x * D;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        __nv_bfloat16 b = __float2bfloat16_rn(av_ld_w(w, wt, i) * (xr[i] * r));
-        o[i] = *reinterpret_cast<uint16_t *>(&b);
-    }
+    OT *o = out + (size_t)blockIdx.x * D;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) rms_store(o + i, av_ld_w(w, wt, i) * (xr[i] * r));
 }
 
 __global__ void rms_bwd_dx_k(float *dx, const float *dout, const float *x, const void *w, av_dtype wt, const float *rstd, int D) {
@@ -55,13 +46,13 @@ __global__ void rms_bwd_dw_k(float *dw, const float *dout, const float *x, const
 
 extern "C" void av_cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const av_mat *w, int T, int D, float eps) {
     if (T <= 0) return;
-    rms_fwd_k<<<T, D >= 2048 ? 512 : 256, 0, av_cuda_stream()>>>(out, rstd, x, w->data, w->dtype, D, eps);
+    rms_fwd_k<float><<<T, D >= 2048 ? 512 : 256, 0, av_cuda_stream()>>>(out, rstd, x, w->data, w->dtype, D, eps);
     AV_CU_LAUNCHED("rmsnorm_forward");
 }
 
 extern "C" void av_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const float *x, const av_mat *w, int T, int D, float eps) {
     if (T <= 0) return;
-    rms_fwd16_k<<<T, D >= 2048 ? 512 : 256, 0, av_cuda_stream()>>>(out, rstd, x, w->data, w->dtype, D, eps);
+    rms_fwd_k<uint16_t><<<T, D >= 2048 ? 512 : 256, 0, av_cuda_stream()>>>(out, rstd, x, w->data, w->dtype, D, eps);
     AV_CU_LAUNCHED("rmsnorm_forward_bf16");
 }
 
