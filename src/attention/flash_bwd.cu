@@ -71,6 +71,23 @@ static __device__ __forceinline__ uint32_t ld32(const __nv_bfloat16 *p) { return
 /* Kernel A: dK, dV of one 64-key tile. grid (KVH * nsplit, B, key tiles), heaviest tiles (most
  * query tiles after them) first. nsplit == 1: dk, dv += the result; else block share sp writes
  * (=) its partial sum into dk / dv + sp * part_n. */
+/* Two products side by side with A fragments already in registers: x[n] += a[k] . B^T over the k
+ * steps, B's row n*8+g (row stride LD) giving the n-th 8 columns; y[n] likewise from b and C.
+ * (dV += P^T dO with dK += dS^T Q in the dk/dv kernel; S = Q K^T with dP = dO V^T in the dq kernel.) */
+template <int NN, int KK, int LD>
+__device__ __forceinline__ void fb_mma2(float (&x)[NN][4], const uint32_t (&a)[KK][4], const __nv_bfloat16 *Bm, float (&y)[NN][4],
+                                        const uint32_t (&b)[KK][4], const __nv_bfloat16 *Cm, int g, int c) {
+#pragma unroll
+    for (int n = 0; n < NN; n++) {
+        const __nv_bfloat16 *rb = Bm + (n * 8 + g) * LD + 2 * c, *rc = Cm + (n * 8 + g) * LD + 2 * c;
+#pragma unroll
+        for (int k = 0; k < KK; k++) {
+            mma_bf16(x[n], a[k], ld32(rb + k * 16), ld32(rb + k * 16 + 8));
+            mma_bf16(y[n], b[k], ld32(rc + k * 16), ld32(rc + k * 16 + 8));
+        }
+    }
+}
+
 /* acc[n] = A . B^T for a warp's 16 rows of A (row stride KS) against the FB_T rows of B (n: 8-row
  * groups), over HD: the S^T = K Q^T and dP^T = V dO^T products of the dk/dv kernel. */
 template <int HD, int KS>
@@ -180,15 +197,7 @@ __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __n
             da[n / 2][(n & 1) * 2 + 1] = pack_bf16(p[n][2] * (dp[n][2] - d0), p[n][3] * (dp[n][3] - d1));
         }
         /* dV += P^T dO, dK += dS^T Q (B operands: the transposed tiles, [d][query]) */
-#pragma unroll
-        for (int n = 0; n < HD / 8; n++) {
-            const __nv_bfloat16 *ro = ots + (n * 8 + g) * FB_TS + 2 * c, *rq = qts + (n * 8 + g) * FB_TS + 2 * c;
-#pragma unroll
-            for (int kq = 0; kq < FB_T / 16; kq++) {
-                mma_bf16(dV[n], pa[kq], ld32(ro + kq * 16), ld32(ro + kq * 16 + 8));
-                mma_bf16(dK[n], da[kq], ld32(rq + kq * 16), ld32(rq + kq * 16 + 8));
-            }
-        }
+        fb_mma2<HD / 8, FB_T / 16, FB_TS>(dV, pa, ots, dK, da, qts, g, c);
     }
     int s0 = j * FB_T + kw + g, s1 = s0 + 8;
     size_t ks = (size_t)KVH * HD;
@@ -271,15 +280,7 @@ __global__ void __launch_bounds__(128) fb_dq_k(float *dq, const __nv_bfloat16 *q
         for (int n = 0; n < FB_T / 8; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) p[n][e] = dp[n][e] = 0.0f;
-#pragma unroll
-        for (int n = 0; n < FB_T / 8; n++) {
-            const __nv_bfloat16 *kr = ks_ + (n * 8 + g) * KS + 2 * c, *vr = vs_ + (n * 8 + g) * KS + 2 * c;
-#pragma unroll
-            for (int kk = 0; kk < HD / 16; kk++) {
-                mma_bf16(p[n], qf[kk], ld32(kr + kk * 16), ld32(kr + kk * 16 + 8));
-                mma_bf16(dp[n], of[kk], ld32(vr + kk * 16), ld32(vr + kk * 16 + 8));
-            }
-        }
+        fb_mma2<FB_T / 8, HD / 16, KS>(p, qf, ks_, dp, of, vs_, g, c);
         uint32_t da[FB_T / 16][4];
 #pragma unroll
         for (int n = 0; n < FB_T / 8; n++) {
