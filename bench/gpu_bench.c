@@ -173,17 +173,18 @@ static void bench_lora(av_model *m, int B, int T, double peak_tflops) {
     int32_t *ids = malloc(sizeof(int32_t) * N), *tg = malloc(sizeof(int32_t) * N);
     for (int i = 0; i < N; i++) ids[i] = tok(i, m->cfg.vocab_size);
     for (int i = 0; i < N; i++) tg[i] = (i % T) + 1 < T ? ids[i + 1] : -1;
-    int steps = 6;
-    double t0 = 0, nll;
+    int steps = getenv("AV_LORA_STEPS") ? atoi(getenv("AV_LORA_STEPS")) : 6; /* ncu: 1 */
+    if (steps < 1) steps = 1;
+    double t0 = now(), nll;
     int nv;
     for (int s = 0; s < steps; s++) {
-        if (s == 2) { be->sync(); t0 = now(); } /* two warm-up steps */
+        if (s == 2) { be->sync(); t0 = now(); } /* two warm-up steps (when there are more) */
         av_train_zero_grads(c);
         if (av_train_step(c, ids, tg, B, T, 1.0f / N, 1, &nll, &nv) != AV_OK) die("train step");
         for (int i = 0; i < np; i++) be->adamw_step(P[i].data, P[i].grad, mo[i], vo[i], P[i].n, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, s + 1);
     }
     be->sync();
-    double dt = (now() - t0) / (steps - 2), tps = N / dt;
+    double dt = (now() - t0) / (steps > 2 ? steps - 2 : steps), tps = N / dt;
     double params = (double)av_config_param_count(&m->cfg);
     printf("{\"workload\":\"lora_%dx%d\",\"tokens\":%d,\"tok_s\":%.1f,\"peak_gb\":%.2f,\"mfu\":%.3f,\"loss\":%.4f}\n", B, T, N, tps,
            gb(be->peak_bytes()), 4.0 * params * tps / (peak_tflops * 1e12), nll / nv);
@@ -344,9 +345,9 @@ int main(int argc, char **argv) {
     if (all || !strcmp(what, "batch")) { bench_batch(m, 8, 128); bench_batch(m, 32, 128); }
     if (all || !strcmp(what, "prefill")) bench_prefill(m, 2048);
     if (all || !strcmp(what, "lora")) {
-        bench_lora(m, 1, 512, peak_tflops);
-        bench_lora(m, 4, 512, peak_tflops);
-        bench_lora(m, 16, 512, peak_tflops);
+        int only = getenv("AV_LORA_B") ? atoi(getenv("AV_LORA_B")) : 0; /* one batch size (profiling) */
+        for (int b = 1; b <= 16; b *= 4)
+            if (!only || only == b) bench_lora(m, b, 512, peak_tflops);
     }
     if (av_cuda_status() != AV_OK) die("cuda status");
     av_model_free(m);

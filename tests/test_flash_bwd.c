@@ -48,6 +48,33 @@ static const shape shapes[] = {
     {1, 512, 32, 4, 64}, {3, 1, 8, 1, 128},  {2, 17, 4, 4, 128}, {1, 130, 8, 2, 128},  {2, 512, 8, 1, 128},
 };
 
+/* The RoPE mode (positions given): overwrites dq, dk, dv (buffers start as garbage) with the
+ * accumulate mode's increments, dq and dk passed through rope_backward. Same kernels and the same
+ * rotation formula, so only float contraction may differ: 1e-5 relative L2. */
+static void check_rope_mode(const av_backend *G, shape sh, float *qd, float *kd, float *vd, float *dod, float *od, float *ld) {
+    int B = sh.B, T = sh.T, H = sh.H, KVH = sh.KVH, hd = sh.hd;
+    size_t N = (size_t)B * T, qn = N * H * hd, kn = N * KVH * hd;
+    int32_t *pos = malloc(N * sizeof(int32_t));
+    float *inv = malloc(sizeof(float) * hd / 2);
+    for (size_t r = 0; r < N; r++) pos[r] = (int32_t)(r % T) + 3;
+    for (int i = 0; i < hd / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / hd);
+    int32_t *posd = G->alloc(N * sizeof(int32_t), "t");
+    G->upload(posd, pos, N * sizeof(int32_t));
+    float *invd = up(G, inv, hd / 2);
+    float *zq = calloc(qn, 4), *zk = calloc(kn, 4), *junk = test_rnd(qn, 100);
+    float *aq = up(G, zq, qn), *ak = up(G, zk, kn), *av = up(G, zk, kn), *rq = up(G, junk, qn), *rk = up(G, junk, kn), *rv = up(G, junk, kn);
+    CHECK(G->flash_attention_backward_batch(aq, ak, av, dod, od, ld, qd, kd, vd, B, T, H, KVH, hd, NULL, NULL) == 0, "backward refused");
+    G->rope_backward(aq, posd, invd, (int)N, H, hd);
+    G->rope_backward(ak, posd, invd, (int)N, KVH, hd);
+    CHECK(G->flash_attention_backward_batch(rq, rk, rv, dod, od, ld, qd, kd, vd, B, T, H, KVH, hd, posd, invd) == 0, "rope mode refused");
+    float *eq = down(G, aq, qn), *ek = down(G, ak, kn), *ev = down(G, av, kn), *gq = down(G, rq, qn), *gk = down(G, rk, kn), *gv = down(G, rv, kn);
+    double e1 = test_rel_l2(gq, eq, qn), e2 = test_rel_l2(gk, ek, kn), e3 = test_rel_l2(gv, ev, kn);
+    CHECK(e1 <= 1e-5 && e2 <= 1e-5 && e3 <= 1e-5, "flash bwd rope mode B=%d T=%d H=%d KVH=%d hd=%d: dq %.3g dk %.3g dv %.3g", B, T, H, KVH,
+          hd, e1, e2, e3);
+    G->free(posd); G->free(invd); G->free(aq); G->free(ak); G->free(av); G->free(rq); G->free(rk); G->free(rv);
+    free(pos); free(inv); free(zq); free(zk); free(junk); free(eq); free(ek); free(ev); free(gq); free(gk); free(gv);
+}
+
 static void check_shape(const av_backend *G, shape sh) {
     int B = sh.B, T = sh.T, H = sh.H, KVH = sh.KVH, hd = sh.hd;
     size_t N = (size_t)B * T, qn = N * H * hd, kn = N * KVH * hd;
@@ -70,7 +97,7 @@ static void check_shape(const av_backend *G, shape sh) {
     float *gq[2], *gk[2], *gv[2];
     for (int run = 0; run < 2; run++) { /* the same call twice: bit-identical */
         float *dqd = up(G, g0q, qn), *dkd = up(G, g0k, kn), *dvd = up(G, g0v, kn);
-        CHECK(G->flash_attention_backward_batch(dqd, dkd, dvd, dod, od, ld, qd, kd, vd, B, T, H, KVH, hd) == 0, "backward refused");
+        CHECK(G->flash_attention_backward_batch(dqd, dkd, dvd, dod, od, ld, qd, kd, vd, B, T, H, KVH, hd, NULL, NULL) == 0, "backward refused");
         gq[run] = down(G, dqd, qn);
         gk[run] = down(G, dkd, kn);
         gv[run] = down(G, dvd, kn);
@@ -92,6 +119,7 @@ static void check_shape(const av_backend *G, shape sh) {
     CHECK(same, "flash bwd B=%d T=%d H=%d KVH=%d hd=%d: two runs differ", B, T, H, KVH, hd);
     printf("flash B=%d T=%d H=%d KVH=%d hd=%d: out %.2e, dq %.2e, dk %.2e, dv %.2e %s%s\n", B, T, H, KVH, hd, e, eq, ek, ev,
            T == 1 ? "(dq, dk: max abs)" : "rel L2", same ? ", deterministic" : "");
+    check_rope_mode(G, sh, qd, kd, vd, dod, od, ld);
     for (int run = 0; run < 2; run++) { free(gq[run]); free(gk[run]); free(gv[run]); }
     G->free(qd); G->free(kd); G->free(vd); G->free(dod); G->free(od); G->free(ld);
     free(go); free(q); free(k); free(v); free(dout); free(g0q); free(g0k); free(g0v);
@@ -197,7 +225,7 @@ int main(void) {
     av_cuda_device_name(dev, sizeof dev);
     printf("GPU: %s\n", dev);
     /* shapes without a kernel are refused (the caller keeps the standard attention) */
-    CHECK(G->flash_attention_backward_batch(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 4, 2, 16) != 0, "hd=16 accepted");
+    CHECK(G->flash_attention_backward_batch(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 4, 2, 16, NULL, NULL) != 0, "hd=16 accepted");
     CHECK(G->flash_attention_forward_batch(NULL, NULL, NULL, NULL, NULL, 0, 0, 4, 2, 64) == 0, "hd=64 refused");
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_shape(G, shapes[i]);
     check_training(G);

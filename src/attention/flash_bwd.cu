@@ -106,11 +106,33 @@ __device__ __forceinline__ void fb_tile_abt(float (&acc)[FB_T / 8][4], const __n
     }
 }
 
+/* RoPE backward (rotate-half, as rope.c with the angle negated) on a [16 rows x HD] accumulator
+ * fragment: columns d and d + HD/2 of a row sit in the same thread (n and n + HD/16). Rows r0 / r1
+ * (elements 0,1 / 2,3) at positions pos[r]; rows past the end are left alone (not stored). */
+template <int HD>
+__device__ __forceinline__ void fb_rope_back(float (&a)[HD / 8][4], const int32_t *pos, const float *inv_freq, int r0, int r1, int c,
+                                             int T) {
+    constexpr int HN = HD / 16;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        float pr = (float)pos[min(h ? r1 : r0, T - 1)];
+#pragma unroll
+        for (int n = 0; n < HN; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float sn, cs, y0 = a[n][2 * h + e], y1 = a[n + HN][2 * h + e];
+                sincosf(pr * inv_freq[n * 8 + 2 * c + e], &sn, &cs);
+                a[n][2 * h + e] = y0 * cs + y1 * sn;
+                a[n + HN][2 * h + e] = y1 * cs - y0 * sn;
+            }
+    }
+}
+
 template <int HD>
 __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *qt,
                                                  const __nv_bfloat16 *ob, const __nv_bfloat16 *ot, const __nv_bfloat16 *kb,
                                                  const __nv_bfloat16 *vb, const float *lse2, const float *delta, int T, int Tp, int H,
-                                                 int KVH, int nsplit, size_t part_n, float scale) {
+                                                 int KVH, int nsplit, size_t part_n, float scale, const int32_t *pos, const float *inv_freq) {
     constexpr int KS = HD + FA_PAD;
     constexpr int BUF = 2 * FB_T * KS + 2 * HD * FB_TS; /* bf16 elements of one chunk's operands */
     extern __shared__ __align__(16) unsigned char fb_smem[];
@@ -201,8 +223,16 @@ __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __n
     }
     int s0 = j * FB_T + kw + g, s1 = s0 + 8;
     size_t ks = (size_t)KVH * HD;
-    int acc = nsplit == 1;
+    if (pos && nsplit == 1) { /* overwrite, dK rotated back (RoPE backward) */
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) dK[n][e] *= scale;
+        fb_rope_back<HD>(dK, pos + (size_t)b * T, inv_freq, s0, s1, c, T);
+    }
+    int acc = nsplit == 1 && !pos;
     float *dkp = dk + sp * part_n, *dvp = dv + sp * part_n;
+    float ksc = pos && nsplit == 1 ? 1.0f : scale;
 #pragma unroll
     for (int n = 0; n < HD / 8; n++) {
         size_t col = (size_t)kh * HD + n * 8 + 2 * c;
@@ -210,14 +240,14 @@ __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __n
             float2 *pk = reinterpret_cast<float2 *>(dkp + ((size_t)b * T + s0) * ks + col);
             float2 *pv = reinterpret_cast<float2 *>(dvp + ((size_t)b * T + s0) * ks + col);
             float2 xk = acc ? *pk : make_float2(0.f, 0.f), xv = acc ? *pv : make_float2(0.f, 0.f);
-            *pk = make_float2(xk.x + dK[n][0] * scale, xk.y + dK[n][1] * scale);
+            *pk = make_float2(xk.x + dK[n][0] * ksc, xk.y + dK[n][1] * ksc);
             *pv = make_float2(xv.x + dV[n][0], xv.y + dV[n][1]);
         }
         if (s1 < T) {
             float2 *pk = reinterpret_cast<float2 *>(dkp + ((size_t)b * T + s1) * ks + col);
             float2 *pv = reinterpret_cast<float2 *>(dvp + ((size_t)b * T + s1) * ks + col);
             float2 xk = acc ? *pk : make_float2(0.f, 0.f), xv = acc ? *pv : make_float2(0.f, 0.f);
-            *pk = make_float2(xk.x + dK[n][2] * scale, xk.y + dK[n][3] * scale);
+            *pk = make_float2(xk.x + dK[n][2] * ksc, xk.y + dK[n][3] * ksc);
             *pv = make_float2(xv.x + dV[n][2], xv.y + dV[n][3]);
         }
     }
@@ -227,7 +257,7 @@ __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __n
 template <int HD>
 __global__ void __launch_bounds__(128) fb_dq_k(float *dq, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
                                                const __nv_bfloat16 *kt, const __nv_bfloat16 *vb, const float *lse2, const float *delta,
-                                               int T, int Tp, int H, int KVH, float scale) {
+                                               int T, int Tp, int H, int KVH, float scale, const int32_t *pos, const float *inv_freq) {
     constexpr int KS = HD + FA_PAD;
     constexpr int BUF = 2 * FB_T * KS + HD * FB_TS; /* Ks | Vs | KTs */
     extern __shared__ __align__(16) unsigned char fb_smem[];
@@ -301,17 +331,22 @@ __global__ void __launch_bounds__(128) fb_dq_k(float *dq, const __nv_bfloat16 *q
     int t0 = tw + g, t1 = t0 + 8;
     size_t qs = (size_t)H * HD;
 #pragma unroll
+    for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[n][e] *= scale;
+    if (pos) fb_rope_back<HD>(acc, pos + (size_t)b * T, inv_freq, t0, t1, c, T); /* overwrite, rotated back */
+#pragma unroll
     for (int n = 0; n < HD / 8; n++) {
         size_t col = (size_t)h * HD + n * 8 + 2 * c;
         if (t0 < T) {
             float2 *pq = reinterpret_cast<float2 *>(dq + ((size_t)b * T + t0) * qs + col);
-            float2 x = *pq;
-            *pq = make_float2(x.x + acc[n][0] * scale, x.y + acc[n][1] * scale);
+            float2 x = pos ? make_float2(0.f, 0.f) : *pq;
+            *pq = make_float2(x.x + acc[n][0], x.y + acc[n][1]);
         }
         if (t1 < T) {
             float2 *pq = reinterpret_cast<float2 *>(dq + ((size_t)b * T + t1) * qs + col);
-            float2 x = *pq;
-            *pq = make_float2(x.x + acc[n][2] * scale, x.y + acc[n][3] * scale);
+            float2 x = pos ? make_float2(0.f, 0.f) : *pq;
+            *pq = make_float2(x.x + acc[n][2], x.y + acc[n][3]);
         }
     }
 }
@@ -329,10 +364,31 @@ __global__ void fb_reduce_k(float *dk, float *dv, const float *pk, const float *
     dv[i] += sv;
 }
 
+/* The same with the output overwritten and dk rotated back: one thread per (row, KV head, pair). */
+__global__ void fb_reduce_rope_k(float *dk, float *dv, const float *pk, const float *pv, size_t npairs, int nsplit, int KVH, int hd,
+                                 const int32_t *pos, const float *inv_freq) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= npairs) return;
+    int half = hd / 2, d = (int)(i % half);
+    size_t rh = i / half, row = rh / KVH, e0 = rh * hd + d, e1 = e0 + half, n = npairs * 2;
+    float k0 = 0.0f, k1 = 0.0f, v0 = 0.0f, v1 = 0.0f;
+    for (int s = 0; s < nsplit; s++) {
+        k0 += pk[s * n + e0], k1 += pk[s * n + e1];
+        v0 += pv[s * n + e0], v1 += pv[s * n + e1];
+    }
+    float sn, cs;
+    sincosf((float)pos[row] * inv_freq[d], &sn, &cs);
+    dk[e0] = k0 * cs + k1 * sn;
+    dk[e1] = k1 * cs - k0 * sn;
+    dv[e0] = v0;
+    dv[e1] = v1;
+}
+
 template <int HD>
 static void fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *qt, const __nv_bfloat16 *ob,
                       const __nv_bfloat16 *ot, const __nv_bfloat16 *kb, const __nv_bfloat16 *kt, const __nv_bfloat16 *vb, const float *lse2,
-                      const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit, size_t part_n, float scale) {
+                      const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit, size_t part_n, float scale, const int32_t *pos,
+                      const float *inv_freq) {
     constexpr int KS = HD + FA_PAD;
     size_t smem_a = (size_t)(2 * FB_T * KS + 2 * (2 * FB_T * KS + 2 * HD * FB_TS)) * sizeof(__nv_bfloat16) + 4 * FB_T * sizeof(float);
     size_t smem_b = (size_t)2 * (2 * FB_T * KS + HD * FB_TS) * sizeof(__nv_bfloat16);
@@ -345,9 +401,9 @@ static void fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, 
     int nt = Tp / FB_T;
     cudaStream_t st = av_cuda_stream();
     fb_dkdv_k<HD><<<dim3(KVH * nsplit, B, nt), 128, smem_a, st>>>(dk, dv, qb, qt, ob, ot, kb, vb, lse2, delta, T, Tp, H, KVH, nsplit,
-                                                                   part_n, scale);
+                                                                   part_n, scale, pos, inv_freq);
     AV_CU_LAUNCHED("flash attention backward dk/dv");
-    fb_dq_k<HD><<<dim3(H, B, nt), 128, smem_b, st>>>(dq, qb, ob, kb, kt, vb, lse2, delta, T, Tp, H, KVH, scale);
+    fb_dq_k<HD><<<dim3(H, B, nt), 128, smem_b, st>>>(dq, qb, ob, kb, kt, vb, lse2, delta, T, Tp, H, KVH, scale, pos, inv_freq);
     AV_CU_LAUNCHED("flash attention backward dq");
 }
 
@@ -365,7 +421,8 @@ static int fb_nsplit(int blocks, int G) {
 }
 
 extern "C" int av_cuda_flash_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
-                                                      const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd) {
+                                                      const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd,
+                                                      const int32_t *pos, const float *inv_freq) {
     if ((hd != 64 && hd != 128) || KVH <= 0 || H % KVH) return -1;
     if (B <= 0 || T <= 0) return 0;
     int Tp = (T + FB_T - 1) / FB_T * FB_T, nt = Tp / FB_T;
@@ -388,9 +445,12 @@ extern "C" int av_cuda_flash_attention_backward_batch(float *dq, float *dk, floa
     fb_rowdot_k<<<av_cdiv(nr, 8), 256, 0, st>>>(delta, lse2, dout, out, lse, B, T, Tp, H, hd);
     AV_CU_LAUNCHED("flash attention backward convert");
     float *dka = nsplit > 1 ? pk : dk, *dva = nsplit > 1 ? pv : dv;
-    if (hd == 64) fb_launch<64>(dq, dka, dva, qb, qt, ob, ot, kb, kt, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale);
-    else fb_launch<128>(dq, dka, dva, qb, qt, ob, ot, kb, kt, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale);
-    if (nsplit > 1) {
+    if (hd == 64) fb_launch<64>(dq, dka, dva, qb, qt, ob, ot, kb, kt, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, pos, inv_freq);
+    else fb_launch<128>(dq, dka, dva, qb, qt, ob, ot, kb, kt, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, pos, inv_freq);
+    if (nsplit > 1 && pos) {
+        fb_reduce_rope_k<<<av_cdiv(part_n / 2, 256), 256, 0, st>>>(dk, dv, pk, pv, part_n / 2, nsplit, KVH, hd, pos, inv_freq);
+        AV_CU_LAUNCHED("flash attention backward reduce");
+    } else if (nsplit > 1) {
         fb_reduce_k<<<av_cdiv(part_n, 256), 256, 0, st>>>(dk, dv, pk, pv, part_n, nsplit);
         AV_CU_LAUNCHED("flash attention backward reduce");
     }

@@ -3,6 +3,7 @@
  * the materialised form: scores and P V as strided-batched cuBLAS products (f32, or TF32 in bf16
  * mode), a masked softmax kernel between; the backward is the same products transposed. */
 #include "backend/cuda_common.cuh"
+#include <stdlib.h>
 extern "C" {
 #include "backend/cuda.h"
 #include "attention/attention.h"
@@ -98,7 +99,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_rows_k(float *out, const 
 #define DEC_THREADS 256
 __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const float *q, const float *k_new, const float *v_new, float *kc,
                                                           float *vc, const int32_t *pos, size_t seq_stride, int H, int KVH, int hd,
-                                                          float scale, size_t qrow, size_t knrow) {
+                                                          float scale, size_t qrow, size_t knrow, int late) {
     extern __shared__ float dsm[];
     __shared__ float red[32];
     float *qs = dsm, *sc = dsm + ATT_MAX_HD + 4 * DEC_THREADS;
@@ -116,7 +117,7 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const floa
         asm volatile("prefetch.global.L1 [%0];" ::"l"(Vv + (size_t)s * ks + 32 * l));
     }
     av_pdl_wait();
-    av_pdl_launch();
+    if (!late) av_pdl_launch();
     const float *kn = k_new + (size_t)r * knrow + (size_t)kh * hd, *vn = v_new + (size_t)r * knrow + (size_t)kh * hd;
     if (h % group == 0)
         for (int d = tid; d < hd; d += blockDim.x) {
@@ -176,6 +177,7 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const floa
         float4 res = make_float4(o.x * inv, o.y * inv, o.z * inv, o.w * inv);
         reinterpret_cast<float4 *>(out + (size_t)r * H * hd + (size_t)h * hd)[tid] = res;
     }
+    if (late) av_pdl_launch();
 }
 
 /* Row-wise causal softmax in place on scores [H, T, S]; row (h, t) keeps s < pos0 + t + 1. Rows up to
@@ -334,13 +336,15 @@ extern "C" void av_cuda_attention_decode(float *out, const float *q, const float
     size_t qrow = row_stride ? row_stride : (size_t)H * hd, knrow = row_stride ? row_stride : (size_t)KVH * hd;
     float scale = 1.0f / sqrtf((float)hd);
     static size_t smem_set = 48 << 10;
+    static int late = -1;
+    if (late < 0) late = getenv("AV_ATT_LATE") ? atoi(getenv("AV_ATT_LATE")) : 2;
     if (hd % 4 == 0 && hd <= DEC_THREADS && max_s > 0 && smem <= (200u << 10) && qrow % 4 == 0 && knrow % 4 == 0) {
         if (smem > smem_set) {
             cudaFuncSetAttribute(attn_dec_k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
             smem_set = smem;
         }
         av_launch(attn_dec_k, dim3(H, N), dim3(DEC_THREADS), smem, 1, out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H, KVH, hd,
-                  scale, qrow, knrow);
+                  scale, qrow, knrow, late == 2 ? N == 1 : late);
     } else {
         av_launch(attn_rows_k<true>, dim3(H, N), dim3(ATT_WARPS * 32), 0, 1, out, q, (const float *)NULL, (const float *)NULL, k_cache,
                   v_cache, k_new, v_new, pos, 0, seq_stride, H, KVH, hd, scale, qrow, knrow);

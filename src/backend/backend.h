@@ -114,12 +114,15 @@ typedef struct av_backend {
                                      const float *v, int B, int T, int H, int KVH, int hd, float *work, size_t work_floats);
     /* Flash training attention (attention.h, "flash training attention"): no
      * [B,H,T,T] probabilities; the forward writes lse [B, H, T] (or NULL), the backward recomputes the
-     * softmax from it and accumulates dq, dk, dv (all required), deterministically. Both return -1 (and
-     * do nothing) for a head_dim / group they have no kernel for; a call with B = 0 only asks that. */
+     * softmax from it and accumulates dq, dk, dv (all required), deterministically; with rope_pos
+     * (positions [B*T]) and inv_freq it instead overwrites them, dq and dk with the RoPE backward
+     * applied (the rope_backward pass folded in). Both return -1 (and do nothing) for a head_dim /
+     * group they have no kernel for; a call with B = 0 only asks that. */
     int (*flash_attention_forward_batch)(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int H,
                                          int KVH, int hd);
     int (*flash_attention_backward_batch)(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
-                                          const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd);
+                                          const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd,
+                                          const int32_t *rope_pos, const float *inv_freq);
     /* 16-bit activation storage (ops.h: av_store_bf16 / av_load_bf16). */
     void (*store_bf16)(uint16_t *dst, const float *src, size_t n);
     void (*load_bf16)(float *dst, const uint16_t *src, size_t n);

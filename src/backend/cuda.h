@@ -71,7 +71,8 @@ void av_cuda_flash_attention_forward(float *out, float *lse, const float *q, con
 int av_cuda_flash_attention_forward_batch(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int H,
                                           int KVH, int hd);
 int av_cuda_flash_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
-                                           const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd);
+                                           const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd,
+                                           const int32_t *rope_pos, const float *inv_freq);
 /* Batched training attention (attention.h: av_attention_forward_batch / av_attention_backward_batch). */
 void av_cuda_attention_forward_batch_mode(float *out, float *probs, const float *q, const float *k, const float *v, int B, int T, int H,
                                           int KVH, int hd, float *work, size_t work_floats, int f32);

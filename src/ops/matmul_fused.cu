@@ -22,7 +22,7 @@ extern "C" void av_cuda_set_gemv(int fused) { g_fused = fused; }
  * throughout; splitting K over two blocks per tile for those grids measured slower); AV_MMA_MAX =
  * most rows on the tensor-core kernel (default 16; more rows: cuBLAS and an epilogue kernel, 16.7k vs
  * 12.8k tok/s at 32 sequences). */
-static int g_g1 = -1, g_mma_max = 16, g_mma_u = 2, g_sms = 132;
+static int g_g1 = -1, g_mma_max = 16, g_mma_u = 2, g_sms = 132, g_g1u = 6, g_pf = 0, g_db = 0, g_g1l = 1;
 static void knobs(void) {
     if (g_g1 >= 0) return;
     int dev = 0;
@@ -31,6 +31,10 @@ static void knobs(void) {
     if (u) g_mma_u = atoi(u);
     g_g1 = e ? atoi(e) : 3;
     if (m) g_mma_max = atoi(m);
+    if (getenv("AV_G1L")) g_g1l = atoi(getenv("AV_G1L"));
+    if (getenv("AV_G1U")) g_g1u = atoi(getenv("AV_G1U"));
+    if (getenv("AV_PF")) g_pf = atoi(getenv("AV_PF"));
+    if (getenv("AV_MMA_DB")) g_db = atoi(getenv("AV_MMA_DB"));
 }
 
 struct fz_args {
@@ -47,6 +51,7 @@ struct fz_args {
     const float *inv_freq;
     int rope_rows, hd, F;
     int xb, ob; /* x holds bf16 (IN_X only); SWIGLU writes bf16 */
+    int pf;     /* one-row kernel: later passes' weights prefetched into L2 before the wait */
 };
 
 __device__ __forceinline__ uint16_t fz_bf16(float v) {
@@ -125,6 +130,13 @@ __global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units) {
 #pragma unroll
             for (int h = 0; h < 2; h++) w[j][q][h] = c < nv && ok[q][h] ? __ldcs(p[q][h] + c) : make_uint4(0, 0, 0, 0);
     }
+    if (a.pf)
+        for (int c = tid + UNR * NTH; c < nv; c += NTH)
+#pragma unroll
+            for (int q = 0; q < P; q++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    if (ok[q][h]) asm volatile("prefetch.global.L2 [%0];" ::"l"(p[q][h] + c));
     av_pdl_wait();
     av_pdl_launch();
     float acc[P][2], ss = 0.0f;
@@ -253,11 +265,43 @@ __device__ __forceinline__ void fzm_load(uint4 (&wv)[U][TU][2], const uint4 *con
     }
 }
 
+/* The mma products of the U k steps s0, s0 + stride, ... whose weight fragments are in wv. */
+template <int IN, int NT, int U, int TU>
+__device__ __forceinline__ void fzm_steps(const fz_args &a, const uint4 (&wv)[U][TU][2], float (&acc)[TU][NT][4], float (&ss)[NT], int s0,
+                                          int stride, int S, int nv, int g, int t) {
+#pragma unroll
+    for (int j = 0; j < U; j++) {
+        int s = s0 + j * stride;
+        if (s >= S) break; /* warp-uniform */
+        int c = 4 * s + t;
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            int row = g + 8 * n;
+            uint32_t b0, b1, b2, b3;
+            if (IN == AV_GEMV_IN_X && a.xb) { /* bf16 x: its 16-byte chunk is the fragment as it lies */
+                uint4 raw = make_uint4(0, 0, 0, 0);
+                if (row < a.T && c < nv) raw = reinterpret_cast<const uint4 *>(reinterpret_cast<const uint16_t *>(a.x) + (size_t)row * a.K)[c];
+                b0 = raw.x, b1 = raw.y, b2 = raw.z, b3 = raw.w;
+            } else {
+                float xv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                if (row < a.T && c < nv) fz_x8<IN>(a, a.x + (size_t)row * a.K, c, xv, &ss[n]);
+                b0 = pack_bf16(xv[0], xv[1]), b1 = pack_bf16(xv[2], xv[3]);
+                b2 = pack_bf16(xv[4], xv[5]), b3 = pack_bf16(xv[6], xv[7]);
+            }
+#pragma unroll
+            for (int i = 0; i < TU; i++) {
+                mma_bf16(acc[i][n], wv[j][i][0].x, wv[j][i][1].x, wv[j][i][0].y, wv[j][i][1].y, b0, b1);
+                mma_bf16(acc[i][n], wv[j][i][0].z, wv[j][i][1].z, wv[j][i][0].w, wv[j][i][1].w, b2, b3);
+            }
+        }
+    }
+}
+
 /* Block = MM_WARPS warps on one unit (TU tiles of 16 weight rows) x all T <= 8 NT input rows; warp w
  * takes the 32-wide k steps w, w + MM_WARPS, ... Lane (g, t) loads 8 consecutive k of weight rows g
  * and g + 8 and of input row g (+ 8n) at chunk 4s + t: the low 4 feed one mma, the high 4 the next. */
-template <int IN, int OUT, int NT, int U, int TU>
-__global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_k(fz_args a) {
+template <int IN, int OUT, int NT, int U, int TU, bool DB = false>
+__global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? (DB ? 2 : 3) : 1) fzm_k(fz_args a) {
     constexpr int G = (OUT == AV_GEMV_OUT_ROPE || OUT == AV_GEMV_OUT_SWIGLU) ? 2 : 1;
     __shared__ float red[MM_WARPS][G * NT * 4][32];
     __shared__ float ssw[MM_WARPS][8 * NT];
@@ -276,9 +320,10 @@ __global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_
             ok[i][h] = row < a.N;
             wr[i][h] = reinterpret_cast<const uint4 *>(a.W + (size_t)(ok[i][h] ? row : 0) * a.K);
         }
-    uint4 wv[U][TU][2];
+    uint4 wv[U][TU][2], wb[U][TU][2]; /* wb: the second buffer (DB) */
     const int wg = warp, stride = MM_WARPS;
     fzm_load<U, TU>(wv, wr, ok, wg, t, nv, stride); /* weights are constant: start streaming before the wait */
+    if (DB) fzm_load<U, TU>(wb, wr, ok, wg + U * stride, t, nv, stride);
     av_pdl_wait();
     av_pdl_launch();
     float acc[TU][NT][4], ss[NT];
@@ -288,33 +333,18 @@ __global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_
         for (int n = 0; n < NT; n++) acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.0f;
 #pragma unroll
     for (int n = 0; n < NT; n++) ss[n] = 0.0f;
-    for (int s0 = wg; s0 < S; s0 += U * stride) {
-        if (s0 != wg) fzm_load<U, TU>(wv, wr, ok, s0, t, nv, stride);
-#pragma unroll
-        for (int j = 0; j < U; j++) {
-            int s = s0 + j * stride;
-            if (s >= S) break; /* warp-uniform */
-            int c = 4 * s + t;
-#pragma unroll
-            for (int n = 0; n < NT; n++) {
-                int row = g + 8 * n;
-                uint32_t b0, b1, b2, b3;
-                if (IN == AV_GEMV_IN_X && a.xb) { /* bf16 x: its 16-byte chunk is the fragment as it lies */
-                    uint4 raw = make_uint4(0, 0, 0, 0);
-                    if (row < a.T && c < nv) raw = reinterpret_cast<const uint4 *>(reinterpret_cast<const uint16_t *>(a.x) + (size_t)row * a.K)[c];
-                    b0 = raw.x, b1 = raw.y, b2 = raw.z, b3 = raw.w;
-                } else {
-                    float xv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-                    if (row < a.T && c < nv) fz_x8<IN>(a, a.x + (size_t)row * a.K, c, xv, &ss[n]);
-                    b0 = pack_bf16(xv[0], xv[1]), b1 = pack_bf16(xv[2], xv[3]);
-                    b2 = pack_bf16(xv[4], xv[5]), b3 = pack_bf16(xv[6], xv[7]);
-                }
-#pragma unroll
-                for (int i = 0; i < TU; i++) {
-                    mma_bf16(acc[i][n], wv[j][i][0].x, wv[j][i][1].x, wv[j][i][0].y, wv[j][i][1].y, b0, b1);
-                    mma_bf16(acc[i][n], wv[j][i][0].z, wv[j][i][1].z, wv[j][i][0].w, wv[j][i][1].w, b2, b3);
-                }
-            }
+    if (!DB) {
+        for (int s0 = wg; s0 < S; s0 += U * stride) {
+            if (s0 != wg) fzm_load<U, TU>(wv, wr, ok, s0, t, nv, stride);
+            fzm_steps<IN, NT, U, TU>(a, wv, acc, ss, s0, stride, S, nv, g, t);
+        }
+    } else { /* two register buffers: one group's loads are in flight while the other multiplies */
+        for (int s0 = wg; s0 < S; s0 += 2 * U * stride) {
+            int s1 = s0 + U * stride;
+            fzm_steps<IN, NT, U, TU>(a, wv, acc, ss, s0, stride, S, nv, g, t);
+            if (s0 + 2 * U * stride < S) fzm_load<U, TU>(wv, wr, ok, s0 + 2 * U * stride, t, nv, stride);
+            if (s1 < S) fzm_steps<IN, NT, U, TU>(a, wb, acc, ss, s1, stride, S, nv, g, t);
+            if (s1 + 2 * U * stride < S) fzm_load<U, TU>(wb, wr, ok, s1 + 2 * U * stride, t, nv, stride);
         }
     }
     /* across the block's warps through shared memory, G tiles at a time (pairs: both tiles) */
@@ -412,6 +442,7 @@ __global__ void fz_epi_k(float *out, const float *prod, int T, int N, int mode, 
 template <int IN, int OUT, int NTH, int P>
 static void launch1c(const fz_args &a, unsigned units) {
     int per = (int)av_cdiv((size_t)(a.K >> 3), NTH); /* chunks per thread and row */
+    if (per > g_g1u) per = g_g1u > 3 ? 4 : g_g1u; /* fewer registers, more resident blocks, several passes */
     dim3 g(av_cdiv(units, P)), b(NTH);
     if (per <= 1) av_launch(fz1_k<IN, OUT, NTH, P, 1>, g, b, 0, 1, a, (int)units);
     else if (per <= 2) av_launch(fz1_k<IN, OUT, NTH, P, 2>, g, b, 0, 1, a, (int)units);
@@ -424,8 +455,9 @@ static void launch1(const fz_args &a) {
     unsigned units = OUT == AV_GEMV_OUT_SWIGLU ? (unsigned)a.F
                      : OUT == AV_GEMV_OUT_ROPE ? (unsigned)(a.rope_rows / 2 + (a.N - a.rope_rows + 1) / 2)
                                                : av_cdiv((size_t)a.N, 2);
-    int cfg = g_g1 != 3 ? g_g1 : OUT == AV_GEMV_OUT_ROPE ? 0 : 1; /* measured best on H100 (bench parts) */
+    int cfg = g_g1 != 3 ? g_g1 : OUT == AV_GEMV_OUT_ROPE ? 0 : a.K >= 4096 ? g_g1l : 1; /* measured best on H100 (bench parts) */
     if (cfg == 1) launch1c<IN, OUT, 256, 2>(a, units);
+    else if (cfg == 4) launch1c<IN, OUT, 128, 2>(a, units);
     else if (cfg == 2) launch1c<IN, OUT, 64, 1>(a, units);
     else launch1c<IN, OUT, 128, 1>(a, units);
 }
@@ -441,6 +473,10 @@ static void launchm(const fz_args &a) {
     constexpr int U = NT >= 4 ? 2 : 4;
     /* <= 8 rows: a grid of at most one block per SM (the 2048-row products) is latency-bound, so it
      * keeps 8 k steps per warp in flight; larger grids keep 2 and fit three blocks per SM */
+    if constexpr (NT == 1) {
+        if (g_db && units <= (unsigned)g_sms) return av_launch(fzm_k<IN, OUT, NT, 4, TU, true>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
+        if (g_db == 2) return av_launch(fzm_k<IN, OUT, NT, 2, TU, true>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
+    }
     if (NT == 1 && g_mma_u == 2 && units <= (unsigned)g_sms) av_launch(fzm_k<IN, OUT, NT, 8, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
     else if (NT == 1 && g_mma_u == 2) av_launch(fzm_k<IN, OUT, NT, 2, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
     else av_launch(fzm_k<IN, OUT, NT, U, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
@@ -487,7 +523,7 @@ extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, co
         av_dtype ndt = f->norm ? f->norm->dtype : AV_F32;
         fz_args a = {out, x, (const uint16_t *)W->data, W->dtype, N, K, T, nd, ndt, ndt == AV_BF16 && ((uintptr_t)nd % 16) == 0, f->eps,
                      f->pos, f->inv_freq, f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0, hd, N / 2, f->in_bf16 != 0,
-                     f->out_bf16 != 0 && f->out == AV_GEMV_OUT_SWIGLU};
+                     f->out_bf16 != 0 && f->out == AV_GEMV_OUT_SWIGLU, g_pf};
         if (f->in == AV_GEMV_IN_RMSNORM) launch_out<AV_GEMV_IN_RMSNORM>(a, f->out);
         else launch_out<AV_GEMV_IN_X>(a, f->out);
         AV_CU_LAUNCHED("fused decode product");

@@ -379,7 +379,7 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
     c->flash = !(fe && *fe == '0') && m->be->flash_attention_forward_batch && m->be->flash_attention_backward_batch &&
                m->be->flash_attention_forward_batch(NULL, NULL, NULL, NULL, NULL, 0, 0, cf->n_heads, cf->n_kv_heads, cf->head_dim) == 0 &&
                m->be->flash_attention_backward_batch(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, cf->n_heads, cf->n_kv_heads,
-                                                     cf->head_dim) == 0;
+                                                     cf->head_dim, NULL, NULL) == 0;
     if (ok && c->flash) ok = (c->lse = ctx_alloc(c, (size_t)max_rows * H * L, "attention lse")) != NULL;
     /* per-set attention outputs (f32, what the flash backward reads: N * H*hd floats a layer) and
      * adapter products; one block each for all sets, so that the arena's chunks are not fragmented.
@@ -680,23 +680,26 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
     float *att = a->att ? a->att : c->att, *lse = a->lse ? a->lse : c->lse; /* kept by the forward, or recomputed */
     if (!a->att) attention_rows(c, att, lse, 1, q, k, v, B, T);
     linear_backward(c, c->datt, 0, c->dx, att, &L->o, l, AV_PROJ_O, N, a->xa[AV_PROJ_O]);
-    be->zero(c->dq, sizeof(float) * (size_t)N * qd);
-    be->zero(c->dk, sizeof(float) * (size_t)N * kvd);
-    be->zero(c->dv, sizeof(float) * (size_t)N * kvd);
     int ph = prof_switch(c, AV_TRAIN_PH_ATT_BWD);
-    if (c->flash)
-        be->flash_attention_backward_batch(c->dq, c->dk, c->dv, c->datt, att, lse, q, k, v, B, T, H, KVH, hd);
-    else if (c->attw)
-        be->attention_backward_batch(c->dq, c->dk, c->dv, c->datt, c->probs, q, k, v, B, T, H, KVH, hd, c->attw, c->attw_n);
-    else
-        for (int b = B - 1; b >= 0; b--) {
-            size_t r = (size_t)b * T;
-            be->attention_backward(c->dq + r * qd, c->dk + r * kvd, c->dv + r * kvd, c->datt + r * qd, c->probs + (size_t)b * H * T * T,
-                                   q + r * qd, k + r * kvd, v + r * kvd, T, T, 0, H, KVH, hd);
-        }
-    prof_switch(c, ph);
-    be->rope_backward(c->dk, c->pos_dev, m->inv_freq, N, KVH, hd);
-    be->rope_backward(c->dq, c->pos_dev, m->inv_freq, N, H, hd);
+    if (c->flash) { /* overwrites dq dk dv, RoPE backward folded in */
+        be->flash_attention_backward_batch(c->dq, c->dk, c->dv, c->datt, att, lse, q, k, v, B, T, H, KVH, hd, c->pos_dev, m->inv_freq);
+        prof_switch(c, ph);
+    } else {
+        be->zero(c->dq, sizeof(float) * (size_t)N * qd);
+        be->zero(c->dk, sizeof(float) * (size_t)N * kvd);
+        be->zero(c->dv, sizeof(float) * (size_t)N * kvd);
+        if (c->attw)
+            be->attention_backward_batch(c->dq, c->dk, c->dv, c->datt, c->probs, q, k, v, B, T, H, KVH, hd, c->attw, c->attw_n);
+        else
+            for (int b = B - 1; b >= 0; b--) {
+                size_t r = (size_t)b * T;
+                be->attention_backward(c->dq + r * qd, c->dk + r * kvd, c->dv + r * kvd, c->datt + r * qd, c->probs + (size_t)b * H * T * T,
+                                       q + r * qd, k + r * kvd, v + r * kvd, T, T, 0, H, KVH, hd);
+            }
+        prof_switch(c, ph);
+        be->rope_backward(c->dk, c->pos_dev, m->inv_freq, N, KVH, hd);
+        be->rope_backward(c->dq, c->pos_dev, m->inv_freq, N, H, hd);
+    }
     if (c->full || L->q.lora_a || L->k.lora_a || L->v.lora_a) /* the normed input: only dW / adapters read it */
         be->rmsnorm_forward(c->xn, a->rstd1, x_in, &L->attn_norm, N, D, cf->rms_norm_eps);
     float *dxn = need_dx ? c->dxn : NULL;
