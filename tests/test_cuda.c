@@ -494,8 +494,8 @@ static void test_bf16_store_ops(void) {
 /* The bf16 table's 16-bit activation products and SwiGLU (backend.h: matmul_forward_ex ...) vs the
  * separate ops: x converted by store_bf16 first gives what matmul_forward converts itself (rel L2
  * <= 1e-5), bf16 output within bf16 rounding (4e-3), accumulate / alpha as a product plus add_scaled,
- * the f32 LoRA-B case on TF32 (2e-3), dx overwrite and accumulate, the cases answered -1, and the
- * bf16 SwiGLU vs the CPU's on the same bf16 inputs (bf16 output rounding: 4e-3), odd n and
+ * the f32 LoRA-B case on TF32 (2e-3), dx overwrite and accumulate, bf16 dx, the cases answered -1, and the
+ * bf16 SwiGLU vs the CPU's on the same bf16 inputs (bf16 output rounding: 4e-3; f32 or bf16 dout), odd n and
  * unaligned pointers (scalar kernels) included. */
 static void test_mm16_ops(void) {
     int shapes[][3] = {{37, 300, 200}, {130, 512, 256}, {64, 64, 8}};
@@ -552,21 +552,31 @@ static void test_mm16_ops(void) {
         snprintf(nm, sizeof nm, "matmul_forward_ex f32 W T=%d N=%d K=%d", T, N, K);
         CMP(nm, od, fr, tn, 2e-3);
         CHECK(G->matmul_forward_ex(od, 0, x16, 1, &Wf, T, 1.0f, 0) == -1, "f32 weights with bf16 x are refused");
-        CHECK(G->matmul_backward_dx_ex(dxd, 0, dyd, 0, &Wf, T) == -1, "dx of f32 weights is refused");
+        CHECK(G->matmul_backward_dx_ex(dxd, 0, 0, dyd, 0, &Wf, T) == -1, "dx of f32 weights is refused");
         /* dx: overwrite (over garbage), then accumulate */
         G->zero(dxr, tk * 4);
         G->matmul_backward(dxr, NULL, dyd, NULL, &Wd, T);
         float *dr = down(G, dxr, tk);
         for (int d16 = 0; d16 < 2; d16++) {
             G->copy(dxd, xd, tk * 4);
-            CHECK(G->matmul_backward_dx_ex(dxd, 0, d16 ? (const void *)dy16 : (const void *)dyd, d16, &Wd, T) == 0, "dx ex ran");
+            CHECK(G->matmul_backward_dx_ex(dxd, 0, 0, d16 ? (const void *)dy16 : (const void *)dyd, d16, &Wd, T) == 0, "dx ex ran");
             snprintf(nm, sizeof nm, "matmul_backward_dx_ex dout16=%d T=%d N=%d K=%d", d16, T, N, K);
             CMP(nm, dxd, dr, tk, 1e-5);
-            CHECK(G->matmul_backward_dx_ex(dxd, 1, d16 ? (const void *)dy16 : (const void *)dyd, d16, &Wd, T) == 0, "dx ex ran");
+            CHECK(G->matmul_backward_dx_ex(dxd, 0, 1, d16 ? (const void *)dy16 : (const void *)dyd, d16, &Wd, T) == 0, "dx ex ran");
             for (size_t i = 0; i < tk; i++) dr[i] *= 2;
             snprintf(nm, sizeof nm, "matmul_backward_dx_ex accumulate dout16=%d T=%d N=%d K=%d", d16, T, N, K);
             CMP(nm, dxd, dr, tk, 1e-5);
             for (size_t i = 0; i < tk; i++) dr[i] *= 0.5f;
+        }
+        { /* bf16 dx (overwrite only): the same product rounded once */
+            uint16_t *dxh = G->alloc(tk * 2, "t");
+            CHECK(G->matmul_backward_dx_ex(dxh, 1, 0, dyd, 0, &Wd, T) == 0, "dx16 ran");
+            G->load_bf16(dxd, dxh, tk);
+            snprintf(nm, sizeof nm, "matmul_backward_dx_ex dx16 T=%d N=%d K=%d", T, N, K);
+            CMP(nm, dxd, dr, tk, 4e-3);
+            CHECK(G->matmul_backward_dx_ex(dxh, 1, 1, dyd, 0, &Wd, T) == -1, "bf16 dx with accumulate is refused");
+            CHECK(G->matmul_backward_dx_ex(dxh, 1, 0, dyd, 0, &Wf, T) == -1, "bf16 dx of f32 weights is refused");
+            G->free(dxh);
         }
         G->free(xd); G->free(dyd); G->free(ref); G->free(od); G->free(y0d); G->free(dxr); G->free(dxd); G->free(x16); G->free(dy16);
         G->free(o16); G->free((void *)Wd.data); G->free((void *)Wf.data);
@@ -589,7 +599,7 @@ static void test_mm16_ops(void) {
                      *dgd = G->alloc((n + 1) * 2, "t"), *dud = G->alloc((n + 1) * 2, "t");
             float *dd = up(G, d, (n + 1) * 4), *f = G->alloc(n * 4, "t");
             G->swiglu_forward_bf16(od + off, gd + off, ud + off, n);
-            G->swiglu_backward_bf16(dgd + off, dud + off, dd + off, gd + off, ud + off, n);
+            G->swiglu_backward_bf16(dgd + off, dud + off, dd + off, 0, gd + off, ud + off, n);
             G->load_bf16(f, od + off, n);
             snprintf(nm, sizeof nm, "swiglu_forward_bf16 n=%zu off=%d", n, off);
             CMP(nm, f, o, n, 4e-3);
@@ -599,6 +609,24 @@ static void test_mm16_ops(void) {
             G->load_bf16(f, dud + off, n);
             snprintf(nm, sizeof nm, "swiglu_backward_bf16 dup n=%zu off=%d", n, off);
             CMP(nm, f, du, n, 4e-3);
+            { /* bf16 dout: against the reference on the same rounded dout */
+                uint16_t *db = malloc((n + 1) * 2);
+                av_store_bf16(db, d, n + 1);
+                av_load_bf16(d, db, n + 1);
+                memset(dg, 0, n * 4);
+                memset(du, 0, n * 4);
+                av_swiglu_backward(dg, du, d + off, g + off, u + off, n);
+                uint16_t *ddb = up(G, db, (n + 1) * 2);
+                G->swiglu_backward_bf16(dgd + off, dud + off, ddb + off, 1, gd + off, ud + off, n);
+                G->load_bf16(f, dgd + off, n);
+                snprintf(nm, sizeof nm, "swiglu_backward_bf16 dout16 dgate n=%zu off=%d", n, off);
+                CMP(nm, f, dg, n, 4e-3);
+                G->load_bf16(f, dud + off, n);
+                snprintf(nm, sizeof nm, "swiglu_backward_bf16 dout16 dup n=%zu off=%d", n, off);
+                CMP(nm, f, du, n, 4e-3);
+                G->free(ddb);
+                free(db);
+            }
             G->free(gd); G->free(ud); G->free(od); G->free(dgd); G->free(dud); G->free(dd); G->free(f);
             free(g); free(u); free(d); free(gb); free(ub); free(o); free(dg); free(du);
         }

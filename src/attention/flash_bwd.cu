@@ -25,44 +25,47 @@ extern "C" {
 #define LOG2E 1.4426950409f
 
 /* rows[b][h][t][d] = bf16(x[b*T + t][h*hd + d] * rscale); cols[b][h][d][t] = bf16(x[...]) (if not
- * NULL); zeros for T <= t < Tp. Block (32, 8) over 32 rows x 32 dims of one (sequence, head). */
-__global__ void fb_convert_k(__nv_bfloat16 *rows, __nv_bfloat16 *cols, const float *x, float rscale, int T, int Tp, int NH, int hd) {
-    __shared__ float tile[32][33];
-    int z = blockIdx.z, b = z / NH, hh = z % NH, t0 = blockIdx.x * 32, d0 = blockIdx.y * 32;
+ * NULL); zeros for T <= t < Tp. One block of 256 threads per 32 rows x all hd (<= 128) dims of one
+ * (sequence, head): 16-byte loads, 8-byte stores, the transpose through shared memory. With out
+ * (dout's conversion), also delta = dout . out per row (0 for padding rows) and lse2 = lse * log2(e)
+ * (+inf for padding rows, so their P is exactly 0): one read of dout for both. */
+#define FB_CT 32
+__global__ void __launch_bounds__(256) fb_convert_k(__nv_bfloat16 *rows, __nv_bfloat16 *cols, const float *x, float rscale, int T, int Tp,
+                                                    int NH, int hd, const float *out, const float *lse, float *delta, float *lse2) {
+    __shared__ float tile[FB_CT][128 + 1];
+    int z = blockIdx.y, b = z / NH, t0 = blockIdx.x * FB_CT, h4 = hd >> 2;
     size_t xs = (size_t)NH * hd;
-    const float *xb = x + (size_t)b * T * xs + (size_t)hh * hd;
+    const float *xb = x + (size_t)b * T * xs + (size_t)(z % NH) * hd;
     __nv_bfloat16 *rb = rows + (size_t)z * Tp * hd;
-    for (int i = threadIdx.y; i < 32; i += 8) {
-        int t = t0 + i, d = d0 + threadIdx.x;
-        float val = t < T ? xb[(size_t)t * xs + d] : 0.0f;
-        rb[(size_t)t * hd + d] = __float2bfloat16_rn(val * rscale);
-        tile[i][threadIdx.x] = val;
+    for (int i = threadIdx.x; i < FB_CT * h4; i += 256) {
+        int r = i / h4, d = (i - r * h4) * 4, t = t0 + r;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        float dot = 0.0f;
+        if (t < T) {
+            v = *reinterpret_cast<const float4 *>(xb + (size_t)t * xs + d);
+            if (out) {
+                float4 o = *reinterpret_cast<const float4 *>(out + (size_t)b * T * xs + (size_t)t * xs + (size_t)(z % NH) * hd + d);
+                dot = v.x * o.x + v.y * o.y + v.z * o.z + v.w * o.w;
+            }
+        }
+        __nv_bfloat162 lo = __floats2bfloat162_rn(v.x * rscale, v.y * rscale), hi = __floats2bfloat162_rn(v.z * rscale, v.w * rscale);
+        *reinterpret_cast<uint2 *>(rb + (size_t)t * hd + d) = make_uint2(*reinterpret_cast<uint32_t *>(&lo), *reinterpret_cast<uint32_t *>(&hi));
+        tile[r][d] = v.x, tile[r][d + 1] = v.y, tile[r][d + 2] = v.z, tile[r][d + 3] = v.w;
+        if (out) { /* a row's h4 threads are consecutive lanes (h4 = 16 or 32 divides the warp) */
+            for (int o = h4 >> 1; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+            if ((i & (h4 - 1)) == 0) {
+                delta[(size_t)z * Tp + t] = dot;
+                lse2[(size_t)z * Tp + t] = t < T ? lse[(size_t)z * T + t] * LOG2E : INFINITY;
+            }
+        }
     }
     if (!cols) return;
     __syncthreads();
     __nv_bfloat16 *cb = cols + (size_t)z * hd * Tp;
-    for (int i = threadIdx.y; i < 32; i += 8) {
-        int d = d0 + i, t = t0 + threadIdx.x;
-        cb[(size_t)d * Tp + t] = __float2bfloat16_rn(tile[threadIdx.x][i]);
-    }
-}
-
-/* One warp per (b, h, t < Tp): delta = dout . out (0 for padding rows); lse2 = lse * log2(e), +inf
- * for padding rows so their P is exactly 0. */
-__global__ void fb_rowdot_k(float *delta, float *lse2, const float *dout, const float *out, const float *lse, int B, int T, int Tp, int H,
-                            int hd) {
-    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (row >= B * H * Tp) return;
-    int t = row % Tp, z = row / Tp, h = z % H, b = z / H;
-    float s = 0.0f;
-    if (t < T) {
-        size_t off = ((size_t)b * T + t) * H * hd + (size_t)h * hd;
-        for (int d = lane; d < hd; d += 32) s += dout[off + d] * out[off + d];
-    }
-    s = av_warp_sum(s);
-    if (lane == 0) {
-        delta[row] = s;
-        lse2[row] = t < T ? lse[(size_t)z * T + t] * LOG2E : INFINITY;
+    for (int i = threadIdx.x; i < hd * (FB_CT / 4); i += 256) { /* 4 consecutive rows of one dim */
+        int d = i / (FB_CT / 4), r = (i - d * (FB_CT / 4)) * 4;
+        __nv_bfloat162 lo = __floats2bfloat162_rn(tile[r][d], tile[r + 1][d]), hi = __floats2bfloat162_rn(tile[r + 2][d], tile[r + 3][d]);
+        *reinterpret_cast<uint2 *>(cb + (size_t)d * Tp + t0 + r) = make_uint2(*reinterpret_cast<uint32_t *>(&lo), *reinterpret_cast<uint32_t *>(&hi));
     }
 }
 
@@ -437,12 +440,11 @@ extern "C" int av_cuda_flash_attention_backward_batch(float *dq, float *dk, floa
                   *kt = kb + nk, *vb = kt + nk;
     cudaStream_t st = av_cuda_stream();
     float sl2 = LOG2E / sqrtf((float)hd), scale = 1.0f / sqrtf((float)hd);
-    dim3 cb(32, 8);
-    fb_convert_k<<<dim3(Tp / 32, hd / 32, B * H), cb, 0, st>>>(qb, qt, q, sl2, T, Tp, H, hd);
-    fb_convert_k<<<dim3(Tp / 32, hd / 32, B * H), cb, 0, st>>>(ob, ot, dout, 1.0f, T, Tp, H, hd);
-    fb_convert_k<<<dim3(Tp / 32, hd / 32, B * KVH), cb, 0, st>>>(kb, kt, k, 1.0f, T, Tp, KVH, hd);
-    fb_convert_k<<<dim3(Tp / 32, hd / 32, B * KVH), cb, 0, st>>>(vb, NULL, v, 1.0f, T, Tp, KVH, hd);
-    fb_rowdot_k<<<av_cdiv(nr, 8), 256, 0, st>>>(delta, lse2, dout, out, lse, B, T, Tp, H, hd);
+    dim3 cq(Tp / FB_CT, B * H), ck(Tp / FB_CT, B * KVH);
+    fb_convert_k<<<cq, 256, 0, st>>>(qb, qt, q, sl2, T, Tp, H, hd, NULL, NULL, NULL, NULL);
+    fb_convert_k<<<cq, 256, 0, st>>>(ob, ot, dout, 1.0f, T, Tp, H, hd, out, lse, delta, lse2);
+    fb_convert_k<<<ck, 256, 0, st>>>(kb, kt, k, 1.0f, T, Tp, KVH, hd, NULL, NULL, NULL, NULL);
+    fb_convert_k<<<ck, 256, 0, st>>>(vb, NULL, v, 1.0f, T, Tp, KVH, hd, NULL, NULL, NULL, NULL);
     AV_CU_LAUNCHED("flash attention backward convert");
     float *dka = nsplit > 1 ? pk : dk, *dva = nsplit > 1 ? pv : dv;
     if (hd == 64) fb_launch<64>(dq, dka, dva, qb, qt, ob, ot, kb, kt, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, pos, inv_freq);

@@ -94,15 +94,19 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_rows_k(float *out, const 
 
 /* Decode attention, one block per (head, sequence): threads over keys for the scores (each thread a
  * whole q.k dot product with 16-byte loads) into shared memory, a block softmax, then threads over
- * (dim, key slice) for P V. The first head of each KV group writes the new K/V row into the cache;
- * every block reads that row from k_new/v_new. Needs hd % 4 == 0, hd <= DEC_THREADS. */
+ * (dim, key slice) for P V. q and the new K/V row are loaded once, together (one round trip after
+ * the wait); the first head of each KV group writes that row into the cache. late: the next kernel
+ * may launch only at the end (one sequence: its early weight loads slowed this latency-bound kernel
+ * more than they gained, H100 b1 1,009 -> 1,022 tok/s; several sequences gain from the overlap).
+ * Needs hd % 4 == 0, hd <= DEC_THREADS. */
 #define DEC_THREADS 256
 __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const float *q, const float *k_new, const float *v_new, float *kc,
                                                           float *vc, const int32_t *pos, size_t seq_stride, int H, int KVH, int hd,
                                                           float scale, size_t qrow, size_t knrow, int late) {
     extern __shared__ float dsm[];
     __shared__ float red[32];
-    float *qs = dsm, *sc = dsm + ATT_MAX_HD + 4 * DEC_THREADS;
+    /* shared: q [ATT_MAX_HD] | P V partials [DEC_THREADS float4] | new key, value [2 ATT_MAX_HD] | scores */
+    float *qs = dsm, *kns = dsm + ATT_MAX_HD + 4 * DEC_THREADS, *vns = kns + ATT_MAX_HD, *sc = vns + ATT_MAX_HD;
     float4 *part = reinterpret_cast<float4 *>(dsm + ATT_MAX_HD);
     int h = blockIdx.x, r = blockIdx.y, group = H / KVH, kh = h / group, tid = threadIdx.x;
     size_t ks = (size_t)KVH * hd;
@@ -118,23 +122,28 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const floa
     }
     av_pdl_wait();
     if (!late) av_pdl_launch();
+    /* everything the q|k|v product wrote, in one round of loads: q, the new key and value rows */
     const float *kn = k_new + (size_t)r * knrow + (size_t)kh * hd, *vn = v_new + (size_t)r * knrow + (size_t)kh * hd;
-    if (h % group == 0)
-        for (int d = tid; d < hd; d += blockDim.x) {
-            kc[r * seq_stride + (size_t)p * ks + (size_t)kh * hd + d] = kn[d];
-            vc[r * seq_stride + (size_t)p * ks + (size_t)kh * hd + d] = vn[d];
-        }
     const float *qr = q + (size_t)r * qrow + (size_t)h * hd;
-    for (int d = tid; d < hd; d += blockDim.x) qs[d] = qr[d] * scale;
+    for (int d = tid; d < hd; d += blockDim.x) {
+        float qv = qr[d], kv = kn[d], vv = vn[d];
+        qs[d] = qv * scale;
+        kns[d] = kv;
+        vns[d] = vv;
+        if (h % group == 0) {
+            kc[r * seq_stride + (size_t)p * ks + (size_t)kh * hd + d] = kv;
+            vc[r * seq_stride + (size_t)p * ks + (size_t)kh * hd + d] = vv;
+        }
+    }
     __syncthreads();
     int h4 = hd >> 2;
     const float4 *q4 = reinterpret_cast<const float4 *>(qs);
     float mx = -INFINITY;
     for (int s = tid; s < n; s += blockDim.x) {
-        const float4 *k4 = reinterpret_cast<const float4 *>(s == n - 1 ? kn : K + (size_t)s * ks);
+        const float4 *k4 = reinterpret_cast<const float4 *>(s == n - 1 ? kns : K + (size_t)s * ks);
         float a = 0.0f;
         for (int j = 0; j < h4; j++) {
-            float4 kv = __ldg(k4 + j), qv = q4[j];
+            float4 kv = s == n - 1 ? k4[j] : __ldg(k4 + j), qv = q4[j];
             a += kv.x * qv.x + kv.y * qv.y + kv.z * qv.z + kv.w * qv.w;
         }
         sc[s] = a;
@@ -160,7 +169,7 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const floa
             a.x += w * vv.x, a.y += w * vv.y, a.z += w * vv.z, a.w += w * vv.w;
         }
         if ((n - 1) % parts == pi) {
-            float4 vv = reinterpret_cast<const float4 *>(vn)[d4];
+            float4 vv = reinterpret_cast<const float4 *>(vns)[d4];
             float w = sc[n - 1];
             a.x += w * vv.x, a.y += w * vv.y, a.z += w * vv.z, a.w += w * vv.w;
         }
@@ -332,7 +341,7 @@ extern "C" void av_cuda_attention_decode(float *out, const float *q, const float
                                          size_t row_stride) {
     if (N <= 0) return;
     size_t max_s = seq_stride / ((size_t)KVH * hd); /* the cache region's rows bound every sequence's length */
-    size_t smem = (ATT_MAX_HD + 4 * DEC_THREADS + max_s) * sizeof(float);
+    size_t smem = (3 * ATT_MAX_HD + 4 * DEC_THREADS + max_s) * sizeof(float);
     size_t qrow = row_stride ? row_stride : (size_t)H * hd, knrow = row_stride ? row_stride : (size_t)KVH * hd;
     float scale = 1.0f / sqrtf((float)hd);
     static size_t smem_set = 48 << 10;

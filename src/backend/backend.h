@@ -136,16 +136,18 @@ typedef struct av_backend {
      * (weights not bf16 or f32, bf16 output with accumulate): the caller then uses the ops above.
      * matmul_forward_ex: out[T, W->rows] = alpha x . W^T (accumulate: += into f32 out); x16 / out16:
      * x / out hold bf16 (uint16_t). f32 W (LoRA B) takes f32 x and out only.
-     * matmul_backward_dx_ex: dx[T, W->cols] = dout . W (accumulate: +=), dout bf16 when dout16; bf16 W only.
+     * matmul_backward_dx_ex: dx[T, W->cols] = dout . W (accumulate: +=), dout bf16 when dout16, dx bf16
+     * (uint16_t) when dx16 (no accumulate); bf16 W only.
      * swiglu_*_bf16: swiglu_forward/backward on bf16 gate and up; the forward rounds its output to bf16,
      * the backward overwrites (not accumulates) dgate and dup with bf16 values. */
     int (*matmul_forward_ex)(void *out, int out16, const void *x, int x16, const av_mat *W, int T, float alpha, int accumulate);
-    int (*matmul_backward_dx_ex)(float *dx, int accumulate, const void *dout, int dout16, const av_mat *W, int T);
+    int (*matmul_backward_dx_ex)(void *dx, int dx16, int accumulate, const void *dout, int dout16, const av_mat *W, int T);
     /* matmul_forward_res: out[T, W->rows] = res + x . W^T with out != res (x bf16 when x16; bf16 W
      * only, else -1): the residual add without a copy of res into out first. */
     int (*matmul_forward_res)(float *out, const float *res, const void *x, int x16, const av_mat *W, int T);
     void (*swiglu_forward_bf16)(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n);
-    void (*swiglu_backward_bf16)(uint16_t *dgate, uint16_t *dup, const float *dout, const uint16_t *gate, const uint16_t *up, size_t n);
+    void (*swiglu_backward_bf16)(uint16_t *dgate, uint16_t *dup, const void *dout, int dout16, const uint16_t *gate, const uint16_t *up,
+                                 size_t n); /* dout f32, or bf16 when dout16 */
     /* rmsnorm_forward with its output rounded to bf16 (equal to rmsnorm_forward + store_bf16): the
      * input of 16-bit products when nothing else reads the f32 normed rows. */
     void (*rmsnorm_forward_bf16)(uint16_t *out, float *rstd, const float *x, const av_mat *w, int T, int D, float eps);

@@ -38,14 +38,15 @@ void av_cuda_matmul_forward_mode(float *out, const float *x, const av_mat *W, in
 void av_cuda_matmul_backward_mode(float *dx, float *dW, const float *dout, const float *x, const av_mat *W, int T, int f32);
 /* The bf16 table's 16-bit activation products (backend.h: matmul_forward_ex, matmul_backward_dx_ex). */
 int av_cuda_matmul_forward_ex(void *out, int out16, const void *x, int x16, const av_mat *W, int T, float alpha, int accumulate);
-int av_cuda_matmul_backward_dx_ex(float *dx, int accumulate, const void *dout, int dout16, const av_mat *W, int T);
+int av_cuda_matmul_backward_dx_ex(void *dx, int dx16, int accumulate, const void *dout, int dout16, const av_mat *W, int T);
 int av_cuda_matmul_forward_res(float *out, const float *res, const void *x, int x16, const av_mat *W, int T);
 void av_cuda_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int T, int n_heads, int head_dim);
 void av_cuda_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int T, int n_heads, int head_dim);
 void av_cuda_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
 void av_cuda_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
 void av_cuda_swiglu_forward_bf16(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n);
-void av_cuda_swiglu_backward_bf16(uint16_t *dgate, uint16_t *dup, const float *dout, const uint16_t *gate, const uint16_t *up, size_t n);
+void av_cuda_swiglu_backward_bf16(uint16_t *dgate, uint16_t *dup, const void *dout, int dout16, const uint16_t *gate, const uint16_t *up,
+                                  size_t n);
 void av_cuda_add_inplace(float *y, const float *x, size_t n);
 void av_cuda_add_scaled(float *y, float a, const float *x, size_t n);
 void av_cuda_store_bf16(uint16_t *dst, const float *src, size_t n);

@@ -278,15 +278,15 @@ extern "C" int av_cuda_matmul_forward_ex(void *out, int out16, const void *x, in
     return 0;
 }
 
-extern "C" int av_cuda_matmul_backward_dx_ex(float *dx, int accumulate, const void *dout, int dout16, const av_mat *W, int T) {
+extern "C" int av_cuda_matmul_backward_dx_ex(void *dx, int dx16, int accumulate, const void *dout, int dout16, const av_mat *W, int T) {
     int N = W->rows, K = W->cols;
-    if (!bf16_weight(W)) return -1;
-    if (T <= 0) return 0;
     float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    if (!bf16_weight(W) || (dx16 && accumulate)) return -1;
+    if (T <= 0) return 0;
     const void *db = dout16 ? dout : (const void *)to16(AV_SCR_DCONV, (const float *)dout, (size_t)T * N, AV_BF16);
     if (!db) return 0;
     av_cuda_note_blas(cublasGemmEx(av_cuda_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, K, T, N, &alpha, W->data, CUDA_R_16BF, K, db, CUDA_R_16BF, N,
-                                   &beta, dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                                   &beta, dx, dx16 ? CUDA_R_16BF : CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                       "gemm dx ex");
     return 0;
 }

@@ -22,7 +22,7 @@ extern "C" void av_cuda_set_gemv(int fused) { g_fused = fused; }
  * throughout; splitting K over two blocks per tile for those grids measured slower); AV_MMA_MAX =
  * most rows on the tensor-core kernel (default 16; more rows: cuBLAS and an epilogue kernel, 16.7k vs
  * 12.8k tok/s at 32 sequences). */
-static int g_g1 = -1, g_mma_max = 16, g_mma_u = 2, g_sms = 132, g_g1u = 6, g_pf = 0, g_db = 0, g_g1l = 1;
+static int g_g1 = -1, g_mma_max = 16, g_mma_u = 2, g_sms = 132;
 static void knobs(void) {
     if (g_g1 >= 0) return;
     int dev = 0;
@@ -31,10 +31,6 @@ static void knobs(void) {
     if (u) g_mma_u = atoi(u);
     g_g1 = e ? atoi(e) : 3;
     if (m) g_mma_max = atoi(m);
-    if (getenv("AV_G1L")) g_g1l = atoi(getenv("AV_G1L"));
-    if (getenv("AV_G1U")) g_g1u = atoi(getenv("AV_G1U"));
-    if (getenv("AV_PF")) g_pf = atoi(getenv("AV_PF"));
-    if (getenv("AV_MMA_DB")) g_db = atoi(getenv("AV_MMA_DB"));
 }
 
 struct fz_args {
@@ -51,7 +47,6 @@ struct fz_args {
     const float *inv_freq;
     int rope_rows, hd, F;
     int xb, ob; /* x holds bf16 (IN_X only); SWIGLU writes bf16 */
-    int pf;     /* one-row kernel: later passes' weights prefetched into L2 before the wait */
 };
 
 __device__ __forceinline__ uint16_t fz_bf16(float v) {
@@ -130,13 +125,6 @@ __global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units) {
 #pragma unroll
             for (int h = 0; h < 2; h++) w[j][q][h] = c < nv && ok[q][h] ? __ldcs(p[q][h] + c) : make_uint4(0, 0, 0, 0);
     }
-    if (a.pf)
-        for (int c = tid + UNR * NTH; c < nv; c += NTH)
-#pragma unroll
-            for (int q = 0; q < P; q++)
-#pragma unroll
-                for (int h = 0; h < 2; h++)
-                    if (ok[q][h]) asm volatile("prefetch.global.L2 [%0];" ::"l"(p[q][h] + c));
     av_pdl_wait();
     av_pdl_launch();
     float acc[P][2], ss = 0.0f;
@@ -241,9 +229,9 @@ __device__ __forceinline__ void fzm_tiles(const fz_args &a, int u, int *tb) {
 }
 
 __device__ __forceinline__ void mma_bf16(float *d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -265,43 +253,50 @@ __device__ __forceinline__ void fzm_load(uint4 (&wv)[U][TU][2], const uint4 *con
     }
 }
 
-/* The mma products of the U k steps s0, s0 + stride, ... whose weight fragments are in wv. */
+/* The mma products of the U k steps s0, s0 + stride, ... whose weight fragments are in wv: first
+ * every step's input fragments (all loads in flight together: x is read from L2 after the wait),
+ * then the products. */
 template <int IN, int NT, int U, int TU>
 __device__ __forceinline__ void fzm_steps(const fz_args &a, const uint4 (&wv)[U][TU][2], float (&acc)[TU][NT][4], float (&ss)[NT], int s0,
                                           int stride, int S, int nv, int g, int t) {
+    uint32_t bx[U][NT][4];
 #pragma unroll
     for (int j = 0; j < U; j++) {
-        int s = s0 + j * stride;
-        if (s >= S) break; /* warp-uniform */
-        int c = 4 * s + t;
+        int s = s0 + j * stride, c = 4 * s + t;
 #pragma unroll
         for (int n = 0; n < NT; n++) {
             int row = g + 8 * n;
-            uint32_t b0, b1, b2, b3;
+            bool in = s < S && row < a.T && c < nv;
             if (IN == AV_GEMV_IN_X && a.xb) { /* bf16 x: its 16-byte chunk is the fragment as it lies */
                 uint4 raw = make_uint4(0, 0, 0, 0);
-                if (row < a.T && c < nv) raw = reinterpret_cast<const uint4 *>(reinterpret_cast<const uint16_t *>(a.x) + (size_t)row * a.K)[c];
-                b0 = raw.x, b1 = raw.y, b2 = raw.z, b3 = raw.w;
+                if (in) raw = reinterpret_cast<const uint4 *>(reinterpret_cast<const uint16_t *>(a.x) + (size_t)row * a.K)[c];
+                bx[j][n][0] = raw.x, bx[j][n][1] = raw.y, bx[j][n][2] = raw.z, bx[j][n][3] = raw.w;
             } else {
                 float xv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-                if (row < a.T && c < nv) fz_x8<IN>(a, a.x + (size_t)row * a.K, c, xv, &ss[n]);
-                b0 = pack_bf16(xv[0], xv[1]), b1 = pack_bf16(xv[2], xv[3]);
-                b2 = pack_bf16(xv[4], xv[5]), b3 = pack_bf16(xv[6], xv[7]);
-            }
-#pragma unroll
-            for (int i = 0; i < TU; i++) {
-                mma_bf16(acc[i][n], wv[j][i][0].x, wv[j][i][1].x, wv[j][i][0].y, wv[j][i][1].y, b0, b1);
-                mma_bf16(acc[i][n], wv[j][i][0].z, wv[j][i][1].z, wv[j][i][0].w, wv[j][i][1].w, b2, b3);
+                if (in) fz_x8<IN>(a, a.x + (size_t)row * a.K, c, xv, &ss[n]);
+                bx[j][n][0] = pack_bf16(xv[0], xv[1]), bx[j][n][1] = pack_bf16(xv[2], xv[3]);
+                bx[j][n][2] = pack_bf16(xv[4], xv[5]), bx[j][n][3] = pack_bf16(xv[6], xv[7]);
             }
         }
+    }
+#pragma unroll
+    for (int j = 0; j < U; j++) {
+        if (s0 + j * stride >= S) break; /* warp-uniform */
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int i = 0; i < TU; i++) {
+                mma_bf16(acc[i][n], wv[j][i][0].x, wv[j][i][1].x, wv[j][i][0].y, wv[j][i][1].y, bx[j][n][0], bx[j][n][1]);
+                mma_bf16(acc[i][n], wv[j][i][0].z, wv[j][i][1].z, wv[j][i][0].w, wv[j][i][1].w, bx[j][n][2], bx[j][n][3]);
+            }
     }
 }
 
 /* Block = MM_WARPS warps on one unit (TU tiles of 16 weight rows) x all T <= 8 NT input rows; warp w
  * takes the 32-wide k steps w, w + MM_WARPS, ... Lane (g, t) loads 8 consecutive k of weight rows g
  * and g + 8 and of input row g (+ 8n) at chunk 4s + t: the low 4 feed one mma, the high 4 the next. */
-template <int IN, int OUT, int NT, int U, int TU, bool DB = false>
-__global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? (DB ? 2 : 3) : 1) fzm_k(fz_args a) {
+template <int IN, int OUT, int NT, int U, int TU>
+__global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_k(fz_args a) {
     constexpr int G = (OUT == AV_GEMV_OUT_ROPE || OUT == AV_GEMV_OUT_SWIGLU) ? 2 : 1;
     __shared__ float red[MM_WARPS][G * NT * 4][32];
     __shared__ float ssw[MM_WARPS][8 * NT];
@@ -320,10 +315,9 @@ __global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? (DB ? 2 : 3
             ok[i][h] = row < a.N;
             wr[i][h] = reinterpret_cast<const uint4 *>(a.W + (size_t)(ok[i][h] ? row : 0) * a.K);
         }
-    uint4 wv[U][TU][2], wb[U][TU][2]; /* wb: the second buffer (DB) */
+    uint4 wv[U][TU][2];
     const int wg = warp, stride = MM_WARPS;
     fzm_load<U, TU>(wv, wr, ok, wg, t, nv, stride); /* weights are constant: start streaming before the wait */
-    if (DB) fzm_load<U, TU>(wb, wr, ok, wg + U * stride, t, nv, stride);
     av_pdl_wait();
     av_pdl_launch();
     float acc[TU][NT][4], ss[NT];
@@ -333,19 +327,9 @@ __global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? (DB ? 2 : 3
         for (int n = 0; n < NT; n++) acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.0f;
 #pragma unroll
     for (int n = 0; n < NT; n++) ss[n] = 0.0f;
-    if (!DB) {
-        for (int s0 = wg; s0 < S; s0 += U * stride) {
-            if (s0 != wg) fzm_load<U, TU>(wv, wr, ok, s0, t, nv, stride);
-            fzm_steps<IN, NT, U, TU>(a, wv, acc, ss, s0, stride, S, nv, g, t);
-        }
-    } else { /* two register buffers: one group's loads are in flight while the other multiplies */
-        for (int s0 = wg; s0 < S; s0 += 2 * U * stride) {
-            int s1 = s0 + U * stride;
-            fzm_steps<IN, NT, U, TU>(a, wv, acc, ss, s0, stride, S, nv, g, t);
-            if (s0 + 2 * U * stride < S) fzm_load<U, TU>(wv, wr, ok, s0 + 2 * U * stride, t, nv, stride);
-            if (s1 < S) fzm_steps<IN, NT, U, TU>(a, wb, acc, ss, s1, stride, S, nv, g, t);
-            if (s1 + 2 * U * stride < S) fzm_load<U, TU>(wb, wr, ok, s1 + 2 * U * stride, t, nv, stride);
-        }
+    for (int s0 = wg; s0 < S; s0 += U * stride) {
+        if (s0 != wg) fzm_load<U, TU>(wv, wr, ok, s0, t, nv, stride);
+        fzm_steps<IN, NT, U, TU>(a, wv, acc, ss, s0, stride, S, nv, g, t);
     }
     /* across the block's warps through shared memory, G tiles at a time (pairs: both tiles) */
     if (IN == AV_GEMV_IN_RMSNORM) {
@@ -442,7 +426,6 @@ __global__ void fz_epi_k(float *out, const float *prod, int T, int N, int mode, 
 template <int IN, int OUT, int NTH, int P>
 static void launch1c(const fz_args &a, unsigned units) {
     int per = (int)av_cdiv((size_t)(a.K >> 3), NTH); /* chunks per thread and row */
-    if (per > g_g1u) per = g_g1u > 3 ? 4 : g_g1u; /* fewer registers, more resident blocks, several passes */
     dim3 g(av_cdiv(units, P)), b(NTH);
     if (per <= 1) av_launch(fz1_k<IN, OUT, NTH, P, 1>, g, b, 0, 1, a, (int)units);
     else if (per <= 2) av_launch(fz1_k<IN, OUT, NTH, P, 2>, g, b, 0, 1, a, (int)units);
@@ -455,9 +438,8 @@ static void launch1(const fz_args &a) {
     unsigned units = OUT == AV_GEMV_OUT_SWIGLU ? (unsigned)a.F
                      : OUT == AV_GEMV_OUT_ROPE ? (unsigned)(a.rope_rows / 2 + (a.N - a.rope_rows + 1) / 2)
                                                : av_cdiv((size_t)a.N, 2);
-    int cfg = g_g1 != 3 ? g_g1 : OUT == AV_GEMV_OUT_ROPE ? 0 : a.K >= 4096 ? g_g1l : 1; /* measured best on H100 (bench parts) */
+    int cfg = g_g1 != 3 ? g_g1 : OUT == AV_GEMV_OUT_ROPE ? 0 : 1; /* measured best on H100 (bench parts) */
     if (cfg == 1) launch1c<IN, OUT, 256, 2>(a, units);
-    else if (cfg == 4) launch1c<IN, OUT, 128, 2>(a, units);
     else if (cfg == 2) launch1c<IN, OUT, 64, 1>(a, units);
     else launch1c<IN, OUT, 128, 1>(a, units);
 }
@@ -474,12 +456,10 @@ static void launchm(const fz_args &a) {
     /* <= 8 rows: a grid of at most one block per SM (the 2048-row products) is latency-bound, so it
      * keeps 8 k steps per warp in flight; larger grids keep 2 and fit three blocks per SM */
     if constexpr (NT == 1) {
-        if (g_db && units <= (unsigned)g_sms) return av_launch(fzm_k<IN, OUT, NT, 4, TU, true>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
-        if (g_db == 2) return av_launch(fzm_k<IN, OUT, NT, 2, TU, true>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
+        if (g_mma_u == 2 && units <= (unsigned)g_sms) return av_launch(fzm_k<IN, OUT, NT, 8, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
+        if (g_mma_u == 2) return av_launch(fzm_k<IN, OUT, NT, 2, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
     }
-    if (NT == 1 && g_mma_u == 2 && units <= (unsigned)g_sms) av_launch(fzm_k<IN, OUT, NT, 8, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
-    else if (NT == 1 && g_mma_u == 2) av_launch(fzm_k<IN, OUT, NT, 2, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
-    else av_launch(fzm_k<IN, OUT, NT, U, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
+    av_launch(fzm_k<IN, OUT, NT, U, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
 }
 
 template <int IN, int OUT>
@@ -523,7 +503,7 @@ extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, co
         av_dtype ndt = f->norm ? f->norm->dtype : AV_F32;
         fz_args a = {out, x, (const uint16_t *)W->data, W->dtype, N, K, T, nd, ndt, ndt == AV_BF16 && ((uintptr_t)nd % 16) == 0, f->eps,
                      f->pos, f->inv_freq, f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0, hd, N / 2, f->in_bf16 != 0,
-                     f->out_bf16 != 0 && f->out == AV_GEMV_OUT_SWIGLU, g_pf};
+                     f->out_bf16 != 0 && f->out == AV_GEMV_OUT_SWIGLU};
         if (f->in == AV_GEMV_IN_RMSNORM) launch_out<AV_GEMV_IN_RMSNORM>(a, f->out);
         else launch_out<AV_GEMV_IN_X>(a, f->out);
         AV_CU_LAUNCHED("fused decode product");

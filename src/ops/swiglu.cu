@@ -60,12 +60,21 @@ __global__ void swiglu16_fwd_k(uint16_t *out, const uint16_t *gate, const uint16
         }
 }
 
-__global__ void swiglu16_bwd_k(uint16_t *dgate, uint16_t *dup, const float *dout, const uint16_t *gate, const uint16_t *up, size_t n) {
+/* dout as f32 or bf16 (the down product's dx written in bf16 by cuBLAS) */
+__device__ __forceinline__ float swd_ld(const float *p, size_t i) { return p[i]; }
+__device__ __forceinline__ float swd_ld(const uint16_t *p, size_t i) { return bf2f(p[i]); }
+__device__ __forceinline__ float4 swd_ld4(const float *p, size_t i) { return *reinterpret_cast<const float4 *>(p + i); }
+__device__ __forceinline__ float4 swd_ld4(const uint16_t *p, size_t i) {
+    uint2 v = *reinterpret_cast<const uint2 *>(p + i);
+    return make_float4(bf2f((uint16_t)v.x), bf2f((uint16_t)(v.x >> 16)), bf2f((uint16_t)v.y), bf2f((uint16_t)(v.y >> 16)));
+}
+template <typename DT>
+__global__ void swiglu16_bwd_k(uint16_t *dgate, uint16_t *dup, const DT *dout, const uint16_t *gate, const uint16_t *up, size_t n) {
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
     if (i >= n) return;
     size_t e = i + 4 < n ? i + 4 : n;
     if (e - i == 4) {
-        float4 d = *reinterpret_cast<const float4 *>(dout + i);
+        float4 d = swd_ld4(dout, i);
         uint2 g4 = *reinterpret_cast<const uint2 *>(gate + i), u4 = *reinterpret_cast<const uint2 *>(up + i);
         float dd[4] = {d.x, d.y, d.z, d.w};
         uint16_t g[4] = {(uint16_t)g4.x, (uint16_t)(g4.x >> 16), (uint16_t)g4.y, (uint16_t)(g4.y >> 16)};
@@ -82,8 +91,8 @@ __global__ void swiglu16_bwd_k(uint16_t *dgate, uint16_t *dup, const float *dout
     } else
         for (; i < e; i++) {
             float gf = bf2f(gate[i]), s = 1.0f / (1.0f + expf(-gf));
-            dgate[i] = f2bf_rn(dout[i] * bf2f(up[i]) * s * (1.0f + gf * (1.0f - s)));
-            dup[i] = f2bf_rn(dout[i] * gf * s);
+            dgate[i] = f2bf_rn(swd_ld(dout, i) * bf2f(up[i]) * s * (1.0f + gf * (1.0f - s)));
+            dup[i] = f2bf_rn(swd_ld(dout, i) * gf * s);
         }
 }
 
@@ -97,12 +106,13 @@ __global__ void swiglu16_fwd_scalar_k(uint16_t *out, const uint16_t *gate, const
     float gf = bf2f(gate[i]);
     out[i] = f2bf_rn(gf / (1.0f + expf(-gf)) * bf2f(up[i]));
 }
-__global__ void swiglu16_bwd_scalar_k(uint16_t *dgate, uint16_t *dup, const float *dout, const uint16_t *gate, const uint16_t *up, size_t n) {
+template <typename DT>
+__global__ void swiglu16_bwd_scalar_k(uint16_t *dgate, uint16_t *dup, const DT *dout, const uint16_t *gate, const uint16_t *up, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float gf = bf2f(gate[i]), s = 1.0f / (1.0f + expf(-gf));
-    dgate[i] = f2bf_rn(dout[i] * bf2f(up[i]) * s * (1.0f + gf * (1.0f - s)));
-    dup[i] = f2bf_rn(dout[i] * gf * s);
+    dgate[i] = f2bf_rn(swd_ld(dout, i) * bf2f(up[i]) * s * (1.0f + gf * (1.0f - s)));
+    dup[i] = f2bf_rn(swd_ld(dout, i) * gf * s);
 }
 
 extern "C" void av_cuda_swiglu_forward_bf16(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n) {
@@ -113,12 +123,17 @@ extern "C" void av_cuda_swiglu_forward_bf16(uint16_t *out, const uint16_t *gate,
         swiglu16_fwd_scalar_k<<<av_cdiv(n, 256), 256, 0, av_cuda_stream()>>>(out, gate, up, n);
     AV_CU_LAUNCHED("swiglu_forward_bf16");
 }
-extern "C" void av_cuda_swiglu_backward_bf16(uint16_t *dgate, uint16_t *dup, const float *dout, const uint16_t *gate, const uint16_t *up,
-                                             size_t n) {
-    if (!n) return;
-    if (al(dgate, 8) && al(dup, 8) && al(dout, 16) && al(gate, 8) && al(up, 8))
-        swiglu16_bwd_k<<<av_cdiv(av_cdiv(n, 4), 256), 256, 0, av_cuda_stream()>>>(dgate, dup, dout, gate, up, n);
+template <typename DT>
+static void swiglu16_bwd(uint16_t *dgate, uint16_t *dup, const DT *dout, const uint16_t *gate, const uint16_t *up, size_t n) {
+    if (al(dgate, 8) && al(dup, 8) && al(dout, 4 * sizeof(DT)) && al(gate, 8) && al(up, 8))
+        swiglu16_bwd_k<DT><<<av_cdiv(av_cdiv(n, 4), 256), 256, 0, av_cuda_stream()>>>(dgate, dup, dout, gate, up, n);
     else
-        swiglu16_bwd_scalar_k<<<av_cdiv(n, 256), 256, 0, av_cuda_stream()>>>(dgate, dup, dout, gate, up, n);
+        swiglu16_bwd_scalar_k<DT><<<av_cdiv(n, 256), 256, 0, av_cuda_stream()>>>(dgate, dup, dout, gate, up, n);
+}
+extern "C" void av_cuda_swiglu_backward_bf16(uint16_t *dgate, uint16_t *dup, const void *dout, int dout16, const uint16_t *gate,
+                                             const uint16_t *up, size_t n) {
+    if (!n) return;
+    if (dout16) swiglu16_bwd(dgate, dup, (const uint16_t *)dout, gate, up, n);
+    else swiglu16_bwd(dgate, dup, (const float *)dout, gate, up, n);
     AV_CU_LAUNCHED("swiglu_backward_bf16");
 }

@@ -612,7 +612,7 @@ static void linear_backward(av_train_ctx *c, float *dx, int acc, const float *dy
         be->matmul_backward(dx, c->gw[k], dy, x, &L->w, N);
         return;
     }
-    if (dx && (!w16(c, L) || be->matmul_backward_dx_ex(dx, acc, dy, 0, &L->w, N) != 0)) {
+    if (dx && (!w16(c, L) || be->matmul_backward_dx_ex(dx, 0, acc, dy, 0, &L->w, N) != 0)) {
         if (!acc) be->zero(dx, nx * sizeof(float));
         be->matmul_backward(dx, NULL, dy, NULL, &L->w, N);
     }
@@ -644,10 +644,12 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
     const float *q = a->q, *k = a->k, *v = a->v;
     if (mlp16(c, L)) { /* bf16 MLP: no act / normed input to recompute (no adapters there) */
         uint16_t *dg16 = (uint16_t *)c->dgate, *du16 = (uint16_t *)c->dup;
-        linear_backward(c, c->dact, 0, c->dx, NULL, &L->down, l, AV_PROJ_DOWN, N, a->xa[AV_PROJ_DOWN]);
-        be->swiglu_backward_bf16(dg16, du16, c->dact, (const uint16_t *)a->gate, (const uint16_t *)a->up, nf);
-        be->matmul_backward_dx_ex(c->dxn, 0, du16, 1, &L->up.w, N);
-        be->matmul_backward_dx_ex(c->dxn, 1, dg16, 1, &L->gate.w, N);
+        /* dact in bf16 straight from the product (the SwiGLU backward's products round to bf16 anyway) */
+        int d16 = be->matmul_backward_dx_ex(c->dact, 1, 0, c->dx, 0, &L->down.w, N) == 0;
+        if (!d16) linear_backward(c, c->dact, 0, c->dx, NULL, &L->down, l, AV_PROJ_DOWN, N, a->xa[AV_PROJ_DOWN]);
+        be->swiglu_backward_bf16(dg16, du16, c->dact, d16, (const uint16_t *)a->gate, (const uint16_t *)a->up, nf);
+        be->matmul_backward_dx_ex(c->dxn, 0, 0, du16, 1, &L->up.w, N);
+        be->matmul_backward_dx_ex(c->dxn, 0, 1, dg16, 1, &L->gate.w, N);
     } else {
         float *act = c->dgate;
         const float *gate = a->gate, *up = a->up;
