@@ -63,14 +63,24 @@ static void check_rope_mode(const av_backend *G, shape sh, float *qd, float *kd,
     float *invd = up(G, inv, hd / 2);
     float *zq = calloc(qn, 4), *zk = calloc(kn, 4), *junk = test_rnd(qn, 100);
     float *aq = up(G, zq, qn), *ak = up(G, zk, kn), *av = up(G, zk, kn), *rq = up(G, junk, qn), *rk = up(G, junk, kn), *rv = up(G, junk, kn);
-    CHECK(G->flash_attention_backward_batch(aq, ak, av, dod, od, ld, qd, kd, vd, B, T, H, KVH, hd, NULL, NULL) == 0, "backward refused");
+    CHECK(G->flash_attention_backward_batch(aq, ak, av, dod, od, ld, qd, kd, vd, B, T, H, KVH, hd, NULL, NULL, NULL) == 0, "backward refused");
     G->rope_backward(aq, posd, invd, (int)N, H, hd);
     G->rope_backward(ak, posd, invd, (int)N, KVH, hd);
-    CHECK(G->flash_attention_backward_batch(rq, rk, rv, dod, od, ld, qd, kd, vd, B, T, H, KVH, hd, posd, invd) == 0, "rope mode refused");
+    uint16_t *d16 = G->alloc((qn + 2 * kn) * 2, "t");
+    CHECK(G->flash_attention_backward_batch(rq, rk, rv, dod, od, ld, qd, kd, vd, B, T, H, KVH, hd, posd, invd, d16) == 0, "rope mode refused");
     float *eq = down(G, aq, qn), *ek = down(G, ak, kn), *ev = down(G, av, kn), *gq = down(G, rq, qn), *gk = down(G, rk, kn), *gv = down(G, rv, kn);
     double e1 = test_rel_l2(gq, eq, qn), e2 = test_rel_l2(gk, ek, kn), e3 = test_rel_l2(gv, ev, kn);
     CHECK(e1 <= 1e-5 && e2 <= 1e-5 && e3 <= 1e-5, "flash bwd rope mode B=%d T=%d H=%d KVH=%d hd=%d: dq %.3g dk %.3g dv %.3g", B, T, H, KVH,
           hd, e1, e2, e3);
+    /* the bf16 copies: the f32 results rounded once (relative 2^-9 per element) */
+    float *c16 = G->alloc((qn + 2 * kn) * 4, "t");
+    G->load_bf16(c16, d16, qn + 2 * kn);
+    float *hc = down(G, c16, qn + 2 * kn);
+    double b1 = test_rel_l2(hc, gq, qn), b2 = test_rel_l2(hc + qn, gk, kn), b3 = test_rel_l2(hc + qn + kn, gv, kn);
+    CHECK(b1 <= 4e-3 && b2 <= 4e-3 && b3 <= 4e-3, "flash bwd bf16 copies B=%d T=%d H=%d KVH=%d hd=%d: dq %.3g dk %.3g dv %.3g", B, T, H, KVH,
+          hd, b1, b2, b3);
+    G->free(d16); G->free(c16);
+    free(hc);
     G->free(posd); G->free(invd); G->free(aq); G->free(ak); G->free(av); G->free(rq); G->free(rk); G->free(rv);
     free(pos); free(inv); free(zq); free(zk); free(junk); free(eq); free(ek); free(ev); free(gq); free(gk); free(gv);
 }
@@ -90,14 +100,25 @@ static void check_shape(const av_backend *G, shape sh) {
 
     float *qd = up(G, q, qn), *kd = up(G, k, kn), *vd = up(G, v, kn), *dod = up(G, dout, qn), *od = G->alloc(qn * 4, "t"),
           *ld = G->alloc(sizeof(float) * N * H, "t");
-    CHECK(G->flash_attention_forward_batch(od, ld, qd, kd, vd, B, T, H, KVH, hd) == 0, "forward batch refused hd=%d", hd);
+    uint16_t *o16 = G->alloc(qn * 2, "t");
+    CHECK(G->flash_attention_forward_batch(od, ld, qd, kd, vd, B, T, H, KVH, hd, o16) == 0, "forward batch refused hd=%d", hd);
     float *go = down(G, od, qn);
     double e = test_rel_l2(go, out, qn);
     CHECK(e <= TOL_OUT, "flash fwd B=%d T=%d H=%d KVH=%d hd=%d: out rel L2 %.3g", B, T, H, KVH, hd, e);
+    { /* the bf16 copy of out: out rounded once */
+        float *f = G->alloc(qn * 4, "t");
+        G->load_bf16(f, o16, qn);
+        float *h = down(G, f, qn);
+        double e16 = test_rel_l2(h, go, qn);
+        CHECK(e16 <= 4e-3, "flash fwd B=%d T=%d H=%d KVH=%d hd=%d: bf16 out rel L2 %.3g", B, T, H, KVH, hd, e16);
+        G->free(f); G->free(o16);
+        free(h);
+    }
     float *gq[2], *gk[2], *gv[2];
     for (int run = 0; run < 2; run++) { /* the same call twice: bit-identical */
         float *dqd = up(G, g0q, qn), *dkd = up(G, g0k, kn), *dvd = up(G, g0v, kn);
-        CHECK(G->flash_attention_backward_batch(dqd, dkd, dvd, dod, od, ld, qd, kd, vd, B, T, H, KVH, hd, NULL, NULL) == 0, "backward refused");
+        CHECK(G->flash_attention_backward_batch(dqd, dkd, dvd, dod, od, ld, qd, kd, vd, B, T, H, KVH, hd, NULL, NULL, NULL) == 0,
+              "backward refused");
         gq[run] = down(G, dqd, qn);
         gk[run] = down(G, dkd, kn);
         gv[run] = down(G, dvd, kn);
@@ -225,8 +246,9 @@ int main(void) {
     av_cuda_device_name(dev, sizeof dev);
     printf("GPU: %s\n", dev);
     /* shapes without a kernel are refused (the caller keeps the standard attention) */
-    CHECK(G->flash_attention_backward_batch(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 4, 2, 16, NULL, NULL) != 0, "hd=16 accepted");
-    CHECK(G->flash_attention_forward_batch(NULL, NULL, NULL, NULL, NULL, 0, 0, 4, 2, 64) == 0, "hd=64 refused");
+    CHECK(G->flash_attention_backward_batch(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 4, 2, 16, NULL, NULL, NULL) != 0,
+          "hd=16 accepted");
+    CHECK(G->flash_attention_forward_batch(NULL, NULL, NULL, NULL, NULL, 0, 0, 4, 2, 64, NULL) == 0, "hd=64 refused");
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_shape(G, shapes[i]);
     check_training(G);
     CHECK_OK(av_cuda_status());

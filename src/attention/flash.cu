@@ -42,7 +42,8 @@ __global__ void fa_convert_kv_k(__nv_bfloat16 *kb, __nv_bfloat16 *vt, const floa
 
 template <int HD, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, const float *q, const __nv_bfloat16 *kb,
-                                                       const __nv_bfloat16 *vt, int T, int Sp, int pos0, int H, int KVH, float qscale) {
+                                                       const __nv_bfloat16 *vt, int T, int Sp, int pos0, int H, int KVH, float qscale,
+                                                       uint16_t *out16) {
     constexpr int BR = 16 * WARPS, KS = HD + FA_PAD, VS = FA_BC + FA_PAD;
     extern __shared__ __align__(16) unsigned char fa_smem[];
     __nv_bfloat16 *Ks = reinterpret_cast<__nv_bfloat16 *>(fa_smem);  /* [2][FA_BC][KS] */
@@ -52,6 +53,7 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
     q += (size_t)b * T * H * HD;
     out += (size_t)b * T * H * HD;
     if (lse) lse += (size_t)b * H * T;
+    if (out16) out16 += (size_t)b * T * H * HD;
     kb += (size_t)b * KVH * Sp * HD;
     vt += (size_t)b * KVH * Sp * HD;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
@@ -184,6 +186,10 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
         int d = n * 8 + 2 * c;
         if (r0 < T) *reinterpret_cast<float2 *>(out + (size_t)r0 * qs + (size_t)h * HD + d) = make_float2(o[n][0] * i0, o[n][1] * i0);
         if (r1 < T) *reinterpret_cast<float2 *>(out + (size_t)r1 * qs + (size_t)h * HD + d) = make_float2(o[n][2] * i1, o[n][3] * i1);
+        if (out16 && r0 < T) /* the o product's bf16 input, rounded from the same f32 values */
+            *reinterpret_cast<__nv_bfloat162 *>(out16 + (size_t)r0 * qs + (size_t)h * HD + d) = __floats2bfloat162_rn(o[n][0] * i0, o[n][1] * i0);
+        if (out16 && r1 < T)
+            *reinterpret_cast<__nv_bfloat162 *>(out16 + (size_t)r1 * qs + (size_t)h * HD + d) = __floats2bfloat162_rn(o[n][2] * i1, o[n][3] * i1);
     }
     if (lse && c == 0) {
         const float ln2 = 0.69314718056f;
@@ -197,7 +203,7 @@ extern "C" void av_cuda_set_flash_warps(int warps) { g_flash_warps = warps == 8 
 
 template <int HD, int WARPS>
 static void fa_launch(float *out, float *lse, const float *q, const __nv_bfloat16 *kb, const __nv_bfloat16 *vt, int B, int T, int Sp,
-                      int pos0, int H, int KVH, float qscale) {
+                      int pos0, int H, int KVH, float qscale, uint16_t *out16) {
     size_t smem = (size_t)2 * (FA_BC * (HD + FA_PAD) + HD * (FA_BC + FA_PAD)) * sizeof(__nv_bfloat16);
     static size_t smem_set = 48 << 10;
     if (smem > smem_set) {
@@ -205,12 +211,12 @@ static void fa_launch(float *out, float *lse, const float *q, const __nv_bfloat1
         smem_set = smem;
     }
     int nqt = (T + 16 * WARPS - 1) / (16 * WARPS);
-    fa_fwd_k<HD, WARPS><<<dim3(nqt, H, B), WARPS * 32, smem, av_cuda_stream()>>>(out, lse, q, kb, vt, T, Sp, pos0, H, KVH, qscale);
+    fa_fwd_k<HD, WARPS><<<dim3(nqt, H, B), WARPS * 32, smem, av_cuda_stream()>>>(out, lse, q, kb, vt, T, Sp, pos0, H, KVH, qscale, out16);
 }
 
 /* B sequences of T rows (sequence b's keys at rows b * seq_rows, its first query at position pos0). */
 static void fa_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int seq_rows, int pos0,
-                       int H, int KVH, int hd) {
+                       int H, int KVH, int hd, uint16_t *out16) {
     int Sk = pos0 + T, Sp = (Sk + FA_BC - 1) / FA_BC * FA_BC; /* only keys 0..pos0+T-1 are ever seen */
     size_t n = (size_t)B * KVH * Sp * hd;
     __nv_bfloat16 *kb = (__nv_bfloat16 *)av_cuda_scratch(AV_SCR_FLASH, 2 * n * sizeof(__nv_bfloat16));
@@ -221,11 +227,11 @@ static void fa_forward(float *out, float *lse, const float *q, const float *k, c
     AV_CU_LAUNCHED("flash attention convert");
     float qscale = 1.4426950409f / sqrtf((float)hd);
     if (hd == 64) {
-        if (g_flash_warps == 8) fa_launch<64, 8>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale);
-        else fa_launch<64, 4>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale);
+        if (g_flash_warps == 8) fa_launch<64, 8>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale, out16);
+        else fa_launch<64, 4>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale, out16);
     } else {
-        if (g_flash_warps == 8) fa_launch<128, 8>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale);
-        else fa_launch<128, 4>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale);
+        if (g_flash_warps == 8) fa_launch<128, 8>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale, out16);
+        else fa_launch<128, 4>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale, out16);
     }
     AV_CU_LAUNCHED("flash attention");
 }
@@ -238,13 +244,13 @@ extern "C" void av_cuda_flash_attention_forward(float *out, float *lse, const fl
         if (lse) av_cuda_note(cudaErrorInvalidValue, "flash attention: lse needs head_dim 64 or 128");
         return;
     }
-    fa_forward(out, lse, q, k, v, 1, T, S, pos0, H, KVH, hd);
+    fa_forward(out, lse, q, k, v, 1, T, S, pos0, H, KVH, hd, NULL);
 }
 
 /* Training forward: every sequence and head in one launch (after one conversion of all K/V). */
 extern "C" int av_cuda_flash_attention_forward_batch(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
-                                                     int H, int KVH, int hd) {
+                                                     int H, int KVH, int hd, uint16_t *out16) {
     if (hd != 64 && hd != 128) return -1;
-    if (B > 0 && T > 0) fa_forward(out, lse, q, k, v, B, T, T, 0, H, KVH, hd);
+    if (B > 0 && T > 0) fa_forward(out, lse, q, k, v, B, T, T, 0, H, KVH, hd, out16);
     return 0;
 }

@@ -109,6 +109,16 @@ __device__ __forceinline__ void fb_tile_abt(float (&acc)[FB_T / 8][4], const __n
     }
 }
 
+/* The RoPE mode's bf16 copies of dq, dk, dv (any may be NULL): the q/k/v products' inputs, so they
+ * need no conversion pass. */
+struct fb_out16 {
+    uint16_t *dq, *dk, *dv;
+};
+__device__ __forceinline__ void fb_st2(uint16_t *p, float a, float b) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    *reinterpret_cast<__nv_bfloat162 *>(p) = v;
+}
+
 /* RoPE backward (rotate-half, as rope.c with the angle negated) on a [16 rows x HD] accumulator
  * fragment: columns d and d + HD/2 of a row sit in the same thread (n and n + HD/16). Rows r0 / r1
  * (elements 0,1 / 2,3) at positions pos[r]; rows past the end are left alone (not stored). */
@@ -135,7 +145,8 @@ template <int HD>
 __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *qt,
                                                  const __nv_bfloat16 *ob, const __nv_bfloat16 *ot, const __nv_bfloat16 *kb,
                                                  const __nv_bfloat16 *vb, const float *lse2, const float *delta, int T, int Tp, int H,
-                                                 int KVH, int nsplit, size_t part_n, float scale, const int32_t *pos, const float *inv_freq) {
+                                                 int KVH, int nsplit, size_t part_n, float scale, const int32_t *pos, const float *inv_freq,
+                                                 fb_out16 o16) {
     constexpr int KS = HD + FA_PAD;
     constexpr int BUF = 2 * FB_T * KS + 2 * HD * FB_TS; /* bf16 elements of one chunk's operands */
     extern __shared__ __align__(16) unsigned char fb_smem[];
@@ -245,6 +256,10 @@ __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __n
             float2 xk = acc ? *pk : make_float2(0.f, 0.f), xv = acc ? *pv : make_float2(0.f, 0.f);
             *pk = make_float2(xk.x + dK[n][0] * ksc, xk.y + dK[n][1] * ksc);
             *pv = make_float2(xv.x + dV[n][0], xv.y + dV[n][1]);
+            if (pos && nsplit == 1 && o16.dk) {
+                fb_st2(o16.dk + ((size_t)b * T + s0) * ks + col, dK[n][0], dK[n][1]);
+                fb_st2(o16.dv + ((size_t)b * T + s0) * ks + col, dV[n][0], dV[n][1]);
+            }
         }
         if (s1 < T) {
             float2 *pk = reinterpret_cast<float2 *>(dkp + ((size_t)b * T + s1) * ks + col);
@@ -252,6 +267,10 @@ __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __n
             float2 xk = acc ? *pk : make_float2(0.f, 0.f), xv = acc ? *pv : make_float2(0.f, 0.f);
             *pk = make_float2(xk.x + dK[n][2] * ksc, xk.y + dK[n][3] * ksc);
             *pv = make_float2(xv.x + dV[n][2], xv.y + dV[n][3]);
+            if (pos && nsplit == 1 && o16.dk) {
+                fb_st2(o16.dk + ((size_t)b * T + s1) * ks + col, dK[n][2], dK[n][3]);
+                fb_st2(o16.dv + ((size_t)b * T + s1) * ks + col, dV[n][2], dV[n][3]);
+            }
         }
     }
 }
@@ -260,7 +279,8 @@ __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __n
 template <int HD>
 __global__ void __launch_bounds__(128) fb_dq_k(float *dq, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
                                                const __nv_bfloat16 *kt, const __nv_bfloat16 *vb, const float *lse2, const float *delta,
-                                               int T, int Tp, int H, int KVH, float scale, const int32_t *pos, const float *inv_freq) {
+                                               int T, int Tp, int H, int KVH, float scale, const int32_t *pos, const float *inv_freq,
+                                               uint16_t *dq16) {
     constexpr int KS = HD + FA_PAD;
     constexpr int BUF = 2 * FB_T * KS + HD * FB_TS; /* Ks | Vs | KTs */
     extern __shared__ __align__(16) unsigned char fb_smem[];
@@ -345,11 +365,13 @@ __global__ void __launch_bounds__(128) fb_dq_k(float *dq, const __nv_bfloat16 *q
             float2 *pq = reinterpret_cast<float2 *>(dq + ((size_t)b * T + t0) * qs + col);
             float2 x = pos ? make_float2(0.f, 0.f) : *pq;
             *pq = make_float2(x.x + acc[n][0], x.y + acc[n][1]);
+            if (pos && dq16) fb_st2(dq16 + ((size_t)b * T + t0) * qs + col, acc[n][0], acc[n][1]);
         }
         if (t1 < T) {
             float2 *pq = reinterpret_cast<float2 *>(dq + ((size_t)b * T + t1) * qs + col);
             float2 x = pos ? make_float2(0.f, 0.f) : *pq;
             *pq = make_float2(x.x + acc[n][2], x.y + acc[n][3]);
+            if (pos && dq16) fb_st2(dq16 + ((size_t)b * T + t1) * qs + col, acc[n][2], acc[n][3]);
         }
     }
 }
@@ -369,7 +391,7 @@ __global__ void fb_reduce_k(float *dk, float *dv, const float *pk, const float *
 
 /* The same with the output overwritten and dk rotated back: one thread per (row, KV head, pair). */
 __global__ void fb_reduce_rope_k(float *dk, float *dv, const float *pk, const float *pv, size_t npairs, int nsplit, int KVH, int hd,
-                                 const int32_t *pos, const float *inv_freq) {
+                                 const int32_t *pos, const float *inv_freq, fb_out16 o16) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= npairs) return;
     int half = hd / 2, d = (int)(i % half);
@@ -385,13 +407,18 @@ __global__ void fb_reduce_rope_k(float *dk, float *dv, const float *pk, const fl
     dk[e1] = k1 * cs - k0 * sn;
     dv[e0] = v0;
     dv[e1] = v1;
+    if (o16.dk) {
+        __nv_bfloat16 *k16 = reinterpret_cast<__nv_bfloat16 *>(o16.dk), *v16 = reinterpret_cast<__nv_bfloat16 *>(o16.dv);
+        k16[e0] = __float2bfloat16_rn(dk[e0]), k16[e1] = __float2bfloat16_rn(dk[e1]);
+        v16[e0] = __float2bfloat16_rn(v0), v16[e1] = __float2bfloat16_rn(v1);
+    }
 }
 
 template <int HD>
 static void fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *qt, const __nv_bfloat16 *ob,
                       const __nv_bfloat16 *ot, const __nv_bfloat16 *kb, const __nv_bfloat16 *kt, const __nv_bfloat16 *vb, const float *lse2,
                       const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit, size_t part_n, float scale, const int32_t *pos,
-                      const float *inv_freq) {
+                      const float *inv_freq, fb_out16 o16) {
     constexpr int KS = HD + FA_PAD;
     size_t smem_a = (size_t)(2 * FB_T * KS + 2 * (2 * FB_T * KS + 2 * HD * FB_TS)) * sizeof(__nv_bfloat16) + 4 * FB_T * sizeof(float);
     size_t smem_b = (size_t)2 * (2 * FB_T * KS + HD * FB_TS) * sizeof(__nv_bfloat16);
@@ -404,9 +431,9 @@ static void fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, 
     int nt = Tp / FB_T;
     cudaStream_t st = av_cuda_stream();
     fb_dkdv_k<HD><<<dim3(KVH * nsplit, B, nt), 128, smem_a, st>>>(dk, dv, qb, qt, ob, ot, kb, vb, lse2, delta, T, Tp, H, KVH, nsplit,
-                                                                   part_n, scale, pos, inv_freq);
+                                                                   part_n, scale, pos, inv_freq, o16);
     AV_CU_LAUNCHED("flash attention backward dk/dv");
-    fb_dq_k<HD><<<dim3(H, B, nt), 128, smem_b, st>>>(dq, qb, ob, kb, kt, vb, lse2, delta, T, Tp, H, KVH, scale, pos, inv_freq);
+    fb_dq_k<HD><<<dim3(H, B, nt), 128, smem_b, st>>>(dq, qb, ob, kb, kt, vb, lse2, delta, T, Tp, H, KVH, scale, pos, inv_freq, o16.dq);
     AV_CU_LAUNCHED("flash attention backward dq");
 }
 
@@ -425,7 +452,7 @@ static int fb_nsplit(int blocks, int G) {
 
 extern "C" int av_cuda_flash_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                                                       const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd,
-                                                      const int32_t *pos, const float *inv_freq) {
+                                                      const int32_t *pos, const float *inv_freq, uint16_t *d16) {
     if ((hd != 64 && hd != 128) || KVH <= 0 || H % KVH) return -1;
     if (B <= 0 || T <= 0) return 0;
     int Tp = (T + FB_T - 1) / FB_T * FB_T, nt = Tp / FB_T;
@@ -447,10 +474,12 @@ extern "C" int av_cuda_flash_attention_backward_batch(float *dq, float *dk, floa
     fb_convert_k<<<ck, 256, 0, st>>>(vb, NULL, v, 1.0f, T, Tp, KVH, hd, NULL, NULL, NULL, NULL);
     AV_CU_LAUNCHED("flash attention backward convert");
     float *dka = nsplit > 1 ? pk : dk, *dva = nsplit > 1 ? pv : dv;
-    if (hd == 64) fb_launch<64>(dq, dka, dva, qb, qt, ob, ot, kb, kt, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, pos, inv_freq);
-    else fb_launch<128>(dq, dka, dva, qb, qt, ob, ot, kb, kt, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, pos, inv_freq);
+    fb_out16 o16 = {NULL, NULL, NULL};
+    if (pos && d16) o16 = {d16, d16 + (size_t)B * T * H * hd, d16 + (size_t)B * T * (H + KVH) * hd};
+    if (hd == 64) fb_launch<64>(dq, dka, dva, qb, qt, ob, ot, kb, kt, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, pos, inv_freq, o16);
+    else fb_launch<128>(dq, dka, dva, qb, qt, ob, ot, kb, kt, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, pos, inv_freq, o16);
     if (nsplit > 1 && pos) {
-        fb_reduce_rope_k<<<av_cdiv(part_n / 2, 256), 256, 0, st>>>(dk, dv, pk, pv, part_n / 2, nsplit, KVH, hd, pos, inv_freq);
+        fb_reduce_rope_k<<<av_cdiv(part_n / 2, 256), 256, 0, st>>>(dk, dv, pk, pv, part_n / 2, nsplit, KVH, hd, pos, inv_freq, o16);
         AV_CU_LAUNCHED("flash attention backward reduce");
     } else if (nsplit > 1) {
         fb_reduce_k<<<av_cdiv(part_n, 256), 256, 0, st>>>(dk, dv, pk, pv, part_n, nsplit);

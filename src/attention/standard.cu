@@ -98,8 +98,10 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_rows_k(float *out, const 
  * the wait); the first head of each KV group writes that row into the cache. late: the next kernel
  * may launch only at the end (one sequence: its early weight loads slowed this latency-bound kernel
  * more than they gained, H100 b1 1,009 -> 1,022 tok/s; several sequences gain from the overlap).
- * Needs hd % 4 == 0, hd <= DEC_THREADS. */
+ * KR > 0 (hd 64, one sequence): the cached rows are read into registers before the wait (b1 1,036 ->
+ * 1,067 tok/s with DEC_PV 8, 1,058 with 16). Needs hd % 4 == 0, hd <= DEC_THREADS. */
 #define DEC_THREADS 256
+template <int KR, int DEC_PV> /* DEC_PV: value chunks per thread held in registers (KR > 0) */
 __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const float *q, const float *k_new, const float *v_new, float *kc,
                                                           float *vc, const int32_t *pos, size_t seq_stride, int H, int KVH, int hd,
                                                           float scale, size_t qrow, size_t knrow, int late) {
@@ -111,14 +113,30 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const floa
     int h = blockIdx.x, r = blockIdx.y, group = H / KVH, kh = h / group, tid = threadIdx.x;
     size_t ks = (size_t)KVH * hd;
     /* positions change only between steps (sampler, host) and cache rows < pos were written by earlier
-     * steps: both may be read before the wait, so the cached keys/values are fetched into L1 while
-     * the q|k|v product still runs */
+     * steps: both may be read before the wait, while the q|k|v product still runs. KR = hd / 4 (hd
+     * 64): the thread's first key row and its first DEC_PV value chunks of P V go into registers;
+     * otherwise the rows are prefetched into L1. */
     int p = pos[r], n = p + 1;
     const float *K = kc + r * seq_stride + (size_t)kh * hd, *Vv = vc + r * seq_stride + (size_t)kh * hd;
-    for (int i = tid; i < p * (hd >> 5); i += blockDim.x) { /* 128-byte lines of rows 0..p-1 */
-        int s = i / (hd >> 5), l = i - s * (hd >> 5);
-        asm volatile("prefetch.global.L1 [%0];" ::"l"(K + (size_t)s * ks + 32 * l));
-        asm volatile("prefetch.global.L1 [%0];" ::"l"(Vv + (size_t)s * ks + 32 * l));
+    int groups = hd >> 2, parts = blockDim.x / groups, d4 = tid % groups, pi = tid / groups;
+    const float4 *V4 = reinterpret_cast<const float4 *>(Vv) + d4;
+    size_t ks4 = ks >> 2;
+    float4 kr[KR ? KR : 1], vr[KR ? DEC_PV : 1];
+    if (KR) {
+        const float4 *k4 = reinterpret_cast<const float4 *>(K + (size_t)tid * ks);
+#pragma unroll
+        for (int j = 0; j < KR; j++) kr[j] = tid < p ? __ldg(k4 + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int j = 0; j < DEC_PV; j++) {
+            int sv = pi + j * parts;
+            vr[j] = pi < parts && sv < p ? __ldg(V4 + (size_t)sv * ks4) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    } else {
+        for (int i = tid; i < p * (hd >> 5); i += blockDim.x) { /* 128-byte lines of rows 0..p-1 */
+            int sr = i / (hd >> 5), l = i - sr * (hd >> 5);
+            asm volatile("prefetch.global.L1 [%0];" ::"l"(K + (size_t)sr * ks + 32 * l));
+            asm volatile("prefetch.global.L1 [%0];" ::"l"(Vv + (size_t)sr * ks + 32 * l));
+        }
     }
     av_pdl_wait();
     if (!late) av_pdl_launch();
@@ -140,11 +158,19 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const floa
     const float4 *q4 = reinterpret_cast<const float4 *>(qs);
     float mx = -INFINITY;
     for (int s = tid; s < n; s += blockDim.x) {
-        const float4 *k4 = reinterpret_cast<const float4 *>(s == n - 1 ? kns : K + (size_t)s * ks);
         float a = 0.0f;
-        for (int j = 0; j < h4; j++) {
-            float4 kv = s == n - 1 ? k4[j] : __ldg(k4 + j), qv = q4[j];
-            a += kv.x * qv.x + kv.y * qv.y + kv.z * qv.z + kv.w * qv.w;
+        if (KR && s < p && s == tid) {
+#pragma unroll
+            for (int j = 0; j < KR; j++) {
+                float4 qv = q4[j];
+                a += kr[j].x * qv.x + kr[j].y * qv.y + kr[j].z * qv.z + kr[j].w * qv.w;
+            }
+        } else {
+            const float4 *k4 = reinterpret_cast<const float4 *>(s == n - 1 ? kns : K + (size_t)s * ks);
+            for (int j = 0; j < h4; j++) {
+                float4 kv = s == n - 1 ? k4[j] : __ldg(k4 + j), qv = q4[j];
+                a += kv.x * qv.x + kv.y * qv.y + kv.z * qv.z + kv.w * qv.w;
+            }
         }
         sc[s] = a;
         mx = fmaxf(mx, a);
@@ -158,12 +184,19 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const floa
     }
     sum = av_block_sum(sum, red); /* its barriers also publish sc[] */
     /* P V: threads over (4 dims, key slice), 16-byte loads of V rows */
-    int groups = hd >> 2, parts = blockDim.x / groups, d4 = tid % groups, pi = tid / groups;
     float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (pi < parts) {
-        const float4 *V4 = reinterpret_cast<const float4 *>(Vv) + d4;
-        size_t ks4 = ks >> 2;
-        for (int s = pi; s < n - 1; s += parts) {
+        int s0 = pi;
+        if (KR) {
+#pragma unroll
+            for (int j = 0; j < DEC_PV; j++) {
+                int sv = pi + j * parts;
+                float w = sv < n - 1 ? sc[sv] : 0.0f;
+                a.x += w * vr[j].x, a.y += w * vr[j].y, a.z += w * vr[j].z, a.w += w * vr[j].w;
+            }
+            s0 = pi + DEC_PV * parts;
+        }
+        for (int s = s0; s < n - 1; s += parts) {
             float4 vv = __ldg(V4 + (size_t)s * ks4);
             float w = sc[s];
             a.x += w * vv.x, a.y += w * vv.y, a.z += w * vv.z, a.w += w * vv.w;
@@ -347,13 +380,27 @@ extern "C" void av_cuda_attention_decode(float *out, const float *q, const float
     static size_t smem_set = 48 << 10;
     static int late = -1;
     if (late < 0) late = getenv("AV_ATT_LATE") ? atoi(getenv("AV_ATT_LATE")) : 2;
+    /* one sequence: cached rows in registers (hd 64, AV_ATT_REG = value chunks per thread: 8, 16, or 0
+     * for the L1 prefetch); several sequences keep the prefetch (their many register-heavy blocks
+     * crowd out the q|k|v product: 32 seqs 17.6k -> 15.5k tok/s) */
+    static int reg = -1;
+    if (reg < 0) reg = getenv("AV_ATT_REG") ? atoi(getenv("AV_ATT_REG")) : 8;
     if (hd % 4 == 0 && hd <= DEC_THREADS && max_s > 0 && smem <= (200u << 10) && qrow % 4 == 0 && knrow % 4 == 0) {
         if (smem > smem_set) {
-            cudaFuncSetAttribute(attn_dec_k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+            cudaFuncSetAttribute(attn_dec_k<16, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+            cudaFuncSetAttribute(attn_dec_k<16, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+            cudaFuncSetAttribute(attn_dec_k<0, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
             smem_set = smem;
         }
-        av_launch(attn_dec_k, dim3(H, N), dim3(DEC_THREADS), smem, 1, out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H, KVH, hd,
-                  scale, qrow, knrow, late == 2 ? N == 1 : late);
+        if (hd == 64 && N == 1 && reg == 16)
+            av_launch(attn_dec_k<16, 16>, dim3(H, N), dim3(DEC_THREADS), smem, 1, out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H,
+                      KVH, hd, scale, qrow, knrow, late == 2 ? N == 1 : late);
+        else if (hd == 64 && N == 1 && reg == 8)
+            av_launch(attn_dec_k<16, 8>, dim3(H, N), dim3(DEC_THREADS), smem, 1, out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H,
+                      KVH, hd, scale, qrow, knrow, late == 2 ? N == 1 : late);
+        else
+            av_launch(attn_dec_k<0, 1>, dim3(H, N), dim3(DEC_THREADS), smem, 1, out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H, KVH,
+                      hd, scale, qrow, knrow, late == 2 ? N == 1 : late);
     } else {
         av_launch(attn_rows_k<true>, dim3(H, N), dim3(ATT_WARPS * 32), 0, 1, out, q, (const float *)NULL, (const float *)NULL, k_cache,
                   v_cache, k_new, v_new, pos, 0, seq_stride, H, KVH, hd, scale, qrow, knrow);

@@ -116,13 +116,15 @@ typedef struct av_backend {
      * [B,H,T,T] probabilities; the forward writes lse [B, H, T] (or NULL), the backward recomputes the
      * softmax from it and accumulates dq, dk, dv (all required), deterministically; with rope_pos
      * (positions [B*T]) and inv_freq it instead overwrites them, dq and dk with the RoPE backward
-     * applied (the rope_backward pass folded in). Both return -1 (and do nothing) for a head_dim /
+     * applied (the rope_backward pass folded in), and with d16 also bf16 copies of dq | dk | dv
+     * (d16: [B*T, H*hd] then [B*T, KVH*hd] twice). out16 (or NULL): the forward's out also in
+     * bf16. Both return -1 (and do nothing) for a head_dim /
      * group they have no kernel for; a call with B = 0 only asks that. */
     int (*flash_attention_forward_batch)(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int H,
-                                         int KVH, int hd);
+                                         int KVH, int hd, uint16_t *out16);
     int (*flash_attention_backward_batch)(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                                           const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd,
-                                          const int32_t *rope_pos, const float *inv_freq);
+                                          const int32_t *rope_pos, const float *inv_freq, uint16_t *d16);
     /* 16-bit activation storage (ops.h: av_store_bf16 / av_load_bf16). */
     void (*store_bf16)(uint16_t *dst, const float *src, size_t n);
     void (*load_bf16)(float *dst, const uint16_t *src, size_t n);
@@ -151,6 +153,10 @@ typedef struct av_backend {
     /* rmsnorm_forward with its output rounded to bf16 (equal to rmsnorm_forward + store_bf16): the
      * input of 16-bit products when nothing else reads the f32 normed rows. */
     void (*rmsnorm_forward_bf16)(uint16_t *out, float *rstd, const float *x, const av_mat *w, int T, int D, float eps);
+    /* rmsnorm_backward's dx (no dw) plus dx16 = the updated dx rounded to bf16 (equal to rmsnorm_backward
+     * + store_bf16): the next product's input without a conversion pass. */
+    void (*rmsnorm_backward_dx16)(float *dx, uint16_t *dx16, const float *dout, const float *x, const av_mat *w, const float *rstd, int T,
+                                  int D);
 } av_backend;
 
 const av_backend *av_backend_cpu(void);

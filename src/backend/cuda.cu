@@ -430,6 +430,7 @@ static void fill_table(av_backend *b, int f32) {
     b->matmul_forward_res = f32 ? NULL : av_cuda_matmul_forward_res;
     b->swiglu_forward_bf16 = f32 ? NULL : av_cuda_swiglu_forward_bf16;
     b->rmsnorm_forward_bf16 = f32 ? NULL : av_cuda_rmsnorm_forward_bf16;
+    b->rmsnorm_backward_dx16 = f32 ? NULL : av_cuda_rmsnorm_backward_dx16;
     b->swiglu_backward_bf16 = f32 ? NULL : av_cuda_swiglu_backward_bf16;
     b->xent_forward_backward = f32 ? xent_f32 : xent_bf16;
     b->xent_forward_backward_dw = f32 ? xent_dw_f32 : xent_dw_bf16;

@@ -33,6 +33,8 @@ void av_cuda_embedding_backward(float *dtable, const float *dout, const int32_t 
 void av_cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const av_mat *w, int T, int D, float eps);
 void av_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const float *x, const av_mat *w, int T, int D, float eps);
 void av_cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const av_mat *w, const float *rstd, int T, int D);
+void av_cuda_rmsnorm_backward_dx16(float *dx, uint16_t *dx16, const float *dout, const float *x, const av_mat *w, const float *rstd, int T,
+                                   int D);
 /* f32 != 0: exact f32 arithmetic; 0: bf16 tensor cores for T > 8 (decode-sized T uses an exact GEMV). */
 void av_cuda_matmul_forward_mode(float *out, const float *x, const av_mat *W, int T, int f32);
 void av_cuda_matmul_backward_mode(float *dx, float *dW, const float *dout, const float *x, const av_mat *W, int T, int f32);
@@ -70,10 +72,10 @@ void av_cuda_flash_attention_forward(float *out, float *lse, const float *q, con
 /* Flash training attention over B sequences (backend.h: flash_attention_forward_batch /
  * flash_attention_backward_batch; flash.cu, flash_bwd.cu): head_dim 64 or 128, else -1 and nothing done. */
 int av_cuda_flash_attention_forward_batch(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int H,
-                                          int KVH, int hd);
+                                          int KVH, int hd, uint16_t *out16);
 int av_cuda_flash_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                                            const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd,
-                                           const int32_t *rope_pos, const float *inv_freq);
+                                           const int32_t *rope_pos, const float *inv_freq, uint16_t *d16);
 /* Batched training attention (attention.h: av_attention_forward_batch / av_attention_backward_batch). */
 void av_cuda_attention_forward_batch_mode(float *out, float *probs, const float *q, const float *k, const float *v, int B, int T, int H,
                                           int KVH, int hd, float *work, size_t work_floats, int f32);

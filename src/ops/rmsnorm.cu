@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(256) rms_fwd4_k(OT *out, float *rstd, const fl
 
 template <int PER>
 __global__ void __launch_bounds__(256) rms_bwd_dx4_k(float *dx, const float *dout, const float *x, const void *w, av_dtype wt,
-                                                     const float *rstd, int n4) {
+                                                     const float *rstd, int n4, uint16_t *dx16) {
     __shared__ float sh[32];
     size_t off = (size_t)blockIdx.x * n4;
     const float4 *xr = reinterpret_cast<const float4 *>(x) + off, *gr = reinterpret_cast<const float4 *>(dout) + off;
@@ -110,6 +110,10 @@ __global__ void __launch_bounds__(256) rms_bwd_dx4_k(float *dx, const float *dou
         d.z += r * wv[2] * gv[p].z - c * xv[p].z;
         d.w += r * wv[3] * gv[p].w - c * xv[p].w;
         d4[i] = d;
+        if (dx16) { /* the bf16 copy the next product reads (no separate conversion pass) */
+            float v[4] = {d.x, d.y, d.z, d.w};
+            rms_store4(dx16 + off * 4, i, v);
+        }
     }
 }
 
@@ -158,15 +162,29 @@ extern "C" void av_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const f
     AV_CU_LAUNCHED("rmsnorm_forward_bf16");
 }
 
-extern "C" void av_cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const av_mat *w, const float *rstd,
-                                         int T, int D) {
+static void rms_bwd(float *dx, uint16_t *dx16, float *dw, const float *dout, const float *x, const av_mat *w, const float *rstd, int T,
+                    int D) {
     if (T <= 0) return;
     int per = dx ? rms_per(D, dx, dout, x) : 0;
+    if (dx16 && ((uintptr_t)dx16 % 8)) per = 0;
     cudaStream_t st = av_cuda_stream();
-    if (per == 1) rms_bwd_dx4_k<1><<<T, 256, 0, st>>>(dx, dout, x, w->data, w->dtype, rstd, D / 4);
-    else if (per == 2) rms_bwd_dx4_k<2><<<T, 256, 0, st>>>(dx, dout, x, w->data, w->dtype, rstd, D / 4);
-    else if (per == 4) rms_bwd_dx4_k<4><<<T, 256, 0, st>>>(dx, dout, x, w->data, w->dtype, rstd, D / 4);
-    else if (dx) rms_bwd_dx_k<<<T, 256, 0, st>>>(dx, dout, x, w->data, w->dtype, rstd, D);
+    if (per == 1) rms_bwd_dx4_k<1><<<T, 256, 0, st>>>(dx, dout, x, w->data, w->dtype, rstd, D / 4, dx16);
+    else if (per == 2) rms_bwd_dx4_k<2><<<T, 256, 0, st>>>(dx, dout, x, w->data, w->dtype, rstd, D / 4, dx16);
+    else if (per == 4) rms_bwd_dx4_k<4><<<T, 256, 0, st>>>(dx, dout, x, w->data, w->dtype, rstd, D / 4, dx16);
+    else if (dx) {
+        rms_bwd_dx_k<<<T, 256, 0, st>>>(dx, dout, x, w->data, w->dtype, rstd, D);
+        if (dx16) av_cuda_store_bf16(dx16, dx, (size_t)T * D);
+    }
     if (dw) rms_bwd_dw_k<<<av_cdiv(D, 128), 128, 0, av_cuda_stream()>>>(dw, dout, x, rstd, T, D);
     AV_CU_LAUNCHED("rmsnorm_backward");
+}
+
+extern "C" void av_cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const av_mat *w, const float *rstd,
+                                         int T, int D) {
+    rms_bwd(dx, NULL, dw, dout, x, w, rstd, T, D);
+}
+
+extern "C" void av_cuda_rmsnorm_backward_dx16(float *dx, uint16_t *dx16, const float *dout, const float *x, const av_mat *w,
+                                              const float *rstd, int T, int D) {
+    rms_bwd(dx, dx16, NULL, dout, x, w, rstd, T, D);
 }

@@ -50,6 +50,8 @@ struct av_train_ctx {
     layer_acts *acts;  /* one set per layer first..n_layers-1, or 1 with checkpointing */
     float *xn, *att, *probs; /* scratch: a normed input [N, D], attention output [N, H*hd], probs [B, H, T, T] */
     float *hidden, *rstdf, *dh, *dx, *dxn, *datt, *dq, *dk, *dv, *dact, *dgate, *dup, *tmp, *lora_tmp, *xout;
+    float *dx16;   /* mm16: bf16 copy of dx written by the RMSNorm backward (dx16_ok: it matches dx), read by the next product */
+    int dx16_ok;
     float *lora3, *scratch; /* lora3: 3 * N * max rank (av_linear_backward) */
     int32_t *ids_dev, *tgt_dev, *pos_dev;
     int32_t *pos_host;
@@ -369,17 +371,18 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
         {&c->dq, N * qd}, {&c->dk, N * kvd}, {&c->dv, N * kvd}, {&c->dact, N * F}, {&c->dgate, N * F}, {&c->dup, N * F},
         {&c->tmp, N * (c->a16 && qd + 2 * kvd > widest ? qd + 2 * kvd : widest)}, {&c->lora_tmp, N * (R + widest)}, {&c->xout, c->ckpt ? N * D : 1},
         {&c->lora3, 3 * N * R}, {&c->scratch, (size_t)XENT_CHUNK * V},
-        {&c->xn, N * D}, {&c->att, N * qd},
+        {&c->xn, N * D}, {&c->att, N * qd}, {&c->dx16, c->mm16 && m->be->rmsnorm_backward_dx16 ? (N * D + 1) / 2 : 0},
     };
-    for (size_t i = 0; i < sizeof b / sizeof b[0] && ok; i++) ok = (*b[i].p = ctx_alloc(c, b[i].n, "training buffers")) != NULL;
+    for (size_t i = 0; i < sizeof b / sizeof b[0] && ok; i++)
+        if (b[i].n) ok = (*b[i].p = ctx_alloc(c, b[i].n, "training buffers")) != NULL;
     if (ok) ok = (c->ids_dev = (int32_t *)ctx_alloc(c, N, "token ids")) && (c->tgt_dev = (int32_t *)ctx_alloc(c, N, "targets")) &&
                  (c->pos_dev = (int32_t *)ctx_alloc(c, N, "positions"));
     /* flash attention where the backend has it for this shape (a B = 0 call asks): no [B, H, T, T] probs */
     const char *fe = getenv("AV_TRAIN_FLASH");
     c->flash = !(fe && *fe == '0') && m->be->flash_attention_forward_batch && m->be->flash_attention_backward_batch &&
-               m->be->flash_attention_forward_batch(NULL, NULL, NULL, NULL, NULL, 0, 0, cf->n_heads, cf->n_kv_heads, cf->head_dim) == 0 &&
+               m->be->flash_attention_forward_batch(NULL, NULL, NULL, NULL, NULL, 0, 0, cf->n_heads, cf->n_kv_heads, cf->head_dim, NULL) == 0 &&
                m->be->flash_attention_backward_batch(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, cf->n_heads, cf->n_kv_heads,
-                                                     cf->head_dim, NULL, NULL) == 0;
+                                                     cf->head_dim, NULL, NULL, NULL) == 0;
     if (ok && c->flash) ok = (c->lse = ctx_alloc(c, (size_t)max_rows * H * L, "attention lse")) != NULL;
     /* per-set attention outputs (f32, what the flash backward reads: N * H*hd floats a layer) and
      * adapter products; one block each for all sets, so that the arena's chunks are not fragmented.
@@ -493,8 +496,10 @@ static void linear_forward(av_train_ctx *c, float *out, int acc, const float *x,
 }
 
 /* Attention of the B rows of the batch (q, k, v in f32): out [N, H*hd]; keep: the backward's
- * softmax saved (c->probs [B, H, T, T], or with flash attention its lse in lse). */
-static void attention_rows(av_train_ctx *c, float *out, float *lse, int keep, const float *q, const float *k, const float *v, int B, int T) {
+ * softmax saved (c->probs [B, H, T, T], or with flash attention its lse in lse). out16 (or NULL):
+ * also out in bf16 where the flash kernel writes it; returns whether it did. */
+static int attention_rows(av_train_ctx *c, float *out, uint16_t *out16, float *lse, int keep, const float *q, const float *k, const float *v,
+                          int B, int T) {
     const av_backend *be = c->m->be;
     const av_config *cf = &c->m->cfg;
     int H = cf->n_heads, KVH = cf->n_kv_heads, hd = cf->head_dim;
@@ -502,14 +507,14 @@ static void attention_rows(av_train_ctx *c, float *out, float *lse, int keep, co
     float *probs = keep ? c->probs : NULL;
     int ph = prof_switch(c, AV_TRAIN_PH_ATT_FWD);
     if (c->flash) {
-        be->flash_attention_forward_batch(out, keep ? lse : NULL, q, k, v, B, T, H, KVH, hd);
+        be->flash_attention_forward_batch(out, keep ? lse : NULL, q, k, v, B, T, H, KVH, hd, out16);
         prof_switch(c, ph);
-        return;
+        return out16 != NULL;
     }
     if (c->attw) { /* every sequence at once; the probs buffer is scratch when none are kept */
         be->attention_forward_batch(out, probs ? probs : c->probs, q, k, v, B, T, H, KVH, hd, c->attw, c->attw_n);
         prof_switch(c, ph);
-        return;
+        return 0;
     }
     for (int b = 0; b < B; b++) {
         size_t r = (size_t)b * T;
@@ -517,6 +522,7 @@ static void attention_rows(av_train_ctx *c, float *out, float *lse, int keep, co
                               0, H, KVH, hd);
     }
     prof_switch(c, ph);
+    return 0;
 }
 
 /* One decoder layer forward over N = B*T rows, saving into a what the backward needs (with
@@ -548,7 +554,9 @@ static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const flo
     be->rope_forward(k, c->pos_dev, m->inv_freq, N, KVH, hd);
     /* the trained layers' forward takes the same attention path as the backward (kept or recomputed) */
     float *att = train && a->att ? a->att : c->att;
-    attention_rows(c, att, train && a->lse ? a->lse : c->lse, train, q, k, v, B, T);
+    /* the o product's bf16 input straight from the attention (x16's buffer: q k v are done) */
+    uint16_t *att16 = w16(c, &L->o) ? (uint16_t *)c->dxn : NULL;
+    if (!attention_rows(c, att, att16, train && a->lse ? a->lse : c->lse, train, q, k, v, B, T)) att16 = NULL;
     if (c->a16 && train) {
         be->store_bf16((uint16_t *)a->q, q, (size_t)N * qd);
         be->store_bf16((uint16_t *)a->k, k, (size_t)N * kvd);
@@ -557,10 +565,11 @@ static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const flo
     /* xmid = x_in + o(att): one product reading the residual where the backend can (no copy),
      * else the product accumulates onto the copied residual */
     if (w16(c, &L->o)) {
-        int res = !L->o.lora_a && be->matmul_forward_res && be->matmul_forward_res(a->xmid, x_in, att, 0, &L->o.w, N) == 0;
+        int res = !L->o.lora_a && be->matmul_forward_res &&
+                  be->matmul_forward_res(a->xmid, x_in, att16 ? (const void *)att16 : (const void *)att, att16 != NULL, &L->o.w, N) == 0;
         if (!res) {
             be->copy(a->xmid, x_in, sizeof(float) * (size_t)N * D);
-            linear_forward(c, a->xmid, 1, att, NULL, &L->o, l, AV_PROJ_O, N, train ? a->xa[AV_PROJ_O] : NULL);
+            linear_forward(c, a->xmid, 1, att, att16, &L->o, l, AV_PROJ_O, N, train ? a->xa[AV_PROJ_O] : NULL);
         }
     } else {
         be->copy(a->xmid, x_in, sizeof(float) * (size_t)N * D);
@@ -599,11 +608,23 @@ static void layer_forward(av_train_ctx *c, int l, const layer_acts *a, const flo
     be->add_inplace(x_out, c->tmp, (size_t)N * D);
 }
 
+/* c->dx += the RMSNorm backward of dout (dw: its weight gradient, or NULL); with mm16 also the bf16
+ * copy c->dx16 that the next product (o, or the layer below's down) reads. */
+static void norm_backward(av_train_ctx *c, float *dw, const float *dout, const float *x, const av_mat *w, const float *rstd, int N) {
+    const av_backend *be = c->m->be;
+    int D = c->m->cfg.hidden_size;
+    c->dx16_ok = c->dx16 && !dw;
+    if (c->dx16_ok) be->rmsnorm_backward_dx16(c->dx, (uint16_t *)c->dx16, dout, x, w, rstd, N, D);
+    else be->rmsnorm_backward(c->dx, dw, dout, x, w, rstd, N, D);
+}
+static const uint16_t *dx16(const av_train_ctx *c) { return c->dx16_ok ? (const uint16_t *)c->dx16 : NULL; }
+
 /* Backward of one projection: dx (= or, with acc, +=) dy W + the adapter's term (dx may be NULL);
+ * dy16: dy in bf16 for the base product (or NULL);
  * gradients go to its adapter's A/B (if any). Without acc, the base product overwrites dx where
  * the backend can (matmul_backward_dx_ex), else dx is zeroed first. */
-static void linear_backward(av_train_ctx *c, float *dx, int acc, const float *dy, const float *x, const av_linear *L, int l, av_proj p,
-                            int N, const float *xa) {
+static void linear_backward(av_train_ctx *c, float *dx, int acc, const float *dy, const uint16_t *dy16, const float *x, const av_linear *L,
+                            int l, av_proj p, int N, const float *xa) {
     const av_backend *be = c->m->be;
     int k = l * AV_PROJ_COUNT + p;
     size_t nx = (size_t)N * L->w.cols;
@@ -612,7 +633,7 @@ static void linear_backward(av_train_ctx *c, float *dx, int acc, const float *dy
         be->matmul_backward(dx, c->gw[k], dy, x, &L->w, N);
         return;
     }
-    if (dx && (!w16(c, L) || be->matmul_backward_dx_ex(dx, 0, acc, dy, 0, &L->w, N) != 0)) {
+    if (dx && (!w16(c, L) || be->matmul_backward_dx_ex(dx, 0, acc, dy16 ? (const void *)dy16 : (const void *)dy, dy16 != NULL, &L->w, N) != 0)) {
         if (!acc) be->zero(dx, nx * sizeof(float));
         be->matmul_backward(dx, NULL, dy, NULL, &L->w, N);
     }
@@ -645,9 +666,10 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
     if (mlp16(c, L)) { /* bf16 MLP: no act / normed input to recompute (no adapters there) */
         uint16_t *dg16 = (uint16_t *)c->dgate, *du16 = (uint16_t *)c->dup;
         /* dact in bf16 straight from the product (the SwiGLU backward's products round to bf16 anyway) */
-        int d16 = be->matmul_backward_dx_ex(c->dact, 1, 0, c->dx, 0, &L->down.w, N) == 0;
-        if (!d16) linear_backward(c, c->dact, 0, c->dx, NULL, &L->down, l, AV_PROJ_DOWN, N, a->xa[AV_PROJ_DOWN]);
-        be->swiglu_backward_bf16(dg16, du16, c->dact, d16, (const uint16_t *)a->gate, (const uint16_t *)a->up, nf);
+        const uint16_t *dy16 = dx16(c);
+        int dact16 = be->matmul_backward_dx_ex(c->dact, 1, 0, dy16 ? (const void *)dy16 : (const void *)c->dx, dy16 != NULL, &L->down.w, N) == 0;
+        if (!dact16) linear_backward(c, c->dact, 0, c->dx, dy16, NULL, &L->down, l, AV_PROJ_DOWN, N, a->xa[AV_PROJ_DOWN]);
+        be->swiglu_backward_bf16(dg16, du16, c->dact, dact16, (const uint16_t *)a->gate, (const uint16_t *)a->up, nf);
         be->matmul_backward_dx_ex(c->dxn, 0, 0, du16, 1, &L->up.w, N);
         be->matmul_backward_dx_ex(c->dxn, 0, 1, dg16, 1, &L->gate.w, N);
     } else {
@@ -660,15 +682,15 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
             up = c->lora_tmp;
         }
         if (c->full || L->down.lora_a) be->swiglu_forward(act, gate, up, nf); /* only down's dW / adapter reads it */
-        linear_backward(c, c->dact, 0, c->dx, act, &L->down, l, AV_PROJ_DOWN, N, a->xa[AV_PROJ_DOWN]);
+        linear_backward(c, c->dact, 0, c->dx, dx16(c), act, &L->down, l, AV_PROJ_DOWN, N, a->xa[AV_PROJ_DOWN]);
         be->zero(c->dgate, nf * sizeof(float)); /* act is dead */
         be->zero(c->dup, nf * sizeof(float));
         be->swiglu_backward(c->dgate, c->dup, c->dact, gate, up, nf);
         be->rmsnorm_forward(c->xn, a->rstd2, a->xmid, &L->mlp_norm, N, D, cf->rms_norm_eps);
-        linear_backward(c, c->dxn, 0, c->dup, c->xn, &L->up, l, AV_PROJ_UP, N, a->xa[AV_PROJ_UP]);
-        linear_backward(c, c->dxn, 1, c->dgate, c->xn, &L->gate, l, AV_PROJ_GATE, N, a->xa[AV_PROJ_GATE]);
+        linear_backward(c, c->dxn, 0, c->dup, NULL, c->xn, &L->up, l, AV_PROJ_UP, N, a->xa[AV_PROJ_UP]);
+        linear_backward(c, c->dxn, 1, c->dgate, NULL, c->xn, &L->gate, l, AV_PROJ_GATE, N, a->xa[AV_PROJ_GATE]);
     }
-    be->rmsnorm_backward(c->dx, c->full ? c->gn2[l] : NULL, c->dxn, a->xmid, &L->mlp_norm, a->rstd2, N, D);
+    norm_backward(c, c->full ? c->gn2[l] : NULL, c->dxn, a->xmid, &L->mlp_norm, a->rstd2, N);
     /* xmid = x_in + o(att) */
     if (c->a16) { /* q k v back into tmp (gate is dead) */
         float *qf = c->tmp, *kf = qf + (size_t)N * qd, *vf = kf + (size_t)N * kvd;
@@ -680,11 +702,13 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
         v = vf;
     }
     float *att = a->att ? a->att : c->att, *lse = a->lse ? a->lse : c->lse; /* kept by the forward, or recomputed */
-    if (!a->att) attention_rows(c, att, lse, 1, q, k, v, B, T);
-    linear_backward(c, c->datt, 0, c->dx, att, &L->o, l, AV_PROJ_O, N, a->xa[AV_PROJ_O]);
+    if (!a->att) attention_rows(c, att, NULL, lse, 1, q, k, v, B, T);
+    linear_backward(c, c->datt, 0, c->dx, dx16(c), att, &L->o, l, AV_PROJ_O, N, a->xa[AV_PROJ_O]);
     int ph = prof_switch(c, AV_TRAIN_PH_ATT_BWD);
+    uint16_t *d16 = NULL; /* bf16 copies of dq | dk | dv for the q k v products (dgate's buffer: free after the MLP) */
     if (c->flash) { /* overwrites dq dk dv, RoPE backward folded in */
-        be->flash_attention_backward_batch(c->dq, c->dk, c->dv, c->datt, att, lse, q, k, v, B, T, H, KVH, hd, c->pos_dev, m->inv_freq);
+        if (w16(c, &L->q) && w16(c, &L->k) && w16(c, &L->v)) d16 = (uint16_t *)c->dgate;
+        be->flash_attention_backward_batch(c->dq, c->dk, c->dv, c->datt, att, lse, q, k, v, B, T, H, KVH, hd, c->pos_dev, m->inv_freq, d16);
         prof_switch(c, ph);
     } else {
         be->zero(c->dq, sizeof(float) * (size_t)N * qd);
@@ -705,10 +729,10 @@ static void layer_backward(av_train_ctx *c, int l, const layer_acts *a, const fl
     if (c->full || L->q.lora_a || L->k.lora_a || L->v.lora_a) /* the normed input: only dW / adapters read it */
         be->rmsnorm_forward(c->xn, a->rstd1, x_in, &L->attn_norm, N, D, cf->rms_norm_eps);
     float *dxn = need_dx ? c->dxn : NULL;
-    linear_backward(c, dxn, 0, c->dv, c->xn, &L->v, l, AV_PROJ_V, N, a->xa[AV_PROJ_V]);
-    linear_backward(c, dxn, 1, c->dk, c->xn, &L->k, l, AV_PROJ_K, N, a->xa[AV_PROJ_K]);
-    linear_backward(c, dxn, 1, c->dq, c->xn, &L->q, l, AV_PROJ_Q, N, a->xa[AV_PROJ_Q]);
-    if (need_dx) be->rmsnorm_backward(c->dx, c->full ? c->gn1[l] : NULL, c->dxn, x_in, &L->attn_norm, a->rstd1, N, D);
+    linear_backward(c, dxn, 0, c->dv, d16 ? d16 + (size_t)N * (qd + kvd) : NULL, c->xn, &L->v, l, AV_PROJ_V, N, a->xa[AV_PROJ_V]);
+    linear_backward(c, dxn, 1, c->dk, d16 ? d16 + (size_t)N * qd : NULL, c->xn, &L->k, l, AV_PROJ_K, N, a->xa[AV_PROJ_K]);
+    linear_backward(c, dxn, 1, c->dq, d16, c->xn, &L->q, l, AV_PROJ_Q, N, a->xa[AV_PROJ_Q]);
+    if (need_dx) norm_backward(c, c->full ? c->gn1[l] : NULL, c->dxn, x_in, &L->attn_norm, a->rstd1, N);
 }
 
 av_status av_train_step(av_train_ctx *c, const int32_t *ids, const int32_t *targets, int B, int T, float grad_scale,
@@ -769,7 +793,7 @@ av_status av_train_step_ex(av_train_ctx *c, const int32_t *ids, const int32_t *t
 
     prof_switch(c, AV_TRAIN_PH_LAYER_BWD);
     be->zero(c->dx, nd * sizeof(float));
-    be->rmsnorm_backward(c->dx, c->full ? c->gfinal : NULL, c->dh, c->xs[NL], &m->final_norm, c->rstdf, N, D);
+    norm_backward(c, c->full ? c->gfinal : NULL, c->dh, c->xs[NL], &m->final_norm, c->rstdf, N);
     for (int l = NL - 1; l >= F0; l--) {
         const layer_acts *a = &c->acts[c->ckpt ? 0 : l - F0];
         if (c->ckpt && l != NL - 1) layer_forward(c, l, a, c->xs[l], c->xout, B, T, 1); /* recompute this layer */
