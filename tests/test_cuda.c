@@ -271,6 +271,37 @@ static void test_matmul_fused_bf16(void) {
     }
 }
 
+/* Batched decode attention: 4 sequences at different positions vs per-sequence CPU attention (the
+ * last one at the end of a 600-row cache region); then each sequence alone (N = 1), whose kernel
+ * keeps keys and values in registers for hd 64 (and reads the rest, past 256 keys / 128 values). */
+static void check_decode(int hd) {
+    int N = 4, H = 4, KVH = 2, MS = 600, posn[4] = {0, 17, 49, 599};
+    size_t kvd = (size_t)KVH * hd, qd = (size_t)H * hd, stride = (size_t)MS * kvd;
+    float *kc = test_rnd(N * stride, 1), *vc = test_rnd(N * stride, 1), *q = test_rnd(N * qd, 1), *kn = test_rnd(N * kvd, 1), *vn = test_rnd(N * kvd, 1);
+    float *kcd = up(G, kc, N * stride * 4), *vcd = up(G, vc, N * stride * 4), *qd2 = up(G, q, N * qd * 4), *knd = up(G, kn, N * kvd * 4),
+          *vnd = up(G, vn, N * kvd * 4), *od = G->alloc(N * qd * 4, "t");
+    int32_t *posd = up(G, posn, sizeof posn);
+    G->attention_decode(od, qd2, knd, vnd, kcd, vcd, posd, N, stride, H, KVH, hd, 0);
+    float *ref = malloc(N * qd * 4);
+    for (int i = 0; i < N; i++) {
+        memcpy(kc + i * stride + posn[i] * kvd, kn + i * kvd, kvd * 4);
+        memcpy(vc + i * stride + posn[i] * kvd, vn + i * kvd, kvd * 4);
+        av_attention_forward(ref + i * qd, NULL, q + i * qd, kc + i * stride, vc + i * stride, 1, posn[i] + 1, posn[i], H, KVH, hd);
+    }
+    char nm[96];
+    snprintf(nm, sizeof nm, "attention_decode hd=%d", hd);
+    CMP(nm, od, ref, N * qd, 1e-5);
+    CMP("attention_decode cache append", kcd, kc, N * stride, 0);
+    G->zero(od, N * qd * 4);
+    for (int i = 0; i < N; i++) /* rewrites the same new rows */
+        G->attention_decode(od + i * qd, qd2 + i * qd, knd + i * kvd, vnd + i * kvd, kcd + i * stride, vcd + i * stride, posd + i, 1, stride, H,
+                            KVH, hd, 0);
+    snprintf(nm, sizeof nm, "attention_decode one sequence hd=%d", hd);
+    CMP(nm, od, ref, N * qd, 1e-5);
+    CMP("attention_decode one sequence cache append", kcd, kc, N * stride, 0);
+    free(kc); free(vc); free(q); free(kn); free(vn); free(ref);
+}
+
 static void test_attention(void) {
     int cases[][5] = {{1, 9, 8, 4, 2}, {5, 12, 7, 4, 2}, {33, 33, 0, 6, 3}, {20, 64, 44, 4, 4}, {90, 130, 40, 4, 2}}; /* T S pos0 H KVH */
     av_cuda_set_attention_chunk(2 * 130 * 32); /* 32-row chunks: exercises the chunked inference path */
@@ -347,24 +378,8 @@ static void test_attention(void) {
         free(q); free(k); free(v); free(go); free(o); free(pr); free(dq); free(dk); free(dv); free(dq0); free(dk0); free(dv0);
     }
     av_cuda_set_attention_chunk(0);
-    /* batched decode attention: 4 sequences at different positions vs per-sequence CPU attention (the
-     * last one at the end of a 600-row cache region) */
-    int N = 4, H = 4, KVH = 2, MS = 600, posn[4] = {0, 17, 49, 599};
-    size_t kvd = (size_t)KVH * hd, qd = (size_t)H * hd, stride = (size_t)MS * kvd;
-    float *kc = test_rnd(N * stride, 1), *vc = test_rnd(N * stride, 1), *q = test_rnd(N * qd, 1), *kn = test_rnd(N * kvd, 1), *vn = test_rnd(N * kvd, 1);
-    float *kcd = up(G, kc, N * stride * 4), *vcd = up(G, vc, N * stride * 4), *qd2 = up(G, q, N * qd * 4), *knd = up(G, kn, N * kvd * 4),
-          *vnd = up(G, vn, N * kvd * 4), *od = G->alloc(N * qd * 4, "t");
-    int32_t *posd = up(G, posn, sizeof posn);
-    G->attention_decode(od, qd2, knd, vnd, kcd, vcd, posd, N, stride, H, KVH, hd, 0);
-    float *ref = malloc(N * qd * 4);
-    for (int i = 0; i < N; i++) {
-        memcpy(kc + i * stride + posn[i] * kvd, kn + i * kvd, kvd * 4);
-        memcpy(vc + i * stride + posn[i] * kvd, vn + i * kvd, kvd * 4);
-        av_attention_forward(ref + i * qd, NULL, q + i * qd, kc + i * stride, vc + i * stride, 1, posn[i] + 1, posn[i], H, KVH, hd);
-    }
-    CMP("attention_decode", od, ref, N * qd, 1e-5);
-    CMP("attention_decode cache append", kcd, kc, N * stride, 0);
-    free(kc); free(vc); free(q); free(kn); free(vn); free(ref);
+    check_decode(32);
+    check_decode(64); /* one sequence, hd 64: the cached rows are read into registers */
 }
 
 static void test_xent_sample(void) {
@@ -599,34 +614,29 @@ static void test_mm16_ops(void) {
                      *dgd = G->alloc((n + 1) * 2, "t"), *dud = G->alloc((n + 1) * 2, "t");
             float *dd = up(G, d, (n + 1) * 4), *f = G->alloc(n * 4, "t");
             G->swiglu_forward_bf16(od + off, gd + off, ud + off, n);
-            G->swiglu_backward_bf16(dgd + off, dud + off, dd + off, 0, gd + off, ud + off, n);
             G->load_bf16(f, od + off, n);
             snprintf(nm, sizeof nm, "swiglu_forward_bf16 n=%zu off=%d", n, off);
             CMP(nm, f, o, n, 4e-3);
-            G->load_bf16(f, dgd + off, n);
-            snprintf(nm, sizeof nm, "swiglu_backward_bf16 dgate n=%zu off=%d", n, off);
-            CMP(nm, f, dg, n, 4e-3);
-            G->load_bf16(f, dud + off, n);
-            snprintf(nm, sizeof nm, "swiglu_backward_bf16 dup n=%zu off=%d", n, off);
-            CMP(nm, f, du, n, 4e-3);
-            { /* bf16 dout: against the reference on the same rounded dout */
-                uint16_t *db = malloc((n + 1) * 2);
-                av_store_bf16(db, d, n + 1);
-                av_load_bf16(d, db, n + 1);
-                memset(dg, 0, n * 4);
-                memset(du, 0, n * 4);
-                av_swiglu_backward(dg, du, d + off, g + off, u + off, n);
-                uint16_t *ddb = up(G, db, (n + 1) * 2);
-                G->swiglu_backward_bf16(dgd + off, dud + off, ddb + off, 1, gd + off, ud + off, n);
+            uint16_t *db = malloc((n + 1) * 2), *ddb = NULL;
+            for (int d16 = 0; d16 < 2; d16++) { /* f32 dout; bf16 dout against the reference on the same rounded dout */
+                if (d16) {
+                    av_store_bf16(db, d, n + 1);
+                    av_load_bf16(d, db, n + 1);
+                    memset(dg, 0, n * 4);
+                    memset(du, 0, n * 4);
+                    av_swiglu_backward(dg, du, d + off, g + off, u + off, n);
+                    ddb = up(G, db, (n + 1) * 2);
+                }
+                G->swiglu_backward_bf16(dgd + off, dud + off, d16 ? (const void *)(ddb + off) : (const void *)(dd + off), d16, gd + off, ud + off, n);
                 G->load_bf16(f, dgd + off, n);
-                snprintf(nm, sizeof nm, "swiglu_backward_bf16 dout16 dgate n=%zu off=%d", n, off);
+                snprintf(nm, sizeof nm, "swiglu_backward_bf16 dout16=%d dgate n=%zu off=%d", d16, n, off);
                 CMP(nm, f, dg, n, 4e-3);
                 G->load_bf16(f, dud + off, n);
-                snprintf(nm, sizeof nm, "swiglu_backward_bf16 dout16 dup n=%zu off=%d", n, off);
+                snprintf(nm, sizeof nm, "swiglu_backward_bf16 dout16=%d dup n=%zu off=%d", d16, n, off);
                 CMP(nm, f, du, n, 4e-3);
-                G->free(ddb);
-                free(db);
             }
+            G->free(ddb);
+            free(db);
             G->free(gd); G->free(ud); G->free(od); G->free(dgd); G->free(dud); G->free(dd); G->free(f);
             free(g); free(u); free(d); free(gb); free(ub); free(o); free(dg); free(du);
         }
