@@ -119,6 +119,14 @@ __device__ __forceinline__ void fb_st2(uint16_t *p, float a, float b) {
     *reinterpret_cast<__nv_bfloat162 *>(p) = v;
 }
 
+/* p[0..1] = (or, acc: +=) a, b; p16 (or NULL): the same values in bf16. */
+__device__ __forceinline__ void fb_put2(float *p, uint16_t *p16, float a, float b, int acc) {
+    float2 *q = reinterpret_cast<float2 *>(p);
+    float2 x = acc ? *q : make_float2(0.f, 0.f);
+    *q = make_float2(x.x + a, x.y + b);
+    if (p16) fb_st2(p16, a, b);
+}
+
 /* RoPE backward (rotate-half, as rope.c with the angle negated) on a [16 rows x HD] accumulator
  * fragment: columns d and d + HD/2 of a row sit in the same thread (n and n + HD/16). Rows r0 / r1
  * (elements 0,1 / 2,3) at positions pos[r]; rows past the end are left alone (not stored). */
@@ -247,32 +255,17 @@ __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __n
     int acc = nsplit == 1 && !pos;
     float *dkp = dk + sp * part_n, *dvp = dv + sp * part_n;
     float ksc = pos && nsplit == 1 ? 1.0f : scale;
+    int use16 = pos && nsplit == 1 && o16.dk;
 #pragma unroll
-    for (int n = 0; n < HD / 8; n++) {
-        size_t col = (size_t)kh * HD + n * 8 + 2 * c;
-        if (s0 < T) {
-            float2 *pk = reinterpret_cast<float2 *>(dkp + ((size_t)b * T + s0) * ks + col);
-            float2 *pv = reinterpret_cast<float2 *>(dvp + ((size_t)b * T + s0) * ks + col);
-            float2 xk = acc ? *pk : make_float2(0.f, 0.f), xv = acc ? *pv : make_float2(0.f, 0.f);
-            *pk = make_float2(xk.x + dK[n][0] * ksc, xk.y + dK[n][1] * ksc);
-            *pv = make_float2(xv.x + dV[n][0], xv.y + dV[n][1]);
-            if (pos && nsplit == 1 && o16.dk) {
-                fb_st2(o16.dk + ((size_t)b * T + s0) * ks + col, dK[n][0], dK[n][1]);
-                fb_st2(o16.dv + ((size_t)b * T + s0) * ks + col, dV[n][0], dV[n][1]);
-            }
+    for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) { /* the thread's keys s0 (elements 0, 1) and s1 (2, 3) */
+            int s = r ? s1 : s0;
+            if (s >= T) continue;
+            size_t off = ((size_t)b * T + s) * ks + (size_t)kh * HD + n * 8 + 2 * c;
+            fb_put2(dkp + off, use16 ? o16.dk + off : NULL, dK[n][2 * r] * ksc, dK[n][2 * r + 1] * ksc, acc);
+            fb_put2(dvp + off, use16 ? o16.dv + off : NULL, dV[n][2 * r], dV[n][2 * r + 1], acc);
         }
-        if (s1 < T) {
-            float2 *pk = reinterpret_cast<float2 *>(dkp + ((size_t)b * T + s1) * ks + col);
-            float2 *pv = reinterpret_cast<float2 *>(dvp + ((size_t)b * T + s1) * ks + col);
-            float2 xk = acc ? *pk : make_float2(0.f, 0.f), xv = acc ? *pv : make_float2(0.f, 0.f);
-            *pk = make_float2(xk.x + dK[n][2] * ksc, xk.y + dK[n][3] * ksc);
-            *pv = make_float2(xv.x + dV[n][2], xv.y + dV[n][3]);
-            if (pos && nsplit == 1 && o16.dk) {
-                fb_st2(o16.dk + ((size_t)b * T + s1) * ks + col, dK[n][2], dK[n][3]);
-                fb_st2(o16.dv + ((size_t)b * T + s1) * ks + col, dV[n][2], dV[n][3]);
-            }
-        }
-    }
 }
 
 /* Kernel B: dQ of one 64-query tile of one head. grid (H, B, query tiles), heaviest (last) first. */
@@ -359,21 +352,14 @@ __global__ void __launch_bounds__(128) fb_dq_k(float *dq, const __nv_bfloat16 *q
         for (int e = 0; e < 4; e++) acc[n][e] *= scale;
     if (pos) fb_rope_back<HD>(acc, pos + (size_t)b * T, inv_freq, t0, t1, c, T); /* overwrite, rotated back */
 #pragma unroll
-    for (int n = 0; n < HD / 8; n++) {
-        size_t col = (size_t)h * HD + n * 8 + 2 * c;
-        if (t0 < T) {
-            float2 *pq = reinterpret_cast<float2 *>(dq + ((size_t)b * T + t0) * qs + col);
-            float2 x = pos ? make_float2(0.f, 0.f) : *pq;
-            *pq = make_float2(x.x + acc[n][0], x.y + acc[n][1]);
-            if (pos && dq16) fb_st2(dq16 + ((size_t)b * T + t0) * qs + col, acc[n][0], acc[n][1]);
+    for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) { /* rows t0 (elements 0, 1) and t1 (2, 3) */
+            int t = r ? t1 : t0;
+            if (t >= T) continue;
+            size_t off = ((size_t)b * T + t) * qs + (size_t)h * HD + n * 8 + 2 * c;
+            fb_put2(dq + off, pos && dq16 ? dq16 + off : NULL, acc[n][2 * r], acc[n][2 * r + 1], !pos);
         }
-        if (t1 < T) {
-            float2 *pq = reinterpret_cast<float2 *>(dq + ((size_t)b * T + t1) * qs + col);
-            float2 x = pos ? make_float2(0.f, 0.f) : *pq;
-            *pq = make_float2(x.x + acc[n][2], x.y + acc[n][3]);
-            if (pos && dq16) fb_st2(dq16 + ((size_t)b * T + t1) * qs + col, acc[n][2], acc[n][3]);
-        }
-    }
 }
 
 /* dk[i] += sum over sp of part_k[sp][i] (same for v), in share order. */
