@@ -21,8 +21,10 @@ extern "C" void av_cuda_set_gemv(int fused) { g_fused = fused; }
  * 3 blocks per SM and 8 for grids of one block per SM: 8 sequences on H100 5.5k -> 6.35k tok/s; or 4
  * throughout; splitting K over two blocks per tile for those grids measured slower); AV_MMA_MAX =
  * most rows on the tensor-core kernel (default 16; more rows: cuBLAS and an epilogue kernel, 16.7k vs
- * 12.8k tok/s at 32 sequences). */
-static int g_g1 = -1, g_mma_max = 16, g_mma_u = 2, g_sms = 132;
+ * 12.8k tok/s at 32 sequences); AV_QKV_LATE (default 1): the one-row q|k|v product lets the attention
+ * launch only after its reductions, so the attention's register-heavy blocks do not take the SMs while
+ * it streams (H100 b1 1,067 -> 1,087 tok/s). */
+static int g_g1 = -1, g_mma_max = 16, g_mma_u = 2, g_sms = 132, g_qlate = 1;
 static void knobs(void) {
     if (g_g1 >= 0) return;
     int dev = 0;
@@ -31,6 +33,7 @@ static void knobs(void) {
     if (u) g_mma_u = atoi(u);
     g_g1 = e ? atoi(e) : 3;
     if (m) g_mma_max = atoi(m);
+    if (getenv("AV_QKV_LATE")) g_qlate = atoi(getenv("AV_QKV_LATE"));
 }
 
 struct fz_args {
@@ -47,6 +50,7 @@ struct fz_args {
     const float *inv_freq;
     int rope_rows, hd, F;
     int xb, ob; /* x holds bf16 (IN_X only); SWIGLU writes bf16 */
+    int lt;     /* one-row kernel: the next kernel may launch only after the reductions */
 };
 
 __device__ __forceinline__ uint16_t fz_bf16(float v) {
@@ -126,7 +130,7 @@ __global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units) {
             for (int h = 0; h < 2; h++) w[j][q][h] = c < nv && ok[q][h] ? __ldcs(p[q][h] + c) : make_uint4(0, 0, 0, 0);
     }
     av_pdl_wait();
-    av_pdl_launch();
+    if (!a.lt) av_pdl_launch();
     float acc[P][2], ss = 0.0f;
 #pragma unroll
     for (int q = 0; q < P; q++) acc[q][0] = acc[q][1] = 0.0f;
@@ -171,6 +175,7 @@ __global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units) {
         if (lane == 0) red[2 * P][warp] = ss;
     }
     __syncthreads();
+    if (a.lt) av_pdl_launch();
     if (tid >= P) return;
     int q = tid;
     if (!ok[0][0] || u0 + q >= units) return;
@@ -503,7 +508,7 @@ extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, co
         av_dtype ndt = f->norm ? f->norm->dtype : AV_F32;
         fz_args a = {out, x, (const uint16_t *)W->data, W->dtype, N, K, T, nd, ndt, ndt == AV_BF16 && ((uintptr_t)nd % 16) == 0, f->eps,
                      f->pos, f->inv_freq, f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0, hd, N / 2, f->in_bf16 != 0,
-                     f->out_bf16 != 0 && f->out == AV_GEMV_OUT_SWIGLU};
+                     f->out_bf16 != 0 && f->out == AV_GEMV_OUT_SWIGLU, g_qlate && T == 1 && f->out == AV_GEMV_OUT_ROPE};
         if (f->in == AV_GEMV_IN_RMSNORM) launch_out<AV_GEMV_IN_RMSNORM>(a, f->out);
         else launch_out<AV_GEMV_IN_X>(a, f->out);
         AV_CU_LAUNCHED("fused decode product");
