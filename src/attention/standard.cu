@@ -96,8 +96,9 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_rows_k(float *out, const 
  * whole q.k dot product with 16-byte loads) into shared memory, a block softmax, then threads over
  * (dim, key slice) for P V. q and the new K/V row are loaded once, together (one round trip after
  * the wait); the first head of each KV group writes that row into the cache. late: the next kernel
- * may launch only at the end (one sequence: its early weight loads slowed this latency-bound kernel
- * more than they gained, H100 b1 1,009 -> 1,022 tok/s; several sequences gain from the overlap).
+ * may launch only at the end (AV_ATT_LATE=1; 2: for one sequence only, which measured best with the
+ * older one-row block shapes, H100 b1 1,009 -> 1,022 tok/s; with the o product's four-pair blocks the
+ * early start wins: H200 1,391 -> 1,430, H100 1,099 -> 1,128, so the default is 0).
  * KR > 0 (hd 64, one sequence): the cached rows are read into registers before the wait (b1 1,036 ->
  * 1,067 tok/s with DEC_PV 8, 1,058 with 16). Needs hd % 4 == 0, hd <= DEC_THREADS. */
 #define DEC_THREADS 256
@@ -379,7 +380,7 @@ extern "C" void av_cuda_attention_decode(float *out, const float *q, const float
     float scale = 1.0f / sqrtf((float)hd);
     static size_t smem_set = 48 << 10;
     static int late = -1;
-    if (late < 0) late = getenv("AV_ATT_LATE") ? atoi(getenv("AV_ATT_LATE")) : 2;
+    if (late < 0) late = getenv("AV_ATT_LATE") ? atoi(getenv("AV_ATT_LATE")) : 0;
     /* one sequence: cached rows in registers (hd 64, AV_ATT_REG = value chunks per thread: 8, 16, or 0
      * for the L1 prefetch); several sequences keep the prefetch (their many register-heavy blocks
      * crowd out the q|k|v product: 32 seqs 17.6k -> 15.5k tok/s) */

@@ -15,16 +15,20 @@ extern "C" {
 
 static int g_fused = 1;
 extern "C" void av_cuda_set_gemv(int fused) { g_fused = fused; }
-/* Tuning knobs read once (benchmarks): AV_G1 = one-row kernel block shape (0: one output pair per
- * 128 threads, 1: two pairs per 256, 2: one pair per 64, 3 (default): 0 for q|k|v, 1 for the rest);
+/* Tuning knobs read once (benchmarks): AV_G1 = one-row kernel block shape for every product (0: one
+ * output pair per 128 threads, 1: two pairs per 256, 2: one pair per 64, 4: four pairs per 256, 5: two
+ * per 512, 6: two per 128, 7: four per 512, 8: four per 128, 9: one per 256; 3, the default: per product, below), or
+ * per product AV_G1_QKV, AV_G1_O, AV_G1_GU, AV_G1_DOWN, AV_G1_HEAD (defaults 6, 4, 0, 4, 1: measured
+ * best together, b1 on the H200 1,314 -> 1,391 tok/s, on the H100 1,084 -> 1,101; fewer, fuller blocks
+ * for the 2048-row products keep more bytes in flight per SM);
  * AV_MMA_U = k steps in flight per warp of the tensor-core kernel at <= 8 rows (2, the default, with
  * 3 blocks per SM and 8 for grids of one block per SM: 8 sequences on H100 5.5k -> 6.35k tok/s; or 4
  * throughout; splitting K over two blocks per tile for those grids measured slower); AV_MMA_MAX =
  * most rows on the tensor-core kernel (default 16; more rows: cuBLAS and an epilogue kernel, 16.7k vs
- * 12.8k tok/s at 32 sequences); AV_QKV_LATE (default 1): the one-row q|k|v product lets the attention
- * launch only after its reductions, so the attention's register-heavy blocks do not take the SMs while
- * it streams (H100 b1 1,067 -> 1,087 tok/s). */
-static int g_g1 = -1, g_mma_max = 16, g_mma_u = 2, g_sms = 132, g_qlate = 1;
+ * 12.8k tok/s at 32 sequences); AV_QKV_LATE (default 0): 1 lets the attention launch only after the
+ * one-row q|k|v product's reductions (it helped with the old block shapes, H100 1,067 -> 1,087; with
+ * these, and the attention letting the o product start early, 0 is faster: H200 1,430 -> 1,447). */
+static int g_g1 = -1, g_mma_max = 16, g_mma_u = 2, g_sms = 132, g_qlate = 0, g_g1k[5] = {-1, -1, -1, -1, -1};
 static void knobs(void) {
     if (g_g1 >= 0) return;
     int dev = 0;
@@ -33,7 +37,11 @@ static void knobs(void) {
     if (u) g_mma_u = atoi(u);
     g_g1 = e ? atoi(e) : 3;
     if (m) g_mma_max = atoi(m);
-    if (getenv("AV_QKV_LATE")) g_qlate = atoi(getenv("AV_QKV_LATE"));
+    if (getenv("AV_QKV_LATE")) g_qlate = atoi(getenv("AV_QKV_LATE")) ? 1 : 0;
+    if (getenv("AV_G1_LATE")) g_qlate = atoi(getenv("AV_G1_LATE")); /* per product: bit 0 q|k|v, 1 o, 2 gate|up, 3 down, 4 LM head */
+    const char *kn[5] = {"AV_G1_QKV", "AV_G1_O", "AV_G1_GU", "AV_G1_DOWN", "AV_G1_HEAD"};
+    for (int i = 0; i < 5; i++)
+        if (getenv(kn[i])) g_g1k[i] = atoi(getenv(kn[i]));
 }
 
 struct fz_args {
@@ -428,6 +436,10 @@ __global__ void fz_epi_k(float *out, const float *prod, int T, int N, int mode, 
 }
 
 /* ---------------------------------------------------------------- dispatch */
+/* The one-row products' tuning index: 0 q|k|v, 1 o, 2 gate|up, 3 down (residual products with K > 4096), 4 LM head. */
+static inline int g1_kind(int out, int K) {
+    return out == AV_GEMV_OUT_ROPE ? 0 : out == AV_GEMV_OUT_SWIGLU ? 2 : out == AV_GEMV_OUT_STORE ? 4 : K > 4096 ? 3 : 1;
+}
 template <int IN, int OUT, int NTH, int P>
 static void launch1c(const fz_args &a, unsigned units) {
     int per = (int)av_cdiv((size_t)(a.K >> 3), NTH); /* chunks per thread and row */
@@ -443,9 +455,18 @@ static void launch1(const fz_args &a) {
     unsigned units = OUT == AV_GEMV_OUT_SWIGLU ? (unsigned)a.F
                      : OUT == AV_GEMV_OUT_ROPE ? (unsigned)(a.rope_rows / 2 + (a.N - a.rope_rows + 1) / 2)
                                                : av_cdiv((size_t)a.N, 2);
-    int cfg = g_g1 != 3 ? g_g1 : OUT == AV_GEMV_OUT_ROPE ? 0 : 1; /* measured best on H100 (bench parts) */
+    /* products: q|k|v, o, gate|up, down (the residual products with K > 4096), LM head */
+    static const int best[5] = {6, 4, 0, 4, 1};
+    int kind = g1_kind(OUT, a.K);
+    int cfg = g_g1k[kind] >= 0 ? g_g1k[kind] : g_g1 != 3 ? g_g1 : best[kind];
     if (cfg == 1) launch1c<IN, OUT, 256, 2>(a, units);
     else if (cfg == 2) launch1c<IN, OUT, 64, 1>(a, units);
+    else if (cfg == 4) launch1c<IN, OUT, 256, 4>(a, units);
+    else if (cfg == 5) launch1c<IN, OUT, 512, 2>(a, units);
+    else if (cfg == 6) launch1c<IN, OUT, 128, 2>(a, units);
+    else if (cfg == 7) launch1c<IN, OUT, 512, 4>(a, units);
+    else if (cfg == 8) launch1c<IN, OUT, 128, 4>(a, units);
+    else if (cfg == 9) launch1c<IN, OUT, 256, 1>(a, units);
     else launch1c<IN, OUT, 128, 1>(a, units);
 }
 
@@ -508,7 +529,7 @@ extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, co
         av_dtype ndt = f->norm ? f->norm->dtype : AV_F32;
         fz_args a = {out, x, (const uint16_t *)W->data, W->dtype, N, K, T, nd, ndt, ndt == AV_BF16 && ((uintptr_t)nd % 16) == 0, f->eps,
                      f->pos, f->inv_freq, f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0, hd, N / 2, f->in_bf16 != 0,
-                     f->out_bf16 != 0 && f->out == AV_GEMV_OUT_SWIGLU, g_qlate && T == 1 && f->out == AV_GEMV_OUT_ROPE};
+                     f->out_bf16 != 0 && f->out == AV_GEMV_OUT_SWIGLU, T == 1 && ((g_qlate >> g1_kind(f->out, K)) & 1)};
         if (f->in == AV_GEMV_IN_RMSNORM) launch_out<AV_GEMV_IN_RMSNORM>(a, f->out);
         else launch_out<AV_GEMV_IN_X>(a, f->out);
         AV_CU_LAUNCHED("fused decode product");
