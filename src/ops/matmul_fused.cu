@@ -16,8 +16,9 @@ extern "C" {
 static int g_fused = 1;
 extern "C" void av_cuda_set_gemv(int fused) { g_fused = fused; }
 /* Tuning knobs read once (benchmarks): AV_G1 = one-row kernel block shape for every product (0: one
- * output pair per 128 threads, 1: two pairs per 256, 2: one pair per 64, 4: four pairs per 256, 5: two
- * per 512, 6: two per 128, 7: four per 512, 8: four per 128, 9: one per 256; 3, the default: per product, below), or
+ * output pair per 128 threads, 1: two pairs per 256, 2: one pair per 64, 4: four pairs per 256, 6: two
+ * per 128; 3, the default: per product, below; two or four pairs per 512 threads, four per 128 and one
+ * per 256 measured slower everywhere on the H200, bench/NOTES-gpu.md, and are not built), or
  * per product AV_G1_QKV, AV_G1_O, AV_G1_GU, AV_G1_DOWN, AV_G1_HEAD (defaults 6, 4, 0, 4, 1: measured
  * best together, b1 on the H200 1,314 -> 1,391 tok/s, on the H100 1,084 -> 1,101; fewer, fuller blocks
  * for the 2048-row products keep more bytes in flight per SM);
@@ -462,11 +463,7 @@ static void launch1(const fz_args &a) {
     if (cfg == 1) launch1c<IN, OUT, 256, 2>(a, units);
     else if (cfg == 2) launch1c<IN, OUT, 64, 1>(a, units);
     else if (cfg == 4) launch1c<IN, OUT, 256, 4>(a, units);
-    else if (cfg == 5) launch1c<IN, OUT, 512, 2>(a, units);
     else if (cfg == 6) launch1c<IN, OUT, 128, 2>(a, units);
-    else if (cfg == 7) launch1c<IN, OUT, 512, 4>(a, units);
-    else if (cfg == 8) launch1c<IN, OUT, 128, 4>(a, units);
-    else if (cfg == 9) launch1c<IN, OUT, 256, 1>(a, units);
     else launch1c<IN, OUT, 128, 1>(a, units);
 }
 
