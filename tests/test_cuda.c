@@ -226,6 +226,53 @@ static void test_matmul_fused(void) {
     }
 }
 
+/* Greedy argmax folded into the LM-head product (av_gemv_fusion argmax): one row (the fused kernel's
+ * last block) and 3 rows (the sampler after the product) give the argmax of the logits stored, the
+ * lowest index of two tied maxima, advance the positions, and (one row) write the host ring in turn. */
+static void test_matmul_fused_argmax(void) {
+    int N = 9000, K = 264, lo = 4321, hi = 7777;
+    for (int T = 1; T <= 3; T += 2) {
+        float *x = test_rnd((size_t)T * K, 1), *w = test_rnd((size_t)N * K, 0.1f);
+        for (int k = 0; k < K; k++) w[(size_t)lo * K + k] = w[(size_t)hi * K + k] = x[k] > 0 ? 0.5f : -0.5f; /* row 0's tied max */
+        uint16_t *wb;
+        av_mat W = bf16_mat(w, N, K, &wb), Wd = on_dev(W);
+        float *o = malloc(sizeof(float) * T * N);
+        av_matmul_forward(o, x, &W, T);
+        int32_t pos[3] = {10, 20, 30}, ids[3], pos2[3];
+        float *xd = up(G, x, sizeof(float) * T * K), *od = G->alloc(sizeof(float) * T * N, "t");
+        int32_t *idd = G->alloc(sizeof ids, "t"), *posd = up(G, pos, sizeof pos);
+        unsigned *seq = G->alloc(sizeof(unsigned), "t");
+        G->zero(seq, sizeof(unsigned));
+        void *ring_dev = NULL;
+        int32_t *ring = G->host_alloc ? G->host_alloc(4 * sizeof(int32_t), &ring_dev) : NULL;
+        av_gemv_fusion f = {.in = AV_GEMV_IN_X, .out = AV_GEMV_OUT_STORE, .argmax = idd, .argmax_pos = posd};
+        if (ring && T == 1) f.argmax_host = ring_dev, f.argmax_seq = seq, f.argmax_ring = 4;
+        for (int rep = 0; rep < 2; rep++) G->matmul_fused_forward(od, xd, &Wd, T, &f);
+        G->download(ids, idd, sizeof(int32_t) * T);
+        G->download(pos2, posd, sizeof(int32_t) * T);
+        float *og = down(G, od, (size_t)T * N); /* its own logits: > 1 row rounds inputs to bf16 */
+        CMP("matmul_fused argmax logits", od, o, (size_t)T * N, T > 1 ? 4e-3 : 1e-5);
+        memcpy(o, og, sizeof(float) * T * N);
+        free(og);
+        for (int t = 0; t < T; t++) {
+            int best = 0;
+            for (int i = 1; i < N; i++) if (o[(size_t)t * N + i] > o[(size_t)t * N + best]) best = i;
+            CHECK(ids[t] == best, "matmul_fused argmax T=%d row %d: %d, argmax of its logits %d", T, t, ids[t], best);
+            CHECK(pos2[t] == pos[t] + 2, "matmul_fused argmax T=%d row %d: position %d after two steps from %d", T, t, pos2[t], pos[t]);
+        }
+        CHECK(ids[0] == lo, "matmul_fused argmax T=%d: tie gave %d, want the lower index %d", T, ids[0], lo);
+        if (ring && T == 1) {
+            unsigned sq = 0;
+            G->download(&sq, seq, sizeof sq);
+            CHECK(sq == 2 && ring[0] == lo && ring[1] == lo && ring[2] == 0, "matmul_fused argmax ring: seq %u, ring %d %d %d", sq, ring[0],
+                  ring[1], ring[2]);
+        }
+        if (ring) G->host_free(ring);
+        G->free(xd); G->free(od); G->free(idd); G->free(posd); G->free(seq); G->free((void *)Wd.data);
+        free(x); free(w); free(wb); free(o);
+    }
+}
+
 /* 16-bit decode activations (av_gemv_fusion in_bf16 / out_bf16, bf16 table): the SwiGLU output
  * written as bf16 must be the f32 output rounded to nearest (bit for bit), and a product reading bf16
  * x must equal the same product on the rounded values in f32 (the kernels round x to bf16 anyway). */
@@ -1080,6 +1127,7 @@ int main(void) {
     test_elementwise();
     test_matmul();
     test_matmul_fused();
+    test_matmul_fused_argmax();
     test_matmul_fused_bf16();
     test_attention();
     test_xent_sample();

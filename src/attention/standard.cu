@@ -105,7 +105,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_rows_k(float *out, const 
 template <int KR, int DEC_PV> /* DEC_PV: value chunks per thread held in registers (KR > 0) */
 __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const float *q, const float *k_new, const float *v_new, float *kc,
                                                           float *vc, const int32_t *pos, size_t seq_stride, int H, int KVH, int hd,
-                                                          float scale, size_t qrow, size_t knrow, int late) {
+                                                          float scale, size_t qrow, size_t knrow, int late, const char *pf,
+                                                          size_t pfn) {
     extern __shared__ float dsm[];
     __shared__ float red[32];
     /* shared: q [ATT_MAX_HD] | P V partials [DEC_THREADS float4] | new key, value [2 ATT_MAX_HD] | scores */
@@ -139,6 +140,7 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const floa
             asm volatile("prefetch.global.L1 [%0];" ::"l"(Vv + (size_t)sr * ks + 32 * l));
         }
     }
+    av_l2_prefetch(pf, pfn); /* the o product's weights, while this kernel is latency-bound */
     av_pdl_wait();
     if (!late) av_pdl_launch();
     /* everything the q|k|v product wrote, in one round of loads: q, the new key and value rows */
@@ -386,6 +388,8 @@ extern "C" void av_cuda_attention_decode(float *out, const float *q, const float
      * crowd out the q|k|v product: 32 seqs 17.6k -> 15.5k tok/s) */
     static int reg = -1;
     if (reg < 0) reg = getenv("AV_ATT_REG") ? atoi(getenv("AV_ATT_REG")) : 8;
+    const char *pf;
+    size_t pfn = av_cuda_take_prefetch(&pf);
     if (hd % 4 == 0 && hd <= DEC_THREADS && max_s > 0 && smem <= (200u << 10) && qrow % 4 == 0 && knrow % 4 == 0) {
         if (smem > smem_set) {
             cudaFuncSetAttribute(attn_dec_k<16, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
@@ -395,13 +399,13 @@ extern "C" void av_cuda_attention_decode(float *out, const float *q, const float
         }
         if (hd == 64 && N == 1 && reg == 16)
             av_launch(attn_dec_k<16, 16>, dim3(H, N), dim3(DEC_THREADS), smem, 1, out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H,
-                      KVH, hd, scale, qrow, knrow, late == 2 ? N == 1 : late);
+                      KVH, hd, scale, qrow, knrow, late == 2 ? N == 1 : late, pf, pfn);
         else if (hd == 64 && N == 1 && reg == 8)
             av_launch(attn_dec_k<16, 8>, dim3(H, N), dim3(DEC_THREADS), smem, 1, out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H,
-                      KVH, hd, scale, qrow, knrow, late == 2 ? N == 1 : late);
+                      KVH, hd, scale, qrow, knrow, late == 2 ? N == 1 : late, pf, pfn);
         else
             av_launch(attn_dec_k<0, 1>, dim3(H, N), dim3(DEC_THREADS), smem, 1, out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H, KVH,
-                      hd, scale, qrow, knrow, late == 2 ? N == 1 : late);
+                      hd, scale, qrow, knrow, late == 2 ? N == 1 : late, pf, pfn);
     } else {
         av_launch(attn_rows_k<true>, dim3(H, N), dim3(ATT_WARPS * 32), 0, 1, out, q, (const float *)NULL, (const float *)NULL, k_cache,
                   v_cache, k_new, v_new, pos, 0, seq_stride, H, KVH, hd, scale, qrow, knrow);

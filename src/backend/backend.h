@@ -28,6 +28,14 @@ typedef struct av_gemv_fusion {
      * inputs to bf16 anyway, so nothing changes numerically): out_bf16: SWIGLU writes out as bf16;
      * in_bf16: x holds bf16 (in must be X). uint16_t behind the float pointers. */
     int in_bf16, out_bf16;
+    /* STORE, greedy sampling folded into the LM head: each row's argmax (lowest index on ties, NaN
+     * skipped, as the sampler at temperature 0) into argmax[t], and argmax_pos[t] += 1 where
+     * argmax_pos is given. argmax_host (one row only): the id also into a ring of host-visible memory
+     * (backend host_alloc), at slot (*argmax_seq)++ % argmax_ring (argmax_seq: backend memory), so
+     * the host can read it without a copy being queued behind the step. */
+    int32_t *argmax, *argmax_pos, *argmax_host;
+    unsigned *argmax_seq;
+    int argmax_ring;
 } av_gemv_fusion;
 
 typedef struct av_backend {
@@ -49,6 +57,11 @@ typedef struct av_backend {
      * that copy only and writes the bytes to dst. At most 4 tickets outstanding; each ended once. */
     int (*download_begin)(const void *src, size_t bytes);
     void (*download_end)(int ticket, void *dst, size_t bytes);
+    /* Optional: host memory the device reads and writes directly (mapped pinned memory): returns the
+     * host address and sets *dev to the device's; host_free releases it. A download_begin with src
+     * NULL and 0 bytes queues only the marker that download_end waits for (dst NULL). */
+    void *(*host_alloc)(size_t bytes, void **dev);
+    void (*host_free)(void *host);
 
     /* ops (see ops.h for semantics) */
     void (*embedding_forward)(float *out, const int32_t *ids, const av_mat *table, int T);
@@ -92,6 +105,9 @@ typedef struct av_backend {
      * input transform and output transform of f fused in (16-bit weights, no adapters; equal to the
      * separate ops within the table's matmul precision). */
     void (*matmul_fused_forward)(float *out, const float *x, const av_mat *W, int T, const av_gemv_fusion *f);
+    /* Optional hint (NULL: none): the next attention_decode or one-row matmul_fused_forward may pull
+     * [p, p + bytes) (weights a later product reads) into the cache while it waits for its inputs. */
+    void (*prefetch_hint)(const void *p, size_t bytes);
     /* Capture of the ops issued between begin and end into a replayable graph (CUDA graphs).
      * launch returns 0, 1 when the graph is stale (re-capture), -1 on failure. */
     int (*graph_begin)(void);

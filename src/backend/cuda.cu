@@ -188,6 +188,16 @@ static int g_pdl;         /* programmatic dependent launch (see cuda_common.cuh)
 static void *g_pin;
 
 extern "C" int av_cuda_pdl(void) { return g_pdl; }
+/* backend prefetch_hint: held until the next decode kernel that takes it (av_cuda_take_prefetch) */
+static const void *g_pf;
+static size_t g_pf_n;
+static void cuda_prefetch_hint(const void *p, size_t n) { g_pf = p, g_pf_n = n & ~(size_t)15; }
+extern "C" size_t av_cuda_take_prefetch(const char **p) {
+    size_t n = g_pf ? g_pf_n : 0;
+    *p = (const char *)g_pf;
+    g_pf = NULL, g_pf_n = 0;
+    return (uintptr_t)*p % 16 ? 0 : n;
+}
 
 extern "C" cudaStream_t av_cuda_stream(void) { return g_stream; }
 extern "C" cublasHandle_t av_cuda_cublas(void) { return g_blas; }
@@ -277,7 +287,7 @@ static int cuda_download_begin(const void *src, size_t n) {
             return -1;
         }
     }
-    if (av_cuda_note(cudaMemcpyAsync(g_dl_pin[s], src, n, cudaMemcpyDeviceToHost, g_stream), "download") ||
+    if ((src && av_cuda_note(cudaMemcpyAsync(g_dl_pin[s], src, n, cudaMemcpyDeviceToHost, g_stream), "download")) ||
         av_cuda_note(cudaEventRecord(g_dl_ev[s], g_stream), "download"))
         return -1;
     g_dl_busy[s] = 1;
@@ -287,8 +297,20 @@ static int cuda_download_begin(const void *src, size_t n) {
 static void cuda_download_end(int s, void *dst, size_t n) {
     if (s < 0 || s >= DL_SLOTS || !g_dl_busy[s]) return;
     av_cuda_note(cudaEventSynchronize(g_dl_ev[s]), "download");
-    memcpy(dst, g_dl_pin[s], n);
+    if (dst) memcpy(dst, g_dl_pin[s], n);
     g_dl_busy[s] = 0;
+}
+/* Mapped pinned memory: the decode sampler writes the ids straight into it (no copy queued). */
+static void *cuda_host_alloc(size_t n, void **dev) {
+    void *h = NULL;
+    *dev = NULL;
+    if (cudaHostAlloc(&h, n, cudaHostAllocMapped) != cudaSuccess) { cudaGetLastError(); return NULL; }
+    if (cudaHostGetDevicePointer(dev, h, 0) != cudaSuccess) { cudaGetLastError(); cudaFreeHost(h); *dev = NULL; return NULL; }
+    memset(h, 0, n);
+    return h;
+}
+static void cuda_host_free(void *h) {
+    if (h) cudaFreeHost(h);
 }
 static void cuda_copy(void *dst, const void *src, size_t n) {
     av_cuda_note(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, g_stream), "copy");
@@ -406,6 +428,8 @@ static void fill_table(av_backend *b, int f32) {
     b->download = cuda_download;
     b->download_begin = cuda_download_begin;
     b->download_end = cuda_download_end;
+    b->host_alloc = cuda_host_alloc;
+    b->host_free = cuda_host_free;
     b->copy = cuda_copy;
     b->zero = cuda_zero;
     b->sync = cuda_sync;
@@ -440,6 +464,7 @@ static void fill_table(av_backend *b, int f32) {
     b->attention_forward = f32 ? att_fwd_f32 : att_fwd_bf16;
     b->attention_backward = f32 ? att_bwd_f32 : att_bwd_bf16;
     b->attention_decode = av_cuda_attention_decode;
+    b->prefetch_hint = cuda_prefetch_hint;
     b->attention_forward_batch = f32 ? attb_fwd_f32 : attb_fwd_bf16;
     b->attention_backward_batch = f32 ? attb_bwd_f32 : attb_bwd_bf16;
     b->flash_attention_forward = f32 ? NULL : av_cuda_flash_attention_forward; /* bf16 tensor cores: not in the exact-f32 table */

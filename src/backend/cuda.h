@@ -25,6 +25,8 @@ void av_cuda_set_flash_warps(int warps);
 void av_cuda_set_gemv(int fused);
 /* The backend's matmul_fused_forward: f32 != 0 keeps exact f32 arithmetic (one row fused, more rows
  * through the separate exact ops); 0 also runs 2..32 rows on bf16 tensor cores. No-op without CUDA. */
+/* The pending prefetch hint (bytes, 0: none; *p its start), cleared: decode kernel launchers. */
+size_t av_cuda_take_prefetch(const char **p);
 void av_cuda_matmul_fused_forward_mode(float *out, const float *x, const av_mat *W, int T, const av_gemv_fusion *f, int f32);
 
 #ifdef AV_HAVE_CUDA

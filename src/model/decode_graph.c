@@ -5,6 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Benchmark knobs: an integer from the environment, or def. */
+static int getenv_int(const char *name, int def) {
+    const char *e = getenv(name);
+    return e && *e ? atoi(e) : def;
+}
+
 /* Two or three projections whose weights lie back to back in backend memory (the upload order of
  * model/weights.c) without adapters: one matrix of all their rows, so one product reads them. */
 static int stacked(av_mat *out, const av_linear *a, const av_linear *b, const av_linear *c) {
@@ -28,7 +34,22 @@ static int plain(const av_linear *L) { return !L->lora_a && !L->w.q_bits; }
 /* One layer as four fused products (backend matmul_fused_forward) and the attention: RMSNorm inside
  * the q|k|v and gate|up products, RoPE in the q|k|v store, SwiGLU in the gate|up store, residual adds
  * in the o and down stores. 0 when the layer's weights do not allow it (adapters, layout). */
-static int layer_fused(av_decode_plan *p, const av_layer *L, float *kc, float *vc) {
+/* L2 prefetch hints (backend prefetch_hint) for the one-row step: which latency-bound kernel pulls
+ * which later weights. AV_PF bits (benchmarks; default 0: none paid off on the H200, the attention
+ * pulling W_o 1,482 -> 1,479 tok/s, the o product pulling 8 MB of gate|up 1,468, 16 MB 1,425, the
+ * down product 2 MB of the next q|k|v 1,471): 1 the attention pulls W_o, 2 the o product pulls the
+ * first AV_PF_GU_MB of gate|up, 4 the down product the first AV_PF_QKV_MB of the next q|k|v, 8 the
+ * q|k|v product pulls W_o. */
+static void hint(const av_backend *be, int bit, const av_mat *W, size_t cap) {
+    static int mask = -1;
+    if (mask < 0) mask = getenv_int("AV_PF", 0);
+    if (!be->prefetch_hint || !(mask & bit) || !W) return;
+    size_t n = (size_t)W->rows * W->cols * av_dtype_size(W->dtype);
+    be->prefetch_hint(W->data, cap && cap < n ? cap : n);
+}
+
+/* next: the following layer (NULL for the last), whose first weights the down product may pull */
+static int layer_fused(av_decode_plan *p, const av_layer *L, float *kc, float *vc, const av_layer *next) {
     av_model *m = p->m;
     const av_config *c = &m->cfg;
     const av_backend *be = m->be;
@@ -40,9 +61,13 @@ static int layer_fused(av_decode_plan *p, const av_layer *L, float *kc, float *v
         return 0;
     av_gemv_fusion f = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->attn_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_ROPE,
                         .pos = p->pos, .inv_freq = m->inv_freq, .rope_heads = H + KVH, .head_dim = hd};
+    int one = N == 1;
+    if (one) hint(be, 8, &L->o.w, 0);
     be->matmul_fused_forward(p->qkv, p->x, &Wqkv, N, &f); /* q and k heads are adjacent: one RoPE range */
+    if (one) hint(be, 1, &L->o.w, 0);
     be->attention_decode(p->att, p->qkv, p->qkv + qd, p->qkv + qd + (size_t)KVH * hd, kc, vc, p->pos, N, p->seq_stride, H, KVH, hd, nq);
     av_gemv_fusion o = {.in = AV_GEMV_IN_X, .out = AV_GEMV_OUT_ADD};
+    if (one) hint(be, 2, &Wgu, (size_t)getenv_int("AV_PF_GU_MB", 8) << 20);
     be->matmul_fused_forward(p->x, p->att, &L->o.w, N, &o);
     /* several rows: the SwiGLU output goes to the down product as bf16 (its tensor cores round it so
      * anyway); one row keeps the exact f32 GEMV */
@@ -51,8 +76,20 @@ static int layer_fused(av_decode_plan *p, const av_layer *L, float *kc, float *v
                          .out_bf16 = gu16};
     be->matmul_fused_forward(p->gu, p->x, &Wgu, N, &gu);
     av_gemv_fusion dn = {.in = AV_GEMV_IN_X, .out = AV_GEMV_OUT_ADD, .in_bf16 = gu16};
+    av_mat Wn;
+    if (one && next && stacked(&Wn, &next->q, &next->k, &next->v)) hint(be, 4, &Wn, (size_t)getenv_int("AV_PF_QKV_MB", 4) << 20);
+    else if (one && !next && !p->m->lm_head.q_bits) hint(be, 4, &p->m->lm_head, (size_t)getenv_int("AV_PF_QKV_MB", 4) << 20);
     be->matmul_fused_forward(p->x, p->gu, &L->down.w, N, &dn);
     return 1;
+}
+
+#define ID_RING 8 /* > the steps that can be queued */
+
+/* Greedy sampling folded into the fused LM head (backend av_gemv_fusion.argmax): one sequence, all
+ * of it active, temperature 0. AV_AMAX=0 (benchmarks) keeps the sampler kernel. */
+static int folds_argmax(const av_decode_plan *p) {
+    const av_model *m = p->m;
+    return p->sample && p->N == 1 && !p->active && p->temperature <= 0.0f && m->be->matmul_fused_forward && !m->lm_head.q_bits;
 }
 
 /* The ops of one step (no host<->device traffic, nothing position-dependent on the host side
@@ -67,7 +104,7 @@ static void step_ops(av_decode_plan *p) {
     for (int l = 0; l < c->n_layers; l++) {
         const av_layer *L = &m->layers[l];
         float *kc = p->k_cache + (size_t)l * p->layer_stride, *vc = p->v_cache + (size_t)l * p->layer_stride;
-        if (layer_fused(p, L, kc, vc)) continue;
+        if (layer_fused(p, L, kc, vc, l + 1 < c->n_layers ? &m->layers[l + 1] : NULL)) continue;
         float *q = p->q, *k = p->k, *v = p->v, *gate = p->gate, *up = p->up;
         be->rmsnorm_forward(p->xn, NULL, p->x, &L->attn_norm, N, D, c->rms_norm_eps);
         av_linear_forward(be, q, p->xn, &L->q, N, p->lora_tmp);
@@ -95,14 +132,20 @@ static void step_ops(av_decode_plan *p) {
         av_linear_forward(be, p->tmp, gate, &L->down, N, p->lora_tmp);
         be->add_inplace(p->x, p->tmp, (size_t)N * D);
     }
+    int fold = folds_argmax(p);
     if (p->sample && be->matmul_fused_forward && !m->lm_head.q_bits) {
         av_gemv_fusion f = {.in = AV_GEMV_IN_RMSNORM, .norm = &m->final_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_STORE};
+        if (fold) {
+            f.argmax = p->ids;
+            f.argmax_pos = p->pos;
+            if (p->ring_dev) f.argmax_host = p->ring_dev, f.argmax_seq = p->seq_dev, f.argmax_ring = ID_RING;
+        }
         be->matmul_fused_forward(p->logits, p->x, &m->lm_head, N, &f);
     } else {
         be->rmsnorm_forward(p->hidden, NULL, p->x, &m->final_norm, N, D, c->rms_norm_eps);
         if (p->sample) be->matmul_forward(p->logits, p->hidden, &m->lm_head, N);
     }
-    if (p->sample && be->sample)
+    if (p->sample && be->sample && !fold)
         be->sample(p->ids, p->logits, N, c->vocab_size, p->temperature, p->top_p, p->seed, p->pos, p->active);
 }
 
@@ -143,11 +186,16 @@ av_status av_decode_plan_step(av_decode_plan *p, int32_t *host_ids) {
 av_status av_decode_plan_collect(av_decode_plan *p, int32_t *host_ids) {
     const av_backend *be = p->m->be;
     if (!p->npend) return av_fail(AV_ERR_ARG, "decode: no step queued");
-    int t = p->pend[0];
+    int t = p->pend[0], slot = p->pend_slot[0];
     p->pend[0] = p->pend[1];
+    p->pend_slot[0] = p->pend_slot[1];
     p->npend--;
     size_t bytes = sizeof(int32_t) * (size_t)p->N;
-    if (t >= 0) {
+    if (slot >= 0) { /* the LM head wrote the id into the ring: wait for the step's marker only */
+        if (t >= 0) be->download_end(t, NULL, 0);
+        else be->sync();
+        if (host_ids) host_ids[0] = ((volatile int32_t *)p->ring_host)[slot];
+    } else if (t >= 0) {
         int32_t *tmp = host_ids ? NULL : malloc(bytes);
         if (!host_ids && !tmp) return av_fail(AV_ERR_NOMEM, "out of memory");
         be->download_end(t, host_ids ? host_ids : tmp, bytes);
@@ -170,6 +218,18 @@ av_status av_decode_plan_submit(av_decode_plan *p) {
         if (!p->qkv) return AV_ERR_NOMEM;
         p->gu = p->qkv + nq * (size_t)p->N;
     }
+    if (!p->ring_tried && p->N == 1 && p->sample && be->host_alloc && be->host_free && getenv_int("AV_ID_RING", 1)) {
+        void *dev = NULL;
+        p->ring_tried = 1;
+        p->seq_dev = be->alloc(sizeof(unsigned), "decode id ring count");
+        if (!p->seq_dev) return AV_ERR_NOMEM;
+        be->zero(p->seq_dev, sizeof(unsigned));
+        p->nsub = 0;
+        p->ring_host = be->host_alloc(ID_RING * sizeof(int32_t), &dev);
+        p->ring_dev = dev;
+        if (!p->ring_host) { be->free(p->seq_dev); p->seq_dev = NULL; } /* ids by copy */
+    }
+    int ring = p->ring_host && folds_argmax(p);
     if (!graphable(be, p)) {
         if (!be->attention_decode) { /* the fallback path needs host positions */
             if (!p->host_pos && !(p->host_pos = malloc(sizeof(int32_t) * (size_t)p->N))) return av_fail(AV_ERR_NOMEM, "out of memory");
@@ -206,8 +266,9 @@ av_status av_decode_plan_submit(av_decode_plan *p) {
             p->eager_done = 1;
         }
     }
-    int t = av_decode_plan_queueable(p) ? be->download_begin(p->ids, sizeof(int32_t) * (size_t)p->N) : -1;
+    int t = !av_decode_plan_queueable(p) ? -1 : ring ? be->download_begin(NULL, 0) : be->download_begin(p->ids, sizeof(int32_t) * (size_t)p->N);
     if (t < 0 && p->npend) return av_fail(AV_ERR_DEVICE, "decode: could not queue the ids' copy");
+    p->pend_slot[p->npend] = ring ? (int)(p->nsub++ % ID_RING) : -1;
     p->pend[p->npend++] = t;
     return AV_OK;
 }
@@ -220,6 +281,11 @@ void av_decode_plan_release(av_decode_plan *p) {
     p->host_pos = NULL;
     if (p->qkv) p->m->be->free(p->qkv);
     p->qkv = p->gu = NULL;
+    if (p->ring_host) p->m->be->host_free(p->ring_host);
+    if (p->seq_dev) p->m->be->free(p->seq_dev);
+    p->ring_host = p->ring_dev = NULL;
+    p->seq_dev = NULL;
+    p->ring_tried = 0;
 }
 
 /* ---------------------------------------------------------------- av_session plans */
@@ -250,6 +316,8 @@ struct av_decoder {
     uint64_t ahead_seed;
 };
 
+static void decoder_destroy(av_decoder *d);
+
 /* Waits for a step queued ahead and forgets it (its input was not what the caller fed). */
 static void drop_ahead(av_decoder *d) {
     if (!d->ahead) return;
@@ -260,6 +328,14 @@ static void drop_ahead(av_decoder *d) {
 
 av_status av_decoder_new(av_decoder **out, av_session *s) {
     *out = NULL;
+    if (s->decoder) { /* the last decoder of this session, its step graph still valid (same buffers) */
+        av_decoder *d = s->decoder;
+        s->decoder = NULL;
+        d->ahead = 0;
+        d->dev_id = d->dev_pos = -1;
+        *out = d;
+        return AV_OK;
+    }
     av_decoder *d = calloc(1, sizeof *d);
     if (!d) return av_fail(AV_ERR_NOMEM, "out of memory");
     d->s = s;
@@ -273,9 +349,19 @@ av_status av_decoder_new(av_decoder **out, av_session *s) {
     return AV_OK;
 }
 
+/* Keeps d for the session's next av_decoder_new (capturing a step costs about a millisecond: a
+ * chat turn or benchmark repeat would pay it per generation). */
 void av_decoder_free(av_decoder *d) {
     if (!d) return;
     drop_ahead(d);
+    if (!d->s->decoder) {
+        d->s->decoder = d;
+        return;
+    }
+    decoder_destroy(d);
+}
+
+static void decoder_destroy(av_decoder *d) {
     av_decode_plan_release(&d->plan);
     d->s->m->be->free(d->dev);
     free(d);
@@ -355,6 +441,8 @@ av_status av_session_decode_one(av_session *s, int32_t id) {
 }
 
 void av_session_decode_free(av_session *s) {
+    if (s->decoder) decoder_destroy((av_decoder *)s->decoder);
+    s->decoder = NULL;
     if (!s->decode) return;
     av_decode_plan_release((av_decode_plan *)s->decode);
     free(s->decode);

@@ -28,6 +28,13 @@ typedef struct {
     int32_t *host_pos;              /* host mirror of pos for the eager fallback [N] */
     float *qkv, *gu;                /* outputs of the fused q|k|v and gate|up products [N rows] (plan-owned) */
     int pend[2], npend;             /* queued steps, oldest first: their id-copy tickets (-1: none) */
+    /* greedy single-sequence steps fold the argmax into the LM head, whose last block writes the id
+     * into a ring of host-visible memory (backend host_alloc): no copy is queued behind the step */
+    int32_t *ring_host, *ring_dev;
+    unsigned *seq_dev;              /* device count of ids written to the ring */
+    unsigned nsub;                  /* host count of steps submitted with the ring */
+    int pend_slot[2];               /* queued steps' ring slots (-1: their ids come by copy) */
+    int ring_tried;
 } av_decode_plan;
 
 /* Runs one step: the tokens in plan->ids at plan->pos (both already in backend memory).
@@ -47,6 +54,7 @@ void av_decode_plan_release(av_decode_plan *p);
 /* ---- single-sequence decode on an av_session with device-side sampling ---- */
 typedef struct av_decoder av_decoder;
 av_status av_decoder_new(av_decoder **out, av_session *s);
+/* The session keeps the last freed decoder (and its captured step) for its next av_decoder_new. */
 void av_decoder_free(av_decoder *d);
 /* Feeds `id` at position s->n_past (appending it to the cache), samples the next token on the device
  * (temperature <= 0: greedy; top_p 1 = off; randomness keyed by seed and position) into *next.
@@ -64,7 +72,7 @@ av_status av_decoder_next_ahead(av_decoder *d, int32_t id, float temperature, fl
  * the same ops as the eager forward, captured once per session. Returns AV_ERR_UNSUPPORTED when the
  * backend cannot (caller runs the eager path). */
 av_status av_session_decode_one(av_session *s, int32_t id);
-/* Releases what av_session_decode_one made (av_session_free calls it). */
+/* Releases what av_session_decode_one made and the kept decoder (av_session_free calls it). */
 void av_session_decode_free(av_session *s);
 
 #endif

@@ -17,6 +17,7 @@ typedef struct av_session {
     int32_t *hist;            /* host: ids at cached positions [max_seq] (prefix reuse) */
     int last_T;               /* rows of `hidden` from the last forward (0: `logits` already hold the last row's) */
     void *decode;             /* graph-captured single-token step (model/decode_graph.c), lazily made */
+    void *decoder;            /* an av_decoder kept for the next av_decoder_new, its captured step with it */
     size_t bytes;
 } av_session;
 

@@ -59,7 +59,17 @@ struct fz_args {
     const float *inv_freq;
     int rope_rows, hd, F;
     int xb, ob; /* x holds bf16 (IN_X only); SWIGLU writes bf16 */
-    int lt;     /* one-row kernel: the next kernel may launch only after the reductions */
+    int lt;     /* one-row kernel: bit 0: the next kernel may launch only after the reductions; bit 1
+                 * (STORE): fold the argmax (fz_amax_fold). Flags, not new fields: growing this
+                 * struct changed the register allocation of the tensor-core kernels (8 sequences on
+                 * the H200 8.1k -> 7.7k tok/s) */
+};
+
+/* What the kernel finishing a folded argmax writes (av_gemv_fusion argmax*). */
+struct fz_amax_args {
+    int32_t *amax, *apos, *ahost;
+    unsigned *aseq;
+    int aring;
 };
 
 __device__ __forceinline__ uint16_t fz_bf16(float v) {
@@ -93,6 +103,60 @@ __device__ __forceinline__ void fz_x8(const fz_args &a, const float *xr, int c, 
     }
 }
 
+/* ---------------------------------------------------------------- greedy argmax in the LM head */
+/* Each block of the one-row LM head folds its outputs into one running maximum (value, then lowest
+ * index: the key orders as the pair) with a fire-and-forget atomic; a one-thread kernel after it
+ * writes the id (instead of the sampler's one block reading all the logits again), advances the
+ * position and publishes the id to the host ring. (The last block finishing the job itself, found by
+ * a counter, measured slower on the H200: every block then waits on two atomics' round trips.) Only
+ * one LM head runs at a time (one stream); the finishing kernel leaves the maximum zeroed. */
+__device__ unsigned long long g_amax_best;
+
+__device__ __forceinline__ unsigned long long fz_key(float v, int idx) {
+    if (v != v) return 0ull; /* NaN: skipped, as the sampler's comparison does */
+    unsigned b = __float_as_uint(v);
+    b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+    return ((unsigned long long)b << 32) | (0xFFFFFFFFu - (unsigned)idx);
+}
+
+/* Lanes 0 .. P-1 (P a power of two) of every block's warp 0, with their keys (0: none). */
+template <int P>
+__device__ __forceinline__ void fz_amax_fold(unsigned long long key) {
+#pragma unroll
+    for (int o = P >> 1; o > 0; o >>= 1) {
+        unsigned long long k2 = __shfl_xor_sync((1u << P) - 1u, key, o);
+        key = k2 > key ? k2 : key;
+    }
+    if (threadIdx.x == 0 && key) atomicMax(&g_amax_best, key);
+}
+
+/* The id into the host ring at (*aseq)++ (one thread). */
+__device__ __forceinline__ void fz_publish(const fz_amax_args &a, int32_t id) {
+    unsigned s = *a.aseq;
+    reinterpret_cast<volatile int32_t *>(a.ahost)[s % (unsigned)a.aring] = id;
+    *a.aseq = s + 1;
+    __threadfence_system();
+}
+
+/* After the LM head: take the maximum (zeroing it for the next step), write the id and the rest. */
+__global__ void fz_amax_finish_k(fz_amax_args a) {
+    av_pdl_wait();
+    av_pdl_launch();
+    if (threadIdx.x) return;
+    unsigned long long best = atomicExch(&g_amax_best, 0ull);
+    int32_t id = best ? (int32_t)(0xFFFFFFFFu - (unsigned)best) : 0;
+    a.amax[0] = id;
+    if (a.apos) a.apos[0] += 1;
+    if (a.ahost) fz_publish(a, id);
+}
+
+/* One-row fallback of the fold (other product paths): the id already in a.amax[0] into the ring. */
+__global__ void fz_publish_k(fz_amax_args a) {
+    av_pdl_wait();
+    av_pdl_launch();
+    fz_publish(a, a.amax[0]);
+}
+
 /* ---------------------------------------------------------------- one row: exact f32 GEMV */
 /* The two weight rows of unit u: (2u, 2u+1); ROPE: (h*hd + j, h*hd + j + hd/2) over the rotated
  * rows, then pairs again; SWIGLU: (u, F + u). */
@@ -113,8 +177,11 @@ __device__ __forceinline__ void fz1_rows(const fz_args &a, int u, int *r0, int *
  * UNR chunks per row in flight (all of a row in one pass when NTH * UNR * 8 >= K), then one block
  * reduction of the 2P dot products and the RMSNorm sum of squares. (A variant over up to 8 input
  * rows, weights read once for all, measured 2x slower than the tensor-core kernel at 8 rows.) */
+template <int IN, int OUT, int NTH, int P>
+__device__ __forceinline__ void fz1_out(const fz_args &a, const float (&red)[2 * P + 1][NTH / 32], int u0, int q, unsigned long long *key);
+
 template <int IN, int OUT, int NTH, int P, int UNR>
-__global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units) {
+__global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units, const char *pf, size_t pfn) {
     __shared__ float red[2 * P + 1][NTH / 32];
     int nv = a.K >> 3, tid = threadIdx.x, u0 = blockIdx.x * P;
     int r[P][2];
@@ -138,8 +205,9 @@ __global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units) {
 #pragma unroll
             for (int h = 0; h < 2; h++) w[j][q][h] = c < nv && ok[q][h] ? __ldcs(p[q][h] + c) : make_uint4(0, 0, 0, 0);
     }
+    av_l2_prefetch(pf, pfn); /* a later product's weights (backend prefetch_hint) */
     av_pdl_wait();
-    if (!a.lt) av_pdl_launch();
+    if (!(a.lt & 1)) av_pdl_launch();
     float acc[P][2], ss = 0.0f;
 #pragma unroll
     for (int q = 0; q < P; q++) acc[q][0] = acc[q][1] = 0.0f;
@@ -184,10 +252,20 @@ __global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units) {
         if (lane == 0) red[2 * P][warp] = ss;
     }
     __syncthreads();
-    if (a.lt) av_pdl_launch();
+    if (a.lt & 1) av_pdl_launch();
+    const bool fold = OUT == AV_GEMV_OUT_STORE && (a.lt & 2); /* threads 0 .. P-1 join the argmax */
     if (tid >= P) return;
     int q = tid;
-    if (!ok[0][0] || u0 + q >= units) return;
+    bool live = ok[0][0] && u0 + q < units;
+    if (!live && !fold) return;
+    unsigned long long key = 0ull;
+    if (live) fz1_out<IN, OUT, NTH, P>(a, red, u0, q, &key);
+    if (fold) fz_amax_fold<P>(key);
+}
+
+/* Unit u0 + q's two outputs from the block's reductions, transformed and stored (fold: their key). */
+template <int IN, int OUT, int NTH, int P>
+__device__ __forceinline__ void fz1_out(const fz_args &a, const float (&red)[2 * P + 1][NTH / 32], int u0, int q, unsigned long long *key) {
     float v0 = 0.0f, v1 = 0.0f, s2 = 0.0f;
 #pragma unroll
     for (int w2 = 0; w2 < NTH / 32; w2++) v0 += red[2 * q][w2], v1 += red[2 * q + 1][w2];
@@ -216,6 +294,10 @@ __global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units) {
     } else {
         o[r0] = v0;
         if (has1) o[r1] = v1;
+        if (OUT == AV_GEMV_OUT_STORE && (a.lt & 2)) {
+            unsigned long long k0 = fz_key(v0, r0), k1 = has1 ? fz_key(v1, r1) : 0ull;
+            *key = k1 > k0 ? k1 : k0;
+        }
     }
 }
 
@@ -441,15 +523,18 @@ __global__ void fz_epi_k(float *out, const float *prod, int T, int N, int mode, 
 static inline int g1_kind(int out, int K) {
     return out == AV_GEMV_OUT_ROPE ? 0 : out == AV_GEMV_OUT_SWIGLU ? 2 : out == AV_GEMV_OUT_STORE ? 4 : K > 4096 ? 3 : 1;
 }
+static const char *g_pf; /* the prefetch hint the launch being set up takes (one-row kernels) */
+static size_t g_pfn;
 template <int IN, int OUT, int NTH, int P>
 static void launch1c(const fz_args &a, unsigned units) {
     int per = (int)av_cdiv((size_t)(a.K >> 3), NTH); /* chunks per thread and row */
     dim3 g(av_cdiv(units, P)), b(NTH);
-    if (per <= 1) av_launch(fz1_k<IN, OUT, NTH, P, 1>, g, b, 0, 1, a, (int)units);
-    else if (per <= 2) av_launch(fz1_k<IN, OUT, NTH, P, 2>, g, b, 0, 1, a, (int)units);
-    else if (per <= 3) av_launch(fz1_k<IN, OUT, NTH, P, 3>, g, b, 0, 1, a, (int)units);
-    else av_launch(fz1_k<IN, OUT, NTH, P, 6>, g, b, 0, 1, a, (int)units); /* K > 6 * 8 * NTH: several passes */
+    if (per <= 1) av_launch(fz1_k<IN, OUT, NTH, P, 1>, g, b, 0, 1, a, (int)units, g_pf, g_pfn);
+    else if (per <= 2) av_launch(fz1_k<IN, OUT, NTH, P, 2>, g, b, 0, 1, a, (int)units, g_pf, g_pfn);
+    else if (per <= 3) av_launch(fz1_k<IN, OUT, NTH, P, 3>, g, b, 0, 1, a, (int)units, g_pf, g_pfn);
+    else av_launch(fz1_k<IN, OUT, NTH, P, 6>, g, b, 0, 1, a, (int)units, g_pf, g_pfn); /* K > 6 * 8 * NTH: several passes */
 }
+
 
 template <int IN, int OUT>
 static void launch1(const fz_args &a) {
@@ -518,18 +603,41 @@ static int fused_ok(const float *x, const av_mat *W, int T, const av_gemv_fusion
     return 1;
 }
 
+/* The argmax of a STORE product that did not fold it in: the sampler at temperature 0, then (one
+ * row) the id into the host ring. */
+static void argmax_after(const float *logits, int T, int N, const av_gemv_fusion *f) {
+    av_cuda_sample(f->argmax, logits, T, N, 0.0f, 1.0f, 0, f->argmax_pos, NULL);
+    if (T != 1 || !f->argmax_host || !f->argmax_seq || f->argmax_ring <= 0) return;
+    fz_amax_args a = {f->argmax, f->argmax_pos, f->argmax_host, f->argmax_seq, f->argmax_ring};
+    av_launch(fz_publish_k, dim3(1), dim3(1), 0, 1, a);
+    AV_CU_LAUNCHED("argmax publish");
+}
+
 extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, const av_mat *W, int T, const av_gemv_fusion *f, int f32) {
     int N = W->rows, K = W->cols, hd = f->head_dim;
     if (T <= 0) return;
+    if (f->argmax && f->out != AV_GEMV_OUT_STORE) { av_cuda_note(cudaErrorInvalidValue, "fused product: argmax needs a plain store"); return; }
+    /* AV_AMAX=0 (benchmarks): the sampler kernel after the LM head instead of the fold */
+    static int amax_knob = -1;
+    if (amax_knob < 0) amax_knob = getenv("AV_AMAX") ? atoi(getenv("AV_AMAX")) : 1;
+    int fold = f->argmax && T == 1 && amax_knob;
+    g_pfn = av_cuda_take_prefetch(&g_pf);
     if (fused_ok(x, W, T, f, f32)) {
         const void *nd = f->norm ? f->norm->data : NULL;
         av_dtype ndt = f->norm ? f->norm->dtype : AV_F32;
         fz_args a = {out, x, (const uint16_t *)W->data, W->dtype, N, K, T, nd, ndt, ndt == AV_BF16 && ((uintptr_t)nd % 16) == 0, f->eps,
                      f->pos, f->inv_freq, f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0, hd, N / 2, f->in_bf16 != 0,
-                     f->out_bf16 != 0 && f->out == AV_GEMV_OUT_SWIGLU, T == 1 && ((g_qlate >> g1_kind(f->out, K)) & 1)};
+                     f->out_bf16 != 0 && f->out == AV_GEMV_OUT_SWIGLU, (T == 1 && ((g_qlate >> g1_kind(f->out, K)) & 1)) | (fold ? 2 : 0)};
         if (f->in == AV_GEMV_IN_RMSNORM) launch_out<AV_GEMV_IN_RMSNORM>(a, f->out);
         else launch_out<AV_GEMV_IN_X>(a, f->out);
         AV_CU_LAUNCHED("fused decode product");
+        if (fold) {
+            fz_amax_args am = {f->argmax, f->argmax_pos, f->argmax_host, f->argmax_seq, f->argmax_ring};
+            if (!am.ahost || !am.aseq || am.aring <= 0) am.ahost = NULL;
+            av_launch(fz_amax_finish_k, dim3(1), dim3(32), 0, 1, am);
+            AV_CU_LAUNCHED("argmax finish");
+        }
+        if (f->argmax && !fold) argmax_after(out, T, N, f);
         return;
     }
     /* the separate ops through scratch (same results within the table's precision, more launches) */
@@ -548,7 +656,10 @@ extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, co
         av_cuda_note(cudaErrorInvalidValue, "fused product: bf16 input for this weight");
         return;
     }
-    if (direct) return;
+    if (direct) {
+        if (f->argmax) argmax_after(out, T, N, f);
+        return;
+    }
     size_t n = (size_t)T * (f->out == AV_GEMV_OUT_SWIGLU ? N / 2 : N);
     fz_epi_k<<<av_cdiv(n, 256), 256, 0, av_cuda_stream()>>>(out, prod, T, N, (int)f->out, f->pos, f->inv_freq,
                                                          f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0, hd > 0 ? hd : 1, N / 2,
