@@ -19,9 +19,10 @@ extern "C" void av_cuda_set_gemv(int fused) { g_fused = fused; }
  * output pair per 128 threads, 1: two pairs per 256, 2: one pair per 64, 4: four pairs per 256, 6: two
  * per 128; 3, the default: per product, below; two or four pairs per 512 threads, four per 128 and one
  * per 256 measured slower everywhere on the H200, bench/NOTES-gpu.md, and are not built), or
- * per product AV_G1_QKV, AV_G1_O, AV_G1_GU, AV_G1_DOWN, AV_G1_HEAD (defaults 6, 4, 0, 4, 1: measured
+ * per product AV_G1_QKV, AV_G1_O, AV_G1_GU, AV_G1_DOWN, AV_G1_HEAD (defaults 1, 4, 0, 4, 1: measured
  * best together, b1 on the H200 1,314 -> 1,391 tok/s, on the H100 1,084 -> 1,101; fewer, fuller blocks
- * for the 2048-row products keep more bytes in flight per SM);
+ * for the 2048-row products keep more bytes in flight per SM; q|k|v moved from 6 to 1 after the
+ * argmax fold changed this file's register allocation: H200 1,497 -> 1,521, sweep in NOTES-gpu.md);
  * AV_MMA_U = k steps in flight per warp of the tensor-core kernel at <= 8 rows (2, the default, with
  * 3 blocks per SM and 8 for grids of one block per SM: 8 sequences on H100 5.5k -> 6.35k tok/s; or 4
  * throughout; splitting K over two blocks per tile for those grids measured slower); AV_MMA_MAX =
@@ -542,7 +543,7 @@ static void launch1(const fz_args &a) {
                      : OUT == AV_GEMV_OUT_ROPE ? (unsigned)(a.rope_rows / 2 + (a.N - a.rope_rows + 1) / 2)
                                                : av_cdiv((size_t)a.N, 2);
     /* products: q|k|v, o, gate|up, down (the residual products with K > 4096), LM head */
-    static const int best[5] = {6, 4, 0, 4, 1};
+    static const int best[5] = {1, 4, 0, 4, 1};
     int kind = g1_kind(OUT, a.K);
     int cfg = g_g1k[kind] >= 0 ? g_g1k[kind] : g_g1 != 3 ? g_g1 : best[kind];
     if (cfg == 1) launch1c<IN, OUT, 256, 2>(a, units);
