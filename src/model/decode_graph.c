@@ -31,9 +31,6 @@ static int stacked(av_mat *out, const av_linear *a, const av_linear *b, const av
 /* A projection the fused products take: no adapter, unquantized. */
 static int plain(const av_linear *L) { return !L->lora_a && !L->w.q_bits; }
 
-/* One layer as four fused products (backend matmul_fused_forward) and the attention: RMSNorm inside
- * the q|k|v and gate|up products, RoPE in the q|k|v store, SwiGLU in the gate|up store, residual adds
- * in the o and down stores. 0 when the layer's weights do not allow it (adapters, layout). */
 /* L2 prefetch hints (backend prefetch_hint) for the one-row step: which latency-bound kernel pulls
  * which later weights. AV_PF bits (benchmarks; default 0: none paid off on the H200, the attention
  * pulling W_o 1,482 -> 1,479 tok/s, the o product pulling 8 MB of gate|up 1,468, 16 MB 1,425, the
@@ -48,7 +45,10 @@ static void hint(const av_backend *be, int bit, const av_mat *W, size_t cap) {
     be->prefetch_hint(W->data, cap && cap < n ? cap : n);
 }
 
-/* next: the following layer (NULL for the last), whose first weights the down product may pull */
+/* One layer as four fused products (backend matmul_fused_forward) and the attention: RMSNorm inside
+ * the q|k|v and gate|up products, RoPE in the q|k|v store, SwiGLU in the gate|up store, residual adds
+ * in the o and down stores. 0 when the layer's weights do not allow it (adapters, layout). next: the
+ * following layer (NULL for the last), whose first weights the down product may pull. */
 static int layer_fused(av_decode_plan *p, const av_layer *L, float *kc, float *vc, const av_layer *next) {
     av_model *m = p->m;
     const av_config *c = &m->cfg;
