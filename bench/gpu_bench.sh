@@ -4,7 +4,7 @@
 # model with transformers, saves it, and measures both on the same weights.
 # usage: bench/gpu_bench.sh [CONFIG_JSON] [OUT_DIR]   (run from the repository root on the GPU machine)
 set -e
-CONFIG=${1:-${AV_FIXTURES:-../shared/fixtures}/tinyllama-1.1b-chat.config.json}
+CONFIG=${1:-bench/configs/tinyllama-1.1b-chat.config.json}
 OUT=${2:-/tmp/anvil-gpu-bench}
 BUILD=${BUILD:-build}
 mkdir -p "$OUT"

@@ -6,12 +6,12 @@
 # usage: bench/lora_seed.sh [BUILD] [extra anvil lora flags...]
 #   env: ITERS (50), BATCH (2), KEEP=1, PEAK_GFLOPS (default: cores x GHz x 64 = f32 AVX-512 with 2 FMA
 #   units; the fraction is of the CPU's peak, so with --device cuda pass the GPU's, e.g. 989000 for H100/H200 bf16)
-# With AV_FIXTURES / AV_DATA pointing elsewhere it runs on a machine without ../shared (the GPU box).
+# Reads only the repository (tests/fixtures/llama2-tokenizer, data/quotes), so it runs anywhere.
 set -eu
 BUILD=${1:-build}; [ $# -gt 0 ] && shift
 case "$BUILD" in /*) ANVIL="$BUILD/anvil" ;; *) ANVIL="$PWD/$BUILD/anvil" ;; esac
-FX=${AV_FIXTURES:-$PWD/../shared/fixtures}
-DATA=${AV_DATA:-$PWD/../shared/data}/quotes
+FX=$PWD/tests/fixtures
+DATA=$PWD/data/quotes
 ITERS=${ITERS:-50}; BATCH=${BATCH:-2}
 W=$(mktemp -d /tmp/anvil-lora-seed.XXXXXX)
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$W"' EXIT

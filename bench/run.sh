@@ -3,8 +3,8 @@
 # bf16), then runs each suite on this machine and writes bench/out/report.md (+ raw logs):
 #   1. generate: prompt processing (512 tokens) and decode (128 tokens), anvil bench, median of 3
 #   2. lora: the seed report's fine-tune (rank 8, alpha 16, q/v of the last 16 layers, batch 2,
-#      max length 512, 50 iterations on the quotes data; ../shared/data when present, else a
-#      built-in synthetic set), it/s, tokens/s, peak memory, share of the CPU's peak FLOP/s
+#      max length 512, 50 iterations on the quotes data shipped in data/quotes), it/s, tokens/s,
+#      peak memory, share of the CPU's peak FLOP/s
 # Env: AV_BENCH_MODEL (model dir), AV_BENCH_OUT, AV_BENCH_REPEAT, AV_BENCH_ITERS, AV_BENCH_DEVICE.
 set -e
 BUILD=${1:-build}
@@ -14,28 +14,18 @@ MODELS=$PWD/$BUILD/models
 MODEL=${AV_BENCH_MODEL:-$MODELS/tinyllama-1.1b}
 DEV=${AV_BENCH_DEVICE:-auto}
 ITERS=${AV_BENCH_ITERS:-50}
-SHARED=$PWD/../shared
+TOKENIZER=$PWD/tests/fixtures/llama2-tokenizer # the Llama-2 tokenizer + Zephyr chat template (TinyLlama-Chat's)
 mkdir -p "$OUT" "$MODELS"
 if [ ! -f "$MODEL/model.safetensors" ]; then
-  if [ -d "$SHARED/fixtures/llama2-tokenizer" ]; then
-    "$ANVIL" synth --preset tinyllama-1.1b --out "$MODEL" --dtype bf16 --tokenizer "$SHARED/fixtures/llama2-tokenizer"
-  else
-    "$ANVIL" synth --preset tinyllama-1.1b --out "$MODEL" --dtype bf16
-  fi
+  "$ANVIL" synth --preset tinyllama-1.1b --out "$MODEL" --dtype bf16 --tokenizer "$TOKENIZER"
 fi
+[ -f "$MODEL/chat_template.jinja" ] || grep -qs chat_template "$MODEL/tokenizer_config.json" || cp "$TOKENIZER/chat_template.jinja" "$MODEL/"
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 echo "== 1/2 generate: $MODEL ($(nproc) cores, $CPU)"
 "$ANVIL" bench --model "$MODEL" --device "$DEV" --prompt-tokens 512 --gen-tokens 128 --repeat "${AV_BENCH_REPEAT:-3}" --json | tee "$OUT/generate.jsonl"
 
 echo "== 2/2 lora: seed setup, $ITERS iterations"
-DATA="$SHARED/data/quotes"
-if [ ! -f "$DATA/train.jsonl" ] || [ ! -f "$MODEL/tokenizer_config.json" ] || ! grep -q chat_template "$MODEL/tokenizer_config.json" "$MODEL"/chat_template.jinja 2>/dev/null; then
-  DATA="$OUT/synthetic-data"; mkdir -p "$DATA"
-  for f in train valid; do
-    n=40; [ $f = valid ] && n=10
-    awk -v n=$n -v f=$f 'BEGIN { for (i = 0; i < n; i++) printf "{\"text\": \"%s example %d: the quick brown fox jumps over the lazy dog, again and again, %d times.\"}\n", f, i, i * 7 }' > "$DATA/$f.jsonl"
-  done
-fi
+DATA="$PWD/data/quotes"
 rm -rf "$OUT/adapters"
 "$ANVIL" lora --model "$MODEL" --device "$DEV" --train --data "$DATA" --iters "$ITERS" --batch-size 2 --max-seq-length 512 \
   --rank 8 --alpha 16 --num-layers 16 --lora-keys q_proj,v_proj --learning-rate 1e-4 --steps-per-report 10 \

@@ -4,7 +4,7 @@
 . tests/lib.sh
 need_fixtures
 M="$FX/tiny-llama"
-command -v script >/dev/null || { skip "script(1) not installed"; exit 0; }
+command -v script >/dev/null || skip_all "script(1) not installed"
 printf 'Hello there\n/stats\nHow are you?\n/stats\nTell me more.\n/stats\n/save %s/conv.json\n/exit\n' "$AV_TMP" > "$AV_TMP/chat_in.txt"
 timeout 120 script -q -e -c "$ANVIL chat --model $M --max-tokens 8" /dev/null < "$AV_TMP/chat_in.txt" | tr -d '\r' > "$AV_TMP/chat_out.txt"
 rc=$?

@@ -33,13 +33,13 @@ printf '[user:hiFalse][assistant:yoFalse]||none' > "$T/want2"
 check_out "--chat-template without --model" "$T/want2" \
   "$ANVIL" template --messages "$T/msgs.json" --chat-template "$T/t.jinja" --no-generation-prompt
 printf '<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\nyo<end_of_turn>\n<start_of_turn>model\n' > "$T/want3"
-if [ -f "$FX/chat-templates/google-gemma-2-2b-it.jinja" ]; then
+if [ -f "$FX/chat_templates/google-gemma-2-2b-it.jinja" ]; then
   check_out "real template (Gemma-2)" "$T/want3" "$ANVIL" template --messages "$T/msgs.json" \
-    --chat-template "$FX/chat-templates/google-gemma-2-2b-it.jinja" --chat-template-args '{"bos_token": "<bos>"}'
+    --chat-template "$FX/chat_templates/google-gemma-2-2b-it.jinja" --chat-template-args '{"bos_token": "<bos>"}'
   printf '[{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"}]' > "$T/sys.json"
   expect_error "template raises (Gemma with a system message)" "System role not supported" \
-    "$ANVIL" template --messages "$T/sys.json" --chat-template "$FX/chat-templates/google-gemma-2-2b-it.jinja"
-else skip "no chat-templates fixtures"; fi
+    "$ANVIL" template --messages "$T/sys.json" --chat-template "$FX/chat_templates/google-gemma-2-2b-it.jinja"
+else skip "no chat_templates fixtures"; fi
 
 # errors: one line on stderr, non-zero exit, nothing on stdout
 expect_error "missing messages file" "nope.json" "$ANVIL" template --model "$FX/tiny-llama" --messages "$T/nope.json"

@@ -29,8 +29,8 @@ check "--spm --no-bos" "[263,29871,289]" "$ANVIL" tokenize --model "$TOK" --spm 
 printf 'Two\tlines\nhere \303\251\n' > "$AV_TMP/in.txt"
 check "--file verbatim" "[1,7803,12,9012,13,4150,904,13]" "$ANVIL" tokenize --model "$TOK" --file "$AV_TMP/in.txt"
 check "model dir with weights" "[1,15043,3186]" "$ANVIL" tokenize --model "$FX/tiny-llama" --text "Hello world"
-if [ -d tests/data/tok_llama3 ]; then
-  check "byte-level tokenizer" "[0,42,458,81,666]" "$ANVIL" tokenize --model tests/data/tok_llama3 --text "Hello world"
+if [ -d tests/fixtures/tok_llama3 ]; then
+  check "byte-level tokenizer" "[0,42,458,81,666]" "$ANVIL" tokenize --model tests/fixtures/tok_llama3 --text "Hello world"
 fi
 
 # detokenize

@@ -15,9 +15,11 @@ static int t_checks, t_failed, t_skipped;
 #define CHECK_OK(expr) do { av_status s_ = (expr); CHECK(s_ == AV_OK, "%s", av_last_error()); } while (0)
 #define CHECK_NEAR(a, b, tol) do { double a_ = (a), b_ = (b); CHECK(fabs(a_ - b_) <= (tol), "%s=%.9g vs %s=%.9g (tol %g)", #a, a_, #b, b_, (double)(tol)); } while (0)
 #define SKIP(why) do { t_skipped++; printf("skipped: %s\n", why); } while (0)
-#define TEST_SUMMARY() (printf("%s: %d checks, %d failed%s\n", __FILE__, t_checks, t_failed, t_skipped ? ", some skipped" : ""), t_failed ? 1 : 0)
+/* Exit status: 1 on any failure; 77 (skipped) when nothing was checked and something was skipped
+ * (a GPU-only suite without a GPU); 0 otherwise. tests/run.sh counts 77 as skipped, never passed. */
+#define TEST_SUMMARY() (printf("%s: %d checks, %d failed%s\n", __FILE__, t_checks, t_failed, t_skipped ? ", some skipped" : ""), \
+                        t_failed ? 1 : (t_checks == 0 && t_skipped) ? 77 : 0)
 
-/* Path to ../shared/fixtures (or $AV_FIXTURES); NULL if absent. */
 /* Relative L2 error of a against ref (INFINITY on NaN). */
 static inline double test_rel_l2(const float *a, const float *ref, size_t n) {
     double num = 0, den = 0;
@@ -30,11 +32,14 @@ static inline double test_rel_l2(const float *a, const float *ref, size_t n) {
     return sqrt(num / (den > 0 ? den : 1e-30));
 }
 
+/* The repository's reference fixtures: tests/fixtures (tests run from the repository root), or
+ * $AV_FIXTURES. They are part of the repository, so a missing folder is a failure, not a skip. */
 static inline const char *test_fixtures(void) {
     const char *e = getenv("AV_FIXTURES");
     static char buf[4096];
-    snprintf(buf, sizeof buf, "%s", e ? e : "../shared/fixtures");
-    return access(buf, R_OK) == 0 ? buf : NULL;
+    snprintf(buf, sizeof buf, "%s", e ? e : "tests/fixtures");
+    if (access(buf, R_OK) != 0) { fprintf(stderr, "FAIL: fixtures not found at %s (run from the repository root)\n", buf); exit(1); }
+    return buf;
 }
 static inline const char *test_fixture(const char *name) {
     static char buf[8][4096];

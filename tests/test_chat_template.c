@@ -1,6 +1,6 @@
 /* Chat template engine tests: every Jinja construct and error kind on small templates, the
  * TinyLlama Zephyr golden, and seven real model templates against transformers' renders
- * (tests/data/chat_templates/expected.json, made by make_expected.py). */
+ * (tests/fixtures/chat_templates/expected.json, made by make_expected.py). */
 #include "test.h"
 #include "core/memory.h"
 #include "formats/json.h"
@@ -269,7 +269,7 @@ static void test_zephyr_golden(void) {
     const char *gp = test_fixture("chat_template_golden.json");
     av_chat_config cfg;
     cJSON *g = NULL;
-    if (!gp || !av_file_exists(gp)) { SKIP("no fixtures: chat_template_golden.json"); return; }
+    if (!av_file_exists(gp)) { CHECK(0, "missing fixture %s", gp); return; }
     CHECK_OK(av_json_load(gp, &g));
     CHECK_OK(av_chat_config_load(&cfg, test_fixture("llama2-tokenizer")));
     CHECK(cfg.template_src && cfg.bos && !strcmp(cfg.bos, "<s>") && cfg.eos && !strcmp(cfg.eos, "</s>"), "config");
@@ -302,9 +302,9 @@ static void test_zephyr_golden(void) {
 
 static void test_real_templates(void) {
     cJSON *doc = NULL;
-    const char *tdir = test_fixture("chat-templates");
-    if (!tdir || !av_dir_exists(tdir)) { SKIP("no fixtures: chat-templates/"); return; }
-    if (av_json_load("tests/data/chat_templates/expected.json", &doc) != AV_OK) {
+    const char *tdir = test_fixture("chat_templates");
+    if (!av_dir_exists(tdir)) { CHECK(0, "missing fixture folder %s", tdir); return; }
+    if (av_json_load("tests/fixtures/chat_templates/expected.json", &doc) != AV_OK) {
         CHECK(0, "cannot load expected.json: %s", av_last_error());
         return;
     }

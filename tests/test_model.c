@@ -96,7 +96,6 @@ static void check_errors(void) {
 
 int main(void) {
     check_errors();
-    if (!test_fixtures()) { SKIP("no fixtures"); return TEST_SUMMARY(); }
     check_model("tiny-llama");
     check_model("tiny-llama-tied");
     return TEST_SUMMARY();

@@ -1,6 +1,6 @@
 /* Tokenizer tests: exact parity with HF tokenizers (tokenizer.json) and sentencepiece
  * (tokenizer.model) on every fixture text, decode/stream round trips, special tokens, byte-level
- * tokenizers (tests/data, ids from HF tokenizers), tokenizer.json variants, and error handling. */
+ * tokenizers (tests/fixtures, ids from HF tokenizers), tokenizer.json variants, and error handling. */
 #include "core/memory.h"
 #include "core/status.h"
 #include "formats/json.h"
@@ -232,7 +232,7 @@ static void test_errors(const char *l2dir) {
     rmdir(tmp);
 }
 
-/* Llama-2 tokenizer.json with other pre-tokenizer/normalizer/decoder settings (tests/data). */
+/* Llama-2 tokenizer.json with other pre-tokenizer/normalizer/decoder settings (tests/fixtures). */
 static void test_variants(const char *l2json) {
     cJSON *base;
     if (av_json_load(l2json, &base) != AV_OK) { CHECK(0, "%s", av_last_error()); return; }
@@ -255,7 +255,7 @@ static void test_variants(const char *l2json) {
         cJSON_Delete(d);
         av_tokenizer *t = NULL;
         CHECK_OK(av_tokenizer_load(&t, tmp, 0));
-        if (t) check_jsonl(t, "tests/data/llama2_variants.jsonl", "ids", names[v], 1, names[v]);
+        if (t) check_jsonl(t, "tests/fixtures/llama2_variants.jsonl", "ids", names[v], 1, names[v]);
         av_tokenizer_free(t);
     }
     unlink(path);
@@ -296,8 +296,8 @@ int main(void) {
     const char *bl[] = {"llama3", "gpt2", "qwen2"};
     for (int k = 0; k < 3; k++) {
         char dir[256], exp[256];
-        snprintf(dir, sizeof dir, "tests/data/tok_%s", bl[k]);
-        snprintf(exp, sizeof exp, "tests/data/tok_%s/expected.jsonl", bl[k]);
+        snprintf(dir, sizeof dir, "tests/fixtures/tok_%s", bl[k]);
+        snprintf(exp, sizeof exp, "tests/fixtures/tok_%s/expected.jsonl", bl[k]);
         av_tokenizer *t = NULL;
         CHECK_OK(av_tokenizer_load(&t, dir, 0));
         if (!t) continue;
@@ -306,8 +306,8 @@ int main(void) {
         av_tokenizer_free(t);
     }
     const char *l2 = test_fixture("llama2-tokenizer");
-    if (!l2 || access(l2, R_OK)) {
-        SKIP("no fixtures (llama2-tokenizer)");
+    if (access(l2, R_OK)) {
+        CHECK(0, "missing fixture %s", l2);
         return TEST_SUMMARY();
     }
     char l2dir[4096], pub[4096];
