@@ -67,16 +67,8 @@ static void bench_decode1(av_model *m, int gen) {
      * submitted/collected two deep as the decoder does: what the host side adds per token */
     double replay_us = 0, queued_us = 0;
     {
-        const av_config *c = &m->cfg;
         av_decode_plan p;
-        memset(&p, 0, sizeof p);
-        p.m = m;
-        p.N = 1;
-        p.layer_stride = p.seq_stride = (size_t)s->max_seq * c->n_kv_heads * c->head_dim;
-        p.k_cache = s->k_cache, p.v_cache = s->v_cache;
-        p.x = s->x, p.xn = s->xn, p.q = s->q, p.k = s->k, p.v = s->v, p.att = s->att, p.tmp = s->tmp;
-        p.gate = s->gate, p.up = s->up, p.hidden = s->hidden, p.lora_tmp = s->lora_tmp, p.logits = s->logits;
-        p.sample = 1;
+        av_decode_plan_for_session(&p, s, 1);
         int32_t *dev = be->alloc(2 * sizeof(int32_t), "bench ids"), h[2] = {ids[prompt - 1], prompt - 1}, got;
         if (!dev) die("alloc");
         p.ids = dev, p.pos = dev + 1;
@@ -107,13 +99,14 @@ static void bench_decode1(av_model *m, int gen) {
     if (be->graph_begin && be->graph_begin() == 0) {
         for (int l = 0; l < m->cfg.n_layers; l++) {
             const av_layer *L = &m->layers[l];
-            be->matmul_forward(s->q, s->xn, &L->q.w, 1);
-            be->matmul_forward(s->k, s->xn, &L->k.w, 1);
-            be->matmul_forward(s->v, s->xn, &L->v.w, 1);
-            be->matmul_forward(s->tmp, s->att, &L->o.w, 1);
-            be->matmul_forward(s->gate, s->xn, &L->gate.w, 1);
-            be->matmul_forward(s->up, s->xn, &L->up.w, 1);
-            be->matmul_forward(s->tmp, s->gate, &L->down.w, 1);
+            const av_layer_ws *w = &s->ws;
+            be->matmul_forward(w->q, w->xn, &L->q.w, 1);
+            be->matmul_forward(w->k, w->xn, &L->k.w, 1);
+            be->matmul_forward(w->v, w->xn, &L->v.w, 1);
+            be->matmul_forward(w->tmp, w->att, &L->o.w, 1);
+            be->matmul_forward(w->gate, w->xn, &L->gate.w, 1);
+            be->matmul_forward(w->up, w->xn, &L->up.w, 1);
+            be->matmul_forward(w->tmp, w->gate, &L->down.w, 1);
         }
         be->matmul_forward(s->logits, s->hidden, &m->lm_head, 1);
         void *g = be->graph_end();
@@ -201,6 +194,7 @@ static void bench_lora(av_model *m, int B, int T, double peak_tflops) {
     if (av_lora_attach(m, &spec, 1) != AV_OK) die("lora attach");
     av_train_ctx *c;
     if (av_train_ctx_new(&c, m, B, T, 0) != AV_OK) die("train ctx");
+    if (getenv("AV_TRAIN_PROFILE")) av_train_set_profile(c, 1); /* bench option: phase ms per step */
     int np = av_train_nparams(c), N = B * T;
     av_param *P = av_train_params(c);
     float **mo = calloc(np, sizeof(float *)), **vo = calloc(np, sizeof(float *));

@@ -149,7 +149,7 @@ static void check_shape(const av_backend *G, shape sh) {
 
 /* One LoRA step (adapters on q, k, v, o) of the model in dir on be (ckpt: gradient checkpointing);
  * returns every gradient, concatenated. */
-static float *train_grads(const char *dir, const av_backend *be, int B, int T, int ckpt, size_t *n, double *loss) {
+static float *train_grads(const char *dir, const av_backend *be, int B, int T, int ckpt, int flash, size_t *n, double *loss) {
     av_model *m = NULL;
     av_train_ctx *c = NULL;
     float *all = NULL;
@@ -163,6 +163,7 @@ static float *train_grads(const char *dir, const av_backend *be, int B, int T, i
     CHECK_OK(av_lora_attach(m, &spec, 11));
     /* B starts at zero (PEFT): give it values so dA (through the adapter's B) is tested too */
     CHECK_OK(av_train_ctx_new(&c, m, B, T, ckpt));
+    if (c && !flash) CHECK_OK(av_train_set_flash(c, 0));
     if (c) {
         av_param *P = av_train_params(c);
         unsigned keep = test_rng_state;
@@ -211,14 +212,11 @@ static void check_training(const av_backend *G) {
     int B = 2, T = 70;
     size_t nc = 0, nf = 0, nf2 = 0, ns = 0, nk = 0;
     double lc = 0, lf = 0, lf2 = 0, ls = 0, lk = 0;
-    unsetenv("AV_TRAIN_FLASH");
-    float *gc = train_grads(dir, av_backend_cpu(), B, T, 0, &nc, &lc);
-    float *gf = train_grads(dir, G, B, T, 0, &nf, &lf);
-    float *gf2 = train_grads(dir, G, B, T, 0, &nf2, &lf2);
-    float *gk = train_grads(dir, G, B, T, 1, &nk, &lk);
-    setenv("AV_TRAIN_FLASH", "0", 1);
-    float *gs = train_grads(dir, G, B, T, 0, &ns, &ls);
-    unsetenv("AV_TRAIN_FLASH");
+    float *gc = train_grads(dir, av_backend_cpu(), B, T, 0, 1, &nc, &lc);
+    float *gf = train_grads(dir, G, B, T, 0, 1, &nf, &lf);
+    float *gf2 = train_grads(dir, G, B, T, 0, 1, &nf2, &lf2);
+    float *gk = train_grads(dir, G, B, T, 1, 1, &nk, &lk);
+    float *gs = train_grads(dir, G, B, T, 0, 0, &ns, &ls);
     if (gc && gf && gf2 && gs && gk && nc == nf && nf == nf2 && nf == ns && nf == nk) {
         double ef = test_rel_l2(gf, gc, nc), es = test_rel_l2(gs, gc, nc), efs = test_rel_l2(gf, gs, nc);
         /* the whole model in bf16 (weights, activations, products): the table's training tolerance */

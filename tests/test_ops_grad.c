@@ -9,7 +9,7 @@
 #include "core/rng.h"
 #include "model/llama.h"
 #include "ops/ops.h"
-#include "train/lora.h"
+#include "model/lora_linear.h"
 
 static av_rng g_rng;
 #define FD_H 1e-5
@@ -348,7 +348,7 @@ static void t_xent(av_dtype wdt) {
     free(c.h); free(c.W);
 }
 
-/* ---------------- LoRA linear (av_linear_forward / av_linear_backward) ---------------- */
+/* ---------------- LoRA linear (model/lora_linear.c: the pair training calls) ---------------- */
 typedef struct { int T, N, K, r; double s, *x, *W, *A, *B, *R; } lo_ctx;
 static void lo_ref(const lo_ctx *c, double *y) {
     for (int t = 0; t < c->T; t++) {
@@ -380,14 +380,19 @@ static void t_lora(int T) {
     for (int i = 0; i < N * K; i++) { Wh[i] = av_f32_to_bf16(W[i]); W[i] = av_bf16_to_f32(Wh[i]); }
     av_linear L = {.w = {.data = Wh, .dtype = AV_BF16, .rows = N, .cols = K}, .lora_a = A, .lora_b = B, .rank = r, .scale = 1.75f};
     const av_backend *be = av_backend_cpu();
-    av_linear_forward(be, y, x, &L, T, tmp);
+    /* the layer workspace the model's layers hand to the pair: scratch and layer 0's gradient slots */
+    float *ga[AV_PROJ_COUNT] = {0}, *gb[AV_PROJ_COUNT] = {0};
+    ga[AV_PROJ_O] = dA;
+    gb[AV_PROJ_O] = dB;
+    av_layer_ws ws = {.lora_tmp = tmp, .lora3 = tmp + (size_t)T * (r + N), .ga = ga, .gb = gb};
+    av_lora_linear_forward(be, &ws, y, 0, x, NULL, &L, 0, AV_PROJ_O, T, NULL);
     lo_ctx c = {T, N, K, r, 1.75, to_d(x, nx), to_d(W, N * K), to_d(A, r * K), to_d(B, N * r), to_d(R, ny)};
     double *fo = malloc(8 * ny), *gx = malloc(8 * nx), *gA = malloc(8 * r * K), *gB = malloc(8 * N * r);
     lo_ref(&c, fo);
     char what[64];
     snprintf(what, sizeof what, "lora linear T=%d", T);
     CHECK_FWD(what, y, fo, ny);
-    av_linear_backward(be, dx, dA, dB, R, x, &L, T, tmp);
+    av_lora_linear_backward(be, &ws, dx, 1, R, NULL, x, &L, 0, AV_PROJ_O, T, NULL);
     fd(lo_loss, &c, c.x, nx, gx);
     fd(lo_loss, &c, c.A, (size_t)r * K, gA);
     fd(lo_loss, &c, c.B, (size_t)N * r, gB);
@@ -400,7 +405,8 @@ static void t_lora(int T) {
     CHECK_GRAD(w2, dB, gB, (size_t)N * r);
     /* frozen adapter: dx still includes the adapter path */
     float *dx2 = calloc(nx, 4);
-    av_linear_backward(be, dx2, NULL, NULL, R, x, &L, T, tmp);
+    ws.ga = ws.gb = NULL;
+    av_lora_linear_backward(be, &ws, dx2, 0, R, NULL, x, &L, 0, AV_PROJ_O, T, NULL);
     CHECK(rel_l2(dx2, gx, nx) <= GRAD_TOL, "%s: dx with frozen adapter", what);
     free(x); free(W); free(A); free(B); free(R); free(y); free(dx); free(dA); free(dB); free(tmp); free(Wh); free(dx2);
     free(c.x); free(c.W); free(c.A); free(c.B); free(c.R); free(fo); free(gx); free(gA); free(gB);

@@ -10,27 +10,16 @@ struct av_batch_session {
     av_model *m;
     int N, max_seq, C;
     float *k_cache, *v_cache;
-    float *x, *xn, *q, *k, *v, *att, *tmp, *gate, *up, *hidden, *lora_tmp, *logits;
+    float *x, *hidden, *logits;
     int32_t *dev;          /* ids[N] pos[N] active[N] prefill_ids[C] prefill_pos[C] */
     int32_t *pos, *active; /* host mirrors */
     int32_t *last;         /* the ids the device feeds next (the caller's last tokens), host copy */
     av_decode_plan plan;
     int ahead;             /* a step is queued ahead (av_batch_session_step_ahead) with these samplings */
     av_batch_sampling ahead_sp;
-    void **allocs;
-    int nallocs;
+    av_plan mem;           /* one backend allocation for every buffer */
     size_t bytes;
 };
-
-static int max_rank(const av_model *m) {
-    int r = 0;
-    for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int p = 0; p < AV_PROJ_COUNT; p++) {
-            const av_linear *L = av_layer_proj(&m->layers[l], (av_proj)p);
-            if (L->lora_a && L->rank > r) r = L->rank;
-        }
-    return r;
-}
 
 av_status av_batch_session_new(av_batch_session **out, av_model *m, int n_seq, int max_seq, int max_chunk) {
     *out = NULL;
@@ -47,37 +36,34 @@ av_status av_batch_session_new(av_batch_session **out, av_model *m, int n_seq, i
     b->max_seq = max_seq;
     b->C = max_chunk;
     b->pos = calloc((size_t)n_seq * 3, sizeof(int32_t));
-    b->allocs = calloc(32, sizeof(void *));
-    if (!b->pos || !b->allocs) { av_batch_session_free(b); return av_fail(AV_ERR_NOMEM, "out of memory"); }
+    if (!b->pos) { av_batch_session_free(b); return av_fail(AV_ERR_NOMEM, "out of memory"); }
     b->active = b->pos + n_seq;
     b->last = b->pos + 2 * (size_t)n_seq;
-    size_t D = c->hidden_size, F = c->intermediate_size, qd = (size_t)c->n_heads * c->head_dim,
-           kvd = (size_t)c->n_kv_heads * c->head_dim, V = c->vocab_size, R = (size_t)max_rank(m);
-    size_t rows = (size_t)(n_seq > max_chunk ? n_seq : max_chunk), widest = D > F ? D : F;
-    if (qd > widest) widest = qd;
+    size_t kvd = (size_t)c->n_kv_heads * c->head_dim, V = c->vocab_size;
+    int rows = n_seq > max_chunk ? n_seq : max_chunk;
     size_t cache = (size_t)c->n_layers * n_seq * max_seq * kvd;
-    struct { float **p; size_t n; } bufs[] = {
-        {&b->k_cache, cache}, {&b->v_cache, cache}, {&b->x, rows * D}, {&b->xn, rows * D}, {&b->q, rows * qd},
-        {&b->k, rows * kvd}, {&b->v, rows * kvd}, {&b->att, rows * qd}, {&b->tmp, rows * widest}, {&b->gate, rows * F},
-        {&b->up, rows * F}, {&b->hidden, rows * D}, {&b->lora_tmp, R ? rows * (R + widest) : 1}, {&b->logits, (size_t)n_seq * V},
-        {(float **)&b->dev, (size_t)3 * n_seq + 2 * max_chunk},
-    };
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        *bufs[i].p = be->alloc(bufs[i].n * sizeof(float), "batch buffers");
-        if (!*bufs[i].p) { av_batch_session_free(b); return av_fail_prefix(AV_ERR_NOMEM, "batch of %d x %d tokens", n_seq, max_seq); }
-        b->allocs[b->nallocs++] = *bufs[i].p;
-        b->bytes += bufs[i].n * sizeof(float);
-    }
-    be->zero(b->dev, sizeof(int32_t) * 3 * (size_t)n_seq);
+    av_plan_init(&b->mem);
+    av_plan_floats(&b->mem, &b->k_cache, cache);
+    av_plan_floats(&b->mem, &b->v_cache, cache);
     av_decode_plan *p = &b->plan;
+    av_llama_plan_rows(&b->mem, m, rows, &p->ws, &b->x, &b->hidden);
+    av_plan_floats(&b->mem, &b->logits, (size_t)n_seq * V);
+    av_plan_add(&b->mem, &b->dev, sizeof(int32_t) * ((size_t)3 * n_seq + 2 * max_chunk));
+    if (av_plan_commit(&b->mem, be->alloc, "batch buffers") != AV_OK) {
+        av_batch_session_free(b);
+        return av_fail_prefix(AV_ERR_NOMEM, "batch of %d x %d tokens", n_seq, max_seq);
+    }
+    b->bytes = b->mem.total;
+    be->zero(b->dev, sizeof(int32_t) * 3 * (size_t)n_seq);
     p->m = m;
     p->N = n_seq;
-    p->layer_stride = (size_t)n_seq * max_seq * kvd;
-    p->seq_stride = (size_t)max_seq * kvd;
-    p->k_cache = b->k_cache;
-    p->v_cache = b->v_cache;
-    p->x = b->x; p->xn = b->xn; p->q = b->q; p->k = b->k; p->v = b->v; p->att = b->att; p->tmp = b->tmp;
-    p->gate = b->gate; p->up = b->up; p->hidden = b->hidden; p->lora_tmp = b->lora_tmp; p->logits = b->logits;
+    p->ws.layer_stride = (size_t)n_seq * max_seq * kvd;
+    p->ws.seq_stride = (size_t)max_seq * kvd;
+    p->ws.k_cache = b->k_cache;
+    p->ws.v_cache = b->v_cache;
+    p->x = b->x;
+    p->hidden = b->hidden;
+    p->logits = b->logits;
     p->ids = b->dev;
     p->pos = b->dev + n_seq;
     p->active = b->dev + 2 * n_seq;
@@ -89,8 +75,7 @@ av_status av_batch_session_new(av_batch_session **out, av_model *m, int n_seq, i
 void av_batch_session_free(av_batch_session *b) {
     if (!b) return;
     av_decode_plan_release(&b->plan);
-    for (int i = 0; i < b->nallocs; i++) b->m->be->free(b->allocs[i]);
-    free(b->allocs);
+    av_plan_release(&b->mem, b->m->be->free);
     free(b->pos);
     free(b);
 }
@@ -113,9 +98,17 @@ static void prefill_chunk(av_batch_session *b, int i, const int32_t *ids, int T,
     be->upload(pos_dev, pos, sizeof(int32_t) * (size_t)T);
     free(pos);
     be->embedding_forward(b->x, ids_dev, &m->embed, T);
-    av_chunk_bufs bufs = {b->x, b->xn, b->q, b->att, b->tmp, b->gate, b->up, b->lora_tmp};
-    size_t seq_off = (size_t)i * b->plan.seq_stride;
-    av_llama_layers_forward(m, &bufs, b->k_cache + seq_off, b->v_cache + seq_off, b->plan.layer_stride, pos_dev, T, p0);
+    /* the plan's rows, as PREFILL rows of sequence i: its cache region, rows p0.. */
+    av_layer_ws ws = b->plan.ws;
+    size_t seq_off = (size_t)i * ws.seq_stride;
+    ws.kind = AV_ROWS_PREFILL;
+    ws.B = 1;
+    ws.T = T;
+    ws.p0 = p0;
+    ws.pos = pos_dev;
+    ws.k_cache += seq_off;
+    ws.v_cache += seq_off;
+    av_llama_layers_forward(m, &ws, b->x);
     be->rmsnorm_forward(b->hidden, NULL, b->x + (size_t)(T - 1) * D, &m->final_norm, 1, D, c->rms_norm_eps);
 }
 

@@ -5,88 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Benchmark knobs: an integer from the environment, or def. */
-static int getenv_int(const char *name, int def) {
-    const char *e = getenv(name);
-    return e && *e ? atoi(e) : def;
-}
-
-/* Two or three projections whose weights lie back to back in backend memory (the upload order of
- * model/weights.c) without adapters: one matrix of all their rows, so one product reads them. */
-static int stacked(av_mat *out, const av_linear *a, const av_linear *b, const av_linear *c) {
-    const av_linear *L[3] = {a, b, c};
-    int n = c ? 3 : 2, rows = 0;
-    const char *next = (const char *)a->w.data;
-    for (int i = 0; i < n; i++) {
-        if (L[i]->lora_a || L[i]->w.q_bits || L[i]->w.dtype != a->w.dtype || L[i]->w.cols != a->w.cols || (const char *)L[i]->w.data != next)
-            return 0;
-        next += (size_t)L[i]->w.rows * L[i]->w.cols * av_dtype_size(L[i]->w.dtype);
-        rows += L[i]->w.rows;
-    }
-    *out = a->w;
-    out->rows = rows;
-    return 1;
-}
-
-/* A projection the fused products take: no adapter, unquantized. */
-static int plain(const av_linear *L) { return !L->lora_a && !L->w.q_bits; }
-
-/* L2 prefetch hints (backend prefetch_hint) for the one-row step: which latency-bound kernel pulls
- * which later weights. AV_PF bits (benchmarks; default 0: none paid off on the H200, the attention
- * pulling W_o 1,482 -> 1,479 tok/s, the o product pulling 8 MB of gate|up 1,468, 16 MB 1,425, the
- * down product 2 MB of the next q|k|v 1,471): 1 the attention pulls W_o, 2 the o product pulls the
- * first AV_PF_GU_MB of gate|up, 4 the down product the first AV_PF_QKV_MB of the next q|k|v, 8 the
- * q|k|v product pulls W_o. */
-static void hint(const av_backend *be, int bit, const av_mat *W, size_t cap) {
-    static int mask = -1;
-    if (mask < 0) mask = getenv_int("AV_PF", 0);
-    if (!be->prefetch_hint || !(mask & bit) || !W) return;
-    size_t n = (size_t)W->rows * W->cols * av_dtype_size(W->dtype);
-    be->prefetch_hint(W->data, cap && cap < n ? cap : n);
-}
-
-/* One layer as four fused products (backend matmul_fused_forward) and the attention: RMSNorm inside
- * the q|k|v and gate|up products, RoPE in the q|k|v store, SwiGLU in the gate|up store, residual adds
- * in the o and down stores. 0 when the layer's weights do not allow it (adapters, layout). next: the
- * following layer (NULL for the last), whose first weights the down product may pull. */
-static int layer_fused(av_decode_plan *p, const av_layer *L, float *kc, float *vc, const av_layer *next) {
-    av_model *m = p->m;
-    const av_config *c = &m->cfg;
-    const av_backend *be = m->be;
-    int N = p->N, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
-    size_t qd = (size_t)H * hd, nq = (size_t)(H + 2 * KVH) * hd;
-    av_mat Wqkv, Wgu;
-    if (!p->qkv || !be->matmul_fused_forward || !stacked(&Wqkv, &L->q, &L->k, &L->v) || !stacked(&Wgu, &L->gate, &L->up, NULL) ||
-        !plain(&L->o) || !plain(&L->down))
-        return 0;
-    av_gemv_fusion f = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->attn_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_ROPE,
-                        .pos = p->pos, .inv_freq = m->inv_freq, .rope_heads = H + KVH, .head_dim = hd};
-    int one = N == 1;
-    if (one) hint(be, 8, &L->o.w, 0);
-    be->matmul_fused_forward(p->qkv, p->x, &Wqkv, N, &f); /* q and k heads are adjacent: one RoPE range */
-    if (one) hint(be, 1, &L->o.w, 0);
-    be->attention_decode(p->att, p->qkv, p->qkv + qd, p->qkv + qd + (size_t)KVH * hd, kc, vc, p->pos, N, p->seq_stride, H, KVH, hd, nq);
-    av_gemv_fusion o = {.in = AV_GEMV_IN_X, .out = AV_GEMV_OUT_ADD};
-    if (one) hint(be, 2, &Wgu, (size_t)getenv_int("AV_PF_GU_MB", 8) << 20);
-    be->matmul_fused_forward(p->x, p->att, &L->o.w, N, &o);
-    /* several rows: the SwiGLU output goes to the down product as bf16 (its tensor cores round it so
-     * anyway); one row keeps the exact f32 GEMV */
-    int gu16 = N > 1 && be->save_acts_bf16;
-    av_gemv_fusion gu = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->mlp_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_SWIGLU,
-                         .out_bf16 = gu16};
-    be->matmul_fused_forward(p->gu, p->x, &Wgu, N, &gu);
-    av_gemv_fusion dn = {.in = AV_GEMV_IN_X, .out = AV_GEMV_OUT_ADD, .in_bf16 = gu16};
-    av_mat Wn;
-    if (one && next && stacked(&Wn, &next->q, &next->k, &next->v)) hint(be, 4, &Wn, (size_t)getenv_int("AV_PF_QKV_MB", 4) << 20);
-    else if (one && !next && !p->m->lm_head.q_bits) hint(be, 4, &p->m->lm_head, (size_t)getenv_int("AV_PF_QKV_MB", 4) << 20);
-    be->matmul_fused_forward(p->x, p->gu, &L->down.w, N, &dn);
-    return 1;
-}
+static void session_decode_free(av_session *s);
 
 #define ID_RING 8 /* > the steps that can be queued */
 
 /* Greedy sampling folded into the fused LM head (backend av_gemv_fusion.argmax): one sequence, all
- * of it active, temperature 0. AV_AMAX=0 (benchmarks) keeps the sampler kernel. */
+ * of it active, temperature 0. */
 static int folds_argmax(const av_decode_plan *p) {
     const av_model *m = p->m;
     return p->sample && p->N == 1 && !p->active && p->temperature <= 0.0f && m->be->matmul_fused_forward && !m->lm_head.q_bits;
@@ -98,40 +22,14 @@ static void step_ops(av_decode_plan *p) {
     av_model *m = p->m;
     const av_config *c = &m->cfg;
     const av_backend *be = m->be;
-    int N = p->N, D = c->hidden_size, F = c->intermediate_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
-    size_t kvd = (size_t)KVH * hd, qd = (size_t)H * hd;
+    int N = p->N, D = c->hidden_size;
     be->embedding_forward(p->x, p->ids, &m->embed, N);
-    for (int l = 0; l < c->n_layers; l++) {
-        const av_layer *L = &m->layers[l];
-        float *kc = p->k_cache + (size_t)l * p->layer_stride, *vc = p->v_cache + (size_t)l * p->layer_stride;
-        if (layer_fused(p, L, kc, vc, l + 1 < c->n_layers ? &m->layers[l + 1] : NULL)) continue;
-        float *q = p->q, *k = p->k, *v = p->v, *gate = p->gate, *up = p->up;
-        be->rmsnorm_forward(p->xn, NULL, p->x, &L->attn_norm, N, D, c->rms_norm_eps);
-        av_linear_forward(be, q, p->xn, &L->q, N, p->lora_tmp);
-        av_linear_forward(be, k, p->xn, &L->k, N, p->lora_tmp);
-        av_linear_forward(be, v, p->xn, &L->v, N, p->lora_tmp);
-        be->rope_forward(q, p->pos, m->inv_freq, N, H, hd);
-        be->rope_forward(k, p->pos, m->inv_freq, N, KVH, hd);
-        if (be->attention_decode) {
-            be->attention_decode(p->att, q, k, v, kc, vc, p->pos, N, p->seq_stride, H, KVH, hd, 0);
-        } else {
-            for (int i = 0; i < N; i++) {
-                int ps = p->host_pos[i];
-                float *ki = kc + (size_t)i * p->seq_stride, *vi = vc + (size_t)i * p->seq_stride;
-                be->copy(ki + (size_t)ps * kvd, k + (size_t)i * kvd, kvd * sizeof(float));
-                be->copy(vi + (size_t)ps * kvd, v + (size_t)i * kvd, kvd * sizeof(float));
-                be->attention_forward(p->att + (size_t)i * qd, NULL, q + (size_t)i * qd, ki, vi, 1, ps + 1, ps, H, KVH, hd);
-            }
-        }
-        av_linear_forward(be, p->tmp, p->att, &L->o, N, p->lora_tmp);
-        be->add_inplace(p->x, p->tmp, (size_t)N * D);
-        be->rmsnorm_forward(p->xn, NULL, p->x, &L->mlp_norm, N, D, c->rms_norm_eps);
-        av_linear_forward(be, gate, p->xn, &L->gate, N, p->lora_tmp);
-        av_linear_forward(be, up, p->xn, &L->up, N, p->lora_tmp);
-        be->swiglu_forward(gate, gate, up, (size_t)N * F);
-        av_linear_forward(be, p->tmp, gate, &L->down, N, p->lora_tmp);
-        be->add_inplace(p->x, p->tmp, (size_t)N * D);
-    }
+    p->ws.kind = AV_ROWS_DECODE;
+    p->ws.B = N;
+    p->ws.T = 1;
+    p->ws.pos = p->pos;
+    p->ws.host_pos = p->host_pos;
+    av_llama_layers_forward(m, &p->ws, p->x);
     int fold = folds_argmax(p);
     if (p->sample && be->matmul_fused_forward && !m->lm_head.q_bits) {
         av_gemv_fusion f = {.in = AV_GEMV_IN_RMSNORM, .norm = &m->final_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_STORE};
@@ -211,14 +109,14 @@ av_status av_decode_plan_collect(av_decode_plan *p, int32_t *host_ids) {
 av_status av_decode_plan_submit(av_decode_plan *p) {
     const av_backend *be = p->m->be;
     if (p->npend == 2 || (p->npend && !av_decode_plan_queueable(p))) return av_fail(AV_ERR_ARG, "decode: too many steps queued");
-    if (!p->qkv && be->matmul_fused_forward && be->attention_decode) {
+    if (!p->ws.qkv && be->matmul_fused_forward && be->attention_decode) {
         const av_config *c = &p->m->cfg;
         size_t nq = (size_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim, ng = (size_t)c->intermediate_size;
-        p->qkv = be->alloc(sizeof(float) * (nq + ng) * (size_t)p->N, "decode q|k|v, swiglu");
-        if (!p->qkv) return AV_ERR_NOMEM;
-        p->gu = p->qkv + nq * (size_t)p->N;
+        p->ws.qkv = be->alloc(sizeof(float) * (nq + ng) * (size_t)p->N, "decode q|k|v, swiglu");
+        if (!p->ws.qkv) return AV_ERR_NOMEM;
+        p->ws.gu = p->ws.qkv + nq * (size_t)p->N;
     }
-    if (!p->ring_tried && p->N == 1 && p->sample && be->host_alloc && be->host_free && getenv_int("AV_ID_RING", 1)) {
+    if (!p->ring_tried && p->N == 1 && p->sample && be->host_alloc && be->host_free) {
         void *dev = NULL;
         p->ring_tried = 1;
         p->seq_dev = be->alloc(sizeof(unsigned), "decode id ring count");
@@ -279,8 +177,8 @@ void av_decode_plan_release(av_decode_plan *p) {
     p->graph = NULL;
     free(p->host_pos);
     p->host_pos = NULL;
-    if (p->qkv) p->m->be->free(p->qkv);
-    p->qkv = p->gu = NULL;
+    if (p->ws.qkv) p->m->be->free(p->ws.qkv);
+    p->ws.qkv = p->ws.gu = NULL;
     if (p->ring_host) p->m->be->host_free(p->ring_host);
     if (p->seq_dev) p->m->be->free(p->seq_dev);
     p->ring_host = p->ring_dev = NULL;
@@ -289,17 +187,14 @@ void av_decode_plan_release(av_decode_plan *p) {
 }
 
 /* ---------------------------------------------------------------- av_session plans */
-static void session_plan(av_decode_plan *p, av_session *s, int sample) {
-    const av_config *c = &s->m->cfg;
+void av_decode_plan_for_session(av_decode_plan *p, av_session *s, int sample) {
     memset(p, 0, sizeof *p);
     p->m = s->m;
     p->N = 1;
-    p->layer_stride = (size_t)s->max_seq * c->n_kv_heads * c->head_dim;
-    p->seq_stride = p->layer_stride; /* N = 1: only bounds the sequence length */
-    p->k_cache = s->k_cache;
-    p->v_cache = s->v_cache;
-    p->x = s->x; p->xn = s->xn; p->q = s->q; p->k = s->k; p->v = s->v; p->att = s->att; p->tmp = s->tmp;
-    p->gate = s->gate; p->up = s->up; p->hidden = s->hidden; p->lora_tmp = s->lora_tmp;
+    p->ws = s->ws; /* the session's scratch and cache; seq_stride = layer_stride (N = 1: only bounds the length) */
+    p->ws.qkv = p->ws.gu = NULL;
+    p->x = s->x;
+    p->hidden = s->hidden;
     p->logits = s->logits;
     p->sample = sample;
 }
@@ -341,7 +236,7 @@ av_status av_decoder_new(av_decoder **out, av_session *s) {
     d->s = s;
     d->dev = s->m->be->alloc(2 * sizeof(int32_t), "decoder ids");
     if (!d->dev) { free(d); return AV_ERR_NOMEM; }
-    session_plan(&d->plan, s, 1);
+    av_decode_plan_for_session(&d->plan, s, 1);
     d->plan.ids = d->dev;
     d->plan.pos = d->dev + 1;
     d->dev_id = d->dev_pos = -1;
@@ -356,6 +251,7 @@ void av_decoder_free(av_decoder *d) {
     drop_ahead(d);
     if (!d->s->decoder) {
         d->s->decoder = d;
+        d->s->decode_free = session_decode_free;
         return;
     }
     decoder_destroy(d);
@@ -418,17 +314,18 @@ av_status av_decoder_next_ahead(av_decoder *d, int32_t id, float temperature, fl
     return AV_OK;
 }
 
-av_status av_session_decode_one(av_session *s, int32_t id) {
+static av_status session_decode_one(av_session *s, int32_t id) {
     const av_backend *be = s->m->be;
     if (!be->graph_begin || !be->attention_decode) return AV_ERR_UNSUPPORTED;
     av_decode_plan *p = (av_decode_plan *)s->decode;
     if (!p) {
         p = calloc(1, sizeof *p);
         if (!p) return av_fail(AV_ERR_NOMEM, "out of memory");
-        session_plan(p, s, 0);
+        av_decode_plan_for_session(p, s, 0);
         p->ids = s->ids_dev;
         p->pos = s->pos_dev;
         s->decode = p;
+        s->decode_free = session_decode_free;
     }
     int32_t pos = s->n_past;
     be->upload(s->ids_dev, &id, sizeof id);
@@ -440,11 +337,19 @@ av_status av_session_decode_one(av_session *s, int32_t id) {
     return AV_OK;
 }
 
-void av_session_decode_free(av_session *s) {
+static void session_decode_free(av_session *s) {
     if (s->decoder) decoder_destroy((av_decoder *)s->decoder);
     s->decoder = NULL;
     if (!s->decode) return;
     av_decode_plan_release((av_decode_plan *)s->decode);
     free(s->decode);
     s->decode = NULL;
+}
+
+av_status av_session_forward(av_session *s, const int32_t *ids, int T) {
+    if (T == 1 && s->n_past + 1 <= s->max_seq && ids[0] >= 0 && ids[0] < s->m->cfg.vocab_size) {
+        av_status st = session_decode_one(s, ids[0]); /* one captured graph per session where the backend can */
+        if (st != AV_ERR_UNSUPPORTED) return st;
+    }
+    return av_session_prefill(s, ids, T);
 }

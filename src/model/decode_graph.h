@@ -11,10 +11,11 @@
 typedef struct {
     av_model *m;
     int N;                          /* rows (sequences) per step */
-    size_t layer_stride, seq_stride; /* floats between layers' / sequences' cache regions */
-    float *k_cache, *v_cache;       /* row p of sequence i, layer l: + l*layer_stride + i*seq_stride + p*kv_dim */
-    /* activation buffers, >= N rows each (as av_session's) */
-    float *x, *xn, *q, *k, *v, *att, *tmp, *gate, *up, *hidden, *lora_tmp;
+    /* the layers' rows (model/layer.h, DECODE): k_cache/v_cache with layer_stride/seq_stride (row p
+     * of sequence i, layer l: + l*layer_stride + i*seq_stride + p*kv_dim) and scratch of >= N rows;
+     * qkv/gu are the plan's own */
+    av_layer_ws ws;
+    float *x, *hidden;              /* >= N rows */
     float *logits;                  /* [N, V]; used when sample != 0 */
     int32_t *ids, *pos, *active;    /* backend memory [N]; active may be NULL (all active) */
     int sample;                     /* 1: LM head + sampler after the layers (ids/pos advance on the device) */
@@ -26,7 +27,6 @@ typedef struct {
     uint64_t g_seed;
     int eager_done;
     int32_t *host_pos;              /* host mirror of pos for the eager fallback [N] */
-    float *qkv, *gu;                /* outputs of the fused q|k|v and gate|up products [N rows] (plan-owned) */
     int pend[2], npend;             /* queued steps, oldest first: their id-copy tickets (-1: none) */
     /* greedy single-sequence steps fold the argmax into the LM head, whose last block writes the id
      * into a ring of host-visible memory (backend host_alloc): no copy is queued behind the step */
@@ -51,6 +51,9 @@ int av_decode_plan_queueable(const av_decode_plan *p);
 /* Frees the captured graph (buffers belong to the owner); waits for queued steps first. */
 void av_decode_plan_release(av_decode_plan *p);
 
+/* A one-row plan over a session's cache and buffers (sample: LM head + sampler in the step). */
+void av_decode_plan_for_session(av_decode_plan *p, av_session *s, int sample);
+
 /* ---- single-sequence decode on an av_session with device-side sampling ---- */
 typedef struct av_decoder av_decoder;
 av_status av_decoder_new(av_decoder **out, av_session *s);
@@ -68,11 +71,5 @@ av_status av_decoder_next(av_decoder *d, int32_t id, float temperature, float to
 av_status av_decoder_next_ahead(av_decoder *d, int32_t id, float temperature, float top_p, uint64_t seed, int32_t *next,
                                 int lookahead);
 
-/* av_session_forward's single-token path on graph-capable backends (llama.c calls it for T == 1):
- * the same ops as the eager forward, captured once per session. Returns AV_ERR_UNSUPPORTED when the
- * backend cannot (caller runs the eager path). */
-av_status av_session_decode_one(av_session *s, int32_t id);
-/* Releases what av_session_decode_one made and the kept decoder (av_session_free calls it). */
-void av_session_decode_free(av_session *s);
 
 #endif

@@ -1,33 +1,29 @@
-/* Llama forward for inference: embedding -> N x [RMSNorm, QKV, RoPE, KV-cache append, causal GQA
- * attention, O, residual, RMSNorm, SwiGLU MLP, residual] -> final RMSNorm. All ops go through the
- * backend table, so this file runs unchanged on the CPU and the GPU. */
+/* Llama inference sessions: embedding -> the decoder layers (model/layer.c, PREFILL rows appended
+ * to the KV cache) -> final RMSNorm, LM head; buffers planned as one backend allocation. All ops go
+ * through the backend table, so this file runs unchanged on the CPU and the GPU. */
 #include "model/llama.h"
-#include "model/decode_graph.h"
 #include "attention/attention.h"
 #include "core/memory.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-void av_linear_forward(const av_backend *be, float *out, const float *x, const av_linear *L, int T, float *tmp) {
-    be->matmul_forward(out, x, &L->w, T);
-    if (!L->lora_a) return;
-    av_mat A = {.data = L->lora_a, .dtype = AV_F32, .rows = L->rank, .cols = L->w.cols};
-    av_mat B = {.data = L->lora_b, .dtype = AV_F32, .rows = L->w.rows, .cols = L->rank};
-    float *xa = tmp, *xab = tmp + (size_t)T * L->rank;
-    be->matmul_forward(xa, x, &A, T);   /* [T, rank] */
-    be->matmul_forward(xab, xa, &B, T); /* [T, rows] */
-    be->add_scaled(out, L->scale, xab, (size_t)T * L->w.rows);
-}
-
-static int max_lora_rank(const av_model *m) {
-    int r = 0;
-    for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int p = 0; p < AV_PROJ_COUNT; p++) {
-            const av_linear *L = av_layer_proj(&m->layers[l], (av_proj)p);
-            if (L->lora_a && L->rank > r) r = L->rank;
-        }
-    return r;
+void av_llama_plan_rows(av_plan *plan, const av_model *m, int rows, av_layer_ws *ws, float **x, float **hidden) {
+    const av_config *c = &m->cfg;
+    size_t D = c->hidden_size, F = c->intermediate_size, q = (size_t)c->n_heads * c->head_dim,
+           kv = (size_t)c->n_kv_heads * c->head_dim, C = (size_t)rows, R = (size_t)av_model_max_lora_rank(m),
+           widest = av_layer_widest(c);
+    av_plan_floats(plan, x, C * D);
+    av_plan_floats(plan, hidden, C * D);
+    av_plan_floats(plan, &ws->xn, C * D);
+    av_plan_floats(plan, &ws->q, C * q);
+    av_plan_floats(plan, &ws->k, C * kv);
+    av_plan_floats(plan, &ws->v, C * kv);
+    av_plan_floats(plan, &ws->att, C * q);
+    av_plan_floats(plan, &ws->tmp, C * widest);
+    av_plan_floats(plan, &ws->gate, C * F);
+    av_plan_floats(plan, &ws->up, C * F);
+    av_plan_floats(plan, &ws->lora_tmp, R ? C * (R + widest) : 1);
 }
 
 av_status av_session_new(av_session **out, av_model *m, int max_seq, int max_chunk) {
@@ -42,40 +38,31 @@ av_status av_session_new(av_session **out, av_model *m, int max_seq, int max_chu
     s->max_seq = max_seq;
     s->max_chunk = max_chunk;
     s->logits_rows = 1;
-    size_t D = c->hidden_size, F = c->intermediate_size, q = (size_t)c->n_heads * c->head_dim,
-           kv = (size_t)c->n_kv_heads * c->head_dim, C = max_chunk, V = c->vocab_size;
-    size_t R = (size_t)max_lora_rank(m);
-    size_t widest = D > F ? D : F;
-    if (q > widest) widest = q;
-    struct { float **p; size_t n; } bufs[] = {
-        {&s->k_cache, (size_t)c->n_layers * max_seq * kv}, {&s->v_cache, (size_t)c->n_layers * max_seq * kv},
-        {&s->x, C * D}, {&s->xn, C * D}, {&s->q, C * q}, {&s->k, C * kv}, {&s->v, C * kv}, {&s->att, C * q},
-        {&s->tmp, C * widest}, {&s->gate, C * F}, {&s->up, C * F}, {&s->hidden, C * D},
-        {&s->lora_tmp, R ? C * (R + widest) : 1}, {&s->logits, V},
-    };
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        *bufs[i].p = be->alloc(bufs[i].n * sizeof(float), "session buffers");
-        if (!*bufs[i].p) { av_session_free(s); return av_fail(AV_ERR_NOMEM, "out of memory for a %d-token KV cache", max_seq); }
-        s->bytes += bufs[i].n * sizeof(float);
-    }
-    s->ids_dev = be->alloc(C * sizeof(int32_t), "ids");
-    s->pos_dev = be->alloc(C * sizeof(int32_t), "positions");
+    size_t kv = (size_t)c->n_kv_heads * c->head_dim, C = max_chunk;
+    av_plan_init(&s->plan);
+    av_plan_floats(&s->plan, &s->k_cache, (size_t)c->n_layers * max_seq * kv);
+    av_plan_floats(&s->plan, &s->v_cache, (size_t)c->n_layers * max_seq * kv);
+    av_llama_plan_rows(&s->plan, m, max_chunk, &s->ws, &s->x, &s->hidden);
+    av_plan_floats(&s->plan, &s->logits, c->vocab_size);
+    av_plan_add(&s->plan, &s->ids_dev, C * sizeof(int32_t));
+    av_plan_add(&s->plan, &s->pos_dev, C * sizeof(int32_t));
     s->hist = malloc(sizeof(int32_t) * (size_t)max_seq);
-    if (!s->ids_dev || !s->pos_dev || !s->hist) { av_session_free(s); return av_fail(AV_ERR_NOMEM, "out of memory"); }
+    if (!s->hist || av_plan_commit(&s->plan, be->alloc, "session buffers") != AV_OK) {
+        av_session_free(s);
+        return av_fail_prefix(AV_ERR_NOMEM, "a %d-token KV cache", max_seq);
+    }
+    s->bytes = s->plan.total;
+    s->ws.k_cache = s->k_cache;
+    s->ws.v_cache = s->v_cache;
+    s->ws.layer_stride = s->ws.seq_stride = (size_t)max_seq * kv;
     *out = s;
     return AV_OK;
 }
 
 void av_session_free(av_session *s) {
     if (!s) return;
-    const av_backend *be = s->m->be;
-    float *bufs[] = {s->k_cache, s->v_cache, s->x, s->xn, s->q, s->k, s->v, s->att, s->tmp, s->gate, s->up, s->hidden,
-                     s->lora_tmp, s->logits};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) be->free(bufs[i]);
-    av_session_decode_free(s);
-    if (s->ids_dev) be->free(s->ids_dev);
-    if (s->pos_dev) be->free(s->pos_dev);
+    if (s->decode_free) s->decode_free(s);
+    av_plan_release(&s->plan, s->m->be->free);
     free(s->hist);
     free(s);
 }
@@ -84,42 +71,11 @@ void av_session_truncate(av_session *s, int n) {
     if (n < s->n_past) s->n_past = n < 0 ? 0 : n;
 }
 
-void av_llama_layers_forward(const av_model *m, const av_chunk_bufs *b, float *k_cache, float *v_cache, size_t layer_stride,
-                             const int32_t *pos_dev, int T, int p0) {
-    const av_config *c = &m->cfg;
-    const av_backend *be = m->be;
-    int D = c->hidden_size, F = c->intermediate_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
-    size_t kvd = (size_t)KVH * hd;
-    for (int l = 0; l < c->n_layers; l++) {
-        const av_layer *L = &m->layers[l];
-        float *kc = k_cache + (size_t)l * layer_stride, *vc = v_cache + (size_t)l * layer_stride;
-        be->rmsnorm_forward(b->xn, NULL, b->x, &L->attn_norm, T, D, c->rms_norm_eps);
-        av_linear_forward(be, b->q, b->xn, &L->q, T, b->lora_tmp);
-        av_linear_forward(be, kc + (size_t)p0 * kvd, b->xn, &L->k, T, b->lora_tmp);
-        av_linear_forward(be, vc + (size_t)p0 * kvd, b->xn, &L->v, T, b->lora_tmp);
-        be->rope_forward(b->q, pos_dev, m->inv_freq, T, H, hd);
-        be->rope_forward(kc + (size_t)p0 * kvd, pos_dev, m->inv_freq, T, KVH, hd);
-        if (be->flash_attention_forward && T >= 64) /* long chunks: tiled attention, no score matrix */
-            be->flash_attention_forward(b->att, NULL, b->q, kc, vc, T, p0 + T, p0, H, KVH, hd);
-        else
-            be->attention_forward(b->att, NULL, b->q, kc, vc, T, p0 + T, p0, H, KVH, hd);
-        av_linear_forward(be, b->tmp, b->att, &L->o, T, b->lora_tmp);
-        be->add_inplace(b->x, b->tmp, (size_t)T * D);
-        be->rmsnorm_forward(b->xn, NULL, b->x, &L->mlp_norm, T, D, c->rms_norm_eps);
-        av_linear_forward(be, b->gate, b->xn, &L->gate, T, b->lora_tmp);
-        av_linear_forward(be, b->up, b->xn, &L->up, T, b->lora_tmp);
-        be->swiglu_forward(b->gate, b->gate, b->up, (size_t)T * F);
-        av_linear_forward(be, b->tmp, b->gate, &L->down, T, b->lora_tmp);
-        be->add_inplace(b->x, b->tmp, (size_t)T * D);
-    }
-}
-
 static void forward_chunk(av_session *s, const int32_t *ids, int T) {
     av_model *m = s->m;
     const av_config *c = &m->cfg;
     const av_backend *be = m->be;
-    int D = c->hidden_size, KVH = c->n_kv_heads, hd = c->head_dim;
-    size_t kvd = (size_t)KVH * hd;
+    int D = c->hidden_size;
     int32_t pos[4096];
     int p0 = s->n_past;
     for (int t = 0; t < T; t++) pos[t] = p0 + t;
@@ -127,24 +83,24 @@ static void forward_chunk(av_session *s, const int32_t *ids, int T) {
     be->upload(s->ids_dev, ids, (size_t)T * sizeof(int32_t));
     be->upload(s->pos_dev, pos, (size_t)T * sizeof(int32_t));
     be->embedding_forward(s->x, s->ids_dev, &m->embed, T);
-    av_chunk_bufs bufs = {s->x, s->xn, s->q, s->att, s->tmp, s->gate, s->up, s->lora_tmp};
-    av_llama_layers_forward(m, &bufs, s->k_cache, s->v_cache, (size_t)s->max_seq * kvd, s->pos_dev, T, p0);
+    s->ws.kind = AV_ROWS_PREFILL;
+    s->ws.B = 1;
+    s->ws.T = T;
+    s->ws.p0 = p0;
+    s->ws.pos = s->pos_dev;
+    av_llama_layers_forward(m, &s->ws, s->x);
     be->rmsnorm_forward(s->hidden, NULL, s->x, &m->final_norm, T, D, c->rms_norm_eps);
     s->n_past += T;
     s->last_T = T;
 }
 
-av_status av_session_forward(av_session *s, const int32_t *ids, int T) {
+av_status av_session_prefill(av_session *s, const int32_t *ids, int T) {
     if (T <= 0) return av_fail(AV_ERR_ARG, "empty input");
     if (s->n_past + T > s->max_seq)
         return av_fail(AV_ERR_ARG, "context full: %d cached + %d new tokens exceed the %d-token limit", s->n_past, T, s->max_seq);
     int V = s->m->cfg.vocab_size;
     for (int t = 0; t < T; t++)
         if (ids[t] < 0 || ids[t] >= V) return av_fail(AV_ERR_ARG, "token id %d out of range [0, %d)", ids[t], V);
-    if (T == 1) { /* single-token decode: one captured graph per session where the backend can */
-        av_status st = av_session_decode_one(s, ids[0]);
-        if (st != AV_ERR_UNSUPPORTED) return st;
-    }
     int chunk = s->max_chunk < 4096 ? s->max_chunk : 4096;
     for (int t0 = 0; t0 < T; t0 += chunk) forward_chunk(s, ids + t0, T - t0 < chunk ? T - t0 : chunk);
     return AV_OK;

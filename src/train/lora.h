@@ -34,16 +34,4 @@ void av_lora_merge_f32(float *w, const float *a, const float *b, int rows, int c
 /* Number of layers / projections that carry an adapter (0 when none is attached). */
 int av_lora_count(const av_model *m);
 
-/* Backward of av_linear_forward (model/llama.h) on m->be: dx += dy W + s (dy B) A (dx may be NULL);
- * with an adapter and dA/dB non-NULL: dA += s (dy B)^T x, dB += s dy^T (x A^T).
- * tmp holds 3 * T * rank floats of backend memory. */
-void av_linear_backward(const av_backend *be, float *dx, float *dA, float *dB, const float *dy, const float *x, const av_linear *L,
-                        int T, float *tmp);
-/* Only the adapter branch of av_linear_backward (no base term): with u the branch's input
- * (x itself, or dropout(x) for LoRA dropout), dA += s (dy B)^T u, dB += s dy^T (u A^T),
- * du += s (dy B) A (du may be NULL). ua: u A^T [T, rank] kept from the forward, or NULL (recomputed).
- * tmp holds 3 * T * rank floats of backend memory. */
-void av_lora_branch_backward(const av_backend *be, float *du, float *dA, float *dB, const float *dy, const float *u, const float *ua,
-                             const av_linear *L, int T, float *tmp);
-
 #endif

@@ -6,6 +6,7 @@
 #define AV_TRAIN_MODEL_H
 #include <stddef.h>
 #include <stdint.h>
+#include "model/layer.h"
 #include "model/model.h"
 
 typedef struct {
@@ -74,13 +75,16 @@ av_status av_train_load_weights(av_train_ctx *c, const char *path);
  * copied from the base model plus model.safetensors as a hard link to adapters.safetensors. */
 av_status av_train_save_model_dir(av_train_ctx *c, const char *dir);
 
-/* Phase profile: with AV_TRAIN_PROFILE=1 in the environment at context creation, every step
+/* Phase profile (off by default; the phases are model/layer.h's): with it on, every step
  * synchronises the device at each phase switch and adds the wall milliseconds of each phase
  * (exclusive: attention and adapter products are not in the layer phases) to these totals. */
-enum { AV_TRAIN_PH_OTHER = 0, AV_TRAIN_PH_FROZEN, AV_TRAIN_PH_LAYER_FWD, AV_TRAIN_PH_ATT_FWD, AV_TRAIN_PH_LORA, AV_TRAIN_PH_XENT,
-       AV_TRAIN_PH_LAYER_BWD, AV_TRAIN_PH_ATT_BWD, AV_TRAIN_NPHASES };
-extern const char *const av_train_phase_names[AV_TRAIN_NPHASES];
+void av_train_set_profile(av_train_ctx *c, int on);
 void av_train_profile(const av_train_ctx *c, double ms[AV_TRAIN_NPHASES]);
+
+/* Attention of the training steps: flash (the default where the backend has it for this model:
+ * no [B, H, T, T] probabilities) or, with on = 0, the standard one (materialised probabilities,
+ * allocated here). Turning flash on where it was not available fails. */
+av_status av_train_set_flash(av_train_ctx *c, int on);
 
 /* Peak bytes of the training buffers (activations, grads). */
 size_t av_train_bytes(const av_train_ctx *c);
