@@ -95,18 +95,16 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_rows_k(float *out, const 
 /* Decode attention, one block per (head, sequence): threads over keys for the scores (each thread a
  * whole q.k dot product with 16-byte loads) into shared memory, a block softmax, then threads over
  * (dim, key slice) for P V. q and the new K/V row are loaded once, together (one round trip after
- * the wait); the first head of each KV group writes that row into the cache. late: the next kernel
- * may launch only at the end (AV_ATT_LATE=1; 2: for one sequence only, which measured best with the
- * older one-row block shapes, H100 b1 1,009 -> 1,022 tok/s; with the o product's four-pair blocks the
- * early start wins: H200 1,391 -> 1,430, H100 1,099 -> 1,128, so the default is 0).
- * KR > 0 (hd 64, one sequence): the cached rows are read into registers before the wait (b1 1,036 ->
- * 1,067 tok/s with DEC_PV 8, 1,058 with 16). Needs hd % 4 == 0, hd <= DEC_THREADS. */
+ * the wait); the first head of each KV group writes that row into the cache. The next kernel (the o
+ * product) may launch right after the wait, so its weight loads overlap this latency-bound kernel.
+ * KR > 0 (hd 64, one sequence): the cached rows are read into registers before the wait. Needs
+ * hd % 4 == 0, hd <= DEC_THREADS. */
 #define DEC_THREADS 256
-template <int KR, int DEC_PV> /* DEC_PV: value chunks per thread held in registers (KR > 0) */
+#define DEC_PV 8 /* value chunks per thread held in registers (KR > 0) */
+template <int KR>
 __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const float *q, const float *k_new, const float *v_new, float *kc,
                                                           float *vc, const int32_t *pos, size_t seq_stride, int H, int KVH, int hd,
-                                                          float scale, size_t qrow, size_t knrow, int late, const char *pf,
-                                                          size_t pfn) {
+                                                          float scale, size_t qrow, size_t knrow, const char *pf, size_t pfn) {
     extern __shared__ float dsm[];
     __shared__ float red[32];
     /* shared: q [ATT_MAX_HD] | P V partials [DEC_THREADS float4] | new key, value [2 ATT_MAX_HD] | scores */
@@ -142,7 +140,7 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const floa
     }
     av_l2_prefetch(pf, pfn); /* the o product's weights, while this kernel is latency-bound */
     av_pdl_wait();
-    if (!late) av_pdl_launch();
+    av_pdl_launch();
     /* everything the q|k|v product wrote, in one round of loads: q, the new key and value rows */
     const float *kn = k_new + (size_t)r * knrow + (size_t)kh * hd, *vn = v_new + (size_t)r * knrow + (size_t)kh * hd;
     const float *qr = q + (size_t)r * qrow + (size_t)h * hd;
@@ -222,7 +220,6 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const floa
         float4 res = make_float4(o.x * inv, o.y * inv, o.z * inv, o.w * inv);
         reinterpret_cast<float4 *>(out + (size_t)r * H * hd + (size_t)h * hd)[tid] = res;
     }
-    if (late) av_pdl_launch();
 }
 
 /* Row-wise causal softmax in place on scores [H, T, S]; row (h, t) keeps s < pos0 + t + 1. Rows up to
@@ -381,31 +378,22 @@ extern "C" void av_cuda_attention_decode(float *out, const float *q, const float
     size_t qrow = row_stride ? row_stride : (size_t)H * hd, knrow = row_stride ? row_stride : (size_t)KVH * hd;
     float scale = 1.0f / sqrtf((float)hd);
     static size_t smem_set = 48 << 10;
-    static int late = -1;
-    if (late < 0) late = getenv("AV_ATT_LATE") ? atoi(getenv("AV_ATT_LATE")) : 0;
-    /* one sequence: cached rows in registers (hd 64, AV_ATT_REG = value chunks per thread: 8, 16, or 0
-     * for the L1 prefetch); several sequences keep the prefetch (their many register-heavy blocks
-     * crowd out the q|k|v product: 32 seqs 17.6k -> 15.5k tok/s) */
-    static int reg = -1;
-    if (reg < 0) reg = getenv("AV_ATT_REG") ? atoi(getenv("AV_ATT_REG")) : 8;
+    /* one sequence with hd 64: cached rows in registers; several sequences keep the L1 prefetch (their
+     * many register-heavy blocks would crowd out the q|k|v product) */
     const char *pf;
     size_t pfn = av_cuda_take_prefetch(&pf);
     if (hd % 4 == 0 && hd <= DEC_THREADS && max_s > 0 && smem <= (200u << 10) && qrow % 4 == 0 && knrow % 4 == 0) {
         if (smem > smem_set) {
-            cudaFuncSetAttribute(attn_dec_k<16, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-            cudaFuncSetAttribute(attn_dec_k<16, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-            cudaFuncSetAttribute(attn_dec_k<0, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+            cudaFuncSetAttribute(attn_dec_k<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+            cudaFuncSetAttribute(attn_dec_k<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
             smem_set = smem;
         }
-        if (hd == 64 && N == 1 && reg == 16)
-            av_launch(attn_dec_k<16, 16>, dim3(H, N), dim3(DEC_THREADS), smem, 1, out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H,
-                      KVH, hd, scale, qrow, knrow, late == 2 ? N == 1 : late, pf, pfn);
-        else if (hd == 64 && N == 1 && reg == 8)
-            av_launch(attn_dec_k<16, 8>, dim3(H, N), dim3(DEC_THREADS), smem, 1, out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H,
-                      KVH, hd, scale, qrow, knrow, late == 2 ? N == 1 : late, pf, pfn);
+        if (hd == 64 && N == 1)
+            av_launch(attn_dec_k<16>, dim3(H, N), dim3(DEC_THREADS), smem, 1, out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H, KVH,
+                      hd, scale, qrow, knrow, pf, pfn);
         else
-            av_launch(attn_dec_k<0, 1>, dim3(H, N), dim3(DEC_THREADS), smem, 1, out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H, KVH,
-                      hd, scale, qrow, knrow, late == 2 ? N == 1 : late, pf, pfn);
+            av_launch(attn_dec_k<0>, dim3(H, N), dim3(DEC_THREADS), smem, 1, out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H, KVH,
+                      hd, scale, qrow, knrow, pf, pfn);
     } else {
         av_launch(attn_rows_k<true>, dim3(H, N), dim3(ATT_WARPS * 32), 0, 1, out, q, (const float *)NULL, (const float *)NULL, k_cache,
                   v_cache, k_new, v_new, pos, 0, seq_stride, H, KVH, hd, scale, qrow, knrow);
