@@ -1,12 +1,7 @@
-/* Fused decode products for the CUDA backend (backend.h av_gemv_fusion): out = in(x) . W^T for
- * T <= 16 rows, with RMSNorm on the input (its sum of squares gathered in the same pass over x) and a
- * residual add, RoPE pairs or SwiGLU pairs on the outputs, so a decoder layer is four products and
- * the attention. One row: an exact f32 GEMV, a block per one or two output pairs. 2..16 rows (bf16
- * table, bf16 weights): mma.sync m16n8k16 tensor-core products whose weight fragments come straight
- * from memory in 16-byte loads (the k order inside a fragment is permuted the same way for weights and
- * inputs, which a dot product does not see), warps of a block splitting K; more rows: cuBLAS and one
- * epilogue kernel. The fused kernels issue their first weight loads before waiting on the previous
- * kernel (programmatic dependent launch). */
+/* Fused decode products (backend.h av_gemv_fusion): out = in(x) . W^T for T <= 16 rows, with RMSNorm
+ * on the input and a residual add, RoPE or SwiGLU pairs on the output, so a decoder layer is four
+ * products and the attention. One row: an exact f32 GEMV; 2..16 rows: bf16 tensor-core products;
+ * more rows: the separate ops. Weight loads start before the wait on the previous kernel (PDL). */
 #include "backend/cuda_common.cuh"
 extern "C" {
 #include "backend/cuda.h"
@@ -85,7 +80,8 @@ __device__ __forceinline__ void fz_x8(const fz_args &a, const float *xr, int c, 
  * index: the key orders as the pair) with a fire-and-forget atomic; a one-thread kernel after it
  * writes the id (instead of the sampler's one block reading all the logits again), advances the
  * position and publishes the id to the host ring (a separate kernel: no block waits on a counter's
- * round trips to find out it is the last). Only one LM head runs at a time (one stream); the finishing kernel leaves the maximum zeroed. */
+ * round trips to find out it is the last). Only one LM head runs at a time (one stream); the
+ * finishing kernel leaves the maximum zeroed. */
 __device__ unsigned long long g_amax_best;
 
 __device__ __forceinline__ unsigned long long fz_key(float v, int idx) {
@@ -276,6 +272,9 @@ __device__ __forceinline__ void fz1_out(const fz_args &a, const float (&red)[2 *
 }
 
 /* ---------------------------------------------------------------- 2..16 rows: bf16 tensor cores */
+/* mma.sync m16n8k16 products whose weight fragments come straight from memory in 16-byte loads (the
+ * k order inside a fragment is permuted the same way for weights and inputs, which a dot product
+ * does not see); the warps of a block split K. */
 #define MM_WARPS 8
 
 /* Row bases of the TU 16-row weight tiles of unit u: plain 16u; ROPE: the tile and its rotation
