@@ -65,7 +65,7 @@ $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -MMD -MP -MF $(@:.o=.d) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/%.c $(BUILD)/libanvil.a tests/test.h
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libanvil.a $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libanvil.a $(LDLIBS)
 

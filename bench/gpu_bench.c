@@ -369,12 +369,7 @@ int main(int argc, char **argv) {
     const char *what = argc > 2 ? argv[2] : "all";
     const av_backend *be = av_backend_cuda();
     if (!be) die("cuda");
-    /* AV_GEMV=0: the separate ops instead of the fused decode products (side-by-side runs) */
     if (getenv("AV_AHEAD")) ahead = atoi(getenv("AV_AHEAD")) != 0;
-    const char *gv = getenv("AV_GEMV");
-    if (gv) av_cuda_set_gemv(atoi(gv));
-    /* AV_FLASH_WARPS=4|8: query rows per flash-attention block (16 per warp) */
-    if (getenv("AV_FLASH_WARPS")) av_cuda_set_flash_warps(atoi(getenv("AV_FLASH_WARPS")));
     char dev[256] = "";
     av_cuda_device_name(dev, sizeof dev);
     double peak_tflops = strstr(dev, "A100") ? 312 : 989; /* dense bf16 tensor-core peak (H100/H200 SXM) */

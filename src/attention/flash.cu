@@ -198,8 +198,7 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
     }
 }
 
-static int g_flash_warps = 4;
-extern "C" void av_cuda_set_flash_warps(int warps) { g_flash_warps = warps == 8 ? 8 : 4; }
+#define FA_WARPS 4 /* warps (16 query rows each) per forward block */
 
 template <int HD, int WARPS>
 static void fa_launch(float *out, float *lse, const float *q, const __nv_bfloat16 *kb, const __nv_bfloat16 *vt, int B, int T, int Sp,
@@ -226,13 +225,8 @@ static void fa_forward(float *out, float *lse, const float *q, const float *k, c
     fa_convert_kv_k<<<dim3(Sp / 32, av_cdiv(hd, 32), B * KVH), dim3(32, 8), 0, st>>>(kb, vt, k, v, Sk, Sp, KVH, hd, seq_rows);
     AV_CU_LAUNCHED("flash attention convert");
     float qscale = 1.4426950409f / sqrtf((float)hd);
-    if (hd == 64) {
-        if (g_flash_warps == 8) fa_launch<64, 8>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale, out16);
-        else fa_launch<64, 4>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale, out16);
-    } else {
-        if (g_flash_warps == 8) fa_launch<128, 8>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale, out16);
-        else fa_launch<128, 4>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale, out16);
-    }
+    if (hd == 64) fa_launch<64, FA_WARPS>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale, out16);
+    else fa_launch<128, FA_WARPS>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale, out16);
     AV_CU_LAUNCHED("flash attention");
 }
 

@@ -244,9 +244,8 @@ static int cuda_init(void) {
         cudaGetLastError();
     }
     int dev = 0, major = 0;
-    const char *pdl = getenv("AV_PDL");
     if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess)
-        g_pdl = major >= 9 && !(pdl && !strcmp(pdl, "0"));
+        g_pdl = major >= 9;
     g_ready = 1;
     return 1;
 }

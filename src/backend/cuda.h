@@ -19,10 +19,6 @@ size_t av_cuda_held_bytes(void);
 void av_cuda_reset_peak(void);
 /* Score-buffer budget (floats) of the inference attention's row chunks (tests shrink it; 0 = default). */
 void av_cuda_set_attention_chunk(size_t floats);
-/* Warps (16 query rows each) per block of the flash attention kernel: 4 (default) or 8 (benchmarks). */
-void av_cuda_set_flash_warps(int warps);
-/* Fused decode products (benchmarks): 1 = the fused kernels (default), 0 = the separate ops. */
-void av_cuda_set_gemv(int fused);
 /* The backend's matmul_fused_forward: f32 != 0 keeps exact f32 arithmetic (one row fused, more rows
  * through the separate exact ops); 0 also runs 2..32 rows on bf16 tensor cores. No-op without CUDA. */
 /* The pending prefetch hint (bytes, 0: none; *p its start), cleared: decode kernel launchers. */

@@ -59,7 +59,7 @@ __device__ __forceinline__ void av_l2_prefetch(const char *p, size_t bytes) {
     }
 #endif
 }
-/* 1 when dependent launches are on (compute capability >= 9 and AV_PDL is not "0"). */
+/* 1 when dependent launches are on (compute capability >= 9). */
 extern "C" int av_cuda_pdl(void);
 template <typename... P, typename... A>
 static inline void av_launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, int pdl, A... args) {

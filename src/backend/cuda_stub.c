@@ -14,8 +14,6 @@ int av_cuda_device_name(char *buf, size_t cap) {
 size_t av_cuda_held_bytes(void) { return 0; }
 void av_cuda_reset_peak(void) {}
 void av_cuda_set_attention_chunk(size_t floats) { (void)floats; }
-void av_cuda_set_flash_warps(int warps) { (void)warps; }
-void av_cuda_set_gemv(int fused) { (void)fused; }
 void av_cuda_matmul_fused_forward_mode(float *out, const float *x, const av_mat *W, int T, const av_gemv_fusion *f, int f32) {
     (void)out; (void)x; (void)W; (void)T; (void)f; (void)f32;
 }

@@ -1,49 +1,22 @@
-/* Fused decode products for the CUDA backend (backend.h av_gemv_fusion): out = in(x) . W^T for
- * T <= 32 rows, with RMSNorm on the input (its sum of squares gathered in the same pass over x) and a
- * residual add, RoPE pairs or SwiGLU pairs on the outputs, so a decoder layer is four products and
- * the attention. One row: an exact f32 GEMV, a block per one or two output pairs. 2..16 rows (bf16
- * table, bf16 weights): mma.sync m16n8k16 tensor-core products whose weight fragments come straight
- * from memory in 16-byte loads (the k order inside a fragment is permuted the same way for weights and
- * inputs, which a dot product does not see), warps of a block splitting K; more rows: cuBLAS and one
- * epilogue kernel. The fused kernels issue their first weight loads before waiting on the previous
- * kernel (programmatic dependent launch). */
+/* Fused decode products (backend.h av_gemv_fusion): out = in(x) . W^T for T <= 16 rows, with RMSNorm
+ * on the input and a residual add, RoPE or SwiGLU pairs on the output, so a decoder layer is four
+ * products and the attention. One row: an exact f32 GEMV; 2..16 rows: bf16 tensor-core products;
+ * more rows: the separate ops. Weight loads start before the wait on the previous kernel (PDL). */
 #include "backend/cuda_common.cuh"
-#include <stdlib.h>
 extern "C" {
 #include "backend/cuda.h"
 }
 
-static int g_fused = 1;
-extern "C" void av_cuda_set_gemv(int fused) { g_fused = fused; }
-/* Tuning knobs read once (benchmarks): AV_G1 = one-row kernel block shape for every product (0: one
- * output pair per 128 threads, 1: two pairs per 256, 2: one pair per 64, 4: four pairs per 256, 6: two
- * per 128; 3, the default: per product, below; two or four pairs per 512 threads, four per 128 and one
- * per 256 measured slower everywhere on the H200, bench/NOTES-gpu.md, and are not built), or
- * per product AV_G1_QKV, AV_G1_O, AV_G1_GU, AV_G1_DOWN, AV_G1_HEAD (defaults 1, 4, 0, 4, 1: measured
- * best together, b1 on the H200 1,314 -> 1,391 tok/s, on the H100 1,084 -> 1,101; fewer, fuller blocks
- * for the 2048-row products keep more bytes in flight per SM; q|k|v moved from 6 to 1 after the
- * argmax fold changed this file's register allocation: H200 1,497 -> 1,521, sweep in NOTES-gpu.md);
- * AV_MMA_U = k steps in flight per warp of the tensor-core kernel at <= 8 rows (2, the default, with
- * 3 blocks per SM and 8 for grids of one block per SM: 8 sequences on H100 5.5k -> 6.35k tok/s; or 4
- * throughout; splitting K over two blocks per tile for those grids measured slower); AV_MMA_MAX =
- * most rows on the tensor-core kernel (default 16; more rows: cuBLAS and an epilogue kernel, 16.7k vs
- * 12.8k tok/s at 32 sequences); AV_QKV_LATE (default 0): 1 lets the attention launch only after the
- * one-row q|k|v product's reductions (it helped with the old block shapes, H100 1,067 -> 1,087; with
- * these, and the attention letting the o product start early, 0 is faster: H200 1,430 -> 1,447). */
-static int g_g1 = -1, g_mma_max = 16, g_mma_u = 2, g_sms = 132, g_qlate = 0, g_g1k[5] = {-1, -1, -1, -1, -1};
-static void knobs(void) {
-    if (g_g1 >= 0) return;
+/* Most rows on the tensor-core kernel; more rows: cuBLAS and an epilogue kernel (faster there). */
+#define MMA_MAX_ROWS 16
+
+/* Streaming multiprocessors of the device (launchm's grid-size choice), read once. */
+static int sm_count(void) {
+    static int sms = 0;
     int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) g_sms = 132;
-    const char *e = getenv("AV_G1"), *m = getenv("AV_MMA_MAX"), *u = getenv("AV_MMA_U");
-    if (u) g_mma_u = atoi(u);
-    g_g1 = e ? atoi(e) : 3;
-    if (m) g_mma_max = atoi(m);
-    if (getenv("AV_QKV_LATE")) g_qlate = atoi(getenv("AV_QKV_LATE")) ? 1 : 0;
-    if (getenv("AV_G1_LATE")) g_qlate = atoi(getenv("AV_G1_LATE")); /* per product: bit 0 q|k|v, 1 o, 2 gate|up, 3 down, 4 LM head */
-    const char *kn[5] = {"AV_G1_QKV", "AV_G1_O", "AV_G1_GU", "AV_G1_DOWN", "AV_G1_HEAD"};
-    for (int i = 0; i < 5; i++)
-        if (getenv(kn[i])) g_g1k[i] = atoi(getenv(kn[i]));
+    if (!sms && (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess))
+        sms = 132;
+    return sms;
 }
 
 struct fz_args {
@@ -60,10 +33,8 @@ struct fz_args {
     const float *inv_freq;
     int rope_rows, hd, F;
     int xb, ob; /* x holds bf16 (IN_X only); SWIGLU writes bf16 */
-    int lt;     /* one-row kernel: bit 0: the next kernel may launch only after the reductions; bit 1
-                 * (STORE): fold the argmax (fz_amax_fold). Flags, not new fields: growing this
-                 * struct changed the register allocation of the tensor-core kernels (8 sequences on
-                 * the H200 8.1k -> 7.7k tok/s) */
+    int fold;   /* one-row STORE kernel: fold the argmax (fz_amax_fold). Keep this struct small: growing
+                 * it changes the register allocation of the tensor-core kernels (and their speed) */
 };
 
 /* What the kernel finishing a folded argmax writes (av_gemv_fusion argmax*). */
@@ -108,9 +79,9 @@ __device__ __forceinline__ void fz_x8(const fz_args &a, const float *xr, int c, 
 /* Each block of the one-row LM head folds its outputs into one running maximum (value, then lowest
  * index: the key orders as the pair) with a fire-and-forget atomic; a one-thread kernel after it
  * writes the id (instead of the sampler's one block reading all the logits again), advances the
- * position and publishes the id to the host ring. (The last block finishing the job itself, found by
- * a counter, measured slower on the H200: every block then waits on two atomics' round trips.) Only
- * one LM head runs at a time (one stream); the finishing kernel leaves the maximum zeroed. */
+ * position and publishes the id to the host ring (a separate kernel: no block waits on a counter's
+ * round trips to find out it is the last). Only one LM head runs at a time (one stream); the
+ * finishing kernel leaves the maximum zeroed. */
 __device__ unsigned long long g_amax_best;
 
 __device__ __forceinline__ unsigned long long fz_key(float v, int idx) {
@@ -176,8 +147,7 @@ __device__ __forceinline__ void fz1_rows(const fz_args &a, int u, int *r0, int *
 
 /* A block of NTH threads owns P units (2P weight rows); its threads stride over K in 16-byte chunks,
  * UNR chunks per row in flight (all of a row in one pass when NTH * UNR * 8 >= K), then one block
- * reduction of the 2P dot products and the RMSNorm sum of squares. (A variant over up to 8 input
- * rows, weights read once for all, measured 2x slower than the tensor-core kernel at 8 rows.) */
+ * reduction of the 2P dot products and the RMSNorm sum of squares. */
 template <int IN, int OUT, int NTH, int P>
 __device__ __forceinline__ void fz1_out(const fz_args &a, const float (&red)[2 * P + 1][NTH / 32], int u0, int q, unsigned long long *key);
 
@@ -208,7 +178,7 @@ __global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units, const char *p
     }
     av_l2_prefetch(pf, pfn); /* a later product's weights (backend prefetch_hint) */
     av_pdl_wait();
-    if (!(a.lt & 1)) av_pdl_launch();
+    av_pdl_launch();
     float acc[P][2], ss = 0.0f;
 #pragma unroll
     for (int q = 0; q < P; q++) acc[q][0] = acc[q][1] = 0.0f;
@@ -253,8 +223,7 @@ __global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units, const char *p
         if (lane == 0) red[2 * P][warp] = ss;
     }
     __syncthreads();
-    if (a.lt & 1) av_pdl_launch();
-    const bool fold = OUT == AV_GEMV_OUT_STORE && (a.lt & 2); /* threads 0 .. P-1 join the argmax */
+    const bool fold = OUT == AV_GEMV_OUT_STORE && a.fold; /* threads 0 .. P-1 join the argmax */
     if (tid >= P) return;
     int q = tid;
     bool live = ok[0][0] && u0 + q < units;
@@ -295,14 +264,17 @@ __device__ __forceinline__ void fz1_out(const fz_args &a, const float (&red)[2 *
     } else {
         o[r0] = v0;
         if (has1) o[r1] = v1;
-        if (OUT == AV_GEMV_OUT_STORE && (a.lt & 2)) {
+        if (OUT == AV_GEMV_OUT_STORE && a.fold) {
             unsigned long long k0 = fz_key(v0, r0), k1 = has1 ? fz_key(v1, r1) : 0ull;
             *key = k1 > k0 ? k1 : k0;
         }
     }
 }
 
-/* ---------------------------------------------------------------- 2..32 rows: bf16 tensor cores */
+/* ---------------------------------------------------------------- 2..16 rows: bf16 tensor cores */
+/* mma.sync m16n8k16 products whose weight fragments come straight from memory in 16-byte loads (the
+ * k order inside a fragment is permuted the same way for weights and inputs, which a dot product
+ * does not see); the warps of a block split K. */
 #define MM_WARPS 8
 
 /* Row bases of the TU 16-row weight tiles of unit u: plain 16u; ROPE: the tile and its rotation
@@ -520,10 +492,6 @@ __global__ void fz_epi_k(float *out, const float *prod, int T, int N, int mode, 
 }
 
 /* ---------------------------------------------------------------- dispatch */
-/* The one-row products' tuning index: 0 q|k|v, 1 o, 2 gate|up, 3 down (residual products with K > 4096), 4 LM head. */
-static inline int g1_kind(int out, int K) {
-    return out == AV_GEMV_OUT_ROPE ? 0 : out == AV_GEMV_OUT_SWIGLU ? 2 : out == AV_GEMV_OUT_STORE ? 4 : K > 4096 ? 3 : 1;
-}
 static const char *g_pf; /* the prefetch hint the launch being set up takes (one-row kernels) */
 static size_t g_pfn;
 template <int IN, int OUT, int NTH, int P>
@@ -542,14 +510,11 @@ static void launch1(const fz_args &a) {
     unsigned units = OUT == AV_GEMV_OUT_SWIGLU ? (unsigned)a.F
                      : OUT == AV_GEMV_OUT_ROPE ? (unsigned)(a.rope_rows / 2 + (a.N - a.rope_rows + 1) / 2)
                                                : av_cdiv((size_t)a.N, 2);
-    /* products: q|k|v, o, gate|up, down (the residual products with K > 4096), LM head */
-    static const int best[5] = {1, 4, 0, 4, 1};
-    int kind = g1_kind(OUT, a.K);
-    int cfg = g_g1k[kind] >= 0 ? g_g1k[kind] : g_g1 != 3 ? g_g1 : best[kind];
-    if (cfg == 1) launch1c<IN, OUT, 256, 2>(a, units);
-    else if (cfg == 2) launch1c<IN, OUT, 64, 1>(a, units);
-    else if (cfg == 4) launch1c<IN, OUT, 256, 4>(a, units);
-    else if (cfg == 6) launch1c<IN, OUT, 128, 2>(a, units);
+    /* block shapes measured best per product: q|k|v and the LM head two pairs per 256 threads, o and
+     * down (residual products; down has K > 4096) four per 256 (fewer, fuller blocks keep more bytes
+     * in flight per SM), gate|up one per 128 */
+    if (OUT == AV_GEMV_OUT_ROPE || OUT == AV_GEMV_OUT_STORE) launch1c<IN, OUT, 256, 2>(a, units);
+    else if (OUT == AV_GEMV_OUT_ADD) launch1c<IN, OUT, 256, 4>(a, units);
     else launch1c<IN, OUT, 128, 1>(a, units);
 }
 
@@ -561,22 +526,21 @@ static void launchm(const fz_args &a) {
     unsigned units = OUT == AV_GEMV_OUT_SWIGLU ? (unsigned)(a.F / 16)
                      : OUT == AV_GEMV_OUT_ROPE ? (unsigned)(a.rope_rows / 32 + av_cdiv((size_t)(a.N - a.rope_rows), 32))
                                                : av_cdiv((size_t)a.N, 16 * TU);
-    constexpr int U = NT >= 4 ? 2 : 4;
     /* <= 8 rows: a grid of at most one block per SM (the 2048-row products) is latency-bound, so it
-     * keeps 8 k steps per warp in flight; larger grids keep 2 and fit three blocks per SM */
+     * keeps 8 k steps per warp in flight; larger grids keep 2 and fit three blocks per SM. 9..16
+     * rows: 4 k steps */
     if constexpr (NT == 1) {
-        if (g_mma_u == 2 && units <= (unsigned)g_sms) return av_launch(fzm_k<IN, OUT, NT, 8, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
-        if (g_mma_u == 2) return av_launch(fzm_k<IN, OUT, NT, 2, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
+        if (units <= (unsigned)sm_count()) return av_launch(fzm_k<IN, OUT, NT, 8, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
+        return av_launch(fzm_k<IN, OUT, NT, 2, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
     }
-    av_launch(fzm_k<IN, OUT, NT, U, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
+    av_launch(fzm_k<IN, OUT, NT, 4, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
 }
 
 template <int IN, int OUT>
 static void launch_t(const fz_args &a) {
     if (a.T == 1) launch1<IN, OUT>(a); /* exact f32 kernel */
     else if (a.T <= 8) launchm<IN, OUT, 1>(a);
-    else if (a.T <= 16) launchm<IN, OUT, 2>(a);
-    else launchm<IN, OUT, 4>(a);
+    else launchm<IN, OUT, 2>(a); /* <= MMA_MAX_ROWS */
 }
 
 template <int IN>
@@ -592,9 +556,8 @@ static void launch_out(const fz_args &a, av_gemv_out out) {
 /* Shapes the fused kernels take; anything else runs the separate ops below. */
 static int fused_ok(const float *x, const av_mat *W, int T, const av_gemv_fusion *f, int f32) {
     int N = W->rows, K = W->cols, hd = f->head_dim, rr = f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0;
-    knobs();
-    if (!g_fused || T < 1 || T > 32) return 0;
-    if (T > 1 && (T > g_mma_max || f32 || W->dtype != AV_BF16)) return 0;
+    if (T < 1 || T > MMA_MAX_ROWS) return 0;
+    if (T > 1 && (f32 || W->dtype != AV_BF16)) return 0;
     if ((W->dtype != AV_BF16 && W->dtype != AV_F16) || W->q_bits || K % 8 || N < 1 || ((uintptr_t)x % 16) || ((uintptr_t)W->data % 16))
         return 0;
     if (f->in == AV_GEMV_IN_RMSNORM && (!f->norm || (size_t)f->norm->rows * f->norm->cols != (size_t)K)) return 0;
@@ -618,17 +581,14 @@ extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, co
     int N = W->rows, K = W->cols, hd = f->head_dim;
     if (T <= 0) return;
     if (f->argmax && f->out != AV_GEMV_OUT_STORE) { av_cuda_note(cudaErrorInvalidValue, "fused product: argmax needs a plain store"); return; }
-    /* AV_AMAX=0 (benchmarks): the sampler kernel after the LM head instead of the fold */
-    static int amax_knob = -1;
-    if (amax_knob < 0) amax_knob = getenv("AV_AMAX") ? atoi(getenv("AV_AMAX")) : 1;
-    int fold = f->argmax && T == 1 && amax_knob;
+    int fold = f->argmax && T == 1;
     g_pfn = av_cuda_take_prefetch(&g_pf);
     if (fused_ok(x, W, T, f, f32)) {
         const void *nd = f->norm ? f->norm->data : NULL;
         av_dtype ndt = f->norm ? f->norm->dtype : AV_F32;
         fz_args a = {out, x, (const uint16_t *)W->data, W->dtype, N, K, T, nd, ndt, ndt == AV_BF16 && ((uintptr_t)nd % 16) == 0, f->eps,
                      f->pos, f->inv_freq, f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0, hd, N / 2, f->in_bf16 != 0,
-                     f->out_bf16 != 0 && f->out == AV_GEMV_OUT_SWIGLU, (T == 1 && ((g_qlate >> g1_kind(f->out, K)) & 1)) | (fold ? 2 : 0)};
+                     f->out_bf16 != 0 && f->out == AV_GEMV_OUT_SWIGLU, fold};
         if (f->in == AV_GEMV_IN_RMSNORM) launch_out<AV_GEMV_IN_RMSNORM>(a, f->out);
         else launch_out<AV_GEMV_IN_X>(a, f->out);
         AV_CU_LAUNCHED("fused decode product");
