@@ -17,7 +17,7 @@ extern "C" {
 template <int KR>
 __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const float *q, const float *k_new, const float *v_new, float *kc,
                                                           float *vc, const int32_t *pos, size_t seq_stride, int H, int KVH, int hd,
-                                                          float scale, size_t qrow, size_t knrow, const char *pf, size_t pfn) {
+                                                          float scale, size_t qrow, size_t knrow) {
     extern __shared__ float dsm[];
     __shared__ float red[32];
     /* shared: q [ATT_MAX_HD] | P V partials [DEC_THREADS float4] | new key, value [2 ATT_MAX_HD] | scores */
@@ -51,7 +51,6 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_dec_k(float *out, const floa
             asm volatile("prefetch.global.L1 [%0];" ::"l"(Vv + (size_t)sr * ks + 32 * l));
         }
     }
-    av_l2_prefetch(pf, pfn); /* the o product's weights, while this kernel is latency-bound */
     av_pdl_wait();
     av_pdl_launch();
     /* everything the q|k|v product wrote, in one round of loads: q, the new key and value rows */
@@ -146,8 +145,6 @@ extern "C" void av_cuda_attention_decode(float *out, const float *q, const float
     static size_t smem_set = 48 << 10;
     /* one sequence with hd 64: cached rows in registers; several sequences keep the L1 prefetch (their
      * many register-heavy blocks would crowd out the q|k|v product) */
-    const char *pf;
-    size_t pfn = av_cuda_take_prefetch(&pf);
     if (hd % 4 == 0 && hd <= DEC_THREADS && max_s > 0 && smem <= (200u << 10) && qrow % 4 == 0 && knrow % 4 == 0) {
         if (smem > smem_set) {
             cudaFuncSetAttribute(attn_dec_k<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
@@ -156,10 +153,10 @@ extern "C" void av_cuda_attention_decode(float *out, const float *q, const float
         }
         if (hd == 64 && N == 1)
             av_launch(attn_dec_k<16>, dim3(H, N), dim3(DEC_THREADS), smem, 1, out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H, KVH,
-                      hd, scale, qrow, knrow, pf, pfn);
+                      hd, scale, qrow, knrow);
         else
             av_launch(attn_dec_k<0>, dim3(H, N), dim3(DEC_THREADS), smem, 1, out, q, k_new, v_new, k_cache, v_cache, pos, seq_stride, H, KVH,
-                      hd, scale, qrow, knrow, pf, pfn);
+                      hd, scale, qrow, knrow);
     } else {
         av_launch(attn_rows_k<true>, dim3(H, N), dim3(ATT_WARPS * 32), 0, 1, out, q, (const float *)NULL, (const float *)NULL, k_cache,
                   v_cache, k_new, v_new, pos, 0, seq_stride, H, KVH, hd, scale, qrow, knrow);

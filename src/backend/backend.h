@@ -105,9 +105,6 @@ typedef struct av_backend {
      * input transform and output transform of f fused in (16-bit weights, no adapters; equal to the
      * separate ops within the table's matmul precision). */
     void (*matmul_fused_forward)(float *out, const float *x, const av_mat *W, int T, const av_gemv_fusion *f);
-    /* Optional hint (NULL: none): the next attention_decode or one-row matmul_fused_forward may pull
-     * [p, p + bytes) (weights a later product reads) into the cache while it waits for its inputs. */
-    void (*prefetch_hint)(const void *p, size_t bytes);
     /* Capture of the ops issued between begin and end into a replayable graph (CUDA graphs).
      * launch returns 0, 1 when the graph is stale (re-capture), -1 on failure. */
     int (*graph_begin)(void);

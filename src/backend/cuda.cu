@@ -188,16 +188,6 @@ static int g_pdl;         /* programmatic dependent launch (see cuda_common.cuh)
 static void *g_pin;
 
 extern "C" int av_cuda_pdl(void) { return g_pdl; }
-/* backend prefetch_hint: held until the next decode kernel that takes it (av_cuda_take_prefetch) */
-static const void *g_pf;
-static size_t g_pf_n;
-static void cuda_prefetch_hint(const void *p, size_t n) { g_pf = p, g_pf_n = n & ~(size_t)15; }
-extern "C" size_t av_cuda_take_prefetch(const char **p) {
-    size_t n = g_pf ? g_pf_n : 0;
-    *p = (const char *)g_pf;
-    g_pf = NULL, g_pf_n = 0;
-    return (uintptr_t)*p % 16 ? 0 : n;
-}
 
 extern "C" cudaStream_t av_cuda_stream(void) { return g_stream; }
 extern "C" cublasHandle_t av_cuda_cublas(void) { return g_blas; }
@@ -463,7 +453,6 @@ static void fill_table(av_backend *b, int f32) {
     b->attention_forward = f32 ? att_fwd_f32 : att_fwd_bf16;
     b->attention_backward = f32 ? att_bwd_f32 : att_bwd_bf16;
     b->attention_decode = av_cuda_attention_decode;
-    b->prefetch_hint = cuda_prefetch_hint;
     b->attention_forward_batch = f32 ? attb_fwd_f32 : attb_fwd_bf16;
     b->attention_backward_batch = f32 ? attb_bwd_f32 : attb_bwd_bf16;
     b->flash_attention_forward = f32 ? NULL : av_cuda_flash_attention_forward; /* bf16 tensor cores: not in the exact-f32 table */

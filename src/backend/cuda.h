@@ -21,8 +21,6 @@ void av_cuda_reset_peak(void);
 void av_cuda_set_attention_chunk(size_t floats);
 /* The backend's matmul_fused_forward: f32 != 0 keeps exact f32 arithmetic (one row fused, more rows
  * through the separate exact ops); 0 also runs 2..32 rows on bf16 tensor cores. No-op without CUDA. */
-/* The pending prefetch hint (bytes, 0: none; *p its start), cleared: decode kernel launchers. */
-size_t av_cuda_take_prefetch(const char **p);
 void av_cuda_matmul_fused_forward_mode(float *out, const float *x, const av_mat *W, int T, const av_gemv_fusion *f, int f32);
 
 #ifdef AV_HAVE_CUDA

@@ -45,20 +45,6 @@ __device__ __forceinline__ void av_pdl_launch(void) {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-/* Pulls [p, p + bytes) into L2 (bytes and p 16-byte aligned), this block's share of the grid's:
- * lanes of warp 0 issue bulk prefetches of up to 32 KB, fire and forget, so a latency-bound decode
- * kernel can stream the next product's weights while the memory system would idle. sm_90+ only. */
-__device__ __forceinline__ void av_l2_prefetch(const char *p, size_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (!bytes || threadIdx.x >= 32) return;
-    size_t nb = (size_t)gridDim.x * gridDim.y, b = (size_t)blockIdx.y * gridDim.x + blockIdx.x;
-    size_t per = ((bytes + nb - 1) / nb + 15) & ~(size_t)15, s0 = b * per, s1 = s0 + per < bytes ? s0 + per : bytes;
-    for (size_t o = s0 + (size_t)threadIdx.x * 32768; o < s1; o += (size_t)32 * 32768) {
-        unsigned sz = (unsigned)(s1 - o < 32768 ? s1 - o : 32768);
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + o), "r"(sz) : "memory");
-    }
-#endif
-}
 /* 1 when dependent launches are on (compute capability >= 9). */
 extern "C" int av_cuda_pdl(void);
 template <typename... P, typename... A>

@@ -152,7 +152,7 @@ template <int IN, int OUT, int NTH, int P>
 __device__ __forceinline__ void fz1_out(const fz_args &a, const float (&red)[2 * P + 1][NTH / 32], int u0, int q, unsigned long long *key);
 
 template <int IN, int OUT, int NTH, int P, int UNR>
-__global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units, const char *pf, size_t pfn) {
+__global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units) {
     __shared__ float red[2 * P + 1][NTH / 32];
     int nv = a.K >> 3, tid = threadIdx.x, u0 = blockIdx.x * P;
     int r[P][2];
@@ -176,7 +176,6 @@ __global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units, const char *p
 #pragma unroll
             for (int h = 0; h < 2; h++) w[j][q][h] = c < nv && ok[q][h] ? __ldcs(p[q][h] + c) : make_uint4(0, 0, 0, 0);
     }
-    av_l2_prefetch(pf, pfn); /* a later product's weights (backend prefetch_hint) */
     av_pdl_wait();
     av_pdl_launch();
     float acc[P][2], ss = 0.0f;
@@ -492,16 +491,14 @@ __global__ void fz_epi_k(float *out, const float *prod, int T, int N, int mode, 
 }
 
 /* ---------------------------------------------------------------- dispatch */
-static const char *g_pf; /* the prefetch hint the launch being set up takes (one-row kernels) */
-static size_t g_pfn;
 template <int IN, int OUT, int NTH, int P>
 static void launch1c(const fz_args &a, unsigned units) {
     int per = (int)av_cdiv((size_t)(a.K >> 3), NTH); /* chunks per thread and row */
     dim3 g(av_cdiv(units, P)), b(NTH);
-    if (per <= 1) av_launch(fz1_k<IN, OUT, NTH, P, 1>, g, b, 0, 1, a, (int)units, g_pf, g_pfn);
-    else if (per <= 2) av_launch(fz1_k<IN, OUT, NTH, P, 2>, g, b, 0, 1, a, (int)units, g_pf, g_pfn);
-    else if (per <= 3) av_launch(fz1_k<IN, OUT, NTH, P, 3>, g, b, 0, 1, a, (int)units, g_pf, g_pfn);
-    else av_launch(fz1_k<IN, OUT, NTH, P, 6>, g, b, 0, 1, a, (int)units, g_pf, g_pfn); /* K > 6 * 8 * NTH: several passes */
+    if (per <= 1) av_launch(fz1_k<IN, OUT, NTH, P, 1>, g, b, 0, 1, a, (int)units);
+    else if (per <= 2) av_launch(fz1_k<IN, OUT, NTH, P, 2>, g, b, 0, 1, a, (int)units);
+    else if (per <= 3) av_launch(fz1_k<IN, OUT, NTH, P, 3>, g, b, 0, 1, a, (int)units);
+    else av_launch(fz1_k<IN, OUT, NTH, P, 6>, g, b, 0, 1, a, (int)units); /* K > 6 * 8 * NTH: several passes */
 }
 
 
@@ -582,7 +579,6 @@ extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, co
     if (T <= 0) return;
     if (f->argmax && f->out != AV_GEMV_OUT_STORE) { av_cuda_note(cudaErrorInvalidValue, "fused product: argmax needs a plain store"); return; }
     int fold = f->argmax && T == 1;
-    g_pfn = av_cuda_take_prefetch(&g_pf);
     if (fused_ok(x, W, T, f, f32)) {
         const void *nd = f->norm ? f->norm->data : NULL;
         av_dtype ndt = f->norm ? f->norm->dtype : AV_F32;
