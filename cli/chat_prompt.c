@@ -3,7 +3,7 @@
 #include "chat_prompt.h"
 #include "args.h"
 #include "core/memory.h"
-#include "tokenizer/chat_config.h"
+#include "template/chat_config.h"
 #include <stdlib.h>
 #include <string.h>
 
