@@ -3,7 +3,7 @@
 #include "chat_prompt.h"
 #include "args.h"
 #include "core/memory.h"
-#include "tokenizer/chat_config.h"
+#include "template/chat_config.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,5 +58,27 @@ int av_cli_chat_ids(const char *cmd, const char *model_dir, const av_tokenizer *
     free(text);
     free(file_src);
     av_chat_config_free(&cc);
+    return rc;
+}
+
+int av_cli_prompt_ids(const char *cmd, const char *model_dir, const av_tokenizer *tok, const char *template_file, const char *system,
+                      const char *text, int raw, int32_t **ids, int *n) {
+    *ids = NULL;
+    *n = 0;
+    if (raw || !av_cli_has_chat_template(model_dir, template_file))
+        return av_tokenizer_encode(tok, text, strlen(text), 1, ids, n) == AV_OK ? 0 : av_cli_fail(cmd);
+    cJSON *msgs = cJSON_CreateArray();
+    if (system) {
+        cJSON *sm = cJSON_CreateObject();
+        cJSON_AddStringToObject(sm, "role", "system");
+        cJSON_AddStringToObject(sm, "content", system);
+        cJSON_AddItemToArray(msgs, sm);
+    }
+    cJSON *um = cJSON_CreateObject();
+    cJSON_AddStringToObject(um, "role", "user");
+    cJSON_AddStringToObject(um, "content", text);
+    cJSON_AddItemToArray(msgs, um);
+    int used, rc = av_cli_chat_ids(cmd, model_dir, tok, template_file, msgs, 1, ids, n, &used);
+    cJSON_Delete(msgs);
     return rc;
 }

@@ -3,8 +3,8 @@
 #include "args.h"
 #include "common.h"
 #include "core/memory.h"
+#include "engine/decode.h"
 #include "engine/generate.h"
-#include "model/decode_graph.h"
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -42,11 +42,11 @@ int av_cmd_bench(int argc, char **argv) {
     int rc = 0;
     /* warm-up: touch every weight page once */
     if (av_session_forward(s, ids, 1) != AV_OK) rc = av_cli_fail(cmd);
-    /* generation as `anvil generate` runs it greedy: on a backend with graph decode and a device
-     * sampler, one captured graph per token and only the id comes back (see engine/generate.c) */
-    av_decoder *dec = NULL;
-    const av_backend *be = m->be;
-    if (!rc && tg > 0 && be->graph_begin && be->sample && be->attention_decode && av_decoder_new(&dec, s) != AV_OK) dec = NULL;
+    /* generation as `anvil generate` runs it greedy: the engine's decode path (engine/decode.h) */
+    av_sampler_params greedy;
+    av_sampler_params_default(&greedy);
+    av_stepper step = {0};
+    if (!rc && tg > 0 && av_stepper_init(&step, s, &greedy) != AV_OK) rc = av_cli_fail(cmd);
     for (int k = 0; k < reps && !rc; k++) {
         if (pp > 0) {
             av_session_truncate(s, 0);
@@ -59,14 +59,8 @@ int av_cmd_bench(int argc, char **argv) {
             av_session_truncate(s, 0);
             double t0 = av_now();
             int32_t id = ids[0];
-            for (int i = 0; i < tg; i++) {
-                if (dec) {
-                    if (av_decoder_next(dec, id, 0.0f, 1.0f, 0, &id) != AV_OK) { rc = av_cli_fail(cmd); break; }
-                    continue;
-                }
-                if (av_session_forward(s, ids + i, 1) != AV_OK) { rc = av_cli_fail(cmd); break; }
-                av_session_last_logits(s, logits);
-            }
+            for (int i = 0; i < tg; i++)
+                if (av_stepper_next(&step, id, NULL, 0, i + 1 < tg, &id) != AV_OK) { rc = av_cli_fail(cmd); break; }
             ttg[k] = av_now() - t0;
         }
         if (!json) fprintf(stderr, "bench: repetition %d/%d done\n", k + 1, reps);
@@ -92,7 +86,7 @@ int av_cmd_bench(int argc, char **argv) {
     free(ttg);
     free(ids);
     free(logits);
-    av_decoder_free(dec);
+    if (tg > 0) av_stepper_free(&step);
     av_session_free(s);
     av_model_free(m);
     return rc;

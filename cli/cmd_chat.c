@@ -26,6 +26,7 @@ static int print_text(void *ud, const char *s, size_t n) {
 
 typedef struct {
     const char *cmd, *model_dir, *tmpl, *system;
+    char *system_buf;           /* the /system text (system points into it) */
     av_model *m;
     av_tokenizer *tok;
     av_session *s;
@@ -143,10 +144,10 @@ static int command(chat_state *c, const char *line) {
     if (!strcmp(line, "/exit") || !strcmp(line, "/quit")) return 1;
     if (!strcmp(line, "/reset")) { reset(c); printf("[new conversation]\n"); }
     else if (!strncmp(line, "/system", 7) && (line[7] == ' ' || !line[7])) {
-        c->system = line[7] ? line + 8 : "";
-        static char keep[8192];
-        snprintf(keep, sizeof keep, "%s", c->system);
-        c->system = keep;
+        char *keep = strdup(line[7] ? line + 8 : "");
+        if (!keep) return fprintf(stderr, "anvil chat: error: out of memory\n"), 0;
+        free(c->system_buf);
+        c->system = c->system_buf = keep;
         if (has_system(c->msgs)) cJSON_DeleteItemFromArray(c->msgs, 0);
         if (*keep) {
             cJSON *o = cJSON_CreateObject();
@@ -245,6 +246,7 @@ int av_cmd_chat(int argc, char **argv) {
         if (quit || rc) break;
     }
     free(line);
+    free(c.system_buf);
     cJSON_Delete(c.msgs);
     av_session_free(c.s);
     av_model_free(c.m);

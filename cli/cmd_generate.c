@@ -60,21 +60,35 @@ int av_cmd_generate(int argc, char **argv) {
     int r = av_args_parse(argc, argv, opts, cmd, "Generate text from a prompt (streams to stdout).");
     if (r) return r == 1 ? 0 : 2;
     if (!prompt == !prompts_file) return av_cli_error(cmd, "give exactly one of --prompt TEXT or --prompts-file F");
-    if (prompts_file && (top_k || min_p > 0 || rep != 1.0))
-        return av_cli_error(cmd, "--top-k, --min-p and --repetition-penalty are not available with --prompts-file (batched sampling is temperature + top-p)");
     if (stops.n > AV_MAX_STOPS) return av_cli_error(cmd, "at most %d --stop strings", AV_MAX_STOPS);
-    char *stdin_buf = NULL;
+    av_gen_opts go;
+    av_gen_opts_default(&go);
+    go.max_tokens = max_tokens;
+    go.sampler.temp = (float)temp;
+    go.sampler.top_p = (float)top_p;
+    go.sampler.top_k = top_k;
+    go.sampler.min_p = (float)min_p;
+    go.sampler.repetition_penalty = (float)rep;
+    go.sampler.repetition_context = rep_ctx;
+    go.sampler.seed = (uint64_t)seed;
+    for (int i = 0; i < stops.n; i++) go.stops[go.n_stops++] = stops.v[i];
+    go.interrupt = &g_interrupt;
     if (prompts_file) {
         av_model *bm;
         av_tokenizer *bt;
         if (av_cli_load(cmd, &mo, &bm, &bt)) return 1;
-        av_batch_gen_opts bo = {prompts_file, system, tmpl, batch_size, max_tokens, ignore_tmpl, json, (float)temp, (float)top_p,
-                                (uint64_t)seed, stops.v, stops.n};
-        int brc = av_cli_generate_batch(cmd, mo.model, bm, bt, &bo);
+        av_batch_cli_opts bc = {prompts_file, system, tmpl, ignore_tmpl, json};
+        av_batch_opts bo;
+        av_batch_opts_default(&bo);
+        bo.gen = go;
+        bo.batch_size = batch_size;
+        signal(SIGINT, on_sigint);
+        int brc = av_cli_generate_batch(cmd, mo.model, bm, bt, &bc, &bo);
         av_model_free(bm);
         av_tokenizer_free(bt);
         return brc;
     }
+    char *stdin_buf = NULL;
     if (!strcmp(prompt, "-")) {
         size_t cap = 1 << 16, n = 0;
         stdin_buf = malloc(cap);
@@ -90,42 +104,12 @@ int av_cmd_generate(int argc, char **argv) {
     av_tokenizer *tok;
     if (av_cli_load(cmd, &mo, &m, &tok)) { free(stdin_buf); return 1; }
     int32_t *ids = NULL;
-    int n = 0, rc = 0, used_tmpl = 0;
-    if (!ignore_tmpl && av_cli_has_chat_template(mo.model, tmpl)) {
-        cJSON *msgs = cJSON_CreateArray();
-        if (system) {
-            cJSON *sm = cJSON_CreateObject();
-            cJSON_AddStringToObject(sm, "role", "system");
-            cJSON_AddStringToObject(sm, "content", system);
-            cJSON_AddItemToArray(msgs, sm);
-        }
-        cJSON *um = cJSON_CreateObject();
-        cJSON_AddStringToObject(um, "role", "user");
-        cJSON_AddStringToObject(um, "content", prompt);
-        cJSON_AddItemToArray(msgs, um);
-        rc = av_cli_chat_ids(cmd, mo.model, tok, tmpl, msgs, 1, &ids, &n, &used_tmpl);
-        cJSON_Delete(msgs);
-    } else if (av_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n) != AV_OK) {
-        rc = av_cli_fail(cmd);
-    }
+    int n = 0, rc = av_cli_prompt_ids(cmd, mo.model, tok, tmpl, system, prompt, ignore_tmpl, &ids, &n);
     av_session *s = NULL;
-    int ctx = max_kv ? max_kv : n + max_tokens;
-    if (ctx > m->cfg.max_position_embeddings && !max_kv) ctx = m->cfg.max_position_embeddings > n + 1 ? m->cfg.max_position_embeddings : n + 1;
+    int ctx = av_generate_context(m, n, max_tokens, max_kv);
     if (!rc && n >= ctx) rc = av_cli_error(cmd, "prompt has %d tokens; the context holds %d", n, ctx);
     if (!rc && av_session_new(&s, m, ctx, 512) != AV_OK) rc = av_cli_fail(cmd);
-    av_gen_opts go;
-    av_gen_opts_default(&go);
-    go.max_tokens = max_tokens;
-    go.sampler.temp = (float)temp;
-    go.sampler.top_p = (float)top_p;
-    go.sampler.top_k = top_k;
-    go.sampler.min_p = (float)min_p;
-    go.sampler.repetition_penalty = (float)rep;
-    go.sampler.repetition_context = rep_ctx;
-    go.sampler.seed = (uint64_t)seed;
-    for (int i = 0; i < stops.n; i++) go.stops[go.n_stops++] = stops.v[i];
     go.on_text = json ? NULL : print_text;
-    go.interrupt = &g_interrupt;
     signal(SIGINT, on_sigint);
     av_gen_result res = {0};
     if (!rc && av_generate(s, tok, ids, n, &go, &res) != AV_OK) rc = av_cli_fail(cmd);

@@ -4,7 +4,7 @@
 #include "commands.h"
 #include "core/memory.h"
 #include "formats/json.h"
-#include "tokenizer/chat_config.h"
+#include "template/chat_config.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,6 +1,7 @@
-# generate: batched mode (--prompts-file/--batch-size) equals one-at-a-time greedy generation for
-# every prompt (different prompt lengths, batch larger and smaller than the file); stop strings
-# are never printed; chat-template wrapping; bad flags give one-line errors.
+# generate: batched mode (--prompts-file/--batch-size) equals one-at-a-time generation for every
+# prompt (greedy: different prompt lengths, batch larger and smaller than the file; sampled: the
+# same --seed gives the same ids, with top-k/min-p/penalty too); stop strings are never printed;
+# chat-template wrapping; bad flags give one-line errors.
 . tests/lib.sh
 # Reference comparisons pass --dtype f32: on a GPU that selects the exact-f32 path (a no-op on the CPU).
 need_fixtures
@@ -45,6 +46,23 @@ expect_error "no prompt" "exactly one of --prompt" "$ANVIL" generate --model "$M
 expect_error "missing prompts file" "nofile.*cannot open" "$ANVIL" generate --model "$M" --prompts-file "$AV_TMP/nofile"
 printf '{"text": 1}\n' > "$AV_TMP/badp.jsonl"
 expect_error "bad prompts line" "badp.jsonl:1" "$ANVIL" generate --model "$M" --prompts-file "$AV_TMP/badp.jsonl"
-expect_error "batch with top-k" "not available with --prompts-file" "$ANVIL" generate --model "$M" --prompts-file "$P" --top-k 5
+# seeded sampling: --prompts-file gives each prompt the ids --prompt gives it with the same --seed
+ids_of() { sed 's/.*"ids":\(\[[^]]*\]\).*/\1/'; }
+for flags in "--temp 0.8 --seed 7" "--temp 0.8 --top-p 0.9 --seed 3" "--temp 0.7 --top-k 5 --min-p 0.05 --repetition-penalty 1.3 --seed 11"; do
+  "$ANVIL" generate --model "$M" --prompts-file "$P" --batch-size 3 --max-tokens 10 $flags --json > "$AV_TMP/sampled" 2>"$AV_TMP/sampled_err" \
+    || bad "sampled batch ($flags): $(cat "$AV_TMP/sampled_err")"
+  same=1; i=0
+  while IFS= read -r line; do
+    case "$line" in '{'*) line=$(echo "$line" | sed 's/{"prompt": "\(.*\)"}/\1/') ;; esac
+    one=$("$ANVIL" generate --model "$M" --prompt "$line" --max-tokens 10 $flags --json 2>/dev/null | ids_of)
+    got=$(grep "\"index\":$i," "$AV_TMP/sampled" | ids_of)
+    [ -n "$one" ] && [ "$got" = "$one" ] || { same=0; bad "sampled ($flags) prompt $i: batch $got vs single $one"; }
+    i=$((i + 1))
+  done < "$P"
+  [ $same = 1 ] && ok "$flags: --prompts-file and --prompt give the same ids for every prompt"
+done
+a=$("$ANVIL" generate --model "$M" --prompt "Hello there" --max-tokens 10 --temp 0.8 --seed 1 --json 2>/dev/null | ids_of)
+b=$("$ANVIL" generate --model "$M" --prompt "Hello there" --max-tokens 10 --temp 0.8 --seed 2 --json 2>/dev/null | ids_of)
+[ "$a" != "$b" ] && ok "different seeds sample differently" || bad "seeds 1 and 2 gave the same ids $a"
 expect_error "bad dtype" "dtype" "$ANVIL" generate --model "$M" --prompt hi --dtype f8
 finish

@@ -4,8 +4,8 @@
 #include "test.h"
 #include "core/memory.h"
 #include "formats/json.h"
-#include "tokenizer/chat_config.h"
-#include "tokenizer/chat_template.h"
+#include "template/chat_config.h"
+#include "template/chat_template.h"
 
 /* Renders src with vars (JSON text or NULL); returns malloc'd output or NULL (error in av_last_error). */
 static char *render(const char *src, const char *vars_json) {

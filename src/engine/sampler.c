@@ -1,5 +1,8 @@
-/* Sampling: penalty -> greedy or (temperature softmax -> top-k -> top-p -> min-p -> draw). */
+/* Sampling: penalty -> argmax, or weights exp((l - max) / T) kept above one threshold (the
+ * largest of the top-p, top-k and min-p ones) -> inverse-CDF walk in index order. Without top-k
+ * and min-p every float operation is the one ops/sample.c (the device rule's host twin) does. */
 #include "engine/sampler.h"
+#include "ops/sample.h"
 #include <math.h>
 #include <stdlib.h>
 
@@ -13,39 +16,55 @@ void av_sampler_params_default(av_sampler_params *p) {
     p->seed = 0;
 }
 
+int av_sampler_device_ok(const av_sampler_params *p) {
+    return p->top_k <= 0 && p->min_p <= 0.0f && p->repetition_penalty == 1.0f;
+}
+
 int av_sampler_init(av_sampler *s, const av_sampler_params *p, int V) {
     s->p = *p;
-    s->state = p->seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull;
+    if (!(s->p.top_p > 0.0f)) s->p.top_p = 1.0f;
     s->V = V;
-    s->idx = malloc(sizeof(int) * (size_t)V);
-    s->prob = malloc(sizeof(float) * (size_t)V);
-    return s->idx && s->prob ? 0 : -1;
+    s->w = p->top_k > 0 && p->top_k < V ? malloc(sizeof(float) * (size_t)V) : NULL;
+    return p->top_k > 0 && p->top_k < V && !s->w ? -1 : 0;
 }
 
 void av_sampler_free(av_sampler *s) {
-    free(s->idx);
-    free(s->prob);
-    s->idx = NULL;
-    s->prob = NULL;
+    free(s->w);
+    s->w = NULL;
 }
 
-static double next_uniform(av_sampler *s) { /* splitmix64 -> [0, 1) */
-    uint64_t z = (s->state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+/* Sum of the weights at or above tau (as ops/sample.c's, summed in index order). */
+static float mass_at(const float *l, int V, float mx, float invt, float tau) {
+    float m = 0;
+    for (int j = 0; j < V; j++) {
+        float w = expf((l[j] - mx) * invt);
+        if (w >= tau) m += w;
+    }
+    return m;
 }
 
-static const float *g_sort_key;
-static int by_prob_desc(const void *a, const void *b) {
-    float x = g_sort_key[*(const int *)a], y = g_sort_key[*(const int *)b];
-    return x < y ? 1 : x > y ? -1 : (*(const int *)a - *(const int *)b);
+/* The k-th largest of w[0..n) (1-based k), reordering w: quickselect. */
+static float kth_largest(float *w, int n, int k) {
+    int lo = 0, hi = n - 1, want = k - 1;
+    while (lo < hi) {
+        float piv = w[lo + (hi - lo) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (w[i] > piv) i++;
+            while (w[j] < piv) j--;
+            if (i <= j) { float t = w[i]; w[i] = w[j]; w[j] = t; i++; j--; }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else return w[want];
+    }
+    return w[want];
 }
 
-int av_sampler_sample(av_sampler *s, float *logits, const int32_t *recent, int n_recent) {
+int av_sampler_sample(av_sampler *s, float *logits, const int32_t *recent, int n_recent, int pos) {
     int V = s->V;
     const av_sampler_params *p = &s->p;
+    const float *l = logits;
     if (p->repetition_penalty != 1.0f && recent) {
         int from = n_recent - p->repetition_context;
         for (int i = from < 0 ? 0 : from; i < n_recent; i++) {
@@ -55,39 +74,33 @@ int av_sampler_sample(av_sampler *s, float *logits, const int32_t *recent, int n
         }
     }
     int best = 0;
-    for (int v = 1; v < V; v++) if (logits[v] > logits[best]) best = v;
+    for (int j = 1; j < V; j++)
+        if (l[j] > l[best]) best = j;
     if (p->temp <= 0.0f) return best;
-    /* softmax at temperature */
-    double sum = 0;
-    float mx = logits[best];
-    for (int v = 0; v < V; v++) { s->prob[v] = expf((logits[v] - mx) / p->temp); sum += s->prob[v]; }
-    for (int v = 0; v < V; v++) s->prob[v] = (float)(s->prob[v] / sum);
-    int n = V;
-    for (int v = 0; v < V; v++) s->idx[v] = v;
-    int filtered = (p->top_k > 0 && p->top_k < V) || (p->top_p > 0 && p->top_p < 1) || p->min_p > 0;
-    if (filtered) {
-        g_sort_key = s->prob;
-        qsort(s->idx, (size_t)V, sizeof(int), by_prob_desc);
-        if (p->top_k > 0 && p->top_k < n) n = p->top_k;
-        if (p->top_p > 0 && p->top_p < 1) {
-            double c = 0;
-            int k = 0;
-            while (k < n) { c += s->prob[s->idx[k++]]; if (c >= p->top_p) break; }
-            n = k;
+    float mx = l[best], invt = 1.0f / p->temp;
+    float Z = mass_at(l, V, mx, invt, 0.0f), tau = 0.0f;
+    if (p->top_p < 1.0f) {
+        float lo = 0.0f, hi = 1.0f; /* largest tau with mass(tau) >= top_p * Z */
+        for (int it = 0; it < 32; it++) {
+            float mid = 0.5f * (lo + hi);
+            if (mass_at(l, V, mx, invt, mid) >= p->top_p * Z) lo = mid;
+            else hi = mid;
         }
-        if (p->min_p > 0) {
-            float thr = p->min_p * s->prob[s->idx[0]];
-            int k = 1;
-            while (k < n && s->prob[s->idx[k]] >= thr) k++;
-            n = k;
-        }
+        tau = lo;
     }
-    double tot = 0;
-    for (int k = 0; k < n; k++) tot += s->prob[s->idx[k]];
-    double r = next_uniform(s) * tot, c = 0;
-    for (int k = 0; k < n; k++) {
-        c += s->prob[s->idx[k]];
-        if (r < c) return s->idx[k];
+    if (s->w) { /* top-k: the k-th largest weight (ties with it are kept too) */
+        for (int j = 0; j < V; j++) s->w[j] = expf((l[j] - mx) * invt);
+        float wk = kth_largest(s->w, V, p->top_k);
+        if (wk > tau) tau = wk;
     }
-    return s->idx[n - 1];
+    if (p->min_p > tau) tau = p->min_p; /* the top weight is 1: min-p x the top probability */
+    float kept = mass_at(l, V, mx, invt, tau);
+    float u = av_sample_uniform(p->seed, 0, pos) * kept, c = 0;
+    for (int j = 0; j < V; j++) {
+        float w = expf((l[j] - mx) * invt);
+        if (w < tau) continue;
+        c += w;
+        if (c > u) return j;
+    }
+    return best;
 }

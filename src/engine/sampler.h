@@ -1,12 +1,13 @@
-/* Token sampling from logits as MLX-LM does: repetition penalty over recent tokens, then greedy
- * (temp 0) or temperature sampling restricted by top-k, top-p (nucleus) and min-p; seeded. */
+/* The one host sampler (MLX-LM's options): repetition penalty over recent tokens, then greedy
+ * (temp 0) or a temperature draw restricted by top-p, top-k and min-p. The draw is keyed by
+ * (seed, position) with the counter-based hash of ops/sample.h, as the device sampler's is. */
 #ifndef AV_SAMPLER_H
 #define AV_SAMPLER_H
 #include <stdint.h>
 
 typedef struct {
     float temp;               /* 0 = greedy */
-    float top_p;              /* 1 = off */
+    float top_p;              /* 1 = off (<= 0 is taken as off too) */
     int top_k;                /* 0 = off */
     float min_p;              /* 0 = off */
     float repetition_penalty; /* 1 = off */
@@ -16,15 +17,17 @@ typedef struct {
 
 typedef struct {
     av_sampler_params p;
-    uint64_t state;
-    int *idx;    /* scratch [V] */
-    float *prob; /* scratch [V] */
+    float *w; /* scratch [V] (top-k selection) */
     int V;
 } av_sampler;
 
 void av_sampler_params_default(av_sampler_params *p);
+/* 1 when p asks for nothing but temperature and top-p: then the backend's device sampler (the
+ * `sample` op, ops/sample.c's rule) draws the same token for the same (seed, position). */
+int av_sampler_device_ok(const av_sampler_params *p);
 int av_sampler_init(av_sampler *s, const av_sampler_params *p, int vocab); /* 0 ok, -1 no memory */
 void av_sampler_free(av_sampler *s);
-/* Picks the next token; `logits` may be modified. recent = previous tokens (for the penalty). */
-int av_sampler_sample(av_sampler *s, float *logits, const int32_t *recent, int n_recent);
+/* Picks the token that follows position `pos` (the position whose logits these are); `logits` may
+ * be modified. recent = previous tokens (for the penalty). Same (seed, pos) -> same draw. */
+int av_sampler_sample(av_sampler *s, float *logits, const int32_t *recent, int n_recent, int pos);
 #endif

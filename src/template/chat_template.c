@@ -1,8 +1,8 @@
 /* Public entry points of the Jinja-subset engine (chat_template.h): parse = lex + parse into a
  * template-owned arena; render = convert the JSON variables, run the evaluator in a per-render
  * arena, copy the output out. Errors raised deep inside unwind here (longjmp) and become av_fail. */
-#include "tokenizer/chat_template.h"
-#include "tokenizer/jinja_internal.h"
+#include "template/chat_template.h"
+#include "template/jinja_internal.h"
 #include <stdlib.h>
 #include <string.h>
 

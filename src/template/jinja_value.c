@@ -1,7 +1,7 @@
 /* Values of the Jinja-subset engine and their Python semantics: the arena that owns them,
  * conversion from cJSON, truthiness, equality and ordering, str()/repr(), json.dumps and
  * Python's shortest float repr, plus the UTF-8 helpers that index strings by code point. */
-#include "tokenizer/jinja_internal.h"
+#include "template/jinja_internal.h"
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>

@@ -2,7 +2,7 @@
  * (condexpr < or < and < not < compare < +,- < ~ < *,/,//,% < ** < unary < postfix/filter/test).
  * Statements: if/elif/else, for (+ else, inline if), set (+ namespace attr, block set), macro,
  * break/continue, generation. Unknown filters, tests and tags are errors here, with a position. */
-#include "tokenizer/jinja_internal.h"
+#include "template/jinja_internal.h"
 #include <stdio.h>
 #include <string.h>
 

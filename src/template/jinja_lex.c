@@ -1,7 +1,7 @@
 /* Lexer of the Jinja-subset engine: splits template source into text and tag tokens exactly as
  * jinja2's lexer does with trim_blocks=True, lstrip_blocks=True (newline normalization, one
  * trailing newline dropped, {%- -%} / {{- -}} / {#- -#} and + modifiers, comments). */
-#include "tokenizer/jinja_internal.h"
+#include "template/jinja_internal.h"
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,7 +1,7 @@
 /* Python methods callable from templates (str: strip/split/replace/startswith/...; dict: get,
  * items, keys, values; list: index, count) and the globals transformers gives chat templates:
  * range (sandbox-capped), namespace, dict, raise_exception, strftime_now. */
-#include "tokenizer/jinja_internal.h"
+#include "template/jinja_internal.h"
 #include <stdio.h>
 #include <string.h>
 #include <time.h>

@@ -2,7 +2,7 @@
  * values, attribute vs item lookup, arithmetic, comparisons, slices) and statements (output, if,
  * for with loop variables, set, namespaces, macros, break/continue), with jinja2's scoping:
  * each for-iteration and macro call gets its own scope. Depth, steps and output are capped. */
-#include "tokenizer/jinja_internal.h"
+#include "template/jinja_internal.h"
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>

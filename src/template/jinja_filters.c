@@ -1,7 +1,7 @@
 /* Filters and tests of the Jinja-subset engine, with jinja2's built-in semantics and the
  * transformers override of tojson (json.dumps, ensure_ascii=False, optional indent). Filters are
  * looked up by name at parse time, so an unknown filter is a parse error with a position. */
-#include "tokenizer/jinja_internal.h"
+#include "template/jinja_internal.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
