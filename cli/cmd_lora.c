@@ -127,6 +127,29 @@ static int load_split(const char *dir, const char *name, int required, const av_
     return 0;
 }
 
+/* MLX-LM's optimizer by name (lower-cased as MLX-LM does), MLX's defaults, the config's
+ * optimizer_config for it, then --weight-decay / --bias-correction. */
+static int build_optimizer(const lora_opts *o, av_optim_params *p) {
+    char name[32];
+    size_t i = 0;
+    for (; o->optimizer[i] && i + 1 < sizeof name; i++) name[i] = (char)tolower((unsigned char)o->optimizer[i]);
+    name[i] = 0;
+    av_optim_kind kind;
+    if (av_optim_parse(name, &kind))
+        return av_cli_error(CMD, "--optimizer %s is not supported (adam, adamw, sgd or adafactor)", o->optimizer);
+    av_optim_defaults(p, kind);
+    if (av_lora_config_optimizer(o->optimizer_config, o->config, p)) return 1;
+    if (!isnan(o->weight_decay)) {
+        if (kind == AV_OPTIM_ADAM) return av_cli_error(CMD, "--weight-decay: MLX's adam has no weight decay (use --optimizer adamw)");
+        p->weight_decay = o->weight_decay;
+    }
+    if (o->bias_correction) {
+        if (kind != AV_OPTIM_ADAM && kind != AV_OPTIM_ADAMW) return av_cli_error(CMD, "--bias-correction applies to adam and adamw");
+        p->bias_correction = 1;
+    }
+    return 0;
+}
+
 static const char k_summary[] =
     "LoRA fine-tuning with MLX-LM's flags, config keys, report lines and adapter files.\n"
     "Data: --data DIR with train.jsonl, valid.jsonl (and test.jsonl for --test); lines are {\"text\"},\n"
@@ -140,7 +163,13 @@ static const char k_summary[] =
     "--fine-tune-type full trains every weight (f32 master copies; embedding, norms, projections, LM head) and,\n"
     "as MLX-LM, writes all weights to adapters.safetensors (adapter_config.json: fine_tune_type full); the\n"
     "--adapter-path directory is also a model directory (config, tokenizer, model.safetensors) for --model.\n"
-    "--dropout P applies LoRA dropout (PEFT semantics) to the adapter inputs in training steps only.";
+    "--dropout P applies LoRA dropout (PEFT semantics) to the adapter inputs in training steps only.\n"
+    "Optimizers are MLX's, with its defaults: adam (betas 0.9/0.999, eps 1e-8, no bias correction), adamw (same,\n"
+    "weight decay 0.01), sgd (momentum 0), adafactor (relative step: ignores the learning rate). The config's\n"
+    "optimizer_config: {adam: {betas, eps, bias_correction}, adamw: {... weight_decay}, sgd: {momentum,\n"
+    "weight_decay, dampening, nesterov}, adafactor: {eps, clip_threshold, decay_rate, beta_1, weight_decay,\n"
+    "scale_parameter, relative_step, warmup_init}} sets the chosen one's arguments. PyTorch/PEFT's AdamW:\n"
+    "--optimizer adamw --bias-correction.";
 
 int av_cmd_lora(int argc, char **argv) {
     lora_opts o = {0};
@@ -157,13 +186,15 @@ int av_cmd_lora(int argc, char **argv) {
         {"num-layers", AV_OPT_INT, &o.num_layers, "adapt the last N layers (default 16, -1 = all)", -1, 1e6, NULL},
         {"batch-size", AV_OPT_INT, &o.batch_size, "rows per batch (default 4)", 1, 1e6, NULL},
         {"iters", AV_OPT_INT, &o.iters, "training iterations (default 1000)", 1, 1e9, NULL},
-        {"learning-rate", AV_OPT_FLOAT, &o.learning_rate, "AdamW learning rate (default 1e-4)", 0, 10, NULL},
+        {"learning-rate", AV_OPT_FLOAT, &o.learning_rate, "learning rate (default 1e-4)", 0, 10, NULL},
+        {"optimizer", AV_OPT_STR, &o.optimizer, "adam (default, as MLX-LM: no bias correction), adamw, sgd or adafactor", 0, 0, NULL},
+        {"bias-correction", AV_OPT_FLAG, &o.bias_correction, "adam/adamw with bias correction (with adamw: PyTorch/PEFT's AdamW)", 0, 0, NULL},
         {"lr-schedule", AV_OPT_STR, &o.lr_schedule, "constant (default), cosine_decay, linear_schedule (to --lr-end)", 0, 0, NULL},
         {"warmup", AV_OPT_INT, &o.warmup, "linear warmup steps before the schedule (default 0)", 0, 1e9, NULL},
         {"warmup-init", AV_OPT_FLOAT, &o.warmup_init, "learning rate at the start of the warmup (default 0)", 0, 10, NULL},
         {"lr-end", AV_OPT_FLOAT, &o.lr_end, "final learning rate of cosine/linear schedules (default 0)", 0, 10, NULL},
         {"decay-steps", AV_OPT_INT, &o.decay_steps, "steps of the decay (default: optimizer steps after warmup)", 1, 1e9, NULL},
-        {"weight-decay", AV_OPT_FLOAT, &o.weight_decay, "AdamW weight decay (default 0.01)", 0, 10, NULL},
+        {"weight-decay", AV_OPT_FLOAT, &o.weight_decay, "weight decay of adamw (default 0.01), sgd, adafactor (0)", 0, 10, NULL},
         {"steps-per-report", AV_OPT_INT, &o.steps_per_report, "iterations between loss reports (default 10)", 1, 1e9, NULL},
         {"steps-per-eval", AV_OPT_INT, &o.steps_per_eval, "iterations between validations (default 200)", 1, 1e9, NULL},
         {"val-batches", AV_OPT_INT, &o.val_batches, "validation batches, -1 = whole set (default 25)", -1, 1e9, NULL},
@@ -239,8 +270,7 @@ int av_cmd_lora(int argc, char **argv) {
     if (!o.adapter_path) o.adapter_path = "adapters";
     if (!o.fine_tune_type) o.fine_tune_type = "lora";
     if (!o.adapter_format) o.adapter_format = "mlx";
-    if (!o.optimizer) o.optimizer = "adamw";
-    DEF_D(o.weight_decay, strcmp(o.optimizer, "adam") ? 0.01 : 0.0);
+    if (!o.optimizer) o.optimizer = "adam";
 
     const char *bad = NULL;
     char badbuf[256];
@@ -255,7 +285,6 @@ int av_cmd_lora(int argc, char **argv) {
     } else if (!strcmp(o.fine_tune_type, "full") && !strcmp(o.adapter_format, "peft"))
         bad = "--adapter-format peft is a LoRA format; full fine-tuning writes MLX-LM's layout (and a model directory)";
     else if (strcmp(o.adapter_format, "mlx") && strcmp(o.adapter_format, "peft")) bad = "--adapter-format must be mlx or peft";
-    else if (strcmp(o.optimizer, "adamw") && strcmp(o.optimizer, "adam")) bad = "optimizer must be adamw or adam";
     else if (!(o.dropout >= 0 && o.dropout < 1)) bad = "--dropout must be in [0, 1)";
     else if (o.num_layers == 0 || o.num_layers < -1) bad = "--num-layers must be -1 (all) or >= 1";
     else if (o.batch_size < 1 || o.iters < 1 || o.steps_per_report < 1 || o.steps_per_eval < 1 || o.save_every < 1 ||
@@ -272,6 +301,11 @@ int av_cmd_lora(int argc, char **argv) {
                         "(every weight of every layer is trained)\n", o.config);
     if (bad) {
         av_cli_error(CMD, "%s", bad);
+        rc = 2;
+        goto done;
+    }
+    av_optim_params optim;
+    if (build_optimizer(&o, &optim)) {
         rc = 2;
         goto done;
     }
@@ -437,7 +471,7 @@ int av_cmd_lora(int argc, char **argv) {
         to.save_every = o.save_every;
         to.seed = (uint64_t)o.seed;
         to.lr = sched;
-        to.weight_decay = o.weight_decay;
+        to.optim = optim;
         to.dump_grads = o.dump_grads;
         to.stop = &g_stop_flag;
         to.save = save_adapter;

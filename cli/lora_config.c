@@ -178,13 +178,65 @@ int av_lora_config_apply(lora_opts *o, const cJSON *cfg, const char *path, char 
         } else if (!strcmp(k, "optimizer_config")) {
             if (!cJSON_IsObject(kv)) return av_cli_error(CMD, "%s: optimizer_config must be a mapping", path);
             const cJSON *v;
-            cJSON_ArrayForEach(v, kv) {
-                const cJSON *wd = cJSON_GetObjectItemCaseSensitive(v, "weight_decay");
-                if (wd && cfg_num(wd, path, "optimizer_config.weight_decay", &o->weight_decay)) return 1;
-            }
+            cJSON_ArrayForEach(v, kv) if (!cJSON_IsObject(v) && !cJSON_IsNull(v)) return av_cli_error(
+                CMD, "%s: optimizer_config.%s must be a mapping of the optimizer's arguments", path, v->string);
+            o->optimizer_config = kv;
         } else if (!strcmp(k, "wandb") || !strcmp(k, "report_to") || !strcmp(k, "project_name")) {
             /* MLX-LM logging integrations: nothing to do */
         } else fprintf(stderr, "anvil lora: warning: %s: unknown key '%s' ignored\n", path, k);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* ---- optimizer_config ------------------------------------------------------------------------- */
+static int opt_num(const cJSON *v, const char *path, const char *name, const char *key, double *dst) {
+    if (cJSON_IsNumber(v)) {
+        *dst = v->valuedouble;
+        return 0;
+    }
+    char *end = NULL;
+    if (cJSON_IsString(v)) *dst = strtod(v->valuestring, &end); /* "1e-8" as PyYAML reads it */
+    if (!end || end == v->valuestring || *end)
+        return av_cli_error(CMD, "%s: optimizer_config.%s.%s must be a number", path, name, key);
+    return 0;
+}
+static int opt_bool(const cJSON *v, const char *path, const char *name, const char *key, int *dst) {
+    if (!cJSON_IsBool(v)) return av_cli_error(CMD, "%s: optimizer_config.%s.%s must be true or false", path, name, key);
+    *dst = cJSON_IsTrue(v);
+    return 0;
+}
+static int opt_pair(const cJSON *v, const char *path, const char *name, const char *key, double *a, double *b) {
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2)
+        return av_cli_error(CMD, "%s: optimizer_config.%s.%s must be a list of two numbers", path, name, key);
+    return opt_num(cJSON_GetArrayItem(v, 0), path, name, key, a) || opt_num(cJSON_GetArrayItem(v, 1), path, name, key, b);
+}
+
+int av_lora_config_optimizer(const cJSON *oc, const char *path, av_optim_params *p) {
+    const char *name = av_optim_name(p->kind);
+    const cJSON *m = oc ? cJSON_GetObjectItemCaseSensitive(oc, name) : NULL, *v;
+    if (!cJSON_IsObject(m)) return 0;
+    int adam = p->kind == AV_OPTIM_ADAM || p->kind == AV_OPTIM_ADAMW, sgd = p->kind == AV_OPTIM_SGD, af = p->kind == AV_OPTIM_ADAFACTOR;
+    cJSON_ArrayForEach(v, m) {
+        const char *k = v->string;
+        int rc = -1;
+        if (adam && !strcmp(k, "betas")) rc = opt_pair(v, path, name, k, &p->beta1, &p->beta2);
+        else if (adam && !strcmp(k, "eps")) rc = opt_num(v, path, name, k, &p->eps);
+        else if (adam && !strcmp(k, "bias_correction")) rc = opt_bool(v, path, name, k, &p->bias_correction);
+        else if (p->kind != AV_OPTIM_ADAM && !strcmp(k, "weight_decay")) rc = opt_num(v, path, name, k, &p->weight_decay);
+        else if (sgd && !strcmp(k, "momentum")) rc = opt_num(v, path, name, k, &p->momentum);
+        else if (sgd && !strcmp(k, "dampening")) rc = opt_num(v, path, name, k, &p->dampening);
+        else if (sgd && !strcmp(k, "nesterov")) rc = opt_bool(v, path, name, k, &p->nesterov);
+        else if (af && !strcmp(k, "eps")) rc = opt_pair(v, path, name, k, &p->eps1, &p->eps2);
+        else if (af && !strcmp(k, "clip_threshold")) rc = opt_num(v, path, name, k, &p->clip_threshold);
+        else if (af && !strcmp(k, "decay_rate")) rc = opt_num(v, path, name, k, &p->decay_rate);
+        else if (af && !strcmp(k, "beta_1")) {
+            p->af_first_moment = !cJSON_IsNull(v);
+            rc = p->af_first_moment ? opt_num(v, path, name, k, &p->af_beta1) : 0;
+        } else if (af && !strcmp(k, "scale_parameter")) rc = opt_bool(v, path, name, k, &p->scale_parameter);
+        else if (af && !strcmp(k, "relative_step")) rc = opt_bool(v, path, name, k, &p->relative_step);
+        else if (af && !strcmp(k, "warmup_init")) rc = opt_bool(v, path, name, k, &p->warmup_init);
+        if (rc < 0) return av_cli_error(CMD, "%s: optimizer_config.%s: %s is not an argument of MLX's %s optimizer", path, name, k, name);
         if (rc) return rc;
     }
     return 0;
