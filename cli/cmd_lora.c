@@ -1,6 +1,6 @@
-/* `anvil lora`: LoRA fine-tuning with MLX-LM's flags, config file (-c config.yaml), report lines
- * and adapter files (MLX or PEFT layout), the best adapter by validation loss kept apart, exact
- * resume from anvil's own checkpoints, --test evaluation, and --dump-grads. */
+/* `anvil lora`: LoRA fine-tuning with MLX-LM's flags (the config file is lora_config.c, file names
+ * and the resume state lora_checkpoint.c), the optimizer choice, wiring of data, model, adapters and
+ * trainer, report lines and progress, --test evaluation, and --dump-grads. */
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>

@@ -111,7 +111,8 @@ __global__ void af_apply_k(float *p, const float *g, float *ea, const float *s2,
 
 static void af_sum(const float *x, const float *g, const float *s2, size_t n, const af_c &c, int mode, float *scr, int slot,
                    float div) {
-    int nb = (int)(av_cdiv(n, 256) < AF_NPART ? av_cdiv(n, 256) : AF_NPART);
+    size_t blocks = av_cdiv(n, 256);
+    int nb = blocks < (size_t)AF_NPART ? (int)blocks : (int)AF_NPART;
     af_partial_k<<<nb, 256, 0, av_cuda_stream()>>>(x, g, s2, n, c, mode, scr);
     af_final_k<<<1, 1024, 0, av_cuda_stream()>>>(scr, nb, slot, div);
 }

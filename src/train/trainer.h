@@ -2,9 +2,8 @@
  * grad_accum iterations (averaged gradients; MLX's Adam/AdamW/SGD/Adafactor, the schedule's LR passed
  * each step), train-loss reports, validation (before training, every steps_per_eval and at the
  * end), checkpoints every save_every, the best adapter by validation loss kept apart, and a state
- * side file (params, optimizer state, iteration,
- * data position, schedule) so that a resumed run continues bit for bit. Never prints: progress
- * goes to the caller through on_event. */
+ * side file (params, optimizer state, iteration, data position, schedule) so that a resumed run
+ * continues bit for bit. Never prints: progress goes to the caller through on_event. */
 #ifndef AV_TRAINER_H
 #define AV_TRAINER_H
 #include <stddef.h>
