@@ -215,7 +215,10 @@ static void bench_lora(av_model *m, int B, int T, double peak_tflops) {
         if (s == 2) { be->sync(); t0 = now(); } /* two warm-up steps (when there are more) */
         av_train_zero_grads(c);
         if (av_train_step(c, ids, tg, B, T, 1.0f / N, 1, &nll, &nv) != AV_OK) die("train step");
-        for (int i = 0; i < np; i++) be->adamw_step(P[i].data, P[i].grad, mo[i], vo[i], P[i].n, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, s + 1);
+        av_optim_params op; /* PyTorch's AdamW (bias-corrected), weight decay 0 */
+        av_optim_defaults(&op, AV_OPTIM_ADAMW);
+        op.lr = 1e-4f, op.step = s + 1, op.bias_correction = 1, op.weight_decay = 0;
+        for (int i = 0; i < np; i++) be->optim_step(P[i].data, P[i].grad, mo[i], vo[i], P[i].rows, P[i].cols, &op);
     }
     be->sync();
     double dt = (now() - t0) / (steps > 2 ? steps - 2 : steps), tps = N / dt;

@@ -1,6 +1,6 @@
-/* `anvil lora`: LoRA fine-tuning with MLX-LM's flags, config file (-c config.yaml), report lines
- * and adapter files (MLX or PEFT layout), the best adapter by validation loss kept apart, exact
- * resume from anvil's own checkpoints, --test evaluation, and --dump-grads. */
+/* `anvil lora`: LoRA fine-tuning with MLX-LM's flags (the config file is lora_config.c, file names
+ * and the resume state lora_checkpoint.c), the optimizer choice, wiring of data, model, adapters and
+ * trainer, report lines and progress, --test evaluation, and --dump-grads. */
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -11,9 +11,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <yaml.h>
 #include "args.h"
 #include "commands.h"
+#include "lora_checkpoint.h"
+#include "lora_config.h"
 #include "core/memory.h"
 #include "core/threads.h"
 #include "formats/json.h"
@@ -29,197 +30,6 @@
 
 
 #define CMD "lora"
-#define UNSET_I INT_MIN
-
-typedef struct {
-    const char *model, *data, *fine_tune_type, *adapter_path, *adapter_format, *resume, *lora_keys, *config, *device,
-        *dump_grads, *lr_schedule, *optimizer;
-    int train, test, grad_checkpoint, mask_prompt;
-    int num_layers, batch_size, iters, steps_per_report, steps_per_eval, val_batches, save_every, max_seq_length, rank,
-        seed, grad_accum, test_batches, threads, warmup, decay_steps;
-    double learning_rate, alpha, scale, dropout, warmup_init, lr_end, weight_decay;
-    av_lr_schedule sched; /* from the config file's lr_schedule (nargs 0 = none) */
-    int sched_from_config;
-} lora_opts;
-
-/* ---- config file (YAML, MLX-LM keys) ---------------------------------------------------------- */
-static cJSON *yaml_node_json(yaml_document_t *doc, yaml_node_t *n, int depth) {
-    if (!n || depth > 32) return cJSON_CreateNull();
-    if (n->type == YAML_SCALAR_NODE) {
-        const char *s = (const char *)n->data.scalar.value;
-        if (n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE) {
-            if (!strcmp(s, "true") || !strcmp(s, "True") || !strcmp(s, "yes")) return cJSON_CreateTrue();
-            if (!strcmp(s, "false") || !strcmp(s, "False") || !strcmp(s, "no")) return cJSON_CreateFalse();
-            if (!*s || !strcmp(s, "null") || !strcmp(s, "~")) return cJSON_CreateNull();
-            char *end;
-            errno = 0;
-            double v = strtod(s, &end);
-            if (!*end && !errno && end != s) return cJSON_CreateNumber(v);
-        }
-        return cJSON_CreateString(s);
-    }
-    if (n->type == YAML_SEQUENCE_NODE) {
-        cJSON *a = cJSON_CreateArray();
-        for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++)
-            cJSON_AddItemToArray(a, yaml_node_json(doc, yaml_document_get_node(doc, *it), depth + 1));
-        return a;
-    }
-    if (n->type == YAML_MAPPING_NODE) {
-        cJSON *o = cJSON_CreateObject();
-        for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
-            yaml_node_t *k = yaml_document_get_node(doc, p->key);
-            if (!k || k->type != YAML_SCALAR_NODE) continue;
-            cJSON_AddItemToObject(o, (const char *)k->data.scalar.value, yaml_node_json(doc, yaml_document_get_node(doc, p->value), depth + 1));
-        }
-        return o;
-    }
-    return cJSON_CreateNull();
-}
-
-static int load_yaml(const char *path, cJSON **out) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return av_cli_error(CMD, "%s: cannot open config file: %s", path, strerror(errno));
-    yaml_parser_t p;
-    yaml_document_t doc;
-    yaml_parser_initialize(&p);
-    yaml_parser_set_input_file(&p, f);
-    int ok = yaml_parser_load(&p, &doc);
-    int rc = 0;
-    if (!ok) {
-        rc = av_cli_error(CMD, "%s:%zu: YAML error: %s", path, p.problem_mark.line + 1, p.problem ? p.problem : "parse error");
-    } else {
-        yaml_node_t *root = yaml_document_get_root_node(&doc);
-        *out = root ? yaml_node_json(&doc, root, 0) : cJSON_CreateObject();
-        if (!cJSON_IsObject(*out)) {
-            cJSON_Delete(*out);
-            *out = NULL;
-            rc = av_cli_error(CMD, "%s: the config must be a mapping of keys to values", path);
-        }
-        yaml_document_delete(&doc);
-    }
-    yaml_parser_delete(&p);
-    fclose(f);
-    return rc;
-}
-
-static int cfg_int(const cJSON *v, const char *path, const char *key, int *dst) {
-    if (*dst != UNSET_I) return 0; /* the command line wins */
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > INT_MAX)
-        return av_cli_error(CMD, "%s: %s must be an integer", path, key);
-    *dst = (int)v->valuedouble;
-    return 0;
-}
-static int cfg_num(const cJSON *v, const char *path, const char *key, double *dst) {
-    if (!isnan(*dst)) return 0;
-    if (cJSON_IsString(v)) { /* PyYAML reads 1e-5 as a string; MLX-LM configs are written that way */
-        char *end;
-        double x = strtod(v->valuestring, &end);
-        if (end != v->valuestring && !*end) { *dst = x; return 0; }
-    }
-    if (!cJSON_IsNumber(v)) return av_cli_error(CMD, "%s: %s must be a number", path, key);
-    *dst = v->valuedouble;
-    return 0;
-}
-static int cfg_bool(const cJSON *v, const char *path, const char *key, int *dst) {
-    if (!cJSON_IsBool(v)) return av_cli_error(CMD, "%s: %s must be true or false", path, key);
-    if (cJSON_IsTrue(v)) *dst = 1;
-    return 0;
-}
-static int cfg_str(const cJSON *v, const char *path, const char *key, const char **dst) {
-    if (*dst) return 0;
-    if (!cJSON_IsString(v)) return av_cli_error(CMD, "%s: %s must be a string", path, key);
-    *dst = v->valuestring;
-    return 0;
-}
-
-static int apply_config(lora_opts *o, const cJSON *cfg, const char *path, char *keys_buf, size_t keys_cap) {
-    const cJSON *kv;
-    int rc = 0;
-    cJSON_ArrayForEach(kv, cfg) {
-        const char *k = kv->string;
-        if (cJSON_IsNull(kv)) continue;
-        if (!strcmp(k, "model")) rc = cfg_str(kv, path, k, &o->model);
-        else if (!strcmp(k, "data")) rc = cfg_str(kv, path, k, &o->data);
-        else if (!strcmp(k, "train")) rc = cfg_bool(kv, path, k, &o->train);
-        else if (!strcmp(k, "test")) rc = cfg_bool(kv, path, k, &o->test);
-        else if (!strcmp(k, "grad_checkpoint")) rc = cfg_bool(kv, path, k, &o->grad_checkpoint);
-        else if (!strcmp(k, "mask_prompt")) rc = cfg_bool(kv, path, k, &o->mask_prompt);
-        else if (!strcmp(k, "fine_tune_type")) rc = cfg_str(kv, path, k, &o->fine_tune_type);
-        else if (!strcmp(k, "adapter_path")) rc = cfg_str(kv, path, k, &o->adapter_path);
-        else if (!strcmp(k, "adapter_format")) rc = cfg_str(kv, path, k, &o->adapter_format);
-        else if (!strcmp(k, "resume_adapter_file")) rc = cfg_str(kv, path, k, &o->resume);
-        else if (!strcmp(k, "device")) rc = cfg_str(kv, path, k, &o->device);
-        else if (!strcmp(k, "optimizer")) rc = cfg_str(kv, path, k, &o->optimizer);
-        else if (!strcmp(k, "seed")) rc = cfg_int(kv, path, k, &o->seed);
-        else if (!strcmp(k, "num_layers")) rc = cfg_int(kv, path, k, &o->num_layers);
-        else if (!strcmp(k, "batch_size")) rc = cfg_int(kv, path, k, &o->batch_size);
-        else if (!strcmp(k, "iters")) rc = cfg_int(kv, path, k, &o->iters);
-        else if (!strcmp(k, "val_batches")) rc = cfg_int(kv, path, k, &o->val_batches);
-        else if (!strcmp(k, "test_batches")) rc = cfg_int(kv, path, k, &o->test_batches);
-        else if (!strcmp(k, "steps_per_report")) rc = cfg_int(kv, path, k, &o->steps_per_report);
-        else if (!strcmp(k, "steps_per_eval")) rc = cfg_int(kv, path, k, &o->steps_per_eval);
-        else if (!strcmp(k, "save_every")) rc = cfg_int(kv, path, k, &o->save_every);
-        else if (!strcmp(k, "max_seq_length")) rc = cfg_int(kv, path, k, &o->max_seq_length);
-        else if (!strcmp(k, "grad_accumulation_steps")) rc = cfg_int(kv, path, k, &o->grad_accum);
-        else if (!strcmp(k, "threads")) rc = cfg_int(kv, path, k, &o->threads);
-        else if (!strcmp(k, "learning_rate")) rc = cfg_num(kv, path, k, &o->learning_rate);
-        else if (!strcmp(k, "lora_parameters")) {
-            if (!cJSON_IsObject(kv)) return av_cli_error(CMD, "%s: lora_parameters must be a mapping", path);
-            const cJSON *v;
-            cJSON_ArrayForEach(v, kv) {
-                const char *s = v->string;
-                if (!strcmp(s, "rank")) rc = cfg_int(v, path, "lora_parameters.rank", &o->rank);
-                else if (!strcmp(s, "alpha")) rc = cfg_num(v, path, "lora_parameters.alpha", &o->alpha);
-                else if (!strcmp(s, "scale")) rc = cfg_num(v, path, "lora_parameters.scale", &o->scale);
-                else if (!strcmp(s, "dropout")) rc = cfg_num(v, path, "lora_parameters.dropout", &o->dropout);
-                else if (!strcmp(s, "keys")) {
-                    if (o->lora_keys) continue;
-                    if (!cJSON_IsArray(v)) return av_cli_error(CMD, "%s: lora_parameters.keys must be a list", path);
-                    keys_buf[0] = 0;
-                    const cJSON *e;
-                    cJSON_ArrayForEach(e, v) {
-                        if (!cJSON_IsString(e)) return av_cli_error(CMD, "%s: lora_parameters.keys must be strings", path);
-                        if (strlen(keys_buf) + strlen(e->valuestring) + 2 >= keys_cap)
-                            return av_cli_error(CMD, "%s: lora_parameters.keys is too long", path);
-                        if (keys_buf[0]) strcat(keys_buf, ",");
-                        strcat(keys_buf, e->valuestring);
-                    }
-                    o->lora_keys = keys_buf;
-                } else fprintf(stderr, "anvil lora: warning: %s: unknown key lora_parameters.%s ignored\n", path, s);
-                if (rc) return rc;
-            }
-        } else if (!strcmp(k, "lr_schedule")) {
-            if (!cJSON_IsObject(kv)) return av_cli_error(CMD, "%s: lr_schedule must be a mapping", path);
-            av_lr_schedule *s = &o->sched;
-            memset(s, 0, sizeof *s);
-            if (av_lr_kind_parse(av_json_str(kv, "name", NULL), &s->kind) != AV_OK)
-                return av_cli_error(CMD, "%s: %s", path, av_last_error());
-            const cJSON *args = cJSON_GetObjectItemCaseSensitive(kv, "arguments"), *e;
-            if (!cJSON_IsArray(args)) return av_cli_error(CMD, "%s: lr_schedule.arguments must be a list", path);
-            cJSON_ArrayForEach(e, args) {
-                if (s->nargs >= 3) return av_cli_error(CMD, "%s: lr_schedule.arguments: at most 3", path);
-                double x = NAN;
-                if (cfg_num(e, path, "lr_schedule.arguments", &x)) return 1;
-                s->args[s->nargs++] = x;
-            }
-            s->warmup = (int)av_json_num(kv, "warmup", 0);
-            s->warmup_init = av_json_num(kv, "warmup_init", 0);
-            if (av_lr_validate(s) != AV_OK) return av_cli_error(CMD, "%s: %s", path, av_last_error());
-            o->sched_from_config = 1;
-        } else if (!strcmp(k, "optimizer_config")) {
-            if (!cJSON_IsObject(kv)) return av_cli_error(CMD, "%s: optimizer_config must be a mapping", path);
-            const cJSON *v;
-            cJSON_ArrayForEach(v, kv) {
-                const cJSON *wd = cJSON_GetObjectItemCaseSensitive(v, "weight_decay");
-                if (wd && cfg_num(wd, path, "optimizer_config.weight_decay", &o->weight_decay)) return 1;
-            }
-        } else if (!strcmp(k, "wandb") || !strcmp(k, "report_to") || !strcmp(k, "project_name")) {
-            /* MLX-LM logging integrations: nothing to do */
-        } else fprintf(stderr, "anvil lora: warning: %s: unknown key '%s' ignored\n", path, k);
-        if (rc) return rc;
-    }
-    return 0;
-}
 
 /* ---- tokenizer + chat template glue for the dataset -------------------------------------------- */
 typedef struct {
@@ -237,12 +47,7 @@ static av_status glue_render(void *ctx, const cJSON *msgs, int gen, char **out) 
 
 /* ---- events -------------------------------------------------------------------------------------- */
 typedef struct {
-    av_model *m;
-    av_train_ctx *tc; /* full fine-tuning saves the context's f32 weights */
-    int full;
-    av_lora_spec spec;
-    const char *adapter_dir;
-    int peft;
+    lora_save_ctx s;
     int tty; /* progress bar on stderr */
     int bar_shown;
 } run_ctx;
@@ -290,37 +95,8 @@ static void on_event(void *ctx, const av_train_event *e) {
     fflush(stdout);
 }
 
-/* tag NULL = main adapter, "best", or "NNNNNNN" (numbered checkpoint). */
 static av_status save_adapter(void *ctx, const char *tag, char *path, size_t cap) {
-    run_ctx *r = ctx;
-    char dir[4200];
-    if (r->full) { /* MLX-LM layout: all weights in adapters.safetensors (+ a loadable model directory) */
-        if (!tag) {
-            AV_TRY(av_train_save_model_dir(r->tc, r->adapter_dir));
-            av_path_join(path, cap, r->adapter_dir, "adapters.safetensors");
-            return AV_OK;
-        }
-        char name[64];
-        snprintf(name, sizeof name, "%s_adapters.safetensors", tag);
-        av_path_join(path, cap, r->adapter_dir, name);
-        return av_train_save_weights(r->tc, path);
-    }
-    if (!tag) {
-        AV_TRY(av_adapter_save(r->m, &r->spec, r->adapter_dir, r->peft));
-        if (r->peft) snprintf(path, cap, "%s", r->adapter_dir);
-        else av_path_join(path, cap, r->adapter_dir, "adapters.safetensors");
-        return AV_OK;
-    }
-    if (r->peft) { /* PEFT checkpoints are directories: DIR/best/, DIR/0000100/ */
-        av_path_join(dir, sizeof dir, r->adapter_dir, tag);
-        AV_TRY(av_adapter_save(r->m, &r->spec, dir, 1));
-        snprintf(path, cap, "%s", dir);
-        return AV_OK;
-    }
-    char name[64];
-    snprintf(name, sizeof name, "%s_adapters.safetensors", tag);
-    av_path_join(path, cap, r->adapter_dir, name);
-    return av_adapter_save_weights(r->m, path, 0);
+    return av_lora_checkpoint_save(&((run_ctx *)ctx)->s, tag, path, cap);
 }
 
 static volatile sig_atomic_t g_stop;
@@ -351,6 +127,29 @@ static int load_split(const char *dir, const char *name, int required, const av_
     return 0;
 }
 
+/* MLX-LM's optimizer by name (lower-cased as MLX-LM does), MLX's defaults, the config's
+ * optimizer_config for it, then --weight-decay / --bias-correction. */
+static int build_optimizer(const lora_opts *o, av_optim_params *p) {
+    char name[32];
+    size_t i = 0;
+    for (; o->optimizer[i] && i + 1 < sizeof name; i++) name[i] = (char)tolower((unsigned char)o->optimizer[i]);
+    name[i] = 0;
+    av_optim_kind kind;
+    if (av_optim_parse(name, &kind))
+        return av_cli_error(CMD, "--optimizer %s is not supported (adam, adamw, sgd or adafactor)", o->optimizer);
+    av_optim_defaults(p, kind);
+    if (av_lora_config_optimizer(o->optimizer_config, o->config, p)) return 1;
+    if (!isnan(o->weight_decay)) {
+        if (kind == AV_OPTIM_ADAM) return av_cli_error(CMD, "--weight-decay: MLX's adam has no weight decay (use --optimizer adamw)");
+        p->weight_decay = o->weight_decay;
+    }
+    if (o->bias_correction) {
+        if (kind != AV_OPTIM_ADAM && kind != AV_OPTIM_ADAMW) return av_cli_error(CMD, "--bias-correction applies to adam and adamw");
+        p->bias_correction = 1;
+    }
+    return 0;
+}
+
 static const char k_summary[] =
     "LoRA fine-tuning with MLX-LM's flags, config keys, report lines and adapter files.\n"
     "Data: --data DIR with train.jsonl, valid.jsonl (and test.jsonl for --test); lines are {\"text\"},\n"
@@ -364,13 +163,19 @@ static const char k_summary[] =
     "--fine-tune-type full trains every weight (f32 master copies; embedding, norms, projections, LM head) and,\n"
     "as MLX-LM, writes all weights to adapters.safetensors (adapter_config.json: fine_tune_type full); the\n"
     "--adapter-path directory is also a model directory (config, tokenizer, model.safetensors) for --model.\n"
-    "--dropout P applies LoRA dropout (PEFT semantics) to the adapter inputs in training steps only.";
+    "--dropout P applies LoRA dropout (PEFT semantics) to the adapter inputs in training steps only.\n"
+    "Optimizers are MLX's, with its defaults: adam (betas 0.9/0.999, eps 1e-8, no bias correction), adamw (same,\n"
+    "weight decay 0.01), sgd (momentum 0), adafactor (relative step: ignores the learning rate). The config's\n"
+    "optimizer_config: {adam: {betas, eps, bias_correction}, adamw: {... weight_decay}, sgd: {momentum,\n"
+    "weight_decay, dampening, nesterov}, adafactor: {eps, clip_threshold, decay_rate, beta_1, weight_decay,\n"
+    "scale_parameter, relative_step, warmup_init}} sets the chosen one's arguments. PyTorch/PEFT's AdamW:\n"
+    "--optimizer adamw --bias-correction.";
 
 int av_cmd_lora(int argc, char **argv) {
     lora_opts o = {0};
     int *ints[] = {&o.num_layers, &o.batch_size, &o.iters, &o.steps_per_report, &o.steps_per_eval, &o.val_batches, &o.save_every,
                    &o.max_seq_length, &o.rank, &o.seed, &o.grad_accum, &o.test_batches, &o.threads, &o.warmup, &o.decay_steps};
-    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) *ints[i] = UNSET_I;
+    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) *ints[i] = LORA_UNSET_I;
     double *nums[] = {&o.learning_rate, &o.alpha, &o.scale, &o.dropout, &o.warmup_init, &o.lr_end, &o.weight_decay};
     for (size_t i = 0; i < sizeof nums / sizeof *nums; i++) *nums[i] = NAN;
     const av_opt opts[] = {
@@ -381,13 +186,15 @@ int av_cmd_lora(int argc, char **argv) {
         {"num-layers", AV_OPT_INT, &o.num_layers, "adapt the last N layers (default 16, -1 = all)", -1, 1e6, NULL},
         {"batch-size", AV_OPT_INT, &o.batch_size, "rows per batch (default 4)", 1, 1e6, NULL},
         {"iters", AV_OPT_INT, &o.iters, "training iterations (default 1000)", 1, 1e9, NULL},
-        {"learning-rate", AV_OPT_FLOAT, &o.learning_rate, "AdamW learning rate (default 1e-4)", 0, 10, NULL},
+        {"learning-rate", AV_OPT_FLOAT, &o.learning_rate, "learning rate (default 1e-4)", 0, 10, NULL},
+        {"optimizer", AV_OPT_STR, &o.optimizer, "adam (default, as MLX-LM: no bias correction), adamw, sgd or adafactor", 0, 0, NULL},
+        {"bias-correction", AV_OPT_FLAG, &o.bias_correction, "adam/adamw with bias correction (with adamw: PyTorch/PEFT's AdamW)", 0, 0, NULL},
         {"lr-schedule", AV_OPT_STR, &o.lr_schedule, "constant (default), cosine_decay, linear_schedule (to --lr-end)", 0, 0, NULL},
         {"warmup", AV_OPT_INT, &o.warmup, "linear warmup steps before the schedule (default 0)", 0, 1e9, NULL},
         {"warmup-init", AV_OPT_FLOAT, &o.warmup_init, "learning rate at the start of the warmup (default 0)", 0, 10, NULL},
         {"lr-end", AV_OPT_FLOAT, &o.lr_end, "final learning rate of cosine/linear schedules (default 0)", 0, 10, NULL},
         {"decay-steps", AV_OPT_INT, &o.decay_steps, "steps of the decay (default: optimizer steps after warmup)", 1, 1e9, NULL},
-        {"weight-decay", AV_OPT_FLOAT, &o.weight_decay, "AdamW weight decay (default 0.01)", 0, 10, NULL},
+        {"weight-decay", AV_OPT_FLOAT, &o.weight_decay, "weight decay of adamw (default 0.01), sgd, adafactor (0)", 0, 10, NULL},
         {"steps-per-report", AV_OPT_INT, &o.steps_per_report, "iterations between loss reports (default 10)", 1, 1e9, NULL},
         {"steps-per-eval", AV_OPT_INT, &o.steps_per_eval, "iterations between validations (default 200)", 1, 1e9, NULL},
         {"val-batches", AV_OPT_INT, &o.val_batches, "validation batches, -1 = whole set (default 25)", -1, 1e9, NULL},
@@ -419,11 +226,11 @@ int av_cmd_lora(int argc, char **argv) {
     cJSON *cfg = NULL;
     char keys_buf[512];
     /* LoRA-only settings given as flags (errors with full fine-tuning; from a config file: warnings) */
-    int lora_flags = o.rank != UNSET_I || !isnan(o.alpha) || !isnan(o.scale) || o.lora_keys || (!isnan(o.dropout) && o.dropout > 0) ||
-                     o.num_layers != UNSET_I;
+    int lora_flags = o.rank != LORA_UNSET_I || !isnan(o.alpha) || !isnan(o.scale) || o.lora_keys || (!isnan(o.dropout) && o.dropout > 0) ||
+                     o.num_layers != LORA_UNSET_I;
     if (o.config) {
-        if (load_yaml(o.config, &cfg)) return 2;
-        int rc = apply_config(&o, cfg, o.config, keys_buf, sizeof keys_buf);
+        if (av_lora_config_load(o.config, &cfg)) return 2;
+        int rc = av_lora_config_apply(&o, cfg, o.config, keys_buf, sizeof keys_buf);
         if (rc) {
             cJSON_Delete(cfg);
             return 2;
@@ -440,9 +247,9 @@ int av_cmd_lora(int argc, char **argv) {
     text_ctx tctx = {0};
 
     /* defaults (MLX-LM's, but lr 1e-4 as in the seed) and checks */
-#define DEF_I(x, v) if ((x) == UNSET_I) (x) = (v)
+#define DEF_I(x, v) if ((x) == LORA_UNSET_I) (x) = (v)
 #define DEF_D(x, v) if (isnan(x)) (x) = (v)
-    int num_layers_set = o.num_layers != UNSET_I, dropout_set = !isnan(o.dropout);
+    int num_layers_set = o.num_layers != LORA_UNSET_I, dropout_set = !isnan(o.dropout);
     DEF_I(o.num_layers, 16);
     DEF_I(o.batch_size, 4);
     DEF_I(o.iters, 1000);
@@ -463,8 +270,7 @@ int av_cmd_lora(int argc, char **argv) {
     if (!o.adapter_path) o.adapter_path = "adapters";
     if (!o.fine_tune_type) o.fine_tune_type = "lora";
     if (!o.adapter_format) o.adapter_format = "mlx";
-    if (!o.optimizer) o.optimizer = "adamw";
-    DEF_D(o.weight_decay, strcmp(o.optimizer, "adam") ? 0.01 : 0.0);
+    if (!o.optimizer) o.optimizer = "adam";
 
     const char *bad = NULL;
     char badbuf[256];
@@ -479,7 +285,6 @@ int av_cmd_lora(int argc, char **argv) {
     } else if (!strcmp(o.fine_tune_type, "full") && !strcmp(o.adapter_format, "peft"))
         bad = "--adapter-format peft is a LoRA format; full fine-tuning writes MLX-LM's layout (and a model directory)";
     else if (strcmp(o.adapter_format, "mlx") && strcmp(o.adapter_format, "peft")) bad = "--adapter-format must be mlx or peft";
-    else if (strcmp(o.optimizer, "adamw") && strcmp(o.optimizer, "adam")) bad = "optimizer must be adamw or adam";
     else if (!(o.dropout >= 0 && o.dropout < 1)) bad = "--dropout must be in [0, 1)";
     else if (o.num_layers == 0 || o.num_layers < -1) bad = "--num-layers must be -1 (all) or >= 1";
     else if (o.batch_size < 1 || o.iters < 1 || o.steps_per_report < 1 || o.steps_per_eval < 1 || o.save_every < 1 ||
@@ -488,14 +293,19 @@ int av_cmd_lora(int argc, char **argv) {
     else if (o.val_batches == 0 || o.val_batches < -1 || o.test_batches == 0 || o.test_batches < -1)
         bad = "--val-batches and --test-batches must be -1 (all) or >= 1";
     else if (o.learning_rate <= 0 || !isfinite(o.learning_rate)) bad = "--learning-rate must be > 0";
-    else if (o.rank != UNSET_I && o.rank < 1) bad = "--rank must be >= 1";
+    else if (o.rank != LORA_UNSET_I && o.rank < 1) bad = "--rank must be >= 1";
     else if (!o.train && o.dump_grads) bad = "--dump-grads needs --train";
     if (!bad && !strcmp(o.fine_tune_type, "full") &&
-        (o.rank != UNSET_I || !isnan(o.alpha) || !isnan(o.scale) || o.lora_keys || o.dropout > 0 || num_layers_set))
+        (o.rank != LORA_UNSET_I || !isnan(o.alpha) || !isnan(o.scale) || o.lora_keys || o.dropout > 0 || num_layers_set))
         fprintf(stderr, "anvil lora: warning: %s: lora_parameters and num_layers are ignored with fine_tune_type full "
                         "(every weight of every layer is trained)\n", o.config);
     if (bad) {
         av_cli_error(CMD, "%s", bad);
+        rc = 2;
+        goto done;
+    }
+    av_optim_params optim;
+    if (build_optimizer(&o, &optim)) {
         rc = 2;
         goto done;
     }
@@ -509,7 +319,7 @@ int av_cmd_lora(int argc, char **argv) {
             rc = av_cli_fail(CMD) + 1;
             goto done;
         }
-        int ds = o.decay_steps != UNSET_I ? o.decay_steps : opt_steps - o.warmup > 1 ? opt_steps - o.warmup : 1;
+        int ds = o.decay_steps != LORA_UNSET_I ? o.decay_steps : opt_steps - o.warmup > 1 ? opt_steps - o.warmup : 1;
         sched.args[0] = o.learning_rate;
         sched.nargs = 1;
         if (sched.kind == AV_LR_COSINE) sched.args[1] = ds, sched.args[2] = o.lr_end, sched.nargs = 3;
@@ -576,12 +386,13 @@ int av_cmd_lora(int argc, char **argv) {
     }
 
     /* adapters: resumed (config from the adapter), trained afresh, or (test only) loaded */
-    run_ctx rctx = {.m = m, .adapter_dir = o.adapter_path, .peft = !strcmp(o.adapter_format, "peft"), .tty = isatty(1),
-                    .full = !strcmp(o.fine_tune_type, "full")};
-    av_lora_spec_default(&rctx.spec);
+    run_ctx rctx = {.s = {.m = m, .adapter_dir = o.adapter_path, .peft = !strcmp(o.adapter_format, "peft"),
+                          .full = !strcmp(o.fine_tune_type, "full")},
+                    .tty = isatty(1)};
+    av_lora_spec_default(&rctx.s.spec);
     const char *load_from = o.resume;
     char full_weights[4200] = "";
-    if (rctx.full) { /* weights to start from: --resume-adapter-file, or (test only) --adapter-path if it holds some */
+    if (rctx.s.full) { /* weights to start from: --resume-adapter-file, or (test only) --adapter-path if it holds some */
         const char *from = o.resume ? o.resume : !o.train ? o.adapter_path : NULL;
         if (from && av_dir_exists(from)) av_path_join(full_weights, sizeof full_weights, from, "adapters.safetensors");
         else if (from) snprintf(full_weights, sizeof full_weights, "%s", from);
@@ -599,12 +410,12 @@ int av_cmd_lora(int argc, char **argv) {
         }
     }
     if (load_from) {
-        if (av_adapter_load(m, load_from, &rctx.spec) != AV_OK) {
+        if (av_adapter_load(m, load_from, &rctx.s.spec) != AV_OK) {
             av_cli_fail(CMD);
             goto done;
         }
-    } else if (o.train && !rctx.full) {
-        av_lora_spec *s = &rctx.spec;
+    } else if (o.train && !rctx.s.full) {
+        av_lora_spec *s = &rctx.s.spec;
         if (o.lora_keys && av_lora_parse_keys(o.lora_keys, &s->keys) != AV_OK) {
             av_cli_fail(CMD);
             goto done;
@@ -617,7 +428,7 @@ int av_cmd_lora(int argc, char **argv) {
             o.num_layers = m->cfg.n_layers;
         }
         s->num_layers = o.num_layers;
-        if (o.rank != UNSET_I) s->rank = o.rank;
+        if (o.rank != LORA_UNSET_I) s->rank = o.rank;
         if (!isnan(o.alpha)) s->alpha = (float)o.alpha;
         s->scale = !isnan(o.scale) ? (float)o.scale : s->alpha / (float)s->rank;
         s->dropout = (float)o.dropout;
@@ -626,8 +437,8 @@ int av_cmd_lora(int argc, char **argv) {
             goto done;
         }
     }
-    if (!rctx.full && dropout_set) rctx.spec.dropout = (float)o.dropout; /* else a resumed adapter's own dropout */
-    long long total = av_config_param_count(&m->cfg), trainable = rctx.full ? total : av_lora_param_count(m);
+    if (!rctx.s.full && dropout_set) rctx.s.spec.dropout = (float)o.dropout; /* else a resumed adapter's own dropout */
+    long long total = av_config_param_count(&m->cfg), trainable = rctx.s.full ? total : av_lora_param_count(m);
     printf("Trainable parameters: %.3f%% (%.3fM/%.3fM)\n", 100.0 * (double)trainable / (double)total, (double)trainable / 1e6,
            (double)total / 1e6);
     fflush(stdout);
@@ -636,15 +447,15 @@ int av_cmd_lora(int argc, char **argv) {
     if (have_train && av_dataset_max_len(&dtrain) > max_len) max_len = av_dataset_max_len(&dtrain);
     if (have_valid && av_dataset_max_len(&dvalid) > max_len) max_len = av_dataset_max_len(&dvalid);
     if (have_test && av_dataset_max_len(&dtest) > max_len) max_len = av_dataset_max_len(&dtest);
-    if ((rctx.full ? av_train_ctx_new_full(&tc, m, o.batch_size, max_len - 1, o.grad_checkpoint)
+    if ((rctx.s.full ? av_train_ctx_new_full(&tc, m, o.batch_size, max_len - 1, o.grad_checkpoint)
                    : av_train_ctx_new(&tc, m, o.batch_size, max_len - 1, o.grad_checkpoint)) != AV_OK ||
-        (!rctx.full && o.train && rctx.spec.dropout > 0 && av_train_set_dropout(tc, rctx.spec.dropout, (uint64_t)o.seed) != AV_OK) ||
+        (!rctx.s.full && o.train && rctx.s.spec.dropout > 0 && av_train_set_dropout(tc, rctx.s.spec.dropout, (uint64_t)o.seed) != AV_OK) ||
         (full_weights[0] && av_train_load_weights(tc, full_weights) != AV_OK)) {
         av_cli_fail(CMD);
         goto done;
     }
-    rctx.tc = tc;
-    if (rctx.full && o.train && !o.dump_grads && !av_dir_exists(o.adapter_path) && mkdir(o.adapter_path, 0755) != 0) {
+    rctx.s.tc = tc;
+    if (rctx.s.full && o.train && !o.dump_grads && !av_dir_exists(o.adapter_path) && mkdir(o.adapter_path, 0755) != 0) {
         av_cli_error(CMD, "%s: cannot create directory: %s", o.adapter_path, strerror(errno));
         goto done;
     }
@@ -660,7 +471,7 @@ int av_cmd_lora(int argc, char **argv) {
         to.save_every = o.save_every;
         to.seed = (uint64_t)o.seed;
         to.lr = sched;
-        to.weight_decay = o.weight_decay;
+        to.optim = optim;
         to.dump_grads = o.dump_grads;
         to.stop = &g_stop_flag;
         to.save = save_adapter;
@@ -672,12 +483,7 @@ int av_cmd_lora(int argc, char **argv) {
         }
         if (o.resume) {
             char sp[4300];
-            av_adapter_format f = AV_ADAPTER_MLX;
-            av_adapter_detect(o.resume, &f);
-            if (av_dir_exists(o.resume) && f == AV_ADAPTER_MLX) {
-                char fp[4200];
-                av_trainer_state_path(av_path_join(fp, sizeof fp, o.resume, "adapters.safetensors"), sp, sizeof sp);
-            } else av_trainer_state_path(o.resume, sp, sizeof sp);
+            av_lora_checkpoint_state_path(o.resume, sp, sizeof sp);
             if (av_file_exists(sp)) {
                 if (av_trainer_load_state(tr, sp) != AV_OK) {
                     av_cli_fail(CMD);
@@ -686,7 +492,7 @@ int av_cmd_lora(int argc, char **argv) {
                 printf("Resuming from iteration %d with the optimizer state in %s\n", av_trainer_iter(tr), sp);
             } else printf("Resuming from the adapter weights in %s (no training state beside it: starting at iteration 1)\n", o.resume);
         }
-        if (!o.dump_grads && !rctx.full && av_adapter_save_config(m, &rctx.spec, o.adapter_path, rctx.peft) != AV_OK) {
+        if (!o.dump_grads && !rctx.s.full && av_adapter_save_config(m, &rctx.s.spec, o.adapter_path, rctx.s.peft) != AV_OK) {
             av_cli_fail(CMD);
             goto done;
         }

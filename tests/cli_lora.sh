@@ -1,8 +1,9 @@
 #!/bin/sh
 # anvil lora end to end on the tiny fixture model and the quotes chat data: validation loss falls,
 # same seed -> same losses, an interrupted run resumed from its checkpoint prints the same losses
-# as the uninterrupted one, PEFT output + --test alone, config file, and bad inputs (one stderr
-# line, non-zero exit, no adapter written).
+# as the uninterrupted one, PEFT output + --test alone, config file, every optimizer (PyTorch's
+# AdamW, SGD with momentum from optimizer_config, Adafactor) resuming exactly, and bad inputs (one
+# stderr line, non-zero exit, no adapter written).
 . tests/lib.sh
 need_fixtures
 M="$FX/tiny-llama"
@@ -69,7 +70,29 @@ $ANVIL lora -c "$W/cfg.yaml" > "$W/t.log" 2> "$W/t.err"
 grep -qE '^Test loss [0-9.]+, Test ppl [0-9.]+\.$' "$W/t.log" && ok "--test alone with a PEFT adapter and a config file" \
   || bad "--test: $(cat "$W/t.log" "$W/t.err")"
 
-# 5. bad inputs: one stderr line, non-zero exit, nothing written
+# 5. the other optimizers: each resumed at 5 continues exactly; the state names its optimizer
+cat > "$W/sgd.yaml" <<YAML
+optimizer: sgd
+optimizer_config:
+  sgd: {momentum: 0.9, nesterov: true}
+  adam: {betas: [0.8, 0.9]}
+YAML
+for opt in "adamw --bias-correction" "sgd -c $W/sgd.yaml" adafactor; do
+  n=$(echo "$opt" | cut -d' ' -f1)
+  $L --seed 3 --iters 10 --save-every 5 --steps-per-eval 10 --optimizer $opt --adapter-path "$W/o_$n" > "$W/o_$n.log" 2> "$W/o_$n.err" \
+    || bad "$n: training failed: $(cat "$W/o_$n.err")"
+  $L --seed 3 --iters 10 --save-every 5 --steps-per-eval 10 --optimizer $opt --adapter-path "$W/o_${n}r" \
+    --resume-adapter-file "$W/o_$n/0000005_adapters.safetensors" > "$W/o_${n}r.log" 2> "$W/o_${n}r.err" || bad "$n: resume failed: $(cat "$W/o_${n}r.err")"
+  losses "$W/o_$n.log" | awk -F'[ :]' '$2 > 5' > "$W/o_$n.2"
+  losses "$W/o_${n}r.log" > "$W/o_${n}r.2"
+  [ -s "$W/o_$n.2" ] && cmp -s "$W/o_$n.2" "$W/o_${n}r.2" && ok "$n: resumed run matches" || bad "$n: resume differs: $(diff "$W/o_$n.2" "$W/o_${n}r.2" | head -4)"
+done
+[ "$(losses "$W/o_adamw.log" | grep '^Iter 10: Train')" != "$(grep '^Iter 10: Train' "$W/a10")" ] && ok "adamw --bias-correction differs from adam" \
+  || bad "the optimizer had no effect"
+expect_error "resume with another optimizer" "written by optimizer adam; this run uses sgd" $L --seed 3 --iters 30 --optimizer sgd --max-seq-length 100 \
+  --adapter-path "$W/x10" --resume-adapter-file "$W/a/0000025_adapters.safetensors"
+
+# 6. bad inputs: one stderr line, non-zero exit, nothing written
 B="$ANVIL lora --model $M --train --iters 2 --threads 1"
 expect_error "missing data dir" "not found" $B --data "$W/nodata" --adapter-path "$W/x1"
 mkdir -p "$W/bad"
@@ -87,6 +110,13 @@ expect_error "too many layers" "only has 2 layers|only 2 layers" $B --data "$D" 
 expect_error "unknown lora key" "unknown projection" $B --data "$D" --lora-keys q_proj,foo --adapter-path "$W/x8"
 expect_error "resume from nothing" "not found" $B --data "$D" --resume-adapter-file "$W/none.safetensors" --adapter-path "$W/x9"
 expect_error "nothing to do" "nothing to do" $ANVIL lora --model "$M" --data "$D"
-for i in 1 2 3 4 5 6 7 8 9; do [ -e "$W/x$i" ] && bad "x$i: adapter written after an error"; done
+expect_error "unknown optimizer" "muon is not supported" $B --data "$D" --optimizer muon --adapter-path "$W/x11"
+expect_error "weight decay with adam" "adam has no weight decay" $B --data "$D" --weight-decay 0.1 --adapter-path "$W/x12"
+expect_error "bias correction with sgd" "bias-correction applies to adam" $B --data "$D" --optimizer sgd --bias-correction --adapter-path "$W/x13"
+printf 'optimizer_config:\n  adam: {weight_decay: 0.1}\n' > "$W/bad.yaml"
+expect_error "adam has no weight_decay argument" "optimizer_config.adam: weight_decay is not an argument" $B --data "$D" -c "$W/bad.yaml" --adapter-path "$W/x14"
+printf 'optimizer: sgd\noptimizer_config:\n  sgd: {nesterov: true}\n' > "$W/bad2.yaml"
+expect_error "nesterov without momentum" "nesterov momentum requires a momentum" $B --data "$D" -c "$W/bad2.yaml" --adapter-path "$W/x15"
+for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do [ -e "$W/x$i" ] && bad "x$i: adapter written after an error"; done
 ok "no adapter written on errors"
 finish

@@ -60,14 +60,33 @@ static void test_elementwise(void) {
     av_rope_backward(r, pos, inv, T, H, hd);
     G->rope_backward(rd, posd, invd, T, H, hd);
     CMP("rope_backward", rd, r, rn, 1e-5);
-    /* adamw */
+    /* optimizers (every kind; adafactor factored over [T, D] and as a vector; three steps) */
     float *p = test_rnd(n, 1), *m = test_rnd(n, 0.1f), *v = test_rnd(n, 0.1f);
     for (size_t i = 0; i < n; i++) v[i] = fabsf(v[i]);
-    float *pd = up(G, p, n * 4), *md = up(G, m, n * 4), *vd = up(G, v, n * 4);
-    av_adamw_step(p, y, m, v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 3);
-    G->adamw_step(pd, dy, md, vd, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 3);
-    CMP("adamw p", pd, p, n, 1e-6);
-    CMP("adamw v", vd, v, n, 1e-6);
+    for (int k = 0; k < 5; k++) {
+        av_optim_params op;
+        av_optim_defaults(&op, k == 4 ? AV_OPTIM_ADAFACTOR : (av_optim_kind)k);
+        op.lr = 1e-3f;
+        op.bias_correction = k == 1;
+        op.momentum = k == 2 ? 0.9 : 0;
+        op.af_first_moment = k == 3, op.af_beta1 = 0.9, op.weight_decay = k >= 3 ? 0.01 : op.weight_decay;
+        int rows = k == 4 ? 1 : T, cols = k == 4 ? (int)n : D;
+        float *pc = malloc(n * 4), *mc = malloc(n * 4), *vc = malloc(n * 4);
+        memcpy(pc, p, n * 4), memcpy(mc, m, n * 4), memcpy(vc, v, n * 4);
+        float *pd = up(G, p, n * 4), *md = up(G, m, n * 4), *vd = up(G, v, n * 4);
+        for (op.step = 1; op.step <= 3; op.step++) {
+            av_optim_step(pc, y, mc, vc, rows, cols, &op);
+            G->optim_step(pd, dy, md, vd, rows, cols, &op);
+        }
+        char nm[64];
+        snprintf(nm, sizeof nm, "optim_step %s #%d p", av_optim_name(op.kind), k);
+        CMP(nm, pd, pc, n, 1e-6);
+        snprintf(nm, sizeof nm, "optim_step %s #%d s2", av_optim_name(op.kind), k);
+        size_t n2 = av_optim_state_size(&op, rows, cols, 1);
+        if (n2) CMP(nm, vd, vc, n2, 1e-6);
+        free(pc), free(mc), free(vc);
+        G->free(pd), G->free(md), G->free(vd);
+    }
     /* embedding */
     int V = 300;
     float *tab = test_rnd((size_t)V * D, 1);

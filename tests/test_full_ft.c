@@ -158,7 +158,10 @@ static void t_model(const char *name) {
         int nv;
         CHECK_OK(av_train_step(c, g_ids, g_tg, B, T, 1.0f / (float)(B * (T - 1)), 1, &nll, &nv));
         if (step == 1) first = nll / nv;
-        for (int i = 0; i < np; i++) be->adamw_step(P[i].data, P[i].grad, mo[i], ve[i], P[i].n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+        av_optim_params op;
+        av_optim_defaults(&op, AV_OPTIM_ADAMW);
+        op.lr = 1e-3f, op.step = step, op.bias_correction = 1;
+        for (int i = 0; i < np; i++) be->optim_step(P[i].data, P[i].grad, mo[i], ve[i], P[i].rows, P[i].cols, &op);
     }
     last = loss_of(c, 0) / (B * (T - 1));
     printf("%s: full fine-tuning, 4 AdamW steps (lr 1e-3): loss %.4f -> %.4f\n", name, first, last);

@@ -78,8 +78,7 @@ typedef struct av_backend {
     void (*add_scaled)(float *y, float a, const float *x, size_t n);
     double (*xent_forward_backward)(float *dh, float *row_nll, const float *h, const av_mat *W, const int32_t *targets, int T,
                                     float grad_scale, float *scratch, int chunk);
-    void (*adamw_step)(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps,
-                       float weight_decay, int step);
+    void (*optim_step)(float *p, const float *g, float *s1, float *s2, int rows, int cols, const av_optim_params *o);
     void (*attention_forward)(float *out, float *probs, const float *q, const float *k, const float *v, int T, int S, int pos0,
                               int H, int KVH, int hd);
     void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q,

@@ -449,7 +449,7 @@ static void fill_table(av_backend *b, int f32) {
     b->xent_forward_backward_dw = f32 ? xent_dw_f32 : xent_dw_bf16;
     b->dropout_forward = av_cuda_dropout_forward;
     b->dropout_backward = av_cuda_dropout_backward;
-    b->adamw_step = av_cuda_adamw_step;
+    b->optim_step = av_cuda_optim_step;
     b->attention_forward = f32 ? att_fwd_f32 : att_fwd_bf16;
     b->attention_backward = f32 ? att_bwd_f32 : att_bwd_bf16;
     b->attention_decode = av_cuda_attention_decode;

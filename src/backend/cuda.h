@@ -56,8 +56,7 @@ double av_cuda_xent_dw_mode(float *dh, float *dW, float *row_nll, const float *h
                             float grad_scale, float *scratch, int chunk, int f32);
 void av_cuda_dropout_forward(float *out, const float *x, size_t n, float p, uint64_t seed);
 void av_cuda_dropout_backward(float *dx, const float *dout, size_t n, float p, uint64_t seed);
-void av_cuda_adamw_step(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps,
-                        float weight_decay, int step);
+void av_cuda_optim_step(float *p, const float *g, float *s1, float *s2, int rows, int cols, const av_optim_params *o);
 void av_cuda_attention_forward_mode(float *out, float *probs, const float *q, const float *k, const float *v, int T, int S,
                                     int pos0, int H, int KVH, int hd, int f32);
 void av_cuda_attention_backward_mode(float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q,

@@ -1,6 +1,7 @@
-/* Training loop: AdamW over the trainable parameters through the backend op table, gradient
+/* Training loop: the optimizer (backend op optim_step) over the trainable parameters, gradient
  * accumulation, schedule, reports, evaluation, checkpoints, best adapter, and an exact-resume
- * state file (safetensors with p/m/v per parameter and the loop's counters in its metadata). */
+ * state file (safetensors with p and the optimizer state m/v per parameter, the loop's counters
+ * and the optimizer's name in its metadata). */
 #include "train/trainer.h"
 #include <cjson/cJSON.h>
 #include <inttypes.h>
@@ -20,7 +21,7 @@ struct av_trainer {
     av_trainer_opts o;
     int np;
     av_param *params;
-    float **mom, **vel; /* backend memory, one per param */
+    float **mom, **vel; /* optimizer state s1, s2 (backend memory, one per param; NULL where the optimizer has none) */
     int iter;           /* iterations done */
     long long trained_tokens;
     double best_val;    /* INFINITY until the first evaluation after a step */
@@ -42,10 +43,22 @@ void av_trainer_opts_default(av_trainer_opts *o) {
     o->val_batches = 25;
     o->save_every = 100;
     av_lr_constant(&o->lr, 1e-4);
-    o->beta1 = 0.9;
-    o->beta2 = 0.999;
-    o->eps = 1e-8;
-    o->weight_decay = 0.01;
+    av_optim_defaults(&o->optim, AV_OPTIM_ADAM);
+}
+
+/* The ranges MLX's optimizers accept. */
+static av_status check_optim(const av_optim_params *p) {
+    const char *nm = av_optim_name(p->kind);
+    if ((unsigned)p->kind > AV_OPTIM_ADAFACTOR) return av_fail(AV_ERR_ARG, "trainer: unknown optimizer %d", (int)p->kind);
+    if (!(p->beta1 >= 0 && p->beta1 < 1) || !(p->beta2 >= 0 && p->beta2 < 1))
+        return av_fail(AV_ERR_ARG, "optimizer %s: betas must be in [0, 1)", nm);
+    if (!(p->eps >= 0)) return av_fail(AV_ERR_ARG, "optimizer %s: eps must be >= 0", nm);
+    if (!isfinite(p->weight_decay)) return av_fail(AV_ERR_ARG, "optimizer %s: weight_decay must be finite", nm);
+    if (p->kind == AV_OPTIM_SGD && p->nesterov && (p->momentum <= 0 || p->dampening != 0))
+        return av_fail(AV_ERR_ARG, "optimizer sgd: nesterov momentum requires a momentum and zero dampening");
+    if (p->kind == AV_OPTIM_ADAFACTOR && !(p->clip_threshold > 0))
+        return av_fail(AV_ERR_ARG, "optimizer adafactor: clip_threshold must be > 0");
+    return AV_OK;
 }
 
 size_t av_train_peak_bytes(const av_backend *be) {
@@ -70,6 +83,7 @@ av_status av_trainer_new(av_trainer **out, av_model *m, av_train_ctx *tc, const 
     if (o->steps_per_report < 1 || o->steps_per_eval < 1 || o->save_every < 1)
         return av_fail(AV_ERR_ARG, "trainer: report/eval/save intervals must be >= 1");
     AV_TRY(av_lr_validate(&o->lr));
+    AV_TRY(check_optim(&o->optim));
     av_trainer *t = calloc(1, sizeof *t);
     if (!t) return av_fail(AV_ERR_NOMEM, "out of memory");
     t->m = m;
@@ -86,15 +100,17 @@ av_status av_trainer_new(av_trainer **out, av_model *m, av_train_ctx *tc, const 
         return av_fail(AV_ERR_NOMEM, "out of memory");
     }
     for (int i = 0; i < t->np; i++) {
-        size_t b = t->params[i].n * sizeof(float);
-        t->mom[i] = t->be->alloc(b, "adamw m");
-        t->vel[i] = t->be->alloc(b, "adamw v");
-        if (!t->mom[i] || !t->vel[i]) {
-            av_trainer_free(t);
-            return AV_ERR_NOMEM;
+        float **st[2] = {&t->mom[i], &t->vel[i]};
+        for (int k = 0; k < 2; k++) {
+            size_t b = av_optim_state_size(&o->optim, t->params[i].rows, t->params[i].cols, k) * sizeof(float);
+            if (!b) continue;
+            *st[k] = t->be->alloc(b, "optimizer state");
+            if (!*st[k]) {
+                av_trainer_free(t);
+                return AV_ERR_NOMEM;
+            }
+            t->be->zero(*st[k], b);
         }
-        t->be->zero(t->mom[i], b);
-        t->be->zero(t->vel[i], b);
     }
     *out = t;
     return AV_OK;
@@ -124,7 +140,7 @@ static av_status save_state(av_trainer *t, const char *adapter_path) {
     float *host = NULL;
     size_t total = 0;
     for (int i = 0; i < t->np; i++) total += t->params[i].n;
-    host = malloc(3 * total * sizeof(float) + 1);
+    host = malloc(3 * total * sizeof(float) + 1); /* the state never exceeds the parameter's size */
     if (!host) return av_fail(AV_ERR_NOMEM, "out of memory (state)");
     size_t off = 0;
     char name[200];
@@ -133,11 +149,13 @@ static av_status save_state(av_trainer *t, const char *adapter_path) {
         const float *src[3] = {p->data, t->mom[i], t->vel[i]};
         const char *suf[3] = {"p", "m", "v"};
         for (int k = 0; k < 3 && st == AV_OK; k++) {
-            t->be->download(host + off, src[k], p->n * sizeof(float));
-            int64_t shape[2] = {p->rows, p->cols};
+            size_t n = k ? av_optim_state_size(&t->o.optim, p->rows, p->cols, k - 1) : p->n;
+            if (!n) continue;
+            t->be->download(host + off, src[k], n * sizeof(float));
+            int64_t shape[2] = {p->rows, p->cols}, flat = (int64_t)n;
             snprintf(name, sizeof name, "%s.%s", p->name, suf[k]);
-            st = av_st_writer_add(&w, name, AV_F32, 2, shape, host + off);
-            off += p->n;
+            st = n == p->n ? av_st_writer_add(&w, name, AV_F32, 2, shape, host + off) : av_st_writer_add(&w, name, AV_F32, 1, &flat, host + off);
+            off += n;
         }
     }
     char meta[2048];
@@ -145,9 +163,10 @@ static av_status save_state(av_trainer *t, const char *adapter_path) {
     snprintf(meta, sizeof meta,
              "{\"format\":\"anvil-train-state\",\"version\":\"1\",\"iter\":\"%d\",\"trained_tokens\":\"%lld\","
              "\"best_val\":\"%.17g\",\"seed\":\"%" PRIu64 "\",\"grad_accum\":\"%d\",\"lr_name\":\"%s\",\"lr_args\":\"%.17g %.17g %.17g\","
-             "\"lr_nargs\":\"%d\",\"lr_warmup\":\"%d\",\"lr_warmup_init\":\"%.17g\",\"iters\":\"%d\"}",
+             "\"lr_nargs\":\"%d\",\"lr_warmup\":\"%d\",\"lr_warmup_init\":\"%.17g\",\"iters\":\"%d\",\"optimizer\":\"%s\"}",
              t->iter, t->trained_tokens, isfinite(t->best_val) ? t->best_val : -1.0, t->o.seed, t->o.grad_accum,
-             av_lr_kind_name(s->kind), s->args[0], s->args[1], s->args[2], s->nargs, s->warmup, s->warmup_init, t->o.iters);
+             av_lr_kind_name(s->kind), s->args[0], s->args[1], s->args[2], s->nargs, s->warmup, s->warmup_init, t->o.iters,
+             av_optim_name(t->o.optim.kind));
     if (st == AV_OK) st = av_st_writer_set_metadata(&w, meta);
     if (st == AV_OK) st = av_st_writer_write(&w, path);
     av_st_writer_free(&w);
@@ -191,19 +210,29 @@ av_status av_trainer_load_state(av_trainer *t, const char *path) {
         if (st == AV_OK) st = av_lr_kind_parse(meta_str(meta, "lr_name", path, &st), &kind);
         if (st == AV_OK && (iter < 0 || ga < 1 || nargs < 1 || nargs > 3))
             st = av_fail(AV_ERR_FORMAT, "%s: bad counters in metadata", path);
+        /* files from before the optimizer choice hold Adam/AdamW moments (same layout as adam) */
+        const cJSON *on = cJSON_GetObjectItemCaseSensitive(meta, "optimizer");
+        const char *want = av_optim_name(t->o.optim.kind);
+        if (st == AV_OK && cJSON_IsString(on) && strcmp(on->valuestring, want))
+            st = av_fail(AV_ERR_ARG, "%s: the state was written by optimizer %s; this run uses %s (pass --optimizer %s to resume)",
+                         path, on->valuestring, want, on->valuestring);
+        if (st == AV_OK && !cJSON_IsString(on) && t->o.optim.kind != AV_OPTIM_ADAM && t->o.optim.kind != AV_OPTIM_ADAMW)
+            st = av_fail(AV_ERR_ARG, "%s: the state holds Adam moments; this run uses %s", path, want);
     }
     for (int i = 0; i < t->np && st == AV_OK; i++) {
         const av_param *p = &t->params[i];
         float *dst[3] = {p->data, t->mom[i], t->vel[i]};
         const char *suf[3] = {"p", "m", "v"};
         for (int k = 0; k < 3 && st == AV_OK; k++) {
+            size_t n = k ? av_optim_state_size(&t->o.optim, p->rows, p->cols, k - 1) : p->n;
+            if (!n) continue;
             char name[200];
             snprintf(name, sizeof name, "%s.%s", p->name, suf[k]);
             const av_st_tensor *x = av_st_find(&f, name);
-            if (!x) st = av_fail(AV_ERR_FORMAT, "%s: no tensor %s (different adapter layout?)", path, name);
-            else if (x->dtype != AV_F32 || av_st_numel(x) != (int64_t)p->n)
-                st = av_fail(AV_ERR_SHAPE, "%s: %s has the wrong dtype or size (expected f32 x %zu)", path, name, p->n);
-            else t->be->upload(dst[k], x->data, p->n * sizeof(float));
+            if (!x) st = av_fail(AV_ERR_FORMAT, "%s: no tensor %s (different adapter layout or optimizer settings?)", path, name);
+            else if (x->dtype != AV_F32 || av_st_numel(x) != (int64_t)n)
+                st = av_fail(AV_ERR_SHAPE, "%s: %s has the wrong dtype or size (expected f32 x %zu)", path, name, n);
+            else t->be->upload(dst[k], x->data, n * sizeof(float));
         }
     }
     if (st == AV_OK) {
@@ -318,11 +347,12 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
         }
         double lr = av_lr_at(&o->lr, it / ga - 1);
         if (it % ga == 0) {
-            int step = it / ga; /* optimizer steps so far, counting this one (1-based for AdamW) */
+            av_optim_params op = o->optim;
+            op.step = it / ga; /* optimizer steps so far, counting this one (1-based) */
+            op.lr = (float)lr;
             for (int i = 0; i < t->np; i++) {
                 av_param *p = &t->params[i];
-                t->be->adamw_step(p->data, p->grad, t->mom[i], t->vel[i], p->n, (float)lr, (float)o->beta1, (float)o->beta2,
-                                  (float)o->eps, (float)o->weight_decay, step);
+                t->be->optim_step(p->data, p->grad, t->mom[i], t->vel[i], p->rows, p->cols, &op);
             }
         }
         t->be->sync();

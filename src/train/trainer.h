@@ -1,14 +1,15 @@
-/* The training loop as MLX-LM's trainer runs it: one batch per iteration, an AdamW update every
- * grad_accum iterations (averaged gradients), LR from a schedule, train-loss reports, validation
- * (before training, every steps_per_eval and at the end), checkpoints every save_every, the best
- * adapter by validation loss kept apart, and a state side file (params, AdamW m/v, iteration,
- * data position, schedule) so that a resumed run continues bit for bit. Never prints: progress
- * goes to the caller through on_event. */
+/* The training loop as MLX-LM's trainer runs it: one batch per iteration, an optimizer update every
+ * grad_accum iterations (averaged gradients; MLX's Adam/AdamW/SGD/Adafactor, the schedule's LR passed
+ * each step), train-loss reports, validation (before training, every steps_per_eval and at the
+ * end), checkpoints every save_every, the best adapter by validation loss kept apart, and a state
+ * side file (params, optimizer state, iteration, data position, schedule) so that a resumed run
+ * continues bit for bit. Never prints: progress goes to the caller through on_event. */
 #ifndef AV_TRAINER_H
 #define AV_TRAINER_H
 #include <stddef.h>
 #include <stdint.h>
 #include "model/model.h"
+#include "ops/ops.h"
 #include "train/dataset.h"
 #include "train/schedule.h"
 #include "train/train_model.h"
@@ -37,7 +38,7 @@ typedef struct {
     int iters, grad_accum, steps_per_report, steps_per_eval, val_batches, save_every;
     uint64_t seed;
     av_lr_schedule lr;
-    double beta1, beta2, eps, weight_decay;
+    av_optim_params optim; /* kind and hyperparameters (lr and step are set per update) */
     const char *dump_grads; /* if set: write the first batch's gradients (PEFT names) here and stop */
     volatile int *stop;     /* set asynchronously (SIGINT): save state and return AV_ERR_INTERRUPTED */
     /* Writes the current adapter weights for `tag` (NULL = main file, "best", or a 7-digit
@@ -48,8 +49,8 @@ typedef struct {
     void *ctx;
 } av_trainer_opts;
 
-/* AdamW as PyTorch (betas 0.9/0.999, eps 1e-8, weight decay 0.01), constant LR 1e-4, 1000 iters,
- * report 10, eval 200, 25 val batches, save 100, seed 0. */
+/* MLX-LM's defaults: Adam without bias correction (betas 0.9/0.999, eps 1e-8), constant LR 1e-4
+ * (the seed's; MLX-LM's is 1e-5), 1000 iters, report 10, eval 200, 25 val batches, save 100, seed 0. */
 void av_trainer_opts_default(av_trainer_opts *o);
 
 typedef struct av_trainer av_trainer;
