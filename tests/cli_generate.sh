@@ -60,6 +60,8 @@ for flags in "--temp 0.8 --seed 7" "--temp 0.8 --top-p 0.9 --seed 3" "--temp 0.7
     i=$((i + 1))
   done < "$P"
   [ $same = 1 ] && ok "$flags: --prompts-file and --prompt give the same ids for every prompt"
+  case "$flags" in *top-k*) want=1 ;; *) want=3 ;; esac # temperature + top-p: decoded together on the device sampler's path
+  grep -q "in batches of $want" "$AV_TMP/sampled_err" && ok "$flags: decoded in batches of $want" || bad "$flags: $(grep Prompts "$AV_TMP/sampled_err")"
 done
 a=$("$ANVIL" generate --model "$M" --prompt "Hello there" --max-tokens 10 --temp 0.8 --seed 1 --json 2>/dev/null | ids_of)
 b=$("$ANVIL" generate --model "$M" --prompt "Hello there" --max-tokens 10 --temp 0.8 --seed 2 --json 2>/dev/null | ids_of)

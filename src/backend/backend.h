@@ -96,7 +96,7 @@ typedef struct av_backend {
     void (*attention_decode)(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache,
                              float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd, size_t row_stride);
     /* Samples ids[i] from logits[i, V] (temperature <= 0: argmax; else softmax(l/temperature) cut
-     * to the top-p mass), randomness keyed by (seed, i, pos[i]); then pos[i] += 1 where active is
+     * to the top-p mass), randomness keyed by (seed, pos[i]); then pos[i] += 1 where active is
      * NULL or active[i] != 0 (pos may be NULL). All pointers are backend memory. */
     void (*sample)(int32_t *ids, const float *logits, int N, int V, float temperature, float top_p, uint64_t seed,
                    int32_t *pos, const int32_t *active);

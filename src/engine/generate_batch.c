@@ -14,7 +14,7 @@ void av_batch_opts_default(av_batch_opts *o) {
 
 av_batch_path av_batch_path_choose(const av_model *m, const av_sampler_params *p) {
     (void)m; /* every backend runs av_batch_session (eagerly where it cannot capture graphs) */
-    return p->temp <= 0.0f && p->repetition_penalty == 1.0f ? AV_BATCH_TOGETHER : AV_BATCH_SEQUENTIAL;
+    return av_sampler_device_ok(p) ? AV_BATCH_TOGETHER : AV_BATCH_SEQUENTIAL;
 }
 
 void av_batch_result_free(av_batch_result *r) {
@@ -79,7 +79,9 @@ static av_status run_together(av_model *m, const av_tokenizer *tok, const int32_
     int N = r->batch, max_new = o->gen.max_tokens;
     av_batch_session *b;
     AV_TRY(av_batch_session_new(&b, m, N, max_seq, 0));
-    av_batch_sampling sp = {0.0f, 1.0f, o->gen.sampler.seed}; /* greedy: the device argmax is the host sampler's */
+    /* temperature + top-p only (av_sampler_device_ok): the device sampler draws what the host's would */
+    const av_sampler_params *smp = &o->gen.sampler;
+    av_batch_sampling sp = {smp->temp, smp->top_p, smp->seed};
     int32_t *tok_out = calloc((size_t)N, sizeof(int32_t));
     seq_state *q = calloc((size_t)N, sizeof *q);
     av_status st = tok_out && q ? AV_OK : av_fail(AV_ERR_NOMEM, "out of memory");

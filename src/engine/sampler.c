@@ -95,7 +95,7 @@ int av_sampler_sample(av_sampler *s, float *logits, const int32_t *recent, int n
     }
     if (p->min_p > tau) tau = p->min_p; /* the top weight is 1: min-p x the top probability */
     float kept = mass_at(l, V, mx, invt, tau);
-    float u = av_sample_uniform(p->seed, 0, pos) * kept, c = 0;
+    float u = av_sample_uniform(p->seed, pos) * kept, c = 0;
     for (int j = 0; j < V; j++) {
         float w = expf((l[j] - mx) * invt);
         if (w < tau) continue;

@@ -21,7 +21,7 @@
 typedef struct {
     float temperature; /* <= 0: greedy */
     float top_p;       /* 1: off */
-    uint64_t seed;     /* randomness keyed by (seed, sequence, position) */
+    uint64_t seed;     /* randomness keyed by (seed, position): as a single sequence's */
 } av_batch_sampling;
 
 typedef struct av_batch_session av_batch_session;

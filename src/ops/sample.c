@@ -34,7 +34,7 @@ void av_sample_rows(int32_t *ids, const float *logits, int N, int V, float tempe
                 tau = lo;
             }
             float kept = mass_at(l, V, mx, invt, tau);
-            float u = av_sample_uniform(seed, i, pos ? pos[i] : 0) * kept, c = 0;
+            float u = av_sample_uniform(seed, pos ? pos[i] : 0) * kept, c = 0;
             tok = best;
             for (int j = 0; j < V; j++) {
                 float w = expf((l[j] - mx) * invt);

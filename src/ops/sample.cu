@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_k(int32_t *ids, const f
             tau = lo;
         }
         float kept = block_mass(l, V, mx, invt, tau, sh);
-        float u = av_sample_uniform(seed, i, p) * kept;
+        float u = av_sample_uniform(seed, p) * kept;
         /* contiguous slice per thread, exclusive scan of slice masses, then the owner walks its slice */
         int per = (V + blockDim.x - 1) / blockDim.x, j0 = threadIdx.x * per, j1 = min(V, j0 + per);
         float m = 0;

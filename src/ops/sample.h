@@ -1,6 +1,6 @@
 /* Token sampling over logits rows (argmax, or temperature + top-p), the rule the CUDA sampler
  * (sample.cu, the backend's `sample` op) follows on the device. Randomness is a counter-based hash
- * of (seed, row, position), so the same seed gives the same tokens on either backend. */
+ * of (seed, position), so the same seed gives the same tokens on either backend. */
 #ifndef AV_SAMPLE_H
 #define AV_SAMPLE_H
 #include <stddef.h>
@@ -14,9 +14,11 @@ void av_sample_rows(int32_t *ids, const float *logits, int N, int V, float tempe
 #else
 #define AV_HD
 #endif
-/* Uniform in [0, 1) from (seed, row, position): splitmix64 of the three, top 24 bits. */
-AV_HD static inline float av_sample_uniform(uint64_t seed, int row, int position) {
-    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (uint64_t)(row + 1) + 0xD1B54A32D192ED03ull * (uint64_t)(uint32_t)position;
+/* Uniform in [0, 1) from (seed, position): splitmix64 of the two, top 24 bits. Keyed by the
+ * position of the token whose logits are sampled and not by the batch row, so a sequence draws the
+ * same numbers alone or in any row of a batch (the same --seed gives the same tokens either way). */
+AV_HD static inline float av_sample_uniform(uint64_t seed, int position) {
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull + 0xD1B54A32D192ED03ull * (uint64_t)(uint32_t)position;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z ^= z >> 31;
