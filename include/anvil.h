@@ -1,8 +1,9 @@
 /* anvil's public C API: what the CLI, a server, benchmarks and other programs use. Handles are
  * opaque (av_model, av_session, av_tokenizer, ...); option and result structs that callers fill are
  * visible. Every call that can fail returns av_status and leaves one line in av_last_error() (per
- * thread). The library keeps no mutable global state beyond the thread count and peak counters, so
- * many sessions may generate side by side on different threads. */
+ * thread). CPU code keeps no shared mutable state (scratch is per call or per thread; the thread
+ * count and the atomic peak counters are process-wide by design), so sessions may generate side by
+ * side on different threads. */
 #ifndef ANVIL_H
 #define ANVIL_H
 #include <signal.h>
