@@ -1,6 +1,6 @@
 /* Long-option parser shared by all commands. */
 #include "args.h"
-#include "core/status.h"
+#include "anvil.h"
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>

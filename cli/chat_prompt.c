@@ -2,8 +2,7 @@
  * tokenize=True: the rendered text is encoded without adding BOS/EOS; templates add their own). */
 #include "chat_prompt.h"
 #include "args.h"
-#include "core/memory.h"
-#include "template/chat_config.h"
+#include "anvil.h"
 #include <stdlib.h>
 #include <string.h>
 

@@ -4,7 +4,7 @@
 #ifndef AV_CLI_CHAT_PROMPT_H
 #define AV_CLI_CHAT_PROMPT_H
 #include <cjson/cJSON.h>
-#include "tokenizer/tokenizer.h"
+#include "anvil.h"
 
 /* messages: JSON array of {role, content}. Returns 0 and malloc'd ids; prints the error and returns
  * non-zero on failure. *used_template tells whether a template was applied. */

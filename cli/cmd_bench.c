@@ -2,9 +2,7 @@
  * of N tokens) and text generation (tg, N single-token decode steps), repeated, with GB/s. */
 #include "args.h"
 #include "common.h"
-#include "core/memory.h"
-#include "engine/decode.h"
-#include "engine/generate.h"
+#include "anvil.h"
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -32,7 +30,7 @@ int av_cmd_bench(int argc, char **argv) {
     if (r) return r == 1 ? 0 : 2;
     av_model *m;
     if (av_cli_load(cmd, &mo, &m, NULL)) return 1;
-    int V = m->cfg.vocab_size, ctx = pp + tg + 1;
+    int V = av_model_config(m)->vocab_size, ctx = pp + tg + 1;
     av_session *s;
     if (av_session_new(&s, m, ctx, pp > 0 ? (pp < 512 ? pp : 512) : 1) != AV_OK) { av_model_free(m); return av_cli_fail(cmd); }
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)(pp + tg + 1));
@@ -45,8 +43,8 @@ int av_cmd_bench(int argc, char **argv) {
     /* generation as `anvil generate` runs it greedy: the engine's decode path (engine/decode.h) */
     av_sampler_params greedy;
     av_sampler_params_default(&greedy);
-    av_stepper step = {0};
-    if (!rc && tg > 0 && av_stepper_init(&step, s, &greedy) != AV_OK) rc = av_cli_fail(cmd);
+    av_stepper *step = NULL;
+    if (!rc && tg > 0 && av_stepper_new(&step, s, &greedy) != AV_OK) rc = av_cli_fail(cmd);
     for (int k = 0; k < reps && !rc; k++) {
         if (pp > 0) {
             av_session_truncate(s, 0);
@@ -60,7 +58,7 @@ int av_cmd_bench(int argc, char **argv) {
             double t0 = av_now();
             int32_t id = ids[0];
             for (int i = 0; i < tg; i++)
-                if (av_stepper_next(&step, id, NULL, 0, i + 1 < tg, &id) != AV_OK) { rc = av_cli_fail(cmd); break; }
+                if (av_stepper_next(step, id, NULL, 0, i + 1 < tg, &id) != AV_OK) { rc = av_cli_fail(cmd); break; }
             ttg[k] = av_now() - t0;
         }
         if (!json) fprintf(stderr, "bench: repetition %d/%d done\n", k + 1, reps);
@@ -69,16 +67,17 @@ int av_cmd_bench(int argc, char **argv) {
         qsort(tpp, (size_t)reps, sizeof(double), cmp_double);
         qsort(ttg, (size_t)reps, sizeof(double), cmp_double);
         double pp_tps = pp ? pp / tpp[reps / 2] : 0, tg_tps = tg ? tg / ttg[reps / 2] : 0;
-        double gbs = tg_tps * (double)m->weight_bytes / 1e9;
-        double pk = (double)(m->be->host_visible ? av_mem_peak_rss() : m->be->peak_bytes()) / 1e9;
+        double gbs = tg_tps * (double)av_model_weight_bytes(m) / 1e9;
+        double pk = (double)av_model_peak_bytes(m) / 1e9;
+        const char *be_name = av_backend_name(av_model_backend(m));
         if (json) {
             printf("{\"model\":\"%s\",\"device\":\"%s\",\"threads\":%d,\"pp\":%d,\"pp_tps\":%.3f,\"tg\":%d,\"tg_tps\":%.3f,"
                    "\"tg_gbps\":%.3f,\"weight_bytes\":%zu,\"peak_mem_gb\":%.3f}\n",
-                   m->dir, m->be->name, mo.threads, pp, pp_tps, tg, tg_tps, gbs, m->weight_bytes, pk);
+                   av_model_dir(m), be_name, mo.threads, pp, pp_tps, tg, tg_tps, gbs, av_model_weight_bytes(m), pk);
         } else {
             printf("| model | device | test | tokens/s |\n|---|---|---|---|\n");
-            if (pp) printf("| %s | %s | pp%d | %.2f |\n", m->dir, m->be->name, pp, pp_tps);
-            if (tg) printf("| %s | %s | tg%d | %.2f (%.1f GB/s of weights) |\n", m->dir, m->be->name, tg, tg_tps, gbs);
+            if (pp) printf("| %s | %s | pp%d | %.2f |\n", av_model_dir(m), be_name, pp, pp_tps);
+            if (tg) printf("| %s | %s | tg%d | %.2f (%.1f GB/s of weights) |\n", av_model_dir(m), be_name, tg, tg_tps, gbs);
             printf("peak memory: %.3f GB\n", pk);
         }
     }
@@ -86,7 +85,7 @@ int av_cmd_bench(int argc, char **argv) {
     free(ttg);
     free(ids);
     free(logits);
-    if (tg > 0) av_stepper_free(&step);
+    av_stepper_free(step);
     av_session_free(s);
     av_model_free(m);
     return rc;

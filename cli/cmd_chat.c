@@ -4,9 +4,7 @@
 #include "args.h"
 #include "chat_prompt.h"
 #include "common.h"
-#include "core/memory.h"
-#include "engine/generate.h"
-#include "formats/json.h"
+#include "anvil.h"
 #include <editline/readline.h>
 #include <signal.h>
 #include <stdio.h>
@@ -66,7 +64,7 @@ static int turn(chat_state *c, const char *text) {
         ids = NULL;
         if (av_cli_chat_ids(c->cmd, c->model_dir, c->tok, c->tmpl, c->msgs, 1, &ids, &n, &used)) return 1;
         int first = has_system(c->msgs) ? 1 : 0;
-        if (n + c->go.max_tokens <= c->s->max_seq || cJSON_GetArraySize(c->msgs) - first <= 1) break;
+        if (n + c->go.max_tokens <= av_session_max_seq(c->s) || cJSON_GetArraySize(c->msgs) - first <= 1) break;
         /* drop the oldest user/assistant pair, keep the system prompt */
         cJSON_DeleteItemFromArray(c->msgs, first);
         if (cJSON_GetArraySize(c->msgs) - first > 1 && strcmp(av_json_str(cJSON_GetArrayItem(c->msgs, first), "role", ""), "user"))
@@ -74,10 +72,10 @@ static int turn(chat_state *c, const char *text) {
         dropped++;
     }
     if (dropped) fprintf(stderr, "[context full: dropped the %d oldest message(s); the system prompt is kept]\n", dropped);
-    if (n >= c->s->max_seq) {
+    if (n >= av_session_max_seq(c->s)) {
         free(ids);
         cJSON_DeleteItemFromArray(c->msgs, cJSON_GetArraySize(c->msgs) - 1);
-        fprintf(stderr, "[message too long: %d tokens for a %d-token context]\n", n, c->s->max_seq);
+        fprintf(stderr, "[message too long: %d tokens for a %d-token context]\n", n, av_session_max_seq(c->s));
         return 0;
     }
     g_stop = 0;
@@ -103,8 +101,8 @@ static int turn(chat_state *c, const char *text) {
 }
 
 static void stats(const chat_state *c) {
-    double pk = (double)(c->m->be->host_visible ? av_mem_peak_rss() : c->m->be->peak_bytes()) / 1e9;
-    printf("turns: %d, messages: %d, cached tokens: %d/%d\n", c->turns, cJSON_GetArraySize(c->msgs), c->s->n_past, c->s->max_seq);
+    double pk = (double)av_model_peak_bytes(c->m) / 1e9;
+    printf("turns: %d, messages: %d, cached tokens: %d/%d\n", c->turns, cJSON_GetArraySize(c->msgs), av_session_n_past(c->s), av_session_max_seq(c->s));
     printf("last turn: prompt tokens %d, processed %d, reused from cache %d, generated %d\n", c->last_prompt,
            c->last_processed, c->last_reused, c->last_gen);
     printf("last turn speed: prompt %.3f tokens-per-sec, generation %.3f tokens-per-sec\n", c->last_ptps, c->last_gtps);
@@ -193,7 +191,7 @@ int av_cmd_chat(int argc, char **argv) {
     if (av_cli_load(c.cmd, &mo, &c.m, &c.tok)) return 1;
     if (!av_cli_has_chat_template(mo.model, c.tmpl))
         fprintf(stderr, "[note: %s has no chat template; turns are sent as plain text]\n", mo.model);
-    if (!max_kv) max_kv = c.m->cfg.max_position_embeddings;
+    if (!max_kv) max_kv = av_model_config(c.m)->max_position_embeddings;
     if (max_kv <= max_tokens) {
         av_model_free(c.m);
         av_tokenizer_free(c.tok);
@@ -221,7 +219,7 @@ int av_cmd_chat(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     int tty = isatty(0), rc = 0;
     if (tty) {
-        printf("anvil chat — %s on %s. /help for commands, Ctrl-D or /exit to quit.\n", mo.model, c.m->be->name);
+        printf("anvil chat — %s on %s. /help for commands, Ctrl-D or /exit to quit.\n", mo.model, av_backend_name(av_model_backend(c.m)));
         using_history();
     }
     char *line = NULL;

@@ -2,10 +2,7 @@
  * model directory (config, tokenizer files, model.safetensors) that anvil and transformers load. */
 #include "args.h"
 #include "common.h"
-#include "core/memory.h"
-#include "train/adapter_io.h"
-#include "train/fuse.h"
-#include "train/lora.h"
+#include "anvil.h"
 #include <stdio.h>
 #include <string.h>
 

@@ -2,9 +2,7 @@
 #include "args.h"
 #include "chat_prompt.h"
 #include "common.h"
-#include "core/memory.h"
-#include "engine/generate.h"
-#include "formats/json.h"
+#include "anvil.h"
 #include "generate_batch.h"
 #include <signal.h>
 #include <stdio.h>
@@ -22,7 +20,7 @@ static int print_text(void *ud, const char *s, size_t n) {
 }
 
 static double peak_gb(const av_model *m) {
-    return (double)(m->be->host_visible ? av_mem_peak_rss() : m->be->peak_bytes()) / 1e9;
+    return (double)av_model_peak_bytes(m) / 1e9;
 }
 
 int av_cmd_generate(int argc, char **argv) {

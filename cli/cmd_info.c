@@ -17,12 +17,12 @@ int av_cmd_info(int argc, char **argv) {
     mo.device = "cpu";
     av_model *m;
     if (av_cli_load(cmd, &mo, &m, NULL)) return 1;
-    const av_config *c = &m->cfg;
+    const av_config *c = av_model_config(m);
     long long params = av_config_param_count(c);
     if (!ctx) ctx = c->max_position_embeddings;
     double kv = 2.0 * c->n_layers * (double)ctx * c->n_kv_heads * c->head_dim * 4;
     const char *rope = c->rope_type == AV_ROPE_LLAMA3 ? "llama3" : c->rope_type == AV_ROPE_LINEAR ? "linear" : "default";
-    printf("model:            %s\n", m->dir);
+    printf("model:            %s\n", av_model_dir(m));
     printf("architecture:     LlamaForCausalLM\n");
     printf("layers:           %d\n", c->n_layers);
     printf("hidden size:      %d\n", c->hidden_size);
@@ -34,11 +34,11 @@ int av_cmd_info(int argc, char **argv) {
     printf("rope:             theta %g, %s scaling%s\n", c->rope_theta, rope, "");
     printf("norm eps:         %g\n", c->rms_norm_eps);
     printf("tied embeddings:  %s\n", c->tie_word_embeddings ? "yes" : "no");
-    printf("weights dtype:    %s\n", av_dtype_name(m->embed.dtype));
+    printf("weights dtype:    %s\n", av_dtype_name(av_model_weight_dtype(m)));
     printf("parameters:       %lld (%.3fM)\n", params, params / 1e6);
-    printf("weights on disk:  %.1f MB in %d file(s)\n", m->weight_bytes / 1e6, m->st.nfiles);
+    printf("weights on disk:  %.1f MB in %d file(s)\n", av_model_weight_bytes(m) / 1e6, av_model_weight_files(m));
     printf("KV cache (f32):   %.1f MB at %d tokens\n", kv / 1e6, ctx);
-    printf("memory needed:    ~%.1f MB (weights mapped + KV cache)\n", (m->weight_bytes + kv) / 1e6);
+    printf("memory needed:    ~%.1f MB (weights mapped + KV cache)\n", (av_model_weight_bytes(m) + kv) / 1e6);
     av_model_free(m);
     return 0;
 }

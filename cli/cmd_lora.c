@@ -15,18 +15,7 @@
 #include "commands.h"
 #include "lora_checkpoint.h"
 #include "lora_config.h"
-#include "core/memory.h"
-#include "core/threads.h"
-#include "formats/json.h"
-#include "model/model.h"
-#include "tokenizer/chat_config.h"
-#include "tokenizer/tokenizer.h"
-#include "train/adapter_io.h"
-#include "train/dataset.h"
-#include "train/lora.h"
-#include "train/schedule.h"
-#include "train/train_model.h"
-#include "train/trainer.h"
+#include "anvil.h"
 
 
 #define CMD "lora"
@@ -420,12 +409,12 @@ int av_cmd_lora(int argc, char **argv) {
             av_cli_fail(CMD);
             goto done;
         }
-        if (o.num_layers > m->cfg.n_layers) {
+        if (o.num_layers > av_model_config(m)->n_layers) {
             if (num_layers_set) {
-                av_cli_error(CMD, "--num-layers %d: the model has only %d layers", o.num_layers, m->cfg.n_layers);
+                av_cli_error(CMD, "--num-layers %d: the model has only %d layers", o.num_layers, av_model_config(m)->n_layers);
                 goto done;
             }
-            o.num_layers = m->cfg.n_layers;
+            o.num_layers = av_model_config(m)->n_layers;
         }
         s->num_layers = o.num_layers;
         if (o.rank != LORA_UNSET_I) s->rank = o.rank;
@@ -438,7 +427,7 @@ int av_cmd_lora(int argc, char **argv) {
         }
     }
     if (!rctx.s.full && dropout_set) rctx.s.spec.dropout = (float)o.dropout; /* else a resumed adapter's own dropout */
-    long long total = av_config_param_count(&m->cfg), trainable = rctx.s.full ? total : av_lora_param_count(m);
+    long long total = av_config_param_count(av_model_config(m)), trainable = rctx.s.full ? total : av_lora_param_count(m);
     printf("Trainable parameters: %.3f%% (%.3fM/%.3fM)\n", 100.0 * (double)trainable / (double)total, (double)trainable / 1e6,
            (double)total / 1e6);
     fflush(stdout);

@@ -2,22 +2,22 @@
  * windows of --context tokens (one window = exactly HF's cross_entropy(logits[:-1], ids[1:])). */
 #include "args.h"
 #include "common.h"
-#include "core/memory.h"
-#include "formats/json.h"
+#include "anvil.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Appends the token ids of one text (with BOS) to a growing array. */
-static int add_text(av_tokenizer *tok, const char *text, size_t len, int32_t **all, int *n, int *cap) {
+/* Appends the token ids of one text (with BOS) to a growing array; prints the error and returns
+ * non-zero on failure. */
+static int add_text(const char *cmd, av_tokenizer *tok, const char *text, size_t len, int32_t **all, int *n, int *cap) {
     int32_t *ids;
     int k;
-    if (av_tokenizer_encode(tok, text, len, 1, &ids, &k) != AV_OK) return -1;
+    if (av_tokenizer_encode(tok, text, len, 1, &ids, &k) != AV_OK) return av_cli_fail(cmd);
     if (*n + k > *cap) {
         *cap = (*n + k) * 2;
         int32_t *na = realloc(*all, sizeof(int32_t) * (size_t)*cap);
-        if (!na) { free(ids); av_fail(AV_ERR_NOMEM, "out of memory"); return -1; }
+        if (!na) { free(ids); return av_cli_error(cmd, "out of memory"); }
         *all = na;
     }
     memcpy(*all + *n, ids, sizeof(int32_t) * (size_t)k);
@@ -55,7 +55,7 @@ int av_cmd_perplexity(int argc, char **argv) {
         size_t len;
         char *txt = av_cli_read_file(cmd, text_file, &len);
         if (!txt) rc = 1;
-        else if (add_text(tok, txt, len, &all, &n, &cap)) rc = av_cli_fail(cmd);
+        else rc = add_text(cmd, tok, txt, len, &all, &n, &cap);
         free(txt);
     } else {
         char path[4200];
@@ -72,7 +72,7 @@ int av_cmd_perplexity(int argc, char **argv) {
             if (got < 0) { rc = av_cli_fail(cmd); break; }
             const char *t = av_json_str(o, "text", NULL);
             if (!t) rc = av_cli_error(cmd, "%s:%d: line has no \"text\" string", path, j.lineno);
-            else if (add_text(tok, t, strlen(t), &all, &n, &cap)) rc = av_cli_fail(cmd);
+            else rc = add_text(cmd, tok, t, strlen(t), &all, &n, &cap);
             cJSON_Delete(o);
             if (max_tokens && n >= max_tokens) break;
         }
@@ -80,7 +80,7 @@ int av_cmd_perplexity(int argc, char **argv) {
     }
     if (!rc && max_tokens && n > max_tokens) n = max_tokens;
     if (!rc && n < 2) rc = av_cli_error(cmd, "need at least 2 tokens, got %d", n);
-    if (!context) context = m->cfg.max_position_embeddings;
+    if (!context) context = av_model_config(m)->max_position_embeddings;
     av_session *s = NULL;
     if (!rc && av_session_new(&s, m, context < n ? context : n, 512) != AV_OK) rc = av_cli_fail(cmd);
     double total = 0;

@@ -1,8 +1,6 @@
 /* anvil synth: write a random-weight model (HF layout) with a tokenizer, for benchmarks. */
 #include "args.h"
-#include "core/memory.h"
-#include "model/synth.h"
-#include "tokenizer/tokenizer.h"
+#include "anvil.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -2,9 +2,7 @@
  * a JSON file and prints exactly the prompt, with no newline added — what generate would encode. */
 #include "args.h"
 #include "commands.h"
-#include "core/memory.h"
-#include "formats/json.h"
-#include "template/chat_config.h"
+#include "anvil.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -2,9 +2,7 @@
  * "text" of a JSONL file, one array per line), and ids -> text, with the model directory's
  * tokenizer.json or (--spm) tokenizer.model. */
 #include "args.h"
-#include "core/memory.h"
-#include "formats/json.h"
-#include "tokenizer/tokenizer.h"
+#include "anvil.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

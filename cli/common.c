@@ -1,10 +1,7 @@
 /* Model/tokenizer loading for commands. */
 #include "common.h"
 #include "args.h"
-#include "core/memory.h"
-#include "core/threads.h"
-#include "backend/cuda.h"
-#include "train/adapter_io.h"
+#include "anvil.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,7 +10,7 @@ static int pick_backend(const char *cmd, const av_cli_model_opts *o, const av_ba
     if (o->dtype && strcmp(o->dtype, "bf16") && strcmp(o->dtype, "f32"))
         return av_cli_error(cmd, "--dtype: '%s' is not bf16 or f32", o->dtype);
     if (av_backend_select(o->device, be) != AV_OK) return av_cli_fail(cmd);
-    if ((*be)->device == AV_DEVICE_CUDA && o->dtype && !strcmp(o->dtype, "f32")) {
+    if (av_backend_device(*be) == AV_DEVICE_CUDA && o->dtype && !strcmp(o->dtype, "f32")) {
         *be = av_backend_cuda_dtype(AV_F32);
         if (!*be) return av_cli_fail(cmd);
     }

@@ -1,8 +1,7 @@
 /* Shared CLI plumbing: backend choice, threads, model + tokenizer loading with one-line errors. */
 #ifndef AV_CLI_COMMON_H
 #define AV_CLI_COMMON_H
-#include "model/llama.h"
-#include "tokenizer/tokenizer.h"
+#include "anvil.h"
 
 typedef struct {
     const char *model;

@@ -4,8 +4,7 @@
 #include "generate_batch.h"
 #include "args.h"
 #include "chat_prompt.h"
-#include "core/memory.h"
-#include "formats/json.h"
+#include "anvil.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,7 +76,7 @@ int av_cli_generate_batch(const char *cmd, const char *model_dir, av_model *m, a
         }
     }
     if (!rc) {
-        double pk = (double)(m->be->host_visible ? av_mem_peak_rss() : m->be->peak_bytes()) / 1e9;
+        double pk = (double)av_model_peak_bytes(m) / 1e9;
         fprintf(stderr, "==========\nPrompts: %d in batches of %d\nPrompt: %lld tokens, %.3f tokens-per-sec\n"
                         "Generation: %lld tokens, %.3f tokens-per-sec (all sequences)\nPeak memory: %.3f GB\n",
                 np, r.batch, r.prompt_tokens, r.prompt_s > 0 ? r.prompt_tokens / r.prompt_s : 0, r.gen_tokens,

@@ -1,9 +1,9 @@
 /* `anvil generate --prompts-file F --batch-size N`: reads and encodes the prompts, runs them
- * through av_generate_batch (engine/generate_batch.h) and prints each result in prompt order. */
+ * through av_generate_batch (anvil.h) and prints each result in prompt order. */
 #ifndef AV_CLI_GENERATE_BATCH_H
 #define AV_CLI_GENERATE_BATCH_H
 #include "common.h"
-#include "engine/generate_batch.h"
+#include "anvil.h"
 
 typedef struct {
     const char *prompts_file, *system, *tmpl;

@@ -2,9 +2,7 @@
  * full fine-tuning weights) and the state file to resume from. */
 #include "lora_checkpoint.h"
 #include <stdio.h>
-#include "core/memory.h"
-#include "train/adapter_io.h"
-#include "train/trainer.h"
+#include "anvil.h"
 
 av_status av_lora_checkpoint_save(const lora_save_ctx *r, const char *tag, char *path, size_t cap) {
     char dir[4200];

@@ -4,9 +4,7 @@
 #ifndef AV_CLI_LORA_CHECKPOINT_H
 #define AV_CLI_LORA_CHECKPOINT_H
 #include <stddef.h>
-#include "model/model.h"
-#include "train/lora.h"
-#include "train/train_model.h"
+#include "anvil.h"
 
 typedef struct {
     av_model *m;

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <yaml.h>
 #include "args.h"
-#include "formats/json.h"
+#include "anvil.h"
 
 #define CMD "lora"
 

@@ -5,8 +5,7 @@
 #include <cjson/cJSON.h>
 #include <limits.h>
 #include <stddef.h>
-#include "ops/ops.h"
-#include "train/schedule.h"
+#include "anvil.h"
 
 #define LORA_UNSET_I INT_MIN /* ints not given; doubles not given are NAN */
 

@@ -3,9 +3,7 @@
  * (tests/fixtures/chat_templates/expected.json, made by make_expected.py). */
 #include "test.h"
 #include "core/memory.h"
-#include "formats/json.h"
-#include "template/chat_config.h"
-#include "template/chat_template.h"
+#include "core/status.h"
 
 /* Renders src with vars (JSON text or NULL); returns malloc'd output or NULL (error in av_last_error). */
 static char *render(const char *src, const char *vars_json) {

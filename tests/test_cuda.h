@@ -7,7 +7,7 @@
 #include "backend/backend.h"
 #include "backend/cuda.h"
 #include "core/dtype.h"
-#include "formats/json.h"
+#include "core/status.h"
 
 static const av_backend *G, *G32, *C;
 static inline void *up(const av_backend *be, const void *h, size_t bytes) {

@@ -4,7 +4,7 @@
 #include "test_cuda.h"
 #include "core/memory.h"
 #include "model/llama.h"
-#include "train/adapter_io.h"
+#include "model/model.h"
 #include "train/lora.h"
 #include "train/train_model.h"
 

@@ -5,7 +5,6 @@
 #include <stdint.h>
 #include "core/status.h"
 #include "train/dataset.h"
-#include "train/schedule.h"
 
 /* Byte "tokenizer": BOS = 1 when add_special, then one id per byte (byte + 3); EOS = 2. */
 static av_status enc(void *ctx, const char *s, size_t n, int add_special, int32_t **ids, int *cnt) {

@@ -6,7 +6,7 @@
 #include "test.h"
 #include "backend/backend.h"
 #include "core/rng.h"
-#include "core/threads.h"
+#include "anvil.h"
 #include "model/model.h"
 #include "ops/ops.h"
 #include "train/lora.h"

@@ -11,7 +11,7 @@
 #include "backend/backend.h"
 #include "backend/cuda.h"
 #include "model/model.h"
-#include "model/synth.h"
+#include "model/config.h"
 #include "train/lora.h"
 #include "train/train_model.h"
 

@@ -8,7 +8,7 @@
 #include "backend/backend.h"
 #include "core/memory.h"
 #include "core/rng.h"
-#include "core/threads.h"
+#include "anvil.h"
 #include "model/llama.h"
 #include "model/model.h"
 #include "train/lora.h"

@@ -5,10 +5,9 @@
 #include "test.h"
 #include "backend/backend.h"
 #include "core/memory.h"
-#include "formats/json.h"
+#include "core/status.h"
 #include "model/llama.h"
-#include "train/adapter_io.h"
-#include "train/fuse.h"
+#include "model/model.h"
 #include "train/lora.h"
 #include "train/train_model.h"
 #include <sys/stat.h>

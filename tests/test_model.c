@@ -2,7 +2,7 @@
  * per-position next-token NLL and argmax, last-position logits, greedy continuation. */
 #include "test.h"
 #include "backend/backend.h"
-#include "formats/json.h"
+#include "core/status.h"
 #include "model/llama.h"
 #include "core/memory.h"
 

@@ -4,7 +4,7 @@
 #include "test.h"
 #include "backend/backend.h"
 #include "core/memory.h"
-#include "formats/json.h"
+#include "core/status.h"
 #include "model/llama.h"
 #include <sys/stat.h>
 

@@ -3,9 +3,7 @@
  * tokenizers (tests/fixtures, ids from HF tokenizers), tokenizer.json variants, and error handling. */
 #include "core/memory.h"
 #include "core/status.h"
-#include "formats/json.h"
 #include "test.h"
-#include "tokenizer/tokenizer.h"
 #include <sys/stat.h>
 #include <time.h>
 

@@ -9,7 +9,7 @@
 #include "core/status.h"
 #include "ops/ops.h"
 
-typedef enum { AV_DEVICE_CPU = 0, AV_DEVICE_CUDA } av_device;
+/* av_device, the opaque av_backend handle and av_backend_select/_cpu/_cuda: include/anvil.h */
 
 /* What a fused decode product (a few rows: T <= 32) does around W . in (see matmul_fused_forward). */
 typedef enum { AV_GEMV_IN_X = 0, AV_GEMV_IN_RMSNORM } av_gemv_in;
@@ -38,7 +38,7 @@ typedef struct av_gemv_fusion {
     int argmax_ring;
 } av_gemv_fusion;
 
-typedef struct av_backend {
+struct av_backend {
     const char *name;
     av_device device;
     int host_visible; /* 1: backend memory is host memory (weights used in place from the mmap) */
@@ -169,12 +169,6 @@ typedef struct av_backend {
      * + store_bf16): the next product's input without a conversion pass. */
     void (*rmsnorm_backward_dx16)(float *dx, uint16_t *dx16, const float *dout, const float *x, const av_mat *w, const float *rstd, int T,
                                   int D);
-} av_backend;
-
-const av_backend *av_backend_cpu(void);
-/* NULL (with av_fail) when CUDA is not compiled in or no GPU is present. */
-const av_backend *av_backend_cuda(void);
-/* name: "cpu", "cuda", or NULL/"auto" (cuda when a GPU is present, else cpu). */
-av_status av_backend_select(const char *name, const av_backend **out);
+};
 
 #endif

@@ -8,12 +8,7 @@
 #include <stdint.h>
 #include "backend/backend.h"
 
-/* compute: AV_BF16 (default; bf16 inputs, f32 accumulate) or AV_F32 (--dtype f32). NULL + av_fail without a GPU. */
-const av_backend *av_backend_cuda_dtype(av_dtype compute);
-/* AV_ERR_DEVICE (with the av_fail line) if any CUDA call or kernel failed so far. */
-av_status av_cuda_status(void);
-/* "NVIDIA H100 80GB HBM3 (132 SMs, 79.1 GiB)"; -1 without a GPU. */
-int av_cuda_device_name(char *buf, size_t cap);
+/* av_backend_cuda_dtype, av_cuda_status, av_cuda_device_name: include/anvil.h */
 /* Device bytes held by the arena now; restart peak tracking from the current level. */
 size_t av_cuda_held_bytes(void);
 void av_cuda_reset_peak(void);

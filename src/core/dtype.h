@@ -5,15 +5,14 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include "anvil.h"
 
-typedef enum { AV_F32 = 0, AV_F16, AV_BF16, AV_I32, AV_I64, AV_U8, AV_I8, AV_U32, AV_F64, AV_BOOL, AV_DTYPE_COUNT } av_dtype;
+/* av_dtype, av_dtype_name, av_dtype_parse: include/anvil.h */
 
 static inline size_t av_dtype_size(av_dtype t) {
     static const size_t sz[AV_DTYPE_COUNT] = {4, 2, 2, 4, 8, 1, 1, 4, 8, 1};
     return sz[t];
 }
-const char *av_dtype_name(av_dtype t);          /* "F32", "BF16", ... (safetensors spelling) */
-int av_dtype_parse(const char *s, av_dtype *out); /* 0 on success */
 
 static inline float av_bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;

@@ -129,6 +129,8 @@ av_status av_write_file_atomic(const char *path, const void *data, size_t len) {
     return av_atomic_commit(&a);
 }
 
+/* Process-wide on purpose (peak reporting covers every session); atomic, so concurrent sessions
+ * may allocate side by side. */
 static atomic_size_t g_alloc_cur, g_alloc_peak;
 #define AV_HDR 64
 

@@ -1,5 +1,5 @@
 /* Sets OpenMP and OpenBLAS thread counts together so they never oversubscribe each other. */
-#include "core/threads.h"
+#include "anvil.h"
 #include <omp.h>
 #ifdef AV_HAVE_BLAS
 #include <cblas.h>

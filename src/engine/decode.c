@@ -8,27 +8,39 @@ av_decode_path av_decode_path_choose(const av_model *m, const av_sampler_params 
     return be->graph_begin && be->sample && be->attention_decode && av_sampler_device_ok(p) ? AV_DECODE_DEVICE : AV_DECODE_HOST;
 }
 
-av_status av_stepper_init(av_stepper *st, av_session *s, const av_sampler_params *p) {
+struct av_stepper {
+    av_session *s;
+    av_decode_path path;
+    av_decoder *dec; /* AV_DECODE_DEVICE */
+    av_sampler smp;
+    float *logits;   /* host [V] */
+};
+
+av_status av_stepper_new(av_stepper **out, av_session *s, const av_sampler_params *p) {
+    av_stepper *st = calloc(1, sizeof *st);
+    *out = NULL;
+    if (!st) return av_fail(AV_ERR_NOMEM, "out of memory");
     st->s = s;
     st->dec = NULL;
     st->path = av_decode_path_choose(s->m, p);
     st->logits = malloc(sizeof(float) * (size_t)s->m->cfg.vocab_size);
     if (!st->logits || av_sampler_init(&st->smp, p, s->m->cfg.vocab_size) != 0) {
         free(st->logits);
-        st->logits = NULL;
+        free(st);
         return av_fail(AV_ERR_NOMEM, "out of memory");
     }
     /* no decoder (e.g. out of device memory for its buffers): the host path still works */
     if (st->path == AV_DECODE_DEVICE && av_decoder_new(&st->dec, s) != AV_OK) st->path = AV_DECODE_HOST;
+    *out = st;
     return AV_OK;
 }
 
 void av_stepper_free(av_stepper *st) {
+    if (!st) return;
     av_decoder_free(st->dec);
-    st->dec = NULL;
     av_sampler_free(&st->smp);
     free(st->logits);
-    st->logits = NULL;
+    free(st);
 }
 
 av_status av_stepper_sample(av_stepper *st, const int32_t *recent, int n_recent, int32_t *next) {

@@ -15,20 +15,5 @@ typedef enum { AV_DECODE_HOST, AV_DECODE_DEVICE } av_decode_path;
 
 av_decode_path av_decode_path_choose(const av_model *m, const av_sampler_params *p);
 
-typedef struct {
-    av_session *s;
-    av_decode_path path;
-    av_decoder *dec; /* AV_DECODE_DEVICE */
-    av_sampler smp;
-    float *logits;   /* host [V] */
-} av_stepper;
-
-av_status av_stepper_init(av_stepper *st, av_session *s, const av_sampler_params *p);
-void av_stepper_free(av_stepper *st);
-/* The token after the session's last forward (e.g. a prompt's prefill), sampled on the host from
- * its logits. recent: ids so far (repetition penalty). */
-av_status av_stepper_sample(av_stepper *st, const int32_t *recent, int n_recent, int32_t *next);
-/* Feeds id at the session's next position and samples the token after it into *next. lookahead:
- * the caller will feed *next too (the device path queues that step now). */
-av_status av_stepper_next(av_stepper *st, int32_t id, const int32_t *recent, int n_recent, int lookahead, int32_t *next);
+/* The stepper (av_stepper_new/_free/_sample/_next) is public: include/anvil.h. */
 #endif

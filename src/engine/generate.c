@@ -1,5 +1,7 @@
 /* Prefill + decode loop with streaming and stop handling. */
-#include "engine/generate.h"
+#include "engine/sampler.h"
+#include "engine/stops.h"
+#include "model/llama.h"
 #include "engine/decode.h"
 #include <stdlib.h>
 #include <string.h>
@@ -57,10 +59,10 @@ av_status av_generate(av_session *s, const av_tokenizer *tok, const int32_t *pro
     double t0 = av_now();
     st = av_session_forward(s, prompt + keep, n_prompt - keep);
     r->n_prompt_processed = n_prompt - keep;
-    av_stepper step = {0};
-    if (st == AV_OK) st = av_stepper_init(&step, s, &o->sampler);
+    av_stepper *step = NULL;
+    if (st == AV_OK) st = av_stepper_new(&step, s, &o->sampler);
     int32_t id = -1;
-    if (st == AV_OK && max_new > 0) st = av_stepper_sample(&step, all, n_prompt, &id);
+    if (st == AV_OK && max_new > 0) st = av_stepper_sample(step, all, n_prompt, &id);
     double t1 = av_now();
     r->prompt_s = t1 - t0;
     int n = 0;
@@ -73,9 +75,9 @@ av_status av_generate(av_session *s, const av_tokenizer *tok, const int32_t *pro
         if (done == 2 || (o->interrupt && *o->interrupt)) { r->finish = "interrupted"; break; }
         if (n == max_new) break;
         /* the step after this one is queued behind it unless this is the last token wanted */
-        st = av_stepper_next(&step, id, all, n_prompt + n, n + 1 < max_new, &id);
+        st = av_stepper_next(step, id, all, n_prompt + n, n + 1 < max_new, &id);
     }
-    av_stepper_free(&step);
+    av_stepper_free(step);
     if (st == AV_OK) st = av_stops_end(&text, strcmp(r->finish, "interrupted") != 0);
     r->gen_s = av_now() - t1;
     r->ids = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));

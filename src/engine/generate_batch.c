@@ -1,7 +1,9 @@
 /* av_generate_batch: groups of batch_size prompts prefilled one by one and decoded together
  * through av_batch_session (each sequence stopping on EOS, a stop string or max_tokens on its
  * own), or one prompt after another through av_generate on one session. */
-#include "engine/generate_batch.h"
+#include "engine/sampler.h"
+#include "engine/stops.h"
+#include "model/llama.h"
 #include "model/batch.h"
 #include <stdlib.h>
 #include <string.h>

@@ -4,24 +4,15 @@
 #ifndef AV_SAMPLER_H
 #define AV_SAMPLER_H
 #include <stdint.h>
+#include "anvil.h"
 
-typedef struct {
-    float temp;               /* 0 = greedy */
-    float top_p;              /* 1 = off (<= 0 is taken as off too) */
-    int top_k;                /* 0 = off */
-    float min_p;              /* 0 = off */
-    float repetition_penalty; /* 1 = off */
-    int repetition_context;   /* last N tokens penalised (MLX-LM default 20) */
-    uint64_t seed;
-} av_sampler_params;
-
+/* av_sampler_params and av_sampler_params_default: include/anvil.h */
 typedef struct {
     av_sampler_params p;
     float *w; /* scratch [V] (top-k selection) */
     int V;
 } av_sampler;
 
-void av_sampler_params_default(av_sampler_params *p);
 /* 1 when p asks for nothing but temperature and top-p: then the backend's device sampler (the
  * `sample` op, ops/sample.c's rule) draws the same token for the same (seed, position). */
 int av_sampler_device_ok(const av_sampler_params *p);

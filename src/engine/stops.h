@@ -5,9 +5,6 @@
 #ifndef AV_STOPS_H
 #define AV_STOPS_H
 #include "model/model.h"
-#include "tokenizer/tokenizer.h"
-
-typedef int (*av_text_fn)(void *ud, const char *text, size_t len); /* non-zero: stop this sequence */
 
 typedef struct {
     av_stream_decoder *sd;     /* NULL without a tokenizer (no text) */

@@ -1,5 +1,5 @@
 /* JSON/JSONL helpers. */
-#include "formats/json.h"
+#include "core/status.h"
 #include "core/memory.h"
 #include <stdlib.h>
 #include <string.h>

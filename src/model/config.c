@@ -2,7 +2,7 @@
  * rope_theta + rope_scaling) or nested (5.x: rope_parameters). */
 #include "model/config.h"
 #include "core/memory.h"
-#include "formats/json.h"
+#include "core/status.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

@@ -7,7 +7,7 @@
 #include "model/layer.h"
 #include "model/model.h"
 
-typedef struct av_session {
+struct av_session {
     av_model *m;
     int max_seq, max_chunk, n_past;
     float *k_cache, *v_cache; /* [n_layers, max_seq, kv_dim] */
@@ -23,23 +23,9 @@ typedef struct av_session {
     void (*decode_free)(struct av_session *s); /* releases decode / decoder (set by decode_graph.c) */
     av_plan plan;             /* one backend allocation for all of the above */
     size_t bytes;
-} av_session;
+};
 
-av_status av_session_new(av_session **out, av_model *m, int max_seq, int max_chunk);
-void av_session_free(av_session *s);
-/* Runs T tokens at positions n_past.. (chunked by max_chunk), appends them to the KV cache, leaves
- * the final-normed hidden state of the last chunk's rows in s->hidden. A single token takes the
- * decode path (model/decode_graph.c defines this: graph-captured step where the backend can). */
-av_status av_session_forward(av_session *s, const int32_t *ids, int T);
-/* av_session_forward through the prefill path only (matrix-matrix, eager). */
-av_status av_session_prefill(av_session *s, const int32_t *ids, int T);
-/* Logits of the last token of the last forward into host memory logits[V]. */
-void av_session_last_logits(av_session *s, float *logits);
-/* Forgets cached positions >= n (keeps the common prefix for chat). */
-void av_session_truncate(av_session *s, int n);
-/* Mean-free NLL: runs ids[0..T) and returns sum over t of -log p(ids[t+1] | ids[..t]) for
- * t < T-1; row_nll (host, T-1) optional; argmax (host, T) optional. Resets the session first. */
-av_status av_session_nll(av_session *s, const int32_t *ids, int T, double *sum, float *row_nll, int32_t *argmax);
+/* av_session_new/_free/_forward/_prefill/_last_logits/_truncate/_nll and the accessors: include/anvil.h */
 
 /* Plans a session-shaped set of buffers for `rows` rows (layer scratch + x, hidden) into plan:
  * shared by av_session and the batched session. */

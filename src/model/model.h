@@ -18,7 +18,7 @@ extern const char *const av_proj_names[AV_PROJ_COUNT];         /* "q_proj", ... 
 extern const char *const av_proj_module[AV_PROJ_COUNT];        /* "self_attn", "mlp" */
 av_linear *av_layer_proj(av_layer *l, av_proj p);
 
-typedef struct av_model {
+struct av_model {
     char dir[4096];
     av_config cfg;
     av_st_set st;              /* host mapping of the weight files */
@@ -28,11 +28,9 @@ typedef struct av_model {
     float *inv_freq;           /* backend memory, head_dim/2 */
     void *arena;               /* uploaded weights (non-host backends) */
     size_t weight_bytes;
-} av_model;
+};
 
-/* Loads DIR/config.json + safetensors, checks every tensor's shape and dtype against the config. */
-av_status av_model_load(av_model **out, const char *dir, const av_backend *be);
-void av_model_free(av_model *m);
+/* av_model_load/_free and the accessors (av_model_config, av_model_peak_bytes, ...): include/anvil.h */
 /* Host view of a named tensor (for fuse/export); NULL if absent. */
 const av_st_tensor *av_model_tensor(const av_model *m, const char *name);
 

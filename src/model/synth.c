@@ -1,6 +1,6 @@
 /* Random model writer: weights ~ N(0, 0.02) like HF's initializer, norms = 1; deterministic per seed
  * (each tensor has its own stream, filled in parallel blocks). */
-#include "model/synth.h"
+#include "model/config.h"
 #include "core/memory.h"
 #include "formats/safetensors.h"
 #include "model/model.h"

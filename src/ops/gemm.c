@@ -57,7 +57,7 @@ static inline void kernel_12x32(float *acc, int lda, const float *w, int ldw, co
 }
 
 int av_gemm_wt(float *out, const float *x, const av_mat *W, int T) {
-    static buf_t xtb;
+    static _Thread_local buf_t xtb; /* per calling thread: sessions on other threads have their own */
     int N = W->rows, K = W->cols, TB = (T + NT - 1) / NT, Tp = TB * NT, ldw = K + 16;
     float *xt = buf_get(&xtb, (size_t)Tp * K);
     if (!xt) return 0;

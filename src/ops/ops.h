@@ -90,25 +90,7 @@ uint64_t av_dropout_key(uint64_t seed, uint64_t a, uint64_t b);
  * s1 = exp_avg (beta_1 set), s2 = exp_avg_sq_row[rows] then exp_avg_sq_col[cols] when rows, cols >= 2
  * (factored, as MLX for 2-D arrays; a dimension of 1 gives the same numbers unfactored) else
  * exp_avg_sq[n]. ---- */
-typedef enum { AV_OPTIM_ADAM = 0, AV_OPTIM_ADAMW, AV_OPTIM_SGD, AV_OPTIM_ADAFACTOR } av_optim_kind;
-typedef struct {
-    av_optim_kind kind;
-    float lr;                  /* this step's learning rate (adafactor with relative_step ignores it) */
-    int step;                  /* updates so far, this one included (1-based) */
-    double beta1, beta2, eps;  /* adam, adamw: betas (0.9, 0.999), eps 1e-8 */
-    int bias_correction;       /* adam, adamw: 0 as MLX (1 = PyTorch's Adam/AdamW) */
-    double weight_decay;       /* adamw 0.01 (decoupled), sgd 0 (added to the gradient), adafactor 0 */
-    double momentum, dampening; /* sgd: 0, 0 */
-    int nesterov;              /* sgd: 0 */
-    double eps1, eps2, clip_threshold, decay_rate; /* adafactor: eps (1e-30, 1e-3), 1.0, -0.8 */
-    double af_beta1;           /* adafactor beta_1 when af_first_moment (MLX: None) */
-    int af_first_moment, scale_parameter, relative_step, warmup_init; /* adafactor: 0, 1, 1, 0 */
-} av_optim_params;
-/* MLX's defaults for kind (lr 0, step 0). */
-void av_optim_defaults(av_optim_params *o, av_optim_kind kind);
-/* "adam", "adamw", "sgd", "adafactor" <-> kind; parse returns -1 for an unknown name. */
-const char *av_optim_name(av_optim_kind kind);
-int av_optim_parse(const char *name, av_optim_kind *kind);
+/* av_optim_kind, av_optim_params, av_optim_defaults/_name/_parse: include/anvil.h */
 /* Floats of state s1 (which = 0) or s2 (which = 1) for a [rows, cols] parameter (0 = none). */
 size_t av_optim_state_size(const av_optim_params *o, int rows, int cols, int which);
 void av_optim_step(float *p, const float *g, float *s1, float *s2, int rows, int cols, const av_optim_params *o);

@@ -1,9 +1,7 @@
 /* Loads a model directory's chat template and BOS/EOS strings, and renders conversations with
  * the same variables transformers' apply_chat_template gives the template. */
-#include "template/chat_config.h"
+#include "core/status.h"
 #include "core/memory.h"
-#include "formats/json.h"
-#include "template/chat_template.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,7 +1,7 @@
-/* Public entry points of the Jinja-subset engine (chat_template.h): parse = lex + parse into a
+/* Public entry points of the Jinja-subset engine (av_template_*, include/anvil.h): parse = lex + parse into a
  * template-owned arena; render = convert the JSON variables, run the evaluator in a per-render
  * arena, copy the output out. Errors raised deep inside unwind here (longjmp) and become av_fail. */
-#include "template/chat_template.h"
+#include "core/status.h"
 #include "template/jinja_internal.h"
 #include <stdlib.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-/* Internal types of the Jinja-subset engine behind chat_template.h: the arena that owns every
+/* Internal types of the Jinja-subset engine behind av_template_* (include/anvil.h): the arena that owns every
  * allocation of a parse or a render, template values (jv), tokens, AST nodes and the render
  * context. Errors unwind with longjmp to the API entry point, which frees the arena. */
 #ifndef AV_JINJA_INTERNAL_H

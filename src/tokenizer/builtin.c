@@ -3,7 +3,7 @@
  * tokenizer_config.json into a directory. */
 #include "tokenizer/tok_internal.h"
 #include "core/memory.h"
-#include "formats/json.h"
+#include "core/status.h"
 #include <stdio.h>
 #include <string.h>
 

@@ -2,7 +2,7 @@
  * form), added_tokens, normalizer, pre_tokenizer, decoder and the TemplateProcessing post-processor.
  * Anything outside the supported subset fails with AV_ERR_UNSUPPORTED naming the component. */
 #include "tokenizer/tok_internal.h"
-#include "formats/json.h"
+#include "core/status.h"
 #include "core/memory.h"
 #include <stdlib.h>
 #include <string.h>

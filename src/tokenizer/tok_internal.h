@@ -5,7 +5,7 @@
 #define AV_TOK_INTERNAL_H
 #include <stddef.h>
 #include <stdint.h>
-#include "tokenizer/tokenizer.h"
+#include "core/status.h"
 
 /* ---- growable buffers ---------------------------------------------------------------------- */
 typedef struct { char *p; size_t n, cap; } tk_buf;

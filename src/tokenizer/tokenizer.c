@@ -3,7 +3,7 @@
  * the model, and implements encode/decode and the id/piece accessors of tokenizer.h. */
 #include "tokenizer/tok_internal.h"
 #include "core/memory.h"
-#include "formats/json.h"
+#include "core/status.h"
 #include <stdlib.h>
 #include <string.h>
 

@@ -2,9 +2,10 @@
  * adapter_config.json) and PEFT (adapter_model.safetensors, lora_A [rank, in] / lora_B [out, rank],
  * scale = lora_alpha / r). Load = read config -> attach -> fill from tensors (names, shapes and
  * ranks checked); save = config + tensors, each written atomically. */
-#include "train/adapter_io.h"
+#include "model/model.h"
+#include "train/lora.h"
 #include "core/memory.h"
-#include "formats/json.h"
+#include "core/status.h"
 #include "formats/safetensors.h"
 #include <errno.h>
 #include <math.h>

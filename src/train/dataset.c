@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "core/memory.h"
-#include "formats/json.h"
+#include "core/status.h"
 
 uint64_t av_splitmix64(uint64_t *state) {
     uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
@@ -239,10 +239,11 @@ void av_batch_free(av_batch *b) {
     memset(b, 0, sizeof *b);
 }
 
-static const av_dataset *g_sort_ds; /* qsort has no context argument in C11 */
-static int cmp_len(const void *a, const void *b) {
+/* qsort_r comparator (the dataset is the context: no global state) */
+static int cmp_len(const void *a, const void *b, void *ctx) {
+    const av_dataset *d = ctx;
     int i = *(const int *)a, j = *(const int *)b;
-    int li = g_sort_ds->rows[i].n, lj = g_sort_ds->rows[j].n;
+    int li = d->rows[i].n, lj = d->rows[j].n;
     if (li != lj) return li < lj ? -1 : 1;
     return (i > j) - (i < j);
 }
@@ -265,9 +266,7 @@ av_status av_batcher_init(av_batcher *bt, const av_dataset *d, int batch_size, u
         return av_fail(AV_ERR_NOMEM, "out of memory");
     }
     for (int i = 0; i < d->n; i++) bt->sorted[i] = i;
-    g_sort_ds = d;
-    qsort(bt->sorted, (size_t)d->n, sizeof(int), cmp_len);
-    g_sort_ds = NULL;
+    qsort_r(bt->sorted, (size_t)d->n, sizeof(int), cmp_len, (void *)d);
     return AV_OK;
 }
 

@@ -2,7 +2,7 @@
  * to f32, get W += scale * B A (double accumulation), and are rounded back to the output dtype;
  * every other tensor is written from the mapping as is (or converted when a dtype is forced).
  * config.json and the tokenizer files are copied byte for byte; each file goes temp + rename. */
-#include "train/fuse.h"
+#include "model/model.h"
 #include "core/memory.h"
 #include "train/lora.h"
 #include <errno.h>

@@ -1,6 +1,6 @@
 /* LR schedules mirroring mlx.optimizers.schedulers and MLX-LM's build_schedule (warmup joined
  * with join_schedules at boundary warmup+1). */
-#include "train/schedule.h"
+#include "core/status.h"
 #include <math.h>
 #include <string.h>
 

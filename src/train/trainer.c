@@ -2,7 +2,10 @@
  * accumulation, schedule, reports, evaluation, checkpoints, best adapter, and an exact-resume
  * state file (safetensors with p and the optimizer state m/v per parameter, the loop's counters
  * and the optimizer's name in its metadata). */
-#include "train/trainer.h"
+#include "model/model.h"
+#include "ops/ops.h"
+#include "train/dataset.h"
+#include "train/train_model.h"
 #include <cjson/cJSON.h>
 #include <inttypes.h>
 #include <math.h>

@@ -1,0 +1,558 @@
+/* anvil's public C API: what the CLI, a server, benchmarks and other programs use. Handles are
+ * opaque (av_model, av_session, av_tokenizer, ...); option and result structs that callers fill are
+ * visible. Every call that can fail returns av_status and leaves one line in av_last_error() (per
+ * thread). CPU code keeps no shared mutable state (scratch is per call or per thread; the thread
+ * count and the atomic peak counters are process-wide by design), so sessions may generate side by
+ * side on different threads. */
+#ifndef ANVIL_H
+#define ANVIL_H
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+/* cJSON (Debian's libcjson) appears in this API where callers pass JSON values: chat messages,
+ * template variables, JSON/JSONL helpers, dataset rendering callbacks. */
+#include <cjson/cJSON.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ==== status and errors ======================================================================= */
+typedef enum {
+    AV_OK = 0,
+    AV_ERR_IO,          /* missing/unreadable/unwritable file */
+    AV_ERR_FORMAT,      /* malformed or truncated file contents */
+    AV_ERR_SHAPE,       /* shape/dtype disagrees with the config */
+    AV_ERR_UNSUPPORTED, /* valid input we do not handle */
+    AV_ERR_NOMEM,
+    AV_ERR_ARG,         /* bad argument / flag value */
+    AV_ERR_TEMPLATE,    /* chat template parse or runtime error */
+    AV_ERR_DEVICE,      /* GPU / backend failure */
+    AV_ERR_INTERRUPTED,
+} av_status;
+
+/* The "where: what" line of this thread's last failed call. */
+const char *av_last_error(void);
+void av_clear_error(void);
+
+#define AV_TRY(expr) do { av_status av_try_s_ = (expr); if (av_try_s_ != AV_OK) return av_try_s_; } while (0)
+
+/* ==== element types =========================================================================== */
+typedef enum { AV_F32 = 0, AV_F16, AV_BF16, AV_I32, AV_I64, AV_U8, AV_I8, AV_U32, AV_F64, AV_BOOL, AV_DTYPE_COUNT } av_dtype;
+const char *av_dtype_name(av_dtype t);            /* "F32", "BF16", ... (safetensors spelling) */
+int av_dtype_parse(const char *s, av_dtype *out); /* 0 on success */
+
+/* ==== files, threads, memory ================================================================== */
+/* Reads a whole file into a malloc'd NUL-terminated buffer (len may be NULL). */
+av_status av_file_read(const char *path, char **out, size_t *len);
+int av_file_exists(const char *path);
+int av_dir_exists(const char *path);
+/* mkdir -p: creates dir and its missing parents. */
+av_status av_mkdir_p(const char *dir);
+/* dir/name into buf; returns buf. */
+char *av_path_join(char *buf, size_t cap, const char *dir, const char *name);
+/* Writes a file atomically (temp file + fsync + rename). */
+av_status av_write_file_atomic(const char *path, const void *data, size_t len);
+
+/* Thread count for the CPU kernels and OpenBLAS (process-wide; n <= 0: all cores). */
+void av_threads_set(int n);
+int av_threads_get(void);
+
+/* Peak resident memory of the process in bytes (VmHWM) and current (VmRSS). */
+size_t av_mem_peak_rss(void);
+size_t av_mem_current_rss(void);
+/* Peak bytes allocated through the library's host allocator. */
+size_t av_mem_peak_alloc(void);
+
+/* ==== backends ================================================================================ */
+typedef enum { AV_DEVICE_CPU = 0, AV_DEVICE_CUDA } av_device;
+typedef struct av_backend av_backend; /* a static table: never freed */
+
+const av_backend *av_backend_cpu(void);
+/* NULL (with av_last_error) when CUDA is not compiled in or no GPU is present. */
+const av_backend *av_backend_cuda(void);
+/* compute: AV_BF16 (default; bf16 inputs, f32 accumulate) or AV_F32 (exact f32). NULL without a GPU. */
+const av_backend *av_backend_cuda_dtype(av_dtype compute);
+/* name: "cpu", "cuda", or NULL/"auto" (cuda when a GPU is present, else cpu). */
+av_status av_backend_select(const char *name, const av_backend **out);
+const char *av_backend_name(const av_backend *be);
+av_device av_backend_device(const av_backend *be);
+/* AV_ERR_DEVICE (with the error line) if any CUDA call or kernel failed so far; AV_OK without CUDA. */
+av_status av_cuda_status(void);
+/* "NVIDIA H100 80GB HBM3 (132 SMs, 79.1 GiB)"; -1 without a GPU. */
+int av_cuda_device_name(char *buf, size_t cap);
+
+/* ==== model config ============================================================================ */
+typedef enum { AV_ROPE_DEFAULT = 0, AV_ROPE_LINEAR, AV_ROPE_LLAMA3 } av_rope_type;
+
+#define AV_MAX_EOS 8
+/* config.json of a LlamaForCausalLM (transformers 4.x and 5.x styles). */
+typedef struct {
+    int vocab_size, hidden_size, intermediate_size, n_layers, n_heads, n_kv_heads, head_dim;
+    int max_position_embeddings;
+    float rms_norm_eps;
+    double rope_theta;
+    av_rope_type rope_type;
+    double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_original_max_pos;
+    int tie_word_embeddings;
+    int bos_token_id; /* -1 if none */
+    int eos_token_ids[AV_MAX_EOS];
+    int n_eos;
+    av_dtype dtype;           /* declared dtype (torch_dtype / dtype), AV_BF16 if absent */
+    int quant_bits, quant_group_size; /* 0 when not quantized (MLX "quantization") */
+} av_config;
+
+av_status av_config_load(av_config *c, const char *config_json_path);
+/* Parses from a JSON text; `where` names the source in errors. */
+av_status av_config_parse(av_config *c, const char *json_text, const char *where);
+/* Total parameter count (embedding + layers + norm + untied head). */
+long long av_config_param_count(const av_config *c);
+/* Writes a config.json (transformers-4 style) atomically. */
+av_status av_config_save(const av_config *c, const char *path);
+
+/* ==== models ================================================================================== */
+typedef struct av_model av_model;
+
+/* Loads DIR/config.json + safetensors onto a backend, checking every tensor against the config. */
+av_status av_model_load(av_model **out, const char *dir, const av_backend *be);
+void av_model_free(av_model *m);
+const av_config *av_model_config(const av_model *m);
+const char *av_model_dir(const av_model *m);
+const av_backend *av_model_backend(const av_model *m);
+size_t av_model_weight_bytes(const av_model *m);  /* bytes of the weight files' tensors */
+int av_model_weight_files(const av_model *m);     /* number of safetensors files */
+av_dtype av_model_weight_dtype(const av_model *m); /* dtype of the embedding table as stored */
+/* Peak memory in bytes: the process's peak RSS where backend memory is host memory (CPU), else
+ * the backend's peak (GPU). */
+size_t av_model_peak_bytes(const av_model *m);
+
+/* Random-weight models: fills c with a preset ("tinyllama-1.1b", "llama-3.2-1b", "tiny"; -1 if
+ * unknown); writes dir/config.json + dir/model.safetensors (normal(0, 0.02), unit norms) atomically. */
+int av_synth_preset(av_config *c, const char *name);
+av_status av_synth_write(const av_config *c, const char *dir, uint64_t seed, av_dtype dtype);
+
+/* ==== tokenizer =============================================================================== */
+typedef struct av_tokenizer av_tokenizer;
+
+/* dir holds tokenizer.json and/or tokenizer.model (+ tokenizer_config.json). force_spm=1 uses
+ * tokenizer.model even when tokenizer.json exists. */
+av_status av_tokenizer_load(av_tokenizer **out, const char *dir, int force_spm);
+void av_tokenizer_free(av_tokenizer *t);
+/* Encodes `len` bytes of text. add_special=1 adds BOS/EOS as the tokenizer's post-processor /
+ * tokenizer_config.json says. Special/added tokens in the text are matched before BPE. *ids is malloc'd. */
+av_status av_tokenizer_encode(const av_tokenizer *t, const char *text, size_t len, int add_special, int32_t **ids, int *n);
+/* Decodes ids to a malloc'd NUL-terminated string. skip_special=1 drops special tokens (BOS/EOS...). */
+av_status av_tokenizer_decode(const av_tokenizer *t, const int32_t *ids, int n, int skip_special, char **out);
+int av_tokenizer_vocab_size(const av_tokenizer *t);
+int av_tokenizer_bos_id(const av_tokenizer *t);          /* -1 if none */
+int av_tokenizer_eos_id(const av_tokenizer *t);          /* -1 if none */
+const char *av_tokenizer_bos_str(const av_tokenizer *t); /* "<s>" or NULL */
+const char *av_tokenizer_eos_str(const av_tokenizer *t);
+int av_tokenizer_token_id(const av_tokenizer *t, const char *piece); /* -1 if unknown */
+const char *av_tokenizer_piece(const av_tokenizer *t, int id);        /* raw vocab piece or NULL */
+int av_tokenizer_is_special(const av_tokenizer *t, int id);
+
+/* Streaming decode: push ids one at a time; returns the bytes that are now complete (never half a
+ * UTF-8 character) in a buffer owned by the decoder, valid until the next call. The stream yields
+ * the same text as av_tokenizer_decode of all ids (with skip_special=1). */
+typedef struct av_stream_decoder av_stream_decoder;
+av_stream_decoder *av_stream_decoder_new(const av_tokenizer *t);
+const char *av_stream_decoder_push(av_stream_decoder *s, int32_t id, size_t *len);
+const char *av_stream_decoder_flush(av_stream_decoder *s, size_t *len); /* pending bytes at end */
+void av_stream_decoder_free(av_stream_decoder *s);
+
+/* Writes a built-in byte-level tokenizer (tokenizer.json + tokenizer_config.json) into dir. */
+av_status av_tokenizer_write_builtin(const char *dir);
+
+/* ==== chat templates ========================================================================== */
+/* A Jinja-subset engine rendering templates as HF transformers' apply_chat_template does.
+ * Errors: AV_ERR_TEMPLATE, "where:line:col: what". */
+typedef struct av_template av_template;
+av_status av_template_parse(av_template **out, const char *src, const char *where);
+/* Renders with `vars` (a JSON object of variables, or NULL). *out is malloc'd. */
+av_status av_template_render(const av_template *t, const cJSON *vars, char **out);
+void av_template_free(av_template *t);
+/* Caps for hostile templates (0 = default): output bytes (64 MiB), memory (512 MiB), steps (50 million). */
+void av_template_set_limits(av_template *t, size_t max_output, size_t max_memory, long max_steps);
+
+/* A model directory's template (chat_template.jinja, else tokenizer_config.json's chat_template)
+ * and BOS/EOS strings. */
+typedef struct {
+    char *template_src; /* NULL if the directory has no chat template */
+    char *where;        /* file the template came from (for error messages) */
+    char *bos, *eos;    /* special token strings, or NULL */
+} av_chat_config;
+
+/* A directory without any template is not an error (template_src stays NULL). */
+av_status av_chat_config_load(av_chat_config *c, const char *dir);
+void av_chat_config_free(av_chat_config *c);
+/* Renders `messages` (JSON array of {role, content, ...}) like apply_chat_template: variables
+ * messages (null-valued keys dropped), tools = documents = none, add_generation_prompt,
+ * bos_token / eos_token when given, then extra_vars (a JSON object, may override any of these). */
+av_status av_chat_render(const char *template_src, const char *where, const cJSON *messages, int add_generation_prompt,
+                         const char *bos, const char *eos, const cJSON *extra_vars, char **out);
+
+/* ==== sessions ================================================================================ */
+/* A session owns one sequence's KV cache and scratch on the model's backend. One session per
+ * thread: sessions of one model may run side by side. */
+typedef struct av_session av_session;
+
+av_status av_session_new(av_session **out, av_model *m, int max_seq, int max_chunk);
+void av_session_free(av_session *s);
+/* Runs T tokens at the next positions (chunked by max_chunk), appending them to the KV cache. */
+av_status av_session_forward(av_session *s, const int32_t *ids, int T);
+/* av_session_forward through the prefill path only (matrix-matrix, eager). */
+av_status av_session_prefill(av_session *s, const int32_t *ids, int T);
+/* Logits of the last token of the last forward into host memory logits[vocab_size]. */
+void av_session_last_logits(av_session *s, float *logits);
+/* Forgets cached positions >= n (keeps the common prefix for chat). */
+void av_session_truncate(av_session *s, int n);
+/* Runs ids[0..T) from an empty cache and returns sum over t < T-1 of -log p(ids[t+1] | ids[..t]);
+ * row_nll (host, T-1) and argmax (host, T) optional. */
+av_status av_session_nll(av_session *s, const int32_t *ids, int T, double *sum, float *row_nll, int32_t *argmax);
+int av_session_n_past(const av_session *s);  /* cached positions */
+int av_session_max_seq(const av_session *s); /* context size */
+
+/* ==== sampling and generation ================================================================= */
+/* MLX-LM's sampler options: repetition penalty, then greedy (temp 0) or a temperature draw cut by
+ * top-p, top-k and min-p, keyed by (seed, position). */
+typedef struct {
+    float temp;               /* 0 = greedy */
+    float top_p;              /* 1 = off (<= 0 is taken as off too) */
+    int top_k;                /* 0 = off */
+    float min_p;              /* 0 = off */
+    float repetition_penalty; /* 1 = off */
+    int repetition_context;   /* last N tokens penalised (MLX-LM default 20) */
+    uint64_t seed;
+} av_sampler_params;
+void av_sampler_params_default(av_sampler_params *p);
+
+/* Token-by-token decoding as generation runs it (device sampler where the backend has one). */
+typedef struct av_stepper av_stepper;
+av_status av_stepper_new(av_stepper **out, av_session *s, const av_sampler_params *p);
+void av_stepper_free(av_stepper *st);
+/* The token after the session's last forward, sampled from its logits. recent: ids so far (penalty). */
+av_status av_stepper_sample(av_stepper *st, const int32_t *recent, int n_recent, int32_t *next);
+/* Feeds id at the next position and samples the token after it into *next. lookahead: the caller
+ * will feed *next too (the device path queues that step now). */
+av_status av_stepper_next(av_stepper *st, int32_t id, const int32_t *recent, int n_recent, int lookahead, int32_t *next);
+
+/* Newly complete UTF-8 text (stop strings never included); non-zero stops the sequence. */
+typedef int (*av_text_fn)(void *ud, const char *text, size_t len);
+
+#define AV_MAX_STOPS 16
+typedef struct {
+    int max_tokens;
+    av_sampler_params sampler;
+    const char *stops[AV_MAX_STOPS];
+    int n_stops;
+    /* called with each newly complete piece of text; return non-zero to stop */
+    av_text_fn on_text;
+    void *ud;
+    volatile sig_atomic_t *interrupt; /* set non-zero (e.g. from SIGINT) to stop this reply */
+} av_gen_opts;
+
+typedef struct {
+    int32_t *ids;      /* generated ids (malloc'd), stop/EOS token excluded */
+    int n_ids;
+    char *text;        /* generated text (malloc'd), stop string excluded */
+    int n_prompt;      /* prompt tokens */
+    int n_prompt_processed; /* tokens actually run (prompt minus the reused cached prefix) */
+    double prompt_s, gen_s;
+    double prompt_tps, gen_tps;
+    const char *finish; /* "stop", "length", "interrupted" */
+} av_gen_result;
+
+void av_gen_opts_default(av_gen_opts *o);
+/* KV-cache size for one prompt of n_prompt tokens: max_kv when given (> 0), else prompt + max_tokens
+ * capped at the model's positions (never below n_prompt + 1). */
+int av_generate_context(const av_model *m, int n_prompt, int max_tokens, int max_kv);
+/* Prompt ids: the full conversation so far. Cached positions of the session that match the
+ * prompt's prefix are reused (only the rest is processed); the rest is truncated first. */
+av_status av_generate(av_session *s, const av_tokenizer *tok, const int32_t *prompt, int n_prompt, const av_gen_opts *o,
+                      av_gen_result *r);
+void av_gen_result_free(av_gen_result *r);
+/* Monotonic seconds. */
+double av_now(void);
+
+/* Batched generation: each prompt generated exactly as av_generate would alone, results in prompt
+ * order; greedy sampling decodes batch_size sequences together, other sampling one by one. */
+typedef enum { AV_BATCH_TOGETHER, AV_BATCH_SEQUENTIAL } av_batch_path;
+
+typedef struct {
+    av_gen_opts gen; /* max_tokens, sampler, stops, interrupt; gen.on_text is not used */
+    int batch_size;  /* sequences decoded together (AV_BATCH_TOGETHER) */
+    /* newly complete text of sequence `seq` (stop strings never included); non-zero stops it */
+    int (*on_text)(void *ud, int seq, const char *text, size_t len);
+    void *ud;
+} av_batch_opts;
+
+typedef struct {
+    av_gen_result *seq;    /* [n], in prompt order (per-sequence timings are not filled) */
+    int n;
+    int batch;             /* sequences decoded together (1 when sequential) */
+    av_batch_path path;
+    long long prompt_tokens, gen_tokens;
+    double prompt_s, gen_s;
+} av_batch_result;
+
+void av_batch_opts_default(av_batch_opts *o);
+av_batch_path av_batch_path_choose(const av_model *m, const av_sampler_params *p);
+/* prompts[i][0..n_prompt[i]) for i < n. Fails (nothing generated) when the longest prompt plus
+ * max_tokens exceeds the model's positions. */
+av_status av_generate_batch(av_model *m, const av_tokenizer *tok, const int32_t *const *prompts, const int *n_prompt, int n,
+                            const av_batch_opts *o, av_batch_result *r);
+void av_batch_result_free(av_batch_result *r);
+
+/* ==== JSON and JSONL helpers (over cJSON) ===================================================== */
+av_status av_json_load(const char *path, cJSON **out);
+/* Getters return `def` when the key is absent or null; numbers accept ints and floats. */
+double av_json_num(const cJSON *o, const char *key, double def);
+const char *av_json_str(const cJSON *o, const char *key, const char *def);
+int av_json_bool(const cJSON *o, const char *key, int def);
+const cJSON *av_json_get(const cJSON *o, const char *key); /* NULL if absent or null */
+
+/* JSONL: call av_jsonl_next until it returns 0 (EOF) or <0 (error recorded with path:line). */
+typedef struct {
+    FILE *f;
+    char *line;
+    size_t cap;
+    int lineno;
+    char path[4096];
+} av_jsonl;
+av_status av_jsonl_open(av_jsonl *j, const char *path);
+int av_jsonl_next(av_jsonl *j, cJSON **obj); /* 1 = got object, 0 = EOF, -1 = error; skips blank lines */
+void av_jsonl_close(av_jsonl *j);
+/* Writes a JSON-escaped string (with quotes) to f. */
+void av_json_fput_string(FILE *f, const char *s, size_t len);
+
+/* ==== LoRA adapters and fuse ================================================================== */
+typedef struct {
+    int rank;          /* default 8 */
+    float alpha;       /* default 16 */
+    float scale;       /* alpha / rank unless set directly (--scale) */
+    float dropout;     /* default 0 */
+    int num_layers;    /* last N layers; -1 = all */
+    unsigned keys;     /* bitmask over q, k, v, o, gate, up, down (bit 0 = q_proj); av_lora_parse_keys */
+} av_lora_spec;
+
+void av_lora_spec_default(av_lora_spec *s);
+/* Parses "q_proj,v_proj" (also accepts "self_attn.q_proj" and MLX-LM names) into a key mask. */
+av_status av_lora_parse_keys(const char *list, unsigned *mask);
+/* Allocates and initialises adapters on m's layers per spec (seeded; A random, B zero). */
+av_status av_lora_attach(av_model *m, const av_lora_spec *spec, uint64_t seed);
+/* Frees adapters (model back to base). */
+void av_lora_detach(av_model *m);
+/* Trainable parameter count (A and B of all attached adapters). */
+long long av_lora_param_count(const av_model *m);
+/* Number of layers / projections that carry an adapter (0 when none is attached). */
+int av_lora_count(const av_model *m);
+
+/* Adapter files: MLX-LM (adapters.safetensors + adapter_config.json) or PEFT
+ * (adapter_model.safetensors + adapter_config.json). Every write is atomic. */
+typedef enum { AV_ADAPTER_MLX = 0, AV_ADAPTER_PEFT = 1 } av_adapter_format;
+/* path: a directory holding either format, or an adapters/adapter_model safetensors file. Attaches
+ * adapters on the model (replacing any) and fills them; out (may be NULL) receives the spec. */
+av_status av_adapter_load(av_model *m, const char *path, av_lora_spec *out);
+/* Which format `path` holds (directory or file); AV_ERR_IO when neither is found. */
+av_status av_adapter_detect(const char *path, av_adapter_format *fmt);
+/* Reads only the config of an adapter at `path` into spec (and its format). */
+av_status av_adapter_read_config(const char *path, av_lora_spec *spec, av_adapter_format *fmt);
+/* Loads tensors from a safetensors file (either naming) into the adapters already attached to m. */
+av_status av_adapter_load_weights(av_model *m, const char *file);
+/* Writes config + weights into dir (created if missing); spec (may be NULL) supplies dropout. */
+av_status av_adapter_save(const av_model *m, const av_lora_spec *spec, const char *dir, int format_peft);
+/* Only the tensors, to any file path (checkpoints such as 0000100_adapters.safetensors). */
+av_status av_adapter_save_weights(const av_model *m, const char *file, int format_peft);
+/* Only the config file dir/adapter_config.json. */
+av_status av_adapter_save_config(const av_model *m, const av_lora_spec *spec, const char *dir, int format_peft);
+
+/* Merges the attached adapters into the base weights and writes a normal HF model directory.
+ * out_dtype: AV_BF16 / AV_F16 / AV_F32, or -1 to keep each tensor's dtype. *n_fused (may be NULL):
+ * merged projections. out_dir must differ from the model's directory. */
+av_status av_fuse_save(const av_model *m, const char *out_dir, int out_dtype, int *n_fused);
+
+/* ==== training: data ========================================================================== */
+/* How text becomes tokens; supplied by the caller (tokenizer + chat template). */
+typedef struct {
+    /* Encodes len bytes; add_special adds BOS as the tokenizer is configured to. ids malloc'd. */
+    av_status (*encode)(void *ctx, const char *text, size_t len, int add_special, int32_t **ids, int *n);
+    /* Renders a messages array with the chat template into a malloc'd string. NULL = the model has
+     * no chat template (chat rows are then an error; prompt/completion rows are concatenated). */
+    av_status (*render)(void *ctx, const cJSON *messages, int add_generation_prompt, char **out);
+    void *ctx;
+    int eos_id;      /* appended to text rows not already ending with it; -1 = none */
+    int mask_prompt; /* offsets mark where the completion / last message starts */
+} av_ds_opts;
+
+typedef struct av_ds_row av_ds_row; /* one tokenized row (library-internal) */
+/* A tokenized JSONL file ({"text"}, {"prompt","completion"} or {"messages"} lines). Caller-owned
+ * struct; its fields are read-only. */
+typedef struct {
+    char path[4096];
+    int n;           /* rows */
+    av_ds_row *rows;
+    int n_truncated; /* rows cut by av_dataset_truncate */
+    int longest;     /* longest row before truncation */
+} av_dataset;
+
+/* Loads and tokenizes a whole file. Any malformed line fails with "path:line: problem". */
+av_status av_dataset_load(av_dataset *d, const char *path, const av_ds_opts *o);
+/* Builds a dataset from texts (as {"text"} rows). */
+av_status av_dataset_from_texts(av_dataset *d, const char *const *texts, int n, const av_ds_opts *o);
+void av_dataset_free(av_dataset *d);
+/* Cuts rows longer than max_len tokens; returns how many were cut (also in d->n_truncated). */
+int av_dataset_truncate(av_dataset *d, int max_len);
+/* Longest row of the dataset (after truncation). */
+int av_dataset_max_len(const av_dataset *d);
+
+/* Length-sorted batches of a dataset, shuffled per epoch with a seed. Caller-owned struct. */
+typedef struct {
+    const av_dataset *d;
+    int batch_size;
+    int nb;          /* number of batches (the last may be partial) */
+    int *sorted;     /* row indexes sorted by length (stable) */
+    int *perm;       /* batch order of the current epoch */
+    uint64_t seed;
+    long long epoch; /* epoch whose permutation is in perm (-1 = none yet) */
+} av_batcher;
+/* Fails like MLX-LM when the dataset has fewer rows than batch_size. */
+av_status av_batcher_init(av_batcher *bt, const av_dataset *d, int batch_size, uint64_t seed);
+void av_batcher_free(av_batcher *bt);
+
+/* ==== training: optimizer and schedule ======================================================== */
+/* MLX's optimizers with MLX's defaults (mlx.optimizers Adam, AdamW, SGD, Adafactor). */
+typedef enum { AV_OPTIM_ADAM = 0, AV_OPTIM_ADAMW, AV_OPTIM_SGD, AV_OPTIM_ADAFACTOR } av_optim_kind;
+typedef struct {
+    av_optim_kind kind;
+    float lr;                  /* this step's learning rate (adafactor with relative_step ignores it) */
+    int step;                  /* updates so far, this one included (1-based) */
+    double beta1, beta2, eps;  /* adam, adamw: betas (0.9, 0.999), eps 1e-8 */
+    int bias_correction;       /* adam, adamw: 0 as MLX (1 = PyTorch's Adam/AdamW) */
+    double weight_decay;       /* adamw 0.01 (decoupled), sgd 0 (added to the gradient), adafactor 0 */
+    double momentum, dampening; /* sgd: 0, 0 */
+    int nesterov;              /* sgd: 0 */
+    double eps1, eps2, clip_threshold, decay_rate; /* adafactor: eps (1e-30, 1e-3), 1.0, -0.8 */
+    double af_beta1;           /* adafactor beta_1 when af_first_moment (MLX: None) */
+    int af_first_moment, scale_parameter, relative_step, warmup_init; /* adafactor: 0, 1, 1, 0 */
+} av_optim_params;
+/* MLX's defaults for kind (lr 0, step 0). */
+void av_optim_defaults(av_optim_params *o, av_optim_kind kind);
+/* "adam", "adamw", "sgd", "adafactor" <-> kind; parse returns -1 for an unknown name. */
+const char *av_optim_name(av_optim_kind kind);
+int av_optim_parse(const char *name, av_optim_kind *kind);
+
+/* Learning-rate schedules as MLX-LM builds them, each optionally after a linear warmup. */
+typedef enum { AV_LR_CONSTANT = 0, AV_LR_COSINE, AV_LR_LINEAR, AV_LR_EXPONENTIAL, AV_LR_STEP } av_lr_kind;
+typedef struct {
+    av_lr_kind kind;
+    /* MLX-LM's "arguments": cosine_decay (init, decay_steps, end); linear_schedule (init, end,
+     * steps); exponential_decay (init, rate); step_decay (init, rate, step_size); constant (init). */
+    double args[3];
+    int nargs;
+    int warmup;         /* linear warmup steps (0 = none) */
+    double warmup_init; /* LR at step 0 of the warmup */
+} av_lr_schedule;
+/* Constant schedule at lr. */
+void av_lr_constant(av_lr_schedule *s, double lr);
+/* "constant", "cosine"/"cosine_decay", "linear"/"linear_schedule", "exponential_decay", "step_decay". */
+av_status av_lr_kind_parse(const char *name, av_lr_kind *kind);
+const char *av_lr_kind_name(av_lr_kind k);
+/* Checks argument count and ranges (decay_steps >= 1, ...). */
+av_status av_lr_validate(const av_lr_schedule *s);
+/* LR for optimizer step `step` (0-based). */
+double av_lr_at(const av_lr_schedule *s, int step);
+/* Initial (peak) LR: args[0]. */
+double av_lr_init(const av_lr_schedule *s);
+
+/* ==== training: model context and trainer ===================================================== */
+/* Training buffers and trainable parameters of one model (LoRA A/B, or every weight as f32 master
+ * copies with full fine-tuning). Create it after attaching adapters. */
+typedef struct av_train_ctx av_train_ctx;
+av_status av_train_ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_len, int grad_checkpoint);
+/* Full fine-tuning on a model without adapters; freeing the context restores the model's views. */
+av_status av_train_ctx_new_full(av_train_ctx **out, av_model *m, int max_rows, int max_len, int grad_checkpoint);
+void av_train_ctx_free(av_train_ctx *c);
+int av_train_nparams(const av_train_ctx *c);          /* parameter tensors */
+long long av_train_param_count(const av_train_ctx *c); /* trainable scalars */
+int av_train_is_full(const av_train_ctx *c);
+/* LoRA dropout (PEFT semantics) in training steps only; 0 <= p < 1. */
+av_status av_train_set_dropout(av_train_ctx *c, float p, uint64_t seed);
+/* Flash attention in training steps (the default where available) or, on = 0, the standard one. */
+av_status av_train_set_flash(av_train_ctx *c, int on);
+/* Peak bytes of the training buffers (activations, grads). */
+size_t av_train_bytes(const av_train_ctx *c);
+/* Every parameter's values as f32 safetensors, atomically / loaded back by name (f32/f16/bf16). */
+av_status av_train_save_weights(av_train_ctx *c, const char *path);
+av_status av_train_load_weights(av_train_ctx *c, const char *path);
+/* Full fine-tuning output as MLX-LM writes it, plus a loadable model directory. */
+av_status av_train_save_model_dir(av_train_ctx *c, const char *dir);
+/* Every parameter's gradient as f32 safetensors (PEFT names), atomically. */
+av_status av_train_save_grads(av_train_ctx *c, const char *path);
+
+typedef enum {
+    AV_TEV_PROGRESS = 0, /* after every iteration: iter, iters, elapsed, eta */
+    AV_TEV_REPORT,       /* train loss line */
+    AV_TEV_EVAL,         /* validation line */
+    AV_TEV_SAVE,         /* checkpoint written: path (main), path2 (numbered) */
+    AV_TEV_BEST,         /* new best validation loss: path */
+    AV_TEV_FINAL,        /* final weights: path */
+    AV_TEV_INTERRUPTED,  /* stopped early; state saved: path */
+} av_train_event_kind;
+
+typedef struct {
+    av_train_event_kind kind;
+    int iter, iters;
+    double train_loss, lr, it_per_sec, tok_per_sec, peak_gb;
+    long long trained_tokens;
+    double val_loss, val_secs;
+    const char *path, *path2;
+    double elapsed, eta; /* seconds */
+} av_train_event;
+
+typedef struct {
+    int iters, grad_accum, steps_per_report, steps_per_eval, val_batches, save_every;
+    uint64_t seed;
+    av_lr_schedule lr;
+    av_optim_params optim; /* kind and hyperparameters (lr and step are set per update) */
+    const char *dump_grads; /* if set: write the first batch's gradients (PEFT names) here and stop */
+    volatile int *stop;     /* set asynchronously (SIGINT): save state and return AV_ERR_INTERRUPTED */
+    /* Writes the current adapter weights for `tag` (NULL = main file, "best", or a 7-digit
+     * iteration for a numbered checkpoint) and puts the weights file (or PEFT directory) written
+     * into path; the state side file goes beside it. */
+    av_status (*save)(void *ctx, const char *tag, char *path, size_t cap);
+    void (*on_event)(void *ctx, const av_train_event *ev);
+    void *ctx;
+} av_trainer_opts;
+
+/* MLX-LM's defaults: Adam without bias correction, constant LR 1e-4, 1000 iters, report 10,
+ * eval 200, 25 val batches, save 100, seed 0. */
+void av_trainer_opts_default(av_trainer_opts *o);
+
+/* MLX-LM's training loop: one batch per iteration, an optimizer update every grad_accum, reports,
+ * validation, checkpoints, and a state side file so that a resumed run continues bit for bit. */
+typedef struct av_trainer av_trainer;
+av_status av_trainer_new(av_trainer **out, av_model *m, av_train_ctx *tc, const av_trainer_opts *o);
+void av_trainer_free(av_trainer *t);
+/* Restores parameters, optimizer state, iteration, data position, schedule from a state file. */
+av_status av_trainer_load_state(av_trainer *t, const char *state_path);
+int av_trainer_iter(const av_trainer *t); /* iterations done (0 unless resumed) */
+/* Runs iterations iter+1..iters over `train`, evaluating on `valid` (may be NULL). Returns
+ * AV_ERR_INTERRUPTED (state saved) when *stop was set. */
+av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid);
+/* Whether the run stopped after dumping gradients. */
+int av_trainer_dumped(const av_trainer *t);
+/* Token-weighted mean NLL over the first max_batches batches (-1 = all) in sorted order. */
+av_status av_evaluate(av_train_ctx *tc, av_batcher *bt, int max_batches, double *loss, long long *ntok);
+/* State file beside an adapter: "X.safetensors" -> "X.state.safetensors"; a directory D (PEFT)
+ * -> "D/adapter_model.state.safetensors". */
+char *av_trainer_state_path(const char *adapter_path, char *buf, size_t cap);
+/* Peak memory in bytes: process peak RSS on the CPU, the backend's peak on a GPU. */
+size_t av_train_peak_bytes(const av_backend *be);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,18 @@
+/* The public API's read-only view of models and sessions (include/anvil.h): what callers need
+ * from av_model and av_session without seeing their structs. */
+#include "core/memory.h"
+#include "model/llama.h"
+
+const av_config *av_model_config(const av_model *m) { return &m->cfg; }
+const char *av_model_dir(const av_model *m) { return m->dir; }
+const av_backend *av_model_backend(const av_model *m) { return m->be; }
+size_t av_model_weight_bytes(const av_model *m) { return m->weight_bytes; }
+int av_model_weight_files(const av_model *m) { return m->st.nfiles; }
+av_dtype av_model_weight_dtype(const av_model *m) { return m->embed.dtype; }
+
+size_t av_model_peak_bytes(const av_model *m) {
+    return m->be->host_visible ? av_mem_peak_rss() : m->be->peak_bytes();
+}
+
+int av_session_n_past(const av_session *s) { return s->n_past; }
+int av_session_max_seq(const av_session *s) { return s->max_seq; }
