@@ -33,16 +33,6 @@ void av_sampler_free(av_sampler *s) {
     s->w = NULL;
 }
 
-/* Sum of the weights at or above tau (as ops/sample.c's, summed in index order). */
-static float mass_at(const float *l, int V, float mx, float invt, float tau) {
-    float m = 0;
-    for (int j = 0; j < V; j++) {
-        float w = expf((l[j] - mx) * invt);
-        if (w >= tau) m += w;
-    }
-    return m;
-}
-
 /* The k-th largest of w[0..n) (1-based k), reordering w: quickselect. */
 static float kth_largest(float *w, int n, int k) {
     int lo = 0, hi = n - 1, want = k - 1;
@@ -73,34 +63,15 @@ int av_sampler_sample(av_sampler *s, float *logits, const int32_t *recent, int n
             logits[t] = logits[t] < 0 ? logits[t] * p->repetition_penalty : logits[t] / p->repetition_penalty;
         }
     }
-    int best = 0;
-    for (int j = 1; j < V; j++)
-        if (l[j] > l[best]) best = j;
+    int best = av_sample_argmax(l, V);
     if (p->temp <= 0.0f) return best;
     float mx = l[best], invt = 1.0f / p->temp;
-    float Z = mass_at(l, V, mx, invt, 0.0f), tau = 0.0f;
-    if (p->top_p < 1.0f) {
-        float lo = 0.0f, hi = 1.0f; /* largest tau with mass(tau) >= top_p * Z */
-        for (int it = 0; it < 32; it++) {
-            float mid = 0.5f * (lo + hi);
-            if (mass_at(l, V, mx, invt, mid) >= p->top_p * Z) lo = mid;
-            else hi = mid;
-        }
-        tau = lo;
-    }
+    float tau = av_sample_top_p_tau(l, V, mx, invt, p->top_p);
     if (s->w) { /* top-k: the k-th largest weight (ties with it are kept too) */
         for (int j = 0; j < V; j++) s->w[j] = expf((l[j] - mx) * invt);
         float wk = kth_largest(s->w, V, p->top_k);
         if (wk > tau) tau = wk;
     }
     if (p->min_p > tau) tau = p->min_p; /* the top weight is 1: min-p x the top probability */
-    float kept = mass_at(l, V, mx, invt, tau);
-    float u = av_sample_uniform(p->seed, pos) * kept, c = 0;
-    for (int j = 0; j < V; j++) {
-        float w = expf((l[j] - mx) * invt);
-        if (w < tau) continue;
-        c += w;
-        if (c > u) return j;
-    }
-    return best;
+    return av_sample_draw(l, V, mx, invt, tau, av_sample_uniform(p->seed, pos), best);
 }

@@ -6,6 +6,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The host sampling steps, shared by av_sample_rows and the engine's sampler (engine/sampler.c):
+ * weights w_j = exp((l_j - mx) / T) with mx the row's maximum. */
+int av_sample_argmax(const float *l, int V);                    /* lowest index on ties */
+float av_sample_mass(const float *l, int V, float mx, float invt, float tau); /* sum of w_j >= tau, index order */
+float av_sample_top_p_tau(const float *l, int V, float mx, float invt, float top_p); /* largest tau keeping top_p of the mass */
+/* Inverse-CDF draw in index order among w_j >= tau with u in [0, 1); best if rounding runs out. */
+int av_sample_draw(const float *l, int V, float mx, float invt, float tau, float u, int best);
+
 /* Host version of backend->sample (same semantics; host pointers). */
 void av_sample_rows(int32_t *ids, const float *logits, int N, int V, float temperature, float top_p, uint64_t seed, int32_t *pos,
                     const int32_t *active);
