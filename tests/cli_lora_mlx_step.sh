@@ -52,4 +52,12 @@ if $L --learning-rate 1e-3 --adapter-path "$W/adam2048" > "$W/adam2048.log" 2>&1
 else
   bad "default --max-seq-length run failed: $(tail -2 "$W/adam2048.log")"
 fi
+# an adapter_config.json without lora_parameters.keys (MLX-LM writes none for its default set): the
+# projections come from the tensors in the file, and the adapter applies as with explicit keys
+mkdir -p "$W/nokeys" && cp "$FX/mlx_step/init/adapters.safetensors" "$W/nokeys/"
+printf '{"fine_tune_type": "lora", "num_layers": 2, "lora_parameters": {"rank": 4, "dropout": 0.0, "scale": 10.0}}' \
+  > "$W/nokeys/adapter_config.json"
+g() { "$ANVIL" generate --model "$FX/tiny-llama" --prompt "Share a quote." --max-tokens 6 --json "$@" 2>/dev/null | sed 's/.*"ids":\(\[[^]]*\]\).*/\1/'; }
+a=$(g --adapter-path "$FX/mlx_step/init"); b=$(g --adapter-path "$W/nokeys")
+[ -n "$a" ] && [ "$a" = "$b" ] && ok "config without keys: projections read from the weights ($b)" || bad "config without keys: '$b' vs '$a'"
 finish

@@ -93,6 +93,7 @@ static av_status read_config(const char *dir, av_adapter_format fmt, av_lora_spe
             spec->num_layers = (int)av_json_num(j, "num_layers", 16);
             const cJSON *k = av_json_get(lp, "keys");
             if (k) st = keys_from_json(k, path, &spec->keys);
+            else spec->keys = 0; /* MLX-LM writes no keys when it adapted its default set: read from the weights */
         }
     } else {
         const char *pt = av_json_str(j, "peft_type", "LORA");
@@ -255,6 +256,19 @@ av_status av_adapter_load_weights(av_model *m, const char *file) {
     return st;
 }
 
+/* The projections an adapter file holds LoRA tensors for (any layer). */
+static av_status keys_in_file(const char *file, unsigned *mask) {
+    av_st_file f;
+    AV_TRY(av_st_open(&f, file));
+    *mask = 0;
+    for (int i = 0; i < f.n; i++) {
+        int l, p;
+        if (parse_lora_name(f.tensors[i].name, &l, &p) && p >= 0) *mask |= 1u << p;
+    }
+    av_st_close(&f);
+    return *mask ? AV_OK : av_fail(AV_ERR_FORMAT, "%s: no LoRA tensors found", file);
+}
+
 av_status av_adapter_load(av_model *m, const char *path, av_lora_spec *out) {
     char dir[4096], file[4200];
     av_adapter_format fmt;
@@ -264,6 +278,7 @@ av_status av_adapter_load(av_model *m, const char *path, av_lora_spec *out) {
     if (!on) return av_fail(AV_ERR_NOMEM, "out of memory");
     av_lora_spec spec;
     av_status st = read_config(dir, fmt, &spec, on, NL, &have_layers);
+    if (st == AV_OK && !spec.keys) st = keys_in_file(file, &spec.keys);
     if (st == AV_OK) st = av_lora_attach_layers(m, &spec, have_layers ? on : NULL, 0);
     if (st == AV_OK) {
         st = av_adapter_load_weights(m, file);
