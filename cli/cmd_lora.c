@@ -160,6 +160,17 @@ static const char k_summary[] =
     "scale_parameter, relative_step, warmup_init}} sets the chosen one's arguments. PyTorch/PEFT's AdamW:\n"
     "--optimizer adamw --bias-correction.";
 
+/* --profile: wall milliseconds of each phase over the run, and their shares. */
+static void print_profile(const av_train_ctx *tc) {
+    double ms[AV_TRAIN_NPHASES], total = 0;
+    av_train_profile(tc, ms);
+    for (int i = 0; i < AV_TRAIN_NPHASES; i++) total += ms[i];
+    printf("Profile (ms over the run, device synchronised at each switch):");
+    for (int i = 0; i < AV_TRAIN_NPHASES; i++) printf(" %s %.1f (%.0f%%)%s", av_train_phase_names[i], ms[i], total > 0 ? 100 * ms[i] / total : 0.0,
+                                                      i + 1 < AV_TRAIN_NPHASES ? "," : "\n");
+    fflush(stdout);
+}
+
 int av_cmd_lora(int argc, char **argv) {
     lora_opts o = {0};
     int *ints[] = {&o.num_layers, &o.batch_size, &o.iters, &o.steps_per_report, &o.steps_per_eval, &o.val_batches, &o.save_every,
@@ -192,6 +203,7 @@ int av_cmd_lora(int argc, char **argv) {
         {"adapter-format", AV_OPT_STR, &o.adapter_format, "mlx (default) or peft", 0, 0, NULL},
         {"resume-adapter-file", AV_OPT_STR, &o.resume, "MLX adapters file or PEFT directory to start from", 0, 0, NULL},
         {"grad-checkpoint", AV_OPT_FLAG, &o.grad_checkpoint, "keep only layer inputs; recompute in backward", 0, 0, NULL},
+        {"profile", AV_OPT_FLAG, &o.profile, "time each phase of the steps (synchronises the device; slower) and print the table", 0, 0, NULL},
         {"mask-prompt", AV_OPT_FLAG, &o.mask_prompt, "train only on completions / the last message", 0, 0, NULL},
         {"max-seq-length", AV_OPT_INT, &o.max_seq_length, "truncate examples to N tokens (default 2048)", 2, 1e7, NULL},
         {"lora-keys", AV_OPT_STR, &o.lora_keys, "projections to adapt (default q_proj,v_proj; all = every one)", 0, 0, NULL},
@@ -490,8 +502,10 @@ int av_cmd_lora(int argc, char **argv) {
         struct sigaction sa = {0};
         sa.sa_handler = on_sigint;
         sigaction(SIGINT, &sa, NULL);
+        if (o.profile) av_train_set_profile(tc, 1);
         av_status st = av_trainer_run(tr, &btrain, &bvalid);
         signal(SIGINT, SIG_DFL);
+        if (o.profile) print_profile(tc);
         clear_bar(&rctx);
         if (st == AV_ERR_INTERRUPTED) {
             av_cli_fail(CMD);

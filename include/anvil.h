@@ -471,6 +471,14 @@ double av_lr_init(const av_lr_schedule *s);
 /* Training buffers and trainable parameters of one model (LoRA A/B, or every weight as f32 master
  * copies with full fine-tuning). Create it after attaching adapters. */
 typedef struct av_train_ctx av_train_ctx;
+/* Phase profile of the training steps (off by default; `anvil lora --profile`): with it on, every
+ * step synchronises the device at each phase switch and adds the wall milliseconds of each phase
+ * (exclusive: attention and adapter products are not in the layer phases) to av_train_profile's totals. */
+enum { AV_TRAIN_PH_OTHER = 0, AV_TRAIN_PH_FROZEN, AV_TRAIN_PH_LAYER_FWD, AV_TRAIN_PH_ATT_FWD, AV_TRAIN_PH_LORA, AV_TRAIN_PH_XENT,
+       AV_TRAIN_PH_LAYER_BWD, AV_TRAIN_PH_ATT_BWD, AV_TRAIN_NPHASES };
+extern const char *const av_train_phase_names[AV_TRAIN_NPHASES];
+void av_train_set_profile(av_train_ctx *c, int on);
+void av_train_profile(const av_train_ctx *c, double ms[AV_TRAIN_NPHASES]);
 av_status av_train_ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_len, int grad_checkpoint);
 /* Full fine-tuning on a model without adapters; freeing the context restores the model's views. */
 av_status av_train_ctx_new_full(av_train_ctx **out, av_model *m, int max_rows, int max_len, int grad_checkpoint);

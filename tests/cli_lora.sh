@@ -119,4 +119,8 @@ printf 'optimizer: sgd\noptimizer_config:\n  sgd: {nesterov: true}\n' > "$W/bad2
 expect_error "nesterov without momentum" "nesterov momentum requires a momentum" $B --data "$D" -c "$W/bad2.yaml" --adapter-path "$W/x15"
 for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do [ -e "$W/x$i" ] && bad "x$i: adapter written after an error"; done
 ok "no adapter written on errors"
+# --profile: one table of the steps' phases at the end
+"$ANVIL" lora --model "$M" --train --data "$D" --iters 2 --batch-size 2 --profile --adapter-path "$AV_TMP/prof" > "$AV_TMP/prof.log" 2>&1 \
+  && grep -q '^Profile (ms over the run.*xent [0-9.]* (' "$AV_TMP/prof.log" && ok "--profile prints the phase table" \
+  || bad "--profile: $(tail -2 "$AV_TMP/prof.log")"
 finish

@@ -13,10 +13,7 @@ typedef enum {
     AV_ROWS_BATCH,       /* training: B sequences of T rows from position 0, no cache */
 } av_rows_kind;
 
-/* Phases of the optional profile (av_layer_ws.prof): synchronises at every switch. */
-enum { AV_TRAIN_PH_OTHER = 0, AV_TRAIN_PH_FROZEN, AV_TRAIN_PH_LAYER_FWD, AV_TRAIN_PH_ATT_FWD, AV_TRAIN_PH_LORA, AV_TRAIN_PH_XENT,
-       AV_TRAIN_PH_LAYER_BWD, AV_TRAIN_PH_ATT_BWD, AV_TRAIN_NPHASES };
-extern const char *const av_train_phase_names[AV_TRAIN_NPHASES];
+/* The optional profile's phases (av_layer_ws.prof) are anvil.h's AV_TRAIN_PH_*. */
 
 /* What a trained layer's backward needs and cannot recompute cheaply (AV_ROWS_BATCH). With a16,
  * q k v gate up hold bf16 (uint16_t behind the float pointers). att/lse: the flash forward's output

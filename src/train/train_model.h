@@ -50,10 +50,5 @@ enum { AV_STEP_BACKWARD = 1, AV_STEP_DROPOUT = 2 };
 av_status av_train_step_ex(av_train_ctx *c, const int32_t *ids, const int32_t *targets, int B, int T, float grad_scale, int flags,
                            double *nll_sum, int *n_valid);
 
-/* Phase profile (off by default; the phases are model/layer.h's): with it on, every step
- * synchronises the device at each phase switch and adds the wall milliseconds of each phase
- * (exclusive: attention and adapter products are not in the layer phases) to these totals. */
-void av_train_set_profile(av_train_ctx *c, int on);
-void av_train_profile(const av_train_ctx *c, double ms[AV_TRAIN_NPHASES]);
 
 #endif
