@@ -1,57 +1,17 @@
-/* Training forward + backward of the Llama model over B rows of length T through the backend
- * table: the forward saves per-layer activations (or only layer inputs with gradient
- * checkpointing, recomputing one layer at a time in the backward), the LM head + cross-entropy is
- * chunked, and the backward calls every op's backward in exact reverse order. Gradients reach
- * the LoRA A/B only (the base is frozen): for y = x W^T + s (x A^T) B^T,
- *   dB += s dy^T (x A^T),  dA += s (dy B)^T x,  dx += dy W + s (dy B) A.
- * LoRA dropout (training steps only) feeds the adapter branch u = dropout(x) instead of x, the
- * mask regenerated from its key in the backward: dx += dy W + dropout_backward(s (dy B) A).
- * Full fine-tuning runs the same code with the weights replaced by f32 master copies and the
- * weight gradients switched on: dW of every matmul, dw of every RMSNorm, the LM head's dW from
- * the chunked cross-entropy, and the embedding's scatter-add. */
-#include "train/train_model.h"
+/* The training context (train_ctx.h) and its steps over B rows of length T: buffers planned as one
+ * allocation; the forward runs the model's decoder layer (model/layer.c, BATCH rows) saving per-layer
+ * activations (or only layer inputs with gradient checkpointing, recomputing one layer at a time in
+ * the backward), the LM head + cross-entropy is chunked, and the backward runs each layer's backward
+ * in exact reverse order. Gradients reach the LoRA A/B (model/lora_linear.c, with LoRA dropout) or,
+ * with full fine-tuning, every weight: dW of every matmul, dw of every RMSNorm, the LM head's dW
+ * from the chunked cross-entropy, and the embedding's scatter-add. */
+#include "train/train_ctx.h"
 #include "attention/attention.h"
 #include "core/memory.h"
-#include "formats/safetensors.h"
-#include "model/layer.h"
-#include "model/llama.h"
-#include "train/lora.h"
-#include <cjson/cJSON.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
-#define XENT_CHUNK 256 /* logit rows per LM-head chunk: amortises the weight conversion; 256 x V floats of scratch */
-
-struct av_train_ctx {
-    av_model *m;
-    av_layer_ws ws;    /* the layers' scratch, precision choices, gradients and dropout (model/layer.h) */
-    int max_rows, max_len, ckpt, nsets, max_rank;
-    int first;         /* first layer with trainable parameters: layers before it run forward only */
-    float **xs;        /* layer inputs/outputs [N, D], layers first..n_layers (NULL below first) */
-    av_layer_acts *acts; /* one set per layer first..n_layers-1, or 1 with checkpointing */
-    float *hidden, *rstdf, *dh, *xout, *scratch;
-    int32_t *ids_dev, *tgt_dev, *pos_dev;
-    int32_t *pos_host;
-    int nparams;
-    av_param *params;
-    float *grad_arena;
-    size_t grad_floats, bytes;
-    av_plan mem_params, mem_bufs; /* one allocation each: parameters' gradients (+ f32 masters), every buffer */
-    void **allocs;     /* buffers added later (dropout, standard attention), for free */
-    int nallocs, cap_allocs;
-    /* full fine-tuning */
-    int tied;
-    float *gembed, *gfinal, *glm; /* glm == gembed when tied */
-    av_mat **views, *orig;  /* the model's weight views and their original values (restored on free) */
-    int nviews;
-    size_t widest;
-};
-
-static float *ctx_alloc(av_train_ctx *c, size_t floats, const char *what) {
+float *av_train_ctx_alloc(av_train_ctx *c, size_t floats, const char *what) {
     if (c->nallocs == c->cap_allocs) {
         int nc = c->cap_allocs ? c->cap_allocs * 2 : 64;
         void **na = realloc(c->allocs, sizeof(void *) * (size_t)nc);
@@ -98,158 +58,6 @@ static int layer_has_adapter(const av_model *m, int l) {
     return 0;
 }
 
-static av_status build_params(av_train_ctx *c) {
-    av_model *m = c->m;
-    int NL = m->cfg.n_layers;
-    c->ws.ga = calloc((size_t)NL * AV_PROJ_COUNT, sizeof(float *));
-    c->ws.gb = calloc((size_t)NL * AV_PROJ_COUNT, sizeof(float *));
-    if (!c->ws.ga || !c->ws.gb) return av_fail(AV_ERR_NOMEM, "train: out of memory");
-    int n = 0;
-    size_t total = 0;
-    for (int l = 0; l < NL; l++)
-        for (int p = 0; p < AV_PROJ_COUNT; p++) {
-            const av_linear *L = av_layer_proj(&m->layers[l], (av_proj)p);
-            if (!L->lora_a) continue;
-            n += 2;
-            total += (size_t)L->rank * (L->w.rows + L->w.cols);
-            if (L->rank > c->max_rank) c->max_rank = L->rank;
-        }
-    if (!n) return av_fail(AV_ERR_ARG, "train: the model has no adapters attached (nothing to train)");
-    c->params = calloc((size_t)n, sizeof(av_param));
-    if (!c->params) return av_fail(AV_ERR_NOMEM, "train: out of memory");
-    av_plan_floats(&c->mem_params, &c->grad_arena, total);
-    if (av_plan_commit(&c->mem_params, m->be->alloc, "lora gradients") != AV_OK) return av_fail(AV_ERR_NOMEM, "train: out of memory for gradients");
-    c->bytes += c->mem_params.total;
-    c->grad_floats = total;
-    m->be->zero(c->grad_arena, total * sizeof(float));
-    size_t off = 0;
-    for (int l = 0; l < NL; l++)
-        for (int p = 0; p < AV_PROJ_COUNT; p++) {
-            av_linear *L = av_layer_proj(&m->layers[l], (av_proj)p);
-            if (!L->lora_a) continue;
-            for (int ab = 0; ab < 2; ab++) {
-                av_param *P = &c->params[c->nparams++];
-                snprintf(P->name, sizeof P->name, "base_model.model.model.layers.%d.%s.%s.lora_%c.weight", l, av_proj_module[p],
-                         av_proj_names[p], ab ? 'B' : 'A');
-                P->data = ab ? L->lora_b : L->lora_a;
-                P->rows = ab ? L->w.rows : L->rank;
-                P->cols = ab ? L->rank : L->w.cols;
-                P->n = (size_t)P->rows * P->cols;
-                P->grad = c->grad_arena + off;
-                off += P->n;
-                if (ab) c->ws.gb[l * AV_PROJ_COUNT + p] = P->grad;
-                else c->ws.ga[l * AV_PROJ_COUNT + p] = P->grad;
-            }
-        }
-    return AV_OK;
-}
-
-/* Full fine-tuning: f32 master copies of every weight become the parameters. */
-static av_status build_params_full(av_train_ctx *c) {
-    av_model *m = c->m;
-    const av_backend *be = m->be;
-    int NL = m->cfg.n_layers;
-    if (av_lora_count(m)) return av_fail(AV_ERR_ARG, "train: full fine-tuning of a model with LoRA adapters attached (detach them)");
-    if (!be->xent_forward_backward_dw || !be->embedding_backward || !be->rmsnorm_backward || !be->matmul_backward)
-        return av_fail(AV_ERR_UNSUPPORTED, "train: the %s backend lacks the weight-gradient ops full fine-tuning needs (xent_forward_backward_dw)",
-                       be->name);
-    c->tied = m->lm_head.data == m->embed.data;
-    int nv = 2 + 9 * NL + !c->tied;
-    c->views = calloc((size_t)nv, sizeof *c->views);
-    c->orig = calloc((size_t)nv, sizeof *c->orig);
-    c->params = calloc((size_t)nv, sizeof *c->params);
-    c->ws.gw = calloc((size_t)NL * AV_PROJ_COUNT, sizeof(float *));
-    c->ws.gn1 = calloc((size_t)NL, sizeof(float *));
-    c->ws.gn2 = calloc((size_t)NL, sizeof(float *));
-    if (!c->views || !c->orig || !c->params || !c->ws.gw || !c->ws.gn1 || !c->ws.gn2) return av_fail(AV_ERR_NOMEM, "train: out of memory");
-    /* the views, in parameter order, with their HF names */
-    int k = 0;
-#define ADD_VIEW(ptr, ...) do { c->views[k] = (ptr); snprintf(c->params[k].name, sizeof c->params[k].name, __VA_ARGS__); k++; } while (0)
-    ADD_VIEW(&m->embed, "model.embed_tokens.weight");
-    const int order[AV_PROJ_COUNT] = {AV_PROJ_Q, AV_PROJ_K, AV_PROJ_V, AV_PROJ_O, AV_PROJ_GATE, AV_PROJ_UP, AV_PROJ_DOWN};
-    for (int l = 0; l < NL; l++) {
-        av_layer *L = &m->layers[l];
-        ADD_VIEW(&L->attn_norm, "model.layers.%d.input_layernorm.weight", l);
-        for (int j = 0; j < 4; j++)
-            ADD_VIEW(&av_layer_proj(L, (av_proj)order[j])->w, "model.layers.%d.%s.%s.weight", l, av_proj_module[order[j]], av_proj_names[order[j]]);
-        ADD_VIEW(&L->mlp_norm, "model.layers.%d.post_attention_layernorm.weight", l);
-        for (int j = 4; j < 7; j++)
-            ADD_VIEW(&av_layer_proj(L, (av_proj)order[j])->w, "model.layers.%d.%s.%s.weight", l, av_proj_module[order[j]], av_proj_names[order[j]]);
-    }
-    ADD_VIEW(&m->final_norm, "model.norm.weight");
-    if (!c->tied) ADD_VIEW(&m->lm_head, "lm_head.weight");
-#undef ADD_VIEW
-    size_t total = 0;
-    for (int i = 0; i < nv; i++) {
-        const av_mat *v = c->views[i];
-        if (v->q_bits) return av_fail(AV_ERR_UNSUPPORTED, "train: %s is quantized: full fine-tuning needs f32/f16/bf16 weights", c->params[i].name);
-        if (v->dtype != AV_F32 && v->dtype != AV_F16 && v->dtype != AV_BF16)
-            return av_fail(AV_ERR_UNSUPPORTED, "train: %s has dtype %s (full fine-tuning needs f32/f16/bf16)", c->params[i].name,
-                           av_dtype_name(v->dtype));
-        total += (size_t)v->rows * v->cols;
-    }
-    av_plan_floats(&c->mem_params, &c->grad_arena, total);
-    for (int i = 0; i < nv; i++) av_plan_floats(&c->mem_params, &c->params[i].data, (size_t)c->views[i]->rows * c->views[i]->cols);
-    if (av_plan_commit(&c->mem_params, be->alloc, "full fine-tuning gradients and f32 master weights") != AV_OK)
-        return av_fail(AV_ERR_NOMEM, "train: out of memory for gradients and f32 master weights (%zu floats each)", total);
-    c->bytes += c->mem_params.total;
-    c->grad_floats = total;
-    be->zero(c->grad_arena, total * sizeof(float));
-    /* master copies: convert on the host (downloading first where the backend is not host memory) */
-    size_t off = 0;
-    for (int i = 0; i < nv; i++) {
-        av_mat *v = c->views[i];
-        av_param *P = &c->params[i];
-        P->rows = v->rows;
-        P->cols = v->cols;
-        P->n = (size_t)v->rows * v->cols;
-        P->grad = c->grad_arena + off;
-        off += P->n;
-        av_mat hv = *v;
-        void *raw = NULL;
-        float *host = be->host_visible ? P->data : malloc(P->n * sizeof(float));
-        if (!be->host_visible) {
-            size_t bytes = P->n * av_dtype_size(v->dtype);
-            raw = malloc(bytes ? bytes : 1);
-            if (raw && host) be->download(raw, v->data, bytes);
-            hv.data = raw;
-        }
-        if (!host || (!be->host_visible && !raw)) {
-            if (!be->host_visible) free(host);
-            free(raw);
-            return av_fail(AV_ERR_NOMEM, "train: out of memory converting %s", P->name);
-        }
-        av_mat_rows_to_f32(host, &hv, 0, v->rows);
-        if (!be->host_visible) {
-            be->upload(P->data, host, P->n * sizeof(float));
-            free(host);
-            free(raw);
-        }
-    }
-    c->nparams = nv;
-    /* point the model at the masters and name each gradient's role */
-    for (int i = 0; i < nv; i++) {
-        c->orig[i] = *c->views[i];
-        av_mat *v = c->views[i];
-        v->data = c->params[i].data;
-        v->dtype = AV_F32;
-        v->scales = v->biases = NULL;
-    }
-    c->nviews = nv;
-    if (c->tied) m->lm_head = m->embed;
-    k = 0;
-    c->gembed = c->params[k++].grad;
-    for (int l = 0; l < NL; l++) {
-        c->ws.gn1[l] = c->params[k++].grad;
-        for (int j = 0; j < 4; j++) c->ws.gw[l * AV_PROJ_COUNT + order[j]] = c->params[k++].grad;
-        c->ws.gn2[l] = c->params[k++].grad;
-        for (int j = 4; j < 7; j++) c->ws.gw[l * AV_PROJ_COUNT + order[j]] = c->params[k++].grad;
-    }
-    c->gfinal = c->params[k++].grad;
-    c->glm = c->tied ? c->gembed : c->params[k++].grad;
-    return AV_OK;
-}
-
 static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_len, int grad_checkpoint, int full);
 
 av_status av_train_ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_len, int grad_checkpoint) {
@@ -274,7 +82,7 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
     c->ckpt = grad_checkpoint != 0;
     int NL = cf->n_layers;
     c->ws.full = full != 0;
-    av_status st = full ? build_params_full(c) : build_params(c);
+    av_status st = full ? av_train_build_params_full(c) : av_train_build_params(c);
     if (st != AV_OK) { av_train_ctx_free(c); return st; }
     c->first = 0;
     if (!c->ws.full) /* LoRA: the layers below the first adapter need no backward and no saved activations */
@@ -379,12 +187,12 @@ av_status av_train_set_flash(av_train_ctx *c, int on) {
     if (!on == !ws->flash) return AV_OK;
     if (on) return av_fail(AV_ERR_UNSUPPORTED, "train: flash attention was not available for this model on the %s backend", be->name);
     size_t B = (size_t)c->max_rows, T = (size_t)c->max_len, N = B * T;
-    if (!ws->probs && !(ws->probs = ctx_alloc(c, B * cf->n_heads * T * T, "attention probabilities")))
+    if (!ws->probs && !(ws->probs = av_train_ctx_alloc(c, B * cf->n_heads * T * T, "attention probabilities")))
         return av_fail(AV_ERR_NOMEM, "train: out of memory for standard attention's probabilities");
     if (!ws->attw && be->attention_forward_batch && be->attention_backward_batch) {
         ws->attw_n = av_attention_batch_work(c->max_rows, c->max_len, cf->n_heads, cf->n_kv_heads, cf->head_dim);
         if (ws->attw_n <= N * cf->intermediate_size) ws->attw = ws->dup;
-        else if (!(ws->attw = ctx_alloc(c, ws->attw_n, "attention workspace"))) return av_fail(AV_ERR_NOMEM, "train: out of memory");
+        else if (!(ws->attw = av_train_ctx_alloc(c, ws->attw_n, "attention workspace"))) return av_fail(AV_ERR_NOMEM, "train: out of memory");
     }
     for (int s = 0; s < c->nsets; s++) c->acts[s].att = c->acts[s].lse = NULL; /* one probs buffer: recompute per layer */
     ws->flash = 0;
@@ -406,8 +214,8 @@ av_status av_train_set_dropout(av_train_ctx *c, float p, uint64_t seed) {
         return av_fail(AV_ERR_UNSUPPORTED, "train: the %s backend has no dropout op (LoRA dropout > 0 needs dropout_forward/backward)", be->name);
     if (p > 0 && !c->ws.xdrop) {
         size_t n = (size_t)c->max_rows * c->max_len * c->widest;
-        c->ws.xdrop = ctx_alloc(c, n, "dropout buffers");
-        c->ws.dxdrop = c->ws.xdrop ? ctx_alloc(c, n, "dropout buffers") : NULL;
+        c->ws.xdrop = av_train_ctx_alloc(c, n, "dropout buffers");
+        c->ws.dxdrop = c->ws.xdrop ? av_train_ctx_alloc(c, n, "dropout buffers") : NULL;
         if (!c->ws.xdrop || !c->ws.dxdrop) return av_fail(AV_ERR_NOMEM, "train: out of memory for dropout buffers");
     }
     c->ws.drop_p = p;
@@ -491,122 +299,4 @@ av_status av_train_step_ex(av_train_ctx *c, const int32_t *ids, const int32_t *t
     if (c->ws.drop_on) c->ws.drop_step++;
     c->ws.drop_on = 0;
     return AV_OK;
-}
-
-av_status av_train_save_grads(av_train_ctx *c, const char *path) {
-    float *host = malloc(sizeof(float) * (c->grad_floats ? c->grad_floats : 1));
-    if (!host) return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
-    c->m->be->download(host, c->grad_arena, sizeof(float) * c->grad_floats);
-    av_st_writer w;
-    av_st_writer_init(&w);
-    av_status st = AV_OK;
-    for (int i = 0; i < c->nparams && st == AV_OK; i++) {
-        const av_param *P = &c->params[i];
-        int64_t shape[2] = {P->rows, P->cols};
-        st = av_st_writer_add(&w, P->name, AV_F32, 2, shape, host + (P->grad - c->grad_arena));
-    }
-    if (st == AV_OK) st = av_st_writer_set_metadata(&w, "{\"format\":\"pt\"}");
-    if (st == AV_OK) st = av_st_writer_write(&w, path);
-    av_st_writer_free(&w);
-    free(host);
-    return st;
-}
-
-av_status av_train_save_weights(av_train_ctx *c, const char *path) {
-    size_t total = 0;
-    for (int i = 0; i < c->nparams; i++) total += c->params[i].n;
-    float *host = malloc(sizeof(float) * (total ? total : 1));
-    if (!host) return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
-    av_st_writer w;
-    av_st_writer_init(&w);
-    av_status st = AV_OK;
-    size_t off = 0;
-    for (int i = 0; i < c->nparams && st == AV_OK; i++) {
-        const av_param *P = &c->params[i];
-        c->m->be->download(host + off, P->data, sizeof(float) * P->n);
-        int64_t shape[2] = {P->rows, P->cols};
-        int vec = c->ws.full && P->rows == 1 && strstr(P->name, "norm"); /* norms are 1-D in HF files */
-        st = av_st_writer_add(&w, P->name, AV_F32, vec ? 1 : 2, vec ? shape + 1 : shape, host + off);
-        off += P->n;
-    }
-    if (st == AV_OK) st = av_st_writer_set_metadata(&w, "{\"format\":\"pt\"}");
-    if (st == AV_OK) st = av_st_writer_write(&w, path);
-    av_st_writer_free(&w);
-    free(host);
-    return st;
-}
-
-av_status av_train_load_weights(av_train_ctx *c, const char *path) {
-    av_st_file f;
-    AV_TRY(av_st_open(&f, path));
-    av_status st = AV_OK;
-    float *host = NULL;
-    for (int i = 0; i < c->nparams && st == AV_OK; i++) {
-        const av_param *P = &c->params[i];
-        const av_st_tensor *t = av_st_find(&f, P->name);
-        if (!t) { st = av_fail(AV_ERR_FORMAT, "%s: no tensor '%s'", path, P->name); break; }
-        if (av_st_numel(t) != (int64_t)P->n || (t->dtype != AV_F32 && t->dtype != AV_F16 && t->dtype != AV_BF16)) {
-            st = av_fail(AV_ERR_SHAPE, "%s: '%s' has the wrong size or dtype (expected %d x %d f32/f16/bf16)", path, P->name, P->rows, P->cols);
-            break;
-        }
-        free(host);
-        host = malloc(sizeof(float) * P->n);
-        if (!host) { st = av_fail(AV_ERR_NOMEM, "%s: out of memory", path); break; }
-        av_mat hv = {.data = t->data, .dtype = t->dtype, .rows = P->rows, .cols = P->cols};
-        av_mat_rows_to_f32(host, &hv, 0, P->rows);
-        c->m->be->upload(P->data, host, sizeof(float) * P->n);
-    }
-    free(host);
-    av_st_close(&f);
-    return st;
-}
-
-/* Copies src to dst atomically (whole-file read; config and tokenizer files are small). */
-static av_status copy_file(const char *src, const char *dst) {
-    char *buf;
-    size_t n;
-    AV_TRY(av_file_read(src, &buf, &n));
-    av_status st = av_write_file_atomic(dst, buf, n);
-    free(buf);
-    return st;
-}
-
-av_status av_train_save_model_dir(av_train_ctx *c, const char *dir) {
-    av_model *m = c->m;
-    if (!c->ws.full) return av_fail(AV_ERR_ARG, "%s: a model directory is written by full fine-tuning only (LoRA saves adapters)", dir);
-    if (!strcmp(dir, m->dir)) return av_fail(AV_ERR_ARG, "%s: refusing to write the trained model over the base model directory", dir);
-    if (!av_dir_exists(dir) && mkdir(dir, 0755) != 0) return av_fail(AV_ERR_IO, "%s: cannot create directory", dir);
-    char wpath[4200], tmp[4300], lpath[4200], src[4200], dst[4200];
-    av_path_join(wpath, sizeof wpath, dir, "adapters.safetensors");
-    AV_TRY(av_train_save_weights(c, wpath));
-    /* adapter_config.json as MLX-LM writes for full fine-tuning */
-    cJSON *cfg = cJSON_CreateObject();
-    cJSON_AddStringToObject(cfg, "fine_tune_type", "full");
-    cJSON_AddStringToObject(cfg, "model", m->dir);
-    cJSON_AddNumberToObject(cfg, "num_layers", m->cfg.n_layers);
-    char *js = cJSON_Print(cfg);
-    cJSON_Delete(cfg);
-    if (!js) return av_fail(AV_ERR_NOMEM, "out of memory");
-    av_status st = av_write_file_atomic(av_path_join(dst, sizeof dst, dir, "adapter_config.json"), js, strlen(js));
-    free(js);
-    AV_TRY(st);
-    /* a plain model directory too: config + tokenizer files, model.safetensors = the same weights */
-    static const char *const files[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                                        "special_tokens_map.json", "tokenizer.model", "added_tokens.json", "chat_template.jinja"};
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        av_path_join(src, sizeof src, m->dir, files[i]);
-        if (!av_file_exists(src)) continue;
-        AV_TRY(copy_file(src, av_path_join(dst, sizeof dst, dir, files[i])));
-    }
-    av_path_join(lpath, sizeof lpath, dir, "model.safetensors");
-    snprintf(tmp, sizeof tmp, "%s.tmp-link", lpath);
-    unlink(tmp);
-    if (link(wpath, tmp) == 0) {
-        if (rename(tmp, lpath) != 0) {
-            unlink(tmp);
-            return av_fail(AV_ERR_IO, "%s: cannot rename into place", lpath);
-        }
-        return AV_OK;
-    }
-    return copy_file(wpath, lpath); /* no hard links on this file system */
 }
