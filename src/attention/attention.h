@@ -3,6 +3,7 @@
 #ifndef AV_ATTENTION_H
 #define AV_ATTENTION_H
 #include <stddef.h>
+#include <stdint.h>
 
 /* Standard (materialised) attention for one sequence.
  * q [T, H*hd]; k, v: [S, KVH*hd] (keys for positions 0..S-1); query t is at position pos0+t and
@@ -19,6 +20,13 @@ void av_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
  * row's log-sum-exp of the scaled scores (natural log), for a later backward. */
 void av_flash_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int T, int S, int pos0,
                                 int H, int KVH, int hd);
+
+/* Decode attention (backend attention_decode; decode.c / decode.cu): N sequences, one new query row
+ * each; row i (position pos[i], host memory on the CPU) writes its new key/value rows k_new[i],
+ * v_new[i] into its cache region (k_cache + i*seq_stride, row pos[i]) and attends keys 0..pos[i] of
+ * it. row_stride: floats from one row of q / k_new / v_new to the next (0: packed). out [N, H*hd]. */
+void av_attention_decode(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache, float *v_cache,
+                         const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd, size_t row_stride);
 
 /* Batched training attention: B sequences of T rows each (positions 0..T-1, keys of their own
  * sequence only), token-major q [B*T, H*hd], k, v [B*T, KVH*hd], out [B*T, H*hd]; probs

@@ -134,7 +134,7 @@ av_status av_decode_plan_submit(av_decode_plan *p) {
             be->download(p->host_pos, p->pos, sizeof(int32_t) * (size_t)p->N);
         }
         step_ops(p);
-        if (p->sample && !be->sample) AV_TRY(host_sample(p));
+        if (p->sample && !be->sample && !folds_argmax(p)) AV_TRY(host_sample(p)); /* a folded argmax sampled already */
     } else {
         if (p->graph && (p->g_temperature != p->temperature || p->g_top_p != p->top_p || p->g_seed != p->seed)) {
             be->graph_free(p->graph);

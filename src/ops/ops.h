@@ -95,6 +95,12 @@ uint64_t av_dropout_key(uint64_t seed, uint64_t a, uint64_t b);
 size_t av_optim_state_size(const av_optim_params *o, int rows, int cols, int which);
 void av_optim_step(float *p, const float *g, float *s1, float *s2, int rows, int cols, const av_optim_params *o);
 
+/* ---- fused decode product (backend matmul_fused_forward; av_gemv_fusion: backend/backend.h):
+ * out[T, W->rows] (= or +=) in(x) . W^T with the fusion's input and output transforms, composed
+ * from the ops above (matmul_fused.c; the CUDA twin fuses them into one kernel) ---- */
+struct av_gemv_fusion;
+void av_matmul_fused_forward(float *out, const float *x, const av_mat *W, int T, const struct av_gemv_fusion *f);
+
 /* ---- small helpers used by several ops ---- */
 /* Dot product of f32 x with one weight row of any supported dtype. */
 float av_dot_row(const float *x, const av_mat *W, int row);
