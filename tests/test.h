@@ -3,6 +3,7 @@
 #ifndef AV_TEST_H
 #define AV_TEST_H
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,22 @@ static inline const char *test_fixture(const char *name) {
     k = (k + 1) & 7;
     snprintf(buf[k], sizeof buf[k], "%s/%s", d, name);
     return buf[k];
+}
+/* A float view of file data that may be unaligned (safetensors data start where the header ends):
+ * the pointer itself when 4-byte aligned, else an aligned copy, freed at exit. */
+static void *t_copies[256];
+static int t_ncopies;
+static void t_free_copies(void) {
+    while (t_ncopies) free(t_copies[--t_ncopies]);
+}
+static inline const float *test_f32_view(const void *p, size_t n) {
+    if (!p || ((uintptr_t)p & 3) == 0) return (const float *)p;
+    float *c = malloc(n * sizeof(float) + 1);
+    if (!c || t_ncopies == (int)(sizeof t_copies / sizeof t_copies[0])) { free(c); return NULL; }
+    if (!t_ncopies) atexit(t_free_copies);
+    memcpy(c, p, n * sizeof(float));
+    t_copies[t_ncopies++] = c;
+    return c;
 }
 /* Test data: a seedable LCG (each test sets test_rng_state to its own seed first thing in main). */
 static unsigned test_rng_state = 12345;

@@ -81,7 +81,7 @@ static int open_fixture(void) {
 static const float *ref_tensor(const av_st_file *f, const char *name, size_t n) {
     const av_st_tensor *t = av_st_find(f, name);
     CHECK(t && t->dtype == AV_F32 && av_st_numel(t) == (int64_t)n, "%s: tensor %s (f32 x %zu)", f->path, name, n);
-    return t && t->dtype == AV_F32 && av_st_numel(t) == (int64_t)n ? t->data : NULL;
+    return t && t->dtype == AV_F32 && av_st_numel(t) == (int64_t)n ? test_f32_view(t->data, n) : NULL;
 }
 
 /* sensitivity of the first update to the gradient, near g (see the header) */

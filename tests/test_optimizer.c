@@ -41,7 +41,7 @@ static void apply_config(av_optim_params *p, const cJSON *cfg) {
 static const float *tensor(const av_st_file *f, const char *name, size_t n) {
     const av_st_tensor *t = av_st_find(f, name);
     CHECK(t && t->dtype == AV_F32 && av_st_numel(t) == (int64_t)n, "fixture tensor %s (f32 x %zu)", name, n);
-    return t && t->dtype == AV_F32 && av_st_numel(t) == (int64_t)n ? t->data : NULL;
+    return t && t->dtype == AV_F32 && av_st_numel(t) == (int64_t)n ? test_f32_view(t->data, n) : NULL;
 }
 
 static double g_worst; /* over the backend's run */

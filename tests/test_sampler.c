@@ -31,6 +31,10 @@ static int sample(const av_sampler_params *p, const float *logits, int pos) {
 int main(void) {
     float l[V];
     av_sampler_params p;
+    /* greedy skips NaN and takes the lowest index on ties (the device sampler's and the folded LM head's rule) */
+    const float nan_row[5] = {NAN, 1.0f, 3.0f, 3.0f, NAN}, all_nan[2] = {NAN, NAN};
+    CHECK(av_sample_argmax(nan_row, 5) == 2, "argmax with NaN: %d", av_sample_argmax(nan_row, 5));
+    CHECK(av_sample_argmax(all_nan, 2) == 0, "argmax of an all-NaN row: %d", av_sample_argmax(all_nan, 2));
     /* temperature + top-p: the device rule, draw for draw */
     const float temps[] = {0.0f, 0.5f, 1.0f, 1.7f}, tops[] = {1.0f, 0.9f, 0.5f};
     int same = 0, total = 0;

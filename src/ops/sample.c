@@ -5,10 +5,10 @@
 #include <math.h>
 
 int av_sample_argmax(const float *l, int V) {
-    int best = 0;
-    for (int j = 1; j < V; j++)
-        if (l[j] > l[best]) best = j;
-    return best;
+    int best = -1; /* NaN skipped, as the device sampler and the folded LM head do */
+    for (int j = 0; j < V; j++)
+        if (l[j] == l[j] && (best < 0 || l[j] > l[best])) best = j;
+    return best < 0 ? 0 : best;
 }
 
 float av_sample_mass(const float *l, int V, float mx, float invt, float tau) {

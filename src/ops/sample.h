@@ -8,7 +8,7 @@
 
 /* The host sampling steps, shared by av_sample_rows and the engine's sampler (engine/sampler.c):
  * weights w_j = exp((l_j - mx) / T) with mx the row's maximum. */
-int av_sample_argmax(const float *l, int V);                    /* lowest index on ties */
+int av_sample_argmax(const float *l, int V);                    /* lowest index on ties, NaN skipped */
 float av_sample_mass(const float *l, int V, float mx, float invt, float tau); /* sum of w_j >= tau, index order */
 float av_sample_top_p_tau(const float *l, int V, float mx, float invt, float top_p); /* largest tau keeping top_p of the mass */
 /* Inverse-CDF draw in index order among w_j >= tau with u in [0, 1); best if rounding runs out. */
