@@ -14,7 +14,8 @@ CMP="$(dirname "$ANVIL")/tests/test_mlx_step"
 [ -x "$CMP" ] || { echo "FAIL: $CMP not built"; exit 1; }
 W="$AV_TMP/mlx_step"
 mkdir -p "$W"
-L="$ANVIL lora --model $FX/tiny-llama --train --data $F/data --resume-adapter-file $F/init --iters 1 --batch-size 2 \
+# the reference is exact f32 arithmetic: the CPU backend (a GPU computes in bf16)
+L="$ANVIL lora --device cpu --model $FX/tiny-llama --train --data $F/data --resume-adapter-file $F/init --iters 1 --batch-size 2 \
   --steps-per-report 1 --threads 1"
 cat > "$W/adamw.yaml" <<YAML
 optimizer: adamw
@@ -57,7 +58,7 @@ fi
 mkdir -p "$W/nokeys" && cp "$FX/mlx_step/init/adapters.safetensors" "$W/nokeys/"
 printf '{"fine_tune_type": "lora", "num_layers": 2, "lora_parameters": {"rank": 4, "dropout": 0.0, "scale": 10.0}}' \
   > "$W/nokeys/adapter_config.json"
-g() { "$ANVIL" generate --model "$FX/tiny-llama" --prompt "Share a quote." --max-tokens 6 --json "$@" 2>/dev/null | sed 's/.*"ids":\(\[[^]]*\]\).*/\1/'; }
+g() { "$ANVIL" generate --device cpu --model "$FX/tiny-llama" --prompt "Share a quote." --max-tokens 6 --json "$@" 2>/dev/null | sed 's/.*"ids":\(\[[^]]*\]\).*/\1/'; }
 a=$(g --adapter-path "$FX/mlx_step/init"); b=$(g --adapter-path "$W/nokeys")
 [ -n "$a" ] && [ "$a" = "$b" ] && ok "config without keys: projections read from the weights ($b)" || bad "config without keys: '$b' vs '$a'"
 finish
