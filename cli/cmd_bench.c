@@ -21,6 +21,7 @@ int av_cmd_bench(int argc, char **argv) {
         {"gen-tokens", AV_OPT_INT, &tg, "generation test length (default 128; 0 = skip)", 0, 1e6, "n"},
         {"repeat", AV_OPT_INT, &reps, "repetitions, median reported (default 3)", 1, 1000, "r"},
         {"device", AV_OPT_STR, &mo.device, "cpu or cuda (default: cuda when a GPU is present)", 0, 0, NULL},
+        {"no-graphs", AV_OPT_FLAG, &mo.no_graphs, "decode op by op instead of replaying a captured CUDA graph (debugging; slower)", 0, 0, NULL},
         {"dtype", AV_OPT_STR, &mo.dtype, "GPU compute: bf16 (default, tensor cores) or f32 (exact)", 0, 0, NULL},
         {"threads", AV_OPT_INT, &mo.threads, "CPU threads (default: all cores)", 1, 1024, "t"},
         {"json", AV_OPT_FLAG, &json, "print JSON lines", 0, 0, NULL},

@@ -39,6 +39,7 @@ int av_cli_load(const char *cmd, const av_cli_model_opts *o, av_model **m, av_to
         if (tok) { av_tokenizer_free(*tok); *tok = NULL; }
         return av_cli_fail(cmd);
     }
+    if (o->no_graphs) av_model_set_graphs(*m, 0);
     if (o->adapter && av_cli_attach_adapter(cmd, *m, o->adapter) != 0) {
         av_model_free(*m);
         *m = NULL;

@@ -9,6 +9,7 @@ typedef struct {
     const char *adapter; /* --adapter-path, optional */
     const char *dtype;   /* GPU compute dtype: bf16 (default) | f32 */
     int threads;
+    int no_graphs;       /* --no-graphs: decode op by op (debugging) */
 } av_cli_model_opts;
 
 /* Loads model (+ adapter) and tokenizer; prints the error and returns non-zero on failure.

@@ -122,6 +122,9 @@ const av_config *av_model_config(const av_model *m);
 const char *av_model_dir(const av_model *m);
 const av_backend *av_model_backend(const av_model *m);
 size_t av_model_weight_bytes(const av_model *m);  /* bytes of the weight files' tensors */
+/* Decode steps captured as backend graphs (CUDA graphs; default on) or, with on = 0, issued op by op
+ * each token: the same ops and results, slower; for debugging with tools that do not follow graphs. */
+void av_model_set_graphs(av_model *m, int on);
 int av_model_weight_files(const av_model *m);     /* number of safetensors files */
 av_dtype av_model_weight_dtype(const av_model *m); /* dtype of the embedding table as stored */
 /* Peak memory in bytes: the process's peak RSS where backend memory is host memory (CPU), else

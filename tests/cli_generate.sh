@@ -68,4 +68,14 @@ a=$("$ANVIL" generate --model "$M" --prompt "Hello there" --max-tokens 10 --temp
 b=$("$ANVIL" generate --model "$M" --prompt "Hello there" --max-tokens 10 --temp 0.8 --seed 2 --json 2>/dev/null | ids_of)
 [ "$a" != "$b" ] && ok "different seeds sample differently" || bad "seeds 1 and 2 gave the same ids $a"
 expect_error "bad dtype" "dtype" "$ANVIL" generate --model "$M" --prompt hi --dtype f8
+# --no-graphs (debugging): the same tokens, decoded op by op (greedy and sampled, one prompt and a batch)
+for flags in "--temp 0" "--temp 0.8 --seed 5"; do
+  a=$("$ANVIL" generate --dtype f32 --model "$M" --prompt "Hello there" --max-tokens 8 $flags --json 2>/dev/null | ids_of)
+  b=$("$ANVIL" generate --dtype f32 --model "$M" --prompt "Hello there" --max-tokens 8 $flags --no-graphs --json 2>/dev/null | ids_of)
+  [ -n "$a" ] && [ "$a" = "$b" ] && ok "--no-graphs ($flags): same ids" || bad "--no-graphs ($flags): $b vs $a"
+done
+"$ANVIL" generate --dtype f32 --model "$M" --prompts-file "$P" --batch-size 3 --max-tokens 6 --json > "$AV_TMP/g1" 2>/dev/null
+"$ANVIL" generate --dtype f32 --model "$M" --prompts-file "$P" --batch-size 3 --max-tokens 6 --no-graphs --json > "$AV_TMP/g2" 2>/dev/null
+cmp -s "$AV_TMP/g1" "$AV_TMP/g2" || [ "$(ids_of < "$AV_TMP/g1")" = "$(ids_of < "$AV_TMP/g2")" ] && ok "--no-graphs batched: same ids" \
+  || bad "--no-graphs batched differs"
 finish

@@ -48,7 +48,7 @@ static void step_ops(av_decode_plan *p) {
 }
 
 static int graphable(const av_backend *be, const av_decode_plan *p) {
-    return be->graph_begin && be->attention_decode && (!p->sample || be->sample);
+    return !p->m->no_graphs && be->graph_begin && be->attention_decode && (!p->sample || be->sample);
 }
 
 /* Host sampling for backends without a sampler op. */
@@ -316,7 +316,7 @@ av_status av_decoder_next_ahead(av_decoder *d, int32_t id, float temperature, fl
 
 static av_status session_decode_one(av_session *s, int32_t id) {
     const av_backend *be = s->m->be;
-    if (!be->graph_begin || !be->attention_decode) return AV_ERR_UNSUPPORTED;
+    if (!be->graph_begin || !be->attention_decode || s->m->no_graphs) return AV_ERR_UNSUPPORTED;
     av_decode_plan *p = (av_decode_plan *)s->decode;
     if (!p) {
         p = calloc(1, sizeof *p);

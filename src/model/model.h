@@ -28,6 +28,7 @@ struct av_model {
     float *inv_freq;           /* backend memory, head_dim/2 */
     void *arena;               /* uploaded weights (non-host backends) */
     size_t weight_bytes;
+    int no_graphs;             /* decode steps run eagerly, never captured (debugging) */
 };
 
 /* av_model_load/_free and the accessors (av_model_config, av_model_peak_bytes, ...): include/anvil.h */
