@@ -1,0 +1,99 @@
+/* MLX affine group quantization on the CPU: the quantizer (MLX's scale/bias rule), bit-stream
+ * packing and unpacking, and row dequantization. Portable C; products live in ops/matmul.c. */
+#include "quant/affine.h"
+#include <math.h>
+
+int av_quant_supported(int bits, int group) {
+    int b = bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8;
+    return b && (group == 32 || group == 64 || group == 128);
+}
+
+static float load_s(const void *p, av_dtype t, size_t i) {
+    if (t == AV_BF16) return av_bf16_to_f32(((const uint16_t *)p)[i]);
+    if (t == AV_F16) return av_f16_to_f32(((const uint16_t *)p)[i]);
+    return ((const float *)p)[i];
+}
+
+static void store_s(void *p, av_dtype t, size_t i, float v) {
+    if (t == AV_BF16) ((uint16_t *)p)[i] = av_f32_to_bf16(v);
+    else if (t == AV_F16) ((uint16_t *)p)[i] = av_f32_to_f16(v);
+    else ((float *)p)[i] = v;
+}
+
+void av_quant_group(uint8_t *q, float *scale, float *bias, const float *w, int group, int bits) {
+    const float n_bins = (float)((1 << bits) - 1);
+    float lo = INFINITY, hi = -INFINITY; /* the group's own extremes (MLX's CPU quantizer) */
+    for (int i = 0; i < group; i++) {
+        lo = fminf(lo, w[i]);
+        hi = fmaxf(hi, w[i]);
+    }
+    float s = fmaxf((hi - lo) / n_bins, 1e-7f);
+    int side = fabsf(lo) > fabsf(hi);
+    s = side ? s : -s;
+    float edge = side ? lo : hi;
+    float q0 = rintf(edge / s);
+    float b = 0.0f;
+    if (q0 != 0.0f) {
+        s = edge / q0;
+        b = edge;
+    }
+    for (int i = 0; i < group; i++) {
+        float v = rintf((w[i] - b) / s);
+        v = v < 0.0f ? 0.0f : v > n_bins ? n_bins : v;
+        q[i] = (uint8_t)v;
+    }
+    *scale = s;
+    *bias = b;
+}
+
+void av_quant_unpack(uint8_t *q, const uint32_t *row, int c0, int n, int bits) {
+    const uint32_t mask = (1u << bits) - 1;
+    for (int j = 0; j < n; j++) {
+        size_t bit = (size_t)(c0 + j) * (size_t)bits;
+        size_t w = bit >> 5;
+        int sh = (int)(bit & 31);
+        uint32_t v = row[w] >> sh;
+        if (sh + bits > 32) v |= row[w + 1] << (32 - sh);
+        q[j] = (uint8_t)(v & mask);
+    }
+}
+
+void av_quant_pack(uint32_t *row, const uint8_t *q, int c0, int n, int bits) {
+    for (int j = 0; j < n; j++) {
+        size_t bit = (size_t)(c0 + j) * (size_t)bits;
+        size_t w = bit >> 5;
+        int sh = (int)(bit & 31);
+        uint32_t v = q[j];
+        row[w] |= v << sh;
+        if (sh + bits > 32) row[w + 1] |= v >> (32 - sh);
+    }
+}
+
+void av_quant_matrix(uint32_t *packed, void *scales, void *biases, av_dtype sdt, const float *w, int rows, int cols,
+                     int bits, int group) {
+    int words = av_quant_row_words(cols, bits), ng = cols / group;
+    uint8_t q[128];
+    for (int r = 0; r < rows; r++) {
+        uint32_t *row = packed + (size_t)r * words;
+        for (int k = 0; k < words; k++) row[k] = 0;
+        for (int g = 0; g < ng; g++) {
+            float s, b;
+            av_quant_group(q, &s, &b, w + (size_t)r * cols + (size_t)g * group, group, bits);
+            av_quant_pack(row, q, g * group, group, bits);
+            store_s(scales, sdt, (size_t)r * ng + g, s);
+            store_s(biases, sdt, (size_t)r * ng + g, b);
+        }
+    }
+}
+
+void av_quant_dequant_row(float *dst, const uint32_t *packed, const void *scales, const void *biases, av_dtype sdt,
+                          int r, int cols, int bits, int group) {
+    const uint32_t *row = packed + (size_t)r * av_quant_row_words(cols, bits);
+    int ng = cols / group;
+    uint8_t q[128];
+    for (int g = 0; g < ng; g++) {
+        float s = load_s(scales, sdt, (size_t)r * ng + g), b = load_s(biases, sdt, (size_t)r * ng + g);
+        av_quant_unpack(q, row, g * group, group, bits);
+        for (int i = 0; i < group; i++) dst[g * group + i] = s * (float)q[i] + b;
+    }
+}
