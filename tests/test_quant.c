@@ -1,11 +1,14 @@
 /* MLX affine quantization (src/quant/affine.c): a hand-computed 3-bit packing, pack/unpack and
  * quantize/dequantize round trips for every width x group size, the error bound |w - deq| <= scale/2
  * (elements inside the codes' range; the rest at the nearest code),
- * and words/scales/biases equal to mlx.core.quantize's (tests/fixtures/quant, make_quant_fixtures.py). */
+ * words/scales/biases equal to mlx.core.quantize's (tests/fixtures/quant, make_quant_fixtures.py), and
+ * the products on packed weights (matmul forward for 1..40 rows, backward dx, embedding) against the
+ * same ops on the dequantized f32 matrix. */
 #include "test.h"
 #include "core/status.h"
 #include "formats/safetensors.h"
 #include "quant/affine.h"
+#include "ops/ops.h"
 
 static const int BITS[] = {2, 3, 4, 5, 6, 8}, GROUPS[] = {32, 64, 128};
 
@@ -127,7 +130,43 @@ static void test_mlx_fixture(void) {
     av_st_close(&f);
 }
 
+static void test_products(void) {
+    const int N = 80, K = 192, T = 40;
+    test_rng_state = 99;
+    float *w = test_rnd((size_t)N * K, 0.05f), *x = test_rnd((size_t)T * K, 1.0f), *dout = test_rnd((size_t)T * N, 1.0f);
+    float *deq = malloc(sizeof(float) * N * K), *a = malloc(sizeof(float) * T * N), *b = malloc(sizeof(float) * T * N);
+    float *da = calloc((size_t)T * K, 4), *db = calloc((size_t)T * K, 4);
+    for (int bits = 2; bits <= 8; bits++) {
+        if (bits == 7) continue;
+        int group = bits == 4 ? 32 : 64, ng = K / group;
+        uint32_t *pk = calloc((size_t)N * av_quant_row_words(K, bits), 4);
+        uint16_t *sc = malloc(2u * N * ng), *bs = malloc(2u * N * ng);
+        av_quant_matrix(pk, sc, bs, AV_BF16, w, N, K, bits, group);
+        for (int r = 0; r < N; r++) av_quant_dequant_row(deq + (size_t)r * K, pk, sc, bs, AV_BF16, r, K, bits, group);
+        av_mat Q = {.data = pk, .dtype = AV_BF16, .rows = N, .cols = K, .q_bits = bits, .q_group = group, .scales = sc, .biases = bs};
+        av_mat F = {.data = deq, .dtype = AV_F32, .rows = N, .cols = K};
+        const int Ts[] = {1, 3, 7, 40};
+        for (int i = 0; i < 4; i++) {
+            av_matmul_forward(a, x, &Q, Ts[i]);
+            av_matmul_forward(b, x, &F, Ts[i]);
+            CHECK(test_rel_l2(a, b, (size_t)Ts[i] * N) < 1e-5, "%d bits, T %d: matmul rel %g", bits, Ts[i], test_rel_l2(a, b, (size_t)Ts[i] * N));
+        }
+        memset(da, 0, sizeof(float) * T * K);
+        memset(db, 0, sizeof(float) * T * K);
+        av_matmul_backward(da, NULL, dout, x, &Q, T);
+        av_matmul_backward(db, NULL, dout, x, &F, T);
+        CHECK(test_rel_l2(da, db, (size_t)T * K) < 1e-5, "%d bits: backward dx", bits);
+        int32_t ids[3] = {5, 0, 79};
+        av_embedding_forward(a, ids, &Q, 3);
+        CHECK(memcmp(a, deq + 5 * K, 4u * K) == 0 && memcmp(a + K, deq, 4u * K) == 0 && memcmp(a + 2 * K, deq + 79 * K, 4u * K) == 0,
+              "%d bits: embedding rows", bits);
+        free(pk); free(sc); free(bs);
+    }
+    free(w); free(x); free(dout); free(deq); free(a); free(b); free(da); free(db);
+}
+
 int main(void) {
+    test_products();
     test_hand_example();
     test_round_trips();
     test_mlx_fixture();

@@ -97,3 +97,22 @@ void av_quant_dequant_row(float *dst, const uint32_t *packed, const void *scales
         for (int i = 0; i < group; i++) dst[g * group + i] = s * (float)q[i] + b;
     }
 }
+
+float av_quant_dot_row(const float *x, const uint32_t *packed, const void *scales, const void *biases, av_dtype sdt,
+                       int r, int cols, int bits, int group) {
+    const uint32_t *row = packed + (size_t)r * av_quant_row_words(cols, bits);
+    int ng = cols / group;
+    uint8_t q[128];
+    float acc = 0.0f;
+    for (int g = 0; g < ng; g++) {
+        const float *xg = x + (size_t)g * group;
+        float s = load_s(scales, sdt, (size_t)r * ng + g), b = load_s(biases, sdt, (size_t)r * ng + g), xq = 0.0f, xs = 0.0f;
+        av_quant_unpack(q, row, g * group, group, bits);
+        for (int i = 0; i < group; i++) {
+            xq += xg[i] * (float)q[i];
+            xs += xg[i];
+        }
+        acc += s * xq + b * xs;
+    }
+    return acc;
+}

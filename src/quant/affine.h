@@ -30,4 +30,8 @@ void av_quant_pack(uint32_t *row, const uint8_t *q, int c0, int n, int bits);
 void av_quant_dequant_row(float *dst, const uint32_t *packed, const void *scales, const void *biases, av_dtype sdt,
                           int r, int cols, int bits, int group);
 
+/* x[cols] . row r of the dequantized matrix, group by group: scale * (x . q) + bias * sum(x). */
+float av_quant_dot_row(const float *x, const uint32_t *packed, const void *scales, const void *biases, av_dtype sdt,
+                       int r, int cols, int bits, int group);
+
 #endif
