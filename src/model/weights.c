@@ -51,8 +51,12 @@ static av_status bind_quant(av_model *m, const slot *s, const qspec *qs, int *do
     snprintf(nm, sizeof nm, "%s.scales", mod);
     const av_st_tensor *ts = av_st_set_find(&m->st, nm);
     if (!e && !ts) return AV_OK;
+    /* a per-layer entry's null fields take MLX's affine defaults (group 64, 4 bits), as MLX does */
     const cJSON *o = cJSON_IsObject(e) ? e : qs->q;
-    int bits = (int)av_json_num(o, "bits", 0), group = (int)av_json_num(o, "group_size", 64);
+    int bits = (int)av_json_num(o, "bits", 4), group = (int)av_json_num(o, "group_size", 64);
+    const char *mode = av_json_str(o, "mode", "affine");
+    if (strcmp(mode, "affine"))
+        return av_fail(AV_ERR_UNSUPPORTED, "%s: quantization of '%s': mode '%s' not supported (affine only)", qs->path, mod, mode);
     if (!av_quant_supported(bits, group))
         return av_fail(AV_ERR_UNSUPPORTED, "%s: quantization of '%s': bits %d, group_size %d not supported (bits 2, 3, 4, 5, 6, 8; group 32, 64, 128)",
                        qs->path, mod, bits, group);

@@ -78,6 +78,7 @@ static av_status write_config(const char *src, const char *dst, const av_convert
             cJSON *q = cJSON_AddObjectToObject(j, k ? "quantization_config" : "quantization");
             cJSON_AddNumberToObject(q, "group_size", o->group);
             cJSON_AddNumberToObject(q, "bits", o->bits);
+            cJSON_AddStringToObject(q, "mode", "affine");
         }
     char *txt = cJSON_Print(j);
     cJSON_Delete(j);
