@@ -1,7 +1,9 @@
 /* Quantized models on the CPU: av_convert writes tiny-llama at 8 and 4 bits in MLX's layout; each
  * loads (per-layer rule: quantized where .scales exists) and gives the logits and NLL of the same
  * model with its weights dequantized to f32 (prefill and one-token decode paths); 8-bit NLL within
- * 1% of the original. Bad quantized directories fail with one line naming the file and tensor. */
+ * 1% of the original. QLoRA: one LoRA training step on the packed base gives the loss and every
+ * adapter gradient of the same step on the dequantized base (f32 rounding). Bad quantized
+ * directories fail with one line naming the file and tensor. */
 #include "test.h"
 #include "backend/backend.h"
 #include "core/memory.h"
@@ -9,6 +11,7 @@
 #include "formats/safetensors.h"
 #include "model/model.h"
 #include "quant/affine.h"
+#include "train/train_model.h"
 #include <sys/stat.h>
 
 static int32_t g_ids[512];
@@ -109,6 +112,64 @@ static void check_model(const char *tmp, const char *name, int bits, int group, 
     free(ld);
 }
 
+/* One LoRA step (all seven projections, rank 4, B set non-zero) on the model in dir: loss and grads. */
+static double lora_step(const char *dir, float **grads, size_t *n) {
+    av_model *m;
+    *n = 0;
+    if (av_model_load(&m, dir, av_backend_cpu()) != AV_OK) { CHECK(0, "%s", av_last_error()); return -1; }
+    av_lora_spec spec;
+    av_lora_spec_default(&spec);
+    spec.rank = 4;
+    spec.keys = 0x7f;
+    CHECK_OK(av_lora_attach(m, &spec, 11));
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int p = 0; p < AV_PROJ_COUNT; p++) {
+            av_linear *L = av_layer_proj(&m->layers[l], (av_proj)p);
+            for (int i = 0; i < L->w.rows * L->rank; i++) L->lora_b[i] = 0.01f * (float)((i * 37 + p) % 11 - 5);
+        }
+    int32_t tg[512];
+    for (int t = 0; t < g_T; t++) tg[t] = t + 1 < g_T ? g_ids[t + 1] : -1;
+    av_train_ctx *c;
+    CHECK_OK(av_train_ctx_new(&c, m, 1, g_T, 0));
+    double nll = 0;
+    int nv = 0;
+    if (c) {
+        av_train_zero_grads(c);
+        CHECK_OK(av_train_step(c, g_ids, tg, 1, g_T, 1.0f / (float)(g_T - 1), 1, &nll, &nv));
+        av_param *P = av_train_params(c);
+        int np = av_train_nparams(c);
+        size_t total = 0;
+        for (int i = 0; i < np; i++) total += P[i].n;
+        *grads = malloc(total * sizeof(float));
+        for (int i = 0; i < np; i++) {
+            memcpy(*grads + *n, P[i].grad, P[i].n * sizeof(float));
+            *n += P[i].n;
+        }
+        av_train_ctx_free(c);
+    }
+    av_lora_detach(m);
+    av_model_free(m);
+    return nv ? nll / nv : -1;
+}
+
+static void check_qlora(const char *tmp) {
+    char q[4200], d[4200];
+    snprintf(q, sizeof q, "%s/q4", tmp);
+    snprintf(d, sizeof d, "%s/q4_deq", tmp);
+    float *gq = NULL, *gd = NULL;
+    size_t nq, nd;
+    double lq = lora_step(q, &gq, &nq), ld = lora_step(d, &gd, &nd);
+    CHECK(nq == nd && nq > 0, "qlora: %zu vs %zu gradient values", nq, nd);
+    CHECK_NEAR(lq, ld, 1e-5 * fabs(ld));
+    if (gq && gd && nq == nd) {
+        double rel = test_rel_l2(gq, gd, nq);
+        CHECK(rel <= 1e-4, "qlora: adapter gradients relative L2 %g", rel);
+        printf("qlora: loss %.6f vs %.6f, gradients rel L2 %.3g\n", lq, ld, rel);
+    }
+    free(gq);
+    free(gd);
+}
+
 /* A copy of a quantized directory (weights linked) with config.json's "quantization" replaced. */
 static const char *variant(const char *tmp, const char *src, const char *name, const char *quant_json) {
     static char d[4200];
@@ -178,6 +239,7 @@ int main(void) {
     free(l);
     check_model(root, "q8", 8, 32, base, 0.01);
     check_model(root, "q4", 4, 64, base, 0.2);
+    check_qlora(root);
     check_bad(root);
     return TEST_SUMMARY();
 }
