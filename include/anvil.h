@@ -382,6 +382,9 @@ av_status av_fuse_save(const av_model *m, const char *out_dir, int out_dtype, in
 typedef struct {
     int quantize, bits, group;
     int out_dtype;
+    const char *recipe; /* NULL, or MLX-LM's --quant-predicate: mixed_2_6, mixed_3_4, mixed_3_6, mixed_4_6
+                         * (v_proj/down_proj of some layers and the LM head at the high width) */
+    int dequantize;     /* 1: unpack a quantized source to float (out_dtype, else the scales' dtype) */
 } av_convert_opts;
 typedef struct {
     size_t bytes_in, bytes_out;   /* weight files before and after */

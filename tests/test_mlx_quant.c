@@ -2,6 +2,8 @@
  * directory mlx_lm.convert wrote with --quant-predicate mixed_3_6 (per-layer 3/6-bit entries, 4-bit
  * default) and anvil's own 4-bit/g64 and 8-bit/g32 conversions of tiny-llama (bit-identical to
  * mlx_lm.convert's when the fixture was made) give MLX-LM's f32 logits and next-token log-probs.
+ * anvil's own mixed_3_6 conversion equals MLX-LM's directory tensor for tensor, byte for byte, and
+ * de-quantizing it (--de-quantize --dtype f32) keeps the logits.
  * Tolerance: f32 rounding (MLX's quantized matmul sums in another order): max |d| <= 1e-5 max |logit|, log-probs 5e-5. */
 #include "test.h"
 #include "backend/backend.h"
@@ -56,6 +58,24 @@ static void check_dir(const char *dir, const char *c, int want_mixed) {
     free(nll);
 }
 
+/* Every tensor of dir's model.safetensors equals the one of the same name in ref_dir's. */
+static void check_same_tensors(const char *dir, const char *ref_dir) {
+    av_st_set a, b;
+    CHECK_OK(av_st_set_open_dir(&a, dir));
+    CHECK_OK(av_st_set_open_dir(&b, ref_dir));
+    int na = av_st_set_count(&a), nb = av_st_set_count(&b), same = 0;
+    CHECK(na == nb, "%s: %d tensors vs %d", dir, na, nb);
+    for (int i = 0; i < nb; i++) {
+        const av_st_tensor *tb = av_st_set_at(&b, i), *ta = av_st_set_find(&a, tb->name);
+        int ok = ta && ta->dtype == tb->dtype && ta->nbytes == tb->nbytes && ta->ndim == tb->ndim && !memcmp(ta->data, tb->data, tb->nbytes);
+        CHECK(ok, "%s: tensor '%s' differs from MLX-LM's", dir, tb->name);
+        same += ok;
+    }
+    printf("%s: %d of %d tensors byte-identical to MLX-LM's\n", dir, same, nb);
+    av_st_set_close(&a);
+    av_st_set_close(&b);
+}
+
 int main(void) {
     CHECK_OK(av_st_open(&g_ref, test_fixture("mlx_quant/expected.safetensors")));
     const av_st_tensor *ti = av_st_find(&g_ref, "ids");
@@ -69,11 +89,23 @@ int main(void) {
     for (int i = 0; i < 2; i++) {
         char d[4200];
         snprintf(d, sizeof d, "%s/mlx_quant_%s.%d", tmp, cases[i].c, (int)getpid());
-        av_convert_opts o = {1, cases[i].bits, cases[i].group, -1};
+        av_convert_opts o = {.quantize = 1, .bits = cases[i].bits, .group = cases[i].group, .out_dtype = -1};
         av_convert_report r;
         CHECK_OK(av_convert(test_fixture("tiny-llama"), d, &o, &r));
         check_dir(d, cases[i].c, 0);
     }
+    char d[4200], dq[4200];
+    snprintf(d, sizeof d, "%s/mlx_quant_mixed.%d", tmp, (int)getpid());
+    snprintf(dq, sizeof dq, "%s/mlx_quant_mixed_deq.%d", tmp, (int)getpid());
+    av_convert_opts o = {.quantize = 1, .bits = 4, .group = 64, .out_dtype = -1, .recipe = "mixed_3_6"};
+    av_convert_report r;
+    CHECK_OK(av_convert(test_fixture("tiny-llama"), d, &o, &r));
+    check_same_tensors(d, test_fixture("mlx_quant/mixed_3_6"));
+    check_dir(d, "mixed_3_6", 1);
+    av_convert_opts od = {.out_dtype = AV_F32, .dequantize = 1};
+    CHECK_OK(av_convert(test_fixture("mlx_quant/mixed_3_6"), dq, &od, &r));
+    CHECK(r.n_quantized == 14, "de-quantized %d matrices", r.n_quantized);
+    check_dir(dq, "mixed_3_6", 0);
     av_st_close(&g_ref);
     return TEST_SUMMARY();
 }

@@ -89,7 +89,7 @@ static void check_model(const char *tmp, const char *name, int bits, int group, 
     char q[4200], d[4200];
     snprintf(q, sizeof q, "%s/%s", tmp, name);
     snprintf(d, sizeof d, "%s/%s_deq", tmp, name);
-    av_convert_opts o = {1, bits, group, -1};
+    av_convert_opts o = {.quantize = 1, .bits = bits, .group = group, .out_dtype = -1};
     av_convert_report r;
     CHECK_OK(av_convert(test_fixture("tiny-llama"), q, &o, &r));
     /* embed, lm_head and six projections per layer; down_proj (176 inputs) stays bf16 at group 32/64 */
@@ -212,7 +212,7 @@ static void check_bad(const char *tmp) {
     CHECK(m && m->layers[0].gate.w.q_bits == 4 && m->layers[0].down.w.q_bits == 0 && m->embed.q_bits == 4, "per-layer rule");
     av_model_free(m);
     /* convert refuses an existing output and bad widths, leaving nothing behind */
-    av_convert_opts o = {1, 7, 64, -1};
+    av_convert_opts o = {.quantize = 1, .bits = 7, .group = 64, .out_dtype = -1};
     av_convert_report r;
     char out[4200];
     snprintf(out, sizeof out, "%s/never", tmp);
