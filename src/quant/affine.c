@@ -2,16 +2,29 @@
  * packing and unpacking, and row dequantization. Portable C; products live in ops/matmul.c. */
 #include "quant/affine.h"
 #include <math.h>
+#include <string.h>
 
 int av_quant_supported(int bits, int group) {
     int b = bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8;
     return b && (group == 32 || group == 64 || group == 128);
 }
 
+/* Scales, biases and packed words live in mmapped safetensors, at any byte offset: read by memcpy. */
 static float load_s(const void *p, av_dtype t, size_t i) {
-    if (t == AV_BF16) return av_bf16_to_f32(((const uint16_t *)p)[i]);
-    if (t == AV_F16) return av_f16_to_f32(((const uint16_t *)p)[i]);
-    return ((const float *)p)[i];
+    if (t == AV_BF16 || t == AV_F16) {
+        uint16_t h;
+        memcpy(&h, (const char *)p + 2 * i, 2);
+        return t == AV_BF16 ? av_bf16_to_f32(h) : av_f16_to_f32(h);
+    }
+    float f;
+    memcpy(&f, (const char *)p + 4 * i, 4);
+    return f;
+}
+
+static inline uint32_t load_w(const uint32_t *row, size_t i) {
+    uint32_t v;
+    memcpy(&v, (const char *)row + 4 * i, 4);
+    return v;
 }
 
 static void store_s(void *p, av_dtype t, size_t i, float v) {
@@ -52,8 +65,8 @@ void av_quant_unpack(uint8_t *q, const uint32_t *row, int c0, int n, int bits) {
         size_t bit = (size_t)(c0 + j) * (size_t)bits;
         size_t w = bit >> 5;
         int sh = (int)(bit & 31);
-        uint32_t v = row[w] >> sh;
-        if (sh + bits > 32) v |= row[w + 1] << (32 - sh);
+        uint32_t v = load_w(row, w) >> sh;
+        if (sh + bits > 32) v |= load_w(row, w + 1) << (32 - sh);
         q[j] = (uint8_t)(v & mask);
     }
 }
