@@ -145,6 +145,56 @@ static av_status upload_all(av_model *m) {
     return AV_OK;
 }
 
+/* Weight files from MLX (unpadded headers) can put tensors at odd offsets; the CPU kernels read
+ * elements through typed pointers, so a misaligned tensor is copied once into an aligned host arena. */
+static av_status realign_host(av_model *m) {
+    const av_config *c = &m->cfg;
+    int nm = 3 + c->n_layers * 9, k = 0;
+    av_mat **all = calloc((size_t)nm, sizeof *all);
+    if (!all) return av_fail(AV_ERR_NOMEM, "out of memory");
+    int tied = m->lm_head.data == m->embed.data;
+    all[k++] = &m->embed;
+    all[k++] = &m->final_norm;
+    if (!tied) all[k++] = &m->lm_head;
+    for (int l = 0; l < c->n_layers; l++) {
+        av_layer *L = &m->layers[l];
+        for (int p = 0; p < AV_PROJ_COUNT; p++) all[k++] = &av_layer_proj(L, (av_proj)p)->w;
+        all[k++] = &L->attn_norm;
+        all[k++] = &L->mlp_norm;
+    }
+    /* three pieces per matrix: data, scales, biases (the last two only when quantized) */
+    size_t total = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t off = 0;
+        for (int i = 0; i < k; i++) {
+            av_mat *a = all[i];
+            const void **ptr[3] = {&a->data, &a->scales, &a->biases};
+            size_t es = av_dtype_size(a->dtype), ng = a->q_bits ? (size_t)a->cols / (size_t)a->q_group : 0;
+            size_t bytes[3] = {a->q_bits ? (size_t)a->rows * (size_t)av_quant_row_words(a->cols, a->q_bits) * 4 : mat_bytes(a),
+                               (size_t)a->rows * ng * es, (size_t)a->rows * ng * es};
+            size_t align[3] = {a->q_bits ? 4 : es, es, es};
+            for (int j = 0; j < (a->q_bits ? 3 : 1); j++) {
+                if ((uintptr_t)*ptr[j] % align[j] == 0) continue;
+                if (pass == 1) {
+                    void *dst = (char *)m->arena + off;
+                    memcpy(dst, *ptr[j], bytes[j]);
+                    *ptr[j] = dst;
+                }
+                off += (bytes[j] + 63) & ~(size_t)63;
+            }
+        }
+        if (pass == 0) {
+            total = off;
+            if (!total) break;
+            m->arena = m->be->alloc(total, "realigned model weights");
+            if (!m->arena) { free(all); return av_fail_prefix(AV_ERR_NOMEM, "%s", m->dir); }
+        }
+    }
+    if (tied) m->lm_head = m->embed;
+    free(all);
+    return AV_OK;
+}
+
 av_status av_model_load(av_model **out, const char *dir, const av_backend *be) {
     *out = NULL;
     if (!av_dir_exists(dir)) return av_fail(AV_ERR_IO, "%s: model directory not found", dir);
@@ -205,6 +255,7 @@ av_status av_model_load(av_model **out, const char *dir, const av_backend *be) {
     }
     cJSON_Delete(cj);
     if (st == AV_OK && !be->host_visible) st = upload_all(m);
+    else if (st == AV_OK) st = realign_host(m);
     if (st != AV_OK) { av_model_free(m); return st; }
     *out = m;
     return AV_OK;

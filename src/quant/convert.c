@@ -7,6 +7,7 @@
 #include "core/status.h"
 #include "quant/affine.h"
 #include <dirent.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,9 +169,16 @@ static av_status add_tensor(conv *cv, const av_st_tensor *t, const av_convert_op
     if (!f && !q && od == t->dtype) return av_st_writer_add(&cv->w, t->name, t->dtype, t->ndim, t->shape, t->data);
     size_t n = cols ? (size_t)rows * (size_t)cols : (size_t)av_st_numel(t);
     if (!f) {
+        const void *src = t->data;
+        if ((uintptr_t)src % av_dtype_size(t->dtype)) { /* MLX files put tensors at any byte offset */
+            void *c = hold(cv, t->nbytes);
+            if (!c) return av_fail(AV_ERR_NOMEM, "convert: out of memory for '%s'", t->name);
+            memcpy(c, src, t->nbytes);
+            src = c;
+        }
         f = hold(cv, n * sizeof(float));
         if (!f) return av_fail(AV_ERR_NOMEM, "convert: out of memory for '%s'", t->name);
-        av_convert_to_f32(f, t->data, t->dtype, n);
+        av_convert_to_f32(f, src, t->dtype, n);
     }
     if (!q) {
         int64_t sh[2] = {rows, cols};
@@ -241,7 +249,7 @@ av_status av_convert(const char *src_dir, const char *out_dir, const av_convert_
     if (st != AV_OK) { cJSON_Delete(cfg); return st; }
     cv.set = &set;
     int nt = av_st_set_count(&set);
-    cv.keep = calloc((size_t)nt * 5 + 1, sizeof(void *));
+    cv.keep = calloc((size_t)nt * 6 + 1, sizeof(void *));
     av_st_writer_init(&cv.w);
     if (!cv.keep) st = av_fail(AV_ERR_NOMEM, "out of memory");
     if (o->quantize && st == AV_OK) {
