@@ -104,6 +104,19 @@ void av_quant_dequant_row(float *dst, const uint32_t *packed, const void *scales
     const uint32_t *row = packed + (size_t)r * av_quant_row_words(cols, bits);
     int ng = cols / group;
     uint8_t q[128];
+    if (32 % bits == 0) { /* 2, 4, 8 bits: whole values per word */
+        const int per = 32 / bits, wpg = group / per;
+        const uint32_t mask = (1u << bits) - 1;
+        for (int g = 0; g < ng; g++) {
+            float s = load_s(scales, sdt, (size_t)r * ng + g), b = load_s(biases, sdt, (size_t)r * ng + g);
+            for (int k = 0; k < wpg; k++) {
+                uint32_t v = load_w(row, (size_t)g * wpg + k);
+                float *d = dst + (size_t)g * group + (size_t)k * per;
+                for (int j = 0; j < per; j++) d[j] = s * (float)((v >> (bits * j)) & mask) + b;
+            }
+        }
+        return;
+    }
     for (int g = 0; g < ng; g++) {
         float s = load_s(scales, sdt, (size_t)r * ng + g), b = load_s(biases, sdt, (size_t)r * ng + g);
         av_quant_unpack(q, row, g * group, group, bits);
@@ -117,6 +130,24 @@ float av_quant_dot_row(const float *x, const uint32_t *packed, const void *scale
     int ng = cols / group;
     uint8_t q[128];
     float acc = 0.0f;
+    if (32 % bits == 0) { /* 2, 4, 8 bits: whole values per word, no buffer */
+        const int per = 32 / bits, wpg = group / per;
+        const uint32_t mask = (1u << bits) - 1;
+        for (int g = 0; g < ng; g++) {
+            const float *xg = x + (size_t)g * group;
+            float s = load_s(scales, sdt, (size_t)r * ng + g), b = load_s(biases, sdt, (size_t)r * ng + g), xq = 0.0f, xs = 0.0f;
+            for (int k = 0; k < wpg; k++) {
+                uint32_t v = load_w(row, (size_t)g * wpg + k);
+                const float *xk = xg + k * per;
+                for (int j = 0; j < per; j++) {
+                    xq += xk[j] * (float)((v >> (bits * j)) & mask);
+                    xs += xk[j];
+                }
+            }
+            acc += s * xq + b * xs;
+        }
+        return acc;
+    }
     for (int g = 0; g < ng; g++) {
         const float *xg = x + (size_t)g * group;
         float s = load_s(scales, sdt, (size_t)r * ng + g), b = load_s(biases, sdt, (size_t)r * ng + g), xq = 0.0f, xs = 0.0f;
