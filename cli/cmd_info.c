@@ -35,6 +35,8 @@ int av_cmd_info(int argc, char **argv) {
     printf("norm eps:         %g\n", c->rms_norm_eps);
     printf("tied embeddings:  %s\n", c->tie_word_embeddings ? "yes" : "no");
     printf("weights dtype:    %s\n", av_dtype_name(av_model_weight_dtype(m)));
+    if (c->quant_bits)
+        printf("quantization:     %d-bit affine, group size %d (MLX layout; per-layer entries may differ)\n", c->quant_bits, c->quant_group_size);
     printf("parameters:       %lld (%.3fM)\n", params, params / 1e6);
     printf("weights on disk:  %.1f MB in %d file(s)\n", av_model_weight_bytes(m) / 1e6, av_model_weight_files(m));
     printf("KV cache (f32):   %.1f MB at %d tokens\n", kv / 1e6, ctx);

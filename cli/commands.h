@@ -14,6 +14,7 @@ int av_cmd_template(int argc, char **argv) AV_WEAK;
 int av_cmd_lora(int argc, char **argv) AV_WEAK;
 int av_cmd_fuse(int argc, char **argv) AV_WEAK;
 int av_cmd_bench(int argc, char **argv) AV_WEAK;
+int av_cmd_convert(int argc, char **argv) AV_WEAK;
 int av_cmd_quantize(int argc, char **argv) AV_WEAK;
 int av_cmd_serve(int argc, char **argv) AV_WEAK;
 #endif

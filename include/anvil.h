@@ -377,6 +377,25 @@ av_status av_adapter_save_config(const av_model *m, const av_lora_spec *spec, co
  * merged projections. out_dir must differ from the model's directory. */
 av_status av_fuse_save(const av_model *m, const char *out_dir, int out_dtype, int *n_fused);
 
+/* ==== quantization and conversion ============================================================= */
+/* anvil convert: reads a model directory and writes another in MLX-LM's layout. quantize = 1 packs
+ * every 2-D ".weight" (projections, embeddings, LM head) whose input size is a multiple of group into
+ * MLX affine form (uint32 words + scales/biases in the output dtype); others stay float. out_dtype:
+ * AV_BF16 / AV_F16 / AV_F32, or -1 to keep each tensor's dtype. */
+typedef struct {
+    int quantize, bits, group;
+    int out_dtype;
+    const char *recipe; /* NULL, or MLX-LM's --quant-predicate: mixed_2_6, mixed_3_4, mixed_3_6, mixed_4_6
+                         * (v_proj/down_proj of some layers and the LM head at the high width) */
+    int dequantize;     /* 1: unpack a quantized source to float (out_dtype, else the scales' dtype) */
+} av_convert_opts;
+typedef struct {
+    size_t bytes_in, bytes_out;   /* weight files before and after */
+    int n_quantized, n_unquantized; /* 2-D weights packed / left float (input size not a multiple of group) */
+} av_convert_report;
+/* Writes out_dir atomically (a temp directory beside it, renamed at the end); out_dir must not exist. */
+av_status av_convert(const char *src_dir, const char *out_dir, const av_convert_opts *o, av_convert_report *r);
+
 /* ==== training: data ========================================================================== */
 /* How text becomes tokens; supplied by the caller (tokenizer + chat template). */
 typedef struct {

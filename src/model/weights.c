@@ -1,7 +1,9 @@
 /* Maps Hugging Face tensor names to model fields through one table, checking shape and dtype
- * against the config; uploads to the backend when it is not host memory. */
+ * against the config (MLX affine-quantized layers too: <name>.weight/.scales/.biases); uploads to
+ * the backend when it is not host memory. */
 #include "model/model.h"
 #include "core/memory.h"
+#include "quant/affine.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +23,75 @@ typedef struct {
     int required;
 } slot;
 
-static av_status bind(av_model *m, const slot *s) {
+/* config.json's "quantization" object (NULL when the model is not quantized) and its path. */
+typedef struct {
+    const cJSON *q;
+    const char *path;
+} qspec;
+
+static av_status shape_fail(const av_st_tensor *t, const char *name, int rows, int cols) {
+    char got[96] = "", exp[64];
+    for (int i = 0; i < t->ndim; i++) snprintf(got + strlen(got), sizeof got - strlen(got), i ? ",%lld" : "%lld", (long long)t->shape[i]);
+    if (cols) snprintf(exp, sizeof exp, "%d,%d", rows, cols);
+    else snprintf(exp, sizeof exp, "%d", rows);
+    return av_fail(AV_ERR_SHAPE, "%s: tensor '%s' has shape [%s] but config.json implies [%s]", t->file, name, got, exp);
+}
+
+/* A quantized matrix: <module>.weight (U32 [rows, cols*bits/32]), .scales and .biases ([rows,
+ * cols/group], one float dtype). bits/group: the module's entry in "quantization" (an object, or
+ * false = not quantized), else the global values when <module>.scales exists (as MLX-LM). *done = 0
+ * when the module is not quantized. */
+static av_status bind_quant(av_model *m, const slot *s, const qspec *qs, int *done) {
+    *done = 0;
+    if (!qs->q || !s->cols) return AV_OK;
+    char mod[128], nm[160];
+    snprintf(mod, sizeof mod, "%.*s", (int)(strlen(s->name) - strlen(".weight")), s->name);
+    const cJSON *e = av_json_get(qs->q, mod);
+    if (e && cJSON_IsFalse(e)) return AV_OK;
+    snprintf(nm, sizeof nm, "%s.scales", mod);
+    const av_st_tensor *ts = av_st_set_find(&m->st, nm);
+    if (!e && !ts) return AV_OK;
+    /* a per-layer entry's null fields take MLX's affine defaults (group 64, 4 bits), as MLX does */
+    const cJSON *o = cJSON_IsObject(e) ? e : qs->q;
+    int bits = (int)av_json_num(o, "bits", 4), group = (int)av_json_num(o, "group_size", 64);
+    const char *mode = av_json_str(o, "mode", "affine");
+    if (strcmp(mode, "affine"))
+        return av_fail(AV_ERR_UNSUPPORTED, "%s: quantization of '%s': mode '%s' not supported (affine only)", qs->path, mod, mode);
+    if (!av_quant_supported(bits, group))
+        return av_fail(AV_ERR_UNSUPPORTED, "%s: quantization of '%s': bits %d, group_size %d not supported (bits 2, 3, 4, 5, 6, 8; group 32, 64, 128)",
+                       qs->path, mod, bits, group);
+    if (s->cols % group)
+        return av_fail(AV_ERR_SHAPE, "%s: '%s' has %d columns, not a multiple of group_size %d", qs->path, mod, s->cols, group);
+    snprintf(nm, sizeof nm, "%s.weight", mod);
+    const av_st_tensor *tw = av_st_set_find(&m->st, nm);
+    snprintf(nm, sizeof nm, "%s.biases", mod);
+    const av_st_tensor *tb = av_st_set_find(&m->st, nm);
+    const av_st_tensor *need[3] = {tw, ts, tb};
+    const char *suf[3] = {"weight", "scales", "biases"};
+    for (int i = 0; i < 3; i++)
+        if (!need[i]) return av_fail(AV_ERR_FORMAT, "%s: missing tensor '%s.%s' (quantized %d-bit)", m->dir, mod, suf[i], bits);
+    if (tw->dtype != AV_U32)
+        return av_fail(AV_ERR_FORMAT, "%s: tensor '%s.weight' has dtype %s (quantized weights are U32)", tw->file, mod, av_dtype_name(tw->dtype));
+    int words = av_quant_row_words(s->cols, bits), ng = s->cols / group;
+    if (tw->ndim != 2 || tw->shape[0] != s->rows || tw->shape[1] != words) return shape_fail(tw, tw->name, s->rows, words);
+    for (int i = 1; i < 3; i++) {
+        const av_st_tensor *t = need[i];
+        if (t->dtype != AV_F32 && t->dtype != AV_F16 && t->dtype != AV_BF16)
+            return av_fail(AV_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (supported: F32, F16, BF16)", t->file, t->name, av_dtype_name(t->dtype));
+        if (t->dtype != ts->dtype)
+            return av_fail(AV_ERR_FORMAT, "%s: tensor '%s' has dtype %s but '%s' has %s", t->file, t->name, av_dtype_name(t->dtype), ts->name, av_dtype_name(ts->dtype));
+        if (t->ndim != 2 || t->shape[0] != s->rows || t->shape[1] != ng) return shape_fail(t, t->name, s->rows, ng);
+    }
+    *s->dst = (av_mat){.data = tw->data, .dtype = ts->dtype, .rows = s->rows, .cols = s->cols, .q_bits = bits, .q_group = group,
+                       .scales = ts->data, .biases = tb->data};
+    *done = 1;
+    return AV_OK;
+}
+
+static av_status bind(av_model *m, const slot *s, const qspec *qs) {
+    int done;
+    AV_TRY(bind_quant(m, s, qs, &done));
+    if (done) return AV_OK;
     const av_st_tensor *t = av_st_set_find(&m->st, s->name);
     if (!t) {
         if (!s->required) return AV_OK;
@@ -32,13 +102,7 @@ static av_status bind(av_model *m, const slot *s) {
                        av_dtype_name(t->dtype));
     int ok = s->cols ? (t->ndim == 2 && t->shape[0] == s->rows && t->shape[1] == s->cols)
                      : (t->ndim == 1 && t->shape[0] == s->rows);
-    if (!ok) {
-        char got[96] = "", exp[64];
-        for (int i = 0; i < t->ndim; i++) snprintf(got + strlen(got), sizeof got - strlen(got), i ? ",%lld" : "%lld", (long long)t->shape[i]);
-        if (s->cols) snprintf(exp, sizeof exp, "%d,%d", s->rows, s->cols);
-        else snprintf(exp, sizeof exp, "%d", s->rows);
-        return av_fail(AV_ERR_SHAPE, "%s: tensor '%s' has shape [%s] but config.json implies [%s]", t->file, s->name, got, exp);
-    }
+    if (!ok) return shape_fail(t, s->name, s->rows, s->cols);
     s->dst->data = t->data;
     s->dst->dtype = t->dtype;
     s->dst->rows = s->rows;
@@ -81,6 +145,56 @@ static av_status upload_all(av_model *m) {
     return AV_OK;
 }
 
+/* Weight files from MLX (unpadded headers) can put tensors at odd offsets; the CPU kernels read
+ * elements through typed pointers, so a misaligned tensor is copied once into an aligned host arena. */
+static av_status realign_host(av_model *m) {
+    const av_config *c = &m->cfg;
+    int nm = 3 + c->n_layers * 9, k = 0;
+    av_mat **all = calloc((size_t)nm, sizeof *all);
+    if (!all) return av_fail(AV_ERR_NOMEM, "out of memory");
+    int tied = m->lm_head.data == m->embed.data;
+    all[k++] = &m->embed;
+    all[k++] = &m->final_norm;
+    if (!tied) all[k++] = &m->lm_head;
+    for (int l = 0; l < c->n_layers; l++) {
+        av_layer *L = &m->layers[l];
+        for (int p = 0; p < AV_PROJ_COUNT; p++) all[k++] = &av_layer_proj(L, (av_proj)p)->w;
+        all[k++] = &L->attn_norm;
+        all[k++] = &L->mlp_norm;
+    }
+    /* three pieces per matrix: data, scales, biases (the last two only when quantized) */
+    size_t total = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t off = 0;
+        for (int i = 0; i < k; i++) {
+            av_mat *a = all[i];
+            const void **ptr[3] = {&a->data, &a->scales, &a->biases};
+            size_t es = av_dtype_size(a->dtype), ng = a->q_bits ? (size_t)a->cols / (size_t)a->q_group : 0;
+            size_t bytes[3] = {a->q_bits ? (size_t)a->rows * (size_t)av_quant_row_words(a->cols, a->q_bits) * 4 : mat_bytes(a),
+                               (size_t)a->rows * ng * es, (size_t)a->rows * ng * es};
+            size_t align[3] = {a->q_bits ? 4 : es, es, es};
+            for (int j = 0; j < (a->q_bits ? 3 : 1); j++) {
+                if ((uintptr_t)*ptr[j] % align[j] == 0) continue;
+                if (pass == 1) {
+                    void *dst = (char *)m->arena + off;
+                    memcpy(dst, *ptr[j], bytes[j]);
+                    *ptr[j] = dst;
+                }
+                off += (bytes[j] + 63) & ~(size_t)63;
+            }
+        }
+        if (pass == 0) {
+            total = off;
+            if (!total) break;
+            m->arena = m->be->alloc(total, "realigned model weights");
+            if (!m->arena) { free(all); return av_fail_prefix(AV_ERR_NOMEM, "%s", m->dir); }
+        }
+    }
+    if (tied) m->lm_head = m->embed;
+    free(all);
+    return AV_OK;
+}
+
 av_status av_model_load(av_model **out, const char *dir, const av_backend *be) {
     *out = NULL;
     if (!av_dir_exists(dir)) return av_fail(AV_ERR_IO, "%s: model directory not found", dir);
@@ -90,22 +204,31 @@ av_status av_model_load(av_model **out, const char *dir, const av_backend *be) {
     m->be = be;
     char path[4200];
     av_status st = av_config_load(&m->cfg, av_path_join(path, sizeof path, dir, "config.json"));
-    if (st == AV_OK && m->cfg.quant_bits)
-        st = av_fail(AV_ERR_UNSUPPORTED, "%s: quantized models are not supported by this build", path);
+    cJSON *cj = NULL;
+    qspec qs = {NULL, path};
+    if (st == AV_OK && m->cfg.quant_bits) {
+        if (!be->host_visible)
+            st = av_fail(AV_ERR_UNSUPPORTED, "%s: quantized models run on the CPU only in this build (use --device cpu)", path);
+        if (st == AV_OK) st = av_json_load(path, &cj);
+        if (st == AV_OK) qs.q = av_json_get(cj, "quantization");
+        if (st == AV_OK && !av_quant_supported(m->cfg.quant_bits, m->cfg.quant_group_size))
+            st = av_fail(AV_ERR_UNSUPPORTED, "%s: quantization bits %d, group_size %d not supported (bits 2, 3, 4, 5, 6, 8; group 32, 64, 128)",
+                         path, m->cfg.quant_bits, m->cfg.quant_group_size);
+    }
     if (st == AV_OK) st = av_st_set_open_dir(&m->st, dir);
-    if (st != AV_OK) { av_model_free(m); return st; }
+    if (st != AV_OK) { cJSON_Delete(cj); av_model_free(m); return st; }
     const av_config *c = &m->cfg;
     int D = c->hidden_size, F = c->intermediate_size, q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
-    if (!m->layers) { av_model_free(m); return av_fail(AV_ERR_NOMEM, "out of memory"); }
+    if (!m->layers) { cJSON_Delete(cj); av_model_free(m); return av_fail(AV_ERR_NOMEM, "out of memory"); }
     slot s = {&m->embed, "model.embed_tokens.weight", c->vocab_size, D, 1};
-    st = bind(m, &s);
+    st = bind(m, &s, &qs);
     slot n = {&m->final_norm, "model.norm.weight", D, 0, 1};
-    if (st == AV_OK) st = bind(m, &n);
+    if (st == AV_OK) st = bind(m, &n, &qs);
     if (st == AV_OK) {
         slot h = {&m->lm_head, "lm_head.weight", c->vocab_size, D, !c->tie_word_embeddings};
         if (c->tie_word_embeddings) m->lm_head = m->embed;
-        else st = bind(m, &h);
+        else st = bind(m, &h, &qs);
     }
     for (int l = 0; l < c->n_layers && st == AV_OK; l++) {
         av_layer *L = &m->layers[l];
@@ -113,13 +236,13 @@ av_status av_model_load(av_model **out, const char *dir, const av_backend *be) {
         for (int p = 0; p < AV_PROJ_COUNT && st == AV_OK; p++) {
             slot ps = {&av_layer_proj(L, (av_proj)p)->w, "", rows[p], cols[p], 1};
             snprintf(ps.name, sizeof ps.name, "model.layers.%d.%s.%s.weight", l, av_proj_module[p], av_proj_names[p]);
-            st = bind(m, &ps);
+            st = bind(m, &ps, &qs);
         }
         slot a = {&L->attn_norm, "", D, 0, 1}, b = {&L->mlp_norm, "", D, 0, 1};
         snprintf(a.name, sizeof a.name, "model.layers.%d.input_layernorm.weight", l);
         snprintf(b.name, sizeof b.name, "model.layers.%d.post_attention_layernorm.weight", l);
-        if (st == AV_OK) st = bind(m, &a);
-        if (st == AV_OK) st = bind(m, &b);
+        if (st == AV_OK) st = bind(m, &a, &qs);
+        if (st == AV_OK) st = bind(m, &b, &qs);
     }
     if (st == AV_OK) {
         m->weight_bytes = 0;
@@ -130,7 +253,9 @@ av_status av_model_load(av_model **out, const char *dir, const av_backend *be) {
         if (!m->inv_freq) st = AV_ERR_NOMEM;
         else be->upload(m->inv_freq, inv, sizeof(float) * (size_t)(c->head_dim / 2));
     }
+    cJSON_Delete(cj);
     if (st == AV_OK && !be->host_visible) st = upload_all(m);
+    else if (st == AV_OK) st = realign_host(m);
     if (st != AV_OK) { av_model_free(m); return st; }
     *out = m;
     return AV_OK;

@@ -1,10 +1,12 @@
-/* Matrix products against weight matrices (f32/f16/bf16): matrix-vector for decode (memory-bound,
- * SIMD dot products over rows, threads split rows) and matrix-matrix for prefill/training
- * (weights converted to f32 in row panels, then OpenBLAS sgemm; plain loops without BLAS). */
+/* Matrix products against weight matrices (f32/f16/bf16 or MLX-quantized): matrix-vector for decode
+ * (memory-bound, SIMD dot products over rows, threads split rows) and matrix-matrix for prefill/
+ * training (weights converted to f32 in row panels, then OpenBLAS sgemm; plain loops without BLAS).
+ * Quantized weights are dequantized group by group inside the dot, or one panel of rows at a time. */
 #include "ops/ops.h"
 #include "ops/simd.h"
 #include "ops/gemm.h"
 #include "core/memory.h"
+#include "quant/affine.h"
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +15,7 @@
 #endif
 
 float av_dot_row(const float *x, const av_mat *W, int row) {
+    if (W->q_bits) return av_quant_dot_row(x, W->data, W->scales, W->biases, W->dtype, row, W->cols, W->q_bits, W->q_group);
     size_t off = (size_t)row * (size_t)W->cols;
     switch (W->dtype) {
     case AV_BF16: return av_dot_bf16(x, (const uint16_t *)W->data + off, W->cols);
@@ -22,6 +25,11 @@ float av_dot_row(const float *x, const av_mat *W, int row) {
 }
 
 void av_mat_rows_to_f32(float *dst, const av_mat *W, int r0, int nr) {
+    if (W->q_bits) {
+        for (int r = 0; r < nr; r++)
+            av_quant_dequant_row(dst + (size_t)r * W->cols, W->data, W->scales, W->biases, W->dtype, r0 + r, W->cols, W->q_bits, W->q_group);
+        return;
+    }
     size_t off = (size_t)r0 * (size_t)W->cols, n = (size_t)nr * (size_t)W->cols;
     const char *base = (const char *)W->data + off * av_dtype_size(W->dtype);
     av_convert_to_f32(dst, base, W->dtype, n);
@@ -94,7 +102,7 @@ void av_matmul_forward(float *out, const float *x, const av_mat *W, int T) {
     if (T <= 4) { matmul_rows(out, x, W, T); return; }
     if (T >= 32 && W->dtype != AV_F32 && !W->q_bits && av_gemm_wt(out, x, W, T)) return;
 #ifdef AV_HAVE_BLAS
-    if (W->dtype == AV_F32) {
+    if (W->dtype == AV_F32 && !W->q_bits) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, x, K, (const float *)W->data, K, 0.0f, out, N);
         return;
     }
@@ -136,7 +144,7 @@ void av_matmul_backward(float *dx, float *dW, const float *dout, const float *x,
     }
     if (!dx) return;
 #ifdef AV_HAVE_BLAS
-    if (W->dtype == AV_F32) {
+    if (W->dtype == AV_F32 && !W->q_bits) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, K, N, 1.0f, dout, N, (const float *)W->data, K, 1.0f, dx, K);
         return;
     }

@@ -11,7 +11,8 @@
 
 /* A weight matrix in PyTorch Linear layout: rows = out_features, cols = in_features.
  * Vectors (norm weights) are rows = 1. data is a host pointer on the CPU backend and a device
- * pointer on CUDA. Quantized (MLX affine) weights set q_bits/q_group and scales/biases. */
+ * pointer on CUDA. Quantized (MLX affine) weights set q_bits/q_group and scales/biases: data is then
+ * the packed uint32 words [rows, cols*q_bits/32] and dtype the dtype of scales/biases [rows, cols/q_group]. */
 typedef struct {
     const void *data;
     av_dtype dtype;

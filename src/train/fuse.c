@@ -35,6 +35,7 @@ static const av_linear *proj_of(const av_model *m, const char *name) {
 av_status av_fuse_save(const av_model *m, const char *out_dir, int out_dtype, int *n_fused) {
     if (n_fused) *n_fused = 0;
     if (out_dtype >= 0 && !is_float((av_dtype)out_dtype)) return av_fail(AV_ERR_ARG, "fuse: output dtype must be f32, f16 or bf16");
+    if (m->cfg.quant_bits) return av_fail(AV_ERR_UNSUPPORTED, "%s: fuse on a quantized base is not supported yet", m->dir);
     char a[PATH_MAX], b[PATH_MAX];
     if (realpath(m->dir, a) && realpath(out_dir, b) && !strcmp(a, b))
         return av_fail(AV_ERR_ARG, "%s: the save path must differ from the model directory", out_dir);
