@@ -3,6 +3,7 @@
  * de-quantized, re-cast with --dtype; prints the weight size before and after. The output appears
  * only when complete. */
 #include "args.h"
+#include "common.h"
 #include "anvil.h"
 #include <stdio.h>
 #include <string.h>
@@ -28,12 +29,7 @@ static int convert(int argc, char **argv, const char *cmd, int quantize) {
     if (!model || !*model) return av_cli_error(cmd, "--model is required");
     if (!out || !*out) return av_cli_error(cmd, "--out is required");
     int out_dt = -1;
-    if (dtype) {
-        if (!strcmp(dtype, "bf16") || !strcmp(dtype, "bfloat16")) out_dt = AV_BF16;
-        else if (!strcmp(dtype, "f16") || !strcmp(dtype, "float16")) out_dt = AV_F16;
-        else if (!strcmp(dtype, "f32") || !strcmp(dtype, "float32")) out_dt = AV_F32;
-        else return av_cli_error(cmd, "--dtype must be bf16, f16 or f32 (got '%s')", dtype);
-    }
+    if (dtype && av_cli_out_dtype(cmd, dtype, &out_dt)) return 1;
     if (recipe) quantize = 1;
     if (dequant && !recipe && !strcmp(cmd, "quantize")) quantize = 0; /* anvil quantize -d = convert -d */
     if (dequant && quantize) return av_cli_error(cmd, "--de-quantize cannot be combined with quantization");

@@ -23,12 +23,7 @@ int av_cmd_fuse(int argc, char **argv) {
     int r = av_args_parse(argc, argv, opts, cmd, "Merge a LoRA adapter into the base weights and save the model.");
     if (r) return r == 1 ? 0 : 2;
     int out_dt = -1;
-    if (dtype) {
-        if (!strcmp(dtype, "bf16") || !strcmp(dtype, "bfloat16")) out_dt = AV_BF16;
-        else if (!strcmp(dtype, "f16") || !strcmp(dtype, "float16")) out_dt = AV_F16;
-        else if (!strcmp(dtype, "f32") || !strcmp(dtype, "float32")) out_dt = AV_F32;
-        else return av_cli_error(cmd, "--dtype must be bf16, f16 or f32 (got '%s')", dtype);
-    }
+    if (dtype && av_cli_out_dtype(cmd, dtype, &out_dt)) return 1;
     if (!save || !*save) return av_cli_error(cmd, "--save-path must not be empty");
     if (!mo.adapter || !*mo.adapter) return av_cli_error(cmd, "--adapter-path is required");
     mo.device = "cpu";

@@ -57,3 +57,11 @@ char *av_cli_read_file(const char *cmd, const char *path, size_t *len) {
     }
     return buf;
 }
+
+int av_cli_out_dtype(const char *cmd, const char *s, int *out) {
+    av_dtype d;
+    if (av_dtype_parse(s, &d) != 0 || (d != AV_BF16 && d != AV_F16 && d != AV_F32))
+        return av_cli_error(cmd, "--dtype must be bf16, f16 or f32 (got '%s')", s);
+    *out = (int)d;
+    return 0;
+}

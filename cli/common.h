@@ -19,4 +19,7 @@ int av_cli_load(const char *cmd, const av_cli_model_opts *o, av_model **m, av_to
 int av_cli_attach_adapter(const char *cmd, av_model *m, const char *path);
 /* Reads a whole file (for --file / --text-file); prints error and returns NULL on failure. */
 char *av_cli_read_file(const char *cmd, const char *path, size_t *len);
+/* --dtype of a written model: bf16 | f16 | f32 (or the long names) into *out; prints the error and
+ * returns non-zero otherwise. */
+int av_cli_out_dtype(const char *cmd, const char *s, int *out);
 #endif

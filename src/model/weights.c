@@ -113,13 +113,12 @@ static av_status bind(av_model *m, const slot *s, const qspec *qs) {
 
 static size_t mat_bytes(const av_mat *a) { return (size_t)a->rows * a->cols * av_dtype_size(a->dtype); }
 
-/* Copies every weight into one backend allocation and repoints the views. */
-static av_status upload_all(av_model *m) {
+/* Every weight view of the model (a tied LM head once), malloc'd; *n receives the count. */
+static av_mat **model_mats(av_model *m, int *n) {
     const av_config *c = &m->cfg;
-    int nm = 3 + c->n_layers * 9;
-    av_mat **all = calloc((size_t)nm, sizeof *all);
-    if (!all) return av_fail(AV_ERR_NOMEM, "out of memory");
+    av_mat **all = calloc((size_t)(3 + c->n_layers * 9), sizeof *all);
     int k = 0;
+    if (!all) return NULL;
     all[k++] = &m->embed;
     all[k++] = &m->final_norm;
     if (m->lm_head.data != m->embed.data) all[k++] = &m->lm_head;
@@ -129,6 +128,15 @@ static av_status upload_all(av_model *m) {
         all[k++] = &L->attn_norm;
         all[k++] = &L->mlp_norm;
     }
+    *n = k;
+    return all;
+}
+
+/* Copies every weight into one backend allocation and repoints the views. */
+static av_status upload_all(av_model *m) {
+    int k;
+    av_mat **all = model_mats(m, &k);
+    if (!all) return av_fail(AV_ERR_NOMEM, "out of memory");
     size_t total = 0;
     for (int i = 0; i < k; i++) total += (mat_bytes(all[i]) + 255) & ~(size_t)255;
     m->arena = m->be->alloc(total, "model weights");
@@ -148,20 +156,9 @@ static av_status upload_all(av_model *m) {
 /* Weight files from MLX (unpadded headers) can put tensors at odd offsets; the CPU kernels read
  * elements through typed pointers, so a misaligned tensor is copied once into an aligned host arena. */
 static av_status realign_host(av_model *m) {
-    const av_config *c = &m->cfg;
-    int nm = 3 + c->n_layers * 9, k = 0;
-    av_mat **all = calloc((size_t)nm, sizeof *all);
+    int k, tied = m->lm_head.data == m->embed.data;
+    av_mat **all = model_mats(m, &k);
     if (!all) return av_fail(AV_ERR_NOMEM, "out of memory");
-    int tied = m->lm_head.data == m->embed.data;
-    all[k++] = &m->embed;
-    all[k++] = &m->final_norm;
-    if (!tied) all[k++] = &m->lm_head;
-    for (int l = 0; l < c->n_layers; l++) {
-        av_layer *L = &m->layers[l];
-        for (int p = 0; p < AV_PROJ_COUNT; p++) all[k++] = &av_layer_proj(L, (av_proj)p)->w;
-        all[k++] = &L->attn_norm;
-        all[k++] = &L->mlp_norm;
-    }
     /* three pieces per matrix: data, scales, biases (the last two only when quantized) */
     size_t total = 0;
     for (int pass = 0; pass < 2; pass++) {
