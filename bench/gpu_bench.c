@@ -31,7 +31,9 @@ static int32_t tok(int i, int V) { return 1 + (int)(((unsigned)i * 2654435761u) 
 /* bytes one decode step must read: every weight but the embedding table (one row of it) */
 static double step_bytes(const av_model *m) {
     const av_config *c = &m->cfg;
-    double emb = (double)c->vocab_size * c->hidden_size * 2;
+    const av_mat *e = &m->embed;
+    double es = av_dtype_size(e->dtype), emb = e->q_bits ? (double)e->rows * e->cols * e->q_bits / 8 + 2.0 * e->rows * (e->cols / e->q_group) * es
+                                                         : (double)e->rows * e->cols * es;
     return (double)m->weight_bytes - (c->tie_word_embeddings ? 0 : emb);
 }
 

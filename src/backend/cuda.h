@@ -33,6 +33,13 @@ void av_cuda_matmul_backward_mode(float *dx, float *dW, const float *dout, const
 int av_cuda_matmul_forward_ex(void *out, int out16, const void *x, int x16, const av_mat *W, int T, float alpha, int accumulate);
 int av_cuda_matmul_backward_dx_ex(void *dx, int dx16, int accumulate, const void *dout, int dout16, const av_mat *W, int T);
 int av_cuda_matmul_forward_res(float *out, const float *res, const void *x, int x16, const av_mat *W, int T);
+/* Products on MLX affine-quantized weights (quant/affine.cu): what matmul_forward_mode,
+ * matmul_backward_mode (dx) and embedding_forward run for a W with q_bits. */
+void av_cuda_qmatmul_forward(float *out, const float *x, const av_mat *W, int T, int f32);
+void av_cuda_qmatmul_backward_dx(float *dx, const float *dout, const av_mat *W, int T, int f32);
+void av_cuda_qembedding_forward(float *out, const int32_t *ids, const av_mat *table, int T);
+/* src[n] rounded to bf16 into scratch slot `slot` (cuda_common.cuh AV_SCR_*); NULL when out of memory. */
+uint16_t *av_cuda_to_bf16(int slot, const float *src, size_t n);
 void av_cuda_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int T, int n_heads, int head_dim);
 void av_cuda_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int T, int n_heads, int head_dim);
 void av_cuda_swiglu_forward(float *out, const float *gate, const float *up, size_t n);

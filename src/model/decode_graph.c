@@ -13,7 +13,7 @@ static void session_decode_free(av_session *s);
  * of it active, temperature 0. */
 static int folds_argmax(const av_decode_plan *p) {
     const av_model *m = p->m;
-    return p->sample && p->N == 1 && !p->active && p->temperature <= 0.0f && m->be->matmul_fused_forward && !m->lm_head.q_bits;
+    return p->sample && p->N == 1 && !p->active && p->temperature <= 0.0f && m->be->matmul_fused_forward;
 }
 
 /* The ops of one step (no host<->device traffic, nothing position-dependent on the host side
@@ -31,7 +31,7 @@ static void step_ops(av_decode_plan *p) {
     p->ws.host_pos = p->host_pos;
     av_llama_layers_forward(m, &p->ws, p->x);
     int fold = folds_argmax(p);
-    if (p->sample && be->matmul_fused_forward && !m->lm_head.q_bits) {
+    if (p->sample && be->matmul_fused_forward) {
         av_gemv_fusion f = {.in = AV_GEMV_IN_RMSNORM, .norm = &m->final_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_STORE};
         if (fold) {
             f.argmax = p->ids;

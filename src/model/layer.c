@@ -4,6 +4,7 @@
  * one-row decode takes the backend's fused products when the layer allows; training adds saved
  * activations, bf16 storage and 16-bit products where the backend computes in bf16. */
 #include "model/layer.h"
+#include "quant/affine.h"
 #include "model/lora_linear.h"
 #include <time.h>
 
@@ -53,24 +54,35 @@ int av_model_max_lora_rank(const av_model *m) {
 /* ------------------------------------------------------------------ decode: fused products */
 
 /* Two or three projections whose weights lie back to back in backend memory (the upload order of
- * model/weights.c) without adapters: one matrix of all their rows, so one product reads them. */
+ * model/weights.c) without adapters: one matrix of all their rows, so one product reads them.
+ * Quantized: the same bits and group, and the packed words, scales and biases each back to back. */
+static size_t piece(const av_mat *w, int j) {
+    if (!w->q_bits) return (size_t)w->rows * w->cols * av_dtype_size(w->dtype);
+    return j == 0 ? (size_t)w->rows * (size_t)av_quant_row_words(w->cols, w->q_bits) * 4
+                  : (size_t)w->rows * (size_t)(w->cols / w->q_group) * av_dtype_size(w->dtype);
+}
 static int stacked(av_mat *out, const av_linear *a, const av_linear *b, const av_linear *c) {
     const av_linear *L[3] = {a, b, c};
     int n = c ? 3 : 2, rows = 0;
-    const char *next = (const char *)a->w.data;
+    const char *next[3] = {(const char *)a->w.data, (const char *)a->w.scales, (const char *)a->w.biases};
     for (int i = 0; i < n; i++) {
-        if (L[i]->lora_a || L[i]->w.q_bits || L[i]->w.dtype != a->w.dtype || L[i]->w.cols != a->w.cols || (const char *)L[i]->w.data != next)
+        const av_mat *w = &L[i]->w;
+        if (L[i]->lora_a || w->q_bits != a->w.q_bits || w->q_group != a->w.q_group || w->dtype != a->w.dtype || w->cols != a->w.cols)
             return 0;
-        next += (size_t)L[i]->w.rows * L[i]->w.cols * av_dtype_size(L[i]->w.dtype);
-        rows += L[i]->w.rows;
+        const char *p[3] = {(const char *)w->data, (const char *)w->scales, (const char *)w->biases};
+        for (int j = 0; j < (w->q_bits ? 3 : 1); j++) {
+            if (p[j] != next[j]) return 0;
+            next[j] += piece(w, j);
+        }
+        rows += w->rows;
     }
     *out = a->w;
     out->rows = rows;
     return 1;
 }
 
-/* A projection the fused products take: no adapter, unquantized. */
-static int plain(const av_linear *L) { return !L->lora_a && !L->w.q_bits; }
+/* A projection the fused products take: no adapter. */
+static int plain(const av_linear *L) { return !L->lora_a; }
 
 /* One decode layer in place over x as four fused products (backend matmul_fused_forward) and the
  * attention: RMSNorm inside the q|k|v and gate|up products, RoPE in the q|k|v store, SwiGLU in the
@@ -93,7 +105,7 @@ static int decode_fused(const av_model *m, const av_layer *L, av_layer_ws *ws, f
     be->matmul_fused_forward(x, ws->att, &L->o.w, N, &o);
     /* several rows: the SwiGLU output goes to the down product as bf16 (its tensor cores round it so
      * anyway); one row keeps the exact f32 GEMV */
-    int gu16 = N > 1 && be->save_acts_bf16;
+    int gu16 = N > 1 && be->save_acts_bf16 && !L->down.w.q_bits; /* quantized down: f32 input (its own kernels) */
     av_gemv_fusion gu = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->mlp_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_SWIGLU,
                          .out_bf16 = gu16};
     be->matmul_fused_forward(ws->gu, x, &Wgu, N, &gu);

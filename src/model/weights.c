@@ -111,7 +111,16 @@ static av_status bind(av_model *m, const slot *s, const qspec *qs) {
     return AV_OK;
 }
 
-static size_t mat_bytes(const av_mat *a) { return (size_t)a->rows * a->cols * av_dtype_size(a->dtype); }
+/* A matrix is up to three pieces in memory: 0 = data (the packed words when quantized), 1 = scales,
+ * 2 = biases (quantized only). */
+static int mat_pieces(const av_mat *a) { return a->q_bits ? 3 : 1; }
+static const void **piece_ptr(av_mat *a, int j) { return j == 0 ? &a->data : j == 1 ? &a->scales : &a->biases; }
+static size_t piece_bytes(const av_mat *a, int j) {
+    size_t es = av_dtype_size(a->dtype);
+    if (!a->q_bits) return (size_t)a->rows * a->cols * es;
+    if (j == 0) return (size_t)a->rows * (size_t)av_quant_row_words(a->cols, a->q_bits) * 4;
+    return (size_t)a->rows * (size_t)(a->cols / a->q_group) * es;
+}
 
 /* Every weight view of the model (a tied LM head once), malloc'd; *n receives the count. */
 static av_mat **model_mats(av_model *m, int *n) {
@@ -132,23 +141,29 @@ static av_mat **model_mats(av_model *m, int *n) {
     return all;
 }
 
-/* Copies every weight into one backend allocation and repoints the views. */
+/* Copies every weight into one backend allocation and repoints the views. All data pieces first,
+ * then all scales, then all biases, each in model order: a layer's q, k, v (and gate, up) lie back to
+ * back piece by piece, so the fused decode products read them as one matrix (layer.c stacked()). */
 static av_status upload_all(av_model *m) {
-    int k;
+    int k, tied = m->lm_head.data == m->embed.data;
     av_mat **all = model_mats(m, &k);
     if (!all) return av_fail(AV_ERR_NOMEM, "out of memory");
     size_t total = 0;
-    for (int i = 0; i < k; i++) total += (mat_bytes(all[i]) + 255) & ~(size_t)255;
+    for (int i = 0; i < k; i++)
+        for (int j = 0; j < mat_pieces(all[i]); j++) total += (piece_bytes(all[i], j) + 255) & ~(size_t)255;
     m->arena = m->be->alloc(total, "model weights");
     if (!m->arena) { free(all); return av_fail_prefix(AV_ERR_NOMEM, "%s", m->dir); }
     size_t off = 0;
-    for (int i = 0; i < k; i++) {
-        void *dst = (char *)m->arena + off;
-        m->be->upload(dst, all[i]->data, mat_bytes(all[i]));
-        all[i]->data = dst;
-        off += (mat_bytes(all[i]) + 255) & ~(size_t)255;
-    }
-    if (m->lm_head.rows == m->embed.rows && m->cfg.tie_word_embeddings) m->lm_head = m->embed;
+    for (int j = 0; j < 3; j++)
+        for (int i = 0; i < k; i++) {
+            if (j >= mat_pieces(all[i])) continue;
+            void *dst = (char *)m->arena + off;
+            const void **p = piece_ptr(all[i], j);
+            m->be->upload(dst, *p, piece_bytes(all[i], j));
+            *p = dst;
+            off += (piece_bytes(all[i], j) + 255) & ~(size_t)255;
+        }
+    if (tied) m->lm_head = m->embed;
     free(all);
     return AV_OK;
 }
@@ -159,25 +174,21 @@ static av_status realign_host(av_model *m) {
     int k, tied = m->lm_head.data == m->embed.data;
     av_mat **all = model_mats(m, &k);
     if (!all) return av_fail(AV_ERR_NOMEM, "out of memory");
-    /* three pieces per matrix: data, scales, biases (the last two only when quantized) */
     size_t total = 0;
     for (int pass = 0; pass < 2; pass++) {
         size_t off = 0;
         for (int i = 0; i < k; i++) {
             av_mat *a = all[i];
-            const void **ptr[3] = {&a->data, &a->scales, &a->biases};
-            size_t es = av_dtype_size(a->dtype), ng = a->q_bits ? (size_t)a->cols / (size_t)a->q_group : 0;
-            size_t bytes[3] = {a->q_bits ? (size_t)a->rows * (size_t)av_quant_row_words(a->cols, a->q_bits) * 4 : mat_bytes(a),
-                               (size_t)a->rows * ng * es, (size_t)a->rows * ng * es};
-            size_t align[3] = {a->q_bits ? 4 : es, es, es};
-            for (int j = 0; j < (a->q_bits ? 3 : 1); j++) {
-                if ((uintptr_t)*ptr[j] % align[j] == 0) continue;
+            for (int j = 0; j < mat_pieces(a); j++) {
+                const void **p = piece_ptr(a, j);
+                size_t align = j == 0 && a->q_bits ? 4 : av_dtype_size(a->dtype);
+                if ((uintptr_t)*p % align == 0) continue;
                 if (pass == 1) {
                     void *dst = (char *)m->arena + off;
-                    memcpy(dst, *ptr[j], bytes[j]);
-                    *ptr[j] = dst;
+                    memcpy(dst, *p, piece_bytes(a, j));
+                    *p = dst;
                 }
-                off += (bytes[j] + 63) & ~(size_t)63;
+                off += (piece_bytes(a, j) + 63) & ~(size_t)63;
             }
         }
         if (pass == 0) {
@@ -204,6 +215,7 @@ av_status av_model_load(av_model **out, const char *dir, const av_backend *be) {
     cJSON *cj = NULL;
     qspec qs = {NULL, path};
     if (st == AV_OK && m->cfg.quant_bits) {
+        /* the CUDA kernels for quantized weights (quant/affine.cu) are not yet verified on a GPU */
         if (!be->host_visible)
             st = av_fail(AV_ERR_UNSUPPORTED, "%s: quantized models run on the CPU only in this build (use --device cpu)", path);
         if (st == AV_OK) st = av_json_load(path, &cj);

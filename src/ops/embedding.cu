@@ -37,6 +37,7 @@ __global__ void embed_bwd_k(float *dtable, const float *dout, const int32_t *ids
 
 extern "C" void av_cuda_embedding_forward(float *out, const int32_t *ids, const av_mat *table, int T) {
     if (T <= 0) return;
+    if (table->q_bits) { av_cuda_qembedding_forward(out, ids, table, T); return; }
     int D = table->cols;
     if (table->dtype == AV_BF16 && D % 8 == 0 && ((uintptr_t)table->data % 16) == 0 && ((uintptr_t)out % 16) == 0) {
         av_launch(embed_fwd_bf16x8_k, dim3(T), dim3(D / 8 < 256 ? 32 * (int)av_cdiv((size_t)D / 8, 32) : 256), 0, 1, out, ids,

@@ -141,6 +141,8 @@ static uint16_t *to16(int slot, const float *src, size_t n, av_dtype dt) {
     return d;
 }
 
+extern "C" uint16_t *av_cuda_to_bf16(int slot, const float *src, size_t n) { return to16(slot, src, n, AV_BF16); }
+
 static cudaDataType_t cu_type(av_dtype t) { return t == AV_BF16 ? CUDA_R_16BF : t == AV_F16 ? CUDA_R_16F : CUDA_R_32F; }
 
 /* Column-major C[m,n] = alpha op(A) op(B) + beta C with f32 accumulation. */
@@ -194,6 +196,7 @@ static void gemv(float *out, const float *x, const av_mat *W, int T) {
 extern "C" void av_cuda_matmul_forward_mode(float *out, const float *x, const av_mat *W, int T, int f32) {
     int N = W->rows, K = W->cols;
     if (T <= 0) return;
+    if (W->q_bits) { av_cuda_qmatmul_forward(out, x, W, T, f32); return; }
     if (W->dtype == AV_F32) { /* out^T[N,T] = W^T(col-major K x N)^T . x^T(K x T) */
         gemm_c(CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, W->data, CUDA_R_32F, K, x, CUDA_R_32F, K, 0.0f, out, N, f32_compute(W, f32));
         return;
@@ -227,6 +230,7 @@ extern "C" void av_cuda_matmul_backward_mode(float *dx, float *dW, const float *
     if (dW) /* dW^T[K,N] += x^T(K x T) . dout(T x N) */
         gemm_c(CUBLAS_OP_N, CUBLAS_OP_T, K, N, T, x, CUDA_R_32F, K, dout, CUDA_R_32F, N, 1.0f, dW, K, f32_compute(W, f32));
     if (!dx) return;
+    if (W->q_bits) { av_cuda_qmatmul_backward_dx(dx, dout, W, T, f32); return; }
     /* dx^T[K,T] += W^T(K x N) . dout^T(N x T) */
     if (W->dtype == AV_F32) {
         gemm_c(CUBLAS_OP_N, CUBLAS_OP_N, K, T, N, W->data, CUDA_R_32F, K, dout, CUDA_R_32F, N, 1.0f, dx, K, f32_compute(W, f32));

@@ -3,6 +3,7 @@
  * products and the attention. One row: an exact f32 GEMV; 2..16 rows: bf16 tensor-core products;
  * more rows: the separate ops. Weight loads start before the wait on the previous kernel (PDL). */
 #include "backend/cuda_common.cuh"
+#include "quant/affine.cuh"
 extern "C" {
 #include "backend/cuda.h"
 }
@@ -270,6 +271,111 @@ __device__ __forceinline__ void fz1_out(const fz_args &a, const float (&red)[2 *
     }
 }
 
+/* ---------------------------------------------------------------- one row, quantized weights */
+/* The quantized twin of fz1_k: the same units, reduction and output transforms, over packed rows
+ * (quant/affine.cuh) read 32 codes (BITS words) a thread and chunk. Per chunk and row: scale *
+ * (in . q) + bias * sum(in), exact f32. Scales and biases travel beside fz_args (kept small). */
+struct fzq_args {
+    const void *sc, *bi;
+    int group;
+};
+
+template <int IN, int OUT, int NTH, int P, int BITS, int UNR>
+__global__ void __launch_bounds__(NTH) fzq1_k(fz_args a, fzq_args qa, int units) {
+    __shared__ float red[2 * P + 1][NTH / 32];
+    int nc = a.K >> 5, tid = threadIdx.x, u0 = blockIdx.x * P, ng = a.K / qa.group, rw = a.K / 32 * BITS;
+    int r[P][2];
+    bool ok[P][2];
+    const uint32_t *p[P][2];
+#pragma unroll
+    for (int q = 0; q < P; q++) {
+        bool in = u0 + q < units;
+        fz1_rows<OUT>(a, in ? u0 + q : 0, &r[q][0], &r[q][1]);
+        ok[q][0] = in;
+        ok[q][1] = in && r[q][1] < a.N;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            if (!ok[q][h]) r[q][h] = 0;
+            p[q][h] = reinterpret_cast<const uint32_t *>(a.W) + (size_t)r[q][h] * rw;
+        }
+    }
+    uint32_t w[UNR][P][2][BITS];
+#pragma unroll
+    for (int j = 0; j < UNR; j++) { /* weights are constant: start streaming before the wait */
+        int c = tid + j * NTH;
+#pragma unroll
+        for (int q = 0; q < P; q++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                if (c < nc && ok[q][h]) aq_load<BITS>(w[j][q][h], p[q][h], c);
+                else
+#pragma unroll
+                    for (int i = 0; i < BITS; i++) w[j][q][h][i] = 0u;
+            }
+    }
+    av_pdl_wait();
+    av_pdl_launch();
+    float acc[P][2], ss = 0.0f;
+#pragma unroll
+    for (int q = 0; q < P; q++) acc[q][0] = acc[q][1] = 0.0f;
+    for (int base = 0; base < nc; base += UNR * NTH) {
+        if (base) {
+#pragma unroll
+            for (int j = 0; j < UNR; j++) {
+                int c = base + tid + j * NTH;
+#pragma unroll
+                for (int q = 0; q < P; q++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                        if (c < nc && ok[q][h]) aq_load<BITS>(w[j][q][h], p[q][h], c);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < UNR; j++) {
+            int c = base + tid + j * NTH;
+            if (c < nc) {
+                float xv[32], xs = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 4; e++) fz_x8<IN>(a, a.x, 4 * c + e, xv + 8 * e, &ss);
+#pragma unroll
+                for (int e = 0; e < 32; e++) xs += xv[e];
+                size_t g = (size_t)(c * 32) / qa.group;
+#pragma unroll
+                for (int q = 0; q < P; q++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        float d = 0.0f;
+#pragma unroll
+                        for (int e = 0; e < 32; e++) d += xv[e] * aq_code<BITS>(w[j][q][h], e);
+                        size_t gi = (size_t)r[q][h] * ng + g;
+                        acc[q][h] += av_ld_w(qa.sc, a.dt, gi) * d + av_ld_w(qa.bi, a.dt, gi) * xs;
+                    }
+            }
+        }
+    }
+    int lane = tid & 31, warp = tid >> 5;
+#pragma unroll
+    for (int q = 0; q < P; q++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float v = av_warp_sum(acc[q][h]);
+            if (lane == 0) red[2 * q + h][warp] = v;
+        }
+    if (IN == AV_GEMV_IN_RMSNORM) {
+        ss = av_warp_sum(ss);
+        if (lane == 0) red[2 * P][warp] = ss;
+    }
+    __syncthreads();
+    const bool fold = OUT == AV_GEMV_OUT_STORE && a.fold;
+    if (tid >= P) return;
+    int q = tid;
+    bool live = ok[0][0] && u0 + q < units;
+    if (!live && !fold) return;
+    unsigned long long key = 0ull;
+    if (live) fz1_out<IN, OUT, NTH, P>(a, red, u0, q, &key);
+    if (fold) fz_amax_fold<P>(key);
+}
+
 /* ---------------------------------------------------------------- 2..16 rows: bf16 tensor cores */
 /* mma.sync m16n8k16 products whose weight fragments come straight from memory in 16-byte loads (the
  * k order inside a fragment is permuted the same way for weights and inputs, which a dot product
@@ -502,6 +608,23 @@ static void launch1c(const fz_args &a, unsigned units) {
 }
 
 
+template <int IN, int OUT, int NTH, int P, int BITS>
+static void launchq1c(const fz_args &a, const fzq_args &qa, unsigned units) {
+    int per = (int)av_cdiv((size_t)(a.K >> 5), NTH); /* chunks per thread and row */
+    dim3 g(av_cdiv(units, P)), b(NTH);
+    if (per <= 1) av_launch(fzq1_k<IN, OUT, NTH, P, BITS, 1>, g, b, 0, 1, a, qa, (int)units);
+    else if (per <= 2) av_launch(fzq1_k<IN, OUT, NTH, P, BITS, 2>, g, b, 0, 1, a, qa, (int)units);
+    else av_launch(fzq1_k<IN, OUT, NTH, P, BITS, 3>, g, b, 0, 1, a, qa, (int)units); /* several passes beyond */
+}
+
+template <int IN, int OUT>
+static void launchq1(const fz_args &a, const fzq_args &qa, int bits) {
+    unsigned units = OUT == AV_GEMV_OUT_SWIGLU ? (unsigned)a.F
+                     : OUT == AV_GEMV_OUT_ROPE ? (unsigned)(a.rope_rows / 2 + (a.N - a.rope_rows + 1) / 2)
+                                               : av_cdiv((size_t)a.N, 2);
+    AQ_DISPATCH_BITS(bits, (launchq1c<IN, OUT, 64, 2, BITS>(a, qa, units)));
+}
+
 template <int IN, int OUT>
 static void launch1(const fz_args &a) {
     unsigned units = OUT == AV_GEMV_OUT_SWIGLU ? (unsigned)a.F
@@ -542,6 +665,16 @@ static void launch_t(const fz_args &a) {
 }
 
 template <int IN>
+static void launchq_out(const fz_args &a, const fzq_args &qa, int bits, av_gemv_out out) {
+    switch (out) {
+    case AV_GEMV_OUT_STORE: launchq1<IN, AV_GEMV_OUT_STORE>(a, qa, bits); break;
+    case AV_GEMV_OUT_ADD: launchq1<IN, AV_GEMV_OUT_ADD>(a, qa, bits); break;
+    case AV_GEMV_OUT_ROPE: launchq1<IN, AV_GEMV_OUT_ROPE>(a, qa, bits); break;
+    default: launchq1<IN, AV_GEMV_OUT_SWIGLU>(a, qa, bits); break;
+    }
+}
+
+template <int IN>
 static void launch_out(const fz_args &a, av_gemv_out out) {
     switch (out) {
     case AV_GEMV_OUT_STORE: launch_t<IN, AV_GEMV_OUT_STORE>(a); break;
@@ -555,9 +688,10 @@ static void launch_out(const fz_args &a, av_gemv_out out) {
 static int fused_ok(const float *x, const av_mat *W, int T, const av_gemv_fusion *f, int f32) {
     int N = W->rows, K = W->cols, hd = f->head_dim, rr = f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0;
     if (T < 1 || T > MMA_MAX_ROWS) return 0;
-    if (T > 1 && (f32 || W->dtype != AV_BF16)) return 0;
-    if ((W->dtype != AV_BF16 && W->dtype != AV_F16) || W->q_bits || K % 8 || N < 1 || ((uintptr_t)x % 16) || ((uintptr_t)W->data % 16))
+    if (T > 1 && (f32 || W->dtype != AV_BF16 || W->q_bits)) return 0; /* quantized: one row only */
+    if ((!W->q_bits && W->dtype != AV_BF16 && W->dtype != AV_F16) || K % 8 || N < 1 || ((uintptr_t)x % 16) || ((uintptr_t)W->data % 16))
         return 0;
+    if (W->q_bits && (K % W->q_group || K % 32)) return 0;
     if (f->in == AV_GEMV_IN_RMSNORM && (!f->norm || (size_t)f->norm->rows * f->norm->cols != (size_t)K)) return 0;
     if (f->out == AV_GEMV_OUT_ROPE && (hd <= 0 || hd % 2 || rr < 0 || rr > N || rr % hd || (T > 1 && hd % 32))) return 0;
     if (f->out == AV_GEMV_OUT_SWIGLU && (N % 2 || (T > 1 && (N / 2) % 16))) return 0;
@@ -586,7 +720,11 @@ extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, co
         fz_args a = {out, x, (const uint16_t *)W->data, W->dtype, N, K, T, nd, ndt, ndt == AV_BF16 && ((uintptr_t)nd % 16) == 0, f->eps,
                      f->pos, f->inv_freq, f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0, hd, N / 2, f->in_bf16 != 0,
                      f->out_bf16 != 0 && f->out == AV_GEMV_OUT_SWIGLU, fold};
-        if (f->in == AV_GEMV_IN_RMSNORM) launch_out<AV_GEMV_IN_RMSNORM>(a, f->out);
+        if (W->q_bits) {
+            fzq_args qa = {W->scales, W->biases, W->q_group};
+            if (f->in == AV_GEMV_IN_RMSNORM) launchq_out<AV_GEMV_IN_RMSNORM>(a, qa, W->q_bits, f->out);
+            else launchq_out<AV_GEMV_IN_X>(a, qa, W->q_bits, f->out);
+        } else if (f->in == AV_GEMV_IN_RMSNORM) launch_out<AV_GEMV_IN_RMSNORM>(a, f->out);
         else launch_out<AV_GEMV_IN_X>(a, f->out);
         AV_CU_LAUNCHED("fused decode product");
         if (fold) {
