@@ -406,6 +406,18 @@ av_status av_adapter_save_config(const av_model *m, const av_lora_spec *spec, co
  * out_dtype: AV_BF16 / AV_F16 / AV_F32, or -1 to keep each tensor's dtype. *n_fused (may be NULL):
  * merged projections. out_dir must differ from the model's directory. */
 av_status av_fuse_save(const av_model *m, const char *out_dir, int out_dtype, int *n_fused);
+/* The same with options. A quantized (MLX affine) base is de-quantized by default: every packed
+ * matrix becomes float (out_dtype, else its scales' dtype) and config.json loses "quantization".
+ * requantize = 1 instead packs each merged matrix again with its own bits/group (the model's dtype
+ * for scales; MLX-LM's fuse does this, and loses deltas below half a quantization step), copies
+ * the others bit for bit and keeps config.json; it needs a quantized base and out_dtype = -1. The
+ * directory is built beside out_dir and published when complete (an existing out_dir gets its
+ * files replaced one by one). */
+typedef struct {
+    int out_dtype; /* AV_BF16 / AV_F16 / AV_F32, or -1 */
+    int requantize;
+} av_fuse_opts;
+av_status av_fuse_write(const av_model *m, const char *out_dir, const av_fuse_opts *o, int *n_fused);
 
 /* ==== quantization and conversion ============================================================= */
 /* anvil convert: reads a model directory and writes another in MLX-LM's layout. quantize = 1 packs
