@@ -71,23 +71,31 @@ static av_status merge(fuser *fu, const av_linear *L, float *f, size_t n, const 
     return st;
 }
 
-/* f32 values of n floats of any alignment (MLX files put tensors at any byte offset). */
-static float *to_f32(fuser *fu, const av_st_tensor *t, size_t n) {
-    float *f = hold(fu, n * sizeof(float));
+/* f32 values (malloc'd) of n floats of any alignment (MLX files put tensors at any byte offset). */
+static float *to_f32(const av_st_tensor *t, size_t n) {
+    float *f = malloc(n * sizeof(float));
     void *c = (uintptr_t)t->data % av_dtype_size(t->dtype) ? malloc(t->nbytes) : NULL;
-    if (!f || ((uintptr_t)t->data % av_dtype_size(t->dtype) && !c)) { free(c); return NULL; }
+    if (!f || ((uintptr_t)t->data % av_dtype_size(t->dtype) && !c)) {
+        free(c);
+        free(f);
+        return NULL;
+    }
     if (c) memcpy(c, t->data, t->nbytes);
     av_convert_to_f32(f, c ? c : t->data, t->dtype, n);
     free(c);
     return f;
 }
 
-/* Adds f (f32, shape) to the writer as dtype od. */
-static av_status add_as(fuser *fu, const char *name, av_dtype od, int ndim, const int64_t *shape, const float *f, size_t n) {
-    if (od == AV_F32) return av_st_writer_add(&fu->w, name, od, ndim, shape, f);
+/* Adds f (f32, malloc'd; taken over: kept for the writer or freed once converted) as dtype od. */
+static av_status add_as(fuser *fu, const char *name, av_dtype od, int ndim, const int64_t *shape, float *f, size_t n) {
+    if (od == AV_F32) {
+        fu->keep[fu->nkeep++] = f;
+        return av_st_writer_add(&fu->w, name, od, ndim, shape, f);
+    }
     void *o = hold(fu, n * av_dtype_size(od));
+    if (o) av_convert_from_f32(o, od, f, n);
+    free(f);
     if (!o) return av_fail(AV_ERR_NOMEM, "fuse: out of memory for '%s'", name);
-    av_convert_from_f32(o, od, f, n);
     return av_st_writer_add(&fu->w, name, od, ndim, shape, o);
 }
 
@@ -115,25 +123,32 @@ static av_status add_packed(fuser *fu, const av_st_tensor *t, const char *mod) {
     }
     int rows = (int)t->shape[0], cols = (int)(t->shape[1] * 32 / bits);
     size_t n = (size_t)rows * cols;
-    float *f = hold(fu, n * sizeof(float));
+    float *f = malloc(n * sizeof(float));
     if (!f) return av_fail(AV_ERR_NOMEM, "fuse: out of memory for '%s'", t->name);
     for (int r = 0; r < rows; r++) av_quant_dequant_row(f + (size_t)r * cols, t->data, ts->data, tb->data, ts->dtype, r, cols, bits, group);
-    if (L) AV_TRY(merge(fu, L, f, n, t->name));
+    av_status st = L ? merge(fu, L, f, n, t->name) : AV_OK;
     int64_t shape[2] = {rows, cols};
+    if (st != AV_OK) {
+        free(f);
+        return st;
+    }
     if (!fu->o->requantize) return add_as(fu, t->name, fu->o->out_dtype >= 0 ? (av_dtype)fu->o->out_dtype : ts->dtype, 2, shape, f, n);
     /* as convert: rounded to the model dtype first, then quantized with the f32 scale */
     av_dtype sdt = ts->dtype;
-    void *c = malloc(n * av_dtype_size(sdt));
-    if (!c) return av_fail(AV_ERR_NOMEM, "fuse: out of memory for '%s'", t->name);
-    av_convert_from_f32(c, sdt, f, n);
-    av_convert_to_f32(f, c, sdt, n);
-    free(c);
     int ng = cols / group, words = av_quant_row_words(cols, bits);
+    void *c = malloc(n * av_dtype_size(sdt));
     uint32_t *pk = hold(fu, (size_t)rows * words * 4);
     void *sc = hold(fu, (size_t)rows * ng * av_dtype_size(sdt)), *bs = hold(fu, (size_t)rows * ng * av_dtype_size(sdt));
-    if (!pk || !sc || !bs) return av_fail(AV_ERR_NOMEM, "fuse: out of memory for '%s'", t->name);
-    memset(pk, 0, (size_t)rows * words * 4);
-    av_quant_matrix(pk, sc, bs, sdt, f, rows, cols, bits, group);
+    int ok = c && pk && sc && bs;
+    if (ok) {
+        av_convert_from_f32(c, sdt, f, n);
+        av_convert_to_f32(f, c, sdt, n);
+        memset(pk, 0, (size_t)rows * words * 4);
+        av_quant_matrix(pk, sc, bs, sdt, f, rows, cols, bits, group);
+    }
+    free(c);
+    free(f);
+    if (!ok) return av_fail(AV_ERR_NOMEM, "fuse: out of memory for '%s'", t->name);
     AV_TRY(av_st_writer_add(&fu->w, t->name, AV_U32, 2, t->shape, pk));
     AV_TRY(av_st_writer_add(&fu->w, ts->name, sdt, 2, ts->shape, sc));
     return av_st_writer_add(&fu->w, tb->name, sdt, 2, tb->shape, bs);
@@ -156,9 +171,13 @@ static av_status add_tensor(fuser *fu, const av_st_tensor *t) {
     av_dtype od = od_forced ? (av_dtype)fu->o->out_dtype : t->dtype;
     if (!L && od == t->dtype) return av_st_writer_add(&fu->w, t->name, t->dtype, t->ndim, t->shape, t->data);
     size_t n = (size_t)av_st_numel(t);
-    float *f = to_f32(fu, t, n);
+    float *f = to_f32(t, n);
     if (!f) return av_fail(AV_ERR_NOMEM, "fuse: out of memory for '%s'", t->name);
-    if (L) AV_TRY(merge(fu, L, f, n, t->name));
+    av_status st = L ? merge(fu, L, f, n, t->name) : AV_OK;
+    if (st != AV_OK) {
+        free(f);
+        return st;
+    }
     return add_as(fu, t->name, od, t->ndim, t->shape, f, n);
 }
 
