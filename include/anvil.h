@@ -215,8 +215,38 @@ void av_session_truncate(av_session *s, int n);
 /* Runs ids[0..T) from an empty cache and returns sum over t < T-1 of -log p(ids[t+1] | ids[..t]);
  * row_nll (host, T-1) and argmax (host, T) optional. */
 av_status av_session_nll(av_session *s, const int32_t *ids, int T, double *sum, float *row_nll, int32_t *argmax);
+/* Runs ids[0..T) at the next positions (prefill path, appended to the KV cache) and writes the logits
+ * of each of those positions into host logits[T, vocab_size] (row t: the next-token scores after
+ * ids[t]). Callers bound memory by passing a few rows at a time. */
+av_status av_session_logits(av_session *s, const int32_t *ids, int T, float *logits);
 int av_session_n_past(const av_session *s);  /* cached positions */
 int av_session_max_seq(const av_session *s); /* context size */
+av_model *av_session_model(const av_session *s); /* the model it runs */
+
+/* ==== comparing two models (llama.cpp's --kl-divergence) ===================================== */
+/* Accumulates, over every scored position t of the windows given (t predicts ids[t+1]): KL(base || q)
+ * = sum_v p_base(v) (log p_base(v) - log p_q(v)) from double log-softmax of the two logit rows,
+ * whether the argmaxes agree (first maximum), and each model's NLL of ids[t+1]. */
+typedef struct av_kl av_kl;
+av_status av_kl_new(av_kl **out);
+void av_kl_free(av_kl *k);
+/* Runs ids[0..T) through both sessions from empty caches, in step a few rows at a time (host memory:
+ * two [64, vocab] logit blocks, never [T, vocab]); adds T-1 positions. The models' vocabulary sizes
+ * must agree (AV_ERR_SHAPE). Sessions may be on different backends. */
+av_status av_kl_window(av_kl *k, av_session *base, av_session *q, const int32_t *ids, int T);
+typedef struct {
+    long long positions;
+    double kl_mean, kl_p99, kl_max; /* p99: av_percentile(0.99) of the per-position KLs */
+    double top1_agree;              /* fraction of positions whose argmaxes agree */
+    double mean_nll, base_mean_nll; /* of q and of base, over the same positions */
+} av_kl_report;
+av_status av_kl_result(const av_kl *k, av_kl_report *r); /* AV_ERR_ARG when nothing was scored */
+/* One position: KL(softmax(p) || softmax(q)) over V logits in double (clamped at 0); *same_top1 (may be
+ * NULL) = argmaxes agree; with 0 <= target < V, *nll_p / *nll_q (may be NULL) = -log p(target), -log q(target). */
+double av_kl_logits(const float *p, const float *q, int V, int *same_top1, double *nll_p, double *nll_q, int target);
+/* Percentile of n ascending values by linear interpolation at rank frac * (n - 1) (numpy's default
+ * rule, and llama.cpp's); 0 when n = 0. */
+double av_percentile(const double *sorted, long long n, double frac);
 
 /* ==== sampling and generation ================================================================= */
 /* MLX-LM's sampler options: repetition penalty, then greedy (temp 0) or a temperature draw cut by
@@ -376,6 +406,18 @@ av_status av_adapter_save_config(const av_model *m, const av_lora_spec *spec, co
  * out_dtype: AV_BF16 / AV_F16 / AV_F32, or -1 to keep each tensor's dtype. *n_fused (may be NULL):
  * merged projections. out_dir must differ from the model's directory. */
 av_status av_fuse_save(const av_model *m, const char *out_dir, int out_dtype, int *n_fused);
+/* The same with options. A quantized (MLX affine) base is de-quantized by default: every packed
+ * matrix becomes float (out_dtype, else its scales' dtype) and config.json loses "quantization".
+ * requantize = 1 instead packs each merged matrix again with its own bits/group (the model's dtype
+ * for scales; MLX-LM's fuse does this, and loses deltas below half a quantization step), copies
+ * the others bit for bit and keeps config.json; it needs a quantized base and out_dtype = -1. The
+ * directory is built beside out_dir and published when complete (an existing out_dir gets its
+ * files replaced one by one). */
+typedef struct {
+    int out_dtype; /* AV_BF16 / AV_F16 / AV_F32, or -1 */
+    int requantize;
+} av_fuse_opts;
+av_status av_fuse_write(const av_model *m, const char *out_dir, const av_fuse_opts *o, int *n_fused);
 
 /* ==== quantization and conversion ============================================================= */
 /* anvil convert: reads a model directory and writes another in MLX-LM's layout. quantize = 1 packs

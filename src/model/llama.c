@@ -113,6 +113,32 @@ void av_session_last_logits(av_session *s, float *logits) {
     m->be->download(logits, s->logits, sizeof(float) * (size_t)m->cfg.vocab_size);
 }
 
+av_status av_session_logits(av_session *s, const int32_t *ids, int T, float *logits) {
+    av_model *m = s->m;
+    const av_backend *be = m->be;
+    int D = m->cfg.hidden_size, V = m->cfg.vocab_size, LC = 64; /* LM-head rows per product: bounds the device scratch */
+    int chunk = s->max_chunk < 4096 ? s->max_chunk : 4096;
+    if (T <= 0) return av_fail(AV_ERR_ARG, "empty input");
+    if (s->n_past + T > s->max_seq)
+        return av_fail(AV_ERR_ARG, "context full: %d cached + %d new tokens exceed the %d-token limit", s->n_past, T, s->max_seq);
+    for (int t = 0; t < T; t++)
+        if (ids[t] < 0 || ids[t] >= V) return av_fail(AV_ERR_ARG, "token id %d out of range [0, %d)", ids[t], V);
+    float *scratch = be->alloc(sizeof(float) * (size_t)V * LC, "logit scratch");
+    if (!scratch) return av_fail(AV_ERR_NOMEM, "out of memory for logit rows");
+    /* the final hidden rows live for one prefill chunk: take each chunk's logits before the next */
+    for (int t0 = 0; t0 < T; t0 += chunk) {
+        int n = T - t0 < chunk ? T - t0 : chunk;
+        forward_chunk(s, ids + t0, n);
+        for (int r0 = 0; r0 < n; r0 += LC) {
+            int nr = n - r0 < LC ? n - r0 : LC;
+            be->matmul_forward(scratch, s->hidden + (size_t)r0 * D, &m->lm_head, nr);
+            be->download(logits + (size_t)(t0 + r0) * V, scratch, sizeof(float) * (size_t)V * nr);
+        }
+    }
+    be->free(scratch);
+    return av_cuda_status();
+}
+
 av_status av_session_nll(av_session *s, const int32_t *ids, int T, double *sum, float *row_nll, int32_t *argmax) {
     av_model *m = s->m;
     const av_backend *be = m->be;

@@ -17,3 +17,4 @@ size_t av_model_peak_bytes(const av_model *m) {
 
 int av_session_n_past(const av_session *s) { return s->n_past; }
 int av_session_max_seq(const av_session *s) { return s->max_seq; }
+av_model *av_session_model(const av_session *s) { return s->m; }

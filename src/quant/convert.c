@@ -21,19 +21,6 @@ static int ends_with(const char *s, const char *suf) {
     return a >= b && !strcmp(s + a - b, suf);
 }
 
-/* Removes a directory of plain files (the temp output on failure). */
-static void remove_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        char p[4400];
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlink(av_path_join(p, sizeof p, dir, e->d_name));
-        closedir(d);
-    }
-    rmdir(dir);
-}
-
 /* Copies every plain file of src that is not weights or config.json (tokenizer, templates, ...). */
 static av_status copy_side_files(const char *src, const char *dst) {
     DIR *d = opendir(src);
@@ -268,7 +255,7 @@ av_status av_convert(const char *src_dir, const char *out_dir, const av_convert_
     if (st == AV_OK && stat(path, &sb) == 0) r->bytes_out = (size_t)sb.st_size;
     if (st == AV_OK) st = copy_side_files(src_dir, tmp);
     if (st == AV_OK && rename(tmp, out_dir) != 0) st = av_fail(AV_ERR_IO, "%s: cannot rename the finished output into place", out_dir);
-    if (st != AV_OK && made) remove_tree(tmp);
+    if (st != AV_OK && made) av_remove_tree(tmp);
     av_st_writer_free(&cv.w);
     for (int i = 0; i < cv.nkeep; i++) free(cv.keep[i]);
     free(cv.keep);
