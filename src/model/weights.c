@@ -231,9 +231,8 @@ static av_status finish_load(av_model *m) {
 
 av_status av_model_load(av_model **out, const char *dir, const av_backend *be) {
     *out = NULL;
-    int gguf = av_gguf_is_file(dir);
-    if (!gguf && !av_dir_exists(dir))
-        return av_fail(AV_ERR_IO, "%s: %s", dir, av_file_exists(dir) ? "not a model directory or GGUF file" : "model directory not found");
+    int gguf = av_file_exists(dir); /* a file is a GGUF file (the reader checks the magic) */
+    if (!gguf && !av_dir_exists(dir)) return av_fail(AV_ERR_IO, "%s: model directory or GGUF file not found", dir);
     av_model *m = calloc(1, sizeof *m);
     if (!m) return av_fail(AV_ERR_NOMEM, "out of memory");
     snprintf(m->dir, sizeof m->dir, "%s", dir);

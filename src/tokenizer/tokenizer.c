@@ -100,7 +100,7 @@ oom:
 
 av_status av_tokenizer_load(av_tokenizer **out, const char *dir, int force_spm) {
     *out = NULL;
-    int gguf = av_gguf_is_file(dir);
+    int gguf = dir && av_file_exists(dir);
     if (!dir || (!gguf && !av_dir_exists(dir))) return av_fail(AV_ERR_IO, "%s: no such directory or GGUF file", dir ? dir : "(null)");
     av_tokenizer *t = calloc(1, sizeof *t);
     if (!t) return av_fail(AV_ERR_NOMEM, "%s: out of memory", dir);
