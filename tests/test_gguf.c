@@ -102,6 +102,41 @@ static void check_repack(void) {
     }
 }
 
+/* Every block format against gguf-py's dequantization of random blocks (blocks.gguf); the
+ * repackable ones also through the MLX layout. Exact (equal values; zeros may differ in sign). */
+static int n_differ(const float *a, const void *ref, int n) { /* by value: -0 equals +0 */
+    int k = 0;
+    for (int i = 0; i < n; i++) { float r; memcpy(&r, (const char *)ref + 4 * (size_t)i, 4); k += !(a[i] == r); }
+    return k;
+}
+
+static void check_blocks(void) {
+    av_gguf_file f;
+    CHECK_OK(av_gguf_open(&f, test_fixture("gguf/blocks.gguf")));
+    const char *names[] = {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k"};
+    for (int k = 0; k < 8; k++) {
+        char rn[32];
+        snprintf(rn, sizeof rn, "%s.ref", names[k]);
+        const av_gguf_tensor *t = av_gguf_tensor_find(&f, names[k]), *r = av_gguf_tensor_find(&f, rn);
+        CHECK(t && r && r->type == AV_GGML_F32 && av_gguf_numel(t) == 1024 && av_gguf_numel(r) == 1024, "blocks.gguf: %s", names[k]);
+        if (!t || !r || av_gguf_numel(t) != 1024 || av_gguf_numel(r) != 1024) continue;
+        float got[1024];
+        size_t rb = 512 / (size_t)av_ggml_block_size(t->type) * (size_t)av_ggml_type_size(t->type);
+        for (int row = 0; row < 2; row++) av_gguf_dequant_row(got + 512 * row, (const char *)t->data + rb * (size_t)row, t->type, 512);
+        CHECK(!n_differ(got, r->data, 1024), "%s: dequantization differs from gguf-py's (max %.3g)", names[k], max_abs(got, r->data, 1024));
+        int bits = av_gguf_repack_bits(t->type);
+        if (!bits) continue;
+        av_dtype sdt = av_gguf_repack_scale_dtype(t->type, t->data, 32);
+        uint32_t w[2 * 512 / 4];
+        float sc[32], bi[32];
+        memset(w, 0, sizeof w);
+        av_gguf_repack(w, sc, bi, sdt, t->data, t->type, 2, 512, NULL);
+        for (int row = 0; row < 2; row++) av_quant_dequant_row(got + 512 * row, w, sc, bi, sdt, row, 512, bits, 32);
+        CHECK(!n_differ(got, r->data, 1024), "%s: repacked (%d-bit, %s scales) differs from gguf-py's", names[k], bits, av_dtype_name(sdt));
+    }
+    av_gguf_close(&f);
+}
+
 static int read_ids(const cJSON *arr, int32_t *out, int cap) {
     int n = 0;
     for (const cJSON *e = arr ? arr->child : NULL; e && n < cap; e = e->next) out[n++] = e->valueint;
@@ -241,6 +276,7 @@ static void check_bad(void) {
 int main(void) {
     check_logits();
     check_repack();
+    check_blocks();
     check_tokens("gguf/vocab-llama2.gguf", "tokenize_public.jsonl", "sp_ids", 100000);
     check_tokens("gguf/tiny-v1024-q4_0.gguf", "gguf/tokens-v1024.jsonl", "ids", 100000);
     check_bad();
