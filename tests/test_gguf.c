@@ -1,7 +1,7 @@
 /* GGUF: models made by llama.cpp's convert_hf_to_gguf.py and llama-quantize (tests/fixtures/gguf)
  * give transformers' logits (f32/f16/bf16: the safetensors weights; quantized: gguf-py's
  * dequantization of each file) and the same logits as the safetensors directory; the files'
- * tokenizers give sentencepiece's ids; damaged files fail with one line naming file and key/tensor. */
+ * tokenizers give sentencepiece's ids (SentencePiece vocabularies) and HF tokenizers' (byte-level BPE); damaged files fail with one line naming file and key/tensor. */
 #include "test.h"
 #include "backend/backend.h"
 #include "core/memory.h"
@@ -279,6 +279,9 @@ int main(void) {
     check_blocks();
     check_tokens("gguf/vocab-llama2.gguf", "tokenize_public.jsonl", "sp_ids", 100000);
     check_tokens("gguf/tiny-v1024-q4_0.gguf", "gguf/tokens-v1024.jsonl", "ids", 100000);
+    check_tokens("gguf/vocab-gpt2.gguf", "tok_gpt2/expected.jsonl", "ids", 100000);
+    check_tokens("gguf/vocab-llama3.gguf", "tok_llama3/expected.jsonl", "ids", 100000);
+    check_tokens("gguf/vocab-qwen2.gguf", "tok_qwen2/expected.jsonl", "ids", 100000);
     check_bad();
     return TEST_SUMMARY();
 }
