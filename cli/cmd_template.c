@@ -30,7 +30,7 @@ int av_cmd_template(int argc, char **argv) {
     char *src = NULL, *out = NULL;
     int rc = 1;
     if (model) {
-        if (!av_dir_exists(model)) { av_cli_error(CMD, "%s: not a directory", model); goto done; }
+        if (!av_dir_exists(model) && !av_file_exists(model)) { av_cli_error(CMD, "%s: no such model directory or GGUF file", model); goto done; }
         if (av_chat_config_load(&cfg, model) != AV_OK) { av_cli_fail(CMD); goto done; }
     }
     const char *tsrc = cfg.template_src, *where = cfg.where;

@@ -3,6 +3,7 @@
 #ifndef AV_MODEL_H
 #define AV_MODEL_H
 #include "backend/backend.h"
+#include "formats/gguf.h"
 #include "formats/safetensors.h"
 #include "model/config.h"
 #include "ops/ops.h"
@@ -29,10 +30,19 @@ struct av_model {
     void *arena;               /* uploaded weights (non-host backends) */
     size_t weight_bytes;
     int no_graphs;             /* decode steps run eagerly, never captured (debugging) */
+    av_gguf_file *gguf;        /* the model came from this GGUF file (st is then empty) */
+    void **owned;              /* host buffers of converted GGUF tensors */
+    int n_owned, cap_owned;
+    float *rope_factors;       /* GGUF rope_freqs (Llama-3 scaling): inv_freq[i] /= rope_factors[i]; or NULL */
 };
 
 /* av_model_load/_free and the accessors (av_model_config, av_model_peak_bytes, ...): include/anvil.h */
 /* Host view of a named tensor (for fuse/export); NULL if absent. */
 const av_st_tensor *av_model_tensor(const av_model *m, const char *name);
+
+/* gguf_model.c: the llama keys of a GGUF file -> av_config; binds m->gguf's tensors into m
+ * (m->cfg, m->layers and m->be set). */
+av_status av_gguf_config(av_config *c, const av_gguf_file *f);
+av_status av_model_bind_gguf(av_model *m);
 
 #endif

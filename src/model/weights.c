@@ -203,13 +203,49 @@ static av_status realign_host(av_model *m) {
     return AV_OK;
 }
 
+/* A GGUF file: config from its keys, tensors converted by gguf_model.c. */
+static av_status load_gguf(av_model *m, const char *path) {
+    if (!(m->gguf = calloc(1, sizeof *m->gguf))) return av_fail(AV_ERR_NOMEM, "out of memory");
+    av_status st = av_gguf_open(m->gguf, path);
+    if (st != AV_OK) { free(m->gguf); m->gguf = NULL; return st; }
+    AV_TRY(av_gguf_config(&m->cfg, m->gguf));
+    if (!(m->layers = calloc((size_t)m->cfg.n_layers, sizeof *m->layers))) return av_fail(AV_ERR_NOMEM, "out of memory");
+    return av_model_bind_gguf(m);
+}
+
+static av_status load_dir(av_model *m, const char *dir);
+
+/* The rest of loading, shared: RoPE frequencies, then the upload (GPU) or realignment (CPU). */
+static av_status finish_load(av_model *m) {
+    const av_config *c = &m->cfg;
+    const av_backend *be = m->be;
+    float inv[512];
+    av_config_inv_freq(c, inv);
+    if (m->rope_factors)
+        for (int i = 0; i < c->head_dim / 2; i++) inv[i] = (float)((double)inv[i] / (double)m->rope_factors[i]);
+    m->inv_freq = be->alloc(sizeof(float) * (size_t)(c->head_dim / 2), "rope frequencies");
+    if (!m->inv_freq) return AV_ERR_NOMEM;
+    be->upload(m->inv_freq, inv, sizeof(float) * (size_t)(c->head_dim / 2));
+    return !be->host_visible ? upload_all(m) : realign_host(m);
+}
+
 av_status av_model_load(av_model **out, const char *dir, const av_backend *be) {
     *out = NULL;
-    if (!av_dir_exists(dir)) return av_fail(AV_ERR_IO, "%s: model directory not found", dir);
+    int gguf = av_file_exists(dir); /* a file is a GGUF file (the reader checks the magic) */
+    if (!gguf && !av_dir_exists(dir)) return av_fail(AV_ERR_IO, "%s: model directory or GGUF file not found", dir);
     av_model *m = calloc(1, sizeof *m);
     if (!m) return av_fail(AV_ERR_NOMEM, "out of memory");
     snprintf(m->dir, sizeof m->dir, "%s", dir);
     m->be = be;
+    av_status st = gguf ? load_gguf(m, dir) : load_dir(m, dir);
+    if (st == AV_OK) st = finish_load(m);
+    if (st != AV_OK) { av_model_free(m); return st; }
+    *out = m;
+    return AV_OK;
+}
+
+static av_status load_dir(av_model *m, const char *dir) {
+    const av_backend *be = m->be;
     char path[4200];
     av_status st = av_config_load(&m->cfg, av_path_join(path, sizeof path, dir, "config.json"));
     cJSON *cj = NULL;
@@ -225,11 +261,11 @@ av_status av_model_load(av_model **out, const char *dir, const av_backend *be) {
                          path, m->cfg.quant_bits, m->cfg.quant_group_size);
     }
     if (st == AV_OK) st = av_st_set_open_dir(&m->st, dir);
-    if (st != AV_OK) { cJSON_Delete(cj); av_model_free(m); return st; }
+    if (st != AV_OK) { cJSON_Delete(cj); return st; }
     const av_config *c = &m->cfg;
     int D = c->hidden_size, F = c->intermediate_size, q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
-    if (!m->layers) { cJSON_Delete(cj); av_model_free(m); return av_fail(AV_ERR_NOMEM, "out of memory"); }
+    if (!m->layers) { cJSON_Delete(cj); return av_fail(AV_ERR_NOMEM, "out of memory"); }
     slot s = {&m->embed, "model.embed_tokens.weight", c->vocab_size, D, 1};
     st = bind(m, &s, &qs);
     slot n = {&m->final_norm, "model.norm.weight", D, 0, 1};
@@ -256,18 +292,9 @@ av_status av_model_load(av_model **out, const char *dir, const av_backend *be) {
     if (st == AV_OK) {
         m->weight_bytes = 0;
         for (int i = 0; i < m->st.nfiles; i++) m->weight_bytes += m->st.files[i].map.size;
-        float inv[512];
-        av_config_inv_freq(c, inv);
-        m->inv_freq = be->alloc(sizeof(float) * (size_t)(c->head_dim / 2), "rope frequencies");
-        if (!m->inv_freq) st = AV_ERR_NOMEM;
-        else be->upload(m->inv_freq, inv, sizeof(float) * (size_t)(c->head_dim / 2));
     }
     cJSON_Delete(cj);
-    if (st == AV_OK && !be->host_visible) st = upload_all(m);
-    else if (st == AV_OK) st = realign_host(m);
-    if (st != AV_OK) { av_model_free(m); return st; }
-    *out = m;
-    return AV_OK;
+    return st;
 }
 
 void av_model_free(av_model *m) {
@@ -283,6 +310,9 @@ void av_model_free(av_model *m) {
     if (m->inv_freq) m->be->free(m->inv_freq);
     free(m->layers);
     av_st_set_close(&m->st);
+    for (int i = 0; i < m->n_owned; i++) av_free(m->owned[i]);
+    free(m->owned);
+    if (m->gguf) { av_gguf_close(m->gguf); free(m->gguf); }
     free(m);
 }
 

@@ -2,6 +2,7 @@
  * the same variables transformers' apply_chat_template gives the template. */
 #include "core/status.h"
 #include "core/memory.h"
+#include "formats/gguf.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,8 +24,33 @@ void av_chat_config_free(av_chat_config *c) {
     memset(c, 0, sizeof *c);
 }
 
+/* A GGUF file: tokenizer.chat_template and the BOS/EOS pieces of its token list. */
+static av_status load_gguf(av_chat_config *c, const char *path) {
+    av_gguf_file f;
+    AV_TRY(av_gguf_open(&f, path));
+    const av_gguf_kv *toks = NULL;
+    int bos = -1, eos = -1;
+    av_status st = av_gguf_get_str(&f, "tokenizer.chat_template", &c->template_src);
+    if (!st) st = av_gguf_get_arr(&f, "tokenizer.ggml.tokens", AV_GGUF_STR, AV_GGUF_STR, &toks);
+    int n = toks && toks->n < (1u << 28) ? (int)toks->n : 0;
+    if (!st && n) st = av_gguf_get_int(&f, "tokenizer.ggml.bos_token_id", 0, n - 1, &bos);
+    if (!st && n) st = av_gguf_get_int(&f, "tokenizer.ggml.eos_token_id", 0, n - 1, &eos);
+    size_t l;
+    const char *p;
+    if (!st && bos >= 0) { p = av_gguf_arr_str(toks, (uint64_t)bos, &l); c->bos = strndup(p, l); }
+    if (!st && eos >= 0) { p = av_gguf_arr_str(toks, (uint64_t)eos, &l); c->eos = strndup(p, l); }
+    if (!st && c->template_src) {
+        size_t wl = strlen(path) + 32;
+        if ((c->where = malloc(wl))) snprintf(c->where, wl, "%s:tokenizer.chat_template", path);
+    }
+    av_gguf_close(&f);
+    if (st) av_chat_config_free(c);
+    return st;
+}
+
 av_status av_chat_config_load(av_chat_config *c, const char *dir) {
     memset(c, 0, sizeof *c);
+    if (av_file_exists(dir)) return load_gguf(c, dir);
     char path[4096];
     cJSON *cfg = NULL;
     av_path_join(path, sizeof path, dir, "tokenizer_config.json");

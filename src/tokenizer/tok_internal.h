@@ -86,6 +86,8 @@ const char *tk_piece(const av_tokenizer *t, int id, size_t *len);
 
 /* hf_json.c: fills t from tokenizer.json */
 av_status tk_hf_load(av_tokenizer *t, const char *path);
+/* gguf_vocab.c: fills t (and its BOS/EOS settings) from a GGUF file's tokenizer.* keys */
+av_status tk_gguf_load(av_tokenizer *t, const char *path);
 /* spm.c */
 av_status tk_spm_load(av_tokenizer *t, const char *path);
 int tk_spm_encode(const av_tokenizer *t, const char *s, size_t n, tk_ids *out);

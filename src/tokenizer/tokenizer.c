@@ -4,6 +4,7 @@
 #include "tokenizer/tok_internal.h"
 #include "core/memory.h"
 #include "core/status.h"
+#include "formats/gguf.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -99,11 +100,18 @@ oom:
 
 av_status av_tokenizer_load(av_tokenizer **out, const char *dir, int force_spm) {
     *out = NULL;
-    if (!dir || !av_dir_exists(dir)) return av_fail(AV_ERR_IO, "%s: no such directory", dir ? dir : "(null)");
+    int gguf = dir && av_file_exists(dir);
+    if (!dir || (!gguf && !av_dir_exists(dir))) return av_fail(AV_ERR_IO, "%s: no such directory or GGUF file", dir ? dir : "(null)");
     av_tokenizer *t = calloc(1, sizeof *t);
     if (!t) return av_fail(AV_ERR_NOMEM, "%s: out of memory", dir);
     memset(t->byte_id, 0xFF, sizeof t->byte_id);
     t->unk_id = t->bos_id = t->eos_id = -1;
+    if (gguf) {
+        av_status st = tk_gguf_load(t, dir);
+        if (st) { av_tokenizer_free(t); return st; }
+        *out = t;
+        return AV_OK;
+    }
     char js[4096], sp[4096];
     av_path_join(js, sizeof js, dir, "tokenizer.json");
     av_path_join(sp, sizeof sp, dir, "tokenizer.model");

@@ -1,0 +1,176 @@
+/* GGUF block formats (as the GGUF specification lays them out): Q4_0 {f16 d; u8 qs[16]} with
+ * element j in the low nibble of qs[j] and element j+16 in its high nibble, value d*(q-8); Q4_1
+ * {d, m; qs[16]} d*q+m; Q5_0 {d; u32 qh; qs[16]} with bit 4 of element j in bit j of qh, d*(q-16);
+ * Q5_1 {d, m; qh; qs} d*q+m; Q8_0 {d; i8 qs[32]} d*q; K-quants (256-element super-blocks)
+ * dequantized to f32. */
+#include "quant/gguf_blocks.h"
+#include "quant/affine.h"
+#include "formats/gguf.h"
+#include <string.h>
+
+int av_gguf_native_dtype(int t) {
+    return t == AV_GGML_F32 ? AV_F32 : t == AV_GGML_F16 ? AV_F16 : t == AV_GGML_BF16 ? AV_BF16 : -1;
+}
+
+int av_gguf_repack_bits(int t) {
+    switch (t) {
+    case AV_GGML_Q8_0: return 8;
+    case AV_GGML_Q4_0: case AV_GGML_Q4_1: return 4;
+    case AV_GGML_Q5_0: case AV_GGML_Q5_1: return 5;
+    default: return 0;
+    }
+}
+
+int av_gguf_can_dequant(int t) {
+    return av_gguf_repack_bits(t) || t == AV_GGML_Q4_K || t == AV_GGML_Q5_K || t == AV_GGML_Q6_K;
+}
+
+static float f16_at(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return av_f16_to_f32(h); }
+
+/* One block's codes (0 .. 2^bits-1), scale and bias: value = scale * code + bias. */
+static void block_codes(const uint8_t *b, int t, uint8_t q[32], float *scale, float *bias) {
+    uint32_t qh = 0;
+    switch (t) {
+    case AV_GGML_Q8_0:
+        *scale = f16_at(b);
+        for (int j = 0; j < 32; j++) q[j] = (uint8_t)((int8_t)b[2 + j] + 128);
+        *bias = -128.0f * *scale;
+        return;
+    case AV_GGML_Q4_0:
+        *scale = f16_at(b);
+        for (int j = 0; j < 16; j++) { q[j] = b[2 + j] & 15; q[j + 16] = b[2 + j] >> 4; }
+        *bias = -8.0f * *scale;
+        return;
+    case AV_GGML_Q4_1:
+        *scale = f16_at(b);
+        *bias = f16_at(b + 2);
+        for (int j = 0; j < 16; j++) { q[j] = b[4 + j] & 15; q[j + 16] = b[4 + j] >> 4; }
+        return;
+    case AV_GGML_Q5_0:
+        *scale = f16_at(b);
+        memcpy(&qh, b + 2, 4);
+        for (int j = 0; j < 16; j++) {
+            q[j] = (uint8_t)((b[6 + j] & 15) | (((qh >> j) & 1) << 4));
+            q[j + 16] = (uint8_t)((b[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
+        }
+        *bias = -16.0f * *scale;
+        return;
+    case AV_GGML_Q5_1:
+        *scale = f16_at(b);
+        *bias = f16_at(b + 2);
+        memcpy(&qh, b + 4, 4);
+        for (int j = 0; j < 16; j++) {
+            q[j] = (uint8_t)((b[8 + j] & 15) | (((qh >> j) & 1) << 4));
+            q[j + 16] = (uint8_t)((b[8 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
+        }
+        return;
+    default:
+        memset(q, 0, 32);
+        *scale = *bias = 0;
+    }
+}
+
+av_dtype av_gguf_repack_scale_dtype(int t, const void *src, int64_t nblocks) {
+    const uint8_t *b = src;
+    int bs = av_ggml_type_size(t);
+    uint8_t q[32];
+    for (int64_t i = 0; i < nblocks; i++, b += bs) {
+        float s, c;
+        block_codes(b, t, q, &s, &c);
+        if (av_f16_to_f32(av_f32_to_f16(c)) != c) return AV_F32; /* -8d/-16d/-128d overflowed f16 (or NaN) */
+        (void)s;
+    }
+    return AV_F16;
+}
+
+void av_gguf_repack(uint32_t *packed, void *scales, void *biases, av_dtype sdt, const void *src, int t, int rows, int cols,
+                    const int *row_map) {
+    int bits = av_gguf_repack_bits(t), nb = cols / 32, bs = av_ggml_type_size(t), words = av_quant_row_words(cols, bits);
+    uint8_t q[32];
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *row = (const uint8_t *)src + (size_t)(row_map ? row_map[r] : r) * (size_t)nb * (size_t)bs;
+        for (int g = 0; g < nb; g++) {
+            float s, c;
+            block_codes(row + (size_t)g * (size_t)bs, t, q, &s, &c);
+            av_quant_pack(packed + (size_t)r * (size_t)words, q, g * 32, 32, bits);
+            size_t k = (size_t)r * (size_t)nb + (size_t)g;
+            av_convert_from_f32((char *)scales + k * av_dtype_size(sdt), sdt, &s, 1);
+            av_convert_from_f32((char *)biases + k * av_dtype_size(sdt), sdt, &c, 1);
+        }
+    }
+}
+
+/* ---- K-quants: super-blocks of 256 ------------------------------------------------------------- */
+/* 6-bit scale and min j of the 12 packed bytes of Q4_K/Q5_K */
+static void k_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *mn) {
+    if (j < 4) { *sc = s[j] & 63; *mn = s[j + 4] & 63; }
+    else {
+        *sc = (uint8_t)((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4));
+        *mn = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    }
+}
+
+/* Q4_K {f16 d, dmin; u8 scales[12]; u8 qs[128]}: 8 sub-blocks of 32, value d*sc*q - dmin*m. */
+static void deq_q4_k(float *y, const uint8_t *b) {
+    float d = f16_at(b), dmin = f16_at(b + 2);
+    const uint8_t *sc = b + 4, *qs = b + 16;
+    for (int j = 0, is = 0; j < 256; j += 64, is += 2, qs += 32) {
+        uint8_t s1, m1, s2, m2;
+        k_scale_min(is, sc, &s1, &m1);
+        k_scale_min(is + 1, sc, &s2, &m2);
+        float d1 = d * s1, e1 = dmin * m1, d2 = d * s2, e2 = dmin * m2;
+        for (int l = 0; l < 32; l++) y[j + l] = d1 * (qs[l] & 15) - e1;
+        for (int l = 0; l < 32; l++) y[j + 32 + l] = d2 * (qs[l] >> 4) - e2;
+    }
+}
+
+/* Q5_K {d, dmin; scales[12]; u8 qh[32]; u8 qs[128]} */
+static void deq_q5_k(float *y, const uint8_t *b) {
+    float d = f16_at(b), dmin = f16_at(b + 2);
+    const uint8_t *sc = b + 4, *qh = b + 16, *ql = b + 48;
+    uint8_t u1 = 1, u2 = 2;
+    for (int j = 0, is = 0; j < 256; j += 64, is += 2, ql += 32, u1 = (uint8_t)(u1 << 2), u2 = (uint8_t)(u2 << 2)) {
+        uint8_t s1, m1, s2, m2;
+        k_scale_min(is, sc, &s1, &m1);
+        k_scale_min(is + 1, sc, &s2, &m2);
+        float d1 = d * s1, e1 = dmin * m1, d2 = d * s2, e2 = dmin * m2;
+        for (int l = 0; l < 32; l++) y[j + l] = d1 * ((ql[l] & 15) + (qh[l] & u1 ? 16 : 0)) - e1;
+        for (int l = 0; l < 32; l++) y[j + 32 + l] = d2 * ((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - e2;
+    }
+}
+
+/* Q6_K {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d}: value d*scale*(q-32) */
+static void deq_q6_k(float *y, const uint8_t *b) {
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t *sc = (const int8_t *)(b + 192);
+    float d = f16_at(b + 208);
+    for (int n = 0; n < 256; n += 128, ql += 64, qh += 32, sc += 8) {
+        for (int l = 0; l < 32; l++) {
+            int is = l / 16;
+            int q1 = (int)((ql[l] & 15) | ((qh[l] & 3) << 4)) - 32;
+            int q2 = (int)((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32;
+            int q3 = (int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+            int q4 = (int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+            y[n + l] = d * sc[is] * q1;
+            y[n + l + 32] = d * sc[is + 2] * q2;
+            y[n + l + 64] = d * sc[is + 4] * q3;
+            y[n + l + 96] = d * sc[is + 6] * q4;
+        }
+    }
+}
+
+void av_gguf_dequant_row(float *dst, const void *src_row, int t, int cols) {
+    const uint8_t *b = src_row;
+    int bs = av_ggml_type_size(t);
+    if (t == AV_GGML_Q4_K || t == AV_GGML_Q5_K || t == AV_GGML_Q6_K) {
+        for (int i = 0; i < cols / 256; i++, b += bs, dst += 256)
+            t == AV_GGML_Q4_K ? deq_q4_k(dst, b) : t == AV_GGML_Q5_K ? deq_q5_k(dst, b) : deq_q6_k(dst, b);
+        return;
+    }
+    uint8_t q[32];
+    for (int i = 0; i < cols / 32; i++, b += bs, dst += 32) {
+        float s, c;
+        block_codes(b, t, q, &s, &c);
+        for (int j = 0; j < 32; j++) dst[j] = s * q[j] + c;
+    }
+}

@@ -1,0 +1,27 @@
+/* GGUF (ggml) block formats: which tensor types anvil keeps as they are (F32, F16, BF16), which it
+ * repacks exactly into MLX's affine layout (group 32: Q8_0 and Q4_0/Q5_0 as scale d, bias -128d /
+ * -8d / -16d; Q4_1/Q5_1 as scale d, bias m), and which it dequantizes to f32 at load (K-quants). */
+#ifndef AV_QUANT_GGUF_BLOCKS_H
+#define AV_QUANT_GGUF_BLOCKS_H
+#include <stdint.h>
+#include "core/dtype.h"
+
+/* The av_dtype a GGUF type is kept as (F32, F16, BF16), or -1 when it is not a plain float type. */
+int av_gguf_native_dtype(int ggml_type);
+/* Bits of the MLX affine layout (group 32) a type repacks to exactly (8, 5 or 4), 0 if none. */
+int av_gguf_repack_bits(int ggml_type);
+/* 1 when av_gguf_dequant_row handles the type (the repackable ones and the K-quants). */
+int av_gguf_can_dequant(int ggml_type);
+
+/* Scale/bias dtype the repack needs: F16 when every scale and bias is exact in f16, else F32.
+ * src: `nblocks` blocks of the type. */
+av_dtype av_gguf_repack_scale_dtype(int ggml_type, const void *src, int64_t nblocks);
+/* Repacks rows x cols (cols % 32 == 0) into MLX words packed[rows][cols*bits/32] (zeroed by the
+ * caller), scales/biases[rows][cols/32] as sdt. Destination row r is source row row_map[r]
+ * (row_map NULL: the same row). */
+void av_gguf_repack(uint32_t *packed, void *scales, void *biases, av_dtype sdt, const void *src, int ggml_type, int rows,
+                    int cols, const int *row_map);
+/* Dequantizes one row of `cols` values (whole blocks) to f32. */
+void av_gguf_dequant_row(float *dst, const void *src_row, int ggml_type, int cols);
+
+#endif

@@ -1,0 +1,37 @@
+# GGUF models on the command line: generate (greedy, raw and chat-templated), tokenize and template
+# from a .gguf give what the safetensors directory gives; info reads it; damaged or foreign files
+# give one-line errors.
+. tests/lib.sh
+need_fixtures
+G="$FX/gguf"
+D="$G/tiny-v1024"
+ids() { sed 's/.*"prompt_ids":\(\[[^]]*\]\).*"ids":\(\[[^]]*\]\).*/\1 \2/'; }
+want=$("$ANVIL" generate --model "$D" --prompt "Once upon a time" --ignore-chat-template --max-tokens 16 --json 2>/dev/null | ids)
+wantc=$("$ANVIL" generate --model "$D" --prompt "Tell me a story" --max-tokens 16 --json 2>/dev/null | ids)
+[ -n "$want" ] || bad "no reference output from the safetensors directory"
+for t in f32 f16 bf16; do
+  got=$("$ANVIL" generate --model "$G/tiny-v1024-$t.gguf" --prompt "Once upon a time" --ignore-chat-template --max-tokens 16 --json 2>/dev/null | ids)
+  [ "$got" = "$want" ] && ok "$t: greedy ids equal the safetensors directory's" || bad "$t: $got vs $want"
+  got=$("$ANVIL" generate --model "$G/tiny-v1024-$t.gguf" --prompt "Tell me a story" --max-tokens 16 --json 2>/dev/null | ids)
+  [ "$got" = "$wantc" ] && ok "$t: chat-templated greedy ids equal the safetensors directory's" || bad "$t chat: $got vs $wantc"
+done
+for t in q8_0 q4_0 q5_1; do
+  n=$("$ANVIL" generate --model "$G/tiny-v1024-$t.gguf" --prompt "Once upon a time" --max-tokens 8 --json 2>/dev/null | grep -c '"generation_tokens":8')
+  [ "$n" = 1 ] && ok "$t generates" || bad "$t does not generate"
+done
+for text in "Hello world" "  two  spaces, tabs	and ünïcödé 你好" "</s> special <s> text" "123 4567.89"; do
+  a=$("$ANVIL" tokenize --model "$G/vocab-llama2.gguf" --text "$text")
+  b=$("$ANVIL" tokenize --model "$FX/llama2-tokenizer" --spm --text "$text")
+  [ "$a" = "$b" ] && ok "tokenize '$text' as tokenizer.model does" || bad "tokenize '$text': $a vs $b"
+done
+msg='[{"role": "user", "content": "hi there"}]'
+a=$(echo "$msg" | "$ANVIL" template --model "$G/tiny-v1024-q4_0.gguf" --messages /dev/stdin)
+b=$(echo "$msg" | "$ANVIL" template --model "$D" --messages /dev/stdin)
+[ -n "$a" ] && [ "$a" = "$b" ] && ok "template from tokenizer.chat_template" || bad "template: '$a' vs '$b'"
+"$ANVIL" info --model "$G/tiny-v1024-q8_0.gguf" | grep -q "vocab: *1024" && ok "info reads a GGUF file" || bad "info"
+head -c 5000 "$G/tiny-v1024-f16.gguf" > "$AV_TMP/trunc.gguf"
+expect_error "truncated GGUF" "trunc.gguf: .*(past the end|exceeds|truncated)" "$ANVIL" generate --model "$AV_TMP/trunc.gguf" --prompt hi
+printf 'not gguf at all' > "$AV_TMP/x.gguf"
+expect_error "not a GGUF file" "x.gguf: not a GGUF file" "$ANVIL" generate --model "$AV_TMP/x.gguf" --prompt hi
+expect_error "vocab-only file" "vocab-llama2.gguf: missing tensor 'token_embd.weight'" "$ANVIL" generate --model "$G/vocab-llama2.gguf" --prompt hi --ignore-chat-template
+finish
