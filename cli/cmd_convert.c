@@ -7,9 +7,55 @@
 #include "anvil.h"
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
+
+static int ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+/* --out FILE.gguf (or --outtype): one GGUF file for llama.cpp from any model anvil loads. */
+static int to_gguf(const char *cmd, const char *model, const char *out, const char *outtype) {
+    int ot = outtype ? av_gguf_outtype_parse(outtype) : AV_GGUF_OUT_F16;
+    if (ot < 0) {
+        if (!strcasecmp(outtype, "q4_k") || !strcasecmp(outtype, "q6_k") || !strcasecmp(outtype, "q5_k"))
+            return av_cli_error(cmd, "--outtype %s is not supported yet (f32, f16, bf16, q8_0, q4_0)", outtype);
+        return av_cli_error(cmd, "--outtype must be f32, f16, bf16, q8_0 or q4_0 (got '%s')", outtype);
+    }
+    av_cli_model_opts mo = {.model = model, .device = "cpu"};
+    av_model *m;
+    av_tokenizer *tok = NULL;
+    if (av_cli_load(cmd, &mo, &m, NULL)) return 1;
+    /* the SentencePiece model when there is one (GGUF's "llama" vocabulary) */
+    char sp[4400];
+    snprintf(sp, sizeof sp, "%s/tokenizer.model", model);
+    if (av_tokenizer_load(&tok, model, av_file_exists(sp)) != AV_OK) {
+        av_model_free(m);
+        return av_cli_fail(cmd);
+    }
+    av_chat_config cc;
+    memset(&cc, 0, sizeof cc);
+    int rc = 0;
+    if (av_chat_config_load(&cc, model) != AV_OK) rc = av_cli_fail(cmd);
+    av_gguf_export_opts o = {.outtype = ot, .chat_template = cc.template_src, .name = NULL};
+    av_gguf_export_report rep;
+    if (!rc && av_gguf_export(m, tok, out, &o, &rep) != AV_OK) rc = av_cli_fail(cmd);
+    if (!rc) {
+        if (rep.n_dequantized)
+            printf("De-quantized %d packed weight matri%s (MLX affine) before writing them\n", rep.n_dequantized, rep.n_dequantized == 1 ? "x" : "ces");
+        if (rep.n_quantized) printf("Quantized %d weight matrices to %s\n", rep.n_quantized, ot == AV_GGUF_OUT_Q8_0 ? "Q8_0" : "Q4_0");
+        if (rep.n_fallback)
+            printf("Left %d weight matri%s as F16 (input size not a multiple of 32)\n", rep.n_fallback, rep.n_fallback == 1 ? "x" : "ces");
+        printf("Wrote %d tensors to %s\n", rep.n_tensors, out);
+    }
+    av_chat_config_free(&cc);
+    av_tokenizer_free(tok);
+    av_model_free(m);
+    return rc;
+}
 
 static int convert(int argc, char **argv, const char *cmd, int quantize) {
-    const char *model = NULL, *out = NULL, *dtype = NULL, *recipe = NULL;
+    const char *model = NULL, *out = NULL, *dtype = NULL, *recipe = NULL, *outtype = NULL;
     int bits = 4, group = 64, threads = 0, dequant = 0;
     av_opt opts[] = {
         {"model", AV_OPT_STR, &model, "source model directory (HF layout, f32/f16/bf16 weights)", 0, 0, NULL},
@@ -21,6 +67,7 @@ static int convert(int argc, char **argv, const char *cmd, int quantize) {
         {"quant-predicate", AV_OPT_STR, &recipe, "MLX-LM mixed recipe: mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6 (implies -q)", 0, 0, NULL},
         {"de-quantize", AV_OPT_FLAG, &dequant, "unpack a quantized model to float weights", 0, 0, "d"},
         {"dtype", AV_OPT_STR, &dtype, "dtype of the float tensors and of scales/biases: bf16, f16 or f32 (default: as stored)", 0, 0, NULL},
+        {"outtype", AV_OPT_STR, &outtype, "GGUF output (--out FILE.gguf): f32, f16, bf16, q8_0 or q4_0 (default: f16)", 0, 0, NULL},
         {"threads", AV_OPT_INT, &threads, "CPU threads (default: all cores)", 1, 1024, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
@@ -28,6 +75,12 @@ static int convert(int argc, char **argv, const char *cmd, int quantize) {
     if (r) return r == 1 ? 0 : 2;
     if (!model || !*model) return av_cli_error(cmd, "--model is required");
     if (!out || !*out) return av_cli_error(cmd, "--out is required");
+    if (threads) av_threads_set(threads);
+    if (outtype || ends_with(out, ".gguf")) {
+        if (quantize || recipe || dequant || dtype || strcmp(cmd, "convert"))
+            return av_cli_error(cmd, "GGUF output takes --outtype only (not -q, --q-bits, --quant-predicate, --de-quantize or --dtype)");
+        return to_gguf(cmd, model, out, outtype);
+    }
     int out_dt = -1;
     if (dtype && av_cli_out_dtype(cmd, dtype, &out_dt)) return 1;
     if (recipe) quantize = 1;

@@ -47,8 +47,34 @@ static int requant_report(const char *cmd, av_model *m, av_tokenizer *tok, const
     return rc;
 }
 
+/* --export-gguf: the base with its adapter merged, as one GGUF file (tokenizer.model's vocabulary). */
+static int export_gguf(const char *cmd, av_model *m, const char *model, const char *adapter, const char *path, int ot) {
+    char sp[4400];
+    snprintf(sp, sizeof sp, "%s/tokenizer.model", model);
+    av_tokenizer *tok = NULL;
+    av_chat_config cc;
+    memset(&cc, 0, sizeof cc);
+    av_gguf_export_opts o = {.outtype = ot};
+    av_gguf_export_report rep;
+    int rc = 0;
+    if (av_adapter_load(m, adapter, NULL) != AV_OK || av_tokenizer_load(&tok, model, av_file_exists(sp)) != AV_OK ||
+        av_chat_config_load(&cc, model) != AV_OK)
+        rc = av_cli_fail(cmd);
+    o.chat_template = cc.template_src;
+    if (!rc && av_gguf_export(m, tok, path, &o, &rep) != AV_OK) rc = av_cli_fail(cmd);
+    if (!rc) {
+        printf("Fused %d adapter%s from %s into %s (GGUF", rep.n_fused, rep.n_fused == 1 ? "" : "s", adapter, path);
+        if (rep.n_dequantized) printf(", de-quantized from %d bits", av_model_config(m)->quant_bits);
+        printf(")\n");
+    }
+    av_lora_detach(m);
+    av_chat_config_free(&cc);
+    av_tokenizer_free(tok);
+    return rc;
+}
+
 int av_cmd_fuse(int argc, char **argv) {
-    const char *cmd = "fuse", *save = "fused_model", *dtype = NULL, *kl_text = NULL;
+    const char *cmd = "fuse", *save = "fused_model", *dtype = NULL, *kl_text = NULL, *gguf = NULL, *outtype = NULL;
     av_cli_model_opts mo = {0};
     int dequant = 0, requant = 0, kl_tokens = 256;
     mo.adapter = "adapters";
@@ -63,6 +89,8 @@ int av_cmd_fuse(int argc, char **argv) {
          "(MLX-LM's fuse always does this and silently loses deltas smaller than half a step: its issue #1172)", 0, 0, NULL},
         {"kl-text", AV_OPT_STR, &kl_text, "--requantize: text file to measure the KL on (default: a built-in English paragraph)", 0, 0, NULL},
         {"kl-tokens", AV_OPT_INT, &kl_tokens, "--requantize: tokens of that text to use (default: 256)", 2, 1e6, NULL},
+        {"export-gguf", AV_OPT_STR, &gguf, "write the fused model as this one GGUF file (for llama.cpp) instead of a directory", 0, 0, NULL},
+        {"outtype", AV_OPT_STR, &outtype, "--export-gguf: f32, f16, bf16, q8_0 or q4_0 (default: f16)", 0, 0, NULL},
         {"threads", AV_OPT_INT, &mo.threads, "CPU threads (default: all cores)", 1, 1024, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
@@ -75,6 +103,12 @@ int av_cmd_fuse(int argc, char **argv) {
     if (requant && dequant) return av_cli_error(cmd, "--requantize and --de-quantize are exclusive");
     if (requant && dtype) return av_cli_error(cmd, "--requantize keeps the base's dtype (drop --dtype)");
     if (kl_text && !requant) return av_cli_error(cmd, "--kl-text needs --requantize");
+    int ot = AV_GGUF_OUT_F16;
+    if (outtype && !gguf) return av_cli_error(cmd, "--outtype needs --export-gguf");
+    if (gguf && (requant || dtype)) return av_cli_error(cmd, "--export-gguf takes --outtype (not --requantize or --dtype)");
+    if (gguf && !*gguf) return av_cli_error(cmd, "--export-gguf must not be empty");
+    if (outtype && (ot = av_gguf_outtype_parse(outtype)) < 0)
+        return av_cli_error(cmd, "--outtype must be f32, f16, bf16, q8_0 or q4_0 (got '%s')", outtype);
     mo.device = "cpu";
     size_t len = 0;
     char *text = NULL;
@@ -90,6 +124,12 @@ int av_cmd_fuse(int argc, char **argv) {
     av_lora_spec spec;
     int n = 0, rc = 0;
     av_fuse_opts fo = {.out_dtype = out_dt, .requantize = requant};
+    if (gguf) {
+        rc = export_gguf(cmd, m, mo.model, adapter, gguf, ot);
+        av_model_free(m);
+        free(text);
+        return rc;
+    }
     if (av_adapter_load(m, adapter, &spec) != AV_OK || av_fuse_write(m, save, &fo, &n) != AV_OK) rc = av_cli_fail(cmd);
     if (!rc) {
         const av_config *c = av_model_config(m);

@@ -6,6 +6,7 @@
 #include "quant/gguf_blocks.h"
 #include "quant/affine.h"
 #include "formats/gguf.h"
+#include <math.h>
 #include <string.h>
 
 int av_gguf_native_dtype(int t) {
@@ -173,4 +174,42 @@ void av_gguf_dequant_row(float *dst, const void *src_row, int t, int cols) {
         block_codes(b, t, q, &s, &c);
         for (int j = 0; j < 32; j++) dst[j] = s * q[j] + c;
     }
+}
+
+int av_gguf_quant_row(void *dst, const float *src, int t, int cols) {
+    uint8_t *o = dst;
+    if (t != AV_GGML_Q8_0 && t != AV_GGML_Q4_0) return -1;
+    for (int b = 0; b < cols / 32; b++) {
+        const float *x = src + (size_t)b * 32;
+        float amax = 0, m = 0;
+        for (int j = 0; j < 32; j++)
+            if (amax < fabsf(x[j])) {
+                amax = fabsf(x[j]);
+                m = x[j];
+            }
+        if (t == AV_GGML_Q8_0) {
+            const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            uint16_t h = av_f32_to_f16(d);
+            memcpy(o, &h, 2);
+            for (int j = 0; j < 32; j++) {
+                const float v = x[j] * id;
+                o[2 + j] = (uint8_t)(int8_t)roundf(v);
+            }
+            o += 34;
+        } else {
+            const float d = m / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            uint16_t h = av_f32_to_f16(d);
+            memcpy(o, &h, 2);
+            for (int j = 0; j < 16; j++) {
+                const float v0 = x[j] * id, v1 = x[j + 16] * id;
+                const float a0 = v0 + 8.5f, a1 = v1 + 8.5f;
+                int q0 = (int)a0, q1 = (int)a1;
+                q0 = q0 > 15 ? 15 : q0;
+                q1 = q1 > 15 ? 15 : q1;
+                o[2 + j] = (uint8_t)(q0 | (q1 << 4));
+            }
+            o += 18;
+        }
+    }
+    return 0;
 }
