@@ -1,6 +1,6 @@
 # GGUF models on the command line: generate (greedy, raw and chat-templated), tokenize and template
 # from a .gguf give what the safetensors directory gives; info reads it; damaged or foreign files
-# give one-line errors.
+# give one-line errors. Writing: convert --out X.gguf / fuse --export-gguf files generate as their sources.
 . tests/lib.sh
 need_fixtures
 G="$FX/gguf"
@@ -34,4 +34,27 @@ expect_error "truncated GGUF" "trunc.gguf: .*(past the end|exceeds|truncated)" "
 printf 'not gguf at all' > "$AV_TMP/x.gguf"
 expect_error "not a GGUF file" "x.gguf: not a GGUF file" "$ANVIL" generate --model "$AV_TMP/x.gguf" --prompt hi
 expect_error "vocab-only file" "vocab-llama2.gguf: missing tensor 'token_embd.weight'" "$ANVIL" generate --model "$G/vocab-llama2.gguf" --prompt hi --ignore-chat-template
+# writing: convert --out X.gguf / fuse --export-gguf give files that generate what their sources do
+for t in q8_0 q4_0; do
+  "$ANVIL" convert --model "$D" --out "$AV_TMP/w-$t.gguf" --outtype $t > /dev/null || bad "convert --outtype $t failed"
+  a=$("$ANVIL" generate --model "$AV_TMP/w-$t.gguf" --prompt "Once upon a time" --ignore-chat-template --max-tokens 16 --json 2>/dev/null | ids)
+  b=$("$ANVIL" generate --model "$G/tiny-v1024-$t.gguf" --prompt "Once upon a time" --ignore-chat-template --max-tokens 16 --json 2>/dev/null | ids)
+  [ -n "$a" ] && [ "$a" = "$b" ] && ok "convert --outtype $t: greedy ids equal llama.cpp's $t file's" || bad "convert $t: $a vs $b"
+done
+"$ANVIL" convert --model "$D" --out "$AV_TMP/w.gguf" > /dev/null &&
+  "$ANVIL" info --model "$AV_TMP/w.gguf" | grep -q "vocab: *1024" && ok "convert --out X.gguf (f16 default) reads back" || bad "convert f16"
+msg='[{"role": "user", "content": "hi there"}]'
+a=$(echo "$msg" | "$ANVIL" template --model "$AV_TMP/w.gguf" --messages /dev/stdin)
+b=$(echo "$msg" | "$ANVIL" template --model "$D" --messages /dev/stdin)
+[ -n "$a" ] && [ "$a" = "$b" ] && ok "written chat template renders as the directory's" || bad "written template: '$a' vs '$b'"
+"$ANVIL" fuse --model "$D" --adapter-path "$FX/tiny-llama-lora" --export-gguf "$AV_TMP/fz.gguf" --outtype f32 > /dev/null || bad "fuse --export-gguf failed"
+"$ANVIL" fuse --model "$D" --adapter-path "$FX/tiny-llama-lora" --save-path "$AV_TMP/fzdir" --dtype f32 > /dev/null || bad "fuse failed"
+a=$("$ANVIL" generate --model "$AV_TMP/fz.gguf" --prompt "Once upon a time" --ignore-chat-template --max-tokens 16 --json 2>/dev/null | ids)
+b=$("$ANVIL" generate --model "$AV_TMP/fzdir" --prompt "Once upon a time" --ignore-chat-template --max-tokens 16 --json 2>/dev/null | ids)
+[ -n "$a" ] && [ "$a" = "$b" ] && ok "fuse --export-gguf generates as the fused directory" || bad "fuse gguf: $a vs $b"
+expect_error "unsupported outtype" "outtype q4_k is not supported yet" "$ANVIL" convert --model "$D" --out "$AV_TMP/k.gguf" --outtype q4_k
+expect_error "unknown outtype" "outtype must be f32, f16, bf16, q8_0 or q4_0" "$ANVIL" convert --model "$D" --out "$AV_TMP/k.gguf" --outtype q3
+expect_error "missing source" "nope" "$ANVIL" convert --model "$AV_TMP/nope" --out "$AV_TMP/k.gguf"
+expect_error "HF tokenizer only" "only SentencePiece" "$ANVIL" convert --model "$FX/tiny-llama" --out "$AV_TMP/k.gguf"
+[ ! -e "$AV_TMP/k.gguf" ] && ok "failed conversions leave no file" || bad "k.gguf left behind"
 finish
