@@ -4,7 +4,8 @@
  * quants.quantize, which mirrors ggml's reference) and llama-quantize --pure for q4_0 (ggml's
  * quantize_row_q4_0_ref) -- Q/K rows in llama.cpp's rotary order, ffn_down (176 columns) F16; its
  * llama.* keys, vocabulary, special ids and chat template equal the converter's; (3) the written
- * file loads back and gives the logits of the file llama.cpp wrote. */
+ * file loads back and gives the logits of the file llama.cpp wrote; (4) llama.cpp's llama-tokenize on
+ * the written file gives anvil's ids (llama-tokenize-v1024.jsonl, made by make_llama_tokenize.py). */
 #include "test.h"
 #include "backend/backend.h"
 #include "formats/gguf.h"
@@ -179,12 +180,43 @@ static void check_export(void) {
     av_model_free(m);
 }
 
+/* llama.cpp's llama-tokenize on anvil's written file (llama-tokenize-v1024.jsonl) = anvil's tokenizer
+ * read from that file. */
+static void check_llama_tokenize(void) {
+    char path[300];
+    snprintf(path, sizeof path, "%s/x-f16.gguf", tmpdir);
+    av_tokenizer *t = NULL;
+    CHECK_OK(av_tokenizer_load(&t, path, 0));
+    if (!t) return;
+    av_jsonl j;
+    CHECK_OK(av_jsonl_open(&j, test_fixture("gguf/llama-tokenize-v1024.jsonl")));
+    cJSON *o;
+    int n = 0, bad = 0;
+    while (av_jsonl_next(&j, &o) > 0) {
+        const char *text = av_json_str(o, "text", "");
+        const cJSON *w = av_json_get(o, "ids");
+        int32_t *ids = NULL;
+        int ng = 0, k = 0, same = 1;
+        CHECK_OK(av_tokenizer_encode(t, text, strlen(text), 1, &ids, &ng));
+        for (const cJSON *e = w ? w->child : NULL; e; e = e->next, k++) same &= k < ng && ids[k] == e->valueint;
+        bad += !(same && k == ng);
+        free(ids);
+        cJSON_Delete(o);
+        n++;
+    }
+    av_jsonl_close(&j);
+    CHECK(n == 40 && bad == 0, "%d of %d texts tokenize differently from llama-tokenize", bad, n);
+    printf("written vocabulary: %d texts tokenized as llama.cpp's llama-tokenize does\n", n);
+    av_tokenizer_free(t);
+}
+
 int main(void) {
     const char *t = getenv("AV_TMP");
     snprintf(tmpdir, sizeof tmpdir, "%s/anvil-gguf-write-XXXXXX", t && *t ? t : "/tmp");
     if (!mkdtemp(tmpdir)) { CHECK(0, "mkdtemp"); return TEST_SUMMARY(); }
     check_writer();
     check_export();
+    check_llama_tokenize();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) printf("could not remove %s\n", tmpdir);
