@@ -5,7 +5,8 @@
  * quantize_row_q4_0_ref) -- Q/K rows in llama.cpp's rotary order, ffn_down (176 columns) F16; its
  * llama.* keys, vocabulary, special ids and chat template equal the converter's; (3) the written
  * file loads back and gives the logits of the file llama.cpp wrote; (4) llama.cpp's llama-tokenize on
- * the written file gives anvil's ids (llama-tokenize-v1024.jsonl, made by make_llama_tokenize.py). */
+ * the written file gives anvil's ids (llama-tokenize-v1024.jsonl, made by make_llama_tokenize.py);
+ * (5) a Q8_0/Q4_0 GGUF read, de-quantized and written again is byte-identical. */
 #include "test.h"
 #include "backend/backend.h"
 #include "formats/gguf.h"
@@ -180,6 +181,41 @@ static void check_export(void) {
     av_model_free(m);
 }
 
+/* A Q8_0/Q4_0 GGUF loaded (repacked to MLX affine), de-quantized and written again as the same
+ * type: every tensor byte-identical to the source file (the re-quantization is exact). */
+static void check_requant_roundtrip(void) {
+    const char *types[] = {"q8_0", "q4_0"};
+    for (int k = 0; k < 2; k++) {
+        char src[64], path[300];
+        snprintf(src, sizeof src, "gguf/tiny-v1024-%s.gguf", types[k]);
+        snprintf(path, sizeof path, "%s/rt-%s.gguf", tmpdir, types[k]);
+        av_model *m = NULL;
+        av_tokenizer *tok = NULL;
+        CHECK_OK(av_model_load(&m, test_fixture(src), av_backend_cpu()));
+        CHECK_OK(av_tokenizer_load(&tok, test_fixture(src), 0));
+        if (!m || !tok) { av_model_free(m); av_tokenizer_free(tok); continue; }
+        av_gguf_export_opts o = {.outtype = av_gguf_outtype_parse(types[k])};
+        av_gguf_export_report r;
+        CHECK_OK(av_gguf_export(m, tok, path, &o, &r));
+        CHECK(r.n_dequantized == 14, "%s: %d matrices de-quantized", types[k], r.n_dequantized);
+        av_gguf_file a, b;
+        if (av_gguf_open(&a, path) == AV_OK) {
+            if (av_gguf_open(&b, test_fixture(src)) == AV_OK) {
+                int bad = 0;
+                for (int i = 0; i < b.n_tensors; i++) {
+                    const av_gguf_tensor *tb = &b.tensors[i], *ta = av_gguf_tensor_find(&a, tb->name);
+                    bad += !(ta && ta->type == tb->type && ta->nbytes == tb->nbytes && !memcmp(ta->data, tb->data, tb->nbytes));
+                }
+                CHECK(bad == 0 && a.n_tensors == b.n_tensors, "%s: %d tensors differ after the round trip", types[k], bad);
+                av_gguf_close(&b);
+            }
+            av_gguf_close(&a);
+        }
+        av_tokenizer_free(tok);
+        av_model_free(m);
+    }
+}
+
 /* llama.cpp's llama-tokenize on anvil's written file (llama-tokenize-v1024.jsonl) = anvil's tokenizer
  * read from that file. */
 static void check_llama_tokenize(void) {
@@ -217,6 +253,7 @@ int main(void) {
     check_writer();
     check_export();
     check_llama_tokenize();
+    check_requant_roundtrip();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) printf("could not remove %s\n", tmpdir);
