@@ -54,11 +54,47 @@ static int to_gguf(const char *cmd, const char *model, const char *out, const ch
     return rc;
 }
 
+/* --model FILE.gguf --out DIR: an HF/MLX directory from the loaded GGUF model. Q8_0/Q4_0 (and the
+ * other block types anvil repacks exactly) stay as MLX 8/4/5-bit, group 32; K-quants are
+ * de-quantized (bf16 unless --dtype). -d de-quantizes everything; -q quantizes a float copy (a
+ * temporary directory beside --out) with convert's usual options. */
+static int from_gguf(const char *cmd, const char *model, const char *out, const av_convert_opts *co, av_convert_report *rep) {
+    av_cli_model_opts mo = {.model = model, .device = "cpu"};
+    av_model *m;
+    av_tokenizer *tok = NULL;
+    if (av_cli_load(cmd, &mo, &m, &tok)) return 1;
+    av_chat_config cc;
+    memset(&cc, 0, sizeof cc);
+    int rc = 0;
+    if (av_chat_config_load(&cc, model) != AV_OK) rc = av_cli_fail(cmd);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.gguf-float.tmp", out);
+    int requant = co->quantize || co->recipe;
+    av_dir_export_opts o = {.out_dtype = requant ? -1 : co->out_dtype, .keep_packed = !co->dequantize && !requant, .chat_template = cc.template_src};
+    av_dir_export_report dr;
+    if (!rc && (av_file_exists(out) || av_dir_exists(out))) rc = av_cli_error(cmd, "%s: already exists", out);
+    if (!rc && av_model_export_dir(m, tok, requant ? tmp : out, &o, &dr) != AV_OK) rc = av_cli_fail(cmd);
+    av_chat_config_free(&cc);
+    av_tokenizer_free(tok);
+    av_model_free(m);
+    memset(rep, 0, sizeof *rep);
+    if (!rc && requant) {
+        if (av_convert(tmp, out, co, rep) != AV_OK) rc = av_cli_fail(cmd);
+        av_remove_tree(tmp);
+    } else if (!rc) {
+        if (dr.n_packed) printf("Kept %d packed weight matri%s (MLX affine, group 32)\n", dr.n_packed, dr.n_packed == 1 ? "x" : "ces");
+        if (dr.n_dequantized) printf("De-quantized %d weight matri%s\n", dr.n_dequantized, dr.n_dequantized == 1 ? "x" : "ces");
+        printf("Saved %s\n", out);
+        return 0;
+    }
+    return rc;
+}
+
 static int convert(int argc, char **argv, const char *cmd, int quantize) {
     const char *model = NULL, *out = NULL, *dtype = NULL, *recipe = NULL, *outtype = NULL;
     int bits = 4, group = 64, threads = 0, dequant = 0;
     av_opt opts[] = {
-        {"model", AV_OPT_STR, &model, "source model directory (HF layout, f32/f16/bf16 weights)", 0, 0, NULL},
+        {"model", AV_OPT_STR, &model, "source model directory (HF layout, f32/f16/bf16 weights) or GGUF file", 0, 0, NULL},
         {"out", AV_OPT_STR, &out, "output directory (must not exist)", 0, 0, NULL},
         {"mlx-path", AV_OPT_STR, &out, "same as --out (MLX-LM's name)", 0, 0, NULL},
         {"quantize", AV_OPT_FLAG, &quantize, "quantize the weights (MLX affine layout)", 0, 0, "q"},
@@ -95,7 +131,10 @@ static int convert(int argc, char **argv, const char *cmd, int quantize) {
     if (threads) av_threads_set(threads);
     av_convert_opts o = {.quantize = quantize, .bits = bits, .group = group, .out_dtype = out_dt, .recipe = recipe, .dequantize = dequant};
     av_convert_report rep;
-    if (av_convert(model, out, &o, &rep) != AV_OK) return av_cli_fail(cmd);
+    if (av_file_exists(model) && !av_dir_exists(model)) { /* one GGUF file */
+        int rc = from_gguf(cmd, model, out, &o, &rep);
+        if (rc || (!quantize && !recipe)) return rc;
+    } else if (av_convert(model, out, &o, &rep) != AV_OK) return av_cli_fail(cmd);
     if (dequant) printf("De-quantized %d weight matrices\n", rep.n_quantized);
     if (quantize && recipe) printf("Quantized %d weight matrices with %s (group size %d)\n", rep.n_quantized, recipe, group);
     else if (quantize) printf("Quantized %d weight matrices to %d bits (group size %d)\n", rep.n_quantized, bits, group);

@@ -79,7 +79,7 @@ int av_cmd_fuse(int argc, char **argv) {
     int dequant = 0, requant = 0, kl_tokens = 256;
     mo.adapter = "adapters";
     av_opt opts[] = {
-        {"model", AV_OPT_STR, &mo.model, "base model directory (HF layout, or MLX-quantized)", 0, 0, NULL},
+        {"model", AV_OPT_STR, &mo.model, "base model directory (HF layout, or MLX-quantized) or GGUF file", 0, 0, NULL},
         {"adapter-path", AV_OPT_STR, &mo.adapter, "adapter directory (MLX-LM or PEFT) or adapters.safetensors (default: adapters)", 0, 0, NULL},
         {"save-path", AV_OPT_STR, &save, "output model directory (default: fused_model)", 0, 0, NULL},
         {"dtype", AV_OPT_STR, &dtype, "output dtype of the weights: bf16, f16 or f32 (default: the base model's)", 0, 0, NULL},
@@ -130,7 +130,27 @@ int av_cmd_fuse(int argc, char **argv) {
         free(text);
         return rc;
     }
-    if (av_adapter_load(m, adapter, &spec) != AV_OK || av_fuse_write(m, save, &fo, &n) != AV_OK) rc = av_cli_fail(cmd);
+    int is_gguf = av_file_exists(mo.model) && !av_dir_exists(mo.model);
+    if (is_gguf && requant) {
+        av_model_free(m);
+        av_tokenizer_free(tok);
+        free(text);
+        return av_cli_error(cmd, "%s: --requantize is not supported for a GGUF base (the fused model is written de-quantized)", mo.model);
+    }
+    if (is_gguf) { /* no HF tensors to copy: written from the loaded views */
+        av_chat_config cc;
+        memset(&cc, 0, sizeof cc);
+        av_dir_export_opts eo = {.out_dtype = out_dt, .keep_packed = 0};
+        av_dir_export_report dr;
+        if (av_adapter_load(m, adapter, &spec) != AV_OK || av_tokenizer_load(&tok, mo.model, 0) != AV_OK ||
+            av_chat_config_load(&cc, mo.model) != AV_OK)
+            rc = av_cli_fail(cmd);
+        eo.chat_template = cc.template_src;
+        if (!rc && av_model_export_dir(m, tok, save, &eo, &dr) != AV_OK) rc = av_cli_fail(cmd);
+        if (!rc && dr.n_fused != av_lora_count(m)) rc = av_cli_error(cmd, "merged %d of %d adapters", dr.n_fused, av_lora_count(m));
+        n = dr.n_fused;
+        av_chat_config_free(&cc);
+    } else if (av_adapter_load(m, adapter, &spec) != AV_OK || av_fuse_write(m, save, &fo, &n) != AV_OK) rc = av_cli_fail(cmd);
     if (!rc) {
         const av_config *c = av_model_config(m);
         printf("Fused %d adapter%s from %s into %s", n, n == 1 ? "" : "s", adapter, save);

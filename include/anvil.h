@@ -50,6 +50,8 @@ int av_file_exists(const char *path);
 int av_dir_exists(const char *path);
 /* mkdir -p: creates dir and its missing parents. */
 av_status av_mkdir_p(const char *dir);
+/* Removes a directory of plain files (a temp output on failure). */
+void av_remove_tree(const char *dir);
 /* dir/name into buf; returns buf. */
 char *av_path_join(char *buf, size_t cap, const char *dir, const char *name);
 /* Writes a file atomically (temp file + fsync + rename). */
@@ -459,6 +461,24 @@ typedef struct {
 } av_gguf_export_report;
 av_status av_gguf_export(const av_model *m, const av_tokenizer *tok, const char *path, const av_gguf_export_opts *o,
                          av_gguf_export_report *r);
+
+/* ==== model directory export ================================================================ */
+/* Writes a loaded model (CPU backend; e.g. one read from a GGUF file) as an HF/MLX-LM directory:
+ * config.json from the loaded config, model.safetensors under HF names (Q/K rows in HF order),
+ * tokenizer.model (SentencePiece vocabularies only), tokenizer_config.json (BOS/EOS, add_bos/add_eos,
+ * o->chat_template). keep_packed = 1: packed (MLX affine) matrices without an adapter are written as
+ * they are (GGUF Q8_0/Q4_0 -> MLX 8/4-bit, group 32) with config.json's "quantization"; every other
+ * matrix is de-quantized, an attached LoRA adapter merged (W += s B A), and stored as out_dtype, or
+ * (-1) as stored when float (bf16 for de-quantized ones unless the model is f32/f16). Written
+ * atomically; out_dir must not exist. */
+typedef struct {
+    int out_dtype;             /* AV_BF16 / AV_F16 / AV_F32, or -1 */
+    int keep_packed;
+    const char *chat_template; /* NULL: none */
+} av_dir_export_opts;
+typedef struct { int n_tensors, n_packed, n_dequantized, n_fused; } av_dir_export_report;
+av_status av_model_export_dir(const av_model *m, const av_tokenizer *tok, const char *out_dir, const av_dir_export_opts *o,
+                              av_dir_export_report *r);
 
 /* ==== training: data ========================================================================== */
 /* How text becomes tokens; supplied by the caller (tokenizer + chat template). */

@@ -25,8 +25,7 @@ av_status av_atomic_open(av_atomic_file *a, const char *path);
 av_status av_atomic_commit(av_atomic_file *a); /* fflush+fsync+close+rename */
 void av_atomic_abort(av_atomic_file *a);       /* close + unlink temp */
 
-/* Removes a directory of plain files (a temp output on failure). */
-void av_remove_tree(const char *dir);
+/* av_remove_tree: include/anvil.h */
 /* Publishes the finished temp directory tmp as dir: one rename when dir does not exist, else file by
  * file (each rename atomic; other files of dir stay), then tmp is removed. */
 av_status av_dir_publish(const char *tmp, const char *dir);
