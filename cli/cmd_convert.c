@@ -54,9 +54,8 @@ static int to_gguf(const char *cmd, const char *model, const char *out, const ch
     return rc;
 }
 
-/* --model FILE.gguf --out DIR: an HF/MLX directory from the loaded GGUF model. Q8_0/Q4_0 (and the
- * other block types anvil repacks exactly) stay as MLX 8/4/5-bit, group 32; K-quants are
- * de-quantized (bf16 unless --dtype). -d de-quantizes everything; -q quantizes a float copy (a
+/* --model FILE.gguf --out DIR: an HF/MLX directory from the loaded GGUF model. Q8_0/Q4_0 stay as
+ * MLX 8/4-bit, group 32; other quantized types are de-quantized (bf16 unless --dtype). -d de-quantizes everything; -q quantizes a float copy (a
  * temporary directory beside --out) with convert's usual options. */
 static int from_gguf(const char *cmd, const char *model, const char *out, const av_convert_opts *co, av_convert_report *rep) {
     av_cli_model_opts mo = {.model = model, .device = "cpu"};

@@ -55,6 +55,10 @@ for t in f32 f16 q8_0 q4_0; do
 done
 grep -q '"bits":.*8' "$W/c-q8_0/config.json" && grep -q '"group_size":.*32' "$W/c-q8_0/config.json" && ok "Q8_0 -> MLX 8-bit group 32" || bad "q8 config"
 grep -q '"bits":.*4' "$W/c-q4_0/config.json" && grep -q 'Kept 14 packed' "$W/c-q4_0.log" && ok "Q4_0 -> MLX 4-bit, packed as loaded" || bad "q4 config: $(cat "$W/c-q4_0.log")"
+"$ANVIL" convert --model "$G/tiny-v1024-q5_1.gguf" --out "$W/c-q5_1" > /dev/null && ! grep -q quantization "$W/c-q5_1/config.json" &&
+  grep -q '"torch_dtype":.*"bfloat16"' "$W/c-q5_1/config.json" && ok "Q5_1 -> de-quantized to bf16" || bad "q5_1: $(cat "$W/c-q5_1/config.json")"
+a=$(ppl --model "$W/c-q5_1"); b=$(ppl --model "$G/tiny-v1024-q5_1.gguf")
+[ -n "$a" ] && awk "BEGIN{d=$a-$b; exit !(d < 0.01 && d > -0.01)}" && ok "de-quantized Q5_1 directory scores as the GGUF ($a vs $b)" || bad "q5_1 ppl: $a vs $b"
 for text in "Hello world" "  two  spaces, tabs	and ünïcödé 你好" "</s> special <s> text"; do
   a=$("$ANVIL" tokenize --model "$G/tiny-v1024-q8_0.gguf" --text "$text"); b=$("$ANVIL" tokenize --model "$W/c-q8_0" --text "$text")
   [ -n "$a" ] && [ "$a" = "$b" ] && ok "written tokenizer.model tokenizes '$text' as the GGUF" || bad "tokenize '$text': $a vs $b"

@@ -2,8 +2,8 @@
  * its weight views: config.json from the loaded config, model.safetensors under HF names, the
  * SentencePiece vocabulary as tokenizer.model (a protobuf with pieces, scores, types and the
  * trainer/normalizer flags anvil's reader uses), tokenizer_config.json (BOS/EOS, add_bos/add_eos,
- * the chat template). Packed matrices (GGUF Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 repacked exactly into MLX's
- * affine layout, group 32) are written as they are when asked and untouched by an adapter, with
+ * the chat template). Packed matrices (an MLX model's, or a GGUF's Q8_0/Q4_0 repacked exactly into
+ * MLX's affine layout, group 32) are written as they are when asked and untouched by an adapter, with
  * config.json's "quantization" (per-module entries where widths differ); every other matrix is
  * taken as f32 (de-quantized, an attached LoRA adapter merged: W += s B A) and stored as the output
  * dtype. Q/K rows are in HF's order already (gguf_model.c un-permutes them), so nothing is permuted
@@ -69,15 +69,24 @@ static av_status add_f32(dexp *x, const char *name, av_dtype od, int ndim, const
     return av_st_writer_add(&x->w, name, od, ndim, shape, o);
 }
 
-/* One weight under its HF name (mod = the module, ".weight" appended); L: its projection, or NULL. */
-static av_status add(dexp *x, const char *mod, const av_mat *a, const av_linear *L) {
+/* Packed matrices kept as they are: those of an MLX model, and from a GGUF only Q8_0/Q4_0 (MLX 8/4-bit);
+ * gname: the tensor's GGUF name. */
+static int keep_as_packed(const dexp *x, const char *gname) {
+    if (!x->m->gguf) return 1;
+    const av_gguf_tensor *t = av_gguf_tensor_find(x->m->gguf, gname);
+    return t && (t->type == AV_GGML_Q8_0 || t->type == AV_GGML_Q4_0);
+}
+
+/* One weight under its HF name (mod = the module, ".weight" appended; gname: its GGUF name); L: its
+ * projection, or NULL. */
+static av_status add(dexp *x, const char *mod, const char *gname, const av_mat *a, const av_linear *L) {
     char nm[200];
     snprintf(nm, sizeof nm, "%s.weight", mod);
     int vec = a->rows == 1 && !a->q_bits;
     size_t n = (size_t)a->rows * (size_t)a->cols;
     int64_t shape[2] = {vec ? a->cols : a->rows, a->cols};
     int merge = L && L->lora_a;
-    if (a->q_bits && x->o->keep_packed && !merge) { /* as it is: words, scales, biases */
+    if (a->q_bits && x->o->keep_packed && !merge && keep_as_packed(x, gname)) { /* as it is: words, scales, biases */
         int words = av_quant_row_words(a->cols, a->q_bits), ng = a->cols / a->q_group;
         int64_t ws[2] = {a->rows, words}, ss[2] = {a->rows, ng};
         size_t ns = (size_t)a->rows * (size_t)ng;
@@ -265,22 +274,23 @@ av_status av_model_export_dir(const av_model *m, const av_tokenizer *tok, const 
     for (int i = 0; m->gguf && i < m->gguf->n_tensors; i++) quant |= av_gguf_native_dtype(m->gguf->tensors[i].type) < 0;
     x.float_dt = o->out_dtype >= 0 ? (av_dtype)o->out_dtype : !quant && (c->dtype == AV_F32 || c->dtype == AV_F16) ? c->dtype : AV_BF16;
     av_st_writer_init(&x.w);
-    av_status st = add(&x, "model.embed_tokens", &m->embed, NULL);
-    char mod[160];
+    av_status st = add(&x, "model.embed_tokens", "token_embd.weight", &m->embed, NULL);
+    char mod[160], gn[96];
     for (int l = 0; l < c->n_layers && st == AV_OK; l++) {
         av_layer *L = &m->layers[l];
         snprintf(mod, sizeof mod, "model.layers.%d.input_layernorm", l);
-        st = add(&x, mod, &L->attn_norm, NULL);
+        st = add(&x, mod, "", &L->attn_norm, NULL);
         for (int p = 0; p < AV_PROJ_COUNT && st == AV_OK; p++) {
             const av_linear *lin = av_layer_proj(L, (av_proj)p);
             snprintf(mod, sizeof mod, "model.layers.%d.%s.%s", l, av_proj_module[p], av_proj_names[p]);
-            st = add(&x, mod, &lin->w, lin);
+            snprintf(gn, sizeof gn, "blk.%d.%s.weight", l, av_gguf_proj_names[p]);
+            st = add(&x, mod, gn, &lin->w, lin);
         }
         snprintf(mod, sizeof mod, "model.layers.%d.post_attention_layernorm", l);
-        if (st == AV_OK) st = add(&x, mod, &L->mlp_norm, NULL);
+        if (st == AV_OK) st = add(&x, mod, "", &L->mlp_norm, NULL);
     }
-    if (st == AV_OK) st = add(&x, "model.norm", &m->final_norm, NULL);
-    if (st == AV_OK && !c->tie_word_embeddings) st = add(&x, "lm_head", &m->lm_head, NULL);
+    if (st == AV_OK) st = add(&x, "model.norm", "", &m->final_norm, NULL);
+    if (st == AV_OK && !c->tie_word_embeddings) st = add(&x, "lm_head", "output.weight", &m->lm_head, NULL);
     char tmp[4200], path[4400];
     snprintf(tmp, sizeof tmp, "%s.tmp-%ld", out_dir, (long)getpid());
     int made = 0;

@@ -212,7 +212,6 @@ av_status av_gguf_export(const av_model *m, const av_tokenizer *tok, const char 
     if (st == AV_OK) st = vocab(&x, tok, c);
     if (st == AV_OK && o->chat_template) st = av_gguf_w_str(&x.w, "tokenizer.chat_template", o->chat_template, strlen(o->chat_template));
     if (st == AV_OK) st = add(&x, "token_embd.weight", &m->embed, NULL, 0);
-    static const char *const names[AV_PROJ_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
     char nm[96];
     for (int l = 0; l < c->n_layers && st == AV_OK; l++) {
         av_layer *L = &m->layers[l];
@@ -220,7 +219,7 @@ av_status av_gguf_export(const av_model *m, const av_tokenizer *tok, const char 
         st = add(&x, nm, &L->attn_norm, NULL, 0);
         for (int p = 0; p < AV_PROJ_COUNT && st == AV_OK; p++) {
             const av_linear *lin = av_layer_proj(L, (av_proj)p);
-            snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, names[p]);
+            snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, av_gguf_proj_names[p]);
             st = add(&x, nm, &lin->w, lin, p == AV_PROJ_Q ? c->n_heads : p == AV_PROJ_K ? c->n_kv_heads : 0);
         }
         snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);

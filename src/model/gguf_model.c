@@ -108,6 +108,10 @@ static void *own(av_model *m, size_t bytes) {
     return p;
 }
 
+/* GGUF names of the seven projections (blk.N.<name>.weight), in av_proj order; HF's are
+ * model.layers.N.<av_proj_module>.<av_proj_names>. Shared by the loader and both writers. */
+const char *const av_gguf_proj_names[AV_PROJ_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+
 typedef struct { av_mat *dst; char name[96]; int rows, cols, required, heads; } gslot;
 
 static av_status bind(av_model *m, const gslot *s) {
@@ -185,13 +189,12 @@ av_status av_model_bind_gguf(av_model *m) {
         gslot h = {&m->lm_head, "output.weight", c->vocab_size, D, 1, 0};
         AV_TRY(bind(m, &h));
     }
-    static const char *const names[AV_PROJ_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
     for (int l = 0; l < c->n_layers; l++) {
         av_layer *L = &m->layers[l];
         int rows[AV_PROJ_COUNT] = {q, kv, kv, D, F, F, D}, cols[AV_PROJ_COUNT] = {D, D, D, q, D, D, F};
         for (int p = 0; p < AV_PROJ_COUNT; p++) {
             gslot s = {&av_layer_proj(L, (av_proj)p)->w, "", rows[p], cols[p], 1, p == AV_PROJ_Q ? c->n_heads : p == AV_PROJ_K ? c->n_kv_heads : 0};
-            snprintf(s.name, sizeof s.name, "blk.%d.%s.weight", l, names[p]);
+            snprintf(s.name, sizeof s.name, "blk.%d.%s.weight", l, av_gguf_proj_names[p]);
             AV_TRY(bind(m, &s));
         }
         gslot a = {&L->attn_norm, "", D, 0, 1, 0}, b = {&L->mlp_norm, "", D, 0, 1, 0};

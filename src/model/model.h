@@ -44,5 +44,6 @@ const av_st_tensor *av_model_tensor(const av_model *m, const char *name);
  * (m->cfg, m->layers and m->be set). */
 av_status av_gguf_config(av_config *c, const av_gguf_file *f);
 av_status av_model_bind_gguf(av_model *m);
+extern const char *const av_gguf_proj_names[AV_PROJ_COUNT]; /* "attn_q", ... (blk.N.<name>.weight) */
 
 #endif
