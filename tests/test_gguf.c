@@ -113,8 +113,8 @@ static int n_differ(const float *a, const void *ref, int n) { /* by value: -0 eq
 static void check_blocks(void) {
     av_gguf_file f;
     CHECK_OK(av_gguf_open(&f, test_fixture("gguf/blocks.gguf")));
-    const char *names[] = {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k"};
-    for (int k = 0; k < 8; k++) {
+    const char *names[] = {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"};
+    for (int k = 0; k < 10; k++) {
         char rn[32];
         snprintf(rn, sizeof rn, "%s.ref", names[k]);
         const av_gguf_tensor *t = av_gguf_tensor_find(&f, names[k]), *r = av_gguf_tensor_find(&f, rn);
@@ -126,7 +126,7 @@ static void check_blocks(void) {
         CHECK(!n_differ(got, r->data, 1024), "%s: dequantization differs from gguf-py's (max %.3g)", names[k], max_abs(got, r->data, 1024));
         int bits = av_gguf_repack_bits(t->type);
         if (!bits) continue;
-        av_dtype sdt = av_gguf_repack_scale_dtype(t->type, t->data, 32);
+        av_dtype sdt = av_gguf_repack_scale_dtype(t->type, t->data, 1024 / av_ggml_block_size(t->type));
         uint32_t w[2 * 512 / 4];
         float sc[32], bi[32];
         memset(w, 0, sizeof w);

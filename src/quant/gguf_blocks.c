@@ -1,8 +1,9 @@
 /* GGUF block formats (as the GGUF specification lays them out): Q4_0 {f16 d; u8 qs[16]} with
  * element j in the low nibble of qs[j] and element j+16 in its high nibble, value d*(q-8); Q4_1
  * {d, m; qs[16]} d*q+m; Q5_0 {d; u32 qh; qs[16]} with bit 4 of element j in bit j of qh, d*(q-16);
- * Q5_1 {d, m; qh; qs} d*q+m; Q8_0 {d; i8 qs[32]} d*q; K-quants (256-element super-blocks)
- * dequantized to f32. */
+ * Q5_1 {d, m; qh; qs} d*q+m; Q8_0 {d; i8 qs[32]} d*q; K-quants (256-element super-blocks): Q4_K
+ * and Q5_K (sub-blocks of 32) repacked exactly too, Q2_K, Q3_K, Q6_K (sub-blocks of 16) dequantized
+ * to f32. */
 #include "quant/gguf_blocks.h"
 #include "quant/affine.h"
 #include "formats/gguf.h"
@@ -16,14 +17,14 @@ int av_gguf_native_dtype(int t) {
 int av_gguf_repack_bits(int t) {
     switch (t) {
     case AV_GGML_Q8_0: return 8;
-    case AV_GGML_Q4_0: case AV_GGML_Q4_1: return 4;
-    case AV_GGML_Q5_0: case AV_GGML_Q5_1: return 5;
+    case AV_GGML_Q4_0: case AV_GGML_Q4_1: case AV_GGML_Q4_K: return 4;
+    case AV_GGML_Q5_0: case AV_GGML_Q5_1: case AV_GGML_Q5_K: return 5;
     default: return 0;
     }
 }
 
 int av_gguf_can_dequant(int t) {
-    return av_gguf_repack_bits(t) || t == AV_GGML_Q4_K || t == AV_GGML_Q5_K || t == AV_GGML_Q6_K;
+    return av_gguf_repack_bits(t) || t == AV_GGML_Q2_K || t == AV_GGML_Q3_K || t == AV_GGML_Q6_K;
 }
 
 static float f16_at(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return av_f16_to_f32(h); }
@@ -71,37 +72,6 @@ static void block_codes(const uint8_t *b, int t, uint8_t q[32], float *scale, fl
     }
 }
 
-av_dtype av_gguf_repack_scale_dtype(int t, const void *src, int64_t nblocks) {
-    const uint8_t *b = src;
-    int bs = av_ggml_type_size(t);
-    uint8_t q[32];
-    for (int64_t i = 0; i < nblocks; i++, b += bs) {
-        float s, c;
-        block_codes(b, t, q, &s, &c);
-        if (av_f16_to_f32(av_f32_to_f16(c)) != c) return AV_F32; /* -8d/-16d/-128d overflowed f16 (or NaN) */
-        (void)s;
-    }
-    return AV_F16;
-}
-
-void av_gguf_repack(uint32_t *packed, void *scales, void *biases, av_dtype sdt, const void *src, int t, int rows, int cols,
-                    const int *row_map) {
-    int bits = av_gguf_repack_bits(t), nb = cols / 32, bs = av_ggml_type_size(t), words = av_quant_row_words(cols, bits);
-    uint8_t q[32];
-    for (int r = 0; r < rows; r++) {
-        const uint8_t *row = (const uint8_t *)src + (size_t)(row_map ? row_map[r] : r) * (size_t)nb * (size_t)bs;
-        for (int g = 0; g < nb; g++) {
-            float s, c;
-            block_codes(row + (size_t)g * (size_t)bs, t, q, &s, &c);
-            av_quant_pack(packed + (size_t)r * (size_t)words, q, g * 32, 32, bits);
-            size_t k = (size_t)r * (size_t)nb + (size_t)g;
-            av_convert_from_f32((char *)scales + k * av_dtype_size(sdt), sdt, &s, 1);
-            av_convert_from_f32((char *)biases + k * av_dtype_size(sdt), sdt, &c, 1);
-        }
-    }
-}
-
-/* ---- K-quants: super-blocks of 256 ------------------------------------------------------------- */
 /* 6-bit scale and min j of the 12 packed bytes of Q4_K/Q5_K */
 static void k_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *mn) {
     if (j < 4) { *sc = s[j] & 63; *mn = s[j + 4] & 63; }
@@ -111,6 +81,69 @@ static void k_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *mn) {
     }
 }
 
+/* One block of a repackable type as groups of 32: codes q[32*g + l], value scale[g] * q + bias[g].
+ * Q4_K {f16 d, dmin; u8 scales[12]; u8 qs[128]} and Q5_K {d, dmin; scales[12]; u8 qh[32];
+ * u8 qs[128]}: sub-block g (of 8) is the low (g even) or high (g odd) nibble of qs[32*(g/2) + l],
+ * plus 16 when bit g of qh[l] is set (Q5_K); value d*sc*q - dmin*m, so scale = d*sc and
+ * bias = -(dmin*m), both exact in f32 (an f16 times a 6-bit integer has at most 17 significant bits)
+ * and computed as ggml computes them, so scale*q + bias is the very f32 value ggml's dequantizer
+ * gives. Returns the number of groups (1 or 8). */
+static int block_groups(const uint8_t *b, int t, uint8_t *q, float *scale, float *bias) {
+    if (t != AV_GGML_Q4_K && t != AV_GGML_Q5_K) {
+        block_codes(b, t, q, scale, bias);
+        return 1;
+    }
+    float d = f16_at(b), dmin = f16_at(b + 2);
+    const uint8_t *sc = b + 4, *qh = b + 16, *qs = t == AV_GGML_Q4_K ? b + 16 : b + 48;
+    for (int g = 0; g < 8; g++) {
+        uint8_t s, m;
+        k_scale_min(g, sc, &s, &m);
+        scale[g] = d * s;
+        bias[g] = -(dmin * m);
+        const uint8_t *p = qs + 32 * (g / 2);
+        for (int l = 0; l < 32; l++) {
+            uint8_t v = (uint8_t)(g & 1 ? p[l] >> 4 : p[l] & 15);
+            if (t == AV_GGML_Q5_K) v = (uint8_t)(v | (((qh[l] >> g) & 1) << 4));
+            q[32 * g + l] = v;
+        }
+    }
+    return 8;
+}
+
+static int exact_f16(float x) { return av_f16_to_f32(av_f32_to_f16(x)) == x; }
+
+av_dtype av_gguf_repack_scale_dtype(int t, const void *src, int64_t nblocks) {
+    const uint8_t *b = src;
+    int bs = av_ggml_type_size(t);
+    uint8_t q[256];
+    float s[8], c[8];
+    for (int64_t i = 0; i < nblocks; i++, b += bs) {
+        int ng = block_groups(b, t, q, s, c);
+        for (int g = 0; g < ng; g++) /* -8d/-16d/-128d overflowed f16, d*sc needs more than 11 bits (or NaN) */
+            if (!exact_f16(s[g]) || !exact_f16(c[g])) return AV_F32;
+    }
+    return AV_F16;
+}
+
+void av_gguf_repack(uint32_t *packed, void *scales, void *biases, av_dtype sdt, const void *src, int t, int rows, int cols,
+                    const int *row_map) {
+    int bits = av_gguf_repack_bits(t), blk = av_ggml_block_size(t), nb = cols / blk, bs = av_ggml_type_size(t);
+    int words = av_quant_row_words(cols, bits), ngr = cols / 32;
+    uint8_t q[256];
+    float s[8], c[8];
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *row = (const uint8_t *)src + (size_t)(row_map ? row_map[r] : r) * (size_t)nb * (size_t)bs;
+        for (int i = 0; i < nb; i++) {
+            int ng = block_groups(row + (size_t)i * (size_t)bs, t, q, s, c);
+            av_quant_pack(packed + (size_t)r * (size_t)words, q, i * blk, blk, bits);
+            size_t k = (size_t)r * (size_t)ngr + (size_t)i * (size_t)ng;
+            av_convert_from_f32((char *)scales + k * av_dtype_size(sdt), sdt, s, ng);
+            av_convert_from_f32((char *)biases + k * av_dtype_size(sdt), sdt, c, ng);
+        }
+    }
+}
+
+/* ---- K-quants: super-blocks of 256 ------------------------------------------------------------- */
 /* Q4_K {f16 d, dmin; u8 scales[12]; u8 qs[128]}: 8 sub-blocks of 32, value d*sc*q - dmin*m. */
 static void deq_q4_k(float *y, const uint8_t *b) {
     float d = f16_at(b), dmin = f16_at(b + 2);
@@ -160,12 +193,47 @@ static void deq_q6_k(float *y, const uint8_t *b) {
     }
 }
 
+/* Q2_K {u8 scales[16]; u8 qs[64]; f16 d, dmin} and Q3_K {u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d}:
+ * 16 sub-blocks of 16. Element 128n + 32j + 16h + l (n < 2, j < 4, h < 2, l < 16) is the 2-bit field
+ * j of qs[32n + 16h + l], in sub-block 8n + 2j + h. Q2_K: value d*(sc&15)*q - dmin*(sc>>4). Q3_K:
+ * 6-bit scale i = low nibble of scales[i] (i < 8) or high nibble of scales[i-8], with bits 4-5 from
+ * bits 2(i/4).. of scales[8 + i%4], minus 32; value d*scale*(q - 4), the 4 not subtracted when bit
+ * 4n + j of hmask[16h + l] is set. */
+static void deq_q2_q3_k(float *y, const uint8_t *b, int t) {
+    int q3 = t == AV_GGML_Q3_K;
+    const uint8_t *qs = q3 ? b + 32 : b + 16, *hm = b, *sc = q3 ? b + 96 : b;
+    float d = f16_at(q3 ? b + 108 : b + 80), dmin = q3 ? 0.0f : f16_at(b + 82);
+    for (int n = 0; n < 2; n++)
+        for (int j = 0; j < 4; j++)
+            for (int h = 0; h < 2; h++) {
+                int is = 8 * n + 2 * j + h;
+                float dl, ml = 0;
+                if (q3) {
+                    int lo = is < 8 ? sc[is] & 15 : sc[is - 8] >> 4, hi = (sc[8 + is % 4] >> (2 * (is / 4))) & 3;
+                    dl = d * (float)((lo | (hi << 4)) - 32);
+                } else {
+                    dl = d * (float)(sc[is] & 15);
+                    ml = dmin * (float)(sc[is] >> 4);
+                }
+                float *o = y + 128 * n + 32 * j + 16 * h;
+                for (int l = 0; l < 16; l++) {
+                    int v = (qs[32 * n + 16 * h + l] >> (2 * j)) & 3;
+                    if (q3) o[l] = dl * (float)(v - ((hm[16 * h + l] >> (4 * n + j)) & 1 ? 0 : 4));
+                    else o[l] = dl * (float)v - ml;
+                }
+            }
+}
+
 void av_gguf_dequant_row(float *dst, const void *src_row, int t, int cols) {
     const uint8_t *b = src_row;
     int bs = av_ggml_type_size(t);
-    if (t == AV_GGML_Q4_K || t == AV_GGML_Q5_K || t == AV_GGML_Q6_K) {
-        for (int i = 0; i < cols / 256; i++, b += bs, dst += 256)
-            t == AV_GGML_Q4_K ? deq_q4_k(dst, b) : t == AV_GGML_Q5_K ? deq_q5_k(dst, b) : deq_q6_k(dst, b);
+    if (av_ggml_block_size(t) == 256) {
+        for (int i = 0; i < cols / 256; i++, b += bs, dst += 256) {
+            if (t == AV_GGML_Q4_K) deq_q4_k(dst, b);
+            else if (t == AV_GGML_Q5_K) deq_q5_k(dst, b);
+            else if (t == AV_GGML_Q6_K) deq_q6_k(dst, b);
+            else deq_q2_q3_k(dst, b, t);
+        }
         return;
     }
     uint8_t q[32];

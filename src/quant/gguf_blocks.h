@@ -1,6 +1,7 @@
 /* GGUF (ggml) block formats: which tensor types anvil keeps as they are (F32, F16, BF16), which it
  * repacks exactly into MLX's affine layout (group 32: Q8_0 and Q4_0/Q5_0 as scale d, bias -128d /
- * -8d / -16d; Q4_1/Q5_1 as scale d, bias m), and which it dequantizes to f32 at load (K-quants). */
+ * -8d / -16d; Q4_1/Q5_1 as scale d, bias m; Q4_K/Q5_K per 32-element sub-block as scale d*sc, bias
+ * -dmin*m), and which it dequantizes to f32 at load (Q2_K, Q3_K, Q6_K: 16-element sub-blocks). */
 #ifndef AV_QUANT_GGUF_BLOCKS_H
 #define AV_QUANT_GGUF_BLOCKS_H
 #include <stdint.h>
@@ -10,13 +11,13 @@
 int av_gguf_native_dtype(int ggml_type);
 /* Bits of the MLX affine layout (group 32) a type repacks to exactly (8, 5 or 4), 0 if none. */
 int av_gguf_repack_bits(int ggml_type);
-/* 1 when av_gguf_dequant_row handles the type (the repackable ones and the K-quants). */
+/* 1 when av_gguf_dequant_row handles the type (the repackable ones, Q2_K, Q3_K and Q6_K). */
 int av_gguf_can_dequant(int ggml_type);
 
 /* Scale/bias dtype the repack needs: F16 when every scale and bias is exact in f16, else F32.
- * src: `nblocks` blocks of the type. */
+ * src: `nblocks` blocks of the type (of 32 values, or 256 for Q4_K/Q5_K). */
 av_dtype av_gguf_repack_scale_dtype(int ggml_type, const void *src, int64_t nblocks);
-/* Repacks rows x cols (cols % 32 == 0) into MLX words packed[rows][cols*bits/32] (zeroed by the
+/* Repacks rows x cols (cols a multiple of the type's block) into MLX words packed[rows][cols*bits/32] (zeroed by the
  * caller), scales/biases[rows][cols/32] as sdt. Destination row r is source row row_map[r]
  * (row_map NULL: the same row). */
 void av_gguf_repack(uint32_t *packed, void *scales, void *biases, av_dtype sdt, const void *src, int ggml_type, int rows,
