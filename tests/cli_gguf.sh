@@ -19,6 +19,15 @@ for t in q8_0 q4_0 q5_1; do
   n=$("$ANVIL" generate --model "$G/tiny-v1024-$t.gguf" --prompt "Once upon a time" --max-tokens 8 --json 2>/dev/null | grep -c '"generation_tokens":8')
   [ "$n" = 1 ] && ok "$t generates" || bad "$t does not generate"
 done
+# K-quant files (llama-quantize's Q2_K, Q3_K_M, Q4_K_M, Q5_K_M mixes, pure Q6_K): anvil's greedy text is
+# llama.cpp's (llama-completion-k256-*.txt: its stdout, " " + prompt + 32 tokens + two newlines)
+P="Once upon a time, there was a little llama who"
+for t in q2_k q3_k_m q4_k_m q5_k_m q6_k; do
+  want=$(cat "$G/llama-completion-k256-$t.txt"); want=${want#" $P"}
+  got=$("$ANVIL" generate --model "$G/tiny-k256-$t.gguf" --prompt "$P" --max-tokens 32 --temp 0 --ignore-chat-template 2>/dev/null)
+  got=${got%%==========*}
+  [ -n "$want" ] && [ "$got" = "$want" ] && ok "$t: greedy text equals llama-completion's" || bad "$t: '$got' vs llama.cpp '$want'"
+done
 for text in "Hello world" "  two  spaces, tabs	and ünïcödé 你好" "</s> special <s> text" "123 4567.89"; do
   a=$("$ANVIL" tokenize --model "$G/vocab-llama2.gguf" --text "$text")
   b=$("$ANVIL" tokenize --model "$FX/llama2-tokenizer" --spm --text "$text")
