@@ -6,7 +6,9 @@
  * llama.* keys, vocabulary, special ids and chat template equal the converter's; (3) the written
  * file loads back and gives the logits of the file llama.cpp wrote; (4) llama.cpp's llama-tokenize on
  * the written file gives anvil's ids (llama-tokenize-v1024.jsonl, made by make_llama_tokenize.py);
- * (5) a Q8_0/Q4_0 GGUF read, de-quantized and written again is byte-identical. */
+ * (5) a Q8_0/Q4_0 GGUF read, de-quantized and written again is byte-identical; (6) --outtype q4_k of
+ * the pure-Q6_K tiny-k256 file gives llama-quantize's bytes for the same values (ggml's
+ * quantize_row_q4_K_ref; tiny-k256-q6_k-to-q4_k.gguf). */
 #include "test.h"
 #include "backend/backend.h"
 #include "formats/gguf.h"
@@ -174,7 +176,7 @@ static void check_export(void) {
     o.outtype = AV_GGUF_OUT_F16;
     CHECK(av_gguf_export(m, tok, "/nonexistent-dir/x.gguf", &o, &r) != AV_OK && strstr(av_last_error(), "/nonexistent-dir/x.gguf"),
           "unwritable: %s", av_last_error());
-    CHECK(av_gguf_outtype_parse("Q4_0") == AV_GGUF_OUT_Q4_0 && av_gguf_outtype_parse("q4_k") < 0, "outtype names");
+    CHECK(av_gguf_outtype_parse("Q4_0") == AV_GGUF_OUT_Q4_0 && av_gguf_outtype_parse("q4_k") == AV_GGUF_OUT_Q4_K && av_gguf_outtype_parse("q6_k") < 0, "outtype names");
     av_st_close(&ex);
     av_chat_config_free(&cc);
     av_tokenizer_free(tok);
@@ -246,6 +248,41 @@ static void check_llama_tokenize(void) {
     av_tokenizer_free(t);
 }
 
+/* Q4_K writing: the pure Q6_K tiny-k256 file (de-quantized to f32 at load) exported as q4_k holds,
+ * tensor by tensor, the bytes llama-quantize --allow-requantize --pure wrote from the same file. */
+static void check_q4_k_export(void) {
+    char path[300];
+    snprintf(path, sizeof path, "%s/k256-q4_k.gguf", tmpdir);
+    const char *src = "gguf/tiny-k256-q6_k.gguf";
+    av_model *m = NULL;
+    av_tokenizer *tok = NULL;
+    CHECK_OK(av_model_load(&m, test_fixture(src), av_backend_cpu()));
+    CHECK_OK(av_tokenizer_load(&tok, test_fixture(src), 0));
+    if (m && tok) {
+        av_gguf_export_opts o = {.outtype = av_gguf_outtype_parse("q4_k")};
+        av_gguf_export_report r;
+        CHECK_OK(av_gguf_export(m, tok, path, &o, &r));
+        CHECK(r.n_quantized == 8 && r.n_fallback == 0, "q4_k: %d quantized, %d fallback", r.n_quantized, r.n_fallback);
+        av_gguf_file a, b;
+        if (av_gguf_open(&a, path) == AV_OK) {
+            if (av_gguf_open(&b, test_fixture("gguf/tiny-k256-q6_k-to-q4_k.gguf")) == AV_OK) {
+                int bad = 0, nq = 0;
+                for (int i = 0; i < b.n_tensors; i++) {
+                    const av_gguf_tensor *tb = &b.tensors[i], *ta = av_gguf_tensor_find(&a, tb->name);
+                    nq += tb->type == AV_GGML_Q4_K;
+                    bad += !(ta && ta->type == tb->type && ta->nbytes == tb->nbytes && !memcmp(ta->data, tb->data, tb->nbytes));
+                }
+                CHECK(bad == 0 && nq == 8 && a.n_tensors == b.n_tensors, "q4_k: %d of %d tensors differ from llama-quantize's", bad, b.n_tensors);
+                printf("q4_k: %d of %d tensors (%d Q4_K) byte-identical to llama-quantize's\n", b.n_tensors - bad, b.n_tensors, nq);
+                av_gguf_close(&b);
+            }
+            av_gguf_close(&a);
+        }
+    }
+    av_tokenizer_free(tok);
+    av_model_free(m);
+}
+
 int main(void) {
     const char *t = getenv("AV_TMP");
     snprintf(tmpdir, sizeof tmpdir, "%s/anvil-gguf-write-XXXXXX", t && *t ? t : "/tmp");
@@ -254,6 +291,7 @@ int main(void) {
     check_export();
     check_llama_tokenize();
     check_requant_roundtrip();
+    check_q4_k_export();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) printf("could not remove %s\n", tmpdir);

@@ -244,8 +244,129 @@ void av_gguf_dequant_row(float *dst, const void *src_row, int t, int cols) {
     }
 }
 
+/* ---- Q4_K writing: ggml's reference quantizer (quantize_row_q4_K_ref) --------------------------- */
+/* Round to nearest, ties to even (ggml's nearest_int for the magnitudes met here). */
+static int near_int(float v) { return (int)lrintf(v); }
+
+/* Best affine fit q in [0, nmax] of x[n] under weights w (ggml's make_qkx2_quants with rmin -1,
+ * rdelta 0.1, 20 steps, squared error): the plain min/max grid first, then the least-squares scale
+ * and min for each of 21 trial grids, keeping the one of least weighted error. Returns the scale,
+ * *neg_min the (non-negative) amount subtracted. */
+static float fit_qkx2(const float *x, const float *w, int n, int nmax, uint8_t *L, float *neg_min) {
+    float lo = x[0], hi = x[0], sum_w = w[0], sum_x = sum_w * x[0];
+    for (int i = 1; i < n; i++) {
+        if (x[i] < lo) lo = x[i];
+        if (x[i] > hi) hi = x[i];
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if (lo > 0) lo = 0;
+    if (hi == lo) {
+        memset(L, 0, (size_t)n);
+        *neg_min = -lo;
+        return 0;
+    }
+    float iscale = nmax / (hi - lo), scale = 1 / iscale, best = 0;
+    for (int i = 0; i < n; i++) {
+        int l = near_int(iscale * (x[i] - lo));
+        L[i] = (uint8_t)(l < 0 ? 0 : l > nmax ? nmax : l);
+        float diff = scale * L[i] + lo - x[i];
+        best += w[i] * (diff * diff);
+    }
+    uint8_t aux[256];
+    for (int step = 0; step <= 20; step++) {
+        iscale = (-1.0f + 0.1f * step + nmax) / (hi - lo);
+        float sl = 0, sl2 = 0, sxl = 0;
+        for (int i = 0; i < n; i++) {
+            int l = near_int(iscale * (x[i] - lo));
+            l = l < 0 ? 0 : l > nmax ? nmax : l;
+            aux[i] = (uint8_t)l;
+            sl += w[i] * l;
+            sl2 += w[i] * l * l;
+            sxl += w[i] * l * x[i];
+        }
+        float D = sum_w * sl2 - sl * sl;
+        if (D > 0) {
+            float s = (sum_w * sxl - sum_x * sl) / D, m = (sl2 * sum_x - sl * sxl) / D;
+            if (m > 0) {
+                m = 0;
+                s = sxl / sl2;
+            }
+            float err = 0;
+            for (int i = 0; i < n; i++) {
+                float diff = s * aux[i] + m - x[i];
+                err += w[i] * (diff * diff);
+            }
+            if (err < best) {
+                memcpy(L, aux, (size_t)n);
+                best = err;
+                scale = s;
+                lo = m;
+            }
+        }
+    }
+    *neg_min = -lo;
+    return scale;
+}
+
+/* One Q4_K block of 256 values: each 32-value sub-block fitted (weights rms + |x|), the 8 scales
+ * and mins quantized to 6 bits against d = max scale / 63 and dmin = max min / 63 (f16), then the
+ * codes recomputed with the stored scales: q = round((x + dmin*m) / (d*sc)) clamped to [0, 15]. */
+static void quant_q4_k(uint8_t *o, const float *x) {
+    float sc[8], mn[8], w[32], max_sc = 0, max_mn = 0;
+    uint8_t L[256];
+    for (int j = 0; j < 8; j++) {
+        const float *v = x + 32 * j;
+        float s2 = 0;
+        for (int l = 0; l < 32; l++) s2 += v[l] * v[l];
+        float av = sqrtf(s2 / 32);
+        for (int l = 0; l < 32; l++) w[l] = av + fabsf(v[l]);
+        sc[j] = fit_qkx2(v, w, 32, 15, L + 32 * j, &mn[j]);
+        if (sc[j] > max_sc) max_sc = sc[j];
+        if (mn[j] > max_mn) max_mn = mn[j];
+    }
+    float inv_sc = max_sc > 0 ? 63.0f / max_sc : 0.0f, inv_mn = max_mn > 0 ? 63.0f / max_mn : 0.0f;
+    uint8_t *S = o + 4;
+    memset(S, 0, 12);
+    for (int j = 0; j < 8; j++) {
+        int ls = near_int(inv_sc * sc[j]), lm = near_int(inv_mn * mn[j]);
+        ls = ls > 63 ? 63 : ls;
+        lm = lm > 63 ? 63 : lm;
+        if (j < 4) {
+            S[j] = (uint8_t)ls;
+            S[j + 4] = (uint8_t)lm;
+        } else {
+            S[j + 4] = (uint8_t)((ls & 15) | ((lm & 15) << 4));
+            S[j - 4] |= (uint8_t)((ls >> 4) << 6);
+            S[j] |= (uint8_t)((lm >> 4) << 6);
+        }
+    }
+    uint16_t hd = av_f32_to_f16(max_sc / 63.0f), hm = av_f32_to_f16(max_mn / 63.0f);
+    memcpy(o, &hd, 2);
+    memcpy(o + 2, &hm, 2);
+    float d = av_f16_to_f32(hd), dmin = av_f16_to_f32(hm);
+    for (int j = 0; j < 8; j++) {
+        uint8_t s, m;
+        k_scale_min(j, S, &s, &m);
+        float dd = d * s;
+        if (dd == 0.0f) continue;
+        float dm = dmin * m;
+        for (int l = 0; l < 32; l++) {
+            int q = near_int((x[32 * j + l] + dm) / dd);
+            L[32 * j + l] = (uint8_t)(q < 0 ? 0 : q > 15 ? 15 : q);
+        }
+    }
+    uint8_t *qs = o + 16;
+    for (int j = 0; j < 256; j += 64, qs += 32)
+        for (int l = 0; l < 32; l++) qs[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+}
+
 int av_gguf_quant_row(void *dst, const float *src, int t, int cols) {
     uint8_t *o = dst;
+    if (t == AV_GGML_Q4_K) {
+        for (int b = 0; b < cols / 256; b++) quant_q4_k(o + (size_t)b * 144, src + (size_t)b * 256);
+        return 0;
+    }
     if (t != AV_GGML_Q8_0 && t != AV_GGML_Q4_0) return -1;
     for (int b = 0; b < cols / 32; b++) {
         const float *x = src + (size_t)b * 32;
