@@ -61,8 +61,8 @@ b=$(echo "$msg" | "$ANVIL" template --model "$D" --messages /dev/stdin)
 a=$("$ANVIL" generate --model "$AV_TMP/fz.gguf" --prompt "Once upon a time" --ignore-chat-template --max-tokens 16 --json 2>/dev/null | ids)
 b=$("$ANVIL" generate --model "$AV_TMP/fzdir" --prompt "Once upon a time" --ignore-chat-template --max-tokens 16 --json 2>/dev/null | ids)
 [ -n "$a" ] && [ "$a" = "$b" ] && ok "fuse --export-gguf generates as the fused directory" || bad "fuse gguf: $a vs $b"
-expect_error "unsupported outtype" "outtype q6_k is not supported yet" "$ANVIL" convert --model "$D" --out "$AV_TMP/k.gguf" --outtype q6_k
-expect_error "unknown outtype" "outtype must be f32, f16, bf16, q8_0, q4_0 or q4_k" "$ANVIL" convert --model "$D" --out "$AV_TMP/k.gguf" --outtype q3
+expect_error "unsupported outtype" "outtype q5_k is not supported yet" "$ANVIL" convert --model "$D" --out "$AV_TMP/k.gguf" --outtype q5_k
+expect_error "unknown outtype" "outtype must be f32, f16, bf16, q8_0, q4_0, q4_k or q6_k" "$ANVIL" convert --model "$D" --out "$AV_TMP/k.gguf" --outtype q3
 expect_error "missing source" "nope" "$ANVIL" convert --model "$AV_TMP/nope" --out "$AV_TMP/k.gguf"
 expect_error "HF tokenizer only" "only SentencePiece" "$ANVIL" convert --model "$FX/tiny-llama" --out "$AV_TMP/k.gguf"
 [ ! -e "$AV_TMP/k.gguf" ] && ok "failed conversions leave no file" || bad "k.gguf left behind"

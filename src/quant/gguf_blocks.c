@@ -361,7 +361,103 @@ static void quant_q4_k(uint8_t *o, const float *x) {
         for (int l = 0; l < 32; l++) qs[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
 }
 
+/* ---- Q6_K writing: ggml's reference quantizer (quantize_row_q6_K_ref) --------------------------- */
+/* Symmetric fit of x[n] to integers in [-nmax, nmax-1] weighted by x^2 (ggml's make_qx_quants with
+ * rmse_type 1): the grid through the value of largest magnitude, then 18 nearby grids, keeping the
+ * least-squares scale of the best. L gets the codes + nmax. Returns the scale. */
+static float fit_qx(const float *x, int n, int nmax, uint8_t *L) {
+    float hi = 0, amax = 0;
+    for (int i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        if (a > amax) {
+            amax = a;
+            hi = x[i];
+        }
+    }
+    if (amax < 1e-15f) {
+        memset(L, 0, (size_t)n);
+        return 0;
+    }
+    float iscale = -nmax / hi, sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        int l = near_int(iscale * x[i]);
+        l = l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l;
+        L[i] = (uint8_t)(l + nmax);
+        float w = x[i] * x[i];
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    float scale = suml2 ? sumlx / suml2 : 0.0f, best = scale * sumlx;
+    for (int is = -9; is <= 9; is++) {
+        if (is == 0) continue;
+        iscale = -(nmax + 0.1f * is) / hi;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; i++) {
+            int l = near_int(iscale * x[i]);
+            l = l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l;
+            float w = x[i] * x[i];
+            sumlx += w * x[i] * l;
+            suml2 += w * l * l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; i++) {
+                int l = near_int(iscale * x[i]);
+                L[i] = (uint8_t)(nmax + (l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l));
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+/* One Q6_K block: 16 sub-blocks of 16 fitted symmetrically, their scales quantized to int8 against
+ * d = -(scale of largest magnitude)/128 (f16), codes recomputed with the stored scales, clamped to
+ * [-32, 31], stored +32 as 4 low bits (ql) and 2 high bits (qh). */
+static void quant_q6_k(uint8_t *o, const float *x) {
+    float sc[16], max_sc = 0, max_abs = 0;
+    uint8_t L[256];
+    for (int b = 0; b < 16; b++) {
+        sc[b] = fit_qx(x + 16 * b, 16, 32, L + 16 * b);
+        if (fabsf(sc[b]) > max_abs) {
+            max_abs = fabsf(sc[b]);
+            max_sc = sc[b];
+        }
+    }
+    memset(o, 0, 210);
+    if (max_abs < 1e-15f) return;
+    float iscale = -128.0f / max_sc;
+    uint16_t hd = av_f32_to_f16(1 / iscale);
+    memcpy(o + 208, &hd, 2);
+    int8_t *S = (int8_t *)(o + 192);
+    for (int b = 0; b < 16; b++) {
+        int v = near_int(iscale * sc[b]);
+        S[b] = (int8_t)(v > 127 ? 127 : v);
+    }
+    float d0 = av_f16_to_f32(hd);
+    for (int b = 0; b < 16; b++) {
+        float d = d0 * S[b];
+        if (d == 0.0f) continue;
+        for (int i = 0; i < 16; i++) {
+            int l = near_int(x[16 * b + i] / d);
+            L[16 * b + i] = (uint8_t)((l < -32 ? -32 : l > 31 ? 31 : l) + 32);
+        }
+    }
+    uint8_t *ql = o, *qh = o + 128;
+    for (int j = 0; j < 256; j += 128, ql += 64, qh += 32)
+        for (int l = 0; l < 32; l++) {
+            const uint8_t *q = L + j + l;
+            ql[l] = (uint8_t)((q[0] & 15) | ((q[64] & 15) << 4));
+            ql[l + 32] = (uint8_t)((q[32] & 15) | ((q[96] & 15) << 4));
+            qh[l] = (uint8_t)((q[0] >> 4) | ((q[32] >> 4) << 2) | ((q[64] >> 4) << 4) | ((q[96] >> 4) << 6));
+        }
+}
+
 int av_gguf_quant_row(void *dst, const float *src, int t, int cols) {
+    if (t == AV_GGML_Q6_K) {
+        for (int b = 0; b < cols / 256; b++) quant_q6_k((uint8_t *)dst + (size_t)b * 210, src + (size_t)b * 256);
+        return 0;
+    }
     uint8_t *o = dst;
     if (t == AV_GGML_Q4_K) {
         for (int b = 0; b < cols / 256; b++) quant_q4_k(o + (size_t)b * 144, src + (size_t)b * 256);

@@ -25,13 +25,14 @@ void av_gguf_repack(uint32_t *packed, void *scales, void *biases, av_dtype sdt, 
 /* Dequantizes one row of `cols` values (whole blocks) to f32. */
 void av_gguf_dequant_row(float *dst, const void *src_row, int ggml_type, int cols);
 
-/* Quantizes one row of `cols` f32 values (cols % 32 == 0; Q4_K: % 256) into Q8_0, Q4_0 or Q4_K blocks
- * with ggml's reference rounding (quantize_row_{q8_0,q4_0,q4_K}_ref): Q8_0 d = absmax/127,
+/* Quantizes one row of `cols` f32 values (cols % 32 == 0; K-quants: % 256) into Q8_0, Q4_0, Q4_K or Q6_K
+ * blocks with ggml's reference rounding (quantize_row_{q8_0,q4_0,q4_K,q6_K}_ref): Q8_0 d = absmax/127,
  * q = roundf(x/d); Q4_0 d = -m/8 for m the value of largest magnitude (first one on ties),
  * q = min(15, trunc(x/d + 8.5)); d stored as f16, the codes computed with the f32 d. Q4_K: each
  * 32-value sub-block's scale and min fitted by weighted least squares over 21 trial grids, quantized
- * to 6 bits against f16 super-block d/dmin, codes recomputed from the stored values. Returns 0, or
- * -1 for another type. */
+ * to 6 bits against f16 super-block d/dmin, codes recomputed from the stored values. Q6_K: each
+ * 16-value sub-block fitted symmetrically (x^2-weighted, 19 trial grids), int8 scales against an f16
+ * d, codes recomputed. Returns 0, or -1 for another type. */
 int av_gguf_quant_row(void *dst, const float *src, int ggml_type, int cols);
 
 #endif
