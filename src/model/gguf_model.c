@@ -132,6 +132,9 @@ static av_status bind(av_model *m, const gslot *s) {
     }
     av_status st = AV_OK;
     int nat = av_gguf_native_dtype(t->type), bits = av_gguf_repack_bits(t->type);
+    /* Q4_K/Q5_K on a backend whose memory is not host memory: f32, as Q2_K/Q3_K/Q6_K (the repacked
+     * GGUF types run on the CPU only, below), so K-quant files still load there */
+    if (!m->be->host_visible && (t->type == AV_GGML_Q4_K || t->type == AV_GGML_Q5_K)) bits = 0;
     av_mat *d = s->dst;
     memset(d, 0, sizeof *d);
     d->rows = rows;
@@ -212,7 +215,10 @@ av_status av_model_bind_gguf(av_model *m) {
     }
     /* quantized layers (repacked) run where the MLX-layout kernels run */
     int quant = 0;
-    for (int i = 0; i < f->n_tensors; i++) quant |= av_gguf_repack_bits(f->tensors[i].type) != 0;
+    for (int i = 0; i < f->n_tensors; i++) {
+        int t = f->tensors[i].type;
+        quant |= av_gguf_repack_bits(t) != 0 && t != AV_GGML_Q4_K && t != AV_GGML_Q5_K;
+    }
     if (quant && !m->be->host_visible)
         return av_fail(AV_ERR_UNSUPPORTED, "%s: quantized models run on the CPU only in this build (use --device cpu)", f->path);
     m->weight_bytes = 0;
