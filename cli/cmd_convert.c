@@ -18,9 +18,9 @@ static int ends_with(const char *s, const char *suf) {
 static int to_gguf(const char *cmd, const char *model, const char *out, const char *outtype) {
     int ot = outtype ? av_gguf_outtype_parse(outtype) : AV_GGUF_OUT_F16;
     if (ot < 0) {
-        if (!strcasecmp(outtype, "q4_k") || !strcasecmp(outtype, "q6_k") || !strcasecmp(outtype, "q5_k"))
-            return av_cli_error(cmd, "--outtype %s is not supported yet (f32, f16, bf16, q8_0, q4_0)", outtype);
-        return av_cli_error(cmd, "--outtype must be f32, f16, bf16, q8_0 or q4_0 (got '%s')", outtype);
+        if (!strcasecmp(outtype, "q5_k") || !strcasecmp(outtype, "q2_k") || !strcasecmp(outtype, "q3_k"))
+            return av_cli_error(cmd, "--outtype %s is not supported yet (f32, f16, bf16, q8_0, q4_0, q4_k, q6_k)", outtype);
+        return av_cli_error(cmd, "--outtype must be f32, f16, bf16, q8_0, q4_0, q4_k or q6_k (got '%s')", outtype);
     }
     av_cli_model_opts mo = {.model = model, .device = "cpu"};
     av_model *m;
@@ -43,9 +43,9 @@ static int to_gguf(const char *cmd, const char *model, const char *out, const ch
     if (!rc) {
         if (rep.n_dequantized)
             printf("De-quantized %d packed weight matri%s (MLX affine) before writing them\n", rep.n_dequantized, rep.n_dequantized == 1 ? "x" : "ces");
-        if (rep.n_quantized) printf("Quantized %d weight matrices to %s\n", rep.n_quantized, ot == AV_GGUF_OUT_Q8_0 ? "Q8_0" : "Q4_0");
+        if (rep.n_quantized) printf("Quantized %d weight matrices to %s\n", rep.n_quantized, ot == AV_GGUF_OUT_Q8_0 ? "Q8_0" : ot == AV_GGUF_OUT_Q4_0 ? "Q4_0" : ot == AV_GGUF_OUT_Q4_K ? "Q4_K" : "Q6_K");
         if (rep.n_fallback)
-            printf("Left %d weight matri%s as F16 (input size not a multiple of 32)\n", rep.n_fallback, rep.n_fallback == 1 ? "x" : "ces");
+            printf("Left %d weight matri%s as F16 (input size not a multiple of %d)\n", rep.n_fallback, rep.n_fallback == 1 ? "x" : "ces", ot >= AV_GGUF_OUT_Q4_K ? 256 : 32);
         printf("Wrote %d tensors to %s\n", rep.n_tensors, out);
     }
     av_chat_config_free(&cc);
@@ -102,7 +102,7 @@ static int convert(int argc, char **argv, const char *cmd, int quantize) {
         {"quant-predicate", AV_OPT_STR, &recipe, "MLX-LM mixed recipe: mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6 (implies -q)", 0, 0, NULL},
         {"de-quantize", AV_OPT_FLAG, &dequant, "unpack a quantized model to float weights", 0, 0, "d"},
         {"dtype", AV_OPT_STR, &dtype, "dtype of the float tensors and of scales/biases: bf16, f16 or f32 (default: as stored)", 0, 0, NULL},
-        {"outtype", AV_OPT_STR, &outtype, "GGUF output (--out FILE.gguf): f32, f16, bf16, q8_0 or q4_0 (default: f16)", 0, 0, NULL},
+        {"outtype", AV_OPT_STR, &outtype, "GGUF output (--out FILE.gguf): f32, f16, bf16, q8_0, q4_0, q4_k or q6_k (default: f16)", 0, 0, NULL},
         {"threads", AV_OPT_INT, &threads, "CPU threads (default: all cores)", 1, 1024, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };

@@ -90,7 +90,7 @@ int av_cmd_fuse(int argc, char **argv) {
         {"kl-text", AV_OPT_STR, &kl_text, "--requantize: text file to measure the KL on (default: a built-in English paragraph)", 0, 0, NULL},
         {"kl-tokens", AV_OPT_INT, &kl_tokens, "--requantize: tokens of that text to use (default: 256)", 2, 1e6, NULL},
         {"export-gguf", AV_OPT_STR, &gguf, "write the fused model as this one GGUF file (for llama.cpp) instead of a directory", 0, 0, NULL},
-        {"outtype", AV_OPT_STR, &outtype, "--export-gguf: f32, f16, bf16, q8_0 or q4_0 (default: f16)", 0, 0, NULL},
+        {"outtype", AV_OPT_STR, &outtype, "--export-gguf: f32, f16, bf16, q8_0, q4_0, q4_k or q6_k (default: f16)", 0, 0, NULL},
         {"threads", AV_OPT_INT, &mo.threads, "CPU threads (default: all cores)", 1, 1024, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
@@ -108,7 +108,7 @@ int av_cmd_fuse(int argc, char **argv) {
     if (gguf && (requant || dtype)) return av_cli_error(cmd, "--export-gguf takes --outtype (not --requantize or --dtype)");
     if (gguf && !*gguf) return av_cli_error(cmd, "--export-gguf must not be empty");
     if (outtype && (ot = av_gguf_outtype_parse(outtype)) < 0)
-        return av_cli_error(cmd, "--outtype must be f32, f16, bf16, q8_0 or q4_0 (got '%s')", outtype);
+        return av_cli_error(cmd, "--outtype must be f32, f16, bf16, q8_0, q4_0, q4_k or q6_k (got '%s')", outtype);
     mo.device = "cpu";
     size_t len = 0;
     char *text = NULL;

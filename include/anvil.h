@@ -445,10 +445,10 @@ av_status av_convert(const char *src_dir, const char *out_dir, const av_convert_
  * SentencePiece vocabulary with scores/types and special ids, add_bos/add_eos, chat_template
  * (o->chat_template, may be NULL), and the weights: a packed (MLX) matrix is de-quantized, an
  * attached LoRA adapter merged (W += s B A), Q/K rows permuted to llama.cpp's rotary order, then
- * stored as the output type (Q8_0/Q4_0 with ggml's reference rounding; a matrix whose input size is
- * no multiple of 32 is F16; norms F32). Written atomically. */
-typedef enum { AV_GGUF_OUT_F32 = 0, AV_GGUF_OUT_F16, AV_GGUF_OUT_BF16, AV_GGUF_OUT_Q8_0, AV_GGUF_OUT_Q4_0 } av_gguf_outtype;
-/* "f32", "f16", "bf16", "q8_0", "q4_0" (any case) -> AV_GGUF_OUT_*, else -1. */
+ * stored as the output type (Q8_0/Q4_0/Q4_K/Q6_K with ggml's reference rounding; a matrix whose input
+ * size is no multiple of 32 (K-quants: 256) is F16; norms F32). Written atomically. */
+typedef enum { AV_GGUF_OUT_F32 = 0, AV_GGUF_OUT_F16, AV_GGUF_OUT_BF16, AV_GGUF_OUT_Q8_0, AV_GGUF_OUT_Q4_0, AV_GGUF_OUT_Q4_K, AV_GGUF_OUT_Q6_K } av_gguf_outtype;
+/* "f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k" (any case) -> AV_GGUF_OUT_*, else -1. */
 int av_gguf_outtype_parse(const char *s);
 typedef struct {
     int outtype;               /* AV_GGUF_OUT_* */
@@ -456,7 +456,7 @@ typedef struct {
     const char *name;          /* general.name (NULL: "anvil export") */
 } av_gguf_export_opts;
 typedef struct {
-    int n_tensors, n_quantized, n_fallback; /* written; quantized; matrices left F16 (input size not a multiple of 32) */
+    int n_tensors, n_quantized, n_fallback; /* written; quantized; matrices left F16 (input size not a multiple of the block) */
     int n_dequantized, n_fused;             /* packed source matrices de-quantized; adapters merged */
 } av_gguf_export_report;
 av_status av_gguf_export(const av_model *m, const av_tokenizer *tok, const char *path, const av_gguf_export_opts *o,

@@ -19,6 +19,15 @@ for t in q8_0 q4_0 q5_1; do
   n=$("$ANVIL" generate --model "$G/tiny-v1024-$t.gguf" --prompt "Once upon a time" --max-tokens 8 --json 2>/dev/null | grep -c '"generation_tokens":8')
   [ "$n" = 1 ] && ok "$t generates" || bad "$t does not generate"
 done
+# K-quant files (llama-quantize's Q2_K, Q3_K_M, Q4_K_M, Q5_K_M mixes, pure Q6_K): anvil's greedy text is
+# llama.cpp's (llama-completion-k256-*.txt: its stdout, " " + prompt + 32 tokens + two newlines)
+P="Once upon a time, there was a little llama who"
+for t in q2_k q3_k_m q4_k_m q5_k_m q6_k; do
+  want=$(cat "$G/llama-completion-k256-$t.txt"); want=${want#" $P"}
+  got=$("$ANVIL" generate --model "$G/tiny-k256-$t.gguf" --prompt "$P" --max-tokens 32 --temp 0 --ignore-chat-template 2>/dev/null)
+  got=${got%%==========*}
+  [ -n "$want" ] && [ "$got" = "$want" ] && ok "$t: greedy text equals llama-completion's" || bad "$t: '$got' vs llama.cpp '$want'"
+done
 for text in "Hello world" "  two  spaces, tabs	and ünïcödé 你好" "</s> special <s> text" "123 4567.89"; do
   a=$("$ANVIL" tokenize --model "$G/vocab-llama2.gguf" --text "$text")
   b=$("$ANVIL" tokenize --model "$FX/llama2-tokenizer" --spm --text "$text")
@@ -52,8 +61,8 @@ b=$(echo "$msg" | "$ANVIL" template --model "$D" --messages /dev/stdin)
 a=$("$ANVIL" generate --model "$AV_TMP/fz.gguf" --prompt "Once upon a time" --ignore-chat-template --max-tokens 16 --json 2>/dev/null | ids)
 b=$("$ANVIL" generate --model "$AV_TMP/fzdir" --prompt "Once upon a time" --ignore-chat-template --max-tokens 16 --json 2>/dev/null | ids)
 [ -n "$a" ] && [ "$a" = "$b" ] && ok "fuse --export-gguf generates as the fused directory" || bad "fuse gguf: $a vs $b"
-expect_error "unsupported outtype" "outtype q4_k is not supported yet" "$ANVIL" convert --model "$D" --out "$AV_TMP/k.gguf" --outtype q4_k
-expect_error "unknown outtype" "outtype must be f32, f16, bf16, q8_0 or q4_0" "$ANVIL" convert --model "$D" --out "$AV_TMP/k.gguf" --outtype q3
+expect_error "unsupported outtype" "outtype q5_k is not supported yet" "$ANVIL" convert --model "$D" --out "$AV_TMP/k.gguf" --outtype q5_k
+expect_error "unknown outtype" "outtype must be f32, f16, bf16, q8_0, q4_0, q4_k or q6_k" "$ANVIL" convert --model "$D" --out "$AV_TMP/k.gguf" --outtype q3
 expect_error "missing source" "nope" "$ANVIL" convert --model "$AV_TMP/nope" --out "$AV_TMP/k.gguf"
 expect_error "HF tokenizer only" "only SentencePiece" "$ANVIL" convert --model "$FX/tiny-llama" --out "$AV_TMP/k.gguf"
 [ ! -e "$AV_TMP/k.gguf" ] && ok "failed conversions leave no file" || bad "k.gguf left behind"

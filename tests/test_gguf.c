@@ -113,8 +113,8 @@ static int n_differ(const float *a, const void *ref, int n) { /* by value: -0 eq
 static void check_blocks(void) {
     av_gguf_file f;
     CHECK_OK(av_gguf_open(&f, test_fixture("gguf/blocks.gguf")));
-    const char *names[] = {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k"};
-    for (int k = 0; k < 8; k++) {
+    const char *names[] = {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"};
+    for (int k = 0; k < 10; k++) {
         char rn[32];
         snprintf(rn, sizeof rn, "%s.ref", names[k]);
         const av_gguf_tensor *t = av_gguf_tensor_find(&f, names[k]), *r = av_gguf_tensor_find(&f, rn);
@@ -126,7 +126,7 @@ static void check_blocks(void) {
         CHECK(!n_differ(got, r->data, 1024), "%s: dequantization differs from gguf-py's (max %.3g)", names[k], max_abs(got, r->data, 1024));
         int bits = av_gguf_repack_bits(t->type);
         if (!bits) continue;
-        av_dtype sdt = av_gguf_repack_scale_dtype(t->type, t->data, 32);
+        av_dtype sdt = av_gguf_repack_scale_dtype(t->type, t->data, 1024 / av_ggml_block_size(t->type));
         uint32_t w[2 * 512 / 4];
         float sc[32], bi[32];
         memset(w, 0, sizeof w);
@@ -273,8 +273,66 @@ static void check_bad(void) {
           "vocab-only file: %s", av_last_error());
 }
 
+/* K-quant models (tiny-k256: hidden/ffn 256, llama-quantize's Q2_K, Q3_K_M, Q4_K_M, Q5_K_M mixes and
+ * pure Q6_K) give transformers' logits on gguf-py's dequantization of each file; Q4_K/Q5_K tensors
+ * are repacked (MLX affine, group 32), Q2_K/Q3_K/Q6_K ones dequantized to f32. */
+static void check_k256(void) {
+    av_st_file ex;
+    CHECK_OK(av_st_open(&ex, test_fixture("gguf/expected-k256.safetensors")));
+    const av_st_tensor *pt = av_st_find(&ex, "prompt_ids");
+    CHECK(pt != NULL, "expected-k256.safetensors: prompt_ids");
+    if (!pt) { av_st_close(&ex); return; }
+    int T = (int)av_st_numel(pt), V = 1024;
+    const char *types[] = {"q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k"};
+    for (int k = 0; k < 5; k++) {
+        char name[64], key[64];
+        snprintf(name, sizeof name, "gguf/tiny-k256-%s.gguf", types[k]);
+        snprintf(key, sizeof key, "logits_%s", types[k]);
+        av_model *m;
+        av_status s = av_model_load(&m, test_fixture(name), av_backend_cpu());
+        CHECK(s == AV_OK, "%s: %s", name, av_last_error());
+        if (s) continue;
+        CHECK(m->cfg.hidden_size == 256 && m->cfg.vocab_size == V && m->cfg.tie_word_embeddings, "%s: config", name);
+        av_gguf_file f;
+        int nrep = 0, nf32 = 0, bad = 0;
+        CHECK_OK(av_gguf_open(&f, test_fixture(name)));
+        for (int p = 0; p < AV_PROJ_COUNT; p++) {
+            static const char *const gn[AV_PROJ_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+            char tn[64];
+            snprintf(tn, sizeof tn, "blk.0.%s.weight", gn[p]);
+            const av_gguf_tensor *t = av_gguf_tensor_find(&f, tn);
+            const av_mat *w = &av_layer_proj(&m->layers[0], (av_proj)p)->w;
+            if (!t) { bad++; continue; }
+            if (t->type == AV_GGML_Q4_K || t->type == AV_GGML_Q5_K) {
+                nrep++;
+                bad += !(w->q_bits == (t->type == AV_GGML_Q4_K ? 4 : 5) && w->q_group == 32);
+            } else {
+                nf32++;
+                bad += !(w->q_bits == 0 && w->dtype == AV_F32);
+            }
+        }
+        av_gguf_close(&f);
+        CHECK(!bad, "%s: %d projections not held as their type says", name, bad);
+        const av_st_tensor *qt = av_st_find(&ex, key);
+        CHECK(qt && av_st_numel(qt) == V, "expected %s", key);
+        if (qt) {
+            float g[1024];
+            last_logits(m, pt->data, T, g);
+            const float *ref = test_f32_view(qt->data, (size_t)V);
+            double d = max_abs(g, ref, V), mx = 0;
+            for (int i = 0; i < V; i++) mx = fmax(mx, fabs(ref[i]));
+            CHECK(d <= 1e-5 * mx, "%s vs transformers on the dequantized weights: max abs diff %.3g (logits up to %.3g)", name, d, mx);
+            printf("%s: max abs diff %.3g vs transformers on its dequantized weights (logits up to %.3g; %d projections repacked, %d f32)\n",
+                   name, d, mx, nrep, nf32);
+        }
+        av_model_free(m);
+    }
+    av_st_close(&ex);
+}
+
 int main(void) {
     check_logits();
+    check_k256();
     check_repack();
     check_blocks();
     check_tokens("gguf/vocab-llama2.gguf", "tokenize_public.jsonl", "sp_ids", 100000);

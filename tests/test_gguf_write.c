@@ -6,7 +6,9 @@
  * llama.* keys, vocabulary, special ids and chat template equal the converter's; (3) the written
  * file loads back and gives the logits of the file llama.cpp wrote; (4) llama.cpp's llama-tokenize on
  * the written file gives anvil's ids (llama-tokenize-v1024.jsonl, made by make_llama_tokenize.py);
- * (5) a Q8_0/Q4_0 GGUF read, de-quantized and written again is byte-identical. */
+ * (5) a Q8_0/Q4_0 GGUF read, de-quantized and written again is byte-identical; (6) --outtype q4_k /
+ * q6_k of tiny-k256 files give llama-quantize's bytes for the same values (ggml's
+ * quantize_row_q4_K_ref / quantize_row_q6_K_ref). */
 #include "test.h"
 #include "backend/backend.h"
 #include "formats/gguf.h"
@@ -174,7 +176,7 @@ static void check_export(void) {
     o.outtype = AV_GGUF_OUT_F16;
     CHECK(av_gguf_export(m, tok, "/nonexistent-dir/x.gguf", &o, &r) != AV_OK && strstr(av_last_error(), "/nonexistent-dir/x.gguf"),
           "unwritable: %s", av_last_error());
-    CHECK(av_gguf_outtype_parse("Q4_0") == AV_GGUF_OUT_Q4_0 && av_gguf_outtype_parse("q4_k") < 0, "outtype names");
+    CHECK(av_gguf_outtype_parse("Q4_0") == AV_GGUF_OUT_Q4_0 && av_gguf_outtype_parse("q4_k") == AV_GGUF_OUT_Q4_K && av_gguf_outtype_parse("Q6_K") == AV_GGUF_OUT_Q6_K && av_gguf_outtype_parse("q5_k") < 0, "outtype names");
     av_st_close(&ex);
     av_chat_config_free(&cc);
     av_tokenizer_free(tok);
@@ -246,6 +248,53 @@ static void check_llama_tokenize(void) {
     av_tokenizer_free(t);
 }
 
+/* K-quant writing: a tiny-k256 file (de-quantized at load) exported as q4_k / q6_k holds, tensor by
+ * tensor, the bytes llama-quantize --allow-requantize --pure wrote from the same file -- except the
+ * tensors already of the target type, which llama-quantize copies as they are (anvil re-quantizes
+ * their values; Q6_K of Q6_K values is not the identity). */
+static void check_k_export(const char *src, const char *outtype, int ggml_type, const char *ref) {
+    char path[300];
+    snprintf(path, sizeof path, "%s/k256-%s.gguf", tmpdir, outtype);
+    av_model *m = NULL;
+    av_tokenizer *tok = NULL;
+    CHECK_OK(av_model_load(&m, test_fixture(src), av_backend_cpu()));
+    CHECK_OK(av_tokenizer_load(&tok, test_fixture(src), 0));
+    if (m && tok) {
+        av_gguf_export_opts o = {.outtype = av_gguf_outtype_parse(outtype)};
+        av_gguf_export_report r;
+        CHECK_OK(av_gguf_export(m, tok, path, &o, &r));
+        CHECK(r.n_quantized == 8 && r.n_fallback == 0, "%s: %d quantized, %d fallback", outtype, r.n_quantized, r.n_fallback);
+        av_gguf_file a, b;
+        if (av_gguf_open(&a, path) == AV_OK) {
+            av_gguf_file sf;
+            int sok = av_gguf_open(&sf, test_fixture(src)) == AV_OK;
+            CHECK(sok, "%s: %s", src, av_last_error());
+            if (av_gguf_open(&b, test_fixture(ref)) == AV_OK) {
+                int bad = 0, nq = 0, copied = 0;
+                for (int i = 0; i < b.n_tensors; i++) {
+                    const av_gguf_tensor *tb = &b.tensors[i], *ta = av_gguf_tensor_find(&a, tb->name), *ts = sok ? av_gguf_tensor_find(&sf, tb->name) : NULL;
+                    nq += tb->type == ggml_type;
+                    if (ts && ts->type == ggml_type) {
+                        copied++;
+                        bad += !(ta && ta->type == tb->type && ta->nbytes == tb->nbytes);
+                        continue;
+                    }
+                    bad += !(ta && ta->type == tb->type && ta->nbytes == tb->nbytes && !memcmp(ta->data, tb->data, tb->nbytes));
+                }
+                CHECK(bad == 0 && nq == 8 && a.n_tensors == b.n_tensors, "%s: %d of %d tensors differ from llama-quantize's", outtype, bad, b.n_tensors);
+                printf("%s from %s: %d of %d tensors (%d %s) byte-identical to llama-quantize's (%d already %s there, copied by it)\n",
+                       outtype, src, b.n_tensors - bad - copied, b.n_tensors - copied, nq - copied, av_ggml_type_name(ggml_type), copied,
+                       av_ggml_type_name(ggml_type));
+                av_gguf_close(&b);
+            }
+            if (sok) av_gguf_close(&sf);
+            av_gguf_close(&a);
+        }
+    }
+    av_tokenizer_free(tok);
+    av_model_free(m);
+}
+
 int main(void) {
     const char *t = getenv("AV_TMP");
     snprintf(tmpdir, sizeof tmpdir, "%s/anvil-gguf-write-XXXXXX", t && *t ? t : "/tmp");
@@ -254,6 +303,8 @@ int main(void) {
     check_export();
     check_llama_tokenize();
     check_requant_roundtrip();
+    check_k_export("gguf/tiny-k256-q6_k.gguf", "q4_k", AV_GGML_Q4_K, "gguf/tiny-k256-q6_k-to-q4_k.gguf");
+    check_k_export("gguf/tiny-k256-q5_k_m.gguf", "q6_k", AV_GGML_Q6_K, "gguf/tiny-k256-q5_k_m-to-q6_k.gguf");
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) printf("could not remove %s\n", tmpdir);

@@ -3,9 +3,10 @@
  * add_bos/add_eos, the chat template, and every tensor under its GGUF name. Matrices are taken as f32
  * (a packed MLX matrix de-quantized, an attached LoRA adapter merged: W += s B A), attn_q/attn_k
  * rows permuted into llama.cpp's interleaved rotary order (convert_hf_to_gguf.py's permute, the
- * inverse of gguf_model.c's), then stored as F32/F16/BF16 or quantized to Q8_0/Q4_0 with ggml's
- * reference rounding; a matrix whose input size is no multiple of 32 falls back to F16 and norms stay
- * F32, as llama.cpp's converter does. */
+ * inverse of gguf_model.c's), then stored as F32/F16/BF16 or quantized to Q8_0/Q4_0/Q4_K/Q6_K with
+ * ggml's reference rounding (K-quants: every matrix, as llama-quantize --pure); a matrix whose input
+ * size is no multiple of the block (32; K-quants 256) falls back to F16 and norms stay F32, as llama.cpp's
+ * converter does (llama-quantize would write Q5_0 for a Q4_K matrix of that kind). */
 #include "model/model.h"
 #include "formats/gguf.h"
 #include "formats/gguf_write.h"
@@ -20,8 +21,8 @@
 #include <strings.h>
 
 int av_gguf_outtype_parse(const char *s) {
-    static const char *const names[] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
-    for (int i = 0; s && i < 5; i++)
+    static const char *const names[] = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k"};
+    for (int i = 0; s && i < 7; i++)
         if (!strcasecmp(s, names[i])) return i;
     return -1;
 }
@@ -105,8 +106,9 @@ static av_status add(exporter *x, const char *name, const av_mat *a, const av_li
     int64_t ne[2] = {cols, rows};
     int type = vec ? AV_GGML_F32
                : x->out == AV_GGUF_OUT_F32 ? AV_GGML_F32 : x->out == AV_GGUF_OUT_F16 ? AV_GGML_F16
-               : x->out == AV_GGUF_OUT_BF16 ? AV_GGML_BF16 : x->out == AV_GGUF_OUT_Q8_0 ? AV_GGML_Q8_0 : AV_GGML_Q4_0;
-    if ((type == AV_GGML_Q8_0 || type == AV_GGML_Q4_0) && cols % 32) {
+               : x->out == AV_GGUF_OUT_BF16 ? AV_GGML_BF16 : x->out == AV_GGUF_OUT_Q8_0 ? AV_GGML_Q8_0
+               : x->out == AV_GGUF_OUT_Q4_0 ? AV_GGML_Q4_0 : x->out == AV_GGUF_OUT_Q4_K ? AV_GGML_Q4_K : AV_GGML_Q6_K;
+    if ((type == AV_GGML_Q8_0 || type == AV_GGML_Q4_0 || type == AV_GGML_Q4_K || type == AV_GGML_Q6_K) && cols % av_ggml_block_size(type)) {
         type = AV_GGML_F16;
         x->r->n_fallback++;
     }
@@ -172,7 +174,9 @@ static av_status vocab(exporter *x, const av_tokenizer *t, const av_config *c) {
 static av_status meta(exporter *x, const av_gguf_export_opts *o) {
     const av_config *c = &x->m->cfg;
     av_gguf_writer *w = &x->w;
-    static const uint32_t ftype[] = {0, 1, 32, 7, 2}; /* llama_ftype: ALL_F32, MOSTLY_F16, MOSTLY_BF16, MOSTLY_Q8_0, MOSTLY_Q4_0 */
+    /* llama_ftype: ALL_F32, MOSTLY_F16, MOSTLY_BF16, MOSTLY_Q8_0, MOSTLY_Q4_0, MOSTLY_Q4_K_M (what
+     * llama-quantize writes for "Q4_K", --pure included), MOSTLY_Q6_K */
+    static const uint32_t ftype[] = {0, 1, 32, 7, 2, 15, 18};
     const char *name = o->name && *o->name ? o->name : "anvil export";
     AV_TRY(av_gguf_w_str(w, "general.architecture", "llama", 5));
     AV_TRY(av_gguf_w_str(w, "general.type", "model", 5));
@@ -201,7 +205,7 @@ av_status av_gguf_export(const av_model *m, const av_tokenizer *tok, const char 
                          av_gguf_export_report *r) {
     memset(r, 0, sizeof *r);
     const av_config *c = &m->cfg;
-    if (o->outtype < 0 || o->outtype > AV_GGUF_OUT_Q4_0) return av_fail(AV_ERR_ARG, "GGUF export: unknown output type %d", o->outtype);
+    if (o->outtype < 0 || o->outtype > AV_GGUF_OUT_Q6_K) return av_fail(AV_ERR_ARG, "GGUF export: unknown output type %d", o->outtype);
     if (!m->be->host_visible) return av_fail(AV_ERR_UNSUPPORTED, "GGUF export: load the model on the CPU (--device cpu)");
     if (c->rope_type == AV_ROPE_LLAMA3)
         return av_fail(AV_ERR_UNSUPPORTED, "GGUF export: Llama-3 rope scaling (rope_freqs) is not supported yet");

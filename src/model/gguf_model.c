@@ -1,7 +1,7 @@
 /* A Llama model from one GGUF file: the "llama" keys -> av_config, GGUF tensor names -> model fields
  * through one table, and each tensor made into an av_mat: F32/F16/BF16 viewed in the mapping,
- * Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 repacked exactly into MLX's affine layout (group 32), K-quants
- * dequantized to f32. attn_q/attn_k rows go back from llama.cpp's interleaved rotary order to HF's
+ * Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K repacked exactly into MLX's affine layout (group 32),
+ * Q2_K/Q3_K/Q6_K dequantized to f32. attn_q/attn_k rows go back from llama.cpp's interleaved rotary order to HF's
  * rotate-half order (the inverse of convert_hf_to_gguf.py's permute). */
 #include "model/model.h"
 #include "formats/gguf.h"
@@ -136,6 +136,9 @@ static av_status bind(av_model *m, const gslot *s) {
     }
     av_status st = AV_OK;
     int nat = av_gguf_native_dtype(t->type), bits = av_gguf_repack_bits(t->type);
+    /* Q4_K/Q5_K on a backend whose memory is not host memory: f32, as Q2_K/Q3_K/Q6_K (the repacked
+     * GGUF types run on the CPU only, below), so K-quant files still load there */
+    if (!m->be->host_visible && (t->type == AV_GGML_Q4_K || t->type == AV_GGML_Q5_K)) bits = 0;
     av_mat *d = s->dst;
     memset(d, 0, sizeof *d);
     d->rows = rows;
@@ -151,10 +154,10 @@ static av_status bind(av_model *m, const gslot *s) {
             d->data = p;
         }
     } else if (bits && s->cols) {
-        int64_t nblocks = (int64_t)rows * (cols / 32);
-        av_dtype sdt = av_gguf_repack_scale_dtype(t->type, t->data, nblocks);
+        int64_t ngroups = (int64_t)rows * (cols / 32);
+        av_dtype sdt = av_gguf_repack_scale_dtype(t->type, t->data, (int64_t)rows * (cols / av_ggml_block_size(t->type)));
         uint32_t *w = own(m, (size_t)rows * (size_t)av_quant_row_words(cols, bits) * 4);
-        void *sc = own(m, (size_t)nblocks * av_dtype_size(sdt)), *bi = own(m, (size_t)nblocks * av_dtype_size(sdt));
+        void *sc = own(m, (size_t)ngroups * av_dtype_size(sdt)), *bi = own(m, (size_t)ngroups * av_dtype_size(sdt));
         if (!w || !sc || !bi) st = av_fail(AV_ERR_NOMEM, "%s: out of memory", s->name);
         else {
             av_gguf_repack(w, sc, bi, sdt, t->data, t->type, rows, cols, map);
@@ -169,7 +172,7 @@ static av_status bind(av_model *m, const gslot *s) {
         d->dtype = AV_F32;
         d->data = p;
     } else {
-        st = av_fail(AV_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)",
+        st = av_fail(AV_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)",
                      f->path, s->name, av_ggml_type_name(t->type));
     }
     free(map);
@@ -215,7 +218,10 @@ av_status av_model_bind_gguf(av_model *m) {
     }
     /* quantized layers (repacked) run where the MLX-layout kernels run */
     int quant = 0;
-    for (int i = 0; i < f->n_tensors; i++) quant |= av_gguf_repack_bits(f->tensors[i].type) != 0;
+    for (int i = 0; i < f->n_tensors; i++) {
+        int t = f->tensors[i].type;
+        quant |= av_gguf_repack_bits(t) != 0 && t != AV_GGML_Q4_K && t != AV_GGML_Q5_K;
+    }
     if (quant && !m->be->host_visible)
         return av_fail(AV_ERR_UNSUPPORTED, "%s: quantized models run on the CPU only in this build (use --device cpu)", f->path);
     m->weight_bytes = 0;

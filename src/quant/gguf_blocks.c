@@ -1,8 +1,9 @@
 /* GGUF block formats (as the GGUF specification lays them out): Q4_0 {f16 d; u8 qs[16]} with
  * element j in the low nibble of qs[j] and element j+16 in its high nibble, value d*(q-8); Q4_1
  * {d, m; qs[16]} d*q+m; Q5_0 {d; u32 qh; qs[16]} with bit 4 of element j in bit j of qh, d*(q-16);
- * Q5_1 {d, m; qh; qs} d*q+m; Q8_0 {d; i8 qs[32]} d*q; K-quants (256-element super-blocks)
- * dequantized to f32. */
+ * Q5_1 {d, m; qh; qs} d*q+m; Q8_0 {d; i8 qs[32]} d*q; K-quants (256-element super-blocks): Q4_K
+ * and Q5_K (sub-blocks of 32) repacked exactly too, Q2_K, Q3_K, Q6_K (sub-blocks of 16) dequantized
+ * to f32. */
 #include "quant/gguf_blocks.h"
 #include "quant/affine.h"
 #include "formats/gguf.h"
@@ -16,14 +17,14 @@ int av_gguf_native_dtype(int t) {
 int av_gguf_repack_bits(int t) {
     switch (t) {
     case AV_GGML_Q8_0: return 8;
-    case AV_GGML_Q4_0: case AV_GGML_Q4_1: return 4;
-    case AV_GGML_Q5_0: case AV_GGML_Q5_1: return 5;
+    case AV_GGML_Q4_0: case AV_GGML_Q4_1: case AV_GGML_Q4_K: return 4;
+    case AV_GGML_Q5_0: case AV_GGML_Q5_1: case AV_GGML_Q5_K: return 5;
     default: return 0;
     }
 }
 
 int av_gguf_can_dequant(int t) {
-    return av_gguf_repack_bits(t) || t == AV_GGML_Q4_K || t == AV_GGML_Q5_K || t == AV_GGML_Q6_K;
+    return av_gguf_repack_bits(t) || t == AV_GGML_Q2_K || t == AV_GGML_Q3_K || t == AV_GGML_Q6_K;
 }
 
 static float f16_at(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return av_f16_to_f32(h); }
@@ -71,37 +72,6 @@ static void block_codes(const uint8_t *b, int t, uint8_t q[32], float *scale, fl
     }
 }
 
-av_dtype av_gguf_repack_scale_dtype(int t, const void *src, int64_t nblocks) {
-    const uint8_t *b = src;
-    int bs = av_ggml_type_size(t);
-    uint8_t q[32];
-    for (int64_t i = 0; i < nblocks; i++, b += bs) {
-        float s, c;
-        block_codes(b, t, q, &s, &c);
-        if (av_f16_to_f32(av_f32_to_f16(c)) != c) return AV_F32; /* -8d/-16d/-128d overflowed f16 (or NaN) */
-        (void)s;
-    }
-    return AV_F16;
-}
-
-void av_gguf_repack(uint32_t *packed, void *scales, void *biases, av_dtype sdt, const void *src, int t, int rows, int cols,
-                    const int *row_map) {
-    int bits = av_gguf_repack_bits(t), nb = cols / 32, bs = av_ggml_type_size(t), words = av_quant_row_words(cols, bits);
-    uint8_t q[32];
-    for (int r = 0; r < rows; r++) {
-        const uint8_t *row = (const uint8_t *)src + (size_t)(row_map ? row_map[r] : r) * (size_t)nb * (size_t)bs;
-        for (int g = 0; g < nb; g++) {
-            float s, c;
-            block_codes(row + (size_t)g * (size_t)bs, t, q, &s, &c);
-            av_quant_pack(packed + (size_t)r * (size_t)words, q, g * 32, 32, bits);
-            size_t k = (size_t)r * (size_t)nb + (size_t)g;
-            av_convert_from_f32((char *)scales + k * av_dtype_size(sdt), sdt, &s, 1);
-            av_convert_from_f32((char *)biases + k * av_dtype_size(sdt), sdt, &c, 1);
-        }
-    }
-}
-
-/* ---- K-quants: super-blocks of 256 ------------------------------------------------------------- */
 /* 6-bit scale and min j of the 12 packed bytes of Q4_K/Q5_K */
 static void k_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *mn) {
     if (j < 4) { *sc = s[j] & 63; *mn = s[j + 4] & 63; }
@@ -111,6 +81,69 @@ static void k_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *mn) {
     }
 }
 
+/* One block of a repackable type as groups of 32: codes q[32*g + l], value scale[g] * q + bias[g].
+ * Q4_K {f16 d, dmin; u8 scales[12]; u8 qs[128]} and Q5_K {d, dmin; scales[12]; u8 qh[32];
+ * u8 qs[128]}: sub-block g (of 8) is the low (g even) or high (g odd) nibble of qs[32*(g/2) + l],
+ * plus 16 when bit g of qh[l] is set (Q5_K); value d*sc*q - dmin*m, so scale = d*sc and
+ * bias = -(dmin*m), both exact in f32 (an f16 times a 6-bit integer has at most 17 significant bits)
+ * and computed as ggml computes them, so scale*q + bias is the very f32 value ggml's dequantizer
+ * gives. Returns the number of groups (1 or 8). */
+static int block_groups(const uint8_t *b, int t, uint8_t *q, float *scale, float *bias) {
+    if (t != AV_GGML_Q4_K && t != AV_GGML_Q5_K) {
+        block_codes(b, t, q, scale, bias);
+        return 1;
+    }
+    float d = f16_at(b), dmin = f16_at(b + 2);
+    const uint8_t *sc = b + 4, *qh = b + 16, *qs = t == AV_GGML_Q4_K ? b + 16 : b + 48;
+    for (int g = 0; g < 8; g++) {
+        uint8_t s, m;
+        k_scale_min(g, sc, &s, &m);
+        scale[g] = d * s;
+        bias[g] = -(dmin * m);
+        const uint8_t *p = qs + 32 * (g / 2);
+        for (int l = 0; l < 32; l++) {
+            uint8_t v = (uint8_t)(g & 1 ? p[l] >> 4 : p[l] & 15);
+            if (t == AV_GGML_Q5_K) v = (uint8_t)(v | (((qh[l] >> g) & 1) << 4));
+            q[32 * g + l] = v;
+        }
+    }
+    return 8;
+}
+
+static int exact_f16(float x) { return av_f16_to_f32(av_f32_to_f16(x)) == x; }
+
+av_dtype av_gguf_repack_scale_dtype(int t, const void *src, int64_t nblocks) {
+    const uint8_t *b = src;
+    int bs = av_ggml_type_size(t);
+    uint8_t q[256];
+    float s[8], c[8];
+    for (int64_t i = 0; i < nblocks; i++, b += bs) {
+        int ng = block_groups(b, t, q, s, c);
+        for (int g = 0; g < ng; g++) /* -8d/-16d/-128d overflowed f16, d*sc needs more than 11 bits (or NaN) */
+            if (!exact_f16(s[g]) || !exact_f16(c[g])) return AV_F32;
+    }
+    return AV_F16;
+}
+
+void av_gguf_repack(uint32_t *packed, void *scales, void *biases, av_dtype sdt, const void *src, int t, int rows, int cols,
+                    const int *row_map) {
+    int bits = av_gguf_repack_bits(t), blk = av_ggml_block_size(t), nb = cols / blk, bs = av_ggml_type_size(t);
+    int words = av_quant_row_words(cols, bits), ngr = cols / 32;
+    uint8_t q[256];
+    float s[8], c[8];
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *row = (const uint8_t *)src + (size_t)(row_map ? row_map[r] : r) * (size_t)nb * (size_t)bs;
+        for (int i = 0; i < nb; i++) {
+            int ng = block_groups(row + (size_t)i * (size_t)bs, t, q, s, c);
+            av_quant_pack(packed + (size_t)r * (size_t)words, q, i * blk, blk, bits);
+            size_t k = (size_t)r * (size_t)ngr + (size_t)i * (size_t)ng;
+            av_convert_from_f32((char *)scales + k * av_dtype_size(sdt), sdt, s, ng);
+            av_convert_from_f32((char *)biases + k * av_dtype_size(sdt), sdt, c, ng);
+        }
+    }
+}
+
+/* ---- K-quants: super-blocks of 256 ------------------------------------------------------------- */
 /* Q4_K {f16 d, dmin; u8 scales[12]; u8 qs[128]}: 8 sub-blocks of 32, value d*sc*q - dmin*m. */
 static void deq_q4_k(float *y, const uint8_t *b) {
     float d = f16_at(b), dmin = f16_at(b + 2);
@@ -160,12 +193,47 @@ static void deq_q6_k(float *y, const uint8_t *b) {
     }
 }
 
+/* Q2_K {u8 scales[16]; u8 qs[64]; f16 d, dmin} and Q3_K {u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d}:
+ * 16 sub-blocks of 16. Element 128n + 32j + 16h + l (n < 2, j < 4, h < 2, l < 16) is the 2-bit field
+ * j of qs[32n + 16h + l], in sub-block 8n + 2j + h. Q2_K: value d*(sc&15)*q - dmin*(sc>>4). Q3_K:
+ * 6-bit scale i = low nibble of scales[i] (i < 8) or high nibble of scales[i-8], with bits 4-5 from
+ * bits 2(i/4).. of scales[8 + i%4], minus 32; value d*scale*(q - 4), the 4 not subtracted when bit
+ * 4n + j of hmask[16h + l] is set. */
+static void deq_q2_q3_k(float *y, const uint8_t *b, int t) {
+    int q3 = t == AV_GGML_Q3_K;
+    const uint8_t *qs = q3 ? b + 32 : b + 16, *hm = b, *sc = q3 ? b + 96 : b;
+    float d = f16_at(q3 ? b + 108 : b + 80), dmin = q3 ? 0.0f : f16_at(b + 82);
+    for (int n = 0; n < 2; n++)
+        for (int j = 0; j < 4; j++)
+            for (int h = 0; h < 2; h++) {
+                int is = 8 * n + 2 * j + h;
+                float dl, ml = 0;
+                if (q3) {
+                    int lo = is < 8 ? sc[is] & 15 : sc[is - 8] >> 4, hi = (sc[8 + is % 4] >> (2 * (is / 4))) & 3;
+                    dl = d * (float)((lo | (hi << 4)) - 32);
+                } else {
+                    dl = d * (float)(sc[is] & 15);
+                    ml = dmin * (float)(sc[is] >> 4);
+                }
+                float *o = y + 128 * n + 32 * j + 16 * h;
+                for (int l = 0; l < 16; l++) {
+                    int v = (qs[32 * n + 16 * h + l] >> (2 * j)) & 3;
+                    if (q3) o[l] = dl * (float)(v - ((hm[16 * h + l] >> (4 * n + j)) & 1 ? 0 : 4));
+                    else o[l] = dl * (float)v - ml;
+                }
+            }
+}
+
 void av_gguf_dequant_row(float *dst, const void *src_row, int t, int cols) {
     const uint8_t *b = src_row;
     int bs = av_ggml_type_size(t);
-    if (t == AV_GGML_Q4_K || t == AV_GGML_Q5_K || t == AV_GGML_Q6_K) {
-        for (int i = 0; i < cols / 256; i++, b += bs, dst += 256)
-            t == AV_GGML_Q4_K ? deq_q4_k(dst, b) : t == AV_GGML_Q5_K ? deq_q5_k(dst, b) : deq_q6_k(dst, b);
+    if (av_ggml_block_size(t) == 256) {
+        for (int i = 0; i < cols / 256; i++, b += bs, dst += 256) {
+            if (t == AV_GGML_Q4_K) deq_q4_k(dst, b);
+            else if (t == AV_GGML_Q5_K) deq_q5_k(dst, b);
+            else if (t == AV_GGML_Q6_K) deq_q6_k(dst, b);
+            else deq_q2_q3_k(dst, b, t);
+        }
         return;
     }
     uint8_t q[32];
@@ -176,8 +244,225 @@ void av_gguf_dequant_row(float *dst, const void *src_row, int t, int cols) {
     }
 }
 
+/* ---- Q4_K writing: ggml's reference quantizer (quantize_row_q4_K_ref) --------------------------- */
+/* Round to nearest, ties to even (ggml's nearest_int for the magnitudes met here). */
+static int near_int(float v) { return (int)lrintf(v); }
+
+/* Best affine fit q in [0, nmax] of x[n] under weights w (ggml's make_qkx2_quants with rmin -1,
+ * rdelta 0.1, 20 steps, squared error): the plain min/max grid first, then the least-squares scale
+ * and min for each of 21 trial grids, keeping the one of least weighted error. Returns the scale,
+ * *neg_min the (non-negative) amount subtracted. */
+static float fit_qkx2(const float *x, const float *w, int n, int nmax, uint8_t *L, float *neg_min) {
+    float lo = x[0], hi = x[0], sum_w = w[0], sum_x = sum_w * x[0];
+    for (int i = 1; i < n; i++) {
+        if (x[i] < lo) lo = x[i];
+        if (x[i] > hi) hi = x[i];
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if (lo > 0) lo = 0;
+    if (hi == lo) {
+        memset(L, 0, (size_t)n);
+        *neg_min = -lo;
+        return 0;
+    }
+    float iscale = nmax / (hi - lo), scale = 1 / iscale, best = 0;
+    for (int i = 0; i < n; i++) {
+        int l = near_int(iscale * (x[i] - lo));
+        L[i] = (uint8_t)(l < 0 ? 0 : l > nmax ? nmax : l);
+        float diff = scale * L[i] + lo - x[i];
+        best += w[i] * (diff * diff);
+    }
+    uint8_t aux[256];
+    for (int step = 0; step <= 20; step++) {
+        iscale = (-1.0f + 0.1f * step + nmax) / (hi - lo);
+        float sl = 0, sl2 = 0, sxl = 0;
+        for (int i = 0; i < n; i++) {
+            int l = near_int(iscale * (x[i] - lo));
+            l = l < 0 ? 0 : l > nmax ? nmax : l;
+            aux[i] = (uint8_t)l;
+            sl += w[i] * l;
+            sl2 += w[i] * l * l;
+            sxl += w[i] * l * x[i];
+        }
+        float D = sum_w * sl2 - sl * sl;
+        if (D > 0) {
+            float s = (sum_w * sxl - sum_x * sl) / D, m = (sl2 * sum_x - sl * sxl) / D;
+            if (m > 0) {
+                m = 0;
+                s = sxl / sl2;
+            }
+            float err = 0;
+            for (int i = 0; i < n; i++) {
+                float diff = s * aux[i] + m - x[i];
+                err += w[i] * (diff * diff);
+            }
+            if (err < best) {
+                memcpy(L, aux, (size_t)n);
+                best = err;
+                scale = s;
+                lo = m;
+            }
+        }
+    }
+    *neg_min = -lo;
+    return scale;
+}
+
+/* One Q4_K block of 256 values: each 32-value sub-block fitted (weights rms + |x|), the 8 scales
+ * and mins quantized to 6 bits against d = max scale / 63 and dmin = max min / 63 (f16), then the
+ * codes recomputed with the stored scales: q = round((x + dmin*m) / (d*sc)) clamped to [0, 15]. */
+static void quant_q4_k(uint8_t *o, const float *x) {
+    float sc[8], mn[8], w[32], max_sc = 0, max_mn = 0;
+    uint8_t L[256];
+    for (int j = 0; j < 8; j++) {
+        const float *v = x + 32 * j;
+        float s2 = 0;
+        for (int l = 0; l < 32; l++) s2 += v[l] * v[l];
+        float av = sqrtf(s2 / 32);
+        for (int l = 0; l < 32; l++) w[l] = av + fabsf(v[l]);
+        sc[j] = fit_qkx2(v, w, 32, 15, L + 32 * j, &mn[j]);
+        if (sc[j] > max_sc) max_sc = sc[j];
+        if (mn[j] > max_mn) max_mn = mn[j];
+    }
+    float inv_sc = max_sc > 0 ? 63.0f / max_sc : 0.0f, inv_mn = max_mn > 0 ? 63.0f / max_mn : 0.0f;
+    uint8_t *S = o + 4;
+    memset(S, 0, 12);
+    for (int j = 0; j < 8; j++) {
+        int ls = near_int(inv_sc * sc[j]), lm = near_int(inv_mn * mn[j]);
+        ls = ls > 63 ? 63 : ls;
+        lm = lm > 63 ? 63 : lm;
+        if (j < 4) {
+            S[j] = (uint8_t)ls;
+            S[j + 4] = (uint8_t)lm;
+        } else {
+            S[j + 4] = (uint8_t)((ls & 15) | ((lm & 15) << 4));
+            S[j - 4] |= (uint8_t)((ls >> 4) << 6);
+            S[j] |= (uint8_t)((lm >> 4) << 6);
+        }
+    }
+    uint16_t hd = av_f32_to_f16(max_sc / 63.0f), hm = av_f32_to_f16(max_mn / 63.0f);
+    memcpy(o, &hd, 2);
+    memcpy(o + 2, &hm, 2);
+    float d = av_f16_to_f32(hd), dmin = av_f16_to_f32(hm);
+    for (int j = 0; j < 8; j++) {
+        uint8_t s, m;
+        k_scale_min(j, S, &s, &m);
+        float dd = d * s;
+        if (dd == 0.0f) continue;
+        float dm = dmin * m;
+        for (int l = 0; l < 32; l++) {
+            int q = near_int((x[32 * j + l] + dm) / dd);
+            L[32 * j + l] = (uint8_t)(q < 0 ? 0 : q > 15 ? 15 : q);
+        }
+    }
+    uint8_t *qs = o + 16;
+    for (int j = 0; j < 256; j += 64, qs += 32)
+        for (int l = 0; l < 32; l++) qs[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+}
+
+/* ---- Q6_K writing: ggml's reference quantizer (quantize_row_q6_K_ref) --------------------------- */
+/* Symmetric fit of x[n] to integers in [-nmax, nmax-1] weighted by x^2 (ggml's make_qx_quants with
+ * rmse_type 1): the grid through the value of largest magnitude, then 18 nearby grids, keeping the
+ * least-squares scale of the best. L gets the codes + nmax. Returns the scale. */
+static float fit_qx(const float *x, int n, int nmax, uint8_t *L) {
+    float hi = 0, amax = 0;
+    for (int i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        if (a > amax) {
+            amax = a;
+            hi = x[i];
+        }
+    }
+    if (amax < 1e-15f) {
+        memset(L, 0, (size_t)n);
+        return 0;
+    }
+    float iscale = -nmax / hi, sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        int l = near_int(iscale * x[i]);
+        l = l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l;
+        L[i] = (uint8_t)(l + nmax);
+        float w = x[i] * x[i];
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    float scale = suml2 ? sumlx / suml2 : 0.0f, best = scale * sumlx;
+    for (int is = -9; is <= 9; is++) {
+        if (is == 0) continue;
+        iscale = -(nmax + 0.1f * is) / hi;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; i++) {
+            int l = near_int(iscale * x[i]);
+            l = l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l;
+            float w = x[i] * x[i];
+            sumlx += w * x[i] * l;
+            suml2 += w * l * l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; i++) {
+                int l = near_int(iscale * x[i]);
+                L[i] = (uint8_t)(nmax + (l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l));
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+/* One Q6_K block: 16 sub-blocks of 16 fitted symmetrically, their scales quantized to int8 against
+ * d = -(scale of largest magnitude)/128 (f16), codes recomputed with the stored scales, clamped to
+ * [-32, 31], stored +32 as 4 low bits (ql) and 2 high bits (qh). */
+static void quant_q6_k(uint8_t *o, const float *x) {
+    float sc[16], max_sc = 0, max_abs = 0;
+    uint8_t L[256];
+    for (int b = 0; b < 16; b++) {
+        sc[b] = fit_qx(x + 16 * b, 16, 32, L + 16 * b);
+        if (fabsf(sc[b]) > max_abs) {
+            max_abs = fabsf(sc[b]);
+            max_sc = sc[b];
+        }
+    }
+    memset(o, 0, 210);
+    if (max_abs < 1e-15f) return;
+    float iscale = -128.0f / max_sc;
+    uint16_t hd = av_f32_to_f16(1 / iscale);
+    memcpy(o + 208, &hd, 2);
+    int8_t *S = (int8_t *)(o + 192);
+    for (int b = 0; b < 16; b++) {
+        int v = near_int(iscale * sc[b]);
+        S[b] = (int8_t)(v > 127 ? 127 : v);
+    }
+    float d0 = av_f16_to_f32(hd);
+    for (int b = 0; b < 16; b++) {
+        float d = d0 * S[b];
+        if (d == 0.0f) continue;
+        for (int i = 0; i < 16; i++) {
+            int l = near_int(x[16 * b + i] / d);
+            L[16 * b + i] = (uint8_t)((l < -32 ? -32 : l > 31 ? 31 : l) + 32);
+        }
+    }
+    uint8_t *ql = o, *qh = o + 128;
+    for (int j = 0; j < 256; j += 128, ql += 64, qh += 32)
+        for (int l = 0; l < 32; l++) {
+            const uint8_t *q = L + j + l;
+            ql[l] = (uint8_t)((q[0] & 15) | ((q[64] & 15) << 4));
+            ql[l + 32] = (uint8_t)((q[32] & 15) | ((q[96] & 15) << 4));
+            qh[l] = (uint8_t)((q[0] >> 4) | ((q[32] >> 4) << 2) | ((q[64] >> 4) << 4) | ((q[96] >> 4) << 6));
+        }
+}
+
 int av_gguf_quant_row(void *dst, const float *src, int t, int cols) {
+    if (t == AV_GGML_Q6_K) {
+        for (int b = 0; b < cols / 256; b++) quant_q6_k((uint8_t *)dst + (size_t)b * 210, src + (size_t)b * 256);
+        return 0;
+    }
     uint8_t *o = dst;
+    if (t == AV_GGML_Q4_K) {
+        for (int b = 0; b < cols / 256; b++) quant_q4_k(o + (size_t)b * 144, src + (size_t)b * 256);
+        return 0;
+    }
     if (t != AV_GGML_Q8_0 && t != AV_GGML_Q4_0) return -1;
     for (int b = 0; b < cols / 32; b++) {
         const float *x = src + (size_t)b * 32;

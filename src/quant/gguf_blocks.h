@@ -1,6 +1,7 @@
 /* GGUF (ggml) block formats: which tensor types anvil keeps as they are (F32, F16, BF16), which it
  * repacks exactly into MLX's affine layout (group 32: Q8_0 and Q4_0/Q5_0 as scale d, bias -128d /
- * -8d / -16d; Q4_1/Q5_1 as scale d, bias m), and which it dequantizes to f32 at load (K-quants). */
+ * -8d / -16d; Q4_1/Q5_1 as scale d, bias m; Q4_K/Q5_K per 32-element sub-block as scale d*sc, bias
+ * -dmin*m), and which it dequantizes to f32 at load (Q2_K, Q3_K, Q6_K: 16-element sub-blocks). */
 #ifndef AV_QUANT_GGUF_BLOCKS_H
 #define AV_QUANT_GGUF_BLOCKS_H
 #include <stdint.h>
@@ -10,13 +11,13 @@
 int av_gguf_native_dtype(int ggml_type);
 /* Bits of the MLX affine layout (group 32) a type repacks to exactly (8, 5 or 4), 0 if none. */
 int av_gguf_repack_bits(int ggml_type);
-/* 1 when av_gguf_dequant_row handles the type (the repackable ones and the K-quants). */
+/* 1 when av_gguf_dequant_row handles the type (the repackable ones, Q2_K, Q3_K and Q6_K). */
 int av_gguf_can_dequant(int ggml_type);
 
 /* Scale/bias dtype the repack needs: F16 when every scale and bias is exact in f16, else F32.
- * src: `nblocks` blocks of the type. */
+ * src: `nblocks` blocks of the type (of 32 values, or 256 for Q4_K/Q5_K). */
 av_dtype av_gguf_repack_scale_dtype(int ggml_type, const void *src, int64_t nblocks);
-/* Repacks rows x cols (cols % 32 == 0) into MLX words packed[rows][cols*bits/32] (zeroed by the
+/* Repacks rows x cols (cols a multiple of the type's block) into MLX words packed[rows][cols*bits/32] (zeroed by the
  * caller), scales/biases[rows][cols/32] as sdt. Destination row r is source row row_map[r]
  * (row_map NULL: the same row). */
 void av_gguf_repack(uint32_t *packed, void *scales, void *biases, av_dtype sdt, const void *src, int ggml_type, int rows,
@@ -24,11 +25,14 @@ void av_gguf_repack(uint32_t *packed, void *scales, void *biases, av_dtype sdt, 
 /* Dequantizes one row of `cols` values (whole blocks) to f32. */
 void av_gguf_dequant_row(float *dst, const void *src_row, int ggml_type, int cols);
 
-/* Quantizes one row of `cols` f32 values (cols % 32 == 0) into Q8_0 or Q4_0 blocks with ggml's
- * reference rounding (quantize_row_q8_0_ref / quantize_row_q4_0_ref): Q8_0 d = absmax/127,
+/* Quantizes one row of `cols` f32 values (cols % 32 == 0; K-quants: % 256) into Q8_0, Q4_0, Q4_K or Q6_K
+ * blocks with ggml's reference rounding (quantize_row_{q8_0,q4_0,q4_K,q6_K}_ref): Q8_0 d = absmax/127,
  * q = roundf(x/d); Q4_0 d = -m/8 for m the value of largest magnitude (first one on ties),
- * q = min(15, trunc(x/d + 8.5)); d stored as f16, the codes computed with the f32 d. Returns 0, or
- * -1 for another type. */
+ * q = min(15, trunc(x/d + 8.5)); d stored as f16, the codes computed with the f32 d. Q4_K: each
+ * 32-value sub-block's scale and min fitted by weighted least squares over 21 trial grids, quantized
+ * to 6 bits against f16 super-block d/dmin, codes recomputed from the stored values. Q6_K: each
+ * 16-value sub-block fitted symmetrically (x^2-weighted, 19 trial grids), int8 scales against an f16
+ * d, codes recomputed. Returns 0, or -1 for another type. */
 int av_gguf_quant_row(void *dst, const float *src, int ggml_type, int cols);
 
 #endif
