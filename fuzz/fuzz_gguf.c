@@ -1,6 +1,7 @@
 /* libFuzzer target: the GGUF reader over the input bytes (av_gguf_open_mem, the same parser as
  * files), then every key through every typed getter, every array element, every tensor info, the
- * llama config extraction and the tokenizer builder (plus a short encode/decode with it). Inputs the
+ * tokenizer builder (plus a short encode/decode with it), the llama config extraction and the
+ * binding of the tensors as model weights (repacking/dequantization included). Inputs the
  * reader rejects end there; nothing may crash, leak or trip UBSan. Build and run: `make fuzz`. */
 #include "anvil.h"
 #include "formats/gguf.h"
@@ -59,26 +60,39 @@ static void use_tokenizer(const av_tokenizer *t) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    av_gguf_file f;
-    if (av_gguf_open_mem(&f, data, size, "fuzz.gguf") != AV_OK) return 0;
-    for (int i = 0; i < f.n_kv; i++) {
-        const av_gguf_kv *kv = av_gguf_find(&f, f.kv[i].key);
-        if (kv) read_kv(&f, kv);
+    av_gguf_file *fp = malloc(sizeof *fp);
+    if (!fp) return 0;
+    if (av_gguf_open_mem(fp, data, size, "fuzz.gguf") != AV_OK) { free(fp); return 0; }
+    const av_gguf_file *f = fp;
+    for (int i = 0; i < f->n_kv; i++) {
+        const av_gguf_kv *kv = av_gguf_find(f, f->kv[i].key);
+        if (kv) read_kv(f, kv);
     }
-    (void)av_gguf_find(&f, "no.such.key");
-    for (int i = 0; i < f.n_tensors; i++) {
-        const av_gguf_tensor *t = av_gguf_tensor_find(&f, f.tensors[i].name);
+    (void)av_gguf_find(f, "no.such.key");
+    for (int i = 0; i < f->n_tensors; i++) {
+        const av_gguf_tensor *t = av_gguf_tensor_find(f, f->tensors[i].name);
         if (!t) continue;
         sink += (uint64_t)av_gguf_numel(t) + (uint64_t)strlen(av_ggml_type_name(t->type));
         if (t->nbytes) sink += ((const uint8_t *)t->data)[0] + ((const uint8_t *)t->data)[t->nbytes - 1];
     }
-    av_config c;
-    if (av_gguf_config(&c, &f) == AV_OK) sink += (uint64_t)c.vocab_size;
     av_tokenizer *tok = NULL;
-    if (tk_gguf_from_file(&tok, &f) == AV_OK) {
+    if (tk_gguf_from_file(&tok, f) == AV_OK) {
         use_tokenizer(tok);
         av_tokenizer_free(tok);
     }
-    av_gguf_close(&f);
+    /* config, then the tensors bound as weights (as av_model_load does; the model owns the file) */
+    av_config c;
+    av_model *m = NULL;
+    if (av_gguf_config(&c, f) == AV_OK && (m = calloc(1, sizeof *m)) && (m->layers = calloc((size_t)c.n_layers, sizeof *m->layers))) {
+        m->be = av_backend_cpu();
+        m->cfg = c;
+        m->gguf = fp;
+        if (av_model_bind_gguf(m) == AV_OK) sink += (uint64_t)m->weight_bytes;
+        av_model_free(m);
+        return 0;
+    }
+    if (m) free(m);
+    av_gguf_close(fp);
+    free(fp);
     return 0;
 }

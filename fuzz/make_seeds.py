@@ -94,3 +94,54 @@ cut(f"{FX}/vocab-llama2.gguf", "fuzz/seeds/vocab-llama2-v300.gguf", 300)
 cut(f"{FX}/vocab-gpt2.gguf", "fuzz/seeds/vocab-gpt2-v300.gguf", 300)
 cut(f"{FX}/vocab-llama3.gguf", "fuzz/seeds/vocab-llama3-v300.gguf", 300)
 cut(f"{FX}/vocab-qwen2.gguf", "fuzz/seeds/vocab-qwen2-v300.gguf", 300)
+
+
+def tiny_model(out, src=f"{FX}/vocab-llama2.gguf", V=64, D=32, F=64, H=4, KV=2, L=1):
+    """A whole (random) llama model small enough to fuzz: every weight type the binder converts."""
+    import random
+    rnd = random.Random(7)
+    ver, kv, _, _, _ = load(src)
+    u32 = lambda v: struct.pack("<I", v)
+    keys = [(b"general.architecture", 8, b"llama"), (b"llama.embedding_length", 4, u32(D)),
+            (b"llama.feed_forward_length", 4, u32(F)), (b"llama.block_count", 4, u32(L)),
+            (b"llama.attention.head_count", 4, u32(H)), (b"llama.attention.head_count_kv", 4, u32(KV)),
+            (b"llama.context_length", 4, u32(128)), (b"llama.rope.freq_base", 6, struct.pack("<f", 10000.0)),
+            (b"llama.attention.layer_norm_rms_epsilon", 6, struct.pack("<f", 1e-5))]
+    for k, t, v in kv:
+        if k.startswith(b"tokenizer.") and k.decode() in TOKEN_KEYS: keys.append((k, t, (v[0], v[1][:V])))
+        elif k in (b"tokenizer.ggml.model", b"tokenizer.ggml.bos_token_id", b"tokenizer.ggml.eos_token_id"): keys.append((k, t, v))
+    block = {0: (1, 4), 1: (1, 2), 30: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34)}
+    qd = (D // H) * H
+    tensors = [("token_embd.weight", [D, V], 8), ("output_norm.weight", [D], 0), ("output.weight", [D, V], 2)]
+    for l in range(L):
+        tensors += [(f"blk.{l}.attn_q.weight", [D, qd], 3), (f"blk.{l}.attn_k.weight", [D, KV * D // H], 6),
+                    (f"blk.{l}.attn_v.weight", [D, KV * D // H], 7), (f"blk.{l}.attn_output.weight", [qd, D], 1),
+                    (f"blk.{l}.ffn_gate.weight", [D, F], 30), (f"blk.{l}.ffn_up.weight", [D, F], 8),
+                    (f"blk.{l}.ffn_down.weight", [F, D], 0), (f"blk.{l}.attn_norm.weight", [D], 0),
+                    (f"blk.{l}.ffn_norm.weight", [D], 0)]
+    body = b"".join(struct.pack("<Q", len(k)) + k + struct.pack("<I", t) + write_value(t, v) for k, t, v in keys)
+    infos, blob = b"", b""
+    for name, ne, ty in tensors:
+        blk, size = block[ty]
+        n = 1
+        for e in ne: n *= e
+        if ty == 0: payload = b"".join(struct.pack("<f", rnd.uniform(-1, 1)) for _ in range(n))
+        elif ty in (1, 30): payload = bytes(rnd.randrange(256) if i % 2 == 0 else 0x3c for i in range(2 * n))
+        else:
+            payload = b""
+            for _ in range(n // blk):
+                b = bytearray(rnd.randrange(256) for _ in range(size))
+                b[0:2] = struct.pack("<e", 0.01)
+                if ty in (3, 7): b[2:4] = struct.pack("<e", -0.05)
+                payload += bytes(b)
+        nm = name.encode()
+        infos += struct.pack("<Q", len(nm)) + nm + struct.pack("<I", len(ne)) + b"".join(struct.pack("<Q", e) for e in ne)
+        infos += struct.pack("<IQ", ty, len(blob))
+        blob += payload + b"\0" * (-len(payload) % 32)
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(keys)) + body + infos
+    head += b"\0" * (-len(head) % 32)
+    open(out, "wb").write(head + blob)
+    print(out, len(head + blob))
+
+
+tiny_model("fuzz/seeds/tiny-llama-v64.gguf")
