@@ -124,10 +124,10 @@ fuzz-build: $(FUZZ_BIN)
 fuzz: fuzz-build
 	@mkdir -p $(FUZZ_DIR)/corpus-gguf $(FUZZ_DIR)/corpus-safetensors
 	@cp tests/fixtures/gguf/*.gguf fuzz/seeds/*.gguf $(FUZZ_DIR)/corpus-gguf/
-	@cp tests/fixtures/gguf/expected.safetensors tests/fixtures/optimizer/steps.safetensors $(FUZZ_DIR)/corpus-safetensors/
+	@cp tests/fixtures/gguf/expected.safetensors tests/fixtures/optimizer/steps.safetensors fuzz/seeds/*.safetensors $(FUZZ_DIR)/corpus-safetensors/
 	$(FUZZ_DIR)/fuzz_gguf -runs=$(FUZZ_RUNS) -max_len=$(FUZZ_MAXLEN) -dict=fuzz/gguf.dict -artifact_prefix=$(FUZZ_DIR)/ \
 	   -print_final_stats=1 $(FUZZ_ARGS) $(FUZZ_DIR)/corpus-gguf
-	$(FUZZ_DIR)/fuzz_safetensors -runs=$(FUZZ_RUNS) -max_len=$(FUZZ_MAXLEN) -artifact_prefix=$(FUZZ_DIR)/ \
+	$(FUZZ_DIR)/fuzz_safetensors -runs=$(FUZZ_RUNS) -max_len=$(FUZZ_MAXLEN) -dict=fuzz/safetensors.dict -artifact_prefix=$(FUZZ_DIR)/ \
 	   -print_final_stats=1 $(FUZZ_ARGS) $(FUZZ_DIR)/corpus-safetensors
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(if $(filter fuzz fuzz-build,$(MAKECMDGOALS)),$(FUZZ_OBJ:.o=.d))
