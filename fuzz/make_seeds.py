@@ -94,6 +94,8 @@ cut(f"{FX}/vocab-llama2.gguf", "fuzz/seeds/vocab-llama2-v300.gguf", 300)
 cut(f"{FX}/vocab-gpt2.gguf", "fuzz/seeds/vocab-gpt2-v300.gguf", 300)
 cut(f"{FX}/vocab-llama3.gguf", "fuzz/seeds/vocab-llama3-v300.gguf", 300)
 cut(f"{FX}/vocab-qwen2.gguf", "fuzz/seeds/vocab-qwen2-v300.gguf", 300)
+cut(f"{FX}/vocab-llama2.gguf", "fuzz/seeds/vocab-llama2-v3.gguf", 3)
+cut(f"{FX}/vocab-gpt2.gguf", "fuzz/seeds/vocab-gpt2-v3.gguf", 3)
 
 
 def tiny_model(out, src=f"{FX}/vocab-llama2.gguf", V=64, D=32, F=64, H=4, KV=2, L=1):
