@@ -39,7 +39,7 @@ ifeq ($(CUDA),1)
   LDLIBS    += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lcublasLt -lcublas -lcudart -lstdc++ -ldl -lrt
 endif
 
-.PHONY: all setup test test-long bench asan clean info
+.PHONY: all setup test test-long bench asan clean info fuzz fuzz-build
 all: info $(BUILD)/anvil
 
 info:
@@ -90,6 +90,44 @@ bench: setup
 	@bench/run.sh $(BUILD)
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
+# --- fuzzing (clang's libFuzzer; not part of `make test`) --------------------------------------
+# `make fuzz`: builds build-fuzz/fuzz_gguf and fuzz_safetensors (library compiled for coverage under
+# ASan + UBSan), seeds build-fuzz/corpus-* from the fixtures and fuzz/seeds, and runs each target for
+# FUZZ_RUNS executions (one process). Crashing inputs land in build-fuzz/ (crash-*, leak-*).
+FUZZ_CC     ?= clang
+FUZZ_RUNS   ?= 100000
+FUZZ_MAXLEN ?= 65536
+FUZZ_ARGS   ?=
+FUZZ_DIR    := build-fuzz
+FUZZ_SAN    := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -mf16c -fno-omit-frame-pointer -Wall -Wextra -Werror -fopenmp -Iinclude -Isrc -MMD -MP \
+               $(if $(HAVE_OPENBLAS),-DAV_HAVE_BLAS)
+FUZZ_OBJ    := $(LIB_SRC:%.c=$(FUZZ_DIR)/%.o)
+FUZZ_BIN    := $(FUZZ_DIR)/fuzz_gguf $(FUZZ_DIR)/fuzz_safetensors
+
+$(FUZZ_DIR)/src/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(FUZZ_SAN) -c -o $@ $<
+
+$(FUZZ_DIR)/libanvil.a: $(FUZZ_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_DIR)/libanvil.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $< $(FUZZ_DIR)/libanvil.a \
+	   $(filter-out -L%cuda% -lcublas% -lcudart -lstdc++ -ldl -lrt -fopenmp,$(LDLIBS))
+
+fuzz-build: $(FUZZ_BIN)
+
+fuzz: fuzz-build
+	@mkdir -p $(FUZZ_DIR)/corpus-gguf $(FUZZ_DIR)/corpus-safetensors
+	@cp tests/fixtures/gguf/*.gguf fuzz/seeds/*.gguf $(FUZZ_DIR)/corpus-gguf/
+	@cp tests/fixtures/gguf/expected.safetensors tests/fixtures/optimizer/steps.safetensors fuzz/seeds/*.safetensors $(FUZZ_DIR)/corpus-safetensors/
+	$(FUZZ_DIR)/fuzz_gguf -runs=$(FUZZ_RUNS) -max_len=$(FUZZ_MAXLEN) -dict=fuzz/gguf.dict -artifact_prefix=$(FUZZ_DIR)/ \
+	   -print_final_stats=1 $(FUZZ_ARGS) $(FUZZ_DIR)/corpus-gguf
+	$(FUZZ_DIR)/fuzz_safetensors -runs=$(FUZZ_RUNS) -max_len=$(FUZZ_MAXLEN) -dict=fuzz/safetensors.dict -artifact_prefix=$(FUZZ_DIR)/ \
+	   -print_final_stats=1 $(FUZZ_ARGS) $(FUZZ_DIR)/corpus-safetensors
+
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(if $(filter fuzz fuzz-build,$(MAKECMDGOALS)),$(FUZZ_OBJ:.o=.d))

@@ -7,6 +7,8 @@
 #include "core/memory.h"
 #include "core/status.h"
 #include "formats/gguf.h"
+#include "formats/safetensors.h"
+#include "tokenizer/tok_internal.h"
 #include "model/llama.h"
 #include "quant/affine.h"
 #include "quant/gguf_blocks.h"
@@ -330,6 +332,75 @@ static void check_k256(void) {
     av_st_close(&ex);
 }
 
+/* ---- inputs the fuzzer (fuzz/fuzz_gguf.c) found: small GGUF files built in memory ---- */
+typedef struct { uint8_t b[4096]; size_t n; } gbuf;
+static void g_put(gbuf *g, const void *p, size_t n) { if (g->n + n <= sizeof g->b) { memcpy(g->b + g->n, p, n); g->n += n; } }
+static void g_u32(gbuf *g, uint32_t v) { g_put(g, &v, 4); }
+static void g_u64(gbuf *g, uint64_t v) { g_put(g, &v, 8); }
+static void g_str(gbuf *g, const char *s) { g_u64(g, strlen(s)); g_put(g, s, strlen(s)); }
+static void g_head(gbuf *g, uint64_t nkv) { g->n = 0; g_put(g, "GGUF", 4); g_u32(g, 3); g_u64(g, 0); g_u64(g, nkv); }
+static void g_kv_str(gbuf *g, const char *k, const char *v) { g_str(g, k); g_u32(g, AV_GGUF_STR); g_str(g, v); }
+static void g_kv_strs(gbuf *g, const char *k, int n, const char *const *v) {
+    g_str(g, k); g_u32(g, AV_GGUF_ARR); g_u32(g, AV_GGUF_STR); g_u64(g, (uint64_t)n);
+    for (int i = 0; i < n; i++) g_str(g, v[i]);
+}
+static void g_kv_f32s(gbuf *g, const char *k, int n, const float *v) {
+    g_str(g, k); g_u32(g, AV_GGUF_ARR); g_u32(g, AV_GGUF_F32); g_u64(g, (uint64_t)n); g_put(g, v, 4 * (size_t)n);
+}
+
+static void check_fuzz_found(void) {
+    av_gguf_file f;
+    av_tokenizer *t = NULL;
+    /* no bytes at all, and a lone magic: one-line errors */
+    CHECK(av_gguf_open_mem(&f, NULL, 0, "empty") != AV_OK && strstr(av_last_error(), "empty"), "%s", av_last_error());
+    CHECK(av_gguf_open_mem(&f, "GGUF", 4, "magic") != AV_OK && strstr(av_last_error(), "truncated"), "%s", av_last_error());
+    /* a SentencePiece vocabulary of one piece and no bos/eos keys: the default ids 1 and 2 do not exist
+     * (read past the piece offsets before) -> no BOS/EOS */
+    gbuf g;
+    const char *one[] = {"<unk>"};
+    g_head(&g, 2);
+    g_kv_str(&g, "tokenizer.ggml.model", "llama");
+    g_kv_strs(&g, "tokenizer.ggml.tokens", 1, one);
+    CHECK_OK(av_gguf_open_mem(&f, g.b, g.n, "one-piece"));
+    if (f.n_kv) {
+        CHECK_OK(tk_gguf_from_file(&t, &f));
+        if (t) {
+            CHECK(t->bos_id == -1 && t->eos_id == -1 && !t->add_bos, "bos %d eos %d", t->bos_id, t->eos_id);
+            int32_t *ids = NULL;
+            int n = 0;
+            CHECK_OK(av_tokenizer_encode(t, "ab", 2, 1, &ids, &n));
+            free(ids);
+        }
+        av_tokenizer_free(t);
+        t = NULL;
+        av_gguf_close(&f);
+    }
+    /* token_type given as float32 with values outside int64 (and NaN): no UB converting them */
+    const char *three[] = {"<unk>", "<s>", "</s>"};
+    const float types[] = {1e30f, -1e30f, NAN};
+    g_head(&g, 3);
+    g_kv_str(&g, "tokenizer.ggml.model", "llama");
+    g_kv_strs(&g, "tokenizer.ggml.tokens", 3, three);
+    g_kv_f32s(&g, "tokenizer.ggml.token_type", 3, types);
+    CHECK_OK(av_gguf_open_mem(&f, g.b, g.n, "float-types"));
+    if (f.n_kv) {
+        const av_gguf_kv *a = NULL;
+        CHECK_OK(av_gguf_get_arr(&f, "tokenizer.ggml.token_type", -1, -1, &a));
+        if (a) CHECK(av_gguf_arr_i64(a, 0) == INT64_MAX && av_gguf_arr_i64(a, 1) == INT64_MIN && av_gguf_arr_i64(a, 2) == 0, "saturation");
+        CHECK_OK(tk_gguf_from_file(&t, &f));
+        av_tokenizer_free(t);
+        av_gguf_close(&f);
+    }
+    /* safetensors: data offsets beyond any size (a double that does not fit size_t) */
+    static const char js[] = "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,1e300]}}";
+    uint8_t st[128];
+    uint64_t hl = sizeof js - 1;
+    memcpy(st, &hl, 8);
+    memcpy(st + 8, js, hl);
+    av_st_file sf;
+    CHECK(av_st_open_mem(&sf, st, 8 + hl, "huge-offset") != AV_OK && strstr(av_last_error(), "'a'"), "%s", av_last_error());
+}
+
 int main(void) {
     check_logits();
     check_k256();
@@ -341,5 +412,6 @@ int main(void) {
     check_tokens("gguf/vocab-llama3.gguf", "tok_llama3/expected.jsonl", "ids", 100000);
     check_tokens("gguf/vocab-qwen2.gguf", "tok_qwen2/expected.jsonl", "ids", 100000);
     check_bad();
+    check_fuzz_found();
     return TEST_SUMMARY();
 }

@@ -21,8 +21,12 @@ void av_convert_to_f32(float *dst, const void *src, av_dtype t, size_t n) {
     if (t == AV_BF16) {
         for (size_t i = 0; i < n; i++) dst[i] = av_bf16_to_f32(s[i]);
     } else {
+#ifdef AV_F16_VIA_F16C
+        for (size_t i = 0; i < n; i++) dst[i] = av_f16_to_f32(s[i]);
+#else
         const _Float16 *h = (const _Float16 *)src;
         for (size_t i = 0; i < n; i++) dst[i] = (float)h[i];
+#endif
     }
 }
 

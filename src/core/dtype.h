@@ -7,6 +7,16 @@
 #include <string.h>
 #include "anvil.h"
 
+/* clang before 15 has no _Float16 on x86-64 without AVX512-FP16 (the fuzz build): F16C's
+ * instructions convert identically (IEEE round to nearest even) and need -mf16c. */
+#if defined(__clang__) && __clang_major__ < 15 && defined(__x86_64__) && !defined(__AVX512FP16__)
+#define AV_F16_VIA_F16C 1
+#ifndef __F16C__
+#error "clang < 15 on x86-64: build with -mf16c (no _Float16 support)"
+#endif
+#include <immintrin.h>
+#endif
+
 /* av_dtype, av_dtype_name, av_dtype_parse: include/anvil.h */
 
 static inline size_t av_dtype_size(av_dtype t) {
@@ -28,15 +38,23 @@ static inline uint16_t av_f32_to_bf16(float f) { /* round to nearest even, NaN k
     return (uint16_t)(u >> 16);
 }
 static inline float av_f16_to_f32(uint16_t h) {
+#ifdef AV_F16_VIA_F16C
+    return _cvtsh_ss(h);
+#else
     _Float16 f;
     memcpy(&f, &h, 2);
     return (float)f;
+#endif
 }
 static inline uint16_t av_f32_to_f16(float f) {
+#ifdef AV_F16_VIA_F16C
+    return (uint16_t)_cvtss_sh(f, 0); /* 0: round to nearest even */
+#else
     _Float16 h = (_Float16)f;
     uint16_t u;
     memcpy(&u, &h, 2);
     return u;
+#endif
 }
 /* Converts n elements of `src` (f32/f16/bf16) to f32. */
 void av_convert_to_f32(float *dst, const void *src, av_dtype t, size_t n);

@@ -214,12 +214,26 @@ av_status av_gguf_open(av_gguf_file *f, const char *path) {
     return st;
 }
 
+av_status av_gguf_open_mem(av_gguf_file *f, const void *data, size_t size, const char *name) {
+    memset(f, 0, sizeof *f);
+    snprintf(f->path, sizeof f->path, "%s", name ? name : "(memory)");
+    f->borrowed = 1;
+    static const uint8_t none[1];
+    f->map.data = (void *)(uintptr_t)(data ? data : none);
+    f->map.size = data ? size : 0;
+    av_status st = parse(f);
+    if (st != AV_OK) av_gguf_close(f);
+    return st;
+}
+
 void av_gguf_close(av_gguf_file *f) {
     for (int i = 0; f->kv && i < f->n_kv; i++) { free((char *)f->kv[i].key); free(f->kv[i].strs); }
     for (int i = 0; f->tensors && i < f->n_tensors; i++) free((char *)f->tensors[i].name);
     free(f->kv);
     free(f->tensors);
-    av_file_unmap(&f->map);
+    if (!f->borrowed) av_file_unmap(&f->map);
+    f->map.data = NULL;
+    f->map.size = 0;
     f->kv = NULL;
     f->tensors = NULL;
     f->n_kv = f->n_tensors = 0;
@@ -329,7 +343,12 @@ double av_gguf_arr_f64(const av_gguf_kv *kv, uint64_t i) {
 int64_t av_gguf_arr_i64(const av_gguf_kv *kv, uint64_t i) {
     int64_t v = 0;
     double d = num_at(kv->p + i * (uint64_t)vsize[kv->arr_type], kv->arr_type, &v);
-    return is_int(kv->arr_type) ? v : (int64_t)d;
+    if (is_int(kv->arr_type)) return v;
+    /* a float outside int64's range (or NaN) has no integer value: saturate, NaN -> 0 */
+    if (!(d == d)) return 0;
+    if (d >= 9223372036854775807.0) return INT64_MAX;
+    if (d <= -9223372036854775808.0) return INT64_MIN;
+    return (int64_t)d;
 }
 const char *av_gguf_arr_str(const av_gguf_kv *kv, uint64_t i, size_t *len) {
     uint64_t n;

@@ -51,11 +51,15 @@ typedef struct {
     av_gguf_kv *kv;
     av_gguf_tensor *tensors;
     char *names;            /* key and tensor name copies */
+    int borrowed;           /* map is the caller's buffer (av_gguf_open_mem): not unmapped */
 } av_gguf_file;
 
 /* 1 when path is a regular file that starts with the GGUF magic. */
 int av_gguf_is_file(const char *path);
 av_status av_gguf_open(av_gguf_file *f, const char *path);
+/* The same parser over a caller's buffer (which must outlive f; names and data point into it);
+ * `name` stands for the path in errors. */
+av_status av_gguf_open_mem(av_gguf_file *f, const void *data, size_t size, const char *name);
 void av_gguf_close(av_gguf_file *f);
 
 const av_gguf_kv *av_gguf_find(const av_gguf_file *f, const char *key);

@@ -28,10 +28,15 @@ static av_status parse_header(av_st_file *f) {
     size_t avail = f->map.size - 8 - hlen;
     int count = cJSON_GetArraySize(root);
     f->tensors = calloc((size_t)count + 1, sizeof *f->tensors);
+    if (!f->tensors) {
+        cJSON_Delete(root);
+        return av_fail(AV_ERR_NOMEM, "%s: out of memory", p);
+    }
     av_status st = AV_OK;
     for (cJSON *it = root->child; it; it = it->next) {
         if (!strcmp(it->string, "__metadata__")) {
-            f->metadata_json = cJSON_PrintUnformatted(it);
+            if (f->metadata_json) { st = av_fail(AV_ERR_FORMAT, "%s: two __metadata__ entries", p); break; }
+            if (!(f->metadata_json = cJSON_PrintUnformatted(it))) { st = av_fail(AV_ERR_NOMEM, "%s: out of memory", p); break; }
             continue;
         }
         av_st_tensor *t = &f->tensors[f->n];
@@ -56,8 +61,9 @@ static av_status parse_header(av_st_file *f) {
             numel *= t->shape[i];
             if (numel > (int64_t)1 << 50) { bad = 1; break; }
         }
-        double b0 = cJSON_GetArrayItem(off, 0)->valuedouble, b1 = cJSON_GetArrayItem(off, 1)->valuedouble;
-        if (bad || b0 < 0 || b1 < b0) { st = av_fail(AV_ERR_FORMAT, "%s: tensor '%s' has a bad shape or offsets", p, it->string); break; }
+        const cJSON *o0 = cJSON_GetArrayItem(off, 0), *o1 = cJSON_GetArrayItem(off, 1);
+        double b0 = o0->valuedouble, b1 = o1->valuedouble;
+        if (bad || !cJSON_IsNumber(o0) || !cJSON_IsNumber(o1) || b0 < 0 || b1 < b0 || b1 > 1e15) { st = av_fail(AV_ERR_FORMAT, "%s: tensor '%s' has a bad shape or offsets", p, it->string); break; }
         size_t beg = (size_t)b0, end = (size_t)b1;
         size_t want = (size_t)numel * av_dtype_size(t->dtype);
         if (end - beg != want) {
@@ -69,7 +75,7 @@ static av_status parse_header(av_st_file *f) {
                          it->string, end, avail);
             break;
         }
-        t->name = strdup(it->string);
+        if (!(t->name = strdup(it->string))) { st = av_fail(AV_ERR_NOMEM, "%s: out of memory", p); break; }
         t->data = base + beg;
         t->nbytes = want;
         t->file = f->path;
@@ -88,11 +94,25 @@ av_status av_st_open(av_st_file *f, const char *path) {
     return st;
 }
 
+av_status av_st_open_mem(av_st_file *f, const void *data, size_t size, const char *name) {
+    static const uint8_t none[1];
+    memset(f, 0, sizeof *f);
+    snprintf(f->path, sizeof f->path, "%s", name ? name : "(memory)");
+    f->borrowed = 1;
+    f->map.data = (void *)(uintptr_t)(data ? data : none);
+    f->map.size = data ? size : 0;
+    av_status st = parse_header(f);
+    if (st != AV_OK) av_st_close(f);
+    return st;
+}
+
 void av_st_close(av_st_file *f) {
     for (int i = 0; i < f->n; i++) free(f->tensors[i].name);
     free(f->tensors);
     free(f->metadata_json);
-    av_file_unmap(&f->map);
+    if (!f->borrowed) av_file_unmap(&f->map);
+    f->map.data = NULL;
+    f->map.size = 0;
     f->tensors = NULL;
     f->metadata_json = NULL;
     f->n = 0;

@@ -24,9 +24,12 @@ typedef struct {
     int n;
     av_st_tensor *tensors;
     char *metadata_json; /* the "__metadata__" object as JSON text, or NULL */
+    int borrowed;        /* map is the caller's buffer (av_st_open_mem): not unmapped */
 } av_st_file;
 
 av_status av_st_open(av_st_file *f, const char *path);
+/* The same parser over a caller's buffer (which must outlive f); `name` stands for the path in errors. */
+av_status av_st_open_mem(av_st_file *f, const void *data, size_t size, const char *name);
 void av_st_close(av_st_file *f);
 const av_st_tensor *av_st_find(const av_st_file *f, const char *name);
 int64_t av_st_numel(const av_st_tensor *t);

@@ -130,7 +130,8 @@ static av_status load(av_tokenizer *t, const av_gguf_file *f) {
         }
         at += l + 1;
     }
-    int unk = spm ? 0 : -1, bos = spm ? 1 : -1, eos = spm ? 2 : -1, add_bos = spm, add_eos = 0, space = spm;
+    /* SentencePiece's defaults (unk 0, bos 1, eos 2) only where the vocabulary has those ids */
+    int unk = spm ? 0 : -1, bos = spm && n > 1 ? 1 : -1, eos = spm && n > 2 ? 2 : -1, add_bos = spm, add_eos = 0, space = spm;
     AV_TRY(av_gguf_get_int(f, "tokenizer.ggml.unknown_token_id", 0, n - 1, &unk));
     AV_TRY(av_gguf_get_int(f, "tokenizer.ggml.bos_token_id", 0, n - 1, &bos));
     AV_TRY(av_gguf_get_int(f, "tokenizer.ggml.eos_token_id", 0, n - 1, &eos));
@@ -166,4 +167,14 @@ av_status tk_gguf_load(av_tokenizer *t, const char *path) {
     av_status st = load(t, &f);
     av_gguf_close(&f);
     return st;
+}
+
+av_status tk_gguf_from_file(av_tokenizer **out, const av_gguf_file *f) {
+    *out = NULL;
+    av_tokenizer *t = tk_new();
+    if (!t) return av_fail(AV_ERR_NOMEM, "%s: out of memory", f->path);
+    av_status st = load(t, f);
+    if (st) { av_tokenizer_free(t); return st; }
+    *out = t;
+    return AV_OK;
 }

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "core/status.h"
+#include "formats/gguf.h"
 
 /* ---- growable buffers ---------------------------------------------------------------------- */
 typedef struct { char *p; size_t n, cap; } tk_buf;
@@ -81,6 +82,8 @@ struct av_tokenizer {
     int add_bos, add_eos;
 };
 
+/* tokenizer.c: an empty tokenizer (no byte ids, no special ids); NULL when out of memory */
+av_tokenizer *tk_new(void);
 /* Piece text of an id (NULL if none); *len set when non-NULL. */
 const char *tk_piece(const av_tokenizer *t, int id, size_t *len);
 
@@ -88,6 +91,9 @@ const char *tk_piece(const av_tokenizer *t, int id, size_t *len);
 av_status tk_hf_load(av_tokenizer *t, const char *path);
 /* gguf_vocab.c: fills t (and its BOS/EOS settings) from a GGUF file's tokenizer.* keys */
 av_status tk_gguf_load(av_tokenizer *t, const char *path);
+/* the same over an open file; *out is a new tokenizer (av_tokenizer_free) */
+av_status tk_gguf_from_file(av_tokenizer **out, const av_gguf_file *f);
+
 /* spm.c */
 av_status tk_spm_load(av_tokenizer *t, const char *path);
 int tk_spm_encode(const av_tokenizer *t, const char *s, size_t n, tk_ids *out);

@@ -98,14 +98,20 @@ oom:
     return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
 }
 
+av_tokenizer *tk_new(void) {
+    av_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    memset(t->byte_id, 0xFF, sizeof t->byte_id);
+    t->unk_id = t->bos_id = t->eos_id = -1;
+    return t;
+}
+
 av_status av_tokenizer_load(av_tokenizer **out, const char *dir, int force_spm) {
     *out = NULL;
     int gguf = dir && av_file_exists(dir);
     if (!dir || (!gguf && !av_dir_exists(dir))) return av_fail(AV_ERR_IO, "%s: no such directory or GGUF file", dir ? dir : "(null)");
-    av_tokenizer *t = calloc(1, sizeof *t);
+    av_tokenizer *t = tk_new();
     if (!t) return av_fail(AV_ERR_NOMEM, "%s: out of memory", dir);
-    memset(t->byte_id, 0xFF, sizeof t->byte_id);
-    t->unk_id = t->bos_id = t->eos_id = -1;
     if (gguf) {
         av_status st = tk_gguf_load(t, dir);
         if (st) { av_tokenizer_free(t); return st; }
