@@ -1,7 +1,8 @@
 /* The decoder layer (see layer.h): RMSNorm, q|k|v (+ RoPE), causal GQA attention, o + residual,
  * RMSNorm, SwiGLU MLP, down + residual; and its backward, the ops in exact reverse order. Every
  * op goes through the backend table. Inference (PREFILL, DECODE) runs the plain f32 ops in place;
- * one-row decode takes the backend's fused products when the layer allows; training adds saved
+ * one-row decode takes the backend's fused products when the layer allows (on the CPU all layers
+ * of a decode step run in one parallel region instead: decode_cpu.c); training adds saved
  * activations, bf16 storage and 16-bit products where the backend computes in bf16. */
 #include "model/layer.h"
 #include "model/lora_linear.h"

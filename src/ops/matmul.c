@@ -1,5 +1,6 @@
 /* Matrix products against weight matrices (f32/f16/bf16 or MLX-quantized): matrix-vector for decode
- * (memory-bound, SIMD dot products over rows, threads split rows) and matrix-matrix for prefill/
+ * (memory-bound; av_matvec_rows is the single-threaded row-range product that decode_cpu.c's
+ * persistent region and matmul_rows' threads call) and matrix-matrix for prefill/
  * training (weights converted to f32 in row panels, then OpenBLAS sgemm; plain loops without BLAS).
  * Quantized weights are dequantized group by group inside the dot, or one panel of rows at a time. */
 #include "ops/ops.h"
