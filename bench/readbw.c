@@ -1,5 +1,6 @@
 /* STREAM-like read bandwidth, the way decode reads weights: each OpenMP thread streams its half of a
- * large buffer (default 1 GiB, far above the caches) with AVX-512 loads summed into 4 accumulators;
+ * large buffer (default 1 GiB) with AVX-512 loads, as 1 sequential stream and as 4 interleaved
+ * streams (4 sub-ranges walked together, like the decode product's 4 weight rows);
  * and, linked against libanvil, the decode product itself (av_matvec_rows over a 1 GiB bf16
  * matrix of 2048 columns, threads taking 64-row chunks as decode does). Prints min / median GB/s of the reps.
  *   cc -O2 -march=native -fopenmp -Iinclude -Isrc bench/readbw.c build/libanvil.a -lm -o /tmp/readbw
@@ -20,15 +21,26 @@ static double now(void) {
 }
 static int cmpd(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
 
-static float read_sum(const float *p, size_t n) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t i = 0; i < n; i += 64) {
-        a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
-        a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
-        a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
-        a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+/* sum of p[0..n) read as S interleaved streams (S consecutive sub-ranges walked together, as the
+ * decode product walks 4 weight rows); n a multiple of 16 * S */
+static float read_sum(const float *p, size_t n, int S) {
+    size_t m = n / S;
+    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    if (S == 4)
+        for (size_t i = 0; i < m; i += 16) {
+            a[0] = _mm512_add_ps(a[0], _mm512_load_ps(p + i));
+            a[1] = _mm512_add_ps(a[1], _mm512_load_ps(p + m + i));
+            a[2] = _mm512_add_ps(a[2], _mm512_load_ps(p + 2 * m + i));
+            a[3] = _mm512_add_ps(a[3], _mm512_load_ps(p + 3 * m + i));
+        }
+    else
+        for (size_t i = 0; i < n; i += 64) {
+            a[0] = _mm512_add_ps(a[0], _mm512_load_ps(p + i));
+            a[1] = _mm512_add_ps(a[1], _mm512_load_ps(p + i + 16));
+            a[2] = _mm512_add_ps(a[2], _mm512_load_ps(p + i + 32));
+            a[3] = _mm512_add_ps(a[3], _mm512_load_ps(p + i + 48));
+        }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
 }
 
 int main(int argc, char **argv) {
@@ -41,21 +53,23 @@ int main(int argc, char **argv) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 1023) * 1e-3f;
     volatile float sink = 0;
-    for (int r = 0; r < reps; r++) {
-        double t0 = now();
-        float s = 0;
-#pragma omp parallel reduction(+ : s)
-        {
-            int nt = omp_get_num_threads(), id = omp_get_thread_num();
-            size_t per = (n / nt) / 64 * 64, a = per * id, b = id == nt - 1 ? n / 64 * 64 : a + per;
-            s += read_sum(buf + a, b - a);
+    for (int S = 1; S <= 4; S += 3) {
+        for (int r = 0; r < reps; r++) {
+            double t0 = now();
+            float sum = 0;
+#pragma omp parallel reduction(+ : sum)
+            {
+                int nt = omp_get_num_threads(), id = omp_get_thread_num();
+                size_t per = (n / nt) / 64 * 64, a = per * id, b = id == nt - 1 ? n / 64 * 64 : a + per;
+                sum += read_sum(buf + a, b - a, S);
+            }
+            t[r] = now() - t0;
+            sink += sum;
         }
-        t[r] = now() - t0;
-        sink += s;
+        qsort(t, reps, sizeof(double), cmpd);
+        printf("read  %zu MiB, %d threads, %d stream%s per thread: best %.1f GB/s, median %.1f GB/s\n", mib, omp_get_max_threads(), S,
+               S > 1 ? "s" : "", bytes / t[0] / 1e9, bytes / t[reps / 2] / 1e9);
     }
-    qsort(t, reps, sizeof(double), cmpd);
-    printf("read  %zu MiB, %d threads: best %.1f GB/s, median %.1f GB/s\n", mib, omp_get_max_threads(), bytes / t[0] / 1e9,
-           bytes / t[reps / 2] / 1e9);
     free(buf);
     /* the decode product: 262144 x 2048 bf16 (1 GiB, above the 480 MiB the guest reports as L3) against one x row */
     int N = 262144, K = 2048;
