@@ -1,11 +1,13 @@
 /* The decoder layer (see layer.h): RMSNorm, q|k|v (+ RoPE), causal GQA attention, o + residual,
  * RMSNorm, SwiGLU MLP, down + residual; and its backward, the ops in exact reverse order. Every
  * op goes through the backend table. Inference (PREFILL, DECODE) runs the plain f32 ops in place;
- * one-row decode takes the backend's fused products when the layer allows; training adds saved
+ * one-row decode takes the backend's fused products when the layer allows (on the CPU all layers
+ * of a decode step run in one parallel region instead: decode_cpu.c); training adds saved
  * activations, bf16 storage and 16-bit products where the backend computes in bf16. */
 #include "model/layer.h"
 #include "quant/affine.h"
 #include "model/lora_linear.h"
+#include "model/decode_cpu.h"
 #include <time.h>
 
 const char *const av_train_phase_names[AV_TRAIN_NPHASES] = {"other", "frozen_fwd", "layer_fwd", "attn_fwd", "lora", "xent",
@@ -283,6 +285,8 @@ void av_llama_layer_forward(const av_model *m, int l, av_layer_ws *ws, const flo
 }
 
 void av_llama_layers_forward(const av_model *m, av_layer_ws *ws, float *x) {
+    /* decode rows on the CPU: all layers in one parallel region (decode_cpu.c) */
+    if (m->be->device == AV_DEVICE_CPU && ws->kind == AV_ROWS_DECODE && av_llama_decode_cpu(m, ws, x, NULL, NULL)) return;
     for (int l = 0; l < m->cfg.n_layers; l++) av_llama_layer_forward(m, l, ws, x, x, NULL, 0);
 }
 

@@ -2,6 +2,7 @@
  * to the KV cache) -> final RMSNorm, LM head; buffers planned as one backend allocation. All ops go
  * through the backend table, so this file runs unchanged on the CPU and the GPU. */
 #include "model/llama.h"
+#include "model/decode_cpu.h"
 #include "attention/attention.h"
 #include "core/memory.h"
 #include <math.h>
@@ -88,6 +89,12 @@ static void forward_chunk(av_session *s, const int32_t *ids, int T) {
     s->ws.T = T;
     s->ws.p0 = p0;
     s->ws.pos = s->pos_dev;
+    /* one row on the CPU: every layer, the final norm and the LM head in one parallel region */
+    if (T == 1 && be->device == AV_DEVICE_CPU && av_llama_decode_cpu(m, &s->ws, s->x, s->hidden, s->logits)) {
+        s->n_past += T;
+        s->last_T = 0;
+        return;
+    }
     av_llama_layers_forward(m, &s->ws, s->x);
     be->rmsnorm_forward(s->hidden, NULL, s->x, &m->final_norm, T, D, c->rms_norm_eps);
     s->n_past += T;

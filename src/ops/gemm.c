@@ -56,7 +56,171 @@ static inline void kernel_12x32(float *acc, int lda, const float *w, int ldw, co
     }
 }
 
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+/* ---- bf16 weights on AMX. x is split once into two bf16 terms, hi = bf16(x) and lo = bf16(x - hi),
+ * so x . w = hi . w + lo . w to ~2^-16 relative per element (bf16 weights are exact): the tile
+ * product accumulates both in f32, near the f32 GEMM's accuracy at a fraction of its time.
+ * The weights are the A operand, each thread's panel of rows copied into contiguous 16 x 32 tiles
+ * (the rows in place are 2K bytes apart: every row of a tile in one L1 set); x^T is the B operand, packed once per call in AMX's pair-interleaved layout xp[t/16][k/2][t%16] (one
+ * dword = the bf16 pair x[t][k], x[t][k+1]). Threads take panels of weight rows and run
+ * 32-row x 32-token blocks: 4 f32 accumulator tiles, 2 weight tiles, 2 x tiles (hi, then lo). */
+#include <cpuid.h>
+#include <stdatomic.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* AMX-BF16 present and the kernel grants this process the tile state (Linux arch_prctl) */
+static int amx_ready(void) {
+    static _Atomic int st; /* 0 unknown, 1 yes, -1 no */
+    int s = atomic_load(&st);
+    if (s) return s > 0;
+    unsigned a, b, c, d;
+    int ok = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 22 & 1);
+#ifdef SYS_arch_prctl
+    if (ok) ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+#else
+    ok = 0;
+#endif
+    atomic_store(&st, ok ? 1 : -1);
+    return ok;
+}
+
+typedef struct {
+    uint8_t palette, start_row, rsv[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_cfg;
+
+static void amx_config(void) {
+    tile_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++) cfg.colsb[i] = 64, cfg.rows[i] = 16;
+    _tile_loadconfig(&cfg);
+}
+
+typedef struct { uint32_t *p; size_t cap; } buf32_t;
+static uint32_t *buf32_get(buf32_t *b, size_t n) {
+    if (n > b->cap) {
+        free(b->p);
+        b->p = aligned_alloc(64, ((n * 4 + 63) / 64) * 64);
+        b->cap = b->p ? n : 0;
+    }
+    return b->p;
+}
+
+typedef struct { uint16_t *p; size_t cap; } buf16_t;
+static uint16_t *buf16_get(buf16_t *b, size_t n) {
+    if (n > b->cap) {
+        free(b->p);
+        b->p = aligned_alloc(64, ((n * 2 + 63) / 64) * 64);
+        b->cap = b->p ? n : 0;
+    }
+    return b->p;
+}
+
+/* out[T, N] = x W^T, K % 32 == 0 */
+static int gemm_amx(float *out, const float *x, const uint16_t *w, int T, int N, int K) {
+    static _Thread_local buf32_t xb;
+    int K2 = K / 2, TB = (T + 31) / 32 * 2; /* 16-token blocks, an even count */
+    /* panel rows: the weight panel (rows x K bf16) stays in L2 while every token block passes */
+    int np_rows = (int)((size_t)(768 << 10) / ((size_t)K * 2)) / 32 * 32;
+    np_rows = np_rows < 32 ? 32 : np_rows > 128 ? 128 : np_rows;
+    uint32_t *xh = buf32_get(&xb, (size_t)2 * TB * 16 * K2), *xl = xh ? xh + (size_t)TB * 16 * K2 : NULL;
+    if (!xh) return 0;
+    int npan = (N + np_rows - 1) / np_rows, fail = 0;
+#pragma omp parallel
+    {
+        /* x -> hi, lo pairs (tokens past T zero) */
+#pragma omp for schedule(static)
+        for (int t = 0; t < TB * 16; t++) {
+            uint32_t *h = xh + (size_t)(t / 16) * K2 * 16 + t % 16, *l = xl + (size_t)(t / 16) * K2 * 16 + t % 16;
+            if (t >= T) {
+                for (int kk = 0; kk < K2; kk++) h[(size_t)kk * 16] = l[(size_t)kk * 16] = 0;
+                continue;
+            }
+            const float *xr = x + (size_t)t * K;
+            for (int k = 0; k < K; k += 16) {
+                __m512 v = _mm512_loadu_ps(xr + k);
+                __m256bh hb = _mm512_cvtneps_pbh(v);
+                __m512 hv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)hb), 16));
+                __m256bh lb = _mm512_cvtneps_pbh(_mm512_sub_ps(v, hv));
+                uint32_t hp[8], lp[8];
+                _mm256_storeu_si256((__m256i *)hp, (__m256i)hb);
+                _mm256_storeu_si256((__m256i *)lp, (__m256i)lb);
+                for (int j = 0; j < 8; j++) h[(size_t)(k / 2 + j) * 16] = hp[j], l[(size_t)(k / 2 + j) * 16] = lp[j];
+            }
+        }
+        static _Thread_local buf16_t wb;
+        uint16_t *wp = buf16_get(&wb, (size_t)np_rows * K);
+        if (!wp) {
+#pragma omp atomic write
+            fail = 1;
+        } else
+            amx_config();
+        float cb[32 * 32] __attribute__((aligned(64)));
+#pragma omp for schedule(dynamic, 1)
+        for (int p = 0; p < npan; p++) {
+            if (!wp) continue;
+            int n0 = p * np_rows, nr = N - n0 < np_rows ? N - n0 : np_rows, nrp = (nr + 31) / 32 * 32;
+            /* the panel as contiguous tiles: wp[row / 16][k / 32][row % 16][32] (rows past N zero) */
+            for (int r = 0; r < nrp; r++) {
+                uint16_t *d = wp + (size_t)(r / 16) * 16 * K + (size_t)(r % 16) * 32;
+                if (r >= nr) {
+                    for (int kb = 0; kb < K / 32; kb++) memset(d + (size_t)kb * 512, 0, 64);
+                    continue;
+                }
+                const uint16_t *src = w + (size_t)(n0 + r) * K;
+                for (int kb = 0; kb < K / 32; kb++) memcpy(d + (size_t)kb * 512, src + (size_t)kb * 32, 64);
+            }
+            for (int t0 = 0; t0 < TB * 16; t0 += 32)
+                for (int r0 = 0; r0 < nr; r0 += 32) {
+                    int rr = nr - r0 < 32 ? nr - r0 : 32, tt = T - t0 < 32 ? T - t0 : 32;
+                    const uint16_t *a0 = wp + (size_t)r0 * K, *a1 = a0 + (size_t)16 * K;
+                    const uint32_t *h0 = xh + (size_t)(t0 / 16) * K2 * 16, *h1 = h0 + (size_t)K2 * 16;
+                    const uint32_t *l0 = xl + (size_t)(t0 / 16) * K2 * 16, *l1 = l0 + (size_t)K2 * 16;
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    _tile_zero(3);
+                    for (int kk = 0; kk < K2; kk += 16) {
+                        _tile_loadd(4, a0 + (size_t)kk * 32, 64);
+                        _tile_loadd(5, a1 + (size_t)kk * 32, 64);
+                        _tile_loadd(6, h0 + (size_t)kk * 16, 64);
+                        _tile_loadd(7, h1 + (size_t)kk * 16, 64);
+                        _tile_dpbf16ps(0, 4, 6);
+                        _tile_dpbf16ps(1, 4, 7);
+                        _tile_dpbf16ps(2, 5, 6);
+                        _tile_dpbf16ps(3, 5, 7);
+                        _tile_loadd(6, l0 + (size_t)kk * 16, 64);
+                        _tile_loadd(7, l1 + (size_t)kk * 16, 64);
+                        _tile_dpbf16ps(0, 4, 6);
+                        _tile_dpbf16ps(1, 4, 7);
+                        _tile_dpbf16ps(2, 5, 6);
+                        _tile_dpbf16ps(3, 5, 7);
+                    }
+                    /* cb[row][token] */
+                    _tile_stored(0, cb, 128);
+                    _tile_stored(1, cb + 16, 128);
+                    _tile_stored(2, cb + 16 * 32, 128);
+                    _tile_stored(3, cb + 16 * 32 + 16, 128);
+                    for (int t = 0; t < tt; t++) {
+                        float *o = out + (size_t)(t0 + t) * N + n0 + r0;
+                        for (int r = 0; r < rr; r++) o[r] = cb[r * 32 + t];
+                    }
+                }
+        }
+        if (wp) _tile_release();
+    }
+    return !fail;
+}
+#endif
+
 int av_gemm_wt(float *out, const float *x, const av_mat *W, int T) {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+    if (W->dtype == AV_BF16 && !W->q_bits && W->cols % 32 == 0 && amx_ready() && gemm_amx(out, x, (const uint16_t *)W->data, T, W->rows, W->cols)) return 1;
+#endif
     static _Thread_local buf_t xtb; /* per calling thread: sessions on other threads have their own */
     int N = W->rows, K = W->cols, TB = (T + NT - 1) / NT, Tp = TB * NT, ldw = K + 16;
     float *xt = buf_get(&xtb, (size_t)Tp * K);

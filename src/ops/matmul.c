@@ -1,5 +1,6 @@
 /* Matrix products against weight matrices (f32/f16/bf16 or MLX-quantized): matrix-vector for decode
- * (memory-bound, SIMD dot products over rows, threads split rows) and matrix-matrix for prefill/
+ * (memory-bound; av_matvec_rows is the single-threaded row-range product that decode_cpu.c's
+ * persistent region and matmul_rows' threads call) and matrix-matrix for prefill/
  * training (weights converted to f32 in row panels, then OpenBLAS sgemm; plain loops without BLAS).
  * Quantized weights are dequantized group by group inside the dot, or one panel of rows at a time. */
 #include "ops/ops.h"
@@ -44,43 +45,68 @@ static inline __m512 ld16_w(const void *w, av_dtype dt, size_t i) {
     }
 }
 
-/* out[0..3] = x . W[n0..n0+3]: four weight rows streamed at once against one x (decode: memory-bound,
- * four independent streams and accumulators keep more loads in flight). K % 16 == 0. */
-static inline void dot4_rows(float *out, const float *x, const av_mat *W, int n0) {
-    size_t K = (size_t)W->cols, es = av_dtype_size(W->dtype);
-    const char *b = (const char *)W->data + (size_t)n0 * K * es;
-    const void *w0 = b, *w1 = b + K * es, *w2 = b + 2 * K * es, *w3 = b + 3 * K * es;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-    for (size_t i = 0; i < K; i += 16) {
-        __m512 xv = _mm512_loadu_ps(x + i);
-        a0 = _mm512_fmadd_ps(xv, ld16_w(w0, W->dtype, i), a0);
-        a1 = _mm512_fmadd_ps(xv, ld16_w(w1, W->dtype, i), a1);
-        a2 = _mm512_fmadd_ps(xv, ld16_w(w2, W->dtype, i), a2);
-        a3 = _mm512_fmadd_ps(xv, ld16_w(w3, W->dtype, i), a3);
-    }
-    out[0] = _mm512_reduce_add_ps(a0);
-    out[1] = _mm512_reduce_add_ps(a1);
-    out[2] = _mm512_reduce_add_ps(a2);
-    out[3] = _mm512_reduce_add_ps(a3);
-}
+/* out[t*ldo + r] = x_t . W[n0 + r] for r < 4, t < NX: four weight rows streamed at once (decode is
+ * memory-bound: four independent streams keep loads in flight) against NX <= 4 rows of x, each
+ * weight vector loaded once for all of them. K % 16 == 0. One accumulator per (row, x row) and a
+ * final horizontal sum: the summation order of the one-row product is the same for every NX. */
+#define ROWS4_BODY(NX)                                                                                                  \
+    do {                                                                                                                \
+        size_t K = (size_t)W->cols, es = av_dtype_size(W->dtype);                                                       \
+        const char *b = (const char *)W->data + (size_t)n0 * K * es;                                                    \
+        const void *w0 = b, *w1 = b + K * es, *w2 = b + 2 * K * es, *w3 = b + 3 * K * es;                               \
+        __m512 a[NX][4];                                                                                                \
+        for (int t = 0; t < NX; t++) a[t][0] = a[t][1] = a[t][2] = a[t][3] = _mm512_setzero_ps();                       \
+        for (size_t i = 0; i < K; i += 16) {                                                                            \
+            __m512 v0 = ld16_w(w0, W->dtype, i), v1 = ld16_w(w1, W->dtype, i), v2 = ld16_w(w2, W->dtype, i),            \
+                   v3 = ld16_w(w3, W->dtype, i);                                                                        \
+            for (int t = 0; t < NX; t++) {                                                                              \
+                __m512 xv = _mm512_loadu_ps(x + t * ldx + i);                                                           \
+                a[t][0] = _mm512_fmadd_ps(xv, v0, a[t][0]);                                                             \
+                a[t][1] = _mm512_fmadd_ps(xv, v1, a[t][1]);                                                             \
+                a[t][2] = _mm512_fmadd_ps(xv, v2, a[t][2]);                                                             \
+                a[t][3] = _mm512_fmadd_ps(xv, v3, a[t][3]);                                                             \
+            }                                                                                                           \
+        }                                                                                                               \
+        for (int t = 0; t < NX; t++)                                                                                    \
+            for (int r = 0; r < 4; r++) out[t * ldo + r] = _mm512_reduce_add_ps(a[t][r]);                              \
+    } while (0)
+static void rows4_x1(float *out, size_t ldo, const float *x, size_t ldx, const av_mat *W, int n0) { ROWS4_BODY(1); }
+static void rows4_x2(float *out, size_t ldo, const float *x, size_t ldx, const av_mat *W, int n0) { ROWS4_BODY(2); }
+static void rows4_x3(float *out, size_t ldo, const float *x, size_t ldx, const av_mat *W, int n0) { ROWS4_BODY(3); }
+static void rows4_x4(float *out, size_t ldo, const float *x, size_t ldx, const av_mat *W, int n0) { ROWS4_BODY(4); }
+#undef ROWS4_BODY
 #endif
 
-/* Few rows of x: read each weight row once and dot it with every x row. Threads take chunks of rows
- * dynamically, so a thread that loses its core to another process does not stall the other. */
-static void matmul_rows(float *out, const float *x, const av_mat *W, int T) {
-    int N = W->rows, K = W->cols;
+void av_matvec_rows(float *out, size_t ldo, const float *x, size_t ldx, int nx, const av_mat *W, int r0, int r1) {
+    int r = r0;
 #if defined(__AVX512F__)
-    if (T == 1 && K % 16 == 0 && !W->q_bits) {
-        int nq = N / 4;
-#pragma omp parallel for schedule(dynamic, 16) if ((size_t)N * K > (1u << 18))
-        for (int i = 0; i < nq; i++) dot4_rows(out + 4 * i, x, W, 4 * i);
-        for (int n = 4 * nq; n < N; n++) out[n] = av_dot_row(x, W, n);
-        return;
+    if (W->cols % 16 == 0 && !W->q_bits) {
+        for (int t0 = 0; t0 < nx; t0 += 4) {
+            int n = nx - t0 < 4 ? nx - t0 : 4;
+            float *o = out + (size_t)t0 * ldo;
+            const float *xt = x + (size_t)t0 * ldx;
+            for (r = r0; r + 4 <= r1; r += 4) switch (n) {
+                case 1: rows4_x1(o + (r - r0), ldo, xt, ldx, W, r); break;
+                case 2: rows4_x2(o + (r - r0), ldo, xt, ldx, W, r); break;
+                case 3: rows4_x3(o + (r - r0), ldo, xt, ldx, W, r); break;
+                default: rows4_x4(o + (r - r0), ldo, xt, ldx, W, r); break;
+                }
+        }
     }
 #endif
-#pragma omp parallel for schedule(dynamic, 32) if ((size_t)N * K * T > (1u << 18))
-    for (int n = 0; n < N; n++)
-        for (int t = 0; t < T; t++) out[(size_t)t * N + n] = av_dot_row(x + (size_t)t * K, W, n);
+    for (; r < r1; r++)
+        for (int t = 0; t < nx; t++) out[(size_t)t * ldo + (r - r0)] = av_dot_row(x + (size_t)t * ldx, W, r);
+}
+
+/* Few rows of x: threads take chunks of 64 weight rows dynamically (a thread that loses its core to
+ * another process does not stall the other) and read each chunk once for every x row. */
+static void matmul_rows(float *out, const float *x, const av_mat *W, int T) {
+    int N = W->rows, K = W->cols, nc = (N + 63) / 64;
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)N * K * T > (1u << 18))
+    for (int c = 0; c < nc; c++) {
+        int r0 = c * 64, r1 = r0 + 64 < N ? r0 + 64 : N;
+        av_matvec_rows(out + r0, (size_t)N, x, (size_t)K, T, W, r0, r1);
+    }
 }
 
 #define PANEL_ROWS 128

@@ -105,6 +105,10 @@ void av_matmul_fused_forward(float *out, const float *x, const av_mat *W, int T,
 /* ---- small helpers used by several ops ---- */
 /* Dot product of f32 x with one weight row of any supported dtype. */
 float av_dot_row(const float *x, const av_mat *W, int row);
+/* The decode product over a row range, single-threaded (callers split rows across their threads):
+ * out[t*ldo + (r - r0)] = x[t*ldx .. +cols) . W[r] for t < nx, r0 <= r < r1; each weight row is read
+ * once for all nx rows of x. Any dtype (quantized: per-row dots). */
+void av_matvec_rows(float *out, size_t ldo, const float *x, size_t ldx, int nx, const av_mat *W, int r0, int r1);
 /* Converts weight rows [r0, r0+nr) to f32 into dst[nr, cols]. */
 void av_mat_rows_to_f32(float *dst, const av_mat *W, int r0, int nr);
 

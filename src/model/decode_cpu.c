@@ -1,0 +1,272 @@
+/* CPU decode in one OpenMP parallel region per step (all layers, the final norm and the LM head).
+ * The threads stay in the region; each stage splits its rows in chunks handed out dynamically from
+ * an atomic counter (a thread that loses its core to another process costs its share of rows, not
+ * a stall) and ends in the one barrier its consumer needs, five per layer. The barrier is our own:
+ * a short spin, then a futex sleep, so a thread waiting for a preempted partner gives its core
+ * back (libgomp's default spins ~300k iterations: 2-3x slower decode when the cores are shared):
+ *   1. q|k|v: every thread RMSNorms x itself (private copy, no barrier), then takes one head's rows at
+ *      a time; RoPE in the store; k and v go straight into the cache row      -> barrier
+ *   2. attention: (row, head) jobs over the cached keys                        -> barrier
+ *   3. o: rows of x, x += o(att) in the store                                  -> barrier
+ *   4. gate|up: private RMSNorm of x, chunks of j take gate row j and up row j, SwiGLU in the
+ *      store                                                                   -> barrier
+ *   5. down: rows of x, x += down(act)                                         -> barrier
+ * then the final RMSNorm (private) and the LM head's rows. Each product calls the single-threaded
+ * row-range kernel av_matvec_rows (any weight dtype). The arithmetic is that of the op-by-op path
+ * (rmsnorm.c, rope.c, standard.c, swiglu.c): the same formulas in the same order. */
+#include "model/decode_cpu.h"
+#include "ops/simd.h"
+#include <limits.h>
+#include <omp.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#define OCH 32  /* rows of x per chunk of the o / down products */
+#define GCH 32  /* SwiGLU outputs per gate|up chunk (multiple of 16: the vector exp's blocks) */
+#define LCH 128 /* LM head rows per chunk */
+
+#define SPIN 2000 /* pause iterations before a barrier waiter sleeps */
+
+/* Centralized barrier of the region's nt threads: the last arrival bumps the generation and wakes
+ * the sleepers. A waiter counts itself in `sleepers` before it sleeps on the generation word (the
+ * futex rechecks the word, so a wake between the two is never lost). */
+typedef struct {
+    _Atomic int count, sleepers;
+    _Atomic unsigned gen;
+} dec_barrier;
+
+static void bar_sleep(_Atomic unsigned *w, unsigned g) {
+#ifdef __linux__
+    syscall(SYS_futex, (void *)w, FUTEX_WAIT_PRIVATE, g, NULL, NULL, 0);
+#else
+    (void)w, (void)g;
+    sched_yield();
+#endif
+}
+
+static void bar_wake(_Atomic unsigned *w) {
+#ifdef __linux__
+    syscall(SYS_futex, (void *)w, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+#else
+    (void)w;
+#endif
+}
+
+static void bar_wait(dec_barrier *b, int nt) {
+    if (nt <= 1) return;
+    unsigned g = atomic_load(&b->gen);
+    if (atomic_fetch_add(&b->count, 1) == nt - 1) {
+        atomic_store(&b->count, 0);
+        atomic_fetch_add(&b->gen, 1);
+        if (atomic_load(&b->sleepers)) bar_wake(&b->gen);
+        return;
+    }
+    for (int i = 0; i < SPIN; i++) {
+        if (atomic_load_explicit(&b->gen, memory_order_acquire) != g) return;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    atomic_fetch_add(&b->sleepers, 1);
+    while (atomic_load(&b->gen) == g) bar_sleep(&b->gen, g);
+    atomic_fetch_sub(&b->sleepers, 1);
+}
+
+static inline float wval(const av_mat *w, int i) {
+    switch (w->dtype) {
+    case AV_BF16: return av_bf16_to_f32(((const uint16_t *)w->data)[i]);
+    case AV_F16: return av_f16_to_f32(((const uint16_t *)w->data)[i]);
+    default: return ((const float *)w->data)[i];
+    }
+}
+
+/* rmsnorm.c's forward for N rows (one thread) */
+static void norm_rows(float *out, const float *x, const av_mat *w, int N, int D, float eps) {
+    for (int t = 0; t < N; t++) {
+        const float *xr = x + (size_t)t * D;
+        float *o = out + (size_t)t * D;
+        float ss = 0;
+        for (int i = 0; i < D; i++) ss += xr[i] * xr[i];
+        float r = 1.0f / sqrtf(ss / (float)D + eps);
+        for (int i = 0; i < D; i++) o[i] = wval(w, i) * (xr[i] * r);
+    }
+}
+
+/* swiglu.c's forward over n values (n0 of the caller's row a multiple of 16) */
+static void swiglu_span(float *out, const float *g, const float *u, int n) {
+    int i = 0;
+#if defined(__AVX512F__)
+    __m512 one = _mm512_set1_ps(1.0f);
+    for (; i + 16 <= n; i += 16) {
+        __m512 gv = _mm512_loadu_ps(g + i);
+        __m512 e = av_exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + i)));
+    }
+#endif
+    for (; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+/* rope.c's rotation of one head by the row's cos/sin table */
+static void rope_head(float *v, const float *c, const float *s, int half) {
+    for (int i = 0; i < half; i++) {
+        float a = v[i], b = v[i + half];
+        v[i] = a * c[i] - b * s[i];
+        v[i + half] = b * c[i] + a * s[i];
+    }
+}
+
+static int suits(const av_model *m, const av_layer_ws *ws, int N) {
+    const av_config *c = &m->cfg;
+    if (N < 1 || N > AV_DECODE_CPU_MAX_ROWS || !ws->k_cache || !ws->v_cache || !ws->q || !ws->att || !ws->gate) return 0;
+    if (ws->kind != AV_ROWS_DECODE && !(ws->kind == AV_ROWS_PREFILL && N == 1)) return 0;
+    if (c->head_dim % 2 || c->head_dim > 512 || c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads) return 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        const av_layer *L = &m->layers[l];
+        const av_linear *p[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+        for (int i = 0; i < 7; i++)
+            if (p[i]->lora_a) return 0;
+    }
+    return 1;
+}
+
+int av_llama_decode_cpu(const av_model *m, av_layer_ws *ws, float *x, float *hidden, float *logits) {
+    const av_config *c = &m->cfg;
+    int N = ws->B * ws->T;
+    if (!suits(m, ws, N)) return 0;
+    int D = c->hidden_size, F = c->intermediate_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim, half = hd / 2,
+        V = c->vocab_size, NL = c->n_layers, group = H / KVH;
+    size_t qd = (size_t)H * hd, kvd = (size_t)KVH * hd;
+    const int32_t *pos = ws->pos;
+    int maxp = 0;
+    for (int i = 0; i < N; i++) maxp = pos[i] > maxp ? pos[i] : maxp;
+    /* per thread: the normed rows [N, D], one chunk's products [N, max(hd, OCH, 2 GCH, LCH)], the
+     * rows' RoPE tables [N, hd], attention scores [maxp + 1] */
+    int wide = hd > 2 * GCH ? hd : 2 * GCH;
+    wide = wide > LCH ? wide : LCH;
+    size_t per = (size_t)N * D + (size_t)N * wide + (size_t)N * hd + (size_t)maxp + 1;
+    per = (per + 15) / 16 * 16;
+    int nth = omp_get_max_threads();
+    int nstage = 5 * c->n_layers + 1;
+    float *scr = malloc(sizeof(float) * per * (size_t)nth);
+    _Atomic int *next = malloc(sizeof(_Atomic int) * (size_t)nstage); /* each stage's next chunk */
+    if (!scr || !next) {
+        free(scr);
+        free(next);
+        return 0;
+    }
+    for (int i = 0; i < nstage; i++) atomic_init(&next[i], 0);
+    dec_barrier bar;
+    atomic_init(&bar.count, 0);
+    atomic_init(&bar.sleepers, 0);
+    atomic_init(&bar.gen, 0u);
+    float scale = 1.0f / sqrtf((float)hd);
+    float *q = ws->q, *att = ws->att, *act = ws->gate;
+    int nqkv = H + 2 * KVH, no = (D + OCH - 1) / OCH, ngu = (F + GCH - 1) / GCH, nlm = (V + LCH - 1) / LCH;
+#pragma omp parallel num_threads(nth)
+    {
+        int nt = omp_get_num_threads(), st = 0;
+        float *xn = scr + per * (size_t)omp_get_thread_num(), *tmp = xn + (size_t)N * D, *cs = tmp + (size_t)N * wide,
+              *sc = cs + (size_t)N * hd;
+        for (int i = 0; i < N; i++) /* rope.c's tables: cos | sin of pos * inv_freq */
+            for (int j = 0; j < half; j++) {
+                float a = (float)pos[i] * m->inv_freq[j];
+                cs[(size_t)i * hd + j] = cosf(a);
+                cs[(size_t)i * hd + half + j] = sinf(a);
+            }
+        for (int l = 0; l < NL; l++) {
+            const av_layer *L = &m->layers[l];
+            float *kc = ws->k_cache + (size_t)l * ws->layer_stride, *vc = ws->v_cache + (size_t)l * ws->layer_stride;
+            /* 1. q|k|v, one head per chunk */
+            norm_rows(xn, x, &L->attn_norm, N, D, c->rms_norm_eps);
+            for (int h; (h = atomic_fetch_add(&next[st], 1)) < nqkv;) {
+                const av_mat *W = h < H ? &L->q.w : h < H + KVH ? &L->k.w : &L->v.w;
+                int hh = h < H ? h : h < H + KVH ? h - H : h - H - KVH;
+                av_matvec_rows(tmp, (size_t)hd, xn, (size_t)D, N, W, hh * hd, (hh + 1) * hd);
+                for (int i = 0; i < N; i++) {
+                    float *o = tmp + (size_t)i * hd;
+                    if (h < H + KVH) rope_head(o, cs + (size_t)i * hd, cs + (size_t)i * hd + half, half);
+                    if (h < H) {
+                        memcpy(q + (size_t)i * qd + (size_t)hh * hd, o, sizeof(float) * (size_t)hd);
+                        continue;
+                    }
+                    int p = pos[i];
+                    if (p < 0 || (ws->seq_stride && (size_t)(p + 1) * kvd > ws->seq_stride)) continue;
+                    float *dst = (h < H + KVH ? kc : vc) + (size_t)i * ws->seq_stride + (size_t)p * kvd + (size_t)hh * hd;
+                    memcpy(dst, o, sizeof(float) * (size_t)hd);
+                }
+            }
+            bar_wait(&bar, nt);
+            st++;
+            /* 2. attention (standard.c's one-row loop) */
+            for (int j; (j = atomic_fetch_add(&next[st], 1)) < N * H;) {
+                int i = j / H, h = j % H, kh = h / group, p = pos[i], n = p + 1;
+                float *o = att + (size_t)i * qd + (size_t)h * hd;
+                if (p < 0 || (ws->seq_stride && (size_t)(p + 1) * kvd > ws->seq_stride)) {
+                    memset(o, 0, sizeof(float) * (size_t)hd);
+                    continue;
+                }
+                const float *qr = q + (size_t)i * qd + (size_t)h * hd;
+                const float *ki = kc + (size_t)i * ws->seq_stride + (size_t)kh * hd, *vi = vc + (size_t)i * ws->seq_stride + (size_t)kh * hd;
+                for (int s = 0; s < n; s++) sc[s] = av_dot_f32(qr, ki + (size_t)s * kvd, hd) * scale;
+                float mx = av_max(sc, n);
+                float inv = 1.0f / av_exp_sub_sum(sc, mx, n);
+                memset(o, 0, sizeof(float) * (size_t)hd);
+                for (int s = 0; s < n; s++) {
+                    sc[s] *= inv;
+                    av_axpy(o, sc[s], vi + (size_t)s * kvd, hd);
+                }
+            }
+            bar_wait(&bar, nt);
+            st++;
+            /* 3. x += o(att) */
+            for (int ch; (ch = atomic_fetch_add(&next[st], 1)) < no;) {
+                int r0 = ch * OCH, r1 = r0 + OCH < D ? r0 + OCH : D;
+                av_matvec_rows(tmp, OCH, att, qd, N, &L->o.w, r0, r1);
+                for (int i = 0; i < N; i++)
+                    for (int r = r0; r < r1; r++) x[(size_t)i * D + r] += tmp[(size_t)i * OCH + r - r0];
+            }
+            bar_wait(&bar, nt);
+            st++;
+            /* 4. act = SwiGLU(gate, up) of the normed x */
+            norm_rows(xn, x, &L->mlp_norm, N, D, c->rms_norm_eps);
+            for (int ch; (ch = atomic_fetch_add(&next[st], 1)) < ngu;) {
+                int j0 = ch * GCH, j1 = j0 + GCH < F ? j0 + GCH : F;
+                av_matvec_rows(tmp, 2 * GCH, xn, (size_t)D, N, &L->gate.w, j0, j1);
+                av_matvec_rows(tmp + GCH, 2 * GCH, xn, (size_t)D, N, &L->up.w, j0, j1);
+                for (int i = 0; i < N; i++)
+                    swiglu_span(act + (size_t)i * F + j0, tmp + (size_t)i * 2 * GCH, tmp + (size_t)i * 2 * GCH + GCH, j1 - j0);
+            }
+            bar_wait(&bar, nt);
+            st++;
+            /* 5. x += down(act) */
+            for (int ch; (ch = atomic_fetch_add(&next[st], 1)) < no;) {
+                int r0 = ch * OCH, r1 = r0 + OCH < D ? r0 + OCH : D;
+                av_matvec_rows(tmp, OCH, act, (size_t)F, N, &L->down.w, r0, r1);
+                for (int i = 0; i < N; i++)
+                    for (int r = r0; r < r1; r++) x[(size_t)i * D + r] += tmp[(size_t)i * OCH + r - r0];
+            }
+            bar_wait(&bar, nt);
+            st++;
+        }
+        if (hidden || logits) {
+            norm_rows(xn, x, &m->final_norm, N, D, c->rms_norm_eps);
+            if (hidden && omp_get_thread_num() == 0) memcpy(hidden, xn, sizeof(float) * (size_t)N * D);
+        }
+        if (logits) {
+            for (int ch; (ch = atomic_fetch_add(&next[st], 1)) < nlm;) {
+                int r0 = ch * LCH, r1 = r0 + LCH < V ? r0 + LCH : V;
+                av_matvec_rows(logits + r0, (size_t)V, xn, (size_t)D, N, &m->lm_head, r0, r1);
+            }
+        }
+    }
+    free(scr);
+    free(next);
+    return 1;
+}
