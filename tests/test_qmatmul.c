@@ -1,9 +1,10 @@
 /* Quantized CPU kernels (src/quant/qmatmul.c) against the scalar reference, for every bits x group,
  * scales in bf16/f16/f32, odd row counts, K with partial chunks and more than 16 groups, T = 1..9:
  *   - av_qmatmul_rows vs the double-precision dot of x with the dequantized row (av_quant_dequant_row).
- *     AVX-512 VNNI quantizes x per 32 columns to int8 (d = amax/127), so each output must lie within
- *     the exact bound sum_b d_b/2 * sum_{i in b} |w_i| of the reference (+ 1e-5 * sum |x w| for f32
- *     rounding); over Gaussian data the relative L2 error must stay below 1% (measured ~0.5%, printed).
+ *     AVX-512 VNNI takes x as two int8 digits per vpdpbusd lane of 4/8/16 columns, x = d (q1 + q2/256)
+ *     with d = amax/127, so each output must lie within the exact bound sum_b d_b/256 * sum_{i in b} |w_i|
+ *     of the reference (+ 1e-5 * sum |x w| for f32 rounding), and the relative L2 error of every
+ *     product (random x with one outlier of 8x per row) below 2e-4 (measured worst 6.5e-5, printed).
  *     The AVX2 and portable paths are exact up to f32 rounding: 1e-5 * sum |x w|.
  *   - av_qdequant_rows bit-identical to av_quant_dequant_row.
  *   - av_matmul_forward with T = 1..4 (decode kernels) and T = 33, 64 (prefill GEMM) on the same data.
@@ -63,7 +64,7 @@ static void check_case(int N, int K, int bits, int group, av_dtype sdt, int T, u
                     amax = fmax(amax, fabs(xr[b * lw + i]));
                     sw += fabs(wr[b * lw + i]);
                 }
-                q += amax / 127.0 / 2.0 * sw;
+                q += amax / 127.0 / 256.0 * sw; /* |x - d (q1 + q2/256)| <= d/256 (d/512 unless q2 clipped) */
             }
             ref[(size_t)t * N + n] = s;
             bound[(size_t)t * N + n] = q * (1 + 1e-5) + 1e-5 * a + 1e-6;
@@ -90,7 +91,7 @@ static void check_case(int N, int K, int bits, int group, av_dtype sdt, int T, u
     CHECK(bad == 0, "%s: %d bits g%d %s N %d K %d T %d: %d outputs outside the bound", expected_impl(), bits, group, av_dtype_name(sdt), N,
           K, T, bad);
     if (vnni) {
-        CHECK(rel < 0.01, "%d bits g%d T %d: int8-x relative L2 error %g", bits, group, T, rel);
+        CHECK(rel < 2e-4, "%d bits g%d T %d: int8-x relative L2 error %g", bits, group, T, rel);
         if (rel > worst_rel_vnni) worst_rel_vnni = rel;
     }
     /* through av_matmul_forward: the decode kernels for T <= 4, the prefill GEMM for T >= 32 */

@@ -39,7 +39,7 @@ static inline size_t x_pos(int col, int bits) {
 
 size_t av_qx_size(int T, const av_mat *W) {
     int K = W->cols, cc = chunk_cols(W->q_bits), nc = (K + cc - 1) / cc, ngp = (K / W->q_group + 15) / 16 * 16;
-    return al64((size_t)T * nc * cc) + al64((size_t)T * nc * 16 * sizeof(float)) + al64((size_t)T * ngp * sizeof(float));
+    return al64((size_t)T * nc * cc * 2) + al64((size_t)T * nc * 16 * sizeof(float)) + al64((size_t)T * ngp * sizeof(float));
 }
 
 void av_qx_prepare(av_qx *qx, void *buf, const float *x, int T, const av_mat *W) {
@@ -48,7 +48,7 @@ void av_qx_prepare(av_qx *qx, void *buf, const float *x, int T, const av_mat *W)
     char *p = buf;
     *qx = (av_qx){.x = x, .T = T, .K = K, .bits = bits, .group = G, .nc = nc, .cc = cc, .ngp = ngp};
     qx->q = (int8_t *)p;
-    p += al64((size_t)T * nc * cc);
+    p += al64((size_t)T * nc * cc * 2);
     qx->dl = (float *)p;
     p += al64((size_t)T * nc * 16 * sizeof(float));
     qx->xs = (float *)p;
@@ -61,9 +61,10 @@ void av_qx_prepare(av_qx *qx, void *buf, const float *x, int T, const av_mat *W)
             xs[g] = s;
         }
 #if defined(QK_VNNI)
-        int8_t *q = qx->q + (size_t)t * nc * cc;
+        int8_t *q = qx->q + (size_t)t * nc * cc * 2;
         float *dl = qx->dl + (size_t)t * nc * 16;
-        /* one scale per vpdpbusd lane: cc/16 columns (4, 8 or 16), amax/127 */
+        /* one scale d per vpdpbusd lane (cc/16 columns: 4, 8 or 16), x = d * (q1 + q2 / 256): q1 the
+         * int8 code of x/d (d = amax/127), q2 the int8 code of the remainder in 1/256ths */
         int lw = cc / 16;
         for (int b = 0; b < nc * 16; b++) {
             float amax = 0.0f;
@@ -73,9 +74,12 @@ void av_qx_prepare(av_qx *qx, void *buf, const float *x, int T, const av_mat *W)
             float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
             for (int i = 0; i < lw; i++) {
                 int col = b * lw + i;
-                q[x_pos(col, bits)] = (int8_t)(in ? lrintf(xr[col] * id) : 0);
+                float v = in ? xr[col] * id : 0.0f, q1 = rintf(v), q2 = rintf((v - q1) * 256.0f);
+                size_t at = x_pos(col, bits), c = at / (size_t)cc;
+                q[at + c * cc] = (int8_t)q1;
+                q[at + c * cc + cc] = (int8_t)(q2 > 127.0f ? 127.0f : q2 < -127.0f ? -127.0f : q2);
             }
-            dl[b] = d;
+            dl[b] = d * (1.0f / 256.0f);
         }
 #endif
     }
@@ -148,7 +152,7 @@ static inline __attribute__((always_inline)) void vnni_row(float *out, size_t ld
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++) {
         acc[t] = _mm512_setzero_ps();
-        xq[t] = qx->q + (size_t)(t0 + t) * nc * cc;
+        xq[t] = qx->q + (size_t)(t0 + t) * nc * cc * 2;
         dl[t] = qx->dl + (size_t)(t0 + t) * nc * 16;
     }
     uint8_t ub[64] __attribute__((aligned(64)));
@@ -176,10 +180,13 @@ static inline __attribute__((always_inline)) void vnni_row(float *out, size_t ld
             vnni_planes(p, v, kind, mlo, perm, shift);
 #pragma GCC unroll 4
             for (int t = 0; t < T; t++) {
-                const int8_t *xc = xq[t] + (size_t)c * cc;
+                const int8_t *xc = xq[t] + (size_t)c * cc * 2;
                 __m512i ia = _mm512_dpbusd_epi32(_mm512_setzero_si512(), p[0], _mm512_load_si512(xc));
 #pragma GCC unroll 4
                 for (int k = 1; k < P; k++) ia = _mm512_dpbusd_epi32(ia, p[k], _mm512_load_si512(xc + 64 * k));
+                ia = _mm512_slli_epi32(ia, 8);
+#pragma GCC unroll 4
+                for (int k = 0; k < P; k++) ia = _mm512_dpbusd_epi32(ia, p[k], _mm512_load_si512(xc + cc + 64 * k));
                 __m512 sd = _mm512_mul_ps(swl, _mm512_load_ps(dl[t] + (size_t)c * 16));
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia), sd, acc[t]);
             }

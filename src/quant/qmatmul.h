@@ -2,13 +2,16 @@
  * over a range of weight rows for a few activation rows, and SIMD row dequantization for the
  * prefill GEMM's panels, the embedding and the backward. Single-threaded functions: callers split
  * rows between threads. One implementation is compiled in, picked by the target's instruction set:
- *   AVX-512 VNNI (+BW): x quantized per 32 columns to int8 (symmetric, scale amax/127) once per
- *     product; the packed codes enter vpdpbusd as unsigned bytes, int32 sums scaled per block:
- *     out = sum_g s_g * sum_b dx_b * (q . xq)_b + b_g * sum_g(x). AVX512_VBMI unpacks 3/5/6 bits.
+ *   AVX-512 VNNI (+BW): x prepared once per product as two int8 digits per 4/8/16 columns (one
+ *     vpdpbusd lane): x = d (q1 + q2/256), d = amax/127; the packed codes enter vpdpbusd as
+ *     unsigned bytes against q1 and q2 (int32: (q.q1) * 256 + q.q2), scaled per lane by
+ *     (weight group scale) * d/256; out = sum s_g (x . q)_g + b_g sum_g(x). Error per x element
+ *     <= d/256 (one digit alone, as llama.cpp's Q8 activations: d/2, ~0.4% of a product; two:
+ *     ~1e-5, for ~5-10% more time at T = 1). AVX512_VBMI unpacks 3/5/6 bits (vpermb + vpmultishiftqb).
  *   AVX2: codes widened to f32 in registers, FMA against the f32 x (exact up to f32 rounding).
  *   portable C: av_quant_dot_row per row.
- * The int8 x costs ~0.5% relative error of the product on Gaussian data (tests/test_qmatmul.c
- * states the bound); the weight codes themselves lose more (4 bits: ~10%, 8 bits: ~0.6%). */
+ * tests/test_qmatmul.c states the bound; the weight codes themselves lose far more (4 bits: ~10%,
+ * 8 bits: ~0.6% of a product). */
 #ifndef AV_QUANT_QMATMUL_H
 #define AV_QUANT_QMATMUL_H
 #include <stddef.h>
@@ -20,8 +23,8 @@ typedef struct {
     const float *x;   /* [T, K] the f32 rows */
     int T, K, bits, group;
     int nc, cc;       /* chunks per row, columns per chunk (VNNI layout) */
-    int8_t *q;        /* [T, nc * cc] x codes in the byte order of the packed weights (VNNI) */
-    float *dl;        /* [T, nc, 16] x block scale of each vpdpbusd lane (VNNI) */
+    int8_t *q;        /* [T, nc, 2, cc] x digits q1, q2 per chunk in the byte order of the packed weights (VNNI) */
+    float *dl;        /* [T, nc, 16] d/256 of each vpdpbusd lane (VNNI) */
     float *xs;        /* [T, ngp] sum of x over each weight group (ngp = groups rounded up to 16, zeros past) */
     int ngp;
 } av_qx;
