@@ -1,7 +1,7 @@
 /* Matrix products against weight matrices (f32/f16/bf16 or MLX-quantized): matrix-vector for decode
  * (memory-bound, SIMD dot products over rows, threads split rows) and matrix-matrix for prefill/
  * training (weights converted to f32 in row panels, then OpenBLAS sgemm; plain loops without BLAS).
- * Quantized weights are dequantized group by group inside the dot, or one panel of rows at a time. */
+ * Quantized weights: decode products by the kernels of quant/qmatmul.h, prefill on panels they dequantize. */
 #include "ops/ops.h"
 #include "ops/simd.h"
 #include "ops/gemm.h"
