@@ -29,6 +29,8 @@ TEST_SRC := $(sort $(wildcard tests/test_*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+# the quantized kernels' test again with the AVX2 and the portable implementation compiled in
+TEST_BIN += $(BUILD)/tests/test_qmatmul_avx2 $(BUILD)/tests/test_qmatmul_portable
 
 ifeq ($(CUDA),1)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell readlink -f $$(command -v $(NVCC))))
@@ -68,6 +70,11 @@ $(BUILD)/%.cu.o: %.cu
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libanvil.a $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libanvil.a $(LDLIBS)
+
+$(BUILD)/tests/test_qmatmul_avx2: tests/test_qmatmul.c src/quant/qmatmul.c $(BUILD)/libanvil.a $(wildcard tests/*.h)
+	$(CC) $(CFLAGS) -mno-avx512f $(LDFLAGS) -o $@ $< $(BUILD)/libanvil.a $(LDLIBS)
+$(BUILD)/tests/test_qmatmul_portable: tests/test_qmatmul.c src/quant/qmatmul.c $(BUILD)/libanvil.a $(wildcard tests/*.h)
+	$(CC) $(CFLAGS) -mno-avx2 $(LDFLAGS) -o $@ $< $(BUILD)/libanvil.a $(LDLIBS)
 
 # `make test`: set up dependencies, build, run every test (C unit tests + CLI shell tests).
 test: setup

@@ -4,13 +4,17 @@
  * mlx_lm.convert's when the fixture was made) give MLX-LM's f32 logits and next-token log-probs.
  * anvil's own mixed_3_6 conversion equals MLX-LM's directory tensor for tensor, byte for byte, and
  * de-quantizing it (--de-quantize --dtype f32) keeps the logits.
- * Tolerance: f32 rounding (MLX's quantized matmul sums in another order): max |d| <= 1e-5 max |logit|, log-probs 5e-5. */
+ * Tolerance: f32 rounding (MLX's quantized matmul sums in another order): log-probs 5e-5; last logits
+ * max |d| <= 1e-5 max |logit|, or 5e-5 where the one-row lm_head product runs the AVX-512 VNNI kernel,
+ * which takes x as two int8 digits (error <= amax/32512 per element of x, quant/qmatmul.h; measured
+ * 2.2-2.6e-5 max |logit| on these models). */
 #include "test.h"
 #include "backend/backend.h"
 #include "core/memory.h"
 #include "core/status.h"
 #include "formats/safetensors.h"
 #include "model/model.h"
+#include "quant/qmatmul.h"
 #include <sys/stat.h>
 
 static av_st_file g_ref;
@@ -48,7 +52,8 @@ static void check_dir(const char *dir, const char *c, int want_mixed) {
             md = fmax(md, fabs((double)got[i] - want[i]));
         }
         for (int t = 0; t < g_T - 1; t++) ml = fmax(ml, fabs((double)nll[t] + lp[t]));
-        CHECK(md <= 1e-5 * mx, "%s: last logits max |d| %g (max |logit| %g)", c, md, mx);
+        double tol = strcmp(av_qmatmul_impl(), "avx512-vnni") == 0 ? 5e-5 : 1e-5;
+        CHECK(md <= tol * mx, "%s: last logits max |d| %g (max |logit| %g)", c, md, mx);
         CHECK(ml <= 5e-5, "%s: next-token log-probs max |d| %g", c, ml);
         printf("%s: logits max |d| %.3g of %.3g, log-probs max |d| %.3g\n", c, md, mx, ml);
     }

@@ -8,6 +8,7 @@
 #include "core/status.h"
 #include "formats/safetensors.h"
 #include "quant/affine.h"
+#include "quant/qmatmul.h"
 #include "ops/ops.h"
 
 static const int BITS[] = {2, 3, 4, 5, 6, 8}, GROUPS[] = {32, 64, 128};
@@ -149,7 +150,10 @@ static void test_products(void) {
         for (int i = 0; i < 4; i++) {
             av_matmul_forward(a, x, &Q, Ts[i]);
             av_matmul_forward(b, x, &F, Ts[i]);
-            CHECK(test_rel_l2(a, b, (size_t)Ts[i] * N) < 1e-5, "%d bits, T %d: matmul rel %g", bits, Ts[i], test_rel_l2(a, b, (size_t)Ts[i] * N));
+            /* decode products (T <= 4) with AVX-512 VNNI take x as two int8 digits per 4-16 columns
+             * (quant/qmatmul.h): relative error ~1e-5 here; everything else is f32 */
+            double tol = Ts[i] <= 4 && strcmp(av_qmatmul_impl(), "avx512-vnni") == 0 ? 1e-4 : 1e-5;
+            CHECK(test_rel_l2(a, b, (size_t)Ts[i] * N) < tol, "%d bits, T %d: matmul rel %g", bits, Ts[i], test_rel_l2(a, b, (size_t)Ts[i] * N));
         }
         memset(da, 0, sizeof(float) * T * K);
         memset(db, 0, sizeof(float) * T * K);

@@ -16,6 +16,7 @@
  * (rmsnorm.c, rope.c, standard.c, swiglu.c): the same formulas in the same order. */
 #include "model/decode_cpu.h"
 #include "ops/simd.h"
+#include "quant/qmatmul.h"
 #include <limits.h>
 #include <omp.h>
 #include <sched.h>
@@ -33,6 +34,41 @@
 #define LCH 128 /* LM head rows per chunk */
 
 #define SPIN 2000 /* pause iterations before a barrier waiter sleeps */
+
+/* A thread's x prepared for quantized products (quant/qmatmul.h), once per stage: every product of
+ * a stage reads the same x, so a thread prepares it on its first chunk of the stage (again only if a
+ * projection of the stage has other bits or group size). */
+typedef struct {
+    void *buf;
+    size_t cap;
+    int stage, bits, group;
+    av_qx qx;
+} qx_cache;
+
+/* out[t * ldo + (r - r0)] = x_t . W row r for r in [r0, r1): av_matvec_rows, or the quantized
+ * kernels on x prepared for this stage (x rows are W->cols apart, as every decode stage has them). */
+static void mv(qx_cache *qc, int stage, float *out, size_t ldo, const float *x, size_t ldx, int nx, const av_mat *W, int r0, int r1) {
+    if (W->q_bits && ldx == (size_t)W->cols) {
+        if (qc->stage != stage || qc->bits != W->q_bits || qc->group != W->q_group) {
+            size_t need = av_qx_size(nx, W);
+            if (need > qc->cap) {
+                free(qc->buf);
+                qc->buf = aligned_alloc(64, (need + 63) / 64 * 64);
+                qc->cap = qc->buf ? need : 0;
+                qc->stage = -1;
+            }
+            if (qc->buf) {
+                av_qx_prepare(&qc->qx, qc->buf, x, nx, W);
+                qc->stage = stage, qc->bits = W->q_bits, qc->group = W->q_group;
+            }
+        }
+        if (qc->stage == stage) {
+            av_qmatmul_rows(out, ldo, &qc->qx, W, r0, r1);
+            return;
+        }
+    }
+    av_matvec_rows(out, ldo, x, ldx, nx, W, r0, r1);
+}
 
 /* Centralized barrier of the region's nt threads: the last arrival bumps the generation and wakes
  * the sleepers. A waiter counts itself in `sleepers` before it sleeps on the generation word (the
@@ -172,6 +208,7 @@ int av_llama_decode_cpu(const av_model *m, av_layer_ws *ws, float *x, float *hid
 #pragma omp parallel num_threads(nth)
     {
         int nt = omp_get_num_threads(), st = 0;
+        qx_cache qc = {.stage = -1};
         float *xn = scr + per * (size_t)omp_get_thread_num(), *tmp = xn + (size_t)N * D, *cs = tmp + (size_t)N * wide,
               *sc = cs + (size_t)N * hd;
         for (int i = 0; i < N; i++) /* rope.c's tables: cos | sin of pos * inv_freq */
@@ -188,7 +225,7 @@ int av_llama_decode_cpu(const av_model *m, av_layer_ws *ws, float *x, float *hid
             for (int h; (h = atomic_fetch_add(&next[st], 1)) < nqkv;) {
                 const av_mat *W = h < H ? &L->q.w : h < H + KVH ? &L->k.w : &L->v.w;
                 int hh = h < H ? h : h < H + KVH ? h - H : h - H - KVH;
-                av_matvec_rows(tmp, (size_t)hd, xn, (size_t)D, N, W, hh * hd, (hh + 1) * hd);
+                mv(&qc, st, tmp, (size_t)hd, xn, (size_t)D, N, W, hh * hd, (hh + 1) * hd);
                 for (int i = 0; i < N; i++) {
                     float *o = tmp + (size_t)i * hd;
                     if (h < H + KVH) rope_head(o, cs + (size_t)i * hd, cs + (size_t)i * hd + half, half);
@@ -228,7 +265,7 @@ int av_llama_decode_cpu(const av_model *m, av_layer_ws *ws, float *x, float *hid
             /* 3. x += o(att) */
             for (int ch; (ch = atomic_fetch_add(&next[st], 1)) < no;) {
                 int r0 = ch * OCH, r1 = r0 + OCH < D ? r0 + OCH : D;
-                av_matvec_rows(tmp, OCH, att, qd, N, &L->o.w, r0, r1);
+                mv(&qc, st, tmp, OCH, att, qd, N, &L->o.w, r0, r1);
                 for (int i = 0; i < N; i++)
                     for (int r = r0; r < r1; r++) x[(size_t)i * D + r] += tmp[(size_t)i * OCH + r - r0];
             }
@@ -238,8 +275,8 @@ int av_llama_decode_cpu(const av_model *m, av_layer_ws *ws, float *x, float *hid
             norm_rows(xn, x, &L->mlp_norm, N, D, c->rms_norm_eps);
             for (int ch; (ch = atomic_fetch_add(&next[st], 1)) < ngu;) {
                 int j0 = ch * GCH, j1 = j0 + GCH < F ? j0 + GCH : F;
-                av_matvec_rows(tmp, 2 * GCH, xn, (size_t)D, N, &L->gate.w, j0, j1);
-                av_matvec_rows(tmp + GCH, 2 * GCH, xn, (size_t)D, N, &L->up.w, j0, j1);
+                mv(&qc, st, tmp, 2 * GCH, xn, (size_t)D, N, &L->gate.w, j0, j1);
+                mv(&qc, st, tmp + GCH, 2 * GCH, xn, (size_t)D, N, &L->up.w, j0, j1);
                 for (int i = 0; i < N; i++)
                     swiglu_span(act + (size_t)i * F + j0, tmp + (size_t)i * 2 * GCH, tmp + (size_t)i * 2 * GCH + GCH, j1 - j0);
             }
@@ -248,7 +285,7 @@ int av_llama_decode_cpu(const av_model *m, av_layer_ws *ws, float *x, float *hid
             /* 5. x += down(act) */
             for (int ch; (ch = atomic_fetch_add(&next[st], 1)) < no;) {
                 int r0 = ch * OCH, r1 = r0 + OCH < D ? r0 + OCH : D;
-                av_matvec_rows(tmp, OCH, act, (size_t)F, N, &L->down.w, r0, r1);
+                mv(&qc, st, tmp, OCH, act, (size_t)F, N, &L->down.w, r0, r1);
                 for (int i = 0; i < N; i++)
                     for (int r = r0; r < r1; r++) x[(size_t)i * D + r] += tmp[(size_t)i * OCH + r - r0];
             }
@@ -262,9 +299,10 @@ int av_llama_decode_cpu(const av_model *m, av_layer_ws *ws, float *x, float *hid
         if (logits) {
             for (int ch; (ch = atomic_fetch_add(&next[st], 1)) < nlm;) {
                 int r0 = ch * LCH, r1 = r0 + LCH < V ? r0 + LCH : V;
-                av_matvec_rows(logits + r0, (size_t)V, xn, (size_t)D, N, &m->lm_head, r0, r1);
+                mv(&qc, st, logits + r0, (size_t)V, xn, (size_t)D, N, &m->lm_head, r0, r1);
             }
         }
+        free(qc.buf);
     }
     free(scr);
     free(next);

@@ -1,5 +1,5 @@
-/* Prefill GEMM out[T, N] = x[T, K] W^T for bf16/f16/f32 weights (AVX-512). x is transposed once into
- * 32-row blocks xt[T/32][K][32] shared by all threads; each thread converts panels of weight rows to
+/* Prefill GEMM out[T, N] = x[T, K] W^T for bf16/f16/f32 or quantized weights (AVX-512). x is transposed once into
+ * 32-row blocks xt[T/32][K][32] shared by all threads; each thread converts (or dequantizes) panels of weight rows to
  * f32 (row stride padded so the 12 rows of a micro-panel fall in different cache sets) and runs a
  * 12x32 register-tile kernel (12 weight rows broadcast x 32 token rows in 2 zmm, 24 accumulators),
  * blocked over K so the xt slab stays in L2 and the weight micro-panel in L1. */

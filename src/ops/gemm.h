@@ -1,4 +1,4 @@
-/* Prefill GEMM for 16-bit/f32 weights without BLAS packing overheads: out[T, N] = x[T, K] W^T.
+/* Prefill GEMM for 16-bit/f32 or quantized weights without BLAS packing overheads: out[T, N] = x[T, K] W^T.
  * AVX-512 only; returns 0 when it cannot run (no AVX-512, out of memory) so callers fall back. */
 #ifndef AV_GEMM_H
 #define AV_GEMM_H

@@ -2,12 +2,13 @@
  * (memory-bound; av_matvec_rows is the single-threaded row-range product that decode_cpu.c's
  * persistent region and matmul_rows' threads call) and matrix-matrix for prefill/
  * training (weights converted to f32 in row panels, then OpenBLAS sgemm; plain loops without BLAS).
- * Quantized weights are dequantized group by group inside the dot, or one panel of rows at a time. */
+ * Quantized weights: decode products by the kernels of quant/qmatmul.h, prefill on panels they dequantize. */
 #include "ops/ops.h"
 #include "ops/simd.h"
 #include "ops/gemm.h"
 #include "core/memory.h"
 #include "quant/affine.h"
+#include "quant/qmatmul.h"
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,8 +28,7 @@ float av_dot_row(const float *x, const av_mat *W, int row) {
 
 void av_mat_rows_to_f32(float *dst, const av_mat *W, int r0, int nr) {
     if (W->q_bits) {
-        for (int r = 0; r < nr; r++)
-            av_quant_dequant_row(dst + (size_t)r * W->cols, W->data, W->scales, W->biases, W->dtype, r0 + r, W->cols, W->q_bits, W->q_group);
+        av_qdequant_rows(dst, (size_t)W->cols, W, r0, nr);
         return;
     }
     size_t off = (size_t)r0 * (size_t)W->cols, n = (size_t)nr * (size_t)W->cols;
@@ -77,6 +77,25 @@ static void rows4_x4(float *out, size_t ldo, const float *x, size_t ldx, const a
 #undef ROWS4_BODY
 #endif
 
+/* Quantized weights (quant/qmatmul.h): x prepared once, threads take chunks of 16 rows. 0 when out of memory. */
+static int quant_rows(float *out, const float *x, const av_mat *W, int T) {
+    static _Thread_local void *buf;
+    static _Thread_local size_t cap;
+    size_t need = av_qx_size(T, W);
+    if (need > cap) {
+        free(buf);
+        buf = aligned_alloc(64, (need + 63) / 64 * 64);
+        cap = buf ? need : 0;
+    }
+    if (!buf) return 0;
+    av_qx qx;
+    av_qx_prepare(&qx, buf, x, T, W);
+    int N = W->rows, nch = (N + 15) / 16;
+#pragma omp parallel for schedule(dynamic, 2) if ((size_t)N * W->cols * T > (1u << 18))
+    for (int c = 0; c < nch; c++) av_qmatmul_rows(out + 16 * c, (size_t)N, &qx, W, 16 * c, N < 16 * c + 16 ? N : 16 * c + 16);
+    return 1;
+}
+
 void av_matvec_rows(float *out, size_t ldo, const float *x, size_t ldx, int nx, const av_mat *W, int r0, int r1) {
     int r = r0;
 #if defined(__AVX512F__)
@@ -101,6 +120,7 @@ void av_matvec_rows(float *out, size_t ldo, const float *x, size_t ldx, int nx, 
 /* Few rows of x: threads take chunks of 64 weight rows dynamically (a thread that loses its core to
  * another process does not stall the other) and read each chunk once for every x row. */
 static void matmul_rows(float *out, const float *x, const av_mat *W, int T) {
+    if (W->q_bits && quant_rows(out, x, W, T)) return;
     int N = W->rows, K = W->cols, nc = (N + 63) / 64;
 #pragma omp parallel for schedule(dynamic, 1) if ((size_t)N * K * T > (1u << 18))
     for (int c = 0; c < nc; c++) {
@@ -126,7 +146,7 @@ static float *panel_buf(size_t floats) {
 void av_matmul_forward(float *out, const float *x, const av_mat *W, int T) {
     int N = W->rows, K = W->cols;
     if (T <= 4) { matmul_rows(out, x, W, T); return; }
-    if (T >= 32 && W->dtype != AV_F32 && !W->q_bits && av_gemm_wt(out, x, W, T)) return;
+    if (T >= 32 && (W->dtype != AV_F32 || W->q_bits) && av_gemm_wt(out, x, W, T)) return;
 #ifdef AV_HAVE_BLAS
     if (W->dtype == AV_F32 && !W->q_bits) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, x, K, (const float *)W->data, K, 0.0f, out, N);

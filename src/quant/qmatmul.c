@@ -1,0 +1,348 @@
+/* Quantized products on the CPU (see qmatmul.h): the x preparation, the decode kernels over a row
+ * range (AVX-512 VNNI, AVX2, portable) and the row dequantization for panels. */
+#include "quant/qmatmul.h"
+#include "quant/affine.h"
+#include <math.h>
+#include <string.h>
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define QK_VNNI 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#define QK_AVX2 1
+#endif
+
+const char *av_qmatmul_impl(void) {
+#if defined(QK_VNNI)
+    return "avx512-vnni";
+#elif defined(QK_AVX2)
+    return "avx2";
+#else
+    return "portable";
+#endif
+}
+
+static size_t al64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* VNNI layout: one chunk = 64 packed bytes for 2/4/8 bits (256/128/64 columns), 8*bits bytes
+ * (64 columns) for 3/5/6 bits. x codes of a chunk are stored in the order its bytes meet them:
+ * 4 bits: even columns (low nibbles) then odd; 2 bits: the four 2-bit planes; else natural. */
+static int chunk_cols(int bits) { return bits == 4 ? 128 : bits == 2 ? 256 : 64; }
+
+static inline size_t x_pos(int col, int bits) {
+    if (bits == 4) return (size_t)(col >> 7) * 128 + (size_t)(col & 1) * 64 + (size_t)((col & 127) >> 1);
+    if (bits == 2) return (size_t)(col >> 8) * 256 + (size_t)(col & 3) * 64 + (size_t)((col & 255) >> 2);
+    return (size_t)col;
+}
+
+size_t av_qx_size(int T, const av_mat *W) {
+    int K = W->cols, cc = chunk_cols(W->q_bits), nc = (K + cc - 1) / cc, ngp = (K / W->q_group + 15) / 16 * 16;
+    return al64((size_t)T * nc * cc * 2) + al64((size_t)T * nc * 16 * sizeof(float)) + al64((size_t)T * ngp * sizeof(float));
+}
+
+void av_qx_prepare(av_qx *qx, void *buf, const float *x, int T, const av_mat *W) {
+    int K = W->cols, bits = W->q_bits, G = W->q_group, cc = chunk_cols(bits), nc = (K + cc - 1) / cc, ng = K / G;
+    int ngp = (ng + 15) / 16 * 16;
+    char *p = buf;
+    *qx = (av_qx){.x = x, .T = T, .K = K, .bits = bits, .group = G, .nc = nc, .cc = cc, .ngp = ngp};
+    qx->q = (int8_t *)p;
+    p += al64((size_t)T * nc * cc * 2);
+    qx->dl = (float *)p;
+    p += al64((size_t)T * nc * 16 * sizeof(float));
+    qx->xs = (float *)p;
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * K;
+        float *xs = qx->xs + (size_t)t * ngp;
+        for (int g = 0; g < ngp; g++) {
+            float s = 0.0f;
+            for (int i = 0; g < ng && i < G; i++) s += xr[(size_t)g * G + i];
+            xs[g] = s;
+        }
+#if defined(QK_VNNI)
+        int8_t *q = qx->q + (size_t)t * nc * cc * 2;
+        float *dl = qx->dl + (size_t)t * nc * 16;
+        /* one scale d per vpdpbusd lane (cc/16 columns: 4, 8 or 16), x = d * (q1 + q2 / 256): q1 the
+         * int8 code of x/d (d = amax/127), q2 the int8 code of the remainder in 1/256ths */
+        int lw = cc / 16;
+        for (int b = 0; b < nc * 16; b++) {
+            float amax = 0.0f;
+            int in = b * lw < K;
+            for (int i = 0; in && i < lw; i++) amax = fmaxf(amax, fabsf(xr[b * lw + i]));
+            if (amax != amax || amax == INFINITY) amax = NAN; /* propagates through the product */
+            float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+            for (int i = 0; i < lw; i++) {
+                int col = b * lw + i;
+                float v = in ? xr[col] * id : 0.0f, q1 = rintf(v), q2 = rintf((v - q1) * 256.0f);
+                size_t at = x_pos(col, bits), c = at / (size_t)cc;
+                q[at + c * cc] = (int8_t)q1;
+                q[at + c * cc + cc] = (int8_t)(q2 > 127.0f ? 127.0f : q2 < -127.0f ? -127.0f : q2);
+            }
+            dl[b] = d * (1.0f / 256.0f);
+        }
+#endif
+    }
+}
+
+/* ------------------------------------------------------------------ AVX-512 VNNI */
+#if defined(QK_VNNI)
+/* n (<= 16) scales or biases from i as f32, zeros past n */
+static inline __m512 ld16_s(const void *p, av_dtype dt, size_t i, int n) {
+    __mmask16 m = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+    if (dt == AV_F32) return _mm512_maskz_loadu_ps(m, (const float *)p + i);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i);
+    if (dt == AV_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+enum { K8, K4, K2, KG, KS }; /* 8 bits, 4, 2, 3/5/6 unpacked by VBMI, 3/5/6 unpacked in C */
+
+#if defined(__AVX512VBMI__)
+/* 64 codes of `bits` (any width) from 8*bits bytes: qword k gathers bytes bits*k.. (vpermb), each
+ * byte j of it shifted by j*bits (vpmultishiftqb), masked. */
+static void vbmi_tables(__m512i *perm, __m512i *shift, int bits) {
+    uint8_t pi[64], si[64];
+    for (int k = 0; k < 8; k++)
+        for (int j = 0; j < 8; j++) {
+            pi[8 * k + j] = (uint8_t)(bits * k + j);
+            si[8 * k + j] = (uint8_t)(bits * j);
+        }
+    *perm = _mm512_loadu_si512(pi);
+    *shift = _mm512_loadu_si512(si);
+}
+#endif
+
+/* The codes of one chunk (64 packed bytes, or 8*bits for 3/5/6) as vpdpbusd operands. */
+static inline __attribute__((always_inline)) void vnni_planes(__m512i *p, __m512i v, const int kind, __m512i mlo, __m512i perm,
+                                                              __m512i shift) {
+    if (kind == K8) {
+        p[0] = v;
+    } else if (kind == K4) {
+        p[0] = _mm512_and_si512(v, mlo);
+        p[1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mlo);
+    } else if (kind == K2) {
+        p[0] = _mm512_and_si512(v, mlo);
+        p[1] = _mm512_and_si512(_mm512_srli_epi16(v, 2), mlo);
+        p[2] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mlo);
+        p[3] = _mm512_and_si512(_mm512_srli_epi16(v, 6), mlo);
+    } else {
+#if defined(__AVX512VBMI__)
+        p[0] = _mm512_and_si512(_mm512_multishift_epi64_epi8(shift, _mm512_permutexvar_epi8(perm, v)), mlo);
+#else
+        (void)perm; (void)shift; (void)mlo;
+        p[0] = v;
+#endif
+    }
+}
+
+/* out[t] for t in [t0, t0+T) of weight row n: chunks through vpdpbusd with the int8 x, int32 sums
+ * scaled per lane by (weight group scale) * (x block scale), 16 groups' scales per register
+ * (idx[j]: lane -> group for the j-th chunk of those 16 groups); biases times the x group sums. */
+static inline __attribute__((always_inline)) void vnni_row(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n, int t0,
+                                                           const int T, const int kind, const __m512i *idx, __m512i perm, __m512i shift) {
+    const int cc = kind == K4 ? 128 : kind == K2 ? 256 : 64, P = kind == K4 ? 2 : kind == K2 ? 4 : 1;
+    const int K = qx->K, bits = qx->bits, G = qx->group, nc = qx->nc, ng = K / G, cps = 16 * G / cc, cb = cc * bits / 8;
+    const size_t rowbytes = (size_t)K * bits / 8, s0 = (size_t)n * ng;
+    const uint8_t *wr = (const uint8_t *)W->data + (size_t)n * rowbytes;
+    const __m512i mlo = _mm512_set1_epi8(kind == K4 ? 0x0F : kind == K2 ? 0x03 : (char)((1 << bits) - 1));
+    const int8_t *xq[4];
+    const float *dl[4];
+    __m512 acc[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        acc[t] = _mm512_setzero_ps();
+        xq[t] = qx->q + (size_t)(t0 + t) * nc * cc * 2;
+        dl[t] = qx->dl + (size_t)(t0 + t) * nc * 16;
+    }
+    uint8_t ub[64] __attribute__((aligned(64)));
+    for (int c0 = 0; c0 < nc; c0 += cps) {
+        int g0 = c0 / cps * 16, ce = c0 + cps < nc ? c0 + cps : nc;
+        __m512 swv = ld16_s(W->scales, W->dtype, s0 + g0, ng - g0), bv = ld16_s(W->biases, W->dtype, s0 + g0, ng - g0);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) acc[t] = _mm512_fmadd_ps(bv, _mm512_loadu_ps(qx->xs + (size_t)(t0 + t) * qx->ngp + g0), acc[t]);
+        for (int c = c0; c < ce; c++) {
+            __m512 swl = _mm512_permutexvar_ps(idx[c - c0], swv);
+            size_t off = (size_t)c * cb;
+            __m512i v;
+            if (kind == KS) {
+                int nv = K - c * 64 < 64 ? K - c * 64 : 64;
+                memset(ub, 0, sizeof ub);
+                av_quant_unpack(ub, (const uint32_t *)wr, c * 64, nv, bits);
+                v = _mm512_load_si512(ub);
+            } else if (kind != KG && off + 64 <= rowbytes) {
+                v = _mm512_loadu_si512(wr + off);
+            } else {
+                size_t nb = rowbytes - off < (size_t)cb ? rowbytes - off : (size_t)cb;
+                v = _mm512_maskz_loadu_epi8((__mmask64)(nb >= 64 ? ~0ull : (1ull << nb) - 1), wr + off);
+            }
+            __m512i p[4];
+            vnni_planes(p, v, kind, mlo, perm, shift);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) {
+                const int8_t *xc = xq[t] + (size_t)c * cc * 2;
+                __m512i ia = _mm512_dpbusd_epi32(_mm512_setzero_si512(), p[0], _mm512_load_si512(xc));
+#pragma GCC unroll 4
+                for (int k = 1; k < P; k++) ia = _mm512_dpbusd_epi32(ia, p[k], _mm512_load_si512(xc + 64 * k));
+                ia = _mm512_slli_epi32(ia, 8);
+#pragma GCC unroll 4
+                for (int k = 0; k < P; k++) ia = _mm512_dpbusd_epi32(ia, p[k], _mm512_load_si512(xc + cc + 64 * k));
+                __m512 sd = _mm512_mul_ps(swl, _mm512_load_ps(dl[t] + (size_t)c * 16));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia), sd, acc[t]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) out[(size_t)(t0 + t) * ldo] = _mm512_reduce_add_ps(acc[t]);
+}
+
+#define VNNI_ROWS(KIND)                                                                                                       \
+    for (int t0 = 0; t0 < qx->T; t0 += 4) {                                                                                  \
+        int tn = qx->T - t0 < 4 ? qx->T - t0 : 4;                                                                            \
+        for (int n = n0; n < n1; n++) switch (tn) {                                                                           \
+            case 1: vnni_row(out + (n - n0), ldo, qx, W, n, t0, 1, KIND, idx, perm, shift); break;                                     \
+            case 2: vnni_row(out + (n - n0), ldo, qx, W, n, t0, 2, KIND, idx, perm, shift); break;                                     \
+            case 3: vnni_row(out + (n - n0), ldo, qx, W, n, t0, 3, KIND, idx, perm, shift); break;                                     \
+            default: vnni_row(out + (n - n0), ldo, qx, W, n, t0, 4, KIND, idx, perm, shift); break;                                    \
+            }                                                                                                                 \
+    }
+
+void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n0, int n1) {
+    int bits = qx->bits, G = qx->group, cc = qx->cc, lpb = 16 / (cc / 32), cps = 16 * G / cc;
+    /* lane l of the j-th chunk of 16 groups: block j*cc/32 + l/lpb, group (j*cc + (l/lpb)*32) / G */
+    __m512i idx[32];
+    const __m512i lb = _mm512_slli_epi32(_mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                           __builtin_ctz((unsigned)lpb)), 5);
+    for (int j = 0; j < cps; j++)
+        idx[j] = _mm512_srli_epi32(_mm512_add_epi32(_mm512_set1_epi32(j * cc), lb), __builtin_ctz((unsigned)G));
+    __m512i perm = _mm512_setzero_si512(), shift = _mm512_setzero_si512();
+    if (bits == 8) { VNNI_ROWS(K8) }
+    else if (bits == 4) { VNNI_ROWS(K4) }
+    else if (bits == 2) { VNNI_ROWS(K2) }
+    else {
+#if defined(__AVX512VBMI__)
+        vbmi_tables(&perm, &shift, bits);
+        VNNI_ROWS(KG)
+#else
+        VNNI_ROWS(KS)
+#endif
+    }
+}
+
+#elif defined(QK_AVX2)
+/* ------------------------------------------------------------------ AVX2: f32 dequant in registers */
+static float load_s(const void *p, av_dtype t, size_t i) {
+    if (t == AV_BF16 || t == AV_F16) {
+        uint16_t h;
+        memcpy(&h, (const char *)p + 2 * i, 2);
+        return t == AV_BF16 ? av_bf16_to_f32(h) : av_f16_to_f32(h);
+    }
+    float f;
+    memcpy(&f, (const char *)p + 4 * i, 4);
+    return f;
+}
+
+/* one group of G weights as f32 into w (8 at a time from the packed words) */
+static inline void avx2_group(float *w, const uint8_t *wr, int g, int G, int bits, float s, float b) {
+    const __m256 sv = _mm256_set1_ps(s), bv = _mm256_set1_ps(b);
+    const uint8_t *gp = wr + (size_t)g * G * bits / 8;
+    if (bits == 4) {
+        const __m256i sh = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), m = _mm256_set1_epi32(15);
+        for (int i = 0; i < G; i += 8) {
+            uint32_t u;
+            memcpy(&u, gp + i / 2, 4);
+            __m256i q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)u), sh), m);
+            _mm256_storeu_ps(w + i, _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(q), bv));
+        }
+    } else if (bits == 8) {
+        for (int i = 0; i < G; i += 8) {
+            __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(gp + i)));
+            _mm256_storeu_ps(w + i, _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(q), bv));
+        }
+    } else if (bits == 2) {
+        const __m256i sh = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), m = _mm256_set1_epi32(3);
+        for (int i = 0; i < G; i += 8) {
+            uint16_t u;
+            memcpy(&u, gp + i / 4, 2);
+            __m256i q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(u), sh), m);
+            _mm256_storeu_ps(w + i, _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(q), bv));
+        }
+    } else {
+        uint8_t q8[128];
+        av_quant_unpack(q8, (const uint32_t *)wr, g * G, G, bits);
+        for (int i = 0; i < G; i += 8) {
+            __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q8 + i)));
+            _mm256_storeu_ps(w + i, _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(q), bv));
+        }
+    }
+}
+
+void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n0, int n1) {
+    const int K = qx->K, bits = qx->bits, G = qx->group, ng = K / G, T = qx->T;
+    const size_t rowbytes = (size_t)K * bits / 8;
+    float w[128];
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *wr = (const uint8_t *)W->data + (size_t)n * rowbytes;
+        for (int t0 = 0; t0 < T; t0 += 4) {
+            int tn = T - t0 < 4 ? T - t0 : 4;
+            __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            for (int g = 0; g < ng; g++) {
+                avx2_group(w, wr, g, G, bits, load_s(W->scales, W->dtype, (size_t)n * ng + g), load_s(W->biases, W->dtype, (size_t)n * ng + g));
+                for (int t = 0; t < tn; t++) {
+                    const float *xr = qx->x + (size_t)(t0 + t) * K + (size_t)g * G;
+                    for (int i = 0; i < G; i += 8) acc[t] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + i), _mm256_loadu_ps(w + i), acc[t]);
+                }
+            }
+            for (int t = 0; t < tn; t++) {
+                __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+                s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                s = _mm_add_ss(s, _mm_movehdup_ps(s));
+                out[(size_t)(t0 + t) * ldo + (n - n0)] = _mm_cvtss_f32(s);
+            }
+        }
+    }
+}
+
+#else
+/* ------------------------------------------------------------------ portable C */
+void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n0, int n1) {
+    for (int n = n0; n < n1; n++)
+        for (int t = 0; t < qx->T; t++)
+            out[(size_t)t * ldo + (n - n0)] = av_quant_dot_row(qx->x + (size_t)t * qx->K, W->data, W->scales, W->biases, W->dtype, n, qx->K,
+                                                         qx->bits, qx->group);
+}
+#endif
+
+/* ------------------------------------------------------------------ row dequantization */
+void av_qdequant_rows(float *dst, size_t ldd, const av_mat *W, int r0, int nr) {
+    const int K = W->cols, bits = W->q_bits, G = W->q_group;
+#if defined(QK_VNNI) && defined(__AVX512VBMI__)
+    const int ng = K / G, cb = 8 * bits;
+    const size_t rowbytes = (size_t)K * bits / 8;
+    __m512i perm, shift;
+    vbmi_tables(&perm, &shift, bits);
+    const __m512i m = _mm512_set1_epi8((char)((1 << bits) - 1));
+    for (int r = 0; r < nr; r++) {
+        const uint8_t *wr = (const uint8_t *)W->data + (size_t)(r0 + r) * rowbytes;
+        float *d = dst + (size_t)r * ldd;
+        size_t s0 = (size_t)(r0 + r) * ng;
+        /* 64 codes per step; 16 columns never straddle a group (G >= 32) */
+        for (int c = 0; c * 64 < K; c++) {
+            size_t off = (size_t)c * cb, nb = rowbytes - off < (size_t)cb ? rowbytes - off : (size_t)cb;
+            __m512i v = _mm512_maskz_loadu_epi8((__mmask64)(nb == 64 ? ~0ull : (1ull << nb) - 1), wr + off);
+            __m512i q = _mm512_and_si512(_mm512_multishift_epi64_epi8(shift, _mm512_permutexvar_epi8(perm, v)), m);
+            __m128i qq[4] = {_mm512_extracti32x4_epi32(q, 0), _mm512_extracti32x4_epi32(q, 1), _mm512_extracti32x4_epi32(q, 2),
+                             _mm512_extracti32x4_epi32(q, 3)};
+            for (int h = 0; h < 4 && c * 64 + h * 16 < K; h++) {
+                int col = c * 64 + h * 16, g = col / G;
+                __m512 s = _mm512_permutexvar_ps(_mm512_setzero_si512(), ld16_s(W->scales, W->dtype, s0 + g, 1));
+                __m512 b = _mm512_permutexvar_ps(_mm512_setzero_si512(), ld16_s(W->biases, W->dtype, s0 + g, 1));
+                /* s * q + b as two roundings, as the scalar dequantization */
+                _mm512_storeu_ps(d + col, _mm512_add_ps(_mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(qq[h]))), b));
+            }
+        }
+    }
+#else
+    for (int r = 0; r < nr; r++) av_quant_dequant_row(dst + (size_t)r * ldd, W->data, W->scales, W->biases, W->dtype, r0 + r, K, bits, G);
+#endif
+}
