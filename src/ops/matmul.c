@@ -131,6 +131,7 @@ static void matmul_rows(float *out, const float *x, const av_mat *W, int T) {
 
 #define PANEL_ROWS 128
 
+#ifdef AV_HAVE_BLAS
 /* Thread-local f32 panel for weight conversion (reused across calls). */
 static float *panel_buf(size_t floats) {
     static _Thread_local float *buf;
@@ -142,12 +143,13 @@ static float *panel_buf(size_t floats) {
     }
     return buf;
 }
+#endif
 
 void av_matmul_forward(float *out, const float *x, const av_mat *W, int T) {
-    int N = W->rows, K = W->cols;
     if (T <= 4) { matmul_rows(out, x, W, T); return; }
     if (T >= 32 && (W->dtype != AV_F32 || W->q_bits) && av_gemm_wt(out, x, W, T)) return;
 #ifdef AV_HAVE_BLAS
+    int N = W->rows, K = W->cols;
     if (W->dtype == AV_F32 && !W->q_bits) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, x, K, (const float *)W->data, K, 0.0f, out, N);
         return;
