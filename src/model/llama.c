@@ -143,7 +143,7 @@ av_status av_session_logits(av_session *s, const int32_t *ids, int T, float *log
         }
     }
     be->free(scratch);
-    return av_cuda_status();
+    return be->device == AV_DEVICE_CPU ? AV_OK : av_cuda_status(); /* the CUDA error record is the device's */
 }
 
 av_status av_session_nll(av_session *s, const int32_t *ids, int T, double *sum, float *row_nll, int32_t *argmax) {
