@@ -1,4 +1,4 @@
-/* KL between models (src/eval/kl.c): one position against a hand-computed value (p = (1/2, 1/2),
+/* KL between models (src/engine/kl.c): one position against a hand-computed value (p = (1/2, 1/2),
  * q = (3/4, 1/4): KL = ln(4/3) / 2), invariance to a logit shift, the first-argmax rule, numpy's
  * linear percentile rule; av_session_logits rows (over several prefill chunks) match
  * av_session_last_logits; a model against itself (same chunking) gives KL exactly 0 and full
