@@ -101,7 +101,7 @@ clean:
 
 # --- fuzzing (clang's libFuzzer; not part of `make test`) --------------------------------------
 # `make fuzz`: builds build-fuzz/fuzz_gguf and fuzz_safetensors (library compiled for coverage under
-# ASan + UBSan), seeds build-fuzz/corpus-* from the fixtures and fuzz/seeds, and runs each target for
+# ASan + UBSan), seeds build-fuzz/corpus-* from the fixtures and tests/fixtures/fuzz-seeds, and runs each target for
 # FUZZ_RUNS executions (one process). Crashing inputs land in build-fuzz/ (crash-*, leak-*).
 FUZZ_CC     ?= clang
 FUZZ_RUNS   ?= 100000
@@ -130,8 +130,8 @@ fuzz-build: $(FUZZ_BIN)
 
 fuzz: fuzz-build
 	@mkdir -p $(FUZZ_DIR)/corpus-gguf $(FUZZ_DIR)/corpus-safetensors
-	@cp tests/fixtures/gguf/*.gguf fuzz/seeds/*.gguf $(FUZZ_DIR)/corpus-gguf/
-	@cp tests/fixtures/gguf/expected.safetensors tests/fixtures/optimizer/steps.safetensors fuzz/seeds/*.safetensors $(FUZZ_DIR)/corpus-safetensors/
+	@cp tests/fixtures/gguf/*.gguf tests/fixtures/fuzz-seeds/*.gguf $(FUZZ_DIR)/corpus-gguf/
+	@cp tests/fixtures/gguf/expected.safetensors tests/fixtures/optimizer/steps.safetensors tests/fixtures/fuzz-seeds/*.safetensors $(FUZZ_DIR)/corpus-safetensors/
 	$(FUZZ_DIR)/fuzz_gguf -runs=$(FUZZ_RUNS) -max_len=$(FUZZ_MAXLEN) -dict=fuzz/gguf.dict -artifact_prefix=$(FUZZ_DIR)/ \
 	   -print_final_stats=1 $(FUZZ_ARGS) $(FUZZ_DIR)/corpus-gguf
 	$(FUZZ_DIR)/fuzz_safetensors -runs=$(FUZZ_RUNS) -max_len=$(FUZZ_MAXLEN) -dict=fuzz/safetensors.dict -artifact_prefix=$(FUZZ_DIR)/ \

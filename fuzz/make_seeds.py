@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Makes fuzz/seeds/*.gguf (dev aid; `make fuzz` only copies the results): small GGUF files cut from
+"""Makes tests/fixtures/fuzz-seeds/*.gguf (dev aid; `make fuzz` only copies the results): small GGUF files cut from
 the real fixtures so that whole inputs fit the fuzzer's max_len (64 KB). Each keeps a fixture's
 metadata with its token arrays cut to the first N entries (merges kept when both halves and the
 result survive) and at most a few tiny tensor infos with their data. Standard library only; run from
@@ -88,14 +88,14 @@ def cut(path, out, n_tok, max_tensor_bytes=4096):
     print(out, len(head + blob))
 
 
-os.makedirs("fuzz/seeds", exist_ok=True)
-cut(f"{FX}/tiny-v1024-q8_0.gguf", "fuzz/seeds/llama-spm-v200.gguf", 200)
-cut(f"{FX}/vocab-llama2.gguf", "fuzz/seeds/vocab-llama2-v300.gguf", 300)
-cut(f"{FX}/vocab-gpt2.gguf", "fuzz/seeds/vocab-gpt2-v300.gguf", 300)
-cut(f"{FX}/vocab-llama3.gguf", "fuzz/seeds/vocab-llama3-v300.gguf", 300)
-cut(f"{FX}/vocab-qwen2.gguf", "fuzz/seeds/vocab-qwen2-v300.gguf", 300)
-cut(f"{FX}/vocab-llama2.gguf", "fuzz/seeds/vocab-llama2-v3.gguf", 3)
-cut(f"{FX}/vocab-gpt2.gguf", "fuzz/seeds/vocab-gpt2-v3.gguf", 3)
+os.makedirs("tests/fixtures/fuzz-seeds", exist_ok=True)
+cut(f"{FX}/tiny-v1024-q8_0.gguf", "tests/fixtures/fuzz-seeds/llama-spm-v200.gguf", 200)
+cut(f"{FX}/vocab-llama2.gguf", "tests/fixtures/fuzz-seeds/vocab-llama2-v300.gguf", 300)
+cut(f"{FX}/vocab-gpt2.gguf", "tests/fixtures/fuzz-seeds/vocab-gpt2-v300.gguf", 300)
+cut(f"{FX}/vocab-llama3.gguf", "tests/fixtures/fuzz-seeds/vocab-llama3-v300.gguf", 300)
+cut(f"{FX}/vocab-qwen2.gguf", "tests/fixtures/fuzz-seeds/vocab-qwen2-v300.gguf", 300)
+cut(f"{FX}/vocab-llama2.gguf", "tests/fixtures/fuzz-seeds/vocab-llama2-v3.gguf", 3)
+cut(f"{FX}/vocab-gpt2.gguf", "tests/fixtures/fuzz-seeds/vocab-gpt2-v3.gguf", 3)
 
 
 def tiny_model(out, src=f"{FX}/vocab-llama2.gguf", V=64, D=32, F=64, H=4, KV=2, L=1):
@@ -146,4 +146,4 @@ def tiny_model(out, src=f"{FX}/vocab-llama2.gguf", V=64, D=32, F=64, H=4, KV=2, 
     print(out, len(head + blob))
 
 
-tiny_model("fuzz/seeds/tiny-llama-v64.gguf")
+tiny_model("tests/fixtures/fuzz-seeds/tiny-llama-v64.gguf")
