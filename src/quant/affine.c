@@ -9,17 +9,7 @@ int av_quant_supported(int bits, int group) {
     return b && (group == 32 || group == 64 || group == 128);
 }
 
-/* Scales, biases and packed words live in mmapped safetensors, at any byte offset: read by memcpy. */
-static float load_s(const void *p, av_dtype t, size_t i) {
-    if (t == AV_BF16 || t == AV_F16) {
-        uint16_t h;
-        memcpy(&h, (const char *)p + 2 * i, 2);
-        return t == AV_BF16 ? av_bf16_to_f32(h) : av_f16_to_f32(h);
-    }
-    float f;
-    memcpy(&f, (const char *)p + 4 * i, 4);
-    return f;
-}
+/* Packed words live in mmapped safetensors, at any byte offset: read by memcpy (scales/biases: av_quant_load_sb). */
 
 static inline uint32_t load_w(const uint32_t *row, size_t i) {
     uint32_t v;
@@ -108,7 +98,7 @@ void av_quant_dequant_row(float *dst, const uint32_t *packed, const void *scales
         const int per = 32 / bits, wpg = group / per;
         const uint32_t mask = (1u << bits) - 1;
         for (int g = 0; g < ng; g++) {
-            float s = load_s(scales, sdt, (size_t)r * ng + g), b = load_s(biases, sdt, (size_t)r * ng + g);
+            float s = av_quant_load_sb(scales, sdt, (size_t)r * ng + g), b = av_quant_load_sb(biases, sdt, (size_t)r * ng + g);
             for (int k = 0; k < wpg; k++) {
                 uint32_t v = load_w(row, (size_t)g * wpg + k);
                 float *d = dst + (size_t)g * group + (size_t)k * per;
@@ -118,7 +108,7 @@ void av_quant_dequant_row(float *dst, const uint32_t *packed, const void *scales
         return;
     }
     for (int g = 0; g < ng; g++) {
-        float s = load_s(scales, sdt, (size_t)r * ng + g), b = load_s(biases, sdt, (size_t)r * ng + g);
+        float s = av_quant_load_sb(scales, sdt, (size_t)r * ng + g), b = av_quant_load_sb(biases, sdt, (size_t)r * ng + g);
         av_quant_unpack(q, row, g * group, group, bits);
         for (int i = 0; i < group; i++) dst[g * group + i] = s * (float)q[i] + b;
     }
@@ -135,7 +125,7 @@ float av_quant_dot_row(const float *x, const uint32_t *packed, const void *scale
         const uint32_t mask = (1u << bits) - 1;
         for (int g = 0; g < ng; g++) {
             const float *xg = x + (size_t)g * group;
-            float s = load_s(scales, sdt, (size_t)r * ng + g), b = load_s(biases, sdt, (size_t)r * ng + g), xq = 0.0f, xs = 0.0f;
+            float s = av_quant_load_sb(scales, sdt, (size_t)r * ng + g), b = av_quant_load_sb(biases, sdt, (size_t)r * ng + g), xq = 0.0f, xs = 0.0f;
             for (int k = 0; k < wpg; k++) {
                 uint32_t v = load_w(row, (size_t)g * wpg + k);
                 const float *xk = xg + k * per;
@@ -150,7 +140,7 @@ float av_quant_dot_row(const float *x, const uint32_t *packed, const void *scale
     }
     for (int g = 0; g < ng; g++) {
         const float *xg = x + (size_t)g * group;
-        float s = load_s(scales, sdt, (size_t)r * ng + g), b = load_s(biases, sdt, (size_t)r * ng + g), xq = 0.0f, xs = 0.0f;
+        float s = av_quant_load_sb(scales, sdt, (size_t)r * ng + g), b = av_quant_load_sb(biases, sdt, (size_t)r * ng + g), xq = 0.0f, xs = 0.0f;
         av_quant_unpack(q, row, g * group, group, bits);
         for (int i = 0; i < group; i++) {
             xq += xg[i] * (float)q[i];

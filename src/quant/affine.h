@@ -5,7 +5,20 @@
 #define AV_QUANT_AFFINE_H
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include "core/dtype.h"
+
+/* Scale or bias i of a table in dtype t. Tables live in mmapped files at any byte offset: read by memcpy. */
+static inline float av_quant_load_sb(const void *p, av_dtype t, size_t i) {
+    if (t == AV_BF16 || t == AV_F16) {
+        uint16_t h;
+        memcpy(&h, (const char *)p + 2 * i, 2);
+        return t == AV_BF16 ? av_bf16_to_f32(h) : av_f16_to_f32(h);
+    }
+    float f;
+    memcpy(&f, (const char *)p + 4 * i, 4);
+    return f;
+}
 
 /* 1 when bits is 2, 3, 4, 5, 6 or 8 and group is 32, 64 or 128. */
 int av_quant_supported(int bits, int group);

@@ -231,16 +231,6 @@ void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, i
 
 #elif defined(QK_AVX2)
 /* ------------------------------------------------------------------ AVX2: f32 dequant in registers */
-static float load_s(const void *p, av_dtype t, size_t i) {
-    if (t == AV_BF16 || t == AV_F16) {
-        uint16_t h;
-        memcpy(&h, (const char *)p + 2 * i, 2);
-        return t == AV_BF16 ? av_bf16_to_f32(h) : av_f16_to_f32(h);
-    }
-    float f;
-    memcpy(&f, (const char *)p + 4 * i, 4);
-    return f;
-}
 
 /* one group of G weights as f32 into w (8 at a time from the packed words) */
 static inline void avx2_group(float *w, const uint8_t *wr, int g, int G, int bits, float s, float b) {
@@ -287,7 +277,7 @@ void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, i
             int tn = T - t0 < 4 ? T - t0 : 4;
             __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
             for (int g = 0; g < ng; g++) {
-                avx2_group(w, wr, g, G, bits, load_s(W->scales, W->dtype, (size_t)n * ng + g), load_s(W->biases, W->dtype, (size_t)n * ng + g));
+                avx2_group(w, wr, g, G, bits, av_quant_load_sb(W->scales, W->dtype, (size_t)n * ng + g), av_quant_load_sb(W->biases, W->dtype, (size_t)n * ng + g));
                 for (int t = 0; t < tn; t++) {
                     const float *xr = qx->x + (size_t)(t0 + t) * K + (size_t)g * G;
                     for (int i = 0; i < G; i += 8) acc[t] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + i), _mm256_loadu_ps(w + i), acc[t]);
