@@ -127,6 +127,12 @@ size_t av_model_weight_bytes(const av_model *m);  /* bytes of the weight files' 
 /* Decode steps captured as backend graphs (CUDA graphs; default on) or, with on = 0, issued op by op
  * each token: the same ops and results, slower; for debugging with tools that do not follow graphs. */
 void av_model_set_graphs(av_model *m, int on);
+/* Attention implementation for prefill, decode and training: AUTO picks per shape (flash for long
+ * chunks and training where the backend has it), FLASH tiles with an online softmax and never holds
+ * the S x S scores, STANDARD materialises them (the reference). Same results within rounding. */
+typedef enum { AV_ATTN_AUTO = 0, AV_ATTN_FLASH, AV_ATTN_STANDARD } av_attention_kind;
+void av_model_set_attention(av_model *m, av_attention_kind k);
+av_attention_kind av_model_attention(const av_model *m);
 int av_model_weight_files(const av_model *m);     /* number of safetensors files */
 av_dtype av_model_weight_dtype(const av_model *m); /* dtype of the embedding table as stored */
 /* Peak memory in bytes: the process's peak RSS where backend memory is host memory (CPU), else

@@ -29,6 +29,7 @@ struct av_model {
     float *inv_freq;           /* backend memory, head_dim/2 */
     void *arena;               /* uploaded weights (non-host backends) */
     size_t weight_bytes;
+    int attention;             /* av_attention_kind: AUTO, FLASH or STANDARD */
     int no_graphs;             /* decode steps run eagerly, never captured (debugging) */
     av_gguf_file *gguf;        /* the model came from this GGUF file (st is then empty) */
     void **owned;              /* host buffers of converted GGUF tensors */

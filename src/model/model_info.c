@@ -8,6 +8,8 @@ const char *av_model_dir(const av_model *m) { return m->dir; }
 const av_backend *av_model_backend(const av_model *m) { return m->be; }
 size_t av_model_weight_bytes(const av_model *m) { return m->weight_bytes; }
 void av_model_set_graphs(av_model *m, int on) { m->no_graphs = !on; }
+void av_model_set_attention(av_model *m, av_attention_kind k) { m->attention = (int)k; }
+av_attention_kind av_model_attention(const av_model *m) { return (av_attention_kind)m->attention; }
 int av_model_weight_files(const av_model *m) { return m->gguf ? 1 : m->st.nfiles; }
 av_dtype av_model_weight_dtype(const av_model *m) { return m->embed.dtype; }
 
