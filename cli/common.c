@@ -23,10 +23,21 @@ int av_cli_attach_adapter(const char *cmd, av_model *m, const char *path) {
     return 0;
 }
 
+int av_cli_attention(const char *cmd, const char *name, av_attention_kind *out) {
+    *out = AV_ATTN_AUTO;
+    if (!name || !strcmp(name, "auto")) return 0;
+    if (!strcmp(name, "flash")) *out = AV_ATTN_FLASH;
+    else if (!strcmp(name, "standard")) *out = AV_ATTN_STANDARD;
+    else return av_cli_error(cmd, "--attention: '%s' is not flash, standard or auto", name);
+    return 0;
+}
+
 int av_cli_load(const char *cmd, const av_cli_model_opts *o, av_model **m, av_tokenizer **tok) {
     if (m) *m = NULL;
     if (tok) *tok = NULL;
     if (!o->model) return av_cli_error(cmd, "--model DIR is required");
+    av_attention_kind attn;
+    if (av_cli_attention(cmd, o->attention, &attn)) return 2;
     av_threads_set(o->threads);
     if (tok && av_tokenizer_load(tok, o->model, 0) != AV_OK) return av_cli_fail(cmd);
     if (!m) return 0;
@@ -40,6 +51,7 @@ int av_cli_load(const char *cmd, const av_cli_model_opts *o, av_model **m, av_to
         return av_cli_fail(cmd);
     }
     if (o->no_graphs) av_model_set_graphs(*m, 0);
+    av_model_set_attention(*m, attn);
     if (o->adapter && av_cli_attach_adapter(cmd, *m, o->adapter) != 0) {
         av_model_free(*m);
         *m = NULL;

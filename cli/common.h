@@ -10,7 +10,11 @@ typedef struct {
     const char *dtype;   /* GPU compute dtype: bf16 (default) | f32 */
     int threads;
     int no_graphs;       /* --no-graphs: decode op by op (debugging) */
+    const char *attention; /* --attention auto|flash|standard (NULL: auto) */
 } av_cli_model_opts;
+
+/* Parses an --attention value (NULL: auto); prints the error and returns non-zero when unknown. */
+int av_cli_attention(const char *cmd, const char *name, av_attention_kind *out);
 
 /* Loads model (+ adapter) and tokenizer; prints the error and returns non-zero on failure.
  * tok may be NULL when no tokenizer is wanted. */

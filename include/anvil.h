@@ -133,6 +133,12 @@ void av_model_set_graphs(av_model *m, int on);
 typedef enum { AV_ATTN_AUTO = 0, AV_ATTN_FLASH, AV_ATTN_STANDARD } av_attention_kind;
 void av_model_set_attention(av_model *m, av_attention_kind k);
 av_attention_kind av_model_attention(const av_model *m);
+/* Times one attention call of `kind` (forward, or forward + backward) on backend be for B sequences of
+ * T tokens (causal; H query heads, KVH key/value heads, head dim hd) on random inputs: median seconds
+ * over reps, and bytes: the attention's own buffers (inputs, outputs, scores or lse, scratch). For
+ * anvil bench --suite attention. */
+av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B, int T, int H, int KVH, int hd, int backward,
+                            int reps, double *seconds, size_t *bytes);
 int av_model_weight_files(const av_model *m);     /* number of safetensors files */
 av_dtype av_model_weight_dtype(const av_model *m); /* dtype of the embedding table as stored */
 /* Peak memory in bytes: the process's peak RSS where backend memory is host memory (CPU), else
