@@ -17,9 +17,26 @@ static char *dupstr(const char *s) {
 /* Pre-tokenizer steps for a tokenizer.ggml.pre name, as the models' tokenizer.json files define them. */
 static av_status set_pre(av_tokenizer *t, const char *pre, const char *path) {
     tk_pretok *s = t->pre;
-    memset(t->pre, 0, 2 * sizeof *t->pre);
+    memset(t->pre, 0, sizeof t->pre);
     int rx_digits = -1;
-    if (!strcmp(pre, "gpt-2") || !strcmp(pre, "gpt2")) {
+#define ISO(kind) (tk_pretok){.type = TK_PRE_SPLIT, .regex = kind, .behavior = TK_SPLIT_ISOLATED}
+    if (!strcmp(pre, "default")) { /* llama.cpp's fallback: punctuation runs, GPT-2's regex, numbers, digit triples */
+        s[0] = ISO(TK_RX_PUNCT_RUN);
+        s[1] = ISO(TK_RX_GPT2);
+        s[2] = (tk_pretok){.type = TK_PRE_DIGITS};
+        s[3] = ISO(TK_RX_DIGIT3);
+        s[4] = (tk_pretok){.type = TK_PRE_BYTELEVEL};
+        t->n_pre = 5;
+    } else if (!strcmp(pre, "deepseek-llm")) {
+        s[0] = ISO(TK_RX_CRLF);
+        s[1] = ISO(TK_RX_SP_LETTERS);
+        s[2] = ISO(TK_RX_SP_PUNCT);
+        s[3] = ISO(TK_RX_TRAIL_SPACE);
+        s[4] = ISO(TK_RX_CJK);
+        s[5] = (tk_pretok){.type = TK_PRE_DIGITS};
+        s[6] = (tk_pretok){.type = TK_PRE_BYTELEVEL};
+        t->n_pre = 7;
+    } else if (!strcmp(pre, "gpt-2") || !strcmp(pre, "gpt2")) {
         s[0] = (tk_pretok){.type = TK_PRE_BYTELEVEL, .use_regex = 1};
         t->n_pre = 1;
     } else if (!strcmp(pre, "smollm")) {
@@ -29,13 +46,13 @@ static av_status set_pre(av_tokenizer *t, const char *pre, const char *path) {
     } else if (!strcmp(pre, "llama-bpe") || !strcmp(pre, "llama3")) {
         rx_digits = 3;
         t->ignore_merges = 1;
-    } else if (!strcmp(pre, "qwen2")) {
+    } else if (!strcmp(pre, "qwen2")) { /* llama.cpp does not apply tokenizer.json's NFC here: neither do we */
         rx_digits = 1;
-        t->norm[0] = (tk_norm){.type = TK_NORM_NFC};
-        t->n_norm = 1;
     } else {
-        return av_fail(AV_ERR_UNSUPPORTED, "%s: tokenizer.ggml.pre '%.64s' is not supported (gpt-2, smollm, llama-bpe, qwen2)", path, pre);
+        return av_fail(AV_ERR_UNSUPPORTED, "%s: tokenizer.ggml.pre '%.64s' is not supported (default, gpt-2, smollm, llama-bpe, qwen2, deepseek-llm)",
+                       path, pre);
     }
+#undef ISO
     if (rx_digits > 0) {
         s[0] = (tk_pretok){.type = TK_PRE_SPLIT, .regex = TK_RX_LLAMA3, .rx_digits = rx_digits, .behavior = TK_SPLIT_ISOLATED};
         s[1] = (tk_pretok){.type = TK_PRE_BYTELEVEL, .use_regex = 0};

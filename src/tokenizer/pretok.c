@@ -149,9 +149,15 @@ static int split_piece(const tk_pretok *st, const char *s, size_t n, size_t base
     size_t *m = malloc(2 * (n + 1) * sizeof *m);
     int nm = 0, rc = -1;
     if (!m) return -1;
-    for (size_t i = 0; i < n;) {
+    if (st->type == TK_PRE_SPLIT && st->regex == TK_RX_TRAIL_SPACE) { /* one match at most: \s+$ */
+        size_t t = tk_rx_trailing_space(s, n);
+        if (t < n) { m[0] = t; m[1] = n; nm = 1; }
+    }
+    for (size_t i = nm ? n : 0; i < n;) {
         size_t l, me;
-        if (st->type == TK_PRE_DIGITS) {
+        if (st->type == TK_PRE_SPLIT && st->regex >= TK_RX_PUNCT_RUN) {
+            if (!(me = tk_rx_match(st->regex, s, n, i))) { cp_at(s, n, i, &l); i += l; continue; }
+        } else if (st->type == TK_PRE_DIGITS) {
             if (!tk_is_number(cp_at(s, n, i, &l))) { i += l; continue; }
             me = st->individual ? i + l : run_of(s, n, i, tk_is_number, 0);
         } else if (st->regex == TK_RX_GPT2) {

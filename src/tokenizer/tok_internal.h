@@ -32,7 +32,8 @@ enum { TK_KIND_HF = 1, TK_KIND_SPM = 2 };
 enum { TK_NORM_PREPEND, TK_NORM_REPLACE, TK_NORM_NFC };
 enum { TK_PRE_METASPACE, TK_PRE_BYTELEVEL, TK_PRE_SPLIT, TK_PRE_DIGITS };
 enum { TK_SCHEME_ALWAYS, TK_SCHEME_FIRST, TK_SCHEME_NEVER };
-enum { TK_RX_NONE, TK_RX_GPT2, TK_RX_LLAMA3 };
+enum { TK_RX_NONE, TK_RX_GPT2, TK_RX_LLAMA3, /* below: pretok_rx.c (llama.cpp's "default" and "deepseek-llm") */
+       TK_RX_PUNCT_RUN, TK_RX_DIGIT3, TK_RX_CRLF, TK_RX_SP_LETTERS, TK_RX_SP_PUNCT, TK_RX_TRAIL_SPACE, TK_RX_CJK };
 enum { TK_SPLIT_ISOLATED, TK_SPLIT_REMOVED, TK_SPLIT_MERGED_PREV, TK_SPLIT_MERGED_NEXT, TK_SPLIT_CONTIGUOUS };
 enum { TK_DEC_REPLACE, TK_DEC_BYTEFALLBACK, TK_DEC_FUSE, TK_DEC_STRIP, TK_DEC_BYTELEVEL, TK_DEC_METASPACE };
 
@@ -112,6 +113,11 @@ int tk_utf8_valid_len(const unsigned char *s, size_t n, size_t i); /* length of 
 int tk_is_letter(uint32_t cp);
 int tk_is_number(uint32_t cp);
 int tk_is_space(uint32_t cp);
+/* pretok_rx.c: Unicode P*; the end of the match of regex `kind` (TK_RX_PUNCT_RUN..TK_RX_CJK, not
+ * TRAIL_SPACE) starting at s[i], 0 if none; where the trailing whitespace run of s starts (n if none) */
+int tk_is_punct(uint32_t cp);
+size_t tk_rx_match(int kind, const char *s, size_t n, size_t i);
+size_t tk_rx_trailing_space(const char *s, size_t n);
 int tk_utf8_put(uint32_t cp, char out[4]);
 /* unicode_nfc.c: appends the NFC form of valid UTF-8 s[0..n) */
 int tk_nfc(const char *s, size_t n, tk_buf *out);
