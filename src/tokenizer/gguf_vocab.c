@@ -36,14 +36,15 @@ static av_status set_pre(av_tokenizer *t, const char *pre, const char *path) {
         s[5] = (tk_pretok){.type = TK_PRE_DIGITS};
         s[6] = (tk_pretok){.type = TK_PRE_BYTELEVEL};
         t->n_pre = 7;
-    } else if (!strcmp(pre, "gpt-2") || !strcmp(pre, "gpt2")) {
+    } else if (!strcmp(pre, "gpt-2") || !strcmp(pre, "gpt2") || !strcmp(pre, "phi-2")) {
         s[0] = (tk_pretok){.type = TK_PRE_BYTELEVEL, .use_regex = 1};
         t->n_pre = 1;
     } else if (!strcmp(pre, "smollm")) {
         s[0] = (tk_pretok){.type = TK_PRE_DIGITS, .individual = 1};
         s[1] = (tk_pretok){.type = TK_PRE_BYTELEVEL, .use_regex = 1};
         t->n_pre = 2;
-    } else if (!strcmp(pre, "llama-bpe") || !strcmp(pre, "llama3")) {
+    } else if (!strcmp(pre, "llama-bpe") || !strcmp(pre, "llama3") || !strcmp(pre, "llama-v3") || !strcmp(pre, "falcon3") ||
+               !strcmp(pre, "pixtral")) { /* the names llama.cpp gives Llama-3's regex */
         rx_digits = 3;
         t->ignore_merges = 1;
     } else if (!strcmp(pre, "qwen2")) { /* llama.cpp does not apply tokenizer.json's NFC here: neither do we */
