@@ -79,7 +79,7 @@ static int kl_run(const char *cmd, av_model *m, av_model *bm, const int32_t *all
 int av_cmd_perplexity(int argc, char **argv) {
     const char *cmd = "perplexity", *text_file = NULL, *data = NULL, *kl_base = NULL;
     av_cli_model_opts mo = {0};
-    int max_tokens = 0, context = 0, json = 0;
+    int max_tokens = 0, context = 0, json = 0, llama_chunks = 0;
     av_opt opts[] = {
         {"model", AV_OPT_STR, &mo.model, "model directory (HF layout)", 0, 0, NULL},
         {"adapter-path", AV_OPT_STR, &mo.adapter, "LoRA adapter (MLX or PEFT) to apply", 0, 0, NULL},
@@ -91,6 +91,7 @@ int av_cmd_perplexity(int argc, char **argv) {
         {"dtype", AV_OPT_STR, &mo.dtype, "GPU compute: bf16 (default, tensor cores) or f32 (exact)", 0, 0, NULL},
         {"threads", AV_OPT_INT, &mo.threads, "CPU threads (default: all cores)", 1, 1024, NULL},
         {"kl-base", AV_OPT_STR, &kl_base, "also compare with this base model (e.g. the unquantized one): KL(base || model) mean and p99, top-1 agreement", 0, 0, NULL},
+        {"llama-chunks", AV_OPT_FLAG, &llama_chunks, "score as llama.cpp's llama-perplexity does: whole chunks of --context tokens, each starting with BOS, only the second half of each scored", 0, 0, NULL},
         {"json", AV_OPT_FLAG, &json, "print {\"tokens\":N,\"mean_nll\":x,\"ppl\":y} (+ \"kl_mean\", \"kl_p99\", \"top1_agree\", ... with --kl-base)", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
@@ -146,19 +147,33 @@ int av_cmd_perplexity(int argc, char **argv) {
     if (!rc && max_tokens && n > max_tokens) n = max_tokens;
     if (!rc && n < 2) rc = av_cli_error(cmd, "need at least 2 tokens, got %d", n);
     if (!context) context = av_model_config(m)->max_position_embeddings;
+    if (!rc && llama_chunks && bm) rc = av_cli_error(cmd, "--llama-chunks does not combine with --kl-base");
+    if (!rc && llama_chunks && n < 2 * context)
+        rc = av_cli_error(cmd, "--llama-chunks: need at least %d tokens (2 x --context %d), got %d", 2 * context, context, n);
+    if (!rc && llama_chunks) n -= n % context; /* whole chunks only */
     av_session *s = NULL;
     if (!rc && bm) rc = kl_run(cmd, m, bm, all, n, context, json) ? 1 : 0;
     if (!rc && !bm && av_session_new(&s, m, context < n ? context : n, 512) != AV_OK) rc = av_cli_fail(cmd);
     double total = 0;
     long long count = 0;
+    float *row_nll = NULL;
     /* non-overlapping windows; each window predicts its own tokens 1..len-1 */
     for (int w0 = 0; !rc && !bm && w0 < n - 1; w0 += context) {
         int len = n - w0 < context ? n - w0 : context;
         if (len < 2) break;
-        double sum;
-        if (av_session_nll(s, all + w0, len, &sum, NULL, NULL) != AV_OK) { rc = av_cli_fail(cmd); break; }
+        double sum = 0;
+        if (llama_chunks) { /* llama-perplexity: BOS replaces each chunk's first token; predictions from context/2 on */
+            if (av_tokenizer_bos_id(tok) >= 0) all[w0] = av_tokenizer_bos_id(tok);
+            if (!row_nll && !(row_nll = malloc(sizeof(float) * (size_t)context))) { rc = av_cli_error(cmd, "out of memory"); break; }
+            if (av_session_nll(s, all + w0, len, &sum, row_nll, NULL) != AV_OK) { rc = av_cli_fail(cmd); break; }
+            sum = 0;
+            for (int j = context / 2; j < len - 1; j++) sum += row_nll[j];
+            count += len - 1 - context / 2;
+        } else {
+            if (av_session_nll(s, all + w0, len, &sum, NULL, NULL) != AV_OK) { rc = av_cli_fail(cmd); break; }
+            count += len - 1;
+        }
         total += sum;
-        count += len - 1;
         if (!json && n > context) fprintf(stderr, "\rwindow %d/%d", w0 / context + 1, (n - 1 + context - 1) / context);
     }
     if (!rc && !bm) {
@@ -168,6 +183,7 @@ int av_cmd_perplexity(int argc, char **argv) {
         else printf("Tokens: %d\nMean NLL: %.6f\nPerplexity: %.4f\n", n, mean, exp(mean));
     }
     free(all);
+    free(row_nll);
     av_session_free(s);
     av_model_free(m);
     av_tokenizer_free(tok);

@@ -66,4 +66,27 @@ expect_error "unknown outtype" "outtype must be f32, f16, bf16, q8_0, q4_0, q4_k
 expect_error "missing source" "nope" "$ANVIL" convert --model "$AV_TMP/nope" --out "$AV_TMP/k.gguf"
 expect_error "HF tokenizer only" "only SentencePiece" "$ANVIL" convert --model "$FX/tiny-llama" --out "$AV_TMP/k.gguf"
 [ ! -e "$AV_TMP/k.gguf" ] && ok "failed conversions leave no file" || bad "k.gguf left behind"
+# llama.cpp's llama-perplexity on anvil-written GGUFs (llama-perplexity.json, -c 128) is what
+# `anvil perplexity --llama-chunks --context 128` gives on the same files, within 0.1%; one file
+# carries Llama-3 rope scaling as a rope_freqs tensor, and converting it back to a directory
+# gives the rope_scaling that reproduces it
+L3='"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64'
+cp -r "$D" "$AV_TMP/l3" && sed -i "s/\"rope_type\": \"default\"/$L3/" "$AV_TMP/l3/config.json"
+grep -q llama3 "$AV_TMP/l3/config.json" || bad "could not write the Llama-3 rope config"
+for t in f32 f16 q8_0 q4_0 q6_k llama3-f32; do
+  src=$D; ot=$t
+  [ $t = llama3-f32 ] && src=$AV_TMP/l3 && ot=f32
+  "$ANVIL" convert --model "$src" --out "$AV_TMP/p-$t.gguf" --outtype $ot >/dev/null 2>&1 || bad "convert --outtype $ot"
+  got=$("$ANVIL" perplexity --model "$AV_TMP/p-$t.gguf" --text-file "$G/ppl-quotes.txt" --context 128 --llama-chunks --json 2>/dev/null |
+        sed -n 's/.*"ppl":\([0-9.e+-]*\).*/\1/p')
+  want=$(sed -n "s/.*\"$t\": \([0-9.]*\).*/\1/p" "$G/llama-perplexity.json")
+  awk -v a="$got" -v b="$want" 'BEGIN { exit !(a > 0 && b > 0 && (a - b) / b < 1e-3 && (b - a) / b < 1e-3) }' &&
+    ok "$t: perplexity $got, llama-perplexity $want" || bad "$t: perplexity '$got' vs llama-perplexity '$want'"
+done
+"$ANVIL" convert --model "$AV_TMP/p-llama3-f32.gguf" --out "$AV_TMP/l3-back" >/dev/null 2>&1 &&
+  grep -q '"rope_type":.*"llama3"' "$AV_TMP/l3-back/config.json" || bad "GGUF with rope_freqs -> directory with llama3 rope_scaling"
+a=$("$ANVIL" perplexity --model "$AV_TMP/l3" --text-file "$G/ppl-quotes.txt" --context 128 --json 2>/dev/null | sed -n 's/.*"ppl":\([0-9.e+-]*\).*/\1/p')
+b=$("$ANVIL" perplexity --model "$AV_TMP/l3-back" --text-file "$G/ppl-quotes.txt" --context 128 --json 2>/dev/null | sed -n 's/.*"ppl":\([0-9.e+-]*\).*/\1/p')
+awk -v a="$a" -v b="$b" 'BEGIN { exit !(a > 0 && b > 0 && (a - b) / b < 1e-5 && (b - a) / b < 1e-5) }' &&
+  ok "Llama-3 rope: directory -> GGUF -> directory keeps the perplexity ($a, $b)" || bad "Llama-3 rope round trip: '$a' vs '$b'"
 finish

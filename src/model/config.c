@@ -131,6 +131,63 @@ void av_config_inv_freq(const av_config *c, float *inv) {
     }
 }
 
+void av_config_rope_factors(const av_config *c, float *factors) {
+    av_config_inv_freq(c, factors); /* scaled */
+    for (int i = 0; i < c->head_dim / 2; i++)
+        factors[i] = (float)(1.0 / pow(c->rope_theta, (double)(2 * i) / (double)c->head_dim) / (double)factors[i]);
+}
+
+/* Llama-3 scaling multiplies inv_freq by 1/F below the low-frequency wavelength, by 1 above the
+ * high one and blends linearly in 1/wavelength between: s = (1/wl - 1/low) / (1/high - 1/low),
+ * divisor = 1 / ((1 - s)/F + s). Two blended points fix the line; with fewer, the thresholds sit
+ * in the gaps between the model's wavelengths. */
+av_status av_config_llama3_fit(av_config *c, const float *factors, const char *where) {
+    int half = c->head_dim / 2, last_one = -1, first_f = half, s0 = -1, s1 = -1;
+    if (half < 2 || half > 512) return av_fail(AV_ERR_UNSUPPORTED, "%s: rope_freqs: head size %d", where, c->head_dim);
+    double F = factors[half - 1], wl[512];
+    for (int i = 0; i < half; i++) {
+        wl[i] = 2 * M_PI * pow(c->rope_theta, (double)(2 * i) / (double)c->head_dim);
+        double r = factors[i];
+        if (fabs(r - 1) < 1e-6) last_one = i;
+        else if (fabs(r - F) < 1e-6 * F) { if (first_f == half) first_f = i; }
+        else { if (s0 < 0) s0 = i; s1 = i; }
+    }
+    if (!(F > 1)) return av_fail(AV_ERR_UNSUPPORTED, "%s: rope_freqs is not a Llama-3 scaling (last divisor %g)", where, F);
+    double inv_low, inv_high; /* 1/low_wl, 1/high_wl */
+    double sa = s0 >= 0 ? (1 / factors[s0] - 1 / F) / (1 - 1 / F) : 0, sb = s1 >= 0 ? (1 / factors[s1] - 1 / F) / (1 - 1 / F) : 0;
+    if (s0 >= 0 && s1 > s0) {
+        double A = (sa - sb) / (1 / wl[s0] - 1 / wl[s1]); /* s = A (1/wl - 1/low) */
+        inv_low = 1 / wl[s0] - sa / A;
+        inv_high = inv_low + 1 / A;
+    } else {
+        double hi_end = last_one >= 0 ? wl[last_one] : wl[0] / 2, lo_end = first_f < half ? wl[first_f] : wl[half - 1] * 2;
+        if (s0 >= 0) { /* one blended point: high threshold halfway to it, low from the line through it */
+            inv_high = 2 / (hi_end + wl[s0]);
+            inv_low = (1 / wl[s0] - sa * inv_high) / (1 - sa);
+        } else {
+            inv_high = 1 / (hi_end * 1.001);
+            inv_low = 1 / (lo_end * 0.999);
+        }
+    }
+    if (!(inv_high > inv_low && inv_low > 0)) return av_fail(AV_ERR_UNSUPPORTED, "%s: rope_freqs is not a Llama-3 scaling", where);
+    av_config t = *c;
+    t.rope_type = AV_ROPE_LLAMA3;
+    t.rope_factor = F;
+    t.rope_original_max_pos = 8192; /* only the ratios below matter; Llama-3's value */
+    t.rope_low_freq_factor = t.rope_original_max_pos * inv_low;
+    t.rope_high_freq_factor = t.rope_original_max_pos * inv_high;
+    t.rope_low_freq_factor = round(t.rope_low_freq_factor * 1e6) / 1e6; /* 128 rather than 127.999999112 */
+    t.rope_high_freq_factor = round(t.rope_high_freq_factor * 1e6) / 1e6;
+    float g[512];
+    av_config_rope_factors(&t, g);
+    for (int i = 0; i < half; i++)
+        if (fabs(g[i] - factors[i]) > 1e-5 * factors[i])
+            return av_fail(AV_ERR_UNSUPPORTED, "%s: rope_freqs is not a Llama-3 scaling (divisor %d: %g, the best fit gives %g)", where, i,
+                           factors[i], g[i]);
+    *c = t;
+    return AV_OK;
+}
+
 long long av_config_param_count(const av_config *c) {
     long long D = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
     long long q = (long long)c->n_heads * c->head_dim, kv = (long long)c->n_kv_heads * c->head_dim;

@@ -240,6 +240,7 @@ static av_status write_config(dexp *x, const char *path) {
     av_config c = x->m->cfg;
     c.quant_bits = c.quant_group_size = 0;
     c.dtype = x->float_dt;
+    if (x->m->rope_factors) AV_TRY(av_config_llama3_fit(&c, x->m->rope_factors, x->m->dir)); /* GGUF rope_freqs -> rope_scaling */
     AV_TRY(av_config_save(&c, path));
     if (!x->qcfg) return AV_OK;
     cJSON *j;
@@ -260,8 +261,10 @@ av_status av_model_export_dir(const av_model *m, const av_tokenizer *tok, const 
     if (o->out_dtype >= 0 && o->out_dtype != AV_F32 && o->out_dtype != AV_F16 && o->out_dtype != AV_BF16)
         return av_fail(AV_ERR_ARG, "export: output dtype must be f32, f16 or bf16");
     if (!m->be->host_visible) return av_fail(AV_ERR_UNSUPPORTED, "export: load the model on the CPU (--device cpu)");
-    if (m->rope_factors || c->rope_type == AV_ROPE_LLAMA3)
-        return av_fail(AV_ERR_UNSUPPORTED, "%s: Llama-3 rope scaling (rope_freqs) cannot be written as a directory yet", m->dir);
+    if (m->rope_factors) { /* refused before anything is written */
+        av_config t = *c;
+        AV_TRY(av_config_llama3_fit(&t, m->rope_factors, m->dir));
+    }
     if (!tok) return av_fail(AV_ERR_ARG, "export: a tokenizer is required");
     if (tok->kind != TK_KIND_SPM)
         return av_fail(AV_ERR_UNSUPPORTED, "%s: only SentencePiece (\"llama\") vocabularies can be written as a directory yet (not BPE/gpt2)", m->dir);

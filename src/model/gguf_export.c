@@ -132,6 +132,18 @@ static av_status add(exporter *x, const char *name, const av_mat *a, const av_li
     return av_gguf_w_tensor(&x->w, name, type, vec ? 1 : 2, ne, o, nb);
 }
 
+/* Llama-3 rope scaling as llama.cpp reads it: the per-frequency divisors, F32 rope_freqs.weight */
+static av_status rope_freqs(exporter *x, const av_model *m) {
+    int half = m->cfg.head_dim / 2;
+    float *f = keep(x, malloc(sizeof(float) * (size_t)half));
+    if (!f) return av_fail(AV_ERR_NOMEM, "GGUF export: out of memory");
+    if (m->rope_factors) memcpy(f, m->rope_factors, sizeof(float) * (size_t)half);
+    else av_config_rope_factors(&m->cfg, f);
+    int64_t ne[1] = {half};
+    x->r->n_tensors++;
+    return av_gguf_w_tensor(&x->w, "rope_freqs.weight", AV_GGML_F32, 1, ne, f, sizeof(float) * (size_t)half);
+}
+
 static av_status vocab(exporter *x, const av_tokenizer *t, const av_config *c) {
     if (t->kind != TK_KIND_SPM)
         return av_fail(AV_ERR_UNSUPPORTED, "GGUF export: only SentencePiece (tokenizer.model) vocabularies can be written yet");
@@ -207,8 +219,6 @@ av_status av_gguf_export(const av_model *m, const av_tokenizer *tok, const char 
     const av_config *c = &m->cfg;
     if (o->outtype < 0 || o->outtype > AV_GGUF_OUT_Q6_K) return av_fail(AV_ERR_ARG, "GGUF export: unknown output type %d", o->outtype);
     if (!m->be->host_visible) return av_fail(AV_ERR_UNSUPPORTED, "GGUF export: load the model on the CPU (--device cpu)");
-    if (c->rope_type == AV_ROPE_LLAMA3)
-        return av_fail(AV_ERR_UNSUPPORTED, "GGUF export: Llama-3 rope scaling (rope_freqs) is not supported yet");
     if (!tok) return av_fail(AV_ERR_ARG, "GGUF export: a tokenizer is required");
     exporter x = {.m = m, .out = o->outtype, .r = r};
     av_gguf_writer_init(&x.w);
@@ -231,6 +241,7 @@ av_status av_gguf_export(const av_model *m, const av_tokenizer *tok, const char 
     }
     if (st == AV_OK) st = add(&x, "output_norm.weight", &m->final_norm, NULL, 0);
     if (st == AV_OK && !c->tie_word_embeddings) st = add(&x, "output.weight", &m->lm_head, NULL, 0);
+    if (st == AV_OK && (m->rope_factors || c->rope_type == AV_ROPE_LLAMA3)) st = rope_freqs(&x, m);
     if (st == AV_OK) st = av_gguf_writer_write(&x.w, path);
     av_gguf_writer_free(&x.w);
     for (int i = 0; i < x.nkeep; i++) free(x.keep[i]);
