@@ -120,9 +120,26 @@ static uint16_t *buf16_get(buf16_t *b, size_t n) {
     return b->p;
 }
 
-/* out[T, N] = x W^T, K % 32 == 0 */
-static int gemm_amx(float *out, const float *x, const uint16_t *w, int T, int N, int K) {
+/* w (f32 row) -> hi tile row, lo tile row: w = hi + lo to ~2^-16 relative */
+static void split_row(uint16_t *hi, uint16_t *lo, const float *w, int K) {
+    for (int k = 0; k < K; k += 16) {
+        __m512 v = _mm512_loadu_ps(w + k);
+        __m256bh hb = _mm512_cvtneps_pbh(v);
+        __m512 hv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)hb), 16));
+        __m256bh lb = _mm512_cvtneps_pbh(_mm512_sub_ps(v, hv));
+        /* tile layout: 32 columns per tile row, tiles 512 elements apart */
+        _mm256_storeu_si256((__m256i *)(hi + (size_t)(k / 32) * 512 + k % 32), (__m256i)hb);
+        _mm256_storeu_si256((__m256i *)(lo + (size_t)(k / 32) * 512 + k % 32), (__m256i)lb);
+    }
+}
+
+/* out[T, N] = x W^T, K % 32 == 0. bf16 weights are exact in one bf16 tile; any other (f32, f16,
+ * quantized: dequantized a panel at a time) is split like x into hi + lo, one more tile product
+ * per step (hi.hi + hi.lo + lo.hi; lo.lo is below 2^-16). */
+static int gemm_amx(float *out, const float *x, const av_mat *W, int T) {
     static _Thread_local buf32_t xb;
+    int N = W->rows, K = W->cols, two = !(W->dtype == AV_BF16 && !W->q_bits);
+    const uint16_t *w = (const uint16_t *)W->data;
     int K2 = K / 2, TB = (T + 31) / 32 * 2; /* 16-token blocks, an even count */
     /* panel rows: the weight panel (rows x K bf16) stays in L2 while every token block passes */
     int np_rows = (int)((size_t)(768 << 10) / ((size_t)K * 2)) / 32 * 32;
@@ -153,7 +170,10 @@ static int gemm_amx(float *out, const float *x, const uint16_t *w, int T, int N,
             }
         }
         static _Thread_local buf16_t wb;
-        uint16_t *wp = buf16_get(&wb, (size_t)np_rows * K);
+        static _Thread_local buf_t fb;
+        uint16_t *wp = buf16_get(&wb, (size_t)(two ? 2 : 1) * np_rows * K), *wl = two && wp ? wp + (size_t)np_rows * K : NULL;
+        float *frow = two ? buf_get(&fb, (size_t)K) : NULL;
+        if (!wp || (two && !frow)) wp = NULL;
         if (!wp) {
 #pragma omp atomic write
             fail = 1;
@@ -166,9 +186,16 @@ static int gemm_amx(float *out, const float *x, const uint16_t *w, int T, int N,
             int n0 = p * np_rows, nr = N - n0 < np_rows ? N - n0 : np_rows, nrp = (nr + 31) / 32 * 32;
             /* the panel as contiguous tiles: wp[row / 16][k / 32][row % 16][32] (rows past N zero) */
             for (int r = 0; r < nrp; r++) {
-                uint16_t *d = wp + (size_t)(r / 16) * 16 * K + (size_t)(r % 16) * 32;
+                size_t off = (size_t)(r / 16) * 16 * K + (size_t)(r % 16) * 32;
+                uint16_t *d = wp + off;
                 if (r >= nr) {
                     for (int kb = 0; kb < K / 32; kb++) memset(d + (size_t)kb * 512, 0, 64);
+                    if (two) for (int kb = 0; kb < K / 32; kb++) memset(wl + off + (size_t)kb * 512, 0, 64);
+                    continue;
+                }
+                if (two) {
+                    av_mat_rows_to_f32(frow, W, n0 + r, 1);
+                    split_row(d, wl + off, frow, K);
                     continue;
                 }
                 const uint16_t *src = w + (size_t)(n0 + r) * K;
@@ -199,6 +226,16 @@ static int gemm_amx(float *out, const float *x, const uint16_t *w, int T, int N,
                         _tile_dpbf16ps(1, 4, 7);
                         _tile_dpbf16ps(2, 5, 6);
                         _tile_dpbf16ps(3, 5, 7);
+                        if (two) { /* the weights' lo part times x's hi part */
+                            _tile_loadd(4, wl + (a0 - wp) + (size_t)kk * 32, 64);
+                            _tile_loadd(5, wl + (a1 - wp) + (size_t)kk * 32, 64);
+                            _tile_loadd(6, h0 + (size_t)kk * 16, 64);
+                            _tile_loadd(7, h1 + (size_t)kk * 16, 64);
+                            _tile_dpbf16ps(0, 4, 6);
+                            _tile_dpbf16ps(1, 4, 7);
+                            _tile_dpbf16ps(2, 5, 6);
+                            _tile_dpbf16ps(3, 5, 7);
+                        }
                     }
                     /* cb[row][token] */
                     _tile_stored(0, cb, 128);
@@ -219,7 +256,7 @@ static int gemm_amx(float *out, const float *x, const uint16_t *w, int T, int N,
 
 int av_gemm_wt(float *out, const float *x, const av_mat *W, int T) {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
-    if (W->dtype == AV_BF16 && !W->q_bits && W->cols % 32 == 0 && amx_ready() && gemm_amx(out, x, (const uint16_t *)W->data, T, W->rows, W->cols)) return 1;
+    if (W->cols % 32 == 0 && amx_ready() && gemm_amx(out, x, W, T)) return 1;
 #endif
     static _Thread_local buf_t xtb; /* per calling thread: sessions on other threads have their own */
     int N = W->rows, K = W->cols, TB = (T + NT - 1) / NT, Tp = TB * NT, ldw = K + 16;
