@@ -64,7 +64,7 @@ b=$("$ANVIL" generate --model "$AV_TMP/fzdir" --prompt "Once upon a time" --igno
 expect_error "unsupported outtype" "outtype q5_k is not supported yet" "$ANVIL" convert --model "$D" --out "$AV_TMP/k.gguf" --outtype q5_k
 expect_error "unknown outtype" "outtype must be f32, f16, bf16, q8_0, q4_0, q4_k or q6_k" "$ANVIL" convert --model "$D" --out "$AV_TMP/k.gguf" --outtype q3
 expect_error "missing source" "nope" "$ANVIL" convert --model "$AV_TMP/nope" --out "$AV_TMP/k.gguf"
-expect_error "HF tokenizer only" "only SentencePiece" "$ANVIL" convert --model "$FX/tiny-llama" --out "$AV_TMP/k.gguf"
+expect_error "HF tokenizer only" "has no llama.cpp name" "$ANVIL" convert --model "$FX/tiny-llama" --out "$AV_TMP/k.gguf"
 [ ! -e "$AV_TMP/k.gguf" ] && ok "failed conversions leave no file" || bad "k.gguf left behind"
 # llama.cpp's llama-perplexity on anvil-written GGUFs (llama-perplexity.json, -c 128) is what
 # `anvil perplexity --llama-chunks --context 128` gives on the same files, within 0.1%; one file
@@ -89,4 +89,21 @@ a=$("$ANVIL" perplexity --model "$AV_TMP/l3" --text-file "$G/ppl-quotes.txt" --c
 b=$("$ANVIL" perplexity --model "$AV_TMP/l3-back" --text-file "$G/ppl-quotes.txt" --context 128 --json 2>/dev/null | sed -n 's/.*"ppl":\([0-9.e+-]*\).*/\1/p')
 awk -v a="$a" -v b="$b" 'BEGIN { exit !(a > 0 && b > 0 && (a - b) / b < 1e-5 && (b - a) / b < 1e-5) }' &&
   ok "Llama-3 rope: directory -> GGUF -> directory keeps the perplexity ($a, $b)" || bad "Llama-3 rope round trip: '$a' vs '$b'"
+# byte-level BPE vocabularies (Llama-3, GPT-2, Qwen2 styles) go to GGUF (tokenizer.ggml.model gpt2 with
+# merges and the pre-tokenizer's name) and back to a directory (tokenizer.json) with the same ids
+sed 's/"vocab_size": 1024/"vocab_size": 704/' "$D/config.json" > "$AV_TMP/cfg704.json"
+for v in llama3 gpt2 qwen2; do
+  "$ANVIL" synth --config "$AV_TMP/cfg704.json" --tokenizer "$FX/tok_$v" --out "$AV_TMP/bpe-$v" --dtype f32 >/dev/null 2>&1 &&
+  "$ANVIL" convert --model "$AV_TMP/bpe-$v" --out "$AV_TMP/bpe-$v.gguf" --outtype f16 >/dev/null 2>&1 &&
+  "$ANVIL" convert --model "$AV_TMP/bpe-$v.gguf" --out "$AV_TMP/bpe-$v-back" >/dev/null 2>&1 || bad "$v: synth/convert"
+  for text in "Hello world 12345 it's  naïve 日本語 x" "<|eot_id|>hi<|im_start|>user
+hey" "tabs	and
+newlines  "; do
+    a=$("$ANVIL" tokenize --model "$AV_TMP/bpe-$v" --text "$text")
+    b=$("$ANVIL" tokenize --model "$AV_TMP/bpe-$v.gguf" --text "$text")
+    c=$("$ANVIL" tokenize --model "$AV_TMP/bpe-$v-back" --text "$text")
+    [ -n "$a" ] && [ "$a" = "$b" ] && [ "$a" = "$c" ] && ok "$v: '$text' tokenizes alike from the directory, GGUF and back" || bad "$v '$text': $a / $b / $c"
+  done
+done
+grep -q '"tokenizer_class":.*"PreTrainedTokenizerFast"' "$AV_TMP/bpe-llama3-back/tokenizer_config.json" && ok "BPE directory: fast tokenizer class" || bad "tokenizer class"
 finish

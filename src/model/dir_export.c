@@ -227,7 +227,7 @@ static av_status write_tok_config(const av_tokenizer *t, const char *chat_templa
         buf[len] = 0;
         cJSON_AddStringToObject(j, "unk_token", buf);
     }
-    cJSON_AddStringToObject(j, "tokenizer_class", "LlamaTokenizer");
+    cJSON_AddStringToObject(j, "tokenizer_class", t->kind == TK_KIND_SPM ? "LlamaTokenizer" : "PreTrainedTokenizerFast");
     if (chat_template) cJSON_AddStringToObject(j, "chat_template", chat_template);
     char *txt = cJSON_Print(j);
     cJSON_Delete(j);
@@ -266,8 +266,6 @@ av_status av_model_export_dir(const av_model *m, const av_tokenizer *tok, const 
         AV_TRY(av_config_llama3_fit(&t, m->rope_factors, m->dir));
     }
     if (!tok) return av_fail(AV_ERR_ARG, "export: a tokenizer is required");
-    if (tok->kind != TK_KIND_SPM)
-        return av_fail(AV_ERR_UNSUPPORTED, "%s: only SentencePiece (\"llama\") vocabularies can be written as a directory yet (not BPE/gpt2)", m->dir);
     if (av_file_exists(out_dir) || av_dir_exists(out_dir)) return av_fail(AV_ERR_ARG, "%s: already exists", out_dir);
     dexp x = {.m = m, .o = o, .r = r};
     /* de-quantized matrices: bf16 in a quantized model, else the model's float dtype */
@@ -302,7 +300,8 @@ av_status av_model_export_dir(const av_model *m, const av_tokenizer *tok, const 
     if (st == AV_OK) st = av_st_writer_set_metadata(&x.w, x.qcfg ? "{\"format\":\"mlx\"}" : "{\"format\":\"pt\"}");
     if (st == AV_OK) st = av_st_writer_write(&x.w, av_path_join(path, sizeof path, tmp, "model.safetensors"));
     if (st == AV_OK) st = write_config(&x, av_path_join(path, sizeof path, tmp, "config.json"));
-    if (st == AV_OK) st = write_spm(tok, av_path_join(path, sizeof path, tmp, "tokenizer.model"));
+    if (st == AV_OK && tok->kind == TK_KIND_SPM) st = write_spm(tok, av_path_join(path, sizeof path, tmp, "tokenizer.model"));
+    if (st == AV_OK && tok->kind != TK_KIND_SPM) st = tk_write_tokenizer_json(tok, av_path_join(path, sizeof path, tmp, "tokenizer.json"));
     if (st == AV_OK) st = write_tok_config(tok, o->chat_template, av_path_join(path, sizeof path, tmp, "tokenizer_config.json"));
     if (st == AV_OK) st = av_dir_publish(tmp, out_dir);
     else if (made) av_remove_tree(tmp);

@@ -144,9 +144,49 @@ static av_status rope_freqs(exporter *x, const av_model *m) {
     return av_gguf_w_tensor(&x->w, "rope_freqs.weight", AV_GGML_F32, 1, ne, f, sizeof(float) * (size_t)half);
 }
 
+/* a byte-level BPE vocabulary's merges as "a b" strings, rank order */
+static av_status bpe_merges(exporter *x, const av_tokenizer *t) {
+    int32_t *pairs = NULL;
+    int nm = 0;
+    if (tk_merge_list(t, &pairs, &nm)) return av_fail(AV_ERR_NOMEM, "GGUF export: out of memory");
+    const char **ms = calloc((size_t)nm + 1, sizeof *ms);
+    size_t *ml = calloc((size_t)nm + 1, sizeof *ml);
+    char *mem = NULL;
+    size_t total = 0;
+    for (int r = 0; r < nm; r++) {
+        size_t la, lb;
+        tk_piece(t, pairs[2 * r], &la);
+        tk_piece(t, pairs[2 * r + 1], &lb);
+        total += la + lb + 1;
+    }
+    av_status st = ms && ml && (mem = keep(x, malloc(total + 1))) ? AV_OK : av_fail(AV_ERR_NOMEM, "GGUF export: out of memory");
+    size_t at = 0;
+    for (int r = 0; r < nm && st == AV_OK; r++) {
+        size_t la, lb;
+        const char *a = tk_piece(t, pairs[2 * r], &la), *b = tk_piece(t, pairs[2 * r + 1], &lb);
+        ms[r] = mem + at;
+        memcpy(mem + at, a, la);
+        mem[at + la] = ' ';
+        memcpy(mem + at + la + 1, b, lb);
+        ml[r] = la + lb + 1;
+        at += ml[r];
+    }
+    if (st == AV_OK) st = av_gguf_w_arr_str(&x->w, "tokenizer.ggml.merges", ms, ml, (uint64_t)nm);
+    free(pairs);
+    free(ms);
+    free(ml);
+    return st;
+}
+
+/* tokenizer.ggml.*: SentencePiece ("llama": tokens, scores, types) or byte-level BPE ("gpt2":
+ * tokens, types, merges, the pre-tokenizer's llama.cpp name); a short vocabulary padded as
+ * convert_hf_to_gguf.py pads it */
 static av_status vocab(exporter *x, const av_tokenizer *t, const av_config *c) {
-    if (t->kind != TK_KIND_SPM)
-        return av_fail(AV_ERR_UNSUPPORTED, "GGUF export: only SentencePiece (tokenizer.model) vocabularies can be written yet");
+    int spm = t->kind == TK_KIND_SPM;
+    const char *pre = spm ? "default" : t->byte_level ? tk_gguf_pre_name(t) : NULL;
+    if (!pre)
+        return av_fail(AV_ERR_UNSUPPORTED, "GGUF export: the tokenizer's pre-tokenizer has no llama.cpp name (supported: SentencePiece, "
+                                           "and byte-level BPE as llama-bpe, qwen2, smollm, gpt-2, default, deepseek-llm)");
     int n = c->vocab_size > t->n_vocab ? c->vocab_size : t->n_vocab;
     if (t->n_vocab > c->vocab_size)
         return av_fail(AV_ERR_SHAPE, "GGUF export: the tokenizer has %d tokens, the model's vocabulary only %d", t->n_vocab, c->vocab_size);
@@ -158,21 +198,26 @@ static av_status vocab(exporter *x, const av_tokenizer *t, const av_config *c) {
     av_status st = s && len && sc && ty && pads ? AV_OK : av_fail(AV_ERR_NOMEM, "GGUF export: out of memory");
     for (int i = 0; i < n && st == AV_OK; i++) {
         s[i] = i < t->n_vocab ? tk_piece(t, i, &len[i]) : NULL;
-        if (s[i]) {
+        if (s[i] && spm) {
             sc[i] = t->scores[i];
             ty[i] = t->types[i] ? t->types[i] : 1;
+        } else if (s[i]) {
+            ty[i] = 1; /* normal; added tokens below */
         } else { /* as convert_hf_to_gguf.py pads a short vocabulary */
             len[i] = (size_t)snprintf(pads + (size_t)i * 16, 16, "[PAD%d]", i);
             s[i] = pads + (size_t)i * 16;
             sc[i] = -1000.0f;
-            ty[i] = 5;
+            ty[i] = spm ? 5 : 4;
         }
     }
-    if (st == AV_OK) st = av_gguf_w_str(&x->w, "tokenizer.ggml.model", "llama", 5);
-    if (st == AV_OK) st = av_gguf_w_str(&x->w, "tokenizer.ggml.pre", "default", 7);
+    for (int k = 0; !spm && k < t->n_added; k++) /* control (special) or user-defined */
+        if (t->added[k].id >= 0 && t->added[k].id < n) ty[t->added[k].id] = t->added[k].special ? 3 : 4;
+    if (st == AV_OK) st = av_gguf_w_str(&x->w, "tokenizer.ggml.model", spm ? "llama" : "gpt2", spm ? 5 : 4);
+    if (st == AV_OK) st = av_gguf_w_str(&x->w, "tokenizer.ggml.pre", pre, strlen(pre));
     if (st == AV_OK) st = av_gguf_w_arr_str(&x->w, "tokenizer.ggml.tokens", s, len, (uint64_t)n);
-    if (st == AV_OK) st = av_gguf_w_arr(&x->w, "tokenizer.ggml.scores", AV_GGUF_F32, sc, (uint64_t)n);
+    if (st == AV_OK && spm) st = av_gguf_w_arr(&x->w, "tokenizer.ggml.scores", AV_GGUF_F32, sc, (uint64_t)n);
     if (st == AV_OK) st = av_gguf_w_arr(&x->w, "tokenizer.ggml.token_type", AV_GGUF_I32, ty, (uint64_t)n);
+    if (st == AV_OK && !spm) st = bpe_merges(x, t);
     free(s); free(len); free(sc); free(ty); free(pads);
     AV_TRY(st);
     int bos = t->bos_id >= 0 ? t->bos_id : c->bos_token_id, eos = t->eos_id >= 0 ? t->eos_id : c->n_eos ? c->eos_token_ids[0] : -1;

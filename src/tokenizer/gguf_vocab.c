@@ -65,6 +65,25 @@ static av_status set_pre(av_tokenizer *t, const char *pre, const char *path) {
     return AV_OK;
 }
 
+static int same_step(const tk_pretok *a, const tk_pretok *b) {
+    return a->type == b->type && a->regex == b->regex && a->rx_digits == b->rx_digits && a->behavior == b->behavior &&
+           a->use_regex == b->use_regex && a->individual == b->individual && a->add_prefix_space == b->add_prefix_space &&
+           !a->literal && !b->literal && !a->invert && !b->invert;
+}
+
+const char *tk_gguf_pre_name(const av_tokenizer *t) {
+    static const char *names[] = {"llama-bpe", "qwen2", "smollm", "gpt-2", "default", "deepseek-llm"};
+    av_tokenizer ref; /* scratch: set_pre allocates nothing */
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        memset(&ref, 0, sizeof ref);
+        if (set_pre(&ref, names[i], "") != AV_OK || ref.n_pre != t->n_pre) continue;
+        int same = 1;
+        for (int k = 0; k < t->n_pre && same; k++) same = same_step(&ref.pre[k], &t->pre[k]);
+        if (same) return names[i];
+    }
+    return NULL;
+}
+
 static av_status load_merges(av_tokenizer *t, const av_gguf_kv *mg, const char *path) {
     if (tk_pairmap_init(&t->merges, mg ? (size_t)mg->n : 1)) return av_fail(AV_ERR_NOMEM, "%s: out of memory", path);
     char tmp[1024];

@@ -68,28 +68,6 @@ static int prepend_scheme(const cJSON *o) {
     return av_json_bool(o, "add_prefix_space", 1) ? TK_SCHEME_ALWAYS : TK_SCHEME_NEVER;
 }
 
-/* Recognizes the GPT-2 and Llama-3 style split regexes (the latter with any digit-group size). */
-static int regex_kind(const char *rx, int *digits) {
-    static const char gpt2[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
-    static const char l3a[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|";
-    static const char l3b[] = "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-    if (!strcmp(rx, gpt2)) { *digits = 0; return TK_RX_GPT2; }
-    size_t n = strlen(rx), na = strlen(l3a), nb = strlen(l3b);
-    if (n < na + nb || memcmp(rx, l3a, na) || strcmp(rx + n - nb, l3b)) return TK_RX_NONE;
-    char mid[64];
-    size_t nm = n - na - nb;
-    if (nm >= sizeof mid) return TK_RX_NONE;
-    memcpy(mid, rx + na, nm);
-    mid[nm] = 0;
-    int k;
-    char tail;
-    if (!strcmp(mid, "\\p{N}")) *digits = 1;
-    else if (!strcmp(mid, "\\p{N}+")) *digits = 0;
-    else if (sscanf(mid, "\\p{N}{1,%d%c", &k, &tail) == 2 && tail == '}' && k > 0) *digits = k;
-    else return TK_RX_NONE;
-    return TK_RX_LLAMA3;
-}
-
 static av_status add_pre(av_tokenizer *t, const cJSON *p, const char *path) {
     if (!p) return AV_OK;
     const char *ty = type_of(p);
@@ -117,7 +95,7 @@ static av_status add_pre(av_tokenizer *t, const cJSON *p, const char *path) {
         if (!pat) return FAIL_FMT("%s: Split pre-tokenizer without a pattern", path);
         s->type = TK_PRE_SPLIT;
         if (rx) {
-            s->regex = regex_kind(pat, &s->rx_digits);
+            s->regex = tk_rx_parse(pat, &s->rx_digits);
             if (s->regex == TK_RX_NONE) return FAIL_UNS("%s: Split regex '%.60s' is not supported", path, pat);
         } else {
             if (!*pat) return FAIL_FMT("%s: Split pre-tokenizer has an empty pattern", path);

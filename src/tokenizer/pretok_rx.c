@@ -3,6 +3,8 @@
  * ([\r\n], \s?<cased letters>+, \s?<ASCII/full-width punctuation>+, \s+$, <CJK/Hangul>+, \p{N}+).
  * Like llama.cpp, a non-ASCII whitespace character never belongs to a bracketed class. */
 #include "tokenizer/tok_internal.h"
+#include <stdio.h>
+#include <string.h>
 
 /* Unicode 14.0 general category P* (generated once with Python's unicodedata) */
 static const uint32_t punct[][2] = {
@@ -133,4 +135,83 @@ size_t tk_rx_match(int kind, const char *s, size_t n, size_t i) {
     }
     default: return 0;
     }
+}
+
+/* ---- the regexes as tokenizer.json spells them ------------------------------------------------ */
+/* Recognizes the GPT-2 and Llama-3 style split regexes (the latter with any digit-group size). */
+static int known_regex(const char *rx, int *digits) {
+    static const char gpt2[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+    static const char l3a[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|";
+    static const char l3b[] = "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    if (!strcmp(rx, gpt2)) { *digits = 0; return TK_RX_GPT2; }
+    size_t n = strlen(rx), na = strlen(l3a), nb = strlen(l3b);
+    if (n < na + nb || memcmp(rx, l3a, na) || strcmp(rx + n - nb, l3b)) return TK_RX_NONE;
+    char mid[64];
+    size_t nm = n - na - nb;
+    if (nm >= sizeof mid) return TK_RX_NONE;
+    memcpy(mid, rx + na, nm);
+    mid[nm] = 0;
+    int k;
+    char tail;
+    if (!strcmp(mid, "\\p{N}")) *digits = 1;
+    else if (!strcmp(mid, "\\p{N}+")) *digits = 0;
+    else if (sscanf(mid, "\\p{N}{1,%d%c", &k, &tail) == 2 && tail == '}' && k > 0) *digits = k;
+    else return TK_RX_NONE;
+    return TK_RX_LLAMA3;
+}
+
+
+/* appends "a" or "a-b" for each range of a class, as UTF-8 */
+static size_t put_class(char *b, size_t at, size_t cap, const uint32_t (*r)[2], int n) {
+    for (int i = 0; i < n; i++) {
+        char u[4];
+        if (at + 12 >= cap) return cap;
+        at += (size_t)tk_utf8_put(r[i][0], b + at);
+        if (r[i][1] > r[i][0]) {
+            b[at++] = '-';
+            int l = tk_utf8_put(r[i][1], u);
+            memcpy(b + at, u, (size_t)l);
+            at += (size_t)l;
+        }
+    }
+    return at;
+}
+
+const char *tk_rx_string(int kind, int digits, char *buf, size_t cap) {
+    static const char gpt2[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+    const uint32_t (*r)[2] = NULL;
+    int n = 0;
+    const char *pre = "";
+    switch (kind) {
+    case TK_RX_GPT2: snprintf(buf, cap, "%s", gpt2); return buf;
+    case TK_RX_LLAMA3:
+        if (digits == 1) snprintf(buf, cap, "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+");
+        else if (digits > 1) snprintf(buf, cap, "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,%d}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+", digits);
+        else snprintf(buf, cap, "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}+| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+");
+        return buf;
+    case TK_RX_PUNCT_RUN: snprintf(buf, cap, "[\\p{P}\\$\\+<=>\\^~\\|]+"); return buf;
+    case TK_RX_DIGIT3: snprintf(buf, cap, "[0-9][0-9][0-9]"); return buf;
+    case TK_RX_CRLF: snprintf(buf, cap, "[\r\n]"); return buf;
+    case TK_RX_TRAIL_SPACE: snprintf(buf, cap, "\\s+$"); return buf;
+    case TK_RX_SP_LETTERS: r = ds_letters; n = (int)(sizeof ds_letters / sizeof *ds_letters); pre = "\\s?["; break;
+    case TK_RX_SP_PUNCT: r = ds_punct; n = (int)(sizeof ds_punct / sizeof *ds_punct); pre = "\\s?["; break;
+    case TK_RX_CJK: r = ds_cjk; n = (int)(sizeof ds_cjk / sizeof *ds_cjk); pre = "["; break;
+    default: return NULL;
+    }
+    size_t at = (size_t)snprintf(buf, cap, "%s", pre);
+    at = put_class(buf, at, cap, r, n);
+    if (at + 3 >= cap) return NULL;
+    memcpy(buf + at, "]+", 3);
+    return buf;
+}
+
+int tk_rx_parse(const char *rx, int *digits) {
+    int k = known_regex(rx, digits);
+    if (k != TK_RX_NONE) return k;
+    char buf[2048];
+    for (k = TK_RX_PUNCT_RUN; k <= TK_RX_CJK; k++) {
+        const char *s = tk_rx_string(k, 0, buf, sizeof buf);
+        if (s && !strcmp(s, rx)) { *digits = 0; return k; }
+    }
+    return TK_RX_NONE;
 }

@@ -88,10 +88,15 @@ av_tokenizer *tk_new(void);
 /* Piece text of an id (NULL if none); *len set when non-NULL. */
 const char *tk_piece(const av_tokenizer *t, int id, size_t *len);
 
+/* hf_json_write.c: t as tokenizer.json (BPE kinds); t's merges as id pairs in rank order */
+av_status tk_write_tokenizer_json(const av_tokenizer *t, const char *path);
+int tk_merge_list(const av_tokenizer *t, int32_t **pairs, int *n);
 /* hf_json.c: fills t from tokenizer.json */
 av_status tk_hf_load(av_tokenizer *t, const char *path);
 /* gguf_vocab.c: fills t (and its BOS/EOS settings) from a GGUF file's tokenizer.* keys */
 av_status tk_gguf_load(av_tokenizer *t, const char *path);
+/* the tokenizer.ggml.pre name whose pre-tokenizer is t's (byte-level BPE), or NULL */
+const char *tk_gguf_pre_name(const av_tokenizer *t);
 /* the same over an open file; *out is a new tokenizer (av_tokenizer_free) */
 av_status tk_gguf_from_file(av_tokenizer **out, const av_gguf_file *f);
 
@@ -118,6 +123,10 @@ int tk_is_space(uint32_t cp);
 int tk_is_punct(uint32_t cp);
 size_t tk_rx_match(int kind, const char *s, size_t n, size_t i);
 size_t tk_rx_trailing_space(const char *s, size_t n);
+/* a split regex as tokenizer.json spells it (NULL if kind has none; digits: Llama-3's group size),
+ * and the inverse (TK_RX_NONE when the regex is not one anvil implements) */
+const char *tk_rx_string(int kind, int digits, char *buf, size_t cap);
+int tk_rx_parse(const char *rx, int *digits);
 int tk_utf8_put(uint32_t cp, char out[4]);
 /* unicode_nfc.c: appends the NFC form of valid UTF-8 s[0..n) */
 int tk_nfc(const char *s, size_t n, tk_buf *out);
