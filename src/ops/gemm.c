@@ -120,13 +120,18 @@ static uint16_t *buf16_get(buf16_t *b, size_t n) {
     return b->p;
 }
 
+/* 16 floats -> bf16 hi = bf16(v), lo = bf16(v - hi) */
+static inline void split_bf16(__m512 v, __m256bh *hi, __m256bh *lo) {
+    *hi = _mm512_cvtneps_pbh(v);
+    __m512 hv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)*hi), 16));
+    *lo = _mm512_cvtneps_pbh(_mm512_sub_ps(v, hv));
+}
+
 /* w (f32 row) -> hi tile row, lo tile row: w = hi + lo to ~2^-16 relative */
 static void split_row(uint16_t *hi, uint16_t *lo, const float *w, int K) {
     for (int k = 0; k < K; k += 16) {
-        __m512 v = _mm512_loadu_ps(w + k);
-        __m256bh hb = _mm512_cvtneps_pbh(v);
-        __m512 hv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)hb), 16));
-        __m256bh lb = _mm512_cvtneps_pbh(_mm512_sub_ps(v, hv));
+        __m256bh hb, lb;
+        split_bf16(_mm512_loadu_ps(w + k), &hb, &lb);
         /* tile layout: 32 columns per tile row, tiles 512 elements apart */
         _mm256_storeu_si256((__m256i *)(hi + (size_t)(k / 32) * 512 + k % 32), (__m256i)hb);
         _mm256_storeu_si256((__m256i *)(lo + (size_t)(k / 32) * 512 + k % 32), (__m256i)lb);
@@ -159,10 +164,8 @@ static int gemm_amx(float *out, const float *x, const av_mat *W, int T) {
             }
             const float *xr = x + (size_t)t * K;
             for (int k = 0; k < K; k += 16) {
-                __m512 v = _mm512_loadu_ps(xr + k);
-                __m256bh hb = _mm512_cvtneps_pbh(v);
-                __m512 hv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)hb), 16));
-                __m256bh lb = _mm512_cvtneps_pbh(_mm512_sub_ps(v, hv));
+                __m256bh hb, lb;
+                split_bf16(_mm512_loadu_ps(xr + k), &hb, &lb);
                 uint32_t hp[8], lp[8];
                 _mm256_storeu_si256((__m256i *)hp, (__m256i)hb);
                 _mm256_storeu_si256((__m256i *)lp, (__m256i)lb);

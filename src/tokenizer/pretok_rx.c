@@ -67,17 +67,7 @@ static const uint32_t ds_punct[][2] = {{0x21,0x2F}, {0x3A,0x7E}, {0x2018,0x201F}
 /* its CJK class: U+0800-U+9FA5 and Hangul U+AC00-U+D7FF */
 static const uint32_t ds_cjk[][2] = {{0x800,0x9FA5}, {0xAC00,0xD7FF}};
 
-static int in(const uint32_t (*r)[2], int n, uint32_t cp) {
-    int lo = 0, hi = n - 1;
-    while (lo <= hi) {
-        int mid = (lo + hi) / 2;
-        if (cp < r[mid][0]) hi = mid - 1;
-        else if (cp > r[mid][1]) lo = mid + 1;
-        else return 1;
-    }
-    return 0;
-}
-#define IN(tab, cp) in(tab, (int)(sizeof tab / sizeof tab[0]), cp)
+#define IN(tab, cp) tk_in_ranges(tab, (int)(sizeof tab / sizeof tab[0]), cp)
 
 int tk_is_punct(uint32_t cp) { return IN(punct, cp); }
 

@@ -115,6 +115,7 @@ int tk_hf_encode_segment(const av_tokenizer *t, const char *s, size_t n, int at_
 /* unicode.c */
 int tk_utf8_next(const char *s, size_t n, size_t i, uint32_t *cp); /* bytes of char at i (1 for invalid) */
 int tk_utf8_valid_len(const unsigned char *s, size_t n, size_t i); /* length of valid char at i, 0 if invalid */
+int tk_in_ranges(const uint32_t (*r)[2], int n, uint32_t cp); /* sorted inclusive ranges */
 int tk_is_letter(uint32_t cp);
 int tk_is_number(uint32_t cp);
 int tk_is_space(uint32_t cp);

@@ -160,7 +160,7 @@ static const uint32_t tk_numbers[][2] = {
     {0x1ECB1,0x1ECB4}, {0x1ED01,0x1ED2D}, {0x1ED2F,0x1ED3D}, {0x1F100,0x1F10C}, {0x1FBF0,0x1FBF9},
 };
 
-static int in_ranges(const uint32_t (*r)[2], int n, uint32_t cp) {
+int tk_in_ranges(const uint32_t (*r)[2], int n, uint32_t cp) {
     int lo = 0, hi = n - 1;
     while (lo <= hi) {
         int mid = (lo + hi) / 2;
@@ -173,11 +173,11 @@ static int in_ranges(const uint32_t (*r)[2], int n, uint32_t cp) {
 
 int tk_is_letter(uint32_t cp) {
     if (cp < 128) return (cp | 32) >= 'a' && (cp | 32) <= 'z';
-    return in_ranges(tk_letters, (int)(sizeof tk_letters / sizeof tk_letters[0]), cp);
+    return tk_in_ranges(tk_letters, (int)(sizeof tk_letters / sizeof tk_letters[0]), cp);
 }
 int tk_is_number(uint32_t cp) {
     if (cp < 128) return cp >= '0' && cp <= '9';
-    return in_ranges(tk_numbers, (int)(sizeof tk_numbers / sizeof tk_numbers[0]), cp);
+    return tk_in_ranges(tk_numbers, (int)(sizeof tk_numbers / sizeof tk_numbers[0]), cp);
 }
 int tk_is_space(uint32_t cp) {
     return (cp >= 9 && cp <= 13) || cp == 32 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
