@@ -109,7 +109,7 @@ test-long: test
 
 bench: setup
 	@$(MAKE) --no-print-directory all
-	@bench/run.sh $(BUILD)
+	@bench/run.sh $(BUILD) $(BENCH_ARGS)
 
 clean:
 	rm -rf build build-asan build-fuzz

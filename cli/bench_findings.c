@@ -22,7 +22,7 @@ static const key_metric k_keys[] = {
     {"suites.finetune.metrics.peak_gb", "LoRA fine-tuning peak memory", "GB", 2.895, 0},
     {"suites.finetune.metrics.train_loss_last", "LoRA final train loss", "", 0.355, 0},
     {"suites.finetune.metrics.val_loss_last", "LoRA final validation loss", "", 0.822, 0},
-    {"suites.finetune-enhanced.metrics.tokens_per_sec", "Enhanced LoRA (flash) throughput", "tokens/s", 421, 1},
+    {"suites.finetune-enhanced.metrics.tokens_per_sec", "Enhanced LoRA throughput", "tokens/s", 421, 1},
     {"suites.finetune-enhanced.metrics.it_per_sec", "Enhanced LoRA iterations", "it/s", 5.3, 1},
     {"suites.finetune-enhanced.metrics.peak_gb", "Enhanced LoRA peak memory", "GB", 2.339, 0},
     {"suites.attention.metrics.standard_tokens_per_sec", "Generation, standard attention", "tokens/s", 93.2, 1},
@@ -39,6 +39,12 @@ static const key_metric k_keys[] = {
 };
 
 static double get(const cJSON *s, const char *path) { return bench_get(s, path); }
+static const cJSON *at_path(const cJSON *o, const char *path) {
+    char p[256];
+    snprintf(p, sizeof p, "%s", path);
+    for (char *save = NULL, *t = strtok_r(p, ".", &save); t && o; t = strtok_r(NULL, ".", &save)) o = cJSON_GetObjectItemCaseSensitive(o, t);
+    return cJSON_IsString(o) ? o : NULL;
+}
 
 static void add_line(cJSON *arr, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void add_line(cJSON *arr, const char *fmt, ...) {
@@ -106,8 +112,12 @@ void bench_findings(cJSON *s) {
                      synthetic ? " (random weights: the starting loss is near ln(vocabulary))" : "");
     }
     double et = get(s, "suites.finetune-enhanced.metrics.tokens_per_sec");
-    if (isfinite(lt) && isfinite(et))
-        add_line(f, "Training with flash attention (finetune-enhanced) ran at %.1f tokens/s against %.1f with standard attention (finetune): %.2fx; peak memory %.2f vs %.2f GB.",
+    const cJSON *fu = at_path(s, "suites.finetune-enhanced.metrics.flash_unavailable");
+    if (isfinite(lt) && isfinite(et) && fu)
+        add_line(f, "finetune-enhanced could not use flash attention in training on this backend (%s), so both fine-tuning suites ran standard attention: %.1f vs %.1f tokens/s (%.2fx) is run-to-run variation and the enhanced run's shorter length, not an attention effect.",
+                 fu->valuestring, et, lt, et / lt);
+    else if (isfinite(lt) && isfinite(et))
+        add_line(f, "Training with flash attention (finetune-enhanced) ran at %.1f tokens/s against %.1f with standard attention (finetune): %.2fx; peak memory %.3g vs %.3g GB.",
                  et, lt, et / lt, get(s, "suites.finetune-enhanced.metrics.peak_gb"), lp);
     double gs = get(s, "suites.attention.metrics.standard_tokens_per_sec"), gf = get(s, "suites.attention.metrics.flash_tokens_per_sec");
     if (isfinite(gs) && isfinite(gf)) {
@@ -131,12 +141,18 @@ void bench_findings(cJSON *s) {
     if (isfinite(tg)) add_line(ex, "llama-bench: pp%.0f %.1f ± %.1f tokens/s, tg%.0f %.2f ± %.2f tokens/s.", get(s, "suites.llama.metrics.n_prompt"),
                                get(s, "suites.llama.metrics.pp_avg_ts"), get(s, "suites.llama.metrics.pp_stddev_ts"), get(s, "suites.llama.metrics.n_gen"),
                                tg, get(s, "suites.llama.metrics.tg_stddev_ts"));
-    if (isfinite(tg) && isfinite(wgb) && isfinite(bw) && bw > 0)
-        add_line(f, "Decode reads %.2f GB of weights per token: %.2f tokens/s is %.1f GB/s, %.0f%% of the %.1f GB/s read bandwidth measured here (decode is memory-bound when this is near 100%%).",
-                 wgb, tg, tg * wgb, 100 * tg * wgb / bw, bw);
+    if (isfinite(tg) && isfinite(wgb) && isfinite(bw) && bw > 0) {
+        double share = 100 * tg * wgb / bw;
+        add_line(f, "Decode reads %.3g GB of weights per token: %.2f tokens/s is %.3g GB/s, %.0f%% of the %.1f GB/s read bandwidth measured here (%s).",
+                 wgb, tg, tg * wgb, share, bw,
+                 share > 110 ? "more than memory can deliver: the weights fit in the caches" :
+                 share >= 60 ? "decode is memory-bound: faster decode needs fewer bytes per token (quantization)" :
+                               "decode is not bandwidth-bound here: compute or synchronisation limits it");
+    }
     double p32 = arr_num(s, "suites.comprehensive.inference", 0, "prompt_tokens_per_sec"), p256 = arr_num(s, "suites.comprehensive.inference", -1, "prompt_tokens_per_sec");
     if (isfinite(p32) && isfinite(p256))
-        add_line(f, "Prompt processing scales from %.1f tokens/s at 32 tokens to %.1f at 256 (%.2fx): batched products use the cores better on longer prompts.", p32, p256, p256 / p32);
+        add_line(f, "Prompt processing goes from %.1f tokens/s at 32 tokens to %.1f at 256 (%.2fx: %s).", p32, p256, p256 / p32,
+                 p256 / p32 > 1.1 ? "longer prompts use the matrix units better" : p256 / p32 < 0.9 ? "slower per token on longer prompts (attention's share grows, or the run was disturbed)" : "flat");
     double gmax = 0;
     const cJSON *mm = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(s, "suites"), "comprehensive"), "matmul"), *r;
     cJSON_ArrayForEach(r, mm) if (bench_get(r, "gflops") > gmax) gmax = bench_get(r, "gflops");
@@ -145,14 +161,14 @@ void bench_findings(cJSON *s) {
     int nb = cJSON_GetArraySize(bt);
     if (nb >= 2) {
         const cJSON *b1 = cJSON_GetArrayItem(bt, 0), *bn = cJSON_GetArrayItem(bt, nb - 1);
-        add_line(f, "Batched generation: %.2f tokens/s at batch %.0f vs %.2f at batch 1 (%.2fx); process peak %.2f -> %.2f GB.", bench_get(bn, "tokens_per_sec"),
+        add_line(f, "Batched generation: %.2f tokens/s at batch %.0f vs %.2f at batch 1 (%.2fx); process peak %.3g -> %.3g GB.", bench_get(bn, "tokens_per_sec"),
                  bench_get(bn, "batch_size"), bench_get(b1, "tokens_per_sec"), bench_get(bn, "tokens_per_sec") / bench_get(b1, "tokens_per_sec"),
                  bench_get(b1, "peak_gb"), bench_get(bn, "peak_gb"));
     }
     const cJSON *q = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(s, "suites"), "comprehensive"), "quant");
     const cJSON *q0 = cJSON_GetArrayItem(q, 0), *q4 = find_row(q, "format", "4-bit");
     if (q0 && q4 && isfinite(bench_get(q4, "size_gb")))
-        add_line(f, "4-bit (group 64) weights take %.2f GB against %.2f GB (%.1fx smaller); decode %.2f vs %.2f tokens/s (%.2fx); KL(bf16 || 4-bit) %.4g, top-1 agreement %.0f%%%s.",
+        add_line(f, "4-bit (group 64) weights take %.3g GB against %.3g GB (%.1fx smaller); decode %.2f vs %.2f tokens/s (%.2fx); KL(bf16 || 4-bit) %.4g, top-1 agreement %.0f%%%s.",
                  bench_get(q4, "size_gb"), bench_get(q0, "size_gb"), bench_get(q0, "size_gb") / bench_get(q4, "size_gb"), bench_get(q4, "decode_tokens_per_sec"),
                  bench_get(q0, "decode_tokens_per_sec"), bench_get(q4, "decode_tokens_per_sec") / bench_get(q0, "decode_tokens_per_sec"), bench_get(q4, "kl_mean"),
                  100 * bench_get(q4, "top1_agree"), synthetic ? " (random weights: near-flat distributions)" : "");

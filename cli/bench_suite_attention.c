@@ -28,11 +28,12 @@ static int generation(bench_ctx *b, cJSON *res, av_attention_kind k, int n_gen, 
     go.max_tokens = n_gen;
     double gen_s = 0, tps = 0, ptps = 0;
     int toks = 0, reps = 2;
-    for (int r = 0; r < reps; r++) {
+    for (int r = -1; r < reps; r++) { /* r = -1: an untimed warm-up (first-touch of the weights, caches) */
         av_gen_result gr;
         av_session_truncate(s, 0);
         double g0 = av_now();
         if (av_generate(s, tok, ids, n, &go, &gr) != AV_OK) { av_gen_result_free(&gr); rc = bench_fail_lib(b, res, "generation"); goto done; }
+        if (r < 0) { av_gen_result_free(&gr); continue; }
         gen_s += av_now() - g0;
         tps += gr.gen_tps;
         ptps += gr.prompt_tps;
@@ -142,9 +143,9 @@ int bench_suite_attention(bench_ctx *b, cJSON *res) {
     int nT = b->quick ? 2 : 3;
     b->nsteps = 4 + nT;
     cJSON *gen = cJSON_AddArrayToObject(res, "generation");
-    bench_step(b, "standard attention: load + 2 generations of %d tokens", n_gen);
+    bench_step(b, "standard attention: load, warm-up + 2 generations of %d tokens", n_gen);
     if (generation(b, res, AV_ATTN_STANDARD, n_gen, gen)) return 1;
-    bench_step(b, "flash attention: load + 2 generations of %d tokens", n_gen);
+    bench_step(b, "flash attention: load, warm-up + 2 generations of %d tokens", n_gen);
     if (generation(b, res, AV_ATTN_FLASH, n_gen, gen)) return 1;
     av_model *m;
     if (bench_load(b, res, &m, NULL)) return 1;
