@@ -28,5 +28,5 @@ M="$HOME/.cache/anvil/bench-quick-bf16"
 "$ANVIL" bench --model "$M" -p 16 -n 4 -r 2 -o csv 2> /dev/null | head -1 | grep -q '^build_commit,.*,avg_ts,stddev_ts$' && ok "-o csv header" || bad "-o csv"
 [ "$("$ANVIL" bench --model "$M" -p 16 -n 4 -r 2 -o jsonl 2> /dev/null | grep -c '"avg_ts"')" = 2 ] && ok "-o jsonl: 2 rows" || bad "-o jsonl"
 expect_error "unknown suite" "unknown suite 'nope'" "$ANVIL" bench --suite nope --out "$AV_TMP/x"
-expect_error "bad output format" "--output must be" "$ANVIL" bench --model "$M" -o xml
+expect_error "bad output format" "output must be md" "$ANVIL" bench --model "$M" -o xml
 finish
