@@ -150,7 +150,8 @@ static void compare_section(FILE *f, const cJSON *s, const cJSON *old, const cha
         int hb = cJSON_IsTrue(at(k, "higher_is_better"));
         int bad = isfinite(ch) && (hb ? ch < -0.10 : ch > 0.10);
         regress += bad;
-        fprintf(f, "| %s (%s) | %s | %s | %s%s%% | %s |\n", str(k, "label", path), str(k, "unit", ""), N(before), N(now), ch > 0 ? "+" : "", N(100 * ch),
+        const char *u = str(k, "unit", "");
+        fprintf(f, "| %s%s%s%s | %s | %s | %s%s%% | %s |\n", str(k, "label", path), *u ? " (" : "", u, *u ? ")" : "", N(before), N(now), ch > 0 ? "+" : "", N(100 * ch),
                 bad ? "**regression**" : "");
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "path", path);

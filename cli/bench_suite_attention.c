@@ -31,6 +31,7 @@ static int generation(bench_ctx *b, cJSON *res, av_attention_kind k, int n_gen, 
     for (int r = -1; r < reps; r++) { /* r = -1: an untimed warm-up (first-touch of the weights, caches) */
         av_gen_result gr;
         av_session_truncate(s, 0);
+        go.max_tokens = r < 0 ? 4 : n_gen; /* a short warm-up */
         double g0 = av_now();
         if (av_generate(s, tok, ids, n, &go, &gr) != AV_OK) { av_gen_result_free(&gr); rc = bench_fail_lib(b, res, "generation"); goto done; }
         if (r < 0) { av_gen_result_free(&gr); continue; }
