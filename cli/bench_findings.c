@@ -149,6 +149,10 @@ void bench_findings(cJSON *s) {
                  share >= 60 ? "decode is memory-bound: faster decode needs fewer bytes per token (quantization)" :
                                "decode is not bandwidth-bound here: compute or synchronisation limits it");
     }
+    double pp = get(s, "suites.llama.metrics.pp_avg_ts");
+    if (isfinite(tg) && isfinite(pp) && tg > 0)
+        add_line(f, "Prompt processing runs %.1fx as many tokens per second as generation (%.1f vs %.2f tokens/s): a prompt is one batched pass, generation one pass per token.",
+                 pp / tg, pp, tg);
     double p32 = arr_num(s, "suites.comprehensive.inference", 0, "prompt_tokens_per_sec"), p256 = arr_num(s, "suites.comprehensive.inference", -1, "prompt_tokens_per_sec");
     if (isfinite(p32) && isfinite(p256))
         add_line(f, "Prompt processing goes from %.1f tokens/s at 32 tokens to %.1f at 256 (%.2fx: %s).", p32, p256, p256 / p32,

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+int bench_attn_training(bench_ctx *b, cJSON *res, av_model *m, av_tokenizer *tok, const int *Ts, int nT, cJSON *out);
+
 static const char *kind_name(av_attention_kind k) { return k == AV_ATTN_FLASH ? "flash" : "standard"; }
 
 static const char k_prompt[] = "Write a short story about a lighthouse keeper who finds a message in a bottle.";
@@ -142,14 +144,15 @@ int bench_suite_attention(bench_ctx *b, cJSON *res) {
     int Ts_quick[] = {32, 128}, Ts_full[] = {128, 512, 1024};
     const int *Ts = b->quick ? Ts_quick : Ts_full;
     int nT = b->quick ? 2 : 3;
-    b->nsteps = 4 + nT;
+    b->nsteps = 4 + nT + (b->quick ? 1 : 2);
     cJSON *gen = cJSON_AddArrayToObject(res, "generation");
     bench_step(b, "standard attention: load, warm-up + 2 generations of %d tokens", n_gen);
     if (generation(b, res, AV_ATTN_STANDARD, n_gen, gen)) return 1;
     bench_step(b, "flash attention: load, warm-up + 2 generations of %d tokens", n_gen);
     if (generation(b, res, AV_ATTN_FLASH, n_gen, gen)) return 1;
     av_model *m;
-    if (bench_load(b, res, &m, NULL)) return 1;
+    av_tokenizer *tok;
+    if (bench_load(b, res, &m, &tok)) return 1;
     bench_step(b, "attention kernels (av_attention_time)");
     cJSON *kt = cJSON_AddArrayToObject(res, "kernels");
     int n_ok = 0, n_unsup = 0;
@@ -160,7 +163,10 @@ int bench_suite_attention(bench_ctx *b, cJSON *res) {
         bench_step(b, "model-level prefill/decode at %d tokens, standard and flash", Ts[i]);
         rc = model_level(b, res, m, AV_ATTN_STANDARD, Ts[i], ml) || model_level(b, res, m, AV_ATTN_FLASH, Ts[i], ml);
     }
+    int Tt_quick[] = {64}, Tt_full[] = {128, 256};
+    if (!rc) rc = bench_attn_training(b, res, m, tok, b->quick ? Tt_quick : Tt_full, b->quick ? 1 : 2, cJSON_AddArrayToObject(res, "training"));
     av_model_free(m);
+    av_tokenizer_free(tok);
     if (rc) return rc;
     cJSON *mt = cJSON_AddObjectToObject(res, "metrics");
     double ts = bench_get(cJSON_GetArrayItem(gen, 0), "tokens_per_sec"), tf = bench_get(cJSON_GetArrayItem(gen, 1), "tokens_per_sec");

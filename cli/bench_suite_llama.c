@@ -59,8 +59,8 @@ static int run_test(bench_ctx *b, cJSON *res, av_model *m, int n_prompt, int n_g
     const char *be = av_backend_name(av_model_backend(m));
     cJSON_AddStringToObject(r, "backends", !strcmp(be, "cpu") ? "CPU" : "CUDA");
     cJSON_AddStringToObject(r, "model_filename", av_model_dir(m));
-    snprintf(buf, sizeof buf, "llama %.1fB %s", (double)av_config_param_count(c) / 1e9, av_dtype_name(av_model_weight_dtype(m)));
-    if (c->quant_bits) snprintf(buf, sizeof buf, "llama %.1fB %d-bit", (double)av_config_param_count(c) / 1e9, c->quant_bits);
+    snprintf(buf, sizeof buf, "llama %.2gB %s", (double)av_config_param_count(c) / 1e9, av_dtype_name(av_model_weight_dtype(m)));
+    if (c->quant_bits) snprintf(buf, sizeof buf, "llama %.2gB %d-bit", (double)av_config_param_count(c) / 1e9, c->quant_bits);
     cJSON_AddStringToObject(r, "model_type", buf);
     cJSON_AddNumberToObject(r, "model_size", (double)av_model_weight_bytes(m));
     cJSON_AddNumberToObject(r, "model_n_params", (double)av_config_param_count(c));
