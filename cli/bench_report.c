@@ -184,6 +184,7 @@ static void write_md(FILE *f, cJSON *s, const cJSON *charts, const cJSON *old, c
     fprintf(f, "; %s GB of weights; **weights: %s**\n", N(bench_get(s, "model.weight_bytes") / 1e9), str(s, "model.weights", "?"));
     fprintf(f, "- **Run:** %s, device %s, %s threads, %s s in all\n\n", cJSON_IsTrue(at(s, "run.quick")) ? "--quick" : "full", str(s, "run.device", "?"),
             N(bench_get(s, "run.threads")), N(bench_get(s, "run.duration_s")));
+    if (at(s, "run.interrupted")) fprintf(f, "**Run %s.**\n\n", str(s, "run.interrupted", ""));
     fprintf(f, "## Executive summary\n\n");
     cJSON_ArrayForEach(r, at(s, "executive_summary")) fprintf(f, "- %s\n", r->valuestring);
     fprintf(f, "\n## Suites\n\n| suite | status | time (s) | error |\n|---|---|---:|---|\n");

@@ -10,6 +10,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -148,6 +150,14 @@ static char *last_line(const char *path) {
     return r;
 }
 
+/* Ctrl-C / SIGTERM: the running suite is stopped (SIGTERM forwarded), the report says what ran. */
+static volatile sig_atomic_t g_stop;
+static volatile pid_t g_child;
+static void on_signal(int sig) {
+    g_stop = sig;
+    if (g_child > 0) kill(g_child, SIGTERM);
+}
+
 static cJSON *spawn_suite(const bench_ctx *b, const suite_def *s, const char *tok_note) {
     char result[4300], logp[4300], work[4300], th[16];
     (void)tok_note;
@@ -184,11 +194,17 @@ static cJSON *spawn_suite(const bench_ctx *b, const suite_def *s, const char *to
     double t0 = av_now();
     pid_t pid = fork();
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive the orchestrator */
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
         execv("/proc/self/exe", (char *const *)argv);
         _exit(127);
     }
     int status = 0;
-    if (pid > 0) waitpid(pid, &status, 0);
+    g_child = pid;
+    if (pid > 0)
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    g_child = 0;
     double wall = av_now() - t0;
     cJSON *res = NULL;
     if (av_json_load(result, &res) != AV_OK || !cJSON_IsObject(res)) {
@@ -388,9 +404,15 @@ int av_cmd_bench(int argc, char **argv) {
     int n_sel = 0, k = 0, n_ok = 0;
     for (int i = 0; i < N_SUITES; i++)
         if (sel[i]) { n_sel++; est_total += b.quick ? k_suites[i].est_quick : k_suites[i].est_full; }
-    for (int i = 0; i < N_SUITES; i++) {
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    int n_run = 0;
+    for (int i = 0; i < N_SUITES && !g_stop; i++) {
         if (!sel[i]) continue;
         const suite_def *s = &k_suites[i];
+        n_run++;
         double el = av_now() - t0, scale = est_done > 0 && el > 5 ? el / est_done : 1, left = (est_total - est_done) * scale;
         char e1[32], e2[32];
         fprintf(stderr, "[bench] (%d/%d) %s: starting (%s elapsed, ~%s left)\n", ++k, n_sel, s->name, bench_fmt_time(e1, sizeof e1, el),
@@ -403,7 +425,16 @@ int av_cmd_bench(int argc, char **argv) {
                 strcmp(st, "ok") ? ": " : "", strcmp(st, "ok") ? cJSON_GetObjectItem(res, "error")->valuestring : "");
         cJSON_AddItemToObject(sr, s->name, res);
     }
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
     double total = av_now() - t0;
+    if (g_stop) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "interrupted (signal %d) after %d of %d suites", (int)g_stop, n_run, n_sel);
+        cJSON_AddStringToObject(run, "interrupted", msg);
+        fprintf(stderr, "[bench] %s; writing the report of what ran\n", msg);
+    }
+    n_sel = n_run;
     bench_num(run, "duration_s", total);
     cJSON_AddNumberToObject(run, "suites_run", n_sel);
     cJSON_AddNumberToObject(run, "suites_ok", n_ok);
