@@ -266,6 +266,7 @@ int bench_suite_finetune_enhanced(bench_ctx *b, cJSON *res) {
     c.flash = 1;
     c.save_best = 1;
     c.monitor = 1;
+    c.val_batches = 2; /* validation every 5 iterations: 2 batches each keeps the run short */
     b->nsteps = 1;
     return bench_lora_run(b, res, &c);
 }
