@@ -14,6 +14,8 @@ typedef struct {
     const char *work;    /* scratch directory of this suite (removed after) */
     const char *data;    /* quotes data set (train/valid/test.jsonl) */
     int quick, threads;
+    int no_graphs;       /* --no-graphs: decode op by op (CUDA debugging) */
+    const char *dtype;   /* --dtype: GPU compute bf16 (default) | f32 */
     FILE *log;           /* the suite's log file */
     double t0;           /* suite start (av_now) */
     int step, nsteps;    /* progress */

@@ -73,6 +73,8 @@ int bench_suite_chat(bench_ctx *b, cJSON *res) {
     argv[a++] = "--max-tokens";
     argv[a++] = maxtok;
     if (b->device) { argv[a++] = "--device"; argv[a++] = b->device; }
+    if (b->no_graphs) argv[a++] = "--no-graphs";
+    if (b->dtype) { argv[a++] = "--dtype"; argv[a++] = b->dtype; }
     argv[a] = NULL;
     bench_step(b, "starting `anvil chat` in a pseudo-terminal");
     int fd;

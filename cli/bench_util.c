@@ -74,10 +74,14 @@ int bench_load(bench_ctx *b, cJSON *res, av_model **m, av_tokenizer **tok) {
     av_threads_set(b->threads);
     if (tok && av_tokenizer_load(tok, b->model, 0) != AV_OK) return bench_fail_lib(b, res, "loading the tokenizer");
     const av_backend *be;
-    if (av_backend_select(b->device, &be) != AV_OK || av_model_load(m, b->model, be) != AV_OK) {
+    av_status st = av_backend_select(b->device, &be);
+    if (st == AV_OK && av_backend_device(be) == AV_DEVICE_CUDA && b->dtype && !strcmp(b->dtype, "f32") && !(be = av_backend_cuda_dtype(AV_F32)))
+        st = AV_ERR_DEVICE;
+    if (st != AV_OK || av_model_load(m, b->model, be) != AV_OK) {
         if (tok) { av_tokenizer_free(*tok); *tok = NULL; }
         return bench_fail_lib(b, res, "loading the model");
     }
+    if (b->no_graphs) av_model_set_graphs(*m, 0);
     return 0;
 }
 

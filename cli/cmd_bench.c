@@ -188,6 +188,8 @@ static cJSON *spawn_suite(const bench_ctx *b, const suite_def *s, const char *to
     argv[a++] = th;
     if (b->device) { argv[a++] = "--device"; argv[a++] = b->device; }
     if (b->quick) argv[a++] = "--quick";
+    if (b->no_graphs) argv[a++] = "--no-graphs";
+    if (b->dtype) { argv[a++] = "--dtype"; argv[a++] = b->dtype; }
     argv[a] = NULL;
     fflush(stdout);
     fflush(stderr);
@@ -303,9 +305,9 @@ static int llama_mode(bench_ctx *b, int pp, int tg, int reps, int json, const ch
 int av_cmd_bench(int argc, char **argv) {
     const char *cmd = "bench";
     bench_ctx b = {0};
-    const char *suites = NULL, *out = NULL, *compare = NULL, *tokdir = NULL, *fmt = NULL, *dtype = NULL;
+    const char *suites = NULL, *out = NULL, *compare = NULL, *tokdir = NULL, *fmt = NULL;
     const char *run_suite = NULL, *result = NULL, *logp = NULL, *work = NULL, *data = NULL;
-    int pp = -1, tg = -1, reps = -1, json = 0, no_graphs = 0, quiet = 0;
+    int pp = -1, tg = -1, reps = -1, json = 0, quiet = 0;
     av_opt opts[] = {
         {"suite", AV_OPT_STR, &suites, "suites to run, comma-separated: finetune, finetune-enhanced, attention, comprehensive, chat, llama (default: all)", 0, 0, NULL},
         {"model", AV_OPT_STR, &b.model, "model directory or .gguf (default: a TinyLlama-1.1B-shaped random model, synthesized once into ~/.cache/anvil)", 0, 0, NULL},
@@ -322,8 +324,8 @@ int av_cmd_bench(int argc, char **argv) {
         {"repeat", AV_OPT_INT, &reps, "llama-bench: repetitions (default 3)", 1, 1000, "r"},
         {"output", AV_OPT_STR, &fmt, "llama-bench output: md (default), csv, json, jsonl", 0, 0, "o"},
         {"json", AV_OPT_FLAG, &json, "llama-bench: one JSON line {model, pp_tps, tg_tps, ...} (as before the suites)", 0, 0, NULL},
-        {"no-graphs", AV_OPT_FLAG, &no_graphs, "accepted for compatibility (decode graphs are a CUDA detail)", 0, 0, NULL},
-        {"dtype", AV_OPT_STR, &dtype, "accepted for compatibility (GPU compute dtype)", 0, 0, NULL},
+        {"no-graphs", AV_OPT_FLAG, &b.no_graphs, "decode op by op instead of replaying a captured CUDA graph (debugging; slower)", 0, 0, NULL},
+        {"dtype", AV_OPT_STR, &b.dtype, "GPU compute: bf16 (default, tensor cores) or f32 (exact)", 0, 0, NULL},
         {"run-suite", AV_OPT_STR, &run_suite, "internal: run one suite in this process", 0, 0, NULL},
         {"result", AV_OPT_STR, &result, "internal: result file of --run-suite", 0, 0, NULL},
         {"log", AV_OPT_STR, &logp, "internal: log file of --run-suite", 0, 0, NULL},
@@ -339,8 +341,7 @@ int av_cmd_bench(int argc, char **argv) {
     if (b.device && !strcmp(b.device, "auto")) b.device = NULL;
     if (fmt && strcmp(fmt, "md") && strcmp(fmt, "csv") && strcmp(fmt, "json") && strcmp(fmt, "jsonl"))
         return av_cli_error(cmd, "--output must be md, csv, json or jsonl (got '%s')", fmt);
-    (void)no_graphs;
-    (void)dtype;
+    if (b.dtype && strcmp(b.dtype, "bf16") && strcmp(b.dtype, "f32")) return av_cli_error(cmd, "--dtype: '%s' is not bf16 or f32", b.dtype);
     char dbuf[4200];
     if (!data) data = find_resource("data/quotes", dbuf, sizeof dbuf) == 0 ? dbuf : "data/quotes";
     b.data = data;
