@@ -119,7 +119,7 @@ int bench_html_write(const char *path, const cJSON *summary, const cJSON *charts
             fputs("</li>\n", f);
         } else if (n > 2 && !strncmp(p, "![", 2)) {
             image(f, dir, p, n);
-        } else if (n && p[0] == '#') {
+        } else if (n && p[0] == '#' && strspn(p, "#") < n && strspn(p, "#") <= 6) {
             int h = (int)strspn(p, "#");
             fprintf(f, "<h%d>", h);
             esc(f, p + h + 1, n - (size_t)h - 1);

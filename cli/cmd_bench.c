@@ -220,6 +220,14 @@ static cJSON *spawn_suite(const bench_ctx *b, const suite_def *s, const char *to
         cJSON_AddStringToObject(res, "status", "failed");
         cJSON_AddStringToObject(res, "error", msg);
     }
+    else if (pid > 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0) && !strcmp(av_json_str(res, "status", ""), "ok")) {
+        /* a result, then a bad exit (a sanitizer's report at exit, a crash in cleanup): not ok */
+        char msg[200];
+        snprintf(msg, sizeof msg, "the suite reported ok, then its process %s %d", WIFEXITED(status) ? "exited with status" : "was killed by signal",
+                 WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+        cJSON_ReplaceItemInObject(res, "status", cJSON_CreateString("failed"));
+        cJSON_AddStringToObject(res, "error", msg);
+    }
     unlink(result);
     cJSON_DeleteItemFromObject(res, "seconds");
     bench_num(res, "seconds", wall);
