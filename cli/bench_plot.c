@@ -105,8 +105,8 @@ cJSON *bench_plot_all(const char *dir, const cJSON *s) {
 #define PLOT(cond, spec) if (cond) { fprintf(f, "%s%s", first ? "" : ", ", spec); first = 0; }
     PLOT(n1, "$ft with linespoints ls 1 title 'finetune: train'")
     PLOT(n2, "$fv with linespoints ls 3 title 'finetune: validation'")
-    PLOT(n3, "$et with linespoints ls 2 title 'enhanced (flash): train'")
-    PLOT(n4, "$ev with linespoints ls 4 title 'enhanced (flash): validation'")
+    PLOT(n3, "$et with linespoints ls 2 title 'finetune-enhanced: train'")
+    PLOT(n4, "$ev with linespoints ls 4 title 'finetune-enhanced: validation'")
     fprintf(f, "\n");
     fclose(f);
     if (!first) chart(&pl, "loss_curves", "LoRA loss curves", b);
