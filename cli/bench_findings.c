@@ -101,6 +101,10 @@ void bench_findings(cJSON *s) {
              cJSON_GetObjectItem(cJSON_GetObjectItem(s, "machine"), "cpu")->valuestring, get(s, "machine.cores"), dev,
              synthetic ? "; the model has random weights, so losses and KL say nothing about quality, only speed and memory are meaningful" : "");
 
+    double load = get(s, "machine.load_1min"), cores = get(s, "machine.cores");
+    if (isfinite(load) && isfinite(cores) && load > cores)
+        add_line(ex, "The machine was busy: load average %.1f on %.0f cores when the run started, so other processes held the cores for part of every measurement; treat the speeds as lower bounds and compare runs only at similar load.",
+                 load, cores);
     double lt = get(s, "suites.finetune.metrics.tokens_per_sec"), lp = get(s, "suites.finetune.metrics.peak_gb");
     if (isfinite(lt)) {
         add_line(ex, "LoRA fine-tuning (seed setup, %.0f iterations): %.1f tokens/s, %.2f it/s, peak %.2f GB — %.2fx the seed's 838 tokens/s on the M3 Max, %.2fx its 2.895 GB peak.",

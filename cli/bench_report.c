@@ -171,8 +171,12 @@ static void write_md(FILE *f, cJSON *s, const cJSON *charts, const cJSON *old, c
     const cJSON *r;
     fprintf(f, "# anvil benchmark report\n\n");
     fprintf(f, "- **Date:** %s\n", str(s, "generated_at", "?"));
-    fprintf(f, "- **Machine:** %s, %s cores, %s GB memory, measured read bandwidth %s GB/s; %s\n", str(s, "machine.cpu", "?"), N(bench_get(s, "machine.cores")),
-            N(bench_get(s, "machine.mem_gb")), N(bench_get(s, "machine.read_bandwidth_gbs")), str(s, "machine.os", ""));
+    double bw = bench_get(s, "machine.read_bandwidth_gbs");
+    char bws[96];
+    if (isfinite(bw)) snprintf(bws, sizeof bws, "%s GB/s", N(bw));
+    else snprintf(bws, sizeof bws, "not measured (the comprehensive suite measures it)");
+    fprintf(f, "- **Machine:** %s, %s cores, %s GB memory, measured read bandwidth %s; %s\n", str(s, "machine.cpu", "?"), N(bench_get(s, "machine.cores")),
+            N(bench_get(s, "machine.mem_gb")), bws, str(s, "machine.os", ""));
     if (cJSON_IsString(at(s, "machine.gpu"))) fprintf(f, "- **GPU:** %s; driver: %s\n", str(s, "machine.gpu", ""), str(s, "machine.driver", "unknown"));
     else fprintf(f, "- **GPU:** none\n");
     fprintf(f, "- **Load average at start (1 min):** %s (the machine may be shared)\n", N(bench_get(s, "machine.load_1min")));
