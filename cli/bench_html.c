@@ -121,7 +121,14 @@ int bench_html_write(const char *path, const cJSON *summary, const cJSON *charts
             image(f, dir, p, n);
         } else if (n && p[0] == '#' && strspn(p, "#") < n && strspn(p, "#") <= 6) {
             int h = (int)strspn(p, "#");
-            fprintf(f, "<h%d>", h);
+            fprintf(f, "<h%d id=\"", h); /* an anchor: the heading's words, lower-case, joined by '-' */
+            for (size_t i = (size_t)h + 1, dash = 0; i < n; i++) {
+                char c = p[i];
+                if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) { if (dash) fputc('-', f); fputc(c, f); dash = 0; }
+                else if (c >= 'A' && c <= 'Z') { if (dash) fputc('-', f); fputc(c - 'A' + 'a', f); dash = 0; }
+                else dash = i > (size_t)h + 1;
+            }
+            fprintf(f, "\">");
             esc(f, p + h + 1, n - (size_t)h - 1);
             if (h == 2 && n >= 20 && !strncmp(p, "## Executive summary", 20) && cJSON_IsNumber(ok))
                 fprintf(f, " <span class=badge>%.0f%% of suites ok</span>", 100 * ok->valuedouble);

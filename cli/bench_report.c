@@ -78,7 +78,7 @@ static void lora_table(FILE *f, const cJSON *mt, int enhanced) {
 
 static void attention_section(FILE *f, const cJSON *su) {
     const cJSON *r;
-    fprintf(f, "### Generation (load, an untimed warm-up, then 2 greedy generations per attention kind)\n\n| attention | load (s) | time per generation (s) | tokens | tokens/s | prompt tokens/s |\n|---|---:|---:|---:|---:|---:|\n");
+    fprintf(f, "### Generation (load, an untimed warm-up, then the best of 2 greedy generations per attention kind)\n\n| attention | load (s) | time per generation (s) | tokens | tokens/s | prompt tokens/s |\n|---|---:|---:|---:|---:|---:|\n");
     cJSON_ArrayForEach(r, at(su, "generation"))
         fprintf(f, "| %s | %s | %s | %s | %s | %s |\n", str(r, "attention", "?"), N(bench_get(r, "load_s")), N(bench_get(r, "gen_s")), N(bench_get(r, "tokens")),
                 N(bench_get(r, "tokens_per_sec")), N(bench_get(r, "prompt_tokens_per_sec")));
