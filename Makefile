@@ -26,11 +26,17 @@ CU_SRC   := $(sort $(wildcard src/*/*.cu))
 CLI_SRC  := $(sort $(wildcard cli/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 
+# anvil's version and the git commit it was built from (anvil bench reports both; "unknown" outside git).
+AV_VERSION    := 0.1.0
+AV_GIT_COMMIT := $(shell c=$$(git rev-parse --short=12 HEAD 2>/dev/null) && { git diff --quiet HEAD -- 2>/dev/null || c="$$c-dirty"; echo "$$c"; } || echo unknown)
+
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the quantized kernels' test again with the AVX2 and the portable implementation compiled in
 TEST_BIN += $(BUILD)/tests/test_qmatmul_avx2 $(BUILD)/tests/test_qmatmul_portable
+# the checker of an `anvil bench` report (tests/cli_bench.sh)
+TEST_BIN += $(BUILD)/tests/bench_check
 
 ifeq ($(CUDA),1)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell readlink -f $$(command -v $(NVCC))))
@@ -56,7 +62,16 @@ $(BUILD)/libanvil.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/anvil: $(CLI_OBJ) $(BUILD)/libanvil.a
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libanvil.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libanvil.a $(LDLIBS) -lutil
+
+# the commit is baked into bench_sys.o only; a stamp file rebuilds it when the commit changes
+$(BUILD)/commit.stamp: FORCE
+	@mkdir -p $(dir $@)
+	@echo '$(AV_VERSION) $(AV_GIT_COMMIT)' | cmp -s - $@ || echo '$(AV_VERSION) $(AV_GIT_COMMIT)' > $@
+$(BUILD)/cli/bench_sys.o: $(BUILD)/commit.stamp
+$(BUILD)/cli/bench_sys.o: CFLAGS += -DAV_VERSION='"$(AV_VERSION)"' -DAV_GIT_COMMIT='"$(AV_GIT_COMMIT)"'
+.PHONY: FORCE
+FORCE:
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -94,7 +109,7 @@ test-long: test
 
 bench: setup
 	@$(MAKE) --no-print-directory all
-	@bench/run.sh $(BUILD)
+	@bench/run.sh $(BUILD) $(BENCH_ARGS)
 
 clean:
 	rm -rf build build-asan build-fuzz

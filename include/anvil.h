@@ -139,6 +139,10 @@ av_attention_kind av_model_attention(const av_model *m);
  * anvil bench --suite attention. */
 av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B, int T, int H, int KVH, int hd, int backward,
                             int reps, double *seconds, size_t *bytes);
+/* Times the backend's matrix product out[M, N] = x[M, K] . W[N, K]^T (x f32, W of wdtype: f32, bf16
+ * or f16) on random inputs: median seconds over reps after one warm-up. For anvil bench (GFLOP/s =
+ * 2 M N K / seconds). */
+av_status av_matmul_time(const av_backend *be, int M, int N, int K, av_dtype wdtype, int reps, double *seconds);
 int av_model_weight_files(const av_model *m);     /* number of safetensors files */
 av_dtype av_model_weight_dtype(const av_model *m); /* dtype of the embedding table as stored */
 /* Peak memory in bytes: the process's peak RSS where backend memory is host memory (CPU), else
