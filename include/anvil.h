@@ -610,8 +610,10 @@ av_status av_comm_allreduce_mean(av_comm *c, float *buf, size_t n);
 av_status av_comm_allreduce_host_f64(av_comm *c, double *v, int n);
 void av_comm_abort(av_comm *c);
 void av_comm_free(av_comm *c);
-/* Number of CUDA devices (0 without CUDA or without a GPU). */
+/* Number of CUDA devices (0 without CUDA or without a GPU); binds the calling thread to a device
+ * (the backend's work issued from that thread then runs there). */
 int av_cuda_device_count(void);
+av_status av_cuda_set_device(int device);
 
 /* TCP rendezvous for several hosts (torchrun's --master-addr/--master-port): the master serves
  * `len` bytes (the NCCL id) to n_clients connections, then returns; a client connects (retrying
@@ -651,6 +653,9 @@ av_status av_train_load_weights(av_train_ctx *c, const char *path);
 av_status av_train_save_model_dir(av_train_ctx *c, const char *dir);
 /* Every parameter's gradient as f32 safetensors (PEFT names), atomically. */
 av_status av_train_save_grads(av_train_ctx *c, const char *path);
+/* Copies every trainable parameter's values from src to dst (same layout; the models may be on
+ * different devices of one backend): a data-parallel replica starts equal to rank 0. */
+av_status av_train_copy_params(av_train_ctx *dst, av_train_ctx *src);
 
 typedef enum {
     AV_TEV_PROGRESS = 0, /* after every iteration: iter, iters, elapsed, eta */

@@ -87,6 +87,13 @@ int av_cuda_device_count(void) {
     return n;
 }
 
+av_status av_cuda_set_device(int device) {
+    int nd = av_cuda_device_count();
+    if (device < 0 || device >= nd) return av_fail(AV_ERR_ARG, "cuda: GPU %d does not exist (%d GPUs)", device, nd);
+    if (cudaSetDevice(device) != cudaSuccess) return av_fail(AV_ERR_DEVICE, "cuda: cannot select GPU %d", device);
+    return AV_OK;
+}
+
 av_status av_comm_nccl_id(uint8_t id[AV_COMM_ID_BYTES]) {
     ncclUniqueId u;
     _Static_assert(sizeof u == AV_COMM_ID_BYTES, "NCCL unique id size");
@@ -99,9 +106,7 @@ av_status av_comm_nccl_id(uint8_t id[AV_COMM_ID_BYTES]) {
 av_status av_comm_nccl_new(av_comm **out, const uint8_t id[AV_COMM_ID_BYTES], int world, int rank, int device) {
     *out = NULL;
     if (world < 1 || rank < 0 || rank >= world) return av_fail(AV_ERR_ARG, "nccl: rank %d of %d", rank, world);
-    int nd = av_cuda_device_count();
-    if (device < 0 || device >= nd) return av_fail(AV_ERR_ARG, "nccl: GPU %d does not exist (%d GPUs)", device, nd);
-    if (cudaSetDevice(device) != cudaSuccess) return av_fail(AV_ERR_DEVICE, "nccl: cannot select GPU %d", device);
+    AV_TRY(av_cuda_set_device(device));
     av_comm *c = calloc(1, sizeof *c);
     nccl_impl *p = calloc(1, sizeof *p);
     if (!c || !p) {
@@ -132,6 +137,10 @@ av_status av_comm_nccl_new(av_comm **out, const uint8_t id[AV_COMM_ID_BYTES], in
 #else /* no CUDA in this build */
 
 int av_cuda_device_count(void) { return 0; }
+
+av_status av_cuda_set_device(int device) {
+    return av_fail(AV_ERR_UNSUPPORTED, "cuda: GPU %d: this anvil was built without CUDA", device);
+}
 
 av_status av_comm_nccl_id(uint8_t id[AV_COMM_ID_BYTES]) {
     (void)id;

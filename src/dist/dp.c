@@ -6,6 +6,7 @@
 #include "train/train_ctx.h"
 #include "train/train_model.h"
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 av_status av_dp_shard_batch(const av_comm *c, av_batch *b, int *n_all) {
@@ -72,5 +73,21 @@ av_status av_dp_evaluate(av_comm *c, av_train_ctx *tc, av_batcher *bt, int max_b
     AV_TRY(av_comm_allreduce_host_f64(c, v, 2));
     *loss = v[1] > 0 ? v[0] / v[1] : NAN;
     if (ntok) *ntok = llround(v[1]);
+    return AV_OK;
+}
+
+av_status av_train_copy_params(av_train_ctx *dst, av_train_ctx *src) {
+    if (dst->grad_floats != src->grad_floats || av_train_nparams(dst) != av_train_nparams(src))
+        return av_fail(AV_ERR_SHAPE, "data parallel: replica has %zu trainable values, rank 0 %zu", dst->grad_floats, src->grad_floats);
+    av_param *d = av_train_params(dst), *s = av_train_params(src);
+    size_t most = 0;
+    for (int i = 0; i < av_train_nparams(src); i++) most = s[i].n > most ? s[i].n : most;
+    float *host = malloc(most * sizeof(float) + 1);
+    if (!host) return av_fail(AV_ERR_NOMEM, "data parallel: out of memory (parameter copy)");
+    for (int i = 0; i < av_train_nparams(src); i++) {
+        src->m->be->download(host, s[i].data, s[i].n * sizeof(float));
+        dst->m->be->upload(d[i].data, host, d[i].n * sizeof(float));
+    }
+    free(host);
     return AV_OK;
 }
