@@ -91,6 +91,7 @@ av_status av_cuda_set_device(int device) {
     int nd = av_cuda_device_count();
     if (device < 0 || device >= nd) return av_fail(AV_ERR_ARG, "cuda: GPU %d does not exist (%d GPUs)", device, nd);
     if (cudaSetDevice(device) != cudaSuccess) return av_fail(AV_ERR_DEVICE, "cuda: cannot select GPU %d", device);
+    if (!av_backend_cuda()) return av_fail_prefix(AV_ERR_DEVICE, "GPU %d", device); /* this thread's stream and handles there */
     return AV_OK;
 }
 
