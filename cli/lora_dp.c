@@ -139,7 +139,6 @@ static av_status replica_run(lora_dp_worker *w) {
         st = s->full ? av_train_ctx_new_full(&tc, m, s->rows, s->max_len - 1, s->grad_checkpoint)
                      : av_train_ctx_new(&tc, m, s->rows, s->max_len - 1, s->grad_checkpoint);
     if (st == AV_OK && s->dropout > 0) st = av_train_set_dropout(tc, s->dropout, s->seed);
-    if (st == AV_OK) st = av_train_copy_params(tc, s->tc0);
     if (st == AV_OK) st = av_batcher_init(&bt, s->dtrain, s->batch_size, s->seed);
     if (st == AV_OK) st = av_batcher_init(&bv, s->dvalid, s->batch_size, 0);
     if (st == AV_OK) {
@@ -148,14 +147,19 @@ static av_status replica_run(lora_dp_worker *w) {
         to.comm = c;
         st = av_trainer_new(&tr, m, tc, &to);
     }
-    if (st == AV_OK && s->state_path) st = av_trainer_load_state(tr, s->state_path);
     if (st != AV_OK) av_fail_prefix(st, "worker %d (rank %d)", r, d->rank0 + r);
+    /* wait until rank 0 is complete (resumed state included); its parameters change only after the
+     * first gradient sum, which waits for this rank, so the copy below reads them undisturbed */
     pthread_mutex_lock(&d->mu);
     while (!d->go && st == AV_OK) pthread_cond_wait(&d->cv, &d->mu);
     int go = d->go;
     pthread_mutex_unlock(&d->mu);
-    if (st == AV_OK && go == 1) st = av_trainer_run(tr, &bt, &bv);
-    else if (st == AV_OK) st = AV_ERR_INTERRUPTED; /* cancelled before the start */
+    if (st == AV_OK && go == 1) {
+        st = av_train_copy_params(tc, s->tc0);
+        if (st == AV_OK && s->state_path) st = av_trainer_load_state(tr, s->state_path);
+        if (st != AV_OK) av_fail_prefix(st, "worker %d (rank %d)", r, d->rank0 + r);
+        else st = av_trainer_run(tr, &bt, &bv);
+    } else if (st == AV_OK) st = AV_ERR_INTERRUPTED; /* cancelled before the start */
     av_trainer_free(tr);
     if (tc) av_train_ctx_free(tc);
     av_batcher_free(&bt);
