@@ -120,6 +120,16 @@ av_status lora_dp_bind(lora_dp *d) {
     return av_cuda_set_device(d->devices[0]);
 }
 
+/* Aborts every local rank's communicator: NCCL does not carry one rank's abort to the others, so a
+ * failing worker ends its neighbours' collectives itself (ncclCommAbort from another thread unblocks
+ * them). With the host communicator one abort reaches every rank anyway. */
+static void abort_all(lora_dp *d) {
+    pthread_mutex_lock(&d->mu);
+    for (int i = 0; i < d->n; i++)
+        if (d->comm[i]) av_comm_abort(d->comm[i]);
+    pthread_mutex_unlock(&d->mu);
+}
+
 /* ---- one replica ----------------------------------------------------------------------------- */
 static av_status replica_run(lora_dp_worker *w) {
     lora_dp *d = w->d;
@@ -130,7 +140,13 @@ static av_status replica_run(lora_dp_worker *w) {
     av_trainer *tr = NULL;
     av_batcher bt = {0}, bv = {0};
     av_status st = AV_OK;
-    if (d->nccl) st = av_comm_nccl_new(&d->comm[r], d->id, d->world, d->rank0 + r, d->devices[r]);
+    if (d->nccl) {
+        av_comm *mine = NULL;
+        st = av_comm_nccl_new(&mine, d->id, d->world, d->rank0 + r, d->devices[r]);
+        pthread_mutex_lock(&d->mu);
+        d->comm[r] = mine;
+        pthread_mutex_unlock(&d->mu);
+    }
     av_comm *c = d->comm[r];
     av_threads_set(s->threads);
     if (st == AV_OK) st = av_model_load(&m, s->model_dir, s->be);
@@ -176,7 +192,7 @@ static void *worker_main(void *p) {
     w->st = replica_run(w);
     if (w->st != AV_OK) {
         snprintf(w->err, sizeof w->err, "%s", av_last_error());
-        if (w->d->comm[w->local]) av_comm_abort(w->d->comm[w->local]);
+        abort_all(w->d);
     }
     return NULL;
 }
@@ -207,7 +223,14 @@ av_status lora_dp_begin(lora_dp *d, const lora_dp_setup *s, av_comm **comm0) {
         }
         d->started = i;
     }
-    if (d->nccl) AV_TRY(av_comm_nccl_new(&d->comm[0], d->id, d->world, d->rank0, d->devices[0]));
+    if (d->nccl) {
+        av_comm *mine = NULL;
+        av_status st = av_comm_nccl_new(&mine, d->id, d->world, d->rank0, d->devices[0]);
+        pthread_mutex_lock(&d->mu);
+        d->comm[0] = mine;
+        pthread_mutex_unlock(&d->mu);
+        AV_TRY(st);
+    }
     av_threads_set(s->threads);
     *comm0 = d->comm[0];
     return AV_OK;
@@ -229,7 +252,7 @@ av_status lora_dp_run(lora_dp *d, av_trainer *tr0, av_batcher *train, av_batcher
     pthread_cond_broadcast(&d->cv);
     pthread_mutex_unlock(&d->mu);
     av_status st = av_trainer_run(tr0, train, valid);
-    if (st != AV_OK && st != AV_ERR_INTERRUPTED) av_comm_abort(d->comm[0]);
+    if (st != AV_OK && st != AV_ERR_INTERRUPTED) abort_all(d);
     join_all(d, 1);
     /* report the worker that failed first-hand, not one that only saw the group aborted */
     int first = -1;
@@ -244,8 +267,7 @@ av_status lora_dp_run(lora_dp *d, av_trainer *tr0, av_batcher *train, av_batcher
 
 void lora_dp_end(lora_dp *d) {
     if (!d->w) return;
-    for (int i = 0; i < d->n; i++)
-        if (d->comm[i] && d->go != 1) av_comm_abort(d->comm[i]);
+    if (d->go != 1) abort_all(d);
     join_all(d, -1);
     for (int i = 0; i < d->n; i++) {
         av_comm_free(d->comm[i]);
