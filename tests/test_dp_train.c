@@ -1,16 +1,21 @@
 /* Data-parallel training on the CPU (host communicator, worker threads): with the same global batch,
  * 2 and 3 workers give the one-worker run's per-iteration train losses, validation losses and final
  * LoRA weights (token-weighted: sum of the shards' NLL / all tokens), for SGD and Adam, and with
- * gradient accumulation; a worker that fails stops the others with its own error. */
+ * gradient accumulation; a worker that fails stops the others with its own error. With 2 GPUs the
+ * same comparison runs through NCCL on the exact-f32 CUDA backend (else a visible skip). */
 #include "test.h"
 #include "anvil.h"
 #include "core/status.h"
+#include "backend/backend.h"
+#include "model/model.h"
 #include "train/train_model.h"
 #include <pthread.h>
 
 #define MAXW 4
 #define ITERS 6
 static char g_dir[512];
+static int g_gpu; /* 0: host communicator on the CPU; 1: NCCL, worker i on GPU i, f32 CUDA backend */
+static uint8_t g_id[AV_COMM_ID_BYTES];
 
 /* Byte "tokenizer" (BOS 1, EOS 2, byte + 3). */
 static av_status enc(void *ctx, const char *s, size_t n, int add_special, int32_t **ids, int *cnt) {
@@ -28,7 +33,7 @@ typedef struct {
 } losses;
 
 typedef struct {
-    int rank, fail_at_load;
+    int rank, W, fail_at_load;
     av_comm *comm;
     const av_dataset *dt, *dv;
     int batch, ga;
@@ -61,9 +66,11 @@ static void *run_worker(void *p) {
     av_lora_spec spec;
     av_lora_spec_default(&spec);
     spec.num_layers = -1;
-    int W = av_comm_size(w->comm), rows = (w->batch + W - 1) / W;
-    av_status st = w->fail_at_load ? av_fail(AV_ERR_IO, "worker %d: cannot load the model (test)", w->rank)
-                                   : av_model_load(&m, test_fixture("tiny-llama"), av_backend_cpu());
+    int W = w->W, rows = (w->batch + W - 1) / W;
+    av_status st = g_gpu ? av_comm_nccl_new(&w->comm, g_id, W, w->rank, w->rank) : AV_OK;
+    if (st == AV_OK)
+        st = w->fail_at_load ? av_fail(AV_ERR_IO, "worker %d: cannot load the model (test)", w->rank)
+                             : av_model_load(&m, test_fixture("tiny-llama"), g_gpu ? av_backend_cuda_dtype(AV_F32) : av_backend_cpu());
     if (st == AV_OK) st = av_lora_attach(m, &spec, 5); /* same seed on every rank: the same start */
     if (st == AV_OK) st = av_train_ctx_new(&tc, m, rows, 64, 0);
     if (st == AV_OK) st = av_batcher_init(&bt, w->dt, w->batch, 9);
@@ -96,7 +103,7 @@ static void *run_worker(void *p) {
         for (int i = 0; i < av_train_nparams(tc); i++) n += ps[i].n;
         w->params = malloc(n * sizeof(float));
         w->nparams = n;
-        for (int i = 0, off = 0; i < av_train_nparams(tc); off += (int)ps[i].n, i++) memcpy(w->params + off, ps[i].data, ps[i].n * sizeof(float));
+        for (int i = 0, off = 0; i < av_train_nparams(tc); off += (int)ps[i].n, i++) m->be->download(w->params + off, ps[i].data, ps[i].n * sizeof(float));
     }
     w->st = st;
     av_trainer_free(tr);
@@ -117,9 +124,9 @@ static float *run(int W, const av_dataset *dt, const av_dataset *dv, int batch, 
     worker w[MAXW];
     pthread_t th[MAXW];
     memset(l, 0, sizeof *l);
-    if (av_comm_host_new(c, W) != AV_OK) return NULL;
+    if (g_gpu ? av_comm_nccl_id(g_id) != AV_OK : av_comm_host_new(c, W) != AV_OK) return NULL;
     for (int i = 0; i < W; i++) {
-        w[i] = (worker){.rank = i, .fail_at_load = i == fail, .comm = c[i], .dt = dt, .dv = dv, .batch = batch, .ga = ga, .optim = k, .out = l};
+        w[i] = (worker){.rank = i, .W = W, .comm = g_gpu ? NULL : c[i], .fail_at_load = i == fail, .dt = dt, .dv = dv, .batch = batch, .ga = ga, .optim = k, .out = l};
         pthread_create(&th[i], NULL, run_worker, &w[i]);
     }
     for (int i = 0; i < W; i++) pthread_join(th[i], NULL);
@@ -128,7 +135,7 @@ static float *run(int W, const av_dataset *dt, const av_dataset *dv, int batch, 
     for (int i = 0; i < W; i++) {
         if (w[i].st != AV_OK && !err[0] && !strstr(w[i].err, "aborted")) snprintf(err, cap, "%s", w[i].err), *st0 = w[i].st;
         if (w[i].st != AV_OK && *st0 == AV_OK) *st0 = w[i].st;
-        av_comm_free(c[i]);
+        av_comm_free(w[i].comm);
     }
     *n = w[0].nparams;
     return w[0].params;
@@ -139,17 +146,17 @@ static void compare(const char *what, int W, int ga, av_optim_kind k, const av_d
                     double tol_w) {
     static losses l1; /* the one-worker run, kept for the next case with the same settings */
     static size_t n1;
-    static int k1 = -1, ga1;
+    static int k1 = -1, ga1, gpu1;
     static av_status s1;
     static char e1[512];
     losses lw;
     size_t nw = 0;
     av_status sw;
     char ew[512];
-    if ((int)k != k1 || ga != ga1) {
+    if ((int)k != k1 || ga != ga1 || g_gpu != gpu1) {
         free(p1);
         p1 = run(1, dt, dv, 4, ga, k, &l1, &n1, -1, &s1, e1, sizeof e1);
-        k1 = (int)k, ga1 = ga;
+        k1 = (int)k, ga1 = ga, gpu1 = g_gpu;
     }
     float *pw = run(W, dt, dv, 4, ga, k, &lw, &nw, -1, &sw, ew, sizeof ew);
     CHECK(s1 == AV_OK && sw == AV_OK, "%s: runs failed: %s / %s", what, e1, ew);
@@ -199,6 +206,13 @@ int main(void) {
     size_t n;
     av_status st;
     char err[512];
+    if (av_cuda_device_count() >= 2) {
+        setenv("NCCL_NVLS_ENABLE", "0", 1);
+        g_gpu = 1;
+        compare("gpu f32 (nccl), sgd, batch 4", 2, 1, AV_OPTIM_SGD, &dt, &dv, 1e-5, 1e-5);
+        compare("gpu f32 (nccl), adam, batch 4", 2, 1, AV_OPTIM_ADAM, &dt, &dv, 1e-5, 1e-3);
+        g_gpu = 0;
+    } else SKIP("data parallelism through NCCL: needs 2 GPUs (the CPU cases above ran)");
     free(p1);
     float *p = run(2, &dt, &dv, 4, 1, AV_OPTIM_SGD, &l, &n, 1, &st, err, sizeof err);
     CHECK(st != AV_OK && strstr(err, "worker 1: cannot load"), "failing worker: %s", err);
