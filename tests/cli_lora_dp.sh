@@ -1,8 +1,9 @@
 #!/bin/sh
 # anvil lora --workers N (data parallelism on the CPU, the path --gpus takes on GPUs): with the same
-# global --batch-size, 2 workers print the one-worker run's train and validation losses (every
-# printed digit; tests/test_dp_train.c checks the unrounded values to 1e-5 relative) and write one
-# set of adapter files; --test after training; --gpus/--workers misuse is one stderr line each.
+# global --batch-size, 2 and 3 workers (LoRA and full fine-tuning) print the one-worker run's train
+# and validation losses (every printed digit; tests/test_dp_train.c checks the unrounded values to
+# 1e-5 relative), write one set of adapter files and resume; --test after training; --gpus/--workers
+# misuse is one stderr line each.
 . tests/lib.sh
 need_fixtures
 M="$FX/tiny-llama"
@@ -45,6 +46,15 @@ $L --threads 2 --workers 2 --iters 2 --test --adapter-path "$W/t2" > "$W/t2.log"
 $L --threads 1 --iters 2 --test --adapter-path "$W/t1" > "$W/t1.log" 2>&1 || bad "--test failed"
 a=$(grep -o '^Test loss [0-9.]*' "$W/t1.log"); b=$(grep -o '^Test loss [0-9.]*' "$W/t2.log")
 [ -n "$a" ] && [ "$a" = "$b" ] && ok "same test loss ($a)" || bad "test loss '$a' vs '$b'"
+
+# full fine-tuning: every weight's gradient summed in the one flat buffer
+F="$ANVIL lora --model $M --train --data $D --device cpu --fine-tune-type full --optimizer sgd --learning-rate 1e-3 --batch-size 4 \
+  --max-seq-length 32 --steps-per-report 1 --steps-per-eval 3 --val-batches 2 --save-every 100 --seed 3 --iters 3"
+$F --threads 1 --adapter-path "$W/f1" > "$W/f1.log" 2>&1 || bad "full, 1 worker failed"
+$F --threads 2 --workers 2 --adapter-path "$W/f2" > "$W/f2.log" 2>&1 || bad "full, 2 workers failed: $(tail -2 "$W/f2.log")"
+losses "$W/f1.log" > "$W/f1.l"; losses "$W/f2.log" > "$W/f2.l"
+[ -s "$W/f1.l" ] && cmp -s "$W/f1.l" "$W/f2.l" && [ -f "$W/f2/model.safetensors" ] && ok "full fine-tuning: 2 workers print the 1-worker losses" \
+  || bad "full fine-tuning differs: $(diff "$W/f1.l" "$W/f2.l" | head -4)"
 
 # errors: one line each, before any work
 B="$ANVIL lora --model $M --train --data $D --iters 1 --adapter-path $W/bad"
