@@ -60,11 +60,19 @@ typedef struct chunk {
 } chunk;
 
 static chunk *g_chunks;
-static size_t g_held, g_peak;
+#define MAX_DEV 64
+static size_t g_held[MAX_DEV], g_peak[MAX_DEV]; /* per GPU (index clamped for the unlikely 65th) */
+static int dev_index(int dev) { return dev >= 0 && dev < MAX_DEV ? dev : MAX_DEV - 1; }
+static int cur_dev(void) {
+    int dev = 0;
+    cudaGetDevice(&dev);
+    return dev_index(dev);
+}
 
-static void held_add(long long d) {
-    g_held = (size_t)((long long)g_held + d);
-    if (g_held > g_peak) g_peak = g_held;
+static void held_add(long long d, int dev) {
+    int i = dev_index(dev);
+    g_held[i] = (size_t)((long long)g_held[i] + d);
+    if (g_held[i] > g_peak[i]) g_peak[i] = g_held[i];
 }
 
 static chunk *chunk_new(size_t n, int dedicated, int dev) {
@@ -86,7 +94,7 @@ static chunk *chunk_new(size_t n, int dedicated, int dev) {
     c->blocks = b;
     c->next = g_chunks;
     g_chunks = c;
-    held_add((long long)n);
+    held_add((long long)n, dev);
     return c;
 }
 
@@ -160,7 +168,7 @@ static void arena_free(void *ptr) {
         if (c->dedicated && c->blocks->free && !c->blocks->next) {
             cudaStreamSynchronize(av_cuda_stream());
             cudaFree(c->base);
-            held_add(-(long long)c->n);
+            held_add(-(long long)c->n, c->device);
             free(c->blocks);
             if (prev) prev->next = c->next;
             else g_chunks = c->next;
@@ -171,11 +179,11 @@ static void arena_free(void *ptr) {
     pthread_mutex_unlock(&g_mu);
 }
 
-extern "C" size_t av_cuda_held_bytes(void) { return g_held; }
-static size_t cuda_peak(void) { return g_peak; }
+extern "C" size_t av_cuda_held_bytes(void) { return g_held[cur_dev()]; } /* the calling thread's GPU */
+static size_t cuda_peak(void) { return g_peak[cur_dev()]; }
 extern "C" void av_cuda_reset_peak(void) {
     pthread_mutex_lock(&g_mu);
-    g_peak = g_held;
+    g_peak[cur_dev()] = g_held[cur_dev()];
     pthread_mutex_unlock(&g_mu);
 }
 
