@@ -164,9 +164,13 @@ static av_status replica_run(lora_dp_worker *w) {
         st = av_trainer_new(&tr, m, tc, &to);
     }
     if (st != AV_OK) av_fail_prefix(st, "worker %d (rank %d)", r, d->rank0 + r);
-    /* wait until rank 0 is complete (resumed state included); its parameters change only after the
-     * first gradient sum, which waits for this rank, so the copy below reads them undisturbed */
+    /* report ready (or failed), then wait until rank 0 is complete (resumed state included); its
+     * parameters change only after the first gradient sum, which waits for this rank, so the copy
+     * below reads them undisturbed */
     pthread_mutex_lock(&d->mu);
+    if (st == AV_OK) d->ready++;
+    else d->failed++;
+    pthread_cond_broadcast(&d->cv);
     while (!d->go && st == AV_OK) pthread_cond_wait(&d->cv, &d->mu);
     int go = d->go;
     pthread_mutex_unlock(&d->mu);
@@ -247,11 +251,15 @@ static void join_all(lora_dp *d, int go) {
 }
 
 av_status lora_dp_run(lora_dp *d, av_trainer *tr0, av_batcher *train, av_batcher *valid) {
+    /* every replica set up (or failed) before rank 0 starts: a setup failure ends the run before
+     * any collective, so no rank is left waiting in one */
     pthread_mutex_lock(&d->mu);
-    d->go = 1;
+    while (d->ready + d->failed < d->started) pthread_cond_wait(&d->cv, &d->mu);
+    int failed = d->failed;
+    d->go = failed ? -1 : 1;
     pthread_cond_broadcast(&d->cv);
     pthread_mutex_unlock(&d->mu);
-    av_status st = av_trainer_run(tr0, train, valid);
+    av_status st = failed ? av_fail(AV_ERR_DEVICE, "data parallel: a worker failed to start (group aborted)") : av_trainer_run(tr0, train, valid);
     if (st != AV_OK && st != AV_ERR_INTERRUPTED) abort_all(d);
     join_all(d, 1);
     /* report the worker that failed first-hand, not one that only saw the group aborted */

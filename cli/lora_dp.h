@@ -41,6 +41,7 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int go;      /* 0 wait, 1 run, -1 cancelled */
+    int ready, failed; /* replicas set up / failed to set up */
     int started; /* threads started */
     uint8_t id[AV_COMM_ID_BYTES];
 } lora_dp;
