@@ -44,7 +44,7 @@ ifeq ($(CUDA),1)
   NVFLAGS   ?= -O3 -std=c++17 -Isrc -Iinclude -DAV_HAVE_CUDA -Xcompiler -Wall,-Wextra,-Werror,-fPIC \
                -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90a,code=sm_90a
   LIB_OBJ   += $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
-  LDLIBS    += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lcublasLt -lcublas -lcudart -lstdc++ -ldl -lrt
+  LDLIBS    += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lnccl -lcublasLt -lcublas -lcudart -lstdc++ -ldl -lrt
 endif
 
 .PHONY: all setup test test-long bench asan clean info fuzz fuzz-build

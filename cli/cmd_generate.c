@@ -4,6 +4,7 @@
 #include "common.h"
 #include "anvil.h"
 #include "generate_batch.h"
+#include "lora_dp.h"
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@ int av_cmd_generate(int argc, char **argv) {
     int max_tokens = 100, top_k = 0, seed = 0, ignore_tmpl = 0, json = 0, max_kv = 0, rep_ctx = 20;
     double temp = 0.0, top_p = 1.0, min_p = 0.0, rep = 1.0;
     av_strlist stops = {0};
+    lora_dp dp = {0}; /* --workers / --gpus: the flags and checks of lora's data parallelism */
     av_opt opts[] = {
         {"model", AV_OPT_STR, &mo.model, "model directory (HF layout)", 0, 0, NULL},
         {"adapter-path", AV_OPT_STR, &mo.adapter, "LoRA adapter (MLX or PEFT) to apply", 0, 0, NULL},
@@ -54,12 +56,17 @@ int av_cmd_generate(int argc, char **argv) {
         {"dtype", AV_OPT_STR, &mo.dtype, "GPU compute: bf16 (default, tensor cores) or f32 (exact)", 0, 0, NULL},
         {"threads", AV_OPT_INT, &mo.threads, "CPU threads (default: all cores)", 1, 1024, "t"},
         {"json", AV_OPT_FLAG, &json, "print one JSON object with ids, text and speeds", 0, 0, NULL},
+        {"workers", AV_OPT_INT, &dp.workers, "batch mode on the CPU: N worker threads with a model copy each (prompts split over them)", 1,
+         LORA_DP_MAX, NULL},
+        {"gpus", AV_OPT_STR, &dp.gpus, "batch mode on GPUs: a count N (GPUs 0..N-1) or a list 0,2,3; prompts split over them", 0, 0, NULL},
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
     int r = av_args_parse(argc, argv, opts, cmd, "Generate text from a prompt (streams to stdout).");
     if (r) return r == 1 ? 0 : 2;
     if (!prompt == !prompts_file) return av_cli_error(cmd, "give exactly one of --prompt TEXT or --prompts-file F");
     if (stops.n > AV_MAX_STOPS) return av_cli_error(cmd, "at most %d --stop strings", AV_MAX_STOPS);
+    if ((dp.workers || dp.gpus) && !prompts_file) return av_cli_error(cmd, "--workers and --gpus split a --prompts-file over workers");
+    if (lora_dp_check(&dp, cmd, mo.device, 1 << 30, 0)) return 2;
     av_gen_opts go;
     av_gen_opts_default(&go);
     go.max_tokens = max_tokens;
@@ -75,8 +82,10 @@ int av_cmd_generate(int argc, char **argv) {
     if (prompts_file) {
         av_model *bm;
         av_tokenizer *bt;
+        if (dp.nccl && av_cuda_set_device(dp.devices[0]) != AV_OK) return av_cli_fail(cmd);
         if (av_cli_load(cmd, &mo, &bm, &bt)) return 1;
-        av_batch_cli_opts bc = {prompts_file, system, tmpl, ignore_tmpl, json};
+        av_gen_dp gd = {.n = dp.n, .devices = dp.nccl ? dp.devices : NULL, .mo = &mo};
+        av_batch_cli_opts bc = {prompts_file, system, tmpl, ignore_tmpl, json, &gd};
         av_batch_opts bo;
         av_batch_opts_default(&bo);
         bo.gen = go;

@@ -15,6 +15,7 @@
 #include "commands.h"
 #include "lora_checkpoint.h"
 #include "lora_config.h"
+#include "lora_dp.h"
 #include "anvil.h"
 
 
@@ -173,6 +174,7 @@ static void print_profile(const av_train_ctx *tc) {
 
 int av_cmd_lora(int argc, char **argv) {
     lora_opts o = {0};
+    lora_dp dp = {0}; /* --workers / --gpus: data parallelism (lora_dp.c) */
     int *ints[] = {&o.num_layers, &o.batch_size, &o.iters, &o.steps_per_report, &o.steps_per_eval, &o.val_batches, &o.save_every,
                    &o.max_seq_length, &o.rank, &o.seed, &o.grad_accum, &o.test_batches, &o.threads, &o.warmup, &o.decay_steps};
     for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) *ints[i] = LORA_UNSET_I;
@@ -219,6 +221,7 @@ int av_cmd_lora(int argc, char **argv) {
         {"device", AV_OPT_STR, &o.device, "cpu or cuda (default: cuda if present)", 0, 0, NULL},
         {"threads", AV_OPT_INT, &o.threads, "CPU threads (default: all cores)", 0, 4096, NULL},
         {"dump-grads", AV_OPT_STR, &o.dump_grads, "write the first batch's LoRA gradients (PEFT names) and exit", 0, 0, NULL},
+        LORA_DP_OPTS(&dp),
         {NULL, 0, NULL, NULL, 0, 0, NULL},
     };
     int pr = av_args_parse(argc, argv, opts, CMD, k_summary);
@@ -305,6 +308,10 @@ int av_cmd_lora(int argc, char **argv) {
         rc = 2;
         goto done;
     }
+    if (lora_dp_check(&dp, CMD, o.device, o.batch_size, o.dump_grads != NULL)) {
+        rc = 2;
+        goto done;
+    }
     av_optim_params optim;
     if (build_optimizer(&o, &optim)) {
         rc = 2;
@@ -374,14 +381,15 @@ int av_cmd_lora(int argc, char **argv) {
     }
     if (o.test) {
         if (load_split(o.data, "test.jsonl", 1, &dso, o.max_seq_length, &dtest, &have_test)) goto done;
-        if (av_batcher_init(&btest, &dtest, o.batch_size, 0) != AV_OK) {
+        if (dp.world > 1 && o.test_batches > 0) o.test_batches *= dp.world; /* rank 0 tests alone, in batches of its rows */
+        if (av_batcher_init(&btest, &dtest, lora_dp_rows(&dp, o.batch_size), 0) != AV_OK) {
             av_cli_fail(CMD);
             goto done;
         }
     }
 
     const av_backend *be;
-    if (av_backend_select(o.device, &be) != AV_OK || av_model_load(&m, o.model, be) != AV_OK) {
+    if (lora_dp_bind(&dp) != AV_OK || av_backend_select(o.device, &be) != AV_OK || av_model_load(&m, o.model, be) != AV_OK) {
         av_cli_fail(CMD);
         goto done;
     }
@@ -448,8 +456,9 @@ int av_cmd_lora(int argc, char **argv) {
     if (have_train && av_dataset_max_len(&dtrain) > max_len) max_len = av_dataset_max_len(&dtrain);
     if (have_valid && av_dataset_max_len(&dvalid) > max_len) max_len = av_dataset_max_len(&dvalid);
     if (have_test && av_dataset_max_len(&dtest) > max_len) max_len = av_dataset_max_len(&dtest);
-    if ((rctx.s.full ? av_train_ctx_new_full(&tc, m, o.batch_size, max_len - 1, o.grad_checkpoint)
-                   : av_train_ctx_new(&tc, m, o.batch_size, max_len - 1, o.grad_checkpoint)) != AV_OK ||
+    int rows = lora_dp_rows(&dp, o.batch_size); /* each worker holds its share of the global batch */
+    if ((rctx.s.full ? av_train_ctx_new_full(&tc, m, rows, max_len - 1, o.grad_checkpoint)
+                   : av_train_ctx_new(&tc, m, rows, max_len - 1, o.grad_checkpoint)) != AV_OK ||
         (!rctx.s.full && o.train && rctx.s.spec.dropout > 0 && av_train_set_dropout(tc, rctx.s.spec.dropout, (uint64_t)o.seed) != AV_OK) ||
         (full_weights[0] && av_train_load_weights(tc, full_weights) != AV_OK)) {
         av_cli_fail(CMD);
@@ -478,7 +487,13 @@ int av_cmd_lora(int argc, char **argv) {
         to.save = save_adapter;
         to.on_event = on_event;
         to.ctx = &rctx;
-        if (av_trainer_new(&tr, m, tc, &to) != AV_OK) {
+        char dsp[4300];
+        if (o.resume) av_lora_checkpoint_state_path(o.resume, dsp, sizeof dsp);
+        lora_dp_setup dps = {.model_dir = o.model, .be = be, .spec = rctx.s.spec, .full = rctx.s.full, .rows = rows, .max_len = max_len,
+                             .grad_checkpoint = o.grad_checkpoint, .threads = av_threads_get() / dp.n > 1 ? av_threads_get() / dp.n : 1,
+                             .dropout = rctx.s.full ? 0 : rctx.s.spec.dropout, .seed = (uint64_t)o.seed, .dtrain = &dtrain, .dvalid = &dvalid,
+                             .batch_size = o.batch_size, .tc0 = tc, .state_path = o.resume && av_file_exists(dsp) ? dsp : NULL, .to = to};
+        if (lora_dp_begin(&dp, &dps, &to.comm) != AV_OK || av_trainer_new(&tr, m, tc, &to) != AV_OK) {
             av_cli_fail(CMD);
             goto done;
         }
@@ -503,7 +518,7 @@ int av_cmd_lora(int argc, char **argv) {
         sa.sa_handler = on_sigint;
         sigaction(SIGINT, &sa, NULL);
         if (o.profile) av_train_set_profile(tc, 1);
-        av_status st = av_trainer_run(tr, &btrain, &bvalid);
+        av_status st = dp.world > 1 ? lora_dp_run(&dp, tr, &btrain, &bvalid) : av_trainer_run(tr, &btrain, &bvalid);
         signal(SIGINT, SIG_DFL);
         if (o.profile) print_profile(tc);
         clear_bar(&rctx);
@@ -534,6 +549,7 @@ int av_cmd_lora(int argc, char **argv) {
     }
     rc = 0;
 done:
+    lora_dp_end(&dp); /* the workers are gone before rank 0's model and context */
     av_trainer_free(tr);
     if (tc) av_train_ctx_free(tc);
     av_batcher_free(&btrain);

@@ -60,7 +60,8 @@ int av_cli_generate_batch(const char *cmd, const char *model_dir, av_model *m, a
     for (int i = 0; i < np && !rc; i++)
         rc = av_cli_prompt_ids(cmd, model_dir, tok, c->tmpl, c->system, prompts[i], c->ignore_tmpl, &ids[i], &n_ids[i]);
     av_batch_result r = {0};
-    if (!rc && av_generate_batch(m, tok, (const int32_t *const *)ids, n_ids, np, o, &r) != AV_OK) rc = av_cli_fail(cmd);
+    if (!rc && c->dp && c->dp->n > 1) rc = av_cli_generate_dp(cmd, c->dp, m, tok, (const int32_t *const *)ids, n_ids, np, o, &r);
+    else if (!rc && av_generate_batch(m, tok, (const int32_t *const *)ids, n_ids, np, o, &r) != AV_OK) rc = av_cli_fail(cmd);
     for (int i = 0; i < r.n && !rc; i++) {
         const av_gen_result *g = &r.seq[i];
         if (c->json) {
@@ -77,7 +78,10 @@ int av_cli_generate_batch(const char *cmd, const char *model_dir, av_model *m, a
     }
     if (!rc) {
         double pk = (double)av_model_peak_bytes(m) / 1e9;
-        fprintf(stderr, "==========\nPrompts: %d in batches of %d\nPrompt: %lld tokens, %.3f tokens-per-sec\n"
+        fputs("==========\n", stderr);
+        if (c->dp && c->dp->n > 1) fprintf(stderr, "Workers: %d (%s), prompts split in order\n", c->dp->n < np ? c->dp->n : np,
+                                           c->dp->devices ? "GPUs" : "CPU threads");
+        fprintf(stderr, "Prompts: %d in batches of %d\nPrompt: %lld tokens, %.3f tokens-per-sec\n"
                         "Generation: %lld tokens, %.3f tokens-per-sec (all sequences)\nPeak memory: %.3f GB\n",
                 np, r.batch, r.prompt_tokens, r.prompt_s > 0 ? r.prompt_tokens / r.prompt_s : 0, r.gen_tokens,
                 r.gen_s > 0 ? r.gen_tokens / r.gen_s : 0, pk);

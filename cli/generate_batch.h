@@ -3,11 +3,13 @@
 #ifndef AV_CLI_GENERATE_BATCH_H
 #define AV_CLI_GENERATE_BATCH_H
 #include "common.h"
+#include "generate_dp.h"
 #include "anvil.h"
 
 typedef struct {
     const char *prompts_file, *system, *tmpl;
     int ignore_tmpl, json;
+    const av_gen_dp *dp; /* --workers / --gpus (NULL: one worker) */
 } av_batch_cli_opts;
 
 int av_cli_generate_batch(const char *cmd, const char *model_dir, av_model *m, av_tokenizer *tok, const av_batch_cli_opts *c,

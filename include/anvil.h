@@ -589,6 +589,42 @@ double av_lr_at(const av_lr_schedule *s, int step);
 /* Initial (peak) LR: args[0]. */
 double av_lr_init(const av_lr_schedule *s);
 
+/* ==== several workers: communicators and rendezvous =========================================== */
+/* One handle per worker (rank) of a data-parallel group. Collectives are called by every rank with
+ * the same sizes, in the same order; a rank that fails calls av_comm_abort so the others' collectives
+ * return an error instead of waiting. Host: ranks are threads of this process on the CPU (buffers
+ * are host memory). NCCL: ranks are GPUs (buffers are device memory of the rank's device; CUDA
+ * builds only; the CLI sets NCCL_NVLS_ENABLE=0 before creating one). */
+typedef struct av_comm av_comm;
+/* n host ranks sharing one state: ranks[i] has rank i. Free each with av_comm_free. */
+av_status av_comm_host_new(av_comm **ranks, int n);
+/* NCCL's 128-byte unique id (rank 0 makes it and hands it to the others). */
+enum { AV_COMM_ID_BYTES = 128 };
+av_status av_comm_nccl_id(uint8_t id[AV_COMM_ID_BYTES]);
+/* Joins NCCL communicator `id` as `rank` of `world` on CUDA device `device` (called on the thread
+ * that will use it: it binds that thread to the device). */
+av_status av_comm_nccl_new(av_comm **out, const uint8_t id[AV_COMM_ID_BYTES], int world, int rank, int device);
+int av_comm_rank(const av_comm *c);
+int av_comm_size(const av_comm *c);
+/* In-place sum over the ranks of n floats (backend memory). */
+av_status av_comm_allreduce_sum(av_comm *c, float *buf, size_t n);
+/* In-place mean: the sum, then scaled by 1/size. */
+av_status av_comm_allreduce_mean(av_comm *c, float *buf, size_t n);
+/* In-place sum of n doubles in host memory (losses, token counts, flags). */
+av_status av_comm_allreduce_host_f64(av_comm *c, double *v, int n);
+void av_comm_abort(av_comm *c);
+void av_comm_free(av_comm *c);
+/* Number of CUDA devices (0 without CUDA or without a GPU); binds the calling thread to a device
+ * (the backend's work issued from that thread then runs there). */
+int av_cuda_device_count(void);
+av_status av_cuda_set_device(int device);
+
+/* TCP rendezvous for several hosts (torchrun's --master-addr/--master-port): the master serves
+ * `len` bytes (the NCCL id) to n_clients connections, then returns; a client connects (retrying
+ * until timeout_ms) and reads them. Errors name the address and what failed. */
+av_status av_rdzv_serve(const char *addr, int port, const void *data, size_t len, int n_clients, int timeout_ms);
+av_status av_rdzv_fetch(const char *addr, int port, void *data, size_t len, int timeout_ms);
+
 /* ==== training: model context and trainer ===================================================== */
 /* Training buffers and trainable parameters of one model (LoRA A/B, or every weight as f32 master
  * copies with full fine-tuning). Create it after attaching adapters. */
@@ -621,6 +657,9 @@ av_status av_train_load_weights(av_train_ctx *c, const char *path);
 av_status av_train_save_model_dir(av_train_ctx *c, const char *dir);
 /* Every parameter's gradient as f32 safetensors (PEFT names), atomically. */
 av_status av_train_save_grads(av_train_ctx *c, const char *path);
+/* Copies every trainable parameter's values from src to dst (same layout; the models may be on
+ * different devices of one backend): a data-parallel replica starts equal to rank 0. */
+av_status av_train_copy_params(av_train_ctx *dst, av_train_ctx *src);
 
 typedef enum {
     AV_TEV_PROGRESS = 0, /* after every iteration: iter, iters, elapsed, eta */
@@ -655,6 +694,10 @@ typedef struct {
     av_status (*save)(void *ctx, const char *tag, char *path, size_t cap);
     void (*on_event)(void *ctx, const av_train_event *ev);
     void *ctx;
+    /* Data parallelism (NULL: one worker): every rank runs the same loop on its model copy with
+     * the rows of each batch it is given (src/dist/dp.h), gradients summed over the ranks before
+     * each update; only rank 0 saves. */
+    av_comm *comm;
 } av_trainer_opts;
 
 /* MLX-LM's defaults: Adam without bias correction, constant LR 1e-4, 1000 iters, report 10,

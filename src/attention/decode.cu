@@ -146,7 +146,7 @@ extern "C" void av_cuda_attention_decode(float *out, const float *q, const float
     size_t smem = (3 * ATT_MAX_HD + 4 * DEC_THREADS + max_s) * sizeof(float);
     size_t qrow = row_stride ? row_stride : (size_t)H * hd, knrow = row_stride ? row_stride : (size_t)KVH * hd;
     float scale = 1.0f / sqrtf((float)hd);
-    static size_t smem_set = 48 << 10;
+    static thread_local size_t smem_set = 48 << 10; /* per thread = per device (attributes are per device) */
     /* one sequence with hd 64: cached rows in registers; several sequences keep the L1 prefetch (their
      * many register-heavy blocks would crowd out the q|k|v product) */
     if (hd % 4 == 0 && hd <= DEC_THREADS && max_s > 0 && smem <= (200u << 10) && qrow % 4 == 0 && knrow % 4 == 0) {

@@ -204,7 +204,7 @@ template <int HD, int WARPS>
 static void fa_launch(float *out, float *lse, const float *q, const __nv_bfloat16 *kb, const __nv_bfloat16 *vt, int B, int T, int Sp,
                       int pos0, int H, int KVH, float qscale, uint16_t *out16) {
     size_t smem = (size_t)2 * (FA_BC * (HD + FA_PAD) + HD * (FA_BC + FA_PAD)) * sizeof(__nv_bfloat16);
-    static size_t smem_set = 48 << 10;
+    static thread_local size_t smem_set = 48 << 10; /* per thread = per device (attributes are per device) */
     if (smem > smem_set) {
         cudaFuncSetAttribute(fa_fwd_k<HD, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         smem_set = smem;

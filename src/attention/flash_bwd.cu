@@ -408,7 +408,7 @@ static void fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, 
     constexpr int KS = HD + FA_PAD;
     size_t smem_a = (size_t)(2 * FB_T * KS + 2 * (2 * FB_T * KS + 2 * HD * FB_TS)) * sizeof(__nv_bfloat16) + 4 * FB_T * sizeof(float);
     size_t smem_b = (size_t)2 * (2 * FB_T * KS + HD * FB_TS) * sizeof(__nv_bfloat16);
-    static int set;
+    static thread_local int set; /* per thread = per device (attributes are per device) */
     if (!set) { /* above the 48 KiB default */
         cudaFuncSetAttribute(fb_dkdv_k<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
         cudaFuncSetAttribute(fb_dq_k<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_b);

@@ -1,7 +1,9 @@
 /* CUDA backend: device detection, the one stream and cuBLAS handle, device memory through one
  * arena over plain cudaMalloc (shared 64 MiB chunks carved first-fit, big buffers in their own
  * chunk; peak = most device bytes held), grow-only scratch, CUDA-graph capture hooks, and the op
- * table filled from the .cu twins of the ops (two tables: bf16 tensor-core GEMMs, or exact f32). */
+ * table filled from the .cu twins of the ops (two tables: bf16 tensor-core GEMMs, or exact f32).
+ * Several GPUs: the stream, handles, scratch and pinned buffers belong to the calling thread (one
+ * thread drives one device: av_cuda_set_device), and arena chunks are carved only on their own device. */
 #include "backend/cuda_common.cuh"
 #include <pthread.h>
 #include <stdio.h>
@@ -52,19 +54,28 @@ typedef struct chunk {
     char *base;
     size_t n;
     int dedicated;
+    int device; /* the GPU the chunk lives on: carved only for work on that device */
     blk *blocks;
     struct chunk *next;
 } chunk;
 
 static chunk *g_chunks;
-static size_t g_held, g_peak;
-
-static void held_add(long long d) {
-    g_held = (size_t)((long long)g_held + d);
-    if (g_held > g_peak) g_peak = g_held;
+#define MAX_DEV 64
+static size_t g_held[MAX_DEV], g_peak[MAX_DEV]; /* per GPU (index clamped for the unlikely 65th) */
+static int dev_index(int dev) { return dev >= 0 && dev < MAX_DEV ? dev : MAX_DEV - 1; }
+static int cur_dev(void) {
+    int dev = 0;
+    cudaGetDevice(&dev);
+    return dev_index(dev);
 }
 
-static chunk *chunk_new(size_t n, int dedicated) {
+static void held_add(long long d, int dev) {
+    int i = dev_index(dev);
+    g_held[i] = (size_t)((long long)g_held[i] + d);
+    if (g_held[i] > g_peak[i]) g_peak[i] = g_held[i];
+}
+
+static chunk *chunk_new(size_t n, int dedicated, int dev) {
     void *p = NULL;
     if (cudaMalloc(&p, n) != cudaSuccess) {
         cudaGetLastError();
@@ -76,13 +87,14 @@ static chunk *chunk_new(size_t n, int dedicated) {
     c->base = (char *)p;
     c->n = n;
     c->dedicated = dedicated;
+    c->device = dev;
     b->p = c->base;
     b->n = n;
     b->free = 1;
     c->blocks = b;
     c->next = g_chunks;
     g_chunks = c;
-    held_add((long long)n);
+    held_add((long long)n, dev);
     return c;
 }
 
@@ -108,16 +120,18 @@ static void *carve(chunk *c, size_t n) {
 static void *arena_alloc(size_t bytes, const char *what) {
     size_t n = (bytes + ALIGN - 1) & ~(size_t)(ALIGN - 1);
     if (!n) n = ALIGN;
+    int dev = 0;
+    cudaGetDevice(&dev);
     pthread_mutex_lock(&g_mu);
     void *p = NULL;
     if (n >= CHUNK_BYTES / 2) {
-        chunk *c = chunk_new((n + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1), 1);
+        chunk *c = chunk_new((n + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1), 1, dev);
         if (c) p = carve(c, n);
     } else {
         for (chunk *c = g_chunks; c && !p; c = c->next)
-            if (!c->dedicated) p = carve(c, n);
+            if (!c->dedicated && c->device == dev) p = carve(c, n);
         if (!p) {
-            chunk *c = chunk_new(CHUNK_BYTES, 0);
+            chunk *c = chunk_new(CHUNK_BYTES, 0, dev);
             if (c) p = carve(c, n);
         }
     }
@@ -154,7 +168,7 @@ static void arena_free(void *ptr) {
         if (c->dedicated && c->blocks->free && !c->blocks->next) {
             cudaStreamSynchronize(av_cuda_stream());
             cudaFree(c->base);
-            held_add(-(long long)c->n);
+            held_add(-(long long)c->n, c->device);
             free(c->blocks);
             if (prev) prev->next = c->next;
             else g_chunks = c->next;
@@ -165,27 +179,27 @@ static void arena_free(void *ptr) {
     pthread_mutex_unlock(&g_mu);
 }
 
-extern "C" size_t av_cuda_held_bytes(void) { return g_held; }
-static size_t cuda_peak(void) { return g_peak; }
+extern "C" size_t av_cuda_held_bytes(void) { return g_held[cur_dev()]; } /* the calling thread's GPU */
+static size_t cuda_peak(void) { return g_peak[cur_dev()]; }
 extern "C" void av_cuda_reset_peak(void) {
     pthread_mutex_lock(&g_mu);
-    g_peak = g_held;
+    g_peak[cur_dev()] = g_held[cur_dev()];
     pthread_mutex_unlock(&g_mu);
 }
 
 /* ---------------------------------------------------------------- stream, handles, scratch */
-static cudaStream_t g_stream;
-static cublasHandle_t g_blas;
-static void *g_blas_ws;
-static void *g_scr[AV_SCR_COUNT];
-static size_t g_scr_n[AV_SCR_COUNT];
-static unsigned g_scr_gen;
-static int g_ready = -1; /* -1 unknown, 0 no GPU, 1 ready */
-static int g_pdl;         /* programmatic dependent launch (see cuda_common.cuh) */
+static thread_local cudaStream_t g_stream;
+static thread_local cublasHandle_t g_blas;
+static thread_local void *g_blas_ws;
+static thread_local void *g_scr[AV_SCR_COUNT];
+static thread_local size_t g_scr_n[AV_SCR_COUNT];
+static thread_local unsigned g_scr_gen;
+static thread_local int g_ready = -1; /* -1 unknown, 0 no GPU, 1 ready */
+static thread_local int g_pdl;         /* programmatic dependent launch (see cuda_common.cuh) */
 /* Small transfers (decode: token ids, positions) go through one pinned buffer: a pageable copy
  * stages through a driver buffer and costs several microseconds more per token. */
 #define PIN_BYTES 4096
-static void *g_pin;
+static thread_local void *g_pin;
 
 extern "C" int av_cuda_pdl(void) { return g_pdl; }
 
@@ -260,9 +274,9 @@ static void cuda_download(void *dst, const void *src, size_t n) {
 /* Queued small downloads: a ring of pinned slots, each with an event recorded after its copy, so
  * decode can keep the next step queued on the GPU while the host waits for one token's ids. */
 #define DL_SLOTS 4
-static void *g_dl_pin[DL_SLOTS];
-static cudaEvent_t g_dl_ev[DL_SLOTS];
-static int g_dl_busy[DL_SLOTS], g_dl_next;
+static thread_local void *g_dl_pin[DL_SLOTS];
+static thread_local cudaEvent_t g_dl_ev[DL_SLOTS];
+static thread_local int g_dl_busy[DL_SLOTS], g_dl_next;
 static int cuda_download_begin(const void *src, size_t n) {
     if (n > PIN_BYTES) return -1;
     int s = g_dl_next;

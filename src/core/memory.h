@@ -34,5 +34,8 @@ av_status av_dir_publish(const char *tmp, const char *dir);
 void *av_alloc(size_t bytes, const char *what);
 void *av_calloc(size_t bytes, const char *what);
 void av_free(void *p);
+/* Registers the calling thread's static _Thread_local scratch pointer *slot: freed (and set to NULL)
+ * when the thread ends (core/thread_scratch.c). */
+void av_thread_scratch_track(void **slot);
 
 #endif

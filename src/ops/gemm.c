@@ -5,6 +5,7 @@
  * blocked over K so the xt slab stays in L2 and the weight micro-panel in L1. */
 #include "ops/gemm.h"
 #include "ops/simd.h"
+#include "core/memory.h"
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,7 @@ static float *buf_get(buf_t *b, size_t floats) {
         free(b->p);
         b->p = aligned_alloc(64, ((floats * 4 + 63) / 64) * 64);
         b->cap = b->p ? floats : 0;
+        av_thread_scratch_track((void **)&b->p); /* every buf_t is static _Thread_local */
     }
     return b->p;
 }
@@ -106,6 +108,7 @@ static uint32_t *buf32_get(buf32_t *b, size_t n) {
         free(b->p);
         b->p = aligned_alloc(64, ((n * 4 + 63) / 64) * 64);
         b->cap = b->p ? n : 0;
+        av_thread_scratch_track((void **)&b->p);
     }
     return b->p;
 }
@@ -116,6 +119,7 @@ static uint16_t *buf16_get(buf16_t *b, size_t n) {
         free(b->p);
         b->p = aligned_alloc(64, ((n * 2 + 63) / 64) * 64);
         b->cap = b->p ? n : 0;
+        av_thread_scratch_track((void **)&b->p);
     }
     return b->p;
 }

@@ -86,6 +86,7 @@ static int quant_rows(float *out, const float *x, const av_mat *W, int T) {
         free(buf);
         buf = aligned_alloc(64, (need + 63) / 64 * 64);
         cap = buf ? need : 0;
+        av_thread_scratch_track(&buf);
     }
     if (!buf) return 0;
     av_qx qx;
@@ -140,6 +141,7 @@ static float *panel_buf(size_t floats) {
         free(buf);
         buf = aligned_alloc(64, ((floats * 4 + 63) / 64) * 64);
         cap = buf ? floats : 0;
+        av_thread_scratch_track((void **)&buf);
     }
     return buf;
 }

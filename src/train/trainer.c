@@ -5,6 +5,7 @@
 #include "model/model.h"
 #include "ops/ops.h"
 #include "train/dataset.h"
+#include "dist/dp.h"
 #include "train/train_model.h"
 #include <cjson/cJSON.h>
 #include <inttypes.h>
@@ -291,13 +292,15 @@ static av_status save_tag(av_trainer *t, const char *tag, char *path, size_t cap
 /* Writes the adapter, then its state file (each atomically). The state holds the parameters
  * too, so a kill between the two leaves an older but self-consistent state that a resume takes. */
 static av_status checkpoint(av_trainer *t, const char *tag, char *path, size_t cap) {
+    if (av_comm_rank(t->o.comm) != 0) return AV_OK; /* data parallel: the ranks hold the same weights; rank 0 writes */
     AV_TRY(save_tag(t, tag, path, cap));
     return save_state(t, path);
 }
 
 static av_status evaluate_and_emit(av_trainer *t, av_batcher *valid, int iter, int track_best) {
     double t0 = now_s(), loss = 0;
-    AV_TRY(av_evaluate(t->tc, valid, t->o.val_batches, &loss, NULL));
+    AV_TRY(t->o.comm ? av_dp_evaluate(t->o.comm, t->tc, valid, t->o.val_batches, &loss, NULL)
+                     : av_evaluate(t->tc, valid, t->o.val_batches, &loss, NULL));
     av_train_event ev = {.kind = AV_TEV_EVAL, .iter = iter, .val_loss = loss, .val_secs = now_s() - t0};
     emit(t, &ev);
     if (track_best && loss < t->best_val) {
@@ -328,6 +331,8 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
     for (int it = t->iter + 1; it <= o->iters && st == AV_OK; it++) {
         /* one batch per iteration; batch k of the seeded stream is a function of k alone */
         st = av_batcher_get(train, (long long)(it - 1), 1, &b);
+        int n_all = b.n_targets, stop = o->stop && *o->stop; /* whole-batch targets; stop agreed by every rank */
+        if (st == AV_OK && o->comm) st = av_dp_shard_batch(o->comm, &b, &n_all);
         if (st != AV_OK) break;
         int pos_in_window = (it - 1) % ga; /* accumulation window position */
         double t0 = now_s();
@@ -335,10 +340,13 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
         double nll = 0;
         int nv = 0;
         if (b.n_targets > 0) {
-            float scale = (float)(1.0 / ((double)b.n_targets * (o->dump_grads ? 1 : ga)));
+            float scale = (float)(1.0 / ((double)n_all * (o->dump_grads ? 1 : ga)));
             av_train_set_dropout_step(t->tc, (uint64_t)(it - 1)); /* LoRA dropout masks follow the iteration (exact resume) */
             st = av_train_step(t->tc, b.ids, b.targets, b.B, b.T, scale, 1, &nll, &nv);
             if (st != AV_OK) break;
+        }
+        if (o->comm && (st = av_dp_reduce_step(o->comm, &nll, &nv, &stop)) != AV_OK) break;
+        if (nv > 0) {
             loss_sum += nll / nv;
             loss_n++;
         }
@@ -350,6 +358,7 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
         }
         double lr = av_lr_at(&o->lr, it / ga - 1);
         if (it % ga == 0) {
+            if (o->comm && (st = av_dp_reduce_grads(o->comm, t->tc)) != AV_OK) break;
             av_optim_params op = o->optim;
             op.step = it / ga; /* optimizer steps so far, counting this one (1-based) */
             op.lr = (float)lr;
@@ -398,7 +407,7 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
         int done = it - first_iter + 1;
         av_train_event pe = {.kind = AV_TEV_PROGRESS, .iter = it, .elapsed = el, .eta = el / done * (o->iters - it)};
         emit(t, &pe);
-        if (o->stop && *o->stop && it < o->iters) {
+        if ((o->comm ? stop : o->stop && *o->stop) && it < o->iters) {
             st = checkpoint(t, NULL, path, sizeof path);
             if (st == AV_OK) {
                 av_train_event ev = {.kind = AV_TEV_INTERRUPTED, .iter = it, .path = path};
