@@ -1,6 +1,7 @@
 /* libFuzzer target: the server's request-body parser (av_server_parse_request) over the input bytes,
  * as a chat-completions body and as a completions body; every accepted request's fields are read
- * and freed. Nothing may crash, leak or trip UBSan. Seeds: tests/fixtures/fuzz-seeds/*.json. */
+ * and freed. Nothing may crash, leak or trip UBSan. Seeds: tests/fixtures/fuzz-seeds/server-NAME.json;
+ * dictionary: fuzz/server_request.dict. */
 #include "anvil.h"
 #include <stdint.h>
 #include <stdlib.h>
