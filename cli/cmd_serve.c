@@ -17,6 +17,7 @@ int av_cmd_serve(int argc, char **argv) {
     av_server_opts_default(&so);
     int port = 8080, parallel = so.sched.n_slots, ctx = so.sched.ctx, max_batch = so.sched.chunk, max_queue = so.sched.max_queue;
     double timeout = so.timeout_s;
+    int cache_mb = (int)(so.sched.cache_bytes >> 20);
     av_opt opts[] = {
         {"model", AV_OPT_STR, &mo.model, "model directory (HF layout) or .gguf file", 0, 0, NULL},
         {"adapter-path", AV_OPT_STR, &mo.adapter, "LoRA adapter (MLX or PEFT) to apply", 0, 0, NULL},
@@ -26,6 +27,7 @@ int av_cmd_serve(int argc, char **argv) {
         {"max-batch", AV_OPT_INT, &max_batch, "prompt tokens prefilled per engine step, between decode steps (default 256)", 1, 1 << 20, NULL},
         {"ctx-size", AV_OPT_INT, &ctx, "tokens per slot, prompt + completion (default 4096, at most the model's)", 2, 1 << 24, NULL},
         {"max-queue", AV_OPT_INT, &max_queue, "requests waiting for a slot before 503s (default 64)", 1, 1 << 20, NULL},
+        {"cache-mb", AV_OPT_INT, &cache_mb, "host MiB for prompt prefixes saved from reused slots (default 256; 0: off)", 0, 1 << 24, NULL},
         {"timeout", AV_OPT_FLOAT, &timeout, "seconds a request may take (default 600)", 0.001, 1e7, NULL},
         {"api-key", AV_OPT_STR, &api_key, "require Authorization: Bearer KEY", 0, 0, NULL},
         {"chat-template", AV_OPT_STR, &tmpl_file, "Jinja chat template file to use instead of the model's", 0, 0, NULL},
@@ -59,6 +61,7 @@ int av_cmd_serve(int argc, char **argv) {
     so.sched.ctx = ctx;
     so.sched.chunk = max_batch;
     so.sched.max_queue = max_queue;
+    so.sched.cache_bytes = (size_t)cache_mb << 20;
     so.timeout_s = timeout;
     /* every thread the server starts inherits this mask: the signals reach only sigwait below */
     sigset_t set;

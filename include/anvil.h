@@ -359,7 +359,9 @@ void av_batch_result_free(av_batch_result *r);
  * the longest prefix with the prompt: only the rest is prefilled; ties and misses take the least
  * recently used), are prefilled a chunk at a time between decode steps, decode together one token
  * per step, sample on the host with their own parameters (av_sampler, as av_generate), and leave when
- * finished, cancelled or timed out. A finished slot keeps its tokens and KV for the next request. */
+ * finished, cancelled or timed out. A finished slot keeps its tokens and KV for the next request;
+ * when a request with another prompt takes it, the old prefix is saved to host memory (cache_bytes,
+ * least recently used evicted first) and copied back into a slot for a later prompt sharing it. */
 typedef struct av_sched av_sched;
 typedef struct av_sched_req av_sched_req;
 
@@ -368,6 +370,7 @@ typedef struct {
     int ctx;       /* tokens per slot, prompt + generated (default 4096, capped at the model's positions) */
     int chunk;     /* prompt tokens per prefill chunk (default 256) */
     int max_queue; /* requests waiting for a slot (default 64); av_sched_submit refuses more */
+    size_t cache_bytes; /* host memory for prefixes saved from reused slots (default 256 MiB; 0: none) */
 } av_sched_opts;
 
 #define AV_MAX_TOP_LOGPROBS 20
@@ -409,6 +412,9 @@ typedef struct {
     long long steps, step_rows, prefill_chunks;
     int queued, running, last_batch, slots, ctx;
     size_t kv_bytes;           /* backend bytes of the batched session (KV regions + scratch) */
+    int store_entries;         /* saved prefixes held */
+    size_t store_bytes, store_limit;
+    long long store_saves, store_hits, store_evictions;
 } av_sched_stats;
 
 void av_sched_opts_default(av_sched_opts *o);

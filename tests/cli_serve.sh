@@ -159,13 +159,27 @@ wait $CP
 [ "$(cat "$AV_TMP/inflight.code")" = 200 ] && ok "in-flight request answered at shutdown" || bad "in-flight request: HTTP $(cat "$AV_TMP/inflight.code")"
 
 # bearer auth, then SIGINT
-start_server "$AV_TMP/serve2.log" --api-key sekrit --parallel 2 --ctx-size 128
+start_server "$AV_TMP/serve2.log" --api-key sekrit --parallel 1 --ctx-size 256
 [ -n "$PORT" ] || { bad "server with --api-key did not start: $(cat "$AV_TMP/serve2.log")"; finish; }
 expect_status "no key" 401 "$(req POST /v1/completions '{"prompt":"x","max_tokens":2}')" 'invalid_api_key'
 expect_status "wrong key" 401 "$(req GET /v1/models '' -H 'Authorization: Bearer sekriT')"
 code=$(curl -s -o "$R" -w '%{http_code}' -H 'Authorization: Bearer sekrit' -d '{"prompt":"x","max_tokens":2}' "http://127.0.0.1:$PORT/v1/completions")
 expect_status "right key" 200 "$code"
 expect_status "health needs no key" 200 "$(req GET /health)"
+# saved prefixes (one slot): A fills it, B takes it (A's prefix saved to host memory), A' reuses A's
+P="The quick brown fox jumps over the lazy dog while the llama watches from the hill and counts the clouds"
+auth() { curl -s -o "$R" -w '%{http_code}' -H 'Authorization: Bearer sekrit' -d "$1" "http://127.0.0.1:$PORT/v1/completions"; }
+auth "{\"prompt\":\"$P alpha\",\"max_tokens\":4}" > /dev/null
+auth '{"prompt":"Something else entirely, nothing shared","max_tokens":4}' > /dev/null
+code=$(auth "{\"prompt\":\"$P beta\",\"max_tokens\":4}")
+cached=$(grep -o '"cached_tokens":[0-9]*' "$R" | sed 's/.*://')
+curl -s -H 'Authorization: Bearer sekrit' "http://127.0.0.1:$PORT/metrics" > "$AV_TMP/m2"
+sh=$(grep '^anvil_prefix_store_hits_total' "$AV_TMP/m2" | sed 's/.* //')
+[ "$code" = 200 ] && [ "${cached:-0}" -ge 16 ] && [ "${sh:-0}" -ge 1 ] && ok "saved prefix restored into the slot: cached_tokens $cached" \
+  || bad "prefix store: HTTP $code cached ${cached:-?} store hits ${sh:-?}"
+want=$("$ANVIL" generate --model "$M" --prompt "$P beta" --ignore-chat-template --max-tokens 4 --json 2>/dev/null | jstr text)
+got=$(jstr text < "$R")
+[ -n "$want" ] && [ "$got" = "$want" ] && ok "the restored prefix gives anvil generate's text" || bad "restored prefix: '$got' vs '$want'"
 expect_error "port in use" "cannot listen" "$ANVIL" serve --model "$M" --port "$PORT"
 kill -INT $SPID
 wait $SPID; rc=$?

@@ -53,6 +53,29 @@ typedef struct {
     long long admitted;          /* admission order: prefill goes first-come first-served */
 } av_slot;
 
+/* Saved prefixes (engine/prefix_store.c): tokens + K/V rows [n_layers][n][kv_dim] (K, then V). */
+#define AV_PREFIX_MIN 16 /* shorter prefixes are not worth saving */
+typedef struct {
+    int32_t *tok;
+    int n;
+    float *kv;
+    size_t bytes;
+    double used;
+} av_prefix_entry;
+typedef struct {
+    av_prefix_entry *e;
+    int n, cap;
+    size_t bytes, limit;
+    long long saves, hits, evictions;
+} av_prefix_store;
+void av_prefix_store_free(av_prefix_store *ps);
+/* The entry sharing the longest prefix with prompt[0..n-1) (-1: none), that length in *common. */
+int av_prefix_store_match(av_prefix_store *ps, const int32_t *prompt, int n, int *common);
+/* Saves slot's rows [0, n) (tokens tok) unless held already; evicts least recently used entries. */
+av_status av_prefix_store_put(av_prefix_store *ps, av_batch_session *b, int slot, const int32_t *tok, int n);
+/* Copies entry k's rows [0, n) into slot. */
+av_status av_prefix_store_restore(av_prefix_store *ps, int k, av_batch_session *b, int slot, int n);
+
 struct av_sched {
     av_model *m;
     const av_tokenizer *tok;
@@ -69,6 +92,7 @@ struct av_sched {
     av_sched_req *qhead, *qtail;
     int stopping, refuse;
     long long n_admitted;
+    av_prefix_store store;
     av_sched_stats st;
 };
 

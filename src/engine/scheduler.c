@@ -12,11 +12,28 @@ void av_sched_opts_default(av_sched_opts *o) {
     o->ctx = 4096;
     o->chunk = 256;
     o->max_queue = 64;
+    o->cache_bytes = (size_t)256 << 20;
 }
 
 int av_sched_ctx(const av_sched *s) { return s->o.ctx; }
 
 /* ---------------------------------------------------------------- engine */
+
+/* Before request r overwrites slot i past its `common` reusable tokens: the slot's old prefix is
+ * saved, and a saved prefix sharing more with r's prompt is copied in. Returns the tokens reused. */
+static int use_store(av_sched *s, int i, av_sched_req *r, int common) {
+    av_slot *sl = &s->slots[i];
+    if (!s->store.limit) return common;
+    if (sl->n_kv - common >= AV_PREFIX_MIN && av_prefix_store_put(&s->store, s->b, i, sl->tok, sl->n_kv) != AV_OK) av_clear_error();
+    int sc, k = av_prefix_store_match(&s->store, r->prompt, r->n_prompt, &sc);
+    if (k < 0 || sc <= common) return common;
+    if (av_prefix_store_restore(&s->store, k, s->b, i, sc) != AV_OK) {
+        av_clear_error();
+        sl->n_kv = 0; /* the region's rows are unknown now */
+        return 0;
+    }
+    return sc;
+}
 
 /* Under s->mu: queued requests into free slots; cancelled / timed-out ones out. */
 static void admit(av_sched *s) {
@@ -42,6 +59,7 @@ static void admit(av_sched *s) {
             av_sched_req_unref(r);
             continue;
         }
+        common = use_store(s, slot, r, common);
         if (av_sched_admit(s, slot, r, common) != AV_OK) {
             s->st.finished++;
             s->st.failed++;
@@ -149,6 +167,7 @@ av_status av_sched_new(av_sched **out, av_model *m, const av_tokenizer *tok, con
         if (o->ctx > 0) s->o.ctx = o->ctx;
         if (o->chunk > 0) s->o.chunk = o->chunk;
         if (o->max_queue > 0) s->o.max_queue = o->max_queue;
+        s->o.cache_bytes = o->cache_bytes;
     }
     if (s->o.ctx > m->cfg.max_position_embeddings) s->o.ctx = m->cfg.max_position_embeddings;
     if (s->o.chunk > s->o.ctx) s->o.chunk = s->o.ctx;
@@ -159,6 +178,7 @@ av_status av_sched_new(av_sched **out, av_model *m, const av_tokenizer *tok, con
     }
     s->m = m;
     s->tok = tok;
+    s->store.limit = s->o.cache_bytes;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);
     int N = s->o.n_slots, V = m->cfg.vocab_size;
@@ -206,6 +226,7 @@ void av_sched_free(av_sched *s) {
     free(s->lp_tmp);
     free(s->ids);
     av_batch_session_free(s->b);
+    av_prefix_store_free(&s->store);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->wake);
     free(s);
@@ -332,5 +353,11 @@ void av_sched_req_release(av_sched_req *r) {
 void av_sched_stats_get(av_sched *s, av_sched_stats *st) {
     pthread_mutex_lock(&s->mu);
     *st = s->st;
+    st->store_entries = s->store.n;
+    st->store_bytes = s->store.bytes;
+    st->store_limit = s->store.limit;
+    st->store_saves = s->store.saves;
+    st->store_hits = s->store.hits;
+    st->store_evictions = s->store.evictions;
     pthread_mutex_unlock(&s->mu);
 }

@@ -274,3 +274,39 @@ av_status av_batch_session_step_logits(av_batch_session *b, const int32_t *ids, 
     for (int i = 0; i < N; i++) b->pos[i] = pos[i] < 0 ? b->pos[i] : pos[i] + 1;
     return av_cuda_status();
 }
+
+size_t av_batch_session_kv_row_bytes(const av_batch_session *b) {
+    const av_config *c = &b->m->cfg;
+    return 2 * sizeof(float) * (size_t)c->n_layers * c->n_kv_heads * c->head_dim;
+}
+
+static av_status kv_check(const av_batch_session *b, int i, int n, int ld) {
+    if (i < 0 || i >= b->N || n < 0 || n > b->max_seq || ld < n) return av_fail(AV_ERR_ARG, "batch: rows [0, %d) of sequence %d", n, i);
+    return AV_OK;
+}
+
+av_status av_batch_session_kv_save(av_batch_session *b, int i, int n, int ld, float *k, float *v) {
+    AV_TRY(kv_check(b, i, n, ld));
+    host_sampling_mode(b);
+    const av_backend *be = b->m->be;
+    size_t kvd = (size_t)b->m->cfg.n_kv_heads * b->m->cfg.head_dim, rows = (size_t)n * kvd, lds = (size_t)ld * kvd;
+    for (int l = 0; l < b->m->cfg.n_layers; l++) {
+        size_t off = (size_t)l * b->plan.ws.layer_stride + (size_t)i * b->plan.ws.seq_stride;
+        be->download(k + (size_t)l * lds, b->k_cache + off, sizeof(float) * rows);
+        be->download(v + (size_t)l * lds, b->v_cache + off, sizeof(float) * rows);
+    }
+    return av_cuda_status();
+}
+
+av_status av_batch_session_kv_load(av_batch_session *b, int i, int n, int ld, const float *k, const float *v) {
+    AV_TRY(kv_check(b, i, n, ld));
+    host_sampling_mode(b);
+    const av_backend *be = b->m->be;
+    size_t kvd = (size_t)b->m->cfg.n_kv_heads * b->m->cfg.head_dim, rows = (size_t)n * kvd, lds = (size_t)ld * kvd;
+    for (int l = 0; l < b->m->cfg.n_layers; l++) {
+        size_t off = (size_t)l * b->plan.ws.layer_stride + (size_t)i * b->plan.ws.seq_stride;
+        be->upload(b->k_cache + off, k + (size_t)l * lds, sizeof(float) * rows);
+        be->upload(b->v_cache + off, v + (size_t)l * lds, sizeof(float) * rows);
+    }
+    return av_cuda_status();
+}
