@@ -3,12 +3,28 @@
 #include "args.h"
 #include "common.h"
 #include "anvil.h"
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define GRACE_S 5.0 /* seconds running requests get to finish at shutdown */
+
+typedef struct {
+    av_server *srv;
+    sigset_t set;
+} sig_waiter;
+
+/* Waits for SIGTERM / SIGINT, then shuts the server down (its engine runs on the main thread). */
+static void *wait_signal(void *arg) {
+    sig_waiter *w = arg;
+    int sig = 0;
+    sigwait(&w->set, &sig);
+    fprintf(stderr, "anvil serve: %s: stopping (running requests get %.0f s to finish)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT", GRACE_S);
+    av_server_shutdown(w->srv, GRACE_S);
+    return NULL;
+}
 
 int av_cmd_serve(int argc, char **argv) {
     const char *cmd = "serve", *host = "127.0.0.1", *api_key = NULL, *tmpl_file = NULL;
@@ -79,11 +95,17 @@ int av_cmd_serve(int argc, char **argv) {
         fprintf(stderr, "anvil serve: listening on http://%s:%d (model %s, %d slots, %d-token context%s)\n", host, av_server_port(srv), base,
                 eff.n_slots, ctx < av_model_config(m)->max_position_embeddings ? ctx : av_model_config(m)->max_position_embeddings,
                 api_key ? ", API key required" : "");
-        int sig = 0;
-        sigwait(&set, &sig);
-        fprintf(stderr, "anvil serve: %s: stopping (running requests get %.0f s to finish)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT", GRACE_S);
-        av_server_stop(srv, GRACE_S);
-        fprintf(stderr, "anvil serve: stopped\n");
+        sig_waiter w = {srv, set};
+        pthread_t th;
+        if (pthread_create(&th, NULL, wait_signal, &w) != 0) {
+            rc = av_cli_error(cmd, "cannot start the signal thread");
+            av_server_free(srv);
+        } else {
+            av_server_run(srv); /* the model runs here until the shutdown has finished */
+            pthread_join(th, NULL);
+            av_server_free(srv);
+            fprintf(stderr, "anvil serve: stopped\n");
+        }
     }
     free(tmpl);
     av_model_free(m);

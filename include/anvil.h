@@ -371,6 +371,8 @@ typedef struct {
     int chunk;     /* prompt tokens per prefill chunk (default 256) */
     int max_queue; /* requests waiting for a slot (default 64); av_sched_submit refuses more */
     size_t cache_bytes; /* host memory for prefixes saved from reused slots (default 256 MiB; 0: none) */
+    int run_on_caller;  /* 1: no engine thread is started; the caller runs the engine with av_sched_run
+                         * (e.g. the main thread, whose OpenMP team and its thread-local scratch live on) */
 } av_sched_opts;
 
 #define AV_MAX_TOP_LOGPROBS 20
@@ -418,8 +420,10 @@ typedef struct {
 } av_sched_stats;
 
 void av_sched_opts_default(av_sched_opts *o);
-/* Starts the engine thread. tok must outlive the scheduler. */
+/* Starts the engine thread (unless o->run_on_caller). tok must outlive the scheduler. */
 av_status av_sched_new(av_sched **out, av_model *m, const av_tokenizer *tok, const av_sched_opts *o);
+/* run_on_caller: runs the engine on this thread until av_sched_drain(s, 1) and nothing is left. */
+void av_sched_run(av_sched *s);
 /* Cancels queued and running requests and joins the engine; requests not yet released stay valid
  * (done) until av_sched_req_release. */
 void av_sched_free(av_sched *s);
@@ -478,12 +482,18 @@ typedef struct {
 } av_server_opts;
 typedef struct av_server av_server;
 void av_server_opts_default(av_server_opts *o);
-/* Starts listening (HTTP threads + the engine thread); m and tok must outlive the server. */
+/* Starts listening (HTTP threads); m and tok must outlive the server. The model runs on the thread
+ * that calls av_server_run. */
 av_status av_server_start(av_server **out, av_model *m, const av_tokenizer *tok, const av_server_opts *o);
 int av_server_port(const av_server *s);
-/* Stops accepting, lets running requests finish for up to grace_s seconds, cancels the rest,
- * closes every connection and frees the server. */
-void av_server_stop(av_server *s, double grace_s);
+/* Runs the engine on the calling thread until av_server_shutdown has finished. */
+void av_server_run(av_server *s);
+/* From another thread (e.g. one waiting for SIGTERM): stops accepting connections and requests, lets
+ * running requests finish for up to grace_s seconds, then cancels the rest (their clients get an
+ * answer); av_server_run returns after that. */
+void av_server_shutdown(av_server *s, double grace_s);
+/* Closes every connection and frees the server (after av_server_run returned, or it never ran). */
+void av_server_free(av_server *s);
 
 /* ==== JSON and JSONL helpers (over cJSON) ===================================================== */
 av_status av_json_load(const char *path, cJSON **out);

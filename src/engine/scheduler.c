@@ -132,8 +132,7 @@ static void decode_step(av_sched *s) {
     }
 }
 
-static void *engine_main(void *arg) {
-    av_sched *s = arg;
+void av_sched_run(av_sched *s) {
     pthread_mutex_lock(&s->mu);
     for (;;) {
         admit(s);
@@ -152,6 +151,10 @@ static void *engine_main(void *arg) {
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);
+}
+
+static void *engine_main(void *arg) {
+    av_sched_run(arg);
     return NULL;
 }
 
@@ -168,6 +171,7 @@ av_status av_sched_new(av_sched **out, av_model *m, const av_tokenizer *tok, con
         if (o->chunk > 0) s->o.chunk = o->chunk;
         if (o->max_queue > 0) s->o.max_queue = o->max_queue;
         s->o.cache_bytes = o->cache_bytes;
+        s->o.run_on_caller = o->run_on_caller;
     }
     if (s->o.ctx > m->cfg.max_position_embeddings) s->o.ctx = m->cfg.max_position_embeddings;
     if (s->o.chunk > s->o.ctx) s->o.chunk = s->o.ctx;
@@ -195,8 +199,10 @@ av_status av_sched_new(av_sched **out, av_model *m, const av_tokenizer *tok, con
         s->st.slots = N;
         s->st.ctx = s->o.ctx;
         s->st.kv_bytes = av_batch_session_bytes(s->b);
-        if (pthread_create(&s->thread, NULL, engine_main, s) != 0) st = av_fail(AV_ERR_NOMEM, "scheduler: cannot start the engine thread");
-        else s->thread_on = 1;
+        if (!s->o.run_on_caller) {
+            if (pthread_create(&s->thread, NULL, engine_main, s) != 0) st = av_fail(AV_ERR_NOMEM, "scheduler: cannot start the engine thread");
+            else s->thread_on = 1;
+        }
     }
     if (st != AV_OK) {
         av_sched_free(s);
@@ -219,6 +225,9 @@ void av_sched_free(av_sched *s) {
     if (s->thread_on) {
         av_sched_drain(s, 1);
         pthread_join(s->thread, NULL);
+    } else if (s->slots && s->ids) { /* run_on_caller: end what is left here */
+        av_sched_drain(s, 1);
+        av_sched_run(s);
     }
     for (int i = 0; s->slots && i < s->o.n_slots; i++) free(s->slots[i].tok);
     free(s->slots);

@@ -333,6 +333,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         if (cl && strtoull(cl, NULL, 10) > s->o.max_body)
             return send_error(s, c, 413, "request body too large", "invalid_request_error", NULL, "request_too_large");
         if (!(cc = calloc(1, sizeof *cc))) return MHD_NO;
+        atomic_fetch_add(&s->n_active, 1);
         cc->route = route;
         *con_cls = cc;
         return MHD_YES;
@@ -352,9 +353,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 }
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
-    (void)cls, (void)c, (void)toe;
+    (void)c, (void)toe;
+    av_server *s = cls;
     conn_ctx *cc = *con_cls;
     if (!cc) return;
+    atomic_fetch_sub(&s->n_active, 1);
     av_sbuf_free(&cc->body);
     free(cc);
     *con_cls = NULL;
@@ -395,6 +398,7 @@ av_status av_server_start(av_server **out, av_model *m, const av_tokenizer *tok,
     s->m = m;
     s->tok = tok;
     s->o = *o;
+    pthread_mutex_init(&s->stop_mu, NULL);
     if (!s->o.host) s->o.host = "127.0.0.1";
     if (!s->o.max_body) s->o.max_body = 4u << 20;
     if (s->o.max_connections <= 0) s->o.max_connections = 256;
@@ -416,7 +420,9 @@ av_status av_server_start(av_server **out, av_model *m, const av_tokenizer *tok,
     }
     struct sockaddr_storage ss;
     socklen_t sl;
-    if ((st = resolve(s->o.host, s->o.port, &ss, &sl)) != AV_OK || (st = av_sched_new(&s->sched, m, tok, &o->sched)) != AV_OK) {
+    av_sched_opts so = o->sched;
+    so.run_on_caller = 1;
+    if ((st = resolve(s->o.host, s->o.port, &ss, &sl)) != AV_OK || (st = av_sched_new(&s->sched, m, tok, &so)) != AV_OK) {
         server_free(s);
         return st;
     }
@@ -436,10 +442,18 @@ av_status av_server_start(av_server **out, av_model *m, const av_tokenizer *tok,
     return AV_OK;
 }
 
-void av_server_stop(av_server *s, double grace_s) {
-    if (!s) return;
-    MHD_socket lfd = MHD_quiesce_daemon(s->d); /* no new connections */
-    av_sched_drain(s->sched, 0);               /* no new requests on open ones */
+void av_server_run(av_server *s) {
+    av_sched_run(s->sched);
+}
+
+void av_server_shutdown(av_server *s, double grace_s) {
+    pthread_mutex_lock(&s->stop_mu);
+    if (!s->quiesced) {
+        s->lfd = MHD_quiesce_daemon(s->d); /* no new connections */
+        s->quiesced = 1;
+    }
+    pthread_mutex_unlock(&s->stop_mu);
+    av_sched_drain(s->sched, 0); /* no new requests on open ones */
     double end = av_now() + grace_s;
     for (;;) {
         av_sched_stats st;
@@ -448,8 +462,20 @@ void av_server_stop(av_server *s, double grace_s) {
         struct timespec ts = {0, 20 * 1000000L};
         nanosleep(&ts, NULL);
     }
-    av_sched_drain(s->sched, 1); /* the rest is cancelled; their clients get an answer */
+    av_sched_drain(s->sched, 1); /* the rest is cancelled (their clients get an answer); av_server_run returns */
+}
+
+void av_server_free(av_server *s) {
+    if (!s) return;
+    av_sched_drain(s->sched, 1);
+    av_sched_run(s->sched); /* ends anything left, so no connection waits for the engine */
+    /* answers still being written (every request has ended) get a moment to reach their clients */
+    for (int i = 0; i < 150 && atomic_load(&s->n_active) > 0; i++) {
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     MHD_stop_daemon(s->d);
-    if (lfd != MHD_INVALID_SOCKET) close(lfd);
+    if (s->quiesced && s->lfd != MHD_INVALID_SOCKET) close(s->lfd);
+    pthread_mutex_destroy(&s->stop_mu);
     server_free(s);
 }

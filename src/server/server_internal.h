@@ -3,6 +3,7 @@
 #ifndef AV_SERVER_INTERNAL_H
 #define AV_SERVER_INTERNAL_H
 #include "anvil.h"
+#include <pthread.h>
 #include <stdatomic.h>
 
 struct av_server {
@@ -14,6 +15,9 @@ struct av_server {
     char *model_id, *api_key;
     char *tmpl_src, *tmpl_where, *bos, *eos; /* chat template (NULL: none) and its special tokens */
     int port;
+    pthread_mutex_t stop_mu;
+    int quiesced, lfd;         /* the listening socket after MHD_quiesce_daemon */
+    atomic_int n_active;       /* POST requests between their headers and their answer's last byte */
     atomic_llong n_http, n_chat, n_completion, n_2xx, n_4xx, n_5xx, n_stream, n_disconnect, id_seq;
 };
 
