@@ -66,6 +66,20 @@ code=$(req POST /v1/chat/completions '{"messages":[{"role":"user","content":"Hel
 got=$(jstr content < "$R")
 [ "$code" = 200 ] && [ "$got" = "$want" ] && ok "seeded sampling equals anvil generate" || bad "seeded: HTTP $code '$got' vs '$want'"
 
+# decoded together: four prompts at once, each answer equal to its own anvil generate run
+same=1; cps=""
+for i in 0 1 2 3; do
+  curl -s -o "$AV_TMP/conc$i" -d "{\"prompt\":\"Story number $i begins\",\"max_tokens\":24}" "http://127.0.0.1:$PORT/v1/completions" &
+  cps="$cps $!"
+done
+wait $cps
+for i in 0 1 2 3; do
+  w=$("$ANVIL" generate --model "$M" --prompt "Story number $i begins" --ignore-chat-template --max-tokens 24 --json 2>/dev/null | jstr text)
+  g=$(jstr text < "$AV_TMP/conc$i")
+  [ -n "$w" ] && [ "$g" = "$w" ] || { same=0; bad "concurrent prompt $i: '$g' vs '$w'"; }
+done
+[ $same = 1 ] && ok "4 concurrent requests: each equals anvil generate"
+
 # prefix cache: the same prompt again reuses all but its last token
 code=$(req POST /v1/chat/completions '{"messages":[{"role":"user","content":"Hello there"}],"max_tokens":12}')
 cached=$(grep -o '"cached_tokens":[0-9]*' "$R" | sed 's/.*://')
