@@ -207,6 +207,18 @@ wait $SPID; rc=$?
 expect_error "bad host" "cannot resolve" "$ANVIL" serve --model "$M" --port 0 --host no.such.host.invalid
 expect_error "bad --parallel" "parallel" "$ANVIL" serve --model "$M" --parallel 0
 
+# per-request timeout: a whole answer gets 504, a stream an error event and [DONE]
+start_server "$AV_TMP/serve4.log" --parallel 1 --timeout 0.3
+if [ -n "$PORT" ]; then
+  expect_status "timeout" 504 "$(req POST /v1/completions '{"prompt":"Once upon a time","max_tokens":1900,"temperature":1,"seed":2}')" 'ran out of time'
+  curl -sN -d '{"prompt":"Once upon a time","max_tokens":1900,"stream":true,"temperature":1,"seed":2}' "http://127.0.0.1:$PORT/v1/completions" > "$AV_TMP/sse3"
+  grep -q '^data: {"error":{"message":"the request ran out of time"' "$AV_TMP/sse3" && [ "$(grep -v '^$' "$AV_TMP/sse3" | tail -1)" = "data: [DONE]" ] \
+    && ok "stream timeout: error event, then [DONE]" || bad "stream timeout: $(tail -c 300 "$AV_TMP/sse3")"
+  kill -TERM $SPID; wait $SPID
+else
+  bad "server with --timeout did not start"
+fi
+
 # the openai Python client, when installed (never counted as a pass otherwise)
 if python3 -c 'import openai' 2>/dev/null; then
   start_server "$AV_TMP/serve3.log" --parallel 2
