@@ -356,8 +356,8 @@ void av_batch_result_free(av_batch_result *r);
 /* ==== continuous batching (anvil serve) ======================================================= */
 /* One engine thread owns the model and a batched session of n_slots sequences, each with its own KV
  * region. Requests wait in a queue, take a free slot between steps (the one whose cached tokens share
- * the longest prefix with the prompt: only the rest is prefilled; ties and misses take the least
- * recently used), are prefilled a chunk at a time between decode steps, decode together one token
+ * the longest prefix with the prompt: only the rest is prefilled; ties take the lowest slot, as
+ * decode steps on the CPU run rows up to the last busy slot), are prefilled a chunk at a time between decode steps, decode together one token
  * per step, sample on the host with their own parameters (av_sampler, as av_generate), and leave when
  * finished, cancelled or timed out. A finished slot keeps its tokens and KV for the next request;
  * when a request with another prompt takes it, the old prefix is saved to host memory (cache_bytes,

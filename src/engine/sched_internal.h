@@ -49,7 +49,6 @@ typedef struct {
     av_sampler smp;
     av_stops stops;
     int stops_on;
-    double last_used;
     long long admitted;          /* admission order: prefill goes first-come first-served */
 } av_slot;
 
@@ -97,7 +96,7 @@ struct av_sched {
 };
 
 /* sched_slot.c */
-/* Index of the free slot for prompt (longest cached prefix, then least recently used), or -1;
+/* Index of the free slot for prompt (longest cached prefix, then the lowest index), or -1;
  * *common receives the reusable prefix length. */
 int av_sched_pick_slot(av_sched *s, const int32_t *prompt, int n, int *common);
 /* Puts r into slot i, reusing `common` cached tokens. Under s->mu. */

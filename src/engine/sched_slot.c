@@ -1,5 +1,5 @@
 /* One slot of the continuous-batching scheduler: which free slot a request takes (longest cached
- * token prefix, then least recently used), per-request sampling exactly as av_generate does it (the
+ * token prefix, then the lowest), per-request sampling exactly as av_generate does it (the
  * same sampler, recent-token window, (seed, position) draws, EOS and stop-string rules), logit bias,
  * log-probabilities, and handing text to the request's client. */
 #include "engine/sched_internal.h"
@@ -14,7 +14,7 @@ int av_sched_pick_slot(av_sched *s, const int32_t *prompt, int n, int *common) {
         if (sl->state != AV_SLOT_FREE) continue;
         int c = 0, lim = n - 1 < sl->n_kv ? n - 1 : sl->n_kv; /* the last prompt token is always run: its logits */
         while (c < lim && sl->tok[c] == prompt[c]) c++;
-        if (c > best_c || (c == best_c && sl->last_used < s->slots[best].last_used)) best = i, best_c = c;
+        if (c > best_c) best = i, best_c = c; /* ties: the lowest slot (decode steps run rows up to the last busy one) */
     }
     *common = best_c < 0 ? 0 : best_c;
     return best;
@@ -105,7 +105,6 @@ void av_sched_finish(av_sched *s, int i, const char *finish, const char *msg) {
     pthread_mutex_lock(&s->mu);
     sl->state = AV_SLOT_FREE;
     sl->req = NULL;
-    sl->last_used = av_now();
     s->st.running--;
     s->st.finished++;
     if (!strcmp(finish, "cancelled")) s->st.cancelled++;

@@ -259,15 +259,23 @@ av_status av_batch_session_step_logits(av_batch_session *b, const int32_t *ids, 
         n++;
     }
     if (!n) return AV_OK;
-    int32_t *fed = malloc(sizeof(int32_t) * (size_t)N);
+    /* without captured graphs the step runs rows 0..last busy one only (idle rows cost compute) */
+    int rows = N;
+    if (!be->graph_begin)
+        while (rows > 1 && pos[rows - 1] < 0) rows--;
+    if (rows != b->plan.N) {
+        av_decode_plan_release(&b->plan); /* its scratch is sized by rows */
+        b->plan.N = rows;
+    }
+    int32_t *fed = malloc(sizeof(int32_t) * (size_t)rows);
     if (!fed) return av_fail(AV_ERR_NOMEM, "out of memory");
-    for (int i = 0; i < N; i++) fed[i] = pos[i] < 0 ? 0 : ids[i];
-    be->upload(b->plan.ids, fed, sizeof(int32_t) * (size_t)N);
-    be->upload(b->plan.pos, pos, sizeof(int32_t) * (size_t)N);
+    for (int i = 0; i < rows; i++) fed[i] = pos[i] < 0 ? 0 : ids[i];
+    be->upload(b->plan.ids, fed, sizeof(int32_t) * (size_t)rows);
+    be->upload(b->plan.pos, pos, sizeof(int32_t) * (size_t)rows);
     free(fed);
     AV_TRY(av_decode_plan_step(&b->plan, NULL));
     /* the fed rows' final-normed states, packed into x (free after the step), through the LM head */
-    for (int i = 0, k = 0; i < N; i++)
+    for (int i = 0, k = 0; i < rows; i++)
         if (pos[i] >= 0) be->copy(b->x + (size_t)k++ * D, b->hidden + (size_t)i * D, sizeof(float) * (size_t)D);
     be->matmul_forward(b->logits, b->x, &m->lm_head, n);
     be->download(logits, b->logits, sizeof(float) * (size_t)n * V);
