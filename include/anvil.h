@@ -456,6 +456,7 @@ typedef struct {
     int n_prompt_ids;
     int max_tokens;            /* max_tokens / max_completion_tokens; -1 when not given */
     av_sampler_params sampler; /* temperature (default 0: greedy), top_p, top_k, min_p, repetition_penalty, seed */
+    int has_seed;              /* seed was given (the server draws one otherwise) */
     char *stops[AV_MAX_STOPS];
     int n_stops;
     int stream, include_usage;

@@ -66,6 +66,11 @@ code=$(req POST /v1/chat/completions '{"messages":[{"role":"user","content":"Hel
 got=$(jstr content < "$R")
 [ "$code" = 200 ] && [ "$got" = "$want" ] && ok "seeded sampling equals anvil generate" || bad "seeded: HTTP $code '$got' vs '$want'"
 
+# without a seed, sampled answers differ between requests (as OpenAI's)
+req POST /v1/completions '{"prompt":"Hello","max_tokens":12,"temperature":1.5}' > /dev/null; a=$(jstr text < "$R")
+req POST /v1/completions '{"prompt":"Hello","max_tokens":12,"temperature":1.5}' > /dev/null; b=$(jstr text < "$R")
+[ "$a" != "$b" ] && ok "unseeded sampling differs between requests" || bad "unseeded sampling repeated '$a'"
+
 # decoded together: four prompts at once, each answer equal to its own anvil generate run
 same=1; cps=""
 for i in 0 1 2 3; do

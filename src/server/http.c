@@ -29,6 +29,7 @@ typedef struct {
     char id[48];
     long created;
     int fd, role_sent, finished;
+    size_t text_off;           /* completions logprobs: text_offset of the next token */
     av_sbuf out;
     size_t off;
 } stream_ctx;
@@ -120,18 +121,18 @@ static int stream_fill(stream_ctx *x) {
         x->out.len = x->off = 0;
         if (x->out.oom) return 0;
         if (!x->role_sent && x->rq.kind == AV_SERVER_CHAT) {
-            av_srv_chunk(s, &x->out, &x->rq, x->id, x->created, 1, "", 0, NULL, 0, NULL);
+            av_srv_chunk(s, &x->out, &x->rq, x->id, x->created, 1, "", 0, NULL, 0, NULL, &x->text_off);
             x->role_sent = 1;
             continue;
         }
         if (client_gone(x->fd)) return 0;
         av_sched_update u;
         if (!av_sched_poll(x->req, POLL_MS, &u)) continue;
-        if (u.len || u.n_lp) av_srv_chunk(s, &x->out, &x->rq, x->id, x->created, 0, u.text, u.len, u.lp, u.n_lp, NULL);
+        if (u.len || u.n_lp) av_srv_chunk(s, &x->out, &x->rq, x->id, x->created, 0, u.text, u.len, u.lp, u.n_lp, NULL, &x->text_off);
         if (u.done) {
             const char *f = u.finish;
             if (!strcmp(f, "stop") || !strcmp(f, "length")) {
-                av_srv_chunk(s, &x->out, &x->rq, x->id, x->created, 0, NULL, 0, NULL, 0, f);
+                av_srv_chunk(s, &x->out, &x->rq, x->id, x->created, 0, NULL, 0, NULL, 0, f, &x->text_off);
                 if (x->rq.include_usage) av_srv_usage_chunk(s, &x->out, &x->rq, x->id, x->created, &u);
             } else {
                 stream_event_error(x, !strcmp(f, "timeout") ? "the request ran out of time" : !strcmp(f, "error") ? u.error : "the request was cancelled",
@@ -200,6 +201,11 @@ static enum MHD_Result generate(av_server *s, struct MHD_Connection *c, conn_ctx
     memset(&p, 0, sizeof p);
     p.max_tokens = rq.max_tokens > 0 ? rq.max_tokens : 512;
     p.sampler = rq.sampler;
+    if (!rq.has_seed) { /* as OpenAI: without a seed, sampled answers differ from request to request */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        p.sampler.seed = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)ts.tv_sec ^ (uint64_t)atomic_load(&s->id_seq) << 32;
+    }
     for (int i = 0; i < rq.n_stops; i++) p.stops[i] = rq.stops[i];
     p.n_stops = rq.n_stops;
     p.bias_ids = rq.bias_ids;

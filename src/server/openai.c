@@ -201,7 +201,7 @@ static void add_event(av_sbuf *out, cJSON *o) {
 }
 
 void av_srv_chunk(av_server *s, av_sbuf *out, const av_server_request *rq, const char *id, long created, int role, const char *text,
-                  size_t len, const av_token_logprob *lp, int n_lp, const char *finish) {
+                  size_t len, const av_token_logprob *lp, int n_lp, const char *finish, size_t *text_off) {
     cJSON *o = envelope(s, rq, id, created, 1), *choices = cJSON_AddArrayToObject(o, "choices"), *c = cJSON_CreateObject();
     cJSON_AddNumberToObject(c, "index", 0);
     char *t = malloc(len + 1);
@@ -209,7 +209,6 @@ void av_srv_chunk(av_server *s, av_sbuf *out, const av_server_request *rq, const
         memcpy(t, text ? text : "", len);
         t[len] = 0;
     }
-    size_t off = 0;
     if (rq->kind == AV_SERVER_CHAT) {
         cJSON *d = cJSON_AddObjectToObject(c, "delta");
         if (role) cJSON_AddStringToObject(d, "role", "assistant");
@@ -218,7 +217,7 @@ void av_srv_chunk(av_server *s, av_sbuf *out, const av_server_request *rq, const
         cJSON_AddStringToObject(c, "text", t ? t : "");
     }
     free(t);
-    cJSON_AddItemToObject(c, "logprobs", n_lp ? logprobs_json(s, rq, lp, n_lp, &off) : cJSON_CreateNull());
+    cJSON_AddItemToObject(c, "logprobs", n_lp ? logprobs_json(s, rq, lp, n_lp, text_off) : cJSON_CreateNull());
     if (finish) cJSON_AddStringToObject(c, "finish_reason", av_srv_finish(finish));
     else cJSON_AddNullToObject(c, "finish_reason");
     cJSON_AddItemToArray(choices, c);

@@ -167,7 +167,7 @@ static av_status parse_field(av_server_request *r, const cJSON *f, int chat) {
         r->sampler.repetition_context = (int)d;
         return AV_OK;
     }
-    if (!strcmp(k, "seed")) { AV_TRY(num(r, f, k, -9.2e18, 9.2e18, 1, &d)); r->sampler.seed = (uint64_t)(int64_t)d; return AV_OK; }
+    if (!strcmp(k, "seed")) { AV_TRY(num(r, f, k, -9.2e18, 9.2e18, 1, &d)); r->sampler.seed = (uint64_t)(int64_t)d; r->has_seed = 1; return AV_OK; }
     if (!strcmp(k, "n")) { AV_TRY(num(r, f, k, 1, 1, 1, &d)); return AV_OK; }
     if (!strcmp(k, "stop")) return parse_stop(r, f);
     if (!strcmp(k, "logit_bias")) return parse_bias(r, f);

@@ -39,9 +39,10 @@ char *av_srv_error_json(const char *msg, const char *type, const char *param, co
 /* A finished request's whole response (chat.completion / text_completion). */
 char *av_srv_completion_json(av_server *s, const av_server_request *rq, const char *id, long created, const char *text,
                              const av_token_logprob *lp, int n_lp, const av_sched_update *u);
-/* One SSE event "data: {...}\n\n" for a streamed piece (text and/or lp; finish non-NULL on the last). */
+/* One SSE event "data: {...}\n\n" for a streamed piece (text and/or lp; finish non-NULL on the last);
+ * *text_off: the stream's text offset so far (completions logprobs). */
 void av_srv_chunk(av_server *s, av_sbuf *out, const av_server_request *rq, const char *id, long created, int role, const char *text,
-                  size_t len, const av_token_logprob *lp, int n_lp, const char *finish);
+                  size_t len, const av_token_logprob *lp, int n_lp, const char *finish, size_t *text_off);
 /* The usage-only chunk of stream_options.include_usage. */
 void av_srv_usage_chunk(av_server *s, av_sbuf *out, const av_server_request *rq, const char *id, long created, const av_sched_update *u);
 /* OpenAI's finish_reason for the scheduler's ("stop", "length"; anything else as given). */
