@@ -92,7 +92,9 @@ int av_cmd_serve(int argc, char **argv) {
         rc = av_cli_fail(cmd);
     } else {
         av_sched_opts eff = so.sched;
-        fprintf(stderr, "anvil serve: listening on http://%s:%d (model %s, %d slots, %d-token context%s)\n", host, av_server_port(srv), base,
+        int v6 = strchr(host, ':') != NULL;
+        fprintf(stderr, "anvil serve: listening on http://%s%s%s:%d (model %s, %d slots, %d-token context%s)\n", v6 ? "[" : "", host, v6 ? "]" : "",
+                av_server_port(srv), base,
                 eff.n_slots, ctx < av_model_config(m)->max_position_embeddings ? ctx : av_model_config(m)->max_position_embeddings,
                 api_key ? ", API key required" : "");
         sig_waiter w = {srv, set};

@@ -8,6 +8,7 @@
 #include <time.h>
 
 void av_sched_opts_default(av_sched_opts *o) {
+    memset(o, 0, sizeof *o);
     o->n_slots = 4;
     o->ctx = 4096;
     o->chunk = 256;
