@@ -150,7 +150,6 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     (void)pos;
     stream_ctx *x = cls;
     if (!stream_fill(x)) {
-        atomic_fetch_add(&x->s->n_disconnect, 1);
         av_sched_cancel(x->req);
         return MHD_CONTENT_READER_END_WITH_ERROR;
     }
@@ -163,6 +162,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
 
 static void stream_free(void *cls) {
     stream_ctx *x = cls;
+    if (!x->finished || x->off < x->out.len) atomic_fetch_add(&x->s->n_disconnect, 1); /* the client left early */
     av_sched_req_release(x->req);
     av_server_request_free(&x->rq);
     av_sbuf_free(&x->out);
