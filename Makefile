@@ -6,7 +6,7 @@ BUILD   ?= build
 OPT     ?= -O2 -march=native
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-format-truncation -fopenmp -Iinclude -Isrc -MMD -MP
-LDLIBS  += -lcjson -lyaml -ledit -lm -lpthread -fopenmp
+LDLIBS  += -lcjson -lyaml -ledit -lmicrohttpd -lm -lpthread -fopenmp
 LDFLAGS ?=
 
 comma := ,

@@ -357,6 +357,149 @@ av_status av_generate_batch(av_model *m, const av_tokenizer *tok, const int32_t 
                             const av_batch_opts *o, av_batch_result *r);
 void av_batch_result_free(av_batch_result *r);
 
+/* ==== continuous batching (anvil serve) ======================================================= */
+/* One engine thread owns the model and a batched session of n_slots sequences, each with its own KV
+ * region. Requests wait in a queue, take a free slot between steps (the one whose cached tokens share
+ * the longest prefix with the prompt: only the rest is prefilled; ties take the lowest slot, as
+ * decode steps on the CPU run rows up to the last busy slot), are prefilled a chunk at a time between decode steps, decode together one token
+ * per step, sample on the host with their own parameters (av_sampler, as av_generate), and leave when
+ * finished, cancelled or timed out. A finished slot keeps its tokens and KV for the next request;
+ * when a request with another prompt takes it, the old prefix is saved to host memory (cache_bytes,
+ * least recently used evicted first) and copied back into a slot for a later prompt sharing it. */
+typedef struct av_sched av_sched;
+typedef struct av_sched_req av_sched_req;
+
+typedef struct {
+    int n_slots;   /* sequences in flight (default 4) */
+    int ctx;       /* tokens per slot, prompt + generated (default 4096, capped at the model's positions) */
+    int chunk;     /* prompt tokens per prefill chunk (default 256) */
+    int max_queue; /* requests waiting for a slot (default 64); av_sched_submit refuses more */
+    size_t cache_bytes; /* host memory for prefixes saved from reused slots (default 256 MiB; 0: none) */
+    int run_on_caller;  /* 1: no engine thread is started; the caller runs the engine with av_sched_run
+                         * (e.g. the main thread, whose OpenMP team and its thread-local scratch live on) */
+} av_sched_opts;
+
+#define AV_MAX_TOP_LOGPROBS 20
+typedef struct {
+    int max_tokens;            /* >= 1; capped at what the slot's context leaves */
+    av_sampler_params sampler;
+    const char *stops[AV_MAX_STOPS];
+    int n_stops;
+    const int32_t *bias_ids;   /* logit_bias: logits[bias_ids[k]] += bias[k] before sampling */
+    const float *bias;
+    int n_bias;
+    int logprobs;              /* 1: report each token's log-probability (log-softmax of the biased logits) */
+    int top_logprobs;          /* and this many alternatives (<= AV_MAX_TOP_LOGPROBS) */
+    double timeout_s;          /* > 0: the request ends with finish "timeout" after this long */
+} av_sched_params;             /* av_sched_submit copies everything it points to */
+
+typedef struct {
+    int32_t id;
+    float logprob;
+    int n_top;
+    int32_t top_id[AV_MAX_TOP_LOGPROBS];
+    float top_lp[AV_MAX_TOP_LOGPROBS];
+} av_token_logprob;
+
+typedef struct {
+    char *text;                /* text completed since the last poll (malloc'd; NULL when none) */
+    size_t len;
+    av_token_logprob *lp;      /* the tokens generated since the last poll (malloc'd; with logprobs) */
+    int n_lp;
+    int done;                  /* the request is over; finish says why */
+    const char *finish;        /* "stop", "length", "cancelled", "timeout", "error" */
+    int prompt_tokens, cached_tokens, completion_tokens;
+    char error[256];           /* finish "error": the engine's error line */
+} av_sched_update;
+
+typedef struct {
+    long long requests, finished, cancelled, timed_out, failed;
+    long long prompt_tokens, cached_tokens, gen_tokens, cache_hits;
+    long long steps, step_rows, prefill_chunks;
+    int queued, running, last_batch, slots, ctx;
+    size_t kv_bytes;           /* backend bytes of the batched session (KV regions + scratch) */
+    int store_entries;         /* saved prefixes held */
+    size_t store_bytes, store_limit;
+    long long store_saves, store_hits, store_evictions;
+} av_sched_stats;
+
+void av_sched_opts_default(av_sched_opts *o);
+/* Starts the engine thread (unless o->run_on_caller). tok must outlive the scheduler. */
+av_status av_sched_new(av_sched **out, av_model *m, const av_tokenizer *tok, const av_sched_opts *o);
+/* run_on_caller: runs the engine on this thread until av_sched_drain(s, 1) and nothing is left. */
+void av_sched_run(av_sched *s);
+/* Cancels queued and running requests and joins the engine; requests not yet released stay valid
+ * (done) until av_sched_req_release. */
+void av_sched_free(av_sched *s);
+int av_sched_ctx(const av_sched *s);
+/* Queues a request for prompt[0..n) (1 <= n < ctx). AV_ERR_ARG: bad prompt or parameters;
+ * AV_ERR_UNSUPPORTED: the queue is full or the scheduler is stopping. */
+av_status av_sched_submit(av_sched *s, const int32_t *prompt, int n, const av_sched_params *p, av_sched_req **out);
+/* Waits up to timeout_ms for news and moves it into *u (caller frees with av_sched_update_free);
+ * returns 1 when u holds text, log-probabilities or the end, else 0. */
+int av_sched_poll(av_sched_req *r, int timeout_ms, av_sched_update *u);
+void av_sched_update_free(av_sched_update *u);
+/* Ends the request at the engine's next step (finish "cancelled"). */
+void av_sched_cancel(av_sched_req *r);
+/* The caller is done with r (cancelling it if it still runs). */
+void av_sched_req_release(av_sched_req *r);
+/* Cancels every queued and running request; new ones are refused from now on. */
+void av_sched_drain(av_sched *s, int cancel);
+void av_sched_stats_get(av_sched *s, av_sched_stats *st);
+
+/* ==== OpenAI-compatible server (anvil serve) ================================================= */
+/* The body of a POST /v1/chat/completions or /v1/completions, validated strictly: wrong types or
+ * ranges, n != 1 and fields that would change the answer but are not supported (tools,
+ * response_format, ...) or unknown fail with AV_ERR_ARG ("field: problem", the field in param). */
+typedef enum { AV_SERVER_CHAT = 0, AV_SERVER_COMPLETION } av_server_kind;
+typedef struct {
+    av_server_kind kind;
+    cJSON *messages;           /* chat: [{role, content (string), name?}] (owned) */
+    char *prompt;              /* completion: the prompt text (owned), or NULL when given as token ids */
+    int32_t *prompt_ids;       /* completion: token ids (owned) */
+    int n_prompt_ids;
+    int max_tokens;            /* max_tokens / max_completion_tokens; -1 when not given */
+    av_sampler_params sampler; /* temperature (default 0: greedy), top_p, top_k, min_p, repetition_penalty, seed */
+    int has_seed;              /* seed was given (the server draws one otherwise) */
+    char *stops[AV_MAX_STOPS];
+    int n_stops;
+    int stream, include_usage;
+    int logprobs, top_logprobs;
+    int32_t *bias_ids;         /* logit_bias (owned) */
+    float *bias;
+    int n_bias;
+    char param[64];            /* after a failure: the offending field ("" when the body itself) */
+} av_server_request;
+av_status av_server_parse_request(const char *body, size_t len, av_server_kind kind, av_server_request *out);
+void av_server_request_free(av_server_request *r);
+
+typedef struct {
+    const char *host;          /* "127.0.0.1" (loopback) by default */
+    int port;                  /* 8080 by default; 0 picks a free one (av_server_port says which) */
+    const char *api_key;       /* non-NULL: every endpoint but /health wants "Authorization: Bearer KEY" */
+    const char *model_id;      /* the name /v1/models lists */
+    const char *chat_template; /* template source overriding the model's (NULL: the model's) */
+    const char *model_path;    /* where the model's chat template / special tokens come from */
+    av_sched_opts sched;
+    size_t max_body;           /* request body bytes (default 4 MiB) */
+    double timeout_s;          /* per request (default 600) */
+    int max_connections;       /* default 256 */
+} av_server_opts;
+typedef struct av_server av_server;
+void av_server_opts_default(av_server_opts *o);
+/* Starts listening (HTTP threads); m and tok must outlive the server. The model runs on the thread
+ * that calls av_server_run. */
+av_status av_server_start(av_server **out, av_model *m, const av_tokenizer *tok, const av_server_opts *o);
+int av_server_port(const av_server *s);
+/* Runs the engine on the calling thread until av_server_shutdown has finished. */
+void av_server_run(av_server *s);
+/* From another thread (e.g. one waiting for SIGTERM): stops accepting connections and requests, lets
+ * running requests finish for up to grace_s seconds, then cancels the rest (their clients get an
+ * answer); av_server_run returns after that. */
+void av_server_shutdown(av_server *s, double grace_s);
+/* Closes every connection and frees the server (after av_server_run returned, or it never ran). */
+void av_server_free(av_server *s);
+
 /* ==== JSON and JSONL helpers (over cJSON) ===================================================== */
 av_status av_json_load(const char *path, cJSON **out);
 /* Getters return `def` when the key is absent or null; numbers accept ints and floats. */

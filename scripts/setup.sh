@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages anvil needs to build and test (idempotent: does nothing when all are present).
 set -e
-PKGS="build-essential libcjson-dev libyaml-dev libedit-dev libopenblas-openmp-dev libmicrohttpd-dev pkg-config gnuplot-nox"
+PKGS="build-essential libcjson-dev libyaml-dev libedit-dev libopenblas-openmp-dev libmicrohttpd-dev pkg-config gnuplot-nox curl"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -219,3 +219,102 @@ void av_batch_session_finish(av_batch_session *b, int i) {
     b->m->be->upload(b->plan.active + i, &z, sizeof z);
     b->m->be->upload(b->plan.pos + i, &b->pos[i], sizeof(int32_t));
 }
+
+/* ---------------------------------------------------------------- slots (host sampling) */
+int av_batch_session_chunk(const av_batch_session *b) { return b->C; }
+
+/* The plan runs without its LM head and sampler: the caller samples on the host. */
+static void host_sampling_mode(av_batch_session *b) {
+    drop_ahead(b);
+    if (!b->plan.sample) return;
+    av_decode_plan_release(&b->plan);
+    b->plan.sample = 0;
+}
+
+av_status av_batch_session_prefill_at(av_batch_session *b, int i, const int32_t *ids, int T, int p0, float *logits) {
+    const av_backend *be = b->m->be;
+    int V = b->m->cfg.vocab_size;
+    host_sampling_mode(b);
+    if (i < 0 || i >= b->N) return av_fail(AV_ERR_ARG, "batch: sequence %d of %d", i, b->N);
+    if (T <= 0 || T > b->C || p0 < 0 || p0 + T > b->max_seq)
+        return av_fail(AV_ERR_ARG, "batch: rows [%d, %d) do not fit a %d-row chunk of a %d-token sequence", p0, p0 + T, b->C, b->max_seq);
+    for (int t = 0; t < T; t++)
+        if (ids[t] < 0 || ids[t] >= V) return av_fail(AV_ERR_ARG, "token id %d out of range [0, %d)", ids[t], V);
+    prefill_chunk(b, i, ids, T, p0);
+    if (!logits) return AV_OK;
+    be->matmul_forward(b->logits, b->hidden, &b->m->lm_head, 1);
+    be->download(logits, b->logits, sizeof(float) * (size_t)V);
+    return av_cuda_status();
+}
+
+av_status av_batch_session_step_logits(av_batch_session *b, const int32_t *ids, const int32_t *pos, float *logits) {
+    av_model *m = b->m;
+    const av_backend *be = m->be;
+    int N = b->N, V = m->cfg.vocab_size, D = m->cfg.hidden_size, n = 0;
+    host_sampling_mode(b);
+    for (int i = 0; i < N; i++) {
+        if (pos[i] < 0) continue;
+        if (pos[i] >= b->max_seq) return av_fail(AV_ERR_ARG, "batch: sequence %d reached its %d-token limit", i, b->max_seq);
+        if (ids[i] < 0 || ids[i] >= V) return av_fail(AV_ERR_ARG, "token id %d out of range [0, %d)", ids[i], V);
+        n++;
+    }
+    if (!n) return AV_OK;
+    /* without captured graphs the step runs rows 0..last busy one only (idle rows cost compute) */
+    int rows = N;
+    if (!be->graph_begin)
+        while (rows > 1 && pos[rows - 1] < 0) rows--;
+    if (rows != b->plan.N) {
+        av_decode_plan_release(&b->plan); /* its scratch is sized by rows */
+        b->plan.N = rows;
+    }
+    int32_t *fed = malloc(sizeof(int32_t) * (size_t)rows);
+    if (!fed) return av_fail(AV_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < rows; i++) fed[i] = pos[i] < 0 ? 0 : ids[i];
+    be->upload(b->plan.ids, fed, sizeof(int32_t) * (size_t)rows);
+    be->upload(b->plan.pos, pos, sizeof(int32_t) * (size_t)rows);
+    free(fed);
+    AV_TRY(av_decode_plan_step(&b->plan, NULL));
+    /* the fed rows' final-normed states, packed into x (free after the step), through the LM head */
+    for (int i = 0, k = 0; i < rows; i++)
+        if (pos[i] >= 0) be->copy(b->x + (size_t)k++ * D, b->hidden + (size_t)i * D, sizeof(float) * (size_t)D);
+    be->matmul_forward(b->logits, b->x, &m->lm_head, n);
+    be->download(logits, b->logits, sizeof(float) * (size_t)n * V);
+    for (int i = 0; i < N; i++) b->pos[i] = pos[i] < 0 ? b->pos[i] : pos[i] + 1;
+    return av_cuda_status();
+}
+
+size_t av_batch_session_kv_row_bytes(const av_batch_session *b) {
+    const av_config *c = &b->m->cfg;
+    return 2 * sizeof(float) * (size_t)c->n_layers * c->n_kv_heads * c->head_dim;
+}
+
+static av_status kv_check(const av_batch_session *b, int i, int n, int ld) {
+    if (i < 0 || i >= b->N || n < 0 || n > b->max_seq || ld < n) return av_fail(AV_ERR_ARG, "batch: rows [0, %d) of sequence %d", n, i);
+    return AV_OK;
+}
+
+av_status av_batch_session_kv_save(av_batch_session *b, int i, int n, int ld, float *k, float *v) {
+    AV_TRY(kv_check(b, i, n, ld));
+    host_sampling_mode(b);
+    const av_backend *be = b->m->be;
+    size_t kvd = (size_t)b->m->cfg.n_kv_heads * b->m->cfg.head_dim, rows = (size_t)n * kvd, lds = (size_t)ld * kvd;
+    for (int l = 0; l < b->m->cfg.n_layers; l++) {
+        size_t off = (size_t)l * b->plan.ws.layer_stride + (size_t)i * b->plan.ws.seq_stride;
+        be->download(k + (size_t)l * lds, b->k_cache + off, sizeof(float) * rows);
+        be->download(v + (size_t)l * lds, b->v_cache + off, sizeof(float) * rows);
+    }
+    return av_cuda_status();
+}
+
+av_status av_batch_session_kv_load(av_batch_session *b, int i, int n, int ld, const float *k, const float *v) {
+    AV_TRY(kv_check(b, i, n, ld));
+    host_sampling_mode(b);
+    const av_backend *be = b->m->be;
+    size_t kvd = (size_t)b->m->cfg.n_kv_heads * b->m->cfg.head_dim, rows = (size_t)n * kvd, lds = (size_t)ld * kvd;
+    for (int l = 0; l < b->m->cfg.n_layers; l++) {
+        size_t off = (size_t)l * b->plan.ws.layer_stride + (size_t)i * b->plan.ws.seq_stride;
+        be->upload(b->k_cache + off, k + (size_t)l * lds, sizeof(float) * rows);
+        be->upload(b->v_cache + off, v + (size_t)l * lds, sizeof(float) * rows);
+    }
+    return av_cuda_status();
+}

@@ -48,4 +48,22 @@ int av_batch_session_pos(const av_batch_session *b, int i);
 /* Backend bytes held by the batch (KV cache + activations). */
 size_t av_batch_session_bytes(const av_batch_session *b);
 
+/* ---- slots for continuous batching (engine/scheduler.c): the host samples every row ----
+ * A session driven through these two calls never uses av_batch_session_prefill/_step. */
+/* Prompt rows ids[0..T) of sequence i at positions p0.. (T <= av_batch_session_chunk), K/V into its
+ * cache region (its rows >= p0 are overwritten; other sequences are untouched). With logits != NULL
+ * the logits of the last row are written there (host, [vocab]). */
+av_status av_batch_session_prefill_at(av_batch_session *b, int i, const int32_t *ids, int T, int p0, float *logits);
+int av_batch_session_chunk(const av_batch_session *b);
+/* One decode row per sequence with pos[i] >= 0: feeds ids[i] at position pos[i] (appended to its
+ * cache) and writes the logits of the k-th such row into logits[k * vocab] (host). Rows with
+ * pos[i] < 0 are idle (no cache write, no logits). */
+av_status av_batch_session_step_logits(av_batch_session *b, const int32_t *ids, const int32_t *pos, float *logits);
+/* Host bytes of one cached position (K and V of every layer). */
+size_t av_batch_session_kv_row_bytes(const av_batch_session *b);
+/* Cache rows [0, n) of sequence i to host memory / back into sequence i (the prefix cache's saved
+ * prefixes); k, v: [n_layers][ld][kv_dim] each (ld >= n rows per layer). */
+av_status av_batch_session_kv_save(av_batch_session *b, int i, int n, int ld, float *k, float *v);
+av_status av_batch_session_kv_load(av_batch_session *b, int i, int n, int ld, const float *k, const float *v);
+
 #endif

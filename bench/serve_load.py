@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Load client for `anvil serve` (standard library only): C concurrent clients, each sending R
+streamed /v1/completions requests one after another (distinct prompts of about P tokens, greedy,
+max_tokens G). Prints one JSON line per concurrency with the time to first token (median, p90),
+the aggregate generation throughput (completion tokens / wall seconds) and the requests' own
+decode speed (after one untimed warm-up request). Usage: serve_load.py PORT [--clients 1,4,8] [--requests 4] [--prompt-words 60] [--gen 32]"""
+import argparse
+import http.client
+import json
+import statistics
+import threading
+import time
+
+WORDS = ("llama alpaca mountain river cloud stone bread window garden letter silver orange "
+         "winter morning harbor candle forest engine violin meadow").split()
+
+
+def prompt_text(client, k, n_words):
+    # distinct from the first word on: no prefix is shared between requests
+    return " ".join(WORDS[(client * 7 + k * 3 + i * (i % 5 + 1)) % len(WORDS)] for i in range(n_words)) + f" {client}-{k}"
+
+
+def one_request(port, text, gen):
+    body = json.dumps({"prompt": text, "max_tokens": gen, "temperature": 0, "stream": True,
+                       "stream_options": {"include_usage": True}})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    if resp.status != 200:
+        raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:200]!r}")
+    ttft, usage = None, None
+    for raw in resp:
+        line = raw.decode().strip()
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        ev = json.loads(line[6:])
+        if ev.get("usage"):
+            usage = ev["usage"]
+        for ch in ev.get("choices", []):
+            if ch.get("text") and ttft is None:
+                ttft = time.perf_counter() - t0
+    total = time.perf_counter() - t0
+    conn.close()
+    return ttft if ttft is not None else total, total, usage
+
+
+def run(port, clients, requests, words, gen):
+    results, errors = [], []
+    lock = threading.Lock()
+
+    def client(c):
+        for k in range(requests):
+            try:
+                r = one_request(port, prompt_text(c, k, words), gen)
+                with lock:
+                    results.append(r)
+            except Exception as e:  # noqa: BLE001 (reported below)
+                with lock:
+                    errors.append(str(e))
+
+    t0 = time.perf_counter()
+    th = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    wall = time.perf_counter() - t0
+    ttfts = sorted(r[0] for r in results)
+    gen_tok = sum(r[2]["completion_tokens"] for r in results if r[2])
+    prompt_tok = sum(r[2]["prompt_tokens"] for r in results if r[2])
+    decode = [(r[2]["completion_tokens"] - 1) / (r[1] - r[0]) for r in results if r[2] and r[1] > r[0] and r[2]["completion_tokens"] > 1]
+    return {
+        "clients": clients, "requests": len(results), "errors": len(errors),
+        "prompt_tokens_mean": round(prompt_tok / max(1, len(results)), 1),
+        "ttft_median_s": round(statistics.median(ttfts), 3) if ttfts else None,
+        "ttft_p90_s": round(ttfts[min(len(ttfts) - 1, int(0.9 * len(ttfts)))], 3) if ttfts else None,
+        "gen_tokens": gen_tok, "wall_s": round(wall, 2),
+        "throughput_tok_s": round(gen_tok / wall, 2) if wall > 0 else None,
+        "per_request_decode_tok_s": round(statistics.median(decode), 2) if decode else None,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("port", type=int)
+    ap.add_argument("--clients", default="1,4,8")
+    ap.add_argument("--requests", type=int, default=4)
+    ap.add_argument("--prompt-words", type=int, default=60)
+    ap.add_argument("--gen", type=int, default=32)
+    a = ap.parse_args()
+    one_request(a.port, "warm-up: the weights are paged in before anything is timed", 4)
+    for c in (int(x) for x in a.clients.split(",")):
+        print(json.dumps(run(a.port, c, a.requests, a.prompt_words, a.gen)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
