@@ -31,11 +31,13 @@ static size_t al64(size_t n) { return (n + 63) & ~(size_t)63; }
  * 4 bits: even columns (low nibbles) then odd; 2 bits: the four 2-bit planes; else natural. */
 static int chunk_cols(int bits) { return bits == 4 ? 128 : bits == 2 ? 256 : 64; }
 
+#if defined(QK_VNNI)
 static inline size_t x_pos(int col, int bits) {
     if (bits == 4) return (size_t)(col >> 7) * 128 + (size_t)(col & 1) * 64 + (size_t)((col & 127) >> 1);
     if (bits == 2) return (size_t)(col >> 8) * 256 + (size_t)(col & 3) * 64 + (size_t)((col & 255) >> 2);
     return (size_t)col;
 }
+#endif
 
 size_t av_qx_size(int T, const av_mat *W) {
     int K = W->cols, cc = chunk_cols(W->q_bits), nc = (K + cc - 1) / cc, ngp = (K / W->q_group + 15) / 16 * 16;
