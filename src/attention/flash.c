@@ -1,57 +1,318 @@
-/* Flash attention forward on the CPU: causal GQA attention over query blocks x key blocks with an
- * online (running max / running sum) softmax, never holding more than one block of scores. The
- * reference for the CUDA kernel in flash.cu; equal to standard.c within f32 rounding. */
+/* Flash attention on the CPU, forward and backward: causal GQA attention over 64-query x 64-key
+ * tiles with an online softmax (forward) and the softmax recomputed from the log-sum-exp (backward),
+ * never holding more than one tile of scores. Tile products run on a small register-blocked kernel
+ * (AVX-512 where compiled in); threads split (sequence, head, query tile) or (sequence, KV head, key
+ * tile), so every output element has one writer. Equal to standard.c within f32 rounding. */
 #include <stddef.h>
 #include "attention/attention.h"
+#include "ops/ops.h"
 #include "ops/simd.h"
 #include <math.h>
+#include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
-#define FL_BR 32 /* query rows per block */
-#define FL_BC 64 /* keys per block */
+#define FL_B 64 /* query rows and keys per tile */
+
+/* ------------------------------------------------------------------ tile products */
+
+/* C[m, n] (= or +=) A[m, k] . B[k, n]; row strides lda, ldb, ldc. */
+#if defined(__AVX512F__)
+/* R (<= 4) rows by n (<= 64) columns: R x 4 accumulators, one broadcast of A per row and step. */
+static inline __attribute__((always_inline)) void mm_tile(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int R, int n,
+                                                          int k, int acc) {
+    __m512 c[4][4];
+    __mmask16 km[4];
+    int nv = (n + 15) / 16;
+    for (int u = 0; u < 4; u++) {
+        int w = n - 16 * u;
+        km[u] = w >= 16 ? (__mmask16)0xFFFF : w > 0 ? (__mmask16)((1u << w) - 1) : 0;
+    }
+    for (int r = 0; r < R; r++)
+        for (int u = 0; u < nv; u++) c[r][u] = acc ? _mm512_maskz_loadu_ps(km[u], C + (size_t)r * ldc + 16 * u) : _mm512_setzero_ps();
+    for (int p = 0; p < k; p++) {
+        __m512 b[4];
+        for (int u = 0; u < nv; u++) b[u] = _mm512_maskz_loadu_ps(km[u], B + (size_t)p * ldb + 16 * u);
+        for (int r = 0; r < R; r++) {
+            __m512 a = _mm512_set1_ps(A[(size_t)r * lda + p]);
+            for (int u = 0; u < nv; u++) c[r][u] = _mm512_fmadd_ps(a, b[u], c[r][u]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int u = 0; u < nv; u++) _mm512_mask_storeu_ps(C + (size_t)r * ldc + 16 * u, km[u], c[r][u]);
+}
+static void mm(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int m, int n, int k, int acc) {
+    for (int i = 0; i < m; i += 4)
+        for (int j = 0; j < n; j += 64) {
+            int R = m - i < 4 ? m - i : 4, w = n - j < 64 ? n - j : 64;
+            float *c = C + (size_t)i * ldc + j;
+            const float *a = A + (size_t)i * lda, *b = B + j;
+            if (R == 4 && w == 64) mm_tile(c, ldc, a, lda, b, ldb, 4, 64, k, acc);
+            else mm_tile(c, ldc, a, lda, b, ldb, R, w, k, acc);
+        }
+}
+#else
+static void mm(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int m, int n, int k, int acc) {
+    for (int i = 0; i < m; i++) {
+        float *c = C + (size_t)i * ldc;
+        if (!acc) memset(c, 0, (size_t)n * sizeof(float));
+        for (int p = 0; p < k; p++) {
+            float a = A[(size_t)i * lda + p];
+            const float *b = B + (size_t)p * ldb;
+            for (int j = 0; j < n; j++) c[j] += a * b[j];
+        }
+    }
+}
+#endif
+
+/* dst[n, m] (row stride ldd) = src[m, n]^T (row stride lds) */
+static void transpose(float *dst, int ldd, const float *src, int lds, int m, int n) {
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) dst[(size_t)j * ldd + i] = src[(size_t)i * lds + j];
+}
+
+/* ------------------------------------------------------------------ shared pieces */
+
+typedef struct {
+    const float *q, *k, *v;
+    int B, T, S, pos0, H, KVH, hd; /* S: key rows per sequence (the batch: T, pos0 0) */
+    size_t qs, ks;                 /* row strides of q and of k, v */
+    float scale;
+} fl_shape;
+
+static fl_shape shape_of(const float *q, const float *k, const float *v, int B, int T, int S, int pos0, int H, int KVH, int hd) {
+    fl_shape s = {q, k, v, B, T, S, pos0, H, KVH, hd, (size_t)H * hd, (size_t)KVH * hd, 1.0f / sqrtf((float)hd)};
+    return s;
+}
+
+/* Qs[r, :] = scale * q row (b, t0 + r, head h), r < br (contiguous, row stride hd) */
+static void load_q(float *Qs, const fl_shape *s, int b, int h, int t0, int br) {
+    for (int r = 0; r < br; r++) {
+        const float *src = s->q + ((size_t)b * s->T + t0 + r) * s->qs + (size_t)h * s->hd;
+        for (int d = 0; d < s->hd; d++) Qs[(size_t)r * s->hd + d] = src[d] * s->scale;
+    }
+}
+/* the key (or value) rows s0.. of sequence b, KV head kh */
+static const float *kv_rows(const fl_shape *s, const float *x, int b, int kh, int s0) {
+    return x + ((size_t)b * s->S + s0) * s->ks + (size_t)kh * s->hd;
+}
+
+/* Visible keys of row t (position pos0 + t) within the key tile starting at s0 of width bc. */
+static int visible(int pos0, int t, int s0, int bc) {
+    int n = pos0 + t + 1 - s0;
+    return n < 0 ? 0 : n > bc ? bc : n;
+}
+
+/* Per-thread scratch: one block of floats per thread, or NULL (out of memory). */
+static float *scratch(size_t per_thread, int *nth) {
+    *nth = omp_get_max_threads();
+    return malloc(per_thread * (size_t)*nth * sizeof(float));
+}
+
+/* ------------------------------------------------------------------ forward */
+
+/* One (sequence, head, query tile) job: O = softmax(Qs K^T) V over the visible key tiles. */
+static void fwd_job(const fl_shape *s, float *out, float *lse, uint16_t *out16, int b, int h, int qb, float *w) {
+    int hd = s->hd, kh = h / (s->H / s->KVH), t0 = qb * FL_B, br = s->T - t0 < FL_B ? s->T - t0 : FL_B;
+    float *Qs = w, *O = Qs + FL_B * hd, *KT = O + FL_B * hd, *S = KT + FL_B * hd, *m = S + FL_B * FL_B, *l = m + FL_B;
+    load_q(Qs, s, b, h, t0, br);
+    memset(O, 0, sizeof(float) * br * hd);
+    for (int r = 0; r < br; r++) m[r] = -INFINITY, l[r] = 0.0f;
+    int kend = s->pos0 + t0 + br; /* keys the tile's last row sees */
+    for (int s0 = 0; s0 < kend; s0 += FL_B) {
+        int bc = kend - s0 < FL_B ? kend - s0 : FL_B;
+        transpose(KT, FL_B, kv_rows(s, s->k, b, kh, s0), (int)s->ks, bc, hd);
+        mm(S, FL_B, Qs, hd, KT, FL_B, br, bc, hd, 0);
+        for (int r = 0; r < br; r++) {
+            float *sr = S + (size_t)r * FL_B;
+            int n = visible(s->pos0, t0 + r, s0, bc);
+            if (n > 0) { /* the first tile shows every row key 0: m[r] is finite after it */
+                float mx = av_max(sr, n);
+                if (mx < m[r]) mx = m[r];
+                float corr = expf(m[r] - mx); /* m[r] = -inf on the first tile: 0 */
+                float sum = av_exp_sub_sum(sr, mx, n);
+                l[r] = l[r] * corr + sum;
+                m[r] = mx;
+                if (corr != 1.0f) av_scale(O + (size_t)r * hd, corr, hd);
+            }
+            if (n < bc) memset(sr + n, 0, sizeof(float) * (bc - n));
+        }
+        mm(O, hd, S, FL_B, kv_rows(s, s->v, b, kh, s0), (int)s->ks, br, hd, bc, 1);
+    }
+    for (int r = 0; r < br; r++) {
+        size_t row = (size_t)b * s->T + t0 + r;
+        float *o = out + row * s->qs + (size_t)h * hd, inv = 1.0f / l[r];
+        for (int d = 0; d < hd; d++) o[d] = O[(size_t)r * hd + d] * inv;
+        if (out16) av_store_bf16(out16 + row * s->qs + (size_t)h * hd, o, (size_t)hd);
+        if (lse) lse[((size_t)b * s->H + h) * s->T + t0 + r] = m[r] + logf(l[r]);
+    }
+}
+
+/* Every (sequence, head, query tile), the heaviest tiles (most keys) first; -1: out of memory. */
+static int flash_fwd(const fl_shape *s, float *out, float *lse, uint16_t *out16) {
+    int nb = (s->T + FL_B - 1) / FL_B, nbh = s->B * s->H, nth;
+    size_t per = (size_t)3 * FL_B * s->hd + FL_B * FL_B + 2 * FL_B;
+    float *w = scratch(per, &nth);
+    if (!w) return -1;
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)nbh * (s->pos0 + s->T) > 4096)
+    for (int job = 0; job < nbh * nb; job++) {
+        int qb = nb - 1 - job / nbh, bh = job % nbh;
+        fwd_job(s, out, lse, out16, bh / s->H, bh % s->H, qb, w + per * (size_t)omp_get_thread_num());
+    }
+    free(w);
+    return 0;
+}
 
 void av_flash_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int T, int S, int pos0,
                                 int H, int KVH, int hd) {
-    (void)S;
-    int group = H / KVH, qs = H * hd, ks = KVH * hd, nb = (T + FL_BR - 1) / FL_BR;
-    float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for schedule(dynamic, 1) if (H * (pos0 + T) > 4096)
-    for (int job = 0; job < H * nb; job++) {
-        int h = job / nb, b = nb - 1 - job % nb, kh = h / group;
-        int t0 = b * FL_BR, bt = T - t0 < FL_BR ? T - t0 : FL_BR;
-        float m[FL_BR], l[FL_BR], sc[FL_BC];
-        for (int r = 0; r < bt; r++) {
-            m[r] = -INFINITY;
-            l[r] = 0.0f;
-            memset(out + (size_t)(t0 + r) * qs + (size_t)h * hd, 0, (size_t)hd * sizeof(float));
-        }
-        int kend = pos0 + t0 + bt; /* keys the block's last row sees */
-        for (int s0 = 0; s0 < kend; s0 += FL_BC) {
-            for (int r = 0; r < bt; r++) {
-                int n = pos0 + t0 + r + 1 - s0; /* visible keys of this row in this block */
-                if (n <= 0) continue;
-                if (n > FL_BC) n = FL_BC;
-                const float *qr = q + (size_t)(t0 + r) * qs + (size_t)h * hd;
-                float mx = m[r];
-                for (int j = 0; j < n; j++) {
-                    sc[j] = av_dot_f32(qr, k + (size_t)(s0 + j) * ks + (size_t)kh * hd, hd) * scale;
-                    if (sc[j] > mx) mx = sc[j];
+    fl_shape s = shape_of(q, k, v, 1, T, S, pos0, H, KVH, hd);
+    if (T > 0 && flash_fwd(&s, out, lse, NULL) != 0) { /* no scratch: the standard attention (same function) */
+        av_attention_forward(out, NULL, q, k, v, T, S, pos0, H, KVH, hd);
+        if (lse) /* its rows' log-sum-exp are not kept: recompute them with one row at a time */
+            for (int h = 0; h < H; h++)
+                for (int t = 0; t < T; t++) {
+                    const float *qr = q + (size_t)t * H * hd + (size_t)h * hd;
+                    double mx = -INFINITY, sum = 0;
+                    int n = pos0 + t + 1, kh = h / (H / KVH);
+                    for (int j = 0; j < n; j++) {
+                        double d = av_dot_f32(qr, k + (size_t)j * KVH * hd + (size_t)kh * hd, hd) * s.scale;
+                        if (d > mx) sum = sum * exp(mx - d) + 1, mx = d;
+                        else sum += exp(d - mx);
+                    }
+                    lse[(size_t)h * T + t] = (float)(mx + log(sum));
                 }
-                float corr = expf(m[r] - mx), sum = 0.0f; /* m[r] = -inf on the first block: corr 0 */
-                float *o = out + (size_t)(t0 + r) * qs + (size_t)h * hd;
-                if (corr != 1.0f) av_scale(o, corr, hd);
-                for (int j = 0; j < n; j++) {
-                    float p = expf(sc[j] - mx);
-                    sum += p;
-                    av_axpy(o, p, v + (size_t)(s0 + j) * ks + (size_t)kh * hd, hd);
-                }
-                l[r] = l[r] * corr + sum;
-                m[r] = mx;
-            }
+    }
+}
+
+int av_flash_attention_forward_batch(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int H, int KVH,
+                                     int hd, uint16_t *out16) {
+    if (KVH <= 0 || H % KVH || hd <= 0) return -1;
+    if (B <= 0 || T <= 0) return 0;
+    fl_shape s = shape_of(q, k, v, B, T, T, 0, H, KVH, hd);
+    return flash_fwd(&s, out, lse, out16);
+}
+
+/* ------------------------------------------------------------------ backward */
+
+/* One tile's recomputed softmax and its gradient: P = exp(Qs K^T - lse) (0 where masked),
+ * dP = dO V^T, dS = P (dP - delta); S and dP are [br, FL_B] with row stride FL_B. */
+static void tile_grads(float *P, float *dS, const float *Qs, int hd, const float *KT, const float *VT, const float *dO, size_t ldo,
+                       const float *L, const float *delta, int t0, int s0, int br, int bc) {
+    mm(P, FL_B, Qs, hd, KT, FL_B, br, bc, hd, 0);
+    mm(dS, FL_B, dO, (int)ldo, VT, FL_B, br, bc, hd, 0);
+    for (int r = 0; r < br; r++) {
+        float *pr = P + (size_t)r * FL_B, *dr = dS + (size_t)r * FL_B;
+        int n = visible(0, t0 + r, s0, bc);
+        if (n > 0) av_exp_sub_sum(pr, L[r], n);
+        if (n < bc) memset(pr + n, 0, sizeof(float) * (bc - n));
+        for (int j = 0; j < bc; j++) dr[j] = pr[j] * (dr[j] - delta[r]);
+    }
+}
+
+/* delta[r] = dout . out of row (b, t0 + r, h); L[r] its lse */
+static void row_stats(float *delta, float *L, const fl_shape *s, const float *dout, const float *out, const float *lse, int b, int h, int t0,
+                      int br) {
+    for (int r = 0; r < br; r++) {
+        size_t off = ((size_t)b * s->T + t0 + r) * s->qs + (size_t)h * s->hd;
+        delta[r] = av_dot_f32(dout + off, out + off, s->hd);
+        L[r] = lse[((size_t)b * s->H + h) * s->T + t0 + r];
+    }
+}
+
+/* dst rows (+)= src [n, hd] (row stride of dst: ld) */
+static void put_rows(float *dst, size_t ld, const float *src, int n, int hd, float a, int over) {
+    for (int r = 0; r < n; r++) {
+        float *d = dst + (size_t)r * ld;
+        const float *x = src + (size_t)r * hd;
+        if (over) for (int i = 0; i < hd; i++) d[i] = a * x[i];
+        else av_axpy(d, a, x, hd);
+    }
+}
+
+/* dK, dV of one (sequence, KV head, key tile): every query head of the group, every query tile at or
+ * after the key tile. dV += P^T dO, dK += dS^T Qs (Qs carries the scale). */
+static void bwd_kv_job(const fl_shape *s, float *dk, float *dv, const float *dout, const float *out, const float *lse, int b, int kh, int kb,
+                       int over, float *w) {
+    int hd = s->hd, group = s->H / s->KVH, s0 = kb * FL_B, bc = s->T - s0 < FL_B ? s->T - s0 : FL_B, nb = (s->T + FL_B - 1) / FL_B;
+    float *KT = w, *VT = KT + FL_B * hd, *Qs = VT + FL_B * hd, *dK = Qs + FL_B * hd, *dV = dK + FL_B * hd, *P = dV + FL_B * hd,
+          *dS = P + FL_B * FL_B, *PT = dS + FL_B * FL_B, *delta = PT + FL_B * FL_B, *L = delta + FL_B;
+    transpose(KT, FL_B, kv_rows(s, s->k, b, kh, s0), (int)s->ks, bc, hd);
+    transpose(VT, FL_B, kv_rows(s, s->v, b, kh, s0), (int)s->ks, bc, hd);
+    memset(dK, 0, sizeof(float) * bc * hd);
+    memset(dV, 0, sizeof(float) * bc * hd);
+    for (int h = kh * group; h < (kh + 1) * group; h++)
+        for (int qb = kb; qb < nb; qb++) {
+            int t0 = qb * FL_B, br = s->T - t0 < FL_B ? s->T - t0 : FL_B;
+            const float *dO = dout + ((size_t)b * s->T + t0) * s->qs + (size_t)h * hd;
+            load_q(Qs, s, b, h, t0, br);
+            row_stats(delta, L, s, dout, out, lse, b, h, t0, br);
+            tile_grads(P, dS, Qs, hd, KT, VT, dO, s->qs, L, delta, t0, s0, br, bc);
+            transpose(PT, FL_B, P, FL_B, br, bc);
+            mm(dV, hd, PT, FL_B, dO, (int)s->qs, bc, hd, br, 1);
+            transpose(PT, FL_B, dS, FL_B, br, bc);
+            mm(dK, hd, PT, FL_B, Qs, hd, bc, hd, br, 1);
         }
-        for (int r = 0; r < bt; r++) {
-            av_scale(out + (size_t)(t0 + r) * qs + (size_t)h * hd, 1.0f / l[r], hd);
-            if (lse) lse[(size_t)h * T + t0 + r] = m[r] + logf(l[r]);
+    size_t row = (size_t)b * s->T + s0;
+    put_rows(dk + row * s->ks + (size_t)kh * hd, s->ks, dK, bc, hd, 1.0f, over);
+    put_rows(dv + row * s->ks + (size_t)kh * hd, s->ks, dV, bc, hd, 1.0f, over);
+}
+
+/* dQ of one (sequence, head, query tile): dQ += scale dS K over the key tiles up to the diagonal. */
+static void bwd_q_job(const fl_shape *s, float *dq, const float *dout, const float *out, const float *lse, int b, int h, int qb, int over,
+                      float *w) {
+    int hd = s->hd, kh = h / (s->H / s->KVH), t0 = qb * FL_B, br = s->T - t0 < FL_B ? s->T - t0 : FL_B;
+    float *KT = w, *VT = KT + FL_B * hd, *Qs = VT + FL_B * hd, *dQ = Qs + FL_B * hd, *P = dQ + 2 * FL_B * hd, *dS = P + FL_B * FL_B,
+          *delta = dS + 2 * FL_B * FL_B, *L = delta + FL_B;
+    const float *dO = dout + ((size_t)b * s->T + t0) * s->qs + (size_t)h * hd;
+    load_q(Qs, s, b, h, t0, br);
+    row_stats(delta, L, s, dout, out, lse, b, h, t0, br);
+    memset(dQ, 0, sizeof(float) * br * hd);
+    for (int kb = 0; kb <= qb; kb++) {
+        int s0 = kb * FL_B, bc = s->T - s0 < FL_B ? s->T - s0 : FL_B;
+        const float *K = kv_rows(s, s->k, b, kh, s0);
+        transpose(KT, FL_B, K, (int)s->ks, bc, hd);
+        transpose(VT, FL_B, kv_rows(s, s->v, b, kh, s0), (int)s->ks, bc, hd);
+        tile_grads(P, dS, Qs, hd, KT, VT, dO, s->qs, L, delta, t0, s0, br, bc);
+        mm(dQ, hd, dS, FL_B, K, (int)s->ks, br, hd, bc, 1);
+    }
+    put_rows(dq + ((size_t)b * s->T + t0) * s->qs + (size_t)h * hd, s->qs, dQ, br, hd, s->scale, over);
+}
+
+int av_flash_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse, const float *q,
+                                      const float *k, const float *v, int B, int T, int H, int KVH, int hd, const int32_t *rope_pos,
+                                      const float *inv_freq, uint16_t *d16) {
+    if (KVH <= 0 || H % KVH || hd <= 0) return -1;
+    if (B <= 0 || T <= 0) return 0;
+    fl_shape s = shape_of(q, k, v, B, T, T, 0, H, KVH, hd);
+    int over = rope_pos && inv_freq, nb = (T + FL_B - 1) / FL_B, nbk = B * KVH, nbh = B * H, nth;
+    size_t per = (size_t)5 * FL_B * hd + 3 * FL_B * FL_B + 2 * FL_B;
+    float *w = scratch(per, &nth);
+    if (!w) return -1;
+    int par = (size_t)nbh * T > 4096;
+#pragma omp parallel if (par)
+    {
+        float *mine = w + per * (size_t)omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+        for (int job = 0; job < nbk * nb; job++) { /* key tile 0 (most query tiles) first */
+            int kb = job / nbk, bk = job % nbk;
+            bwd_kv_job(&s, dk, dv, dout, out, lse, bk / KVH, bk % KVH, kb, over, mine);
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int job = 0; job < nbh * nb; job++) { /* query tile nb-1 (most key tiles) first */
+            int qb = nb - 1 - job / nbh, bh = job % nbh;
+            bwd_q_job(&s, dq, dout, out, lse, bh / H, bh % H, qb, over, mine);
         }
     }
+    free(w);
+    if (over) {
+        size_t N = (size_t)B * T;
+        av_rope_backward(dq, rope_pos, inv_freq, (int)N, H, hd);
+        av_rope_backward(dk, rope_pos, inv_freq, (int)N, KVH, hd);
+        if (d16) {
+            av_store_bf16(d16, dq, N * H * hd);
+            av_store_bf16(d16 + N * H * hd, dk, N * KVH * hd);
+            av_store_bf16(d16 + N * (H + KVH) * hd, dv, N * KVH * hd);
+        }
+    }
+    return 0;
 }
