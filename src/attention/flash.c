@@ -18,38 +18,73 @@
 
 /* C[m, n] (= or +=) A[m, k] . B[k, n]; row strides lda, ldb, ldc. */
 #if defined(__AVX512F__)
-/* R (<= 4) rows by n (<= 64) columns: R x 4 accumulators, one broadcast of A per row and step. */
-static inline __attribute__((always_inline)) void mm_tile(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int R, int n,
-                                                          int k, int acc) {
-    __m512 c[4][4];
-    __mmask16 km[4];
-    int nv = (n + 15) / 16;
+/* 4 rows x 64 columns in 16 accumulator registers: per step 4 loads of B, 4 broadcasts of A, 16 FMAs. */
+#define FL_ROW(r)                                                                                                                 \
+    __m512 c##r##0, c##r##1, c##r##2, c##r##3;                                                                                    \
+    if (acc) {                                                                                                                    \
+        c##r##0 = _mm512_loadu_ps(C + (size_t)(r) * ldc), c##r##1 = _mm512_loadu_ps(C + (size_t)(r) * ldc + 16);                  \
+        c##r##2 = _mm512_loadu_ps(C + (size_t)(r) * ldc + 32), c##r##3 = _mm512_loadu_ps(C + (size_t)(r) * ldc + 48);             \
+    } else {                                                                                                                      \
+        c##r##0 = c##r##1 = c##r##2 = c##r##3 = _mm512_setzero_ps();                                                              \
+    }
+#define FL_FMA(r)                                                                                                                 \
+    do {                                                                                                                          \
+        __m512 a = _mm512_set1_ps(A[(size_t)(r) * lda + p]);                                                                      \
+        c##r##0 = _mm512_fmadd_ps(a, b0, c##r##0), c##r##1 = _mm512_fmadd_ps(a, b1, c##r##1);                                     \
+        c##r##2 = _mm512_fmadd_ps(a, b2, c##r##2), c##r##3 = _mm512_fmadd_ps(a, b3, c##r##3);                                     \
+    } while (0)
+#define FL_STORE(r)                                                                                                               \
+    do {                                                                                                                          \
+        _mm512_storeu_ps(C + (size_t)(r) * ldc, c##r##0), _mm512_storeu_ps(C + (size_t)(r) * ldc + 16, c##r##1);                  \
+        _mm512_storeu_ps(C + (size_t)(r) * ldc + 32, c##r##2), _mm512_storeu_ps(C + (size_t)(r) * ldc + 48, c##r##3);             \
+    } while (0)
+static void mm_4x64(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int k, int acc) {
+    FL_ROW(0) FL_ROW(1) FL_ROW(2) FL_ROW(3)
+    for (int p = 0; p < k; p++) {
+        const float *b = B + (size_t)p * ldb;
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), b2 = _mm512_loadu_ps(b + 32), b3 = _mm512_loadu_ps(b + 48);
+        FL_FMA(0);
+        FL_FMA(1);
+        FL_FMA(2);
+        FL_FMA(3);
+    }
+    FL_STORE(0);
+    FL_STORE(1);
+    FL_STORE(2);
+    FL_STORE(3);
+}
+/* One row by n (<= 64) columns, masked: the edges of the tiles. */
+static void mm_1xn(float *C, const float *A, const float *B, int ldb, int n, int k, int acc) {
+    __mmask16 m[4];
     for (int u = 0; u < 4; u++) {
         int w = n - 16 * u;
-        km[u] = w >= 16 ? (__mmask16)0xFFFF : w > 0 ? (__mmask16)((1u << w) - 1) : 0;
+        m[u] = w >= 16 ? (__mmask16)0xFFFF : w > 0 ? (__mmask16)((1u << w) - 1) : 0;
     }
-    for (int r = 0; r < R; r++)
-        for (int u = 0; u < nv; u++) c[r][u] = acc ? _mm512_maskz_loadu_ps(km[u], C + (size_t)r * ldc + 16 * u) : _mm512_setzero_ps();
+    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    if (acc) {
+        c0 = _mm512_maskz_loadu_ps(m[0], C), c1 = _mm512_maskz_loadu_ps(m[1], C + 16);
+        c2 = _mm512_maskz_loadu_ps(m[2], C + 32), c3 = _mm512_maskz_loadu_ps(m[3], C + 48);
+    }
     for (int p = 0; p < k; p++) {
-        __m512 b[4];
-        for (int u = 0; u < nv; u++) b[u] = _mm512_maskz_loadu_ps(km[u], B + (size_t)p * ldb + 16 * u);
-        for (int r = 0; r < R; r++) {
-            __m512 a = _mm512_set1_ps(A[(size_t)r * lda + p]);
-            for (int u = 0; u < nv; u++) c[r][u] = _mm512_fmadd_ps(a, b[u], c[r][u]);
-        }
+        const float *b = B + (size_t)p * ldb;
+        __m512 a = _mm512_set1_ps(A[p]);
+        c0 = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m[0], b), c0);
+        c1 = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m[1], b + 16), c1);
+        c2 = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m[2], b + 32), c2);
+        c3 = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m[3], b + 48), c3);
     }
-    for (int r = 0; r < R; r++)
-        for (int u = 0; u < nv; u++) _mm512_mask_storeu_ps(C + (size_t)r * ldc + 16 * u, km[u], c[r][u]);
+    _mm512_mask_storeu_ps(C, m[0], c0);
+    _mm512_mask_storeu_ps(C + 16, m[1], c1);
+    _mm512_mask_storeu_ps(C + 32, m[2], c2);
+    _mm512_mask_storeu_ps(C + 48, m[3], c3);
 }
 static void mm(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int m, int n, int k, int acc) {
-    for (int i = 0; i < m; i += 4)
-        for (int j = 0; j < n; j += 64) {
-            int R = m - i < 4 ? m - i : 4, w = n - j < 64 ? n - j : 64;
-            float *c = C + (size_t)i * ldc + j;
-            const float *a = A + (size_t)i * lda, *b = B + j;
-            if (R == 4 && w == 64) mm_tile(c, ldc, a, lda, b, ldb, 4, 64, k, acc);
-            else mm_tile(c, ldc, a, lda, b, ldb, R, w, k, acc);
-        }
+    for (int j = 0; j < n; j += 64) {
+        int w = n - j < 64 ? n - j : 64, i = 0;
+        if (w == 64)
+            for (; i + 4 <= m; i += 4) mm_4x64(C + (size_t)i * ldc + j, ldc, A + (size_t)i * lda, lda, B + j, ldb, k, acc);
+        for (; i < m; i++) mm_1xn(C + (size_t)i * ldc + j, A + (size_t)i * lda, B + j, ldb, w, k, acc);
+    }
 }
 #else
 static void mm(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int m, int n, int k, int acc) {
