@@ -242,7 +242,12 @@ int main(void) {
           "CPU table lacks the flash training ops");
     CHECK(av_flash_attention_backward_batch(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 6, 4, 64, NULL, NULL, NULL) != 0,
           "H=6 KVH=4 accepted");
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_shape(shapes[i]);
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+#ifdef FLASH_TEST_PORTABLE /* the portable build (Makefile: test_flash_cpu_portable) covers the edges, not the long rows */
+        if (shapes[i].T > 511) continue;
+#endif
+        check_shape(shapes[i]);
+    }
     check_training();
     if (getenv("AV_TEST_LONG")) check_long(long_shape);
     else SKIP("T=8192 (set AV_TEST_LONG=1)");
