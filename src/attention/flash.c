@@ -108,28 +108,36 @@ static void transpose(float *dst, int ldd, const float *src, int lds, int m, int
 
 /* ------------------------------------------------------------------ shared pieces */
 
+/* The call's shape and its inputs. Keys and values (and in the backward q, scaled, and dout) are
+ * first packed head-major, [B][heads][rows][hd], so a tile is one contiguous block (a few pages,
+ * prefetched in order) instead of 64 rows a whole token-major row apart. */
 typedef struct {
-    const float *q, *k, *v;
+    const float *q;                /* token-major q [B*T, H*hd] (the forward loads its tiles from it) */
+    const float *Kh, *Vh;          /* [B][KVH][S][hd] */
+    const float *Qh, *dOh, *delta; /* backward: scale*q and dout [B][H][T][hd]; delta = dout . out [B][H][T] */
+    const float *lse;              /* backward: [B][H][T] */
     int B, T, S, pos0, H, KVH, hd; /* S: key rows per sequence (the batch: T, pos0 0) */
-    size_t qs, ks;                 /* row strides of q and of k, v */
+    size_t qs;                     /* row stride of q, out, dout */
     float scale;
 } fl_shape;
 
-static fl_shape shape_of(const float *q, const float *k, const float *v, int B, int T, int S, int pos0, int H, int KVH, int hd) {
-    fl_shape s = {q, k, v, B, T, S, pos0, H, KVH, hd, (size_t)H * hd, (size_t)KVH * hd, 1.0f / sqrtf((float)hd)};
-    return s;
-}
-
-/* Qs[r, :] = scale * q row (b, t0 + r, head h), r < br (contiguous, row stride hd) */
-static void load_q(float *Qs, const fl_shape *s, int b, int h, int t0, int br) {
-    for (int r = 0; r < br; r++) {
-        const float *src = s->q + ((size_t)b * s->T + t0 + r) * s->qs + (size_t)h * s->hd;
-        for (int d = 0; d < s->hd; d++) Qs[(size_t)r * s->hd + d] = src[d] * s->scale;
+/* dst[b][h][t][:] = scale * src[(b*T + t)][h*hd ..] for NH heads */
+static void pack_heads(float *dst, const float *src, int B, int T, int NH, int hd, float scale) {
+    size_t rows = (size_t)B * T, ld = (size_t)NH * hd;
+#pragma omp parallel for schedule(static) if (rows * ld > 65536)
+    for (size_t row = 0; row < rows; row++) {
+        size_t b = row / T, t = row % T;
+        for (int h = 0; h < NH; h++) {
+            float *d = dst + ((b * NH + h) * T + t) * hd;
+            const float *x = src + row * ld + (size_t)h * hd;
+            for (int i = 0; i < hd; i++) d[i] = x[i] * scale;
+        }
     }
 }
-/* the key (or value) rows s0.. of sequence b, KV head kh */
-static const float *kv_rows(const fl_shape *s, const float *x, int b, int kh, int s0) {
-    return x + ((size_t)b * s->S + s0) * s->ks + (size_t)kh * s->hd;
+
+/* rows s0.. of sequence b, head h of a packed [B][NH][n][hd] array */
+static const float *head_rows(const float *x, int b, int h, int NH, int n, int hd, int s0) {
+    return x + (((size_t)b * NH + h) * n + s0) * hd;
 }
 
 /* Visible keys of row t (position pos0 + t) within the key tile starting at s0 of width bc. */
@@ -138,25 +146,22 @@ static int visible(int pos0, int t, int s0, int bc) {
     return n < 0 ? 0 : n > bc ? bc : n;
 }
 
-/* Per-thread scratch: one block of floats per thread, or NULL (out of memory). */
-static float *scratch(size_t per_thread, int *nth) {
-    *nth = omp_get_max_threads();
-    return malloc(per_thread * (size_t)*nth * sizeof(float));
-}
-
 /* ------------------------------------------------------------------ forward */
 
 /* One (sequence, head, query tile) job: O = softmax(Qs K^T) V over the visible key tiles. */
 static void fwd_job(const fl_shape *s, float *out, float *lse, uint16_t *out16, int b, int h, int qb, float *w) {
     int hd = s->hd, kh = h / (s->H / s->KVH), t0 = qb * FL_B, br = s->T - t0 < FL_B ? s->T - t0 : FL_B;
     float *Qs = w, *O = Qs + FL_B * hd, *KT = O + FL_B * hd, *S = KT + FL_B * hd, *m = S + FL_B * FL_B, *l = m + FL_B;
-    load_q(Qs, s, b, h, t0, br);
+    for (int r = 0; r < br; r++) {
+        const float *src = s->q + ((size_t)b * s->T + t0 + r) * s->qs + (size_t)h * hd;
+        for (int d = 0; d < hd; d++) Qs[(size_t)r * hd + d] = src[d] * s->scale;
+    }
     memset(O, 0, sizeof(float) * br * hd);
     for (int r = 0; r < br; r++) m[r] = -INFINITY, l[r] = 0.0f;
     int kend = s->pos0 + t0 + br; /* keys the tile's last row sees */
     for (int s0 = 0; s0 < kend; s0 += FL_B) {
         int bc = kend - s0 < FL_B ? kend - s0 : FL_B;
-        transpose(KT, FL_B, kv_rows(s, s->k, b, kh, s0), (int)s->ks, bc, hd);
+        transpose(KT, FL_B, head_rows(s->Kh, b, kh, s->KVH, s->S, hd, s0), hd, bc, hd);
         mm(S, FL_B, Qs, hd, KT, FL_B, br, bc, hd, 0);
         for (int r = 0; r < br; r++) {
             float *sr = S + (size_t)r * FL_B;
@@ -172,7 +177,7 @@ static void fwd_job(const fl_shape *s, float *out, float *lse, uint16_t *out16, 
             }
             if (n < bc) memset(sr + n, 0, sizeof(float) * (bc - n));
         }
-        mm(O, hd, S, FL_B, kv_rows(s, s->v, b, kh, s0), (int)s->ks, br, hd, bc, 1);
+        mm(O, hd, S, FL_B, head_rows(s->Vh, b, kh, s->KVH, s->S, hd, s0), hd, br, hd, bc, 1);
     }
     for (int r = 0; r < br; r++) {
         size_t row = (size_t)b * s->T + t0 + r;
@@ -183,16 +188,23 @@ static void fwd_job(const fl_shape *s, float *out, float *lse, uint16_t *out16, 
     }
 }
 
-/* Every (sequence, head, query tile), the heaviest tiles (most keys) first; -1: out of memory. */
-static int flash_fwd(const fl_shape *s, float *out, float *lse, uint16_t *out16) {
-    int nb = (s->T + FL_B - 1) / FL_B, nbh = s->B * s->H, nth;
-    size_t per = (size_t)3 * FL_B * s->hd + FL_B * FL_B + 2 * FL_B;
-    float *w = scratch(per, &nth);
+/* Every (sequence, head, query tile), the heaviest tiles (most keys) first; -1: out of memory.
+ * k, v: S rows per sequence. */
+static int flash_fwd(float *out, float *lse, uint16_t *out16, const float *q, const float *k, const float *v, int B, int T, int S, int pos0,
+                     int H, int KVH, int hd) {
+    int nb = (T + FL_B - 1) / FL_B, nbh = B * H, nth = omp_get_max_threads();
+    size_t per = (size_t)3 * FL_B * hd + FL_B * FL_B + 2 * FL_B, nkv = (size_t)B * S * KVH * hd;
+    float *w = malloc((per * (size_t)nth + 2 * nkv) * sizeof(float));
     if (!w) return -1;
-#pragma omp parallel for schedule(dynamic, 1) if ((size_t)nbh * (s->pos0 + s->T) > 4096)
+    float *Kh = w + per * (size_t)nth, *Vh = Kh + nkv;
+    pack_heads(Kh, k, B, S, KVH, hd, 1.0f);
+    pack_heads(Vh, v, B, S, KVH, hd, 1.0f);
+    fl_shape s = {.q = q, .Kh = Kh, .Vh = Vh, .B = B, .T = T, .S = S, .pos0 = pos0, .H = H, .KVH = KVH, .hd = hd, .qs = (size_t)H * hd,
+                  .scale = 1.0f / sqrtf((float)hd)};
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)nbh * (pos0 + T) > 4096)
     for (int job = 0; job < nbh * nb; job++) {
         int qb = nb - 1 - job / nbh, bh = job % nbh;
-        fwd_job(s, out, lse, out16, bh / s->H, bh % s->H, qb, w + per * (size_t)omp_get_thread_num());
+        fwd_job(&s, out, lse, out16, bh / H, bh % H, qb, w + per * (size_t)omp_get_thread_num());
     }
     free(w);
     return 0;
@@ -200,17 +212,16 @@ static int flash_fwd(const fl_shape *s, float *out, float *lse, uint16_t *out16)
 
 void av_flash_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int T, int S, int pos0,
                                 int H, int KVH, int hd) {
-    fl_shape s = shape_of(q, k, v, 1, T, S, pos0, H, KVH, hd);
-    if (T > 0 && flash_fwd(&s, out, lse, NULL) != 0) { /* no scratch: the standard attention (same function) */
+    if (T > 0 && flash_fwd(out, lse, NULL, q, k, v, 1, T, S, pos0, H, KVH, hd) != 0) { /* no scratch: the standard attention */
         av_attention_forward(out, NULL, q, k, v, T, S, pos0, H, KVH, hd);
-        if (lse) /* its rows' log-sum-exp are not kept: recompute them with one row at a time */
+        if (lse) /* its rows' log-sum-exp are not kept: recompute them one row at a time */
             for (int h = 0; h < H; h++)
                 for (int t = 0; t < T; t++) {
                     const float *qr = q + (size_t)t * H * hd + (size_t)h * hd;
                     double mx = -INFINITY, sum = 0;
                     int n = pos0 + t + 1, kh = h / (H / KVH);
                     for (int j = 0; j < n; j++) {
-                        double d = av_dot_f32(qr, k + (size_t)j * KVH * hd + (size_t)kh * hd, hd) * s.scale;
+                        double d = av_dot_f32(qr, k + (size_t)j * KVH * hd + (size_t)kh * hd, hd) / sqrt((double)hd);
                         if (d > mx) sum = sum * exp(mx - d) + 1, mx = d;
                         else sum += exp(d - mx);
                     }
@@ -223,18 +234,18 @@ int av_flash_attention_forward_batch(float *out, float *lse, const float *q, con
                                      int hd, uint16_t *out16) {
     if (KVH <= 0 || H % KVH || hd <= 0) return -1;
     if (B <= 0 || T <= 0) return 0;
-    fl_shape s = shape_of(q, k, v, B, T, T, 0, H, KVH, hd);
-    return flash_fwd(&s, out, lse, out16);
+    return flash_fwd(out, lse, out16, q, k, v, B, T, T, 0, H, KVH, hd);
 }
 
 /* ------------------------------------------------------------------ backward */
 
 /* One tile's recomputed softmax and its gradient: P = exp(Qs K^T - lse) (0 where masked),
- * dP = dO V^T, dS = P (dP - delta); S and dP are [br, FL_B] with row stride FL_B. */
-static void tile_grads(float *P, float *dS, const float *Qs, int hd, const float *KT, const float *VT, const float *dO, size_t ldo,
-                       const float *L, const float *delta, int t0, int s0, int br, int bc) {
+ * dP = dO V^T, dS = P (dP - delta); P and dS are [br, FL_B] with row stride FL_B. Qs, dO, L, delta:
+ * the tile's first query row (packed). */
+static void tile_grads(float *P, float *dS, const float *Qs, const float *dO, const float *L, const float *delta, const float *KT,
+                       const float *VT, int hd, int t0, int s0, int br, int bc) {
     mm(P, FL_B, Qs, hd, KT, FL_B, br, bc, hd, 0);
-    mm(dS, FL_B, dO, (int)ldo, VT, FL_B, br, bc, hd, 0);
+    mm(dS, FL_B, dO, hd, VT, FL_B, br, bc, hd, 0);
     for (int r = 0; r < br; r++) {
         float *pr = P + (size_t)r * FL_B, *dr = dS + (size_t)r * FL_B;
         int n = visible(0, t0 + r, s0, bc);
@@ -244,17 +255,7 @@ static void tile_grads(float *P, float *dS, const float *Qs, int hd, const float
     }
 }
 
-/* delta[r] = dout . out of row (b, t0 + r, h); L[r] its lse */
-static void row_stats(float *delta, float *L, const fl_shape *s, const float *dout, const float *out, const float *lse, int b, int h, int t0,
-                      int br) {
-    for (int r = 0; r < br; r++) {
-        size_t off = ((size_t)b * s->T + t0 + r) * s->qs + (size_t)h * s->hd;
-        delta[r] = av_dot_f32(dout + off, out + off, s->hd);
-        L[r] = lse[((size_t)b * s->H + h) * s->T + t0 + r];
-    }
-}
-
-/* dst rows (+)= src [n, hd] (row stride of dst: ld) */
+/* dst rows (row stride ld) = or += a * src [n, hd] */
 static void put_rows(float *dst, size_t ld, const float *src, int n, int hd, float a, int over) {
     for (int r = 0; r < n; r++) {
         float *d = dst + (size_t)r * ld;
@@ -266,51 +267,46 @@ static void put_rows(float *dst, size_t ld, const float *src, int n, int hd, flo
 
 /* dK, dV of one (sequence, KV head, key tile): every query head of the group, every query tile at or
  * after the key tile. dV += P^T dO, dK += dS^T Qs (Qs carries the scale). */
-static void bwd_kv_job(const fl_shape *s, float *dk, float *dv, const float *dout, const float *out, const float *lse, int b, int kh, int kb,
-                       int over, float *w) {
-    int hd = s->hd, group = s->H / s->KVH, s0 = kb * FL_B, bc = s->T - s0 < FL_B ? s->T - s0 : FL_B, nb = (s->T + FL_B - 1) / FL_B;
-    float *KT = w, *VT = KT + FL_B * hd, *Qs = VT + FL_B * hd, *dK = Qs + FL_B * hd, *dV = dK + FL_B * hd, *P = dV + FL_B * hd,
-          *dS = P + FL_B * FL_B, *PT = dS + FL_B * FL_B, *delta = PT + FL_B * FL_B, *L = delta + FL_B;
-    transpose(KT, FL_B, kv_rows(s, s->k, b, kh, s0), (int)s->ks, bc, hd);
-    transpose(VT, FL_B, kv_rows(s, s->v, b, kh, s0), (int)s->ks, bc, hd);
+static void bwd_kv_job(const fl_shape *s, float *dk, float *dv, int b, int kh, int kb, int over, float *w) {
+    int hd = s->hd, T = s->T, group = s->H / s->KVH, s0 = kb * FL_B, bc = T - s0 < FL_B ? T - s0 : FL_B, nb = (T + FL_B - 1) / FL_B;
+    float *KT = w, *VT = KT + FL_B * hd, *dK = VT + FL_B * hd, *dV = dK + FL_B * hd, *P = dV + FL_B * hd, *dS = P + FL_B * FL_B,
+          *PT = dS + FL_B * FL_B;
+    transpose(KT, FL_B, head_rows(s->Kh, b, kh, s->KVH, T, hd, s0), hd, bc, hd);
+    transpose(VT, FL_B, head_rows(s->Vh, b, kh, s->KVH, T, hd, s0), hd, bc, hd);
     memset(dK, 0, sizeof(float) * bc * hd);
     memset(dV, 0, sizeof(float) * bc * hd);
     for (int h = kh * group; h < (kh + 1) * group; h++)
         for (int qb = kb; qb < nb; qb++) {
-            int t0 = qb * FL_B, br = s->T - t0 < FL_B ? s->T - t0 : FL_B;
-            const float *dO = dout + ((size_t)b * s->T + t0) * s->qs + (size_t)h * hd;
-            load_q(Qs, s, b, h, t0, br);
-            row_stats(delta, L, s, dout, out, lse, b, h, t0, br);
-            tile_grads(P, dS, Qs, hd, KT, VT, dO, s->qs, L, delta, t0, s0, br, bc);
+            int t0 = qb * FL_B, br = T - t0 < FL_B ? T - t0 : FL_B;
+            const float *Qs = head_rows(s->Qh, b, h, s->H, T, hd, t0), *dO = head_rows(s->dOh, b, h, s->H, T, hd, t0);
+            size_t r0 = ((size_t)b * s->H + h) * T + t0;
+            tile_grads(P, dS, Qs, dO, s->lse + r0, s->delta + r0, KT, VT, hd, t0, s0, br, bc);
             transpose(PT, FL_B, P, FL_B, br, bc);
-            mm(dV, hd, PT, FL_B, dO, (int)s->qs, bc, hd, br, 1);
+            mm(dV, hd, PT, FL_B, dO, hd, bc, hd, br, 1);
             transpose(PT, FL_B, dS, FL_B, br, bc);
             mm(dK, hd, PT, FL_B, Qs, hd, bc, hd, br, 1);
         }
-    size_t row = (size_t)b * s->T + s0;
-    put_rows(dk + row * s->ks + (size_t)kh * hd, s->ks, dK, bc, hd, 1.0f, over);
-    put_rows(dv + row * s->ks + (size_t)kh * hd, s->ks, dV, bc, hd, 1.0f, over);
+    size_t row = (size_t)b * T + s0, ks = (size_t)s->KVH * hd;
+    put_rows(dk + row * ks + (size_t)kh * hd, ks, dK, bc, hd, 1.0f, over);
+    put_rows(dv + row * ks + (size_t)kh * hd, ks, dV, bc, hd, 1.0f, over);
 }
 
 /* dQ of one (sequence, head, query tile): dQ += scale dS K over the key tiles up to the diagonal. */
-static void bwd_q_job(const fl_shape *s, float *dq, const float *dout, const float *out, const float *lse, int b, int h, int qb, int over,
-                      float *w) {
-    int hd = s->hd, kh = h / (s->H / s->KVH), t0 = qb * FL_B, br = s->T - t0 < FL_B ? s->T - t0 : FL_B;
-    float *KT = w, *VT = KT + FL_B * hd, *Qs = VT + FL_B * hd, *dQ = Qs + FL_B * hd, *P = dQ + 2 * FL_B * hd, *dS = P + FL_B * FL_B,
-          *delta = dS + 2 * FL_B * FL_B, *L = delta + FL_B;
-    const float *dO = dout + ((size_t)b * s->T + t0) * s->qs + (size_t)h * hd;
-    load_q(Qs, s, b, h, t0, br);
-    row_stats(delta, L, s, dout, out, lse, b, h, t0, br);
+static void bwd_q_job(const fl_shape *s, float *dq, int b, int h, int qb, int over, float *w) {
+    int hd = s->hd, T = s->T, kh = h / (s->H / s->KVH), t0 = qb * FL_B, br = T - t0 < FL_B ? T - t0 : FL_B;
+    float *KT = w, *VT = KT + FL_B * hd, *dQ = VT + FL_B * hd, *P = dQ + FL_B * hd, *dS = P + FL_B * FL_B;
+    const float *Qs = head_rows(s->Qh, b, h, s->H, T, hd, t0), *dO = head_rows(s->dOh, b, h, s->H, T, hd, t0);
+    size_t r0 = ((size_t)b * s->H + h) * T + t0;
     memset(dQ, 0, sizeof(float) * br * hd);
     for (int kb = 0; kb <= qb; kb++) {
-        int s0 = kb * FL_B, bc = s->T - s0 < FL_B ? s->T - s0 : FL_B;
-        const float *K = kv_rows(s, s->k, b, kh, s0);
-        transpose(KT, FL_B, K, (int)s->ks, bc, hd);
-        transpose(VT, FL_B, kv_rows(s, s->v, b, kh, s0), (int)s->ks, bc, hd);
-        tile_grads(P, dS, Qs, hd, KT, VT, dO, s->qs, L, delta, t0, s0, br, bc);
-        mm(dQ, hd, dS, FL_B, K, (int)s->ks, br, hd, bc, 1);
+        int s0 = kb * FL_B, bc = T - s0 < FL_B ? T - s0 : FL_B;
+        const float *K = head_rows(s->Kh, b, kh, s->KVH, T, hd, s0);
+        transpose(KT, FL_B, K, hd, bc, hd);
+        transpose(VT, FL_B, head_rows(s->Vh, b, kh, s->KVH, T, hd, s0), hd, bc, hd);
+        tile_grads(P, dS, Qs, dO, s->lse + r0, s->delta + r0, KT, VT, hd, t0, s0, br, bc);
+        mm(dQ, hd, dS, FL_B, K, hd, br, hd, bc, 1);
     }
-    put_rows(dq + ((size_t)b * s->T + t0) * s->qs + (size_t)h * hd, s->qs, dQ, br, hd, s->scale, over);
+    put_rows(dq + ((size_t)b * T + t0) * s->qs + (size_t)h * hd, s->qs, dQ, br, hd, s->scale, over);
 }
 
 int av_flash_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse, const float *q,
@@ -318,35 +314,45 @@ int av_flash_attention_backward_batch(float *dq, float *dk, float *dv, const flo
                                       const float *inv_freq, uint16_t *d16) {
     if (KVH <= 0 || H % KVH || hd <= 0) return -1;
     if (B <= 0 || T <= 0) return 0;
-    fl_shape s = shape_of(q, k, v, B, T, T, 0, H, KVH, hd);
-    int over = rope_pos && inv_freq, nb = (T + FL_B - 1) / FL_B, nbk = B * KVH, nbh = B * H, nth;
-    size_t per = (size_t)5 * FL_B * hd + 3 * FL_B * FL_B + 2 * FL_B;
-    float *w = scratch(per, &nth);
+    int over = rope_pos && inv_freq, nb = (T + FL_B - 1) / FL_B, nbk = B * KVH, nbh = B * H, nth = omp_get_max_threads();
+    size_t N = (size_t)B * T, per = (size_t)4 * FL_B * hd + 3 * FL_B * FL_B, nq = N * H * hd, nkv = N * KVH * hd;
+    float *w = malloc((per * (size_t)nth + 2 * nq + 2 * nkv + N * H) * sizeof(float));
     if (!w) return -1;
+    float *Qh = w + per * (size_t)nth, *dOh = Qh + nq, *Kh = dOh + nq, *Vh = Kh + nkv, *delta = Vh + nkv;
+    fl_shape s = {.Kh = Kh, .Vh = Vh, .Qh = Qh, .dOh = dOh, .delta = delta, .lse = lse, .B = B, .T = T, .S = T, .H = H, .KVH = KVH,
+                  .hd = hd, .qs = (size_t)H * hd, .scale = 1.0f / sqrtf((float)hd)};
+    pack_heads(Qh, q, B, T, H, hd, s.scale);
+    pack_heads(dOh, dout, B, T, H, hd, 1.0f);
+    pack_heads(Kh, k, B, T, KVH, hd, 1.0f);
+    pack_heads(Vh, v, B, T, KVH, hd, 1.0f);
     int par = (size_t)nbh * T > 4096;
 #pragma omp parallel if (par)
     {
         float *mine = w + per * (size_t)omp_get_thread_num();
+#pragma omp for schedule(static)
+        for (size_t i = 0; i < N * H; i++) { /* delta in lse's [B][H][T] order */
+            size_t b = i / ((size_t)H * T), h = i / T % H, t = i % T, off = (b * T + t) * s.qs + h * hd;
+            delta[i] = av_dot_f32(dout + off, out + off, hd);
+        }
 #pragma omp for schedule(dynamic, 1)
         for (int job = 0; job < nbk * nb; job++) { /* key tile 0 (most query tiles) first */
             int kb = job / nbk, bk = job % nbk;
-            bwd_kv_job(&s, dk, dv, dout, out, lse, bk / KVH, bk % KVH, kb, over, mine);
+            bwd_kv_job(&s, dk, dv, bk / KVH, bk % KVH, kb, over, mine);
         }
 #pragma omp for schedule(dynamic, 1)
         for (int job = 0; job < nbh * nb; job++) { /* query tile nb-1 (most key tiles) first */
             int qb = nb - 1 - job / nbh, bh = job % nbh;
-            bwd_q_job(&s, dq, dout, out, lse, bh / H, bh % H, qb, over, mine);
+            bwd_q_job(&s, dq, bh / H, bh % H, qb, over, mine);
         }
     }
     free(w);
     if (over) {
-        size_t N = (size_t)B * T;
         av_rope_backward(dq, rope_pos, inv_freq, (int)N, H, hd);
         av_rope_backward(dk, rope_pos, inv_freq, (int)N, KVH, hd);
         if (d16) {
-            av_store_bf16(d16, dq, N * H * hd);
-            av_store_bf16(d16 + N * H * hd, dk, N * KVH * hd);
-            av_store_bf16(d16 + N * (H + KVH) * hd, dv, N * KVH * hd);
+            av_store_bf16(d16, dq, nq);
+            av_store_bf16(d16 + nq, dk, nkv);
+            av_store_bf16(d16 + nq + nkv, dv, nkv);
         }
     }
     return 0;
