@@ -186,7 +186,9 @@ av_status av_train_set_flash(av_train_ctx *c, int on) {
     const av_backend *be = c->m->be;
     const av_config *cf = &c->m->cfg;
     if (!on == !ws->flash) return AV_OK;
-    if (on) return av_fail(AV_ERR_UNSUPPORTED, "train: flash attention was not available for this model on the %s backend", be->name);
+    if (on)
+        return av_fail(AV_ERR_UNSUPPORTED, "train: flash attention was not planned for this context (%s)",
+                       c->m->attention == AV_ATTN_STANDARD ? "the model's attention is standard" : "the backend has none for this model");
     size_t B = (size_t)c->max_rows, T = (size_t)c->max_len, N = B * T;
     if (!ws->probs && !(ws->probs = av_train_ctx_alloc(c, B * cf->n_heads * T * T, "attention probabilities")))
         return av_fail(AV_ERR_NOMEM, "train: out of memory for standard attention's probabilities");
