@@ -133,26 +133,6 @@ static void check_shape(shape sh) {
     free(out); free(probs); free(dq); free(dk); free(dv); free(fo); free(lse);
 }
 
-/* The long shape without the [H, T, T] reference: forward only, a few rows vs float64 (T = 8192). */
-static void check_long(shape sh) {
-    int T = sh.T, H = sh.H, KVH = sh.KVH, hd = sh.hd;
-    size_t qn = (size_t)T * H * hd, kn = (size_t)T * KVH * hd;
-    float *q = test_rnd(qn, 1.5f), *k = test_rnd(kn, 1.5f), *v = test_rnd(kn, 1), *fo = malloc(qn * 4), *lse = malloc(sizeof(float) * T * H),
-          *ref = malloc(qn * 4);
-    CHECK(av_flash_attention_forward_batch(fo, lse, q, k, v, 1, T, H, KVH, hd, NULL) == 0, "forward refused");
-    av_attention_forward(ref, NULL, q, k, v, T, T, 0, H, KVH, hd);
-    double eo = max_err(fo, ref, qn), el = 0;
-    for (int h = 0; h < H; h++)
-        for (int t = 0; t < T; t += 997) {
-            double r = lse_ref(q, k, 0, t, h, T, H, KVH, hd), d = fabs(lse[(size_t)h * T + t] - r) / (fabs(r) + 1);
-            if (!(d <= el)) el = d != d ? INFINITY : d;
-        }
-    CHECK(eo <= TOL && el <= TOL, "flash fwd T=%d: out %.3g lse %.3g", T, eo, el);
-    printf("cpu flash T=%d H=%d KVH=%d hd=%d: max err out %.2e lse %.2e\n", T, H, KVH, hd, eo, el);
-    free(q); free(k); free(v); free(fo); free(lse); free(ref);
-}
-
-
 /* One LoRA step (adapters on q, k, v, o) of the model in dir with attention kind (set_off: AUTO,
  * then av_train_set_flash(0)); returns every gradient, concatenated. */
 static float *train_grads(const char *dir, av_attention_kind kind, int set_off, int B, int T, size_t *n, double *loss, size_t *bytes) {
@@ -249,7 +229,7 @@ int main(void) {
         check_shape(shapes[i]);
     }
     check_training();
-    if (getenv("AV_TEST_LONG")) check_long(long_shape);
+    if (getenv("AV_TEST_LONG")) check_shape(long_shape); /* the reference holds 1 GiB of probabilities */
     else SKIP("T=8192 (set AV_TEST_LONG=1)");
     return TEST_SUMMARY();
 }
