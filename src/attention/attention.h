@@ -55,4 +55,7 @@ int av_flash_attention_forward_batch(float *out, float *lse, const float *q, con
 int av_flash_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse, const float *q,
                                       const float *k, const float *v, int B, int T, int H, int KVH, int hd, const int32_t *rope_pos,
                                       const float *inv_freq, uint16_t *d16);
+/* Bytes the CPU flash attention allocates for one call (forward: k, v of S rows per sequence;
+ * backward: the batch, T rows) on top of its arguments: packed copies and per-thread tiles. */
+size_t av_flash_attention_scratch_bytes(int B, int T, int S, int H, int KVH, int hd, int backward);
 #endif

@@ -70,6 +70,10 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
             be->zero(p[i], n[i] * sizeof(float));
         }
     }
+    if (flash && be->device == AV_DEVICE_CPU) { /* flash.c's own scratch, one call at a time: the larger one */
+        size_t f = av_flash_attention_scratch_bytes(B, T, T, H, KVH, hd, 0), b = backward ? av_flash_attention_scratch_bytes(B, T, T, H, KVH, hd, 1) : 0;
+        total += f > b ? f : b;
+    }
     double *t = st == AV_OK ? malloc(sizeof(double) * (size_t)reps) : NULL;
     if (st == AV_OK && !t) st = av_fail(AV_ERR_NOMEM, "attention timing: out of host memory");
     for (int r = -1; r < reps && st == AV_OK; r++) { /* r = -1: warm-up, not timed */

@@ -188,12 +188,21 @@ static void fwd_job(const fl_shape *s, float *out, float *lse, uint16_t *out16, 
     }
 }
 
+/* Floats of per-thread tile scratch (forward, backward) and of the call's packed copies. */
+#define FL_PER_FWD(hd) ((size_t)3 * FL_B * (hd) + FL_B * FL_B + 2 * FL_B)
+#define FL_PER_BWD(hd) ((size_t)4 * FL_B * (hd) + 3 * FL_B * FL_B)
+size_t av_flash_attention_scratch_bytes(int B, int T, int S, int H, int KVH, int hd, int backward) {
+    size_t nth = (size_t)omp_get_max_threads(), N = (size_t)B * T;
+    size_t f = FL_PER_FWD(hd) * nth + 2 * (size_t)B * S * KVH * hd;
+    return sizeof(float) * (backward ? FL_PER_BWD(hd) * nth + 2 * N * H * hd + 2 * N * KVH * hd + N * H : f);
+}
+
 /* Every (sequence, head, query tile), the heaviest tiles (most keys) first; -1: out of memory.
  * k, v: S rows per sequence. */
 static int flash_fwd(float *out, float *lse, uint16_t *out16, const float *q, const float *k, const float *v, int B, int T, int S, int pos0,
                      int H, int KVH, int hd) {
     int nb = (T + FL_B - 1) / FL_B, nbh = B * H, nth = omp_get_max_threads();
-    size_t per = (size_t)3 * FL_B * hd + FL_B * FL_B + 2 * FL_B, nkv = (size_t)B * S * KVH * hd;
+    size_t per = FL_PER_FWD(hd), nkv = (size_t)B * S * KVH * hd;
     float *w = malloc((per * (size_t)nth + 2 * nkv) * sizeof(float));
     if (!w) return -1;
     float *Kh = w + per * (size_t)nth, *Vh = Kh + nkv;
@@ -315,7 +324,7 @@ int av_flash_attention_backward_batch(float *dq, float *dk, float *dv, const flo
     if (KVH <= 0 || H % KVH || hd <= 0) return -1;
     if (B <= 0 || T <= 0) return 0;
     int over = rope_pos && inv_freq, nb = (T + FL_B - 1) / FL_B, nbk = B * KVH, nbh = B * H, nth = omp_get_max_threads();
-    size_t N = (size_t)B * T, per = (size_t)4 * FL_B * hd + 3 * FL_B * FL_B, nq = N * H * hd, nkv = N * KVH * hd;
+    size_t N = (size_t)B * T, per = FL_PER_BWD(hd), nq = N * H * hd, nkv = N * KVH * hd;
     float *w = malloc((per * (size_t)nth + 2 * nq + 2 * nkv + N * H) * sizeof(float));
     if (!w) return -1;
     float *Qh = w + per * (size_t)nth, *dOh = Qh + nq, *Kh = dOh + nq, *Vh = Kh + nkv, *delta = Vh + nkv;
