@@ -121,10 +121,11 @@ typedef struct {
     float scale;
 } fl_shape;
 
-/* dst[b][h][t][:] = scale * src[(b*T + t)][h*hd ..] for NH heads */
+/* dst[b][h][t][:] = scale * src[(b*T + t)][h*hd ..] for NH heads; shared by the threads of the
+ * enclosing parallel region (an orphaned loop: no fork and join of its own) */
 static void pack_heads(float *dst, const float *src, int B, int T, int NH, int hd, float scale) {
     size_t rows = (size_t)B * T, ld = (size_t)NH * hd;
-#pragma omp parallel for schedule(static) if (rows * ld > 65536)
+#pragma omp for schedule(static)
     for (size_t row = 0; row < rows; row++) {
         size_t b = row / T, t = row % T;
         for (int h = 0; h < NH; h++) {
@@ -206,14 +207,17 @@ static int flash_fwd(float *out, float *lse, uint16_t *out16, const float *q, co
     float *w = malloc((per * (size_t)nth + 2 * nkv) * sizeof(float));
     if (!w) return -1;
     float *Kh = w + per * (size_t)nth, *Vh = Kh + nkv;
-    pack_heads(Kh, k, B, S, KVH, hd, 1.0f);
-    pack_heads(Vh, v, B, S, KVH, hd, 1.0f);
     fl_shape s = {.q = q, .Kh = Kh, .Vh = Vh, .B = B, .T = T, .S = S, .pos0 = pos0, .H = H, .KVH = KVH, .hd = hd, .qs = (size_t)H * hd,
                   .scale = 1.0f / sqrtf((float)hd)};
-#pragma omp parallel for schedule(dynamic, 1) if ((size_t)nbh * (pos0 + T) > 4096)
-    for (int job = 0; job < nbh * nb; job++) {
-        int qb = nb - 1 - job / nbh, bh = job % nbh;
-        fwd_job(&s, out, lse, out16, bh / H, bh % H, qb, w + per * (size_t)omp_get_thread_num());
+#pragma omp parallel if ((size_t)nbh * (pos0 + T) > 4096)
+    {
+        pack_heads(Kh, k, B, S, KVH, hd, 1.0f);
+        pack_heads(Vh, v, B, S, KVH, hd, 1.0f);
+#pragma omp for schedule(dynamic, 1)
+        for (int job = 0; job < nbh * nb; job++) {
+            int qb = nb - 1 - job / nbh, bh = job % nbh;
+            fwd_job(&s, out, lse, out16, bh / H, bh % H, qb, w + per * (size_t)omp_get_thread_num());
+        }
     }
     free(w);
     return 0;
@@ -330,14 +334,14 @@ int av_flash_attention_backward_batch(float *dq, float *dk, float *dv, const flo
     float *Qh = w + per * (size_t)nth, *dOh = Qh + nq, *Kh = dOh + nq, *Vh = Kh + nkv, *delta = Vh + nkv;
     fl_shape s = {.Kh = Kh, .Vh = Vh, .Qh = Qh, .dOh = dOh, .delta = delta, .lse = lse, .B = B, .T = T, .S = T, .H = H, .KVH = KVH,
                   .hd = hd, .qs = (size_t)H * hd, .scale = 1.0f / sqrtf((float)hd)};
-    pack_heads(Qh, q, B, T, H, hd, s.scale);
-    pack_heads(dOh, dout, B, T, H, hd, 1.0f);
-    pack_heads(Kh, k, B, T, KVH, hd, 1.0f);
-    pack_heads(Vh, v, B, T, KVH, hd, 1.0f);
     int par = (size_t)nbh * T > 4096;
 #pragma omp parallel if (par)
     {
         float *mine = w + per * (size_t)omp_get_thread_num();
+        pack_heads(Qh, q, B, T, H, hd, s.scale);
+        pack_heads(dOh, dout, B, T, H, hd, 1.0f);
+        pack_heads(Kh, k, B, T, KVH, hd, 1.0f);
+        pack_heads(Vh, v, B, T, KVH, hd, 1.0f);
 #pragma omp for schedule(static)
         for (size_t i = 0; i < N * H; i++) { /* delta in lse's [B][H][T] order */
             size_t b = i / ((size_t)H * T), h = i / T % H, t = i % T, off = (b * T + t) * s.qs + h * hd;
