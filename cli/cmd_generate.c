@@ -52,6 +52,7 @@ int av_cmd_generate(int argc, char **argv) {
         {"stop", AV_OPT_MULTI, &stops, "stop string (repeatable; not printed)", 0, 0, NULL},
         {"max-kv-size", AV_OPT_INT, &max_kv, "KV cache size in tokens (default: prompt + max tokens)", 1, 1e8, NULL},
         {"device", AV_OPT_STR, &mo.device, "cpu or cuda (default: cuda when a GPU is present)", 0, 0, NULL},
+        {"attention", AV_OPT_STR, &mo.attention, "attention implementation: flash (tiled, no score matrix), standard (scores materialised) or auto (default: flash for long prompts)", 0, 0, NULL},
         {"no-graphs", AV_OPT_FLAG, &mo.no_graphs, "decode op by op instead of replaying a captured CUDA graph (debugging; slower)", 0, 0, NULL},
         {"dtype", AV_OPT_STR, &mo.dtype, "GPU compute: bf16 (default, tensor cores) or f32 (exact)", 0, 0, NULL},
         {"threads", AV_OPT_INT, &mo.threads, "CPU threads (default: all cores)", 1, 1024, "t"},

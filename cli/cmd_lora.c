@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "args.h"
+#include "common.h"
 #include "commands.h"
 #include "lora_checkpoint.h"
 #include "lora_config.h"
@@ -220,6 +221,7 @@ int av_cmd_lora(int argc, char **argv) {
         {"config", AV_OPT_STR, &o.config, "YAML file with MLX-LM config keys (flags override it)", 0, 0, "c"},
         {"device", AV_OPT_STR, &o.device, "cpu or cuda (default: cuda if present)", 0, 0, NULL},
         {"threads", AV_OPT_INT, &o.threads, "CPU threads (default: all cores)", 0, 4096, NULL},
+        {"attention", AV_OPT_STR, &o.attention, "attention in the training steps: flash (tiled, no [B,H,T,T] scores; the default where the backend has it), standard or auto", 0, 0, NULL},
         {"dump-grads", AV_OPT_STR, &o.dump_grads, "write the first batch's LoRA gradients (PEFT names) and exit", 0, 0, NULL},
         LORA_DP_OPTS(&dp),
         {NULL, 0, NULL, NULL, 0, 0, NULL},
@@ -353,6 +355,8 @@ int av_cmd_lora(int argc, char **argv) {
         goto done;
     }
 
+    av_attention_kind attn;
+    if (av_cli_attention(CMD, o.attention, &attn)) { rc = 2; goto done; }
     /* tokenizer and data first: a bad line is reported before the model is loaded */
     av_threads_set(o.threads);
     printf("Loading pretrained model\n");
@@ -393,6 +397,7 @@ int av_cmd_lora(int argc, char **argv) {
         av_cli_fail(CMD);
         goto done;
     }
+    av_model_set_attention(m, attn); /* the training context reads it */
 
     /* adapters: resumed (config from the adapter), trained afresh, or (test only) loaded */
     run_ctx rctx = {.s = {.m = m, .adapter_dir = o.adapter_path, .peft = !strcmp(o.adapter_format, "peft"),

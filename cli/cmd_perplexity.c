@@ -88,6 +88,7 @@ int av_cmd_perplexity(int argc, char **argv) {
         {"max-tokens", AV_OPT_INT, &max_tokens, "keep the first N tokens (default: all)", 1, 1e9, NULL},
         {"context", AV_OPT_INT, &context, "window length (default: model max_position_embeddings)", 2, 1e6, NULL},
         {"device", AV_OPT_STR, &mo.device, "cpu or cuda (default: cuda when a GPU is present)", 0, 0, NULL},
+        {"attention", AV_OPT_STR, &mo.attention, "attention implementation: flash (tiled, no score matrix), standard (scores materialised) or auto (default: flash for long prompts)", 0, 0, NULL},
         {"dtype", AV_OPT_STR, &mo.dtype, "GPU compute: bf16 (default, tensor cores) or f32 (exact)", 0, 0, NULL},
         {"threads", AV_OPT_INT, &mo.threads, "CPU threads (default: all cores)", 1, 1024, NULL},
         {"kl-base", AV_OPT_STR, &kl_base, "also compare with this base model (e.g. the unquantized one): KL(base || model) mean and p99, top-1 agreement", 0, 0, NULL},

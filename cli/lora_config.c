@@ -118,6 +118,7 @@ int av_lora_config_apply(lora_opts *o, const cJSON *cfg, const char *path, char 
         else if (!strcmp(k, "adapter_format")) rc = cfg_str(kv, path, k, &o->adapter_format);
         else if (!strcmp(k, "resume_adapter_file")) rc = cfg_str(kv, path, k, &o->resume);
         else if (!strcmp(k, "device")) rc = cfg_str(kv, path, k, &o->device);
+        else if (!strcmp(k, "attention")) rc = cfg_str(kv, path, k, &o->attention);
         else if (!strcmp(k, "optimizer")) rc = cfg_str(kv, path, k, &o->optimizer);
         else if (!strcmp(k, "seed")) rc = cfg_int(kv, path, k, &o->seed);
         else if (!strcmp(k, "num_layers")) rc = cfg_int(kv, path, k, &o->num_layers);

@@ -40,10 +40,22 @@ void av_attention_forward_batch(float *out, float *probs, const float *q, const 
 void av_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, float *probs, const float *q, const float *k,
                                  const float *v, int B, int T, int H, int KVH, int hd, float *work, size_t work_floats);
 
-/* Flash training attention (backend ops flash_attention_forward_batch / _backward_batch; CUDA only,
- * bf16 tensor cores): the function of av_attention_forward_batch / av_attention_backward_batch
+/* Flash training attention (backend ops flash_attention_forward_batch / _backward_batch; flash.c on
+ * the CPU in f32, flash.cu / flash_bwd.cu with bf16 tensor cores): the function of av_attention_forward_batch / av_attention_backward_batch
  * without probs. The forward also writes lse [B, H, T] (natural-log log-sum-exp of each row's scaled
  * scores, or NULL); the backward takes out and lse of that forward, recomputes the softmax tile by
  * tile and accumulates dq, dk, dv with one writer per element (bit-reproducible). The reference is
- * the pair above: the same gradients within bf16 rounding. */
+ * the pair above: the same gradients within bf16 rounding (CUDA) or f32 rounding (CPU). With
+ * rope_pos (positions [B*T]) and inv_freq the backward overwrites dq, dk, dv instead, dq and dk with
+ * the RoPE backward applied, and with d16 also writes bf16 copies of dq | dk | dv. Both return -1
+ * (doing nothing) for a shape they have no kernel for (a call with B = 0 only asks that) or when out
+ * of scratch memory; out16 (or NULL): out also in bf16. */
+int av_flash_attention_forward_batch(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int H, int KVH,
+                                     int hd, uint16_t *out16);
+int av_flash_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse, const float *q,
+                                      const float *k, const float *v, int B, int T, int H, int KVH, int hd, const int32_t *rope_pos,
+                                      const float *inv_freq, uint16_t *d16);
+/* Bytes the CPU flash attention allocates for one call (forward: k, v of S rows per sequence;
+ * backward: the batch, T rows) on top of its arguments: packed copies and per-thread tiles. */
+size_t av_flash_attention_scratch_bytes(int B, int T, int S, int H, int KVH, int hd, int backward);
 #endif

@@ -1,11 +1,107 @@
-/* Kernel-level timing of the attention implementations (anvil bench --suite attention). */
+/* Kernel-level timing of the attention implementations (anvil bench --suite attention): one
+ * backend's training attention (standard: materialised probabilities; flash: tiled, lse only) on
+ * random inputs, forward or forward + backward, median wall time over reps and the bytes of the
+ * buffers the attention call owns (allocated with the backend's own allocator). */
 #include "anvil.h"
+#include "attention/attention.h"
+#include "backend/backend.h"
 #include "core/status.h"
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The flash pair exists on this backend for this shape (a B = 0 call asks). */
+static int has_flash(const av_backend *be, int H, int KVH, int hd) {
+    return be->flash_attention_forward_batch && be->flash_attention_backward_batch &&
+           be->flash_attention_forward_batch(NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL) == 0 &&
+           be->flash_attention_backward_batch(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL, NULL, NULL) == 0;
+}
+
+enum { B_Q, B_K, B_V, B_OUT, B_SOFT, B_WORK, B_DOUT, B_DQ, B_DK, B_DV, B_N };
 
 av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B, int T, int H, int KVH, int hd, int backward,
                             int reps, double *seconds, size_t *bytes) {
-    (void)be, (void)kind, (void)B, (void)T, (void)H, (void)KVH, (void)hd, (void)backward, (void)reps;
     *seconds = 0;
     *bytes = 0;
-    return av_fail(AV_ERR_UNSUPPORTED, "attention timing: not implemented yet");
+    if (!be || B <= 0 || T <= 0 || H <= 0 || KVH <= 0 || hd <= 0 || H % KVH)
+        return av_fail(AV_ERR_ARG, "attention timing: bad shape B=%d T=%d H=%d KVH=%d hd=%d", B, T, H, KVH, hd);
+    if (reps < 1) reps = 1;
+    int flash = kind != AV_ATTN_STANDARD && has_flash(be, H, KVH, hd);
+    if (kind == AV_ATTN_FLASH && !flash)
+        return av_fail(AV_ERR_UNSUPPORTED, "attention timing: the %s backend has no flash attention for H=%d KVH=%d hd=%d", be->name, H, KVH, hd);
+    if (!flash && !be->attention_forward_batch)
+        return av_fail(AV_ERR_UNSUPPORTED, "attention timing: the %s backend has no batched attention", be->name);
+    size_t N = (size_t)B * T, qn = N * H * hd, kn = N * KVH * hd;
+    size_t n[B_N] = {qn, kn, kn, qn, flash ? N * H : N * H * (size_t)T, 0, 0, 0, 0, 0};
+    /* the CPU reference loops over the sequences without scratch; device backends take theirs here */
+    if (!flash && be->device != AV_DEVICE_CPU) n[B_WORK] = av_attention_batch_work(B, T, H, KVH, hd);
+    if (backward) n[B_DOUT] = n[B_DQ] = qn, n[B_DK] = n[B_DV] = kn;
+    float *p[B_N] = {0};
+    av_status st = AV_OK;
+    size_t total = 0;
+    float *host = malloc(qn * sizeof(float));
+    if (!host) st = av_fail(AV_ERR_NOMEM, "attention timing: out of host memory");
+    for (int i = 0; i < B_N && st == AV_OK; i++) {
+        if (!n[i]) continue;
+        if (!(p[i] = be->alloc(n[i] * sizeof(float), "attention timing"))) {
+            st = av_fail(AV_ERR_NOMEM, "attention timing: out of %s memory for %zu bytes", be->name, n[i] * sizeof(float));
+            break;
+        }
+        total += n[i] * sizeof(float);
+        if (i == B_Q || i == B_K || i == B_V || i == B_DOUT) { /* uniform in [-1, 1): scores of a few units */
+            uint32_t r = 0x9E3779B9u * (uint32_t)(i + 1);
+            for (size_t j = 0; j < n[i]; j++) {
+                r = r * 1664525u + 1013904223u;
+                host[j] = (float)(r >> 8) / 8388608.0f - 1.0f;
+            }
+            be->upload(p[i], host, n[i] * sizeof(float));
+        } else if (i >= B_DQ) {
+            be->zero(p[i], n[i] * sizeof(float));
+        }
+    }
+    if (flash && be->device == AV_DEVICE_CPU) { /* flash.c's own scratch, one call at a time: the larger one */
+        size_t f = av_flash_attention_scratch_bytes(B, T, T, H, KVH, hd, 0), b = backward ? av_flash_attention_scratch_bytes(B, T, T, H, KVH, hd, 1) : 0;
+        total += f > b ? f : b;
+    }
+    double *t = st == AV_OK ? malloc(sizeof(double) * (size_t)reps) : NULL;
+    if (st == AV_OK && !t) st = av_fail(AV_ERR_NOMEM, "attention timing: out of host memory");
+    for (int r = -1; r < reps && st == AV_OK; r++) { /* r = -1: warm-up, not timed */
+        be->sync();
+        double t0 = now_s();
+        if (flash) {
+            be->flash_attention_forward_batch(p[B_OUT], p[B_SOFT], p[B_Q], p[B_K], p[B_V], B, T, H, KVH, hd, NULL);
+            if (backward)
+                be->flash_attention_backward_batch(p[B_DQ], p[B_DK], p[B_DV], p[B_DOUT], p[B_OUT], p[B_SOFT], p[B_Q], p[B_K], p[B_V], B, T, H, KVH,
+                                                   hd, NULL, NULL, NULL);
+        } else {
+            be->attention_forward_batch(p[B_OUT], p[B_SOFT], p[B_Q], p[B_K], p[B_V], B, T, H, KVH, hd, p[B_WORK], n[B_WORK]);
+            if (backward)
+                be->attention_backward_batch(p[B_DQ], p[B_DK], p[B_DV], p[B_DOUT], p[B_SOFT], p[B_Q], p[B_K], p[B_V], B, T, H, KVH, hd, p[B_WORK],
+                                             n[B_WORK]);
+        }
+        be->sync();
+        if (r >= 0) t[r] = now_s() - t0;
+    }
+    if (st == AV_OK && be->device != AV_DEVICE_CPU) st = av_cuda_status(); /* a failed launch times nothing */
+    if (st == AV_OK) {
+        qsort(t, (size_t)reps, sizeof(double), cmp_double);
+        *seconds = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+        *bytes = total;
+    }
+    free(t);
+    free(host);
+    for (int i = 0; i < B_N; i++)
+        if (p[i]) be->free(p[i]);
+    return st;
 }

@@ -90,7 +90,8 @@ struct av_backend {
      * its cache region (k_cache + i*seq_stride, row pos[i]) and attends keys 0..pos[i] of it.
      * row_stride: floats from one row of q / k_new / v_new to the next (0: packed, H*hd and KVH*hd). */
     /* Flash attention forward (attention.h: av_flash_attention_forward): no probabilities; lse [H, T]
-     * or NULL. Inference prefill uses it for long chunks where present. */
+     * or NULL. Inference prefill uses it where present: for chunks of 64+ rows (AV_ATTN_AUTO) or every
+ * chunk (AV_ATTN_FLASH); AV_ATTN_STANDARD keeps attention_forward. */
     void (*flash_attention_forward)(float *out, float *lse, const float *q, const float *k, const float *v, int T, int S,
                                     int pos0, int H, int KVH, int hd);
     void (*attention_decode)(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache,
@@ -124,7 +125,8 @@ struct av_backend {
                                     int KVH, int hd, float *work, size_t work_floats);
     void (*attention_backward_batch)(float *dq, float *dk, float *dv, const float *dout, float *probs, const float *q, const float *k,
                                      const float *v, int B, int T, int H, int KVH, int hd, float *work, size_t work_floats);
-    /* Flash training attention (attention.h, "flash training attention"): no
+    /* Flash training attention (attention.h, "flash training attention"; the CPU's in flash.c,
+     * f32; training uses it unless the model's attention is AV_ATTN_STANDARD): no
      * [B,H,T,T] probabilities; the forward writes lse [B, H, T] (or NULL), the backward recomputes the
      * softmax from it and accumulates dq, dk, dv (all required), deterministically; with rope_pos
      * (positions [B*T]) and inv_freq it instead overwrites them, dq and dk with the RoPE backward

@@ -172,13 +172,16 @@ static int attention_rows(const av_model *m, int l, av_layer_ws *ws, const float
     switch (ws->kind) {
     case AV_ROWS_PREFILL: {
         int T = ws->T, p0 = ws->p0;
-        if (be->flash_attention_forward && T >= 64) /* long chunks: tiled attention, no score matrix */
+        /* FLASH: tiled attention, no score matrix, at every length; STANDARD: the scores materialised;
+         * AUTO: flash for long chunks (where the backend has it) */
+        int flash = be->flash_attention_forward && (m->attention == AV_ATTN_FLASH || (m->attention == AV_ATTN_AUTO && T >= 64));
+        if (flash)
             be->flash_attention_forward(att, NULL, q, kc, vc, T, p0 + T, p0, H, KVH, hd);
         else
             be->attention_forward(att, NULL, q, kc, vc, T, p0 + T, p0, H, KVH, hd);
         return 0;
     }
-    case AV_ROWS_DECODE:
+    case AV_ROWS_DECODE: /* one query row per sequence: every kind takes the decode kernel (no score matrix to tile) */
         if (be->attention_decode) {
             be->attention_decode(att, q, k, v, kc, vc, ws->pos, N, ws->seq_stride, H, KVH, hd, 0);
         } else {

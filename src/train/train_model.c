@@ -131,8 +131,9 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
     av_plan_add(pl, &c->ids_dev, N * sizeof(int32_t));
     av_plan_add(pl, &c->tgt_dev, N * sizeof(int32_t));
     av_plan_add(pl, &c->pos_dev, N * sizeof(int32_t));
-    /* flash attention where the backend has it for this shape (a B = 0 call asks): no [B, H, T, T] probs */
-    c->ws.flash = m->be->flash_attention_forward_batch && m->be->flash_attention_backward_batch &&
+    /* flash attention where the backend has it for this shape (a B = 0 call asks): no [B, H, T, T]
+     * probs; the model's attention choice STANDARD keeps the probs path (av_train_set_flash switches later) */
+    c->ws.flash = m->attention != AV_ATTN_STANDARD && m->be->flash_attention_forward_batch && m->be->flash_attention_backward_batch &&
                m->be->flash_attention_forward_batch(NULL, NULL, NULL, NULL, NULL, 0, 0, cf->n_heads, cf->n_kv_heads, cf->head_dim, NULL) == 0 &&
                m->be->flash_attention_backward_batch(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, cf->n_heads, cf->n_kv_heads,
                                                      cf->head_dim, NULL, NULL, NULL) == 0;
@@ -185,7 +186,9 @@ av_status av_train_set_flash(av_train_ctx *c, int on) {
     const av_backend *be = c->m->be;
     const av_config *cf = &c->m->cfg;
     if (!on == !ws->flash) return AV_OK;
-    if (on) return av_fail(AV_ERR_UNSUPPORTED, "train: flash attention was not available for this model on the %s backend", be->name);
+    if (on)
+        return av_fail(AV_ERR_UNSUPPORTED, "train: flash attention was not planned for this context (%s)",
+                       c->m->attention == AV_ATTN_STANDARD ? "the model's attention is standard" : "the backend has none for this model");
     size_t B = (size_t)c->max_rows, T = (size_t)c->max_len, N = B * T;
     if (!ws->probs && !(ws->probs = av_train_ctx_alloc(c, B * cf->n_heads * T * T, "attention probabilities")))
         return av_fail(AV_ERR_NOMEM, "train: out of memory for standard attention's probabilities");
