@@ -98,18 +98,40 @@ av_status av_atomic_open(av_atomic_file *a, const char *path) {
     return AV_OK;
 }
 
+/* fsyncs the directory holding path, so a rename into it survives a power loss */
+static int fsync_parent(const char *path) {
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+/* flush + fsync the data, rename over the destination, fsync the directory: after a crash at any
+ * point the destination holds either the old or the new contents, never a part */
 av_status av_atomic_commit(av_atomic_file *a) {
     if (!a->f) return av_fail(AV_ERR_IO, "%s: not open", a->path);
-    int bad = fflush(a->f) != 0 || ferror(a->f);
-    if (!bad) fsync(fileno(a->f));
-    bad |= fclose(a->f) != 0;
+    int e = 0;
+    if (fflush(a->f) != 0 || ferror(a->f)) e = errno ? errno : EIO;
+    if (!e && fsync(fileno(a->f)) != 0 && errno != EINVAL) e = errno;
+    if (fclose(a->f) != 0 && !e) e = errno ? errno : EIO;
     a->f = NULL;
-    if (bad) { unlink(a->tmp); return av_fail(AV_ERR_IO, "%s: write failed (disk full?)", a->path); }
+    if (e) {
+        unlink(a->tmp);
+        return av_fail(AV_ERR_IO, "%s: write failed: %s", a->path, strerror(e));
+    }
     if (rename(a->tmp, a->path) != 0) {
-        int e = errno;
+        e = errno;
         unlink(a->tmp);
         return av_fail(AV_ERR_IO, "%s: rename failed: %s", a->path, strerror(e));
     }
+    fsync_parent(a->path); /* best effort: some file systems cannot fsync a directory */
     return AV_OK;
 }
 
@@ -122,9 +144,11 @@ void av_atomic_abort(av_atomic_file *a) {
 av_status av_write_file_atomic(const char *path, const void *data, size_t len) {
     av_atomic_file a;
     AV_TRY(av_atomic_open(&a, path));
+    errno = 0;
     if (len && fwrite(data, 1, len, a.f) != len) {
+        int e = errno ? errno : EIO;
         av_atomic_abort(&a);
-        return av_fail(AV_ERR_IO, "%s: write failed", path);
+        return av_fail(AV_ERR_IO, "%s: write failed: %s", path, strerror(e));
     }
     return av_atomic_commit(&a);
 }

@@ -27,6 +27,7 @@ struct av_trainer {
     float **mom, **vel; /* optimizer state s1, s2 (backend memory, one per param; NULL where the optimizer has none) */
     int iter;           /* iterations done */
     long long trained_tokens;
+    long long window_tokens; /* tokens of iterations since the last report (part of trained_tokens in the state) */
     double best_val;    /* INFINITY until the first evaluation after a step */
     int dumped;
 };
@@ -167,7 +168,7 @@ static av_status save_state(av_trainer *t, const char *adapter_path) {
              "{\"format\":\"anvil-train-state\",\"version\":\"1\",\"iter\":\"%d\",\"trained_tokens\":\"%lld\","
              "\"best_val\":\"%.17g\",\"seed\":\"%" PRIu64 "\",\"grad_accum\":\"%d\",\"lr_name\":\"%s\",\"lr_args\":\"%.17g %.17g %.17g\","
              "\"lr_nargs\":\"%d\",\"lr_warmup\":\"%d\",\"lr_warmup_init\":\"%.17g\",\"iters\":\"%d\",\"optimizer\":\"%s\"}",
-             t->iter, t->trained_tokens, isfinite(t->best_val) ? t->best_val : -1.0, t->o.seed, t->o.grad_accum,
+             t->iter, t->trained_tokens + t->window_tokens, isfinite(t->best_val) ? t->best_val : -1.0, t->o.seed, t->o.grad_accum,
              av_lr_kind_name(s->kind), s->args[0], s->args[1], s->args[2], s->nargs, s->warmup, s->warmup_init, t->o.iters,
              av_optim_name(t->o.optim.kind));
     if (st == AV_OK) st = av_st_writer_set_metadata(&w, meta);
@@ -288,9 +289,33 @@ static av_status save_tag(av_trainer *t, const char *tag, char *path, size_t cap
     return AV_OK;
 }
 
+/* AV_OK if every trainable value is finite (never save NaN/Inf weights over a good checkpoint). */
+static av_status check_finite(av_trainer *t) {
+    size_t cap = 0;
+    float *host = NULL;
+    av_status st = AV_OK;
+    for (int i = 0; i < t->np && st == AV_OK; i++) {
+        const av_param *p = &t->params[i];
+        if (p->n > cap) {
+            free(host);
+            cap = p->n;
+            if (!(host = malloc(cap * sizeof(float)))) return av_fail(AV_ERR_NOMEM, "out of memory (finite check)");
+        }
+        t->be->download(host, p->data, p->n * sizeof(float));
+        for (size_t k = 0; k < p->n; k++)
+            if (!isfinite(host[k])) {
+                st = av_fail(AV_ERR_ARG, "iteration %d: %s holds a non-finite value; not saving it (lower the learning rate)", t->iter, p->name);
+                break;
+            }
+    }
+    free(host);
+    return st;
+}
+
 /* Writes the adapter, then its state file (each atomically). The state holds the parameters
  * too, so a kill between the two leaves an older but self-consistent state that a resume takes. */
 static av_status checkpoint(av_trainer *t, const char *tag, char *path, size_t cap) {
+    AV_TRY(check_finite(t));
     AV_TRY(save_tag(t, tag, path, cap));
     return save_state(t, path);
 }
@@ -320,8 +345,8 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
     av_batch b = {0};
     av_status st = AV_OK;
     double run_t0 = now_s(), train_time = 0, loss_sum = 0;
-    int loss_n = 0, window_iters = 0, first_iter = t->iter + 1;
-    long long window_tokens = 0;
+    int loss_n = 0, window_iters = 0, first_iter = t->iter + 1, skip_update = 0;
+    t->window_tokens = 0;
     char path[4200] = "", path2[4200] = "";
 
     if (valid && t->iter == 0 && !o->dump_grads) st = evaluate_and_emit(t, valid, 0, 0);
@@ -339,8 +364,22 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
             av_train_set_dropout_step(t->tc, (uint64_t)(it - 1)); /* LoRA dropout masks follow the iteration (exact resume) */
             st = av_train_step(t->tc, b.ids, b.targets, b.B, b.T, scale, 1, &nll, &nv);
             if (st != AV_OK) break;
-            loss_sum += nll / nv;
-            loss_n++;
+            if (!isfinite(nll)) { /* before any of this step reaches the weights */
+                if (!o->skip_nonfinite) {
+                    st = av_fail(AV_ERR_ARG, "iteration %d: the training loss is %s; stopping (the last checkpoint is kept; "
+                                 "lower the learning rate, or pass --skip-nonfinite to skip such steps)", it, isnan(nll) ? "nan" : "inf");
+                    break;
+                }
+                av_train_event ev = {.kind = AV_TEV_SKIPPED, .iter = it, .train_loss = nll};
+                emit(t, &ev);
+                av_train_zero_grads(t->tc); /* the whole accumulation window is dropped */
+                skip_update = 1;
+                nll = 0;
+                nv = 0;
+            } else {
+                loss_sum += nll / nv;
+                loss_n++;
+            }
         }
         if (o->dump_grads) {
             t->be->sync();
@@ -349,7 +388,8 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
             break;
         }
         double lr = av_lr_at(&o->lr, it / ga - 1);
-        if (it % ga == 0) {
+        if (it % ga == 0 && skip_update) skip_update = 0;
+        else if (it % ga == 0) {
             av_optim_params op = o->optim;
             op.step = it / ga; /* optimizer steps so far, counting this one (1-based) */
             op.lr = (float)lr;
@@ -361,24 +401,24 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
         t->be->sync();
         train_time += now_s() - t0;
         window_iters++;
-        window_tokens += nv;
+        t->window_tokens += nv;
         t->iter = it;
 
         if (it % o->steps_per_report == 0 || it == o->iters) {
-            t->trained_tokens += window_tokens;
+            t->trained_tokens += t->window_tokens;
             av_train_event ev = {.kind = AV_TEV_REPORT,
                                  .iter = it,
                                  .train_loss = loss_n ? loss_sum / loss_n : NAN,
                                  .lr = it >= ga ? av_lr_at(&o->lr, it / ga - 1) : av_lr_at(&o->lr, 0),
                                  .it_per_sec = train_time > 0 ? window_iters / train_time : 0,
-                                 .tok_per_sec = train_time > 0 ? (double)window_tokens / train_time : 0,
+                                 .tok_per_sec = train_time > 0 ? (double)t->window_tokens / train_time : 0,
                                  .trained_tokens = t->trained_tokens,
                                  .peak_gb = (double)av_train_peak_bytes(t->be) / 1e9};
             emit(t, &ev);
             loss_sum = 0;
             loss_n = 0;
             window_iters = 0;
-            window_tokens = 0;
+            t->window_tokens = 0;
             train_time = 0;
         }
         if (valid && (it % o->steps_per_eval == 0 || it == o->iters)) {
