@@ -64,6 +64,8 @@ int av_threads_get(void);
 /* Peak resident memory of the process in bytes (VmHWM) and current (VmRSS). */
 size_t av_mem_peak_rss(void);
 size_t av_mem_current_rss(void);
+/* Bytes of host memory available to allocate (MemAvailable); 0 if unknown. */
+size_t av_mem_available(void);
 /* Peak bytes allocated through the library's host allocator. */
 size_t av_mem_peak_alloc(void);
 

@@ -198,3 +198,17 @@ static size_t read_status_kb(const char *key) {
 }
 size_t av_mem_peak_rss(void) { return read_status_kb("VmHWM:"); }
 size_t av_mem_current_rss(void) { return read_status_kb("VmRSS:"); }
+
+/* MemAvailable of /proc/meminfo (what the kernel can hand out without swapping), else the free
+ * physical pages; 0 if neither is known. */
+size_t av_mem_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    size_t kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "MemAvailable:", 13)) { kb = strtoull(line + 13, NULL, 10); break; }
+    if (f) fclose(f);
+    if (kb) return kb * 1024;
+    long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    return pages > 0 && psz > 0 ? (size_t)pages * (size_t)psz : 0;
+}
