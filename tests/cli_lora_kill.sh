@@ -2,7 +2,8 @@
 # `anvil lora` killed with SIGKILL at random moments (checkpoints are written every iteration, so
 # many kills land inside a checkpoint write) and resumed each time with --resume-adapter-file from
 # its latest checkpoint must end with the byte-identical adapter (and training state) of an
-# uninterrupted run. One kill here; AV_TEST_LONG=1 (make test-long) kills 20 times.
+# uninterrupted run. One kill here; AV_TEST_LONG=1 (make test-long) kills 20 times. Also a checkpoint
+# taken inside a gradient accumulation window (it holds the gradients so far) resumes exactly.
 . tests/lib.sh
 need_fixtures
 M="$FX/tiny-llama"
@@ -56,4 +57,12 @@ cmp -s "$W/u/adapters.state.safetensors" "$W/k/adapters.state.safetensors" && ok
   || bad "$kills kills: final training state differs (seed $seed)"
 cmp -s "$W/u/best_adapters.safetensors" "$W/k/best_adapters.safetensors" && ok "best adapter byte-identical" \
   || bad "best adapter differs (seed $seed)"
+
+# checkpoint at iteration 3 of 2-batch accumulation windows: resumed, the same final adapter
+G="$ANVIL lora --model $M --train --data $D --learning-rate 1e-2 --num-layers -1 --batch-size 2 --max-seq-length 48 \
+  --steps-per-report 5 --steps-per-eval 100 --val-batches 1 --save-every 3 --grad-accumulation-steps 2 --threads 1 --seed 3 --iters 12"
+$G --adapter-path "$W/ga" > "$W/ga.log" 2>&1 || bad "accumulation run failed: $(tail -2 "$W/ga.log")"
+$G --adapter-path "$W/ga2" --resume-adapter-file "$W/ga/0000003_adapters.safetensors" > "$W/ga2.log" 2>&1 || bad "accumulation resume failed"
+grep -q '^Resuming from iteration 3 ' "$W/ga2.log" && cmp -s "$W/ga/adapters.safetensors" "$W/ga2/adapters.safetensors" \
+  && ok "resumed inside an accumulation window: same final adapter" || bad "resume inside an accumulation window differs"
 finish

@@ -1,7 +1,7 @@
 /* Training loop: the optimizer (backend op optim_step) over the trainable parameters, gradient
  * accumulation, schedule, reports, evaluation, checkpoints, best adapter, and an exact-resume
  * state file (safetensors with p and the optimizer state m/v per parameter, the loop's counters
- * and the optimizer's name in its metadata). */
+ * and the optimizer's name in its metadata; mid accumulation window also the gradients so far, g). */
 #include "model/model.h"
 #include "ops/ops.h"
 #include "train/dataset.h"
@@ -144,7 +144,8 @@ static av_status save_state(av_trainer *t, const char *adapter_path) {
     float *host = NULL;
     size_t total = 0;
     for (int i = 0; i < t->np; i++) total += t->params[i].n;
-    host = malloc(3 * total * sizeof(float) + 1); /* the state never exceeds the parameter's size */
+    int mid_window = t->iter % t->o.grad_accum != 0; /* gradients accumulated so far are part of the state */
+    host = malloc((mid_window ? 4 : 3) * total * sizeof(float) + 1); /* the state never exceeds the parameter's size */
     if (!host) return av_fail(AV_ERR_NOMEM, "out of memory (state)");
     size_t off = 0;
     char name[200];
@@ -160,6 +161,13 @@ static av_status save_state(av_trainer *t, const char *adapter_path) {
             snprintf(name, sizeof name, "%s.%s", p->name, suf[k]);
             st = n == p->n ? av_st_writer_add(&w, name, AV_F32, 2, shape, host + off) : av_st_writer_add(&w, name, AV_F32, 1, &flat, host + off);
             off += n;
+        }
+        if (mid_window && st == AV_OK) {
+            t->be->download(host + off, p->grad, p->n * sizeof(float));
+            int64_t shape[2] = {p->rows, p->cols};
+            snprintf(name, sizeof name, "%s.g", p->name);
+            st = av_st_writer_add(&w, name, AV_F32, 2, shape, host + off);
+            off += p->n;
         }
     }
     char meta[2048];
@@ -238,6 +246,13 @@ av_status av_trainer_load_state(av_trainer *t, const char *path) {
                 st = av_fail(AV_ERR_SHAPE, "%s: %s has the wrong dtype or size (expected f32 x %zu)", path, name, n);
             else t->be->upload(dst[k], x->data, n * sizeof(float));
         }
+        /* gradients of a checkpoint taken inside an accumulation window (else zero) */
+        char gname[200];
+        snprintf(gname, sizeof gname, "%s.g", p->name);
+        const av_st_tensor *g = st == AV_OK ? av_st_find(&f, gname) : NULL;
+        if (g && (g->dtype != AV_F32 || av_st_numel(g) != (int64_t)p->n))
+            st = av_fail(AV_ERR_SHAPE, "%s: %s has the wrong dtype or size", path, gname);
+        else if (g) t->be->upload(p->grad, g->data, p->n * sizeof(float)); /* older files: none (inexact mid-window) */
     }
     if (st == AV_OK) {
         t->iter = iter;
