@@ -99,7 +99,7 @@ av_status av_atomic_open(av_atomic_file *a, const char *path) {
 }
 
 /* fsyncs the directory holding path, so a rename into it survives a power loss */
-static int fsync_parent(const char *path) {
+int av_fsync_parent(const char *path) {
     char dir[4200];
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');
@@ -131,7 +131,7 @@ av_status av_atomic_commit(av_atomic_file *a) {
         unlink(a->tmp);
         return av_fail(AV_ERR_IO, "%s: rename failed: %s", a->path, strerror(e));
     }
-    fsync_parent(a->path); /* best effort: some file systems cannot fsync a directory */
+    av_fsync_parent(a->path); /* best effort: some file systems cannot fsync a directory */
     return AV_OK;
 }
 
