@@ -1,8 +1,8 @@
 #!/bin/sh
-# `anvil lora` under faults. A model whose final norm holds a NaN (a copy of the tiny fixture with
-# one bf16 value patched) makes the loss NaN: training stops with one line naming the iteration and
-# writes no adapter; with --skip-nonfinite the steps are skipped (one warning each) and the run
-# ends with finite weights. Under AV_TEST_LONG=1: the adapter directory on a small tmpfs fills up
+# `anvil lora` under faults. A NaN planted in one embedding row (a copy of the tiny fixture with
+# one bf16 value patched) makes the loss NaN at the one iteration whose batch uses that token:
+# training stops with one line naming it, nothing of that step is written and the previous
+# checkpoint stays; with --skip-nonfinite that step is skipped (one warning) and the run finishes. Under AV_TEST_LONG=1: the adapter directory on a small tmpfs fills up
 # during a checkpoint: one clear line, non-zero exit, and the previous checkpoint intact (it is the
 # uninterrupted run's checkpoint of that iteration, byte for byte, and resuming from it works).
 . tests/lib.sh
@@ -14,18 +14,33 @@ mkdir -p "$W"
 L="$ANVIL lora --train --data $D --learning-rate 1e-2 --num-layers -1 --batch-size 2 --max-seq-length 128 \
   --steps-per-report 2 --steps-per-eval 100 --val-batches 1 --save-every 1 --threads 1 --seed 5"
 
-# 1. NaN loss
+# 1. NaN loss mid-run: a copy of the tiny model whose embedding row of token 4096 ("anz") is NaN,
+# and data where only one row ("... Zanzibar") holds that token; with seed 6 and one row per batch
+# it is the batch of iteration 5
 cp -rL "$M" "$W/nan-model"
 f="$W/nan-model/model.safetensors"
-sz=$(stat -c %s "$f")
-printf '\300\177' | dd of="$f" bs=1 seek=$((sz - 2)) conv=notrunc 2>/dev/null # last bf16 of model.norm.weight = NaN
-expect_error "NaN loss stops naming the iteration" '^anvil lora: error: iteration 1: the training loss is nan' \
-  $L --model "$W/nan-model" --iters 4 --adapter-path "$W/nan"
-ls "$W/nan"/*.safetensors > /dev/null 2>&1 && bad "a NaN run wrote weights: $(ls "$W/nan")" || ok "no adapter written by the NaN run"
-if $L --model "$W/nan-model" --iters 4 --adapter-path "$W/skip" --skip-nonfinite > "$W/skip.log" 2> "$W/skip.err"; then
-  [ "$(grep -c 'warning: iteration [0-9]*: training loss is nan; step skipped' "$W/skip.err")" = 4 ] && ok "--skip-nonfinite skips each NaN step" \
-    || bad "--skip-nonfinite warnings: $(cat "$W/skip.err")"
-  [ -f "$W/skip/adapters.safetensors" ] && ok "--skip-nonfinite run saved its (finite) adapter" || bad "no adapter after --skip-nonfinite"
+hlen=$(od -An -tu8 -N8 "$f" | tr -d ' ')
+# model.embed_tokens.weight (bf16 [32000, 64]) starts 4096000 bytes into the data; first value of row 4096 = NaN
+printf '\300\177' | dd of="$f" bs=1 seek=$((8 + hlen + 4096000 + 4096 * 128)) conv=notrunc 2>/dev/null
+mkdir -p "$W/nan-data"
+for t in "the cat sat on the mat" "a dog ran to the park" "we like to read books" "the sun is warm today" "my friend has a red car" \
+         "she sings a happy song" "he drinks hot tea" "the bird flies over the tree" "it is a good day" "they play in the garden" \
+         "the boy reads a story" "the girl draws a house" "we walk by the river" "the cat sleeps on the bed" "I see the blue sky" \
+         "the ship sailed to Zanzibar"; do
+  echo "{\"text\": \"$t\"}"
+done > "$W/nan-data/train.jsonl"
+head -4 "$W/nan-data/train.jsonl" > "$W/nan-data/valid.jsonl"
+N="$ANVIL lora --model $W/nan-model --train --data $W/nan-data --batch-size 1 --iters 16 --save-every 1 --steps-per-eval 100 \
+  --val-batches 1 --threads 1 --seed 6"
+expect_error "NaN loss stops naming the iteration" '^anvil lora: error: iteration 5: the training loss is nan; stopping' \
+  $N --adapter-path "$W/nan"
+[ -f "$W/nan/0000005_adapters.safetensors" ] && bad "the NaN iteration was checkpointed" || ok "nothing of the NaN step written"
+cmp -s "$W/nan/adapters.safetensors" "$W/nan/0000004_adapters.safetensors" && ok "the last checkpoint (iteration 4) is kept" \
+  || bad "adapters.safetensors is not iteration 4's checkpoint"
+if $N --adapter-path "$W/skip" --skip-nonfinite > "$W/skip.log" 2> "$W/skip.err"; then
+  grep -qx 'anvil lora: warning: iteration 5: training loss is nan; step skipped' "$W/skip.err" && [ "$(wc -l < "$W/skip.err")" = 1 ] \
+    && ok "--skip-nonfinite skips the NaN step with one warning" || bad "--skip-nonfinite warnings: $(cat "$W/skip.err")"
+  grep -q '^Saved final weights' "$W/skip.log" && ok "--skip-nonfinite run finished with finite weights" || bad "no final weights after --skip-nonfinite"
 else
   bad "--skip-nonfinite run failed: $(cat "$W/skip.err")"
 fi
