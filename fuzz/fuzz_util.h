@@ -1,5 +1,5 @@
 /* Helpers shared by the fuzz targets: parsers that read a path get the input bytes as a file in a
- * per-process scratch directory (made once, removed at exit), and a fixture path resolver for
+ * per-process scratch directory (made once in /dev/shm or /tmp, removed at exit), and a fixture path resolver for
  * targets that load a reference tokenizer once. Header-only; used by libFuzzer and the replay driver. */
 #ifndef AV_FUZZ_UTIL_H
 #define AV_FUZZ_UTIL_H
@@ -21,8 +21,12 @@ static inline void fz_cleanup(void) {
 /* The scratch directory (aborts if it cannot be made: the target cannot run at all). */
 static inline const char *fz_dir(void) {
     if (!fz_dir_buf[0]) {
-        snprintf(fz_dir_buf, sizeof fz_dir_buf, "/tmp/anvil-fuzz.XXXXXX");
-        if (!mkdtemp(fz_dir_buf)) { perror("mkdtemp"); abort(); }
+        /* in memory where there is a /dev/shm: file-based targets run several times faster */
+        snprintf(fz_dir_buf, sizeof fz_dir_buf, "/dev/shm/anvil-fuzz.XXXXXX");
+        if (!mkdtemp(fz_dir_buf)) {
+            snprintf(fz_dir_buf, sizeof fz_dir_buf, "/tmp/anvil-fuzz.XXXXXX");
+            if (!mkdtemp(fz_dir_buf)) { perror("mkdtemp"); abort(); }
+        }
         atexit(fz_cleanup);
     }
     return fz_dir_buf;
