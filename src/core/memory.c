@@ -1,7 +1,9 @@
 /* mmap, file helpers, atomic writes, tracked allocation and peak memory. */
 #include "core/memory.h"
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,7 +92,31 @@ char *av_path_join(char *buf, size_t cap, const char *dir, const char *name) {
     return buf;
 }
 
+/* Removes "<path>.tmp.<pid>" files left by writers that were killed (their pid no longer runs). */
+static void remove_stale_tmp(const char *path) {
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    const char *base = slash ? slash + 1 : path;
+    if (slash == dir) dir[1] = 0;
+    else if (slash) *slash = 0;
+    else snprintf(dir, sizeof dir, ".");
+    size_t bl = strlen(base);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char p[4400];
+    while (d && (e = readdir(d))) {
+        if (strncmp(e->d_name, base, bl) || strncmp(e->d_name + bl, ".tmp.", 5)) continue;
+        char *end;
+        long pid = strtol(e->d_name + bl + 5, &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        unlink(av_path_join(p, sizeof p, dir, e->d_name));
+    }
+    if (d) closedir(d);
+}
+
 av_status av_atomic_open(av_atomic_file *a, const char *path) {
+    remove_stale_tmp(path);
     snprintf(a->path, sizeof a->path, "%s", path);
     snprintf(a->tmp, sizeof a->tmp, "%s.tmp.%d", path, (int)getpid());
     a->f = fopen(a->tmp, "wb");
