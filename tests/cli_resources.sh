@@ -20,7 +20,11 @@ else
   skip "huge --max-kv-size: this machine has more than 40 GB available"
 fi
 
-# 2. training batch: rows of L=30000 tokens; the attention probabilities alone take rows x 4 heads x L^2 x 4 bytes
+# 2. absurd batch flags on the small quotes data: refused before the model is loaded
+expect_error "--batch-size 100000 --max-seq-length 100000" 'dataset must have at least batch_size=100000 examples' \
+  $ANVIL lora --model "$M" --train --data "$AV_DATA/quotes" --batch-size 100000 --max-seq-length 100000 --iters 1 --adapter-path "$W/q"
+
+# 3. training batch: rows of L=30000 tokens; the attention probabilities alone take rows x 4 heads x L^2 x 4 bytes
 cp -rL "$M" "$W/long"
 sed -i 's/"max_position_embeddings": 2048/"max_position_embeddings": 1048576/' "$W/long/config.json"
 rows=$(awk -v a="$avail_kb" 'BEGIN{n = int(2 * a * 1024 / (16 * 30000 * 30000)) + 2; print n < 4 ? 4 : n}')
