@@ -3,7 +3,7 @@
  * byte-level BPE; the first input byte picks one). These are lossless, so for valid UTF-8 without
  * NUL decode(encode(x)) must give x back exactly (SentencePiece: unless x holds U+2581, the piece
  * space marker, which decodes as a space by design, or, with Llama-2's tokenizer.json, starts with
- * a space, as in HF); any difference aborts with both strings. */
+ * a space, which Metaspace's rules drop); any difference aborts with both strings. */
 #include "fuzz_util.h"
 #include <stdint.h>
 
@@ -54,8 +54,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *out = NULL;
     av_status st = av_tokenizer_decode(tok[which], ids, nid, 0, &out);
     /* Llama-2's tokenizer.json (Metaspace, prepend_scheme "always") prepends the space marker only
-     * when the text does not start with a space, and its decoder strips one: HF loses a leading
-     * space there too (tests/fixtures/llama2_variants.jsonl) */
+     * when the text does not start with a space, and its decoder strips one: by those rules a
+     * leading space does not come back */
     int lossless = utf8_ok(data + 1, n) && !(which < 2 && memmem(text, n, "\xe2\x96\x81", 3)) && !(which == 0 && n && text[0] == ' ');
     if (st == AV_OK && lossless && (strlen(out) != n || memcmp(out, text, n))) {
         fprintf(stderr, "round trip differs with %s:\n  in:  '%.*s'\n  out: '%s'\n", names[which], (int)n, text, out);
