@@ -114,7 +114,7 @@ FUZZ_DIR     := build-fuzz
 FUZZ_NAMES   := $(patsubst fuzz/fuzz_%.c,%,$(sort $(wildcard fuzz/fuzz_*.c)))
 FUZZ_TARGETS ?= $(FUZZ_NAMES)
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
-FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -mf16c -fno-omit-frame-pointer -Wall -Wextra -Werror -fopenmp -Iinclude -Isrc -MMD -MP \
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -march=native -fno-omit-frame-pointer -Wall -Wextra -Werror -fopenmp -Iinclude -Isrc -MMD -MP \
                 $(if $(HAVE_OPENBLAS),-DAV_HAVE_BLAS)
 FUZZ_OBJ     := $(LIB_SRC:%.c=$(FUZZ_DIR)/%.o)
 FUZZ_CLI_OBJ := $(filter-out %/main.o,$(CLI_SRC:%.c=$(FUZZ_DIR)/%.o))
