@@ -119,41 +119,63 @@ clean:
 	rm -rf build build-asan build-fuzz
 
 # --- fuzzing (clang's libFuzzer; not part of `make test`) --------------------------------------
-# `make fuzz`: builds build-fuzz/fuzz_gguf and fuzz_safetensors (library compiled for coverage under
-# ASan + UBSan), seeds build-fuzz/corpus-* from the fixtures and tests/fixtures/fuzz-seeds, and runs each target for
-# FUZZ_RUNS executions (one process). Crashing inputs land in build-fuzz/ (crash-*, leak-*).
-FUZZ_CC     ?= clang
-FUZZ_RUNS   ?= 100000
-FUZZ_MAXLEN ?= 65536
-FUZZ_ARGS   ?=
-FUZZ_DIR    := build-fuzz
-FUZZ_SAN    := -fsanitize=address,undefined -fno-sanitize-recover=undefined
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -mf16c -fno-omit-frame-pointer -Wall -Wextra -Werror -fopenmp -Iinclude -Isrc -MMD -MP \
-               $(if $(HAVE_OPENBLAS),-DAV_HAVE_BLAS)
-FUZZ_OBJ    := $(LIB_SRC:%.c=$(FUZZ_DIR)/%.o)
-FUZZ_BIN    := $(FUZZ_DIR)/fuzz_gguf $(FUZZ_DIR)/fuzz_safetensors
+# Every fuzz/fuzz_<t>.c is a target (entry LLVMFuzzerTestOneInput). `make fuzz` builds build-fuzz/fuzz_<t>
+# (library and cli/ compiled for coverage under ASan + UBSan), seeds build-fuzz/corpus-<t> from the
+# fixture globs listed in fuzz/<t>.seeds, tests/fixtures/fuzz-seeds/<t>/ and tests/fixtures/fuzz-regress/<t>/
+# (each optional), and runs each target for FUZZ_RUNS executions (one process, with fuzz/<t>.dict if there
+# is one). FUZZ_TARGETS="gguf config" picks some. Crashing inputs land in build-fuzz/<t>-crash-*; fix the
+# bug, then add the input to tests/fixtures/fuzz-regress/<t>/, which `make test` replays with gcc (below).
+FUZZ_CC      ?= clang
+FUZZ_RUNS    ?= 100000
+FUZZ_MAXLEN  ?= 65536
+FUZZ_ARGS    ?=
+FUZZ_DIR     := build-fuzz
+FUZZ_NAMES   := $(patsubst fuzz/fuzz_%.c,%,$(sort $(wildcard fuzz/fuzz_*.c)))
+FUZZ_TARGETS ?= $(FUZZ_NAMES)
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -march=native -fno-omit-frame-pointer -Wall -Wextra -Werror -fopenmp -Iinclude -Isrc -MMD -MP \
+                $(if $(HAVE_OPENBLAS),-DAV_HAVE_BLAS)
+FUZZ_OBJ     := $(LIB_SRC:%.c=$(FUZZ_DIR)/%.o)
+FUZZ_CLI_OBJ := $(filter-out %/main.o,$(CLI_SRC:%.c=$(FUZZ_DIR)/%.o))
+FUZZ_BIN     := $(FUZZ_NAMES:%=$(FUZZ_DIR)/fuzz_%)
+FUZZ_LDLIBS   = $(filter-out -L%cuda% -lcublas% -lcudart -lstdc++ -ldl -lrt -fopenmp,$(LDLIBS))
 
-$(FUZZ_DIR)/src/%.o: src/%.c
+$(FUZZ_DIR)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(FUZZ_SAN) -c -o $@ $<
 
 $(FUZZ_DIR)/libanvil.a: $(FUZZ_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
+$(FUZZ_DIR)/libanvil-cli.a: $(FUZZ_CLI_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
 
-$(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_DIR)/libanvil.a
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $< $(FUZZ_DIR)/libanvil.a \
-	   $(filter-out -L%cuda% -lcublas% -lcudart -lstdc++ -ldl -lrt -fopenmp,$(LDLIBS))
+$(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_DIR)/libanvil-cli.a $(FUZZ_DIR)/libanvil.a $(wildcard fuzz/*.h)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $< $(FUZZ_DIR)/libanvil-cli.a $(FUZZ_DIR)/libanvil.a $(FUZZ_LDLIBS)
 
-fuzz-build: $(FUZZ_BIN)
+fuzz-build: $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 
 fuzz: fuzz-build
-	@mkdir -p $(FUZZ_DIR)/corpus-gguf $(FUZZ_DIR)/corpus-safetensors
-	@cp tests/fixtures/gguf/*.gguf tests/fixtures/fuzz-seeds/*.gguf $(FUZZ_DIR)/corpus-gguf/
-	@cp tests/fixtures/gguf/expected.safetensors tests/fixtures/optimizer/steps.safetensors tests/fixtures/fuzz-seeds/*.safetensors $(FUZZ_DIR)/corpus-safetensors/
-	$(FUZZ_DIR)/fuzz_gguf -runs=$(FUZZ_RUNS) -max_len=$(FUZZ_MAXLEN) -dict=fuzz/gguf.dict -artifact_prefix=$(FUZZ_DIR)/ \
-	   -print_final_stats=1 $(FUZZ_ARGS) $(FUZZ_DIR)/corpus-gguf
-	$(FUZZ_DIR)/fuzz_safetensors -runs=$(FUZZ_RUNS) -max_len=$(FUZZ_MAXLEN) -dict=fuzz/safetensors.dict -artifact_prefix=$(FUZZ_DIR)/ \
-	   -print_final_stats=1 $(FUZZ_ARGS) $(FUZZ_DIR)/corpus-safetensors
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  c=$(FUZZ_DIR)/corpus-$$t; mkdir -p $$c; \
+	  if [ -f fuzz/$$t.seeds ]; then for g in $$(grep -v '^#' fuzz/$$t.seeds); do cp $$g $$c/; done; fi; \
+	  for d in tests/fixtures/fuzz-seeds/$$t tests/fixtures/fuzz-regress/$$t; do [ -d $$d ] && cp $$d/* $$c/ || true; done; \
+	  dict=; [ -f fuzz/$$t.dict ] && dict=-dict=fuzz/$$t.dict; \
+	  echo "== fuzz_$$t: $(FUZZ_RUNS) runs"; \
+	  $(FUZZ_DIR)/fuzz_$$t -runs=$(FUZZ_RUNS) -max_len=$(FUZZ_MAXLEN) $$dict -artifact_prefix=$(FUZZ_DIR)/$$t- \
+	     -print_final_stats=1 $(FUZZ_ARGS) $$c; \
+	done
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(if $(filter fuzz fuzz-build,$(MAKECMDGOALS)),$(FUZZ_OBJ:.o=.d))
+# The fuzz targets' entry functions again, built with $(CC) and a plain main() (tests/fuzz_replay.c) that
+# runs files through them: tests/cli_fuzz_regress.sh replays tests/fixtures/fuzz-regress/ and the seeds.
+FUZZ_REPLAY := $(FUZZ_NAMES:%=$(BUILD)/fuzz-replay/fuzz_%)
+$(BUILD)/libanvil-cli.a: $(filter-out %/main.o,$(CLI_OBJ))
+	@rm -f $@
+	ar rcs $@ $^
+$(BUILD)/fuzz-replay/fuzz_%: fuzz/fuzz_%.c tests/fuzz_replay.c $(BUILD)/libanvil-cli.a $(BUILD)/libanvil.a $(wildcard fuzz/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< tests/fuzz_replay.c $(BUILD)/libanvil-cli.a $(BUILD)/libanvil.a $(LDLIBS)
+tests: $(FUZZ_REPLAY)
+
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(if $(filter fuzz fuzz-build,$(MAKECMDGOALS)),$(FUZZ_OBJ:.o=.d) $(FUZZ_CLI_OBJ:.o=.d))

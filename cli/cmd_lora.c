@@ -82,6 +82,7 @@ static void on_event(void *ctx, const av_train_event *e) {
     case AV_TEV_BEST: printf("Iter %d: New best val loss %.3f, saved to %s.\n", e->iter, e->val_loss, e->path); break;
     case AV_TEV_FINAL: printf("Saved final weights to %s.\n", e->path); break;
     case AV_TEV_INTERRUPTED: printf("Iter %d: Interrupted; saved adapter weights and training state to %s.\n", e->iter, e->path); break;
+    case AV_TEV_SKIPPED: fprintf(stderr, "anvil lora: warning: iteration %d: training loss is %s; step skipped\n", e->iter, isnan(e->train_loss) ? "nan" : "inf"); break;
     }
     fflush(stdout);
 }
@@ -208,6 +209,7 @@ int av_cmd_lora(int argc, char **argv) {
         {"grad-checkpoint", AV_OPT_FLAG, &o.grad_checkpoint, "keep only layer inputs; recompute in backward", 0, 0, NULL},
         {"profile", AV_OPT_FLAG, &o.profile, "time each phase of the steps (synchronises the device; slower) and print the table", 0, 0, NULL},
         {"mask-prompt", AV_OPT_FLAG, &o.mask_prompt, "train only on completions / the last message", 0, 0, NULL},
+        {"skip-nonfinite", AV_OPT_FLAG, &o.skip_nonfinite, "skip steps whose loss is NaN/Inf (default: stop, naming the iteration)", 0, 0, NULL},
         {"max-seq-length", AV_OPT_INT, &o.max_seq_length, "truncate examples to N tokens (default 2048)", 2, 1e7, NULL},
         {"lora-keys", AV_OPT_STR, &o.lora_keys, "projections to adapt (default q_proj,v_proj; all = every one)", 0, 0, NULL},
         {"rank", AV_OPT_INT, &o.rank, "LoRA rank (default 8)", 1, 65536, NULL},
@@ -488,6 +490,7 @@ int av_cmd_lora(int argc, char **argv) {
         to.lr = sched;
         to.optim = optim;
         to.dump_grads = o.dump_grads;
+        to.skip_nonfinite = o.skip_nonfinite;
         to.stop = &g_stop_flag;
         to.save = save_adapter;
         to.on_event = on_event;

@@ -112,6 +112,7 @@ int av_lora_config_apply(lora_opts *o, const cJSON *cfg, const char *path, char 
         else if (!strcmp(k, "train")) rc = cfg_bool(kv, path, k, &o->train);
         else if (!strcmp(k, "test")) rc = cfg_bool(kv, path, k, &o->test);
         else if (!strcmp(k, "grad_checkpoint")) rc = cfg_bool(kv, path, k, &o->grad_checkpoint);
+        else if (!strcmp(k, "skip_nonfinite")) rc = cfg_bool(kv, path, k, &o->skip_nonfinite);
         else if (!strcmp(k, "mask_prompt")) rc = cfg_bool(kv, path, k, &o->mask_prompt);
         else if (!strcmp(k, "fine_tune_type")) rc = cfg_str(kv, path, k, &o->fine_tune_type);
         else if (!strcmp(k, "adapter_path")) rc = cfg_str(kv, path, k, &o->adapter_path);

@@ -12,7 +12,7 @@
 typedef struct {
     const char *model, *data, *fine_tune_type, *adapter_path, *adapter_format, *resume, *lora_keys, *config, *device,
         *dump_grads, *lr_schedule, *optimizer, *attention;
-    int train, test, grad_checkpoint, mask_prompt, bias_correction, profile;
+    int train, test, grad_checkpoint, mask_prompt, bias_correction, profile, skip_nonfinite;
     int num_layers, batch_size, iters, steps_per_report, steps_per_eval, val_batches, save_every, max_seq_length, rank,
         seed, grad_accum, test_batches, threads, warmup, decay_steps;
     double learning_rate, alpha, scale, dropout, warmup_init, lr_end, weight_decay;

@@ -64,6 +64,8 @@ int av_threads_get(void);
 /* Peak resident memory of the process in bytes (VmHWM) and current (VmRSS). */
 size_t av_mem_peak_rss(void);
 size_t av_mem_current_rss(void);
+/* Bytes of host memory available to allocate (MemAvailable); 0 if unknown. */
+size_t av_mem_available(void);
 /* Peak bytes allocated through the library's host allocator. */
 size_t av_mem_peak_alloc(void);
 
@@ -812,6 +814,7 @@ typedef enum {
     AV_TEV_BEST,         /* new best validation loss: path */
     AV_TEV_FINAL,        /* final weights: path */
     AV_TEV_INTERRUPTED,  /* stopped early; state saved: path */
+    AV_TEV_SKIPPED,      /* non-finite loss at iter (train_loss): step skipped (skip_nonfinite) */
 } av_train_event_kind;
 
 typedef struct {
@@ -831,6 +834,9 @@ typedef struct {
     av_optim_params optim; /* kind and hyperparameters (lr and step are set per update) */
     const char *dump_grads; /* if set: write the first batch's gradients (PEFT names) here and stop */
     volatile int *stop;     /* set asynchronously (SIGINT): save state and return AV_ERR_INTERRUPTED */
+    /* A non-finite training loss stops the run with AV_ERR_ARG naming the iteration (nothing of
+     * that step is applied or saved); with skip_nonfinite the step is dropped instead (AV_TEV_SKIPPED). */
+    int skip_nonfinite;
     /* Writes the current adapter weights for `tag` (NULL = main file, "best", or a 7-digit
      * iteration for a numbered checkpoint) and puts the weights file (or PEFT directory) written
      * into path; the state side file goes beside it. */

@@ -6,6 +6,7 @@
 #define AV_BACKEND_H
 #include <stddef.h>
 #include <stdint.h>
+#include "core/plan.h"
 #include "core/status.h"
 #include "ops/ops.h"
 
@@ -52,6 +53,9 @@ struct av_backend {
     void (*zero)(void *p, size_t bytes);
     void (*sync)(void);
     size_t (*peak_bytes)(void); /* peak backend memory in use */
+    /* Optional: bytes this backend can still allocate without swapping or failing (CPU: the kernel's
+     * MemAvailable; CUDA: cudaMemGetInfo's free bytes plus the arena's free blocks); 0 = unknown. */
+    size_t (*mem_available)(void);
     /* Optional (NULL: use download): a small download (<= 4 KB) queued behind the work issued so
      * far without waiting for it. begin returns a ticket (-1: none free, use download); end waits for
      * that copy only and writes the bytes to dst. At most 4 tickets outstanding; each ended once. */
@@ -172,5 +176,10 @@ struct av_backend {
     void (*rmsnorm_backward_dx16)(float *dx, uint16_t *dx16, const float *dout, const float *x, const av_mat *w, const float *rstd, int T,
                                   int D);
 };
+
+/* Commits a memory plan on the backend after checking its size against be->mem_available: a
+ * plan that cannot fit fails before anything is allocated ("what: needs X GiB, only Y GiB of
+ * <device> memory is available"), rather than an allocation the kernel later kills us for. */
+av_status av_backend_plan_commit(const av_backend *be, av_plan *p, const char *what);
 
 #endif

@@ -20,6 +20,7 @@ static const av_backend k_cpu = {
     .zero = cpu_zero,
     .sync = cpu_sync,
     .peak_bytes = av_mem_peak_rss,
+    .mem_available = av_mem_available,
     .embedding_forward = av_embedding_forward,
     .embedding_backward = av_embedding_backward,
     .rmsnorm_forward = av_rmsnorm_forward,

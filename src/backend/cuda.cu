@@ -181,6 +181,22 @@ static void arena_free(void *ptr) {
 
 extern "C" size_t av_cuda_held_bytes(void) { return g_held[cur_dev()]; } /* the calling thread's GPU */
 static size_t cuda_peak(void) { return g_peak[cur_dev()]; }
+
+/* Device memory still to be had on the calling thread's GPU: the driver's free bytes plus the
+ * arena's free blocks there (an upper bound for a plan; what the planner checks before committing).
+ * 0 if the driver cannot say. */
+static size_t cuda_mem_available(void) {
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) return 0;
+    int dev = cur_dev();
+    pthread_mutex_lock(&g_mu);
+    for (chunk *c = g_chunks; c; c = c->next)
+        if (c->device == dev)
+            for (blk *b = c->blocks; b; b = b->next)
+                if (b->free) fr += b->n;
+    pthread_mutex_unlock(&g_mu);
+    return fr;
+}
 extern "C" void av_cuda_reset_peak(void) {
     pthread_mutex_lock(&g_mu);
     g_peak[cur_dev()] = g_held[cur_dev()];
@@ -437,6 +453,7 @@ static void fill_table(av_backend *b, int f32) {
     b->zero = cuda_zero;
     b->sync = cuda_sync;
     b->peak_bytes = cuda_peak;
+    b->mem_available = cuda_mem_available;
     b->embedding_forward = av_cuda_embedding_forward;
     b->embedding_backward = av_cuda_embedding_backward;
     b->rmsnorm_forward = av_cuda_rmsnorm_forward;

@@ -1,7 +1,9 @@
 /* mmap, file helpers, atomic writes, tracked allocation and peak memory. */
 #include "core/memory.h"
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,7 +92,31 @@ char *av_path_join(char *buf, size_t cap, const char *dir, const char *name) {
     return buf;
 }
 
+/* Removes "<path>.tmp.<pid>" files left by writers that were killed (their pid no longer runs). */
+static void remove_stale_tmp(const char *path) {
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    const char *base = slash ? slash + 1 : path;
+    if (slash == dir) dir[1] = 0;
+    else if (slash) *slash = 0;
+    else snprintf(dir, sizeof dir, ".");
+    size_t bl = strlen(base);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char p[4400];
+    while (d && (e = readdir(d))) {
+        if (strncmp(e->d_name, base, bl) || strncmp(e->d_name + bl, ".tmp.", 5)) continue;
+        char *end;
+        long pid = strtol(e->d_name + bl + 5, &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        unlink(av_path_join(p, sizeof p, dir, e->d_name));
+    }
+    if (d) closedir(d);
+}
+
 av_status av_atomic_open(av_atomic_file *a, const char *path) {
+    remove_stale_tmp(path);
     snprintf(a->path, sizeof a->path, "%s", path);
     snprintf(a->tmp, sizeof a->tmp, "%s.tmp.%d", path, (int)getpid());
     a->f = fopen(a->tmp, "wb");
@@ -98,18 +124,40 @@ av_status av_atomic_open(av_atomic_file *a, const char *path) {
     return AV_OK;
 }
 
+/* fsyncs the directory holding path, so a rename into it survives a power loss */
+int av_fsync_parent(const char *path) {
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+/* flush + fsync the data, rename over the destination, fsync the directory: after a crash at any
+ * point the destination holds either the old or the new contents, never a part */
 av_status av_atomic_commit(av_atomic_file *a) {
     if (!a->f) return av_fail(AV_ERR_IO, "%s: not open", a->path);
-    int bad = fflush(a->f) != 0 || ferror(a->f);
-    if (!bad) fsync(fileno(a->f));
-    bad |= fclose(a->f) != 0;
+    int e = 0;
+    if (fflush(a->f) != 0 || ferror(a->f)) e = errno ? errno : EIO;
+    if (!e && fsync(fileno(a->f)) != 0 && errno != EINVAL) e = errno;
+    if (fclose(a->f) != 0 && !e) e = errno ? errno : EIO;
     a->f = NULL;
-    if (bad) { unlink(a->tmp); return av_fail(AV_ERR_IO, "%s: write failed (disk full?)", a->path); }
+    if (e) {
+        unlink(a->tmp);
+        return av_fail(AV_ERR_IO, "%s: write failed: %s", a->path, strerror(e));
+    }
     if (rename(a->tmp, a->path) != 0) {
-        int e = errno;
+        e = errno;
         unlink(a->tmp);
         return av_fail(AV_ERR_IO, "%s: rename failed: %s", a->path, strerror(e));
     }
+    av_fsync_parent(a->path); /* best effort: some file systems cannot fsync a directory */
     return AV_OK;
 }
 
@@ -122,9 +170,11 @@ void av_atomic_abort(av_atomic_file *a) {
 av_status av_write_file_atomic(const char *path, const void *data, size_t len) {
     av_atomic_file a;
     AV_TRY(av_atomic_open(&a, path));
+    errno = 0;
     if (len && fwrite(data, 1, len, a.f) != len) {
+        int e = errno ? errno : EIO;
         av_atomic_abort(&a);
-        return av_fail(AV_ERR_IO, "%s: write failed", path);
+        return av_fail(AV_ERR_IO, "%s: write failed: %s", path, strerror(e));
     }
     return av_atomic_commit(&a);
 }
@@ -174,3 +224,17 @@ static size_t read_status_kb(const char *key) {
 }
 size_t av_mem_peak_rss(void) { return read_status_kb("VmHWM:"); }
 size_t av_mem_current_rss(void) { return read_status_kb("VmRSS:"); }
+
+/* MemAvailable of /proc/meminfo (what the kernel can hand out without swapping), else the free
+ * physical pages; 0 if neither is known. */
+size_t av_mem_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    size_t kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "MemAvailable:", 13)) { kb = strtoull(line + 13, NULL, 10); break; }
+    if (f) fclose(f);
+    if (kb) return kb * 1024;
+    long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    return pages > 0 && psz > 0 ? (size_t)pages * (size_t)psz : 0;
+}

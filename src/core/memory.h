@@ -22,7 +22,9 @@ typedef struct {
     char tmp[4200];
 } av_atomic_file;
 av_status av_atomic_open(av_atomic_file *a, const char *path);
-av_status av_atomic_commit(av_atomic_file *a); /* fflush+fsync+close+rename */
+av_status av_atomic_commit(av_atomic_file *a); /* fflush+fsync+close+rename+fsync of the directory */
+/* fsyncs the directory that holds path (after a rename into it); -1 if it cannot be opened or synced. */
+int av_fsync_parent(const char *path);
 void av_atomic_abort(av_atomic_file *a);       /* close + unlink temp */
 
 /* av_remove_tree: include/anvil.h */

@@ -26,6 +26,15 @@ void av_plan_add(av_plan *p, void *slot, size_t bytes) {
 
 static size_t round_up(size_t n) { return (n + AV_PLAN_ALIGN - 1) / AV_PLAN_ALIGN * AV_PLAN_ALIGN; }
 
+size_t av_plan_bytes(const av_plan *p) {
+    size_t total = 0;
+    for (int i = 0; i < p->n; i++) {
+        if (p->e[i].bytes > SIZE_MAX / 2 - total) return SIZE_MAX;
+        total += round_up(p->e[i].bytes);
+    }
+    return total;
+}
+
 av_status av_plan_commit(av_plan *p, void *(*alloc)(size_t bytes, const char *what), const char *what) {
     if (p->failed) return av_fail(AV_ERR_NOMEM, "%s: out of memory", what);
     size_t total = 0;

@@ -26,6 +26,8 @@ void av_plan_init(av_plan *p);
 void av_plan_add(av_plan *p, void *slot, size_t bytes);
 /* Floats / int32s, the common cases. */
 #define av_plan_floats(p, slot, n) av_plan_add((p), (slot), (size_t)(n) * sizeof(float))
+/* Bytes av_plan_commit would allocate (SIZE_MAX if the sizes overflow). */
+size_t av_plan_bytes(const av_plan *p);
 /* One allocation of every piece: alloc(total, what) (NULL: out of memory, already recorded by the
  * allocator); sets every slot. */
 av_status av_plan_commit(av_plan *p, void *(*alloc)(size_t bytes, const char *what), const char *what);

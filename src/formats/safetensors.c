@@ -2,6 +2,7 @@
  * names to {dtype, shape, data_offsets}; offsets are relative to the byte after the header. */
 #include "formats/safetensors.h"
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -268,6 +269,7 @@ av_status av_st_writer_write(av_st_writer *w, const char *path) {
     av_atomic_file a;
     av_status st = av_atomic_open(&a, path);
     if (st != AV_OK) { free(hdr); return st; }
+    errno = 0;
     uint64_t h64 = padded;
     int ok = fwrite(&h64, 8, 1, a.f) == 1 && fwrite(hdr, 1, hl, a.f) == hl;
     for (size_t i = hl; ok && i < padded; i++) ok = fputc(' ', a.f) != EOF;
@@ -276,7 +278,11 @@ av_status av_st_writer_write(av_st_writer *w, const char *path) {
         size_t nb = entry_bytes(&w->e[i]);
         ok = nb == 0 || fwrite(w->e[i].data, 1, nb, a.f) == nb;
     }
-    if (!ok) { av_atomic_abort(&a); return av_fail(AV_ERR_IO, "%s: write failed", path); }
+    if (!ok) {
+        int e = errno ? errno : EIO;
+        av_atomic_abort(&a);
+        return av_fail(AV_ERR_IO, "%s: write failed: %s", path, strerror(e));
+    }
     return av_atomic_commit(&a);
 }
 

@@ -49,7 +49,7 @@ av_status av_batch_session_new(av_batch_session **out, av_model *m, int n_seq, i
     av_llama_plan_rows(&b->mem, m, rows, &p->ws, &b->x, &b->hidden);
     av_plan_floats(&b->mem, &b->logits, (size_t)n_seq * V);
     av_plan_add(&b->mem, &b->dev, sizeof(int32_t) * ((size_t)3 * n_seq + 2 * max_chunk));
-    if (av_plan_commit(&b->mem, be->alloc, "batch buffers") != AV_OK) {
+    if (av_backend_plan_commit(be, &b->mem, "batch buffers") != AV_OK) {
         av_batch_session_free(b);
         return av_fail_prefix(AV_ERR_NOMEM, "batch of %d x %d tokens", n_seq, max_seq);
     }

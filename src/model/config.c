@@ -11,6 +11,16 @@ static int supported_arch(const char *a) {
     return !strcmp(a, "LlamaForCausalLM") || !strcmp(a, "MistralForCausalLM");
 }
 
+/* An optional integer field (absent or null: def) that must be a whole number in [lo, hi]. */
+static av_status opt_int(const cJSON *o, const char *key, int def, int lo, int hi, const char *where, int *dst) {
+    const cJSON *v = av_json_get(o, key);
+    if (!v || cJSON_IsNull(v)) { *dst = def; return AV_OK; }
+    if (!cJSON_IsNumber(v) || v->valuedouble < lo || v->valuedouble > hi || v->valuedouble != floor(v->valuedouble))
+        return av_fail(AV_ERR_FORMAT, "%s: \"%s\" must be an integer in [%d, %d]", where, key, lo, hi);
+    *dst = (int)v->valuedouble;
+    return AV_OK;
+}
+
 static av_status parse_rope(av_config *c, const cJSON *rp, const char *where) {
     if (!rp) return AV_OK;
     if (!cJSON_IsObject(rp)) return av_fail(AV_ERR_FORMAT, "%s: rope scaling/parameters must be an object", where);
@@ -23,7 +33,7 @@ static av_status parse_rope(av_config *c, const cJSON *rp, const char *where) {
     c->rope_factor = av_json_num(rp, "factor", 1.0);
     c->rope_low_freq_factor = av_json_num(rp, "low_freq_factor", 1.0);
     c->rope_high_freq_factor = av_json_num(rp, "high_freq_factor", 4.0);
-    c->rope_original_max_pos = (int)av_json_num(rp, "original_max_position_embeddings", 8192);
+    AV_TRY(opt_int(rp, "original_max_position_embeddings", 8192, 1, 100000000, where, &c->rope_original_max_pos));
     if (c->rope_type != AV_ROPE_DEFAULT && !(c->rope_factor > 0))
         return av_fail(AV_ERR_FORMAT, "%s: rope scaling factor must be > 0", where);
     return AV_OK;
@@ -78,7 +88,7 @@ static av_status parse_obj(av_config *c, const cJSON *j, const char *where) {
     c->rope_factor = 1.0;
     AV_TRY(parse_rope(c, av_json_get(j, "rope_scaling"), where));
     AV_TRY(parse_rope(c, av_json_get(j, "rope_parameters"), where));
-    c->bos_token_id = (int)av_json_num(j, "bos_token_id", -1);
+    AV_TRY(opt_int(j, "bos_token_id", -1, -1, 100000000, where, &c->bos_token_id));
     const cJSON *eos = av_json_get(j, "eos_token_id");
     if (cJSON_IsNumber(eos)) c->eos_token_ids[c->n_eos++] = eos->valueint;
     else if (cJSON_IsArray(eos))
@@ -88,8 +98,8 @@ static av_status parse_obj(av_config *c, const cJSON *j, const char *where) {
     if (av_dtype_parse(dt, &c->dtype) != 0) c->dtype = AV_BF16;
     const cJSON *q = av_json_get(j, "quantization");
     if (q) {
-        c->quant_bits = (int)av_json_num(q, "bits", 0);
-        c->quant_group_size = (int)av_json_num(q, "group_size", 64);
+        AV_TRY(opt_int(q, "bits", 0, 0, 16, where, &c->quant_bits));
+        AV_TRY(opt_int(q, "group_size", 64, 1, 1 << 20, where, &c->quant_group_size));
     }
     return AV_OK;
 }
@@ -189,10 +199,12 @@ av_status av_config_llama3_fit(av_config *c, const float *factors, const char *w
 }
 
 long long av_config_param_count(const av_config *c) {
-    long long D = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
-    long long q = (long long)c->n_heads * c->head_dim, kv = (long long)c->n_kv_heads * c->head_dim;
-    long long layer = D * q + 2 * D * kv + q * D + 3 * D * F + 2 * D;
-    return V * D + c->n_layers * layer + D + (c->tie_word_embeddings ? 0 : V * D);
+    /* in double: a config may hold absurd sizes (each up to 1e8); the count saturates */
+    double D = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    double q = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
+    double layer = D * q + 2 * D * kv + q * D + 3 * D * F + 2 * D;
+    double n = V * D + c->n_layers * layer + D + (c->tie_word_embeddings ? 0 : V * D);
+    return n < 9.2e18 ? (long long)n : 9200000000000000000LL;
 }
 
 av_status av_config_save(const av_config *c, const char *path) {

@@ -48,7 +48,7 @@ av_status av_session_new(av_session **out, av_model *m, int max_seq, int max_chu
     av_plan_add(&s->plan, &s->ids_dev, C * sizeof(int32_t));
     av_plan_add(&s->plan, &s->pos_dev, C * sizeof(int32_t));
     s->hist = malloc(sizeof(int32_t) * (size_t)max_seq);
-    if (!s->hist || av_plan_commit(&s->plan, be->alloc, "session buffers") != AV_OK) {
+    if (!s->hist || av_backend_plan_commit(be, &s->plan, "session buffers") != AV_OK) {
         av_session_free(s);
         return av_fail_prefix(AV_ERR_NOMEM, "a %d-token KV cache", max_seq);
     }

@@ -46,7 +46,7 @@ static jx_args one_arg(jv *v) { jx_args a = {0}; a.npos = 1; a.pos = v; return a
 static jx_args args_from(const jx_args *a, int skip) {
     jx_args r = *a;
     if (skip > r.npos) skip = r.npos;
-    r.pos += skip;
+    if (skip > 0) r.pos += skip; /* pos is NULL when there are no positionals */
     r.npos -= skip;
     return r;
 }

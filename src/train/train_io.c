@@ -124,6 +124,7 @@ av_status av_train_save_model_dir(av_train_ctx *c, const char *dir) {
             unlink(tmp);
             return av_fail(AV_ERR_IO, "%s: cannot rename into place", lpath);
         }
+        av_fsync_parent(lpath);
         return AV_OK;
     }
     return copy_file(wpath, lpath); /* no hard links on this file system */

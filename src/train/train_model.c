@@ -162,14 +162,15 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
         attw_own = c->ws.attw_n > N * F; /* else dup's buffer: dead around attention */
         if (attw_own) av_plan_floats(pl, &c->ws.attw, c->ws.attw_n);
     }
-    int ok = av_plan_commit(pl, m->be->alloc, "training buffers") == AV_OK;
+    av_status pst = av_backend_plan_commit(m->be, pl, "training buffers");
+    int ok = pst == AV_OK;
     if (ok) {
         c->bytes += pl->total;
         if (c->ws.attw_n && !attw_own) c->ws.attw = c->ws.dup;
     }
     if (!ok) {
         av_train_ctx_free(c);
-        return av_fail(AV_ERR_NOMEM, "train: out of memory for a %d x %d batch", max_rows, max_len);
+        return av_fail_prefix(pst, "train: a %d x %d batch", max_rows, max_len);
     }
     c->ws.pos = c->pos_dev;
     *out = c;

@@ -27,7 +27,8 @@ av_status av_train_build_params(av_train_ctx *c) {
     c->params = calloc((size_t)n, sizeof(av_param));
     if (!c->params) return av_fail(AV_ERR_NOMEM, "train: out of memory");
     av_plan_floats(&c->mem_params, &c->grad_arena, total);
-    if (av_plan_commit(&c->mem_params, m->be->alloc, "lora gradients") != AV_OK) return av_fail(AV_ERR_NOMEM, "train: out of memory for gradients");
+    av_status st = av_backend_plan_commit(m->be, &c->mem_params, "lora gradients");
+    if (st != AV_OK) return av_fail_prefix(st, "train");
     c->bytes += c->mem_params.total;
     c->grad_floats = total;
     m->be->zero(c->grad_arena, total * sizeof(float));
@@ -98,8 +99,8 @@ av_status av_train_build_params_full(av_train_ctx *c) {
     }
     av_plan_floats(&c->mem_params, &c->grad_arena, total);
     for (int i = 0; i < nv; i++) av_plan_floats(&c->mem_params, &c->params[i].data, (size_t)c->views[i]->rows * c->views[i]->cols);
-    if (av_plan_commit(&c->mem_params, be->alloc, "full fine-tuning gradients and f32 master weights") != AV_OK)
-        return av_fail(AV_ERR_NOMEM, "train: out of memory for gradients and f32 master weights (%zu floats each)", total);
+    av_status pst = av_backend_plan_commit(be, &c->mem_params, "full fine-tuning gradients and f32 master weights");
+    if (pst != AV_OK) return av_fail_prefix(pst, "train (%zu floats each)", total);
     c->bytes += c->mem_params.total;
     c->grad_floats = total;
     be->zero(c->grad_arena, total * sizeof(float));

@@ -1,7 +1,7 @@
 /* Training loop: the optimizer (backend op optim_step) over the trainable parameters, gradient
  * accumulation, schedule, reports, evaluation, checkpoints, best adapter, and an exact-resume
  * state file (safetensors with p and the optimizer state m/v per parameter, the loop's counters
- * and the optimizer's name in its metadata). */
+ * and the optimizer's name in its metadata; mid accumulation window also the gradients so far, g). */
 #include "model/model.h"
 #include "ops/ops.h"
 #include "train/dataset.h"
@@ -28,6 +28,7 @@ struct av_trainer {
     float **mom, **vel; /* optimizer state s1, s2 (backend memory, one per param; NULL where the optimizer has none) */
     int iter;           /* iterations done */
     long long trained_tokens;
+    long long window_tokens; /* tokens of iterations since the last report (part of trained_tokens in the state) */
     double best_val;    /* INFINITY until the first evaluation after a step */
     int dumped;
 };
@@ -144,7 +145,8 @@ static av_status save_state(av_trainer *t, const char *adapter_path) {
     float *host = NULL;
     size_t total = 0;
     for (int i = 0; i < t->np; i++) total += t->params[i].n;
-    host = malloc(3 * total * sizeof(float) + 1); /* the state never exceeds the parameter's size */
+    int mid_window = t->iter % t->o.grad_accum != 0; /* gradients accumulated so far are part of the state */
+    host = malloc((mid_window ? 4 : 3) * total * sizeof(float) + 1); /* the state never exceeds the parameter's size */
     if (!host) return av_fail(AV_ERR_NOMEM, "out of memory (state)");
     size_t off = 0;
     char name[200];
@@ -161,6 +163,13 @@ static av_status save_state(av_trainer *t, const char *adapter_path) {
             st = n == p->n ? av_st_writer_add(&w, name, AV_F32, 2, shape, host + off) : av_st_writer_add(&w, name, AV_F32, 1, &flat, host + off);
             off += n;
         }
+        if (mid_window && st == AV_OK) {
+            t->be->download(host + off, p->grad, p->n * sizeof(float));
+            int64_t shape[2] = {p->rows, p->cols};
+            snprintf(name, sizeof name, "%s.g", p->name);
+            st = av_st_writer_add(&w, name, AV_F32, 2, shape, host + off);
+            off += p->n;
+        }
     }
     char meta[2048];
     const av_lr_schedule *s = &t->o.lr;
@@ -168,7 +177,7 @@ static av_status save_state(av_trainer *t, const char *adapter_path) {
              "{\"format\":\"anvil-train-state\",\"version\":\"1\",\"iter\":\"%d\",\"trained_tokens\":\"%lld\","
              "\"best_val\":\"%.17g\",\"seed\":\"%" PRIu64 "\",\"grad_accum\":\"%d\",\"lr_name\":\"%s\",\"lr_args\":\"%.17g %.17g %.17g\","
              "\"lr_nargs\":\"%d\",\"lr_warmup\":\"%d\",\"lr_warmup_init\":\"%.17g\",\"iters\":\"%d\",\"optimizer\":\"%s\"}",
-             t->iter, t->trained_tokens, isfinite(t->best_val) ? t->best_val : -1.0, t->o.seed, t->o.grad_accum,
+             t->iter, t->trained_tokens + t->window_tokens, isfinite(t->best_val) ? t->best_val : -1.0, t->o.seed, t->o.grad_accum,
              av_lr_kind_name(s->kind), s->args[0], s->args[1], s->args[2], s->nargs, s->warmup, s->warmup_init, t->o.iters,
              av_optim_name(t->o.optim.kind));
     if (st == AV_OK) st = av_st_writer_set_metadata(&w, meta);
@@ -238,6 +247,13 @@ av_status av_trainer_load_state(av_trainer *t, const char *path) {
                 st = av_fail(AV_ERR_SHAPE, "%s: %s has the wrong dtype or size (expected f32 x %zu)", path, name, n);
             else t->be->upload(dst[k], x->data, n * sizeof(float));
         }
+        /* gradients of a checkpoint taken inside an accumulation window (else zero) */
+        char gname[200];
+        snprintf(gname, sizeof gname, "%s.g", p->name);
+        const av_st_tensor *g = st == AV_OK ? av_st_find(&f, gname) : NULL;
+        if (g && (g->dtype != AV_F32 || av_st_numel(g) != (int64_t)p->n))
+            st = av_fail(AV_ERR_SHAPE, "%s: %s has the wrong dtype or size", path, gname);
+        else if (g) t->be->upload(p->grad, g->data, p->n * sizeof(float)); /* older files: none (inexact mid-window) */
     }
     if (st == AV_OK) {
         t->iter = iter;
@@ -289,10 +305,34 @@ static av_status save_tag(av_trainer *t, const char *tag, char *path, size_t cap
     return AV_OK;
 }
 
+/* AV_OK if every trainable value is finite (never save NaN/Inf weights over a good checkpoint). */
+static av_status check_finite(av_trainer *t) {
+    size_t cap = 0;
+    float *host = NULL;
+    av_status st = AV_OK;
+    for (int i = 0; i < t->np && st == AV_OK; i++) {
+        const av_param *p = &t->params[i];
+        if (p->n > cap) {
+            free(host);
+            cap = p->n;
+            if (!(host = malloc(cap * sizeof(float)))) return av_fail(AV_ERR_NOMEM, "out of memory (finite check)");
+        }
+        t->be->download(host, p->data, p->n * sizeof(float));
+        for (size_t k = 0; k < p->n; k++)
+            if (!isfinite(host[k])) {
+                st = av_fail(AV_ERR_ARG, "iteration %d: %s holds a non-finite value; not saving it (lower the learning rate)", t->iter, p->name);
+                break;
+            }
+    }
+    free(host);
+    return st;
+}
+
 /* Writes the adapter, then its state file (each atomically). The state holds the parameters
  * too, so a kill between the two leaves an older but self-consistent state that a resume takes. */
 static av_status checkpoint(av_trainer *t, const char *tag, char *path, size_t cap) {
     if (av_comm_rank(t->o.comm) != 0) return AV_OK; /* data parallel: the ranks hold the same weights; rank 0 writes */
+    AV_TRY(check_finite(t));
     AV_TRY(save_tag(t, tag, path, cap));
     return save_state(t, path);
 }
@@ -323,8 +363,8 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
     av_batch b = {0};
     av_status st = AV_OK;
     double run_t0 = now_s(), train_time = 0, loss_sum = 0;
-    int loss_n = 0, window_iters = 0, first_iter = t->iter + 1;
-    long long window_tokens = 0;
+    int loss_n = 0, window_iters = 0, first_iter = t->iter + 1, skip_update = 0;
+    t->window_tokens = 0;
     char path[4200] = "", path2[4200] = "";
 
     if (valid && t->iter == 0 && !o->dump_grads) st = evaluate_and_emit(t, valid, 0, 0);
@@ -346,7 +386,19 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
             if (st != AV_OK) break;
         }
         if (o->comm && (st = av_dp_reduce_step(o->comm, &nll, &nv, &stop)) != AV_OK) break;
-        if (nv > 0) {
+        if (nv > 0 && !isfinite(nll)) { /* before any of this step reaches the weights (every rank sees the summed loss) */
+            if (!o->skip_nonfinite) {
+                st = av_fail(AV_ERR_ARG, "iteration %d: the training loss is %s; stopping (the last checkpoint is kept; "
+                             "lower the learning rate, or pass --skip-nonfinite to skip such steps)", it, isnan(nll) ? "nan" : "inf");
+                break;
+            }
+            av_train_event ev = {.kind = AV_TEV_SKIPPED, .iter = it, .train_loss = nll};
+            emit(t, &ev);
+            av_train_zero_grads(t->tc); /* the whole accumulation window is dropped */
+            skip_update = 1;
+            nll = 0;
+            nv = 0;
+        } else if (nv > 0) {
             loss_sum += nll / nv;
             loss_n++;
         }
@@ -357,7 +409,8 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
             break;
         }
         double lr = av_lr_at(&o->lr, it / ga - 1);
-        if (it % ga == 0) {
+        if (it % ga == 0 && skip_update) skip_update = 0;
+        else if (it % ga == 0) {
             if (o->comm && (st = av_dp_reduce_grads(o->comm, t->tc)) != AV_OK) break;
             av_optim_params op = o->optim;
             op.step = it / ga; /* optimizer steps so far, counting this one (1-based) */
@@ -370,24 +423,24 @@ av_status av_trainer_run(av_trainer *t, av_batcher *train, av_batcher *valid) {
         t->be->sync();
         train_time += now_s() - t0;
         window_iters++;
-        window_tokens += nv;
+        t->window_tokens += nv;
         t->iter = it;
 
         if (it % o->steps_per_report == 0 || it == o->iters) {
-            t->trained_tokens += window_tokens;
+            t->trained_tokens += t->window_tokens;
             av_train_event ev = {.kind = AV_TEV_REPORT,
                                  .iter = it,
                                  .train_loss = loss_n ? loss_sum / loss_n : NAN,
                                  .lr = it >= ga ? av_lr_at(&o->lr, it / ga - 1) : av_lr_at(&o->lr, 0),
                                  .it_per_sec = train_time > 0 ? window_iters / train_time : 0,
-                                 .tok_per_sec = train_time > 0 ? (double)window_tokens / train_time : 0,
+                                 .tok_per_sec = train_time > 0 ? (double)t->window_tokens / train_time : 0,
                                  .trained_tokens = t->trained_tokens,
                                  .peak_gb = (double)av_train_peak_bytes(t->be) / 1e9};
             emit(t, &ev);
             loss_sum = 0;
             loss_n = 0;
             window_iters = 0;
-            window_tokens = 0;
+            t->window_tokens = 0;
             train_time = 0;
         }
         if (valid && (it % o->steps_per_eval == 0 || it == o->iters)) {
