@@ -24,7 +24,8 @@ fi
 expect_error "--batch-size 100000 --max-seq-length 100000" 'dataset must have at least batch_size=100000 examples' \
   $ANVIL lora --model "$M" --train --data "$AV_DATA/quotes" --batch-size 100000 --max-seq-length 100000 --iters 1 --adapter-path "$W/q"
 
-# 3. training batch: rows of L=30000 tokens; the attention probabilities alone take rows x 4 heads x L^2 x 4 bytes
+# 3. training batch: rows of L=30000 tokens with standard attention, whose probabilities alone take rows x 4
+#    heads x L^2 x 4 bytes (flash attention, the CPU default, would not hold them)
 cp -rL "$M" "$W/long"
 sed -i 's/"max_position_embeddings": 2048/"max_position_embeddings": 1048576/' "$W/long/config.json"
 rows=$(awk -v a="$avail_kb" 'BEGIN{n = int(2 * a * 1024 / (16 * 30000 * 30000)) + 2; print n < 4 ? 4 : n}')
@@ -32,7 +33,7 @@ mkdir -p "$W/data"
 awk -v n="$rows" 'BEGIN{s = "the"; for (i = 1; i < 30000; i++) s = s " the"; for (r = 0; r < n; r++) printf "{\"text\": \"%s\"}\n", s}' > "$W/data/train.jsonl"
 cp "$W/data/train.jsonl" "$W/data/valid.jsonl"
 expect_error "batch that cannot fit: one line before any work" 'train: a [0-9]+ x [0-9]+ batch: training buffers: needs [0-9.]+ GiB, only [0-9.]+ GiB of CPU memory is available' \
-  $ANVIL lora --model "$W/long" --train --data "$W/data" --batch-size "$rows" --max-seq-length 100000 --iters 1 --threads 1 --adapter-path "$W/out"
+  $ANVIL lora --model "$W/long" --train --data "$W/data" --batch-size "$rows" --max-seq-length 100000 --iters 1 --threads 1 --attention standard --adapter-path "$W/out"
 grep -q 'Starting training' "$AV_TMP/out.$$" && bad "training started before the memory check" || ok "no training started"
 [ -e "$W/out/adapters.safetensors" ] && bad "adapter written" || ok "no adapter written"
 finish
