@@ -16,6 +16,7 @@ typedef struct {
     int quick, threads;
     int no_graphs;       /* --no-graphs: decode op by op (CUDA debugging) */
     const char *dtype;   /* --dtype: GPU compute bf16 (default) | f32 */
+    const char *attention; /* --attention auto | flash | standard (suites that compare the two set their own) */
     FILE *log;           /* the suite's log file */
     double t0;           /* suite start (av_now) */
     int step, nsteps;    /* progress */

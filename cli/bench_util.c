@@ -82,6 +82,9 @@ int bench_load(bench_ctx *b, cJSON *res, av_model **m, av_tokenizer **tok) {
         return bench_fail_lib(b, res, "loading the model");
     }
     if (b->no_graphs) av_model_set_graphs(*m, 0);
+    av_attention_kind k = AV_ATTN_AUTO;
+    if (b->attention) k = !strcmp(b->attention, "flash") ? AV_ATTN_FLASH : !strcmp(b->attention, "standard") ? AV_ATTN_STANDARD : AV_ATTN_AUTO;
+    av_model_set_attention(*m, k);
     return 0;
 }
 

@@ -190,6 +190,7 @@ static cJSON *spawn_suite(const bench_ctx *b, const suite_def *s, const char *to
     if (b->quick) argv[a++] = "--quick";
     if (b->no_graphs) argv[a++] = "--no-graphs";
     if (b->dtype) { argv[a++] = "--dtype"; argv[a++] = b->dtype; }
+    if (b->attention) { argv[a++] = "--attention"; argv[a++] = b->attention; }
     argv[a] = NULL;
     fflush(stdout);
     fflush(stderr);
@@ -334,6 +335,7 @@ int av_cmd_bench(int argc, char **argv) {
         {"json", AV_OPT_FLAG, &json, "llama-bench: one JSON line {model, pp_tps, tg_tps, ...} (as before the suites)", 0, 0, NULL},
         {"no-graphs", AV_OPT_FLAG, &b.no_graphs, "decode op by op instead of replaying a captured CUDA graph (debugging; slower)", 0, 0, NULL},
         {"dtype", AV_OPT_STR, &b.dtype, "GPU compute: bf16 (default, tensor cores) or f32 (exact)", 0, 0, NULL},
+        {"attention", AV_OPT_STR, &b.attention, "auto (default), flash or standard: for llama-bench tests and every suite that does not compare the two", 0, 0, NULL},
         {"run-suite", AV_OPT_STR, &run_suite, "internal: run one suite in this process", 0, 0, NULL},
         {"result", AV_OPT_STR, &result, "internal: result file of --run-suite", 0, 0, NULL},
         {"log", AV_OPT_STR, &logp, "internal: log file of --run-suite", 0, 0, NULL},
@@ -350,6 +352,8 @@ int av_cmd_bench(int argc, char **argv) {
     if (fmt && strcmp(fmt, "md") && strcmp(fmt, "csv") && strcmp(fmt, "json") && strcmp(fmt, "jsonl"))
         return av_cli_error(cmd, "--output must be md, csv, json or jsonl (got '%s')", fmt);
     if (b.dtype && strcmp(b.dtype, "bf16") && strcmp(b.dtype, "f32")) return av_cli_error(cmd, "--dtype: '%s' is not bf16 or f32", b.dtype);
+    av_attention_kind attn;
+    if (av_cli_attention(cmd, b.attention, &attn)) return 2;
     char dbuf[4200];
     if (!data) data = find_resource("data/quotes", dbuf, sizeof dbuf) == 0 ? dbuf : "data/quotes";
     b.data = data;

@@ -33,5 +33,9 @@ ls_=$(losses standard); lf=$(losses flash)
   || bad "lora losses flash: $(echo $lf) vs standard: $(echo $ls_)"
 out=$(printf 'hi\n' | "$ANVIL" chat --device cpu --model "$M" --max-tokens 4 --attention flash 2>&1) && ok "chat --attention flash" || bad "chat --attention flash: $out"
 expect_error "generate bad --attention" "error: --attention: 'fast' is not flash, standard or auto" "$ANVIL" generate --model "$M" --prompt hi --attention fast
+for a in standard flash; do
+  "$ANVIL" bench --device cpu --model "$M" -p 96 -n 4 -r 1 --attention $a --json >/dev/null 2>&1 && ok "bench --attention $a" || bad "bench --attention $a"
+done
+expect_error "bench bad --attention" "error: --attention: 'fast'" "$ANVIL" bench --model "$M" -p 16 -n 4 --attention fast
 expect_error "lora bad --attention" "error: --attention: 'fast'" "$ANVIL" lora --model "$M" --train --data "$D" --attention fast
 finish
