@@ -223,6 +223,9 @@ void av_batch_session_finish(av_batch_session *b, int i) {
 /* ---------------------------------------------------------------- slots (host sampling) */
 int av_batch_session_chunk(const av_batch_session *b) { return b->C; }
 
+/* The CUDA error record is the device's: a CPU session on a CUDA build without a GPU must not read it. */
+static av_status dev_status(const av_batch_session *b) { return b->m->be->device == AV_DEVICE_CPU ? AV_OK : av_cuda_status(); }
+
 /* The plan runs without its LM head and sampler: the caller samples on the host. */
 static void host_sampling_mode(av_batch_session *b) {
     drop_ahead(b);
@@ -244,7 +247,7 @@ av_status av_batch_session_prefill_at(av_batch_session *b, int i, const int32_t 
     if (!logits) return AV_OK;
     be->matmul_forward(b->logits, b->hidden, &b->m->lm_head, 1);
     be->download(logits, b->logits, sizeof(float) * (size_t)V);
-    return av_cuda_status();
+    return dev_status(b);
 }
 
 av_status av_batch_session_step_logits(av_batch_session *b, const int32_t *ids, const int32_t *pos, float *logits) {
@@ -280,7 +283,7 @@ av_status av_batch_session_step_logits(av_batch_session *b, const int32_t *ids, 
     be->matmul_forward(b->logits, b->x, &m->lm_head, n);
     be->download(logits, b->logits, sizeof(float) * (size_t)n * V);
     for (int i = 0; i < N; i++) b->pos[i] = pos[i] < 0 ? b->pos[i] : pos[i] + 1;
-    return av_cuda_status();
+    return dev_status(b);
 }
 
 size_t av_batch_session_kv_row_bytes(const av_batch_session *b) {
@@ -303,7 +306,7 @@ av_status av_batch_session_kv_save(av_batch_session *b, int i, int n, int ld, fl
         be->download(k + (size_t)l * lds, b->k_cache + off, sizeof(float) * rows);
         be->download(v + (size_t)l * lds, b->v_cache + off, sizeof(float) * rows);
     }
-    return av_cuda_status();
+    return dev_status(b);
 }
 
 av_status av_batch_session_kv_load(av_batch_session *b, int i, int n, int ld, const float *k, const float *v) {
@@ -316,5 +319,5 @@ av_status av_batch_session_kv_load(av_batch_session *b, int i, int n, int ld, co
         be->upload(b->k_cache + off, k + (size_t)l * lds, sizeof(float) * rows);
         be->upload(b->v_cache + off, v + (size_t)l * lds, sizeof(float) * rows);
     }
-    return av_cuda_status();
+    return dev_status(b);
 }
