@@ -15,6 +15,7 @@
 #define ITERS 6
 static char g_dir[512];
 static int g_gpu; /* 0: host communicator on the CPU; 1: NCCL, worker i on GPU i, f32 CUDA backend */
+static char g_model[4200]; /* the fixture model's path, resolved once before any worker (test_fixture is not thread-safe) */
 static uint8_t g_id[AV_COMM_ID_BYTES];
 
 /* Byte "tokenizer" (BOS 1, EOS 2, byte + 3). */
@@ -70,7 +71,7 @@ static void *run_worker(void *p) {
     av_status st = g_gpu ? av_comm_nccl_new(&w->comm, g_id, W, w->rank, w->rank) : AV_OK;
     if (st == AV_OK)
         st = w->fail_at_load ? av_fail(AV_ERR_IO, "worker %d: cannot load the model (test)", w->rank)
-                             : av_model_load(&m, test_fixture("tiny-llama"), g_gpu ? av_backend_cuda_dtype(AV_F32) : av_backend_cpu());
+                             : av_model_load(&m, g_model, g_gpu ? av_backend_cuda_dtype(AV_F32) : av_backend_cpu());
     if (st == AV_OK) st = av_lora_attach(m, &spec, 5); /* same seed on every rank: the same start */
     if (st == AV_OK) st = av_train_ctx_new(&tc, m, rows, 64, 0);
     if (st == AV_OK) st = av_batcher_init(&bt, w->dt, w->batch, 9);
@@ -181,6 +182,7 @@ static void compare(const char *what, int W, int ga, av_optim_kind k, const av_d
 }
 
 int main(void) {
+    snprintf(g_model, sizeof g_model, "%s", test_fixture("tiny-llama"));
     snprintf(g_dir, sizeof g_dir, "%s", "/tmp/anvil-dp-XXXXXX");
     if (!mkdtemp(g_dir)) return 1;
     /* rows of many lengths (3..60 tokens): batches hold rows of unlike length, shards differ in T */
