@@ -20,17 +20,19 @@
 #endif
 #define NP (8 * MR) /* most weight rows per thread panel */
 
-typedef struct { float *p; size_t cap; } buf_t;
+typedef struct { void *p; size_t cap; } buf_t; /* cap in bytes */
 
-static float *buf_get(buf_t *b, size_t floats) {
-    if (floats > b->cap) {
+/* a 64-byte aligned scratch of at least `bytes`, kept per thread and grown on demand */
+static void *buf_bytes(buf_t *b, size_t bytes) {
+    if (bytes > b->cap) {
         free(b->p);
-        b->p = aligned_alloc(64, ((floats * 4 + 63) / 64) * 64);
-        b->cap = b->p ? floats : 0;
-        av_thread_scratch_track((void **)&b->p); /* every buf_t is static _Thread_local */
+        b->p = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        b->cap = b->p ? bytes : 0;
+        av_thread_scratch_track(&b->p); /* every buf_t is static _Thread_local */
     }
     return b->p;
 }
+static float *buf_get(buf_t *b, size_t floats) { return buf_bytes(b, floats * sizeof(float)); }
 
 /* acc[MR][lda] (+)= W[MR rows, ldw][k0..k0+kc) . xt[kc][32] */
 static inline void kernel_12x32(float *acc, int lda, const float *w, int ldw, const float *xt, int kc, int first) {
@@ -102,27 +104,6 @@ static void amx_config(void) {
     _tile_loadconfig(&cfg);
 }
 
-typedef struct { uint32_t *p; size_t cap; } buf32_t;
-static uint32_t *buf32_get(buf32_t *b, size_t n) {
-    if (n > b->cap) {
-        free(b->p);
-        b->p = aligned_alloc(64, ((n * 4 + 63) / 64) * 64);
-        b->cap = b->p ? n : 0;
-        av_thread_scratch_track((void **)&b->p);
-    }
-    return b->p;
-}
-
-typedef struct { uint16_t *p; size_t cap; } buf16_t;
-static uint16_t *buf16_get(buf16_t *b, size_t n) {
-    if (n > b->cap) {
-        free(b->p);
-        b->p = aligned_alloc(64, ((n * 2 + 63) / 64) * 64);
-        b->cap = b->p ? n : 0;
-        av_thread_scratch_track((void **)&b->p);
-    }
-    return b->p;
-}
 
 /* 16 floats -> bf16 hi = bf16(v), lo = bf16(v - hi) */
 static inline void split_bf16(__m512 v, __m256bh *hi, __m256bh *lo) {
@@ -146,14 +127,14 @@ static void split_row(uint16_t *hi, uint16_t *lo, const float *w, int K) {
  * quantized: dequantized a panel at a time) is split like x into hi + lo, one more tile product
  * per step (hi.hi + hi.lo + lo.hi; lo.lo is below 2^-16). */
 static int gemm_amx(float *out, const float *x, const av_mat *W, int T) {
-    static _Thread_local buf32_t xb;
+    static _Thread_local buf_t xb;
     int N = W->rows, K = W->cols, two = !(W->dtype == AV_BF16 && !W->q_bits);
     const uint16_t *w = (const uint16_t *)W->data;
     int K2 = K / 2, TB = (T + 31) / 32 * 2; /* 16-token blocks, an even count */
     /* panel rows: the weight panel (rows x K bf16) stays in L2 while every token block passes */
     int np_rows = (int)((size_t)(768 << 10) / ((size_t)K * 2)) / 32 * 32;
     np_rows = np_rows < 32 ? 32 : np_rows > 128 ? 128 : np_rows;
-    uint32_t *xh = buf32_get(&xb, (size_t)2 * TB * 16 * K2), *xl = xh ? xh + (size_t)TB * 16 * K2 : NULL;
+    uint32_t *xh = buf_bytes(&xb, sizeof(uint32_t) * 2 * TB * 16 * K2), *xl = xh ? xh + (size_t)TB * 16 * K2 : NULL;
     if (!xh) return 0;
     int npan = (N + np_rows - 1) / np_rows, fail = 0;
 #pragma omp parallel
@@ -176,9 +157,9 @@ static int gemm_amx(float *out, const float *x, const av_mat *W, int T) {
                 for (int j = 0; j < 8; j++) h[(size_t)(k / 2 + j) * 16] = hp[j], l[(size_t)(k / 2 + j) * 16] = lp[j];
             }
         }
-        static _Thread_local buf16_t wb;
+        static _Thread_local buf_t wb;
         static _Thread_local buf_t fb;
-        uint16_t *wp = buf16_get(&wb, (size_t)(two ? 2 : 1) * np_rows * K), *wl = two && wp ? wp + (size_t)np_rows * K : NULL;
+        uint16_t *wp = buf_bytes(&wb, sizeof(uint16_t) * (two ? 2 : 1) * np_rows * K), *wl = two && wp ? wp + (size_t)np_rows * K : NULL;
         float *frow = two ? buf_get(&fb, (size_t)K) : NULL;
         if (!wp || (two && !frow)) wp = NULL;
         if (!wp) {
