@@ -85,8 +85,8 @@ for t in f32 f16 q8_0 q4_0 q6_k llama3-f32; do
 done
 "$ANVIL" convert --model "$AV_TMP/p-llama3-f32.gguf" --out "$AV_TMP/l3-back" >/dev/null 2>&1 &&
   grep -q '"rope_type":.*"llama3"' "$AV_TMP/l3-back/config.json" || bad "GGUF with rope_freqs -> directory with llama3 rope_scaling"
-a=$("$ANVIL" perplexity --model "$AV_TMP/l3" --text-file "$G/ppl-quotes.txt" --context 128 --json 2>/dev/null | sed -n 's/.*"ppl":\([0-9.e+-]*\).*/\1/p')
-b=$("$ANVIL" perplexity --model "$AV_TMP/l3-back" --text-file "$G/ppl-quotes.txt" --context 128 --json 2>/dev/null | sed -n 's/.*"ppl":\([0-9.e+-]*\).*/\1/p')
+a=$("$ANVIL" perplexity --device cpu --model "$AV_TMP/l3" --text-file "$G/ppl-quotes.txt" --context 128 --json 2>/dev/null | sed -n 's/.*"ppl":\([0-9.e+-]*\).*/\1/p')
+b=$("$ANVIL" perplexity --device cpu --model "$AV_TMP/l3-back" --text-file "$G/ppl-quotes.txt" --context 128 --json 2>/dev/null | sed -n 's/.*"ppl":\([0-9.e+-]*\).*/\1/p')
 awk -v a="$a" -v b="$b" 'BEGIN { exit !(a > 0 && b > 0 && (a - b) / b < 1e-5 && (b - a) / b < 1e-5) }' &&
   ok "Llama-3 rope: directory -> GGUF -> directory keeps the perplexity ($a, $b)" || bad "Llama-3 rope round trip: '$a' vs '$b'"
 # byte-level BPE vocabularies (Llama-3, GPT-2, Qwen2 styles) go to GGUF (tokenizer.ggml.model gpt2 with

@@ -13,7 +13,7 @@ W="$AV_TMP"
 ids() { sed 's/.*"prompt_ids":\(\[[^]]*\]\).*"ids":\(\[[^]]*\]\).*/\1 \2/'; }
 nll() { sed 's/.*"mean_nll":\([0-9.]*\).*/\1/'; }
 printf 'The quick brown fox jumps over the lazy dog. Once upon a time there was a small house by the sea,\nand every morning the fisherman walked down to the water to look at the boats.\n' > "$W/t.txt"
-ppl() { "$ANVIL" perplexity --text-file "$W/t.txt" --json --threads 1 "$@" 2>/dev/null | nll; }
+ppl() { "$ANVIL" perplexity --device cpu --text-file "$W/t.txt" --json --threads 1 "$@" 2>/dev/null | nll; }
 L="$ANVIL lora --train --data $Q --learning-rate 1e-2 --num-layers -1 --batch-size 2 --max-seq-length 48 \
   --steps-per-report 5 --steps-per-eval 10 --val-batches 2 --iters 10 --threads 1 --seed 3"
 
@@ -83,10 +83,10 @@ a=$(ppl --model "$G/tiny-v1024-f16.gguf"); b=$(ppl --model "$D")
 near "$a" "$b" && ok "perplexity of the f16 GGUF = the directory's ($a, $b)" || bad "perplexity: $a vs $b"
 "$ANVIL" bench --model "$G/tiny-v1024-q4_0.gguf" -p 16 -n 8 -r 1 -t 1 --json 2>/dev/null | grep -q '"tg_tps"' && ok "bench on a Q4_0 GGUF" || bad "bench"
 printf 'Once upon a time\nHello there\nThe cat\n' > "$W/p.txt"
-a=$("$ANVIL" generate --model "$G/tiny-v1024-f32.gguf" --prompts-file "$W/p.txt" --batch-size 2 --max-tokens 8 --ignore-chat-template --threads 1 2>/dev/null | grep -v -E 'tokens-per-sec|Peak')
-b=$("$ANVIL" generate --model "$D" --prompts-file "$W/p.txt" --batch-size 2 --max-tokens 8 --ignore-chat-template --threads 1 2>/dev/null | grep -v -E 'tokens-per-sec|Peak')
+a=$("$ANVIL" generate --model "$G/tiny-v1024-f32.gguf" --prompts-file "$W/p.txt" --batch-size 2 --max-tokens 8 --ignore-chat-template --device cpu --threads 1 2>/dev/null | grep -v -E 'tokens-per-sec|Peak')
+b=$("$ANVIL" generate --model "$D" --prompts-file "$W/p.txt" --batch-size 2 --max-tokens 8 --ignore-chat-template --device cpu --threads 1 2>/dev/null | grep -v -E 'tokens-per-sec|Peak')
 [ -n "$a" ] && [ "$a" = "$b" ] && ok "batched generate on the GGUF = on the directory" || bad "batched: $a vs $b"
-a=$(printf 'hi there\n/stats\n' | "$ANVIL" chat --model "$G/tiny-v1024-f32.gguf" -m 8 -t 1 2>&1 | grep -v -E 'speed|peak memory')
-b=$(printf 'hi there\n/stats\n' | "$ANVIL" chat --model "$D" -m 8 -t 1 2>&1 | grep -v -E 'speed|peak memory')
+a=$(printf 'hi there\n/stats\n' | "$ANVIL" chat --device cpu --model "$G/tiny-v1024-f32.gguf" -m 8 -t 1 2>&1 | grep -v -E 'speed|peak memory')
+b=$(printf 'hi there\n/stats\n' | "$ANVIL" chat --device cpu --model "$D" -m 8 -t 1 2>&1 | grep -v -E 'speed|peak memory')
 echo "$a" | grep -q '^turns: 1' && [ "$a" = "$b" ] && ok "chat on the GGUF = on the directory" || bad "chat: $a vs $b"
 finish

@@ -59,7 +59,7 @@ losses "$W/f1.log" > "$W/f1.l"; losses "$W/f2.log" > "$W/f2.l"
 # errors: one line each, before any work
 B="$ANVIL lora --model $M --train --data $D --iters 1 --adapter-path $W/bad"
 expect_error "--gpus with --device cpu" "cannot be mixed with --device cpu" $B --device cpu --gpus 2
-expect_error "--gpus without CUDA or GPUs" "^anvil lora: --gpus 2: (this anvil was built without CUDA|no CUDA GPU found)" $B --gpus 2
+expect_error "--gpus without CUDA or GPUs" "^anvil lora: --gpus 2: (this anvil was built without CUDA|no CUDA GPU found|only 1 GPU on this host)" $B --gpus 2
 expect_error "--gpus bad list" "expected a count N or a list" $B --gpus 0,x
 expect_error "--gpus twice the same" "listed twice" $B --gpus 0,0
 expect_error "--workers with --gpus" "cannot be combined" $B --workers 2 --gpus 2

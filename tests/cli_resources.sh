@@ -13,7 +13,7 @@ avail_kb=$(awk '/^MemAvailable:/{print $2}' /proc/meminfo 2>/dev/null)
 
 # 1. KV cache: 10^8 tokens x 2 layers x 2 x 32 floats = 47.7 GiB (only where that is more than is available)
 if [ "$avail_kb" -lt 40000000 ]; then
-  expect_error "huge --max-kv-size: one line before any work" 'KV cache: session buffers: needs [0-9.]+ GiB, only [0-9.]+ GiB of CPU memory is available' \
+  expect_error "huge --max-kv-size: one line before any work" 'KV cache: session buffers: needs [0-9.]+ GiB, only [0-9.]+ GiB of (CPU|GPU) memory is available' \
     $ANVIL generate --model "$M" --prompt hi --max-tokens 4 --max-kv-size 100000000
   [ -s "$AV_TMP/out.$$" ] && bad "generate printed output before failing: $(head -2 "$AV_TMP/out.$$")" || ok "nothing generated"
 else

@@ -4,7 +4,9 @@
  * embedding gather, and the fused one-row products (RMSNorm input; RoPE / SwiGLU / residual / store
  * with the folded argmax). Then whole models: tiny-llama quantized by av_convert gives on the GPU the
  * CPU's NLL, prefill + decode logits and greedy ids, and one QLoRA step the CPU's loss and adapter
- * gradients. Tolerances: exact-f32 paths 1e-5 relative L2; bf16 tensor-core paths 1e-2.
+ * gradients. Tolerances: exact-f32 paths 1e-5 relative L2, except the packed one-to-eight-row products
+ * (1e-4): they sum scale * (x . q) + bias * sum(x) per 32-code chunk where the CPU dequantizes first,
+ * and the two f32 orders differ by up to 4.2e-5 (H200, 2026-12-05); bf16 tensor-core paths 1e-2.
  * Without a GPU: "skipped: no GPU". */
 #include "test_cuda.h"
 #include "core/memory.h"
@@ -56,7 +58,7 @@ static void test_products(void) {
                 const av_backend *be = f ? G32 : G;
                 be->matmul_forward(od, xd, &W.d, T);
                 snprintf(nm, sizeof nm, "q%d g%d %s matmul_forward %s T=%d N=%d K=%d", B, g, av_dtype_name(sdt), be->name, T, N, K);
-                CMP(nm, od, o, (size_t)T * N, f || T <= 8 ? 1e-5 : 1e-2);
+                CMP(nm, od, o, (size_t)T * N, T <= 8 ? 1e-4 : f ? 1e-5 : 1e-2);
                 G->zero(dxd, sizeof(float) * T * K);
                 be->matmul_backward(dxd, NULL, dyd, NULL, &W.d, T);
                 snprintf(nm, sizeof nm, "q%d g%d %s matmul_backward dx %s T=%d", B, g, av_dtype_name(sdt), be->name, T);
@@ -77,51 +79,62 @@ static void test_products(void) {
         }
 }
 
-/* One-row fused products on packed weights vs the CPU's composition of the same fusion. */
+/* Fused products on packed weights vs the CPU's composition of the same fusion: one row (the exact
+ * f32 kernel), 6 and 16 rows (2-, 4- and 8-bit codes: the bf16 tensor-core kernel; other widths the
+ * separate ops) and 40 rows (16-row slices of the tensor-core kernel). */
 static void test_fused(void) {
     struct { av_gemv_in in; av_gemv_out out; int N, K, rope_heads, hd, bits, group; } cases[] = {
         {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 2560, 2048, 36, 64, 4, 64}, {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 2048, 5632, 0, 0, 4, 64},
-        {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 600, 2048, 0, 0, 4, 32},   {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_STORE, 9001, 256, 0, 0, 8, 64},
-        {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 301, 640, 0, 0, 3, 128},            {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 440, 4096, 8, 40, 6, 32},
+        {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 608, 2048, 0, 0, 4, 32},   {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_STORE, 9001, 256, 0, 0, 8, 64},
+        {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 301, 640, 0, 0, 3, 128},            {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 448, 4096, 7, 64, 6, 32},
         {AV_GEMV_IN_X, AV_GEMV_OUT_STORE, 77, 128, 0, 0, 2, 128},           {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 352, 1024, 0, 0, 5, 64},
-        {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 64, 12288, 0, 0, 8, 128},
+        {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 64, 12288, 0, 0, 8, 128},           {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 640, 1024, 8, 64, 8, 32},
+        {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 1024, 512, 0, 0, 2, 64},   {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 440, 4096, 8, 40, 6, 32},
     };
-    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-        int N = cases[ci].N, K = cases[ci].K, hd = cases[ci].hd, rh = cases[ci].rope_heads, F = N / 2;
-        av_gemv_out om = cases[ci].out;
-        int on = om == AV_GEMV_OUT_SWIGLU ? F : N;
-        float *x = test_rnd(K, 1), *w = test_rnd((size_t)N * K, 0.1f), *g = test_rnd(K, 1), *y = test_rnd(on, 1), inv[64];
-        for (int i = 0; i < hd / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / hd);
-        qmat W = qmat_new(w, N, K, cases[ci].bits, cases[ci].group, AV_BF16);
-        uint16_t *gb;
-        av_mat Gm = bf16_mat(g, 1, K, &gb), Gd = on_dev(Gm);
-        int32_t pos = 41, id = -1;
-        float *ref = malloc(sizeof(float) * on);
-        memcpy(ref, y, sizeof(float) * on);
-        av_gemv_fusion fc = {.in = cases[ci].in, .norm = &Gm, .eps = 1e-5f, .out = om, .pos = &pos, .inv_freq = inv, .rope_heads = rh,
-                             .head_dim = hd};
-        C->matmul_fused_forward(ref, x, &W.h, 1, &fc);
-        float *xd = up(G, x, sizeof(float) * K), *od = up(G, y, sizeof(float) * on), *invd = up(G, inv, sizeof inv);
-        int32_t *posd = up(G, &pos, sizeof pos), *idd = G->alloc(sizeof(int32_t), "t");
-        av_gemv_fusion f = fc;
-        f.norm = &Gd, f.pos = posd, f.inv_freq = invd;
-        if (om == AV_GEMV_OUT_STORE) f.argmax = idd;
-        G->matmul_fused_forward(od, xd, &W.d, 1, &f);
-        char nm[128];
-        snprintf(nm, sizeof nm, "fused q%d g%d in=%d out=%d N=%d K=%d", cases[ci].bits, cases[ci].group, (int)cases[ci].in, (int)om, N, K);
-        CMP(nm, od, ref, (size_t)on, 1e-5);
-        if (om == AV_GEMV_OUT_STORE) {
-            float *o = down(G, od, (size_t)N);
-            int best = 0;
-            for (int i = 1; i < N; i++) if (o[i] > o[best]) best = i;
-            G->download(&id, idd, sizeof id);
-            CHECK(id == best, "%s: folded argmax %d, argmax of its logits %d", nm, id, best);
-            free(o);
+    int Ts[] = {1, 6, 16, 40};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
+        for (int ti = 0; ti < 4; ti++) {
+            int T = Ts[ti], N = cases[ci].N, K = cases[ci].K, hd = cases[ci].hd, rh = cases[ci].rope_heads, F = N / 2;
+            if (T > 1 && (size_t)N * K > ((size_t)8 << 20)) continue; /* the CPU reference at many rows: keep it quick */
+            av_gemv_out om = cases[ci].out;
+            int on = om == AV_GEMV_OUT_SWIGLU ? F : N;
+            float *x = test_rnd((size_t)T * K, 1), *w = test_rnd((size_t)N * K, 0.1f), *g = test_rnd(K, 1), *y = test_rnd((size_t)T * on, 1),
+                  inv[64];
+            for (int i = 0; i < hd / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / hd);
+            qmat W = qmat_new(w, N, K, cases[ci].bits, cases[ci].group, AV_BF16);
+            uint16_t *gb;
+            av_mat Gm = bf16_mat(g, 1, K, &gb), Gd = on_dev(Gm);
+            int32_t pos[40], ids[40];
+            for (int t = 0; t < T; t++) pos[t] = 41 + 3 * t;
+            float *ref = malloc(sizeof(float) * T * on);
+            memcpy(ref, y, sizeof(float) * T * on);
+            av_gemv_fusion fc = {.in = cases[ci].in, .norm = &Gm, .eps = 1e-5f, .out = om, .pos = pos, .inv_freq = inv, .rope_heads = rh,
+                                 .head_dim = hd};
+            C->matmul_fused_forward(ref, x, &W.h, T, &fc);
+            float *xd = up(G, x, sizeof(float) * T * K), *od = up(G, y, sizeof(float) * T * on), *invd = up(G, inv, sizeof inv);
+            int32_t *posd = up(G, pos, sizeof(int32_t) * T), *idd = G->alloc(sizeof(int32_t) * T, "t");
+            av_gemv_fusion f = fc;
+            f.norm = &Gd, f.pos = posd, f.inv_freq = invd;
+            if (om == AV_GEMV_OUT_STORE) f.argmax = idd;
+            G->matmul_fused_forward(od, xd, &W.d, T, &f);
+            char nm[160];
+            snprintf(nm, sizeof nm, "fused q%d g%d in=%d out=%d T=%d N=%d K=%d", cases[ci].bits, cases[ci].group, (int)cases[ci].in, (int)om, T,
+                     N, K);
+            CMP(nm, od, ref, (size_t)T * on, T == 1 ? 1e-4 : 1e-2); /* 2+ rows: bf16 products */
+            if (om == AV_GEMV_OUT_STORE) {
+                float *o = down(G, od, (size_t)T * N);
+                G->download(ids, idd, sizeof(int32_t) * T);
+                for (int t = 0; t < T; t++) {
+                    int best = 0;
+                    for (int i = 1; i < N; i++) if (o[(size_t)t * N + i] > o[(size_t)t * N + best]) best = i;
+                    CHECK(ids[t] == best, "%s: row %d: argmax %d, argmax of its logits %d", nm, t, ids[t], best);
+                }
+                free(o);
+            }
+            G->free(xd); G->free(od); G->free(invd); G->free(posd); G->free(idd); G->free((void *)Gd.data);
+            qmat_free(&W);
+            free(x); free(w); free(g); free(y); free(ref); free(gb);
         }
-        G->free(xd); G->free(od); G->free(invd); G->free(posd); G->free(idd); G->free((void *)Gd.data);
-        qmat_free(&W);
-        free(x); free(w); free(g); free(y); free(ref); free(gb);
-    }
 }
 
 /* ---- whole models ---- */
@@ -163,7 +176,7 @@ static void check_model(const char *dir, const char *name) {
         double tol = f ? 1e-5 : 1e-2; /* bf16 table: prefill on tensor cores */
         CHECK(fabs(ng - nc) <= tol * fabs(nc), "%s %s: NLL %.7f vs CPU %.7f", name, be->name, ng, nc);
         double rel = test_rel_l2(lg, lc, 32000);
-        CHECK(rel <= (f ? 1e-5 : 1e-2), "%s %s: decode logits rel L2 %g", name, be->name, rel);
+        CHECK(rel <= (f ? 1e-4 : 1e-2), "%s %s: decode logits rel L2 %g", name, be->name, rel);
         if (f) CHECK(!memcmp(gc, gg, sizeof gc), "%s %s: greedy ids differ from the CPU's", name, be->name);
         printf("%s %s: nll %.6f (cpu %.6f), logits rel L2 %.3g\n", name, be->name, ng, nc, rel);
     }

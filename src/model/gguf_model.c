@@ -216,14 +216,6 @@ av_status av_model_bind_gguf(av_model *m) {
         for (int i = 0; i < c->head_dim / 2; i++)
             if (!(m->rope_factors[i] > 0)) return av_fail(AV_ERR_FORMAT, "%s: tensor 'rope_freqs.weight' has a value <= 0 at %d", f->path, i);
     }
-    /* quantized layers (repacked) run where the MLX-layout kernels run */
-    int quant = 0;
-    for (int i = 0; i < f->n_tensors; i++) {
-        int t = f->tensors[i].type;
-        quant |= av_gguf_repack_bits(t) != 0 && t != AV_GGML_Q4_K && t != AV_GGML_Q5_K;
-    }
-    if (quant && !m->be->host_visible)
-        return av_fail(AV_ERR_UNSUPPORTED, "%s: quantized models run on the CPU only in this build (use --device cpu)", f->path);
     m->weight_bytes = 0;
     for (int i = 0; i < f->n_tensors; i++) m->weight_bytes += f->tensors[i].nbytes;
     return AV_OK;

@@ -245,16 +245,12 @@ av_status av_model_load(av_model **out, const char *dir, const av_backend *be) {
 }
 
 static av_status load_dir(av_model *m, const char *dir) {
-    const av_backend *be = m->be;
     char path[4200];
     av_status st = av_config_load(&m->cfg, av_path_join(path, sizeof path, dir, "config.json"));
     cJSON *cj = NULL;
     qspec qs = {NULL, path};
     if (st == AV_OK && m->cfg.quant_bits) {
-        /* the CUDA kernels for quantized weights (quant/affine.cu) are not yet verified on a GPU */
-        if (!be->host_visible)
-            st = av_fail(AV_ERR_UNSUPPORTED, "%s: quantized models run on the CPU only in this build (use --device cpu)", path);
-        if (st == AV_OK) st = av_json_load(path, &cj);
+        st = av_json_load(path, &cj);
         if (st == AV_OK) qs.q = av_json_get(cj, "quantization");
         if (st == AV_OK && !av_quant_supported(m->cfg.quant_bits, m->cfg.quant_group_size))
             st = av_fail(AV_ERR_UNSUPPORTED, "%s: quantization bits %d, group_size %d not supported (bits 2, 3, 4, 5, 6, 8; group 32, 64, 128)",

@@ -413,25 +413,78 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
-/* Weight fragments of k steps s0, s0 + MM_WARPS, ... (U of them) for the unit's tiles. */
-template <int U, int TU>
-__device__ __forceinline__ void fzm_load(uint4 (&wv)[U][TU][2], const uint4 *const (&wr)[TU][2], const bool (&ok)[TU][2], int s0, int t,
-                                         int nv, int stride) {
+/* One lane's weight fragment of one k step: 8 consecutive k of one weight row. BITS 0: bf16 weights,
+ * the 16 bytes as they lie; BITS 2, 4, 8: MLX affine codes (8 of them are 2, 4 or 8 bytes of the packed
+ * row) with their group's scale and bias, turned into bf16 (scale * q + bias) just before the mma. */
+template <int BITS>
+struct fzm_w {
+    uint32_t q[BITS == 8 ? 2 : 1];
+    float s, b;
+};
+template <>
+struct fzm_w<0> {
+    uint4 v;
+};
+
+template <int BITS>
+__device__ __forceinline__ void fzm_w_load(fzm_w<BITS> &w, const fz_args &a, const fzq_args &qa, const void *row, size_t r, int c, bool in) {
+    if constexpr (BITS == 0) {
+        w.v = in ? __ldcs(reinterpret_cast<const uint4 *>(row) + c) : make_uint4(0, 0, 0, 0);
+    } else {
+        if (!in) {
+            w.q[0] = 0u, w.s = w.b = 0.0f;
+            if constexpr (BITS == 8) w.q[1] = 0u;
+            return;
+        }
+        if constexpr (BITS == 8) {
+            uint2 v = __ldcs(reinterpret_cast<const uint2 *>(row) + c);
+            w.q[0] = v.x, w.q[1] = v.y;
+        } else if constexpr (BITS == 4) {
+            w.q[0] = __ldcs(reinterpret_cast<const unsigned int *>(row) + c);
+        } else {
+            w.q[0] = __ldcs(reinterpret_cast<const unsigned short *>(row) + c);
+        }
+        size_t gi = r * (size_t)(a.K / qa.group) + (size_t)(8 * c) / qa.group;
+        w.s = av_ld_w(qa.sc, a.dt, gi), w.b = av_ld_w(qa.bi, a.dt, gi);
+    }
+}
+
+template <int BITS>
+__device__ __forceinline__ uint4 fzm_w_frag(const fzm_w<BITS> &w) {
+    if constexpr (BITS == 0) {
+        return w.v;
+    } else {
+        uint32_t u[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int j0 = 2 * e, j1 = 2 * e + 1;
+            uint32_t c0 = BITS == 8 ? (w.q[j0 >> 2] >> (8 * (j0 & 3))) & 255u : (w.q[0] >> (BITS * j0)) & ((1u << BITS) - 1u);
+            uint32_t c1 = BITS == 8 ? (w.q[j1 >> 2] >> (8 * (j1 & 3))) & 255u : (w.q[0] >> (BITS * j1)) & ((1u << BITS) - 1u);
+            u[e] = pack_bf16(fmaf(w.s, (float)c0, w.b), fmaf(w.s, (float)c1, w.b));
+        }
+        return make_uint4(u[0], u[1], u[2], u[3]);
+    }
+}
+
+/* Weight fragments of k steps s0, s0 + stride, ... (U of them) for the unit's tiles. */
+template <int U, int TU, int BITS>
+__device__ __forceinline__ void fzm_load(fzm_w<BITS> (&wv)[U][TU][2], const fz_args &a, const fzq_args &qa, const void *const (&wr)[TU][2],
+                                         const int (&rows)[TU][2], const bool (&ok)[TU][2], int s0, int t, int nv, int stride) {
 #pragma unroll
     for (int j = 0; j < U; j++) {
         int c = 4 * (s0 + j * stride) + t;
 #pragma unroll
         for (int i = 0; i < TU; i++)
 #pragma unroll
-            for (int h = 0; h < 2; h++) wv[j][i][h] = c < nv && ok[i][h] ? __ldcs(wr[i][h] + c) : make_uint4(0, 0, 0, 0);
+            for (int h = 0; h < 2; h++) fzm_w_load<BITS>(wv[j][i][h], a, qa, wr[i][h], (size_t)rows[i][h], c, c < nv && ok[i][h]);
     }
 }
 
 /* The mma products of the U k steps s0, s0 + stride, ... whose weight fragments are in wv: first
  * every step's input fragments (all loads in flight together: x is read from L2 after the wait),
  * then the products. */
-template <int IN, int NT, int U, int TU>
-__device__ __forceinline__ void fzm_steps(const fz_args &a, const uint4 (&wv)[U][TU][2], float (&acc)[TU][NT][4], float (&ss)[NT], int s0,
+template <int IN, int NT, int U, int TU, int BITS>
+__device__ __forceinline__ void fzm_steps(const fz_args &a, const fzm_w<BITS> (&wv)[U][TU][2], float (&acc)[TU][NT][4], float (&ss)[NT], int s0,
                                           int stride, int S, int nv, int g, int t) {
     uint32_t bx[U][NT][4];
 #pragma unroll
@@ -460,8 +513,9 @@ __device__ __forceinline__ void fzm_steps(const fz_args &a, const uint4 (&wv)[U]
         for (int n = 0; n < NT; n++)
 #pragma unroll
             for (int i = 0; i < TU; i++) {
-                mma_bf16(acc[i][n], wv[j][i][0].x, wv[j][i][1].x, wv[j][i][0].y, wv[j][i][1].y, bx[j][n][0], bx[j][n][1]);
-                mma_bf16(acc[i][n], wv[j][i][0].z, wv[j][i][1].z, wv[j][i][0].w, wv[j][i][1].w, bx[j][n][2], bx[j][n][3]);
+                uint4 w0 = fzm_w_frag<BITS>(wv[j][i][0]), w1 = fzm_w_frag<BITS>(wv[j][i][1]);
+                mma_bf16(acc[i][n], w0.x, w1.x, w0.y, w1.y, bx[j][n][0], bx[j][n][1]);
+                mma_bf16(acc[i][n], w0.z, w1.z, w0.w, w1.w, bx[j][n][2], bx[j][n][3]);
             }
     }
 }
@@ -469,8 +523,8 @@ __device__ __forceinline__ void fzm_steps(const fz_args &a, const uint4 (&wv)[U]
 /* Block = MM_WARPS warps on one unit (TU tiles of 16 weight rows) x all T <= 8 NT input rows; warp w
  * takes the 32-wide k steps w, w + MM_WARPS, ... Lane (g, t) loads 8 consecutive k of weight rows g
  * and g + 8 and of input row g (+ 8n) at chunk 4s + t: the low 4 feed one mma, the high 4 the next. */
-template <int IN, int OUT, int NT, int U, int TU>
-__global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_k(fz_args a) {
+template <int IN, int OUT, int NT, int U, int TU, int BITS>
+__device__ __forceinline__ void fzm_body(const fz_args &a, const fzq_args &qa) {
     constexpr int G = (OUT == AV_GEMV_OUT_ROPE || OUT == AV_GEMV_OUT_SWIGLU) ? 2 : 1;
     __shared__ float red[MM_WARPS][G * NT * 4][32];
     __shared__ float ssw[MM_WARPS][8 * NT];
@@ -479,7 +533,8 @@ __global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_
     int nv = a.K >> 3, S = (nv + 3) >> 2;
     int tb[TU];
     fzm_tiles<OUT, TU>(a, blockIdx.x, tb);
-    const uint4 *wr[TU][2];
+    const void *wr[TU][2];
+    int rows[TU][2];
     bool ok[TU][2];
 #pragma unroll
     for (int i = 0; i < TU; i++)
@@ -487,11 +542,14 @@ __global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_
         for (int h = 0; h < 2; h++) {
             int row = tb[i] + g + 8 * h;
             ok[i][h] = row < a.N;
-            wr[i][h] = reinterpret_cast<const uint4 *>(a.W + (size_t)(ok[i][h] ? row : 0) * a.K);
+            rows[i][h] = ok[i][h] ? row : 0;
+            /* a packed row is K * BITS / 32 words */
+            wr[i][h] = BITS ? (const void *)(reinterpret_cast<const uint32_t *>(a.W) + (size_t)rows[i][h] * (a.K / 32 * BITS))
+                            : (const void *)(a.W + (size_t)rows[i][h] * a.K);
         }
-    uint4 wv[U][TU][2];
+    fzm_w<BITS> wv[U][TU][2];
     const int wg = warp, stride = MM_WARPS;
-    fzm_load<U, TU>(wv, wr, ok, wg, t, nv, stride); /* weights are constant: start streaming before the wait */
+    fzm_load<U, TU, BITS>(wv, a, qa, wr, rows, ok, wg, t, nv, stride); /* weights are constant: start streaming before the wait */
     av_pdl_wait();
     av_pdl_launch();
     float acc[TU][NT][4], ss[NT];
@@ -502,8 +560,8 @@ __global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_
 #pragma unroll
     for (int n = 0; n < NT; n++) ss[n] = 0.0f;
     for (int s0 = wg; s0 < S; s0 += U * stride) {
-        if (s0 != wg) fzm_load<U, TU>(wv, wr, ok, s0, t, nv, stride);
-        fzm_steps<IN, NT, U, TU>(a, wv, acc, ss, s0, stride, S, nv, g, t);
+        if (s0 != wg) fzm_load<U, TU, BITS>(wv, a, qa, wr, rows, ok, s0, t, nv, stride);
+        fzm_steps<IN, NT, U, TU, BITS>(a, wv, acc, ss, s0, stride, S, nv, g, t);
     }
     /* across the block's warps through shared memory, G tiles at a time (pairs: both tiles) */
     if (IN == AV_GEMV_IN_RMSNORM) {
@@ -570,6 +628,17 @@ __global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_
     }
 }
 
+template <int IN, int OUT, int NT, int U, int TU>
+__global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_k(fz_args a) {
+    fzm_body<IN, OUT, NT, U, TU, 0>(a, fzq_args{});
+}
+
+/* The same on packed 2-, 4- or 8-bit rows. */
+template <int IN, int OUT, int NT, int U, int TU, int BITS>
+__global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzmq_k(fz_args a, fzq_args qa) {
+    fzm_body<IN, OUT, NT, U, TU, BITS>(a, qa);
+}
+
 /* Output transform of the separate-ops path: prod [T, N] from the plain product into out. */
 __global__ void fz_epi_k(float *out, const float *prod, int T, int N, int mode, const int32_t *pos, const float *inv_freq, int rope_rows,
                          int hd, int F, int ob) {
@@ -617,19 +686,17 @@ static void launchq1c(const fz_args &a, const fzq_args &qa, unsigned units) {
     else av_launch(fzq1_k<IN, OUT, NTH, P, BITS, 3>, g, b, 0, 1, a, qa, (int)units); /* several passes beyond */
 }
 
-template <int IN, int OUT>
-static void launchq1(const fz_args &a, const fzq_args &qa, int bits) {
-    unsigned units = OUT == AV_GEMV_OUT_SWIGLU ? (unsigned)a.F
-                     : OUT == AV_GEMV_OUT_ROPE ? (unsigned)(a.rope_rows / 2 + (a.N - a.rope_rows + 1) / 2)
-                                               : av_cdiv((size_t)a.N, 2);
-    AQ_DISPATCH_BITS(bits, (launchq1c<IN, OUT, 64, 2, BITS>(a, qa, units)));
+/* Units (output pairs) of the one-row kernels. */
+template <int OUT>
+static unsigned q1_units(const fz_args &a) {
+    return OUT == AV_GEMV_OUT_SWIGLU ? (unsigned)a.F
+           : OUT == AV_GEMV_OUT_ROPE ? (unsigned)(a.rope_rows / 2 + (a.N - a.rope_rows + 1) / 2)
+                                     : av_cdiv((size_t)a.N, 2);
 }
 
 template <int IN, int OUT>
 static void launch1(const fz_args &a) {
-    unsigned units = OUT == AV_GEMV_OUT_SWIGLU ? (unsigned)a.F
-                     : OUT == AV_GEMV_OUT_ROPE ? (unsigned)(a.rope_rows / 2 + (a.N - a.rope_rows + 1) / 2)
-                                               : av_cdiv((size_t)a.N, 2);
+    unsigned units = q1_units<OUT>(a);
     /* block shapes measured best per product (H200, bench/gpu_bench parts): q|k|v two pairs per 128
      * threads, the LM head two per 256, o and down (residual products; down has K > 4096) four per 256
      * (fewer, fuller blocks keep more bytes in flight per SM), gate|up one per 128 */
@@ -639,8 +706,14 @@ static void launch1(const fz_args &a) {
     else launch1c<IN, OUT, 128, 1>(a, units);
 }
 
-template <int IN, int OUT, int NT>
-static void launchm(const fz_args &a) {
+template <int IN, int OUT, int NT, int U, int TU, int BITS>
+static void launchm_k(const fz_args &a, const fzq_args &qa, unsigned units) {
+    if constexpr (BITS == 0) av_launch(fzm_k<IN, OUT, NT, U, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
+    else av_launch(fzmq_k<IN, OUT, NT, U, TU, BITS>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a, qa);
+}
+
+template <int IN, int OUT, int NT, int BITS>
+static void launchm(const fz_args &a, const fzq_args &qa) {
     /* pairs: two tiles; plain: one tile for <= 8 rows, else two (fewer input reads per weight byte;
      * four tiles measured slower: too few blocks for the 2048-row products) */
     constexpr int TU = (OUT == AV_GEMV_OUT_ROPE || OUT == AV_GEMV_OUT_SWIGLU || NT > 1) ? 2 : 1;
@@ -651,26 +724,37 @@ static void launchm(const fz_args &a) {
      * keeps 8 k steps per warp in flight; larger grids keep 2 and fit three blocks per SM. 9..16
      * rows: 4 k steps */
     if constexpr (NT == 1) {
-        if (units <= (unsigned)sm_count()) return av_launch(fzm_k<IN, OUT, NT, 8, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
-        return av_launch(fzm_k<IN, OUT, NT, 2, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
+        if (units <= (unsigned)sm_count()) return launchm_k<IN, OUT, NT, 8, TU, BITS>(a, qa, units);
+        return launchm_k<IN, OUT, NT, 2, TU, BITS>(a, qa, units);
     }
-    av_launch(fzm_k<IN, OUT, NT, 4, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
+    launchm_k<IN, OUT, NT, 4, TU, BITS>(a, qa, units);
 }
 
 template <int IN, int OUT>
 static void launch_t(const fz_args &a) {
     if (a.T == 1) launch1<IN, OUT>(a); /* exact f32 kernel */
-    else if (a.T <= 8) launchm<IN, OUT, 1>(a);
-    else launchm<IN, OUT, 2>(a); /* <= MMA_MAX_ROWS */
+    else if (a.T <= 8) launchm<IN, OUT, 1, 0>(a, fzq_args{});
+    else launchm<IN, OUT, 2, 0>(a, fzq_args{}); /* <= MMA_MAX_ROWS */
+}
+
+/* Packed weights: one row on the exact f32 kernel; 2..16 rows (2-, 4- and 8-bit codes) on the
+ * tensor-core kernel with the codes turned into bf16 fragments in registers. */
+template <int IN, int OUT, int BITS>
+static void launchq_t(const fz_args &a, const fzq_args &qa) {
+    if (a.T == 1) launchq1c<IN, OUT, 64, 2, BITS>(a, qa, q1_units<OUT>(a));
+    else if constexpr (BITS == 2 || BITS == 4 || BITS == 8) {
+        if (a.T <= 8) launchm<IN, OUT, 1, BITS>(a, qa);
+        else launchm<IN, OUT, 2, BITS>(a, qa);
+    }
 }
 
 template <int IN>
 static void launchq_out(const fz_args &a, const fzq_args &qa, int bits, av_gemv_out out) {
     switch (out) {
-    case AV_GEMV_OUT_STORE: launchq1<IN, AV_GEMV_OUT_STORE>(a, qa, bits); break;
-    case AV_GEMV_OUT_ADD: launchq1<IN, AV_GEMV_OUT_ADD>(a, qa, bits); break;
-    case AV_GEMV_OUT_ROPE: launchq1<IN, AV_GEMV_OUT_ROPE>(a, qa, bits); break;
-    default: launchq1<IN, AV_GEMV_OUT_SWIGLU>(a, qa, bits); break;
+    case AV_GEMV_OUT_STORE: AQ_DISPATCH_BITS(bits, (launchq_t<IN, AV_GEMV_OUT_STORE, BITS>(a, qa))); break;
+    case AV_GEMV_OUT_ADD: AQ_DISPATCH_BITS(bits, (launchq_t<IN, AV_GEMV_OUT_ADD, BITS>(a, qa))); break;
+    case AV_GEMV_OUT_ROPE: AQ_DISPATCH_BITS(bits, (launchq_t<IN, AV_GEMV_OUT_ROPE, BITS>(a, qa))); break;
+    default: AQ_DISPATCH_BITS(bits, (launchq_t<IN, AV_GEMV_OUT_SWIGLU, BITS>(a, qa))); break;
     }
 }
 
@@ -684,11 +768,14 @@ static void launch_out(const fz_args &a, av_gemv_out out) {
     }
 }
 
+/* Code widths the tensor-core kernel reads (8 codes are 2, 4 or 8 whole bytes). */
+static int fzq_mma_bits(int bits) { return bits == 2 || bits == 4 || bits == 8; }
+
 /* Shapes the fused kernels take; anything else runs the separate ops below. */
 static int fused_ok(const float *x, const av_mat *W, int T, const av_gemv_fusion *f, int f32) {
     int N = W->rows, K = W->cols, hd = f->head_dim, rr = f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0;
     if (T < 1 || T > MMA_MAX_ROWS) return 0;
-    if (T > 1 && (f32 || W->dtype != AV_BF16 || W->q_bits)) return 0; /* quantized: one row only */
+    if (T > 1 && (f32 || (W->q_bits ? !fzq_mma_bits(W->q_bits) : W->dtype != AV_BF16))) return 0;
     if ((!W->q_bits && W->dtype != AV_BF16 && W->dtype != AV_F16) || K % 8 || N < 1 || ((uintptr_t)x % 16) || ((uintptr_t)W->data % 16))
         return 0;
     if (W->q_bits && (K % W->q_group || K % 32)) return 0;
@@ -734,6 +821,23 @@ extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, co
             AV_CU_LAUNCHED("argmax finish");
         }
         if (f->argmax && !fold) argmax_after(out, T, N, f);
+        return;
+    }
+    /* packed 2/4/8-bit rows, 17..64 input rows: 16-row slices on the tensor-core kernel, each reading
+     * the packed matrix once (cheaper at decode batch sizes than dequantizing it all for cuBLAS) */
+    if (W->q_bits && T > MMA_MAX_ROWS && T <= 4 * MMA_MAX_ROWS && fused_ok(x, W, MMA_MAX_ROWS, f, f32)) {
+        av_gemv_fusion sf = *f;
+        sf.argmax = NULL;
+        size_t on = f->out == AV_GEMV_OUT_SWIGLU ? (size_t)N / 2 : (size_t)N;
+        int ob = f->out_bf16 && f->out == AV_GEMV_OUT_SWIGLU;
+        for (int t0 = 0; t0 < T; t0 += MMA_MAX_ROWS) {
+            int n = T - t0 < MMA_MAX_ROWS ? T - t0 : MMA_MAX_ROWS;
+            sf.pos = f->pos ? f->pos + t0 : NULL;
+            const float *xs = f->in_bf16 ? (const float *)((const uint16_t *)x + (size_t)t0 * K) : x + (size_t)t0 * K;
+            float *os = ob ? (float *)((uint16_t *)out + (size_t)t0 * on) : out + (size_t)t0 * on;
+            av_cuda_matmul_fused_forward_mode(os, xs, W, n, &sf, f32);
+        }
+        if (f->argmax) argmax_after(out, T, N, f);
         return;
     }
     /* the separate ops through scratch (same results within the table's precision, more launches) */
