@@ -136,9 +136,6 @@ static av_status bind(av_model *m, const gslot *s) {
     }
     av_status st = AV_OK;
     int nat = av_gguf_native_dtype(t->type), bits = av_gguf_repack_bits(t->type);
-    /* Q4_K/Q5_K on a backend whose memory is not host memory: f32, as Q2_K/Q3_K/Q6_K (the repacked
-     * GGUF types run on the CPU only, below), so K-quant files still load there */
-    if (!m->be->host_visible && (t->type == AV_GGML_Q4_K || t->type == AV_GGML_Q5_K)) bits = 0;
     av_mat *d = s->dst;
     memset(d, 0, sizeof *d);
     d->rows = rows;
