@@ -32,7 +32,7 @@ rows=$(awk -v a="$avail_kb" 'BEGIN{n = int(2 * a * 1024 / (16 * 30000 * 30000)) 
 mkdir -p "$W/data"
 awk -v n="$rows" 'BEGIN{s = "the"; for (i = 1; i < 30000; i++) s = s " the"; for (r = 0; r < n; r++) printf "{\"text\": \"%s\"}\n", s}' > "$W/data/train.jsonl"
 cp "$W/data/train.jsonl" "$W/data/valid.jsonl"
-expect_error "batch that cannot fit: one line before any work" 'train: a [0-9]+ x [0-9]+ batch: training buffers: needs [0-9.]+ GiB, only [0-9.]+ GiB of CPU memory is available' \
+expect_error "batch that cannot fit: one line before any work" 'train: a [0-9]+ x [0-9]+ batch: training buffers: needs [0-9.]+ GiB, only [0-9.]+ GiB of (CPU|GPU) memory is available' \
   $ANVIL lora --model "$W/long" --train --data "$W/data" --batch-size "$rows" --max-seq-length 100000 --iters 1 --threads 1 --attention standard --adapter-path "$W/out"
 grep -q 'Starting training' "$AV_TMP/out.$$" && bad "training started before the memory check" || ok "no training started"
 [ -e "$W/out/adapters.safetensors" ] && bad "adapter written" || ok "no adapter written"

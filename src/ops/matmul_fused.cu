@@ -823,23 +823,6 @@ extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, co
         if (f->argmax && !fold) argmax_after(out, T, N, f);
         return;
     }
-    /* packed 2/4/8-bit rows, 17..64 input rows: 16-row slices on the tensor-core kernel, each reading
-     * the packed matrix once (cheaper at decode batch sizes than dequantizing it all for cuBLAS) */
-    if (W->q_bits && T > MMA_MAX_ROWS && T <= 4 * MMA_MAX_ROWS && fused_ok(x, W, MMA_MAX_ROWS, f, f32)) {
-        av_gemv_fusion sf = *f;
-        sf.argmax = NULL;
-        size_t on = f->out == AV_GEMV_OUT_SWIGLU ? (size_t)N / 2 : (size_t)N;
-        int ob = f->out_bf16 && f->out == AV_GEMV_OUT_SWIGLU;
-        for (int t0 = 0; t0 < T; t0 += MMA_MAX_ROWS) {
-            int n = T - t0 < MMA_MAX_ROWS ? T - t0 : MMA_MAX_ROWS;
-            sf.pos = f->pos ? f->pos + t0 : NULL;
-            const float *xs = f->in_bf16 ? (const float *)((const uint16_t *)x + (size_t)t0 * K) : x + (size_t)t0 * K;
-            float *os = ob ? (float *)((uint16_t *)out + (size_t)t0 * on) : out + (size_t)t0 * on;
-            av_cuda_matmul_fused_forward_mode(os, xs, W, n, &sf, f32);
-        }
-        if (f->argmax) argmax_after(out, T, N, f);
-        return;
-    }
     /* the separate ops through scratch (same results within the table's precision, more launches) */
     float *in = (float *)av_cuda_scratch(AV_SCR_FUSED, ((size_t)K + N) * T * sizeof(float));
     if (!in) return;
