@@ -81,7 +81,7 @@ static void test_products(void) {
 
 /* Fused products on packed weights vs the CPU's composition of the same fusion: one row (the exact
  * f32 kernel), 6 and 16 rows (2-, 4- and 8-bit codes: the bf16 tensor-core kernel; other widths the
- * separate ops) and 40 rows (16-row slices of the tensor-core kernel). */
+ * separate ops) and 40 rows (the separate ops: dequantized panels and cuBLAS). */
 static void test_fused(void) {
     struct { av_gemv_in in; av_gemv_out out; int N, K, rope_heads, hd, bits, group; } cases[] = {
         {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 2560, 2048, 36, 64, 4, 64}, {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 2048, 5632, 0, 0, 4, 64},

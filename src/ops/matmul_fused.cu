@@ -1,7 +1,8 @@
 /* Fused decode products (backend.h av_gemv_fusion): out = in(x) . W^T for T <= 16 rows, with RMSNorm
  * on the input and a residual add, RoPE or SwiGLU pairs on the output, so a decoder layer is four
- * products and the attention. One row: an exact f32 GEMV; 2..16 rows: bf16 tensor-core products;
- * more rows: the separate ops. Weight loads start before the wait on the previous kernel (PDL). */
+ * products and the attention. One row: an exact f32 GEMV; 2..16 rows: bf16 tensor-core products (bf16
+ * weights, or 2-, 4-, 8-bit MLX codes turned into bf16 fragments in registers); more rows: the
+ * separate ops. Weight loads start before the wait on the previous kernel (PDL). */
 #include "backend/cuda_common.cuh"
 #include "quant/affine.cuh"
 extern "C" {
