@@ -56,6 +56,15 @@ int av_cmd_serve(int argc, char **argv) {
     int r = av_args_parse(argc, argv, opts, cmd, "OpenAI-compatible HTTP server with continuous batching and a prefix cache.");
     if (r) return r == 1 ? 0 : 2;
     if (api_key && !*api_key) return av_cli_error(cmd, "--api-key must not be empty");
+    /* every thread started from here on inherits this mask, the CUDA runtime's and OpenMP's threads
+     * made while loading included (one of those took SIGTERM's default action on a GPU): the
+     * signals reach only sigwait below */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
     char *tmpl = NULL;
     if (tmpl_file && !(tmpl = av_cli_read_file(cmd, tmpl_file, NULL))) return 1;
     av_model *m;
@@ -79,13 +88,6 @@ int av_cmd_serve(int argc, char **argv) {
     so.sched.max_queue = max_queue;
     so.sched.cache_bytes = (size_t)cache_mb << 20;
     so.timeout_s = timeout;
-    /* every thread the server starts inherits this mask: the signals reach only sigwait below */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    signal(SIGPIPE, SIG_IGN);
     av_server *srv;
     int rc = 0;
     if (av_server_start(&srv, m, tok, &so) != AV_OK) {
