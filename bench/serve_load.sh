@@ -21,7 +21,7 @@ fi
 LOG=$(mktemp /tmp/anvil-serve-bench.XXXXXX)
 "$ANVIL" serve --model "$MODEL" --port 0 --parallel "${AV_SERVE_PARALLEL:-8}" --ctx-size 512 --threads "${AV_SERVE_THREADS:-$(nproc)}" 2> "$LOG" &
 PID=$!
-trap 'kill $PID 2>/dev/null; rm -f "$LOG"' EXIT
+trap 'kill $PID 2>/dev/null || true; rm -f "$LOG"' EXIT
 PORT=""
 for i in $(seq 600); do
   PORT=$(sed -n 's/.*listening on http:\/\/[^:]*:\([0-9]*\).*/\1/p' "$LOG")
