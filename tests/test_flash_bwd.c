@@ -5,6 +5,7 @@
  * head_dim-64 model on the GPU with flash attention vs the CPU and vs the GPU's standard attention,
  * and bit-identical over two runs. Without a GPU: "skipped: no GPU". */
 #include "test.h"
+#include "test_lora_step.h"
 #include <stddef.h>
 #include <stdint.h>
 #include "attention/attention.h"
@@ -147,55 +148,6 @@ static void check_shape(const av_backend *G, shape sh) {
     free(out); free(probs); free(dq); free(dk); free(dv);
 }
 
-/* One LoRA step (adapters on q, k, v, o) of the model in dir on be (ckpt: gradient checkpointing);
- * returns every gradient, concatenated. */
-static float *train_grads(const char *dir, const av_backend *be, int B, int T, int ckpt, int flash, size_t *n, double *loss) {
-    av_model *m = NULL;
-    av_train_ctx *c = NULL;
-    float *all = NULL;
-    *n = 0;
-    CHECK_OK(av_model_load(&m, dir, be));
-    if (!m) return NULL;
-    av_lora_spec spec;
-    av_lora_spec_default(&spec);
-    spec.num_layers = -1;
-    spec.keys = (1u << AV_PROJ_Q) | (1u << AV_PROJ_K) | (1u << AV_PROJ_V) | (1u << AV_PROJ_O);
-    CHECK_OK(av_lora_attach(m, &spec, 11));
-    /* B starts at zero (PEFT): give it values so dA (through the adapter's B) is tested too */
-    CHECK_OK(av_train_ctx_new(&c, m, B, T, ckpt));
-    if (c && !flash) CHECK_OK(av_train_set_flash(c, 0));
-    if (c) {
-        av_param *P = av_train_params(c);
-        unsigned keep = test_rng_state;
-        test_rng_state = 99;
-        for (int i = 0; i < av_train_nparams(c); i++) {
-            float *h = test_rnd(P[i].n, 0.05f);
-            be->upload(P[i].data, h, P[i].n * sizeof(float));
-            free(h);
-            *n += P[i].n;
-        }
-        int32_t *ids = malloc(sizeof(int32_t) * B * T), *tg = malloc(sizeof(int32_t) * B * T);
-        for (int i = 0; i < B * T; i++) ids[i] = (int32_t)((i * 7919u + 13) % 500);
-        for (int i = 0; i < B * T; i++) tg[i] = (i % T) + 1 < T ? ids[i + 1] : -1;
-        test_rng_state = keep;
-        double nll;
-        int nv;
-        av_train_zero_grads(c);
-        CHECK_OK(av_train_step(c, ids, tg, B, T, 1.0f / (float)(B * T), 1, &nll, &nv));
-        *loss = nll / nv;
-        all = malloc(sizeof(float) * *n);
-        size_t off = 0;
-        for (int i = 0; i < av_train_nparams(c); i++) {
-            be->download(all + off, P[i].grad, P[i].n * sizeof(float));
-            off += P[i].n;
-        }
-        free(ids);
-        free(tg);
-        av_train_ctx_free(c);
-    }
-    av_model_free(m);
-    return all;
-}
 
 static void check_training(const av_backend *G) {
     char dir[4096];
@@ -212,11 +164,11 @@ static void check_training(const av_backend *G) {
     int B = 2, T = 70;
     size_t nc = 0, nf = 0, nf2 = 0, ns = 0, nk = 0;
     double lc = 0, lf = 0, lf2 = 0, ls = 0, lk = 0;
-    float *gc = train_grads(dir, av_backend_cpu(), B, T, 0, 1, &nc, &lc);
-    float *gf = train_grads(dir, G, B, T, 0, 1, &nf, &lf);
-    float *gf2 = train_grads(dir, G, B, T, 0, 1, &nf2, &lf2);
-    float *gk = train_grads(dir, G, B, T, 1, 1, &nk, &lk);
-    float *gs = train_grads(dir, G, B, T, 0, 0, &ns, &ls);
+    float *gc = test_lora_grads(dir, av_backend_cpu(), AV_ATTN_AUTO, 1, 0, B, T, &nc, &lc, NULL);
+    float *gf = test_lora_grads(dir, G, AV_ATTN_AUTO, 1, 0, B, T, &nf, &lf, NULL);
+    float *gf2 = test_lora_grads(dir, G, AV_ATTN_AUTO, 1, 0, B, T, &nf2, &lf2, NULL);
+    float *gk = test_lora_grads(dir, G, AV_ATTN_AUTO, 1, 1, B, T, &nk, &lk, NULL);
+    float *gs = test_lora_grads(dir, G, AV_ATTN_AUTO, 0, 0, B, T, &ns, &ls, NULL);
     if (gc && gf && gf2 && gs && gk && nc == nf && nf == nf2 && nf == ns && nf == nk) {
         double ef = test_rel_l2(gf, gc, nc), es = test_rel_l2(gs, gc, nc), efs = test_rel_l2(gf, gs, nc);
         /* the whole model in bf16 (weights, activations, products): the table's training tolerance */

@@ -9,6 +9,7 @@
  * latter through av_train_set_flash): the same loss and gradients within 1e-5 relative L2, and the
  * flash context holds no [B, H, T, T] probabilities (fewer bytes). */
 #include "test.h"
+#include "test_lora_step.h"
 #include <stddef.h>
 #include <stdint.h>
 #include "attention/attention.h"
@@ -133,56 +134,6 @@ static void check_shape(shape sh) {
     free(out); free(probs); free(dq); free(dk); free(dv); free(fo); free(lse);
 }
 
-/* One LoRA step (adapters on q, k, v, o) of the model in dir with attention kind (set_off: AUTO,
- * then av_train_set_flash(0)); returns every gradient, concatenated. */
-static float *train_grads(const char *dir, av_attention_kind kind, int set_off, int B, int T, size_t *n, double *loss, size_t *bytes) {
-    av_model *m = NULL;
-    av_train_ctx *c = NULL;
-    float *all = NULL;
-    *n = 0;
-    CHECK_OK(av_model_load(&m, dir, av_backend_cpu()));
-    if (!m) return NULL;
-    av_model_set_attention(m, kind);
-    av_lora_spec spec;
-    av_lora_spec_default(&spec);
-    spec.num_layers = -1;
-    spec.keys = (1u << AV_PROJ_Q) | (1u << AV_PROJ_K) | (1u << AV_PROJ_V) | (1u << AV_PROJ_O);
-    CHECK_OK(av_lora_attach(m, &spec, 11));
-    CHECK_OK(av_train_ctx_new(&c, m, B, T, 0));
-    if (c && set_off) CHECK_OK(av_train_set_flash(c, 0));
-    if (c) {
-        *bytes = av_train_bytes(c);
-        av_param *P = av_train_params(c);
-        unsigned keep = test_rng_state;
-        test_rng_state = 99; /* B starts at zero (PEFT): give it values so dA is tested too */
-        for (int i = 0; i < av_train_nparams(c); i++) {
-            float *h = test_rnd(P[i].n, 0.05f);
-            memcpy(P[i].data, h, P[i].n * sizeof(float));
-            free(h);
-            *n += P[i].n;
-        }
-        int32_t *ids = malloc(sizeof(int32_t) * B * T), *tg = malloc(sizeof(int32_t) * B * T);
-        for (int i = 0; i < B * T; i++) ids[i] = (int32_t)((i * 7919u + 13) % 500);
-        for (int i = 0; i < B * T; i++) tg[i] = (i % T) + 1 < T ? ids[i + 1] : -1;
-        test_rng_state = keep;
-        double nll;
-        int nv;
-        av_train_zero_grads(c);
-        CHECK_OK(av_train_step(c, ids, tg, B, T, 1.0f / (float)(B * T), 1, &nll, &nv));
-        *loss = nll / nv;
-        all = malloc(sizeof(float) * *n);
-        size_t off = 0;
-        for (int i = 0; i < av_train_nparams(c); i++) {
-            memcpy(all + off, P[i].grad, P[i].n * sizeof(float));
-            off += P[i].n;
-        }
-        free(ids);
-        free(tg);
-        av_train_ctx_free(c);
-    }
-    av_model_free(m);
-    return all;
-}
 
 static void check_training(void) {
     char dir[4096];
@@ -199,9 +150,9 @@ static void check_training(void) {
     int B = 2, T = 70;
     size_t nf = 0, ns = 0, no = 0, bf = 0, bs = 0, bo = 0;
     double lf = 0, ls = 0, lo = 0;
-    float *gf = train_grads(dir, AV_ATTN_FLASH, 0, B, T, &nf, &lf, &bf);
-    float *gs = train_grads(dir, AV_ATTN_STANDARD, 0, B, T, &ns, &ls, &bs);
-    float *go = train_grads(dir, AV_ATTN_AUTO, 1, B, T, &no, &lo, &bo);
+    float *gf = test_lora_grads(dir, av_backend_cpu(), AV_ATTN_FLASH, 1, 0, B, T, &nf, &lf, &bf);
+    float *gs = test_lora_grads(dir, av_backend_cpu(), AV_ATTN_STANDARD, 1, 0, B, T, &ns, &ls, &bs);
+    float *go = test_lora_grads(dir, av_backend_cpu(), AV_ATTN_AUTO, 0, 0, B, T, &no, &lo, &bo);
     if (gf && gs && go && nf == ns && nf == no && nf) {
         double e = test_rel_l2(gf, gs, nf), eo = test_rel_l2(go, gs, nf);
         CHECK(e <= 1e-5 && eo <= 1e-5, "LoRA step flash vs standard: gradient rel L2 %.3g (set_flash(0): %.3g)", e, eo);
