@@ -2,12 +2,42 @@
  * out, bf16 tensor-core products inside) through av_attention_time on the CUDA backend, forward and
  * forward + backward, at a fixed number of tokens per batch. One JSON line per (T, head dim, kind);
  * bench/attention_vs_torch.py runs it beside PyTorch's scaled_dot_product_attention.
- *   attention_gpu [reps [tokens_per_batch [T...]]]   (model width 2048: H = 2048 / hd, KVH = H) */
+ *   attention_gpu [reps [tokens_per_batch [T...]]]   (model width 2048: H = 2048 / hd, KVH = H)
+ * Decode attention (one new row per sequence against a long f32 KV cache; GB/s of K and V read):
+ *   attention_gpu decode [reps [keys...]]   (TinyLlama H 32 KVH 4 hd 64; Llama-3-8B H 32 KVH 8 hd 128) */
 #include "anvil.h"
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+static int decode_main(int argc, char **argv) {
+    int reps = argc > 2 ? atoi(argv[2]) : 20, keys[16] = {1024, 4096, 8192, 16384, 32768}, nk = 5;
+    if (argc > 3) {
+        nk = 0;
+        for (int i = 3; i < argc && nk < 16; i++) keys[nk++] = atoi(argv[i]);
+    }
+    const av_backend *be = av_backend_cuda();
+    if (!be) { fprintf(stderr, "attention_gpu: no CUDA device: %s\n", av_last_error()); return 1; }
+    int shapes[2][3] = {{32, 4, 64}, {32, 8, 128}}, seqs[2] = {1, 8};
+    for (int sh = 0; sh < 2; sh++)
+        for (int ni = 0; ni < 2; ni++)
+            for (int i = 0; i < nk; i++) {
+                int H = shapes[sh][0], KVH = shapes[sh][1], hd = shapes[sh][2], N = seqs[ni];
+                double t = 0;
+                if (av_attention_decode_time(be, N, keys[i], H, KVH, hd, reps, &t) != AV_OK) {
+                    printf("{\"tool\":\"anvil\",\"kind\":\"decode\",\"keys\":%d,\"error\":\"%s\"}\n", keys[i], av_last_error());
+                    continue;
+                }
+                double bytes = 2.0 * N * keys[i] * KVH * hd * sizeof(float);
+                printf("{\"tool\":\"anvil\",\"kind\":\"decode\",\"N\":%d,\"keys\":%d,\"H\":%d,\"KVH\":%d,\"hd\":%d,\"us\":%.2f,\"kv_gbs\":%.0f}\n", N,
+                       keys[i], H, KVH, hd, t * 1e6, bytes / t / 1e9);
+                fflush(stdout);
+            }
+    return 0;
+}
 
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "decode")) return decode_main(argc, argv);
     int reps = argc > 1 ? atoi(argv[1]) : 10, tokens = argc > 2 ? atoi(argv[2]) : 16384;
     int Ts[16] = {512, 2048, 8192}, nT = 3, hds[2] = {64, 128};
     if (argc > 3) {

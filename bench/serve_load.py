@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Load client for `anvil serve` (standard library only): C concurrent clients, each sending R
 streamed /v1/completions requests one after another (distinct prompts of about P tokens, greedy,
-max_tokens G). Prints one JSON line per concurrency with the time to first token (median, p90),
+max_tokens G; with --prefix-words F the first F words are the same for every request, a shared
+system-prompt-like prefix). Prints one JSON line per concurrency with the time to first token (median, p90),
 the aggregate generation throughput (completion tokens / wall seconds) and the requests' own
-decode speed (after one untimed warm-up request). Usage: serve_load.py PORT [--clients 1,4,8] [--requests 4] [--prompt-words 60] [--gen 32]"""
+decode speed (after one untimed warm-up request). Usage: serve_load.py PORT [--clients 1,4,8] [--requests 4] [--prompt-words 60] [--prefix-words 0] [--gen 32]"""
 import argparse
 import http.client
 import json
@@ -15,9 +16,11 @@ WORDS = ("llama alpaca mountain river cloud stone bread window garden letter sil
          "winter morning harbor candle forest engine violin meadow").split()
 
 
-def prompt_text(client, k, n_words):
-    # distinct from the first word on: no prefix is shared between requests
-    return " ".join(WORDS[(client * 7 + k * 3 + i * (i % 5 + 1)) % len(WORDS)] for i in range(n_words)) + f" {client}-{k}"
+def prompt_text(client, k, n_words, n_prefix=0):
+    # the first n_prefix words are shared; the rest differ from the first distinct word on
+    shared = [WORDS[(i * 11 + 3) % len(WORDS)] for i in range(n_prefix)]
+    own = [WORDS[(client * 7 + k * 3 + i * (i % 5 + 1)) % len(WORDS)] for i in range(max(0, n_words - n_prefix))]
+    return " ".join(shared + [f"{client}-{k}"] + own)
 
 
 def one_request(port, text, gen):
@@ -45,14 +48,14 @@ def one_request(port, text, gen):
     return ttft if ttft is not None else total, total, usage
 
 
-def run(port, clients, requests, words, gen):
+def run(port, clients, requests, words, gen, prefix=0):
     results, errors = [], []
     lock = threading.Lock()
 
     def client(c):
         for k in range(requests):
             try:
-                r = one_request(port, prompt_text(c, k, words), gen)
+                r = one_request(port, prompt_text(c, k, words, prefix), gen)
                 with lock:
                     results.append(r)
             except Exception as e:  # noqa: BLE001 (reported below)
@@ -87,11 +90,12 @@ def main():
     ap.add_argument("--clients", default="1,4,8")
     ap.add_argument("--requests", type=int, default=4)
     ap.add_argument("--prompt-words", type=int, default=60)
+    ap.add_argument("--prefix-words", type=int, default=0)
     ap.add_argument("--gen", type=int, default=32)
     a = ap.parse_args()
     one_request(a.port, "warm-up: the weights are paged in before anything is timed", 4)
     for c in (int(x) for x in a.clients.split(",")):
-        print(json.dumps(run(a.port, c, a.requests, a.prompt_words, a.gen)), flush=True)
+        print(json.dumps(run(a.port, c, a.requests, a.prompt_words, a.gen, a.prefix_words)), flush=True)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,11 @@ av_attention_kind av_model_attention(const av_model *m);
  * anvil bench --suite attention. */
 av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B, int T, int H, int KVH, int hd, int backward,
                             int reps, double *seconds, size_t *bytes);
+/* Times the backend's decode attention (one new query row per sequence against a cache of `keys`
+ * rows, the new row written into it): N sequences, H query heads, KVH key/value heads, head dim hd,
+ * random inputs; median seconds per call over reps rounds of 16 back-to-back calls. For
+ * bench/attention_gpu (K/V bytes read per second). */
+av_status av_attention_decode_time(const av_backend *be, int N, int keys, int H, int KVH, int hd, int reps, double *seconds);
 /* Times the backend's matrix product out[M, N] = x[M, K] . W[N, K]^T (x f32, W of wdtype: f32, bf16
  * or f16) on random inputs: median seconds over reps after one warm-up. For anvil bench (GFLOP/s =
  * 2 M N K / seconds). */

@@ -5,15 +5,16 @@
 #include "attention/attention.h"
 
 /* Batched decode attention: 4 sequences at different positions vs per-sequence CPU attention (the
- * last one at the end of a 600-row cache region); then each sequence alone (N = 1), whose kernel
- * keeps keys and values in registers for hd 64 (and reads the rest, past 256 keys / 128 values). */
-static void check_decode(int hd) {
-    int N = 4, H = 4, KVH = 2, MS = 600, posn[4] = {0, 17, 49, 599};
+ * last one at the end of an MS-row cache region); then each sequence alone (N = 1), whose kernel
+ * keeps keys and values in registers for hd 64 (and reads the rest, past 256 keys / 128 values).
+ * Caches of 4096+ rows take the split-KV kernel (chunk edges, the new row inside or at a chunk's end). */
+static void check_decode_shape(int hd, int H, int KVH, int MS, const int posn[4]) {
+    int N = 4;
     size_t kvd = (size_t)KVH * hd, qd = (size_t)H * hd, stride = (size_t)MS * kvd;
     float *kc = test_rnd(N * stride, 1), *vc = test_rnd(N * stride, 1), *q = test_rnd(N * qd, 1), *kn = test_rnd(N * kvd, 1), *vn = test_rnd(N * kvd, 1);
     float *kcd = up(G, kc, N * stride * 4), *vcd = up(G, vc, N * stride * 4), *qd2 = up(G, q, N * qd * 4), *knd = up(G, kn, N * kvd * 4),
           *vnd = up(G, vn, N * kvd * 4), *od = G->alloc(N * qd * 4, "t");
-    int32_t *posd = up(G, posn, sizeof posn);
+    int32_t *posd = up(G, posn, 4 * sizeof *posn);
     G->attention_decode(od, qd2, knd, vnd, kcd, vcd, posd, N, stride, H, KVH, hd, 0);
     float *ref = malloc(N * qd * 4);
     for (int i = 0; i < N; i++) {
@@ -22,17 +23,27 @@ static void check_decode(int hd) {
         av_attention_forward(ref + i * qd, NULL, q + i * qd, kc + i * stride, vc + i * stride, 1, posn[i] + 1, posn[i], H, KVH, hd);
     }
     char nm[96];
-    snprintf(nm, sizeof nm, "attention_decode hd=%d", hd);
+    snprintf(nm, sizeof nm, "attention_decode hd=%d H=%d KVH=%d cache %d", hd, H, KVH, MS);
     CMP(nm, od, ref, N * qd, 1e-5);
     CMP("attention_decode cache append", kcd, kc, N * stride, 0);
     G->zero(od, N * qd * 4);
     for (int i = 0; i < N; i++) /* rewrites the same new rows */
         G->attention_decode(od + i * qd, qd2 + i * qd, knd + i * kvd, vnd + i * kvd, kcd + i * stride, vcd + i * stride, posd + i, 1, stride, H,
                             KVH, hd, 0);
-    snprintf(nm, sizeof nm, "attention_decode one sequence hd=%d", hd);
+    snprintf(nm, sizeof nm, "attention_decode one sequence hd=%d H=%d KVH=%d cache %d", hd, H, KVH, MS);
     CMP(nm, od, ref, N * qd, 1e-5);
     CMP("attention_decode one sequence cache append", kcd, kc, N * stride, 0);
     free(kc); free(vc); free(q); free(kn); free(vn); free(ref);
+}
+
+static void check_decode(int hd) {
+    static const int pos600[4] = {0, 17, 49, 599}, pos5k[4] = {0, 1023, 4096, 4999}, pos8k[4] = {300, 2047, 6000, 8191};
+    check_decode_shape(hd, 4, 2, 600, pos600);
+    if (hd < 64) return;
+    check_decode_shape(hd, 8, 1, 5000, pos5k);  /* 8 query heads per KV head */
+    check_decode_shape(hd, 8, 2, 8192, pos8k);  /* 4 per KV head */
+    check_decode_shape(hd, 4, 4, 5000, pos5k);  /* no grouping */
+    check_decode_shape(hd, 6, 2, 5000, pos5k);  /* 3 per KV head: the one-block-per-head kernel */
 }
 
 static void test_attention(void) {
@@ -113,6 +124,7 @@ static void test_attention(void) {
     av_cuda_set_attention_chunk(0);
     check_decode(32);
     check_decode(64); /* one sequence, hd 64: the cached rows are read into registers */
+    check_decode(128);
 }
 
 int main(void) {

@@ -105,3 +105,62 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
         if (p[i]) be->free(p[i]);
     return st;
 }
+
+/* Random values in [-1, 1) into n floats of backend memory (host staging through buf). */
+static void fill_random(const av_backend *be, float *dst, float *buf, size_t n, uint32_t seed) {
+    uint32_t r = 0x9E3779B9u * seed;
+    for (size_t j = 0; j < n; j++) {
+        r = r * 1664525u + 1013904223u;
+        buf[j] = (float)(r >> 8) / 8388608.0f - 1.0f;
+    }
+    be->upload(dst, buf, n * sizeof(float));
+}
+
+enum { D_KC, D_VC, D_Q, D_KN, D_VN, D_OUT, D_POS, D_N };
+#define DECODE_CALLS 16
+
+av_status av_attention_decode_time(const av_backend *be, int N, int keys, int H, int KVH, int hd, int reps, double *seconds) {
+    *seconds = 0;
+    if (!be || N <= 0 || keys <= 0 || H <= 0 || KVH <= 0 || hd <= 0 || H % KVH)
+        return av_fail(AV_ERR_ARG, "decode attention timing: bad shape N=%d keys=%d H=%d KVH=%d hd=%d", N, keys, H, KVH, hd);
+    if (!be->attention_decode) return av_fail(AV_ERR_UNSUPPORTED, "decode attention timing: the %s backend has no decode attention", be->name);
+    if (reps < 1) reps = 1;
+    size_t kvd = (size_t)KVH * hd, stride = (size_t)keys * kvd, qn = (size_t)N * H * hd;
+    size_t n[D_N] = {N * stride, N * stride, qn, N * kvd, N * kvd, qn, (size_t)N};
+    void *p[D_N] = {0};
+    av_status st = AV_OK;
+    float *host = malloc(n[D_KC] * sizeof(float));
+    double *t = malloc(sizeof(double) * (size_t)reps);
+    if (!host || !t) st = av_fail(AV_ERR_NOMEM, "decode attention timing: out of host memory");
+    for (int i = 0; i < D_N && st == AV_OK; i++) {
+        if (!(p[i] = be->alloc(n[i] * sizeof(float), "decode attention timing"))) {
+            st = av_fail(AV_ERR_NOMEM, "decode attention timing: out of %s memory for %zu bytes", be->name, n[i] * sizeof(float));
+            break;
+        }
+        if (i == D_POS) {
+            int32_t *pos = (int32_t *)host;
+            for (int s = 0; s < N; s++) pos[s] = keys - 1; /* the new row is the cache's last */
+            be->upload(p[i], pos, (size_t)N * sizeof(int32_t));
+        } else if (i != D_OUT) {
+            fill_random(be, p[i], host, n[i], (uint32_t)i + 1);
+        }
+    }
+    for (int r = -1; r < reps && st == AV_OK; r++) { /* r = -1: warm-up, not timed */
+        be->sync();
+        double t0 = now_s();
+        for (int c = 0; c < DECODE_CALLS; c++)
+            be->attention_decode(p[D_OUT], p[D_Q], p[D_KN], p[D_VN], p[D_KC], p[D_VC], p[D_POS], N, stride, H, KVH, hd, 0);
+        be->sync();
+        if (r >= 0) t[r] = (now_s() - t0) / DECODE_CALLS;
+    }
+    if (st == AV_OK && be->device != AV_DEVICE_CPU) st = av_cuda_status();
+    if (st == AV_OK) {
+        qsort(t, (size_t)reps, sizeof(double), cmp_double);
+        *seconds = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+    }
+    free(t);
+    free(host);
+    for (int i = 0; i < D_N; i++)
+        if (p[i]) be->free(p[i]);
+    return st;
+}

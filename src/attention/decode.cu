@@ -145,6 +145,10 @@ extern "C" void av_cuda_attention_decode(float *out, const float *q, const float
     size_t max_s = seq_stride / ((size_t)KVH * hd); /* the cache region's rows bound every sequence's length */
     size_t smem = (3 * ATT_MAX_HD + 4 * DEC_THREADS + max_s) * sizeof(float);
     size_t qrow = row_stride ? row_stride : (size_t)H * hd, knrow = row_stride ? row_stride : (size_t)KVH * hd;
+    if (av_cuda_attention_decode_split(out, q, k_new, v_new, k_cache, v_cache, pos, N, seq_stride, H, KVH, hd, qrow, knrow)) {
+        AV_CU_LAUNCHED("attention decode (split)");
+        return;
+    }
     float scale = 1.0f / sqrtf((float)hd);
     static thread_local size_t smem_set = 48 << 10; /* per thread = per device (attributes are per device) */
     /* one sequence with hd 64: cached rows in registers; several sequences keep the L1 prefetch (their

@@ -79,6 +79,10 @@ void av_cuda_attention_forward_batch_mode(float *out, float *probs, const float 
 void av_cuda_attention_backward_batch_mode(float *dq, float *dk, float *dv, const float *dout, float *probs, const float *q,
                                            const float *k, const float *v, int B, int T, int H, int KVH, int hd, float *work,
                                            size_t work_floats, int f32);
+/* Split-KV decode attention (attention/decode_split.cu) for long caches; 0 (nothing launched) when
+ * the shape or the cache length is not one it takes. */
+int av_cuda_attention_decode_split(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache, float *v_cache,
+                                   const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd, size_t qrow, size_t knrow);
 void av_cuda_attention_decode(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache,
                               float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd, size_t row_stride);
 void av_cuda_sample(int32_t *ids, const float *logits, int N, int V, float temperature, float top_p, uint64_t seed,

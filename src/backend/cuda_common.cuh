@@ -15,7 +15,7 @@ extern "C" {
 
 /* Scratch slots (each grow-only, never shrinks; a growth bumps av_cuda_scratch_generation so
  * captured graphs that baked the old pointer are re-captured). */
-enum { AV_SCR_XCONV = 0, AV_SCR_DCONV, AV_SCR_WF32, AV_SCR_ATTN, AV_SCR_ATTN2, AV_SCR_NLL, AV_SCR_FUSED, AV_SCR_FLASH, AV_SCR_FLASH_BWD, AV_SCR_OPTIM, AV_SCR_COUNT };
+enum { AV_SCR_XCONV = 0, AV_SCR_DCONV, AV_SCR_WF32, AV_SCR_ATTN, AV_SCR_ATTN2, AV_SCR_NLL, AV_SCR_FUSED, AV_SCR_FLASH, AV_SCR_FLASH_BWD, AV_SCR_OPTIM, AV_SCR_DECODE, AV_SCR_COUNT };
 
 extern "C" {
 cudaStream_t av_cuda_stream(void);
