@@ -14,7 +14,7 @@ static void check_decode(int hd) {
     float *kcd = up(G, kc, N * stride * 4), *vcd = up(G, vc, N * stride * 4), *qd2 = up(G, q, N * qd * 4), *knd = up(G, kn, N * kvd * 4),
           *vnd = up(G, vn, N * kvd * 4), *od = G->alloc(N * qd * 4, "t");
     int32_t *posd = up(G, posn, sizeof posn);
-    G->attention_decode(od, qd2, knd, vnd, kcd, vcd, posd, N, stride, H, KVH, hd, 0);
+    G->attention_decode(od, qd2, knd, vnd, kcd, vcd, posd, N, stride, H, KVH, hd, 0, 0, 0);
     float *ref = malloc(N * qd * 4);
     for (int i = 0; i < N; i++) {
         memcpy(kc + i * stride + posn[i] * kvd, kn + i * kvd, kvd * 4);
@@ -28,10 +28,37 @@ static void check_decode(int hd) {
     G->zero(od, N * qd * 4);
     for (int i = 0; i < N; i++) /* rewrites the same new rows */
         G->attention_decode(od + i * qd, qd2 + i * qd, knd + i * kvd, vnd + i * kvd, kcd + i * stride, vcd + i * stride, posd + i, 1, stride, H,
-                            KVH, hd, 0);
+                            KVH, hd, 0, 0, 0);
     snprintf(nm, sizeof nm, "attention_decode one sequence hd=%d", hd);
     CMP(nm, od, ref, N * qd, 1e-5);
     CMP("attention_decode one sequence cache append", kcd, kc, N * stride, 0);
+    free(kc); free(vc); free(q); free(kn); free(vn); free(ref);
+}
+
+/* A rotating cache (ring 24, keep 4, regions of 40 rows): rows past the ring wrap into slots 4..23
+ * and attend 24 rows; vs the CPU table's decode attention, batched and one sequence at a time (hd 64:
+ * the register path), outputs and caches. */
+static void check_decode_ring(int hd) {
+    int N = 3, H = 4, KVH = 2, MS = 40, keep = 4, ring = 24, posn[3] = {9, 30, 57};
+    size_t kvd = (size_t)KVH * hd, qd = (size_t)H * hd, stride = (size_t)MS * kvd;
+    float *kc = test_rnd(N * stride, 1), *vc = test_rnd(N * stride, 1), *q = test_rnd(N * qd, 1), *kn = test_rnd(N * kvd, 1), *vn = test_rnd(N * kvd, 1);
+    float *kcd = up(G, kc, N * stride * 4), *vcd = up(G, vc, N * stride * 4), *qd2 = up(G, q, N * qd * 4), *knd = up(G, kn, N * kvd * 4),
+          *vnd = up(G, vn, N * kvd * 4), *od = G->alloc(N * qd * 4, "t");
+    int32_t *posd = up(G, posn, sizeof posn);
+    float *ref = malloc(N * qd * 4);
+    av_attention_decode(ref, q, kn, vn, kc, vc, posn, N, stride, H, KVH, hd, 0, keep, ring);
+    char nm[96];
+    for (int one = 0; one < 2; one++) { /* the second pass rewrites the same rows */
+        G->zero(od, N * qd * 4);
+        if (!one) G->attention_decode(od, qd2, knd, vnd, kcd, vcd, posd, N, stride, H, KVH, hd, 0, keep, ring);
+        for (int i = 0; one && i < N; i++)
+            G->attention_decode(od + i * qd, qd2 + i * qd, knd + i * kvd, vnd + i * kvd, kcd + i * stride, vcd + i * stride, posd + i, 1, stride,
+                                H, KVH, hd, 0, keep, ring);
+        snprintf(nm, sizeof nm, "attention_decode ring %s hd=%d", one ? "one sequence" : "batched", hd);
+        CMP(nm, od, ref, N * qd, 1e-5);
+        CMP("attention_decode ring cache slots", kcd, kc, N * stride, 0);
+        CMP("attention_decode ring value slots", vcd, vc, N * stride, 0);
+    }
     free(kc); free(vc); free(q); free(kn); free(vn); free(ref);
 }
 
@@ -113,6 +140,8 @@ static void test_attention(void) {
     av_cuda_set_attention_chunk(0);
     check_decode(32);
     check_decode(64); /* one sequence, hd 64: the cached rows are read into registers */
+    check_decode_ring(32);
+    check_decode_ring(64);
 }
 
 int main(void) {
