@@ -231,6 +231,7 @@ av_status av_session_new(av_session **out, av_model *m, int max_seq, int max_chu
  * sliding-window mask). Rows dropped cannot come back: truncating such a session below n_past
  * empties it. max_size > keep >= 0. */
 av_status av_session_new_rotating(av_session **out, av_model *m, int max_size, int keep, int max_chunk);
+#define AV_KV_KEEP 4 /* the keep of mlx_lm's --max-kv-size caches */
 int av_session_rotating(const av_session *s); /* max_size of a rotating session, else 0 */
 void av_session_free(av_session *s);
 /* Runs T tokens at the next positions (chunked by max_chunk), appending them to the KV cache. */
