@@ -54,17 +54,18 @@ static int has_system(const cJSON *msgs) {
     return f && !strcmp(av_json_str(f, "role", ""), "system");
 }
 
-/* One user turn: render, drop oldest turns while the prompt + reply can't fit, generate. */
+/* One user turn: render, drop oldest turns while the prompt + reply can't fit (a rotating cache
+ * takes any length: nothing is dropped), generate. */
 static int turn(chat_state *c, const char *text) {
     add_msg(c->msgs, "user", text);
     int32_t *ids = NULL;
-    int n = 0, used, dropped = 0;
+    int n = 0, used, dropped = 0, rotating = av_session_rotating(c->s) > 0;
     for (;;) {
         free(ids);
         ids = NULL;
         if (av_cli_chat_ids(c->cmd, c->model_dir, c->tok, c->tmpl, c->msgs, 1, &ids, &n, &used)) return 1;
         int first = has_system(c->msgs) ? 1 : 0;
-        if (n + c->go.max_tokens <= av_session_max_seq(c->s) || cJSON_GetArraySize(c->msgs) - first <= 1) break;
+        if (rotating || n + c->go.max_tokens <= av_session_max_seq(c->s) || cJSON_GetArraySize(c->msgs) - first <= 1) break;
         /* drop the oldest user/assistant pair, keep the system prompt */
         cJSON_DeleteItemFromArray(c->msgs, first);
         if (cJSON_GetArraySize(c->msgs) - first > 1 && strcmp(av_json_str(cJSON_GetArrayItem(c->msgs, first), "role", ""), "user"))
@@ -72,7 +73,7 @@ static int turn(chat_state *c, const char *text) {
         dropped++;
     }
     if (dropped) fprintf(stderr, "[context full: dropped the %d oldest message(s); the system prompt is kept]\n", dropped);
-    if (n >= av_session_max_seq(c->s)) {
+    if (!rotating && n >= av_session_max_seq(c->s)) {
         free(ids);
         cJSON_DeleteItemFromArray(c->msgs, cJSON_GetArraySize(c->msgs) - 1);
         fprintf(stderr, "[message too long: %d tokens for a %d-token context]\n", n, av_session_max_seq(c->s));
@@ -102,7 +103,10 @@ static int turn(chat_state *c, const char *text) {
 
 static void stats(const chat_state *c) {
     double pk = (double)av_model_peak_bytes(c->m) / 1e9;
-    printf("turns: %d, messages: %d, cached tokens: %d/%d\n", c->turns, cJSON_GetArraySize(c->msgs), av_session_n_past(c->s), av_session_max_seq(c->s));
+    int seen = av_session_n_past(c->s), max = av_session_max_seq(c->s);
+    printf("turns: %d, messages: %d, cached tokens: %d/%d", c->turns, cJSON_GetArraySize(c->msgs), seen < max ? seen : max, max);
+    if (av_session_rotating(c->s)) printf(" (rotating cache, %d tokens seen)", seen);
+    printf("\n");
     printf("last turn: prompt tokens %d, processed %d, reused from cache %d, generated %d\n", c->last_prompt,
            c->last_processed, c->last_reused, c->last_gen);
     printf("last turn speed: prompt %.3f tokens-per-sec, generation %.3f tokens-per-sec\n", c->last_ptps, c->last_gtps);
@@ -179,7 +183,11 @@ int av_cmd_chat(int argc, char **argv) {
         {"min-p", AV_OPT_FLOAT, &min_p, "min-p filter (default 0 = off)", 0, 1, NULL},
         {"repetition-penalty", AV_OPT_FLOAT, &rep, "penalty for recent tokens (default 1 = off)", 0.01, 100, NULL},
         {"seed", AV_OPT_INT, &seed, "random seed (default 0)", 0, 2147483647, NULL},
-        {"max-kv-size", AV_OPT_INT, &max_kv, "context size in tokens (default: the model's maximum)", 16, 1e8, NULL},
+        {"max-kv-size", AV_OPT_INT, &max_kv,
+         "bound the KV cache to N tokens, MLX-LM's rotating cache: the first 4 tokens stay, later ones overwrite the oldest, so "
+         "the conversation goes on past N with every message kept (default: the model's context; when that is full the oldest "
+         "messages are dropped)",
+         AV_KV_MIN, 1e8, NULL},
         {"device", AV_OPT_STR, &mo.device, "cpu or cuda (default: cuda when a GPU is present)", 0, 0, NULL},
         {"attention", AV_OPT_STR, &mo.attention, "attention implementation: flash (tiled, no score matrix), standard (scores materialised) or auto (default: flash for long prompts)", 0, 0, NULL},
         {"no-graphs", AV_OPT_FLAG, &mo.no_graphs, "decode op by op instead of replaying a captured CUDA graph (debugging; slower)", 0, 0, NULL},
@@ -193,13 +201,13 @@ int av_cmd_chat(int argc, char **argv) {
     if (av_cli_load(c.cmd, &mo, &c.m, &c.tok)) return 1;
     if (!av_cli_has_chat_template(mo.model, c.tmpl))
         fprintf(stderr, "[note: %s has no chat template; turns are sent as plain text]\n", mo.model);
-    if (!max_kv) max_kv = av_model_config(c.m)->max_position_embeddings;
-    if (max_kv <= max_tokens) {
+    int ctx = max_kv ? max_kv : av_model_config(c.m)->max_position_embeddings;
+    if (!max_kv && ctx <= max_tokens) {
         av_model_free(c.m);
         av_tokenizer_free(c.tok);
-        return av_cli_error(c.cmd, "--max-kv-size %d must exceed --max-tokens %d", max_kv, max_tokens);
+        return av_cli_error(c.cmd, "the model's %d-token context must exceed --max-tokens %d", ctx, max_tokens);
     }
-    if (av_session_new(&c.s, c.m, max_kv, 512) != AV_OK) {
+    if ((max_kv ? av_session_new_rotating(&c.s, c.m, max_kv, AV_KV_KEEP, 512) : av_session_new(&c.s, c.m, ctx, 512)) != AV_OK) {
         av_model_free(c.m);
         av_tokenizer_free(c.tok);
         return av_cli_fail(c.cmd);

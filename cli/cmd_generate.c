@@ -50,7 +50,10 @@ int av_cmd_generate(int argc, char **argv) {
         {"ignore-chat-template", AV_OPT_FLAG, &ignore_tmpl, "use the prompt as raw text", 0, 0, NULL},
         {"chat-template", AV_OPT_STR, &tmpl, "Jinja chat template file to use instead of the model's", 0, 0, NULL},
         {"stop", AV_OPT_MULTI, &stops, "stop string (repeatable; not printed)", 0, 0, NULL},
-        {"max-kv-size", AV_OPT_INT, &max_kv, "KV cache size in tokens (default: prompt + max tokens)", 1, 1e8, NULL},
+        {"max-kv-size", AV_OPT_INT, &max_kv,
+         "bound the KV cache to N tokens, MLX-LM's rotating cache: the first 4 tokens stay, later ones overwrite the oldest, so "
+         "prompt and generation may run past N (default: no bound, a cache of prompt + max tokens)",
+         AV_KV_MIN, 1e8, NULL},
         {"device", AV_OPT_STR, &mo.device, "cpu or cuda (default: cuda when a GPU is present)", 0, 0, NULL},
         {"attention", AV_OPT_STR, &mo.attention, "attention implementation: flash (tiled, no score matrix), standard (scores materialised) or auto (default: flash for long prompts)", 0, 0, NULL},
         {"no-graphs", AV_OPT_FLAG, &mo.no_graphs, "decode op by op instead of replaying a captured CUDA graph (debugging; slower)", 0, 0, NULL},
@@ -115,9 +118,10 @@ int av_cmd_generate(int argc, char **argv) {
     int32_t *ids = NULL;
     int n = 0, rc = av_cli_prompt_ids(cmd, mo.model, tok, tmpl, system, prompt, ignore_tmpl, &ids, &n);
     av_session *s = NULL;
-    int ctx = av_generate_context(m, n, max_tokens, max_kv);
-    if (!rc && n >= ctx) rc = av_cli_error(cmd, "prompt has %d tokens; the context holds %d", n, ctx);
-    if (!rc && av_session_new(&s, m, ctx, 512) != AV_OK) rc = av_cli_fail(cmd);
+    int ctx = av_generate_context(m, n, max_tokens, 0);
+    if (!rc && !max_kv && n >= ctx) rc = av_cli_error(cmd, "prompt has %d tokens; the context holds %d", n, ctx);
+    if (!rc && (max_kv ? av_session_new_rotating(&s, m, max_kv, AV_KV_KEEP, 512) : av_session_new(&s, m, ctx, 512)) != AV_OK)
+        rc = av_cli_fail(cmd);
     go.on_text = json ? NULL : print_text;
     signal(SIGINT, on_sigint);
     av_gen_result res = {0};

@@ -3,6 +3,10 @@
 #define AV_CLI_COMMON_H
 #include "anvil.h"
 
+/* Smallest --max-kv-size: a rotating cache keeps AV_KV_KEEP tokens for good, so anything below
+ * twice that would hold only a handful of recent tokens. */
+#define AV_KV_MIN (2 * AV_KV_KEEP)
+
 typedef struct {
     const char *model;
     const char *device;  /* cpu | cuda | auto (NULL) */

@@ -228,6 +228,16 @@ av_status av_chat_render(const char *template_src, const char *where, const cJSO
 typedef struct av_session av_session;
 
 av_status av_session_new(av_session **out, av_model *m, int max_seq, int max_chunk);
+/* A session whose KV cache is MLX-LM's RotatingKVCache(max_size, keep) (mlx_lm generate / chat
+ * --max-kv-size, keep 4): it takes any number of tokens (n_past counts them all: RoPE positions);
+ * one token at a time overwrites the oldest row after the first `keep` once max_size rows are held,
+ * and attends the max_size rows; a chunk of several tokens attends the keep rows, the latest
+ * max_size - 1 - keep and its own rows, causally, each row at most max_size rows back (MLX's
+ * sliding-window mask). Rows dropped cannot come back: truncating such a session below n_past
+ * empties it. max_size > keep >= 0. */
+av_status av_session_new_rotating(av_session **out, av_model *m, int max_size, int keep, int max_chunk);
+#define AV_KV_KEEP 4 /* the keep of mlx_lm's --max-kv-size caches */
+int av_session_rotating(const av_session *s); /* max_size of a rotating session, else 0 */
 void av_session_free(av_session *s);
 /* Runs T tokens at the next positions (chunked by max_chunk), appending them to the KV cache. */
 av_status av_session_forward(av_session *s, const int32_t *ids, int T);
@@ -235,7 +245,8 @@ av_status av_session_forward(av_session *s, const int32_t *ids, int T);
 av_status av_session_prefill(av_session *s, const int32_t *ids, int T);
 /* Logits of the last token of the last forward into host memory logits[vocab_size]. */
 void av_session_last_logits(av_session *s, float *logits);
-/* Forgets cached positions >= n (keeps the common prefix for chat). */
+/* Forgets cached positions >= n (keeps the common prefix for chat; a rotating session that has
+ * dropped rows forgets everything). */
 void av_session_truncate(av_session *s, int n);
 /* Runs ids[0..T) from an empty cache and returns sum over t < T-1 of -log p(ids[t+1] | ids[..t]);
  * row_nll (host, T-1) and argmax (host, T) optional. */
@@ -245,7 +256,7 @@ av_status av_session_nll(av_session *s, const int32_t *ids, int T, double *sum, 
  * ids[t]). Callers bound memory by passing a few rows at a time. */
 av_status av_session_logits(av_session *s, const int32_t *ids, int T, float *logits);
 int av_session_n_past(const av_session *s);  /* cached positions */
-int av_session_max_seq(const av_session *s); /* context size */
+int av_session_max_seq(const av_session *s); /* context size (a rotating session: its max_size) */
 av_model *av_session_model(const av_session *s); /* the model it runs */
 
 /* ==== comparing two models (llama.cpp's --kl-divergence) ===================================== */

@@ -1,6 +1,7 @@
 # anvil chat end to end: under a pseudo-terminal (script(1)), three turns with /stats after each;
 # turn 3 must reuse the whole cached conversation up to turn 2's prompt and process only the
-# rest. Also the non-interactive mode, /save + /load, and /reset.
+# rest. Also the non-interactive mode, /save + /load, /reset, a full context (oldest turns dropped) and
+# --max-kv-size (MLX-LM's rotating cache: nothing dropped).
 . tests/lib.sh
 need_fixtures
 M="$FX/tiny-llama"
@@ -23,9 +24,22 @@ grep -q '"assistant"' "$AV_TMP/conv.json" && ok "/save wrote the conversation" |
 printf '/load %s/conv.json\n/stats\n/reset\nHi\n' "$AV_TMP" | "$ANVIL" chat --model "$M" --max-tokens 4 > "$AV_TMP/chat2.txt" 2>&1
 grep -q 'loaded 6 messages' "$AV_TMP/chat2.txt" && ok "/load" || bad "/load: $(cat "$AV_TMP/chat2.txt")"
 grep -q 'new conversation' "$AV_TMP/chat2.txt" && ok "/reset" || bad "/reset"
-# a small context fills up: the oldest turns are dropped (system prompt kept) and the user is told
-printf 'first turn here\nsecond turn here\nthird turn here\nfourth turn here\n/stats\n' | "$ANVIL" chat --model "$M" --max-tokens 8 --max-kv-size 60 --system-prompt "Be brief." > "$AV_TMP/chat3.txt" 2>&1
+# without --max-kv-size a small context (a copy of the model with 60 positions) fills up: the oldest
+# turns are dropped (system prompt kept) and the user is told
+cp -rL "$M" "$AV_TMP/ctx60"
+sed -i 's/"max_position_embeddings": 2048/"max_position_embeddings": 60/' "$AV_TMP/ctx60/config.json"
+turns='first turn here\nsecond turn here\nthird turn here\nfourth turn here\n/stats\n'
+printf "$turns" | "$ANVIL" chat --model "$AV_TMP/ctx60" --max-tokens 8 --system-prompt "Be brief." > "$AV_TMP/chat3.txt" 2>&1
 grep -q 'context full: dropped' "$AV_TMP/chat3.txt" && ok "context full: oldest turns dropped and reported" || bad "no context-full notice: $(tail -3 "$AV_TMP/chat3.txt")"
 grep -q '^turns: 4' "$AV_TMP/chat3.txt" && ok "all four turns answered in a 60-token context" || bad "turns: $(grep turns "$AV_TMP/chat3.txt")"
+# --max-kv-size 24: MLX-LM's rotating cache; no message is dropped, the conversation runs past 24 tokens
+printf "$turns" | "$ANVIL" chat --model "$M" --max-tokens 8 --max-kv-size 24 --system-prompt "Be brief." > "$AV_TMP/chat4.txt" 2>&1
+grep -q 'context full' "$AV_TMP/chat4.txt" && bad "--max-kv-size dropped messages: $(grep context "$AV_TMP/chat4.txt")" || ok "--max-kv-size: no message dropped"
+grep -qE '^turns: 4, messages: 9, cached tokens: 24/24 \(rotating cache, [0-9]+ tokens seen\)' "$AV_TMP/chat4.txt" \
+  && ok "--max-kv-size: four turns, every message kept, 24 rows cached" || bad "rotating /stats: $(grep turns "$AV_TMP/chat4.txt")"
+printf "$turns" | "$ANVIL" chat --model "$M" --max-tokens 8 --max-kv-size 24 --system-prompt "Be brief." > "$AV_TMP/chat5.txt" 2>&1
+strip() { grep -vE '^(last turn speed|peak memory)' "$1"; }
+[ "$(strip "$AV_TMP/chat4.txt")" = "$(strip "$AV_TMP/chat5.txt")" ] && ok "--max-kv-size: the same replies again" || bad "rotating chat not reproducible"
+expect_error "--max-kv-size below 8" 'max-kv-size: 7 is out of range \[8' "$ANVIL" chat --model "$M" --max-kv-size 7
 expect_error "chat missing model" "nope" "$ANVIL" chat --model "$AV_TMP/nope"
 finish

@@ -1,7 +1,7 @@
 # generate: batched mode (--prompts-file/--batch-size) equals one-at-a-time generation for every
 # prompt (greedy: different prompt lengths, batch larger and smaller than the file; sampled: the
 # same --seed gives the same ids, with top-k/min-p/penalty too); stop strings are never printed;
-# chat-template wrapping; bad flags give one-line errors.
+# chat-template wrapping; bad flags give one-line errors; --max-kv-size generates past the cache as MLX-LM.
 . tests/lib.sh
 # Reference comparisons pass --dtype f32: on a GPU that selects the exact-f32 path (a no-op on the CPU).
 need_fixtures
@@ -78,4 +78,12 @@ done
 "$ANVIL" generate --dtype f32 --model "$M" --prompts-file "$P" --batch-size 3 --max-tokens 6 --no-graphs --json > "$AV_TMP/g2" 2>/dev/null
 cmp -s "$AV_TMP/g1" "$AV_TMP/g2" || [ "$(ids_of < "$AV_TMP/g1")" = "$(ids_of < "$AV_TMP/g2")" ] && ok "--no-graphs batched: same ids" \
   || bad "--no-graphs batched differs"
+# --max-kv-size: MLX-LM's rotating cache (keep 4); greedy ids equal MLX-LM's own for prompts shorter and
+# longer than the cache, 48 tokens (the ring wraps several times): tests/fixtures/kv_rotate/cli.tsv
+tab=$(printf '\t')
+while IFS="$tab" read -r kv text want; do
+  got=$("$ANVIL" generate --dtype f32 --model "$M" --prompt "$text" --ignore-chat-template --max-kv-size "$kv" --max-tokens 48 --json 2>/dev/null | ids_of)
+  [ "$got" = "[$want]" ] && ok "--max-kv-size $kv: MLX-LM's ids (${#text}-char prompt)" || bad "--max-kv-size $kv: $got vs [$want]"
+done < "$FX/kv_rotate/cli.tsv"
+expect_error "--max-kv-size below 8" 'max-kv-size: 5 is out of range \[8' "$ANVIL" generate --model "$M" --prompt hi --max-kv-size 5
 finish

@@ -15,7 +15,7 @@ static void check_decode_shape(int hd, int H, int KVH, int MS, const int posn[4]
     float *kcd = up(G, kc, N * stride * 4), *vcd = up(G, vc, N * stride * 4), *qd2 = up(G, q, N * qd * 4), *knd = up(G, kn, N * kvd * 4),
           *vnd = up(G, vn, N * kvd * 4), *od = G->alloc(N * qd * 4, "t");
     int32_t *posd = up(G, posn, 4 * sizeof *posn);
-    G->attention_decode(od, qd2, knd, vnd, kcd, vcd, posd, N, stride, H, KVH, hd, 0);
+    G->attention_decode(od, qd2, knd, vnd, kcd, vcd, posd, N, stride, H, KVH, hd, 0, 0, 0);
     float *ref = malloc(N * qd * 4);
     for (int i = 0; i < N; i++) {
         memcpy(kc + i * stride + posn[i] * kvd, kn + i * kvd, kvd * 4);
@@ -29,7 +29,7 @@ static void check_decode_shape(int hd, int H, int KVH, int MS, const int posn[4]
     G->zero(od, N * qd * 4);
     for (int i = 0; i < N; i++) /* rewrites the same new rows */
         G->attention_decode(od + i * qd, qd2 + i * qd, knd + i * kvd, vnd + i * kvd, kcd + i * stride, vcd + i * stride, posd + i, 1, stride, H,
-                            KVH, hd, 0);
+                            KVH, hd, 0, 0, 0);
     snprintf(nm, sizeof nm, "attention_decode one sequence hd=%d H=%d KVH=%d cache %d", hd, H, KVH, MS);
     CMP(nm, od, ref, N * qd, 1e-5);
     CMP("attention_decode one sequence cache append", kcd, kc, N * stride, 0);
@@ -44,6 +44,33 @@ static void check_decode(int hd) {
     check_decode_shape(hd, 8, 2, 8192, pos8k);  /* 4 per KV head */
     check_decode_shape(hd, 4, 4, 5000, pos5k);  /* no grouping */
     check_decode_shape(hd, 6, 2, 5000, pos5k);  /* 3 per KV head: the one-block-per-head kernel */
+}
+
+/* A rotating cache (keep 4; e.g. ring 24 in regions of 40 rows): rows past the ring wrap into slots
+ * 4..ring-1 and attend `ring` rows (regions of 512+ rows: the split-KV kernel); vs the CPU table's
+ * decode attention, batched and one sequence at a time (hd 64: the register path), outputs and caches. */
+static void check_decode_ring(int hd, int MS, int ring, const int posn[3]) {
+    int N = 3, H = 4, KVH = 2, keep = 4;
+    size_t kvd = (size_t)KVH * hd, qd = (size_t)H * hd, stride = (size_t)MS * kvd;
+    float *kc = test_rnd(N * stride, 1), *vc = test_rnd(N * stride, 1), *q = test_rnd(N * qd, 1), *kn = test_rnd(N * kvd, 1), *vn = test_rnd(N * kvd, 1);
+    float *kcd = up(G, kc, N * stride * 4), *vcd = up(G, vc, N * stride * 4), *qd2 = up(G, q, N * qd * 4), *knd = up(G, kn, N * kvd * 4),
+          *vnd = up(G, vn, N * kvd * 4), *od = G->alloc(N * qd * 4, "t");
+    int32_t *posd = up(G, posn, 3 * sizeof *posn);
+    float *ref = malloc(N * qd * 4);
+    av_attention_decode(ref, q, kn, vn, kc, vc, posn, N, stride, H, KVH, hd, 0, keep, ring);
+    char nm[96];
+    for (int one = 0; one < 2; one++) { /* the second pass rewrites the same rows */
+        G->zero(od, N * qd * 4);
+        if (!one) G->attention_decode(od, qd2, knd, vnd, kcd, vcd, posd, N, stride, H, KVH, hd, 0, keep, ring);
+        for (int i = 0; one && i < N; i++)
+            G->attention_decode(od + i * qd, qd2 + i * qd, knd + i * kvd, vnd + i * kvd, kcd + i * stride, vcd + i * stride, posd + i, 1, stride,
+                                H, KVH, hd, 0, keep, ring);
+        snprintf(nm, sizeof nm, "attention_decode ring %d %s hd=%d", ring, one ? "one sequence" : "batched", hd);
+        CMP(nm, od, ref, N * qd, 1e-5);
+        CMP("attention_decode ring cache slots", kcd, kc, N * stride, 0);
+        CMP("attention_decode ring value slots", vcd, vc, N * stride, 0);
+    }
+    free(kc); free(vc); free(q); free(kn); free(vn); free(ref);
 }
 
 static void test_attention(void) {
@@ -125,6 +152,11 @@ static void test_attention(void) {
     check_decode(32);
     check_decode(64); /* one sequence, hd 64: the cached rows are read into registers */
     check_decode(128);
+    static const int ring_small[3] = {9, 30, 57}, ring_long[3] = {9, 1300, 2500};
+    check_decode_ring(32, 40, 24, ring_small);
+    check_decode_ring(64, 40, 24, ring_small);
+    check_decode_ring(64, 1200, 1100, ring_long);
+    check_decode_ring(128, 1200, 1100, ring_long);
 }
 
 int main(void) {

@@ -212,7 +212,7 @@ static void check_decode(int N, int H, int KVH, int hd, int max_seq, int interle
         memcpy(vi + (size_t)pos[i] * kvd, vn + (size_t)i * krow, sizeof(float) * kvd);
         C->attention_forward(ref + (size_t)i * qd, NULL, q + (size_t)i * qrow, ki, vi, 1, pos[i] + 1, pos[i], H, KVH, hd);
     }
-    C->attention_decode(out, q, kn, vn, kc, vc, pos, N, ss, H, KVH, hd, rs);
+    C->attention_decode(out, q, kn, vn, kc, vc, pos, N, ss, H, KVH, hd, rs, 0, 0);
     double e = test_rel_l2(out, ref, (size_t)N * qd);
     int cache_diff = 0;
     for (size_t i = 0; i < ss * N; i++) cache_diff += kc[i] != kr[i] || vc[i] != vr[i];

@@ -24,9 +24,11 @@ void av_flash_attention_forward(float *out, float *lse, const float *q, const fl
 /* Decode attention (backend attention_decode; decode.c / decode.cu): N sequences, one new query row
  * each; row i (position pos[i], host memory on the CPU) writes its new key/value rows k_new[i],
  * v_new[i] into its cache region (k_cache + i*seq_stride, row pos[i]) and attends keys 0..pos[i] of
- * it. row_stride: floats from one row of q / k_new / v_new to the next (0: packed). out [N, H*hd]. */
+ * it. row_stride: floats from one row of q / k_new / v_new to the next (0: packed). out [N, H*hd].
+ * ring > 0: each region is a rotating cache (kv_ring.h): row av_kv_ring_slot(pos, keep, ring),
+ * attending rows 0..av_kv_ring_rows(pos, ring)-1 (the order of the rows does not matter). */
 void av_attention_decode(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache, float *v_cache,
-                         const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd, size_t row_stride);
+                         const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd, size_t row_stride, int keep, int ring);
 
 /* Batched training attention: B sequences of T rows each (positions 0..T-1, keys of their own
  * sequence only), token-major q [B*T, H*hd], k, v [B*T, KVH*hd], out [B*T, H*hd]; probs

@@ -1,7 +1,9 @@
 /* Split-KV decode attention for long caches (flash decoding): one new query row per sequence against
  * thousands of cached keys. The keys are cut into chunks, one block per (KV head, sequence, chunk)
  * for all query heads of the KV group (each cached row is read once, not once per head), so a single
- * sequence fills every SM; a second kernel merges the chunks' partial softmax results. */
+ * sequence fills every SM; a second kernel merges the chunks' partial softmax results. A rotating
+ * cache (kv_ring.h) as in decode.cu: key index `slot` reads row p = n - 1, index p is the new row. */
+#include "attention/kv_ring.h"
 #include "backend/cuda_common.cuh"
 extern "C" {
 #include "backend/cuda.h"
@@ -25,7 +27,7 @@ __host__ __device__ static inline size_t ds_part_floats(int hd) { return (size_t
 template <int G, int HD>
 __global__ void __launch_bounds__(DS_THREADS) attn_dec_split_k(float *part, const float *q, const float *k_new, const float *v_new,
                                                                float *kc, float *vc, const int32_t *pos, size_t seq_stride, int KVH,
-                                                               float scale, size_t qrow, size_t knrow, int chunk) {
+                                                               float scale, size_t qrow, size_t knrow, int chunk, int keep, int ring) {
     constexpr int LPK = HD / 8, KPW = 32 / LPK, H4 = HD / 4, SLICES = DS_THREADS / H4;
     extern __shared__ float dsm[]; /* scores [G][chunk]; after P V: the warps' partial rows [DS_WARPS][G][HD] */
     __shared__ float mx_s[G], sum_s[G];
@@ -34,15 +36,15 @@ __global__ void __launch_bounds__(DS_THREADS) attn_dec_split_k(float *part, cons
     size_t ks = (size_t)KVH * HD;
     av_pdl_wait();
     av_pdl_launch();
-    int p = pos[r], n = p + 1, s0 = blockIdx.z * chunk;
+    int sl = av_kv_ring_slot(pos[r], keep, ring), n = av_kv_ring_rows(pos[r], ring), p = n - 1, s0 = blockIdx.z * chunk;
     if (s0 >= n) return; /* the merge reads only the chunks that hold keys */
     int cn = min(n - s0, chunk);
     float *K = kc + r * seq_stride + (size_t)kh * HD, *V = vc + r * seq_stride + (size_t)kh * HD;
     const float *kn = k_new + (size_t)r * knrow + (size_t)kh * HD, *vn = v_new + (size_t)r * knrow + (size_t)kh * HD;
     if (s0 + cn == n) /* this chunk holds the new row: into the cache (read below from kn/vn, not from there) */
         for (int d = tid; d < HD; d += DS_THREADS) {
-            K[(size_t)p * ks + d] = kn[d];
-            V[(size_t)p * ks + d] = vn[d];
+            K[(size_t)sl * ks + d] = kn[d];
+            V[(size_t)sl * ks + d] = vn[d];
         }
     /* the lane's 8 dims of each head's query, pre-scaled */
     int c = lane % LPK, kw = lane / LPK;
@@ -62,7 +64,7 @@ __global__ void __launch_bounds__(DS_THREADS) attn_dec_split_k(float *part, cons
 #pragma unroll
         for (int g = 0; g < G; g++) a[g] = 0.0f;
         if (i < cn) {
-            const float4 *k4 = reinterpret_cast<const float4 *>(s == p ? kn : K + (size_t)s * ks) + 2 * c;
+            const float4 *k4 = reinterpret_cast<const float4 *>(s == p ? kn : K + (size_t)(s == sl ? p : s) * ks) + 2 * c;
             float4 x = __ldg(k4), y = __ldg(k4 + 1);
 #pragma unroll
             for (int g = 0; g < G; g++)
@@ -92,14 +94,15 @@ __global__ void __launch_bounds__(DS_THREADS) attn_dec_split_k(float *part, cons
         if (lane == 0) mx_s[warp] = m, sum_s[warp] = l;
     }
     __syncthreads();
-    int d4 = tid % H4, sl = tid / H4;
+    int d4 = tid % H4, ksl = tid / H4; /* 4 dims of V, key slice */
     float4 acc[G];
 #pragma unroll
     for (int g = 0; g < G; g++) acc[g] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll 4
-    for (int i = sl; i < cn; i += SLICES) {
+    for (int i = ksl; i < cn; i += SLICES) {
         int s = s0 + i;
-        float4 v = s == p ? reinterpret_cast<const float4 *>(vn)[d4] : __ldg(reinterpret_cast<const float4 *>(V + (size_t)s * ks) + d4);
+        float4 v = s == p ? reinterpret_cast<const float4 *>(vn)[d4]
+                          : __ldg(reinterpret_cast<const float4 *>(V + (size_t)(s == sl ? p : s) * ks) + d4);
 #pragma unroll
         for (int g = 0; g < G; g++) {
             float w = sc[g * chunk + i];
@@ -139,10 +142,10 @@ __global__ void __launch_bounds__(DS_THREADS) attn_dec_split_k(float *part, cons
 }
 
 /* out[r, h, :] from the chunks that hold keys: weights exp(m_i - M), divided by the merged sum. */
-__global__ void attn_dec_merge_k(float *out, const float *part, const int32_t *pos, int H, int hd, int S, int chunk) {
+__global__ void attn_dec_merge_k(float *out, const float *part, const int32_t *pos, int H, int hd, int S, int chunk, int ring) {
     av_pdl_wait();
     av_pdl_launch();
-    int h = blockIdx.x, r = blockIdx.y, d = threadIdx.x, ns = pos[r] / chunk + 1;
+    int h = blockIdx.x, r = blockIdx.y, d = threadIdx.x, ns = (av_kv_ring_rows(pos[r], ring) - 1) / chunk + 1;
     size_t pf = (size_t)hd + 2;
     const float *pp = part + ((size_t)r * H + h) * S * pf;
     float M = -INFINITY;
@@ -158,7 +161,8 @@ __global__ void attn_dec_merge_k(float *out, const float *part, const int32_t *p
 
 template <int G, int HD>
 static void launch_split(float *part, float *out, const float *q, const float *k_new, const float *v_new, float *kc, float *vc,
-                         const int32_t *pos, int N, size_t seq_stride, int KVH, float scale, size_t qrow, size_t knrow, int chunk, int S) {
+                         const int32_t *pos, int N, size_t seq_stride, int KVH, float scale, size_t qrow, size_t knrow, int chunk, int S,
+                         int keep, int ring) {
     size_t smem = (size_t)G * chunk * sizeof(float), red = (size_t)DS_WARPS * G * HD * sizeof(float);
     if (red > smem) smem = red;
     static thread_local size_t smem_set = 48 << 10;
@@ -167,13 +171,13 @@ static void launch_split(float *part, float *out, const float *q, const float *k
         smem_set = smem;
     }
     av_launch(attn_dec_split_k<G, HD>, dim3(KVH, N, S), dim3(DS_THREADS), smem, 1, part, q, k_new, v_new, kc, vc, pos, seq_stride, KVH,
-              scale, qrow, knrow, chunk);
-    av_launch(attn_dec_merge_k, dim3(KVH * G, N), dim3(HD), 0, 1, out, (const float *)part, pos, KVH * G, HD, S, chunk);
+              scale, qrow, knrow, chunk, keep, ring);
+    av_launch(attn_dec_merge_k, dim3(KVH * G, N), dim3(HD), 0, 1, out, (const float *)part, pos, KVH * G, HD, S, chunk, ring);
 }
 
 extern "C" int av_cuda_attention_decode_split(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache,
                                               float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd,
-                                              size_t qrow, size_t knrow) {
+                                              size_t qrow, size_t knrow, int keep, int ring) {
     int G = H / KVH;
     size_t max_s = seq_stride / ((size_t)KVH * hd);
     if ((hd != 64 && hd != 128) || (G != 1 && G != 2 && G != 4 && G != 8) || qrow % 4 || knrow % 4 || max_s < DS_MIN_KEYS) return 0;
@@ -193,7 +197,7 @@ extern "C" int av_cuda_attention_decode_split(float *out, const float *q, const 
     if (!part) return 0;
     float scale = 1.0f / sqrtf((float)hd);
 #define DS_CASE(g, d)                                                                                                                      \
-    if (G == g && hd == d) launch_split<g, d>(part, out, q, k_new, v_new, k_cache, v_cache, pos, N, seq_stride, KVH, scale, qrow, knrow, (int)chunk, S);
+    if (G == g && hd == d) launch_split<g, d>(part, out, q, k_new, v_new, k_cache, v_cache, pos, N, seq_stride, KVH, scale, qrow, knrow, (int)chunk, S, keep, ring);
     DS_CASE(1, 64) DS_CASE(2, 64) DS_CASE(4, 64) DS_CASE(8, 64) DS_CASE(1, 128) DS_CASE(2, 128) DS_CASE(4, 128) DS_CASE(8, 128)
 #undef DS_CASE
     return 1;

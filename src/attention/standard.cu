@@ -106,7 +106,7 @@ extern "C" void av_cuda_attention_forward_mode(float *out, float *probs, const f
     cudaStream_t st = av_cuda_stream();
     if (!probs && T <= 16 && hd <= ATT_MAX_HD) {
         attn_rows_k<false><<<dim3(H, T), ATT_WARPS * 32, 0, st>>>(out, q, k, v, NULL, NULL, NULL, NULL, NULL, pos0, 0, H, KVH, hd, scale,
-                                                                  (size_t)H * hd, (size_t)KVH * hd);
+                                                                  (size_t)H * hd, (size_t)KVH * hd, 0, 0);
         AV_CU_LAUNCHED("attention rows");
         return;
     }

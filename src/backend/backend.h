@@ -99,7 +99,8 @@ struct av_backend {
     void (*flash_attention_forward)(float *out, float *lse, const float *q, const float *k, const float *v, int T, int S,
                                     int pos0, int H, int KVH, int hd);
     void (*attention_decode)(float *out, const float *q, const float *k_new, const float *v_new, float *k_cache,
-                             float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd, size_t row_stride);
+                             float *v_cache, const int32_t *pos, int N, size_t seq_stride, int H, int KVH, int hd, size_t row_stride,
+                             int keep, int ring);
     /* Samples ids[i] from logits[i, V] (temperature <= 0: argmax; else softmax(l/temperature) cut
      * to the top-p mass), randomness keyed by (seed, pos[i]); then pos[i] += 1 where active is
      * NULL or active[i] != 0 (pos may be NULL). All pointers are backend memory. */

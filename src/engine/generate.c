@@ -3,6 +3,7 @@
 #include "engine/stops.h"
 #include "model/llama.h"
 #include "engine/decode.h"
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -41,15 +42,17 @@ av_status av_generate(av_session *s, const av_tokenizer *tok, const int32_t *pro
     if (n_prompt <= 0) return av_fail(AV_ERR_ARG, "empty prompt");
     if (o->n_stops > AV_MAX_STOPS) return av_fail(AV_ERR_ARG, "at most %d stop strings", AV_MAX_STOPS);
     int max_new = o->max_tokens;
-    if (n_prompt + max_new > s->max_seq) max_new = s->max_seq - n_prompt;
+    if (!s->ring && n_prompt + max_new > s->max_seq) max_new = s->max_seq - n_prompt; /* a rotating cache takes any length */
     if (max_new < 0)
         return av_fail(AV_ERR_ARG, "prompt of %d tokens does not fit the %d-token context", n_prompt, s->max_seq);
+    if (s->ring && n_prompt > INT_MAX / 2 - max_new) return av_fail(AV_ERR_ARG, "prompt + max tokens too large");
     /* reuse the cached prefix: the session remembers the ids it processed */
     int keep = 0;
     if (s->hist) {
         while (keep < s->n_past && keep < n_prompt - 1 && s->hist[keep] == prompt[keep]) keep++;
     }
     av_session_truncate(s, keep);
+    keep = s->n_past; /* a rotating cache that dropped rows restarts from empty */
     int32_t *all = malloc(sizeof(int32_t) * (size_t)(n_prompt + max_new + 1));
     if (!all) return av_fail(AV_ERR_NOMEM, "out of memory");
     av_stops text;
@@ -57,7 +60,11 @@ av_status av_generate(av_session *s, const av_tokenizer *tok, const int32_t *pro
     if (st != AV_OK) { free(all); return st; }
     memcpy(all, prompt, sizeof(int32_t) * (size_t)n_prompt);
     double t0 = av_now();
-    st = av_session_forward(s, prompt + keep, n_prompt - keep);
+    /* a rotating cache runs the prompt as mlx_lm's generate_step does: all but the last token as one
+     * chunk, then the last as a single-token step (the two differ once rows rotate) */
+    int split = s->ring && n_prompt - keep > 1;
+    st = av_session_forward(s, prompt + keep, n_prompt - keep - split);
+    if (st == AV_OK && split) st = av_session_forward(s, prompt + n_prompt - 1, 1);
     r->n_prompt_processed = n_prompt - keep;
     av_stepper *step = NULL;
     if (st == AV_OK) st = av_stepper_new(&step, s, &o->sampler);

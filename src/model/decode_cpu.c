@@ -15,6 +15,7 @@
  * row-range kernel av_matvec_rows (any weight dtype). The arithmetic is that of the op-by-op path
  * (rmsnorm.c, rope.c, standard.c, swiglu.c): the same formulas in the same order. */
 #include "model/decode_cpu.h"
+#include "attention/kv_ring.h"
 #include "ops/simd.h"
 #include "quant/qmatmul.h"
 #include <limits.h>
@@ -180,8 +181,11 @@ int av_llama_decode_cpu(const av_model *m, av_layer_ws *ws, float *x, float *hid
         V = c->vocab_size, NL = c->n_layers, group = H / KVH;
     size_t qd = (size_t)H * hd, kvd = (size_t)KVH * hd;
     const int32_t *pos = ws->pos;
-    int maxp = 0;
-    for (int i = 0; i < N; i++) maxp = pos[i] > maxp ? pos[i] : maxp;
+    int maxp = 0; /* the most rows a row attends, less one */
+    for (int i = 0; i < N; i++) {
+        int n = av_kv_ring_rows(pos[i], ws->ring);
+        maxp = n - 1 > maxp ? n - 1 : maxp;
+    }
     /* per thread: the normed rows [N, D], one chunk's products [N, max(hd, OCH, 2 GCH, LCH)], the
      * rows' RoPE tables [N, hd], attention scores [maxp + 1] */
     int wide = hd > 2 * GCH ? hd : 2 * GCH;
@@ -233,9 +237,9 @@ int av_llama_decode_cpu(const av_model *m, av_layer_ws *ws, float *x, float *hid
                         memcpy(q + (size_t)i * qd + (size_t)hh * hd, o, sizeof(float) * (size_t)hd);
                         continue;
                     }
-                    int p = pos[i];
-                    if (p < 0 || (ws->seq_stride && (size_t)(p + 1) * kvd > ws->seq_stride)) continue;
-                    float *dst = (h < H + KVH ? kc : vc) + (size_t)i * ws->seq_stride + (size_t)p * kvd + (size_t)hh * hd;
+                    int p = pos[i], slot = av_kv_ring_slot(p, ws->ring_keep, ws->ring);
+                    if (p < 0 || (ws->seq_stride && (size_t)(slot + 1) * kvd > ws->seq_stride)) continue;
+                    float *dst = (h < H + KVH ? kc : vc) + (size_t)i * ws->seq_stride + (size_t)slot * kvd + (size_t)hh * hd;
                     memcpy(dst, o, sizeof(float) * (size_t)hd);
                 }
             }
@@ -243,9 +247,10 @@ int av_llama_decode_cpu(const av_model *m, av_layer_ws *ws, float *x, float *hid
             st++;
             /* 2. attention (standard.c's one-row loop) */
             for (int j; (j = atomic_fetch_add(&next[st], 1)) < N * H;) {
-                int i = j / H, h = j % H, kh = h / group, p = pos[i], n = p + 1;
+                int i = j / H, h = j % H, kh = h / group, p = pos[i], n = av_kv_ring_rows(p, ws->ring);
+                int slot = av_kv_ring_slot(p, ws->ring_keep, ws->ring), end = n > slot + 1 ? n : slot + 1;
                 float *o = att + (size_t)i * qd + (size_t)h * hd;
-                if (p < 0 || (ws->seq_stride && (size_t)(p + 1) * kvd > ws->seq_stride)) {
+                if (p < 0 || (ws->seq_stride && (size_t)end * kvd > ws->seq_stride)) {
                     memset(o, 0, sizeof(float) * (size_t)hd);
                     continue;
                 }

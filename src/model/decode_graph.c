@@ -271,9 +271,14 @@ av_status av_decoder_next_ahead(av_decoder *d, int32_t id, float temperature, fl
                                 int lookahead) {
     av_session *s = d->s;
     const av_backend *be = s->m->be;
-    if (s->n_past + 1 > s->max_seq) {
+    if (!s->ring && s->n_past + 1 > s->max_seq) {
         drop_ahead(d);
         return av_fail(AV_ERR_ARG, "context full: %d cached + 1 new token exceed the %d-token limit", s->n_past, s->max_seq);
+    }
+    av_status hs = av_session_hist_reserve(s, s->n_past + 1);
+    if (hs != AV_OK) {
+        drop_ahead(d);
+        return hs;
     }
     if (id < 0 || id >= s->m->cfg.vocab_size) {
         drop_ahead(d);
@@ -284,6 +289,7 @@ av_status av_decoder_next_ahead(av_decoder *d, int32_t id, float temperature, fl
     if (!queued) drop_ahead(d);
     d->ahead = 0;
     if (!queued) {
+        av_session_ring_decode_ready(s); /* a step queued ahead follows a decoded token: nothing to move */
         if (id != d->dev_id || s->n_past != d->dev_pos) {
             int32_t h[2] = {id, s->n_past};
             be->upload(d->dev, h, sizeof h);
@@ -294,12 +300,13 @@ av_status av_decoder_next_ahead(av_decoder *d, int32_t id, float temperature, fl
         AV_TRY(av_decode_plan_submit(&d->plan));
     }
     /* the following step reads the id this one samples and the position it advances, on the device */
-    int ahead = lookahead && s->n_past + 2 <= s->max_seq && d->plan.graph && av_decode_plan_queueable(&d->plan);
+    int ahead = lookahead && (s->ring || s->n_past + 2 <= s->max_seq) && d->plan.graph && av_decode_plan_queueable(&d->plan);
     if (ahead && av_decode_plan_submit(&d->plan) != AV_OK) ahead = 0;
     av_status st = av_decode_plan_collect(&d->plan, next);
     if (st != AV_OK) return st;
     if (s->hist) s->hist[s->n_past] = id;
     s->n_past += 1;
+    av_session_ring_decode_done(s);
     s->last_T = 0; /* the step computed the logits (maybe without `hidden`) */
     d->dev_id = *next;
     d->dev_pos = s->n_past;
@@ -328,11 +335,14 @@ static av_status session_decode_one(av_session *s, int32_t id) {
         s->decode_free = session_decode_free;
     }
     int32_t pos = s->n_past;
+    AV_TRY(av_session_hist_reserve(s, s->n_past + 1));
+    av_session_ring_decode_ready(s);
     be->upload(s->ids_dev, &id, sizeof id);
     be->upload(s->pos_dev, &pos, sizeof pos);
     AV_TRY(av_decode_plan_step(p, NULL));
     if (s->hist) s->hist[s->n_past] = id;
     s->n_past += 1;
+    av_session_ring_decode_done(s);
     s->last_T = 1;
     return AV_OK;
 }
@@ -347,7 +357,7 @@ static void session_decode_free(av_session *s) {
 }
 
 av_status av_session_forward(av_session *s, const int32_t *ids, int T) {
-    if (T == 1 && s->n_past + 1 <= s->max_seq && ids[0] >= 0 && ids[0] < s->m->cfg.vocab_size) {
+    if (T == 1 && (s->ring || s->n_past + 1 <= s->max_seq) && ids[0] >= 0 && ids[0] < s->m->cfg.vocab_size) {
         av_status st = session_decode_one(s, ids[0]); /* one captured graph per session where the backend can */
         if (st != AV_ERR_UNSUPPORTED) return st;
     }

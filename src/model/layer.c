@@ -8,6 +8,7 @@
 #include "quant/affine.h"
 #include "model/lora_linear.h"
 #include "model/decode_cpu.h"
+#include "attention/kv_ring.h"
 #include <time.h>
 
 const char *const av_train_phase_names[AV_TRAIN_NPHASES] = {"other", "frozen_fwd", "layer_fwd", "attn_fwd", "lora", "xent",
@@ -102,7 +103,8 @@ static int decode_fused(const av_model *m, const av_layer *L, av_layer_ws *ws, f
     av_gemv_fusion f = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->attn_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_ROPE,
                         .pos = ws->pos, .inv_freq = m->inv_freq, .rope_heads = H + KVH, .head_dim = hd};
     be->matmul_fused_forward(ws->qkv, x, &Wqkv, N, &f); /* q and k heads are adjacent: one RoPE range */
-    be->attention_decode(ws->att, ws->qkv, ws->qkv + qd, ws->qkv + qd + (size_t)KVH * hd, kc, vc, ws->pos, N, ws->seq_stride, H, KVH, hd, nq);
+    be->attention_decode(ws->att, ws->qkv, ws->qkv + qd, ws->qkv + qd + (size_t)KVH * hd, kc, vc, ws->pos, N, ws->seq_stride, H, KVH, hd, nq,
+                         ws->ring_keep, ws->ring);
     av_gemv_fusion o = {.in = AV_GEMV_IN_X, .out = AV_GEMV_OUT_ADD};
     be->matmul_fused_forward(x, ws->att, &L->o.w, N, &o);
     /* several rows: the SwiGLU output goes to the down product as bf16 (its tensor cores round it so
@@ -175,22 +177,29 @@ static int attention_rows(const av_model *m, int l, av_layer_ws *ws, const float
         /* FLASH: tiled attention, no score matrix, at every length; STANDARD: the scores materialised;
          * AUTO: flash for long chunks (where the backend has it) */
         int flash = be->flash_attention_forward && (m->attention == AV_ATTN_FLASH || (m->attention == AV_ATTN_AUTO && T >= 64));
-        if (flash)
-            be->flash_attention_forward(att, NULL, q, kc, vc, T, p0 + T, p0, H, KVH, hd);
-        else
-            be->attention_forward(att, NULL, q, kc, vc, T, p0 + T, p0, H, KVH, hd);
+        /* a rotating cache: rows < ring see every row before them, later ones only the ring rows
+         * up to themselves (one row at a time: their key ranges differ) */
+        int T0 = ws->ring <= 0 ? T : ws->ring - p0 < 0 ? 0 : ws->ring - p0 < T ? ws->ring - p0 : T;
+        if (T0 > 0 && flash)
+            be->flash_attention_forward(att, NULL, q, kc, vc, T0, p0 + T0, p0, H, KVH, hd);
+        else if (T0 > 0)
+            be->attention_forward(att, NULL, q, kc, vc, T0, p0 + T0, p0, H, KVH, hd);
+        for (int t = T0; t < T; t++) {
+            size_t lo = (size_t)(p0 + t - ws->ring + 1) * kvd;
+            be->attention_forward(att + t * qd, NULL, q + t * qd, kc + lo, vc + lo, 1, ws->ring, ws->ring - 1, H, KVH, hd);
+        }
         return 0;
     }
     case AV_ROWS_DECODE: /* one query row per sequence: every kind takes the decode kernel (no score matrix to tile) */
         if (be->attention_decode) {
-            be->attention_decode(att, q, k, v, kc, vc, ws->pos, N, ws->seq_stride, H, KVH, hd, 0);
+            be->attention_decode(att, q, k, v, kc, vc, ws->pos, N, ws->seq_stride, H, KVH, hd, 0, ws->ring_keep, ws->ring);
         } else {
             for (int i = 0; i < N; i++) {
-                int ps = ws->host_pos[i];
+                int ps = ws->host_pos[i], slot = av_kv_ring_slot(ps, ws->ring_keep, ws->ring), n = av_kv_ring_rows(ps, ws->ring);
                 float *ki = kc + (size_t)i * ws->seq_stride, *vi = vc + (size_t)i * ws->seq_stride;
-                be->copy(ki + (size_t)ps * kvd, k + (size_t)i * kvd, kvd * sizeof(float));
-                be->copy(vi + (size_t)ps * kvd, v + (size_t)i * kvd, kvd * sizeof(float));
-                be->attention_forward(att + (size_t)i * qd, NULL, q + (size_t)i * qd, ki, vi, 1, ps + 1, ps, H, KVH, hd);
+                be->copy(ki + (size_t)slot * kvd, k + (size_t)i * kvd, kvd * sizeof(float));
+                be->copy(vi + (size_t)slot * kvd, v + (size_t)i * kvd, kvd * sizeof(float));
+                be->attention_forward(att + (size_t)i * qd, NULL, q + (size_t)i * qd, ki, vi, 1, n, n - 1, H, KVH, hd);
             }
         }
         return 0;

@@ -33,6 +33,11 @@ typedef struct av_layer_ws {
     float *k_cache, *v_cache;
     size_t layer_stride, seq_stride;
     int p0;
+    /* a rotating KV cache (MLX-LM's RotatingKVCache, attention/kv_ring.h; ring = 0: none): DECODE
+     * writes row av_kv_ring_slot(pos, ring_keep, ring) and attends the valid rows; PREFILL rows are
+     * linear (p0.. holds the chunk, RoPE at pos) and each query sees at most the ring rows before it,
+     * itself included (MLX's sliding-window mask over the rows) */
+    int ring, ring_keep;
     const int32_t *host_pos;    /* DECODE on a backend without attention_decode: positions on the host */
     /* forward scratch, [N, *] rows: xn D, q H*hd, k v KVH*hd, att H*hd, tmp widest, gate up F,
      * lora_tmp (R + widest) */

@@ -5,6 +5,7 @@
 #include "model/decode_cpu.h"
 #include "attention/attention.h"
 #include "core/memory.h"
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,12 +28,10 @@ void av_llama_plan_rows(av_plan *plan, const av_model *m, int rows, av_layer_ws 
     av_plan_floats(plan, &ws->lora_tmp, R ? C * (R + widest) : 1);
 }
 
-av_status av_session_new(av_session **out, av_model *m, int max_seq, int max_chunk) {
+static av_status session_create(av_session **out, av_model *m, int max_seq, int max_chunk, int ring, int keep) {
     *out = NULL;
     const av_config *c = &m->cfg;
     const av_backend *be = m->be;
-    if (max_seq <= 0) max_seq = c->max_position_embeddings;
-    if (max_chunk <= 0 || max_chunk > max_seq) max_chunk = max_seq < 512 ? max_seq : 512;
     av_session *s = calloc(1, sizeof *s);
     if (!s) return av_fail(AV_ERR_NOMEM, "out of memory");
     s->m = m;
@@ -47,7 +46,9 @@ av_status av_session_new(av_session **out, av_model *m, int max_seq, int max_chu
     av_plan_floats(&s->plan, &s->logits, c->vocab_size);
     av_plan_add(&s->plan, &s->ids_dev, C * sizeof(int32_t));
     av_plan_add(&s->plan, &s->pos_dev, C * sizeof(int32_t));
+    if (ring) av_plan_floats(&s->plan, &s->ring_tmp, (size_t)ring * kv);
     s->hist = malloc(sizeof(int32_t) * (size_t)max_seq);
+    s->hist_cap = max_seq;
     if (!s->hist || av_backend_plan_commit(be, &s->plan, "session buffers") != AV_OK) {
         av_session_free(s);
         return av_fail_prefix(AV_ERR_NOMEM, "a %d-token KV cache", max_seq);
@@ -56,8 +57,25 @@ av_status av_session_new(av_session **out, av_model *m, int max_seq, int max_chu
     s->ws.k_cache = s->k_cache;
     s->ws.v_cache = s->v_cache;
     s->ws.layer_stride = s->ws.seq_stride = (size_t)max_seq * kv;
+    s->ring = s->ws.ring = ring;
+    s->ring_keep = s->ws.ring_keep = keep;
     *out = s;
     return AV_OK;
+}
+
+av_status av_session_new(av_session **out, av_model *m, int max_seq, int max_chunk) {
+    if (max_seq <= 0) max_seq = m->cfg.max_position_embeddings;
+    if (max_chunk <= 0 || max_chunk > max_seq) max_chunk = max_seq < 512 ? max_seq : 512;
+    return session_create(out, m, max_seq, max_chunk, 0, 0);
+}
+
+av_status av_session_new_rotating(av_session **out, av_model *m, int max_size, int keep, int max_chunk) {
+    *out = NULL;
+    if (keep < 0 || max_size <= keep) return av_fail(AV_ERR_ARG, "rotating KV cache: max_size %d must exceed keep %d", max_size, keep);
+    if (max_chunk <= 0) max_chunk = 512;
+    if (max_size > INT_MAX - max_chunk) return av_fail(AV_ERR_ARG, "rotating KV cache: max_size %d is too large", max_size);
+    /* a chunk attends the keep rows and the latest max_size - 1 - keep, then its own rows */
+    return session_create(out, m, max_size - 1 + max_chunk, max_chunk, max_size, keep);
 }
 
 void av_session_free(av_session *s) {
@@ -69,7 +87,16 @@ void av_session_free(av_session *s) {
 }
 
 void av_session_truncate(av_session *s, int n) {
-    if (n < s->n_past) s->n_past = n < 0 ? 0 : n;
+    if (n >= s->n_past) return;
+    if (n < 0) n = 0;
+    if (s->ring && (s->kv_wrapped || s->kv_rows < s->n_past)) n = 0; /* rows were dropped: only a restart is exact */
+    s->n_past = s->kv_rows = n;
+    s->kv_wrapped = 0;
+}
+
+/* T more tokens fit (a rotating cache takes any number) */
+static int fits(const av_session *s, int T) {
+    return s->ring || s->n_past + T <= s->max_seq;
 }
 
 static void forward_chunk(av_session *s, const int32_t *ids, int T) {
@@ -78,33 +105,42 @@ static void forward_chunk(av_session *s, const int32_t *ids, int T) {
     const av_backend *be = m->be;
     int D = c->hidden_size;
     int32_t pos[4096];
-    int p0 = s->n_past;
+    int p0 = s->n_past; /* RoPE positions p0..; cache rows from row0 */
     for (int t = 0; t < T; t++) pos[t] = p0 + t;
     memcpy(s->hist + p0, ids, sizeof(int32_t) * (size_t)T);
+    /* a rotating cache: one token is a decode step at its ring slot (MLX's in-place update), a chunk
+     * follows the retained rows (MLX's concatenation) */
+    int ring_step = s->ring && T == 1, row0 = p0;
+    if (ring_step) av_session_ring_decode_ready(s);
+    else if (s->ring) row0 = av_session_ring_prefill_ready(s, T);
     be->upload(s->ids_dev, ids, (size_t)T * sizeof(int32_t));
     be->upload(s->pos_dev, pos, (size_t)T * sizeof(int32_t));
     be->embedding_forward(s->x, s->ids_dev, &m->embed, T);
-    s->ws.kind = AV_ROWS_PREFILL;
+    s->ws.kind = ring_step ? AV_ROWS_DECODE : AV_ROWS_PREFILL;
     s->ws.B = 1;
     s->ws.T = T;
-    s->ws.p0 = p0;
+    s->ws.p0 = row0;
     s->ws.pos = s->pos_dev;
     /* one row on the CPU: every layer, the final norm and the LM head in one parallel region */
     if (T == 1 && be->device == AV_DEVICE_CPU && av_llama_decode_cpu(m, &s->ws, s->x, s->hidden, s->logits)) {
         s->n_past += T;
         s->last_T = 0;
+        if (ring_step) av_session_ring_decode_done(s);
         return;
     }
     av_llama_layers_forward(m, &s->ws, s->x);
     be->rmsnorm_forward(s->hidden, NULL, s->x, &m->final_norm, T, D, c->rms_norm_eps);
     s->n_past += T;
     s->last_T = T;
+    if (ring_step) av_session_ring_decode_done(s);
 }
 
 av_status av_session_prefill(av_session *s, const int32_t *ids, int T) {
     if (T <= 0) return av_fail(AV_ERR_ARG, "empty input");
-    if (s->n_past + T > s->max_seq)
+    if (!fits(s, T))
         return av_fail(AV_ERR_ARG, "context full: %d cached + %d new tokens exceed the %d-token limit", s->n_past, T, s->max_seq);
+    if (s->ring && s->n_past > INT_MAX - T) return av_fail(AV_ERR_ARG, "rotating KV cache: positions past %d", INT_MAX);
+    AV_TRY(av_session_hist_reserve(s, s->n_past + T));
     int V = s->m->cfg.vocab_size;
     for (int t = 0; t < T; t++)
         if (ids[t] < 0 || ids[t] >= V) return av_fail(AV_ERR_ARG, "token id %d out of range [0, %d)", ids[t], V);
@@ -126,8 +162,9 @@ av_status av_session_logits(av_session *s, const int32_t *ids, int T, float *log
     int D = m->cfg.hidden_size, V = m->cfg.vocab_size, LC = 64; /* LM-head rows per product: bounds the device scratch */
     int chunk = s->max_chunk < 4096 ? s->max_chunk : 4096;
     if (T <= 0) return av_fail(AV_ERR_ARG, "empty input");
-    if (s->n_past + T > s->max_seq)
+    if (!fits(s, T))
         return av_fail(AV_ERR_ARG, "context full: %d cached + %d new tokens exceed the %d-token limit", s->n_past, T, s->max_seq);
+    AV_TRY(av_session_hist_reserve(s, s->n_past + T));
     for (int t = 0; t < T; t++)
         if (ids[t] < 0 || ids[t] >= V) return av_fail(AV_ERR_ARG, "token id %d out of range [0, %d)", ids[t], V);
     float *scratch = be->alloc(sizeof(float) * (size_t)V * LC, "logit scratch");

@@ -16,7 +16,14 @@ struct av_session {
     float *logits;            /* [logits_rows, V] backend scratch */
     int logits_rows;
     int32_t *ids_dev, *pos_dev;
-    int32_t *hist;            /* host: ids at cached positions [max_seq] (prefix reuse) */
+    int32_t *hist;            /* host: ids at cached positions [hist_cap] (prefix reuse) */
+    int hist_cap;
+    /* a rotating cache (MLX-LM's RotatingKVCache(ring, ring_keep); ring = 0: none, rows = positions):
+     * n_past counts every token seen (RoPE positions) while max_seq = ring - 1 + max_chunk rows hold
+     * the first ring_keep tokens and the latest ones, in temporal order (kv_rows rows: after a
+     * multi-token chunk) or in ring order (kv_wrapped: after a token decoded at a position >= ring) */
+    int ring, ring_keep, kv_rows, kv_wrapped;
+    float *ring_tmp;          /* [ring, kv_dim]: rows in transit between the two orders */
     int last_T;               /* rows of `hidden` from the last forward (0: `logits` already hold the last row's) */
     void *decode;             /* graph-captured single-token step (model/decode_graph.c), lazily made */
     void *decoder;            /* an av_decoder kept for the next av_decoder_new, its captured step with it */
@@ -30,5 +37,16 @@ struct av_session {
 /* Plans a session-shaped set of buffers for `rows` rows (layer scratch + x, hidden) into plan:
  * shared by av_session and the batched session. */
 void av_llama_plan_rows(av_plan *plan, const av_model *m, int rows, av_layer_ws *ws, float **x, float **hidden);
+
+/* Rotating sessions (kv_ring.c). Before one token at position n_past: the rows put in ring order
+ * where the decode attention's slot arithmetic needs them; after it: the layout it left. */
+void av_session_ring_decode_ready(av_session *s);
+void av_session_ring_decode_done(av_session *s);
+/* Before a chunk of T > 1 tokens at n_past: keeps the first ring_keep rows and the latest
+ * min(rows, ring - 1) - ring_keep in temporal order (MLX's _update_concat) and returns the row the
+ * chunk starts at; the chunk's rows follow them. */
+int av_session_ring_prefill_ready(av_session *s, int T);
+/* hist holds n ids (grows for a rotating session, whose n_past has no bound). */
+av_status av_session_hist_reserve(av_session *s, int n);
 
 #endif

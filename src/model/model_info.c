@@ -18,5 +18,6 @@ size_t av_model_peak_bytes(const av_model *m) {
 }
 
 int av_session_n_past(const av_session *s) { return s->n_past; }
-int av_session_max_seq(const av_session *s) { return s->max_seq; }
+int av_session_max_seq(const av_session *s) { return s->ring ? s->ring : s->max_seq; }
+int av_session_rotating(const av_session *s) { return s->ring; }
 av_model *av_session_model(const av_session *s) { return s->m; }
