@@ -293,7 +293,7 @@ static void bench_parts(av_model *m) {
                 av_gemv_fusion st = {.in = AV_GEMV_IN_RMSNORM, .norm = &m->final_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_STORE};
                 if (part == 0) { be->matmul_fused_forward(xb, xa, &W, T, &f); bytes += (double)W.rows * W.cols * 2; }
                 if (part == 1) {
-                    be->attention_decode(xb, xa, xa + qd, xa + qd + kvd, kc, vc, posd, T, (size_t)S * kvd, H, KVH, hd, nq);
+                    be->attention_decode(xb, xa, xa + qd, xa + qd + kvd, kc, vc, posd, T, (size_t)S * kvd, H, KVH, hd, nq, 0, 0);
                     bytes += (double)T * 101 * kvd * 8;
                 }
                 if (part == 2) { be->matmul_fused_forward(xb, xa, &L->o.w, T, &add); bytes += (double)D * D * 2; }
@@ -341,7 +341,7 @@ static void bench_parts(av_model *m) {
                 av_gemv_fusion add = {.in = AV_GEMV_IN_X, .out = AV_GEMV_OUT_ADD};
                 av_gemv_fusion sw = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->mlp_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_SWIGLU};
                 if (skip != 1) be->matmul_fused_forward(qkv, xa, &W, T, &f);
-                if (skip != 2) be->attention_decode(att, qkv, qkv + qd, qkv + qd + kvd, vc, vc + (size_t)16 * S * kvd, posd, T, (size_t)S * kvd / 2, H, KVH, hd, nq);
+                if (skip != 2) be->attention_decode(att, qkv, qkv + qd, qkv + qd + kvd, vc, vc + (size_t)16 * S * kvd, posd, T, (size_t)S * kvd / 2, H, KVH, hd, nq, 0, 0);
                 if (skip != 3) be->matmul_fused_forward(xa, att, &L->o.w, T, &add);
                 av_gemv_fusion sw16 = sw, dn = add; /* as the decoder: bf16 SwiGLU output for several rows */
                 sw16.out_bf16 = dn.in_bf16 = T > 1 && be->save_acts_bf16;

@@ -149,7 +149,7 @@ av_status av_attention_decode_time(const av_backend *be, int N, int keys, int H,
         be->sync();
         double t0 = now_s();
         for (int c = 0; c < DECODE_CALLS; c++)
-            be->attention_decode(p[D_OUT], p[D_Q], p[D_KN], p[D_VN], p[D_KC], p[D_VC], p[D_POS], N, stride, H, KVH, hd, 0);
+            be->attention_decode(p[D_OUT], p[D_Q], p[D_KN], p[D_VN], p[D_KC], p[D_VC], p[D_POS], N, stride, H, KVH, hd, 0, 0, 0);
         be->sync();
         if (r >= 0) t[r] = (now_s() - t0) / DECODE_CALLS;
     }
