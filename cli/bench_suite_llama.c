@@ -61,6 +61,7 @@ static int run_test(bench_ctx *b, cJSON *res, av_model *m, int n_prompt, int n_g
     cJSON_AddStringToObject(r, "model_filename", av_model_dir(m));
     snprintf(buf, sizeof buf, "llama %.2gB %s", (double)av_config_param_count(c) / 1e9, av_dtype_name(av_model_weight_dtype(m)));
     if (c->quant_bits) snprintf(buf, sizeof buf, "llama %.2gB %d-bit", (double)av_config_param_count(c) / 1e9, c->quant_bits);
+    if (av_model_gguf_type(m)) snprintf(buf, sizeof buf, "llama %.2gB %s", (double)av_config_param_count(c) / 1e9, av_model_gguf_type(m));
     cJSON_AddStringToObject(r, "model_type", buf);
     cJSON_AddNumberToObject(r, "model_size", (double)av_model_weight_bytes(m));
     cJSON_AddNumberToObject(r, "model_n_params", (double)av_config_param_count(c));

@@ -152,6 +152,9 @@ av_status av_attention_decode_time(const av_backend *be, int N, int keys, int H,
 av_status av_matmul_time(const av_backend *be, int M, int N, int K, av_dtype wdtype, int reps, double *seconds);
 int av_model_weight_files(const av_model *m);     /* number of safetensors files */
 av_dtype av_model_weight_dtype(const av_model *m); /* dtype of the embedding table as stored */
+/* GGML type of a GGUF model's first layer's q projection ("Q4_0", "F16", ...); NULL when the model
+ * did not come from a GGUF file. */
+const char *av_model_gguf_type(const av_model *m);
 /* Peak memory in bytes: the process's peak RSS where backend memory is host memory (CPU), else
  * the backend's peak (GPU). */
 size_t av_model_peak_bytes(const av_model *m);

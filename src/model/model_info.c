@@ -13,6 +13,11 @@ av_attention_kind av_model_attention(const av_model *m) { return (av_attention_k
 int av_model_weight_files(const av_model *m) { return m->gguf ? 1 : m->st.nfiles; }
 av_dtype av_model_weight_dtype(const av_model *m) { return m->embed.dtype; }
 
+const char *av_model_gguf_type(const av_model *m) {
+    const av_gguf_tensor *t = m->gguf ? av_gguf_tensor_find(m->gguf, "blk.0.attn_q.weight") : NULL;
+    return t ? av_ggml_type_name((int)t->type) : NULL;
+}
+
 size_t av_model_peak_bytes(const av_model *m) {
     return m->be->host_visible ? av_mem_peak_rss() : m->be->peak_bytes();
 }
