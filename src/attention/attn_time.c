@@ -28,6 +28,27 @@ static int has_flash(const av_backend *be, int H, int KVH, int hd) {
            be->flash_attention_backward_batch(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL, NULL, NULL) == 0;
 }
 
+/* Random values in [-1, 1) into n floats of backend memory (host staging through buf). */
+static void fill_random(const av_backend *be, float *dst, float *buf, size_t n, uint32_t seed) {
+    uint32_t r = 0x9E3779B9u * seed;
+    for (size_t j = 0; j < n; j++) {
+        r = r * 1664525u + 1013904223u;
+        buf[j] = (float)(r >> 8) / 8388608.0f - 1.0f;
+    }
+    be->upload(dst, buf, n * sizeof(float));
+}
+
+/* Median of n timings (sorts them). */
+static double median(double *t, int n) {
+    qsort(t, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+}
+
+static void free_bufs(const av_backend *be, void **p, int n) {
+    for (int i = 0; i < n; i++)
+        if (p[i]) be->free(p[i]);
+}
+
 enum { B_Q, B_K, B_V, B_OUT, B_SOFT, B_WORK, B_DOUT, B_DQ, B_DK, B_DV, B_N };
 
 av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B, int T, int H, int KVH, int hd, int backward,
@@ -47,7 +68,7 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
     /* the CPU reference loops over the sequences without scratch; device backends take theirs here */
     if (!flash && be->device != AV_DEVICE_CPU) n[B_WORK] = av_attention_batch_work(B, T, H, KVH, hd);
     if (backward) n[B_DOUT] = n[B_DQ] = qn, n[B_DK] = n[B_DV] = kn;
-    float *p[B_N] = {0};
+    void *p[B_N] = {0};
     av_status st = AV_OK;
     size_t total = 0;
     float *host = malloc(qn * sizeof(float));
@@ -60,12 +81,7 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
         }
         total += n[i] * sizeof(float);
         if (i == B_Q || i == B_K || i == B_V || i == B_DOUT) { /* uniform in [-1, 1): scores of a few units */
-            uint32_t r = 0x9E3779B9u * (uint32_t)(i + 1);
-            for (size_t j = 0; j < n[i]; j++) {
-                r = r * 1664525u + 1013904223u;
-                host[j] = (float)(r >> 8) / 8388608.0f - 1.0f;
-            }
-            be->upload(p[i], host, n[i] * sizeof(float));
+            fill_random(be, p[i], host, n[i], (uint32_t)i + 1);
         } else if (i >= B_DQ) {
             be->zero(p[i], n[i] * sizeof(float));
         }
@@ -95,25 +111,13 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
     }
     if (st == AV_OK && be->device != AV_DEVICE_CPU) st = av_cuda_status(); /* a failed launch times nothing */
     if (st == AV_OK) {
-        qsort(t, (size_t)reps, sizeof(double), cmp_double);
-        *seconds = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+        *seconds = median(t, reps);
         *bytes = total;
     }
     free(t);
     free(host);
-    for (int i = 0; i < B_N; i++)
-        if (p[i]) be->free(p[i]);
+    free_bufs(be, p, B_N);
     return st;
-}
-
-/* Random values in [-1, 1) into n floats of backend memory (host staging through buf). */
-static void fill_random(const av_backend *be, float *dst, float *buf, size_t n, uint32_t seed) {
-    uint32_t r = 0x9E3779B9u * seed;
-    for (size_t j = 0; j < n; j++) {
-        r = r * 1664525u + 1013904223u;
-        buf[j] = (float)(r >> 8) / 8388608.0f - 1.0f;
-    }
-    be->upload(dst, buf, n * sizeof(float));
 }
 
 enum { D_KC, D_VC, D_Q, D_KN, D_VN, D_OUT, D_POS, D_N };
@@ -154,13 +158,9 @@ av_status av_attention_decode_time(const av_backend *be, int N, int keys, int H,
         if (r >= 0) t[r] = (now_s() - t0) / DECODE_CALLS;
     }
     if (st == AV_OK && be->device != AV_DEVICE_CPU) st = av_cuda_status();
-    if (st == AV_OK) {
-        qsort(t, (size_t)reps, sizeof(double), cmp_double);
-        *seconds = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
-    }
+    if (st == AV_OK) *seconds = median(t, reps);
     free(t);
     free(host);
-    for (int i = 0; i < D_N; i++)
-        if (p[i]) be->free(p[i]);
+    free_bufs(be, p, D_N);
     return st;
 }
