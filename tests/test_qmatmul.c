@@ -1,5 +1,6 @@
 /* Quantized CPU kernels (src/quant/qmatmul.c) against the scalar reference, for every bits x group,
- * scales in bf16/f16/f32, odd row counts, K with partial chunks and more than 16 groups, T = 1..9:
+ * scales in bf16/f16/f32, odd row counts, K with partial chunks and more than 16 groups, T = 1..9
+ * (groups 32/64/128 as MLX writes them, and 6 bits in groups of 16: GGUF's Q6_K repacked, CPU only):
  *   - av_qmatmul_rows vs the double-precision dot of x with the dequantized row (av_quant_dequant_row).
  *     AVX-512 VNNI takes x as two int8 digits per vpdpbusd lane of 4/8/16 columns, x = d (q1 + q2/256)
  *     with d = amax/127, so each output must lie within the exact bound sum_b d_b/256 * sum_{i in b} |w_i|
@@ -134,18 +135,21 @@ static void check_prefill(int bits, int group, int T) {
 int main(void) {
     CHECK(strcmp(av_qmatmul_impl(), expected_impl()) == 0, "impl %s, expected %s", av_qmatmul_impl(), expected_impl());
     printf("implementation: %s\n", av_qmatmul_impl());
-    static const int BITS[] = {2, 3, 4, 5, 6, 8}, GROUPS[] = {32, 64, 128};
+    static const int BITS[] = {2, 3, 4, 5, 6, 8}, GROUPS[] = {16, 32, 64, 128};
     unsigned seed = 1;
     for (int bi = 0; bi < 6; bi++)
-        for (int gi = 0; gi < 3; gi++) {
+        for (int gi = 0; gi < 4; gi++) {
             int b = BITS[bi], g = GROUPS[gi];
-            check_case(37, 7 * g, b, g, AV_BF16, 1, seed++);
-            check_case(21, 40 * g, b, g, AV_BF16, 3, seed++);
-            check_case(13, 7 * g, b, g, bi % 2 ? AV_F16 : AV_F32, 2, seed++);
-            check_case(11, 7 * g, b, g, AV_BF16, 4, seed++);
-            check_case(9, 3 * g, b, g, AV_BF16, 9, seed++);
+            if (g == 16 && b != 6) continue; /* group 16 exists only as Q6_K repacked (rows of 256k) */
+            int u = g < 32 ? 32 : g;             /* rows are whole 32-code chunks, as MLX and GGUF have them */
+            check_case(37, 7 * u, b, g, AV_BF16, 1, seed++);
+            check_case(21, 40 * u, b, g, AV_BF16, 3, seed++);
+            check_case(13, 7 * u, b, g, bi % 2 ? AV_F16 : AV_F32, 2, seed++);
+            check_case(11, 7 * u, b, g, AV_BF16, 4, seed++);
+            check_case(9, 3 * u, b, g, AV_BF16, 9, seed++);
         }
     for (int bi = 0; bi < 6; bi++) check_prefill(BITS[bi], BITS[bi] == 4 ? 32 : BITS[bi] == 8 ? 64 : 128, bi % 2 ? 64 : 33);
+    check_prefill(6, 16, 33);
     /* NaN in x reaches the outputs */
     {
         const int N = 3, K = 64;

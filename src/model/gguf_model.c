@@ -1,7 +1,8 @@
 /* A Llama model from one GGUF file: the "llama" keys -> av_config, GGUF tensor names -> model fields
  * through one table, and each tensor made into an av_mat: F32/F16/BF16 viewed in the mapping,
- * Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K repacked exactly into MLX's affine layout (group 32),
- * Q2_K/Q3_K/Q6_K dequantized to f32. attn_q/attn_k rows go back from llama.cpp's interleaved rotary order to HF's
+ * Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K repacked exactly into MLX's affine layout (group 32), Q6_K
+ * into 6-bit codes with group 16 on the CPU (its kernels take any group; f32 on a GPU),
+ * Q2_K/Q3_K dequantized to f32. attn_q/attn_k rows go back from llama.cpp's interleaved rotary order to HF's
  * rotate-half order (the inverse of convert_hf_to_gguf.py's permute). */
 #include "model/model.h"
 #include "formats/gguf.h"
@@ -135,7 +136,8 @@ static av_status bind(av_model *m, const gslot *s) {
                 for (int j = 0; j < hd / 2; j++) map[h * hd + i * (hd / 2) + j] = h * hd + 2 * j + i;
     }
     av_status st = AV_OK;
-    int nat = av_gguf_native_dtype(t->type), bits = av_gguf_repack_bits(t->type);
+    int nat = av_gguf_native_dtype(t->type), bits = av_gguf_repack_bits(t->type), G = av_gguf_repack_group(t->type);
+    if (G != 32 && !m->be->host_visible) bits = 0; /* group 16 (Q6_K): the CPU kernels only; f32 on a GPU */
     av_mat *d = s->dst;
     memset(d, 0, sizeof *d);
     d->rows = rows;
@@ -151,14 +153,14 @@ static av_status bind(av_model *m, const gslot *s) {
             d->data = p;
         }
     } else if (bits && s->cols) {
-        int64_t ngroups = (int64_t)rows * (cols / 32);
+        int64_t ngroups = (int64_t)rows * (cols / G);
         av_dtype sdt = av_gguf_repack_scale_dtype(t->type, t->data, (int64_t)rows * (cols / av_ggml_block_size(t->type)));
         uint32_t *w = own(m, (size_t)rows * (size_t)av_quant_row_words(cols, bits) * 4);
         void *sc = own(m, (size_t)ngroups * av_dtype_size(sdt)), *bi = own(m, (size_t)ngroups * av_dtype_size(sdt));
         if (!w || !sc || !bi) st = av_fail(AV_ERR_NOMEM, "%s: out of memory", s->name);
         else {
             av_gguf_repack(w, sc, bi, sdt, t->data, t->type, rows, cols, map);
-            *d = (av_mat){.data = w, .dtype = sdt, .rows = rows, .cols = cols, .q_bits = bits, .q_group = 32, .scales = sc, .biases = bi};
+            *d = (av_mat){.data = w, .dtype = sdt, .rows = rows, .cols = cols, .q_bits = bits, .q_group = G, .scales = sc, .biases = bi};
         }
     } else if (av_gguf_can_dequant(t->type)) {
         float *p = own(m, (size_t)rows * (size_t)cols * sizeof(float));

@@ -19,9 +19,12 @@ int av_gguf_repack_bits(int t) {
     case AV_GGML_Q8_0: return 8;
     case AV_GGML_Q4_0: case AV_GGML_Q4_1: case AV_GGML_Q4_K: return 4;
     case AV_GGML_Q5_0: case AV_GGML_Q5_1: case AV_GGML_Q5_K: return 5;
+    case AV_GGML_Q6_K: return 6;
     default: return 0;
     }
 }
+
+int av_gguf_repack_group(int t) { return t == AV_GGML_Q6_K ? 16 : 32; }
 
 int av_gguf_can_dequant(int t) {
     return av_gguf_repack_bits(t) || t == AV_GGML_Q2_K || t == AV_GGML_Q3_K || t == AV_GGML_Q6_K;
@@ -81,14 +84,38 @@ static void k_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *mn) {
     }
 }
 
-/* One block of a repackable type as groups of 32: codes q[32*g + l], value scale[g] * q + bias[g].
+/* Q6_K {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d}: element 128h + 32j + l (h < 2, j < 4, l < 32) is
+ * nibble j / 2 of ql[64h + 32(j % 2) + l] plus bits 2j..2j+1 of qh[32h + l] as bits 4-5, in sub-block
+ * 8h + 2j + l / 16 = element / 16; value d*sc*(q - 32). As 16 groups of 16: codes q (0..63), scale
+ * d*sc and bias -32*d*sc, exact in f32 (an f16 times an 8-bit integer) and scale*q + bias exact too
+ * (at most 24 significant bits), the very value ggml's dequantizer gives. */
+static int q6_k_groups(const uint8_t *b, uint8_t *q, float *scale, float *bias) {
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t *sc = (const int8_t *)(b + 192);
+    float d = f16_at(b + 208);
+    for (int h = 0; h < 2; h++, ql += 64, qh += 32)
+        for (int l = 0; l < 32; l++) {
+            q[128 * h + l] = (uint8_t)((ql[l] & 15) | ((qh[l] & 3) << 4));
+            q[128 * h + l + 32] = (uint8_t)((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4));
+            q[128 * h + l + 64] = (uint8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+            q[128 * h + l + 96] = (uint8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+        }
+    for (int g = 0; g < 16; g++) {
+        scale[g] = d * sc[g];
+        bias[g] = -32.0f * scale[g];
+    }
+    return 16;
+}
+
+/* One block of a repackable type as groups of 32 (16 for Q6_K): codes q[G*g + l], value scale[g] * q + bias[g].
  * Q4_K {f16 d, dmin; u8 scales[12]; u8 qs[128]} and Q5_K {d, dmin; scales[12]; u8 qh[32];
  * u8 qs[128]}: sub-block g (of 8) is the low (g even) or high (g odd) nibble of qs[32*(g/2) + l],
  * plus 16 when bit g of qh[l] is set (Q5_K); value d*sc*q - dmin*m, so scale = d*sc and
  * bias = -(dmin*m), both exact in f32 (an f16 times a 6-bit integer has at most 17 significant bits)
  * and computed as ggml computes them, so scale*q + bias is the very f32 value ggml's dequantizer
- * gives. Returns the number of groups (1 or 8). */
+ * gives. Returns the number of groups (1, 8 or 16). */
 static int block_groups(const uint8_t *b, int t, uint8_t *q, float *scale, float *bias) {
+    if (t == AV_GGML_Q6_K) return q6_k_groups(b, q, scale, bias);
     if (t != AV_GGML_Q4_K && t != AV_GGML_Q5_K) {
         block_codes(b, t, q, scale, bias);
         return 1;
@@ -116,7 +143,7 @@ av_dtype av_gguf_repack_scale_dtype(int t, const void *src, int64_t nblocks) {
     const uint8_t *b = src;
     int bs = av_ggml_type_size(t);
     uint8_t q[256];
-    float s[8], c[8];
+    float s[16], c[16];
     for (int64_t i = 0; i < nblocks; i++, b += bs) {
         int ng = block_groups(b, t, q, s, c);
         for (int g = 0; g < ng; g++) /* -8d/-16d/-128d overflowed f16, d*sc needs more than 11 bits (or NaN) */
@@ -128,9 +155,9 @@ av_dtype av_gguf_repack_scale_dtype(int t, const void *src, int64_t nblocks) {
 void av_gguf_repack(uint32_t *packed, void *scales, void *biases, av_dtype sdt, const void *src, int t, int rows, int cols,
                     const int *row_map) {
     int bits = av_gguf_repack_bits(t), blk = av_ggml_block_size(t), nb = cols / blk, bs = av_ggml_type_size(t);
-    int words = av_quant_row_words(cols, bits), ngr = cols / 32;
+    int words = av_quant_row_words(cols, bits), ngr = cols / av_gguf_repack_group(t);
     uint8_t q[256];
-    float s[8], c[8];
+    float s[16], c[16];
     for (int r = 0; r < rows; r++) {
         const uint8_t *row = (const uint8_t *)src + (size_t)(row_map ? row_map[r] : r) * (size_t)nb * (size_t)bs;
         for (int i = 0; i < nb; i++) {

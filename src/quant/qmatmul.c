@@ -210,11 +210,12 @@ static inline __attribute__((always_inline)) void vnni_row(float *out, size_t ld
     }
 
 void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n0, int n1) {
-    int bits = qx->bits, G = qx->group, cc = qx->cc, lpb = 16 / (cc / 32), cps = 16 * G / cc;
-    /* lane l of the j-th chunk of 16 groups: block j*cc/32 + l/lpb, group (j*cc + (l/lpb)*32) / G */
+    int bits = qx->bits, G = qx->group, cc = qx->cc, cps = 16 * G / cc;
+    /* lane l of the j-th chunk of 16 groups sums columns j*cc + l*cc/16 .. (4, 8 or 16 of them, inside
+     * one group for every group size >= 16): group (j*cc + l*cc/16) / G */
     __m512i idx[32];
-    const __m512i lb = _mm512_slli_epi32(_mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                           __builtin_ctz((unsigned)lpb)), 5);
+    const __m512i lb =
+        _mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), __builtin_ctz((unsigned)cc / 16));
     for (int j = 0; j < cps; j++)
         idx[j] = _mm512_srli_epi32(_mm512_add_epi32(_mm512_set1_epi32(j * cc), lb), __builtin_ctz((unsigned)G));
     __m512i perm = _mm512_setzero_si512(), shift = _mm512_setzero_si512();
