@@ -98,6 +98,8 @@ static inline __m512 ld16_s(const void *p, av_dtype dt, size_t i, int n) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+#define QK_PREFETCH 4096 /* bytes of packed weights requested ahead of the chunk being read */
+
 enum { K8, K4, K2, KG, KS }; /* 8 bits, 4, 2, 3/5/6 unpacked by VBMI, 3/5/6 unpacked in C */
 
 #if defined(__AVX512VBMI__)
@@ -166,6 +168,9 @@ static inline __attribute__((always_inline)) void vnni_row(float *out, size_t ld
         for (int c = c0; c < ce; c++) {
             __m512 swl = _mm512_permutexvar_ps(idx[c - c0], swv);
             size_t off = (size_t)c * cb;
+            /* the hardware prefetcher alone leaves this loop waiting on memory (it restarts at every
+             * row chunk a thread takes): 4 KiB ahead doubled the DRAM rate (bench/NOTES-cpu-quant.md) */
+            _mm_prefetch((const char *)wr + off + QK_PREFETCH, _MM_HINT_T0);
             __m512i v;
             if (kind == KS) {
                 int nv = K - c * 64 < 64 ? K - c * 64 : 64;
