@@ -48,7 +48,10 @@ static inline __m512 ld16_w(const void *w, av_dtype dt, size_t i) {
 /* out[t*ldo + r] = x_t . W[n0 + r] for r < 4, t < NX: four weight rows streamed at once (decode is
  * memory-bound: four independent streams keep loads in flight) against NX <= 4 rows of x, each
  * weight vector loaded once for all of them. K % 16 == 0. One accumulator per (row, x row) and a
- * final horizontal sum: the summation order of the one-row product is the same for every NX. */
+ * final horizontal sum: the summation order of the one-row product is the same for every NX.
+ * Each stream crosses a 4 KiB page every row or two, where the hardware prefetcher starts over:
+ * requesting the next four rows while reading these took bf16 decode from 11.4-11.7 to 12.3-12.7
+ * tok/s (bench/NOTES-cpu.md). */
 #define ROWS4_BODY(NX)                                                                                                  \
     do {                                                                                                                \
         size_t K = (size_t)W->cols, es = av_dtype_size(W->dtype);                                                       \
@@ -57,6 +60,8 @@ static inline __m512 ld16_w(const void *w, av_dtype dt, size_t i) {
         __m512 a[NX][4];                                                                                                \
         for (int t = 0; t < NX; t++) a[t][0] = a[t][1] = a[t][2] = a[t][3] = _mm512_setzero_ps();                       \
         for (size_t i = 0; i < K; i += 16) {                                                                            \
+            if ((i * es) % 64 == 0) /* the next four rows, same offset: see below */                                   \
+                for (int r = 0; r < 4; r++) _mm_prefetch(b + (size_t)(4 + r) * K * es + i * es, _MM_HINT_T0);           \
             __m512 v0 = ld16_w(w0, W->dtype, i), v1 = ld16_w(w1, W->dtype, i), v2 = ld16_w(w2, W->dtype, i),            \
                    v3 = ld16_w(w3, W->dtype, i);                                                                        \
             for (int t = 0; t < NX; t++) {                                                                              \
