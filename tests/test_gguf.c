@@ -113,6 +113,35 @@ static int n_differ(const float *a, const void *ref, int n) { /* by value: -0 eq
     return k;
 }
 
+/* A K-quant's own two-level scales (ops.h av_kscales) give the repack's f32 scales and biases exactly,
+ * and the CPU decode kernel on them (VNNI reads them; the other paths ignore them) the same outputs
+ * bit for bit as on the f32 tables. */
+static void check_kscales(const av_gguf_tensor *t, const uint32_t *w, const float *sc, const float *bi, int bits, int G, const char *name) {
+    enum { R = 2, K = 512, NG = R * K / 16 };
+    uint8_t ksc[NG], km[NG];
+    float kd[R * K / 256], kdm[R * K / 256];
+    int q6 = t->type == AV_GGML_Q6_K, per = q6 ? 16 : 8, ng = R * K / G, bad = 0;
+    av_gguf_kscales(ksc, km, kd, kdm, t->data, t->type, R, K, NULL);
+    for (int g = 0; g < ng; g++) {
+        float s = kd[g / per] * (q6 ? (float)(int8_t)ksc[g] : (float)ksc[g]), b = q6 ? -32.0f * s : -(kdm[g / per] * km[g]);
+        bad += s != sc[g] || b != bi[g];
+    }
+    CHECK(!bad, "%s: %d two-level scales/biases differ from the repack's", name, bad);
+    av_kscales ks = {.sc = ksc, .m = q6 ? NULL : km, .d = kd, .dmin = q6 ? NULL : kdm, .per = per, .sym = q6};
+    av_mat W = {.data = w, .dtype = AV_F32, .rows = R, .cols = K, .q_bits = bits, .q_group = G, .scales = sc, .biases = bi};
+    av_mat Wk = W;
+    Wk.ks = &ks;
+    float x[3 * K], o1[3 * R], o2[3 * R];
+    for (int i = 0; i < 3 * K; i++) x[i] = (float)((i * 7919) % 2003) / 1001.0f - 1.0f;
+    void *buf = aligned_alloc(64, (av_qx_size(3, &W) + 63) & ~(size_t)63);
+    av_qx qx;
+    av_qx_prepare(&qx, buf, x, 3, &W);
+    av_qmatmul_rows(o1, R, &qx, &W, 0, R);
+    av_qmatmul_rows(o2, R, &qx, &Wk, 0, R);
+    CHECK(!memcmp(o1, o2, sizeof o1), "%s: decode products on the two-level scales differ from those on the f32 tables", name);
+    free(buf);
+}
+
 static void check_blocks(void) {
     av_gguf_file f;
     CHECK_OK(av_gguf_open(&f, test_fixture("gguf/blocks.gguf")));
@@ -138,6 +167,7 @@ static void check_blocks(void) {
         for (int row = 0; row < 2; row++) av_quant_dequant_row(got + 512 * row, w, sc, bi, sdt, row, 512, bits, G);
         CHECK(!n_differ(got, r->data, 1024), "%s: repacked (%d-bit, group %d, %s scales) differs from gguf-py's", names[k], bits, G,
               av_dtype_name(sdt));
+        if (av_ggml_block_size(t->type) == 256 && sdt == AV_F32) check_kscales(t, w, sc, bi, bits, G, names[k]);
     }
     av_gguf_close(&f);
 }

@@ -109,6 +109,20 @@ static void *own(av_model *m, size_t bytes) {
     return p;
 }
 
+/* A K-quant's own two-level scales beside its repack, for the CPU decode kernel (ops.h av_kscales). */
+static av_status bind_kscales(av_model *m, av_mat *a, const av_gguf_tensor *t, const int *map) {
+    int q6 = t->type == AV_GGML_Q6_K;
+    size_t groups = (size_t)a->rows * (size_t)(a->cols / a->q_group), blocks = (size_t)a->rows * (size_t)(a->cols / 256);
+    av_kscales *k = own(m, sizeof *k);
+    uint8_t *sc = own(m, groups), *mn = q6 ? NULL : own(m, groups);
+    float *dd = own(m, blocks * sizeof(float)), *dm = q6 ? NULL : own(m, blocks * sizeof(float));
+    if (!k || !sc || !dd || (!q6 && (!mn || !dm))) return av_fail(AV_ERR_NOMEM, "%s: out of memory", t->name);
+    av_gguf_kscales(sc, mn, dd, dm, t->data, t->type, a->rows, a->cols, map);
+    *k = (av_kscales){.sc = sc, .m = mn, .d = dd, .dmin = dm, .per = q6 ? 16 : 8, .sym = q6};
+    a->ks = k;
+    return AV_OK;
+}
+
 /* GGUF names of the seven projections (blk.N.<name>.weight), in av_proj order; HF's are
  * model.layers.N.<av_proj_module>.<av_proj_names>. Shared by the loader and both writers. */
 const char *const av_gguf_proj_names[AV_PROJ_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
@@ -161,6 +175,7 @@ static av_status bind(av_model *m, const gslot *s) {
         else {
             av_gguf_repack(w, sc, bi, sdt, t->data, t->type, rows, cols, map);
             *d = (av_mat){.data = w, .dtype = sdt, .rows = rows, .cols = cols, .q_bits = bits, .q_group = G, .scales = sc, .biases = bi};
+            if (m->be->host_visible && av_ggml_block_size(t->type) == 256) st = bind_kscales(m, d, t, map);
         }
     } else if (av_gguf_can_dequant(t->type)) {
         float *p = own(m, (size_t)rows * (size_t)cols * sizeof(float));

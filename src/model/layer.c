@@ -70,7 +70,8 @@ static int stacked(av_mat *out, const av_linear *a, const av_linear *b, const av
     const char *next[3] = {(const char *)a->w.data, (const char *)a->w.scales, (const char *)a->w.biases};
     for (int i = 0; i < n; i++) {
         const av_mat *w = &L[i]->w;
-        if (L[i]->lora_a || w->q_bits != a->w.q_bits || w->q_group != a->w.q_group || w->dtype != a->w.dtype || w->cols != a->w.cols)
+        if (L[i]->lora_a || w->q_bits != a->w.q_bits || w->q_group != a->w.q_group || w->dtype != a->w.dtype || w->cols != a->w.cols ||
+            w->ks) /* a K-quant's own scales are per matrix */
             return 0;
         const char *p[3] = {(const char *)w->data, (const char *)w->scales, (const char *)w->biases};
         for (int j = 0; j < (w->q_bits ? 3 : 1); j++) {

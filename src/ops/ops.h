@@ -13,12 +13,23 @@
  * Vectors (norm weights) are rows = 1. data is a host pointer on the CPU backend and a device
  * pointer on CUDA. Quantized (MLX affine) weights set q_bits/q_group and scales/biases: data is then
  * the packed uint32 words [rows, cols*q_bits/32] and dtype the dtype of scales/biases [rows, cols/q_group]. */
+/* A GGUF K-quant's own two-level scales, kept beside the f32 scales/biases of its repack (CPU only):
+ * the decode kernel reads these instead, the same values in 4-5x fewer bytes. Group g's scale is
+ * d[g / per] * sc[g]; its bias -(dmin[g / per] * m[g]) (Q4_K/Q5_K: per 8, u8 sc and m) or -32 * scale
+ * (Q6_K: sym, per 16, i8 sc). g counts groups over the whole matrix (row * cols/q_group + group). */
+typedef struct {
+    const void *sc, *m;
+    const float *d, *dmin;
+    int per, sym;
+} av_kscales;
+
 typedef struct {
     const void *data;
     av_dtype dtype;
     int rows, cols;
     int q_bits, q_group;
     const void *scales, *biases;
+    const av_kscales *ks; /* NULL but for K-quants from a GGUF file on the CPU */
 } av_mat;
 
 /* A linear layer with an optional LoRA adapter: y = x W^T + scale * (x A^T) B^T.

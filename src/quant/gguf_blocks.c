@@ -170,6 +170,25 @@ void av_gguf_repack(uint32_t *packed, void *scales, void *biases, av_dtype sdt, 
     }
 }
 
+void av_gguf_kscales(uint8_t *sc, uint8_t *m, float *d, float *dmin, const void *src, int t, int rows, int cols, const int *row_map) {
+    int nb = cols / 256, bs = av_ggml_type_size(t), per = t == AV_GGML_Q6_K ? 16 : 8;
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *row = (const uint8_t *)src + (size_t)(row_map ? row_map[r] : r) * (size_t)nb * (size_t)bs;
+        for (int i = 0; i < nb; i++) {
+            const uint8_t *b = row + (size_t)i * (size_t)bs;
+            size_t k = (size_t)r * (size_t)nb + (size_t)i, g = k * (size_t)per;
+            if (t == AV_GGML_Q6_K) {
+                memcpy(sc + g, b + 192, 16);
+                d[k] = f16_at(b + 208);
+                continue;
+            }
+            d[k] = f16_at(b);
+            dmin[k] = f16_at(b + 2);
+            for (int j = 0; j < 8; j++) k_scale_min(j, b + 4, sc + g + j, m + g + j);
+        }
+    }
+}
+
 /* ---- K-quants: super-blocks of 256 ------------------------------------------------------------- */
 /* Q4_K {f16 d, dmin; u8 scales[12]; u8 qs[128]}: 8 sub-blocks of 32, value d*sc*q - dmin*m. */
 static void deq_q4_k(float *y, const uint8_t *b) {

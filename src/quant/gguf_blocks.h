@@ -25,6 +25,11 @@ av_dtype av_gguf_repack_scale_dtype(int ggml_type, const void *src, int64_t nblo
  * (row_map NULL: the same row). */
 void av_gguf_repack(uint32_t *packed, void *scales, void *biases, av_dtype sdt, const void *src, int ggml_type, int rows,
                     int cols, const int *row_map);
+/* The two-level scales of Q4_K/Q5_K (sc, m: u8 per 32 values; d, dmin: per 256) or Q6_K (sc: i8 per 16
+ * values; d per 256; m and dmin unused) of rows x cols, in the repack's row order (row_map as there):
+ * the av_kscales tables (ops.h), whose d*sc and -(dmin*m) are the repack's scales and biases exactly. */
+void av_gguf_kscales(uint8_t *sc, uint8_t *m, float *d, float *dmin, const void *src, int ggml_type, int rows, int cols,
+                     const int *row_map);
 /* Dequantizes one row of `cols` values (whole blocks) to f32. */
 void av_gguf_dequant_row(float *dst, const void *src_row, int ggml_type, int cols);
 

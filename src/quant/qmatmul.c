@@ -100,6 +100,24 @@ static inline __m512 ld16_s(const void *p, av_dtype dt, size_t i, int n) {
 
 #define QK_PREFETCH 4096 /* bytes of packed weights requested ahead of the chunk being read */
 
+/* Scales and biases of the n (<= 16) groups from i (a multiple of 16) from a K-quant's own two-level
+ * tables (ops.h av_kscales): the same products the repack stored, d*sc and -(dmin*m) or -32*d*sc. */
+static inline void ks_load16(const av_kscales *k, size_t i, int n, __m512 *s, __m512 *b) {
+    __mmask16 m = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+    __m128i c = _mm_maskz_loadu_epi8(m, (const uint8_t *)k->sc + i);
+    __m512 d;
+    if (k->per == 16) d = _mm512_set1_ps(k->d[i / 16]);
+    else d = _mm512_insertf32x8(_mm512_set1_ps(k->d[i / 8]), _mm256_set1_ps(n > 8 ? k->d[i / 8 + 1] : 0.0f), 1);
+    *s = _mm512_mul_ps(d, _mm512_cvtepi32_ps(k->sym ? _mm512_cvtepi8_epi32(c) : _mm512_cvtepu8_epi32(c)));
+    if (k->sym) {
+        *b = _mm512_mul_ps(_mm512_set1_ps(-32.0f), *s);
+        return;
+    }
+    __m512 dm = _mm512_insertf32x8(_mm512_set1_ps(k->dmin[i / 8]), _mm256_set1_ps(n > 8 ? k->dmin[i / 8 + 1] : 0.0f), 1);
+    __m128i mc = _mm_maskz_loadu_epi8(m, (const uint8_t *)k->m + i);
+    *b = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(dm, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(mc))));
+}
+
 enum { K8, K4, K2, KG, KS }; /* 8 bits, 4, 2, 3/5/6 unpacked by VBMI, 3/5/6 unpacked in C */
 
 #if defined(__AVX512VBMI__)
@@ -162,7 +180,9 @@ static inline __attribute__((always_inline)) void vnni_row(float *out, size_t ld
     uint8_t ub[64] __attribute__((aligned(64)));
     for (int c0 = 0; c0 < nc; c0 += cps) {
         int g0 = c0 / cps * 16, ce = c0 + cps < nc ? c0 + cps : nc;
-        __m512 swv = ld16_s(W->scales, W->dtype, s0 + g0, ng - g0), bv = ld16_s(W->biases, W->dtype, s0 + g0, ng - g0);
+        __m512 swv, bv;
+        if (W->ks) ks_load16(W->ks, s0 + g0, ng - g0, &swv, &bv);
+        else swv = ld16_s(W->scales, W->dtype, s0 + g0, ng - g0), bv = ld16_s(W->biases, W->dtype, s0 + g0, ng - g0);
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) acc[t] = _mm512_fmadd_ps(bv, _mm512_loadu_ps(qx->xs + (size_t)(t0 + t) * qx->ngp + g0), acc[t]);
         for (int c = c0; c < ce; c++) {
