@@ -39,6 +39,51 @@ static inline size_t x_pos(int col, int bits) {
 }
 #endif
 
+#if defined(QK_VNNI)
+/* x of chunk c (columns c*cc ..) as the kernel reads it: one scale d per vpdpbusd lane (cc/16 columns:
+ * 4, 8 or 16), x = d * (q1 + q2 / 256), q1 the int8 code of x/d (d = amax/127), q2 the int8 code of the
+ * remainder in 1/256ths; q1 of the chunk in x_pos order, then q2; dl[l] = d/256 of lane l. Columns past
+ * K are 0. A NaN in x is left out of the codes (it reaches the output through the group sums); an
+ * infinite one makes its lane's d NaN. 16 columns per step: the lane maxima by in-register swaps. */
+static void quantize_chunk(int8_t *q, float *dl, const float *xr, int K, int c, int cc, int bits) {
+    const int lw = cc / 16;
+    int8_t n1[256] __attribute__((aligned(64))), n2[256] __attribute__((aligned(64)));
+    float dv[256] __attribute__((aligned(64)));
+    for (int j = 0; j < cc; j += 16) {
+        int col = c * cc + j;
+        __mmask16 m = col + 16 <= K ? (__mmask16)0xFFFF : col >= K ? 0 : (__mmask16)((1u << (K - col)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(m, xr + col), a = _mm512_abs_ps(xv);
+        a = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a, a, _CMP_ORD_Q), a);
+        if (lw >= 2) a = _mm512_max_ps(a, _mm512_permute_ps(a, 0xB1));
+        if (lw >= 4) a = _mm512_max_ps(a, _mm512_permute_ps(a, 0x4E));
+        if (lw >= 8) a = _mm512_max_ps(a, _mm512_shuffle_f32x4(a, a, 0xB1));
+        if (lw >= 16) a = _mm512_max_ps(a, _mm512_shuffle_f32x4(a, a, 0x4E));
+        __m512 d = _mm512_div_ps(a, _mm512_set1_ps(127.0f));
+        d = _mm512_mask_mov_ps(d, _mm512_cmp_ps_mask(a, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ), _mm512_set1_ps(NAN));
+        __m512 id = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_GT_OQ), _mm512_set1_ps(1.0f), d);
+        __m512 v = _mm512_mul_ps(xv, id);
+        v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);
+        __m512 q1 = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 q2 = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_sub_ps(v, q1), _mm512_set1_ps(256.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q2 = _mm512_min_ps(_mm512_max_ps(q2, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
+        _mm_store_si128((__m128i *)(n1 + j), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q1)));
+        _mm_store_si128((__m128i *)(n2 + j), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q2)));
+        _mm512_store_ps(dv + j, d);
+    }
+    for (int l = 0; l < 16; l++) dl[l] = dv[l * lw] * (1.0f / 256.0f);
+    if (bits != 4 && bits != 2) {
+        memcpy(q, n1, (size_t)cc);
+        memcpy(q + cc, n2, (size_t)cc);
+        return;
+    }
+    for (int i = 0; i < cc; i++) {
+        size_t at = x_pos(i, bits);
+        q[at] = n1[i];
+        q[at + (size_t)cc] = n2[i];
+    }
+}
+#endif
+
 size_t av_qx_size(int T, const av_mat *W) {
     int K = W->cols, cc = chunk_cols(W->q_bits), nc = (K + cc - 1) / cc, ngp = (K / W->q_group + 15) / 16 * 16;
     return al64((size_t)T * nc * cc * 2) + al64((size_t)T * nc * 16 * sizeof(float)) + al64((size_t)T * ngp * sizeof(float));
@@ -57,32 +102,24 @@ void av_qx_prepare(av_qx *qx, void *buf, const float *x, int T, const av_mat *W)
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * K;
         float *xs = qx->xs + (size_t)t * ngp;
-        for (int g = 0; g < ngp; g++) {
-            float s = 0.0f;
-            for (int i = 0; g < ng && i < G; i++) s += xr[(size_t)g * G + i];
-            xs[g] = s;
-        }
 #if defined(QK_VNNI)
-        int8_t *q = qx->q + (size_t)t * nc * cc * 2;
-        float *dl = qx->dl + (size_t)t * nc * 16;
-        /* one scale d per vpdpbusd lane (cc/16 columns: 4, 8 or 16), x = d * (q1 + q2 / 256): q1 the
-         * int8 code of x/d (d = amax/127), q2 the int8 code of the remainder in 1/256ths */
-        int lw = cc / 16;
-        for (int b = 0; b < nc * 16; b++) {
-            float amax = 0.0f;
-            int in = b * lw < K;
-            for (int i = 0; in && i < lw; i++) amax = fmaxf(amax, fabsf(xr[b * lw + i]));
-            if (amax != amax || amax == INFINITY) amax = NAN; /* propagates through the product */
-            float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
-            for (int i = 0; i < lw; i++) {
-                int col = b * lw + i;
-                float v = in ? xr[col] * id : 0.0f, q1 = rintf(v), q2 = rintf((v - q1) * 256.0f);
-                size_t at = x_pos(col, bits), c = at / (size_t)cc;
-                q[at + c * cc] = (int8_t)q1;
-                q[at + c * cc + cc] = (int8_t)(q2 > 127.0f ? 127.0f : q2 < -127.0f ? -127.0f : q2);
+        if (G % 16 == 0) {
+            for (int g = 0; g < ngp; g++) {
+                __m512 s = _mm512_setzero_ps();
+                for (int i = 0; g < ng && i < G; i += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(xr + (size_t)g * G + i));
+                xs[g] = _mm512_reduce_add_ps(s);
             }
-            dl[b] = d * (1.0f / 256.0f);
-        }
+        } else
+#endif
+            for (int g = 0; g < ngp; g++) {
+                float s = 0.0f;
+                for (int i = 0; g < ng && i < G; i++) s += xr[(size_t)g * G + i];
+                xs[g] = s;
+            }
+#if defined(QK_VNNI)
+        for (int c = 0; c < nc; c++)
+            quantize_chunk(qx->q + (size_t)t * nc * cc * 2 + (size_t)c * cc * 2, qx->dl + (size_t)t * nc * 16 + (size_t)c * 16, xr, K, c,
+                           cc, bits);
 #endif
     }
 }
