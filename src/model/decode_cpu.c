@@ -136,6 +136,53 @@ static void norm_rows(float *out, const float *x, const av_mat *w, int N, int D,
     }
 }
 
+/* Attention of hb query heads of one KV group (q, o: the first head's, heads hd apart) over n cached
+ * rows ki/vi (kvd apart): standard.c's one-row loop per head (av_dot_f32 scores, softmax, av_axpy
+ * sums), the same operations in the same order, bit for bit, but each K and V row is loaded once for
+ * all hb heads and the output sums stay in registers (blocks of 16 / C heads). hd = 16 * C, C 2/4/8.
+ * sc: hb rows of `stride` scores. */
+#if defined(__AVX512F__)
+static inline __attribute__((always_inline)) void attend_group(float *o, const float *q, const float *ki, const float *vi, size_t kvd,
+                                                               int n, int hb, float scale, float *sc, int stride, const int C) {
+    const int hd = 16 * C;
+    for (int s = 0; s < n; s++) {
+        const float *kr = ki + (size_t)s * kvd;
+        for (int j = 0; j < hb; j++) {
+            const float *qj = q + (size_t)j * hd;
+            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+            for (int c = 0; c < C; c += 2) {
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qj + 16 * c), _mm512_loadu_ps(kr + 16 * c), a0);
+                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qj + 16 * c + 16), _mm512_loadu_ps(kr + 16 * c + 16), a1);
+            }
+            sc[(size_t)j * stride + s] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) * scale;
+        }
+    }
+    for (int j = 0; j < hb; j++) {
+        float *p = sc + (size_t)j * stride;
+        float mx = av_max(p, n);
+        float inv = 1.0f / av_exp_sub_sum(p, mx, n);
+        for (int s = 0; s < n; s++) p[s] *= inv;
+    }
+    const int HB = 16 / C; /* heads whose sums fit in 16 registers */
+    for (int j0 = 0; j0 < hb; j0 += HB) {
+        int nb = hb - j0 < HB ? hb - j0 : HB;
+        __m512 acc[8][8];
+        for (int jj = 0; jj < HB; jj++)
+            for (int c = 0; c < C; c++) acc[jj][c] = _mm512_setzero_ps();
+        for (int s = 0; s < n; s++) {
+            const float *vr = vi + (size_t)s * kvd;
+            for (int c = 0; c < C; c++) {
+                __m512 vv = _mm512_loadu_ps(vr + 16 * c);
+                for (int jj = 0; jj < HB; jj++)
+                    if (jj < nb) acc[jj][c] = _mm512_fmadd_ps(_mm512_set1_ps(sc[(size_t)(j0 + jj) * stride + s]), vv, acc[jj][c]);
+            }
+        }
+        for (int jj = 0; jj < nb; jj++)
+            for (int c = 0; c < C; c++) _mm512_storeu_ps(o + (size_t)(j0 + jj) * hd + 16 * c, acc[jj][c]);
+    }
+}
+#endif
+
 /* swiglu.c's forward over n values (n0 of the caller's row a multiple of 16) */
 static void swiglu_span(float *out, const float *g, const float *u, int n) {
     int i = 0;
@@ -187,12 +234,15 @@ int av_llama_decode_cpu(const av_model *m, av_layer_ws *ws, float *x, float *hid
         maxp = n - 1 > maxp ? n - 1 : maxp;
     }
     /* per thread: the normed rows [N, D], one chunk's products [N, max(hd, OCH, 2 GCH, LCH)], the
-     * rows' RoPE tables [N, hd], attention scores [maxp + 1] */
+     * rows' RoPE tables [N, hd], attention scores [hb, maxp + 1] */
     int wide = hd > 2 * GCH ? hd : 2 * GCH;
     wide = wide > LCH ? wide : LCH;
-    size_t per = (size_t)N * D + (size_t)N * wide + (size_t)N * hd + (size_t)maxp + 1;
+    /* attention jobs: hb query heads of one KV group (sharing its K/V reads), halved while there
+     * are fewer than 4 jobs a thread */
+    int nth = omp_get_max_threads(), hb = group;
+    while (hb % 2 == 0 && N * H / hb < 4 * nth) hb /= 2;
+    size_t per = (size_t)N * D + (size_t)N * wide + (size_t)N * hd + (size_t)hb * ((size_t)maxp + 1);
     per = (per + 15) / 16 * 16;
-    int nth = omp_get_max_threads();
     int nstage = 5 * c->n_layers + 1;
     float *scr = malloc(sizeof(float) * per * (size_t)nth);
     _Atomic int *next = malloc(sizeof(_Atomic int) * (size_t)nstage); /* each stage's next chunk */
@@ -245,24 +295,33 @@ int av_llama_decode_cpu(const av_model *m, av_layer_ws *ws, float *x, float *hid
             }
             bar_wait(&bar, nt);
             st++;
-            /* 2. attention (standard.c's one-row loop) */
-            for (int j; (j = atomic_fetch_add(&next[st], 1)) < N * H;) {
-                int i = j / H, h = j % H, kh = h / group, p = pos[i], n = av_kv_ring_rows(p, ws->ring);
+            /* 2. attention (standard.c's one-row loop): jobs of hb heads of one KV group */
+            for (int j; (j = atomic_fetch_add(&next[st], 1)) < N * H / hb;) {
+                int i = j / (H / hb), h0 = j % (H / hb) * hb, kh = h0 / group, p = pos[i], n = av_kv_ring_rows(p, ws->ring);
                 int slot = av_kv_ring_slot(p, ws->ring_keep, ws->ring), end = n > slot + 1 ? n : slot + 1;
-                float *o = att + (size_t)i * qd + (size_t)h * hd;
+                float *o = att + (size_t)i * qd + (size_t)h0 * hd;
                 if (p < 0 || (ws->seq_stride && (size_t)end * kvd > ws->seq_stride)) {
-                    memset(o, 0, sizeof(float) * (size_t)hd);
+                    memset(o, 0, sizeof(float) * (size_t)hd * (size_t)hb);
                     continue;
                 }
-                const float *qr = q + (size_t)i * qd + (size_t)h * hd;
+                const float *qr = q + (size_t)i * qd + (size_t)h0 * hd;
                 const float *ki = kc + (size_t)i * ws->seq_stride + (size_t)kh * hd, *vi = vc + (size_t)i * ws->seq_stride + (size_t)kh * hd;
-                for (int s = 0; s < n; s++) sc[s] = av_dot_f32(qr, ki + (size_t)s * kvd, hd) * scale;
-                float mx = av_max(sc, n);
-                float inv = 1.0f / av_exp_sub_sum(sc, mx, n);
-                memset(o, 0, sizeof(float) * (size_t)hd);
-                for (int s = 0; s < n; s++) {
-                    sc[s] *= inv;
-                    av_axpy(o, sc[s], vi + (size_t)s * kvd, hd);
+#if defined(__AVX512F__)
+                if (hd == 64) { attend_group(o, qr, ki, vi, kvd, n, hb, scale, sc, maxp + 1, 4); continue; }
+                if (hd == 128) { attend_group(o, qr, ki, vi, kvd, n, hb, scale, sc, maxp + 1, 8); continue; }
+                if (hd == 32) { attend_group(o, qr, ki, vi, kvd, n, hb, scale, sc, maxp + 1, 2); continue; }
+#endif
+                for (int hj = 0; hj < hb; hj++) {
+                    const float *qh = qr + (size_t)hj * hd;
+                    float *oh = o + (size_t)hj * hd;
+                    for (int s = 0; s < n; s++) sc[s] = av_dot_f32(qh, ki + (size_t)s * kvd, hd) * scale;
+                    float mx = av_max(sc, n);
+                    float inv = 1.0f / av_exp_sub_sum(sc, mx, n);
+                    memset(oh, 0, sizeof(float) * (size_t)hd);
+                    for (int s = 0; s < n; s++) {
+                        sc[s] *= inv;
+                        av_axpy(oh, sc[s], vi + (size_t)s * kvd, hd);
+                    }
                 }
             }
             bar_wait(&bar, nt);
