@@ -2,11 +2,11 @@
  * scales in bf16/f16/f32, odd row counts, K with partial chunks and more than 16 groups, T = 1..9
  * (groups 32/64/128 as MLX writes them, and 6 bits in groups of 16: GGUF's Q6_K repacked, CPU only):
  *   - av_qmatmul_rows vs the double-precision dot of x with the dequantized row (av_quant_dequant_row).
- *     AVX-512 VNNI takes x as two int8 digits per vpdpbusd lane of 4/8/16 columns, x = d (q1 + q2/256)
+ *     AVX-512 VNNI and AVX2 take x as two int8 digits per 32-bit lane of 4/8/16 columns, x = d (q1 + q2/256)
  *     with d = amax/127, so each output must lie within the exact bound sum_b d_b/256 * sum_{i in b} |w_i|
  *     of the reference (+ 1e-5 * sum |x w| for f32 rounding), and the relative L2 error of every
  *     product (random x with one outlier of 8x per row) below 2e-4 (measured worst 6.5e-5, printed).
- *     The AVX2 and portable paths are exact up to f32 rounding: 1e-5 * sum |x w|.
+ *     The portable path is exact up to f32 rounding: 1e-5 * sum |x w|.
  *   - av_qdequant_rows bit-identical to av_quant_dequant_row.
  *   - av_matmul_forward with T = 1..4 (decode kernels) and T = 33, 64 (prefill GEMM) on the same data.
  * The kernel source is compiled into this binary; the Makefile builds it three times: native,
@@ -30,7 +30,7 @@ static double worst_rel_vnni; /* largest relative L2 error seen with the int8 x 
 
 /* One matrix: N x K, bits, group, scale dtype; x rows T. */
 static void check_case(int N, int K, int bits, int group, av_dtype sdt, int T, unsigned seed) {
-    int vnni = strcmp(expected_impl(), "avx512-vnni") == 0, ng = K / group, lw = bits == 4 ? 8 : bits == 2 ? 16 : 4;
+    int vnni = strcmp(expected_impl(), "portable") != 0, ng = K / group, lw = bits == 4 ? 8 : bits == 2 ? 16 : 4;
     test_rng_state = seed;
     float *w = test_rnd((size_t)N * K, 0.05f), *x = test_rnd((size_t)T * K, 1.0f);
     /* one outlier per row of x, as activations have */

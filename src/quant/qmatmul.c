@@ -31,7 +31,8 @@ static size_t al64(size_t n) { return (n + 63) & ~(size_t)63; }
  * 4 bits: even columns (low nibbles) then odd; 2 bits: the four 2-bit planes; else natural. */
 static int chunk_cols(int bits) { return bits == 4 ? 128 : bits == 2 ? 256 : 64; }
 
-#if defined(QK_VNNI)
+#if defined(QK_VNNI) || defined(QK_AVX2)
+#define QK_INT8 1 /* x as int8 digits in the chunk layout below (both SIMD kernels) */
 static inline size_t x_pos(int col, int bits) {
     if (bits == 4) return (size_t)(col >> 7) * 128 + (size_t)(col & 1) * 64 + (size_t)((col & 127) >> 1);
     if (bits == 2) return (size_t)(col >> 8) * 256 + (size_t)(col & 3) * 64 + (size_t)((col & 255) >> 2);
@@ -120,6 +121,28 @@ void av_qx_prepare(av_qx *qx, void *buf, const float *x, int T, const av_mat *W)
         for (int c = 0; c < nc; c++)
             quantize_chunk(qx->q + (size_t)t * nc * cc * 2 + (size_t)c * cc * 2, qx->dl + (size_t)t * nc * 16 + (size_t)c * 16, xr, K, c,
                            cc, bits);
+#elif defined(QK_AVX2)
+        int8_t *q = qx->q + (size_t)t * nc * cc * 2;
+        float *dl = qx->dl + (size_t)t * nc * 16;
+        int lw = cc / 16; /* quantize_chunk's arithmetic, one column at a time */
+        for (int b = 0; b < nc * 16; b++) {
+            float amax = 0.0f;
+            for (int i = 0; i < lw && b * lw + i < K; i++) {
+                float a = fabsf(xr[b * lw + i]);
+                amax = a > amax ? a : amax; /* a NaN is left out */
+            }
+            float d = amax == INFINITY ? NAN : amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+            for (int i = 0; i < lw; i++) {
+                int col = b * lw + i;
+                float v = col < K ? xr[col] * id : 0.0f;
+                if (v != v) v = 0.0f;
+                float q1 = rintf(v), q2 = rintf((v - q1) * 256.0f);
+                size_t at = x_pos(col, bits), c = at / (size_t)cc;
+                q[at + c * cc] = (int8_t)q1;
+                q[at + c * cc + cc] = (int8_t)(q2 > 127.0f ? 127.0f : q2 < -127.0f ? -127.0f : q2);
+            }
+            dl[b] = d * (1.0f / 256.0f);
+        }
 #endif
     }
 }
@@ -295,67 +318,176 @@ void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, i
 }
 
 #elif defined(QK_AVX2)
-/* ------------------------------------------------------------------ AVX2: f32 dequant in registers */
+/* ------------------------------------------------------------------ AVX2 */
+/* The VNNI kernel's scheme on the two 32-byte halves of each chunk (lanes 0-7, 8-15), vpdpbusd's per-lane
+ * sum of 4 byte products done as vpmaddubsw (u8 code x s8 digit, pairs to s16) + vpmaddwd (pairs to s32,
+ * times 1 or 16). The s16 pair sums hold for codes <= 63 (2 * 63 * 127 < 2^15): 8-bit codes go as two
+ * nibble planes (low x 1, high x 16) against the same x. */
+#define QK_PREFETCH 4096
 
-/* one group of G weights as f32 into w (8 at a time from the packed words) */
-static inline void avx2_group(float *w, const uint8_t *wr, int g, int G, int bits, float s, float b) {
-    const __m256 sv = _mm256_set1_ps(s), bv = _mm256_set1_ps(b);
-    const uint8_t *gp = wr + (size_t)g * G * bits / 8;
-    if (bits == 4) {
-        const __m256i sh = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), m = _mm256_set1_epi32(15);
-        for (int i = 0; i < G; i += 8) {
-            uint32_t u;
-            memcpy(&u, gp + i / 2, 4);
-            __m256i q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)u), sh), m);
-            _mm256_storeu_ps(w + i, _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(q), bv));
-        }
-    } else if (bits == 8) {
-        for (int i = 0; i < G; i += 8) {
-            __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(gp + i)));
-            _mm256_storeu_ps(w + i, _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(q), bv));
-        }
-    } else if (bits == 2) {
-        const __m256i sh = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), m = _mm256_set1_epi32(3);
-        for (int i = 0; i < G; i += 8) {
-            uint16_t u;
-            memcpy(&u, gp + i / 4, 2);
-            __m256i q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(u), sh), m);
-            _mm256_storeu_ps(w + i, _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(q), bv));
-        }
-    } else {
-        uint8_t q8[128];
-        av_quant_unpack(q8, (const uint32_t *)wr, g * G, G, bits);
-        for (int i = 0; i < G; i += 8) {
-            __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q8 + i)));
-            _mm256_storeu_ps(w + i, _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(q), bv));
-        }
+static inline __m256i a_dot(__m256i acc, __m256i p, const int8_t *x, __m256i mul) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(p, _mm256_load_si256((const __m256i *)x)), mul));
+}
+
+/* n (<= 16) scales or biases from i as two f32 vectors, zeros past n */
+static inline void a_ld16_s(__m256 *lo, __m256 *hi, const void *p, av_dtype dt, size_t i, int n) {
+    float f[16] __attribute__((aligned(32)));
+    if (n >= 16 && dt == AV_F32) {
+        *lo = _mm256_loadu_ps((const float *)p + i), *hi = _mm256_loadu_ps((const float *)p + i + 8);
+        return;
+    }
+    if (n >= 16 && dt == AV_BF16) {
+        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i));
+        *lo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)), 16));
+        *hi = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(h, 1)), 16));
+        return;
+    }
+#if defined(__F16C__)
+    if (n >= 16 && dt == AV_F16) {
+        *lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+        *hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i + 8)));
+        return;
+    }
+#endif
+    for (int j = 0; j < 16; j++) f[j] = j < n ? av_quant_load_sb(p, dt, i + (size_t)j) : 0.0f;
+    *lo = _mm256_load_ps(f), *hi = _mm256_load_ps(f + 8);
+}
+
+enum { A8, A4, A2, AS }; /* 8 bits, 4, 2, 3/5/6 */
+
+/* 64 codes of 3/5/6 bits (8*bits bytes at p; 16 more bytes must be readable) as bytes. The packing is a
+ * little-endian bit stream, so 8 codes are a `bits`-byte field: one per 64-bit lane (vpshufb), spread
+ * into 8 bytes by three mask-and-shift steps (halves to 32-bit lanes, quarters to 16, codes to bytes). */
+static inline void a_unpack64(uint8_t *ub, const uint8_t *p, int bits, __m256i ctl) {
+    const __m128i s4 = _mm_cvtsi32_si128(4 * bits), s2 = _mm_cvtsi32_si128(2 * bits), s1 = _mm_cvtsi32_si128(bits);
+    const __m256i m1 = _mm256_set1_epi64x((long long)((1ull << (4 * bits)) - 1));
+    const __m256i m2 = _mm256_set1_epi64x((long long)(((1ull << (2 * bits)) - 1) * 0x0000000100000001ull));
+    const __m256i m3 = _mm256_set1_epi64x((long long)(((1ull << bits) - 1) * 0x0001000100010001ull));
+    for (int r = 0; r < 2; r++) {
+        const uint8_t *q = p + (size_t)r * 4 * bits;
+        __m256i v = _mm256_shuffle_epi8(_mm256_loadu2_m128i((const __m128i *)(q + 2 * bits), (const __m128i *)q), ctl);
+        v = _mm256_or_si256(_mm256_and_si256(v, m1), _mm256_slli_epi64(_mm256_and_si256(_mm256_srl_epi64(v, s4), m1), 32));
+        v = _mm256_or_si256(_mm256_and_si256(v, m2), _mm256_slli_epi64(_mm256_and_si256(_mm256_srl_epi64(v, s2), m2), 16));
+        v = _mm256_or_si256(_mm256_and_si256(v, m3), _mm256_slli_epi64(_mm256_and_si256(_mm256_srl_epi64(v, s1), m3), 8));
+        _mm256_store_si256((__m256i *)(ub + 32 * r), v);
     }
 }
 
-void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n0, int n1) {
-    const int K = qx->K, bits = qx->bits, G = qx->group, ng = K / G, T = qx->T;
-    const size_t rowbytes = (size_t)K * bits / 8;
-    float w[128];
-    for (int n = n0; n < n1; n++) {
-        const uint8_t *wr = (const uint8_t *)W->data + (size_t)n * rowbytes;
-        for (int t0 = 0; t0 < T; t0 += 4) {
-            int tn = T - t0 < 4 ? T - t0 : 4;
-            __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-            for (int g = 0; g < ng; g++) {
-                avx2_group(w, wr, g, G, bits, av_quant_load_sb(W->scales, W->dtype, (size_t)n * ng + g), av_quant_load_sb(W->biases, W->dtype, (size_t)n * ng + g));
-                for (int t = 0; t < tn; t++) {
-                    const float *xr = qx->x + (size_t)(t0 + t) * K + (size_t)g * G;
-                    for (int i = 0; i < G; i += 8) acc[t] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + i), _mm256_loadu_ps(w + i), acc[t]);
-                }
+static inline __attribute__((always_inline)) void avx2_row(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n, int t0,
+                                                           const int T, const int kind, const __m256i (*idx)[2], const __m256 (*hi8)[2]) {
+    const int cc = kind == A4 ? 128 : kind == A2 ? 256 : 64, P = kind == A4 || kind == A8 ? 2 : kind == A2 ? 4 : 1;
+    const int K = qx->K, bits = qx->bits, G = qx->group, nc = qx->nc, ng = K / G, cps = 16 * G / cc, cb = cc * bits / 8;
+    const size_t rowbytes = (size_t)K * bits / 8, s0 = (size_t)n * ng;
+    const uint8_t *wr = (const uint8_t *)W->data + (size_t)n * rowbytes;
+    const __m256i m4 = _mm256_set1_epi8(kind == A2 ? 0x03 : 0x0F), one = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16);
+    const int8_t *xq[4];
+    const float *dl[4];
+    __m256 acc[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        acc[t] = _mm256_setzero_ps();
+        xq[t] = qx->q + (size_t)(t0 + t) * nc * cc * 2;
+        dl[t] = qx->dl + (size_t)(t0 + t) * nc * 16;
+    }
+    uint8_t ub[64] __attribute__((aligned(32)));
+    __m256i ctl = _mm256_setzero_si256();
+    if (kind == AS) { /* a_unpack64's byte gather: 64-bit lane i of each half takes bytes i*bits .. i*bits+7 */
+        uint8_t cb8[32];
+        for (int k = 0; k < 32; k++) cb8[k] = (uint8_t)((k % 16) / 8 * bits + k % 8);
+        ctl = _mm256_loadu_si256((const __m256i *)cb8);
+    }
+    for (int c0 = 0; c0 < nc; c0 += cps) {
+        int g0 = c0 / cps * 16, ce = c0 + cps < nc ? c0 + cps : nc;
+        __m256 sl, sh, bl, bh;
+        a_ld16_s(&sl, &sh, W->scales, W->dtype, s0 + g0, ng - g0);
+        a_ld16_s(&bl, &bh, W->biases, W->dtype, s0 + g0, ng - g0);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const float *xs = qx->xs + (size_t)(t0 + t) * qx->ngp + g0;
+            acc[t] = _mm256_fmadd_ps(bl, _mm256_loadu_ps(xs), acc[t]);
+            acc[t] = _mm256_fmadd_ps(bh, _mm256_loadu_ps(xs + 8), acc[t]);
+        }
+        for (int c = c0; c < ce; c++) {
+            size_t off = (size_t)c * cb;
+            _mm_prefetch((const char *)wr + off + QK_PREFETCH, _MM_HINT_T0);
+            const uint8_t *src = wr + off;
+            if (kind == AS && c * 64 + 64 <= K && ((size_t)(W->rows - n) * rowbytes - off) >= (size_t)cb + 16) {
+                a_unpack64(ub, wr + off, bits, ctl);
+                src = ub;
+            } else if (kind == AS) {
+                int nv = K - c * 64 < 64 ? K - c * 64 : 64;
+                memset(ub, 0, sizeof ub);
+                av_quant_unpack(ub, (const uint32_t *)wr, c * 64, nv, bits);
+                src = ub;
+            } else if (off + 64 > rowbytes) {
+                memset(ub, 0, sizeof ub);
+                memcpy(ub, wr + off, rowbytes - off);
+                src = ub;
             }
-            for (int t = 0; t < tn; t++) {
-                __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
-                s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                s = _mm_add_ss(s, _mm_movehdup_ps(s));
-                out[(size_t)(t0 + t) * ldo + (n - n0)] = _mm_cvtss_f32(s);
+            for (int h = 0; h < 2; h++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(src + 32 * h)), p[4];
+                if (kind == AS) p[0] = v;
+                else if (kind == A2)
+                    for (int k = 0; k < 4; k++) p[k] = _mm256_and_si256(_mm256_srli_epi16(v, 2 * k), m4);
+                else p[0] = _mm256_and_si256(v, m4), p[1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                const __m256i *ix = &idx[c - c0][h];
+                __m256 sw = _mm256_blendv_ps(_mm256_permutevar8x32_ps(sl, *ix), _mm256_permutevar8x32_ps(sh, *ix), hi8[c - c0][h]);
+#pragma GCC unroll 4
+                for (int t = 0; t < T; t++) {
+                    const int8_t *xc = xq[t] + (size_t)c * cc * 2 + 32 * h;
+                    __m256i i1 = _mm256_setzero_si256(), i2 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+                    for (int k = 0; k < P; k++) {
+                        /* 8 bits: both nibble planes against the same x; else plane k against x plane k */
+                        const int8_t *xk = kind == A8 ? xc : xc + 64 * k;
+                        __m256i mul = kind == A8 && k == 1 ? sixteen : one;
+                        i1 = a_dot(i1, p[k], xk, mul);
+                        i2 = a_dot(i2, p[k], xk + cc, mul);
+                    }
+                    __m256i ia = _mm256_add_epi32(_mm256_slli_epi32(i1, 8), i2);
+                    __m256 sd = _mm256_mul_ps(sw, _mm256_loadu_ps(dl[t] + (size_t)c * 16 + 8 * h));
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), sd, acc[t]);
+                }
             }
         }
     }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        out[(size_t)(t0 + t) * ldo] = _mm_cvtss_f32(s);
+    }
+}
+
+#define AVX2_ROWS(KIND)                                                                                                       \
+    for (int t0 = 0; t0 < qx->T; t0 += 4) {                                                                                  \
+        int tn = qx->T - t0 < 4 ? qx->T - t0 : 4;                                                                            \
+        for (int n = n0; n < n1; n++) switch (tn) {                                                                           \
+            case 1: avx2_row(out + (n - n0), ldo, qx, W, n, t0, 1, KIND, idx, hi8); break;                                    \
+            case 2: avx2_row(out + (n - n0), ldo, qx, W, n, t0, 2, KIND, idx, hi8); break;                                    \
+            case 3: avx2_row(out + (n - n0), ldo, qx, W, n, t0, 3, KIND, idx, hi8); break;                                    \
+            default: avx2_row(out + (n - n0), ldo, qx, W, n, t0, 4, KIND, idx, hi8); break;                                   \
+            }                                                                                                                 \
+    }
+
+void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n0, int n1) {
+    int bits = qx->bits, G = qx->group, cc = qx->cc, cps = 16 * G / cc;
+    /* lane l (0-15) of the j-th chunk of 16 groups: group (j*cc + l*cc/16) / G - (first of the 16), split
+     * in the halves' index vectors (permutevar8x32 takes its low 3 bits) and "group >= 8" blend masks */
+    __m256i idx[32][2];
+    __m256 hi8[32][2];
+    for (int j = 0; j < cps; j++)
+        for (int h = 0; h < 2; h++) {
+            int g[8];
+            for (int l = 0; l < 8; l++) g[l] = (j * cc + (8 * h + l) * (cc / 16)) / G;
+            idx[j][h] = _mm256_loadu_si256((const __m256i *)g);
+            hi8[j][h] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx[j][h], _mm256_set1_epi32(7)));
+        }
+    if (bits == 8) { AVX2_ROWS(A8) }
+    else if (bits == 4) { AVX2_ROWS(A4) }
+    else if (bits == 2) { AVX2_ROWS(A2) }
+    else { AVX2_ROWS(AS) }
 }
 
 #else
