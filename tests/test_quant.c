@@ -152,7 +152,7 @@ static void test_products(void) {
             av_matmul_forward(b, x, &F, Ts[i]);
             /* decode products (T <= 4) with AVX-512 VNNI take x as two int8 digits per 4-16 columns
              * (quant/qmatmul.h): relative error ~1e-5 here; everything else is f32 */
-            double tol = Ts[i] <= 4 && strcmp(av_qmatmul_impl(), "avx512-vnni") == 0 ? 1e-4 : 1e-5;
+            double tol = Ts[i] <= 4 && strcmp(av_qmatmul_impl(), "portable") != 0 ? 1e-4 : 1e-5;
             CHECK(test_rel_l2(a, b, (size_t)Ts[i] * N) < tol, "%d bits, T %d: matmul rel %g", bits, Ts[i], test_rel_l2(a, b, (size_t)Ts[i] * N));
         }
         memset(da, 0, sizeof(float) * T * K);

@@ -1,8 +1,7 @@
 /* A Llama model from one GGUF file: the "llama" keys -> av_config, GGUF tensor names -> model fields
  * through one table, and each tensor made into an av_mat: F32/F16/BF16 viewed in the mapping,
- * Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K repacked exactly into MLX's affine layout (group 32), Q6_K
- * into 6-bit codes with group 16 on the CPU (its kernels take any group; f32 on a GPU),
- * Q2_K/Q3_K dequantized to f32. attn_q/attn_k rows go back from llama.cpp's interleaved rotary order to HF's
+ * Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K repacked exactly into MLX's affine layout (group 32), Q6_K/Q3_K/Q2_K
+ * into 6/3/2-bit codes with group 16 on the CPU (its kernels take any group; f32 on a GPU). attn_q/attn_k rows go back from llama.cpp's interleaved rotary order to HF's
  * rotate-half order (the inverse of convert_hf_to_gguf.py's permute). */
 #include "model/model.h"
 #include "formats/gguf.h"
@@ -151,7 +150,7 @@ static av_status bind(av_model *m, const gslot *s) {
     }
     av_status st = AV_OK;
     int nat = av_gguf_native_dtype(t->type), bits = av_gguf_repack_bits(t->type), G = av_gguf_repack_group(t->type);
-    if (G != 32 && !m->be->host_visible) bits = 0; /* group 16 (Q6_K): the CPU kernels only; f32 on a GPU */
+    if (G != 32 && !m->be->host_visible) bits = 0; /* group 16 (Q2_K, Q3_K, Q6_K): the CPU kernels only; f32 on a GPU */
     av_mat *d = s->dst;
     memset(d, 0, sizeof *d);
     d->rows = rows;
@@ -175,7 +174,8 @@ static av_status bind(av_model *m, const gslot *s) {
         else {
             av_gguf_repack(w, sc, bi, sdt, t->data, t->type, rows, cols, map);
             *d = (av_mat){.data = w, .dtype = sdt, .rows = rows, .cols = cols, .q_bits = bits, .q_group = G, .scales = sc, .biases = bi};
-            if (m->be->host_visible && av_ggml_block_size(t->type) == 256) st = bind_kscales(m, d, t, map);
+            if (m->be->host_visible && (t->type == AV_GGML_Q4_K || t->type == AV_GGML_Q5_K || t->type == AV_GGML_Q6_K))
+                st = bind_kscales(m, d, t, map);
         }
     } else if (av_gguf_can_dequant(t->type)) {
         float *p = own(m, (size_t)rows * (size_t)cols * sizeof(float));

@@ -2,8 +2,8 @@
  * element j in the low nibble of qs[j] and element j+16 in its high nibble, value d*(q-8); Q4_1
  * {d, m; qs[16]} d*q+m; Q5_0 {d; u32 qh; qs[16]} with bit 4 of element j in bit j of qh, d*(q-16);
  * Q5_1 {d, m; qh; qs} d*q+m; Q8_0 {d; i8 qs[32]} d*q; K-quants (256-element super-blocks): Q4_K
- * and Q5_K (sub-blocks of 32) repacked exactly too, Q2_K, Q3_K, Q6_K (sub-blocks of 16) dequantized
- * to f32. */
+ * and Q5_K (sub-blocks of 32) repacked exactly too, Q2_K, Q3_K, Q6_K (sub-blocks of 16) repacked
+ * exactly as groups of 16 (the CPU kernels) or dequantized to f32 (a GPU). */
 #include "quant/gguf_blocks.h"
 #include "quant/affine.h"
 #include "formats/gguf.h"
@@ -20,11 +20,13 @@ int av_gguf_repack_bits(int t) {
     case AV_GGML_Q4_0: case AV_GGML_Q4_1: case AV_GGML_Q4_K: return 4;
     case AV_GGML_Q5_0: case AV_GGML_Q5_1: case AV_GGML_Q5_K: return 5;
     case AV_GGML_Q6_K: return 6;
+    case AV_GGML_Q3_K: return 3;
+    case AV_GGML_Q2_K: return 2;
     default: return 0;
     }
 }
 
-int av_gguf_repack_group(int t) { return t == AV_GGML_Q6_K ? 16 : 32; }
+int av_gguf_repack_group(int t) { return t == AV_GGML_Q6_K || t == AV_GGML_Q3_K || t == AV_GGML_Q2_K ? 16 : 32; }
 
 int av_gguf_can_dequant(int t) {
     return av_gguf_repack_bits(t) || t == AV_GGML_Q2_K || t == AV_GGML_Q3_K || t == AV_GGML_Q6_K;
@@ -107,7 +109,40 @@ static int q6_k_groups(const uint8_t *b, uint8_t *q, float *scale, float *bias) 
     return 16;
 }
 
-/* One block of a repackable type as groups of 32 (16 for Q6_K): codes q[G*g + l], value scale[g] * q + bias[g].
+/* Q2_K and Q3_K (layouts at deq_q2_q3_k below) as 16 groups of 16. Q3_K: the 2-bit field plus 4 when the
+ * hmask bit is set is a 3-bit code c, value d*sc*(c - 4): scale d*sc (sc the signed 6-bit scale), bias
+ * -4*scale. Q2_K: code the 2-bit field, scale d*(sc&15), bias -(dmin*(sc>>4)). Scales and biases are an
+ * f16 times a small integer (exact in f32), and scale*c + bias is ggml's value bit for bit. */
+static float q3_k_scale(const uint8_t *sc, int is) {
+    int lo = is < 8 ? sc[is] & 15 : sc[is - 8] >> 4, hi = (sc[8 + is % 4] >> (2 * (is / 4))) & 3;
+    return (float)((lo | (hi << 4)) - 32);
+}
+
+static int q23_k_groups(const uint8_t *b, int t, uint8_t *q, float *scale, float *bias) {
+    int q3 = t == AV_GGML_Q3_K;
+    const uint8_t *qs = q3 ? b + 32 : b + 16, *hm = b, *sc = q3 ? b + 96 : b;
+    float d = f16_at(q3 ? b + 108 : b + 80), dmin = q3 ? 0.0f : f16_at(b + 82);
+    for (int n = 0; n < 2; n++)
+        for (int j = 0; j < 4; j++)
+            for (int h = 0; h < 2; h++) {
+                int is = 8 * n + 2 * j + h;
+                if (q3) {
+                    scale[is] = d * q3_k_scale(sc, is);
+                    bias[is] = -4.0f * scale[is];
+                } else {
+                    scale[is] = d * (float)(sc[is] & 15);
+                    bias[is] = -(dmin * (float)(sc[is] >> 4));
+                }
+                for (int l = 0; l < 16; l++) {
+                    int v = (qs[32 * n + 16 * h + l] >> (2 * j)) & 3;
+                    if (q3) v |= ((hm[16 * h + l] >> (4 * n + j)) & 1) << 2;
+                    q[16 * is + l] = (uint8_t)v;
+                }
+            }
+    return 16;
+}
+
+/* One block of a repackable type as groups of 32 (16 for Q2_K, Q3_K, Q6_K): codes q[G*g + l], value scale[g] * q + bias[g].
  * Q4_K {f16 d, dmin; u8 scales[12]; u8 qs[128]} and Q5_K {d, dmin; scales[12]; u8 qh[32];
  * u8 qs[128]}: sub-block g (of 8) is the low (g even) or high (g odd) nibble of qs[32*(g/2) + l],
  * plus 16 when bit g of qh[l] is set (Q5_K); value d*sc*q - dmin*m, so scale = d*sc and
@@ -116,6 +151,7 @@ static int q6_k_groups(const uint8_t *b, uint8_t *q, float *scale, float *bias) 
  * gives. Returns the number of groups (1, 8 or 16). */
 static int block_groups(const uint8_t *b, int t, uint8_t *q, float *scale, float *bias) {
     if (t == AV_GGML_Q6_K) return q6_k_groups(b, q, scale, bias);
+    if (t == AV_GGML_Q2_K || t == AV_GGML_Q3_K) return q23_k_groups(b, t, q, scale, bias);
     if (t != AV_GGML_Q4_K && t != AV_GGML_Q5_K) {
         block_codes(b, t, q, scale, bias);
         return 1;
@@ -255,8 +291,7 @@ static void deq_q2_q3_k(float *y, const uint8_t *b, int t) {
                 int is = 8 * n + 2 * j + h;
                 float dl, ml = 0;
                 if (q3) {
-                    int lo = is < 8 ? sc[is] & 15 : sc[is - 8] >> 4, hi = (sc[8 + is % 4] >> (2 * (is / 4))) & 3;
-                    dl = d * (float)((lo | (hi << 4)) - 32);
+                    dl = d * q3_k_scale(sc, is);
                 } else {
                     dl = d * (float)(sc[is] & 15);
                     ml = dmin * (float)(sc[is] >> 4);

@@ -2,7 +2,8 @@
  * repacks exactly into the affine layout (group 32, MLX's: Q8_0 and Q4_0/Q5_0 as scale d, bias -128d /
  * -8d / -16d; Q4_1/Q5_1 as scale d, bias m; Q4_K/Q5_K per 32-element sub-block as scale d*sc, bias
  * -dmin*m; group 16, for the CPU kernels only: Q6_K per 16-element sub-block as 6-bit codes, scale
- * d*sc, bias -32*d*sc), and which it dequantizes to f32 at load (Q2_K, Q3_K; Q6_K on a GPU). */
+ * d*sc, bias -32*d*sc; Q3_K as 3-bit codes, scale d*sc, bias -4*d*sc; Q2_K as 2-bit codes, scale
+ * d*(sc&15), bias -dmin*(sc>>4)), and which it dequantizes to f32 at load (Q2_K, Q3_K, Q6_K on a GPU). */
 #ifndef AV_QUANT_GGUF_BLOCKS_H
 #define AV_QUANT_GGUF_BLOCKS_H
 #include <stdint.h>
@@ -11,14 +12,14 @@
 /* The av_dtype a GGUF type is kept as (F32, F16, BF16), or -1 when it is not a plain float type. */
 int av_gguf_native_dtype(int ggml_type);
 /* Bits of the affine layout a type repacks to exactly (8, 6, 5 or 4), 0 if none, and its group size
- * (32; 16 for Q6_K, which only the CPU kernels take). */
+ * (32; 16 for Q2_K, Q3_K and Q6_K, which only the CPU kernels take). */
 int av_gguf_repack_bits(int ggml_type);
 int av_gguf_repack_group(int ggml_type);
 /* 1 when av_gguf_dequant_row handles the type (the repackable ones, Q2_K, Q3_K and Q6_K). */
 int av_gguf_can_dequant(int ggml_type);
 
 /* Scale/bias dtype the repack needs: F16 when every scale and bias is exact in f16, else F32.
- * src: `nblocks` blocks of the type (of 32 values, or 256 for Q4_K/Q5_K/Q6_K). */
+ * src: `nblocks` blocks of the type (of 32 values, or 256 for the K-quants). */
 av_dtype av_gguf_repack_scale_dtype(int ggml_type, const void *src, int64_t nblocks);
 /* Repacks rows x cols (cols a multiple of the type's block) into MLX words packed[rows][cols*bits/32] (zeroed by the
  * caller), scales/biases[rows][cols/group] as sdt. Destination row r is source row row_map[r]
