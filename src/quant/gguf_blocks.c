@@ -282,27 +282,10 @@ static void deq_q6_k(float *y, const uint8_t *b) {
  * bits 2(i/4).. of scales[8 + i%4], minus 32; value d*scale*(q - 4), the 4 not subtracted when bit
  * 4n + j of hmask[16h + l] is set. */
 static void deq_q2_q3_k(float *y, const uint8_t *b, int t) {
-    int q3 = t == AV_GGML_Q3_K;
-    const uint8_t *qs = q3 ? b + 32 : b + 16, *hm = b, *sc = q3 ? b + 96 : b;
-    float d = f16_at(q3 ? b + 108 : b + 80), dmin = q3 ? 0.0f : f16_at(b + 82);
-    for (int n = 0; n < 2; n++)
-        for (int j = 0; j < 4; j++)
-            for (int h = 0; h < 2; h++) {
-                int is = 8 * n + 2 * j + h;
-                float dl, ml = 0;
-                if (q3) {
-                    dl = d * q3_k_scale(sc, is);
-                } else {
-                    dl = d * (float)(sc[is] & 15);
-                    ml = dmin * (float)(sc[is] >> 4);
-                }
-                float *o = y + 128 * n + 32 * j + 16 * h;
-                for (int l = 0; l < 16; l++) {
-                    int v = (qs[32 * n + 16 * h + l] >> (2 * j)) & 3;
-                    if (q3) o[l] = dl * (float)(v - ((hm[16 * h + l] >> (4 * n + j)) & 1 ? 0 : 4));
-                    else o[l] = dl * (float)v - ml;
-                }
-            }
+    uint8_t q[256];
+    float sc[16], bi[16];
+    q23_k_groups(b, t, q, sc, bi); /* scale*c + bias is ggml's value exactly (see there) */
+    for (int i = 0; i < 256; i++) y[i] = sc[i / 16] * q[i] + bi[i / 16];
 }
 
 void av_gguf_dequant_row(float *dst, const void *src_row, int t, int cols) {

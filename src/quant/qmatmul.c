@@ -147,6 +147,19 @@ void av_qx_prepare(av_qx *qx, void *buf, const float *x, int T, const av_mat *W)
     }
 }
 
+/* Rows [n0, n1) of the product for every x row, 4 at a time: FN(out, ldo, qx, W, n, t0, T, KIND, ...) with
+ * T a constant 1..4 (each kernel's row function). */
+#define QK_ROWS(FN, KIND, ...)                                                                                                \
+    for (int t0 = 0; t0 < qx->T; t0 += 4) {                                                                                  \
+        int tn = qx->T - t0 < 4 ? qx->T - t0 : 4;                                                                            \
+        for (int n = n0; n < n1; n++) switch (tn) {                                                                           \
+            case 1: FN(out + (n - n0), ldo, qx, W, n, t0, 1, KIND, __VA_ARGS__); break;                                       \
+            case 2: FN(out + (n - n0), ldo, qx, W, n, t0, 2, KIND, __VA_ARGS__); break;                                       \
+            case 3: FN(out + (n - n0), ldo, qx, W, n, t0, 3, KIND, __VA_ARGS__); break;                                       \
+            default: FN(out + (n - n0), ldo, qx, W, n, t0, 4, KIND, __VA_ARGS__); break;                                      \
+            }                                                                                                                 \
+    }
+
 /* ------------------------------------------------------------------ AVX-512 VNNI */
 #if defined(QK_VNNI)
 /* n (<= 16) scales or biases from i as f32, zeros past n */
@@ -283,16 +296,6 @@ static inline __attribute__((always_inline)) void vnni_row(float *out, size_t ld
     for (int t = 0; t < T; t++) out[(size_t)(t0 + t) * ldo] = _mm512_reduce_add_ps(acc[t]);
 }
 
-#define VNNI_ROWS(KIND)                                                                                                       \
-    for (int t0 = 0; t0 < qx->T; t0 += 4) {                                                                                  \
-        int tn = qx->T - t0 < 4 ? qx->T - t0 : 4;                                                                            \
-        for (int n = n0; n < n1; n++) switch (tn) {                                                                           \
-            case 1: vnni_row(out + (n - n0), ldo, qx, W, n, t0, 1, KIND, idx, perm, shift); break;                                     \
-            case 2: vnni_row(out + (n - n0), ldo, qx, W, n, t0, 2, KIND, idx, perm, shift); break;                                     \
-            case 3: vnni_row(out + (n - n0), ldo, qx, W, n, t0, 3, KIND, idx, perm, shift); break;                                     \
-            default: vnni_row(out + (n - n0), ldo, qx, W, n, t0, 4, KIND, idx, perm, shift); break;                                    \
-            }                                                                                                                 \
-    }
 
 void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n0, int n1) {
     int bits = qx->bits, G = qx->group, cc = qx->cc, cps = 16 * G / cc;
@@ -304,15 +307,15 @@ void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, i
     for (int j = 0; j < cps; j++)
         idx[j] = _mm512_srli_epi32(_mm512_add_epi32(_mm512_set1_epi32(j * cc), lb), __builtin_ctz((unsigned)G));
     __m512i perm = _mm512_setzero_si512(), shift = _mm512_setzero_si512();
-    if (bits == 8) { VNNI_ROWS(K8) }
-    else if (bits == 4) { VNNI_ROWS(K4) }
-    else if (bits == 2) { VNNI_ROWS(K2) }
+    if (bits == 8) { QK_ROWS(vnni_row, K8, idx, perm, shift) }
+    else if (bits == 4) { QK_ROWS(vnni_row, K4, idx, perm, shift) }
+    else if (bits == 2) { QK_ROWS(vnni_row, K2, idx, perm, shift) }
     else {
 #if defined(__AVX512VBMI__)
         vbmi_tables(&perm, &shift, bits);
-        VNNI_ROWS(KG)
+        QK_ROWS(vnni_row, KG, idx, perm, shift)
 #else
-        VNNI_ROWS(KS)
+        QK_ROWS(vnni_row, KS, idx, perm, shift)
 #endif
     }
 }
@@ -460,16 +463,6 @@ static inline __attribute__((always_inline)) void avx2_row(float *out, size_t ld
     }
 }
 
-#define AVX2_ROWS(KIND)                                                                                                       \
-    for (int t0 = 0; t0 < qx->T; t0 += 4) {                                                                                  \
-        int tn = qx->T - t0 < 4 ? qx->T - t0 : 4;                                                                            \
-        for (int n = n0; n < n1; n++) switch (tn) {                                                                           \
-            case 1: avx2_row(out + (n - n0), ldo, qx, W, n, t0, 1, KIND, idx, hi8); break;                                    \
-            case 2: avx2_row(out + (n - n0), ldo, qx, W, n, t0, 2, KIND, idx, hi8); break;                                    \
-            case 3: avx2_row(out + (n - n0), ldo, qx, W, n, t0, 3, KIND, idx, hi8); break;                                    \
-            default: avx2_row(out + (n - n0), ldo, qx, W, n, t0, 4, KIND, idx, hi8); break;                                   \
-            }                                                                                                                 \
-    }
 
 void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n0, int n1) {
     int bits = qx->bits, G = qx->group, cc = qx->cc, cps = 16 * G / cc;
@@ -484,10 +477,10 @@ void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, i
             idx[j][h] = _mm256_loadu_si256((const __m256i *)g);
             hi8[j][h] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx[j][h], _mm256_set1_epi32(7)));
         }
-    if (bits == 8) { AVX2_ROWS(A8) }
-    else if (bits == 4) { AVX2_ROWS(A4) }
-    else if (bits == 2) { AVX2_ROWS(A2) }
-    else { AVX2_ROWS(AS) }
+    if (bits == 8) { QK_ROWS(avx2_row, A8, idx, hi8) }
+    else if (bits == 4) { QK_ROWS(avx2_row, A4, idx, hi8) }
+    else if (bits == 2) { QK_ROWS(avx2_row, A2, idx, hi8) }
+    else { QK_ROWS(avx2_row, AS, idx, hi8) }
 }
 
 #else
