@@ -49,7 +49,7 @@ ifeq ($(CUDA),1)
   LDLIBS    += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lnccl -lcublasLt -lcublas -lcudart -lstdc++ -ldl -lrt
 endif
 
-.PHONY: all setup test test-long bench asan clean info fuzz fuzz-build
+.PHONY: all setup test test-long bench asan clean info fuzz fuzz-build sanitize-gpu
 all: info $(BUILD)/anvil
 
 info:
@@ -107,6 +107,10 @@ asan: setup
 	@$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	   LDFLAGS="-fsanitize=address,undefined" all tests
 	@ASAN_OPTIONS=detect_leaks=1 tests/run.sh build-asan
+
+# the GPU tests under compute-sanitizer memcheck/racecheck/synccheck (GPU machine; tests/gpu_sanitize.sh)
+sanitize-gpu: all tests
+	@tests/gpu_sanitize.sh $(BUILD)
 
 test-long: test
 	@AV_TEST_LONG=1 tests/run.sh $(BUILD)
