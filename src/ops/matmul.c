@@ -192,13 +192,12 @@ static float *panel_buf(size_t floats) {
 #endif
 
 void av_matmul_forward(float *out, const float *x, const av_mat *W, int T) {
-    /* The row kernels for decode (T <= 4) and for f16 weights below 32 rows of x (exact f32 products; the
-     * GEMM converts every f16 panel per call: 2.5-4.6x slower at T = 8-24); from 5 rows on, bf16 and
-     * quantized weights take the GEMM (AMX: 5x the panel + sgemm path below for bf16 at T = 8-16, 1.2-1.6x
-     * for 4-bit; bench/NOTES-cpu-quant.md). The int8 decode kernel would be faster still for quantized
-     * weights at T < 32 but is kept to decode: prompts keep f32-accurate products. */
-    if (T <= 4 || (W->dtype == AV_F16 && !W->q_bits && T < 32)) { matmul_rows(out, x, W, T); return; }
-    if ((W->dtype != AV_F32 || W->q_bits) && av_gemm_wt(out, x, W, T)) return;
+    /* The row kernels for decode (T <= 4) and for half-precision weights below 32 rows of x (exact f32
+     * products, as the panel + sgemm path below, without converting every panel per call); the AMX GEMM
+     * from 32 rows (its bf16 hi/lo split of x is too coarse for short prompts: test_dropout's finite
+     * differences). bench/NOTES-cpu-quant.md. */
+    if (T <= 4 || (!W->q_bits && (W->dtype == AV_F16 || W->dtype == AV_BF16) && T < 32)) { matmul_rows(out, x, W, T); return; }
+    if (T >= 32 && (W->dtype != AV_F32 || W->q_bits) && av_gemm_wt(out, x, W, T)) return;
 #ifdef AV_HAVE_BLAS
     int N = W->rows, K = W->cols;
     if (W->dtype == AV_F32 && !W->q_bits) {
