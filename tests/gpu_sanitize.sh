@@ -7,7 +7,7 @@
 # Usage (repository root, GPU machine, after `make`): tests/gpu_sanitize.sh [BUILD] [TOOLS] [SECONDS]
 #   BUILD   build directory holding tests/ (default build)
 #   TOOLS   space-separated subset of "memcheck racecheck synccheck" (default all three)
-#   SECONDS time limit per tool and test (default 300)
+#   SECONDS time limit per tool and test (default 300); GPU_SANITIZE_TESTS overrides the test list
 B=${1:-build}
 TOOLS=${2:-memcheck racecheck synccheck}
 LIMIT=${3:-300}
@@ -16,7 +16,7 @@ if [ -z "$CS" ]; then
     echo "gpu_sanitize: compute-sanitizer not found (PATH or /usr/local/cuda*/bin)" >&2
     exit 2
 fi
-TESTS="test_cuda_ops test_cuda_matmul test_cuda_quant test_cuda_attention test_flash test_flash_bwd test_cuda_model test_cuda_train test_dp_train"
+TESTS=${GPU_SANITIZE_TESTS:-"test_cuda_ops test_cuda_matmul test_cuda_quant test_cuda_attention test_flash test_flash_bwd test_cuda_model test_cuda_train test_dp_train"}
 LOGS=${GPU_SANITIZE_LOGS:-$(mktemp -d /tmp/anvil-sanitize.XXXXXX)}
 mkdir -p "$LOGS"
 bad=0
