@@ -37,6 +37,7 @@ static void *gen_main(void *p) {
         av_generate_batch(g->m, g->tok, g->prompts + g->i0, g->n_prompt + g->i0, g->i1 - g->i0, g->o, &g->r) != AV_OK)
         g->rc = av_cli_fail(g->cmd);
     if (own) av_model_free(own);
+    av_cuda_thread_release(); /* this worker's stream and handles */
     return NULL;
 }
 

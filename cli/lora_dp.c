@@ -198,6 +198,7 @@ static void *worker_main(void *p) {
         snprintf(w->err, sizeof w->err, "%s", av_last_error());
         abort_all(w->d);
     }
+    av_cuda_thread_release(); /* this replica's stream and handles */
     return NULL;
 }
 

@@ -1,5 +1,6 @@
 /* anvil command-line entry: dispatches `anvil <command> ...` through one table. */
 #include "commands.h"
+#include "anvil.h"
 #include <stdio.h>
 #include <string.h>
 
@@ -44,7 +45,9 @@ int main(int argc, char **argv) {
             fprintf(stderr, "anvil: command '%s' is not available in this build\n", argv[1]);
             return 2;
         }
-        return c->fn(argc - 1, argv + 1);
+        int rc = c->fn(argc - 1, argv + 1);
+        av_cuda_shutdown(); /* device memory back before exit (compute-sanitizer's leak check) */
+        return rc;
     }
     fprintf(stderr, "anvil: unknown command '%s' (see anvil --help)\n", argv[1]);
     return 2;

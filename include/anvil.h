@@ -86,6 +86,14 @@ av_device av_backend_device(const av_backend *be);
 av_status av_cuda_status(void);
 /* "NVIDIA H100 80GB HBM3 (132 SMs, 79.1 GiB)"; -1 without a GPU. */
 int av_cuda_device_name(char *buf, size_t cap);
+/* Returns every device allocation of the process (the whole arena: any device pointer handed out
+ * before is invalid after) and the calling thread's stream, cuBLAS/cuBLASLt handles and pinned
+ * buffers. Call once at the end, after the last GPU work; a later av_backend_cuda() starts afresh.
+ * A no-op without CUDA or before the GPU was used. */
+void av_cuda_shutdown(void);
+/* Returns the calling thread's stream, handles, pinned buffers and scratch (a worker thread that
+ * drove a GPU calls it before it ends; the arena's buffers stay). A no-op where the thread never used the GPU. */
+void av_cuda_thread_release(void);
 
 /* ==== model config ============================================================================ */
 typedef enum { AV_ROPE_DEFAULT = 0, AV_ROPE_LINEAR, AV_ROPE_LLAMA3 } av_rope_type;

@@ -18,7 +18,8 @@ static int t_checks, t_failed, t_skipped;
 #define SKIP(why) do { t_skipped++; printf("skipped: %s\n", why); } while (0)
 /* Exit status: 1 on any failure; 77 (skipped) when nothing was checked and something was skipped
  * (a GPU-only suite without a GPU); 0 otherwise. tests/run.sh counts 77 as skipped, never passed. */
-#define TEST_SUMMARY() (printf("%s: %d checks, %d failed%s\n", __FILE__, t_checks, t_failed, t_skipped ? ", some skipped" : ""), \
+void av_cuda_shutdown(void); /* include/anvil.h: the arena back before exit (compute-sanitizer's leak check) */
+#define TEST_SUMMARY() (av_cuda_shutdown(), printf("%s: %d checks, %d failed%s\n", __FILE__, t_checks, t_failed, t_skipped ? ", some skipped" : ""), \
                         t_failed ? 1 : (t_checks == 0 && t_skipped) ? 77 : 0)
 
 /* Relative L2 error of a against ref (INFINITY on NaN). */

@@ -115,6 +115,7 @@ static void *run_worker(void *p) {
         av_lora_detach(m);
         av_model_free(m);
     }
+    av_cuda_thread_release();
     return NULL;
 }
 

@@ -374,6 +374,63 @@ static void cuda_graph_free(void *p) {
     free(h);
 }
 
+/* ---------------------------------------------------------------- shutdown */
+extern "C" void av_cuda_matmul_release(void);
+extern "C" void av_cuda_thread_release(void) {
+    if (g_ready != 1) return; /* this thread never used the GPU */
+    cudaStreamSynchronize(g_stream);
+    av_cuda_matmul_release();
+    cublasDestroy(g_blas);
+    g_blas = NULL;
+    if (g_pin) cudaFreeHost(g_pin);
+    g_pin = NULL;
+    for (int s = 0; s < DL_SLOTS; s++) {
+        if (g_dl_pin[s]) {
+            cudaFreeHost(g_dl_pin[s]);
+            cudaEventDestroy(g_dl_ev[s]);
+        }
+        g_dl_pin[s] = NULL;
+        g_dl_busy[s] = 0;
+    }
+    g_dl_next = 0;
+    if (g_blas_ws) arena_free(g_blas_ws);
+    for (int i = 0; i < AV_SCR_COUNT; i++) {
+        if (g_scr[i]) arena_free(g_scr[i]);
+        g_scr[i] = NULL;
+        g_scr_n[i] = 0;
+    }
+    g_blas_ws = NULL;
+    g_scr_gen++; /* graphs captured before hold dead pointers: they re-capture */
+    cudaStreamDestroy(g_stream);
+    g_stream = NULL;
+    g_ready = -1;
+}
+
+extern "C" void av_cuda_shutdown(void) {
+    pthread_mutex_lock(&g_mu);
+    int any = g_chunks != NULL;
+    pthread_mutex_unlock(&g_mu);
+    if (g_ready != 1 && !any) return; /* the GPU was never used: the runtime stays untouched */
+    if (g_ready == 1) cudaDeviceSynchronize();
+    av_cuda_thread_release();
+    /* the whole arena, whichever thread carved it (a server's engine thread, data-parallel workers) */
+    pthread_mutex_lock(&g_mu);
+    while (g_chunks) {
+        chunk *c = g_chunks;
+        g_chunks = c->next;
+        cudaFree(c->base);
+        held_add(-(long long)c->n, c->device);
+        for (blk *b = c->blocks; b;) {
+            blk *n = b->next;
+            free(b);
+            b = n;
+        }
+        free(c);
+    }
+    pthread_mutex_unlock(&g_mu);
+    cudaGetLastError();
+}
+
 /* ---------------------------------------------------------------- tables */
 static void mm_fwd_bf16(float *o, const float *x, const av_mat *W, int T) { av_cuda_matmul_forward_mode(o, x, W, T, 0); }
 static void mmf_f32(float *o, const float *x, const av_mat *W, int T, const av_gemv_fusion *f) {

@@ -13,6 +13,8 @@ int av_cuda_device_name(char *buf, size_t cap) {
 }
 size_t av_cuda_held_bytes(void) { return 0; }
 void av_cuda_reset_peak(void) {}
+void av_cuda_shutdown(void) {}
+void av_cuda_thread_release(void) {}
 void av_cuda_set_attention_chunk(size_t floats) { (void)floats; }
 void av_cuda_matmul_fused_forward_mode(float *out, const float *x, const av_mat *W, int T, const av_gemv_fusion *f, int f32) {
     (void)out; (void)x; (void)W; (void)T; (void)f; (void)f32;

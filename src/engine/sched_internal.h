@@ -82,6 +82,7 @@ struct av_sched {
     av_batch_session *b;
     av_slot *slots;
     float *logits;               /* host [n_slots, V] */
+    int logits_pinned;           /* logits from the backend's host_alloc (host_free), else malloc */
     float *lp_tmp;               /* host [V]: log-softmax scratch */
     int32_t *ids, *pos;          /* host [n_slots] */
     pthread_t thread;

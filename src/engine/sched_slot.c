@@ -8,13 +8,20 @@
 #include <string.h>
 
 int av_sched_pick_slot(av_sched *s, const int32_t *prompt, int n, int *common) {
+    /* Only slots below the power of two above the busy count are candidates (there is always a free
+     * one): decode steps run rows up to the last busy slot, so requests are kept in the low slots
+     * even when a higher one holds a longer prefix (the prefix store can hand it over). */
+    int busy = 0, limit = 1;
+    for (int i = 0; i < s->o.n_slots; i++) busy += s->slots[i].state != AV_SLOT_FREE;
+    while (limit < busy + 1) limit *= 2;
+    if (limit > s->o.n_slots) limit = s->o.n_slots;
     int best = -1, best_c = -1;
-    for (int i = 0; i < s->o.n_slots; i++) {
+    for (int i = 0; i < limit; i++) {
         av_slot *sl = &s->slots[i];
         if (sl->state != AV_SLOT_FREE) continue;
         int c = 0, lim = n - 1 < sl->n_kv ? n - 1 : sl->n_kv; /* the last prompt token is always run: its logits */
         while (c < lim && sl->tok[c] == prompt[c]) c++;
-        if (c > best_c) best = i, best_c = c; /* ties: the lowest slot (decode steps run rows up to the last busy one) */
+        if (c > best_c) best = i, best_c = c; /* ties: the lowest slot */
     }
     *common = best_c < 0 ? 0 : best_c;
     return best;

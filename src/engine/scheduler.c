@@ -156,6 +156,7 @@ void av_sched_run(av_sched *s) {
 
 static void *engine_main(void *arg) {
     av_sched_run(arg);
+    av_cuda_thread_release();
     return NULL;
 }
 
@@ -189,7 +190,11 @@ av_status av_sched_new(av_sched **out, av_model *m, const av_tokenizer *tok, con
     int N = s->o.n_slots, V = m->cfg.vocab_size;
     av_status st = av_batch_session_new(&s->b, m, N, s->o.ctx, s->o.chunk);
     s->slots = calloc((size_t)N, sizeof *s->slots);
-    s->logits = malloc(sizeof(float) * (size_t)N * V);
+    /* pinned where the backend has it: a step's logits download is a direct DMA, not staged */
+    void *dev_view = NULL;
+    if (m->be->host_alloc && m->be->host_free) s->logits = m->be->host_alloc(sizeof(float) * (size_t)N * V, &dev_view);
+    s->logits_pinned = s->logits != NULL;
+    if (!s->logits) s->logits = malloc(sizeof(float) * (size_t)N * V);
     s->lp_tmp = malloc(sizeof(float) * (size_t)V);
     s->ids = malloc(sizeof(int32_t) * 2 * (size_t)N);
     if (st == AV_OK && (!s->slots || !s->logits || !s->lp_tmp || !s->ids)) st = av_fail(AV_ERR_NOMEM, "out of memory");
@@ -232,7 +237,8 @@ void av_sched_free(av_sched *s) {
     }
     for (int i = 0; s->slots && i < s->o.n_slots; i++) free(s->slots[i].tok);
     free(s->slots);
-    free(s->logits);
+    if (s->logits_pinned) s->m->be->host_free(s->logits);
+    else free(s->logits);
     free(s->lp_tmp);
     free(s->ids);
     av_batch_session_free(s->b);

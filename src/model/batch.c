@@ -17,6 +17,7 @@ struct av_batch_session {
     av_decode_plan plan;
     int ahead;             /* a step is queued ahead (av_batch_session_step_ahead) with these samplings */
     av_batch_sampling ahead_sp;
+    int shrink;            /* step_logits with graphs: steps in a row a smaller row bucket would have done */
     av_plan mem;           /* one backend allocation for every buffer */
     size_t bytes;
 };
@@ -262,10 +263,20 @@ av_status av_batch_session_step_logits(av_batch_session *b, const int32_t *ids, 
         n++;
     }
     if (!n) return AV_OK;
-    /* without captured graphs the step runs rows 0..last busy one only (idle rows cost compute) */
+    /* The step runs rows 0..last busy one (idle rows cost compute). With captured graphs, whose
+     * capture is redone when the row count changes, in power-of-two buckets: a larger one at once,
+     * a smaller one after it has sufficed for 64 steps in a row. */
     int rows = N;
-    if (!be->graph_begin)
-        while (rows > 1 && pos[rows - 1] < 0) rows--;
+    while (rows > 1 && pos[rows - 1] < 0) rows--;
+    if (be->graph_begin) {
+        int bucket = 1;
+        while (bucket < rows) bucket *= 2;
+        if (bucket > N) bucket = N;
+        if (bucket >= b->plan.N) b->shrink = 0;
+        else if (++b->shrink < 64) bucket = b->plan.N;
+        else b->shrink = 0;
+        rows = bucket;
+    }
     if (rows != b->plan.N) {
         av_decode_plan_release(&b->plan); /* its scratch is sized by rows */
         b->plan.N = rows;
@@ -277,10 +288,17 @@ av_status av_batch_session_step_logits(av_batch_session *b, const int32_t *ids, 
     be->upload(b->plan.pos, pos, sizeof(int32_t) * (size_t)rows);
     free(fed);
     AV_TRY(av_decode_plan_step(&b->plan, NULL));
-    /* the fed rows' final-normed states, packed into x (free after the step), through the LM head */
-    for (int i = 0, k = 0; i < rows; i++)
-        if (pos[i] >= 0) be->copy(b->x + (size_t)k++ * D, b->hidden + (size_t)i * D, sizeof(float) * (size_t)D);
-    be->matmul_forward(b->logits, b->x, &m->lm_head, n);
+    /* the fed rows' final-normed states through the LM head: in place when they are rows 0..n-1 (the
+     * scheduler keeps requests in the low slots), else packed into x first (free after the step) */
+    const float *h = b->hidden;
+    int packed = 1;
+    for (int i = 0; i < n && packed; i++) packed = pos[i] >= 0;
+    if (!packed) {
+        for (int i = 0, k = 0; i < rows; i++)
+            if (pos[i] >= 0) be->copy(b->x + (size_t)k++ * D, b->hidden + (size_t)i * D, sizeof(float) * (size_t)D);
+        h = b->x;
+    }
+    be->matmul_forward(b->logits, h, &m->lm_head, n);
     be->download(logits, b->logits, sizeof(float) * (size_t)n * V);
     for (int i = 0; i < N; i++) b->pos[i] = pos[i] < 0 ? b->pos[i] : pos[i] + 1;
     return dev_status(b);

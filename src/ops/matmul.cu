@@ -298,6 +298,10 @@ extern "C" int av_cuda_matmul_backward_dx_ex(void *dx, int dx16, int accumulate,
 /* out = res + x . W^T through cuBLASLt, whose epilogue reads C (res) and writes a separate D
  * (out): the residual stream of a layer needs no copy pass before its o / down products. */
 static thread_local cublasLtHandle_t g_lt; /* per thread = per device */
+extern "C" void av_cuda_matmul_release(void) { /* av_cuda_shutdown */
+    if (g_lt) cublasLtDestroy(g_lt);
+    g_lt = NULL;
+}
 
 extern "C" int av_cuda_matmul_forward_res(float *out, const float *res, const void *x, int x16, const av_mat *W, int T) {
     int N = W->rows, K = W->cols;
