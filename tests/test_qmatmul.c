@@ -95,6 +95,23 @@ static void check_case(int N, int K, int bits, int group, av_dtype sdt, int T, u
         CHECK(rel < 2e-4, "%d bits g%d T %d: int8-x relative L2 error %g", bits, group, T, rel);
         if (rel > worst_rel_vnni) worst_rel_vnni = rel;
     }
+    /* three digits of x (prompt rows, av_qx_max_digits() == 3 on VNNI): f32-level, the prefill bound */
+    if (av_qx_max_digits() == 3) {
+        void *b3 = aligned_alloc(64, (av_qx_size_digits(T, &W, 3) + 63) / 64 * 64);
+        av_qx_prepare_digits(&qx, b3, x, T, &W, 3);
+        av_qmatmul_rows(out, (size_t)N, &qx, &W, 0, 5);
+        av_qmatmul_rows(out + 5, (size_t)N, &qx, &W, 5, N);
+        int bad3 = 0;
+        for (int t = 0; t < T; t++)
+            for (int n = 0; n < N; n++) {
+                double a = 0;
+                for (int k = 0; k < K; k++) a += fabs((double)x[(size_t)t * K + k] * deq[(size_t)n * K + k]);
+                bad3 += !(fabs(out[(size_t)t * N + n] - ref[(size_t)t * N + n]) <= 1e-5 * a + 1e-6);
+            }
+        CHECK(bad3 == 0, "three digits: %d bits g%d %s T %d: %d outputs outside 1e-5 sum|x w| + 1e-6", bits, group, av_dtype_name(sdt), T,
+              bad3);
+        free(b3);
+    }
     /* through av_matmul_forward: the decode kernels for T <= 4, the prefill GEMM for T >= 32 */
     if (T <= 4) {
         av_matmul_forward(out, x, &W, T);
@@ -150,6 +167,8 @@ int main(void) {
         }
     for (int bi = 0; bi < 6; bi++) check_prefill(BITS[bi], BITS[bi] == 4 ? 32 : BITS[bi] == 8 ? 64 : 128, bi % 2 ? 64 : 33);
     check_prefill(6, 16, 33);
+    /* 5-31 rows: three-digit int8 kernel on VNNI, panels elsewhere; both at the f32 bound */
+    for (int bi = 0; bi < 6; bi++) check_prefill(BITS[bi], 64, 5 + 5 * bi);
     /* NaN in x reaches the outputs */
     {
         const int N = 3, K = 64;

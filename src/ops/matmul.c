@@ -121,11 +121,13 @@ static void rows4_x4(float *out, size_t ldo, const float *x, size_t ldx, const a
 #define AV_ROWS4_AVX2 1
 #endif
 
-/* Quantized weights (quant/qmatmul.h): x prepared once, threads take chunks of 16 rows. 0 when out of memory. */
+/* Quantized weights (quant/qmatmul.h): x prepared once (two int8 digits for decode rows, three for
+ * prompt rows: f32-accurate), threads take chunks of 16 rows. 0 when out of memory. */
 static int quant_rows(float *out, const float *x, const av_mat *W, int T) {
     static _Thread_local void *buf;
     static _Thread_local size_t cap;
-    size_t need = av_qx_size(T, W);
+    int nd = T > 4 ? 3 : 2;
+    size_t need = av_qx_size_digits(T, W, nd);
     if (need > cap) {
         free(buf);
         buf = aligned_alloc(64, (need + 63) / 64 * 64);
@@ -134,7 +136,7 @@ static int quant_rows(float *out, const float *x, const av_mat *W, int T) {
     }
     if (!buf) return 0;
     av_qx qx;
-    av_qx_prepare(&qx, buf, x, T, W);
+    av_qx_prepare_digits(&qx, buf, x, T, W, nd);
     int N = W->rows, nch = (N + 15) / 16;
 #pragma omp parallel for schedule(dynamic, 2) if ((size_t)N * W->cols * T > (1u << 18))
     for (int c = 0; c < nch; c++) av_qmatmul_rows(out + 16 * c, (size_t)N, &qx, W, 16 * c, N < 16 * c + 16 ? N : 16 * c + 16);
@@ -192,11 +194,13 @@ static float *panel_buf(size_t floats) {
 #endif
 
 void av_matmul_forward(float *out, const float *x, const av_mat *W, int T) {
-    /* The row kernels for decode (T <= 4) and for half-precision weights below 32 rows of x (exact f32
-     * products, as the panel + sgemm path below, without converting every panel per call); the AMX GEMM
-     * from 32 rows (its bf16 hi/lo split of x is too coarse for short prompts: test_dropout's finite
+    /* The row kernels for decode (T <= 4), and below 32 rows of x for half-precision weights (exact f32
+     * products, as the panel + sgemm path below, without converting every panel per call) and for
+     * quantized ones where the int8 kernel takes x as three digits (f32-accurate); the AMX GEMM from 32
+     * rows (its bf16 hi/lo split of x is too coarse for short prompts: test_dropout's finite
      * differences). bench/NOTES-cpu-quant.md. */
-    if (T <= 4 || (!W->q_bits && (W->dtype == AV_F16 || W->dtype == AV_BF16) && T < 32)) { matmul_rows(out, x, W, T); return; }
+    int short_rows = W->q_bits ? av_qx_max_digits() >= 3 : W->dtype == AV_F16 || W->dtype == AV_BF16;
+    if (T <= 4 || (short_rows && T < 32)) { matmul_rows(out, x, W, T); return; }
     if (T >= 32 && (W->dtype != AV_F32 || W->q_bits) && av_gemm_wt(out, x, W, T)) return;
 #ifdef AV_HAVE_BLAS
     int N = W->rows, K = W->cols;

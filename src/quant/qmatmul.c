@@ -46,9 +46,9 @@ static inline size_t x_pos(int col, int bits) {
  * remainder in 1/256ths; q1 of the chunk in x_pos order, then q2; dl[l] = d/256 of lane l. Columns past
  * K are 0. A NaN in x is left out of the codes (it reaches the output through the group sums); an
  * infinite one makes its lane's d NaN. 16 columns per step: the lane maxima by in-register swaps. */
-static void quantize_chunk(int8_t *q, float *dl, const float *xr, int K, int c, int cc, int bits) {
+static void quantize_chunk(int8_t *q, float *dl, const float *xr, int K, int c, int cc, int bits, int nd) {
     const int lw = cc / 16;
-    int8_t n1[256] __attribute__((aligned(64))), n2[256] __attribute__((aligned(64)));
+    int8_t n1[256] __attribute__((aligned(64))), n2[256] __attribute__((aligned(64))), n3[256] __attribute__((aligned(64)));
     float dv[256] __attribute__((aligned(64)));
     for (int j = 0; j < cc; j += 16) {
         int col = c * cc + j;
@@ -67,6 +67,12 @@ static void quantize_chunk(int8_t *q, float *dl, const float *xr, int K, int c, 
         __m512 q1 = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         __m512 q2 = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_sub_ps(v, q1), _mm512_set1_ps(256.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         q2 = _mm512_min_ps(_mm512_max_ps(q2, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
+        if (nd == 3) { /* (v - q1) * 256 - q2 is exact in f32: the third digit's remainder */
+            __m512 r = _mm512_sub_ps(_mm512_mul_ps(_mm512_sub_ps(v, q1), _mm512_set1_ps(256.0f)), q2);
+            __m512 q3 = _mm512_roundscale_ps(_mm512_mul_ps(r, _mm512_set1_ps(256.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            q3 = _mm512_min_ps(_mm512_max_ps(q3, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
+            _mm_store_si128((__m128i *)(n3 + j), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q3)));
+        }
         _mm_store_si128((__m128i *)(n1 + j), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q1)));
         _mm_store_si128((__m128i *)(n2 + j), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q2)));
         _mm512_store_ps(dv + j, d);
@@ -75,28 +81,43 @@ static void quantize_chunk(int8_t *q, float *dl, const float *xr, int K, int c, 
     if (bits != 4 && bits != 2) {
         memcpy(q, n1, (size_t)cc);
         memcpy(q + cc, n2, (size_t)cc);
+        if (nd == 3) memcpy(q + 2 * cc, n3, (size_t)cc);
         return;
     }
     for (int i = 0; i < cc; i++) {
         size_t at = x_pos(i, bits);
         q[at] = n1[i];
         q[at + (size_t)cc] = n2[i];
+        if (nd == 3) q[at + 2 * (size_t)cc] = n3[i];
     }
 }
 #endif
 
-size_t av_qx_size(int T, const av_mat *W) {
-    int K = W->cols, cc = chunk_cols(W->q_bits), nc = (K + cc - 1) / cc, ngp = (K / W->q_group + 15) / 16 * 16;
-    return al64((size_t)T * nc * cc * 2) + al64((size_t)T * nc * 16 * sizeof(float)) + al64((size_t)T * ngp * sizeof(float));
+int av_qx_max_digits(void) {
+#if defined(QK_VNNI)
+    return 3;
+#else
+    return 2;
+#endif
 }
+static int clamp_digits(int nd) { return nd < 2 ? 2 : nd > av_qx_max_digits() ? av_qx_max_digits() : nd; }
 
-void av_qx_prepare(av_qx *qx, void *buf, const float *x, int T, const av_mat *W) {
+size_t av_qx_size_digits(int T, const av_mat *W, int nd) {
+    int K = W->cols, cc = chunk_cols(W->q_bits), nc = (K + cc - 1) / cc, ngp = (K / W->q_group + 15) / 16 * 16;
+    nd = clamp_digits(nd);
+    return al64((size_t)T * nc * cc * nd) + al64((size_t)T * nc * 16 * sizeof(float)) + al64((size_t)T * ngp * sizeof(float));
+}
+size_t av_qx_size(int T, const av_mat *W) { return av_qx_size_digits(T, W, 2); }
+void av_qx_prepare(av_qx *qx, void *buf, const float *x, int T, const av_mat *W) { av_qx_prepare_digits(qx, buf, x, T, W, 2); }
+
+void av_qx_prepare_digits(av_qx *qx, void *buf, const float *x, int T, const av_mat *W, int nd) {
     int K = W->cols, bits = W->q_bits, G = W->q_group, cc = chunk_cols(bits), nc = (K + cc - 1) / cc, ng = K / G;
     int ngp = (ng + 15) / 16 * 16;
     char *p = buf;
-    *qx = (av_qx){.x = x, .T = T, .K = K, .bits = bits, .group = G, .nc = nc, .cc = cc, .ngp = ngp};
+    nd = clamp_digits(nd);
+    *qx = (av_qx){.x = x, .T = T, .K = K, .bits = bits, .group = G, .nc = nc, .cc = cc, .nd = nd, .ngp = ngp};
     qx->q = (int8_t *)p;
-    p += al64((size_t)T * nc * cc * 2);
+    p += al64((size_t)T * nc * cc * nd);
     qx->dl = (float *)p;
     p += al64((size_t)T * nc * 16 * sizeof(float));
     qx->xs = (float *)p;
@@ -119,8 +140,8 @@ void av_qx_prepare(av_qx *qx, void *buf, const float *x, int T, const av_mat *W)
             }
 #if defined(QK_VNNI)
         for (int c = 0; c < nc; c++)
-            quantize_chunk(qx->q + (size_t)t * nc * cc * 2 + (size_t)c * cc * 2, qx->dl + (size_t)t * nc * 16 + (size_t)c * 16, xr, K, c,
-                           cc, bits);
+            quantize_chunk(qx->q + (size_t)t * nc * cc * nd + (size_t)c * cc * nd, qx->dl + (size_t)t * nc * 16 + (size_t)c * 16, xr, K,
+                           c, cc, bits, nd);
 #elif defined(QK_AVX2)
         int8_t *q = qx->q + (size_t)t * nc * cc * 2;
         float *dl = qx->dl + (size_t)t * nc * 16;
@@ -235,7 +256,8 @@ static inline __attribute__((always_inline)) void vnni_planes(__m512i *p, __m512
  * scaled per lane by (weight group scale) * (x block scale), 16 groups' scales per register
  * (idx[j]: lane -> group for the j-th chunk of those 16 groups); biases times the x group sums. */
 static inline __attribute__((always_inline)) void vnni_row(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n, int t0,
-                                                           const int T, const int kind, const __m512i *idx, __m512i perm, __m512i shift) {
+                                                           const int T, const int kind, const int ND, const __m512i *idx, __m512i perm,
+                                                           __m512i shift) {
     const int cc = kind == K4 ? 128 : kind == K2 ? 256 : 64, P = kind == K4 ? 2 : kind == K2 ? 4 : 1;
     const int K = qx->K, bits = qx->bits, G = qx->group, nc = qx->nc, ng = K / G, cps = 16 * G / cc, cb = cc * bits / 8;
     const size_t rowbytes = (size_t)K * bits / 8, s0 = (size_t)n * ng;
@@ -247,7 +269,7 @@ static inline __attribute__((always_inline)) void vnni_row(float *out, size_t ld
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++) {
         acc[t] = _mm512_setzero_ps();
-        xq[t] = qx->q + (size_t)(t0 + t) * nc * cc * 2;
+        xq[t] = qx->q + (size_t)(t0 + t) * nc * cc * ND;
         dl[t] = qx->dl + (size_t)(t0 + t) * nc * 16;
     }
     uint8_t ub[64] __attribute__((aligned(64)));
@@ -280,15 +302,22 @@ static inline __attribute__((always_inline)) void vnni_row(float *out, size_t ld
             vnni_planes(p, v, kind, mlo, perm, shift);
 #pragma GCC unroll 4
             for (int t = 0; t < T; t++) {
-                const int8_t *xc = xq[t] + (size_t)c * cc * 2;
+                const int8_t *xc = xq[t] + (size_t)c * cc * ND;
                 __m512i ia = _mm512_dpbusd_epi32(_mm512_setzero_si512(), p[0], _mm512_load_si512(xc));
 #pragma GCC unroll 4
                 for (int k = 1; k < P; k++) ia = _mm512_dpbusd_epi32(ia, p[k], _mm512_load_si512(xc + 64 * k));
                 ia = _mm512_slli_epi32(ia, 8);
 #pragma GCC unroll 4
                 for (int k = 0; k < P; k++) ia = _mm512_dpbusd_epi32(ia, p[k], _mm512_load_si512(xc + cc + 64 * k));
+                __m512 fa = _mm512_cvtepi32_ps(ia);
+                if (ND == 3) { /* q . q3 in 1/256ths of the unit of ia (in f32: (q.q1) * 65536 can pass 2^31) */
+                    __m512i ib = _mm512_dpbusd_epi32(_mm512_setzero_si512(), p[0], _mm512_load_si512(xc + 2 * cc));
+#pragma GCC unroll 4
+                    for (int k = 1; k < P; k++) ib = _mm512_dpbusd_epi32(ib, p[k], _mm512_load_si512(xc + 2 * cc + 64 * k));
+                    fa = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ib), _mm512_set1_ps(1.0f / 256.0f), fa);
+                }
                 __m512 sd = _mm512_mul_ps(swl, _mm512_load_ps(dl[t] + (size_t)c * 16));
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia), sd, acc[t]);
+                acc[t] = _mm512_fmadd_ps(fa, sd, acc[t]);
             }
         }
     }
@@ -296,6 +325,23 @@ static inline __attribute__((always_inline)) void vnni_row(float *out, size_t ld
     for (int t = 0; t < T; t++) out[(size_t)(t0 + t) * ldo] = _mm512_reduce_add_ps(acc[t]);
 }
 
+
+/* The kernels of one digit count (ND a constant inside: the always-inline vnni_row specialises) */
+static inline __attribute__((always_inline)) void vnni_rows_nd(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n0, int n1,
+                                                               int bits, const int ND, const __m512i *idx, __m512i perm, __m512i shift) {
+#define VNNI_ROW(o, l, q, w, n, t0, T, kind, ...) vnni_row(o, l, q, w, n, t0, T, kind, ND, __VA_ARGS__)
+    if (bits == 8) { QK_ROWS(VNNI_ROW, K8, idx, perm, shift) }
+    else if (bits == 4) { QK_ROWS(VNNI_ROW, K4, idx, perm, shift) }
+    else if (bits == 2) { QK_ROWS(VNNI_ROW, K2, idx, perm, shift) }
+    else {
+#if defined(__AVX512VBMI__)
+        QK_ROWS(VNNI_ROW, KG, idx, perm, shift)
+#else
+        QK_ROWS(VNNI_ROW, KS, idx, perm, shift)
+#endif
+    }
+#undef VNNI_ROW
+}
 
 void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n0, int n1) {
     int bits = qx->bits, G = qx->group, cc = qx->cc, cps = 16 * G / cc;
@@ -307,17 +353,11 @@ void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, i
     for (int j = 0; j < cps; j++)
         idx[j] = _mm512_srli_epi32(_mm512_add_epi32(_mm512_set1_epi32(j * cc), lb), __builtin_ctz((unsigned)G));
     __m512i perm = _mm512_setzero_si512(), shift = _mm512_setzero_si512();
-    if (bits == 8) { QK_ROWS(vnni_row, K8, idx, perm, shift) }
-    else if (bits == 4) { QK_ROWS(vnni_row, K4, idx, perm, shift) }
-    else if (bits == 2) { QK_ROWS(vnni_row, K2, idx, perm, shift) }
-    else {
 #if defined(__AVX512VBMI__)
-        vbmi_tables(&perm, &shift, bits);
-        QK_ROWS(vnni_row, KG, idx, perm, shift)
-#else
-        QK_ROWS(vnni_row, KS, idx, perm, shift)
+    if (bits != 8 && bits != 4 && bits != 2) vbmi_tables(&perm, &shift, bits);
 #endif
-    }
+    if (qx->nd == 3) vnni_rows_nd(out, ldo, qx, W, n0, n1, bits, 3, idx, perm, shift);
+    else vnni_rows_nd(out, ldo, qx, W, n0, n1, bits, 2, idx, perm, shift);
 }
 
 #elif defined(QK_AVX2)
