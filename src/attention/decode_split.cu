@@ -181,13 +181,14 @@ extern "C" int av_cuda_attention_decode_split(float *out, const float *q, const 
     int G = H / KVH;
     size_t max_s = seq_stride / ((size_t)KVH * hd);
     if ((hd != 64 && hd != 128) || (G != 1 && G != 2 && G != 4 && G != 8) || qrow % 4 || knrow % 4 || max_s < DS_MIN_KEYS) return 0;
-    /* chunk: about two blocks per SM over the cache's capacity, 128..1024 keys */
+    /* chunk: about two blocks per SM over the cache's capacity (four for head dim 128: 74 vs 89 us at
+     * 32k keys on an H200, hd 64 the other way, 43 vs 35: bench/NOTES-attention.md), 128..1024 keys */
     static int sms = 0;
     if (!sms) {
         int dev = 0;
         if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) sms = 132;
     }
-    size_t want = av_cdiv(2 * (size_t)sms, (size_t)KVH * N);
+    size_t want = av_cdiv((hd == 128 ? 4 : 2) * (size_t)sms, (size_t)KVH * N);
     size_t chunk = av_cdiv(max_s, want ? want : 1);
     chunk = (chunk + 127) / 128 * 128;
     if (chunk < 128) chunk = 128;
