@@ -126,8 +126,8 @@ static double mm_loss(void *p) {
         for (int n = 0; n < c->N; n++) L += c->R[t * c->N + n] * dotd(c->x + t * c->K, c->W + n * c->K, c->K);
     return L;
 }
-static void t_matmul(av_dtype wdt, int T) {
-    int N = 37, K = 29;
+static void t_matmul(av_dtype wdt, int T, int K) {
+    int N = 37;
     float *x = malloc(sizeof(float) * T * K), *W = malloc(sizeof(float) * N * K), *R = malloc(sizeof(float) * T * N);
     float *out = malloc(sizeof(float) * T * N), *dx = calloc((size_t)T * K, 4), *dW = calloc((size_t)N * K, 4);
     uint16_t *Wh = malloc(2 * (size_t)N * K);
@@ -145,8 +145,24 @@ static void t_matmul(av_dtype wdt, int T) {
     for (int t = 0; t < T; t++)
         for (int n = 0; n < N; n++) fo[t * N + n] = dotd(c.x + t * K, c.W + n * K, K);
     char what[64];
-    snprintf(what, sizeof what, "matmul %s T=%d", av_dtype_name(wdt), T);
+    snprintf(what, sizeof what, "matmul %s T=%d K=%d", av_dtype_name(wdt), T, K);
     CHECK_FWD(what, out, fo, T * N);
+    /* f32 products below 32 rows: the two-term bf16 split of x (2^-16) reaches 1.0-1.3e-6 of sum|x w|
+     * here, three terms (AMX) and the f32 row products 5-9e-8 */
+    if (wdt == AV_BF16 && T < 32) {
+        int bad = 0;
+        double worst = 0;
+        for (int t = 0; t < T; t++)
+            for (int n = 0; n < N; n++) {
+                double a = 0;
+                for (int k = 0; k < K; k++) a += fabs(c.x[t * K + k] * c.W[n * K + k]);
+                double e = fabs(out[t * N + n] - fo[t * N + n]) / a;
+                worst = e > worst ? e : worst;
+                bad += !(e <= 4e-7);
+            }
+        CHECK(bad == 0, "%s: %d outputs off by more than 4e-7 sum|x w| (worst %.3g)", what, bad, worst);
+        printf("%s: worst error %.3g sum|x w|\n", what, worst);
+    }
     av_matmul_backward(dx, dW, R, x, &M, T);
     fd(mm_loss, &c, c.x, T * K, gx);
     fd(mm_loss, &c, c.W, N * K, gW);
@@ -417,11 +433,14 @@ int main(void) {
     t_embedding();
     t_rmsnorm(AV_F32);
     t_rmsnorm(AV_BF16);
-    t_matmul(AV_F32, 3);   /* few-row path */
-    t_matmul(AV_F32, 9);   /* BLAS / panel path */
-    t_matmul(AV_BF16, 3);
-    t_matmul(AV_BF16, 9);
-    t_matmul(AV_F16, 9);
+    t_matmul(AV_F32, 3, 29);   /* few-row path */
+    t_matmul(AV_F32, 9, 29);   /* BLAS / panel path */
+    t_matmul(AV_BF16, 3, 29);
+    t_matmul(AV_BF16, 9, 29);
+    t_matmul(AV_F16, 9, 29);
+    t_matmul(AV_BF16, 9, 64);  /* K % 32 == 0: AMX with x in three bf16 terms where the CPU has it */
+    t_matmul(AV_BF16, 27, 96);
+    t_matmul(AV_BF16, 40, 64); /* 32+ rows: the prefill GEMM */
     t_rope();
     t_swiglu();
     t_attention(5, 8, 3, 4, 2, 6);  /* GQA, pos0 > 0, S > pos0 + T */

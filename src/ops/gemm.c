@@ -126,15 +126,20 @@ static void split_row(uint16_t *hi, uint16_t *lo, const float *w, int K) {
 /* out[T, N] = x W^T, K % 32 == 0. bf16 weights are exact in one bf16 tile; any other (f32, f16,
  * quantized: dequantized a panel at a time) is split like x into hi + lo, one more tile product
  * per step (hi.hi + hi.lo + lo.hi; lo.lo is below 2^-16). */
-static int gemm_amx(float *out, const float *x, const av_mat *W, int T) {
+static int gemm_amx(float *out, const float *x, const av_mat *W, int T, int exact) {
     static _Thread_local buf_t xb;
     int N = W->rows, K = W->cols, two = !(W->dtype == AV_BF16 && !W->q_bits);
+    /* exact (bf16 weights only): x in three bf16 terms, hi + lo + bf16(x - hi - lo), all of f32's 24
+     * mantissa bits; the products are exact in the f32 accumulators, as the f32 GEMM's */
+    int three = exact && !two;
+    if (exact && two) return 0;
     const uint16_t *w = (const uint16_t *)W->data;
     int K2 = K / 2, TB = (T + 31) / 32 * 2; /* 16-token blocks, an even count */
     /* panel rows: the weight panel (rows x K bf16) stays in L2 while every token block passes */
     int np_rows = (int)((size_t)(768 << 10) / ((size_t)K * 2)) / 32 * 32;
     np_rows = np_rows < 32 ? 32 : np_rows > 128 ? 128 : np_rows;
-    uint32_t *xh = buf_bytes(&xb, sizeof(uint32_t) * 2 * TB * 16 * K2), *xl = xh ? xh + (size_t)TB * 16 * K2 : NULL;
+    uint32_t *xh = buf_bytes(&xb, sizeof(uint32_t) * (three ? 3 : 2) * TB * 16 * K2), *xl = xh ? xh + (size_t)TB * 16 * K2 : NULL;
+    uint32_t *xm = three && xh ? xl + (size_t)TB * 16 * K2 : NULL; /* the third term */
     if (!xh) return 0;
     int npan = (N + np_rows - 1) / np_rows, fail = 0;
 #pragma omp parallel
@@ -142,18 +147,28 @@ static int gemm_amx(float *out, const float *x, const av_mat *W, int T) {
         /* x -> hi, lo pairs (tokens past T zero) */
 #pragma omp for schedule(static)
         for (int t = 0; t < TB * 16; t++) {
-            uint32_t *h = xh + (size_t)(t / 16) * K2 * 16 + t % 16, *l = xl + (size_t)(t / 16) * K2 * 16 + t % 16;
+            size_t at = (size_t)(t / 16) * K2 * 16 + t % 16;
+            uint32_t *h = xh + at, *l = xl + at, *m = three ? xm + at : NULL;
             if (t >= T) {
                 for (int kk = 0; kk < K2; kk++) h[(size_t)kk * 16] = l[(size_t)kk * 16] = 0;
+                if (m) for (int kk = 0; kk < K2; kk++) m[(size_t)kk * 16] = 0;
                 continue;
             }
             const float *xr = x + (size_t)t * K;
             for (int k = 0; k < K; k += 16) {
-                __m256bh hb, lb;
-                split_bf16(_mm512_loadu_ps(xr + k), &hb, &lb);
-                uint32_t hp[8], lp[8];
+                __m256bh hb, lb, mb;
+                __m512 v = _mm512_loadu_ps(xr + k);
+                split_bf16(v, &hb, &lb);
+                uint32_t hp[8], lp[8], mp[8];
                 _mm256_storeu_si256((__m256i *)hp, (__m256i)hb);
                 _mm256_storeu_si256((__m256i *)lp, (__m256i)lb);
+                if (m) { /* (x - hi) - lo is exact in f32; its bf16 rounding is the last 8 bits */
+                    __m512 hv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)hb), 16));
+                    __m512 lv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)lb), 16));
+                    mb = _mm512_cvtneps_pbh(_mm512_sub_ps(_mm512_sub_ps(v, hv), lv));
+                    _mm256_storeu_si256((__m256i *)mp, (__m256i)mb);
+                    for (int j = 0; j < 8; j++) m[(size_t)(k / 2 + j) * 16] = mp[j];
+                }
                 for (int j = 0; j < 8; j++) h[(size_t)(k / 2 + j) * 16] = hp[j], l[(size_t)(k / 2 + j) * 16] = lp[j];
             }
         }
@@ -195,6 +210,7 @@ static int gemm_amx(float *out, const float *x, const av_mat *W, int T) {
                     const uint16_t *a0 = wp + (size_t)r0 * K, *a1 = a0 + (size_t)16 * K;
                     const uint32_t *h0 = xh + (size_t)(t0 / 16) * K2 * 16, *h1 = h0 + (size_t)K2 * 16;
                     const uint32_t *l0 = xl + (size_t)(t0 / 16) * K2 * 16, *l1 = l0 + (size_t)K2 * 16;
+                    const uint32_t *m0 = three ? xm + (size_t)(t0 / 16) * K2 * 16 : NULL, *m1 = three ? m0 + (size_t)K2 * 16 : NULL;
                     _tile_zero(0);
                     _tile_zero(1);
                     _tile_zero(2);
@@ -214,6 +230,14 @@ static int gemm_amx(float *out, const float *x, const av_mat *W, int T) {
                         _tile_dpbf16ps(1, 4, 7);
                         _tile_dpbf16ps(2, 5, 6);
                         _tile_dpbf16ps(3, 5, 7);
+                        if (three) { /* x's third term */
+                            _tile_loadd(6, m0 + (size_t)kk * 16, 64);
+                            _tile_loadd(7, m1 + (size_t)kk * 16, 64);
+                            _tile_dpbf16ps(0, 4, 6);
+                            _tile_dpbf16ps(1, 4, 7);
+                            _tile_dpbf16ps(2, 5, 6);
+                            _tile_dpbf16ps(3, 5, 7);
+                        }
                         if (two) { /* the weights' lo part times x's hi part */
                             _tile_loadd(4, wl + (a0 - wp) + (size_t)kk * 32, 64);
                             _tile_loadd(5, wl + (a1 - wp) + (size_t)kk * 32, 64);
@@ -242,9 +266,18 @@ static int gemm_amx(float *out, const float *x, const av_mat *W, int T) {
 }
 #endif
 
+int av_gemm_wt_exact(float *out, const float *x, const av_mat *W, int T) {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+    return W->cols % 32 == 0 && amx_ready() && gemm_amx(out, x, W, T, 1);
+#else
+    (void)out; (void)x; (void)W; (void)T;
+    return 0;
+#endif
+}
+
 int av_gemm_wt(float *out, const float *x, const av_mat *W, int T) {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
-    if (W->cols % 32 == 0 && amx_ready() && gemm_amx(out, x, W, T)) return 1;
+    if (W->cols % 32 == 0 && amx_ready() && gemm_amx(out, x, W, T, 0)) return 1;
 #endif
     static _Thread_local buf_t xtb; /* per calling thread: sessions on other threads have their own */
     int N = W->rows, K = W->cols, TB = (T + NT - 1) / NT, Tp = TB * NT, ldw = K + 16;
@@ -300,6 +333,10 @@ int av_gemm_wt(float *out, const float *x, const av_mat *W, int T) {
 }
 #else
 int av_gemm_wt(float *out, const float *x, const av_mat *W, int T) {
+    (void)out; (void)x; (void)W; (void)T;
+    return 0;
+}
+int av_gemm_wt_exact(float *out, const float *x, const av_mat *W, int T) {
     (void)out; (void)x; (void)W; (void)T;
     return 0;
 }

@@ -4,4 +4,7 @@
 #define AV_GEMM_H
 #include "ops/ops.h"
 int av_gemm_wt(float *out, const float *x, const av_mat *W, int T);
+/* The same for bf16 weights on AMX with x split into three bf16 terms: products to f32 accuracy (short
+ * prompts, where the two-term split's 2^-16 shows). 0 when AMX or the shape is not there. */
+int av_gemm_wt_exact(float *out, const float *x, const av_mat *W, int T);
 #endif

@@ -200,6 +200,7 @@ void av_matmul_forward(float *out, const float *x, const av_mat *W, int T) {
      * rows (its bf16 hi/lo split of x is too coarse for short prompts: test_dropout's finite
      * differences). bench/NOTES-cpu-quant.md. */
     int short_rows = W->q_bits ? av_qx_max_digits() >= 3 : W->dtype == AV_F16 || W->dtype == AV_BF16;
+    if (T > 4 && T < 32 && !W->q_bits && W->dtype == AV_BF16 && av_gemm_wt_exact(out, x, W, T)) return; /* AMX, x in 3 terms */
     if (T <= 4 || (short_rows && T < 32)) { matmul_rows(out, x, W, T); return; }
     if (T >= 32 && (W->dtype != AV_F32 || W->q_bits) && av_gemm_wt(out, x, W, T)) return;
 #ifdef AV_HAVE_BLAS
