@@ -414,11 +414,15 @@ extern "C" void av_cuda_shutdown(void) {
     if (g_ready == 1) cudaDeviceSynchronize();
     av_cuda_thread_release();
     /* the whole arena, whichever thread carved it (a server's engine thread, data-parallel workers) */
+    int cur = 0;
+    cudaGetDevice(&cur);
     pthread_mutex_lock(&g_mu);
     while (g_chunks) {
         chunk *c = g_chunks;
         g_chunks = c->next;
+        if (c->device != cur) cudaSetDevice(c->device); /* chunks of other GPUs (data-parallel runs) */
         cudaFree(c->base);
+        if (c->device != cur) cudaSetDevice(cur);
         held_add(-(long long)c->n, c->device);
         for (blk *b = c->blocks; b;) {
             blk *n = b->next;
