@@ -127,7 +127,7 @@ static double mm_loss(void *p) {
     return L;
 }
 static void t_matmul(av_dtype wdt, int T, int K) {
-    int N = 37;
+    int N = K % 32 ? 37 : 64; /* multiples of 32: the AMX paths where the CPU has them */
     float *x = malloc(sizeof(float) * T * K), *W = malloc(sizeof(float) * N * K), *R = malloc(sizeof(float) * T * N);
     float *out = malloc(sizeof(float) * T * N), *dx = calloc((size_t)T * K, 4), *dW = calloc((size_t)N * K, 4);
     uint16_t *Wh = malloc(2 * (size_t)N * K);
@@ -164,6 +164,23 @@ static void t_matmul(av_dtype wdt, int T, int K) {
         printf("%s: worst error %.3g sum|x w|\n", what, worst);
     }
     av_matmul_backward(dx, dW, R, x, &M, T);
+    if (wdt == AV_BF16) { /* dx = R . W to f32 accuracy (AMX: R in three bf16 terms) */
+        int bad = 0;
+        double worst = 0;
+        for (int t = 0; t < T; t++)
+            for (int k = 0; k < K; k++) {
+                double s = 0, a = 0;
+                for (int n = 0; n < N; n++) {
+                    s += c.R[t * N + n] * c.W[n * K + k];
+                    a += fabs(c.R[t * N + n] * c.W[n * K + k]);
+                }
+                double e = fabs(dx[t * K + k] - s) / a;
+                worst = e > worst ? e : worst;
+                bad += !(e <= 4e-7);
+            }
+        CHECK(bad == 0, "%s: %d dx elements off by more than 4e-7 sum|d w| (worst %.3g)", what, bad, worst);
+        printf("%s: dx worst error %.3g sum|d w|\n", what, worst);
+    }
     fd(mm_loss, &c, c.x, T * K, gx);
     fd(mm_loss, &c, c.W, N * K, gW);
     snprintf(what, sizeof what, "matmul %s T=%d dx", av_dtype_name(wdt), T);

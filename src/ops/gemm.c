@@ -264,7 +264,104 @@ static int gemm_amx(float *out, const float *x, const av_mat *W, int T, int exac
     }
     return !fail;
 }
+/* ---- the backward product dx[T, K] += d[T, N] . W[N, K] for bf16 weights on AMX. W is the B operand
+ * as it lies: B tile row j = rows 2j and 2j+1 of a 32-row block interleaved per column (one dword =
+ * the pair), 16 columns a tile, so packing a thread's 32 columns is one pass over W. d is the A operand,
+ * split into three bf16 terms (all of f32's mantissa): the products are f32-accurate, as the f32
+ * GEMM on converted panels they replace. Threads take 32-column panels of dx. */
+static int gemm_amx_dx(float *dx, const float *d, const av_mat *W, int T) {
+    static _Thread_local buf_t ab;
+    int N = W->rows, K = W->cols, Tp = (T + 31) / 32 * 32, NB = N / 32;
+    const uint16_t *w = (const uint16_t *)W->data;
+    /* a[term][t / 16][nb][t % 16][32] */
+    size_t term = (size_t)Tp * N;
+    uint16_t *a = buf_bytes(&ab, sizeof(uint16_t) * 3 * term);
+    if (!a) return 0;
+    int fail = 0, npan = K / 32;
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int t = 0; t < Tp; t++)
+            for (int nb = 0; nb < NB; nb++) {
+                size_t at = ((size_t)(t / 16) * NB + nb) * 512 + (size_t)(t % 16) * 32;
+                for (int h = 0; h < 32; h += 16) {
+                    __m512 v = t < T ? _mm512_loadu_ps(d + (size_t)t * N + nb * 32 + h) : _mm512_setzero_ps();
+                    __m256bh hb, lb, mb;
+                    split_bf16(v, &hb, &lb);
+                    __m512 hv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)hb), 16));
+                    __m512 lv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)lb), 16));
+                    mb = _mm512_cvtneps_pbh(_mm512_sub_ps(_mm512_sub_ps(v, hv), lv));
+                    _mm256_storeu_si256((__m256i *)(a + at + h), (__m256i)hb);
+                    _mm256_storeu_si256((__m256i *)(a + term + at + h), (__m256i)lb);
+                    _mm256_storeu_si256((__m256i *)(a + 2 * term + at + h), (__m256i)mb);
+                }
+            }
+        static _Thread_local buf_t bb;
+        uint32_t *b = buf_bytes(&bb, sizeof(uint32_t) * (size_t)NB * 2 * 256); /* [nb][2 tiles][16][16] */
+        if (!b) {
+#pragma omp atomic write
+            fail = 1;
+        } else
+            amx_config();
+        float cb[32 * 32] __attribute__((aligned(64)));
+#pragma omp for schedule(dynamic, 1)
+        for (int p = 0; p < npan; p++) {
+            if (!b) continue;
+            int k0 = p * 32;
+            for (int nb = 0; nb < NB; nb++)
+                for (int j = 0; j < 16; j++) {
+                    const uint16_t *r0 = w + (size_t)(nb * 32 + 2 * j) * K + k0, *r1 = r0 + K;
+                    for (int h = 0; h < 2; h++) {
+                        __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(r0 + 16 * h)));
+                        __m512i hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(r1 + 16 * h)));
+                        _mm512_storeu_si512(b + ((size_t)nb * 2 + h) * 256 + (size_t)j * 16, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+                    }
+                }
+            for (int t0 = 0; t0 < Tp; t0 += 32) {
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+                for (int nb = 0; nb < NB; nb++) {
+                    _tile_loadd(6, b + ((size_t)nb * 2) * 256, 64);
+                    _tile_loadd(7, b + ((size_t)nb * 2 + 1) * 256, 64);
+                    for (int tm = 0; tm < 3; tm++) {
+                        const uint16_t *a0 = a + tm * term + ((size_t)(t0 / 16) * NB + nb) * 512, *a1 = a0 + (size_t)NB * 512;
+                        _tile_loadd(4, a0, 64);
+                        _tile_loadd(5, a1, 64);
+                        _tile_dpbf16ps(0, 4, 6);
+                        _tile_dpbf16ps(1, 4, 7);
+                        _tile_dpbf16ps(2, 5, 6);
+                        _tile_dpbf16ps(3, 5, 7);
+                    }
+                }
+                /* cb[t][k] */
+                _tile_stored(0, cb, 128);
+                _tile_stored(1, cb + 16, 128);
+                _tile_stored(2, cb + 16 * 32, 128);
+                _tile_stored(3, cb + 16 * 32 + 16, 128);
+                int tt = T - t0 < 32 ? T - t0 : 32;
+                for (int t = 0; t < tt; t++) {
+                    float *o = dx + (size_t)(t0 + t) * K + k0;
+                    for (int h = 0; h < 32; h += 16)
+                        _mm512_storeu_ps(o + h, _mm512_add_ps(_mm512_loadu_ps(o + h), _mm512_load_ps(cb + t * 32 + h)));
+                }
+            }
+        }
+        if (b) _tile_release();
+    }
+    return !fail;
+}
 #endif
+
+int av_gemm_dx_exact(float *dx, const float *dout, const av_mat *W, int T) {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+    return W->dtype == AV_BF16 && !W->q_bits && W->rows % 32 == 0 && W->cols % 32 == 0 && T > 0 && amx_ready() && gemm_amx_dx(dx, dout, W, T);
+#else
+    (void)dx; (void)dout; (void)W; (void)T;
+    return 0;
+#endif
+}
 
 int av_gemm_wt_exact(float *out, const float *x, const av_mat *W, int T) {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
@@ -338,6 +435,10 @@ int av_gemm_wt(float *out, const float *x, const av_mat *W, int T) {
 }
 int av_gemm_wt_exact(float *out, const float *x, const av_mat *W, int T) {
     (void)out; (void)x; (void)W; (void)T;
+    return 0;
+}
+int av_gemm_dx_exact(float *dx, const float *dout, const av_mat *W, int T) {
+    (void)dx; (void)dout; (void)W; (void)T;
     return 0;
 }
 #endif

@@ -7,4 +7,7 @@ int av_gemm_wt(float *out, const float *x, const av_mat *W, int T);
 /* The same for bf16 weights on AMX with x split into three bf16 terms: products to f32 accuracy (short
  * prompts, where the two-term split's 2^-16 shows). 0 when AMX or the shape is not there. */
 int av_gemm_wt_exact(float *out, const float *x, const av_mat *W, int T);
+/* dx[T, K] += dout[T, N] . W[N, K] for bf16 W on AMX, dout in three bf16 terms (f32-accurate); 0 when
+ * AMX, the dtype or the shape (N, K multiples of 32) is not there. */
+int av_gemm_dx_exact(float *dx, const float *dout, const av_mat *W, int T);
 #endif
