@@ -112,6 +112,35 @@ static inline void split_bf16(__m512 v, __m256bh *hi, __m256bh *lo) {
     *lo = _mm512_cvtneps_pbh(_mm512_sub_ps(v, hv));
 }
 
+/* 16 floats -> three bf16 terms hi + lo + mid: all of f32's 24 mantissa bits ((v - hi) - lo is exact) */
+static inline void split3_bf16(__m512 v, __m256bh *hi, __m256bh *lo, __m256bh *mid) {
+    split_bf16(v, hi, lo);
+    __m512 hv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)*hi), 16));
+    __m512 lv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)*lo), 16));
+    *mid = _mm512_cvtneps_pbh(_mm512_sub_ps(_mm512_sub_ps(v, hv), lv));
+}
+
+/* The 2 x 2 block of f32 accumulator tiles 0-3 over A tiles 4, 5 and B tiles 6, 7 (C[a][b] = tile 2a + b),
+ * and its store as cb[32][32] (rows of A, columns of B). */
+static inline void zero_2x2(void) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+}
+static inline void mma_2x2(void) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+}
+static inline void store_2x2(float *cb) {
+    _tile_stored(0, cb, 128);
+    _tile_stored(1, cb + 16, 128);
+    _tile_stored(2, cb + 16 * 32, 128);
+    _tile_stored(3, cb + 16 * 32 + 16, 128);
+}
+
 /* w (f32 row) -> hi tile row, lo tile row: w = hi + lo to ~2^-16 relative */
 static void split_row(uint16_t *hi, uint16_t *lo, const float *w, int K) {
     for (int k = 0; k < K; k += 16) {
@@ -158,14 +187,12 @@ static int gemm_amx(float *out, const float *x, const av_mat *W, int T, int exac
             for (int k = 0; k < K; k += 16) {
                 __m256bh hb, lb, mb;
                 __m512 v = _mm512_loadu_ps(xr + k);
-                split_bf16(v, &hb, &lb);
+                if (m) split3_bf16(v, &hb, &lb, &mb);
+                else split_bf16(v, &hb, &lb);
                 uint32_t hp[8], lp[8], mp[8];
                 _mm256_storeu_si256((__m256i *)hp, (__m256i)hb);
                 _mm256_storeu_si256((__m256i *)lp, (__m256i)lb);
-                if (m) { /* (x - hi) - lo is exact in f32; its bf16 rounding is the last 8 bits */
-                    __m512 hv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)hb), 16));
-                    __m512 lv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)lb), 16));
-                    mb = _mm512_cvtneps_pbh(_mm512_sub_ps(_mm512_sub_ps(v, hv), lv));
+                if (m) {
                     _mm256_storeu_si256((__m256i *)mp, (__m256i)mb);
                     for (int j = 0; j < 8; j++) m[(size_t)(k / 2 + j) * 16] = mp[j];
                 }
@@ -211,49 +238,31 @@ static int gemm_amx(float *out, const float *x, const av_mat *W, int T, int exac
                     const uint32_t *h0 = xh + (size_t)(t0 / 16) * K2 * 16, *h1 = h0 + (size_t)K2 * 16;
                     const uint32_t *l0 = xl + (size_t)(t0 / 16) * K2 * 16, *l1 = l0 + (size_t)K2 * 16;
                     const uint32_t *m0 = three ? xm + (size_t)(t0 / 16) * K2 * 16 : NULL, *m1 = three ? m0 + (size_t)K2 * 16 : NULL;
-                    _tile_zero(0);
-                    _tile_zero(1);
-                    _tile_zero(2);
-                    _tile_zero(3);
+                    zero_2x2();
                     for (int kk = 0; kk < K2; kk += 16) {
                         _tile_loadd(4, a0 + (size_t)kk * 32, 64);
                         _tile_loadd(5, a1 + (size_t)kk * 32, 64);
                         _tile_loadd(6, h0 + (size_t)kk * 16, 64);
                         _tile_loadd(7, h1 + (size_t)kk * 16, 64);
-                        _tile_dpbf16ps(0, 4, 6);
-                        _tile_dpbf16ps(1, 4, 7);
-                        _tile_dpbf16ps(2, 5, 6);
-                        _tile_dpbf16ps(3, 5, 7);
+                        mma_2x2();
                         _tile_loadd(6, l0 + (size_t)kk * 16, 64);
                         _tile_loadd(7, l1 + (size_t)kk * 16, 64);
-                        _tile_dpbf16ps(0, 4, 6);
-                        _tile_dpbf16ps(1, 4, 7);
-                        _tile_dpbf16ps(2, 5, 6);
-                        _tile_dpbf16ps(3, 5, 7);
+                        mma_2x2();
                         if (three) { /* x's third term */
                             _tile_loadd(6, m0 + (size_t)kk * 16, 64);
                             _tile_loadd(7, m1 + (size_t)kk * 16, 64);
-                            _tile_dpbf16ps(0, 4, 6);
-                            _tile_dpbf16ps(1, 4, 7);
-                            _tile_dpbf16ps(2, 5, 6);
-                            _tile_dpbf16ps(3, 5, 7);
+                            mma_2x2();
                         }
                         if (two) { /* the weights' lo part times x's hi part */
                             _tile_loadd(4, wl + (a0 - wp) + (size_t)kk * 32, 64);
                             _tile_loadd(5, wl + (a1 - wp) + (size_t)kk * 32, 64);
                             _tile_loadd(6, h0 + (size_t)kk * 16, 64);
                             _tile_loadd(7, h1 + (size_t)kk * 16, 64);
-                            _tile_dpbf16ps(0, 4, 6);
-                            _tile_dpbf16ps(1, 4, 7);
-                            _tile_dpbf16ps(2, 5, 6);
-                            _tile_dpbf16ps(3, 5, 7);
+                            mma_2x2();
                         }
                     }
                     /* cb[row][token] */
-                    _tile_stored(0, cb, 128);
-                    _tile_stored(1, cb + 16, 128);
-                    _tile_stored(2, cb + 16 * 32, 128);
-                    _tile_stored(3, cb + 16 * 32 + 16, 128);
+                    store_2x2(cb);
                     for (int t = 0; t < tt; t++) {
                         float *o = out + (size_t)(t0 + t) * N + n0 + r0;
                         for (int r = 0; r < rr; r++) o[r] = cb[r * 32 + t];
@@ -287,10 +296,7 @@ static int gemm_amx_dx(float *dx, const float *d, const av_mat *W, int T) {
                 for (int h = 0; h < 32; h += 16) {
                     __m512 v = t < T ? _mm512_loadu_ps(d + (size_t)t * N + nb * 32 + h) : _mm512_setzero_ps();
                     __m256bh hb, lb, mb;
-                    split_bf16(v, &hb, &lb);
-                    __m512 hv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)hb), 16));
-                    __m512 lv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)lb), 16));
-                    mb = _mm512_cvtneps_pbh(_mm512_sub_ps(_mm512_sub_ps(v, hv), lv));
+                    split3_bf16(v, &hb, &lb, &mb);
                     _mm256_storeu_si256((__m256i *)(a + at + h), (__m256i)hb);
                     _mm256_storeu_si256((__m256i *)(a + term + at + h), (__m256i)lb);
                     _mm256_storeu_si256((__m256i *)(a + 2 * term + at + h), (__m256i)mb);
@@ -318,10 +324,7 @@ static int gemm_amx_dx(float *dx, const float *d, const av_mat *W, int T) {
                     }
                 }
             for (int t0 = 0; t0 < Tp; t0 += 32) {
-                _tile_zero(0);
-                _tile_zero(1);
-                _tile_zero(2);
-                _tile_zero(3);
+                zero_2x2();
                 for (int nb = 0; nb < NB; nb++) {
                     _tile_loadd(6, b + ((size_t)nb * 2) * 256, 64);
                     _tile_loadd(7, b + ((size_t)nb * 2 + 1) * 256, 64);
@@ -329,17 +332,11 @@ static int gemm_amx_dx(float *dx, const float *d, const av_mat *W, int T) {
                         const uint16_t *a0 = a + tm * term + ((size_t)(t0 / 16) * NB + nb) * 512, *a1 = a0 + (size_t)NB * 512;
                         _tile_loadd(4, a0, 64);
                         _tile_loadd(5, a1, 64);
-                        _tile_dpbf16ps(0, 4, 6);
-                        _tile_dpbf16ps(1, 4, 7);
-                        _tile_dpbf16ps(2, 5, 6);
-                        _tile_dpbf16ps(3, 5, 7);
+                        mma_2x2();
                     }
                 }
                 /* cb[t][k] */
-                _tile_stored(0, cb, 128);
-                _tile_stored(1, cb + 16, 128);
-                _tile_stored(2, cb + 16 * 32, 128);
-                _tile_stored(3, cb + 16 * 32 + 16, 128);
+                store_2x2(cb);
                 int tt = T - t0 < 32 ? T - t0 : 32;
                 for (int t = 0; t < tt; t++) {
                     float *o = dx + (size_t)(t0 + t) * K + k0;
