@@ -31,6 +31,6 @@ for i in $(seq 600); do
 done
 echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; $(head -1 "$LOG")"
 python3 bench/serve_load.py "$PORT" ${AV_SERVE_ARGS:-}
-curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^anvil_(decode_steps|decode_rows|prefill_chunks|generation_tokens)_total'
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^anvil_(decode_steps|decode_rows|prefill_chunks|generation_tokens|engine_seconds|prefix_store_(saves|hits))_total'
 kill -TERM $PID
 wait $PID

@@ -43,7 +43,7 @@ int av_cmd_serve(int argc, char **argv) {
         {"max-batch", AV_OPT_INT, &max_batch, "prompt tokens prefilled per engine step, between decode steps (default 256)", 1, 1 << 20, NULL},
         {"ctx-size", AV_OPT_INT, &ctx, "tokens per slot, prompt + completion (default 4096, at most the model's)", 2, 1 << 24, NULL},
         {"max-queue", AV_OPT_INT, &max_queue, "requests waiting for a slot before 503s (default 64)", 1, 1 << 20, NULL},
-        {"cache-mb", AV_OPT_INT, &cache_mb, "host MiB for prompt prefixes saved from reused slots (default 256; 0: off)", 0, 1 << 24, NULL},
+        {"cache-mb", AV_OPT_INT, &cache_mb, "MiB for prompt prefixes saved from reused slots, in the model's memory (GPU with --device cuda; default 256; 0: off)", 0, 1 << 24, NULL},
         {"timeout", AV_OPT_FLOAT, &timeout, "seconds a request may take (default 600)", 0.001, 1e7, NULL},
         {"api-key", AV_OPT_STR, &api_key, "require Authorization: Bearer KEY", 0, 0, NULL},
         {"chat-template", AV_OPT_STR, &tmpl_file, "Jinja chat template file to use instead of the model's", 0, 0, NULL},

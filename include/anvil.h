@@ -450,6 +450,9 @@ typedef struct {
     int store_entries;         /* saved prefixes held */
     size_t store_bytes, store_limit;
     long long store_saves, store_hits, store_evictions;
+    /* engine thread's wall seconds: admitting (prefix cache saves and restores included), prompt
+     * chunks, decode steps (the model), sampling and text of the decoded rows */
+    double t_admit, t_prefill, t_step, t_sample;
 } av_sched_stats;
 
 void av_sched_opts_default(av_sched_opts *o);

@@ -1,7 +1,7 @@
 /* The prefix cache's second level: token prefixes whose K/V a slot held before a request with a
- * different prompt took it, saved to host memory under a byte limit with least-recently-used
- * eviction, and copied back into a slot when a new prompt shares more of one of them than of any
- * free slot's. */
+ * different prompt took it, saved in the backend's memory (device-side copies: no host round trip on
+ * the GPU) under a byte limit with least-recently-used eviction, and copied back into a slot when a
+ * new prompt shares more of one of them than of any free slot's. */
 #include "engine/sched_internal.h"
 #include <stdlib.h>
 #include <string.h>
@@ -16,14 +16,16 @@ static void entry_free(av_prefix_store *ps, int k) {
     av_prefix_entry *e = &ps->e[k];
     ps->bytes -= e->bytes;
     free(e->tok);
-    free(e->kv);
+    ps->be->free(e->kv);
     ps->e[k] = ps->e[--ps->n];
 }
 
 void av_prefix_store_free(av_prefix_store *ps) {
     while (ps->n) entry_free(ps, 0);
     free(ps->e);
+    const av_backend *be = ps->be;
     memset(ps, 0, sizeof *ps);
+    ps->be = be;
 }
 
 int av_prefix_store_match(av_prefix_store *ps, const int32_t *prompt, int n, int *common) {
@@ -64,12 +66,12 @@ av_status av_prefix_store_put(av_prefix_store *ps, av_batch_session *b, int slot
     e.bytes = bytes;
     e.used = av_now();
     e.tok = malloc(sizeof(int32_t) * (size_t)n);
-    e.kv = malloc(row * (size_t)n);
-    if (!e.tok || !e.kv) { free(e.tok); free(e.kv); return av_fail(AV_ERR_NOMEM, "out of memory"); }
+    if (!e.tok) return av_fail(AV_ERR_NOMEM, "out of memory");
+    if (!(e.kv = ps->be->alloc(row * (size_t)n, "saved prompt prefix"))) { free(e.tok); return av_fail_prefix(AV_ERR_NOMEM, "prefix cache"); }
     memcpy(e.tok, tok, sizeof(int32_t) * (size_t)n);
     size_t half = row / 2 / sizeof(float) * (size_t)n;
     av_status st = av_batch_session_kv_save(b, slot, n, n, e.kv, e.kv + half);
-    if (st != AV_OK) { free(e.tok); free(e.kv); return st; }
+    if (st != AV_OK) { free(e.tok); ps->be->free(e.kv); return st; }
     ps->e[ps->n++] = e;
     ps->bytes += bytes;
     ps->saves++;

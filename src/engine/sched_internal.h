@@ -52,7 +52,8 @@ typedef struct {
     long long admitted;          /* admission order: prefill goes first-come first-served */
 } av_slot;
 
-/* Saved prefixes (engine/prefix_store.c): tokens + K/V rows [n_layers][n][kv_dim] (K, then V). */
+/* Saved prefixes (engine/prefix_store.c): tokens + K/V rows [n_layers][n][kv_dim] (K, then V) in
+ * the backend's memory. */
 #define AV_PREFIX_MIN 16 /* shorter prefixes are not worth saving */
 typedef struct {
     int32_t *tok;
@@ -66,6 +67,7 @@ typedef struct {
     int n, cap;
     size_t bytes, limit;
     long long saves, hits, evictions;
+    const av_backend *be; /* where the K/V rows live (the model's) */
 } av_prefix_store;
 void av_prefix_store_free(av_prefix_store *ps);
 /* The entry sharing the longest prefix with prompt[0..n-1) (-1: none), that length in *common. */

@@ -113,8 +113,11 @@ static void decode_step(av_sched *s) {
         n += on;
     }
     if (!n) return;
+    double t0 = av_now();
     av_status st = av_batch_session_step_logits(s->b, s->ids, s->pos, s->logits);
+    double t1 = av_now();
     pthread_mutex_lock(&s->mu);
+    s->st.t_step += t1 - t0;
     s->st.steps++;
     s->st.step_rows += n;
     s->st.last_batch = n;
@@ -131,12 +134,18 @@ static void decode_step(av_sched *s) {
         }
         k++;
     }
+    t0 = av_now();
+    pthread_mutex_lock(&s->mu);
+    s->st.t_sample += t0 - t1;
+    pthread_mutex_unlock(&s->mu);
 }
 
 void av_sched_run(av_sched *s) {
     pthread_mutex_lock(&s->mu);
     for (;;) {
+        double t0 = av_now();
         admit(s);
+        s->st.t_admit += av_now() - t0;
         int busy = 0;
         for (int i = 0; i < s->o.n_slots; i++) busy |= s->slots[i].state != AV_SLOT_FREE;
         if (!busy && s->stopping && !s->qhead) break;
@@ -147,8 +156,13 @@ void av_sched_run(av_sched *s) {
         int stopping = s->stopping;
         pthread_mutex_unlock(&s->mu);
         reap(s, stopping);
+        t0 = av_now();
         prefill_step(s);
+        double t1 = av_now();
         decode_step(s);
+        pthread_mutex_lock(&s->mu);
+        s->st.t_prefill += t1 - t0;
+        pthread_mutex_unlock(&s->mu);
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);
@@ -185,6 +199,7 @@ av_status av_sched_new(av_sched **out, av_model *m, const av_tokenizer *tok, con
     s->m = m;
     s->tok = tok;
     s->store.limit = s->o.cache_bytes;
+    s->store.be = m->be;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);
     int N = s->o.n_slots, V = m->cfg.vocab_size;
@@ -241,8 +256,8 @@ void av_sched_free(av_sched *s) {
     else free(s->logits);
     free(s->lp_tmp);
     free(s->ids);
-    av_batch_session_free(s->b);
     av_prefix_store_free(&s->store);
+    av_batch_session_free(s->b);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->wake);
     free(s);

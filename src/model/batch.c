@@ -314,28 +314,24 @@ static av_status kv_check(const av_batch_session *b, int i, int n, int ld) {
     return AV_OK;
 }
 
-av_status av_batch_session_kv_save(av_batch_session *b, int i, int n, int ld, float *k, float *v) {
+/* Rows [0, n) of sequence i to or from k, v (backend memory, [n_layers][ld][kv_dim] each): copies on
+ * the device, queued in order with the steps (no host round trip). */
+static av_status kv_move(av_batch_session *b, int i, int n, int ld, float *k, float *v, int out) {
     AV_TRY(kv_check(b, i, n, ld));
     host_sampling_mode(b);
     const av_backend *be = b->m->be;
-    size_t kvd = (size_t)b->m->cfg.n_kv_heads * b->m->cfg.head_dim, rows = (size_t)n * kvd, lds = (size_t)ld * kvd;
+    size_t kvd = (size_t)b->m->cfg.n_kv_heads * b->m->cfg.head_dim, bytes = sizeof(float) * (size_t)n * kvd, lds = (size_t)ld * kvd;
     for (int l = 0; l < b->m->cfg.n_layers; l++) {
         size_t off = (size_t)l * b->plan.ws.layer_stride + (size_t)i * b->plan.ws.seq_stride;
-        be->download(k + (size_t)l * lds, b->k_cache + off, sizeof(float) * rows);
-        be->download(v + (size_t)l * lds, b->v_cache + off, sizeof(float) * rows);
+        float *ks = k + (size_t)l * lds, *vs = v + (size_t)l * lds, *kc = b->k_cache + off, *vc = b->v_cache + off;
+        be->copy(out ? ks : kc, out ? kc : ks, bytes);
+        be->copy(out ? vs : vc, out ? vc : vs, bytes);
     }
     return dev_status(b);
 }
 
+av_status av_batch_session_kv_save(av_batch_session *b, int i, int n, int ld, float *k, float *v) { return kv_move(b, i, n, ld, k, v, 1); }
+
 av_status av_batch_session_kv_load(av_batch_session *b, int i, int n, int ld, const float *k, const float *v) {
-    AV_TRY(kv_check(b, i, n, ld));
-    host_sampling_mode(b);
-    const av_backend *be = b->m->be;
-    size_t kvd = (size_t)b->m->cfg.n_kv_heads * b->m->cfg.head_dim, rows = (size_t)n * kvd, lds = (size_t)ld * kvd;
-    for (int l = 0; l < b->m->cfg.n_layers; l++) {
-        size_t off = (size_t)l * b->plan.ws.layer_stride + (size_t)i * b->plan.ws.seq_stride;
-        be->upload(b->k_cache + off, k + (size_t)l * lds, sizeof(float) * rows);
-        be->upload(b->v_cache + off, v + (size_t)l * lds, sizeof(float) * rows);
-    }
-    return dev_status(b);
+    return kv_move(b, i, n, ld, (float *)k, (float *)v, 0);
 }

@@ -59,10 +59,10 @@ int av_batch_session_chunk(const av_batch_session *b);
  * cache) and writes the logits of the k-th such row into logits[k * vocab] (host). Rows with
  * pos[i] < 0 are idle (no cache write, no logits). */
 av_status av_batch_session_step_logits(av_batch_session *b, const int32_t *ids, const int32_t *pos, float *logits);
-/* Host bytes of one cached position (K and V of every layer). */
+/* Bytes of one cached position (K and V of every layer). */
 size_t av_batch_session_kv_row_bytes(const av_batch_session *b);
-/* Cache rows [0, n) of sequence i to host memory / back into sequence i (the prefix cache's saved
- * prefixes); k, v: [n_layers][ld][kv_dim] each (ld >= n rows per layer). */
+/* Cache rows [0, n) of sequence i out to / back in from the prefix cache's saved prefixes: k, v in
+ * the backend's memory, [n_layers][ld][kv_dim] each (ld >= n rows per layer); device-side copies. */
 av_status av_batch_session_kv_save(av_batch_session *b, int i, int n, int ld, float *k, float *v);
 av_status av_batch_session_kv_load(av_batch_session *b, int i, int n, int ld, const float *k, const float *v);
 

@@ -4,11 +4,32 @@
 #include "ops/sample.h"
 #include <math.h>
 
+/* Lane k of 16 keeps the largest value it saw and where it first saw it (a NaN compares false and
+ * is skipped); the answer is the lowest such index among the lanes holding the maximum. Written so
+ * the compiler vectorises it (the scalar loop's branch made it the server's hottest host function).
+ * A row with nothing above -inf takes the scalar loop. */
 int av_sample_argmax(const float *l, int V) {
-    int best = -1; /* NaN skipped, as the device sampler and the folded LM head do */
-    for (int j = 0; j < V; j++)
-        if (l[j] == l[j] && (best < 0 || l[j] > l[best])) best = j;
-    return best < 0 ? 0 : best;
+    enum { L = 16 };
+    float m[L];
+    int at[L];
+    for (int k = 0; k < L; k++) m[k] = -INFINITY, at[k] = -1;
+    int j = 0;
+    for (; j + L <= V; j += L)
+        for (int k = 0; k < L; k++) {
+            float v = l[j + k];
+            int gt = v > m[k];
+            m[k] = gt ? v : m[k];
+            at[k] = gt ? j + k : at[k];
+        }
+    for (int k = 0; j + k < V; k++)
+        if (l[j + k] > m[k]) m[k] = l[j + k], at[k] = j + k;
+    int best = -1;
+    for (int k = 0; k < L; k++)
+        if (at[k] >= 0 && (best < 0 || m[k] > l[best] || (m[k] == l[best] && at[k] < best))) best = at[k];
+    if (best >= 0) return best;
+    for (j = 0; j < V; j++) /* every value -inf or NaN: the first -inf */
+        if (l[j] == l[j]) return j;
+    return 0;
 }
 
 float av_sample_mass(const float *l, int V, float mx, float invt, float tau) {

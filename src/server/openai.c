@@ -262,14 +262,20 @@ char *av_srv_metrics(av_server *s) {
     METRIC("slots", "gauge", "Sequences the server decodes together at most (--parallel).", "%d", st.slots);
     METRIC("slot_context_tokens", "gauge", "Tokens per slot (--ctx-size).", "%d", st.ctx);
     METRIC("kv_cache_bytes", "gauge", "Backend bytes of the slots' KV cache and scratch (the prefix cache's bound).", "%zu", st.kv_bytes);
-    METRIC("prefix_store_entries", "gauge", "Prompt prefixes saved in host memory.", "%d", st.store_entries);
-    METRIC("prefix_store_bytes", "gauge", "Host bytes of saved prompt prefixes.", "%zu", st.store_bytes);
+    METRIC("prefix_store_entries", "gauge", "Prompt prefixes saved (in the model's device memory).", "%d", st.store_entries);
+    METRIC("prefix_store_bytes", "gauge", "Bytes of saved prompt prefixes.", "%zu", st.store_bytes);
     METRIC("prefix_store_limit_bytes", "gauge", "Byte limit of saved prompt prefixes (--cache-mb).", "%zu", st.store_limit);
     METRIC("prefix_store_saves_total", "counter", "Prefixes saved from slots taken by other prompts.", "%lld", st.store_saves);
     METRIC("prefix_store_hits_total", "counter", "Saved prefixes copied back into a slot.", "%lld", st.store_hits);
     METRIC("prefix_store_evictions_total", "counter", "Saved prefixes evicted (least recently used) to stay in the limit.", "%lld",
            st.store_evictions);
 #undef METRIC
+    av_sbuf_printf(&b, "# HELP anvil_engine_seconds_total Engine thread wall seconds by phase (admit: slot choice and prefix "
+                       "cache copies; prefill: prompt chunks; step: batched decode steps; sample: sampling and text of their rows).\n"
+                       "# TYPE anvil_engine_seconds_total counter\n");
+    const char *ph[4] = {"admit", "prefill", "step", "sample"};
+    double tv[4] = {st.t_admit, st.t_prefill, st.t_step, st.t_sample};
+    for (int k = 0; k < 4; k++) av_sbuf_printf(&b, "anvil_engine_seconds_total{phase=\"%s\"} %.6f\n", ph[k], tv[k]);
     if (b.oom) { av_sbuf_free(&b); return NULL; }
     return b.p;
 }
