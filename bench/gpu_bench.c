@@ -2,7 +2,8 @@
  * batch 1 (graph-captured step, device sampler), batched decode of N sequences, prefill of 2048
  * tokens, and LoRA training steps (r8, q/v, last 16 layers) at B x 512; prints one JSON line per
  * workload (tok/s, peak device GB, GB/s or MFU). Built by bench/gpu_bench.sh against libanvil.a.
- * usage: gpu_bench MODEL_DIR [decode|batch|prefill|lora|all|parts]   (parts: per-kernel decode timings) */
+ * usage: gpu_bench MODEL_DIR [decode|batch|prefill|lora|all|parts|slots]   (parts: per-kernel decode timings;
+ * slots: the server's per-slot calls, prompt chunks and host-sampled decode steps, enqueue vs total time) */
 #include "backend/backend.h"
 #include "backend/cuda.h"
 #include "core/memory.h"
@@ -369,8 +370,80 @@ static void bench_parts(av_model *m) {
     free(h);
 }
 
+/* The scheduler's calls on a 64-slot session: a prompt chunk of T rows into one slot (host time to
+ * enqueue it, time until the GPU is done, and with its last row's logits downloaded), and one decode
+ * step of n busy rows with host logits (av_batch_session_step_logits). */
+static void bench_slots(av_model *m) {
+    const av_backend *be = m->be;
+    int N = 64, V = m->cfg.vocab_size;
+    av_batch_session *b;
+    if (av_batch_session_new(&b, m, N, 512, 256) != AV_OK) die("batch");
+    float *logits = malloc(sizeof(float) * (size_t)N * V);
+    int32_t ids[256], pos[64], fed[64];
+    for (int t = 0; t < 256; t++) ids[t] = tok(t, V);
+    int Ts[] = {16, 64, 128, 256};
+    for (int ti = 0; ti < 4; ti++) {
+        int T = Ts[ti];
+        double enq = 1e30, tot = 1e30, wl = 1e30;
+        for (int rep = 0; rep < 12; rep++) {
+            be->sync();
+            double t0 = now();
+            if (av_batch_session_prefill_at(b, rep % N, ids, T, 0, NULL) != AV_OK) die("prefill_at");
+            double t1 = now();
+            be->sync();
+            double t2 = now();
+            if (av_batch_session_prefill_at(b, rep % N, ids, T, 0, logits) != AV_OK) die("prefill_at");
+            double t3 = now();
+            if (rep < 2) continue;
+            if (t1 - t0 < enq) enq = t1 - t0;
+            if (t2 - t0 < tot) tot = t2 - t0;
+            if (t3 - t2 < wl) wl = t3 - t2;
+        }
+        printf("{\"workload\":\"slot_prefill\",\"T\":%d,\"enqueue_ms\":%.3f,\"done_ms\":%.3f,\"with_logits_ms\":%.3f}\n", T, enq * 1e3,
+               tot * 1e3, wl * 1e3);
+        fflush(stdout);
+    }
+    /* prompt chunks as a server sees them: a new length and a new cached prefix every time */
+    double first = 0, sum = 0;
+    for (int rep = 0; rep < 40; rep++) {
+        int T = 37 + 5 * rep, p0 = (rep * 13) % 96;
+        double t0 = now();
+        if (av_batch_session_prefill_at(b, rep % N, ids, T, p0, logits) != AV_OK) die("prefill_at");
+        double dt = now() - t0;
+        if (rep < 20) first += dt;
+        else sum += dt;
+    }
+    /* the same 20 shapes again */
+    double again = 0;
+    for (int rep = 20; rep < 40; rep++) {
+        int T = 37 + 5 * rep, p0 = (rep * 13) % 96;
+        double t0 = now();
+        if (av_batch_session_prefill_at(b, rep % N, ids, T, p0, logits) != AV_OK) die("prefill_at");
+        again += now() - t0;
+    }
+    printf("{\"workload\":\"slot_prefill_varied\",\"T\":\"37..232\",\"first_ms\":%.3f,\"new_shapes_ms\":%.3f,\"seen_shapes_ms\":%.3f}\n",
+           first / 20 * 1e3, sum / 20 * 1e3, again / 20 * 1e3);
+    fflush(stdout);
+    int ns[] = {1, 8, 32, 64};
+    for (int ni = 0; ni < 4; ni++) {
+        int n = ns[ni];
+        for (int i = 0; i < N; i++) pos[i] = i < n ? 300 : -1, fed[i] = tok(i, V);
+        double best = 1e30, tot = 0;
+        for (int rep = 0; rep < 100; rep++) { /* 64 steps before a smaller row bucket takes over */
+            double t0 = now();
+            if (av_batch_session_step_logits(b, fed, pos, logits) != AV_OK) die("step_logits");
+            double dt = now() - t0;
+            if (rep >= 80) { tot += dt; if (dt < best) best = dt; }
+        }
+        printf("{\"workload\":\"slot_step\",\"rows\":%d,\"ms\":%.3f,\"mean_ms\":%.3f}\n", n, best * 1e3, tot / 20 * 1e3);
+        fflush(stdout);
+    }
+    free(logits);
+    av_batch_session_free(b);
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2) { fprintf(stderr, "usage: gpu_bench MODEL_DIR [decode|batch|prefill|lora|all|parts]\n"); return 2; }
+    if (argc < 2) { fprintf(stderr, "usage: gpu_bench MODEL_DIR [decode|batch|prefill|lora|all|parts|slots]\n"); return 2; }
     const char *what = argc > 2 ? argv[2] : "all";
     const av_backend *be = av_backend_cuda();
     if (!be) die("cuda");
@@ -384,6 +457,7 @@ int main(int argc, char **argv) {
     int all = !strcmp(what, "all");
     if (all || !strcmp(what, "decode")) bench_decode1(m, 128);
     if (!strcmp(what, "parts")) bench_parts(m);
+    if (!strcmp(what, "slots")) bench_slots(m);
     if (all || !strcmp(what, "batch")) { bench_batch(m, 8, 128); bench_batch(m, 32, 128); }
     if (all || !strcmp(what, "prefill")) bench_prefill(m, 2048);
     if (all || !strcmp(what, "lora")) {

@@ -35,6 +35,25 @@ int main(void) {
     const float nan_row[5] = {NAN, 1.0f, 3.0f, 3.0f, NAN}, all_nan[2] = {NAN, NAN};
     CHECK(av_sample_argmax(nan_row, 5) == 2, "argmax with NaN: %d", av_sample_argmax(nan_row, 5));
     CHECK(av_sample_argmax(all_nan, 2) == 0, "argmax of an all-NaN row: %d", av_sample_argmax(all_nan, 2));
+    /* the vectorised lanes: ties across lanes and the tail, NaN, -inf-only rows; against the plain loop */
+    {
+        static float row[1000];
+        unsigned r = 7;
+        int bad = 0;
+        for (int it = 0; it < 3000; it++) {
+            int n = it % 3 ? 1 + (int)(r % 100) : 1000;
+            for (int j = 0; j < n; j++) {
+                r = r * 1103515245u + 12345u;
+                unsigned c = (r >> 16) % 10;
+                row[j] = c == 0 ? NAN : c == 1 ? -INFINITY : (it % 5 == 0 ? -INFINITY : (float)((r >> 8) % 4));
+            }
+            int want = -1;
+            for (int j = 0; j < n; j++)
+                if (row[j] == row[j] && (want < 0 || row[j] > row[want])) want = j;
+            bad += av_sample_argmax(row, n) != (want < 0 ? 0 : want);
+        }
+        CHECK(bad == 0, "argmax differs from the first-maximum loop on %d of 3000 rows", bad);
+    }
     /* temperature + top-p: the device rule, draw for draw */
     const float temps[] = {0.0f, 0.5f, 1.0f, 1.7f}, tops[] = {1.0f, 0.9f, 0.5f};
     int same = 0, total = 0;

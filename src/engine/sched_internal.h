@@ -87,6 +87,8 @@ struct av_sched {
     int logits_pinned;           /* logits from the backend's host_alloc (host_free), else malloc */
     float *lp_tmp;               /* host [V]: log-softmax scratch */
     int32_t *ids, *pos;          /* host [n_slots] */
+    int32_t *greedy_ids;         /* host [n_slots]: a device-sampled step's tokens */
+    int can_greedy;              /* the batch session can take argmax tokens on the device */
     pthread_t thread;
     int thread_on;
     pthread_mutex_t mu;
@@ -106,6 +108,10 @@ int av_sched_pick_slot(av_sched *s, const int32_t *prompt, int n, int *common);
 av_status av_sched_admit(av_sched *s, int i, av_sched_req *r, int common);
 /* One sampled token for slot i from logits (host [V], modified). Sets the slot free when it ends. */
 av_status av_sched_take_token(av_sched *s, int i, float *logits);
+/* Slot i's request takes plain argmax tokens (the step may sample it on the device). */
+int av_sched_slot_greedy(const av_sched *s, int i);
+/* Slot i's sampled token id: EOS, stop strings, length, then the next step's input. */
+av_status av_sched_take_id(av_sched *s, int i, int32_t id);
 /* Ends slot i's request ("stop", "length", "cancelled", "timeout", "error" with msg). */
 void av_sched_finish(av_sched *s, int i, const char *finish, const char *msg);
 /* Drops one reference (frees r at zero). */

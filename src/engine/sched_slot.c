@@ -160,6 +160,13 @@ static av_status record_logprob(av_sched *s, av_sched_req *r, const float *l, in
     return AV_OK;
 }
 
+/* Whether slot i's next token is the plain argmax of its logits (no penalty, bias or log-probabilities
+ * change or need them): then the step can take it on the device. */
+int av_sched_slot_greedy(const av_sched *s, int i) {
+    const av_sched_req *r = s->slots[i].req;
+    return r && r->p.sampler.temp <= 0.0f && r->p.sampler.repetition_penalty == 1.0f && !r->p.logprobs && r->p.n_bias == 0;
+}
+
 av_status av_sched_take_token(av_sched *s, int i, float *logits) {
     av_slot *sl = &s->slots[i];
     av_sched_req *r = sl->req;
@@ -168,8 +175,14 @@ av_status av_sched_take_token(av_sched *s, int i, float *logits) {
     /* the sampler may change logits (penalty): log-probabilities from a copy taken first */
     if (r->p.logprobs) memcpy(s->lp_tmp, logits, sizeof(float) * (size_t)s->m->cfg.vocab_size);
     int32_t id = av_sampler_sample(&sl->smp, logits, sl->tok, sl->n_kv, sl->n_kv - 1);
+    if (r->p.logprobs && !av_is_eos(s->m, s->tok, id)) AV_TRY(record_logprob(s, r, s->lp_tmp, id));
+    return av_sched_take_id(s, i, id);
+}
+
+av_status av_sched_take_id(av_sched *s, int i, int32_t id) {
+    av_slot *sl = &s->slots[i];
+    av_sched_req *r = sl->req;
     if (av_is_eos(s->m, s->tok, id)) { av_sched_finish(s, i, "stop", NULL); return AV_OK; }
-    if (r->p.logprobs) AV_TRY(record_logprob(s, r, s->lp_tmp, id));
     pthread_mutex_lock(&r->mu);
     r->n_gen++;
     pthread_mutex_unlock(&r->mu);

@@ -102,19 +102,22 @@ static void prefill_step(av_sched *s) {
     if (st != AV_OK) av_sched_finish(s, i, "error", av_last_error());
 }
 
-/* One token for every decoding slot. */
+/* One token for every decoding slot: taken on the device when every one of them is greedy (no
+ * logits to the host), else sampled here from the step's logits. */
 static void decode_step(av_sched *s) {
-    int n = 0, V = s->m->cfg.vocab_size;
+    int n = 0, greedy = s->can_greedy, V = s->m->cfg.vocab_size;
     for (int i = 0; i < s->o.n_slots; i++) {
         av_slot *sl = &s->slots[i];
         int on = sl->state == AV_SLOT_DECODE;
         s->ids[i] = on ? sl->next : 0;
         s->pos[i] = on ? sl->n_kv : -1;
         n += on;
+        if (on && greedy) greedy = av_sched_slot_greedy(s, i);
     }
     if (!n) return;
     double t0 = av_now();
-    av_status st = av_batch_session_step_logits(s->b, s->ids, s->pos, s->logits);
+    av_status st = greedy ? av_batch_session_step_greedy(s->b, s->ids, s->pos, s->greedy_ids)
+                          : av_batch_session_step_logits(s->b, s->ids, s->pos, s->logits);
     double t1 = av_now();
     pthread_mutex_lock(&s->mu);
     s->st.t_step += t1 - t0;
@@ -127,7 +130,7 @@ static void decode_step(av_sched *s) {
         av_slot *sl = &s->slots[i];
         if (st == AV_OK) {
             sl->tok[sl->n_kv++] = sl->next;
-            st = av_sched_take_token(s, i, s->logits + (size_t)k * V);
+            st = greedy ? av_sched_take_id(s, i, s->greedy_ids[k]) : av_sched_take_token(s, i, s->logits + (size_t)k * V);
             if (st != AV_OK) { av_sched_finish(s, i, "error", av_last_error()); st = AV_OK; }
         } else {
             av_sched_finish(s, i, "error", av_last_error());
@@ -211,12 +214,14 @@ av_status av_sched_new(av_sched **out, av_model *m, const av_tokenizer *tok, con
     s->logits_pinned = s->logits != NULL;
     if (!s->logits) s->logits = malloc(sizeof(float) * (size_t)N * V);
     s->lp_tmp = malloc(sizeof(float) * (size_t)V);
-    s->ids = malloc(sizeof(int32_t) * 2 * (size_t)N);
+    s->ids = malloc(sizeof(int32_t) * 3 * (size_t)N);
     if (st == AV_OK && (!s->slots || !s->logits || !s->lp_tmp || !s->ids)) st = av_fail(AV_ERR_NOMEM, "out of memory");
     for (int i = 0; st == AV_OK && i < N; i++)
         if (!(s->slots[i].tok = malloc(sizeof(int32_t) * (size_t)s->o.ctx))) st = av_fail(AV_ERR_NOMEM, "out of memory");
     if (st == AV_OK) {
         s->pos = s->ids + N;
+        s->greedy_ids = s->ids + 2 * (size_t)N;
+        s->can_greedy = av_batch_session_can_greedy(s->b);
         s->st.slots = N;
         s->st.ctx = s->o.ctx;
         s->st.kv_bytes = av_batch_session_bytes(s->b);

@@ -251,10 +251,13 @@ av_status av_batch_session_prefill_at(av_batch_session *b, int i, const int32_t 
     return dev_status(b);
 }
 
-av_status av_batch_session_step_logits(av_batch_session *b, const int32_t *ids, const int32_t *pos, float *logits) {
+/* The rows of a host-sampled step: pos[i] >= 0 feeds ids[i]; the k-th fed row's logits land in
+ * b->logits row k (backend memory). *n_out: the fed rows. */
+static av_status step_rows(av_batch_session *b, const int32_t *ids, const int32_t *pos, int *n_out) {
     av_model *m = b->m;
     const av_backend *be = m->be;
     int N = b->N, V = m->cfg.vocab_size, D = m->cfg.hidden_size, n = 0;
+    *n_out = 0;
     host_sampling_mode(b);
     for (int i = 0; i < N; i++) {
         if (pos[i] < 0) continue;
@@ -299,8 +302,28 @@ av_status av_batch_session_step_logits(av_batch_session *b, const int32_t *ids, 
         h = b->x;
     }
     be->matmul_forward(b->logits, h, &m->lm_head, n);
-    be->download(logits, b->logits, sizeof(float) * (size_t)n * V);
     for (int i = 0; i < N; i++) b->pos[i] = pos[i] < 0 ? b->pos[i] : pos[i] + 1;
+    *n_out = n;
+    return AV_OK;
+}
+
+av_status av_batch_session_step_logits(av_batch_session *b, const int32_t *ids, const int32_t *pos, float *logits) {
+    int n;
+    AV_TRY(step_rows(b, ids, pos, &n));
+    if (n) b->m->be->download(logits, b->logits, sizeof(float) * (size_t)n * b->m->cfg.vocab_size);
+    return dev_status(b);
+}
+
+int av_batch_session_can_greedy(const av_batch_session *b) { return b->m->be->sample != NULL; }
+
+av_status av_batch_session_step_greedy(av_batch_session *b, const int32_t *ids, const int32_t *pos, int32_t *out) {
+    const av_backend *be = b->m->be;
+    if (!be->sample) return av_fail(AV_ERR_UNSUPPORTED, "batch: the %s backend has no device sampler", be->name);
+    int n;
+    AV_TRY(step_rows(b, ids, pos, &n));
+    if (!n) return AV_OK;
+    be->sample(b->plan.ids, b->logits, n, b->m->cfg.vocab_size, 0.0f, 1.0f, 0, NULL, NULL); /* the next step uploads its ids anew */
+    be->download(out, b->plan.ids, sizeof(int32_t) * (size_t)n);
     return dev_status(b);
 }
 

@@ -59,6 +59,11 @@ int av_batch_session_chunk(const av_batch_session *b);
  * cache) and writes the logits of the k-th such row into logits[k * vocab] (host). Rows with
  * pos[i] < 0 are idle (no cache write, no logits). */
 av_status av_batch_session_step_logits(av_batch_session *b, const int32_t *ids, const int32_t *pos, float *logits);
+/* The same step, each fed row's greedy token (argmax of its logits, lowest id on ties, NaN skipped:
+ * av_sample_argmax's rule) taken on the device into out[k]: no logits cross to the host. Only where
+ * av_batch_session_can_greedy (the backend has a device sampler). */
+int av_batch_session_can_greedy(const av_batch_session *b);
+av_status av_batch_session_step_greedy(av_batch_session *b, const int32_t *ids, const int32_t *pos, int32_t *out);
 /* Bytes of one cached position (K and V of every layer). */
 size_t av_batch_session_kv_row_bytes(const av_batch_session *b);
 /* Cache rows [0, n) of sequence i out to / back in from the prefix cache's saved prefixes: k, v in
