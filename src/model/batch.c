@@ -252,7 +252,8 @@ av_status av_batch_session_prefill_at(av_batch_session *b, int i, const int32_t 
 }
 
 /* The rows of a host-sampled step: pos[i] >= 0 feeds ids[i]; the k-th fed row's logits land in
- * b->logits row k (backend memory). *n_out: the fed rows. */
+ * b->logits row k (backend memory). *n_out: the fed rows. With n > 0 the step stays queued: the
+ * caller reads what it needs (a download waits for it), then collects it. */
 static av_status step_rows(av_batch_session *b, const int32_t *ids, const int32_t *pos, int *n_out) {
     av_model *m = b->m;
     const av_backend *be = m->be;
@@ -284,13 +285,15 @@ static av_status step_rows(av_batch_session *b, const int32_t *ids, const int32_
         av_decode_plan_release(&b->plan); /* its scratch is sized by rows */
         b->plan.N = rows;
     }
-    int32_t *fed = malloc(sizeof(int32_t) * (size_t)rows);
+    /* ids [N] then pos (adjacent on the device): one upload */
+    int32_t *fed = malloc(sizeof(int32_t) * ((size_t)N + rows));
     if (!fed) return av_fail(AV_ERR_NOMEM, "out of memory");
-    for (int i = 0; i < rows; i++) fed[i] = pos[i] < 0 ? 0 : ids[i];
-    be->upload(b->plan.ids, fed, sizeof(int32_t) * (size_t)rows);
-    be->upload(b->plan.pos, pos, sizeof(int32_t) * (size_t)rows);
+    for (int i = 0; i < N; i++) fed[i] = i < rows && pos[i] >= 0 ? ids[i] : 0;
+    memcpy(fed + N, pos, sizeof(int32_t) * (size_t)rows);
+    be->upload(b->plan.ids, fed, sizeof(int32_t) * ((size_t)N + rows));
     free(fed);
-    AV_TRY(av_decode_plan_step(&b->plan, NULL));
+    /* the step is not waited for: the LM head queues behind it (the caller's download waits) */
+    AV_TRY(av_decode_plan_submit(&b->plan));
     /* the fed rows' final-normed states through the LM head: in place when they are rows 0..n-1 (the
      * scheduler keeps requests in the low slots), else packed into x first (free after the step) */
     const float *h = b->hidden;
@@ -310,7 +313,9 @@ static av_status step_rows(av_batch_session *b, const int32_t *ids, const int32_
 av_status av_batch_session_step_logits(av_batch_session *b, const int32_t *ids, const int32_t *pos, float *logits) {
     int n;
     AV_TRY(step_rows(b, ids, pos, &n));
-    if (n) b->m->be->download(logits, b->logits, sizeof(float) * (size_t)n * b->m->cfg.vocab_size);
+    if (!n) return AV_OK;
+    b->m->be->download(logits, b->logits, sizeof(float) * (size_t)n * b->m->cfg.vocab_size);
+    AV_TRY(av_decode_plan_collect(&b->plan, NULL));
     return dev_status(b);
 }
 
@@ -324,6 +329,7 @@ av_status av_batch_session_step_greedy(av_batch_session *b, const int32_t *ids, 
     if (!n) return AV_OK;
     be->sample(b->plan.ids, b->logits, n, b->m->cfg.vocab_size, 0.0f, 1.0f, 0, NULL, NULL); /* the next step uploads its ids anew */
     be->download(out, b->plan.ids, sizeof(int32_t) * (size_t)n);
+    AV_TRY(av_decode_plan_collect(&b->plan, NULL));
     return dev_status(b);
 }
 
