@@ -48,6 +48,24 @@ def one_request(port, text, gen):
     return ttft if ttft is not None else total, total, usage
 
 
+def engine_counters(port):
+    """anvil's /metrics: engine seconds by phase, decode steps and rows ({} for other servers)."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+    except Exception:  # noqa: BLE001 (not anvil, or no metrics)
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("anvil_engine_seconds_total{phase="):
+            out[line.split('"')[1] + "_s"] = float(line.split()[-1])
+        elif line.startswith(("anvil_decode_steps_total", "anvil_decode_rows_total", "anvil_prefill_chunks_total")):
+            out[line.split()[0][6:-6]] = float(line.split()[-1])
+    return out
+
+
 def run(port, clients, requests, words, gen, prefix=0):
     results, errors = [], []
     lock = threading.Lock()
@@ -95,7 +113,12 @@ def main():
     a = ap.parse_args()
     one_request(a.port, "warm-up: the weights are paged in before anything is timed", 4)
     for c in (int(x) for x in a.clients.split(",")):
-        print(json.dumps(run(a.port, c, a.requests, a.prompt_words, a.gen, a.prefix_words)), flush=True)
+        before = engine_counters(a.port)
+        r = run(a.port, c, a.requests, a.prompt_words, a.gen, a.prefix_words)
+        after = engine_counters(a.port)
+        if after:  # anvil: where the engine thread's time went during this level
+            r["engine"] = {k: round(after[k] - before.get(k, 0), 3) for k in after}
+        print(json.dumps(r), flush=True)
 
 
 if __name__ == "__main__":
