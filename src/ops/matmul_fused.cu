@@ -287,11 +287,12 @@ __device__ __forceinline__ void fz1_out(const fz_args &a, const float (&red)[2 *
  * the sum of squares and each piece's sum of x computed on the way; the layout is swizzled so the
  * lanes' float4 reads are conflict-free), then every lane takes scale * (x . q) + bias * sum(x) per
  * piece, exact f32, and one warp-shuffle reduction gives the unit's outputs (no block reduction).
- * 2-, 4- and 8-bit codes are decoded in place: (half-word & mask << b*j) | 2^23 is the float
- * 2^23 + q * 2^(b*j), so one and/or, one subtraction and one fma a code, summed per position j
- * and scaled back by 2^-(b*j) at the end of the piece (exact: powers of two). Grids larger than the
- * resident blocks become persistent (blocks stride over groups of units: x staged once per block).
- * Scales and biases travel beside fz_args (kept small). */
+ * Codes are decoded one at a time (aq_code: shift, mask, | 2^23, subtract). An in-place decode of
+ * 2/4/8-bit codes (masking within the half-word into per-position accumulators) was measured in
+ * bench/q1_variants.cu (w2 vs w2g): ~4% faster on o and down, but 25-30% slower on the RMSNorm-input
+ * products (4-bit q|k|v 4.18 vs 3.16 us, gate|up 11.14 vs 9.12 us on an H200), so it is not used.
+ * Grids larger than the resident blocks become persistent (blocks stride over groups of units: x
+ * staged once per block). Scales and biases travel beside fz_args (kept small). */
 struct fzq_args {
     const void *sc, *bi;
     int group;
@@ -360,35 +361,10 @@ __device__ __forceinline__ float fzq_xat(const float4 (&xv)[F4], int i) {
 /* x . q over one piece (codes as integers; the caller applies scale and bias). */
 template <int BITS>
 __device__ __forceinline__ float fzq_piece_dot(const uint32_t (&w)[fzq_piece<BITS>::WORDS], const float4 (&xv)[fzq_piece<BITS>::F4]) {
-    constexpr int NWD = fzq_piece<BITS>::WORDS;
-    if constexpr (BITS == 2 || BITS == 4 || BITS == 8) {
-        /* half-word h of word k holds codes (2k + h) * HW .. + HW - 1 */
-        constexpr int HW = 16 / BITS;
-        constexpr uint32_t M = (1u << BITS) - 1u;
-        float c[HW];
+    float d = 0.0f;
 #pragma unroll
-        for (int j = 0; j < HW; j++) c[j] = 0.0f;
-#pragma unroll
-        for (int k = 0; k < NWD; k++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                uint32_t src = h ? w[k] >> 16 : w[k];
-#pragma unroll
-                for (int j = 0; j < HW; j++) {
-                    float f = __uint_as_float((src & (M << (BITS * j))) | 0x4B000000u) - 8388608.0f; /* q * 2^(BITS j) */
-                    c[j] = fmaf(fzq_xat(xv, (2 * k + h) * HW + j), f, c[j]);
-                }
-            }
-        float d = c[0];
-#pragma unroll
-        for (int j = 1; j < HW; j++) d = fmaf(c[j], __uint_as_float((uint32_t)(127 - BITS * j) << 23), d); /* * 2^-(BITS j) */
-        return d;
-    } else {
-        float d = 0.0f;
-#pragma unroll
-        for (int e = 0; e < 32; e++) d = fmaf(fzq_xat(xv, e), aq_code<BITS>(w, e), d);
-        return d;
-    }
+    for (int e = 0; e < fzq_piece<BITS>::CODES; e++) d = fmaf(fzq_xat(xv, e), aq_code<BITS>(w, e), d);
+    return d;
 }
 
 /* Block = NW warps, warp w on unit grp * NW + w for grp = blockIdx.x, + gridDim.x, ..; lane l on
@@ -835,11 +811,10 @@ static void launch1c(const fz_args &a, unsigned units) {
 }
 
 
-/* One-row quantized product: 4 warps (units) a block; grids beyond the resident blocks become
+/* One-row quantized product, NW warps (units) a block; grids beyond the resident blocks become
  * persistent. The resident count (it depends on K through shared memory) is cached per device. */
-template <int IN, int OUT, int BITS, int U>
+template <int IN, int OUT, int NW, int BITS, int U>
 static void launchq1u(const fz_args &a, const fzq_args &qa, unsigned units) {
-    constexpr int NW = 4;
     void (*k)(fz_args, fzq_args, int) = fzq1_k<IN, OUT, NW, BITS, U>;
     size_t smem = fzq1_smem<BITS>(a.K, NW);
     static std::atomic<unsigned long long> cache[16]; /* per device: K << 32 | resident blocks per SM */
@@ -856,12 +831,30 @@ static void launchq1u(const fz_args &a, const fzq_args &qa, unsigned units) {
     av_launch(k, dim3(groups < resident ? groups : resident), dim3(NW * 32), smem, 1, a, qa, (int)units);
 }
 
-template <int IN, int OUT, int BITS>
-static void launchq1c(const fz_args &a, const fzq_args &qa, unsigned units) {
+template <int IN, int OUT, int NW, int BITS>
+static void launchq1n(const fz_args &a, const fzq_args &qa, unsigned units) {
     int per = (int)av_cdiv((size_t)(a.K / fzq_piece<BITS>::CODES), 32); /* pieces per lane and row */
     constexpr int UM = fzq1_umax<BITS>();
-    if (per <= 2) launchq1u<IN, OUT, BITS, 2>(a, qa, units);
-    else launchq1u<IN, OUT, BITS, UM>(a, qa, units); /* several passes beyond */
+    if (per <= 2) launchq1u<IN, OUT, NW, BITS, 2>(a, qa, units);
+    else launchq1u<IN, OUT, NW, BITS, UM>(a, qa, units); /* several passes beyond */
+}
+
+/* Block size per product, from bench/q1_variants.cu on an H200 (us a launch, 4-bit g64, w2g = this
+ * kernel with 4 warps, w2x8 = 8 warps but the in-place decode): q|k|v 3.16 (w2g) vs 3.38 (w2x8), o 2.59
+ * vs 2.68, gate|up 9.12 vs 8.85, down (K 5632) 6.99 vs 5.01; 8-bit codes: 8 warps best on every
+ * product (q|k|v 3.48 vs 3.86, gate|up 10.90 vs 12.90, down 6.92 vs 7.71). Large products have units
+ * enough to fill every SM with half the blocks, and each staging of x then serves 8 units; small ones
+ * spread over more SMs with 4-warp blocks. */
+template <int IN, int OUT, int BITS>
+static void launchq1c(const fz_args &a, const fzq_args &qa, unsigned units) {
+    if constexpr (BITS == 8 || OUT == AV_GEMV_OUT_SWIGLU) {
+        launchq1n<IN, OUT, 8, BITS>(a, qa, units);
+    } else if constexpr (OUT == AV_GEMV_OUT_ADD) {
+        if (a.K > 4096) launchq1n<IN, OUT, 8, BITS>(a, qa, units);
+        else launchq1n<IN, OUT, 4, BITS>(a, qa, units);
+    } else {
+        launchq1n<IN, OUT, 4, BITS>(a, qa, units);
+    }
 }
 
 /* Units (output pairs) of the one-row kernels. */
