@@ -5,6 +5,7 @@
  * separate ops. Weight loads start before the wait on the previous kernel (PDL). */
 #include "backend/cuda_common.cuh"
 #include "quant/affine.cuh"
+#include <atomic>
 extern "C" {
 #include "backend/cuda.h"
 }
@@ -234,26 +235,17 @@ __global__ void __launch_bounds__(NTH) fz1_k(fz_args a, int units) {
     if (fold) fz_amax_fold<P>(key);
 }
 
-/* Unit u0 + q's two outputs from the block's reductions, transformed and stored (fold: their key). */
-template <int IN, int OUT, int NTH, int P>
-__device__ __forceinline__ void fz1_out(const fz_args &a, const float (&red)[2 * P + 1][NTH / 32], int u0, int q, unsigned long long *key) {
-    float v0 = 0.0f, v1 = 0.0f, s2 = 0.0f;
-#pragma unroll
-    for (int w2 = 0; w2 < NTH / 32; w2++) v0 += red[2 * q][w2], v1 += red[2 * q + 1][w2];
-    if (IN == AV_GEMV_IN_RMSNORM) {
-#pragma unroll
-        for (int w2 = 0; w2 < NTH / 32; w2++) s2 += red[2 * P][w2];
-        float rn = 1.0f / sqrtf(s2 / (float)a.K + a.eps);
-        v0 *= rn, v1 *= rn;
-    }
+/* Unit u's two outputs v0, v1 (final values), transformed and stored (fold: their key). */
+template <int OUT>
+__device__ __forceinline__ void fz1_emit(const fz_args &a, int u, float v0, float v1, unsigned long long *key) {
     int r0, r1;
-    fz1_rows<OUT>(a, u0 + q, &r0, &r1);
+    fz1_rows<OUT>(a, u, &r0, &r1);
     bool has1 = r1 < a.N;
     float *o = a.out;
     if (OUT == AV_GEMV_OUT_SWIGLU) {
         float sw = v0 / (1.0f + expf(-v0)) * v1;
-        if (a.ob) reinterpret_cast<uint16_t *>(o)[u0 + q] = fz_bf16(sw);
-        else o[u0 + q] = sw;
+        if (a.ob) reinterpret_cast<uint16_t *>(o)[u] = fz_bf16(sw);
+        else o[u] = sw;
     } else if (OUT == AV_GEMV_OUT_ROPE && r0 < a.rope_rows) {
         float ang = (float)a.pos[0] * a.inv_freq[r0 % a.hd], s, c;
         sincosf(ang, &s, &c);
@@ -272,109 +264,250 @@ __device__ __forceinline__ void fz1_out(const fz_args &a, const float (&red)[2 *
     }
 }
 
+/* Unit u0 + q's two outputs from the block's reductions, transformed and stored (fold: their key). */
+template <int IN, int OUT, int NTH, int P>
+__device__ __forceinline__ void fz1_out(const fz_args &a, const float (&red)[2 * P + 1][NTH / 32], int u0, int q, unsigned long long *key) {
+    float v0 = 0.0f, v1 = 0.0f, s2 = 0.0f;
+#pragma unroll
+    for (int w2 = 0; w2 < NTH / 32; w2++) v0 += red[2 * q][w2], v1 += red[2 * q + 1][w2];
+    if (IN == AV_GEMV_IN_RMSNORM) {
+#pragma unroll
+        for (int w2 = 0; w2 < NTH / 32; w2++) s2 += red[2 * P][w2];
+        float rn = 1.0f / sqrtf(s2 / (float)a.K + a.eps);
+        v0 *= rn, v1 *= rn;
+    }
+    fz1_emit<OUT>(a, u0 + q, v0, v1, key);
+}
+
 /* ---------------------------------------------------------------- one row, quantized weights */
-/* The quantized twin of fz1_k: the same units, reduction and output transforms, over packed rows
- * (quant/affine.cuh) read 32 codes (BITS words) a thread and chunk. Per chunk and row: scale *
- * (in . q) + bias * sum(in), exact f32. Scales and biases travel beside fz_args (kept small). */
+/* The quantized twin of fz1_k (same units and output transforms) over packed rows (quant/affine.cuh),
+ * shaped for latency: a warp per unit (its two rows), lanes on consecutive 16-byte pieces of the rows
+ * (coalesced); a lane's codes, scales and biases for its first U pieces of both rows are all loaded
+ * before the wait. After it the block stages x once into shared memory (times the norm weight, with
+ * the sum of squares and each piece's sum of x computed on the way; the layout is swizzled so the
+ * lanes' float4 reads are conflict-free), then every lane takes scale * (x . q) + bias * sum(x) per
+ * piece, exact f32, and one warp-shuffle reduction gives the unit's outputs (no block reduction).
+ * Codes are decoded one at a time (aq_code: shift, mask, | 2^23, subtract). An in-place decode of
+ * 2/4/8-bit codes (masking within the half-word into per-position accumulators) was measured in
+ * bench/q1_variants.cu (w2 vs w2g): ~4% faster on o and down, but 25-30% slower on the RMSNorm-input
+ * products (4-bit q|k|v 4.18 vs 3.16 us, gate|up 11.14 vs 9.12 us on an H200), so it is not used.
+ * Grids larger than the resident blocks become persistent (blocks stride over groups of units: x
+ * staged once per block). Scales and biases travel beside fz_args (kept small). */
 struct fzq_args {
     const void *sc, *bi;
     int group;
 };
 
-template <int IN, int OUT, int NTH, int P, int BITS, int UNR>
-__global__ void __launch_bounds__(NTH) fzq1_k(fz_args a, fzq_args qa, int units) {
-    __shared__ float red[2 * P + 1][NTH / 32];
-    int nc = a.K >> 5, tid = threadIdx.x, u0 = blockIdx.x * P, ng = a.K / qa.group, rw = a.K / 32 * BITS;
-    int r[P][2];
-    bool ok[P][2];
-    const uint32_t *p[P][2];
+/* A piece: the 16 bytes a lane reads at once (32 codes of 4 bits, 16 of 8), 8 bytes of 2-bit codes
+ * (32: a whole chunk, as K is only known to be a multiple of 32); 3/5/6 bits: a 32-code chunk (BITS
+ * words, one word at a time). A piece lies inside one scale group (groups are 32, 64 or 128). */
+template <int BITS>
+struct fzq_piece {
+    static constexpr int CODES = BITS == 8 ? 16 : 32;
+    static constexpr int LOG2 = BITS == 8 ? 4 : 5;
+    static constexpr int WORDS = CODES * BITS / 32;
+    static constexpr int F4 = CODES / 4; /* float4s of x under a piece */
+};
+
+/* Pieces per lane and pass: U * 2 rows * (words + scale + bias) registers <= 48. */
+template <int BITS>
+static constexpr int fzq1_umax() {
+    return 48 / (2 * (fzq_piece<BITS>::WORDS + 2)) >= 4 ? 4 : 2;
+}
+
+/* Dynamic shared memory of the one-row kernel: x, the per-piece sums, the warps' sums of squares. */
+template <int BITS>
+static size_t fzq1_smem(int K, int nw) {
+    return (size_t)K * sizeof(float) + (size_t)(K / fzq_piece<BITS>::CODES) * sizeof(float) + (size_t)nw * sizeof(float);
+}
+
+template <int BITS>
+__device__ __forceinline__ void fzq_piece_load(uint32_t (&w)[fzq_piece<BITS>::WORDS], const uint32_t *row, int m) {
+    constexpr int NWD = fzq_piece<BITS>::WORDS;
+    const uint32_t *p = row + (size_t)m * NWD;
+    if constexpr (NWD == 4) {
+        uint4 v = __ldcs(reinterpret_cast<const uint4 *>(p));
+        w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+    } else if constexpr (NWD == 2) {
+        uint2 v = __ldcs(reinterpret_cast<const uint2 *>(p));
+        w[0] = v.x, w[1] = v.y;
+    } else {
 #pragma unroll
-    for (int q = 0; q < P; q++) {
-        bool in = u0 + q < units;
-        fz1_rows<OUT>(a, in ? u0 + q : 0, &r[q][0], &r[q][1]);
-        ok[q][0] = in;
-        ok[q][1] = in && r[q][1] < a.N;
+        for (int i = 0; i < NWD; i++) w[i] = __ldcs(p + i);
+    }
+}
+
+/* Raw bits of scale/bias i (bf16/f16: 16 bits, f32: 32) and their value. */
+__device__ __forceinline__ uint32_t fzq_sb_load(const void *p, av_dtype t, size_t i) {
+    if (t == AV_F32) return __ldcs(reinterpret_cast<const unsigned int *>(p) + i);
+    return __ldcs(reinterpret_cast<const unsigned short *>(p) + i);
+}
+__device__ __forceinline__ float fzq_sb(uint32_t v, av_dtype t) {
+    if (t == AV_BF16) return __uint_as_float(v << 16);
+    if (t == AV_F16) return __half2float(__ushort_as_half((unsigned short)v));
+    return __uint_as_float(v);
+}
+
+/* Shared-memory slot of x's float4 s: XORed with its 128-byte line's index within the line, so lanes
+ * on consecutive pieces (and the staging stores) hit distinct banks. */
+__device__ __forceinline__ int fzq_swz(int s) { return s ^ ((s >> 3) & 7); }
+
+template <int F4>
+__device__ __forceinline__ float fzq_xat(const float4 (&xv)[F4], int i) {
+    const float4 &v = xv[i >> 2];
+    return (i & 3) == 0 ? v.x : (i & 3) == 1 ? v.y : (i & 3) == 2 ? v.z : v.w;
+}
+
+/* x . q over one piece (codes as integers; the caller applies scale and bias). */
+template <int BITS>
+__device__ __forceinline__ float fzq_piece_dot(const uint32_t (&w)[fzq_piece<BITS>::WORDS], const float4 (&xv)[fzq_piece<BITS>::F4]) {
+    float d = 0.0f;
+#pragma unroll
+    for (int e = 0; e < fzq_piece<BITS>::CODES; e++) d = fmaf(fzq_xat(xv, e), aq_code<BITS>(w, e), d);
+    return d;
+}
+
+/* Block = NW warps, warp w on unit grp * NW + w for grp = blockIdx.x, + gridDim.x, ..; lane l on
+ * pieces l, l + 32, .. of both rows, U of them per pass (the first pass loaded before the wait). */
+template <int IN, int OUT, int NW, int BITS, int U>
+__global__ void __launch_bounds__(NW * 32) fzq1_k(fz_args a, fzq_args qa, int units) {
+    using PC = fzq_piece<BITS>;
+    constexpr int NTH = NW * 32, NWD = PC::WORDS;
+    extern __shared__ float4 fzq1_sm[];
+    __shared__ unsigned long long keys[NW];
+    const int K = a.K, NP = K / PC::CODES, nf4 = K >> 2, ng = K / qa.group, rw = K / 32 * BITS;
+    const int gsh = (31 - __clz(qa.group)) - PC::LOG2; /* piece m is in group m >> gsh */
+    float *xs = reinterpret_cast<float *>(fzq1_sm + nf4), *ssw = xs + NP;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int ngroups = (units + NW - 1) / NW, npass = (NP + 32 * U - 1) / (32 * U);
+
+    uint32_t w[U][2][NWD], sv[U][2], bv[U][2];
+    const uint32_t *wp[2];
+    size_t gb[2];
+    auto rows = [&](int grp) {
+        int u = grp * NW + warp, r[2];
+        bool in = u < units;
+        fz1_rows<OUT>(a, in ? u : 0, &r[0], &r[1]);
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            if (!ok[q][h]) r[q][h] = 0;
-            p[q][h] = reinterpret_cast<const uint32_t *>(a.W) + (size_t)r[q][h] * rw;
+            bool ok = in && r[h] < a.N;
+            wp[h] = ok ? reinterpret_cast<const uint32_t *>(a.W) + (size_t)r[h] * rw : nullptr;
+            gb[h] = ok ? (size_t)r[h] * ng : 0;
         }
-    }
-    uint32_t w[UNR][P][2][BITS];
+    };
+    auto load = [&](int pass) {
 #pragma unroll
-    for (int j = 0; j < UNR; j++) { /* weights are constant: start streaming before the wait */
-        int c = tid + j * NTH;
-#pragma unroll
-        for (int q = 0; q < P; q++)
+        for (int j = 0; j < U; j++) {
+            int m = lane + 32 * (j + U * pass);
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                if (c < nc && ok[q][h]) aq_load<BITS>(w[j][q][h], p[q][h], c);
-                else
+                if (m < NP && wp[h]) {
+                    fzq_piece_load<BITS>(w[j][h], wp[h], m);
+                    size_t gi = gb[h] + (m >> gsh);
+                    sv[j][h] = fzq_sb_load(qa.sc, a.dt, gi), bv[j][h] = fzq_sb_load(qa.bi, a.dt, gi);
+                } else {
 #pragma unroll
-                    for (int i = 0; i < BITS; i++) w[j][q][h][i] = 0u;
+                    for (int i = 0; i < NWD; i++) w[j][h][i] = 0u;
+                    sv[j][h] = bv[j][h] = 0u;
+                }
             }
-    }
+        }
+    };
+    int grp = blockIdx.x;
+    rows(grp);
+    load(0); /* weights are constant: start streaming before the wait */
     av_pdl_wait();
     av_pdl_launch();
-    float acc[P][2], ss = 0.0f;
-#pragma unroll
-    for (int q = 0; q < P; q++) acc[q][0] = acc[q][1] = 0.0f;
-    for (int base = 0; base < nc; base += UNR * NTH) {
-        if (base) {
-#pragma unroll
-            for (int j = 0; j < UNR; j++) {
-                int c = base + tid + j * NTH;
-#pragma unroll
-                for (int q = 0; q < P; q++)
-#pragma unroll
-                    for (int h = 0; h < 2; h++)
-                        if (c < nc && ok[q][h]) aq_load<BITS>(w[j][q][h], p[q][h], c);
+
+    /* x (times the norm weight) into shared memory, the pieces' sums of x, the sum of squares */
+    float ss = 0.0f;
+    for (int f0 = 0; f0 < nf4; f0 += NTH) {
+        int f = f0 + tid;
+        bool in = f < nf4;
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (in) {
+            if (IN == AV_GEMV_IN_X && a.xb) {
+                uint2 u = reinterpret_cast<const uint2 *>(a.x)[f];
+                v = make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                                __uint_as_float(u.y & 0xffff0000u));
+            } else {
+                v = reinterpret_cast<const float4 *>(a.x)[f];
             }
-        }
-#pragma unroll
-        for (int j = 0; j < UNR; j++) {
-            int c = base + tid + j * NTH;
-            if (c < nc) {
-                float xv[32], xs = 0.0f;
-#pragma unroll
-                for (int e = 0; e < 4; e++) fz_x8<IN>(a, a.x, 4 * c + e, xv + 8 * e, &ss);
-#pragma unroll
-                for (int e = 0; e < 32; e++) xs += xv[e];
-                size_t g = (size_t)(c * 32) / qa.group;
-#pragma unroll
-                for (int q = 0; q < P; q++)
-#pragma unroll
-                    for (int h = 0; h < 2; h++) {
-                        float d = 0.0f;
-#pragma unroll
-                        for (int e = 0; e < 32; e++) d += xv[e] * aq_code<BITS>(w[j][q][h], e);
-                        size_t gi = (size_t)r[q][h] * ng + g;
-                        acc[q][h] += av_ld_w(qa.sc, a.dt, gi) * d + av_ld_w(qa.bi, a.dt, gi) * xs;
-                    }
+            if (IN == AV_GEMV_IN_RMSNORM) {
+                ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+                float g0, g1, g2, g3;
+                if (a.nvec) {
+                    uint2 u = __ldg(reinterpret_cast<const uint2 *>(a.norm) + f);
+                    g0 = __uint_as_float(u.x << 16), g1 = __uint_as_float(u.x & 0xffff0000u);
+                    g2 = __uint_as_float(u.y << 16), g3 = __uint_as_float(u.y & 0xffff0000u);
+                } else {
+                    g0 = av_ld_w(a.norm, a.ndt, (size_t)4 * f), g1 = av_ld_w(a.norm, a.ndt, (size_t)4 * f + 1);
+                    g2 = av_ld_w(a.norm, a.ndt, (size_t)4 * f + 2), g3 = av_ld_w(a.norm, a.ndt, (size_t)4 * f + 3);
+                }
+                v.x *= g0, v.y *= g1, v.z *= g2, v.w *= g3;
             }
+            fzq1_sm[fzq_swz(f)] = v;
         }
+        float t = (v.x + v.y) + (v.z + v.w);
+#pragma unroll
+        for (int o = 1; o < PC::F4; o <<= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+        if (in && f % PC::F4 == 0) xs[f / PC::F4] = t;
     }
-    int lane = tid & 31, warp = tid >> 5;
-#pragma unroll
-    for (int q = 0; q < P; q++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            float v = av_warp_sum(acc[q][h]);
-            if (lane == 0) red[2 * q + h][warp] = v;
-        }
     if (IN == AV_GEMV_IN_RMSNORM) {
         ss = av_warp_sum(ss);
-        if (lane == 0) red[2 * P][warp] = ss;
+        if (lane == 0) ssw[warp] = ss;
     }
     __syncthreads();
+    float rn = 1.0f;
+    if (IN == AV_GEMV_IN_RMSNORM) {
+        float t = 0.0f;
+#pragma unroll
+        for (int i = 0; i < NW; i++) t += ssw[i];
+        rn = 1.0f / sqrtf(t / (float)K + a.eps);
+    }
+
     const bool fold = OUT == AV_GEMV_OUT_STORE && a.fold;
-    if (tid >= P) return;
-    int q = tid;
-    bool live = ok[0][0] && u0 + q < units;
-    if (!live && !fold) return;
-    unsigned long long key = 0ull;
-    if (live) fz1_out<IN, OUT, NTH, P>(a, red, u0, q, &key);
-    if (fold) fz_amax_fold<P>(key);
+    unsigned long long best = 0ull;
+    for (bool first = true; grp < ngroups; grp += gridDim.x, first = false) {
+        if (!first) {
+            rows(grp);
+            load(0);
+        }
+        float acc0 = 0.0f, acc1 = 0.0f;
+        for (int pass = 0;;) {
+#pragma unroll
+            for (int j = 0; j < U; j++) {
+                int m = lane + 32 * (j + U * pass);
+                if (m < NP) {
+                    float4 xv[PC::F4];
+#pragma unroll
+                    for (int e = 0; e < PC::F4; e++) xv[e] = fzq1_sm[fzq_swz(m * PC::F4 + e)];
+                    float xsum = xs[m];
+                    float d0 = fzq_piece_dot<BITS>(w[j][0], xv), d1 = fzq_piece_dot<BITS>(w[j][1], xv);
+                    acc0 = fmaf(fzq_sb(sv[j][0], a.dt), d0, fmaf(fzq_sb(bv[j][0], a.dt), xsum, acc0));
+                    acc1 = fmaf(fzq_sb(sv[j][1], a.dt), d1, fmaf(fzq_sb(bv[j][1], a.dt), xsum, acc1));
+                }
+            }
+            if (++pass >= npass) break;
+            load(pass);
+        }
+        acc0 = av_warp_sum(acc0), acc1 = av_warp_sum(acc1);
+        int u = grp * NW + warp;
+        if (lane == 0 && u < units) {
+            unsigned long long key = 0ull;
+            fz1_emit<OUT>(a, u, acc0 * rn, acc1 * rn, &key);
+            best = key > best ? key : best;
+        }
+    }
+    if (fold) { /* one atomic a block */
+        if (lane == 0) keys[warp] = best;
+        __syncthreads();
+        if (tid == 0) {
+#pragma unroll
+            for (int i = 1; i < NW; i++) best = keys[i] > best ? keys[i] : best;
+            if (best) atomicMax(&g_amax_best, best);
+        }
+    }
 }
 
 /* ---------------------------------------------------------------- 2..16 rows: bf16 tensor cores */
@@ -678,13 +811,50 @@ static void launch1c(const fz_args &a, unsigned units) {
 }
 
 
-template <int IN, int OUT, int NTH, int P, int BITS>
+/* One-row quantized product, NW warps (units) a block; grids beyond the resident blocks become
+ * persistent. The resident count (it depends on K through shared memory) is cached per device. */
+template <int IN, int OUT, int NW, int BITS, int U>
+static void launchq1u(const fz_args &a, const fzq_args &qa, unsigned units) {
+    void (*k)(fz_args, fzq_args, int) = fzq1_k<IN, OUT, NW, BITS, U>;
+    size_t smem = fzq1_smem<BITS>(a.K, NW);
+    static std::atomic<unsigned long long> cache[16]; /* per device: K << 32 | resident blocks per SM */
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 16) dev = 0;
+    unsigned long long c = cache[dev].load(std::memory_order_relaxed);
+    int nb = (int)(c & 0xffffffffu);
+    if ((c >> 32) != (unsigned long long)a.K || nb <= 0) {
+        if (smem > 48 * 1024) cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, k, NW * 32, smem) != cudaSuccess || nb <= 0) nb = 1;
+        cache[dev].store((unsigned long long)a.K << 32 | (unsigned)nb, std::memory_order_relaxed);
+    }
+    unsigned groups = av_cdiv(units, NW), resident = (unsigned)nb * (unsigned)sm_count();
+    av_launch(k, dim3(groups < resident ? groups : resident), dim3(NW * 32), smem, 1, a, qa, (int)units);
+}
+
+template <int IN, int OUT, int NW, int BITS>
+static void launchq1n(const fz_args &a, const fzq_args &qa, unsigned units) {
+    int per = (int)av_cdiv((size_t)(a.K / fzq_piece<BITS>::CODES), 32); /* pieces per lane and row */
+    constexpr int UM = fzq1_umax<BITS>();
+    if (per <= 2) launchq1u<IN, OUT, NW, BITS, 2>(a, qa, units);
+    else launchq1u<IN, OUT, NW, BITS, UM>(a, qa, units); /* several passes beyond */
+}
+
+/* Block size per product, from bench/q1_variants.cu on an H200 (us a launch, 4-bit g64, w2g = this
+ * kernel with 4 warps, w2x8 = 8 warps but the in-place decode): q|k|v 3.16 (w2g) vs 3.38 (w2x8), o 2.59
+ * vs 2.68, gate|up 9.12 vs 8.85, down (K 5632) 6.99 vs 5.01; 8-bit codes: 8 warps best on every
+ * product (q|k|v 3.48 vs 3.86, gate|up 10.90 vs 12.90, down 6.92 vs 7.71). Large products have units
+ * enough to fill every SM with half the blocks, and each staging of x then serves 8 units; small ones
+ * spread over more SMs with 4-warp blocks. */
+template <int IN, int OUT, int BITS>
 static void launchq1c(const fz_args &a, const fzq_args &qa, unsigned units) {
-    int per = (int)av_cdiv((size_t)(a.K >> 5), NTH); /* chunks per thread and row */
-    dim3 g(av_cdiv(units, P)), b(NTH);
-    if (per <= 1) av_launch(fzq1_k<IN, OUT, NTH, P, BITS, 1>, g, b, 0, 1, a, qa, (int)units);
-    else if (per <= 2) av_launch(fzq1_k<IN, OUT, NTH, P, BITS, 2>, g, b, 0, 1, a, qa, (int)units);
-    else av_launch(fzq1_k<IN, OUT, NTH, P, BITS, 3>, g, b, 0, 1, a, qa, (int)units); /* several passes beyond */
+    if constexpr (BITS == 8 || OUT == AV_GEMV_OUT_SWIGLU) {
+        launchq1n<IN, OUT, 8, BITS>(a, qa, units);
+    } else if constexpr (OUT == AV_GEMV_OUT_ADD) {
+        if (a.K > 4096) launchq1n<IN, OUT, 8, BITS>(a, qa, units);
+        else launchq1n<IN, OUT, 4, BITS>(a, qa, units);
+    } else {
+        launchq1n<IN, OUT, 4, BITS>(a, qa, units);
+    }
 }
 
 /* Units (output pairs) of the one-row kernels. */
@@ -742,7 +912,7 @@ static void launch_t(const fz_args &a) {
  * tensor-core kernel with the codes turned into bf16 fragments in registers. */
 template <int IN, int OUT, int BITS>
 static void launchq_t(const fz_args &a, const fzq_args &qa) {
-    if (a.T == 1) launchq1c<IN, OUT, 64, 2, BITS>(a, qa, q1_units<OUT>(a));
+    if (a.T == 1) launchq1c<IN, OUT, BITS>(a, qa, q1_units<OUT>(a));
     else if constexpr (BITS == 2 || BITS == 4 || BITS == 8) {
         if (a.T <= 8) launchm<IN, OUT, 1, BITS>(a, qa);
         else launchm<IN, OUT, 2, BITS>(a, qa);
@@ -780,6 +950,7 @@ static int fused_ok(const float *x, const av_mat *W, int T, const av_gemv_fusion
     if ((!W->q_bits && W->dtype != AV_BF16 && W->dtype != AV_F16) || K % 8 || N < 1 || ((uintptr_t)x % 16) || ((uintptr_t)W->data % 16))
         return 0;
     if (W->q_bits && (K % W->q_group || K % 32)) return 0;
+    if (W->q_bits && T == 1 && (size_t)K * 4 + (size_t)K / 4 + 64 > (size_t)160 * 1024) return 0; /* x in shared memory (fzq1_smem) */
     if (f->in == AV_GEMV_IN_RMSNORM && (!f->norm || (size_t)f->norm->rows * f->norm->cols != (size_t)K)) return 0;
     if (f->out == AV_GEMV_OUT_ROPE && (hd <= 0 || hd % 2 || rr < 0 || rr > N || rr % hd || (T > 1 && hd % 32))) return 0;
     if (f->out == AV_GEMV_OUT_SWIGLU && (N % 2 || (T > 1 && (N / 2) % 16))) return 0;

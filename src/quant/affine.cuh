@@ -26,9 +26,10 @@ __device__ __forceinline__ void aq_load(uint32_t (&w)[BITS], const uint32_t *row
     }
 }
 
-/* Code j (0..31, a compile-time constant after unrolling) of a chunk as an exact float. */
-template <int BITS>
-__device__ __forceinline__ float aq_code(const uint32_t (&w)[BITS], int j) {
+/* Code j (a compile-time constant after unrolling) of a run of NW packed words (a chunk: NW = BITS)
+ * as an exact float. */
+template <int BITS, int NW>
+__device__ __forceinline__ float aq_code(const uint32_t (&w)[NW], int j) {
     const int bit = j * BITS, k = bit >> 5, sh = bit & 31;
     uint32_t v = w[k] >> sh;
     if (sh + BITS > 32) v |= w[k + 1] << (32 - sh);
