@@ -1,14 +1,9 @@
 /* The server's library parts without HTTP: av_server_parse_request on valid and invalid bodies
  * (status, offending field, parsed values), and the continuous-batching scheduler on the tiny
  * fixture model: requests submitted together each give av_generate's greedy ids' text, a repeated
- * prompt reuses its cached prefix, cancellation, timeouts and stopping with requests queued; prompt
- * chunks of several sequences in one pass give each one's logits and cache as one at a time does. */
+ * prompt reuses its cached prefix, cancellation, timeouts and stopping with requests queued. */
 #include "anvil.h"
-#include "model/batch.h"
-#include "model/model.h"
 #include "test.h"
-#include <math.h>
-#include <stdlib.h>
 
 static void parse_cases(void) {
     struct { const char *body; int kind; int ok; const char *param; } cases[] = {
@@ -161,60 +156,8 @@ static void sched_cases(void) {
     av_model_free(m);
 }
 
-/* max |a - b| <= tol * max |b| over n values */
-static int close_rel(const float *a, const float *b, int n, double tol, double *err) {
-    double mx = 0, d = 0;
-    for (int i = 0; i < n; i++) {
-        mx = fmax(mx, fabs(b[i]));
-        d = fmax(d, fabs((double)a[i] - b[i]));
-    }
-    *err = mx > 0 ? d / mx : d;
-    return *err <= tol;
-}
-
-static void prefill_many_cases(void) {
-    av_model *m;
-    CHECK_OK(av_model_load(&m, test_fixture("tiny-llama"), av_backend_cpu()));
-    int V = m->cfg.vocab_size;
-    int32_t A[7], B[12];
-    for (int t = 0; t < 7; t++) A[t] = 1 + (t * 37) % 500;
-    for (int t = 0; t < 12; t++) B[t] = 3 + (t * 91) % 700;
-    float *la = malloc(sizeof(float) * V), *lb = malloc(sizeof(float) * V), *l2 = malloc(sizeof(float) * 2 * V),
-          *s1 = malloc(sizeof(float) * 2 * V), *s2 = malloc(sizeof(float) * 2 * V);
-    av_batch_session *one, *many;
-    CHECK_OK(av_batch_session_new(&one, m, 4, 64, 32));
-    CHECK_OK(av_batch_session_new(&many, m, 4, 64, 32));
-    /* one at a time: A into sequence 0, B into sequence 1 */
-    CHECK_OK(av_batch_session_prefill_at(one, 0, A, 7, 0, la));
-    CHECK_OK(av_batch_session_prefill_at(one, 1, B, 12, 0, lb));
-    /* together: B's first 5 rows alone, then A and B's other 7 rows in one pass */
-    CHECK_OK(av_batch_session_prefill_at(many, 1, B, 5, 0, NULL));
-    int seq[2] = {0, 1}, T[2] = {7, 7}, p0[2] = {0, 5};
-    const int32_t *ids[2] = {A, B + 5};
-    CHECK_OK(av_batch_session_prefill_many(many, 2, seq, ids, T, p0, l2));
-    double e;
-    CHECK(close_rel(l2, la, V, 1e-5, &e), "prefill_many: sequence 0's logits off by %.2e of max", e);
-    CHECK(close_rel(l2 + V, lb, V, 1e-5, &e), "prefill_many: sequence 1's logits off by %.2e of max", e);
-    /* a decode step over both reads the caches the passes wrote */
-    int32_t next[4] = {42, 43, 0, 0}, pos[4] = {7, 12, -1, -1};
-    CHECK_OK(av_batch_session_step_logits(one, next, pos, s1));
-    CHECK_OK(av_batch_session_step_logits(many, next, pos, s2));
-    CHECK(close_rel(s2, s1, 2 * V, 1e-5, &e), "decode after prefill_many: logits off by %.2e of max", e);
-    /* misuse: the same sequence twice, rows over the chunk */
-    int dup[2] = {2, 2}, big[2] = {20, 20}, z[2] = {0, 0};
-    const int32_t *ids2[2] = {B, B};
-    CHECK(av_batch_session_prefill_many(many, 2, dup, ids2, T, z, l2) == AV_ERR_ARG, "a sequence twice");
-    CHECK(av_batch_session_prefill_many(many, 2, seq, ids2, big, z, l2) == AV_ERR_ARG, "rows over the chunk");
-    av_clear_error();
-    av_batch_session_free(one);
-    av_batch_session_free(many);
-    free(la), free(lb), free(l2), free(s1), free(s2);
-    av_model_free(m);
-}
-
 int main(void) {
     parse_cases();
-    prefill_many_cases();
     sched_cases();
     return TEST_SUMMARY();
 }

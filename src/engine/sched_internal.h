@@ -89,8 +89,6 @@ struct av_sched {
     int32_t *ids, *pos;          /* host [n_slots] */
     int32_t *greedy_ids;         /* host [n_slots]: a device-sampled step's tokens */
     int can_greedy;              /* the batch session can take argmax tokens on the device */
-    int *pf_slot, *pf_T, *pf_p0; /* [n_slots]: one prefill pass's chunks (scheduler.c prefill_step) */
-    const int32_t **pf_ids;
     pthread_t thread;
     int thread_on;
     pthread_mutex_t mu;

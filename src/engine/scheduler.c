@@ -82,47 +82,24 @@ static void reap(av_sched *s, int stopping) {
     }
 }
 
-/* Prompt chunks between two decode steps, in admission order: the earliest prompt still prefilling
- * (up to a chunk of it), then every following one whose whole rest fits in what is left of the chunk,
- * all in one pass; the first token of each prompt that completes. */
+/* One chunk of the earliest-admitted prompt still prefilling; its first token when it completes. */
 static void prefill_step(av_sched *s) {
-    int n = 0, used = 0, *pick = s->pf_slot, *T = s->pf_T, *p0 = s->pf_p0;
-    const int32_t **ids = s->pf_ids;
-    for (;;) { /* the next slot in admission order among those not picked yet */
-        int i = -1;
-        for (int k = 0; k < s->o.n_slots; k++) {
-            av_slot *sl = &s->slots[k];
-            if (sl->state != AV_SLOT_PREFILL || (i >= 0 && sl->admitted >= s->slots[i].admitted)) continue;
-            int taken = 0;
-            for (int u = 0; u < n && !taken; u++) taken = pick[u] == k;
-            if (!taken) i = k;
-        }
-        if (i < 0) break;
-        av_slot *sl = &s->slots[i];
-        int rest = sl->req->n_prompt - sl->n_done, t = rest < s->o.chunk ? rest : s->o.chunk;
-        if (n && t > s->o.chunk - used) break; /* first come, first served: no overtaking */
-        pick[n] = i, T[n] = t, p0[n] = sl->n_done, ids[n] = sl->tok + sl->n_done;
-        used += t;
-        n++;
-        if (used == s->o.chunk || t < rest) break;
-    }
-    if (!n) return;
-    int V = s->m->cfg.vocab_size;
-    av_status st = av_batch_session_prefill_many(s->b, n, pick, ids, T, p0, s->logits);
+    int i = -1;
+    for (int k = 0; k < s->o.n_slots; k++)
+        if (s->slots[k].state == AV_SLOT_PREFILL && (i < 0 || s->slots[k].admitted < s->slots[i].admitted)) i = k;
+    if (i < 0) return;
+    av_slot *sl = &s->slots[i];
+    int n = sl->req->n_prompt, T = n - sl->n_done < s->o.chunk ? n - sl->n_done : s->o.chunk, last = sl->n_done + T == n;
+    av_status st = av_batch_session_prefill_at(s->b, i, sl->tok + sl->n_done, T, sl->n_done, last ? s->logits : NULL);
     pthread_mutex_lock(&s->mu);
-    s->st.prefill_chunks += n;
+    s->st.prefill_chunks++;
     pthread_mutex_unlock(&s->mu);
-    for (int k = 0; k < n; k++) {
-        int i = pick[k];
-        av_slot *sl = &s->slots[i];
-        av_status r = st;
-        if (r == AV_OK) {
-            sl->n_done += T[k];
-            sl->n_kv = sl->n_done;
-            if (sl->n_done == sl->req->n_prompt) r = av_sched_take_token(s, i, s->logits + (size_t)k * V);
-        }
-        if (r != AV_OK) av_sched_finish(s, i, "error", av_last_error());
+    if (st == AV_OK) {
+        sl->n_done += T;
+        sl->n_kv = sl->n_done;
+        if (last) st = av_sched_take_token(s, i, s->logits);
     }
+    if (st != AV_OK) av_sched_finish(s, i, "error", av_last_error());
 }
 
 /* One token for every decoding slot: taken on the device when every one of them is greedy (no
@@ -238,16 +215,12 @@ av_status av_sched_new(av_sched **out, av_model *m, const av_tokenizer *tok, con
     if (!s->logits) s->logits = malloc(sizeof(float) * (size_t)N * V);
     s->lp_tmp = malloc(sizeof(float) * (size_t)V);
     s->ids = malloc(sizeof(int32_t) * 3 * (size_t)N);
-    s->pf_slot = malloc(sizeof(int) * 3 * (size_t)N);
-    s->pf_ids = malloc(sizeof(*s->pf_ids) * (size_t)N);
-    if (st == AV_OK && (!s->slots || !s->logits || !s->lp_tmp || !s->ids || !s->pf_slot || !s->pf_ids)) st = av_fail(AV_ERR_NOMEM, "out of memory");
+    if (st == AV_OK && (!s->slots || !s->logits || !s->lp_tmp || !s->ids)) st = av_fail(AV_ERR_NOMEM, "out of memory");
     for (int i = 0; st == AV_OK && i < N; i++)
         if (!(s->slots[i].tok = malloc(sizeof(int32_t) * (size_t)s->o.ctx))) st = av_fail(AV_ERR_NOMEM, "out of memory");
     if (st == AV_OK) {
         s->pos = s->ids + N;
         s->greedy_ids = s->ids + 2 * (size_t)N;
-        s->pf_T = s->pf_slot + N;
-        s->pf_p0 = s->pf_slot + 2 * (size_t)N;
         s->can_greedy = av_batch_session_can_greedy(s->b);
         s->st.slots = N;
         s->st.ctx = s->o.ctx;
@@ -288,8 +261,6 @@ void av_sched_free(av_sched *s) {
     else free(s->logits);
     free(s->lp_tmp);
     free(s->ids);
-    free(s->pf_slot);
-    free(s->pf_ids);
     av_prefix_store_free(&s->store);
     av_batch_session_free(s->b);
     pthread_mutex_destroy(&s->mu);

@@ -251,55 +251,6 @@ av_status av_batch_session_prefill_at(av_batch_session *b, int i, const int32_t 
     return dev_status(b);
 }
 
-av_status av_batch_session_prefill_many(av_batch_session *b, int n, const int *seq, const int32_t *const *ids, const int *T, const int *p0,
-                                        float *logits) {
-    av_model *m = b->m;
-    const av_backend *be = m->be;
-    int V = m->cfg.vocab_size, D = m->cfg.hidden_size, rows = 0;
-    if (n == 1) return av_batch_session_prefill_at(b, seq[0], ids[0], T[0], p0[0], logits);
-    host_sampling_mode(b);
-    if (n < 1 || n > b->N) return av_fail(AV_ERR_ARG, "batch: %d prompt chunks at once", n);
-    for (int s = 0; s < n; s++) {
-        if (seq[s] < 0 || seq[s] >= b->N) return av_fail(AV_ERR_ARG, "batch: sequence %d of %d", seq[s], b->N);
-        for (int u = 0; u < s; u++)
-            if (seq[u] == seq[s]) return av_fail(AV_ERR_ARG, "batch: sequence %d twice in one prefill", seq[s]);
-        if (T[s] <= 0 || p0[s] < 0 || p0[s] + T[s] > b->max_seq)
-            return av_fail(AV_ERR_ARG, "batch: rows [%d, %d) do not fit a %d-token sequence", p0[s], p0[s] + T[s], b->max_seq);
-        for (int t = 0; t < T[s]; t++)
-            if (ids[s][t] < 0 || ids[s][t] >= V) return av_fail(AV_ERR_ARG, "token id %d out of range [0, %d)", ids[s][t], V);
-        rows += T[s];
-    }
-    if (rows > b->C) return av_fail(AV_ERR_ARG, "batch: %d prompt rows at once exceed the %d-row chunk", rows, b->C);
-    int32_t *host = malloc(sizeof(int32_t) * 2 * (size_t)rows);
-    av_prefill_seg *seg = malloc(sizeof *seg * (size_t)n);
-    if (!host || !seg) { free(host); free(seg); return av_fail(AV_ERR_NOMEM, "out of memory"); }
-    for (int s = 0, r = 0; s < n; s++) {
-        seg[s] = (av_prefill_seg){.row = r, .T = T[s], .p0 = p0[s], .seq = seq[s]};
-        for (int t = 0; t < T[s]; t++, r++) host[r] = ids[s][t], host[rows + r] = p0[s] + t;
-    }
-    int32_t *ids_dev = b->dev + 3 * b->N, *pos_dev = ids_dev + b->C;
-    be->upload(ids_dev, host, sizeof(int32_t) * (size_t)rows);
-    be->upload(pos_dev, host + rows, sizeof(int32_t) * (size_t)rows);
-    free(host);
-    be->embedding_forward(b->x, ids_dev, &m->embed, rows);
-    av_layer_ws ws = b->plan.ws;
-    ws.kind = AV_ROWS_PREFILL;
-    ws.B = 1;
-    ws.T = rows;
-    ws.pos = pos_dev;
-    ws.n_seg = n;
-    ws.seg = seg;
-    av_llama_layers_forward(m, &ws, b->x);
-    /* each segment's last row, normed, then one LM head over the n of them */
-    for (int s = 0; s < n; s++)
-        be->rmsnorm_forward(b->hidden + (size_t)s * D, NULL, b->x + (size_t)(seg[s].row + T[s] - 1) * D, &m->final_norm, 1, D,
-                            m->cfg.rms_norm_eps);
-    free(seg);
-    be->matmul_forward(b->logits, b->hidden, &m->lm_head, n);
-    be->download(logits, b->logits, sizeof(float) * (size_t)n * V);
-    return dev_status(b);
-}
-
 /* The rows of a host-sampled step: pos[i] >= 0 feeds ids[i]; the k-th fed row's logits land in
  * b->logits row k (backend memory). *n_out: the fed rows. With n > 0 the step stays queued: the
  * caller reads what it needs (a download waits for it), then collects it. */

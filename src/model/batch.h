@@ -55,11 +55,6 @@ size_t av_batch_session_bytes(const av_batch_session *b);
  * the logits of the last row are written there (host, [vocab]). */
 av_status av_batch_session_prefill_at(av_batch_session *b, int i, const int32_t *ids, int T, int p0, float *logits);
 int av_batch_session_chunk(const av_batch_session *b);
-/* Prompt chunks of n sequences (distinct) in one pass: sequence seq[s]'s rows [p0[s], p0[s] + T[s])
- * from ids[s], all rows together at most the chunk size; the last row of each chunk's logits into
- * logits[s * vocab] (host). One chunk is av_batch_session_prefill_at. */
-av_status av_batch_session_prefill_many(av_batch_session *b, int n, const int *seq, const int32_t *const *ids, const int *T, const int *p0,
-                                        float *logits);
 /* One decode row per sequence with pos[i] >= 0: feeds ids[i] at position pos[i] (appended to its
  * cache) and writes the logits of the k-th such row into logits[k * vocab] (host). Rows with
  * pos[i] < 0 are idle (no cache write, no logits). */

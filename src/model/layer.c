@@ -149,33 +149,6 @@ static int attention_batch(const av_model *m, av_layer_ws *ws, float *out, uint1
     return wrote16;
 }
 
-/* A PREFILL attention's kind: FLASH tiles (no score matrix) at every length, STANDARD materialises
- * the scores, AUTO takes flash for long chunks (where the backend has it). */
-static int prefill_flash(const av_model *m, int T) {
-    const av_backend *be = m->be;
-    return be->flash_attention_forward && (m->attention == AV_ATTN_FLASH || (m->attention == AV_ATTN_AUTO && T >= 64));
-}
-
-/* PREFILL of several sequences: each segment's K/V rows into its sequence's cache at p0.., then
- * its queries attend to that sequence's rows [0, p0 + t] (as one sequence's PREFILL does). */
-static void prefill_segments(const av_model *m, const av_layer_ws *ws, float *att, const float *q, const float *k, const float *v,
-                             float *kc, float *vc) {
-    const av_backend *be = m->be;
-    const av_config *c = &m->cfg;
-    int H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
-    size_t kvd = (size_t)KVH * hd, qd = (size_t)H * hd;
-    for (int s = 0; s < ws->n_seg; s++) {
-        const av_prefill_seg *g = &ws->seg[s];
-        float *ks = kc + (size_t)g->seq * ws->seq_stride, *vs = vc + (size_t)g->seq * ws->seq_stride;
-        be->copy(ks + (size_t)g->p0 * kvd, k + (size_t)g->row * kvd, sizeof(float) * kvd * (size_t)g->T);
-        be->copy(vs + (size_t)g->p0 * kvd, v + (size_t)g->row * kvd, sizeof(float) * kvd * (size_t)g->T);
-        float *o = att + (size_t)g->row * qd;
-        const float *qs = q + (size_t)g->row * qd;
-        if (prefill_flash(m, g->T)) be->flash_attention_forward(o, NULL, qs, ks, vs, g->T, g->p0 + g->T, g->p0, H, KVH, hd);
-        else be->attention_forward(o, NULL, qs, ks, vs, g->T, g->p0 + g->T, g->p0, H, KVH, hd);
-    }
-}
-
 /* q, k, v projections, RoPE and attention of the rows into att. PREFILL writes K/V straight into
  * the cache rows p0..; DECODE hands the new rows to attention_decode (or appends them per sequence
  * where the backend lacks it). Returns whether att16 received a bf16 copy of att (training). */
@@ -188,7 +161,7 @@ static int attention_rows(const av_model *m, int l, av_layer_ws *ws, const float
     size_t kvd = (size_t)KVH * hd, qd = (size_t)H * hd;
     float *kc = ws->k_cache ? ws->k_cache + (size_t)l * ws->layer_stride : NULL;
     float *vc = ws->v_cache ? ws->v_cache + (size_t)l * ws->layer_stride : NULL;
-    if (ws->kind == AV_ROWS_PREFILL && !ws->n_seg) {
+    if (ws->kind == AV_ROWS_PREFILL) {
         k = kc + (size_t)ws->p0 * kvd;
         v = vc + (size_t)ws->p0 * kvd;
     }
@@ -201,12 +174,10 @@ static int attention_rows(const av_model *m, int l, av_layer_ws *ws, const float
     be->rope_forward(k, ws->pos, m->inv_freq, N, KVH, hd);
     switch (ws->kind) {
     case AV_ROWS_PREFILL: {
-        if (ws->n_seg) {
-            prefill_segments(m, ws, att, q, k, v, kc, vc);
-            return 0;
-        }
         int T = ws->T, p0 = ws->p0;
-        int flash = prefill_flash(m, T);
+        /* FLASH: tiled attention, no score matrix, at every length; STANDARD: the scores materialised;
+         * AUTO: flash for long chunks (where the backend has it) */
+        int flash = be->flash_attention_forward && (m->attention == AV_ATTN_FLASH || (m->attention == AV_ATTN_AUTO && T >= 64));
         /* a rotating cache: rows < ring see every row before them, later ones only the ring rows
          * up to themselves (one row at a time: their key ranges differ) */
         int T0 = ws->ring <= 0 ? T : ws->ring - p0 < 0 ? 0 : ws->ring - p0 < T ? ws->ring - p0 : T;

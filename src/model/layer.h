@@ -24,12 +24,6 @@ typedef struct {
     float *xa[AV_PROJ_COUNT];
 } av_layer_acts;
 
-/* One sequence's rows in a PREFILL of several (av_layer_ws.seg): rows [row, row + T) of the pass are
- * positions p0.. of sequence seq. */
-typedef struct {
-    int row, T, p0, seq;
-} av_prefill_seg;
-
 typedef struct av_layer_ws {
     av_rows_kind kind;
     int B, T;                   /* N = B * T rows (PREFILL: B = 1; DECODE: T = 1) */
@@ -45,11 +39,6 @@ typedef struct av_layer_ws {
      * itself included (MLX's sliding-window mask over the rows) */
     int ring, ring_keep;
     const int32_t *host_pos;    /* DECODE on a backend without attention_decode: positions on the host */
-    /* PREFILL of several sequences in one pass (n_seg > 0, no ring): the segments' rows one after
-     * another (host array); k_cache / v_cache then hold every sequence, seq_stride apart, and p0 is
-     * unused. The products run once over all rows; K/V copies and attention go per segment. */
-    int n_seg;
-    const av_prefill_seg *seg;
     /* forward scratch, [N, *] rows: xn D, q H*hd, k v KVH*hd, att H*hd, tmp widest, gate up F,
      * lora_tmp (R + widest) */
     float *xn, *q, *k, *v, *att, *tmp, *gate, *up, *lora_tmp;
