@@ -2,6 +2,7 @@
 #include "backend/backend.h"
 #include "attention/attention.h"
 #include "core/memory.h"
+#include "ops/sample.h"
 #include <string.h>
 
 static void cpu_upload(void *dst, const void *src, size_t n) { memcpy(dst, src, n); }
@@ -49,6 +50,9 @@ static const av_backend k_cpu = {
     .xent_forward_backward_dw = av_xent_forward_backward_dw,
     .dropout_forward = av_dropout_forward,
     .dropout_backward = av_dropout_backward,
+    /* the host sampler is the device rule's twin: CPU steps sample the way GPU steps do (and the
+     * server's all-greedy steps run the same path on both) */
+    .sample = av_sample_rows,
 };
 
 const av_backend *av_backend_cpu(void) { return &k_cpu; }
