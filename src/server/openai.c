@@ -262,7 +262,7 @@ char *av_srv_metrics(av_server *s) {
     METRIC("slots", "gauge", "Sequences the server decodes together at most (--parallel).", "%d", st.slots);
     METRIC("slot_context_tokens", "gauge", "Tokens per slot (--ctx-size).", "%d", st.ctx);
     METRIC("kv_cache_bytes", "gauge", "Backend bytes of the slots' KV cache and scratch (the prefix cache's bound).", "%zu", st.kv_bytes);
-    METRIC("prefix_store_entries", "gauge", "Prompt prefixes saved (in the model's device memory).", "%d", st.store_entries);
+    METRIC("prefix_store_entries", "gauge", "Prompt prefixes saved (in the model's memory: the GPU's with --device cuda).", "%d", st.store_entries);
     METRIC("prefix_store_bytes", "gauge", "Bytes of saved prompt prefixes.", "%zu", st.store_bytes);
     METRIC("prefix_store_limit_bytes", "gauge", "Byte limit of saved prompt prefixes (--cache-mb).", "%zu", st.store_limit);
     METRIC("prefix_store_saves_total", "counter", "Prefixes saved from slots taken by other prompts.", "%lld", st.store_saves);
