@@ -95,6 +95,7 @@ struct av_sched {
     pthread_cond_t wake;
     av_sched_req *qhead, *qtail;
     int stopping, refuse;
+    int warmed;                  /* the engine ran its warm-up passes (scheduler.c warm_up) */
     long long n_admitted;
     av_prefix_store store;
     av_sched_stats st;

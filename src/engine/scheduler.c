@@ -143,7 +143,25 @@ static void decode_step(av_sched *s) {
     pthread_mutex_unlock(&s->mu);
 }
 
+/* On a GPU, one prompt pass of each padded shape (batch.c pads passes to multiples of 64 rows) into
+ * slot 0, which is still empty, before the first request: cuBLAS's first use of a shape costs 2-10 ms
+ * of host time (and it is per thread: so here, on the engine's). A failure here is left to the
+ * requests to meet. */
+static void warm_up(av_sched *s) {
+    if (s->m->be->device == AV_DEVICE_CPU || s->warmed) return;
+    s->warmed = 1;
+    for (int r = 64;; r += 64) {
+        int T = r < s->o.chunk ? r : s->o.chunk;
+        if (T > s->o.ctx - 1) T = s->o.ctx - 1;
+        int32_t *warm = calloc((size_t)T, sizeof(int32_t));
+        if (!warm || av_batch_session_prefill_at(s->b, 0, warm, T, 0, NULL) != AV_OK) av_clear_error();
+        free(warm);
+        if (T < r || T == s->o.chunk) break;
+    }
+}
+
 void av_sched_run(av_sched *s) {
+    warm_up(s);
     pthread_mutex_lock(&s->mu);
     for (;;) {
         double t0 = av_now();
