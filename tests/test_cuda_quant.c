@@ -4,8 +4,9 @@
  * embedding gather, and the fused one-row products (RMSNorm input; RoPE / SwiGLU / residual / store
  * with the folded argmax). Then whole models: tiny-llama quantized by av_convert gives on the GPU the
  * CPU's NLL, prefill + decode logits and greedy ids, and one QLoRA step the CPU's loss and adapter
- * gradients. Tolerances: exact-f32 paths 1e-5 relative L2, except the packed one-to-eight-row products
- * (1e-4): they sum scale * (x . q) + bias * sum(x) per 32-code chunk where the CPU dequantizes first,
+ * gradients; GGUF K-quant files (Q2_K, Q3_K_M, Q6_K: groups of 16) give on the GPU the CPU's NLL,
+ * logits and greedy ids. Tolerances: exact-f32 paths 1e-5 relative L2, except the packed one-to-eight-row products
+ * (1e-4): they sum scale * (x . q) + bias * sum(x) per 16 codes where the CPU dequantizes first,
  * and the two f32 orders differ by up to 4.2e-5 (H200, 2026-12-05); bf16 tensor-core paths 1e-2.
  * Without a GPU: "skipped: no GPU". */
 #include "test_cuda.h"
@@ -39,12 +40,12 @@ static void qmat_free(qmat *m) {
 }
 
 static void test_products(void) {
-    int bits[] = {2, 3, 4, 5, 6, 8}, groups[] = {32, 64, 128};
+    int bits[] = {2, 3, 4, 5, 6, 8}, groups[] = {16, 32, 64, 128};
     struct { int T, N, K; } shapes[] = {{1, 67, 256}, {3, 130, 384}, {8, 64, 128}, {37, 300, 512}};
     int si = 0;
     for (int bi = 0; bi < 6; bi++)
-        for (int gi = 0; gi < 3; gi++, si++) {
-            int T = shapes[si % 4].T, N = shapes[si % 4].N, K = shapes[si % 4].K, B = bits[bi], g = groups[gi];
+        for (int gi = 0; gi < 4; gi++, si++) {
+            int T = shapes[(si + bi) % 4].T, N = shapes[(si + bi) % 4].N, K = shapes[(si + bi) % 4].K, B = bits[bi], g = groups[gi];
             av_dtype sdt = si % 5 == 3 ? AV_F16 : si % 7 == 5 ? AV_F32 : AV_BF16;
             float *w = test_rnd((size_t)N * K, 0.1f), *x = test_rnd((size_t)T * K, 1), *dy = test_rnd((size_t)T * N, 1);
             qmat W = qmat_new(w, N, K, B, g, sdt);
@@ -90,6 +91,11 @@ static void test_fused(void) {
         {AV_GEMV_IN_X, AV_GEMV_OUT_STORE, 77, 128, 0, 0, 2, 128},           {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 352, 1024, 0, 0, 5, 64},
         {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 64, 12288, 0, 0, 8, 128},           {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 640, 1024, 8, 64, 8, 32},
         {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 1024, 512, 0, 0, 2, 64},   {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 440, 4096, 8, 40, 6, 32},
+        /* groups of 16 (GGUF Q6_K, Q3_K, Q2_K repacked) */
+        {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 2560, 2048, 36, 64, 6, 16}, {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 2048, 5632, 0, 0, 6, 16},
+        {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 608, 2048, 0, 0, 3, 16},   {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_STORE, 9001, 256, 0, 0, 6, 16},
+        {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 301, 640, 0, 0, 2, 16},             {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 1024, 512, 0, 0, 2, 16},
+        {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 448, 4096, 7, 64, 3, 16},    {AV_GEMV_IN_X, AV_GEMV_OUT_STORE, 77, 128, 0, 0, 8, 16},
     };
     int Ts[] = {1, 6, 16, 40};
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
@@ -141,47 +147,64 @@ static void test_fused(void) {
 static int32_t g_ids[512];
 static int g_T;
 
-/* Mean NLL, logits after prefill of all but the last token + one decode step, and 8 greedy ids. */
-static double run(const char *dir, const av_backend *be, float *logits, int32_t *greedy) {
+/* Mean NLL of ids[0..T), logits after prefill of all but the last id + one decode step (logits[V]),
+ * and 8 greedy ids; V: the model's vocabulary (logits holds 2V floats). */
+static double run(const char *dir, const av_backend *be, const int32_t *ids, int T, int V, float *logits, int32_t *greedy) {
     av_model *m;
     if (av_model_load(&m, dir, be) != AV_OK) { CHECK(0, "%s", av_last_error()); return -1; }
+    CHECK(m->cfg.vocab_size == V, "%s: vocabulary %d, expected %d", dir, m->cfg.vocab_size, V);
     av_session *s;
     CHECK_OK(av_session_new(&s, m, 256, 64));
     double sum = 0;
-    CHECK_OK(av_session_nll(s, g_ids, g_T, &sum, NULL, NULL));
+    CHECK_OK(av_session_nll(s, ids, T, &sum, NULL, NULL));
     av_session_truncate(s, 0);
-    CHECK_OK(av_session_prefill(s, g_ids, g_T - 1));
-    int32_t id = g_ids[g_T - 1];
+    CHECK_OK(av_session_prefill(s, ids, T - 1));
+    int32_t id = ids[T - 1];
     for (int i = 0; i < 9; i++) {
         CHECK_OK(av_session_forward(s, &id, 1));
         av_session_last_logits(s, logits);
-        if (i == 0) memcpy(logits + 32000, logits, sizeof(float) * 32000);
+        if (i == 0) memcpy(logits + V, logits, sizeof(float) * V);
         int best = 0;
-        for (int v = 1; v < 32000; v++) if (logits[v] > logits[best]) best = v;
+        for (int v = 1; v < V; v++) if (logits[v] > logits[best]) best = v;
         if (i < 8) greedy[i] = id = best;
     }
-    memcpy(logits, logits + 32000, sizeof(float) * 32000);
+    memcpy(logits, logits + V, sizeof(float) * V);
     av_session_free(s);
     av_model_free(m);
-    return sum / (g_T - 1);
+    return sum / (T - 1);
 }
 
-static void check_model(const char *dir, const char *name) {
-    float *lc = malloc(sizeof(float) * 64000), *lg = malloc(sizeof(float) * 64000);
+static void check_model_ids(const char *dir, const char *name, const int32_t *ids, int T, int V) {
+    float *lc = malloc(sizeof(float) * 2 * V), *lg = malloc(sizeof(float) * 2 * V);
     int32_t gc[8], gg[8];
-    double nc = run(dir, C, lc, gc);
+    double nc = run(dir, C, ids, T, V, lc, gc);
     for (int f = 0; f < 2; f++) {
         const av_backend *be = f ? G32 : G;
-        double ng = run(dir, be, lg, gg);
+        double ng = run(dir, be, ids, T, V, lg, gg);
         double tol = f ? 1e-5 : 1e-2; /* bf16 table: prefill on tensor cores */
         CHECK(fabs(ng - nc) <= tol * fabs(nc), "%s %s: NLL %.7f vs CPU %.7f", name, be->name, ng, nc);
-        double rel = test_rel_l2(lg, lc, 32000);
+        double rel = test_rel_l2(lg, lc, (size_t)V);
         CHECK(rel <= (f ? 1e-4 : 1e-2), "%s %s: decode logits rel L2 %g", name, be->name, rel);
         if (f) CHECK(!memcmp(gc, gg, sizeof gc), "%s %s: greedy ids differ from the CPU's", name, be->name);
         printf("%s %s: nll %.6f (cpu %.6f), logits rel L2 %.3g\n", name, be->name, ng, nc, rel);
     }
     free(lc);
     free(lg);
+}
+
+static void check_model(const char *dir, const char *name) { check_model_ids(dir, name, g_ids, g_T, 32000); }
+
+/* GGUF K-quant fixtures (tiny-k256: 1024-token vocabulary): Q6_K, Q3_K and Q2_K tensors are 6/3/2-bit
+ * codes in groups of 16 on both backends; the prompt's ids folded into the vocabulary. */
+static void check_gguf_kquants(void) {
+    const char *files[] = {"tiny-k256-q6_k.gguf", "tiny-k256-q3_k_m.gguf", "tiny-k256-q2_k.gguf"};
+    int32_t ids[512];
+    for (int t = 0; t < g_T; t++) ids[t] = 1 + g_ids[t] % 1023;
+    for (int i = 0; i < 3; i++) {
+        char path[4300];
+        snprintf(path, sizeof path, "%s/gguf/%s", test_fixtures(), files[i]);
+        check_model_ids(path, files[i], ids, g_T < 200 ? g_T : 200, 1024);
+    }
 }
 
 static double lora_step(const char *dir, const av_backend *be, float **grads, size_t *n) {
@@ -273,6 +296,7 @@ int main(void) {
     check_model(q4, "q4 g32");
     check_model(q8, "q8 g64");
     check_qlora(q4);
+    check_gguf_kquants();
     CHECK_OK(av_cuda_status());
     return TEST_SUMMARY();
 }

@@ -1,7 +1,7 @@
 /* A Llama model from one GGUF file: the "llama" keys -> av_config, GGUF tensor names -> model fields
  * through one table, and each tensor made into an av_mat: F32/F16/BF16 viewed in the mapping,
  * Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K repacked exactly into MLX's affine layout (group 32), Q6_K/Q3_K/Q2_K
- * into 6/3/2-bit codes with group 16 on the CPU (its kernels take any group; f32 on a GPU). attn_q/attn_k rows go back from llama.cpp's interleaved rotary order to HF's
+ * into 6/3/2-bit codes with group 16 (both backends' kernels take it). attn_q/attn_k rows go back from llama.cpp's interleaved rotary order to HF's
  * rotate-half order (the inverse of convert_hf_to_gguf.py's permute). */
 #include "model/model.h"
 #include "formats/gguf.h"
@@ -150,7 +150,6 @@ static av_status bind(av_model *m, const gslot *s) {
     }
     av_status st = AV_OK;
     int nat = av_gguf_native_dtype(t->type), bits = av_gguf_repack_bits(t->type), G = av_gguf_repack_group(t->type);
-    if (G != 32 && !m->be->host_visible) bits = 0; /* group 16 (Q2_K, Q3_K, Q6_K): the CPU kernels only; f32 on a GPU */
     av_mat *d = s->dst;
     memset(d, 0, sizeof *d);
     d->rows = rows;

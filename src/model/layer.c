@@ -98,12 +98,23 @@ static int decode_fused(const av_model *m, const av_layer *L, av_layer_ws *ws, f
     int N = ws->B, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
     size_t qd = (size_t)H * hd, nq = (size_t)(H + 2 * KVH) * hd;
     av_mat Wqkv, Wgu;
-    if (!ws->qkv || !be->matmul_fused_forward || !be->attention_decode || !stacked(&Wqkv, &L->q, &L->k, &L->v) ||
-        !stacked(&Wgu, &L->gate, &L->up, NULL) || !plain(&L->o) || !plain(&L->down))
+    int qkv1 = stacked(&Wqkv, &L->q, &L->k, &L->v); /* else (one row, e.g. GGUF mixes: attn_v Q6_K beside Q4_K) three products */
+    if (!ws->qkv || !be->matmul_fused_forward || !be->attention_decode ||
+        (!qkv1 && (N != 1 || !plain(&L->q) || !plain(&L->k) || !plain(&L->v))) || !stacked(&Wgu, &L->gate, &L->up, NULL) ||
+        !plain(&L->o) || !plain(&L->down))
         return 0;
     av_gemv_fusion f = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->attn_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_ROPE,
                         .pos = ws->pos, .inv_freq = m->inv_freq, .rope_heads = H + KVH, .head_dim = hd};
-    be->matmul_fused_forward(ws->qkv, x, &Wqkv, N, &f); /* q and k heads are adjacent: one RoPE range */
+    if (qkv1) {
+        be->matmul_fused_forward(ws->qkv, x, &Wqkv, N, &f); /* q and k heads are adjacent: one RoPE range */
+    } else { /* one row: q|k|v are adjacent in ws->qkv, each product norms x itself */
+        f.rope_heads = H;
+        be->matmul_fused_forward(ws->qkv, x, &L->q.w, 1, &f);
+        f.rope_heads = KVH;
+        be->matmul_fused_forward(ws->qkv + qd, x, &L->k.w, 1, &f);
+        f.out = AV_GEMV_OUT_STORE, f.rope_heads = 0;
+        be->matmul_fused_forward(ws->qkv + qd + (size_t)KVH * hd, x, &L->v.w, 1, &f);
+    }
     be->attention_decode(ws->att, ws->qkv, ws->qkv + qd, ws->qkv + qd + (size_t)KVH * hd, kc, vc, ws->pos, N, ws->seq_stride, H, KVH, hd, nq,
                          ws->ring_keep, ws->ring);
     av_gemv_fusion o = {.in = AV_GEMV_IN_X, .out = AV_GEMV_OUT_ADD};

@@ -300,7 +300,8 @@ struct fzq_args {
 
 /* A piece: the 16 bytes a lane reads at once (32 codes of 4 bits, 16 of 8), 8 bytes of 2-bit codes
  * (32: a whole chunk, as K is only known to be a multiple of 32); 3/5/6 bits: a 32-code chunk (BITS
- * words, one word at a time). A piece lies inside one scale group (groups are 32, 64 or 128). */
+ * words, one word at a time). A piece lies inside one scale group when groups are 32, 64 or 128; with
+ * groups of 16 (GGUF's Q2_K, Q3_K, Q6_K repacked) a 32-code piece has SUB = 2 groups, one per half. */
 template <int BITS>
 struct fzq_piece {
     static constexpr int CODES = BITS == 8 ? 16 : 32;
@@ -309,16 +310,16 @@ struct fzq_piece {
     static constexpr int F4 = CODES / 4; /* float4s of x under a piece */
 };
 
-/* Pieces per lane and pass: U * 2 rows * (words + scale + bias) registers <= 48. */
-template <int BITS>
+/* Pieces per lane and pass: U * 2 rows * (words + SUB scales + SUB biases) registers <= 48. */
+template <int BITS, int SUB>
 static constexpr int fzq1_umax() {
-    return 48 / (2 * (fzq_piece<BITS>::WORDS + 2)) >= 4 ? 4 : 2;
+    return 48 / (2 * (fzq_piece<BITS>::WORDS + 2 * SUB)) >= 4 ? 4 : 2;
 }
 
-/* Dynamic shared memory of the one-row kernel: x, the per-piece sums, the warps' sums of squares. */
-template <int BITS>
+/* Dynamic shared memory of the one-row kernel: x, the sums of x per group-piece, the warps' sums of squares. */
+template <int BITS, int SUB>
 static size_t fzq1_smem(int K, int nw) {
-    return (size_t)K * sizeof(float) + (size_t)(K / fzq_piece<BITS>::CODES) * sizeof(float) + (size_t)nw * sizeof(float);
+    return (size_t)K * sizeof(float) + (size_t)(K / fzq_piece<BITS>::CODES * SUB) * sizeof(float) + (size_t)nw * sizeof(float);
 }
 
 template <int BITS>
@@ -358,30 +359,30 @@ __device__ __forceinline__ float fzq_xat(const float4 (&xv)[F4], int i) {
     return (i & 3) == 0 ? v.x : (i & 3) == 1 ? v.y : (i & 3) == 2 ? v.z : v.w;
 }
 
-/* x . q over one piece (codes as integers; the caller applies scale and bias). */
-template <int BITS>
+/* x . q over codes [E0, E1) of one piece (codes as integers; the caller applies scale and bias). */
+template <int BITS, int E0, int E1>
 __device__ __forceinline__ float fzq_piece_dot(const uint32_t (&w)[fzq_piece<BITS>::WORDS], const float4 (&xv)[fzq_piece<BITS>::F4]) {
     float d = 0.0f;
 #pragma unroll
-    for (int e = 0; e < fzq_piece<BITS>::CODES; e++) d = fmaf(fzq_xat(xv, e), aq_code<BITS>(w, e), d);
+    for (int e = E0; e < E1; e++) d = fmaf(fzq_xat(xv, e), aq_code<BITS>(w, e), d);
     return d;
 }
 
 /* Block = NW warps, warp w on unit grp * NW + w for grp = blockIdx.x, + gridDim.x, ..; lane l on
  * pieces l, l + 32, .. of both rows, U of them per pass (the first pass loaded before the wait). */
-template <int IN, int OUT, int NW, int BITS, int U>
+template <int IN, int OUT, int NW, int BITS, int U, int SUB>
 __global__ void __launch_bounds__(NW * 32) fzq1_k(fz_args a, fzq_args qa, int units) {
     using PC = fzq_piece<BITS>;
-    constexpr int NTH = NW * 32, NWD = PC::WORDS;
+    constexpr int NTH = NW * 32, NWD = PC::WORDS, CH = PC::CODES / SUB, XF4 = PC::F4 / SUB; /* codes, float4s of x a group-piece */
     extern __shared__ float4 fzq1_sm[];
     __shared__ unsigned long long keys[NW];
     const int K = a.K, NP = K / PC::CODES, nf4 = K >> 2, ng = K / qa.group, rw = K / 32 * BITS;
-    const int gsh = (31 - __clz(qa.group)) - PC::LOG2; /* piece m is in group m >> gsh */
-    float *xs = reinterpret_cast<float *>(fzq1_sm + nf4), *ssw = xs + NP;
+    const int gsh = SUB == 1 ? (31 - __clz(qa.group)) - PC::LOG2 : 0; /* SUB 1: piece m is in group m >> gsh; SUB 2: groups 2m, 2m + 1 */
+    float *xs = reinterpret_cast<float *>(fzq1_sm + nf4), *ssw = xs + NP * SUB;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int ngroups = (units + NW - 1) / NW, npass = (NP + 32 * U - 1) / (32 * U);
 
-    uint32_t w[U][2][NWD], sv[U][2], bv[U][2];
+    uint32_t w[U][2][NWD], sv[U][2][SUB], bv[U][2][SUB];
     const uint32_t *wp[2];
     size_t gb[2];
     auto rows = [&](int grp) {
@@ -403,12 +404,14 @@ __global__ void __launch_bounds__(NW * 32) fzq1_k(fz_args a, fzq_args qa, int un
             for (int h = 0; h < 2; h++) {
                 if (m < NP && wp[h]) {
                     fzq_piece_load<BITS>(w[j][h], wp[h], m);
-                    size_t gi = gb[h] + (m >> gsh);
-                    sv[j][h] = fzq_sb_load(qa.sc, a.dt, gi), bv[j][h] = fzq_sb_load(qa.bi, a.dt, gi);
+                    size_t gi = gb[h] + (SUB == 1 ? (size_t)(m >> gsh) : (size_t)m * SUB);
+#pragma unroll
+                    for (int q = 0; q < SUB; q++) sv[j][h][q] = fzq_sb_load(qa.sc, a.dt, gi + q), bv[j][h][q] = fzq_sb_load(qa.bi, a.dt, gi + q);
                 } else {
 #pragma unroll
                     for (int i = 0; i < NWD; i++) w[j][h][i] = 0u;
-                    sv[j][h] = bv[j][h] = 0u;
+#pragma unroll
+                    for (int q = 0; q < SUB; q++) sv[j][h][q] = bv[j][h][q] = 0u;
                 }
             }
         }
@@ -450,8 +453,8 @@ __global__ void __launch_bounds__(NW * 32) fzq1_k(fz_args a, fzq_args qa, int un
         }
         float t = (v.x + v.y) + (v.z + v.w);
 #pragma unroll
-        for (int o = 1; o < PC::F4; o <<= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-        if (in && f % PC::F4 == 0) xs[f / PC::F4] = t;
+        for (int o = 1; o < XF4; o <<= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+        if (in && f % XF4 == 0) xs[f / XF4] = t;
     }
     if (IN == AV_GEMV_IN_RMSNORM) {
         ss = av_warp_sum(ss);
@@ -482,10 +485,16 @@ __global__ void __launch_bounds__(NW * 32) fzq1_k(fz_args a, fzq_args qa, int un
                     float4 xv[PC::F4];
 #pragma unroll
                     for (int e = 0; e < PC::F4; e++) xv[e] = fzq1_sm[fzq_swz(m * PC::F4 + e)];
-                    float xsum = xs[m];
-                    float d0 = fzq_piece_dot<BITS>(w[j][0], xv), d1 = fzq_piece_dot<BITS>(w[j][1], xv);
-                    acc0 = fmaf(fzq_sb(sv[j][0], a.dt), d0, fmaf(fzq_sb(bv[j][0], a.dt), xsum, acc0));
-                    acc1 = fmaf(fzq_sb(sv[j][1], a.dt), d1, fmaf(fzq_sb(bv[j][1], a.dt), xsum, acc1));
+                    float xsum = xs[m * SUB];
+                    float d0 = fzq_piece_dot<BITS, 0, CH>(w[j][0], xv), d1 = fzq_piece_dot<BITS, 0, CH>(w[j][1], xv);
+                    acc0 = fmaf(fzq_sb(sv[j][0][0], a.dt), d0, fmaf(fzq_sb(bv[j][0][0], a.dt), xsum, acc0));
+                    acc1 = fmaf(fzq_sb(sv[j][1][0], a.dt), d1, fmaf(fzq_sb(bv[j][1][0], a.dt), xsum, acc1));
+                    if constexpr (SUB == 2) { /* the piece's second group */
+                        xsum = xs[m * 2 + 1];
+                        d0 = fzq_piece_dot<BITS, CH, 2 * CH>(w[j][0], xv), d1 = fzq_piece_dot<BITS, CH, 2 * CH>(w[j][1], xv);
+                        acc0 = fmaf(fzq_sb(sv[j][0][1], a.dt), d0, fmaf(fzq_sb(bv[j][0][1], a.dt), xsum, acc0));
+                        acc1 = fmaf(fzq_sb(sv[j][1][1], a.dt), d1, fmaf(fzq_sb(bv[j][1][1], a.dt), xsum, acc1));
+                    }
                 }
             }
             if (++pass >= npass) break;
@@ -813,10 +822,10 @@ static void launch1c(const fz_args &a, unsigned units) {
 
 /* One-row quantized product, NW warps (units) a block; grids beyond the resident blocks become
  * persistent. The resident count (it depends on K through shared memory) is cached per device. */
-template <int IN, int OUT, int NW, int BITS, int U>
+template <int IN, int OUT, int NW, int BITS, int U, int SUB>
 static void launchq1u(const fz_args &a, const fzq_args &qa, unsigned units) {
-    void (*k)(fz_args, fzq_args, int) = fzq1_k<IN, OUT, NW, BITS, U>;
-    size_t smem = fzq1_smem<BITS>(a.K, NW);
+    void (*k)(fz_args, fzq_args, int) = fzq1_k<IN, OUT, NW, BITS, U, SUB>;
+    size_t smem = fzq1_smem<BITS, SUB>(a.K, NW);
     static std::atomic<unsigned long long> cache[16]; /* per device: K << 32 | resident blocks per SM */
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 16) dev = 0;
@@ -831,12 +840,12 @@ static void launchq1u(const fz_args &a, const fzq_args &qa, unsigned units) {
     av_launch(k, dim3(groups < resident ? groups : resident), dim3(NW * 32), smem, 1, a, qa, (int)units);
 }
 
-template <int IN, int OUT, int NW, int BITS>
+template <int IN, int OUT, int NW, int BITS, int SUB>
 static void launchq1n(const fz_args &a, const fzq_args &qa, unsigned units) {
     int per = (int)av_cdiv((size_t)(a.K / fzq_piece<BITS>::CODES), 32); /* pieces per lane and row */
-    constexpr int UM = fzq1_umax<BITS>();
-    if (per <= 2) launchq1u<IN, OUT, NW, BITS, 2>(a, qa, units);
-    else launchq1u<IN, OUT, NW, BITS, UM>(a, qa, units); /* several passes beyond */
+    constexpr int UM = fzq1_umax<BITS, SUB>();
+    if (per <= 2) launchq1u<IN, OUT, NW, BITS, 2, SUB>(a, qa, units);
+    else launchq1u<IN, OUT, NW, BITS, UM, SUB>(a, qa, units); /* several passes beyond */
 }
 
 /* Block size per product, from bench/q1_variants.cu on an H200 (us a launch, 4-bit g64, w2g = this
@@ -845,17 +854,22 @@ static void launchq1n(const fz_args &a, const fzq_args &qa, unsigned units) {
  * product (q|k|v 3.48 vs 3.86, gate|up 10.90 vs 12.90, down 6.92 vs 7.71). Large products have units
  * enough to fill every SM with half the blocks, and each staging of x then serves 8 units; small ones
  * spread over more SMs with 4-warp blocks. */
-template <int IN, int OUT, int BITS>
+template <int IN, int OUT, int BITS, int SUB>
 static void launchq1c(const fz_args &a, const fzq_args &qa, unsigned units) {
     if constexpr (BITS == 8 || OUT == AV_GEMV_OUT_SWIGLU) {
-        launchq1n<IN, OUT, 8, BITS>(a, qa, units);
+        launchq1n<IN, OUT, 8, BITS, SUB>(a, qa, units);
     } else if constexpr (OUT == AV_GEMV_OUT_ADD) {
-        if (a.K > 4096) launchq1n<IN, OUT, 8, BITS>(a, qa, units);
-        else launchq1n<IN, OUT, 4, BITS>(a, qa, units);
+        if (a.K > 4096) launchq1n<IN, OUT, 8, BITS, SUB>(a, qa, units);
+        else launchq1n<IN, OUT, 4, BITS, SUB>(a, qa, units);
     } else {
-        launchq1n<IN, OUT, 4, BITS>(a, qa, units);
+        launchq1n<IN, OUT, 4, BITS, SUB>(a, qa, units);
     }
 }
+
+/* Widths whose GGUF types are repacked with groups of 16 (Q2_K, Q3_K, Q6_K) have a one-row kernel
+ * for them (SUB = 2; 8-bit pieces are 16 codes, a group already); fused_ok sends the others away. */
+template <int BITS>
+static constexpr bool fzq_g16() { return BITS == 2 || BITS == 3 || BITS == 6; }
 
 /* Units (output pairs) of the one-row kernels. */
 template <int OUT>
@@ -912,8 +926,11 @@ static void launch_t(const fz_args &a) {
  * tensor-core kernel with the codes turned into bf16 fragments in registers. */
 template <int IN, int OUT, int BITS>
 static void launchq_t(const fz_args &a, const fzq_args &qa) {
-    if (a.T == 1) launchq1c<IN, OUT, BITS>(a, qa, q1_units<OUT>(a));
-    else if constexpr (BITS == 2 || BITS == 4 || BITS == 8) {
+    if (a.T == 1) {
+        if constexpr (fzq_g16<BITS>())
+            if (qa.group < 32) return launchq1c<IN, OUT, BITS, 2>(a, qa, q1_units<OUT>(a));
+        launchq1c<IN, OUT, BITS, 1>(a, qa, q1_units<OUT>(a));
+    } else if constexpr (BITS == 2 || BITS == 4 || BITS == 8) {
         if (a.T <= 8) launchm<IN, OUT, 1, BITS>(a, qa);
         else launchm<IN, OUT, 2, BITS>(a, qa);
     }
@@ -950,6 +967,8 @@ static int fused_ok(const float *x, const av_mat *W, int T, const av_gemv_fusion
     if ((!W->q_bits && W->dtype != AV_BF16 && W->dtype != AV_F16) || K % 8 || N < 1 || ((uintptr_t)x % 16) || ((uintptr_t)W->data % 16))
         return 0;
     if (W->q_bits && (K % W->q_group || K % 32)) return 0;
+    if (W->q_bits && W->q_group < 32 && (W->q_group != 16 || (T == 1 && !(W->q_bits == 2 || W->q_bits == 3 || W->q_bits == 6 || W->q_bits == 8))))
+        return 0; /* groups of 16: the one-row kernel's SUB = 2 widths (fzq_g16) and 8 bits; 2+ rows take any group of 8+ */
     if (W->q_bits && T == 1 && (size_t)K * 4 + (size_t)K / 4 + 64 > (size_t)160 * 1024) return 0; /* x in shared memory (fzq1_smem) */
     if (f->in == AV_GEMV_IN_RMSNORM && (!f->norm || (size_t)f->norm->rows * f->norm->cols != (size_t)K)) return 0;
     if (f->out == AV_GEMV_OUT_ROPE && (hd <= 0 || hd % 2 || rr < 0 || rr > N || rr % hd || (T > 1 && hd % 32))) return 0;

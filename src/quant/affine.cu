@@ -1,20 +1,23 @@
 /* Products on MLX affine-quantized weights on the GPU (the CUDA twin of the quantized paths of
  * ops/matmul.c and ops/embedding.c). Weights stay packed in device memory:
  * - up to 8 rows (decode of a few sequences, the LM head of one): a GEMV that reads each packed row
- *   once for all rows of x, exact f32 arithmetic (scale * (x . q) + bias * sum(x) per 32-code chunk);
+ *   once for all rows of x, exact f32 arithmetic (scale * (x . q) + bias * sum(x) per 16 codes);
  * - more rows (prefill, training, larger batches): panels of at most AQ_PANEL weights dequantized into
  *   scratch (bf16 for tensor cores, f32 in exact mode), each followed by its cuBLAS product;
  * - the embedding gathers and dequantizes its rows.
+ * Groups are 32, 64, 128, or 16 (GGUF's Q2_K, Q3_K, Q6_K repacked): a 32-code chunk then has two scales
+ * and biases, one per half (aq_sb2).
  * The one-row fused decode products (RMSNorm, RoPE, SwiGLU, residual) are in ops/matmul_fused.cu. */
 #include "quant/affine.cuh"
 extern "C" {
 #include "backend/cuda.h"
 }
 
-/* weights per dequantized panel: 64M (128 MB in bf16; all of a TinyLlama product but the LM head):
+/* weights per dequantized panel: 32M (64 MB in bf16; any TinyLlama product but the LM head in one):
  * prefill 2048 tokens at 4 bits ran 138k tok/s against 78k with 8M panels kept in L2 (H200), since
- * each panel's cuBLAS product is then large enough to run near peak */
-#define AQ_PANEL ((size_t)64 << 20)
+ * each panel's cuBLAS product is then large enough to run near peak; 32M against 64M, same call (H100):
+ * prefill 130.3k vs 130.0k, QLoRA 1x512 29.9k vs 29.0k tok/s with a peak of 1.43 GB instead of 1.52 */
+#define AQ_PANEL ((size_t)32 << 20)
 #define AQ_GEMV_R 2
 #define AQ_GEMV_WARPS 4
 
@@ -33,7 +36,7 @@ __global__ void __launch_bounds__(AQ_GEMV_WARPS * 32) aq_gemv_k(float *out, cons
 #pragma unroll
         for (int t = 0; t < TT; t++) acc[r][t] = 0.0f;
     for (int c = lane; c < nc; c += 32) {
-        float q[AQ_GEMV_R][32], s[AQ_GEMV_R], b[AQ_GEMV_R];
+        float q[AQ_GEMV_R][32], s[AQ_GEMV_R][2], b[AQ_GEMV_R][2];
 #pragma unroll
         for (int r = 0; r < AQ_GEMV_R; r++) {
             int row = row0 + r < N ? row0 + r : row0;
@@ -41,25 +44,27 @@ __global__ void __launch_bounds__(AQ_GEMV_WARPS * 32) aq_gemv_k(float *out, cons
             aq_load<BITS>(w, W + (size_t)row * rw, c);
 #pragma unroll
             for (int j = 0; j < 32; j++) q[r][j] = aq_code<BITS>(w, j);
-            size_t gi = (size_t)row * ng + (size_t)(c * 32) / group;
-            s[r] = aq_sb(sc, sdt, gi), b[r] = aq_sb(bi, sdt, gi);
+            aq_sb2(s[r], b[r], sc, bi, sdt, (size_t)row * ng, c, group);
         }
 #pragma unroll
         for (int t = 0; t < TT; t++) {
             const float4 *x4 = reinterpret_cast<const float4 *>(x + (size_t)t * K + (size_t)c * 32);
-            float xs = 0.0f, d[AQ_GEMV_R];
 #pragma unroll
-            for (int r = 0; r < AQ_GEMV_R; r++) d[r] = 0.0f;
+            for (int h = 0; h < 2; h++) { /* the chunk's halves: one group each when the group is 16 */
+                float xs = 0.0f, d[AQ_GEMV_R];
 #pragma unroll
-            for (int v = 0; v < 8; v++) {
-                float4 xv = __ldg(x4 + v);
-                xs += (xv.x + xv.y) + (xv.z + xv.w);
+                for (int r = 0; r < AQ_GEMV_R; r++) d[r] = 0.0f;
 #pragma unroll
-                for (int r = 0; r < AQ_GEMV_R; r++)
-                    d[r] += xv.x * q[r][4 * v] + xv.y * q[r][4 * v + 1] + xv.z * q[r][4 * v + 2] + xv.w * q[r][4 * v + 3];
+                for (int v = 4 * h; v < 4 * h + 4; v++) {
+                    float4 xv = __ldg(x4 + v);
+                    xs += (xv.x + xv.y) + (xv.z + xv.w);
+#pragma unroll
+                    for (int r = 0; r < AQ_GEMV_R; r++)
+                        d[r] += xv.x * q[r][4 * v] + xv.y * q[r][4 * v + 1] + xv.z * q[r][4 * v + 2] + xv.w * q[r][4 * v + 3];
+                }
+#pragma unroll
+                for (int r = 0; r < AQ_GEMV_R; r++) acc[r][t] += s[r][h] * d[r] + b[r][h] * xs;
             }
-#pragma unroll
-            for (int r = 0; r < AQ_GEMV_R; r++) acc[r][t] += s[r] * d[r] + b[r] * xs;
         }
     }
 #pragma unroll
@@ -81,26 +86,23 @@ __global__ void aq_dequant_k(void *dst, int b16, const uint32_t *W, const void *
     int r = (int)(i / nc), c = (int)(i - (size_t)r * nc), row = r0 + r;
     uint32_t w[BITS];
     aq_load<BITS>(w, W + (size_t)row * (K / 32 * BITS), c);
-    size_t gi = (size_t)row * (K / group) + (size_t)(c * 32) / group;
-    float s = aq_sb(sc, sdt, gi), b = aq_sb(bi, sdt, gi);
+    float s[2], b[2];
+    aq_sb2(s, b, sc, bi, sdt, (size_t)row * (K / group), c, group);
     if (b16) {
         uint4 *o = reinterpret_cast<uint4 *>(reinterpret_cast<uint16_t *>(dst) + (size_t)r * K + (size_t)c * 32);
 #pragma unroll
         for (int v = 0; v < 4; v++) {
+            const float sv = s[v >> 1], bv = b[v >> 1];
             uint32_t u[4];
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                __nv_bfloat162 h = __floats2bfloat162_rn(s * aq_code<BITS>(w, 8 * v + 2 * e) + b, s * aq_code<BITS>(w, 8 * v + 2 * e + 1) + b);
+                __nv_bfloat162 h = __floats2bfloat162_rn(sv * aq_code<BITS>(w, 8 * v + 2 * e) + bv, sv * aq_code<BITS>(w, 8 * v + 2 * e + 1) + bv);
                 u[e] = *reinterpret_cast<uint32_t *>(&h);
             }
             o[v] = make_uint4(u[0], u[1], u[2], u[3]);
         }
     } else {
-        float4 *o = reinterpret_cast<float4 *>(reinterpret_cast<float *>(dst) + (size_t)r * K + (size_t)c * 32);
-#pragma unroll
-        for (int v = 0; v < 8; v++)
-            o[v] = make_float4(s * aq_code<BITS>(w, 4 * v) + b, s * aq_code<BITS>(w, 4 * v + 1) + b, s * aq_code<BITS>(w, 4 * v + 2) + b,
-                               s * aq_code<BITS>(w, 4 * v + 3) + b);
+        aq_store_f32<BITS>(reinterpret_cast<float *>(dst) + (size_t)r * K + (size_t)c * 32, w, s, b);
     }
 }
 
@@ -115,13 +117,9 @@ __global__ void aq_embed_k(float *out, const int32_t *ids, const uint32_t *W, co
     for (int c = threadIdx.x; c < nc; c += blockDim.x) {
         uint32_t w[BITS];
         aq_load<BITS>(w, W + row * (D / 32 * BITS), c);
-        size_t gi = row * (D / group) + (size_t)(c * 32) / group;
-        float s = aq_sb(sc, sdt, gi), b = aq_sb(bi, sdt, gi);
-        float4 *o = reinterpret_cast<float4 *>(out + (size_t)t * D + (size_t)c * 32);
-#pragma unroll
-        for (int v = 0; v < 8; v++)
-            o[v] = make_float4(s * aq_code<BITS>(w, 4 * v) + b, s * aq_code<BITS>(w, 4 * v + 1) + b, s * aq_code<BITS>(w, 4 * v + 2) + b,
-                               s * aq_code<BITS>(w, 4 * v + 3) + b);
+        float s[2], b[2];
+        aq_sb2(s, b, sc, bi, sdt, row * (D / group), c, group);
+        aq_store_f32<BITS>(out + (size_t)t * D + (size_t)c * 32, w, s, b);
     }
 }
 
