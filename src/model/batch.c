@@ -85,28 +85,16 @@ int av_batch_session_size(const av_batch_session *b) { return b->N; }
 int av_batch_session_pos(const av_batch_session *b, int i) { return b->pos[i]; }
 size_t av_batch_session_bytes(const av_batch_session *b) { return b->bytes; }
 
-/* Rows a prompt pass of `rows` rows runs: on a GPU, rounded up to a multiple of 64 (within the chunk
- * and before `room` more rows of the sequence run out), so a server's passes come in a few shapes: a
- * shape cuBLAS has not seen costs 2-10 ms of host time on its first use (gpu_bench slots). The extra
- * rows repeat the last token at the next positions; their K/V land past the prompt, in rows the
- * sequence has not reached (decode writes a row before any query reads it). The CPU runs `rows`. */
-static int padded_rows(const av_batch_session *b, int rows, int room) {
-    if (b->m->be->device == AV_DEVICE_CPU) return rows;
-    int r = (rows + 63) / 64 * 64;
-    if (r > b->C) r = b->C;
-    return r - rows <= room ? r : rows;
-}
-
 /* Prompt rows [p0, p0+T) of sequence i (T <= C), K/V straight into its cache region. */
 static void prefill_chunk(av_batch_session *b, int i, const int32_t *ids, int T, int p0) {
     av_model *m = b->m;
     const av_config *c = &m->cfg;
     const av_backend *be = m->be;
-    int D = c->hidden_size, R = padded_rows(b, T, b->max_seq - p0 - T);
+    int D = c->hidden_size, R = av_llama_pass_rows(be, T, b->C, b->max_seq - p0 - T);
     int32_t *ids_dev = b->dev + 3 * b->N, *pos_dev = ids_dev + b->C;
     int32_t *host = malloc(sizeof(int32_t) * 2 * (size_t)R);
     if (!host) return;
-    for (int t = 0; t < R; t++) host[t] = ids[t < T ? t : T - 1], host[R + t] = p0 + t;
+    for (int t = 0; t < R; t++) host[t] = ids[t < T ? t : T - 1], host[R + t] = p0 + t; /* pad rows: av_llama_pass_rows */
     be->upload(ids_dev, host, sizeof(int32_t) * (size_t)R);
     be->upload(pos_dev, host + R, sizeof(int32_t) * (size_t)R);
     free(host);

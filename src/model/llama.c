@@ -99,26 +99,40 @@ static int fits(const av_session *s, int T) {
     return s->ring || s->n_past + T <= s->max_seq;
 }
 
+int av_llama_pass_rows(const av_backend *be, int rows, int chunk, int room) {
+    if (be->device == AV_DEVICE_CPU || rows < 2) return rows;
+    int r = (rows + 63) / 64 * 64;
+    if (r > chunk) r = chunk;
+    return r > rows && r - rows <= room ? r : rows;
+}
+
 static void forward_chunk(av_session *s, const int32_t *ids, int T) {
     av_model *m = s->m;
     const av_config *c = &m->cfg;
     const av_backend *be = m->be;
     int D = c->hidden_size;
-    int32_t pos[4096];
+    int32_t pos[4096], pad[4096];
     int p0 = s->n_past; /* RoPE positions p0..; cache rows from row0 */
-    for (int t = 0; t < T; t++) pos[t] = p0 + t;
     memcpy(s->hist + p0, ids, sizeof(int32_t) * (size_t)T);
     /* a rotating cache: one token is a decode step at its ring slot (MLX's in-place update), a chunk
      * follows the retained rows (MLX's concatenation) */
     int ring_step = s->ring && T == 1, row0 = p0;
     if (ring_step) av_session_ring_decode_ready(s);
     else if (s->ring) row0 = av_session_ring_prefill_ready(s, T);
-    be->upload(s->ids_dev, ids, (size_t)T * sizeof(int32_t));
-    be->upload(s->pos_dev, pos, (size_t)T * sizeof(int32_t));
-    be->embedding_forward(s->x, s->ids_dev, &m->embed, T);
+    /* the rows the pass runs: padded as the server's (a rotating cache keeps its own layout) */
+    int R = s->ring ? T : av_llama_pass_rows(be, T, s->max_chunk < 4096 ? s->max_chunk : 4096, s->max_seq - p0 - T);
+    for (int t = 0; t < R; t++) pos[t] = p0 + t;
+    if (R > T) {
+        memcpy(pad, ids, sizeof(int32_t) * (size_t)T);
+        for (int t = T; t < R; t++) pad[t] = ids[T - 1];
+        ids = pad;
+    }
+    be->upload(s->ids_dev, ids, (size_t)R * sizeof(int32_t));
+    be->upload(s->pos_dev, pos, (size_t)R * sizeof(int32_t));
+    be->embedding_forward(s->x, s->ids_dev, &m->embed, R);
     s->ws.kind = ring_step ? AV_ROWS_DECODE : AV_ROWS_PREFILL;
     s->ws.B = 1;
-    s->ws.T = T;
+    s->ws.T = R;
     s->ws.p0 = row0;
     s->ws.pos = s->pos_dev;
     /* one row on the CPU: every layer, the final norm and the LM head in one parallel region */

@@ -38,6 +38,14 @@ struct av_session {
  * shared by av_session and the batched session. */
 void av_llama_plan_rows(av_plan *plan, const av_model *m, int rows, av_layer_ws *ws, float **x, float **hidden);
 
+/* Rows a prompt pass of `rows` (>= 2) rows runs on a GPU: rounded up to a multiple of 64 within `chunk`
+ * and `room` (rows the sequence has left past the pass), so passes come in a few shapes (cuBLAS's first
+ * use of a shape costs 2-10 ms of host time: gpu_bench slots) and the server's passes and a session's
+ * run the same shapes, hence the same results. The extra rows repeat the last token at the next
+ * positions; their K/V land past the prompt, where decode writes before anything reads. The CPU (and
+ * one row) runs `rows`. Shared by av_session (llama.c) and the batched session (batch.c). */
+int av_llama_pass_rows(const av_backend *be, int rows, int chunk, int room);
+
 /* Rotating sessions (kv_ring.c). Before one token at position n_past: the rows put in ring order
  * where the decode attention's slot arithmetic needs them; after it: the layout it left. */
 void av_session_ring_decode_ready(av_session *s);
