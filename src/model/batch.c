@@ -94,7 +94,7 @@ static void prefill_chunk(av_batch_session *b, int i, const int32_t *ids, int T,
     int32_t *ids_dev = b->dev + 3 * b->N, *pos_dev = ids_dev + b->C;
     int32_t *host = malloc(sizeof(int32_t) * 2 * (size_t)R);
     if (!host) return;
-    for (int t = 0; t < R; t++) host[t] = ids[t < T ? t : T - 1], host[R + t] = p0 + t; /* pad rows: av_llama_pass_rows */
+    av_llama_pass_inputs(host, host + R, ids, T, R, p0);
     be->upload(ids_dev, host, sizeof(int32_t) * (size_t)R);
     be->upload(pos_dev, host + R, sizeof(int32_t) * (size_t)R);
     free(host);

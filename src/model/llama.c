@@ -106,12 +106,16 @@ int av_llama_pass_rows(const av_backend *be, int rows, int chunk, int room) {
     return r > rows && r - rows <= room ? r : rows;
 }
 
+void av_llama_pass_inputs(int32_t *ids_out, int32_t *pos_out, const int32_t *ids, int T, int R, int p0) {
+    for (int t = 0; t < R; t++) ids_out[t] = ids[t < T ? t : T - 1], pos_out[t] = p0 + t;
+}
+
 static void forward_chunk(av_session *s, const int32_t *ids, int T) {
     av_model *m = s->m;
     const av_config *c = &m->cfg;
     const av_backend *be = m->be;
     int D = c->hidden_size;
-    int32_t pos[4096], pad[4096];
+    int32_t pos[4096], in[4096];
     int p0 = s->n_past; /* RoPE positions p0..; cache rows from row0 */
     memcpy(s->hist + p0, ids, sizeof(int32_t) * (size_t)T);
     /* a rotating cache: one token is a decode step at its ring slot (MLX's in-place update), a chunk
@@ -121,13 +125,8 @@ static void forward_chunk(av_session *s, const int32_t *ids, int T) {
     else if (s->ring) row0 = av_session_ring_prefill_ready(s, T);
     /* the rows the pass runs: padded as the server's (a rotating cache keeps its own layout) */
     int R = s->ring ? T : av_llama_pass_rows(be, T, s->max_chunk < 4096 ? s->max_chunk : 4096, s->max_seq - p0 - T);
-    for (int t = 0; t < R; t++) pos[t] = p0 + t;
-    if (R > T) {
-        memcpy(pad, ids, sizeof(int32_t) * (size_t)T);
-        for (int t = T; t < R; t++) pad[t] = ids[T - 1];
-        ids = pad;
-    }
-    be->upload(s->ids_dev, ids, (size_t)R * sizeof(int32_t));
+    av_llama_pass_inputs(in, pos, ids, T, R, p0);
+    be->upload(s->ids_dev, in, (size_t)R * sizeof(int32_t));
     be->upload(s->pos_dev, pos, (size_t)R * sizeof(int32_t));
     be->embedding_forward(s->x, s->ids_dev, &m->embed, R);
     s->ws.kind = ring_step ? AV_ROWS_DECODE : AV_ROWS_PREFILL;

@@ -45,6 +45,9 @@ void av_llama_plan_rows(av_plan *plan, const av_model *m, int rows, av_layer_ws 
  * positions; their K/V land past the prompt, where decode writes before anything reads. The CPU (and
  * one row) runs `rows`. Shared by av_session (llama.c) and the batched session (batch.c). */
 int av_llama_pass_rows(const av_backend *be, int rows, int chunk, int room);
+/* The R >= T rows' inputs of such a pass: ids_out[R] (ids, then the last one repeated) and pos_out[R]
+ * (p0, p0 + 1, ..). One rule for both sessions, so their padded passes stay the same. */
+void av_llama_pass_inputs(int32_t *ids_out, int32_t *pos_out, const int32_t *ids, int T, int R, int p0);
 
 /* Rotating sessions (kv_ring.c). Before one token at position n_past: the rows put in ring order
  * where the decode attention's slot arithmetic needs them; after it: the layout it left. */
