@@ -282,7 +282,9 @@ static void bench_parts(av_model *m) {
         int T = Ts[ti];
         for (int part = 0; part < 6; part++) {
             double bytes = 0;
-            if (be->graph_begin() != 0) die("capture");
+            for (int pass = 0; pass < 2; pass++) { /* eager first: scratch is sized outside the capture */
+            bytes = 0;
+            if (pass && be->graph_begin() != 0) die("capture");
             for (int l = 0; l < (part == 5 ? 1 : NL); l++) {
                 const av_layer *L = &m->layers[l];
                 av_mat W = L->q.w;
@@ -309,6 +311,7 @@ static void bench_parts(av_model *m) {
                     be->matmul_fused_forward(xb, xa, &m->lm_head, T, &st);
                     bytes += (double)m->lm_head.rows * m->lm_head.cols * 2;
                 }
+            }
             }
             void *g = be->graph_end();
             if (!g) die("capture end");
@@ -443,7 +446,7 @@ static void bench_slots(av_model *m) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) { fprintf(stderr, "usage: gpu_bench MODEL_DIR [decode|batch|prefill|lora|all|parts|slots]\n"); return 2; }
+    if (argc < 2) { fprintf(stderr, "usage: gpu_bench MODEL_DIR [decode|batch|batch:N,N,..|prefill|lora|all|parts|slots]\n"); return 2; }
     const char *what = argc > 2 ? argv[2] : "all";
     const av_backend *be = av_backend_cuda();
     if (!be) die("cuda");
@@ -459,6 +462,14 @@ int main(int argc, char **argv) {
     if (!strcmp(what, "parts")) bench_parts(m);
     if (!strcmp(what, "slots")) bench_slots(m);
     if (all || !strcmp(what, "batch")) { bench_batch(m, 8, 128); bench_batch(m, 32, 128); }
+    if (!strncmp(what, "batch:", 6)) /* sequence counts, e.g. batch:2,8,16,24,32 */
+        for (const char *p = what + 6; *p; p += *p == ',') {
+            char *end;
+            long n = strtol(p, &end, 10);
+            if (end == p || n < 1 || n > 256) die("batch:N,N,.. takes counts 1..256");
+            bench_batch(m, (int)n, 128);
+            p = end;
+        }
     if (all || !strcmp(what, "prefill")) bench_prefill(m, 2048);
     if (all || !strcmp(what, "lora")) {
         int only = getenv("AV_LORA_B") ? atoi(getenv("AV_LORA_B")) : 0; /* one batch size (profiling) */

@@ -72,9 +72,11 @@ req POST /v1/completions '{"prompt":"Hello","max_tokens":12,"temperature":1.5}' 
 [ "$a" != "$b" ] && ok "unseeded sampling differs between requests" || bad "unseeded sampling repeated '$a'"
 
 # decoded together: four prompts at once, each answer equal to its own anvil generate run, over 8
-# tokens: on a GPU rows decoded together go through the bf16 tensor-core products and a lone row
-# through the exact f32 kernel, so a near-tie can part them later (an H100 parted one of the four at
-# its 10th token of 24, the same with and without padded prompt passes)
+# tokens, on a second server computing in f32 (--dtype f32, and generate too): on a GPU, rows decoded
+# together otherwise take the bf16 tensor-core products and a lone row the exact f32 kernel, so a
+# near-tie of the random fixture parts them now and then (H100: at the 4th and the 10th token)
+main_pid=$SPID main_port=$PORT
+start_server "$AV_TMP/serve_f32.log" --parallel 4 --dtype f32
 same=1; cps=""
 for i in 0 1 2 3; do
   curl -s -o "$AV_TMP/conc$i" -d "{\"prompt\":\"Story number $i begins\",\"max_tokens\":8}" "http://127.0.0.1:$PORT/v1/completions" &
@@ -82,11 +84,13 @@ for i in 0 1 2 3; do
 done
 wait $cps
 for i in 0 1 2 3; do
-  w=$("$ANVIL" generate --model "$M" --prompt "Story number $i begins" --ignore-chat-template --max-tokens 8 --json 2>/dev/null | jstr text)
+  w=$("$ANVIL" generate --model "$M" --prompt "Story number $i begins" --ignore-chat-template --max-tokens 8 --dtype f32 --json 2>/dev/null | jstr text)
   g=$(jstr text < "$AV_TMP/conc$i")
   [ -n "$w" ] && [ "$g" = "$w" ] || { same=0; bad "concurrent prompt $i: '$g' vs '$w'"; }
 done
 [ $same = 1 ] && ok "4 concurrent requests: each equals anvil generate"
+kill -TERM $SPID; wait $SPID
+SPID=$main_pid PORT=$main_port
 
 # prefix cache: the same prompt again reuses all but its last token
 code=$(req POST /v1/chat/completions '{"messages":[{"role":"user","content":"Hello there"}],"max_tokens":12}')

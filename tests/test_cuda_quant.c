@@ -81,8 +81,9 @@ static void test_products(void) {
 }
 
 /* Fused products on packed weights vs the CPU's composition of the same fusion: one row (the exact
- * f32 kernel), 6 and 16 rows (2-, 4- and 8-bit codes: the bf16 tensor-core kernel; other widths the
- * separate ops) and 40 rows (the separate ops: dequantized panels and cuBLAS). */
+ * f32 kernel), 6, 16 and 29 rows (2-, 4- and 8-bit codes: the bf16 tensor-core kernel with one, two
+ * and four 8-row input tiles; other widths the separate ops) and 40 rows (the separate ops:
+ * dequantized panels and cuBLAS). */
 static void test_fused(void) {
     struct { av_gemv_in in; av_gemv_out out; int N, K, rope_heads, hd, bits, group; } cases[] = {
         {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 2560, 2048, 36, 64, 4, 64}, {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 2048, 5632, 0, 0, 4, 64},
@@ -97,9 +98,9 @@ static void test_fused(void) {
         {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 301, 640, 0, 0, 2, 16},             {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 1024, 512, 0, 0, 2, 16},
         {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 448, 4096, 7, 64, 3, 16},    {AV_GEMV_IN_X, AV_GEMV_OUT_STORE, 77, 128, 0, 0, 8, 16},
     };
-    int Ts[] = {1, 6, 16, 40};
+    int Ts[] = {1, 6, 16, 29, 40};
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
-        for (int ti = 0; ti < 4; ti++) {
+        for (int ti = 0; ti < 5; ti++) {
             int T = Ts[ti], N = cases[ci].N, K = cases[ci].K, hd = cases[ci].hd, rh = cases[ci].rope_heads, F = N / 2;
             if (T > 1 && (size_t)N * K > ((size_t)8 << 20)) continue; /* the CPU reference at many rows: keep it quick */
             av_gemv_out om = cases[ci].out;

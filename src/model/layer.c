@@ -121,7 +121,7 @@ static int decode_fused(const av_model *m, const av_layer *L, av_layer_ws *ws, f
     be->matmul_fused_forward(x, ws->att, &L->o.w, N, &o);
     /* several rows: the SwiGLU output goes to the down product as bf16 (its tensor cores round it so
      * anyway); one row keeps the exact f32 GEMV */
-    int gu16 = N > 1 && be->save_acts_bf16 && !L->down.w.q_bits; /* quantized down: f32 input (its own kernels) */
+    int gu16 = N > 1 && be->save_acts_bf16;
     av_gemv_fusion gu = {.in = AV_GEMV_IN_RMSNORM, .norm = &L->mlp_norm, .eps = c->rms_norm_eps, .out = AV_GEMV_OUT_SWIGLU,
                          .out_bf16 = gu16};
     be->matmul_fused_forward(ws->gu, x, &Wgu, N, &gu);

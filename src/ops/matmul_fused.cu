@@ -1,8 +1,8 @@
-/* Fused decode products (backend.h av_gemv_fusion): out = in(x) . W^T for T <= 16 rows, with RMSNorm
- * on the input and a residual add, RoPE or SwiGLU pairs on the output, so a decoder layer is four
- * products and the attention. One row: an exact f32 GEMV; 2..16 rows: bf16 tensor-core products (bf16
- * weights, or 2-, 4-, 8-bit MLX codes turned into bf16 fragments in registers); more rows: the
- * separate ops. Weight loads start before the wait on the previous kernel (PDL). */
+/* Fused decode products (backend.h av_gemv_fusion): out = in(x) . W^T for T <= 16 rows (packed
+ * weights: 32), with RMSNorm on the input and a residual add, RoPE or SwiGLU pairs on the output, so a
+ * decoder layer is four products and the attention. One row: an exact f32 GEMV; more: bf16 tensor-core
+ * products (bf16 weights, or 2-, 4-, 8-bit MLX codes turned into bf16 fragments in registers); more
+ * rows still: the separate ops. Weight loads start before the wait on the previous kernel (PDL). */
 #include "backend/cuda_common.cuh"
 #include "quant/affine.cuh"
 #include <atomic>
@@ -10,8 +10,10 @@ extern "C" {
 #include "backend/cuda.h"
 }
 
-/* Most rows on the tensor-core kernel; more rows: cuBLAS and an epilogue kernel (faster there). */
+/* Most rows on the tensor-core kernel; more rows: cuBLAS and an epilogue kernel (faster there). Packed
+ * weights go to 32 rows: their alternative is dequantized panels for cuBLAS. */
 #define MMA_MAX_ROWS 16
+#define MMA_MAX_ROWS_Q 32
 
 /* Streaming multiprocessors of the device (launchm's grid-size choice), read once. */
 static int sm_count(void) {
@@ -519,7 +521,7 @@ __global__ void __launch_bounds__(NW * 32) fzq1_k(fz_args a, fzq_args qa, int un
     }
 }
 
-/* ---------------------------------------------------------------- 2..16 rows: bf16 tensor cores */
+/* ---------------------------------------------------------------- 2..16 (32) rows: bf16 tensor cores */
 /* mma.sync m16n8k16 products whose weight fragments come straight from memory in 16-byte loads (the
  * k order inside a fragment is permuted the same way for weights and inputs, which a dot product
  * does not see); the warps of a block split K. */
@@ -556,96 +558,118 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
-/* One lane's weight fragment of one k step: 8 consecutive k of one weight row. BITS 0: bf16 weights,
- * the 16 bytes as they lie; BITS 2, 4, 8: MLX affine codes (8 of them are 2, 4 or 8 bytes of the packed
- * row) with their group's scale and bias, turned into bf16 (scale * q + bias) just before the mma. */
+/* A lane's weights of one k step: BITS 0: 8 consecutive k of one bf16 weight row, the 16 bytes as they
+ * lie; BITS 2, 4, 8: 16 bytes of MLX affine codes (KS = 16 / BITS chunks of 8 consecutive k) with the
+ * scale and bias of each 16-code slot, turned into bf16 (scale * q + bias) chunk by chunk just before
+ * the mma. One 16-byte load per lane feeds KS k chunks, so packed codes keep as many bytes in flight
+ * per load as bf16 does. */
 template <int BITS>
 struct fzm_w {
-    uint32_t q[BITS == 8 ? 2 : 1];
-    float s, b;
+    static constexpr int KS = 16 / BITS, NSL = KS > 1 ? KS / 2 : 1;
+    uint4 q;
+    float s[NSL], b[NSL];
 };
 template <>
 struct fzm_w<0> {
+    static constexpr int KS = 1;
     uint4 v;
 };
 
+/* 16-byte piece c of a weight row (r its index); in: inside the row and the unit. */
 template <int BITS>
 __device__ __forceinline__ void fzm_w_load(fzm_w<BITS> &w, const fz_args &a, const fzq_args &qa, const void *row, size_t r, int c, bool in) {
     if constexpr (BITS == 0) {
         w.v = in ? __ldcs(reinterpret_cast<const uint4 *>(row) + c) : make_uint4(0, 0, 0, 0);
     } else {
+        constexpr int NSL = fzm_w<BITS>::NSL, KS = fzm_w<BITS>::KS;
         if (!in) {
-            w.q[0] = 0u, w.s = w.b = 0.0f;
-            if constexpr (BITS == 8) w.q[1] = 0u;
+            w.q = make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int m = 0; m < NSL; m++) w.s[m] = w.b[m] = 0.0f;
             return;
         }
-        if constexpr (BITS == 8) {
-            uint2 v = __ldcs(reinterpret_cast<const uint2 *>(row) + c);
-            w.q[0] = v.x, w.q[1] = v.y;
-        } else if constexpr (BITS == 4) {
-            w.q[0] = __ldcs(reinterpret_cast<const unsigned int *>(row) + c);
-        } else {
-            w.q[0] = __ldcs(reinterpret_cast<const unsigned short *>(row) + c);
+        w.q = __ldcs(reinterpret_cast<const uint4 *>(row) + c);
+        size_t g0 = r * (size_t)(a.K / qa.group), k0 = (size_t)8 * KS * c;
+#pragma unroll
+        for (int m = 0; m < NSL; m++) {
+            if (m && (16 * m) % qa.group) { /* same group as the slot before */
+                w.s[m] = w.s[m - 1], w.b[m] = w.b[m - 1];
+                continue;
+            }
+            size_t gi = g0 + (k0 + 16 * m) / qa.group;
+            w.s[m] = av_ld_w(qa.sc, a.dt, gi), w.b[m] = av_ld_w(qa.bi, a.dt, gi);
         }
-        size_t gi = r * (size_t)(a.K / qa.group) + (size_t)(8 * c) / qa.group;
-        w.s = av_ld_w(qa.sc, a.dt, gi), w.b = av_ld_w(qa.bi, a.dt, gi);
     }
 }
 
+/* The bf16 fragment of chunk j of the piece (8 consecutive k). */
 template <int BITS>
-__device__ __forceinline__ uint4 fzm_w_frag(const fzm_w<BITS> &w) {
+__device__ __forceinline__ uint4 fzm_w_frag(const fzm_w<BITS> &w, int j) {
     if constexpr (BITS == 0) {
         return w.v;
     } else {
+        const uint32_t wd[4] = {w.q.x, w.q.y, w.q.z, w.q.w};
+        float s = w.s[j >> 1], b = w.b[j >> 1];
         uint32_t u[4];
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            int j0 = 2 * e, j1 = 2 * e + 1;
-            uint32_t c0 = BITS == 8 ? (w.q[j0 >> 2] >> (8 * (j0 & 3))) & 255u : (w.q[0] >> (BITS * j0)) & ((1u << BITS) - 1u);
-            uint32_t c1 = BITS == 8 ? (w.q[j1 >> 2] >> (8 * (j1 & 3))) & 255u : (w.q[0] >> (BITS * j1)) & ((1u << BITS) - 1u);
-            u[e] = pack_bf16(fmaf(w.s, (float)c0, w.b), fmaf(w.s, (float)c1, w.b));
+            uint32_t c0, c1;
+            if constexpr (BITS == 8) {
+                uint32_t v = wd[2 * j + (e >> 1)];
+                c0 = (v >> (16 * (e & 1))) & 255u, c1 = (v >> (16 * (e & 1) + 8)) & 255u;
+            } else {
+                uint32_t v = wd[(j * BITS * 8) >> 5] >> ((j * BITS * 8) & 31);
+                c0 = (v >> (BITS * 2 * e)) & ((1u << BITS) - 1u), c1 = (v >> (BITS * (2 * e + 1))) & ((1u << BITS) - 1u);
+            }
+            u[e] = pack_bf16(fmaf(s, (float)c0, b), fmaf(s, (float)c1, b));
         }
         return make_uint4(u[0], u[1], u[2], u[3]);
     }
 }
 
-/* Weight fragments of k steps s0, s0 + stride, ... (U of them) for the unit's tiles. */
+/* Weight pieces of k steps s0, s0 + stride, ... (U of them) for the unit's tiles. */
 template <int U, int TU, int BITS>
 __device__ __forceinline__ void fzm_load(fzm_w<BITS> (&wv)[U][TU][2], const fz_args &a, const fzq_args &qa, const void *const (&wr)[TU][2],
                                          const int (&rows)[TU][2], const bool (&ok)[TU][2], int s0, int t, int nv, int stride) {
+    constexpr int KS = fzm_w<BITS>::KS;
 #pragma unroll
     for (int j = 0; j < U; j++) {
         int c = 4 * (s0 + j * stride) + t;
 #pragma unroll
         for (int i = 0; i < TU; i++)
 #pragma unroll
-            for (int h = 0; h < 2; h++) fzm_w_load<BITS>(wv[j][i][h], a, qa, wr[i][h], (size_t)rows[i][h], c, c < nv && ok[i][h]);
+            for (int h = 0; h < 2; h++) fzm_w_load<BITS>(wv[j][i][h], a, qa, wr[i][h], (size_t)rows[i][h], c, c * KS < nv && ok[i][h]);
     }
 }
 
-/* The mma products of the U k steps s0, s0 + stride, ... whose weight fragments are in wv: first
+/* The mma products of the U k steps s0, s0 + stride, ... whose weight pieces are in wv: first
  * every step's input fragments (all loads in flight together: x is read from L2 after the wait),
- * then the products. */
+ * then the products. Chunk kk of lane t's piece in step s is 8-k chunk (4s + t) KS + kk of the row. */
 template <int IN, int NT, int U, int TU, int BITS>
 __device__ __forceinline__ void fzm_steps(const fz_args &a, const fzm_w<BITS> (&wv)[U][TU][2], float (&acc)[TU][NT][4], float (&ss)[NT], int s0,
                                           int stride, int S, int nv, int g, int t) {
-    uint32_t bx[U][NT][4];
+    constexpr int KS = fzm_w<BITS>::KS;
+    uint32_t bx[U][KS][NT][4];
 #pragma unroll
     for (int j = 0; j < U; j++) {
-        int s = s0 + j * stride, c = 4 * s + t;
+        int s = s0 + j * stride;
 #pragma unroll
-        for (int n = 0; n < NT; n++) {
-            int row = g + 8 * n;
-            bool in = s < S && row < a.T && c < nv;
-            if (IN == AV_GEMV_IN_X && a.xb) { /* bf16 x: its 16-byte chunk is the fragment as it lies */
-                uint4 raw = make_uint4(0, 0, 0, 0);
-                if (in) raw = reinterpret_cast<const uint4 *>(reinterpret_cast<const uint16_t *>(a.x) + (size_t)row * a.K)[c];
-                bx[j][n][0] = raw.x, bx[j][n][1] = raw.y, bx[j][n][2] = raw.z, bx[j][n][3] = raw.w;
-            } else {
-                float xv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-                if (in) fz_x8<IN>(a, a.x + (size_t)row * a.K, c, xv, &ss[n]);
-                bx[j][n][0] = pack_bf16(xv[0], xv[1]), bx[j][n][1] = pack_bf16(xv[2], xv[3]);
-                bx[j][n][2] = pack_bf16(xv[4], xv[5]), bx[j][n][3] = pack_bf16(xv[6], xv[7]);
+        for (int kk = 0; kk < KS; kk++) {
+            int c = (4 * s + t) * KS + kk;
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                int row = g + 8 * n;
+                bool in = s < S && row < a.T && c < nv;
+                if (IN == AV_GEMV_IN_X && a.xb) { /* bf16 x: its 16-byte chunk is the fragment as it lies */
+                    uint4 raw = make_uint4(0, 0, 0, 0);
+                    if (in) raw = reinterpret_cast<const uint4 *>(reinterpret_cast<const uint16_t *>(a.x) + (size_t)row * a.K)[c];
+                    bx[j][kk][n][0] = raw.x, bx[j][kk][n][1] = raw.y, bx[j][kk][n][2] = raw.z, bx[j][kk][n][3] = raw.w;
+                } else {
+                    float xv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                    if (in) fz_x8<IN>(a, a.x + (size_t)row * a.K, c, xv, &ss[n]);
+                    bx[j][kk][n][0] = pack_bf16(xv[0], xv[1]), bx[j][kk][n][1] = pack_bf16(xv[2], xv[3]);
+                    bx[j][kk][n][2] = pack_bf16(xv[4], xv[5]), bx[j][kk][n][3] = pack_bf16(xv[6], xv[7]);
+                }
             }
         }
     }
@@ -653,19 +677,23 @@ __device__ __forceinline__ void fzm_steps(const fz_args &a, const fzm_w<BITS> (&
     for (int j = 0; j < U; j++) {
         if (s0 + j * stride >= S) break; /* warp-uniform */
 #pragma unroll
-        for (int n = 0; n < NT; n++)
+        for (int kk = 0; kk < KS; kk++)
 #pragma unroll
             for (int i = 0; i < TU; i++) {
-                uint4 w0 = fzm_w_frag<BITS>(wv[j][i][0]), w1 = fzm_w_frag<BITS>(wv[j][i][1]);
-                mma_bf16(acc[i][n], w0.x, w1.x, w0.y, w1.y, bx[j][n][0], bx[j][n][1]);
-                mma_bf16(acc[i][n], w0.z, w1.z, w0.w, w1.w, bx[j][n][2], bx[j][n][3]);
+                uint4 w0 = fzm_w_frag<BITS>(wv[j][i][0], kk), w1 = fzm_w_frag<BITS>(wv[j][i][1], kk);
+#pragma unroll
+                for (int n = 0; n < NT; n++) {
+                    mma_bf16(acc[i][n], w0.x, w1.x, w0.y, w1.y, bx[j][kk][n][0], bx[j][kk][n][1]);
+                    mma_bf16(acc[i][n], w0.z, w1.z, w0.w, w1.w, bx[j][kk][n][2], bx[j][kk][n][3]);
+                }
             }
     }
 }
 
 /* Block = MM_WARPS warps on one unit (TU tiles of 16 weight rows) x all T <= 8 NT input rows; warp w
- * takes the 32-wide k steps w, w + MM_WARPS, ... Lane (g, t) loads 8 consecutive k of weight rows g
- * and g + 8 and of input row g (+ 8n) at chunk 4s + t: the low 4 feed one mma, the high 4 the next. */
+ * takes the k steps w, w + MM_WARPS, ... (32 KS k each). Lane (g, t) loads 16 bytes of weight rows g
+ * and g + 8 at piece 4s + t and, per chunk of 8 k in it, those k of input row g (+ 8n): the low 4
+ * feed one mma, the high 4 the next. */
 template <int IN, int OUT, int NT, int U, int TU, int BITS>
 __device__ __forceinline__ void fzm_body(const fz_args &a, const fzq_args &qa) {
     constexpr int G = (OUT == AV_GEMV_OUT_ROPE || OUT == AV_GEMV_OUT_SWIGLU) ? 2 : 1;
@@ -673,7 +701,8 @@ __device__ __forceinline__ void fzm_body(const fz_args &a, const fzq_args &qa) {
     __shared__ float ssw[MM_WARPS][8 * NT];
     __shared__ float rs[8 * NT];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    int nv = a.K >> 3, S = (nv + 3) >> 2;
+    constexpr int KS = fzm_w<BITS>::KS;
+    int nv = a.K >> 3, S = (nv + 4 * KS - 1) / (4 * KS);
     int tb[TU];
     fzm_tiles<OUT, TU>(a, blockIdx.x, tb);
     const void *wr[TU][2];
@@ -776,10 +805,32 @@ __global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_
     fzm_body<IN, OUT, NT, U, TU, 0>(a, fzq_args{});
 }
 
-/* The same on packed 2-, 4- or 8-bit rows. */
+/* The same on packed 2-, 4- or 8-bit rows. Grids wider than the SMs take one step (U = 1) at three
+ * blocks an SM; 2-bit pieces (64 codes, four scale slots) need the registers of two. */
 template <int IN, int OUT, int NT, int U, int TU, int BITS>
-__global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzmq_k(fz_args a, fzq_args qa) {
+__global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 1 ? (BITS == 2 ? 2 : 3) : 1) fzmq_k(fz_args a, fzq_args qa) {
     fzm_body<IN, OUT, NT, U, TU, BITS>(a, qa);
+}
+
+/* Several rows on packed weights: x RMSNormed once into bf16 rows (one block a row), so the product
+ * reads its input fragments as they lie instead of every block normalizing and rounding all of x
+ * again (at 8+ rows that input work outweighs the packed weights' bytes). */
+__global__ void __launch_bounds__(256) fz_norm16_k(uint16_t *out, const float *x, const void *w, av_dtype wt, int K, float eps) {
+    __shared__ float sh[32];
+    av_pdl_launch(); /* the product may start streaming its weights; it waits for this grid before reading out */
+    av_pdl_wait();
+    const float *xr = x + (size_t)blockIdx.x * K;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = av_block_sum(ss, sh);
+    float r = 1.0f / sqrtf(ss / (float)K + eps);
+    for (int i = threadIdx.x; i < K; i += blockDim.x) out[(size_t)blockIdx.x * K + i] = fz_bf16(av_ld_w(w, wt, i) * (xr[i] * r));
+}
+
+/* bf16 input widened to f32 for the separate ops on packed weights (which take f32 x). */
+__global__ void fz_widen_k(float *out, const uint16_t *x, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = __uint_as_float((uint32_t)x[i] << 16);
 }
 
 /* Output transform of the separate-ops path: prod [T, N] from the plain product into out. */
@@ -908,11 +959,16 @@ static void launchm(const fz_args &a, const fzq_args &qa) {
     /* <= 8 rows: a grid of at most one block per SM (the 2048-row products) is latency-bound, so it
      * keeps 8 k steps per warp in flight; larger grids keep 2 and fit three blocks per SM. 9..16
      * rows: 4 k steps */
-    if constexpr (NT == 1) {
+    if constexpr (BITS) { /* a step is KS chunks of 8 k: fewer steps keep as many k in flight */
+        if constexpr (NT == 1)
+            if (units <= (unsigned)sm_count()) return launchm_k<IN, OUT, NT, 2, TU, BITS>(a, qa, units);
+        launchm_k<IN, OUT, NT, 1, TU, BITS>(a, qa, units);
+    } else if constexpr (NT == 1) {
         if (units <= (unsigned)sm_count()) return launchm_k<IN, OUT, NT, 8, TU, BITS>(a, qa, units);
-        return launchm_k<IN, OUT, NT, 2, TU, BITS>(a, qa, units);
+        launchm_k<IN, OUT, NT, 2, TU, BITS>(a, qa, units);
+    } else {
+        launchm_k<IN, OUT, NT, 4, TU, BITS>(a, qa, units);
     }
-    launchm_k<IN, OUT, NT, 4, TU, BITS>(a, qa, units);
 }
 
 template <int IN, int OUT>
@@ -922,8 +978,9 @@ static void launch_t(const fz_args &a) {
     else launchm<IN, OUT, 2, 0>(a, fzq_args{}); /* <= MMA_MAX_ROWS */
 }
 
-/* Packed weights: one row on the exact f32 kernel; 2..16 rows (2-, 4- and 8-bit codes) on the
- * tensor-core kernel with the codes turned into bf16 fragments in registers. */
+/* Packed weights: one row on the exact f32 kernel; 2..32 rows (2-, 4- and 8-bit codes) on the
+ * tensor-core kernel with the codes turned into bf16 fragments in registers, one, two or four 8-row
+ * input tiles a block (17..32 rows: still reading the codes once beats dequantized panels + cuBLAS). */
 template <int IN, int OUT, int BITS>
 static void launchq_t(const fz_args &a, const fzq_args &qa) {
     if (a.T == 1) {
@@ -932,7 +989,8 @@ static void launchq_t(const fz_args &a, const fzq_args &qa) {
         launchq1c<IN, OUT, BITS, 1>(a, qa, q1_units<OUT>(a));
     } else if constexpr (BITS == 2 || BITS == 4 || BITS == 8) {
         if (a.T <= 8) launchm<IN, OUT, 1, BITS>(a, qa);
-        else launchm<IN, OUT, 2, BITS>(a, qa);
+        else if (a.T <= 16) launchm<IN, OUT, 2, BITS>(a, qa);
+        else launchm<IN, OUT, 4, BITS>(a, qa);
     }
 }
 
@@ -962,11 +1020,12 @@ static int fzq_mma_bits(int bits) { return bits == 2 || bits == 4 || bits == 8; 
 /* Shapes the fused kernels take; anything else runs the separate ops below. */
 static int fused_ok(const float *x, const av_mat *W, int T, const av_gemv_fusion *f, int f32) {
     int N = W->rows, K = W->cols, hd = f->head_dim, rr = f->out == AV_GEMV_OUT_ROPE ? f->rope_heads * hd : 0;
-    if (T < 1 || T > MMA_MAX_ROWS) return 0;
+    if (T < 1 || T > (W->q_bits ? MMA_MAX_ROWS_Q : MMA_MAX_ROWS)) return 0;
     if (T > 1 && (f32 || (W->q_bits ? !fzq_mma_bits(W->q_bits) : W->dtype != AV_BF16))) return 0;
     if ((!W->q_bits && W->dtype != AV_BF16 && W->dtype != AV_F16) || K % 8 || N < 1 || ((uintptr_t)x % 16) || ((uintptr_t)W->data % 16))
         return 0;
     if (W->q_bits && (K % W->q_group || K % 32)) return 0;
+    if (W->q_bits && T > 1 && K % (128 / W->q_bits)) return 0; /* whole 16-byte pieces per row */
     if (W->q_bits && W->q_group < 32 && (W->q_group != 16 || (T == 1 && !(W->q_bits == 2 || W->q_bits == 3 || W->q_bits == 6 || W->q_bits == 8))))
         return 0; /* groups of 16: the one-row kernel's SUB = 2 widths (fzq_g16) and 8 bits; 2+ rows take any group of 8+ */
     if (W->q_bits && T == 1 && (size_t)K * 4 + (size_t)K / 4 + 64 > (size_t)160 * 1024) return 0; /* x in shared memory (fzq1_smem) */
@@ -1000,7 +1059,14 @@ extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, co
                      f->out_bf16 != 0 && f->out == AV_GEMV_OUT_SWIGLU, fold};
         if (W->q_bits) {
             fzq_args qa = {W->scales, W->biases, W->q_group};
-            if (f->in == AV_GEMV_IN_RMSNORM) launchq_out<AV_GEMV_IN_RMSNORM>(a, qa, W->q_bits, f->out);
+            if (f->in == AV_GEMV_IN_RMSNORM && T > 1) {
+                uint16_t *xn = (uint16_t *)av_cuda_scratch(AV_SCR_FUSED, (size_t)T * K * sizeof(uint16_t));
+                if (!xn) return;
+                av_launch(fz_norm16_k, dim3(T), dim3(256), 0, 1, xn, x, f->norm->data, f->norm->dtype, K, f->eps);
+                AV_CU_LAUNCHED("fused product input norm");
+                a.x = (const float *)xn, a.xb = 1;
+                launchq_out<AV_GEMV_IN_X>(a, qa, W->q_bits, f->out);
+            } else if (f->in == AV_GEMV_IN_RMSNORM) launchq_out<AV_GEMV_IN_RMSNORM>(a, qa, W->q_bits, f->out);
             else launchq_out<AV_GEMV_IN_X>(a, qa, W->q_bits, f->out);
         } else if (f->in == AV_GEMV_IN_RMSNORM) launch_out<AV_GEMV_IN_RMSNORM>(a, f->out);
         else launch_out<AV_GEMV_IN_X>(a, f->out);
@@ -1019,13 +1085,19 @@ extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, co
     if (!in) return;
     float *prod = in + (size_t)K * T;
     const float *src = x;
+    int x16 = f->in_bf16;
+    if (x16 && W->q_bits) { /* packed weights take f32 input */
+        fz_widen_k<<<av_cdiv((size_t)T * K, 256), 256, 0, av_cuda_stream()>>>(in, (const uint16_t *)x, (size_t)T * K);
+        AV_CU_LAUNCHED("fused product input widen");
+        src = in, x16 = 0;
+    }
     if (f->in == AV_GEMV_IN_RMSNORM) {
-        if (f->in_bf16) { av_cuda_note(cudaErrorInvalidValue, "fused product: bf16 input with RMSNorm"); return; }
+        if (x16) { av_cuda_note(cudaErrorInvalidValue, "fused product: bf16 input with RMSNorm"); return; }
         av_cuda_rmsnorm_forward(in, NULL, x, f->norm, T, K, f->eps);
         src = in;
     }
     int direct = f->out == AV_GEMV_OUT_STORE || (f->out == AV_GEMV_OUT_ROPE && f->rope_heads <= 0);
-    if (!f->in_bf16) av_cuda_matmul_forward_mode(direct ? out : prod, src, W, T, f32);
+    if (!x16) av_cuda_matmul_forward_mode(direct ? out : prod, src, W, T, f32);
     else if (av_cuda_matmul_forward_ex(direct ? out : prod, 0, x, 1, W, T, 1.0f, 0) != 0) { /* bf16 x straight into cuBLAS */
         av_cuda_note(cudaErrorInvalidValue, "fused product: bf16 input for this weight");
         return;
