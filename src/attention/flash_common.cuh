@@ -24,6 +24,14 @@ static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem) 
 }
 static __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
 static __device__ __forceinline__ void cp_async_wait_all(void) { asm volatile("cp.async.wait_group 0;\n" ::); }
+/* 16 bytes, or 16 zero bytes when !ok (gmem must still be a valid address); L2 fetches the whole
+ * 128-byte line (streaming reads: split-KV decode 29.5 -> 29.2 us, bench/NOTES-attention.md) */
+static __device__ __forceinline__ void cp_async16_zfill(void *smem, const void *gmem, bool ok) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(ok ? 16 : 0));
+}
+/* wait until at most N of this thread's committed groups are still in flight */
+template <int N> static __device__ __forceinline__ void cp_async_wait(void) { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 /* A fragment (16 rows x 16 k) of a bf16 row-major tile with row stride ld (elements). */
 static __device__ __forceinline__ void ld_afrag(uint32_t *a, const __nv_bfloat16 *p, int ld, int g, int c) {
     const __nv_bfloat16 *r0 = p + g * ld + 2 * c, *r1 = r0 + 8 * ld;
