@@ -143,10 +143,13 @@ done:
 
 int bench_suite_attention(bench_ctx *b, cJSON *res) {
     int n_gen = b->quick ? 16 : 68;
-    int Ts_quick[] = {32, 128}, Ts_full[] = {128, 512, 1024};
-    const int *Ts = b->quick ? Ts_quick : Ts_full;
+    /* model-level lengths: 512..8192 on a GPU (issue 16's long contexts); shorter on the CPU (time budget) */
+    int Ts_quick[] = {32, 128}, Ts_cpu[] = {128, 512, 1024}, Ts_gpu[] = {512, 2048, 8192};
     int nT = b->quick ? 2 : 3;
-    b->nsteps = 4 + nT + (b->quick ? 1 : 2);
+    const av_backend *be = NULL;
+    int cuda = av_backend_select(b->device, &be) == AV_OK && av_backend_device(be) == AV_DEVICE_CUDA;
+    const int *Ts = b->quick ? Ts_quick : cuda ? Ts_gpu : Ts_cpu;
+    b->nsteps = 4 + nT + (b->quick ? 1 : cuda ? 3 : 2);
     cJSON *gen = cJSON_AddArrayToObject(res, "generation");
     bench_step(b, "standard attention: load, warm-up + 2 generations of %d tokens", n_gen);
     if (generation(b, res, AV_ATTN_STANDARD, n_gen, gen)) return 1;
@@ -165,8 +168,10 @@ int bench_suite_attention(bench_ctx *b, cJSON *res) {
         bench_step(b, "model-level prefill/decode at %d tokens, standard and flash", Ts[i]);
         rc = model_level(b, res, m, AV_ATTN_STANDARD, Ts[i], ml) || model_level(b, res, m, AV_ATTN_FLASH, Ts[i], ml);
     }
-    int Tt_quick[] = {64}, Tt_full[] = {128, 256};
-    if (!rc) rc = bench_attn_training(b, res, m, tok, b->quick ? Tt_quick : Tt_full, b->quick ? 1 : 2, cJSON_AddArrayToObject(res, "training"));
+    int Tt_quick[] = {64}, Tt_cpu[] = {128, 256}, Tt_gpu[] = {512, 2048, 8192};
+    if (!rc)
+        rc = bench_attn_training(b, res, m, tok, b->quick ? Tt_quick : cuda ? Tt_gpu : Tt_cpu, b->quick ? 1 : cuda ? 3 : 2,
+                                 cJSON_AddArrayToObject(res, "training"));
     av_model_free(m);
     av_tokenizer_free(tok);
     if (rc) return rc;
