@@ -50,7 +50,8 @@ static int one(bench_ctx *b, cJSON *res, av_model *m, av_tokenizer *tok, int fla
     free(text);
     if (st != AV_OK) { rc = bench_fail_lib(b, res, "training data"); goto done; }
     av_dataset_truncate(&d, T);
-    if (av_batcher_init(&bt, &d, 1, 0) != AV_OK || av_train_ctx_new(&tc, m, 1, av_dataset_max_len(&d) - 1, 0) != AV_OK) {
+    if (av_batcher_init(&bt, &d, 1, 0) != AV_OK || (st = av_train_ctx_new(&tc, m, 1, av_dataset_max_len(&d) - 1, 0)) != AV_OK) {
+        if (st == AV_ERR_NOMEM) goto oom; /* a long row on a small device: a row of the table, not a failed suite */
         rc = bench_fail_lib(b, res, "training buffers");
         goto done;
     }
@@ -78,10 +79,18 @@ static int one(bench_ctx *b, cJSON *res, av_model *m, av_tokenizer *tok, int fla
     to.save = save;
     to.on_event = on_event;
     to.ctx = &ts;
-    if (av_trainer_new(&tr, m, tc, &to) != AV_OK || av_trainer_run(tr, &bt, NULL) != AV_OK) { rc = bench_fail_lib(b, res, "training step"); goto done; }
+    if ((st = av_trainer_new(&tr, m, tc, &to)) != AV_OK || (st = av_trainer_run(tr, &bt, NULL)) != AV_OK) {
+        if (st == AV_ERR_NOMEM) goto oom;
+        rc = bench_fail_lib(b, res, "training step");
+        goto done;
+    }
     cJSON_AddStringToObject(o, "status", "ok");
     bench_num(o, "train_tokens_per_sec", ts.tps);
     bench_log(b, "training T=%d %s: %.1f tokens/s", T, flash ? "flash" : "standard", ts.tps);
+    goto done;
+oom:
+    cJSON_AddStringToObject(o, "status", av_last_error());
+    bench_log(b, "training T=%d %s: %s", T, flash ? "flash" : "standard", av_last_error());
 done:
     av_trainer_free(tr);
     if (tc) av_train_ctx_free(tc);

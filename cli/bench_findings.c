@@ -131,6 +131,10 @@ void bench_findings(cJSON *s) {
     }
     const cJSON *ml = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(s, "suites"), "attention"), "model_level");
     int nml = cJSON_GetArraySize(ml);
+    /* the longest length both kinds measured (a row may hold only a status, e.g. out of memory) */
+    while (nml >= 2 && !(isfinite(bench_get(cJSON_GetArrayItem(ml, nml - 2), "prefill_tokens_per_sec")) &&
+                         isfinite(bench_get(cJSON_GetArrayItem(ml, nml - 1), "prefill_tokens_per_sec"))))
+        nml -= 2;
     if (nml >= 2) {
         const cJSON *a = cJSON_GetArrayItem(ml, nml - 2), *b2 = cJSON_GetArrayItem(ml, nml - 1);
         add_line(f, "At %.0f tokens, prefill runs at %.1f tokens/s with standard and %.1f with flash attention (%.2fx); decode at that depth %.2f vs %.2f tokens/s.",

@@ -90,10 +90,10 @@ static void attention_section(FILE *f, const cJSON *su) {
         fprintf(f, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", str(r, "attention", "?"), N(bench_get(r, "T")), N(bench_get(r, "B")),
                 cJSON_IsTrue(at(r, "backward")) ? "fwd+bwd" : "fwd", str(r, "status", "?"), N(bench_get(r, "seconds") * 1e3), N(bench_get(r, "tflops")),
                 N(bench_get(r, "bytes") / 1e6));
-    fprintf(f, "\n### Model level (prefill of T tokens, then decode at that depth)\n\n| attention | T | prefill tokens/s | decode tokens/s |\n|---|---:|---:|---:|\n");
+    fprintf(f, "\n### Model level (prefill of T tokens, then decode at that depth)\n\n| attention | T | prefill tokens/s | decode tokens/s | status |\n|---|---:|---:|---:|---|\n");
     cJSON_ArrayForEach(r, at(su, "model_level"))
-        fprintf(f, "| %s | %s | %s | %s |\n", str(r, "attention", "?"), N(bench_get(r, "T")), N(bench_get(r, "prefill_tokens_per_sec")),
-                N(bench_get(r, "decode_tokens_per_sec")));
+        fprintf(f, "| %s | %s | %s | %s | %s |\n", str(r, "attention", "?"), N(bench_get(r, "T")), N(bench_get(r, "prefill_tokens_per_sec")),
+                N(bench_get(r, "decode_tokens_per_sec")), str(r, "status", "ok"));
     fprintf(f, "\n### Model level, training (LoRA q/v rank 8, one row of T tokens, the second of 2 iterations)\n\n| attention | T | training tokens/s | status |\n|---|---:|---:|---|\n");
     cJSON_ArrayForEach(r, at(su, "training"))
         fprintf(f, "| %s | %s | %s | %s |\n", str(r, "attention", "?"), N(bench_get(r, "T")), N(bench_get(r, "train_tokens_per_sec")), str(r, "status", "?"));
