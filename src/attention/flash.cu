@@ -40,11 +40,13 @@ __global__ void fa_convert_kv_k(__nv_bfloat16 *kb, __nv_bfloat16 *vt, const floa
     }
 }
 
-template <int HD, int WARPS>
+/* MT m tiles of 16 query rows per warp (each K / V fragment feeds MT mmas); K and V^T fragments by
+ * ldmatrix.x4 (two k steps of one 8-wide n tile per load). */
+template <int HD, int WARPS, int MT>
 __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, const float *q, const __nv_bfloat16 *kb,
                                                        const __nv_bfloat16 *vt, int T, int Sp, int pos0, int H, int KVH, float qscale,
                                                        uint16_t *out16) {
-    constexpr int BR = 16 * WARPS, KS = HD + FA_PAD, VS = FA_BC + FA_PAD;
+    constexpr int WR = 16 * MT, BR = WR * WARPS, KS = HD + FA_PAD, VS = FA_BC + FA_PAD;
     extern __shared__ __align__(16) unsigned char fa_smem[];
     __nv_bfloat16 *Ks = reinterpret_cast<__nv_bfloat16 *>(fa_smem);  /* [2][FA_BC][KS] */
     __nv_bfloat16 *Vs = Ks + 2 * FA_BC * KS;                          /* [2][HD][VS] */
@@ -57,7 +59,7 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
     kb += (size_t)b * KVH * Sp * HD;
     vt += (size_t)b * KVH * Sp * HD;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    int t0 = qt * BR, tw = t0 + warp * 16;                            /* first row of the block / the warp */
+    int t0 = qt * BR, tw = t0 + warp * WR;                            /* first row of the block / the warp */
     int kend = pos0 + min(t0 + BR, T);                                /* keys the block's last row sees */
     int ntiles = (kend + FA_BC - 1) / FA_BC;
     const __nv_bfloat16 *Kg = kb + (size_t)kh * Sp * HD, *Vg = vt + (size_t)kh * HD * Sp;
@@ -77,31 +79,37 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
     };
     load_tile(0, 0);
 
-    /* Q fragments (A operand, rows tw+g and tw+g+8), scaled by 1/sqrt(hd) * log2(e) */
-    uint32_t qf[HD / 16][4];
-    {
-        int r0 = tw + g, r1 = tw + g + 8;
-        size_t qs = (size_t)H * HD;
+    /* Q fragments (A operand, rows tw + 16 mt + g and + 8), scaled by 1/sqrt(hd) * log2(e) */
+    uint32_t qf[MT][HD / 16][4];
+    size_t qs = (size_t)H * HD;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        int r0 = tw + 16 * mt + g, r1 = r0 + 8;
         const float *q0 = q + (size_t)r0 * qs + (size_t)h * HD, *q1 = q + (size_t)r1 * qs + (size_t)h * HD;
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
             int d = kk * 16 + 2 * c;
             float2 a = r0 < T ? *reinterpret_cast<const float2 *>(q0 + d) : make_float2(0.f, 0.f);
-            float2 b = r1 < T ? *reinterpret_cast<const float2 *>(q1 + d) : make_float2(0.f, 0.f);
+            float2 bb = r1 < T ? *reinterpret_cast<const float2 *>(q1 + d) : make_float2(0.f, 0.f);
             float2 a8 = r0 < T ? *reinterpret_cast<const float2 *>(q0 + d + 8) : make_float2(0.f, 0.f);
             float2 b8 = r1 < T ? *reinterpret_cast<const float2 *>(q1 + d + 8) : make_float2(0.f, 0.f);
-            qf[kk][0] = pack_bf16(a.x * qscale, a.y * qscale);
-            qf[kk][1] = pack_bf16(b.x * qscale, b.y * qscale);
-            qf[kk][2] = pack_bf16(a8.x * qscale, a8.y * qscale);
-            qf[kk][3] = pack_bf16(b8.x * qscale, b8.y * qscale);
+            qf[mt][kk][0] = pack_bf16(a.x * qscale, a.y * qscale);
+            qf[mt][kk][1] = pack_bf16(bb.x * qscale, bb.y * qscale);
+            qf[mt][kk][2] = pack_bf16(a8.x * qscale, a8.y * qscale);
+            qf[mt][kk][3] = pack_bf16(b8.x * qscale, b8.y * qscale);
         }
     }
-    float o[HD / 8][4];
+    float o[MT][HD / 8][4];
+    float m0[MT], m1[MT], l0[MT], l1[MT];
 #pragma unroll
-    for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-    int lim0 = pos0 + tw + g, lim1 = lim0 + 8;          /* last visible key of the thread's two rows */
-    int wlast = pos0 + min(tw + 15, T - 1);             /* last key any row of this warp sees */
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.0f;
+        m0[mt] = m1[mt] = -INFINITY;
+        l0[mt] = l1[mt] = 0.0f;
+    }
+    int wlast = pos0 + min(tw + WR - 1, T - 1);         /* last key any row of this warp sees */
+    int lrow = lane & 7, lmat = lane >> 3;              /* ldmatrix: the row / matrix this lane addresses */
 
     for (int j = 0; j < ntiles; j++) {
         int buf = j & 1, s0 = j * FA_BC;
@@ -110,95 +118,117 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
         if (j + 1 < ntiles) load_tile(j + 1, buf ^ 1);
         if (s0 > wlast) continue;                        /* the whole tile is masked for this warp */
         const __nv_bfloat16 *ks_ = Ks + buf * FA_BC * KS, *vs_ = Vs + buf * HD * VS;
-        float sc[FA_BC / 8][4];
+        float sc[MT][FA_BC / 8][4];
 #pragma unroll
         for (int n = 0; n < FA_BC / 8; n++) {
-            sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
-            const __nv_bfloat16 *kr = ks_ + (n * 8 + g) * KS + 2 * c;
 #pragma unroll
-            for (int kk = 0; kk < HD / 16; kk++) {
-                uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr + kk * 16);
-                uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + kk * 16 + 8);
-                mma_bf16(sc[n], qf[kk], b0, b1);
+            for (int mt = 0; mt < MT; mt++) sc[mt][n][0] = sc[mt][n][1] = sc[mt][n][2] = sc[mt][n][3] = 0.0f;
+#pragma unroll
+            for (int k2 = 0; k2 < HD / 32; k2++) { /* keys n*8.., dims 32 k2 + 8 lmat: b0 b1 of k steps 2 k2, 2 k2 + 1 */
+                uint32_t bf[4];
+                ldsm_x4(bf, ks_ + (n * 8 + lrow) * KS + k2 * 32 + lmat * 8);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma_bf16(sc[mt][n], qf[mt][2 * k2], bf[0], bf[1]);
+                    mma_bf16(sc[mt][n], qf[mt][2 * k2 + 1], bf[2], bf[3]);
+                }
             }
         }
-        if (s0 + FA_BC - 1 > pos0 + tw) { /* the causal edge crosses this tile */
+        uint32_t pa[MT][FA_BC / 16][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            int lim0 = pos0 + tw + 16 * mt + g, lim1 = lim0 + 8; /* last visible key of the thread's two rows */
+            if (s0 + FA_BC - 1 > pos0 + tw + 16 * mt) { /* the causal edge crosses this tile */
+#pragma unroll
+                for (int n = 0; n < FA_BC / 8; n++) {
+                    int s = s0 + n * 8 + 2 * c;
+                    if (s > lim0) sc[mt][n][0] = -INFINITY;
+                    if (s + 1 > lim0) sc[mt][n][1] = -INFINITY;
+                    if (s > lim1) sc[mt][n][2] = -INFINITY;
+                    if (s + 1 > lim1) sc[mt][n][3] = -INFINITY;
+                }
+            }
+            float mx0 = m0[mt], mx1 = m1[mt];
 #pragma unroll
             for (int n = 0; n < FA_BC / 8; n++) {
-                int s = s0 + n * 8 + 2 * c;
-                if (s > lim0) sc[n][0] = -INFINITY;
-                if (s + 1 > lim0) sc[n][1] = -INFINITY;
-                if (s > lim1) sc[n][2] = -INFINITY;
-                if (s + 1 > lim1) sc[n][3] = -INFINITY;
+                mx0 = fmaxf(mx0, fmaxf(sc[mt][n][0], sc[mt][n][1]));
+                mx1 = fmaxf(mx1, fmaxf(sc[mt][n][2], sc[mt][n][3]));
+            }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            /* a padding row (t >= T) or a row with no visible key yet keeps -inf: use 0 as the base */
+            float b0 = mx0 == -INFINITY ? 0.0f : mx0, b1 = mx1 == -INFINITY ? 0.0f : mx1;
+            float corr0 = exp2f(m0[mt] - b0), corr1 = exp2f(m1[mt] - b1);
+            m0[mt] = mx0;
+            m1[mt] = mx1;
+            float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+            for (int n = 0; n < FA_BC / 8; n++) {
+                float p0 = exp2f(sc[mt][n][0] - b0), p1 = exp2f(sc[mt][n][1] - b0), p2 = exp2f(sc[mt][n][2] - b1), p3 = exp2f(sc[mt][n][3] - b1);
+                sum0 += p0 + p1;
+                sum1 += p2 + p3;
+                pa[mt][n / 2][(n & 1) * 2 + 0] = pack_bf16(p0, p1);
+                pa[mt][n / 2][(n & 1) * 2 + 1] = pack_bf16(p2, p3);
+            }
+            l0[mt] = l0[mt] * corr0 + sum0;
+            l1[mt] = l1[mt] * corr1 + sum1;
+#pragma unroll
+            for (int n = 0; n < HD / 8; n++) {
+                o[mt][n][0] *= corr0;
+                o[mt][n][1] *= corr0;
+                o[mt][n][2] *= corr1;
+                o[mt][n][3] *= corr1;
             }
         }
-        float mx0 = m0, mx1 = m1;
-#pragma unroll
-        for (int n = 0; n < FA_BC / 8; n++) {
-            mx0 = fmaxf(mx0, fmaxf(sc[n][0], sc[n][1]));
-            mx1 = fmaxf(mx1, fmaxf(sc[n][2], sc[n][3]));
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        /* a padding row (t >= T) or a row with no visible key yet keeps -inf: use 0 as the base */
-        float b0 = mx0 == -INFINITY ? 0.0f : mx0, b1 = mx1 == -INFINITY ? 0.0f : mx1;
-        float corr0 = exp2f(m0 - b0), corr1 = exp2f(m1 - b1);
-        m0 = mx0;
-        m1 = mx1;
-        float sum0 = 0.0f, sum1 = 0.0f;
-        uint32_t pa[FA_BC / 16][4];
-#pragma unroll
-        for (int n = 0; n < FA_BC / 8; n++) {
-            float p0 = exp2f(sc[n][0] - b0), p1 = exp2f(sc[n][1] - b0), p2 = exp2f(sc[n][2] - b1), p3 = exp2f(sc[n][3] - b1);
-            sum0 += p0 + p1;
-            sum1 += p2 + p3;
-            pa[n / 2][(n & 1) * 2 + 0] = pack_bf16(p0, p1);
-            pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(p2, p3);
-        }
-        l0 = l0 * corr0 + sum0;
-        l1 = l1 * corr1 + sum1;
 #pragma unroll
         for (int n = 0; n < HD / 8; n++) {
-            o[n][0] *= corr0;
-            o[n][1] *= corr0;
-            o[n][2] *= corr1;
-            o[n][3] *= corr1;
-            const __nv_bfloat16 *vr = vs_ + (n * 8 + g) * VS + 2 * c;
 #pragma unroll
-            for (int kk = 0; kk < FA_BC / 16; kk++) {
-                uint32_t v0 = *reinterpret_cast<const uint32_t *>(vr + kk * 16);
-                uint32_t v1 = *reinterpret_cast<const uint32_t *>(vr + kk * 16 + 8);
-                mma_bf16(o[n], pa[kk], v0, v1);
+            for (int k2 = 0; k2 < FA_BC / 32; k2++) { /* dims n*8.., keys 32 k2 + 8 lmat of V^T */
+                uint32_t vf[4];
+                ldsm_x4(vf, vs_ + (n * 8 + lrow) * VS + k2 * 32 + lmat * 8);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma_bf16(o[mt][n], pa[mt][2 * k2], vf[0], vf[1]);
+                    mma_bf16(o[mt][n], pa[mt][2 * k2 + 1], vf[2], vf[3]);
+                }
             }
         }
     }
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    int r0 = tw + g, r1 = r0 + 8;
-    size_t qs = (size_t)H * HD;
-    float i0 = 1.0f / l0, i1 = 1.0f / l1;
 #pragma unroll
-    for (int n = 0; n < HD / 8; n++) {
-        int d = n * 8 + 2 * c;
-        if (r0 < T) *reinterpret_cast<float2 *>(out + (size_t)r0 * qs + (size_t)h * HD + d) = make_float2(o[n][0] * i0, o[n][1] * i0);
-        if (r1 < T) *reinterpret_cast<float2 *>(out + (size_t)r1 * qs + (size_t)h * HD + d) = make_float2(o[n][2] * i1, o[n][3] * i1);
-        if (out16 && r0 < T) /* the o product's bf16 input, rounded from the same f32 values */
-            *reinterpret_cast<__nv_bfloat162 *>(out16 + (size_t)r0 * qs + (size_t)h * HD + d) = __floats2bfloat162_rn(o[n][0] * i0, o[n][1] * i0);
-        if (out16 && r1 < T)
-            *reinterpret_cast<__nv_bfloat162 *>(out16 + (size_t)r1 * qs + (size_t)h * HD + d) = __floats2bfloat162_rn(o[n][2] * i1, o[n][3] * i1);
-    }
-    if (lse && c == 0) {
-        const float ln2 = 0.69314718056f;
-        if (r0 < T) lse[(size_t)h * T + r0] = (m0 + log2f(l0)) * ln2;
-        if (r1 < T) lse[(size_t)h * T + r1] = (m1 + log2f(l1)) * ln2;
+    for (int mt = 0; mt < MT; mt++) {
+        float L0 = l0[mt], L1 = l1[mt];
+        L0 += __shfl_xor_sync(0xffffffffu, L0, 1);
+        L0 += __shfl_xor_sync(0xffffffffu, L0, 2);
+        L1 += __shfl_xor_sync(0xffffffffu, L1, 1);
+        L1 += __shfl_xor_sync(0xffffffffu, L1, 2);
+        int r0 = tw + 16 * mt + g, r1 = r0 + 8;
+        float i0 = 1.0f / L0, i1 = 1.0f / L1;
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            int d = n * 8 + 2 * c;
+            if (r0 < T) *reinterpret_cast<float2 *>(out + (size_t)r0 * qs + (size_t)h * HD + d) = make_float2(o[mt][n][0] * i0, o[mt][n][1] * i0);
+            if (r1 < T) *reinterpret_cast<float2 *>(out + (size_t)r1 * qs + (size_t)h * HD + d) = make_float2(o[mt][n][2] * i1, o[mt][n][3] * i1);
+            if (out16 && r0 < T) /* the o product's bf16 input, rounded from the same f32 values */
+                *reinterpret_cast<__nv_bfloat162 *>(out16 + (size_t)r0 * qs + (size_t)h * HD + d) =
+                    __floats2bfloat162_rn(o[mt][n][0] * i0, o[mt][n][1] * i0);
+            if (out16 && r1 < T)
+                *reinterpret_cast<__nv_bfloat162 *>(out16 + (size_t)r1 * qs + (size_t)h * HD + d) =
+                    __floats2bfloat162_rn(o[mt][n][2] * i1, o[mt][n][3] * i1);
+        }
+        if (lse && c == 0) {
+            const float ln2 = 0.69314718056f;
+            if (r0 < T) lse[(size_t)h * T + r0] = (m0[mt] + log2f(L0)) * ln2;
+            if (r1 < T) lse[(size_t)h * T + r1] = (m1[mt] + log2f(L1)) * ln2;
+        }
     }
 }
 
-#define FA_WARPS 4 /* warps (16 query rows each) per forward block */
+#define FA_WARPS 4 /* warps per forward block */
+/* 16-row m tiles per warp: 2 for hd 64 (each fragment feeds two mmas; 8192 tokens 192 -> 231 TFLOP/s on
+ * an H100, bench/NOTES-attention.md); 1 for hd 128 (2 would pass 255 registers) */
+#define FA_MT(HD) ((HD) == 64 ? 2 : 1)
 
 template <int HD, int WARPS>
 static void fa_launch(float *out, float *lse, const float *q, const __nv_bfloat16 *kb, const __nv_bfloat16 *vt, int B, int T, int Sp,
@@ -206,11 +236,11 @@ static void fa_launch(float *out, float *lse, const float *q, const __nv_bfloat1
     size_t smem = (size_t)2 * (FA_BC * (HD + FA_PAD) + HD * (FA_BC + FA_PAD)) * sizeof(__nv_bfloat16);
     static thread_local size_t smem_set = 48 << 10; /* per thread = per device (attributes are per device) */
     if (smem > smem_set) {
-        cudaFuncSetAttribute(fa_fwd_k<HD, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        cudaFuncSetAttribute(fa_fwd_k<HD, WARPS, FA_MT(HD)>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         smem_set = smem;
     }
-    int nqt = (T + 16 * WARPS - 1) / (16 * WARPS);
-    fa_fwd_k<HD, WARPS><<<dim3(nqt, H, B), WARPS * 32, smem, av_cuda_stream()>>>(out, lse, q, kb, vt, T, Sp, pos0, H, KVH, qscale, out16);
+    int nqt = (T + 16 * FA_MT(HD) * WARPS - 1) / (16 * FA_MT(HD) * WARPS);
+    fa_fwd_k<HD, WARPS, FA_MT(HD)><<<dim3(nqt, H, B), WARPS * 32, smem, av_cuda_stream()>>>(out, lse, q, kb, vt, T, Sp, pos0, H, KVH, qscale, out16);
 }
 
 /* B sequences of T rows (sequence b's keys at rows b * seq_rows, its first query at position pos0). */

@@ -32,6 +32,13 @@ static __device__ __forceinline__ void cp_async16_zfill(void *smem, const void *
 }
 /* wait until at most N of this thread's committed groups are still in flight */
 template <int N> static __device__ __forceinline__ void cp_async_wait(void) { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+/* Four 8x8 bf16 matrices from shared memory: lane l gives the address of row l % 8 of matrix l / 8;
+ * register j of lane (g, c) gets row g, columns 2c, 2c+1 of matrix j (an mma B fragment when the rows
+ * are n and the columns k). */
+static __device__ __forceinline__ void ldsm_x4(uint32_t *r, const __nv_bfloat16 *p) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+}
 /* A fragment (16 rows x 16 k) of a bf16 row-major tile with row stride ld (elements). */
 static __device__ __forceinline__ void ld_afrag(uint32_t *a, const __nv_bfloat16 *p, int ld, int g, int c) {
     const __nv_bfloat16 *r0 = p + g * ld + 2 * c, *r1 = r0 + 8 * ld;
