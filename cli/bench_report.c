@@ -90,7 +90,11 @@ static void attention_section(FILE *f, const cJSON *su) {
         fprintf(f, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", str(r, "attention", "?"), N(bench_get(r, "T")), N(bench_get(r, "B")),
                 cJSON_IsTrue(at(r, "backward")) ? "fwd+bwd" : "fwd", str(r, "status", "?"), N(bench_get(r, "seconds") * 1e3), N(bench_get(r, "tflops")),
                 N(bench_get(r, "bytes") / 1e6));
-    fprintf(f, "\n### Model level (prefill of T tokens, then decode at that depth)\n\n| attention | T | prefill tokens/s | decode tokens/s | status |\n|---|---:|---:|---:|---|\n");
+    fprintf(f, "\n### Model level (prefill of T tokens, then decode at that depth)\n\n");
+    if (at(su, "rope_linear_factor")) /* lengths past the model's positions */
+        fprintf(f, "The model runs with linear RoPE scaling x%s for these lengths (as a config with rope_scaling linear would).\n\n",
+                N(bench_get(su, "rope_linear_factor")));
+    fprintf(f, "| attention | T | prefill tokens/s | decode tokens/s | status |\n|---|---:|---:|---:|---|\n");
     cJSON_ArrayForEach(r, at(su, "model_level"))
         fprintf(f, "| %s | %s | %s | %s | %s |\n", str(r, "attention", "?"), N(bench_get(r, "T")), N(bench_get(r, "prefill_tokens_per_sec")),
                 N(bench_get(r, "decode_tokens_per_sec")), str(r, "status", "ok"));

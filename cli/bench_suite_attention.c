@@ -169,6 +169,20 @@ int bench_suite_attention(bench_ctx *b, cJSON *res) {
     av_model *m;
     av_tokenizer *tok;
     if (bench_load(b, res, &m, &tok)) return 1;
+    int Tt_quick[] = {64}, Tt_cpu[] = {128, 256}, Tt_gpu[] = {512, 2048, 8192};
+    const int *Tt = b->quick ? Tt_quick : cuda ? Tt_gpu : Tt_cpu;
+    int nTt = b->quick ? 1 : cuda ? 3 : 2, npos = av_model_config(m)->max_position_embeddings;
+    /* lengths past the model's positions (8192 on TinyLlama's 2048): linear RoPE scaling, as a config with
+     * rope_scaling {"rope_type": "linear"} would have; training refuses longer rows otherwise */
+    if (Tt[nTt - 1] > npos) {
+        if (av_model_extend_context(m, Tt[nTt - 1]) != AV_OK) {
+            av_model_free(m);
+            av_tokenizer_free(tok);
+            return bench_fail_lib(b, res, "extending the context");
+        }
+        cJSON_AddNumberToObject(res, "rope_linear_factor", av_model_config(m)->rope_factor);
+        bench_log(b, "context %d -> %d positions: linear RoPE scaling x%g", npos, Tt[nTt - 1], av_model_config(m)->rope_factor);
+    }
     bench_step(b, "attention kernels (av_attention_time)");
     cJSON *kt = cJSON_AddArrayToObject(res, "kernels");
     int n_ok = 0, n_unsup = 0;
@@ -179,10 +193,7 @@ int bench_suite_attention(bench_ctx *b, cJSON *res) {
         bench_step(b, "model-level prefill/decode at %d tokens, standard and flash", Ts[i]);
         rc = model_level(b, res, m, AV_ATTN_STANDARD, Ts[i], ml) || model_level(b, res, m, AV_ATTN_FLASH, Ts[i], ml);
     }
-    int Tt_quick[] = {64}, Tt_cpu[] = {128, 256}, Tt_gpu[] = {512, 2048, 8192};
-    if (!rc)
-        rc = bench_attn_training(b, res, m, tok, b->quick ? Tt_quick : cuda ? Tt_gpu : Tt_cpu, b->quick ? 1 : cuda ? 3 : 2,
-                                 cJSON_AddArrayToObject(res, "training"));
+    if (!rc) rc = bench_attn_training(b, res, m, tok, Tt, nTt, cJSON_AddArrayToObject(res, "training"));
     av_model_free(m);
     av_tokenizer_free(tok);
     if (rc) return rc;

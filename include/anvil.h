@@ -141,6 +141,12 @@ void av_model_set_graphs(av_model *m, int on);
  * chunks and training where the backend has it), FLASH tiles with an online softmax and never holds
  * the S x S scores, STANDARD materialises them (the reference). Same results within rounding. */
 typedef enum { AV_ATTN_AUTO = 0, AV_ATTN_FLASH, AV_ATTN_STANDARD } av_attention_kind;
+/* Lets m run sequences of up to n_ctx positions (training included). Past max_position_embeddings,
+ * linear RoPE scaling (HF's rope_scaling {"rope_type": "linear"}) stretches the trained positions
+ * over n_ctx: the factor grows by n_ctx / max_position_embeddings, exactly as loading a config with
+ * that scaling and max_position_embeddings = n_ctx would. No-op when n_ctx fits; AV_ERR_UNSUPPORTED
+ * for Llama-3-scaled models (their context is already long). */
+av_status av_model_extend_context(av_model *m, int n_ctx);
 void av_model_set_attention(av_model *m, av_attention_kind k);
 av_attention_kind av_model_attention(const av_model *m);
 /* Times one attention call of `kind` (forward, or forward + backward) on backend be for B sequences of

@@ -1,6 +1,7 @@
 /* Model-loading variants: the tiny-llama fixture rewritten as f32 and f16 weights, split into
  * shards with model.safetensors.index.json, and loaded from a transformers-4 style config; each
- * must reproduce HF's NLL. Also RoPE scaling (llama3, linear) frequencies vs HF's formulas. */
+ * must reproduce HF's NLL. Also RoPE scaling (llama3, linear) frequencies vs HF's formulas, and
+ * av_model_extend_context against a config with linear scaling. */
 #include "test.h"
 #include "backend/backend.h"
 #include "core/memory.h"
@@ -97,6 +98,47 @@ static void check_rope_scaling(void) {
           "yarn unsupported");
 }
 
+/* av_model_extend_context(m, 4 x 2048) gives the NLL of the same weights with a config that has
+ * linear RoPE scaling x4 and 8192 positions (HF's way of stretching a context). */
+static void check_extend_context(const char *d32, const char *dlin, const int32_t *ids, int T, double base) {
+    char p[4200], *cfg;
+    snprintf(p, sizeof p, "%s/config.json", d32);
+    CHECK_OK(av_file_read(p, &cfg, NULL));
+    cJSON *j = cJSON_Parse(cfg);
+    free(cfg);
+    cJSON_ReplaceItemInObject(j, "max_position_embeddings", cJSON_CreateNumber(8192));
+    cJSON *rs = cJSON_GetObjectItem(j, "rope_parameters"); /* the fixture's transformers-5 config */
+    CHECK(rs != NULL, "fixture config has rope_parameters");
+    if (!rs) rs = cJSON_AddObjectToObject(j, "rope_parameters");
+    cJSON_DeleteItemFromObject(rs, "rope_type");
+    cJSON_AddStringToObject(rs, "rope_type", "linear");
+    cJSON_AddNumberToObject(rs, "factor", 4.0);
+    char *txt = cJSON_Print(j);
+    cJSON_Delete(j);
+    rewrite(d32, dlin, AV_F32);
+    snprintf(p, sizeof p, "%s/config.json", dlin);
+    CHECK_OK(av_write_file_atomic(p, txt, strlen(txt)));
+    free(txt);
+    double want = prompt_nll(dlin, ids, T);
+    CHECK(fabs(want - base) > 1e-3, "linear x4 changes the NLL (%.6f vs %.6f)", want, base);
+    av_model *m;
+    CHECK_OK(av_model_load(&m, d32, av_backend_cpu()));
+    if (!m) return;
+    CHECK_OK(av_model_extend_context(m, 1000)); /* fits: nothing changes */
+    CHECK(m->cfg.rope_type == AV_ROPE_DEFAULT && m->cfg.max_position_embeddings == 2048, "extend within the context is a no-op");
+    CHECK_OK(av_model_extend_context(m, 8192));
+    CHECK(m->cfg.rope_type == AV_ROPE_LINEAR && m->cfg.rope_factor == 4.0 && m->cfg.max_position_embeddings == 8192, "linear x4, 8192 positions");
+    av_session *s;
+    CHECK_OK(av_session_new(&s, m, 256, 64));
+    double sum = 0;
+    CHECK_OK(av_session_nll(s, ids, T, &sum, NULL, NULL));
+    CHECK_NEAR(sum / (T - 1), want, 1e-9 * want);
+    av_session_free(s);
+    CHECK_OK(av_model_extend_context(m, 16384)); /* on top of linear scaling: the factors multiply */
+    CHECK(m->cfg.rope_factor == 8.0 && m->cfg.max_position_embeddings == 16384, "linear x8");
+    av_model_free(m);
+}
+
 int main(void) {
     check_rope_scaling();
     const char *tmp = getenv("AV_TMP") ? getenv("AV_TMP") : "/tmp";
@@ -120,6 +162,9 @@ int main(void) {
     CHECK_NEAR(base, want, 1e-4 * want);
     CHECK_NEAR(prompt_nll(d32, ids, T), base, 1e-6 * base); /* bf16 -> f32 is exact */
     CHECK_NEAR(prompt_nll(d16, ids, T), base, 1e-3 * base); /* f16 rounds small weights */
+    char dlin[4200];
+    snprintf(dlin, sizeof dlin, "%s/tl_linear_x4", tmp);
+    check_extend_context(d32, dlin, ids, T, base);
     cJSON_Delete(g);
     return TEST_SUMMARY();
 }

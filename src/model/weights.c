@@ -215,18 +215,35 @@ static av_status load_gguf(av_model *m, const char *path) {
 
 static av_status load_dir(av_model *m, const char *dir);
 
-/* The rest of loading, shared: RoPE frequencies, then the upload (GPU) or realignment (CPU). */
-static av_status finish_load(av_model *m) {
+/* RoPE frequencies of m's config into backend memory (allocated on first use). */
+static av_status set_inv_freq(av_model *m) {
     const av_config *c = &m->cfg;
-    const av_backend *be = m->be;
     float inv[512];
     av_config_inv_freq(c, inv);
     if (m->rope_factors)
         for (int i = 0; i < c->head_dim / 2; i++) inv[i] = (float)((double)inv[i] / (double)m->rope_factors[i]);
-    m->inv_freq = be->alloc(sizeof(float) * (size_t)(c->head_dim / 2), "rope frequencies");
-    if (!m->inv_freq) return AV_ERR_NOMEM;
-    be->upload(m->inv_freq, inv, sizeof(float) * (size_t)(c->head_dim / 2));
-    return !be->host_visible ? upload_all(m) : realign_host(m);
+    if (!m->inv_freq && !(m->inv_freq = m->be->alloc(sizeof(float) * (size_t)(c->head_dim / 2), "rope frequencies"))) return AV_ERR_NOMEM;
+    m->be->upload(m->inv_freq, inv, sizeof(float) * (size_t)(c->head_dim / 2));
+    return AV_OK;
+}
+
+/* The rest of loading, shared: RoPE frequencies, then the upload (GPU) or realignment (CPU). */
+static av_status finish_load(av_model *m) {
+    AV_TRY(set_inv_freq(m));
+    return !m->be->host_visible ? upload_all(m) : realign_host(m);
+}
+
+av_status av_model_extend_context(av_model *m, int n_ctx) {
+    av_config *c = &m->cfg;
+    if (n_ctx <= c->max_position_embeddings) return AV_OK;
+    if (c->rope_type == AV_ROPE_LLAMA3 || m->rope_factors)
+        return av_fail(AV_ERR_UNSUPPORTED, "%s: %d positions: the model has Llama-3 RoPE scaling for %d; linear scaling on top of it is not supported",
+                       m->dir, n_ctx, c->max_position_embeddings);
+    double f = (double)n_ctx / c->max_position_embeddings;
+    c->rope_factor = c->rope_type == AV_ROPE_LINEAR ? c->rope_factor * f : f;
+    c->rope_type = AV_ROPE_LINEAR;
+    c->max_position_embeddings = n_ctx;
+    return set_inv_freq(m);
 }
 
 av_status av_model_load(av_model **out, const char *dir, const av_backend *be) {
