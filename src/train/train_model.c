@@ -72,8 +72,15 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
     *out = NULL;
     const av_config *cf = &m->cfg;
     if (max_rows <= 0 || max_len <= 0) return av_fail(AV_ERR_ARG, "train: batch of %d rows x %d tokens", max_rows, max_len);
-    if (max_len > cf->max_position_embeddings)
-        return av_fail(AV_ERR_ARG, "train: sequence length %d exceeds the model's %d positions", max_len, cf->max_position_embeddings);
+    if (max_len > cf->max_position_embeddings) {
+        int mult = (max_len + cf->max_position_embeddings - 1) / cf->max_position_embeddings; /* the hint: a whole multiple */
+        return av_fail(AV_ERR_ARG,
+                       "train: sequence length %d exceeds the model's %d positions (for longer contexts, linear RoPE scaling: in config.json "
+                       "set \"rope_type\": \"linear\", \"factor\": %g in rope_scaling (rope_parameters in transformers-5 configs) "
+                       "and \"max_position_embeddings\": %d)",
+                       max_len, cf->max_position_embeddings, (cf->rope_type == AV_ROPE_LINEAR ? cf->rope_factor : 1.0) * mult,
+                       mult * cf->max_position_embeddings);
+    }
     av_train_ctx *c = calloc(1, sizeof *c);
     if (!c) return av_fail(AV_ERR_NOMEM, "train: out of memory");
     c->m = m;
