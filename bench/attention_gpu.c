@@ -2,7 +2,8 @@
  * out, bf16 tensor-core products inside) through av_attention_time on the CUDA backend, forward and
  * forward + backward, at a fixed number of tokens per batch. One JSON line per (T, head dim, kind);
  * bench/attention_vs_torch.py runs it beside PyTorch's scaled_dot_product_attention.
- *   attention_gpu [reps [tokens_per_batch [T...]]]   (model width 2048: H = 2048 / hd, KVH = H)
+ *   attention_gpu [flash] [reps [tokens_per_batch [T...]]]   (model width 2048: H = 2048 / hd, KVH = H;
+ *   "flash": the flash kernels only, for A/B runs of their variants)
  * Decode attention (one new row per sequence against a long f32 KV cache; GB/s of K and V read):
  *   attention_gpu decode [reps [keys...]]   (TinyLlama H 32 KVH 4 hd 64; Llama-3-8B H 32 KVH 8 hd 128) */
 #include "anvil.h"
@@ -38,6 +39,11 @@ static int decode_main(int argc, char **argv) {
 
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "decode")) return decode_main(argc, argv);
+    int last_kind = AV_ATTN_STANDARD;
+    if (argc > 1 && !strcmp(argv[1], "flash")) {
+        last_kind = AV_ATTN_FLASH;
+        argc--, argv++;
+    }
     int reps = argc > 1 ? atoi(argv[1]) : 10, tokens = argc > 2 ? atoi(argv[2]) : 16384;
     int Ts[16] = {512, 2048, 8192}, nT = 3, hds[2] = {64, 128};
     if (argc > 3) {
@@ -48,7 +54,7 @@ int main(int argc, char **argv) {
     if (!be) { fprintf(stderr, "attention_gpu: no CUDA device: %s\n", av_last_error()); return 1; }
     for (int h = 0; h < 2; h++)
         for (int i = 0; i < nT; i++)
-            for (int kind = AV_ATTN_FLASH; kind <= AV_ATTN_STANDARD; kind++) {
+            for (int kind = AV_ATTN_FLASH; kind <= last_kind; kind++) {
                 int T = Ts[i], hd = hds[h], H = 2048 / hd, B = tokens / T > 0 ? tokens / T : 1;
                 double f = 0, fb = 0;
                 size_t bf = 0, bfb = 0;

@@ -1,0 +1,377 @@
+/* Fused decode products of 2..16 rows (packed weights: 32) on bf16 tensor cores: bf16 weights, or
+ * 2-, 4- and 8-bit MLX codes turned into bf16 fragments in registers. */
+#include "ops/matmul_fused.cuh"
+
+/* ---------------------------------------------------------------- 2..16 (32) rows: bf16 tensor cores */
+/* mma.sync m16n8k16 products whose weight fragments come straight from memory in 16-byte loads (the
+ * k order inside a fragment is permuted the same way for weights and inputs, which a dot product
+ * does not see); the warps of a block split K. */
+#define MM_WARPS 8
+
+/* Row bases of the TU 16-row weight tiles of unit u: plain 16u; ROPE: the tile and its rotation
+ * partner hd/2 rows on inside a head, then plain pairs of tiles; SWIGLU: gate tile 16u, up F + 16u. */
+template <int OUT, int TU>
+__device__ __forceinline__ void fzm_tiles(const fz_args &a, int u, int *tb) {
+    if (OUT == AV_GEMV_OUT_SWIGLU) {
+        tb[0] = 16 * u, tb[TU - 1] = a.F + 16 * u;
+    } else if (OUT == AV_GEMV_OUT_ROPE) {
+        int per = a.hd >> 5, ru = a.rope_rows >> 5;
+        if (u < ru) {
+            int h = u / per;
+            tb[0] = h * a.hd + 16 * (u - h * per), tb[TU - 1] = tb[0] + (a.hd >> 1);
+        } else {
+            tb[0] = a.rope_rows + 32 * (u - ru), tb[TU - 1] = tb[0] + 16;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < TU; i++) tb[i] = 16 * TU * u + 16 * i;
+    }
+}
+
+__device__ __forceinline__ void mma_bf16(float *d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/* A lane's weights of one k step: BITS 0: 8 consecutive k of one bf16 weight row, the 16 bytes as they
+ * lie; BITS 2, 4, 8: 16 bytes of MLX affine codes (KS = 16 / BITS chunks of 8 consecutive k) with the
+ * scale and bias of each 16-code slot, turned into bf16 (scale * q + bias) chunk by chunk just before
+ * the mma. One 16-byte load per lane feeds KS k chunks, so packed codes keep as many bytes in flight
+ * per load as bf16 does. */
+template <int BITS>
+struct fzm_w {
+    static constexpr int KS = 16 / BITS, NSL = KS > 1 ? KS / 2 : 1;
+    uint4 q;
+    float s[NSL], b[NSL];
+};
+template <>
+struct fzm_w<0> {
+    static constexpr int KS = 1;
+    uint4 v;
+};
+
+/* 16-byte piece c of a weight row (r its index); in: inside the row and the unit. */
+template <int BITS>
+__device__ __forceinline__ void fzm_w_load(fzm_w<BITS> &w, const fz_args &a, const fzq_args &qa, const void *row, size_t r, int c, bool in) {
+    if constexpr (BITS == 0) {
+        w.v = in ? __ldcs(reinterpret_cast<const uint4 *>(row) + c) : make_uint4(0, 0, 0, 0);
+    } else {
+        constexpr int NSL = fzm_w<BITS>::NSL, KS = fzm_w<BITS>::KS;
+        if (!in) {
+            w.q = make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int m = 0; m < NSL; m++) w.s[m] = w.b[m] = 0.0f;
+            return;
+        }
+        w.q = __ldcs(reinterpret_cast<const uint4 *>(row) + c);
+        size_t g0 = r * (size_t)(a.K / qa.group), k0 = (size_t)8 * KS * c;
+#pragma unroll
+        for (int m = 0; m < NSL; m++) {
+            if (m && (16 * m) % qa.group) { /* same group as the slot before */
+                w.s[m] = w.s[m - 1], w.b[m] = w.b[m - 1];
+                continue;
+            }
+            size_t gi = g0 + (k0 + 16 * m) / qa.group;
+            w.s[m] = av_ld_w(qa.sc, a.dt, gi), w.b[m] = av_ld_w(qa.bi, a.dt, gi);
+        }
+    }
+}
+
+/* The bf16 fragment of chunk j of the piece (8 consecutive k). */
+template <int BITS>
+__device__ __forceinline__ uint4 fzm_w_frag(const fzm_w<BITS> &w, int j) {
+    if constexpr (BITS == 0) {
+        return w.v;
+    } else {
+        const uint32_t wd[4] = {w.q.x, w.q.y, w.q.z, w.q.w};
+        float s = w.s[j >> 1], b = w.b[j >> 1];
+        uint32_t u[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            uint32_t c0, c1;
+            if constexpr (BITS == 8) {
+                uint32_t v = wd[2 * j + (e >> 1)];
+                c0 = (v >> (16 * (e & 1))) & 255u, c1 = (v >> (16 * (e & 1) + 8)) & 255u;
+            } else {
+                uint32_t v = wd[(j * BITS * 8) >> 5] >> ((j * BITS * 8) & 31);
+                c0 = (v >> (BITS * 2 * e)) & ((1u << BITS) - 1u), c1 = (v >> (BITS * (2 * e + 1))) & ((1u << BITS) - 1u);
+            }
+            u[e] = pack_bf16(fmaf(s, (float)c0, b), fmaf(s, (float)c1, b));
+        }
+        return make_uint4(u[0], u[1], u[2], u[3]);
+    }
+}
+
+/* Weight pieces of k steps s0, s0 + stride, ... (U of them) for the unit's tiles. */
+template <int U, int TU, int BITS>
+__device__ __forceinline__ void fzm_load(fzm_w<BITS> (&wv)[U][TU][2], const fz_args &a, const fzq_args &qa, const void *const (&wr)[TU][2],
+                                         const int (&rows)[TU][2], const bool (&ok)[TU][2], int s0, int t, int nv, int stride) {
+    constexpr int KS = fzm_w<BITS>::KS;
+#pragma unroll
+    for (int j = 0; j < U; j++) {
+        int c = 4 * (s0 + j * stride) + t;
+#pragma unroll
+        for (int i = 0; i < TU; i++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) fzm_w_load<BITS>(wv[j][i][h], a, qa, wr[i][h], (size_t)rows[i][h], c, c * KS < nv && ok[i][h]);
+    }
+}
+
+/* The mma products of the U k steps s0, s0 + stride, ... whose weight pieces are in wv: first
+ * every step's input fragments (all loads in flight together: x is read from L2 after the wait),
+ * then the products. Chunk kk of lane t's piece in step s is 8-k chunk (4s + t) KS + kk of the row. */
+template <int IN, int NT, int U, int TU, int BITS>
+__device__ __forceinline__ void fzm_steps(const fz_args &a, const fzm_w<BITS> (&wv)[U][TU][2], float (&acc)[TU][NT][4], float (&ss)[NT], int s0,
+                                          int stride, int S, int nv, int g, int t) {
+    constexpr int KS = fzm_w<BITS>::KS;
+    uint32_t bx[U][KS][NT][4];
+#pragma unroll
+    for (int j = 0; j < U; j++) {
+        int s = s0 + j * stride;
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++) {
+            int c = (4 * s + t) * KS + kk;
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                int row = g + 8 * n;
+                bool in = s < S && row < a.T && c < nv;
+                if (IN == AV_GEMV_IN_X && a.xb) { /* bf16 x: its 16-byte chunk is the fragment as it lies */
+                    uint4 raw = make_uint4(0, 0, 0, 0);
+                    if (in) raw = reinterpret_cast<const uint4 *>(reinterpret_cast<const uint16_t *>(a.x) + (size_t)row * a.K)[c];
+                    bx[j][kk][n][0] = raw.x, bx[j][kk][n][1] = raw.y, bx[j][kk][n][2] = raw.z, bx[j][kk][n][3] = raw.w;
+                } else {
+                    float xv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                    if (in) fz_x8<IN>(a, a.x + (size_t)row * a.K, c, xv, &ss[n]);
+                    bx[j][kk][n][0] = pack_bf16(xv[0], xv[1]), bx[j][kk][n][1] = pack_bf16(xv[2], xv[3]);
+                    bx[j][kk][n][2] = pack_bf16(xv[4], xv[5]), bx[j][kk][n][3] = pack_bf16(xv[6], xv[7]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < U; j++) {
+        if (s0 + j * stride >= S) break; /* warp-uniform */
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++)
+#pragma unroll
+            for (int i = 0; i < TU; i++) {
+                uint4 w0 = fzm_w_frag<BITS>(wv[j][i][0], kk), w1 = fzm_w_frag<BITS>(wv[j][i][1], kk);
+#pragma unroll
+                for (int n = 0; n < NT; n++) {
+                    mma_bf16(acc[i][n], w0.x, w1.x, w0.y, w1.y, bx[j][kk][n][0], bx[j][kk][n][1]);
+                    mma_bf16(acc[i][n], w0.z, w1.z, w0.w, w1.w, bx[j][kk][n][2], bx[j][kk][n][3]);
+                }
+            }
+    }
+}
+
+/* Block = MM_WARPS warps on one unit (TU tiles of 16 weight rows) x all T <= 8 NT input rows; warp w
+ * takes the k steps w, w + MM_WARPS, ... (32 KS k each). Lane (g, t) loads 16 bytes of weight rows g
+ * and g + 8 at piece 4s + t and, per chunk of 8 k in it, those k of input row g (+ 8n): the low 4
+ * feed one mma, the high 4 the next. */
+template <int IN, int OUT, int NT, int U, int TU, int BITS>
+__device__ __forceinline__ void fzm_body(const fz_args &a, const fzq_args &qa) {
+    constexpr int G = (OUT == AV_GEMV_OUT_ROPE || OUT == AV_GEMV_OUT_SWIGLU) ? 2 : 1;
+    __shared__ float red[MM_WARPS][G * NT * 4][32];
+    __shared__ float ssw[MM_WARPS][8 * NT];
+    __shared__ float rs[8 * NT];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    constexpr int KS = fzm_w<BITS>::KS;
+    int nv = a.K >> 3, S = (nv + 4 * KS - 1) / (4 * KS);
+    int tb[TU];
+    fzm_tiles<OUT, TU>(a, blockIdx.x, tb);
+    const void *wr[TU][2];
+    int rows[TU][2];
+    bool ok[TU][2];
+#pragma unroll
+    for (int i = 0; i < TU; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int row = tb[i] + g + 8 * h;
+            ok[i][h] = row < a.N;
+            rows[i][h] = ok[i][h] ? row : 0;
+            /* a packed row is K * BITS / 32 words */
+            wr[i][h] = BITS ? (const void *)(reinterpret_cast<const uint32_t *>(a.W) + (size_t)rows[i][h] * (a.K / 32 * BITS))
+                            : (const void *)(a.W + (size_t)rows[i][h] * a.K);
+        }
+    fzm_w<BITS> wv[U][TU][2];
+    const int wg = warp, stride = MM_WARPS;
+    fzm_load<U, TU, BITS>(wv, a, qa, wr, rows, ok, wg, t, nv, stride); /* weights are constant: start streaming before the wait */
+    av_pdl_wait();
+    av_pdl_launch();
+    float acc[TU][NT][4], ss[NT];
+#pragma unroll
+    for (int i = 0; i < TU; i++)
+#pragma unroll
+        for (int n = 0; n < NT; n++) acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.0f;
+#pragma unroll
+    for (int n = 0; n < NT; n++) ss[n] = 0.0f;
+    for (int s0 = wg; s0 < S; s0 += U * stride) {
+        if (s0 != wg) fzm_load<U, TU, BITS>(wv, a, qa, wr, rows, ok, s0, t, nv, stride);
+        fzm_steps<IN, NT, U, TU, BITS>(a, wv, acc, ss, s0, stride, S, nv, g, t);
+    }
+    /* across the block's warps through shared memory, G tiles at a time (pairs: both tiles) */
+    if (IN == AV_GEMV_IN_RMSNORM) {
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            float v = ss[n];
+            v += __shfl_xor_sync(0xffffffffu, v, 1);
+            v += __shfl_xor_sync(0xffffffffu, v, 2);
+            if (t == 0) ssw[warp][8 * n + g] = v;
+        }
+        __syncthreads();
+        if (threadIdx.x < 8 * NT) {
+            float v = 0.0f;
+#pragma unroll
+            for (int w = 0; w < MM_WARPS; w++) v += ssw[w][threadIdx.x];
+            rs[threadIdx.x] = 1.0f / sqrtf(v / (float)a.K + a.eps);
+        }
+    }
+#pragma unroll
+    for (int i0 = 0; i0 < TU; i0 += G) {
+        if (i0) __syncthreads(); /* the previous group's reads are done */
+#pragma unroll
+        for (int i = 0; i < G; i++)
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) red[warp][(i * NT + n) * 4 + e][lane] = acc[i0 + i][n][e];
+        __syncthreads();
+        /* outputs (row rr of the group's tiles, input row tk): fragment element c{half*2+e} of lane
+         * g*4+t holds weight row g + 8*half, input row 8n + 2t + e */
+        for (int idx = threadIdx.x; idx < 16 * 8 * NT; idx += blockDim.x) {
+            int rr = idx & 15, tk = idx >> 4;
+            if (tk >= a.T) continue;
+            int n = tk >> 3, tt = (tk & 7) >> 1, e = tk & 1, ln = (rr & 7) * 4 + tt, reg = (rr >> 3) * 2 + e;
+            float v[G];
+#pragma unroll
+            for (int i = 0; i < G; i++) {
+                float sum = 0.0f;
+#pragma unroll
+                for (int w = 0; w < MM_WARPS; w++) sum += red[w][(i * NT + n) * 4 + reg][ln];
+                v[i] = IN == AV_GEMV_IN_RMSNORM ? sum * rs[tk] : sum;
+            }
+            float *o = a.out + (size_t)tk * (OUT == AV_GEMV_OUT_SWIGLU ? a.F : a.N);
+            int r0 = tb[i0] + rr;
+            if (OUT == AV_GEMV_OUT_SWIGLU) {
+                float sw = v[0] / (1.0f + expf(-v[0])) * v[G - 1];
+                if (a.ob) reinterpret_cast<uint16_t *>(a.out)[(size_t)tk * a.F + r0] = fz_bf16(sw);
+                else o[r0] = sw;
+            } else if (OUT == AV_GEMV_OUT_ROPE && r0 < a.rope_rows) {
+                float ang = (float)a.pos[tk] * a.inv_freq[r0 % a.hd], sn, cs;
+                sincosf(ang, &sn, &cs);
+                o[r0] = v[0] * cs - v[G - 1] * sn;
+                o[tb[G - 1] + rr] = v[G - 1] * cs + v[0] * sn;
+            } else {
+#pragma unroll
+                for (int i = 0; i < G; i++) {
+                    int row = tb[i0 + i] + rr;
+                    if (row >= a.N) continue;
+                    if (OUT == AV_GEMV_OUT_ADD) o[row] += v[i];
+                    else o[row] = v[i];
+                }
+            }
+        }
+    }
+}
+
+template <int IN, int OUT, int NT, int U, int TU>
+__global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 2 ? 3 : 1) fzm_k(fz_args a) {
+    fzm_body<IN, OUT, NT, U, TU, 0>(a, fzq_args{});
+}
+
+/* The same on packed 2-, 4- or 8-bit rows. Grids wider than the SMs take one step (U = 1) at three
+ * blocks an SM; 2-bit pieces (64 codes, four scale slots) need the registers of two. */
+template <int IN, int OUT, int NT, int U, int TU, int BITS>
+__global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 1 ? (BITS == 2 ? 2 : 3) : 1) fzmq_k(fz_args a, fzq_args qa) {
+    fzm_body<IN, OUT, NT, U, TU, BITS>(a, qa);
+}
+
+/* Several rows on packed weights: x RMSNormed once into bf16 rows (one block a row), so the product
+ * reads its input fragments as they lie instead of every block normalizing and rounding all of x
+ * again (at 8+ rows that input work outweighs the packed weights' bytes). */
+__global__ void __launch_bounds__(256) fz_norm16_k(uint16_t *out, const float *x, const void *w, av_dtype wt, int K, float eps) {
+    __shared__ float sh[32];
+    av_pdl_launch(); /* the product may start streaming its weights; it waits for this grid before reading out */
+    av_pdl_wait();
+    const float *xr = x + (size_t)blockIdx.x * K;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = av_block_sum(ss, sh);
+    float r = 1.0f / sqrtf(ss / (float)K + eps);
+    for (int i = threadIdx.x; i < K; i += blockDim.x) out[(size_t)blockIdx.x * K + i] = fz_bf16(av_ld_w(w, wt, i) * (xr[i] * r));
+}
+
+template <int IN, int OUT, int NT, int U, int TU, int BITS>
+static void launchm_k(const fz_args &a, const fzq_args &qa, unsigned units) {
+    if constexpr (BITS == 0) av_launch(fzm_k<IN, OUT, NT, U, TU>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a);
+    else av_launch(fzmq_k<IN, OUT, NT, U, TU, BITS>, dim3(units), dim3(MM_WARPS * 32), 0, 1, a, qa);
+}
+
+template <int IN, int OUT, int NT, int BITS>
+static void launchm(const fz_args &a, const fzq_args &qa) {
+    /* pairs: two tiles; plain: one tile for <= 8 rows, else two (fewer input reads per weight byte;
+     * four tiles measured slower: too few blocks for the 2048-row products) */
+    constexpr int TU = (OUT == AV_GEMV_OUT_ROPE || OUT == AV_GEMV_OUT_SWIGLU || NT > 1) ? 2 : 1;
+    unsigned units = OUT == AV_GEMV_OUT_SWIGLU ? (unsigned)(a.F / 16)
+                     : OUT == AV_GEMV_OUT_ROPE ? (unsigned)(a.rope_rows / 32 + av_cdiv((size_t)(a.N - a.rope_rows), 32))
+                                               : av_cdiv((size_t)a.N, 16 * TU);
+    /* <= 8 rows: a grid of at most one block per SM (the 2048-row products) is latency-bound, so it
+     * keeps 8 k steps per warp in flight; larger grids keep 2 and fit three blocks per SM. 9..16
+     * rows: 4 k steps */
+    if constexpr (BITS) { /* a step is KS chunks of 8 k: fewer steps keep as many k in flight */
+        if constexpr (NT == 1)
+            if (units <= (unsigned)sm_count()) return launchm_k<IN, OUT, NT, 2, TU, BITS>(a, qa, units);
+        launchm_k<IN, OUT, NT, 1, TU, BITS>(a, qa, units);
+    } else if constexpr (NT == 1) {
+        if (units <= (unsigned)sm_count()) return launchm_k<IN, OUT, NT, 8, TU, BITS>(a, qa, units);
+        launchm_k<IN, OUT, NT, 2, TU, BITS>(a, qa, units);
+    } else {
+        launchm_k<IN, OUT, NT, 4, TU, BITS>(a, qa, units);
+    }
+}
+
+/* Rows per input tile set: bf16 weights take one 8-row tile (<= 8 rows) or two (<= MMA_MAX_ROWS);
+ * packed codes one, two or four (17..32 rows: still reading the codes once beats dequantized panels +
+ * cuBLAS). */
+template <int IN, int OUT, int BITS>
+static void launchm_t(const fz_args &a, const fzq_args &qa) {
+    if (a.T <= 8) launchm<IN, OUT, 1, BITS>(a, qa);
+    else if (BITS == 0 || a.T <= 16) launchm<IN, OUT, 2, BITS>(a, qa);
+    else if constexpr (BITS != 0) launchm<IN, OUT, 4, BITS>(a, qa);
+}
+
+template <int IN, int OUT>
+static void launchm_bits(const fz_args &a, const fzq_args &qa, int bits) {
+    switch (bits) {
+    case 0: launchm_t<IN, OUT, 0>(a, qa); break;
+    case 2: launchm_t<IN, OUT, 2>(a, qa); break;
+    case 4: launchm_t<IN, OUT, 4>(a, qa); break;
+    default: launchm_t<IN, OUT, 8>(a, qa); break;
+    }
+}
+
+template <int IN>
+static void launchm_out(const fz_args &a, const fzq_args &qa, int bits, av_gemv_out out) {
+    switch (out) {
+    case AV_GEMV_OUT_STORE: launchm_bits<IN, AV_GEMV_OUT_STORE>(a, qa, bits); break;
+    case AV_GEMV_OUT_ADD: launchm_bits<IN, AV_GEMV_OUT_ADD>(a, qa, bits); break;
+    case AV_GEMV_OUT_ROPE: launchm_bits<IN, AV_GEMV_OUT_ROPE>(a, qa, bits); break;
+    default: launchm_bits<IN, AV_GEMV_OUT_SWIGLU>(a, qa, bits); break;
+    }
+}
+
+void fz_mma_launch(const fz_args &a, const fzq_args &qa, av_gemv_in in, int bits, av_gemv_out out) {
+    if (in == AV_GEMV_IN_RMSNORM) launchm_out<AV_GEMV_IN_RMSNORM>(a, qa, bits, out);
+    else launchm_out<AV_GEMV_IN_X>(a, qa, bits, out);
+}
+
+void fz_norm16(uint16_t *out, const float *x, const void *w, av_dtype wt, int T, int K, float eps) {
+    av_launch(fz_norm16_k, dim3(T), dim3(256), 0, 1, out, x, w, wt, K, eps);
+}
