@@ -160,13 +160,13 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
             /* a padding row (t >= T) or a row with no visible key yet keeps -inf: use 0 as the base */
             float b0 = mx0 == -INFINITY ? 0.0f : mx0, b1 = mx1 == -INFINITY ? 0.0f : mx1;
-            float corr0 = exp2f(m0[mt] - b0), corr1 = exp2f(m1[mt] - b1);
+            float corr0 = fa_exp2(m0[mt] - b0), corr1 = fa_exp2(m1[mt] - b1);
             m0[mt] = mx0;
             m1[mt] = mx1;
             float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
             for (int n = 0; n < FA_BC / 8; n++) {
-                float p0 = exp2f(sc[mt][n][0] - b0), p1 = exp2f(sc[mt][n][1] - b0), p2 = exp2f(sc[mt][n][2] - b1), p3 = exp2f(sc[mt][n][3] - b1);
+                float p0 = fa_exp2(sc[mt][n][0] - b0), p1 = fa_exp2(sc[mt][n][1] - b0), p2 = fa_exp2(sc[mt][n][2] - b1), p3 = fa_exp2(sc[mt][n][3] - b1);
                 sum0 += p0 + p1;
                 sum1 += p2 + p3;
                 pa[mt][n / 2][(n & 1) * 2 + 0] = pack_bf16(p0, p1);

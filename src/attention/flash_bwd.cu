@@ -221,10 +221,10 @@ __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __n
         for (int n = 0; n < FB_T / 8; n++) {
             int tq = n * 8 + 2 * c;
             float l0 = ls[tq], l1 = ls[tq + 1];
-            p[n][0] = diag && tq < key0 ? 0.0f : exp2f(p[n][0] - l0);
-            p[n][1] = diag && tq + 1 < key0 ? 0.0f : exp2f(p[n][1] - l1);
-            p[n][2] = diag && tq < key1 ? 0.0f : exp2f(p[n][2] - l0);
-            p[n][3] = diag && tq + 1 < key1 ? 0.0f : exp2f(p[n][3] - l1);
+            p[n][0] = diag && tq < key0 ? 0.0f : fa_exp2(p[n][0] - l0);
+            p[n][1] = diag && tq + 1 < key0 ? 0.0f : fa_exp2(p[n][1] - l1);
+            p[n][2] = diag && tq < key1 ? 0.0f : fa_exp2(p[n][2] - l0);
+            p[n][3] = diag && tq + 1 < key1 ? 0.0f : fa_exp2(p[n][3] - l1);
         }
         /* dP^T = V dO^T */
         float dp[FB_T / 8][4];
@@ -331,8 +331,8 @@ __global__ void __launch_bounds__(128) fb_dq_k(float *dq, const __nv_bfloat16 *q
 #pragma unroll
         for (int n = 0; n < FB_T / 8; n++) {
             int s = n * 8 + 2 * c; /* key relative to the tile */
-            float p0 = diag && s > r0 ? 0.0f : exp2f(p[n][0] - l0), p1 = diag && s + 1 > r0 ? 0.0f : exp2f(p[n][1] - l0);
-            float p2 = diag && s > r1 ? 0.0f : exp2f(p[n][2] - l1), p3 = diag && s + 1 > r1 ? 0.0f : exp2f(p[n][3] - l1);
+            float p0 = diag && s > r0 ? 0.0f : fa_exp2(p[n][0] - l0), p1 = diag && s + 1 > r0 ? 0.0f : fa_exp2(p[n][1] - l0);
+            float p2 = diag && s > r1 ? 0.0f : fa_exp2(p[n][2] - l1), p3 = diag && s + 1 > r1 ? 0.0f : fa_exp2(p[n][3] - l1);
             da[n / 2][(n & 1) * 2 + 0] = pack_bf16(p0 * (dp[n][0] - d0), p1 * (dp[n][1] - d0));
             da[n / 2][(n & 1) * 2 + 1] = pack_bf16(p2 * (dp[n][2] - d1), p3 * (dp[n][3] - d1));
         }
