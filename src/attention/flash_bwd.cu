@@ -5,12 +5,12 @@
  *             transposed copies where the reduction runs over tokens), q's rows pre-scaled by
  *             log2(e)/sqrt(hd) exactly as the forward rounds them (same scores, same P), and
  *             delta = rowsum(dout * out) per (sequence, head, row).
- *   kernel A: one block per (64-key tile, KV head [, share of its query heads], sequence); each of
- *             4 warps owns 16 keys and loops over the group's query heads and the query tiles at or
- *             after the key tile: S^T = K Q^T, P^T, dV += P^T dO, dP^T = V dO^T,
+ *   kernel A: one block per (key block, KV head [, share of its query heads], sequence); each of
+ *             FB_WARPS warps owns 16 keys and loops over the group's query heads and the 64-query
+ *             chunks at or after its keys: S^T = K Q^T, P^T, dV += P^T dO, dP^T = V dO^T,
  *             dS^T = P^T (dP^T - delta), dK += dS^T Q, in registers.
- *   kernel B: one block per (64-query tile, head, sequence); each warp owns 16 queries and loops
- *             over the key tiles up to the diagonal: S, P, dP = dO V^T, dS, dQ += dS K.
+ *   kernel B: one block per (16 * FB_WARPS queries, head, sequence); each warp owns 16 queries and
+ *             loops over the 64-key tiles up to the diagonal: S, P, dP = dO V^T, dS, dQ += dS K.
  * Every gradient element has one writer and a fixed summation order: deterministic, no atomics.
  * When there are too few (key tile, KV head, sequence) blocks to fill the GPU, kernel A splits a
  * group's query heads over several blocks writing partial sums, added in a fixed order after. */
@@ -20,7 +20,7 @@ extern "C" {
 #include "attention/attention.h"
 }
 
-#define FB_T 64 /* query rows and keys per tile (both kernels) */
+#define FB_T 64 /* query rows of a dK/dV chunk, keys of a dQ tile */
 #define FB_TS (FB_T + FA_PAD) /* row stride of a transposed [hd][64] tile */
 #define LOG2E 1.4426950409f
 
@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(256) fb_convert_k(__nv_bfloat16 *rows, __nv_bf
 
 static __device__ __forceinline__ uint32_t ld32(const __nv_bfloat16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
 
-/* Kernel A: dK, dV of one 64-key tile. grid (KVH * nsplit, B, key tiles), heaviest tiles (most
+/* Kernel A: dK, dV of one block of 16 * WARPS keys. grid (KVH * nsplit, B, key blocks), heaviest (most
  * query tiles after them) first. nsplit == 1: dk, dv += the result; else block share sp writes
  * (=) its partial sum into dk / dv + sp * part_n. */
 /* Two products side by side with A fragments already in registers: x[n] += a[k] . B^T over the k
@@ -149,43 +149,43 @@ __device__ __forceinline__ void fb_rope_back(float (&a)[HD / 8][4], const int32_
     }
 }
 
-template <int HD>
-__global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *qt,
+template <int HD, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) fb_dkdv_k(float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *qt,
                                                  const __nv_bfloat16 *ob, const __nv_bfloat16 *ot, const __nv_bfloat16 *kb,
                                                  const __nv_bfloat16 *vb, const float *lse2, const float *delta, int T, int Tp, int H,
                                                  int KVH, int nsplit, size_t part_n, float scale, const int32_t *pos, const float *inv_freq,
                                                  fb_out16 o16) {
-    constexpr int KS = HD + FA_PAD;
+    constexpr int KS = HD + FA_PAD, KT = 16 * WARPS; /* KT keys a block, 16 a warp; query chunks of FB_T */
     constexpr int BUF = 2 * FB_T * KS + 2 * HD * FB_TS; /* bf16 elements of one chunk's operands */
     extern __shared__ __align__(16) unsigned char fb_smem[];
-    __nv_bfloat16 *Ks = reinterpret_cast<__nv_bfloat16 *>(fb_smem), *Vs = Ks + FB_T * KS;
-    __nv_bfloat16 *cb = Vs + FB_T * KS;              /* [2][Qs | Os | QTs | OTs] */
+    __nv_bfloat16 *Ks = reinterpret_cast<__nv_bfloat16 *>(fb_smem), *Vs = Ks + KT * KS;
+    __nv_bfloat16 *cb = Vs + KT * KS;                /* [2][Qs | Os | QTs | OTs] */
     float *fl = reinterpret_cast<float *>(cb + 2 * BUF); /* [2][lse2 64 | delta 64] */
     int kh = blockIdx.x / nsplit, sp = blockIdx.x % nsplit, b = blockIdx.y, j = blockIdx.z;
     int G = H / KVH, hpb = G / nsplit, h0 = kh * G + sp * hpb;
-    int nqt = Tp / FB_T, nq = nqt - j, nit = hpb * nq;
+    int nqt = Tp / FB_T, qs0 = j * KT / FB_T, nq = nqt - qs0, nit = hpb * nq; /* query chunks from the block's first key */
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, kw = warp * 16;
 
     { /* the key tile's K and V rows (part of the first chunk's copy group) */
-        size_t base = ((size_t)(b * KVH + kh) * Tp + (size_t)j * FB_T) * HD;
-        for (int i = threadIdx.x; i < FB_T * HD / 8; i += 128) {
+        size_t base = ((size_t)(b * KVH + kh) * Tp + (size_t)j * KT) * HD;
+        for (int i = threadIdx.x; i < KT * HD / 8; i += WARPS * 32) {
             int r = i / (HD / 8), cc = (i % (HD / 8)) * 8;
             cp_async16(Ks + r * KS + cc, kb + base + (size_t)r * HD + cc);
             cp_async16(Vs + r * KS + cc, vb + base + (size_t)r * HD + cc);
         }
     }
     auto load_chunk = [&](int it, int buf) {
-        int h = h0 + it / nq, q0 = (j + it % nq) * FB_T;
+        int h = h0 + it / nq, q0 = (qs0 + it % nq) * FB_T;
         size_t z = (size_t)b * H + h;
         __nv_bfloat16 *qs = cb + buf * BUF, *os = qs + FB_T * KS, *qts = os + FB_T * KS, *ots = qts + HD * FB_TS;
         const __nv_bfloat16 *qg = qb + (z * Tp + q0) * HD, *og = ob + (z * Tp + q0) * HD;
-        for (int i = threadIdx.x; i < FB_T * HD / 8; i += 128) {
+        for (int i = threadIdx.x; i < FB_T * HD / 8; i += WARPS * 32) {
             int r = i / (HD / 8), cc = (i % (HD / 8)) * 8;
             cp_async16(qs + r * KS + cc, qg + (size_t)r * HD + cc);
             cp_async16(os + r * KS + cc, og + (size_t)r * HD + cc);
         }
         const __nv_bfloat16 *qtg = qt + z * HD * Tp + q0, *otg = ot + z * HD * Tp + q0;
-        for (int i = threadIdx.x; i < HD * FB_T / 8; i += 128) {
+        for (int i = threadIdx.x; i < HD * FB_T / 8; i += WARPS * 32) {
             int r = i / (FB_T / 8), cc = (i % (FB_T / 8)) * 8;
             cp_async16(qts + r * FB_TS + cc, qtg + (size_t)r * Tp + cc);
             cp_async16(ots + r * FB_TS + cc, otg + (size_t)r * Tp + cc);
@@ -207,24 +207,26 @@ __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __n
         for (int e = 0; e < 4; e++) dK[n][e] = dV[n][e] = 0.0f;
 
     for (int it = 0; it < nit; it++) {
-        int buf = it & 1, diag = it % nq == 0; /* the first query tile of each head is the key tile */
+        int buf = it & 1, q0 = (qs0 + it % nq) * FB_T, k0 = j * KT + kw; /* the chunk's first query, the warp's first key */
         cp_async_wait_all();
         __syncthreads();
         if (it + 1 < nit) load_chunk(it + 1, buf ^ 1);
+        if (q0 + FB_T - 1 < k0) continue;   /* every query of the chunk is before this warp's keys */
+        int diag = q0 < k0 + 15;             /* the causal edge crosses the chunk for this warp */
         const __nv_bfloat16 *qs = cb + buf * BUF, *os = qs + FB_T * KS, *qts = os + FB_T * KS, *ots = qts + HD * FB_TS;
         const float *ls = fl + buf * 2 * FB_T, *dl = ls + FB_T;
         /* S^T = K Q^T (log2 units: q pre-scaled), then P^T = exp2(S^T - lse2[query]), causal on the diagonal */
         float p[FB_T / 8][4];
         fb_tile_abt<HD, KS>(p, Ks + kw * KS, qs, g, c);
-        int key0 = kw + g, key1 = key0 + 8; /* the thread's two keys, relative to the tile */
+        int key0 = k0 + g, key1 = key0 + 8; /* the thread's two keys */
 #pragma unroll
         for (int n = 0; n < FB_T / 8; n++) {
-            int tq = n * 8 + 2 * c;
+            int tq = n * 8 + 2 * c, qa = q0 + tq; /* relative to the chunk / absolute */
             float l0 = ls[tq], l1 = ls[tq + 1];
-            p[n][0] = diag && tq < key0 ? 0.0f : fa_exp2(p[n][0] - l0);
-            p[n][1] = diag && tq + 1 < key0 ? 0.0f : fa_exp2(p[n][1] - l1);
-            p[n][2] = diag && tq < key1 ? 0.0f : fa_exp2(p[n][2] - l0);
-            p[n][3] = diag && tq + 1 < key1 ? 0.0f : fa_exp2(p[n][3] - l1);
+            p[n][0] = diag && qa < key0 ? 0.0f : fa_exp2(p[n][0] - l0);
+            p[n][1] = diag && qa + 1 < key0 ? 0.0f : fa_exp2(p[n][1] - l1);
+            p[n][2] = diag && qa < key1 ? 0.0f : fa_exp2(p[n][2] - l0);
+            p[n][3] = diag && qa + 1 < key1 ? 0.0f : fa_exp2(p[n][3] - l1);
         }
         /* dP^T = V dO^T */
         float dp[FB_T / 8][4];
@@ -243,7 +245,7 @@ __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __n
         /* dV += P^T dO, dK += dS^T Q (B operands: the transposed tiles, [d][query]) */
         fb_mma2<HD / 8, FB_T / 16, FB_TS>(dV, pa, ots, dK, da, qts, g, c);
     }
-    int s0 = j * FB_T + kw + g, s1 = s0 + 8;
+    int s0 = j * KT + kw + g, s1 = s0 + 8;
     size_t ks = (size_t)KVH * HD;
     if (pos && nsplit == 1) { /* overwrite, dK rotated back (RoPE backward) */
 #pragma unroll
@@ -268,31 +270,35 @@ __global__ void __launch_bounds__(128) fb_dkdv_k(float *dk, float *dv, const __n
         }
 }
 
-/* Kernel B: dQ of one 64-query tile of one head. grid (H, B, query tiles), heaviest (last) first. */
-template <int HD>
-__global__ void __launch_bounds__(128) fb_dq_k(float *dq, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
-                                               const __nv_bfloat16 *kt, const __nv_bfloat16 *vb, const float *lse2, const float *delta,
-                                               int T, int Tp, int H, int KVH, float scale, const int32_t *pos, const float *inv_freq,
-                                               uint16_t *dq16) {
-    constexpr int KS = HD + FA_PAD;
+/* Kernel B: dQ of one tile of 16 * WARPS queries of one head. grid (H, B, query tiles), heaviest (last)
+ * first; keys come in tiles of FB_T (a block of 128 queries reads each K/V tile once for all of them). */
+template <int HD, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) fb_dq_k(float *dq, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
+                                                      const __nv_bfloat16 *kt, const __nv_bfloat16 *vb, const float *lse2, const float *delta,
+                                                      int T, int Tp, int H, int KVH, float scale, const int32_t *pos, const float *inv_freq,
+                                                      uint16_t *dq16) {
+    constexpr int KS = HD + FA_PAD, QT = 16 * WARPS;
     constexpr int BUF = 2 * FB_T * KS + HD * FB_TS; /* Ks | Vs | KTs */
     extern __shared__ __align__(16) unsigned char fb_smem[];
     __nv_bfloat16 *sm = reinterpret_cast<__nv_bfloat16 *>(fb_smem);
     int h = blockIdx.x, b = blockIdx.y, qt = gridDim.z - 1 - blockIdx.z, kh = h / (H / KVH);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    int tw = qt * FB_T + warp * 16; /* the warp's first row */
+    int tw = qt * QT + warp * 16; /* the warp's first row */
+    int active = tw < Tp;         /* a warp past the padded rows only helps load */
+    int nkt = min(Tp, qt * QT + QT) / FB_T;                 /* key tiles the block's rows see */
+    int wkt = active ? (tw + 15) / FB_T + 1 : 0;           /* key tiles this warp's rows see */
     size_t z = (size_t)b * H + h, zk = (size_t)b * KVH + kh;
 
     auto load_tile = [&](int j, int buf) {
         __nv_bfloat16 *ks_ = sm + buf * BUF, *vs_ = ks_ + FB_T * KS, *kts = vs_ + FB_T * KS;
         size_t base = (zk * Tp + (size_t)j * FB_T) * HD;
-        for (int i = threadIdx.x; i < FB_T * HD / 8; i += 128) {
+        for (int i = threadIdx.x; i < FB_T * HD / 8; i += WARPS * 32) {
             int r = i / (HD / 8), cc = (i % (HD / 8)) * 8;
             cp_async16(ks_ + r * KS + cc, kb + base + (size_t)r * HD + cc);
             cp_async16(vs_ + r * KS + cc, vb + base + (size_t)r * HD + cc);
         }
         const __nv_bfloat16 *ktg = kt + zk * HD * Tp + (size_t)j * FB_T;
-        for (int i = threadIdx.x; i < HD * FB_T / 8; i += 128) {
+        for (int i = threadIdx.x; i < HD * FB_T / 8; i += WARPS * 32) {
             int r = i / (FB_T / 8), cc = (i % (FB_T / 8)) * 8;
             cp_async16(kts + r * FB_TS + cc, ktg + (size_t)r * Tp + cc);
         }
@@ -302,24 +308,29 @@ __global__ void __launch_bounds__(128) fb_dq_k(float *dq, const __nv_bfloat16 *q
 
     /* the warp's Q (pre-scaled) and dO rows as A fragments, its rows' lse2 and delta */
     uint32_t qf[HD / 16][4], of[HD / 16][4];
-    const __nv_bfloat16 *qg = qb + (z * Tp + tw) * HD, *og = ob + (z * Tp + tw) * HD;
+    float l0 = 0.0f, l1 = 0.0f, d0 = 0.0f, d1 = 0.0f;
+    if (active) {
+        const __nv_bfloat16 *qg = qb + (z * Tp + tw) * HD, *og = ob + (z * Tp + tw) * HD;
 #pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) {
-        ld_afrag(qf[kk], qg + kk * 16, HD, g, c);
-        ld_afrag(of[kk], og + kk * 16, HD, g, c);
+        for (int kk = 0; kk < HD / 16; kk++) {
+            ld_afrag(qf[kk], qg + kk * 16, HD, g, c);
+            ld_afrag(of[kk], og + kk * 16, HD, g, c);
+        }
+        l0 = lse2[z * Tp + tw + g], l1 = lse2[z * Tp + tw + g + 8];
+        d0 = delta[z * Tp + tw + g], d1 = delta[z * Tp + tw + g + 8];
     }
-    float l0 = lse2[z * Tp + tw + g], l1 = lse2[z * Tp + tw + g + 8];
-    float d0 = delta[z * Tp + tw + g], d1 = delta[z * Tp + tw + g + 8];
-    int r0 = warp * 16 + g, r1 = r0 + 8; /* the thread's rows, relative to the tile */
+    int r0 = tw + g, r1 = r0 + 8; /* the thread's rows */
     float acc[HD / 8][4];
 #pragma unroll
     for (int n = 0; n < HD / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 
-    for (int j = 0; j <= qt; j++) {
-        int buf = j & 1, diag = j == qt;
+    for (int j = 0; j < nkt; j++) {
+        int buf = j & 1;
         cp_async_wait_all();
         __syncthreads();
-        if (j < qt) load_tile(j + 1, buf ^ 1);
+        if (j + 1 < nkt) load_tile(j + 1, buf ^ 1);
+        if (j >= wkt) continue; /* every key of the tile is past this warp's rows */
+        int s0 = j * FB_T, diag = s0 + FB_T - 1 > tw; /* the causal edge crosses the tile */
         const __nv_bfloat16 *ks_ = sm + buf * BUF, *vs_ = ks_ + FB_T * KS, *kts = vs_ + FB_T * KS;
         float p[FB_T / 8][4], dp[FB_T / 8][4];
 #pragma unroll
@@ -330,7 +341,7 @@ __global__ void __launch_bounds__(128) fb_dq_k(float *dq, const __nv_bfloat16 *q
         uint32_t da[FB_T / 16][4];
 #pragma unroll
         for (int n = 0; n < FB_T / 8; n++) {
-            int s = n * 8 + 2 * c; /* key relative to the tile */
+            int s = s0 + n * 8 + 2 * c; /* the key */
             float p0 = diag && s > r0 ? 0.0f : fa_exp2(p[n][0] - l0), p1 = diag && s + 1 > r0 ? 0.0f : fa_exp2(p[n][1] - l0);
             float p2 = diag && s > r1 ? 0.0f : fa_exp2(p[n][2] - l1), p3 = diag && s + 1 > r1 ? 0.0f : fa_exp2(p[n][3] - l1);
             da[n / 2][(n & 1) * 2 + 0] = pack_bf16(p0 * (dp[n][0] - d0), p1 * (dp[n][1] - d0));
@@ -400,26 +411,32 @@ __global__ void fb_reduce_rope_k(float *dk, float *dv, const float *pk, const fl
     }
 }
 
+/* Warps of a backward block (16 keys, or 16 query rows, each): 8 for hd 128, so each Q/dO chunk (dK/dV
+ * kernel) or K/V tile (dQ kernel) in shared memory serves 128 keys or rows instead of 64 (forward+
+ * backward at 8192 tokens 156 -> 180 TFLOP/s on an H200); 4 for hd 64 (8 measured slower: 168 -> 163). */
+#define FB_WARPS(HD) ((HD) == 128 ? 8 : 4)
+
 template <int HD>
 static void fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *qt, const __nv_bfloat16 *ob,
                       const __nv_bfloat16 *ot, const __nv_bfloat16 *kb, const __nv_bfloat16 *kt, const __nv_bfloat16 *vb, const float *lse2,
                       const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit, size_t part_n, float scale, const int32_t *pos,
                       const float *inv_freq, fb_out16 o16) {
-    constexpr int KS = HD + FA_PAD;
-    size_t smem_a = (size_t)(2 * FB_T * KS + 2 * (2 * FB_T * KS + 2 * HD * FB_TS)) * sizeof(__nv_bfloat16) + 4 * FB_T * sizeof(float);
+    constexpr int KS = HD + FA_PAD, W = FB_WARPS(HD);
+    size_t smem_a = (size_t)(2 * 16 * W * KS + 2 * (2 * FB_T * KS + 2 * HD * FB_TS)) * sizeof(__nv_bfloat16) +
+                    4 * FB_T * sizeof(float);
     size_t smem_b = (size_t)2 * (2 * FB_T * KS + HD * FB_TS) * sizeof(__nv_bfloat16);
     static thread_local int set; /* per thread = per device (attributes are per device) */
     if (!set) { /* above the 48 KiB default */
-        cudaFuncSetAttribute(fb_dkdv_k<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
-        cudaFuncSetAttribute(fb_dq_k<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_b);
+        cudaFuncSetAttribute(fb_dkdv_k<HD, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
+        cudaFuncSetAttribute(fb_dq_k<HD, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_b);
         set = 1;
     }
-    int nt = Tp / FB_T;
     cudaStream_t st = av_cuda_stream();
-    fb_dkdv_k<HD><<<dim3(KVH * nsplit, B, nt), 128, smem_a, st>>>(dk, dv, qb, qt, ob, ot, kb, vb, lse2, delta, T, Tp, H, KVH, nsplit,
-                                                                   part_n, scale, pos, inv_freq, o16);
+    fb_dkdv_k<HD, W><<<dim3(KVH * nsplit, B, Tp / (16 * W)), W * 32, smem_a, st>>>(dk, dv, qb, qt, ob, ot, kb, vb, lse2, delta, T, Tp, H, KVH,
+                                                                                nsplit, part_n, scale, pos, inv_freq, o16);
     AV_CU_LAUNCHED("flash attention backward dk/dv");
-    fb_dq_k<HD><<<dim3(H, B, nt), 128, smem_b, st>>>(dq, qb, ob, kb, kt, vb, lse2, delta, T, Tp, H, KVH, scale, pos, inv_freq, o16.dq);
+    fb_dq_k<HD, W><<<dim3(H, B, av_cdiv(Tp, 16 * W)), W * 32, smem_b, st>>>(dq, qb, ob, kb, kt, vb, lse2, delta, T, Tp, H, KVH, scale, pos,
+                                                                         inv_freq, o16.dq);
     AV_CU_LAUNCHED("flash attention backward dq");
 }
 
@@ -441,8 +458,8 @@ extern "C" int av_cuda_flash_attention_backward_batch(float *dq, float *dk, floa
                                                       const int32_t *pos, const float *inv_freq, uint16_t *d16) {
     if ((hd != 64 && hd != 128) || KVH <= 0 || H % KVH) return -1;
     if (B <= 0 || T <= 0) return 0;
-    int Tp = (T + FB_T - 1) / FB_T * FB_T, nt = Tp / FB_T;
-    int nsplit = fb_nsplit(nt * KVH * B, H / KVH);
+    int kblk = 16 * (hd == 128 ? FB_WARPS(128) : FB_WARPS(64)), align = kblk > FB_T ? kblk : FB_T; /* keys a dK/dV block */
+    int Tp = (T + align - 1) / align * align, nsplit = fb_nsplit(Tp / kblk * KVH * B, H / KVH); /* Tp: whole key blocks */
     size_t nq = (size_t)B * H * Tp * hd, nk = (size_t)B * KVH * Tp * hd, nr = (size_t)B * H * Tp;
     size_t part_n = nsplit > 1 ? (size_t)B * T * KVH * hd : 0; /* floats of one share's dk (or dv) */
     size_t fl = 2 * nr + 2 * (size_t)nsplit * part_n;
