@@ -10,6 +10,8 @@ LDLIBS  += -lcjson -lyaml -ledit -lmicrohttpd -lm -lpthread -fopenmp
 LDFLAGS ?=
 
 comma := ,
+# the build steps of test / bench / asan use every core (the CUDA files take most of a serial build)
+JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 # --- optional dependencies -------------------------------------------------------------------
 HAVE_NVCC := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1)
 CUDA ?= $(if $(HAVE_NVCC),1,0)
@@ -97,14 +99,14 @@ $(BUILD)/tests/test_flash_cpu_portable: tests/test_flash_cpu.c src/attention/fla
 
 # `make test`: set up dependencies, build, run every test (C unit tests + CLI shell tests).
 test: setup
-	@$(MAKE) --no-print-directory all tests
+	@$(MAKE) --no-print-directory -j$(JOBS) all tests
 	@tests/run.sh $(BUILD)
 
 tests: $(TEST_BIN)
 
 # Same suite under AddressSanitizer + UBSan (CUDA off: the sanitizers do not see device code).
 asan: setup
-	@$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-asan CUDA=0 OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	   LDFLAGS="-fsanitize=address,undefined" all tests
 	@ASAN_OPTIONS=detect_leaks=1 tests/run.sh build-asan
 
@@ -116,7 +118,7 @@ test-long: test
 	@AV_TEST_LONG=1 tests/run.sh $(BUILD)
 
 bench: setup
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(JOBS) all
 	@bench/run.sh $(BUILD) $(BENCH_ARGS)
 
 clean:
