@@ -16,6 +16,12 @@ static int t_checks, t_failed, t_skipped;
 #define CHECK_OK(expr) do { av_status s_ = (expr); CHECK(s_ == AV_OK, "%s", av_last_error()); } while (0)
 #define CHECK_NEAR(a, b, tol) do { double a_ = (a), b_ = (b); CHECK(fabs(a_ - b_) <= (tol), "%s=%.9g vs %s=%.9g (tol %g)", #a, a_, #b, b_, (double)(tol)); } while (0)
 #define SKIP(why) do { t_skipped++; printf("skipped: %s\n", why); } while (0)
+/* 1 in a build with AddressSanitizer (make asan): the slowest shapes there are left to make test */
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_SANITIZED 1
+#else
+#define TEST_SANITIZED 0
+#endif
 /* Exit status: 1 on any failure; 77 (skipped) when nothing was checked and something was skipped
  * (a GPU-only suite without a GPU); 0 otherwise. tests/run.sh counts 77 as skipped, never passed. */
 void av_cuda_shutdown(void); /* include/anvil.h: the arena back before exit (compute-sanitizer's leak check) */
