@@ -1,7 +1,7 @@
 /* CUDA flash attention forward for prefill (the twin of flash.c): bf16 tensor cores (mma.sync
  * m16n8k16, f32 accumulate) with an online softmax in f32 registers. K and V are first converted to
- * bf16 once per call (K as [KVH][S'][hd], V transposed to [KVH][hd][S'], S' = S rounded up to the
- * key tile, zero padded); Q is converted from f32 while loading its fragments. One block per
+ * bf16 once per call (hd 64: in their own layout; hd 128: K per KV head, V transposed; S' = S rounded up
+ * to the key tile, zero padded); Q is converted from f32 while loading its fragments. One block per
  * (query tile of 16 * warps rows, head, sequence: training runs B sequences in one launch), key
  * tiles of 64 double-buffered in shared memory through cp.async; tiles past the causal limit are
  * skipped (per block and per warp). The backward for training is flash_bwd.cu. */
@@ -11,10 +11,29 @@ extern "C" {
 #include "attention/attention.h"
 }
 
-/* kb[b][kh][s][d] = k[b][s][kh*hd + d]; vt[b][kh][d][s] = v[b][s][kh*hd + d]; zeros for S <= s < Sp.
+/* Head dim 64's layout (FLAT): kb[b][s][c] = k[b * seq_rows + s][c], vb likewise, c < KVH * hd (the layout of the input, rounded
+ * to bf16); zeros for S <= s < Sp. Eight values a thread: two 16-byte loads, one 16-byte store each. */
+__global__ void fa_convert_kv_k(__nv_bfloat16 *kb, __nv_bfloat16 *vb, const float *k, const float *v, int S, int Sp, int C, int seq_rows,
+                                size_t n8) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n8) return;
+    size_t e = i * 8, row = e / C, col = e % C, b = row / Sp, s = row % Sp;
+    uint4 ko = make_uint4(0u, 0u, 0u, 0u), vo = ko;
+    if (s < (size_t)S) {
+        size_t src = (b * seq_rows + s) * C + col;
+        const float4 *k4 = reinterpret_cast<const float4 *>(k + src), *v4 = reinterpret_cast<const float4 *>(v + src);
+        float4 k0 = __ldcs(k4), k1 = __ldcs(k4 + 1), v0 = __ldcs(v4), v1 = __ldcs(v4 + 1);
+        ko = make_uint4(pack_bf16(k0.x, k0.y), pack_bf16(k0.z, k0.w), pack_bf16(k1.x, k1.y), pack_bf16(k1.z, k1.w));
+        vo = make_uint4(pack_bf16(v0.x, v0.y), pack_bf16(v0.z, v0.w), pack_bf16(v1.x, v1.y), pack_bf16(v1.z, v1.w));
+    }
+    reinterpret_cast<uint4 *>(kb)[i] = ko;
+    reinterpret_cast<uint4 *>(vb)[i] = vo;
+}
+
+/* Head dim 128's layout: kb[b][kh][s][d] = k[b][s][kh*hd + d]; vt[b][kh][d][s] = v[b][s][kh*hd + d]; zeros for S <= s < Sp.
  * Block (32, 8) over a 32-key x 32-dim tile of one (sequence, KV head) (blockIdx.z = b * KVH + kh),
  * transposed through smem; sequence b's keys start at row b * seq_rows. */
-__global__ void fa_convert_kv_k(__nv_bfloat16 *kb, __nv_bfloat16 *vt, const float *k, const float *v, int S, int Sp, int KVH, int hd,
+__global__ void fa_convert_kvt_k(__nv_bfloat16 *kb, __nv_bfloat16 *vt, const float *k, const float *v, int S, int Sp, int KVH, int hd,
                                 int seq_rows) {
     __shared__ float tile[32][33];
     int kh = blockIdx.z % KVH, b = blockIdx.z / KVH, s0 = blockIdx.x * 32, d0 = blockIdx.y * 32;
@@ -40,50 +59,79 @@ __global__ void fa_convert_kv_k(__nv_bfloat16 *kb, __nv_bfloat16 *vt, const floa
     }
 }
 
-/* MT m tiles of 16 query rows per warp (each K / V fragment feeds MT mmas); K and V^T fragments by
- * ldmatrix.x4 (two k steps of one 8-wide n tile per load). */
-template <int HD, int WARPS, int MT>
+/* MT m tiles of 16 query rows per warp (each K / V fragment feeds MT mmas); K and V fragments by
+ * ldmatrix.x4 (two k steps of one 8-wide n tile per load). FLAT: K and V tiles as they lie, [key][dim]
+ * (V's fragments by ldmatrix .trans); else K per KV head and V transposed, [dim][key]. */
+template <int HD, int WARPS, int MT, int QSM, int FLAT>
 __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, const float *q, const __nv_bfloat16 *kb,
-                                                       const __nv_bfloat16 *vt, int T, int Sp, int pos0, int H, int KVH, float qscale,
+                                                       const __nv_bfloat16 *vb, int T, int Sp, int pos0, int H, int KVH, float qscale,
                                                        uint16_t *out16) {
     constexpr int WR = 16 * MT, BR = WR * WARPS, KS = HD + FA_PAD, VS = FA_BC + FA_PAD;
+    constexpr int VT = FLAT ? FA_BC * KS : HD * VS; /* a V tile in shared memory */
     extern __shared__ __align__(16) unsigned char fa_smem[];
     __nv_bfloat16 *Ks = reinterpret_cast<__nv_bfloat16 *>(fa_smem);  /* [2][FA_BC][KS] */
-    __nv_bfloat16 *Vs = Ks + 2 * FA_BC * KS;                          /* [2][HD][VS] */
+    __nv_bfloat16 *Vs = Ks + 2 * FA_BC * KS;                          /* [2][FA_BC][KS], or V^T [2][HD][VS] */
+    __nv_bfloat16 *Qs = Vs + 2 * VT;                                  /* QSM: [BR][KS], scaled bf16 */
     int nqt = gridDim.x, qt = nqt - 1 - blockIdx.x;                   /* heaviest (last) query tiles first */
     int h = blockIdx.y, kh = h / (H / KVH), b = blockIdx.z; /* sequence b: its rows, its keys */
     q += (size_t)b * T * H * HD;
     out += (size_t)b * T * H * HD;
     if (lse) lse += (size_t)b * H * T;
     if (out16) out16 += (size_t)b * T * H * HD;
-    kb += (size_t)b * KVH * Sp * HD;
-    vt += (size_t)b * KVH * Sp * HD;
+    const unsigned kst = (unsigned)KVH * HD; /* FLAT: a key row of kb / vb */
+    if constexpr (FLAT) {
+        kb += (size_t)b * Sp * kst;
+        vb += (size_t)b * Sp * kst;
+    } else {
+        kb += (size_t)b * KVH * Sp * HD;
+        vb += (size_t)b * KVH * Sp * HD;
+    }
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     int t0 = qt * BR, tw = t0 + warp * WR;                            /* first row of the block / the warp */
     int kend = pos0 + min(t0 + BR, T);                                /* keys the block's last row sees */
     int ntiles = (kend + FA_BC - 1) / FA_BC;
-    const __nv_bfloat16 *Kg = kb + (size_t)kh * Sp * HD, *Vg = vt + (size_t)kh * HD * Sp;
+    const __nv_bfloat16 *Kg = kb + (FLAT ? (size_t)kh * HD : (size_t)kh * Sp * HD), *Vg = vb + (FLAT ? (size_t)kh * HD : (size_t)kh * HD * Sp);
 
     auto load_tile = [&](int j, int buf) {
-        __nv_bfloat16 *ks_ = Ks + buf * FA_BC * KS, *vs_ = Vs + buf * HD * VS;
-        const __nv_bfloat16 *kg = Kg + (size_t)j * FA_BC * HD;
-        for (int i = threadIdx.x; i < FA_BC * HD / 8; i += WARPS * 32) {
-            int r = i / (HD / 8), cc = (i % (HD / 8)) * 8;
-            cp_async16(ks_ + r * KS + cc, kg + (size_t)r * HD + cc);
-        }
-        for (int i = threadIdx.x; i < HD * FA_BC / 8; i += WARPS * 32) {
-            int r = i / (FA_BC / 8), cc = (i % (FA_BC / 8)) * 8;
-            cp_async16(vs_ + r * VS + cc, Vg + (size_t)r * Sp + (size_t)j * FA_BC + cc);
+        __nv_bfloat16 *ks_ = Ks + buf * FA_BC * KS, *vs_ = Vs + buf * VT;
+        if constexpr (!FLAT) {
+            const __nv_bfloat16 *kg = Kg + (size_t)j * FA_BC * HD;
+            for (int i = threadIdx.x; i < FA_BC * HD / 8; i += WARPS * 32) {
+                int r = i / (HD / 8), cc = (i % (HD / 8)) * 8;
+                cp_async16(ks_ + r * KS + cc, kg + (size_t)r * HD + cc);
+            }
+            for (int i = threadIdx.x; i < HD * FA_BC / 8; i += WARPS * 32) {
+                int r = i / (FA_BC / 8), cc = (i % (FA_BC / 8)) * 8;
+                cp_async16(vs_ + r * VS + cc, Vg + (size_t)r * Sp + (size_t)j * FA_BC + cc);
+            }
+        } else { /* thread: column cc of rows r0, r0 + RS, ..; 32-bit offsets within the sequence (Sp * kst < 2^31) */
+            constexpr int RS = WARPS * 32 / (HD / 8);
+            int r0 = threadIdx.x / (HD / 8), cc = (threadIdx.x % (HD / 8)) * 8;
+            unsigned off = (unsigned)(j * FA_BC + r0) * kst + cc;
+#pragma unroll
+            for (int t = 0; t < FA_BC / RS; t++, off += RS * kst) {
+                cp_async16(ks_ + (r0 + t * RS) * KS + cc, Kg + off);
+                cp_async16(vs_ + (r0 + t * RS) * KS + cc, Vg + off);
+            }
         }
         cp_async_commit();
     };
     load_tile(0, 0);
 
     /* Q fragments (A operand, rows tw + 16 mt + g and + 8), scaled by 1/sqrt(hd) * log2(e) */
-    uint32_t qf[MT][HD / 16][4];
+    uint32_t qf[QSM ? 1 : MT][QSM ? 1 : HD / 16][4];
     size_t qs = (size_t)H * HD;
+    if constexpr (QSM) { /* the block's Q rows, scaled and rounded to bf16, into shared memory */
+        for (int i = threadIdx.x; i < BR * HD / 4; i += WARPS * 32) {
+            int r = i / (HD / 4), d = (i % (HD / 4)) * 4, t = t0 + r;
+            float4 v = t < T ? *reinterpret_cast<const float4 *>(q + (size_t)t * qs + (size_t)h * HD + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+            uint2 pk = make_uint2(pack_bf16(v.x * qscale, v.y * qscale), pack_bf16(v.z * qscale, v.w * qscale));
+            *reinterpret_cast<uint2 *>(Qs + r * KS + d) = pk;
+        }
+        __syncthreads();
+    }
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++) {
+    for (int mt = 0; mt < (QSM ? 0 : MT); mt++) {
         int r0 = tw + 16 * mt + g, r1 = r0 + 8;
         const float *q0 = q + (size_t)r0 * qs + (size_t)h * HD, *q1 = q + (size_t)r1 * qs + (size_t)h * HD;
 #pragma unroll
@@ -93,10 +141,10 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
             float2 bb = r1 < T ? *reinterpret_cast<const float2 *>(q1 + d) : make_float2(0.f, 0.f);
             float2 a8 = r0 < T ? *reinterpret_cast<const float2 *>(q0 + d + 8) : make_float2(0.f, 0.f);
             float2 b8 = r1 < T ? *reinterpret_cast<const float2 *>(q1 + d + 8) : make_float2(0.f, 0.f);
-            qf[mt][kk][0] = pack_bf16(a.x * qscale, a.y * qscale);
-            qf[mt][kk][1] = pack_bf16(bb.x * qscale, bb.y * qscale);
-            qf[mt][kk][2] = pack_bf16(a8.x * qscale, a8.y * qscale);
-            qf[mt][kk][3] = pack_bf16(b8.x * qscale, b8.y * qscale);
+            qf[QSM ? 0 : mt][QSM ? 0 : kk][0] = pack_bf16(a.x * qscale, a.y * qscale);
+            qf[QSM ? 0 : mt][QSM ? 0 : kk][1] = pack_bf16(bb.x * qscale, bb.y * qscale);
+            qf[QSM ? 0 : mt][QSM ? 0 : kk][2] = pack_bf16(a8.x * qscale, a8.y * qscale);
+            qf[QSM ? 0 : mt][QSM ? 0 : kk][3] = pack_bf16(b8.x * qscale, b8.y * qscale);
         }
     }
     float o[MT][HD / 8][4];
@@ -116,21 +164,34 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
         cp_async_wait_all();
         __syncthreads();
         if (j + 1 < ntiles) load_tile(j + 1, buf ^ 1);
+        const __nv_bfloat16 *ks_ = Ks + buf * FA_BC * KS, *vs_ = Vs + buf * VT;
         if (s0 > wlast) continue;                        /* the whole tile is masked for this warp */
-        const __nv_bfloat16 *ks_ = Ks + buf * FA_BC * KS, *vs_ = Vs + buf * HD * VS;
         float sc[MT][FA_BC / 8][4];
 #pragma unroll
-        for (int n = 0; n < FA_BC / 8; n++) {
+        for (int n = 0; n < FA_BC / 8; n++)
 #pragma unroll
             for (int mt = 0; mt < MT; mt++) sc[mt][n][0] = sc[mt][n][1] = sc[mt][n][2] = sc[mt][n][3] = 0.0f;
 #pragma unroll
-            for (int k2 = 0; k2 < HD / 32; k2++) { /* keys n*8.., dims 32 k2 + 8 lmat: b0 b1 of k steps 2 k2, 2 k2 + 1 */
+        for (int k2 = 0; k2 < HD / 32; k2++) {
+            uint32_t qa[MT][2][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    if constexpr (QSM) /* rows 16 mt + (lmat & 1) * 8 + lrow, dims 16 (2 k2 + e) + (lmat >> 1) * 8 */
+                        ldsm_x4(qa[mt][e], Qs + (warp * WR + 16 * mt + (lmat & 1) * 8 + lrow) * KS + (2 * k2 + e) * 16 + (lmat >> 1) * 8);
+                    else
+#pragma unroll
+                        for (int i = 0; i < 4; i++) qa[mt][e][i] = qf[QSM ? 0 : mt][QSM ? 0 : 2 * k2 + e][i];
+                }
+#pragma unroll
+            for (int n = 0; n < FA_BC / 8; n++) { /* keys n*8.., dims 32 k2 + 8 lmat: b0 b1 of k steps 2 k2, 2 k2 + 1 */
                 uint32_t bf[4];
                 ldsm_x4(bf, ks_ + (n * 8 + lrow) * KS + k2 * 32 + lmat * 8);
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
-                    mma_bf16(sc[mt][n], qf[mt][2 * k2], bf[0], bf[1]);
-                    mma_bf16(sc[mt][n], qf[mt][2 * k2 + 1], bf[2], bf[3]);
+                    mma_bf16(sc[mt][n], qa[mt][0], bf[0], bf[1]);
+                    mma_bf16(sc[mt][n], qa[mt][1], bf[2], bf[3]);
                 }
             }
         }
@@ -185,9 +246,12 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
 #pragma unroll
         for (int n = 0; n < HD / 8; n++) {
 #pragma unroll
-            for (int k2 = 0; k2 < FA_BC / 32; k2++) { /* dims n*8.., keys 32 k2 + 8 lmat of V^T */
+            for (int k2 = 0; k2 < FA_BC / 32; k2++) {
                 uint32_t vf[4];
-                ldsm_x4(vf, vs_ + (n * 8 + lrow) * VS + k2 * 32 + lmat * 8);
+                if constexpr (FLAT) /* keys 32 k2 + 8 lmat (+ lrow), dims n*8.. of V, transposed */
+                    ldsm_x4_t(vf, vs_ + (k2 * 32 + lmat * 8 + lrow) * KS + n * 8);
+                else /* dims n*8.., keys 32 k2 + 8 lmat of V^T */
+                    ldsm_x4(vf, vs_ + (n * 8 + lrow) * VS + k2 * 32 + lmat * 8);
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
                     mma_bf16(o[mt][n], pa[mt][2 * k2], vf[0], vf[1]);
@@ -225,24 +289,30 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
     }
 }
 
-/* warps per forward block: 4 for hd 64 (of 32 rows each; 8 measured slower), 8 for hd 128 (of 16 rows;
- * each K/V tile then serves 128 query rows: 8192 tokens 171 -> 220 TFLOP/s on an H200) */
-#define FA_WARPS(HD) ((HD) == 64 ? 4 : 8)
-/* 16-row m tiles per warp: 2 for hd 64 (each fragment feeds two mmas; 8192 tokens 192 -> 231 TFLOP/s on
- * an H100, bench/NOTES-attention.md); 1 for hd 128 (2 would pass 255 registers) */
-#define FA_MT(HD) ((HD) == 64 ? 2 : 1)
+/* Warps per forward block and 16-row m tiles per warp: 4 x 2 for both head dims (each K / V fragment
+ * feeds two mmas, a K / V tile serves 128 query rows). hd 128 keeps its Q fragments in shared memory
+ * (QSM; in registers the kernel would pass 255): 8 warps x 1 m tile before, 8192 tokens 226 -> 250
+ * TFLOP/s on an H100 (bench/NOTES-attention.md). hd 64 keeps them in registers (from shared memory, or
+ * in 32-key softmax steps: 5-11% slower). */
+#define FA_WARPS(HD) 4
+#define FA_MT(HD) 2
+#define FA_QSM(HD) ((HD) == 128)
+/* K / V layout: as they lie for hd 64 (a flat 16-byte cast instead of a transposing kernel: 8192 tokens
+ * 257 -> 290 TFLOP/s on an H100); hd 128 keeps V transposed (as they lie it spills: 260 -> 213) */
+#define FA_FLAT(HD) ((HD) == 64)
 
 template <int HD, int WARPS>
-static void fa_launch(float *out, float *lse, const float *q, const __nv_bfloat16 *kb, const __nv_bfloat16 *vt, int B, int T, int Sp,
+static void fa_launch(float *out, float *lse, const float *q, const __nv_bfloat16 *kb, const __nv_bfloat16 *vb, int B, int T, int Sp,
                       int pos0, int H, int KVH, float qscale, uint16_t *out16) {
-    size_t smem = (size_t)2 * (FA_BC * (HD + FA_PAD) + HD * (FA_BC + FA_PAD)) * sizeof(__nv_bfloat16);
+    size_t smem = ((size_t)2 * (FA_BC * (HD + FA_PAD) + (FA_FLAT(HD) ? FA_BC * (HD + FA_PAD) : HD * (FA_BC + FA_PAD))) +
+                   (FA_QSM(HD) ? (size_t)16 * FA_MT(HD) * WARPS * (HD + FA_PAD) : 0)) * sizeof(__nv_bfloat16);
     static thread_local size_t smem_set = 48 << 10; /* per thread = per device (attributes are per device) */
     if (smem > smem_set) {
-        cudaFuncSetAttribute(fa_fwd_k<HD, WARPS, FA_MT(HD)>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        cudaFuncSetAttribute(fa_fwd_k<HD, WARPS, FA_MT(HD), FA_QSM(HD), FA_FLAT(HD)>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         smem_set = smem;
     }
     int nqt = (T + 16 * FA_MT(HD) * WARPS - 1) / (16 * FA_MT(HD) * WARPS);
-    fa_fwd_k<HD, WARPS, FA_MT(HD)><<<dim3(nqt, H, B), WARPS * 32, smem, av_cuda_stream()>>>(out, lse, q, kb, vt, T, Sp, pos0, H, KVH, qscale, out16);
+    fa_fwd_k<HD, WARPS, FA_MT(HD), FA_QSM(HD), FA_FLAT(HD)><<<dim3(nqt, H, B), WARPS * 32, smem, av_cuda_stream()>>>(out, lse, q, kb, vb, T, Sp, pos0, H, KVH, qscale, out16);
 }
 
 /* B sequences of T rows (sequence b's keys at rows b * seq_rows, its first query at position pos0). */
@@ -252,13 +322,13 @@ static void fa_forward(float *out, float *lse, const float *q, const float *k, c
     size_t n = (size_t)B * KVH * Sp * hd;
     __nv_bfloat16 *kb = (__nv_bfloat16 *)av_cuda_scratch(AV_SCR_FLASH, 2 * n * sizeof(__nv_bfloat16));
     if (!kb) return;
-    __nv_bfloat16 *vt = kb + n;
-    cudaStream_t st = av_cuda_stream();
-    fa_convert_kv_k<<<dim3(Sp / 32, av_cdiv(hd, 32), B * KVH), dim3(32, 8), 0, st>>>(kb, vt, k, v, Sk, Sp, KVH, hd, seq_rows);
+    __nv_bfloat16 *vb = kb + n;
+    if (FA_FLAT(hd)) fa_convert_kv_k<<<av_cdiv(n / 8, 256), 256, 0, av_cuda_stream()>>>(kb, vb, k, v, Sk, Sp, KVH * hd, seq_rows, n / 8);
+    else fa_convert_kvt_k<<<dim3(Sp / 32, av_cdiv(hd, 32), B * KVH), dim3(32, 8), 0, av_cuda_stream()>>>(kb, vb, k, v, Sk, Sp, KVH, hd, seq_rows);
     AV_CU_LAUNCHED("flash attention convert");
     float qscale = 1.4426950409f / sqrtf((float)hd);
-    if (hd == 64) fa_launch<64, FA_WARPS(64)>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale, out16);
-    else fa_launch<128, FA_WARPS(128)>(out, lse, q, kb, vt, B, T, Sp, pos0, H, KVH, qscale, out16);
+    if (hd == 64) fa_launch<64, FA_WARPS(64)>(out, lse, q, kb, vb, B, T, Sp, pos0, H, KVH, qscale, out16);
+    else fa_launch<128, FA_WARPS(128)>(out, lse, q, kb, vb, B, T, Sp, pos0, H, KVH, qscale, out16);
     AV_CU_LAUNCHED("flash attention");
 }
 

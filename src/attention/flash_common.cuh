@@ -47,6 +47,12 @@ static __device__ __forceinline__ void ldsm_x4(uint32_t *r, const __nv_bfloat16 
     unsigned s = (unsigned)__cvta_generic_to_shared(p);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
 }
+/* The same four matrices transposed: register j of lane (g, c) gets rows 2c, 2c+1 of column g (a B
+ * fragment from a tile stored [k][n]). */
+static __device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const __nv_bfloat16 *p) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+}
 /* A fragment (16 rows x 16 k) of a bf16 row-major tile with row stride ld (elements). */
 static __device__ __forceinline__ void ld_afrag(uint32_t *a, const __nv_bfloat16 *p, int ld, int g, int c) {
     const __nv_bfloat16 *r0 = p + g * ld + 2 * c, *r1 = r0 + 8 * ld;
