@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
     if (lse) lse += (size_t)b * H * T;
     if (out16) out16 += (size_t)b * T * H * HD;
     const unsigned kst = (unsigned)KVH * HD; /* FLAT: a key row of kb / vb */
-    if constexpr (FLAT) {
+    if constexpr (FLAT) { /* the same offset; written per layout, as measured (one form changes hd 64's code) */
         kb += (size_t)b * Sp * kst;
         vb += (size_t)b * Sp * kst;
     } else {
@@ -291,7 +291,7 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
 
 /* Warps per forward block and 16-row m tiles per warp: 4 x 2 for both head dims (each K / V fragment
  * feeds two mmas, a K / V tile serves 128 query rows). hd 128 keeps its Q fragments in shared memory
- * (QSM; in registers the kernel would pass 255): 8 warps x 1 m tile before, 8192 tokens 226 -> 250
+ * (QSM; in registers the kernel would pass 255): 8 warps x 1 m tile before, 8192 tokens 226 -> 260
  * TFLOP/s on an H100 (bench/NOTES-attention.md). hd 64 keeps them in registers (from shared memory, or
  * in 32-key softmax steps: 5-11% slower). */
 #define FA_WARPS(HD) 4
