@@ -1,8 +1,8 @@
 /* CUDA flash attention backward for training (FA2-style, no [B,H,T,T] probabilities): B sequences of
  * T rows, positions 0..T-1, causal, GQA. bf16 tensor cores (mma.sync m16n8k16) with f32
  * accumulation; the softmax is recomputed from the forward's log-sum-exp.
- *   pre-pass: q, dout, k, v to bf16 in the layouts the products read ([n][k] rows for B operands,
- *             transposed copies where the reduction runs over tokens), q's rows pre-scaled by
+ *   pre-pass: q, dout, k, v to bf16 rows, [sequence][head][token][dim] (the products that reduce
+ *             over tokens read B fragments from the same rows by ldmatrix .trans), q pre-scaled by
  *             log2(e)/sqrt(hd) exactly as the forward rounds them (same scores, same P), and
  *             delta = rowsum(dout * out) per (sequence, head, row).
  *   kernel A: one block per (key block, KV head [, share of its query heads], sequence); each of
@@ -21,18 +21,17 @@ extern "C" {
 }
 
 #define FB_T 64 /* query rows of a dK/dV chunk, keys of a dQ tile */
-#define FB_TS (FB_T + FA_PAD) /* row stride of a transposed [hd][64] tile */
 #define LOG2E 1.4426950409f
 
-/* rows[b][h][t][d] = bf16(x[b*T + t][h*hd + d] * rscale); cols[b][h][d][t] = bf16(x[...]) (if not
- * NULL); zeros for T <= t < Tp. One block of 256 threads per 32 rows x all hd (<= 128) dims of one
- * (sequence, head): 16-byte loads, 8-byte stores, the transpose through shared memory. With out
- * (dout's conversion), also delta = dout . out per row (0 for padding rows) and lse2 = lse * log2(e)
- * (+inf for padding rows, so their P is exactly 0): one read of dout for both. */
+/* rows[b][h][t][d] = bf16(x[b*T + t][h*hd + d] * rscale); zeros for T <= t < Tp. One block of 256
+ * threads per 32 rows x all hd (<= 128) dims of one (sequence, head): 16-byte loads, 8-byte stores.
+ * With out (dout's conversion), also delta = dout . out per row (0 for padding rows) and lse2 = lse *
+ * log2(e) (+inf for padding rows, so their P is exactly 0): one read of dout for both. The kernels
+ * read every operand from these [token][dim] rows (the products over tokens take their B fragments
+ * by ldmatrix .trans), so nothing is stored transposed. */
 #define FB_CT 32
-__global__ void __launch_bounds__(256) fb_convert_k(__nv_bfloat16 *rows, __nv_bfloat16 *cols, const float *x, float rscale, int T, int Tp,
-                                                    int NH, int hd, const float *out, const float *lse, float *delta, float *lse2) {
-    __shared__ float tile[FB_CT][128 + 1];
+__global__ void __launch_bounds__(256) fb_convert_k(__nv_bfloat16 *rows, const float *x, float rscale, int T, int Tp, int NH, int hd,
+                                                    const float *out, const float *lse, float *delta, float *lse2) {
     int z = blockIdx.y, b = z / NH, t0 = blockIdx.x * FB_CT, h4 = hd >> 2;
     size_t xs = (size_t)NH * hd;
     const float *xb = x + (size_t)b * T * xs + (size_t)(z % NH) * hd;
@@ -50,7 +49,6 @@ __global__ void __launch_bounds__(256) fb_convert_k(__nv_bfloat16 *rows, __nv_bf
         }
         __nv_bfloat162 lo = __floats2bfloat162_rn(v.x * rscale, v.y * rscale), hi = __floats2bfloat162_rn(v.z * rscale, v.w * rscale);
         *reinterpret_cast<uint2 *>(rb + (size_t)t * hd + d) = make_uint2(*reinterpret_cast<uint32_t *>(&lo), *reinterpret_cast<uint32_t *>(&hi));
-        tile[r][d] = v.x, tile[r][d + 1] = v.y, tile[r][d + 2] = v.z, tile[r][d + 3] = v.w;
         if (out) { /* a row's h4 threads are consecutive lanes (h4 = 16 or 32 divides the warp) */
             for (int o = h4 >> 1; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
             if ((i & (h4 - 1)) == 0) {
@@ -58,14 +56,6 @@ __global__ void __launch_bounds__(256) fb_convert_k(__nv_bfloat16 *rows, __nv_bf
                 lse2[(size_t)z * Tp + t] = t < T ? lse[(size_t)z * T + t] * LOG2E : INFINITY;
             }
         }
-    }
-    if (!cols) return;
-    __syncthreads();
-    __nv_bfloat16 *cb = cols + (size_t)z * hd * Tp;
-    for (int i = threadIdx.x; i < hd * (FB_CT / 4); i += 256) { /* 4 consecutive rows of one dim */
-        int d = i / (FB_CT / 4), r = (i - d * (FB_CT / 4)) * 4;
-        __nv_bfloat162 lo = __floats2bfloat162_rn(tile[r][d], tile[r + 1][d]), hi = __floats2bfloat162_rn(tile[r + 2][d], tile[r + 3][d]);
-        *reinterpret_cast<uint2 *>(cb + (size_t)d * Tp + t0 + r) = make_uint2(*reinterpret_cast<uint32_t *>(&lo), *reinterpret_cast<uint32_t *>(&hi));
     }
 }
 
@@ -89,6 +79,28 @@ __device__ __forceinline__ void fb_mma2(float (&x)[NN][4], const uint32_t (&a)[K
             mma_bf16(y[n], b[k], ld32(rc + k * 16), ld32(rc + k * 16 + 8));
         }
     }
+}
+
+/* Two products over tokens side by side, A fragments already in registers: x[n] += a[k] . B over the k
+ * steps, B a [token][dim] tile (row stride LD) whose columns n*8.. give the n-th 8 outputs, its
+ * fragments by ldmatrix .trans (one load per two k steps); y[n] likewise from b and C.
+ * (dV += P^T dO with dK += dS^T Q in the dk/dv kernel.) */
+template <int NN, int KK, int LD>
+__device__ __forceinline__ void fb_mma2t(float (&x)[NN][4], const uint32_t (&a)[KK][4], const __nv_bfloat16 *Bm, float (&y)[NN][4],
+                                         const uint32_t (&b)[KK][4], const __nv_bfloat16 *Cm, int lane) {
+    const int off = ((lane >> 3) * 8 + (lane & 7)) * LD; /* ldmatrix: lane l addresses token row l of the 32 */
+#pragma unroll
+    for (int n = 0; n < NN; n++)
+#pragma unroll
+        for (int k2 = 0; k2 < KK / 2; k2++) {
+            uint32_t f[4], h[4];
+            ldsm_x4_t(f, Bm + k2 * 32 * LD + off + n * 8);
+            ldsm_x4_t(h, Cm + k2 * 32 * LD + off + n * 8);
+            mma_bf16(x[n], a[2 * k2], f[0], f[1]);
+            mma_bf16(x[n], a[2 * k2 + 1], f[2], f[3]);
+            mma_bf16(y[n], b[2 * k2], h[0], h[1]);
+            mma_bf16(y[n], b[2 * k2 + 1], h[2], h[3]);
+        }
 }
 
 /* acc[n] = A . B^T for a warp's 16 rows of A (row stride KS) against the FB_T rows of B (n: 8-row
@@ -150,16 +162,16 @@ __device__ __forceinline__ void fb_rope_back(float (&a)[HD / 8][4], const int32_
 }
 
 template <int HD, int WARPS>
-__global__ void __launch_bounds__(WARPS * 32) fb_dkdv_k(float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *qt,
-                                                 const __nv_bfloat16 *ob, const __nv_bfloat16 *ot, const __nv_bfloat16 *kb,
+__global__ void __launch_bounds__(WARPS * 32) fb_dkdv_k(float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob,
+                                                 const __nv_bfloat16 *kb,
                                                  const __nv_bfloat16 *vb, const float *lse2, const float *delta, int T, int Tp, int H,
                                                  int KVH, int nsplit, size_t part_n, float scale, const int32_t *pos, const float *inv_freq,
                                                  fb_out16 o16) {
     constexpr int KS = HD + FA_PAD, KT = 16 * WARPS; /* KT keys a block, 16 a warp; query chunks of FB_T */
-    constexpr int BUF = 2 * FB_T * KS + 2 * HD * FB_TS; /* bf16 elements of one chunk's operands */
+    constexpr int BUF = 2 * FB_T * KS; /* bf16 elements of one chunk's operands */
     extern __shared__ __align__(16) unsigned char fb_smem[];
     __nv_bfloat16 *Ks = reinterpret_cast<__nv_bfloat16 *>(fb_smem), *Vs = Ks + KT * KS;
-    __nv_bfloat16 *cb = Vs + KT * KS;                /* [2][Qs | Os | QTs | OTs] */
+    __nv_bfloat16 *cb = Vs + KT * KS;                /* [2][Qs | Os] */
     float *fl = reinterpret_cast<float *>(cb + 2 * BUF); /* [2][lse2 64 | delta 64] */
     int kh = blockIdx.x / nsplit, sp = blockIdx.x % nsplit, b = blockIdx.y, j = blockIdx.z;
     int G = H / KVH, hpb = G / nsplit, h0 = kh * G + sp * hpb;
@@ -177,18 +189,12 @@ __global__ void __launch_bounds__(WARPS * 32) fb_dkdv_k(float *dk, float *dv, co
     auto load_chunk = [&](int it, int buf) {
         int h = h0 + it / nq, q0 = (qs0 + it % nq) * FB_T;
         size_t z = (size_t)b * H + h;
-        __nv_bfloat16 *qs = cb + buf * BUF, *os = qs + FB_T * KS, *qts = os + FB_T * KS, *ots = qts + HD * FB_TS;
+        __nv_bfloat16 *qs = cb + buf * BUF, *os = qs + FB_T * KS;
         const __nv_bfloat16 *qg = qb + (z * Tp + q0) * HD, *og = ob + (z * Tp + q0) * HD;
         for (int i = threadIdx.x; i < FB_T * HD / 8; i += WARPS * 32) {
             int r = i / (HD / 8), cc = (i % (HD / 8)) * 8;
             cp_async16(qs + r * KS + cc, qg + (size_t)r * HD + cc);
             cp_async16(os + r * KS + cc, og + (size_t)r * HD + cc);
-        }
-        const __nv_bfloat16 *qtg = qt + z * HD * Tp + q0, *otg = ot + z * HD * Tp + q0;
-        for (int i = threadIdx.x; i < HD * FB_T / 8; i += WARPS * 32) {
-            int r = i / (FB_T / 8), cc = (i % (FB_T / 8)) * 8;
-            cp_async16(qts + r * FB_TS + cc, qtg + (size_t)r * Tp + cc);
-            cp_async16(ots + r * FB_TS + cc, otg + (size_t)r * Tp + cc);
         }
         if (threadIdx.x < 32) { /* 16 x 16 bytes of lse2, then of delta */
             float *f = fl + buf * 2 * FB_T;
@@ -213,7 +219,7 @@ __global__ void __launch_bounds__(WARPS * 32) fb_dkdv_k(float *dk, float *dv, co
         if (it + 1 < nit) load_chunk(it + 1, buf ^ 1);
         if (q0 + FB_T - 1 < k0) continue;   /* every query of the chunk is before this warp's keys */
         int diag = q0 < k0 + 15;             /* the causal edge crosses the chunk for this warp */
-        const __nv_bfloat16 *qs = cb + buf * BUF, *os = qs + FB_T * KS, *qts = os + FB_T * KS, *ots = qts + HD * FB_TS;
+        const __nv_bfloat16 *qs = cb + buf * BUF, *os = qs + FB_T * KS;
         const float *ls = fl + buf * 2 * FB_T, *dl = ls + FB_T;
         /* S^T = K Q^T (log2 units: q pre-scaled), then P^T = exp2(S^T - lse2[query]), causal on the diagonal */
         float p[FB_T / 8][4];
@@ -242,8 +248,9 @@ __global__ void __launch_bounds__(WARPS * 32) fb_dkdv_k(float *dk, float *dv, co
             da[n / 2][(n & 1) * 2 + 0] = pack_bf16(p[n][0] * (dp[n][0] - d0), p[n][1] * (dp[n][1] - d1));
             da[n / 2][(n & 1) * 2 + 1] = pack_bf16(p[n][2] * (dp[n][2] - d0), p[n][3] * (dp[n][3] - d1));
         }
-        /* dV += P^T dO, dK += dS^T Q (B operands: the transposed tiles, [d][query]) */
-        fb_mma2<HD / 8, FB_T / 16, FB_TS>(dV, pa, ots, dK, da, qts, g, c);
+        /* dV += P^T dO, dK += dS^T Q (B operands: the [query][d] tiles by ldmatrix .trans; Q as
+         * pre-scaled for the scores, so dK's scale is scale / that factor = ln 2) */
+        fb_mma2t<HD / 8, FB_T / 16, KS>(dV, pa, os, dK, da, qs, lane);
     }
     int s0 = j * KT + kw + g, s1 = s0 + 8;
     size_t ks = (size_t)KVH * HD;
@@ -274,11 +281,11 @@ __global__ void __launch_bounds__(WARPS * 32) fb_dkdv_k(float *dk, float *dv, co
  * first; keys come in tiles of FB_T (a block of 128 queries reads each K/V tile once for all of them). */
 template <int HD, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32) fb_dq_k(float *dq, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
-                                                      const __nv_bfloat16 *kt, const __nv_bfloat16 *vb, const float *lse2, const float *delta,
+                                                      const __nv_bfloat16 *vb, const float *lse2, const float *delta,
                                                       int T, int Tp, int H, int KVH, float scale, const int32_t *pos, const float *inv_freq,
                                                       uint16_t *dq16) {
     constexpr int KS = HD + FA_PAD, QT = 16 * WARPS;
-    constexpr int BUF = 2 * FB_T * KS + HD * FB_TS; /* Ks | Vs | KTs */
+    constexpr int BUF = 2 * FB_T * KS; /* Ks | Vs */
     extern __shared__ __align__(16) unsigned char fb_smem[];
     __nv_bfloat16 *sm = reinterpret_cast<__nv_bfloat16 *>(fb_smem);
     int h = blockIdx.x, b = blockIdx.y, qt = gridDim.z - 1 - blockIdx.z, kh = h / (H / KVH);
@@ -290,17 +297,12 @@ __global__ void __launch_bounds__(WARPS * 32) fb_dq_k(float *dq, const __nv_bflo
     size_t z = (size_t)b * H + h, zk = (size_t)b * KVH + kh;
 
     auto load_tile = [&](int j, int buf) {
-        __nv_bfloat16 *ks_ = sm + buf * BUF, *vs_ = ks_ + FB_T * KS, *kts = vs_ + FB_T * KS;
+        __nv_bfloat16 *ks_ = sm + buf * BUF, *vs_ = ks_ + FB_T * KS;
         size_t base = (zk * Tp + (size_t)j * FB_T) * HD;
         for (int i = threadIdx.x; i < FB_T * HD / 8; i += WARPS * 32) {
             int r = i / (HD / 8), cc = (i % (HD / 8)) * 8;
             cp_async16(ks_ + r * KS + cc, kb + base + (size_t)r * HD + cc);
             cp_async16(vs_ + r * KS + cc, vb + base + (size_t)r * HD + cc);
-        }
-        const __nv_bfloat16 *ktg = kt + zk * HD * Tp + (size_t)j * FB_T;
-        for (int i = threadIdx.x; i < HD * FB_T / 8; i += WARPS * 32) {
-            int r = i / (FB_T / 8), cc = (i % (FB_T / 8)) * 8;
-            cp_async16(kts + r * FB_TS + cc, ktg + (size_t)r * Tp + cc);
         }
         cp_async_commit();
     };
@@ -331,7 +333,7 @@ __global__ void __launch_bounds__(WARPS * 32) fb_dq_k(float *dq, const __nv_bflo
         if (j + 1 < nkt) load_tile(j + 1, buf ^ 1);
         if (j >= wkt) continue; /* every key of the tile is past this warp's rows */
         int s0 = j * FB_T, diag = s0 + FB_T - 1 > tw; /* the causal edge crosses the tile */
-        const __nv_bfloat16 *ks_ = sm + buf * BUF, *vs_ = ks_ + FB_T * KS, *kts = vs_ + FB_T * KS;
+        const __nv_bfloat16 *ks_ = sm + buf * BUF, *vs_ = ks_ + FB_T * KS;
         float p[FB_T / 8][4], dp[FB_T / 8][4];
 #pragma unroll
         for (int n = 0; n < FB_T / 8; n++)
@@ -347,13 +349,16 @@ __global__ void __launch_bounds__(WARPS * 32) fb_dq_k(float *dq, const __nv_bflo
             da[n / 2][(n & 1) * 2 + 0] = pack_bf16(p0 * (dp[n][0] - d0), p1 * (dp[n][1] - d0));
             da[n / 2][(n & 1) * 2 + 1] = pack_bf16(p2 * (dp[n][2] - d1), p3 * (dp[n][3] - d1));
         }
-        /* dQ += dS K (B operand: K^T tile, [d][key]) */
+        /* dQ += dS K (B operand: the [key][d] tile by ldmatrix .trans, one load per two k steps) */
 #pragma unroll
-        for (int n = 0; n < HD / 8; n++) {
-            const __nv_bfloat16 *kr = kts + (n * 8 + g) * FB_TS + 2 * c;
+        for (int n = 0; n < HD / 8; n++)
 #pragma unroll
-            for (int kq = 0; kq < FB_T / 16; kq++) mma_bf16(acc[n], da[kq], ld32(kr + kq * 16), ld32(kr + kq * 16 + 8));
-        }
+            for (int k2 = 0; k2 < FB_T / 32; k2++) {
+                uint32_t f[4];
+                ldsm_x4_t(f, ks_ + (k2 * 32 + (lane >> 3) * 8 + (lane & 7)) * KS + n * 8);
+                mma_bf16(acc[n], da[2 * k2], f[0], f[1]);
+                mma_bf16(acc[n], da[2 * k2 + 1], f[2], f[3]);
+            }
     }
     int t0 = tw + g, t1 = t0 + 8;
     size_t qs = (size_t)H * HD;
@@ -417,14 +422,13 @@ __global__ void fb_reduce_rope_k(float *dk, float *dv, const float *pk, const fl
 #define FB_WARPS(HD) ((HD) == 128 ? 8 : 4)
 
 template <int HD>
-static void fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *qt, const __nv_bfloat16 *ob,
-                      const __nv_bfloat16 *ot, const __nv_bfloat16 *kb, const __nv_bfloat16 *kt, const __nv_bfloat16 *vb, const float *lse2,
-                      const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit, size_t part_n, float scale, const int32_t *pos,
+static void fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
+                      const __nv_bfloat16 *vb, const float *lse2, const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit,
+                      size_t part_n, float scale, float kscale, const int32_t *pos,
                       const float *inv_freq, fb_out16 o16) {
     constexpr int KS = HD + FA_PAD, W = FB_WARPS(HD);
-    size_t smem_a = (size_t)(2 * 16 * W * KS + 2 * (2 * FB_T * KS + 2 * HD * FB_TS)) * sizeof(__nv_bfloat16) +
-                    4 * FB_T * sizeof(float);
-    size_t smem_b = (size_t)2 * (2 * FB_T * KS + HD * FB_TS) * sizeof(__nv_bfloat16);
+    size_t smem_a = (size_t)(2 * 16 * W * KS + 2 * 2 * FB_T * KS) * sizeof(__nv_bfloat16) + 4 * FB_T * sizeof(float);
+    size_t smem_b = (size_t)2 * 2 * FB_T * KS * sizeof(__nv_bfloat16);
     static thread_local int set; /* per thread = per device (attributes are per device) */
     if (!set) { /* above the 48 KiB default */
         cudaFuncSetAttribute(fb_dkdv_k<HD, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
@@ -432,10 +436,10 @@ static void fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, 
         set = 1;
     }
     cudaStream_t st = av_cuda_stream();
-    fb_dkdv_k<HD, W><<<dim3(KVH * nsplit, B, Tp / (16 * W)), W * 32, smem_a, st>>>(dk, dv, qb, qt, ob, ot, kb, vb, lse2, delta, T, Tp, H, KVH,
-                                                                                nsplit, part_n, scale, pos, inv_freq, o16);
+    fb_dkdv_k<HD, W><<<dim3(KVH * nsplit, B, Tp / (16 * W)), W * 32, smem_a, st>>>(dk, dv, qb, ob, kb, vb, lse2, delta, T, Tp, H, KVH, nsplit,
+                                                                                part_n, kscale, pos, inv_freq, o16);
     AV_CU_LAUNCHED("flash attention backward dk/dv");
-    fb_dq_k<HD, W><<<dim3(H, B, av_cdiv(Tp, 16 * W)), W * 32, smem_b, st>>>(dq, qb, ob, kb, kt, vb, lse2, delta, T, Tp, H, KVH, scale, pos,
+    fb_dq_k<HD, W><<<dim3(H, B, av_cdiv(Tp, 16 * W)), W * 32, smem_b, st>>>(dq, qb, ob, kb, vb, lse2, delta, T, Tp, H, KVH, scale, pos,
                                                                          inv_freq, o16.dq);
     AV_CU_LAUNCHED("flash attention backward dq");
 }
@@ -463,24 +467,24 @@ extern "C" int av_cuda_flash_attention_backward_batch(float *dq, float *dk, floa
     size_t nq = (size_t)B * H * Tp * hd, nk = (size_t)B * KVH * Tp * hd, nr = (size_t)B * H * Tp;
     size_t part_n = nsplit > 1 ? (size_t)B * T * KVH * hd : 0; /* floats of one share's dk (or dv) */
     size_t fl = 2 * nr + 2 * (size_t)nsplit * part_n;
-    char *w = (char *)av_cuda_scratch(AV_SCR_FLASH_BWD, fl * sizeof(float) + (4 * nq + 3 * nk) * sizeof(__nv_bfloat16));
+    char *w = (char *)av_cuda_scratch(AV_SCR_FLASH_BWD, fl * sizeof(float) + (2 * nq + 2 * nk) * sizeof(__nv_bfloat16));
     if (!w) return 0;
     float *lse2 = (float *)w, *delta = lse2 + nr, *pk = delta + nr, *pv = pk + nsplit * part_n;
-    __nv_bfloat16 *qb = (__nv_bfloat16 *)(w + fl * sizeof(float)), *qt = qb + nq, *ob = qt + nq, *ot = ob + nq, *kb = ot + nq,
-                  *kt = kb + nk, *vb = kt + nk;
+    __nv_bfloat16 *qb = (__nv_bfloat16 *)(w + fl * sizeof(float)), *ob = qb + nq, *kb = ob + nq, *vb = kb + nk;
     cudaStream_t st = av_cuda_stream();
     float sl2 = LOG2E / sqrtf((float)hd), scale = 1.0f / sqrtf((float)hd);
     dim3 cq(Tp / FB_CT, B * H), ck(Tp / FB_CT, B * KVH);
-    fb_convert_k<<<cq, 256, 0, st>>>(qb, qt, q, sl2, T, Tp, H, hd, NULL, NULL, NULL, NULL);
-    fb_convert_k<<<cq, 256, 0, st>>>(ob, ot, dout, 1.0f, T, Tp, H, hd, out, lse, delta, lse2);
-    fb_convert_k<<<ck, 256, 0, st>>>(kb, kt, k, 1.0f, T, Tp, KVH, hd, NULL, NULL, NULL, NULL);
-    fb_convert_k<<<ck, 256, 0, st>>>(vb, NULL, v, 1.0f, T, Tp, KVH, hd, NULL, NULL, NULL, NULL);
+    fb_convert_k<<<cq, 256, 0, st>>>(qb, q, sl2, T, Tp, H, hd, NULL, NULL, NULL, NULL);
+    fb_convert_k<<<cq, 256, 0, st>>>(ob, dout, 1.0f, T, Tp, H, hd, out, lse, delta, lse2);
+    fb_convert_k<<<ck, 256, 0, st>>>(kb, k, 1.0f, T, Tp, KVH, hd, NULL, NULL, NULL, NULL);
+    fb_convert_k<<<ck, 256, 0, st>>>(vb, v, 1.0f, T, Tp, KVH, hd, NULL, NULL, NULL, NULL);
     AV_CU_LAUNCHED("flash attention backward convert");
     float *dka = nsplit > 1 ? pk : dk, *dva = nsplit > 1 ? pv : dv;
     fb_out16 o16 = {NULL, NULL, NULL};
     if (pos && d16) o16 = {d16, d16 + (size_t)B * T * H * hd, d16 + (size_t)B * T * (H + KVH) * hd};
-    if (hd == 64) fb_launch<64>(dq, dka, dva, qb, qt, ob, ot, kb, kt, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, pos, inv_freq, o16);
-    else fb_launch<128>(dq, dka, dva, qb, qt, ob, ot, kb, kt, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, pos, inv_freq, o16);
+    float kscale = scale / sl2; /* dK from the pre-scaled Q rows */
+    if (hd == 64) fb_launch<64>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, pos, inv_freq, o16);
+    else fb_launch<128>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, pos, inv_freq, o16);
     if (nsplit > 1 && pos) {
         fb_reduce_rope_k<<<av_cdiv(part_n / 2, 256), 256, 0, st>>>(dk, dv, pk, pv, part_n / 2, nsplit, KVH, hd, pos, inv_freq, o16);
         AV_CU_LAUNCHED("flash attention backward reduce");
