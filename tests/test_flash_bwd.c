@@ -3,7 +3,8 @@
  * B 1..3, T in {1, 17, 64, 130, 512}, GQA ratios 1/4/8, head_dim 64 and 128; gradients accumulate
  * into non-zero buffers; two runs are bit-identical. Then one LoRA training step of a random
  * head_dim-64 model on the GPU with flash attention vs the CPU and vs the GPU's standard attention,
- * and bit-identical over two runs. Without a GPU: "skipped: no GPU". */
+ * and bit-identical over two runs. The bf16 entry points (q, k, v given in bf16, as training hands
+ * them its saved activations) against the same reference. Without a GPU: "skipped: no GPU". */
 #include "test.h"
 #include "test_lora_step.h"
 #include <stddef.h>
@@ -86,6 +87,10 @@ static void check_rope_mode(const av_backend *G, shape sh, float *qd, float *kd,
     free(pos); free(inv); free(zq); free(zk); free(junk); free(eq); free(ek); free(ev); free(gq); free(gk); free(gv);
 }
 
+static void check_bf16(const av_backend *G, shape sh, const float *qd, const float *kd, const float *vd, const float *dod,
+                       const float *out, const float *dq, const float *dk, const float *dv, const float *g0q, const float *g0k,
+                       const float *g0v);
+
 static void check_shape(const av_backend *G, shape sh) {
     int B = sh.B, T = sh.T, H = sh.H, KVH = sh.KVH, hd = sh.hd;
     size_t N = (size_t)B * T, qn = N * H * hd, kn = N * KVH * hd;
@@ -142,12 +147,69 @@ static void check_shape(const av_backend *G, shape sh) {
     printf("flash B=%d T=%d H=%d KVH=%d hd=%d: out %.2e, dq %.2e, dk %.2e, dv %.2e %s%s\n", B, T, H, KVH, hd, e, eq, ek, ev,
            T == 1 ? "(dq, dk: max abs)" : "rel L2", same ? ", deterministic" : "");
     check_rope_mode(G, sh, qd, kd, vd, dod, od, ld);
+    if (!G->flash_attention_forward_bf16 || !G->flash_attention_backward_bf16)
+        CHECK(0, "the CUDA table has no bf16 flash attention");
+    else if (hd == 64)
+        check_bf16(G, sh, qd, kd, vd, dod, out, dq, dk, dv, g0q, g0k, g0v);
+    else /* head dim 128 keeps the f32 entry (flash.cu): the bf16 one refuses it, doing nothing */
+        CHECK(G->flash_attention_forward_bf16(NULL, NULL, NULL, NULL, NULL, B, T, H, KVH, hd, NULL) == -1 &&
+                  G->flash_attention_backward_bf16(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, B, T, H, KVH, hd, NULL, NULL, NULL) == -1,
+              "bf16 flash attention accepted hd=%d", hd);
     for (int run = 0; run < 2; run++) { free(gq[run]); free(gk[run]); free(gv[run]); }
     G->free(qd); G->free(kd); G->free(vd); G->free(dod); G->free(od); G->free(ld);
     free(go); free(q); free(k); free(v); free(dout); free(g0q); free(g0k); free(g0v);
     free(out); free(probs); free(dq); free(dk); free(dv);
 }
 
+/* The bf16 entry points on the same data: q, k, v rounded to bf16 first (what the f32 entry points'
+ * kernels do on the way), the scale applied to the scores in f32; the same tolerances against the
+ * f32 reference, the forward with and without its f32 out, two backward runs bit-identical. */
+static void check_bf16(const av_backend *G, shape sh, const float *qd, const float *kd, const float *vd, const float *dod,
+                       const float *out, const float *dq, const float *dk, const float *dv, const float *g0q, const float *g0k,
+                       const float *g0v) {
+    int B = sh.B, T = sh.T, H = sh.H, KVH = sh.KVH, hd = sh.hd;
+    size_t N = (size_t)B * T, qn = N * H * hd, kn = N * KVH * hd;
+    uint16_t *q16 = G->alloc(qn * 2, "t"), *k16 = G->alloc(kn * 2, "t"), *v16 = G->alloc(kn * 2, "t"), *o16 = G->alloc(qn * 2, "t");
+    G->store_bf16(q16, qd, qn);
+    G->store_bf16(k16, kd, kn);
+    G->store_bf16(v16, vd, kn);
+    float *od = G->alloc(qn * 4, "t"), *ld = G->alloc(sizeof(float) * N * H, "t"), *f = G->alloc(qn * 4, "t");
+    CHECK(G->flash_attention_forward_bf16(od, ld, q16, k16, v16, B, T, H, KVH, hd, NULL) == 0, "bf16 forward refused hd=%d", hd);
+    CHECK(G->flash_attention_forward_bf16(NULL, NULL, q16, k16, v16, B, T, H, KVH, hd, o16) == 0, "bf16 forward (bf16 out only) refused");
+    float *go = down(G, od, qn);
+    G->load_bf16(f, o16, qn);
+    float *g16 = down(G, f, qn);
+    double e = test_rel_l2(go, out, qn), e16 = test_rel_l2(g16, go, qn);
+    CHECK(e <= TOL_OUT, "bf16 flash fwd B=%d T=%d H=%d KVH=%d hd=%d: out rel L2 %.3g", B, T, H, KVH, hd, e);
+    CHECK(e16 <= 4e-3, "bf16 flash fwd B=%d T=%d H=%d KVH=%d hd=%d: bf16-only out rel L2 %.3g", B, T, H, KVH, hd, e16);
+    float *gq[2], *gk[2], *gv[2];
+    for (int run = 0; run < 2; run++) {
+        float *dqd = up(G, g0q, qn), *dkd = up(G, g0k, kn), *dvd = up(G, g0v, kn);
+        CHECK(G->flash_attention_backward_bf16(dqd, dkd, dvd, dod, od, ld, q16, k16, v16, B, T, H, KVH, hd, NULL, NULL, NULL) == 0,
+              "bf16 backward refused");
+        gq[run] = down(G, dqd, qn);
+        gk[run] = down(G, dkd, kn);
+        gv[run] = down(G, dvd, kn);
+        G->free(dqd); G->free(dkd); G->free(dvd);
+    }
+    CHECK_OK(av_cuda_status());
+    double eq = test_rel_l2(gq[0], dq, qn), ek = test_rel_l2(gk[0], dk, kn), ev = test_rel_l2(gv[0], dv, kn);
+    if (T == 1) {
+        eq = max_abs_diff(gq[0], dq, qn);
+        ek = max_abs_diff(gk[0], dk, kn);
+        CHECK(eq <= TOL_ONE_KEY && ek <= TOL_ONE_KEY && ev <= TOL_GRAD, "bf16 flash bwd B=%d T=1 H=%d KVH=%d hd=%d: dq, dk max abs %.3g %.3g, dv %.3g",
+              B, H, KVH, hd, eq, ek, ev);
+    } else {
+        CHECK(eq <= TOL_GRAD && ek <= TOL_GRAD && ev <= TOL_GRAD, "bf16 flash bwd B=%d T=%d H=%d KVH=%d hd=%d: dq %.3g dk %.3g dv %.3g", B,
+              T, H, KVH, hd, eq, ek, ev);
+    }
+    int same = !memcmp(gq[0], gq[1], qn * 4) && !memcmp(gk[0], gk[1], kn * 4) && !memcmp(gv[0], gv[1], kn * 4);
+    CHECK(same, "bf16 flash bwd B=%d T=%d H=%d KVH=%d hd=%d: two runs differ", B, T, H, KVH, hd);
+    printf("bf16 q/k/v: out %.2e (bf16-only out %.2e), dq %.2e, dk %.2e, dv %.2e%s\n", e, e16, eq, ek, ev, same ? ", deterministic" : "");
+    for (int run = 0; run < 2; run++) { free(gq[run]); free(gk[run]); free(gv[run]); }
+    G->free(q16); G->free(k16); G->free(v16); G->free(o16); G->free(od); G->free(ld); G->free(f);
+    free(go); free(g16);
+}
 
 static void check_training(const av_backend *G) {
     char dir[4096];

@@ -1,7 +1,8 @@
 /* Kernel-level timing of the attention implementations (anvil bench --suite attention): one
  * backend's training attention (standard: materialised probabilities; flash: tiled, lse only) on
  * random inputs, forward or forward + backward, median wall time over reps and the bytes of the
- * buffers the attention call owns (allocated with the backend's own allocator). */
+ * buffers the attention call owns (allocated with the backend's own allocator). Flash takes q, k, v
+ * in bf16 where the backend has that entry (as training hands it its bf16-saved activations). */
 #include "anvil.h"
 #include "attention/attention.h"
 #include "backend/backend.h"
@@ -86,6 +87,27 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
             be->zero(p[i], n[i] * sizeof(float));
         }
     }
+    /* training's flash path on a bf16 table: q, k, v as bf16 copies (made before timing), the f32 ones freed */
+    int f16 = flash && be->flash_attention_forward_bf16 && be->flash_attention_backward_bf16 && be->store_bf16 &&
+              be->flash_attention_forward_bf16(NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL) == 0 &&
+              be->flash_attention_backward_bf16(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL, NULL, NULL) == 0;
+    uint16_t *q16 = NULL, *k16 = NULL, *v16 = NULL;
+    if (f16 && st == AV_OK) {
+        q16 = be->alloc(qn * 2, "attention timing"), k16 = be->alloc(kn * 2, "attention timing"), v16 = be->alloc(kn * 2, "attention timing");
+        if (!q16 || !k16 || !v16) {
+            st = av_fail(AV_ERR_NOMEM, "attention timing: out of %s memory for the bf16 q, k, v", be->name);
+        } else {
+            be->store_bf16(q16, p[B_Q], qn);
+            be->store_bf16(k16, p[B_K], kn);
+            be->store_bf16(v16, p[B_V], kn);
+            for (int i = B_Q; i <= B_V; i++) {
+                be->free(p[i]);
+                p[i] = NULL;
+            }
+            total -= (qn + 2 * kn) * sizeof(float);
+            total += (qn + 2 * kn) * sizeof(uint16_t);
+        }
+    }
     if (flash && be->device == AV_DEVICE_CPU) { /* flash.c's own scratch, one call at a time: the larger one */
         size_t f = av_flash_attention_scratch_bytes(B, T, T, H, KVH, hd, 0), b = backward ? av_flash_attention_scratch_bytes(B, T, T, H, KVH, hd, 1) : 0;
         total += f > b ? f : b;
@@ -95,7 +117,12 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
     for (int r = -1; r < reps && st == AV_OK; r++) { /* r = -1: warm-up, not timed */
         be->sync();
         double t0 = now_s();
-        if (flash) {
+        if (f16) {
+            be->flash_attention_forward_bf16(p[B_OUT], p[B_SOFT], q16, k16, v16, B, T, H, KVH, hd, NULL);
+            if (backward)
+                be->flash_attention_backward_bf16(p[B_DQ], p[B_DK], p[B_DV], p[B_DOUT], p[B_OUT], p[B_SOFT], q16, k16, v16, B, T, H, KVH, hd, NULL,
+                                                  NULL, NULL);
+        } else if (flash) {
             be->flash_attention_forward_batch(p[B_OUT], p[B_SOFT], p[B_Q], p[B_K], p[B_V], B, T, H, KVH, hd, NULL);
             if (backward)
                 be->flash_attention_backward_batch(p[B_DQ], p[B_DK], p[B_DV], p[B_DOUT], p[B_OUT], p[B_SOFT], p[B_Q], p[B_K], p[B_V], B, T, H, KVH,
@@ -117,6 +144,8 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
     free(t);
     free(host);
     free_bufs(be, p, B_N);
+    void *p16[3] = {q16, k16, v16};
+    free_bufs(be, p16, 3);
     return st;
 }
 

@@ -61,9 +61,13 @@ __global__ void fa_convert_kvt_k(__nv_bfloat16 *kb, __nv_bfloat16 *vt, const flo
 
 /* MT m tiles of 16 query rows per warp (each K / V fragment feeds MT mmas); K and V fragments by
  * ldmatrix.x4 (two k steps of one 8-wide n tile per load). FLAT: K and V tiles as they lie, [key][dim]
- * (V's fragments by ldmatrix .trans); else K per KV head and V transposed, [dim][key]. */
-template <int HD, int WARPS, int MT, int QSM, int FLAT>
-__global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, const float *q, const __nv_bfloat16 *kb,
+ * (V's fragments by ldmatrix .trans); else K per KV head and V transposed, [dim][key].
+ * B16: q16 (bf16, unscaled) instead of q, the scores scaled in the softmax's FFMA (the scale folded
+ * into the exponent, so S = Q K^T of the stored bf16 values, as the bf16 backward recomputes it);
+ * FLAT tiles read straight from the caller's [b * Sp + s][KVH * hd] rows (Sp = T), keys past T
+ * zero-filled; out (f32) may be NULL. */
+template <int HD, int WARPS, int MT, int QSM, int FLAT, int B16>
+__global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, const float *q, const __nv_bfloat16 *q16, const __nv_bfloat16 *kb,
                                                        const __nv_bfloat16 *vb, int T, int Sp, int pos0, int H, int KVH, float qscale,
                                                        uint16_t *out16) {
     constexpr int WR = 16 * MT, BR = WR * WARPS, KS = HD + FA_PAD, VS = FA_BC + FA_PAD;
@@ -74,8 +78,9 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
     __nv_bfloat16 *Qs = Vs + 2 * VT;                                  /* QSM: [BR][KS], scaled bf16 */
     int nqt = gridDim.x, qt = nqt - 1 - blockIdx.x;                   /* heaviest (last) query tiles first */
     int h = blockIdx.y, kh = h / (H / KVH), b = blockIdx.z; /* sequence b: its rows, its keys */
-    q += (size_t)b * T * H * HD;
-    out += (size_t)b * T * H * HD;
+    if constexpr (B16) q16 += (size_t)b * T * H * HD;
+    else q += (size_t)b * T * H * HD;
+    if (!B16 || out) out += (size_t)b * T * H * HD;
     if (lse) lse += (size_t)b * H * T;
     if (out16) out16 += (size_t)b * T * H * HD;
     const unsigned kst = (unsigned)KVH * HD; /* FLAT: a key row of kb / vb */
@@ -110,8 +115,14 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
             unsigned off = (unsigned)(j * FA_BC + r0) * kst + cc;
 #pragma unroll
             for (int t = 0; t < FA_BC / RS; t++, off += RS * kst) {
-                cp_async16(ks_ + (r0 + t * RS) * KS + cc, Kg + off);
-                cp_async16(vs_ + (r0 + t * RS) * KS + cc, Vg + off);
+                if constexpr (B16) { /* the caller's rows: none past key Sp - 1 (zeros; any valid address) */
+                    bool ok = j * FA_BC + r0 + t * RS < Sp;
+                    cp_async16_zfill(ks_ + (r0 + t * RS) * KS + cc, Kg + (ok ? off : cc), ok);
+                    cp_async16_zfill(vs_ + (r0 + t * RS) * KS + cc, Vg + (ok ? off : cc), ok);
+                } else {
+                    cp_async16(ks_ + (r0 + t * RS) * KS + cc, Kg + off);
+                    cp_async16(vs_ + (r0 + t * RS) * KS + cc, Vg + off);
+                }
             }
         }
         cp_async_commit();
@@ -121,7 +132,14 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
     /* Q fragments (A operand, rows tw + 16 mt + g and + 8), scaled by 1/sqrt(hd) * log2(e) */
     uint32_t qf[QSM ? 1 : MT][QSM ? 1 : HD / 16][4];
     size_t qs = (size_t)H * HD;
-    if constexpr (QSM) { /* the block's Q rows, scaled and rounded to bf16, into shared memory */
+    if constexpr (QSM && B16) { /* the block's Q rows as they are */
+        for (int i = threadIdx.x; i < BR * HD / 8; i += WARPS * 32) {
+            int r = i / (HD / 8), d = (i % (HD / 8)) * 8, t = t0 + r;
+            uint4 v = t < T ? *reinterpret_cast<const uint4 *>(q16 + (size_t)t * qs + (size_t)h * HD + d) : make_uint4(0u, 0u, 0u, 0u);
+            *reinterpret_cast<uint4 *>(Qs + r * KS + d) = v;
+        }
+        __syncthreads();
+    } else if constexpr (QSM) { /* the block's Q rows, scaled and rounded to bf16, into shared memory */
         for (int i = threadIdx.x; i < BR * HD / 4; i += WARPS * 32) {
             int r = i / (HD / 4), d = (i % (HD / 4)) * 4, t = t0 + r;
             float4 v = t < T ? *reinterpret_cast<const float4 *>(q + (size_t)t * qs + (size_t)h * HD + d) : make_float4(0.f, 0.f, 0.f, 0.f);
@@ -133,6 +151,18 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
 #pragma unroll
     for (int mt = 0; mt < (QSM ? 0 : MT); mt++) {
         int r0 = tw + 16 * mt + g, r1 = r0 + 8;
+        if constexpr (B16) {
+            const __nv_bfloat16 *q0 = q16 + (size_t)r0 * qs + (size_t)h * HD, *q1 = q16 + (size_t)r1 * qs + (size_t)h * HD;
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++) {
+                int d = kk * 16 + 2 * c;
+                qf[QSM ? 0 : mt][QSM ? 0 : kk][0] = r0 < T ? *reinterpret_cast<const uint32_t *>(q0 + d) : 0u;
+                qf[QSM ? 0 : mt][QSM ? 0 : kk][1] = r1 < T ? *reinterpret_cast<const uint32_t *>(q1 + d) : 0u;
+                qf[QSM ? 0 : mt][QSM ? 0 : kk][2] = r0 < T ? *reinterpret_cast<const uint32_t *>(q0 + d + 8) : 0u;
+                qf[QSM ? 0 : mt][QSM ? 0 : kk][3] = r1 < T ? *reinterpret_cast<const uint32_t *>(q1 + d + 8) : 0u;
+            }
+            continue;
+        }
         const float *q0 = q + (size_t)r0 * qs + (size_t)h * HD, *q1 = q + (size_t)r1 * qs + (size_t)h * HD;
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
@@ -221,13 +251,25 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
             /* a padding row (t >= T) or a row with no visible key yet keeps -inf: use 0 as the base */
             float b0 = mx0 == -INFINITY ? 0.0f : mx0, b1 = mx1 == -INFINITY ? 0.0f : mx1;
-            float corr0 = fa_exp2(m0[mt] - b0), corr1 = fa_exp2(m1[mt] - b1);
+            float corr0, corr1;
+            if constexpr (B16) { /* m raw; b and every exponent scaled (one FFMA a score) */
+                b0 *= qscale, b1 *= qscale;
+                corr0 = fa_exp2(fmaf(m0[mt], qscale, -b0)), corr1 = fa_exp2(fmaf(m1[mt], qscale, -b1));
+            } else {
+                corr0 = fa_exp2(m0[mt] - b0), corr1 = fa_exp2(m1[mt] - b1);
+            }
             m0[mt] = mx0;
             m1[mt] = mx1;
             float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
             for (int n = 0; n < FA_BC / 8; n++) {
-                float p0 = fa_exp2(sc[mt][n][0] - b0), p1 = fa_exp2(sc[mt][n][1] - b0), p2 = fa_exp2(sc[mt][n][2] - b1), p3 = fa_exp2(sc[mt][n][3] - b1);
+                float p0, p1, p2, p3;
+                if constexpr (B16) {
+                    p0 = fa_exp2(fmaf(sc[mt][n][0], qscale, -b0)), p1 = fa_exp2(fmaf(sc[mt][n][1], qscale, -b0));
+                    p2 = fa_exp2(fmaf(sc[mt][n][2], qscale, -b1)), p3 = fa_exp2(fmaf(sc[mt][n][3], qscale, -b1));
+                } else {
+                    p0 = fa_exp2(sc[mt][n][0] - b0), p1 = fa_exp2(sc[mt][n][1] - b0), p2 = fa_exp2(sc[mt][n][2] - b1), p3 = fa_exp2(sc[mt][n][3] - b1);
+                }
                 sum0 += p0 + p1;
                 sum1 += p2 + p3;
                 pa[mt][n / 2][(n & 1) * 2 + 0] = pack_bf16(p0, p1);
@@ -272,8 +314,10 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
 #pragma unroll
         for (int n = 0; n < HD / 8; n++) {
             int d = n * 8 + 2 * c;
-            if (r0 < T) *reinterpret_cast<float2 *>(out + (size_t)r0 * qs + (size_t)h * HD + d) = make_float2(o[mt][n][0] * i0, o[mt][n][1] * i0);
-            if (r1 < T) *reinterpret_cast<float2 *>(out + (size_t)r1 * qs + (size_t)h * HD + d) = make_float2(o[mt][n][2] * i1, o[mt][n][3] * i1);
+            if ((!B16 || out) && r0 < T)
+                *reinterpret_cast<float2 *>(out + (size_t)r0 * qs + (size_t)h * HD + d) = make_float2(o[mt][n][0] * i0, o[mt][n][1] * i0);
+            if ((!B16 || out) && r1 < T)
+                *reinterpret_cast<float2 *>(out + (size_t)r1 * qs + (size_t)h * HD + d) = make_float2(o[mt][n][2] * i1, o[mt][n][3] * i1);
             if (out16 && r0 < T) /* the o product's bf16 input, rounded from the same f32 values */
                 *reinterpret_cast<__nv_bfloat162 *>(out16 + (size_t)r0 * qs + (size_t)h * HD + d) =
                     __floats2bfloat162_rn(o[mt][n][0] * i0, o[mt][n][1] * i0);
@@ -283,8 +327,9 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
         }
         if (lse && c == 0) {
             const float ln2 = 0.69314718056f;
-            if (r0 < T) lse[(size_t)h * T + r0] = (m0[mt] + log2f(L0)) * ln2;
-            if (r1 < T) lse[(size_t)h * T + r1] = (m1[mt] + log2f(L1)) * ln2;
+            float ms0 = B16 ? m0[mt] * qscale : m0[mt], ms1 = B16 ? m1[mt] * qscale : m1[mt];
+            if (r0 < T) lse[(size_t)h * T + r0] = (ms0 + log2f(L0)) * ln2;
+            if (r1 < T) lse[(size_t)h * T + r1] = (ms1 + log2f(L1)) * ln2;
         }
     }
 }
@@ -301,18 +346,19 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
  * 257 -> 290 TFLOP/s on an H100); hd 128 keeps V transposed (as they lie it spills: 260 -> 213) */
 #define FA_FLAT(HD) ((HD) == 64)
 
-template <int HD, int WARPS>
-static void fa_launch(float *out, float *lse, const float *q, const __nv_bfloat16 *kb, const __nv_bfloat16 *vb, int B, int T, int Sp,
-                      int pos0, int H, int KVH, float qscale, uint16_t *out16) {
+template <int HD, int WARPS, int B16>
+static void fa_launch(float *out, float *lse, const float *q, const __nv_bfloat16 *q16, const __nv_bfloat16 *kb, const __nv_bfloat16 *vb,
+                      int B, int T, int Sp, int pos0, int H, int KVH, float qscale, uint16_t *out16) {
     size_t smem = ((size_t)2 * (FA_BC * (HD + FA_PAD) + (FA_FLAT(HD) ? FA_BC * (HD + FA_PAD) : HD * (FA_BC + FA_PAD))) +
                    (FA_QSM(HD) ? (size_t)16 * FA_MT(HD) * WARPS * (HD + FA_PAD) : 0)) * sizeof(__nv_bfloat16);
-    static thread_local size_t smem_set = 48 << 10; /* per thread = per device (attributes are per device) */
+    static thread_local size_t smem_set = 48 << 10; /* per thread = per device (attributes are per device), per instance */
     if (smem > smem_set) {
-        cudaFuncSetAttribute(fa_fwd_k<HD, WARPS, FA_MT(HD), FA_QSM(HD), FA_FLAT(HD)>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        cudaFuncSetAttribute(fa_fwd_k<HD, WARPS, FA_MT(HD), FA_QSM(HD), FA_FLAT(HD), B16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         smem_set = smem;
     }
     int nqt = (T + 16 * FA_MT(HD) * WARPS - 1) / (16 * FA_MT(HD) * WARPS);
-    fa_fwd_k<HD, WARPS, FA_MT(HD), FA_QSM(HD), FA_FLAT(HD)><<<dim3(nqt, H, B), WARPS * 32, smem, av_cuda_stream()>>>(out, lse, q, kb, vb, T, Sp, pos0, H, KVH, qscale, out16);
+    fa_fwd_k<HD, WARPS, FA_MT(HD), FA_QSM(HD), FA_FLAT(HD), B16>
+        <<<dim3(nqt, H, B), WARPS * 32, smem, av_cuda_stream()>>>(out, lse, q, q16, kb, vb, T, Sp, pos0, H, KVH, qscale, out16);
 }
 
 /* B sequences of T rows (sequence b's keys at rows b * seq_rows, its first query at position pos0). */
@@ -327,8 +373,8 @@ static void fa_forward(float *out, float *lse, const float *q, const float *k, c
     else fa_convert_kvt_k<<<dim3(Sp / 32, av_cdiv(hd, 32), B * KVH), dim3(32, 8), 0, av_cuda_stream()>>>(kb, vb, k, v, Sk, Sp, KVH, hd, seq_rows);
     AV_CU_LAUNCHED("flash attention convert");
     float qscale = 1.4426950409f / sqrtf((float)hd);
-    if (hd == 64) fa_launch<64, FA_WARPS(64)>(out, lse, q, kb, vb, B, T, Sp, pos0, H, KVH, qscale, out16);
-    else fa_launch<128, FA_WARPS(128)>(out, lse, q, kb, vb, B, T, Sp, pos0, H, KVH, qscale, out16);
+    if (hd == 64) fa_launch<64, FA_WARPS(64), 0>(out, lse, q, NULL, kb, vb, B, T, Sp, pos0, H, KVH, qscale, out16);
+    else fa_launch<128, FA_WARPS(128), 0>(out, lse, q, NULL, kb, vb, B, T, Sp, pos0, H, KVH, qscale, out16);
     AV_CU_LAUNCHED("flash attention");
 }
 
@@ -348,5 +394,20 @@ extern "C" int av_cuda_flash_attention_forward_batch(float *out, float *lse, con
                                                      int H, int KVH, int hd, uint16_t *out16) {
     if (hd != 64 && hd != 128) return -1;
     if (B > 0 && T > 0) fa_forward(out, lse, q, k, v, B, T, T, 0, H, KVH, hd, out16);
+    return 0;
+}
+
+/* The same from bf16 q, k, v (the training layout, [B*T, H*hd] and [B*T, KVH*hd]; q unscaled, as the
+ * bf16 backward reads them), K and V read where they lie: no conversion. Head dim 64 only: for 128
+ * (V transposed, Q in shared memory, 255 registers) this path measured slower than converting from
+ * f32 (8192 tokens 259 -> 236 TFLOP/s on an H100), so its callers keep the f32 entry. out (f32) or
+ * out16 may be NULL. */
+extern "C" int av_cuda_flash_attention_forward_bf16(float *out, float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B,
+                                                    int T, int H, int KVH, int hd, uint16_t *out16) {
+    if (hd != 64) return -1;
+    if (B <= 0 || T <= 0) return 0;
+    fa_launch<64, FA_WARPS(64), 1>(out, lse, NULL, (const __nv_bfloat16 *)q, (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, B, T, T, 0, H,
+                                   KVH, 1.4426950409f / sqrtf((float)hd), out16);
+    AV_CU_LAUNCHED("flash attention");
     return 0;
 }

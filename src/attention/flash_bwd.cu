@@ -161,12 +161,15 @@ __device__ __forceinline__ void fb_rope_back(float (&a)[HD / 8][4], const int32_
     }
 }
 
-template <int HD, int WARPS>
+/* B16 (both kernels): qb, kb, vb are the caller's bf16 rows ([B*T, H*hd], [B*T, KVH*hd]; q unscaled),
+ * read where they lie (rows past T zero-filled), and the scores are scaled by sl2 in the exponent's
+ * FFMA, as the bf16 forward does; dout still comes converted (ob, with lse2 and delta). */
+template <int HD, int WARPS, int B16>
 __global__ void __launch_bounds__(WARPS * 32) fb_dkdv_k(float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob,
                                                  const __nv_bfloat16 *kb,
                                                  const __nv_bfloat16 *vb, const float *lse2, const float *delta, int T, int Tp, int H,
-                                                 int KVH, int nsplit, size_t part_n, float scale, const int32_t *pos, const float *inv_freq,
-                                                 fb_out16 o16) {
+                                                 int KVH, int nsplit, size_t part_n, float scale, float sl2, const int32_t *pos,
+                                                 const float *inv_freq, fb_out16 o16) {
     constexpr int KS = HD + FA_PAD, KT = 16 * WARPS; /* KT keys a block, 16 a warp; query chunks of FB_T */
     constexpr int BUF = 2 * FB_T * KS; /* bf16 elements of one chunk's operands */
     extern __shared__ __align__(16) unsigned char fb_smem[];
@@ -178,7 +181,15 @@ __global__ void __launch_bounds__(WARPS * 32) fb_dkdv_k(float *dk, float *dv, co
     int nqt = Tp / FB_T, qs0 = j * KT / FB_T, nq = nqt - qs0, nit = hpb * nq; /* query chunks from the block's first key */
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, kw = warp * 16;
 
-    { /* the key tile's K and V rows (part of the first chunk's copy group) */
+    if constexpr (B16) { /* the key tile's K and V rows (part of the first chunk's copy group) */
+        for (int i = threadIdx.x; i < KT * HD / 8; i += WARPS * 32) {
+            int r = i / (HD / 8), cc = (i % (HD / 8)) * 8, s = j * KT + r;
+            bool ok = s < T;
+            size_t src = ((size_t)(b * T + (ok ? s : 0)) * KVH + kh) * HD + cc;
+            cp_async16_zfill(Ks + r * KS + cc, kb + src, ok);
+            cp_async16_zfill(Vs + r * KS + cc, vb + src, ok);
+        }
+    } else { /* the key tile's K and V rows (part of the first chunk's copy group) */
         size_t base = ((size_t)(b * KVH + kh) * Tp + (size_t)j * KT) * HD;
         for (int i = threadIdx.x; i < KT * HD / 8; i += WARPS * 32) {
             int r = i / (HD / 8), cc = (i % (HD / 8)) * 8;
@@ -193,7 +204,12 @@ __global__ void __launch_bounds__(WARPS * 32) fb_dkdv_k(float *dk, float *dv, co
         const __nv_bfloat16 *qg = qb + (z * Tp + q0) * HD, *og = ob + (z * Tp + q0) * HD;
         for (int i = threadIdx.x; i < FB_T * HD / 8; i += WARPS * 32) {
             int r = i / (HD / 8), cc = (i % (HD / 8)) * 8;
-            cp_async16(qs + r * KS + cc, qg + (size_t)r * HD + cc);
+            if constexpr (B16) {
+                bool ok = q0 + r < T;
+                cp_async16_zfill(qs + r * KS + cc, qb + ((size_t)(b * T + (ok ? q0 + r : 0)) * H + h) * HD + cc, ok);
+            } else {
+                cp_async16(qs + r * KS + cc, qg + (size_t)r * HD + cc);
+            }
             cp_async16(os + r * KS + cc, og + (size_t)r * HD + cc);
         }
         if (threadIdx.x < 32) { /* 16 x 16 bytes of lse2, then of delta */
@@ -229,10 +245,17 @@ __global__ void __launch_bounds__(WARPS * 32) fb_dkdv_k(float *dk, float *dv, co
         for (int n = 0; n < FB_T / 8; n++) {
             int tq = n * 8 + 2 * c, qa = q0 + tq; /* relative to the chunk / absolute */
             float l0 = ls[tq], l1 = ls[tq + 1];
-            p[n][0] = diag && qa < key0 ? 0.0f : fa_exp2(p[n][0] - l0);
-            p[n][1] = diag && qa + 1 < key0 ? 0.0f : fa_exp2(p[n][1] - l1);
-            p[n][2] = diag && qa < key1 ? 0.0f : fa_exp2(p[n][2] - l0);
-            p[n][3] = diag && qa + 1 < key1 ? 0.0f : fa_exp2(p[n][3] - l1);
+            if constexpr (B16) {
+                p[n][0] = diag && qa < key0 ? 0.0f : fa_exp2(fmaf(p[n][0], sl2, -l0));
+                p[n][1] = diag && qa + 1 < key0 ? 0.0f : fa_exp2(fmaf(p[n][1], sl2, -l1));
+                p[n][2] = diag && qa < key1 ? 0.0f : fa_exp2(fmaf(p[n][2], sl2, -l0));
+                p[n][3] = diag && qa + 1 < key1 ? 0.0f : fa_exp2(fmaf(p[n][3], sl2, -l1));
+            } else {
+                p[n][0] = diag && qa < key0 ? 0.0f : fa_exp2(p[n][0] - l0);
+                p[n][1] = diag && qa + 1 < key0 ? 0.0f : fa_exp2(p[n][1] - l1);
+                p[n][2] = diag && qa < key1 ? 0.0f : fa_exp2(p[n][2] - l0);
+                p[n][3] = diag && qa + 1 < key1 ? 0.0f : fa_exp2(p[n][3] - l1);
+            }
         }
         /* dP^T = V dO^T */
         float dp[FB_T / 8][4];
@@ -249,7 +272,7 @@ __global__ void __launch_bounds__(WARPS * 32) fb_dkdv_k(float *dk, float *dv, co
             da[n / 2][(n & 1) * 2 + 1] = pack_bf16(p[n][2] * (dp[n][2] - d0), p[n][3] * (dp[n][3] - d1));
         }
         /* dV += P^T dO, dK += dS^T Q (B operands: the [query][d] tiles by ldmatrix .trans; Q as
-         * pre-scaled for the scores, so dK's scale is scale / that factor = ln 2) */
+         * pre-scaled for the scores, so dK's scale is scale / that factor = ln 2; B16: unscaled) */
         fb_mma2t<HD / 8, FB_T / 16, KS>(dV, pa, os, dK, da, qs, lane);
     }
     int s0 = j * KT + kw + g, s1 = s0 + 8;
@@ -279,11 +302,11 @@ __global__ void __launch_bounds__(WARPS * 32) fb_dkdv_k(float *dk, float *dv, co
 
 /* Kernel B: dQ of one tile of 16 * WARPS queries of one head. grid (H, B, query tiles), heaviest (last)
  * first; keys come in tiles of FB_T (a block of 128 queries reads each K/V tile once for all of them). */
-template <int HD, int WARPS>
+template <int HD, int WARPS, int B16>
 __global__ void __launch_bounds__(WARPS * 32) fb_dq_k(float *dq, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
                                                       const __nv_bfloat16 *vb, const float *lse2, const float *delta,
-                                                      int T, int Tp, int H, int KVH, float scale, const int32_t *pos, const float *inv_freq,
-                                                      uint16_t *dq16) {
+                                                      int T, int Tp, int H, int KVH, float scale, float sl2, const int32_t *pos,
+                                                      const float *inv_freq, uint16_t *dq16) {
     constexpr int KS = HD + FA_PAD, QT = 16 * WARPS;
     constexpr int BUF = 2 * FB_T * KS; /* Ks | Vs */
     extern __shared__ __align__(16) unsigned char fb_smem[];
@@ -301,8 +324,16 @@ __global__ void __launch_bounds__(WARPS * 32) fb_dq_k(float *dq, const __nv_bflo
         size_t base = (zk * Tp + (size_t)j * FB_T) * HD;
         for (int i = threadIdx.x; i < FB_T * HD / 8; i += WARPS * 32) {
             int r = i / (HD / 8), cc = (i % (HD / 8)) * 8;
-            cp_async16(ks_ + r * KS + cc, kb + base + (size_t)r * HD + cc);
-            cp_async16(vs_ + r * KS + cc, vb + base + (size_t)r * HD + cc);
+            if constexpr (B16) {
+                int s = j * FB_T + r;
+                bool ok = s < T;
+                size_t src = ((size_t)(b * T + (ok ? s : 0)) * KVH + kh) * HD + cc;
+                cp_async16_zfill(ks_ + r * KS + cc, kb + src, ok);
+                cp_async16_zfill(vs_ + r * KS + cc, vb + src, ok);
+            } else {
+                cp_async16(ks_ + r * KS + cc, kb + base + (size_t)r * HD + cc);
+                cp_async16(vs_ + r * KS + cc, vb + base + (size_t)r * HD + cc);
+            }
         }
         cp_async_commit();
     };
@@ -315,7 +346,17 @@ __global__ void __launch_bounds__(WARPS * 32) fb_dq_k(float *dq, const __nv_bflo
         const __nv_bfloat16 *qg = qb + (z * Tp + tw) * HD, *og = ob + (z * Tp + tw) * HD;
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
-            ld_afrag(qf[kk], qg + kk * 16, HD, g, c);
+            if constexpr (B16) { /* the caller's rows tw + g and + 8 (zeros past T) */
+                int ra = tw + g, rb = ra + 8, d = kk * 16 + 2 * c;
+                const __nv_bfloat16 *pa_ = qb + ((size_t)(b * T + min(ra, T - 1)) * H + h) * HD + d;
+                const __nv_bfloat16 *pb_ = qb + ((size_t)(b * T + min(rb, T - 1)) * H + h) * HD + d;
+                qf[kk][0] = ra < T ? ld32(pa_) : 0u;
+                qf[kk][1] = rb < T ? ld32(pb_) : 0u;
+                qf[kk][2] = ra < T ? ld32(pa_ + 8) : 0u;
+                qf[kk][3] = rb < T ? ld32(pb_ + 8) : 0u;
+            } else {
+                ld_afrag(qf[kk], qg + kk * 16, HD, g, c);
+            }
             ld_afrag(of[kk], og + kk * 16, HD, g, c);
         }
         l0 = lse2[z * Tp + tw + g], l1 = lse2[z * Tp + tw + g + 8];
@@ -344,8 +385,14 @@ __global__ void __launch_bounds__(WARPS * 32) fb_dq_k(float *dq, const __nv_bflo
 #pragma unroll
         for (int n = 0; n < FB_T / 8; n++) {
             int s = s0 + n * 8 + 2 * c; /* the key */
-            float p0 = diag && s > r0 ? 0.0f : fa_exp2(p[n][0] - l0), p1 = diag && s + 1 > r0 ? 0.0f : fa_exp2(p[n][1] - l0);
-            float p2 = diag && s > r1 ? 0.0f : fa_exp2(p[n][2] - l1), p3 = diag && s + 1 > r1 ? 0.0f : fa_exp2(p[n][3] - l1);
+            float p0, p1, p2, p3;
+            if constexpr (B16) {
+                p0 = diag && s > r0 ? 0.0f : fa_exp2(fmaf(p[n][0], sl2, -l0)), p1 = diag && s + 1 > r0 ? 0.0f : fa_exp2(fmaf(p[n][1], sl2, -l0));
+                p2 = diag && s > r1 ? 0.0f : fa_exp2(fmaf(p[n][2], sl2, -l1)), p3 = diag && s + 1 > r1 ? 0.0f : fa_exp2(fmaf(p[n][3], sl2, -l1));
+            } else {
+                p0 = diag && s > r0 ? 0.0f : fa_exp2(p[n][0] - l0), p1 = diag && s + 1 > r0 ? 0.0f : fa_exp2(p[n][1] - l0);
+                p2 = diag && s > r1 ? 0.0f : fa_exp2(p[n][2] - l1), p3 = diag && s + 1 > r1 ? 0.0f : fa_exp2(p[n][3] - l1);
+            }
             da[n / 2][(n & 1) * 2 + 0] = pack_bf16(p0 * (dp[n][0] - d0), p1 * (dp[n][1] - d0));
             da[n / 2][(n & 1) * 2 + 1] = pack_bf16(p2 * (dp[n][2] - d1), p3 * (dp[n][3] - d1));
         }
@@ -421,26 +468,25 @@ __global__ void fb_reduce_rope_k(float *dk, float *dv, const float *pk, const fl
  * backward at 8192 tokens 156 -> 180 TFLOP/s on an H200); 4 for hd 64 (8 measured slower: 168 -> 163). */
 #define FB_WARPS(HD) ((HD) == 128 ? 8 : 4)
 
-template <int HD>
+template <int HD, int B16>
 static void fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
                       const __nv_bfloat16 *vb, const float *lse2, const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit,
-                      size_t part_n, float scale, float kscale, const int32_t *pos,
-                      const float *inv_freq, fb_out16 o16) {
+                      size_t part_n, float scale, float kscale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16) {
     constexpr int KS = HD + FA_PAD, W = FB_WARPS(HD);
     size_t smem_a = (size_t)(2 * 16 * W * KS + 2 * 2 * FB_T * KS) * sizeof(__nv_bfloat16) + 4 * FB_T * sizeof(float);
     size_t smem_b = (size_t)2 * 2 * FB_T * KS * sizeof(__nv_bfloat16);
     static thread_local int set; /* per thread = per device (attributes are per device) */
     if (!set) { /* above the 48 KiB default */
-        cudaFuncSetAttribute(fb_dkdv_k<HD, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
-        cudaFuncSetAttribute(fb_dq_k<HD, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_b);
+        cudaFuncSetAttribute(fb_dkdv_k<HD, W, B16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
+        cudaFuncSetAttribute(fb_dq_k<HD, W, B16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_b);
         set = 1;
     }
     cudaStream_t st = av_cuda_stream();
-    fb_dkdv_k<HD, W><<<dim3(KVH * nsplit, B, Tp / (16 * W)), W * 32, smem_a, st>>>(dk, dv, qb, ob, kb, vb, lse2, delta, T, Tp, H, KVH, nsplit,
-                                                                                part_n, kscale, pos, inv_freq, o16);
+    fb_dkdv_k<HD, W, B16><<<dim3(KVH * nsplit, B, Tp / (16 * W)), W * 32, smem_a, st>>>(dk, dv, qb, ob, kb, vb, lse2, delta, T, Tp, H, KVH,
+                                                                                     nsplit, part_n, kscale, sl2, pos, inv_freq, o16);
     AV_CU_LAUNCHED("flash attention backward dk/dv");
-    fb_dq_k<HD, W><<<dim3(H, B, av_cdiv(Tp, 16 * W)), W * 32, smem_b, st>>>(dq, qb, ob, kb, vb, lse2, delta, T, Tp, H, KVH, scale, pos,
-                                                                         inv_freq, o16.dq);
+    fb_dq_k<HD, W, B16><<<dim3(H, B, av_cdiv(Tp, 16 * W)), W * 32, smem_b, st>>>(dq, qb, ob, kb, vb, lse2, delta, T, Tp, H, KVH, scale, sl2,
+                                                                              pos, inv_freq, o16.dq);
     AV_CU_LAUNCHED("flash attention backward dq");
 }
 
@@ -457,9 +503,10 @@ static int fb_nsplit(int blocks, int G) {
     return ns;
 }
 
-extern "C" int av_cuda_flash_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
-                                                      const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd,
-                                                      const int32_t *pos, const float *inv_freq, uint16_t *d16) {
+/* q, k, v: f32 (converted here) or, B16, the caller's bf16 rows (read where they lie). */
+template <int B16>
+static int fb_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse, const void *q, const void *k,
+                       const void *v, int B, int T, int H, int KVH, int hd, const int32_t *pos, const float *inv_freq, uint16_t *d16) {
     if ((hd != 64 && hd != 128) || KVH <= 0 || H % KVH) return -1;
     if (B <= 0 || T <= 0) return 0;
     int kblk = 16 * (hd == 128 ? FB_WARPS(128) : FB_WARPS(64)), align = kblk > FB_T ? kblk : FB_T; /* keys a dK/dV block */
@@ -467,24 +514,32 @@ extern "C" int av_cuda_flash_attention_backward_batch(float *dq, float *dk, floa
     size_t nq = (size_t)B * H * Tp * hd, nk = (size_t)B * KVH * Tp * hd, nr = (size_t)B * H * Tp;
     size_t part_n = nsplit > 1 ? (size_t)B * T * KVH * hd : 0; /* floats of one share's dk (or dv) */
     size_t fl = 2 * nr + 2 * (size_t)nsplit * part_n;
-    char *w = (char *)av_cuda_scratch(AV_SCR_FLASH_BWD, fl * sizeof(float) + (2 * nq + 2 * nk) * sizeof(__nv_bfloat16));
+    size_t n16 = B16 ? nq : 2 * nq + 2 * nk; /* bf16 copies: dout (and q, k, v) */
+    char *w = (char *)av_cuda_scratch(AV_SCR_FLASH_BWD, fl * sizeof(float) + n16 * sizeof(__nv_bfloat16));
     if (!w) return 0;
     float *lse2 = (float *)w, *delta = lse2 + nr, *pk = delta + nr, *pv = pk + nsplit * part_n;
-    __nv_bfloat16 *qb = (__nv_bfloat16 *)(w + fl * sizeof(float)), *ob = qb + nq, *kb = ob + nq, *vb = kb + nk;
+    __nv_bfloat16 *ob = (__nv_bfloat16 *)(w + fl * sizeof(float)), *qb, *kb, *vb;
     cudaStream_t st = av_cuda_stream();
     float sl2 = LOG2E / sqrtf((float)hd), scale = 1.0f / sqrtf((float)hd);
     dim3 cq(Tp / FB_CT, B * H), ck(Tp / FB_CT, B * KVH);
-    fb_convert_k<<<cq, 256, 0, st>>>(qb, q, sl2, T, Tp, H, hd, NULL, NULL, NULL, NULL);
     fb_convert_k<<<cq, 256, 0, st>>>(ob, dout, 1.0f, T, Tp, H, hd, out, lse, delta, lse2);
-    fb_convert_k<<<ck, 256, 0, st>>>(kb, k, 1.0f, T, Tp, KVH, hd, NULL, NULL, NULL, NULL);
-    fb_convert_k<<<ck, 256, 0, st>>>(vb, v, 1.0f, T, Tp, KVH, hd, NULL, NULL, NULL, NULL);
+    if (B16) {
+        qb = (__nv_bfloat16 *)q, kb = (__nv_bfloat16 *)k, vb = (__nv_bfloat16 *)v;
+    } else {
+        qb = ob + nq, kb = qb + nq, vb = kb + nk;
+        fb_convert_k<<<cq, 256, 0, st>>>(qb, (const float *)q, sl2, T, Tp, H, hd, NULL, NULL, NULL, NULL);
+        fb_convert_k<<<ck, 256, 0, st>>>(kb, (const float *)k, 1.0f, T, Tp, KVH, hd, NULL, NULL, NULL, NULL);
+        fb_convert_k<<<ck, 256, 0, st>>>(vb, (const float *)v, 1.0f, T, Tp, KVH, hd, NULL, NULL, NULL, NULL);
+    }
     AV_CU_LAUNCHED("flash attention backward convert");
     float *dka = nsplit > 1 ? pk : dk, *dva = nsplit > 1 ? pv : dv;
     fb_out16 o16 = {NULL, NULL, NULL};
     if (pos && d16) o16 = {d16, d16 + (size_t)B * T * H * hd, d16 + (size_t)B * T * (H + KVH) * hd};
-    float kscale = scale / sl2; /* dK from the pre-scaled Q rows */
-    if (hd == 64) fb_launch<64>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, pos, inv_freq, o16);
-    else fb_launch<128>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, pos, inv_freq, o16);
+    float kscale = B16 ? scale : scale / sl2; /* dK from Q as the kernels read it (f32 entry: pre-scaled rows) */
+    if (hd == 64)
+        fb_launch<64, B16>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16);
+    else if constexpr (!B16) /* the bf16 entry has head dim 64 only */
+        fb_launch<128, B16>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16);
     if (nsplit > 1 && pos) {
         fb_reduce_rope_k<<<av_cdiv(part_n / 2, 256), 256, 0, st>>>(dk, dv, pk, pv, part_n / 2, nsplit, KVH, hd, pos, inv_freq, o16);
         AV_CU_LAUNCHED("flash attention backward reduce");
@@ -493,4 +548,17 @@ extern "C" int av_cuda_flash_attention_backward_batch(float *dq, float *dk, floa
         AV_CU_LAUNCHED("flash attention backward reduce");
     }
     return 0;
+}
+
+extern "C" int av_cuda_flash_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                                                      const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd,
+                                                      const int32_t *pos, const float *inv_freq, uint16_t *d16) {
+    return fb_backward<0>(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, KVH, hd, pos, inv_freq, d16);
+}
+
+extern "C" int av_cuda_flash_attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                                                     const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T, int H, int KVH,
+                                                     int hd, const int32_t *pos, const float *inv_freq, uint16_t *d16) {
+    if (hd != 64) return -1; /* as the bf16 forward (flash.cu) */
+    return fb_backward<1>(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, KVH, hd, pos, inv_freq, d16);
 }

@@ -144,6 +144,17 @@ struct av_backend {
     int (*flash_attention_backward_batch)(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                                           const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd,
                                           const int32_t *rope_pos, const float *inv_freq, uint16_t *d16);
+    /* The same with q, k, v in bf16 (uint16_t, the layouts above; NULL where a backend lacks them):
+     * training with bf16-saved activations hands the stored q, k, v (after RoPE) to both, so the
+     * forward and the backward see the same bf16 values and neither converts them. q is unscaled
+     * (the scale applies to the scores in f32); out may be NULL in the forward when out16 is given.
+     * -1 (nothing done) for a shape without that entry (CUDA: head_dim 128, where converting from f32
+     * measured faster); a call with B = 0 only asks. */
+    int (*flash_attention_forward_bf16)(float *out, float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
+                                        int H, int KVH, int hd, uint16_t *out16);
+    int (*flash_attention_backward_bf16)(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                                         const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T, int H, int KVH, int hd,
+                                         const int32_t *rope_pos, const float *inv_freq, uint16_t *d16);
     /* 16-bit activation storage (ops.h: av_store_bf16 / av_load_bf16). */
     void (*store_bf16)(uint16_t *dst, const float *src, size_t n);
     void (*load_bf16)(float *dst, const uint16_t *src, size_t n);

@@ -550,6 +550,8 @@ static void fill_table(av_backend *b, int f32) {
     b->flash_attention_forward = f32 ? NULL : av_cuda_flash_attention_forward; /* bf16 tensor cores: not in the exact-f32 table */
     b->flash_attention_forward_batch = f32 ? NULL : av_cuda_flash_attention_forward_batch;
     b->flash_attention_backward_batch = f32 ? NULL : av_cuda_flash_attention_backward_batch;
+    b->flash_attention_forward_bf16 = f32 ? NULL : av_cuda_flash_attention_forward_bf16;
+    b->flash_attention_backward_bf16 = f32 ? NULL : av_cuda_flash_attention_backward_bf16;
     b->matmul_fused_forward = f32 ? mmf_f32 : mmf_bf16;
     b->sample = av_cuda_sample;
     b->graph_begin = cuda_graph_begin;

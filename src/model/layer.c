@@ -132,11 +132,12 @@ static int decode_fused(const av_model *m, const av_layer *L, av_layer_ws *ws, f
 
 /* ------------------------------------------------------------------ attention of the rows */
 
-/* Training attention of the B rows of the batch (q, k, v in f32): out [N, H*hd]; keep: the
- * backward's softmax saved (ws->probs [B, H, T, T], or with flash attention its lse in lse).
- * out16 (or NULL): also out in bf16 where the flash kernel writes it; returns whether it did. */
+/* Training attention of the B rows of the batch (q, k, v in f32; with ws->flash16, a's bf16 copies
+ * are read instead): out [N, H*hd]; keep: the backward's softmax saved (ws->probs [B, H, T, T], or with
+ * flash attention its lse in lse). out16 (or NULL): also out in bf16 where the flash kernel writes
+ * it; returns whether it did. */
 static int attention_batch(const av_model *m, av_layer_ws *ws, float *out, uint16_t *out16, float *lse, int keep, const float *q,
-                           const float *k, const float *v) {
+                           const float *k, const float *v, const av_layer_acts *a) {
     const av_backend *be = m->be;
     const av_config *cf = &m->cfg;
     int H = cf->n_heads, KVH = cf->n_kv_heads, hd = cf->head_dim, B = ws->B, T = ws->T;
@@ -144,7 +145,11 @@ static int attention_batch(const av_model *m, av_layer_ws *ws, float *out, uint1
     float *probs = keep ? ws->probs : NULL;
     int ph = av_layer_prof_switch(ws, be, AV_TRAIN_PH_ATT_FWD);
     int wrote16 = 0;
-    if (ws->flash) {
+    if (a && ws->flash16) {
+        be->flash_attention_forward_bf16(out, keep ? lse : NULL, (const uint16_t *)a->q, (const uint16_t *)a->k, (const uint16_t *)a->v, B, T,
+                                         H, KVH, hd, out16);
+        wrote16 = out16 != NULL;
+    } else if (ws->flash) {
         be->flash_attention_forward_batch(out, keep ? lse : NULL, q, k, v, B, T, H, KVH, hd, out16);
         wrote16 = out16 != NULL;
     } else if (ws->attw) { /* every sequence at once; the probs buffer is scratch when none are kept */
@@ -183,6 +188,11 @@ static int attention_rows(const av_model *m, int l, av_layer_ws *ws, const float
     av_lora_linear_forward(be, ws, v, 0, xn, x16, &L->v, l, AV_PROJ_V, N, xa[AV_PROJ_V]);
     be->rope_forward(q, ws->pos, m->inv_freq, N, H, hd);
     be->rope_forward(k, ws->pos, m->inv_freq, N, KVH, hd);
+    if (ws->kind == AV_ROWS_BATCH && a && ws->a16 && (save || ws->flash16)) { /* bf16-saved q k v (flash16 reads them) */
+        be->store_bf16((uint16_t *)a->q, q, (size_t)N * qd);
+        be->store_bf16((uint16_t *)a->k, k, (size_t)N * kvd);
+        be->store_bf16((uint16_t *)a->v, v, (size_t)N * kvd);
+    }
     switch (ws->kind) {
     case AV_ROWS_PREFILL: {
         int T = ws->T, p0 = ws->p0;
@@ -217,7 +227,7 @@ static int attention_rows(const av_model *m, int l, av_layer_ws *ws, const float
         return 0;
     case AV_ROWS_BATCH:
     default:
-        return attention_batch(m, ws, att, att16, save && a->lse ? a->lse : ws->lse, save, q, k, v);
+        return attention_batch(m, ws, att, att16, save && a->lse ? a->lse : ws->lse, save, q, k, v, a);
     }
 }
 
@@ -253,11 +263,6 @@ void av_llama_layer_forward(const av_model *m, int l, av_layer_ws *ws, const flo
     /* the o product's bf16 input straight from the attention (x16's buffer: q k v are done) */
     uint16_t *att16 = av_lora_w16(ws, &L->o) ? (uint16_t *)ws->dxn : NULL;
     if (!attention_rows(m, l, ws, ws->xn, x16, q, k, v, att, att16, a, save)) att16 = NULL;
-    if (a16 && save) {
-        be->store_bf16((uint16_t *)a->q, q, (size_t)N * qd);
-        be->store_bf16((uint16_t *)a->k, k, (size_t)N * kvd);
-        be->store_bf16((uint16_t *)a->v, v, (size_t)N * kvd);
-    }
     float *xa[AV_PROJ_COUNT] = {0};
     if (save && a) for (int p = 0; p < AV_PROJ_COUNT; p++) xa[p] = a->xa[p];
     /* xmid = x_in + o(att): one product reading the residual where the backend can (no copy), else
@@ -370,7 +375,7 @@ void av_llama_layer_backward(const av_model *m, int l, av_layer_ws *ws, const av
     }
     norm_backward(be, ws, ws->full ? ws->gn2[l] : NULL, ws->dxn, a->xmid, &L->mlp_norm, a->rstd2, N, D);
     /* xmid = x_in + o(att) */
-    if (ws->a16) { /* q k v back into tmp (gate is dead) */
+    if (ws->a16 && !ws->flash16) { /* q k v back into tmp (gate is dead) */
         float *qf = ws->tmp, *kf = qf + (size_t)N * qd, *vf = kf + (size_t)N * kvd;
         be->load_bf16(qf, (const uint16_t *)a->q, (size_t)N * qd);
         be->load_bf16(kf, (const uint16_t *)a->k, (size_t)N * kvd);
@@ -380,13 +385,18 @@ void av_llama_layer_backward(const av_model *m, int l, av_layer_ws *ws, const av
         v = vf;
     }
     float *att = a->att ? a->att : ws->att, *lse = a->lse ? a->lse : ws->lse; /* kept by the forward, or recomputed */
-    if (!a->att) attention_batch(m, ws, att, NULL, lse, 1, q, k, v);
+    if (!a->att) attention_batch(m, ws, att, NULL, lse, 1, q, k, v, a);
     av_lora_linear_backward(be, ws, ws->datt, 0, ws->dx, dx16(ws), att, &L->o, l, AV_PROJ_O, N, a->xa[AV_PROJ_O]);
     int ph = av_layer_prof_switch(ws, be, AV_TRAIN_PH_ATT_BWD);
     uint16_t *d16 = NULL; /* bf16 copies of dq | dk | dv for the q k v products (dgate's buffer: free after the MLP) */
     if (ws->flash) { /* overwrites dq dk dv, RoPE backward folded in */
         if (av_lora_w16(ws, &L->q) && av_lora_w16(ws, &L->k) && av_lora_w16(ws, &L->v)) d16 = (uint16_t *)ws->dgate;
-        be->flash_attention_backward_batch(ws->dq, ws->dk, ws->dv, ws->datt, att, lse, q, k, v, B, T, H, KVH, hd, ws->pos, m->inv_freq, d16);
+        if (ws->flash16)
+            be->flash_attention_backward_bf16(ws->dq, ws->dk, ws->dv, ws->datt, att, lse, (const uint16_t *)a->q, (const uint16_t *)a->k,
+                                              (const uint16_t *)a->v, B, T, H, KVH, hd, ws->pos, m->inv_freq, d16);
+        else
+            be->flash_attention_backward_batch(ws->dq, ws->dk, ws->dv, ws->datt, att, lse, q, k, v, B, T, H, KVH, hd, ws->pos, m->inv_freq,
+                                               d16);
         av_layer_prof_switch(ws, be, ph);
     } else {
         be->zero(ws->dq, sizeof(float) * (size_t)N * qd);

@@ -45,6 +45,8 @@ typedef struct av_layer_ws {
     float *qkv, *gu;            /* DECODE: outputs of the fused q|k|v and gate|up products (NULL: no fusion) */
     /* ---- AV_ROWS_BATCH (training) ---- */
     int a16, mm16, full, flash; /* see train_model.c */
+    int flash16;                /* flash attention on the bf16-saved q, k, v themselves, forward and backward:
+                                 * the same bf16 values in both, no conversion passes */
     float *dx, *dxn, *datt, *dq, *dk, *dv, *dact, *dgate, *dup, *dx16, *lora3, *probs, *lse, *attw;
     size_t attw_n;
     int dx16_ok;

@@ -144,6 +144,11 @@ static av_status ctx_new(av_train_ctx **out, av_model *m, int max_rows, int max_
                m->be->flash_attention_forward_batch(NULL, NULL, NULL, NULL, NULL, 0, 0, cf->n_heads, cf->n_kv_heads, cf->head_dim, NULL) == 0 &&
                m->be->flash_attention_backward_batch(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, cf->n_heads, cf->n_kv_heads,
                                                      cf->head_dim, NULL, NULL, NULL) == 0;
+    /* with bf16-saved activations, flash reads the saved q, k, v where the backend has that entry for this shape */
+    c->ws.flash16 = c->ws.flash && c->ws.a16 && m->be->flash_attention_forward_bf16 && m->be->flash_attention_backward_bf16 &&
+                    m->be->flash_attention_forward_bf16(NULL, NULL, NULL, NULL, NULL, 0, 0, cf->n_heads, cf->n_kv_heads, cf->head_dim, NULL) == 0 &&
+                    m->be->flash_attention_backward_bf16(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, cf->n_heads, cf->n_kv_heads,
+                                                         cf->head_dim, NULL, NULL, NULL) == 0;
     size_t nlse = (size_t)max_rows * H * L;
     if (c->ws.flash) av_plan_floats(pl, &c->ws.lse, nlse);
     /* per-set attention outputs (f32, what the flash backward reads) and adapter products: no
@@ -206,7 +211,7 @@ av_status av_train_set_flash(av_train_ctx *c, int on) {
         else if (!(ws->attw = av_train_ctx_alloc(c, ws->attw_n, "attention workspace"))) return av_fail(AV_ERR_NOMEM, "train: out of memory");
     }
     for (int s = 0; s < c->nsets; s++) c->acts[s].att = c->acts[s].lse = NULL; /* one probs buffer: recompute per layer */
-    ws->flash = 0;
+    ws->flash = ws->flash16 = 0;
     return AV_OK;
 }
 
