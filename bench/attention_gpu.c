@@ -1,5 +1,6 @@
-/* GPU attention kernels alone: anvil's flash and standard training attention (causal, f32 in and
- * out, bf16 tensor-core products inside) through av_attention_time on the CUDA backend, forward and
+/* GPU attention kernels alone: anvil's flash and standard training attention (causal, bf16 tensor-core
+ * products inside; f32 out and gradients; q, k, v in f32, or in bf16 where training hands flash its
+ * bf16-saved q, k, v: head dim 64) through av_attention_time on the CUDA backend, forward and
  * forward + backward, at a fixed number of tokens per batch. One JSON line per (T, head dim, kind);
  * bench/attention_vs_torch.py runs it beside PyTorch's scaled_dot_product_attention.
  *   attention_gpu [flash] [reps [tokens_per_batch [T...]]]   (model width 2048: H = 2048 / hd, KVH = H;

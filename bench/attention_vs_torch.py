@@ -3,7 +3,8 @@
 scaled_dot_product_attention (flash, cuDNN and math backends; bf16, causal) and anvil's flash and
 standard attention (bench/attention_gpu). Same shapes: 16k tokens per batch, model width 2048
 (H = 2048 / head_dim, no GQA). TFLOP/s count the causal half of the scores; forward+backward counts
-3.5x the forward. Peak memory is PyTorch's allocator peak for the call (inputs included).
+3.5x the forward. anvil's calls are training's: bf16 q, k, v at head dim 64 (f32 at 128, converted
+inside), f32 out, lse and gradients; PyTorch's tensors are all bf16. Peak memory is PyTorch's allocator peak for the call (inputs included).
 usage: attention_vs_torch.py ANVIL_ATTENTION_GPU_BINARY [reps]"""
 import json, subprocess, sys
 import torch
