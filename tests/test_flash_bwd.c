@@ -87,6 +87,44 @@ static void check_rope_mode(const av_backend *G, shape sh, float *qd, float *kd,
     free(pos); free(inv); free(zq); free(zk); free(junk); free(eq); free(ek); free(ev); free(gq); free(gk); free(gv);
 }
 
+/* Two backward calls from the same starting gradients (the f32 entry, or with q16 the bf16 one on
+ * q16 / k16 / v16): errors against the reference dq, dk, dv into e[3] (T = 1: dq and dk as max abs,
+ * see below), checked against the tolerances; returns whether the two runs are bit-identical. */
+static int check_backward(const av_backend *G, shape sh, const char *what, const float *dod, const float *od, const float *ld,
+                          const float *qd, const float *kd, const float *vd, const uint16_t *q16, const uint16_t *k16,
+                          const uint16_t *v16, const float *g0q, const float *g0k, const float *g0v, const float *dq, const float *dk,
+                          const float *dv, double e[3]) {
+    int B = sh.B, T = sh.T, H = sh.H, KVH = sh.KVH, hd = sh.hd;
+    size_t N = (size_t)B * T, qn = N * H * hd, kn = N * KVH * hd;
+    float *gq[2], *gk[2], *gv[2];
+    for (int run = 0; run < 2; run++) { /* the same call twice: bit-identical */
+        float *dqd = up(G, g0q, qn), *dkd = up(G, g0k, kn), *dvd = up(G, g0v, kn);
+        int rc = q16 ? G->flash_attention_backward_bf16(dqd, dkd, dvd, dod, od, ld, q16, k16, v16, B, T, H, KVH, hd, NULL, NULL, NULL)
+                     : G->flash_attention_backward_batch(dqd, dkd, dvd, dod, od, ld, qd, kd, vd, B, T, H, KVH, hd, NULL, NULL, NULL);
+        CHECK(rc == 0, "%sbackward refused", what);
+        gq[run] = down(G, dqd, qn);
+        gk[run] = down(G, dkd, kn);
+        gv[run] = down(G, dvd, kn);
+        G->free(dqd); G->free(dkd); G->free(dvd);
+    }
+    CHECK_OK(av_cuda_status());
+    e[0] = test_rel_l2(gq[0], dq, qn), e[1] = test_rel_l2(gk[0], dk, kn), e[2] = test_rel_l2(gv[0], dv, kn);
+    if (T == 1) { /* one key: the softmax is constant, dq and dk gain exactly 0; dS = P (dP - delta) is
+                   * left with the rounding of dP (bf16 dout . v against the f32 delta): bound it absolutely */
+        e[0] = max_abs_diff(gq[0], dq, qn);
+        e[1] = max_abs_diff(gk[0], dk, kn);
+        CHECK(e[0] <= TOL_ONE_KEY && e[1] <= TOL_ONE_KEY && e[2] <= TOL_GRAD,
+              "%sflash bwd B=%d T=1 H=%d KVH=%d hd=%d: dq, dk max abs %.3g %.3g, dv %.3g", what, B, H, KVH, hd, e[0], e[1], e[2]);
+    } else {
+        CHECK(e[0] <= TOL_GRAD && e[1] <= TOL_GRAD && e[2] <= TOL_GRAD, "%sflash bwd B=%d T=%d H=%d KVH=%d hd=%d: dq %.3g dk %.3g dv %.3g",
+              what, B, T, H, KVH, hd, e[0], e[1], e[2]);
+    }
+    int same = !memcmp(gq[0], gq[1], qn * 4) && !memcmp(gk[0], gk[1], kn * 4) && !memcmp(gv[0], gv[1], kn * 4);
+    CHECK(same, "%sflash bwd B=%d T=%d H=%d KVH=%d hd=%d: two runs differ", what, B, T, H, KVH, hd);
+    for (int run = 0; run < 2; run++) { free(gq[run]); free(gk[run]); free(gv[run]); }
+    return same;
+}
+
 static void check_bf16(const av_backend *G, shape sh, const float *qd, const float *kd, const float *vd, const float *dod,
                        const float *out, const float *dq, const float *dk, const float *dv, const float *g0q, const float *g0k,
                        const float *g0v);
@@ -120,30 +158,9 @@ static void check_shape(const av_backend *G, shape sh) {
         G->free(f); G->free(o16);
         free(h);
     }
-    float *gq[2], *gk[2], *gv[2];
-    for (int run = 0; run < 2; run++) { /* the same call twice: bit-identical */
-        float *dqd = up(G, g0q, qn), *dkd = up(G, g0k, kn), *dvd = up(G, g0v, kn);
-        CHECK(G->flash_attention_backward_batch(dqd, dkd, dvd, dod, od, ld, qd, kd, vd, B, T, H, KVH, hd, NULL, NULL, NULL) == 0,
-              "backward refused");
-        gq[run] = down(G, dqd, qn);
-        gk[run] = down(G, dkd, kn);
-        gv[run] = down(G, dvd, kn);
-        G->free(dqd); G->free(dkd); G->free(dvd);
-    }
-    CHECK_OK(av_cuda_status());
-    double eq = test_rel_l2(gq[0], dq, qn), ek = test_rel_l2(gk[0], dk, kn), ev = test_rel_l2(gv[0], dv, kn);
-    if (T == 1) { /* one key: the softmax is constant, dq and dk gain exactly 0; dS = P (dP - delta) is
-                   * left with the rounding of dP (bf16 dout . v against the f32 delta): bound it absolutely */
-        eq = max_abs_diff(gq[0], dq, qn);
-        ek = max_abs_diff(gk[0], dk, kn);
-        CHECK(eq <= TOL_ONE_KEY && ek <= TOL_ONE_KEY && ev <= TOL_GRAD, "flash bwd B=%d T=1 H=%d KVH=%d hd=%d: dq, dk max abs %.3g %.3g, dv %.3g",
-              B, H, KVH, hd, eq, ek, ev);
-    } else {
-        CHECK(eq <= TOL_GRAD && ek <= TOL_GRAD && ev <= TOL_GRAD, "flash bwd B=%d T=%d H=%d KVH=%d hd=%d: dq %.3g dk %.3g dv %.3g", B, T,
-              H, KVH, hd, eq, ek, ev);
-    }
-    int same = !memcmp(gq[0], gq[1], qn * 4) && !memcmp(gk[0], gk[1], kn * 4) && !memcmp(gv[0], gv[1], kn * 4);
-    CHECK(same, "flash bwd B=%d T=%d H=%d KVH=%d hd=%d: two runs differ", B, T, H, KVH, hd);
+    double g[3];
+    int same = check_backward(G, sh, "", dod, od, ld, qd, kd, vd, NULL, NULL, NULL, g0q, g0k, g0v, dq, dk, dv, g);
+    double eq = g[0], ek = g[1], ev = g[2];
     printf("flash B=%d T=%d H=%d KVH=%d hd=%d: out %.2e, dq %.2e, dk %.2e, dv %.2e %s%s\n", B, T, H, KVH, hd, e, eq, ek, ev,
            T == 1 ? "(dq, dk: max abs)" : "rel L2", same ? ", deterministic" : "");
     check_rope_mode(G, sh, qd, kd, vd, dod, od, ld);
@@ -155,7 +172,6 @@ static void check_shape(const av_backend *G, shape sh) {
         CHECK(G->flash_attention_forward_bf16(NULL, NULL, NULL, NULL, NULL, B, T, H, KVH, hd, NULL) == -1 &&
                   G->flash_attention_backward_bf16(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, B, T, H, KVH, hd, NULL, NULL, NULL) == -1,
               "bf16 flash attention accepted hd=%d", hd);
-    for (int run = 0; run < 2; run++) { free(gq[run]); free(gk[run]); free(gv[run]); }
     G->free(qd); G->free(kd); G->free(vd); G->free(dod); G->free(od); G->free(ld);
     free(go); free(q); free(k); free(v); free(dout); free(g0q); free(g0k); free(g0v);
     free(out); free(probs); free(dq); free(dk); free(dv);
@@ -182,31 +198,9 @@ static void check_bf16(const av_backend *G, shape sh, const float *qd, const flo
     double e = test_rel_l2(go, out, qn), e16 = test_rel_l2(g16, go, qn);
     CHECK(e <= TOL_OUT, "bf16 flash fwd B=%d T=%d H=%d KVH=%d hd=%d: out rel L2 %.3g", B, T, H, KVH, hd, e);
     CHECK(e16 <= 4e-3, "bf16 flash fwd B=%d T=%d H=%d KVH=%d hd=%d: bf16-only out rel L2 %.3g", B, T, H, KVH, hd, e16);
-    float *gq[2], *gk[2], *gv[2];
-    for (int run = 0; run < 2; run++) {
-        float *dqd = up(G, g0q, qn), *dkd = up(G, g0k, kn), *dvd = up(G, g0v, kn);
-        CHECK(G->flash_attention_backward_bf16(dqd, dkd, dvd, dod, od, ld, q16, k16, v16, B, T, H, KVH, hd, NULL, NULL, NULL) == 0,
-              "bf16 backward refused");
-        gq[run] = down(G, dqd, qn);
-        gk[run] = down(G, dkd, kn);
-        gv[run] = down(G, dvd, kn);
-        G->free(dqd); G->free(dkd); G->free(dvd);
-    }
-    CHECK_OK(av_cuda_status());
-    double eq = test_rel_l2(gq[0], dq, qn), ek = test_rel_l2(gk[0], dk, kn), ev = test_rel_l2(gv[0], dv, kn);
-    if (T == 1) {
-        eq = max_abs_diff(gq[0], dq, qn);
-        ek = max_abs_diff(gk[0], dk, kn);
-        CHECK(eq <= TOL_ONE_KEY && ek <= TOL_ONE_KEY && ev <= TOL_GRAD, "bf16 flash bwd B=%d T=1 H=%d KVH=%d hd=%d: dq, dk max abs %.3g %.3g, dv %.3g",
-              B, H, KVH, hd, eq, ek, ev);
-    } else {
-        CHECK(eq <= TOL_GRAD && ek <= TOL_GRAD && ev <= TOL_GRAD, "bf16 flash bwd B=%d T=%d H=%d KVH=%d hd=%d: dq %.3g dk %.3g dv %.3g", B,
-              T, H, KVH, hd, eq, ek, ev);
-    }
-    int same = !memcmp(gq[0], gq[1], qn * 4) && !memcmp(gk[0], gk[1], kn * 4) && !memcmp(gv[0], gv[1], kn * 4);
-    CHECK(same, "bf16 flash bwd B=%d T=%d H=%d KVH=%d hd=%d: two runs differ", B, T, H, KVH, hd);
-    printf("bf16 q/k/v: out %.2e (bf16-only out %.2e), dq %.2e, dk %.2e, dv %.2e%s\n", e, e16, eq, ek, ev, same ? ", deterministic" : "");
-    for (int run = 0; run < 2; run++) { free(gq[run]); free(gk[run]); free(gv[run]); }
+    double g[3];
+    int same = check_backward(G, sh, "bf16 ", dod, od, ld, NULL, NULL, NULL, q16, k16, v16, g0q, g0k, g0v, dq, dk, dv, g);
+    printf("bf16 q/k/v: out %.2e (bf16-only out %.2e), dq %.2e, dk %.2e, dv %.2e%s\n", e, e16, g[0], g[1], g[2], same ? ", deterministic" : "");
     G->free(q16); G->free(k16); G->free(v16); G->free(o16); G->free(od); G->free(ld); G->free(f);
     free(go); free(g16);
 }
