@@ -465,7 +465,8 @@ __global__ void fb_reduce_rope_k(float *dk, float *dv, const float *pk, const fl
 
 /* Warps of a backward block (16 keys, or 16 query rows, each): 8 for hd 128, so each Q/dO chunk (dK/dV
  * kernel) or K/V tile (dQ kernel) in shared memory serves 128 keys or rows instead of 64 (forward+
- * backward at 8192 tokens 156 -> 180 TFLOP/s on an H200); 4 for hd 64 (8 measured slower: 168 -> 163). */
+ * backward at 8192 tokens 156 -> 180 TFLOP/s on an H200); 4 for hd 64 (8 measured slower: 168 -> 163; again
+ * with the halved shared memory of the untransposed tiles, for either kernel: 188 -> 178-186 on an H100). */
 #define FB_WARPS(HD) ((HD) == 128 ? 8 : 4)
 
 template <int HD, int B16>
