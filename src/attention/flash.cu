@@ -70,6 +70,7 @@ template <int HD, int WARPS, int MT, int QSM, int FLAT, int B16>
 __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, const float *q, const __nv_bfloat16 *q16, const __nv_bfloat16 *kb,
                                                        const __nv_bfloat16 *vb, int T, int Sp, int pos0, int H, int KVH, float qscale,
                                                        uint16_t *out16) {
+    static_assert(!B16 || (FLAT && !QSM), "the bf16 entry reads K / V where they lie and Q into registers (hd 64's shape)");
     constexpr int WR = 16 * MT, BR = WR * WARPS, KS = HD + FA_PAD, VS = FA_BC + FA_PAD;
     constexpr int VT = FLAT ? FA_BC * KS : HD * VS; /* a V tile in shared memory */
     extern __shared__ __align__(16) unsigned char fa_smem[];
@@ -132,14 +133,7 @@ __global__ void __launch_bounds__(WARPS * 32) fa_fwd_k(float *out, float *lse, c
     /* Q fragments (A operand, rows tw + 16 mt + g and + 8), scaled by 1/sqrt(hd) * log2(e) */
     uint32_t qf[QSM ? 1 : MT][QSM ? 1 : HD / 16][4];
     size_t qs = (size_t)H * HD;
-    if constexpr (QSM && B16) { /* the block's Q rows as they are */
-        for (int i = threadIdx.x; i < BR * HD / 8; i += WARPS * 32) {
-            int r = i / (HD / 8), d = (i % (HD / 8)) * 8, t = t0 + r;
-            uint4 v = t < T ? *reinterpret_cast<const uint4 *>(q16 + (size_t)t * qs + (size_t)h * HD + d) : make_uint4(0u, 0u, 0u, 0u);
-            *reinterpret_cast<uint4 *>(Qs + r * KS + d) = v;
-        }
-        __syncthreads();
-    } else if constexpr (QSM) { /* the block's Q rows, scaled and rounded to bf16, into shared memory */
+    if constexpr (QSM) { /* the block's Q rows, scaled and rounded to bf16, into shared memory */
         for (int i = threadIdx.x; i < BR * HD / 4; i += WARPS * 32) {
             int r = i / (HD / 4), d = (i % (HD / 4)) * 4, t = t0 + r;
             float4 v = t < T ? *reinterpret_cast<const float4 *>(q + (size_t)t * qs + (size_t)h * HD + d) : make_float4(0.f, 0.f, 0.f, 0.f);
