@@ -161,11 +161,19 @@ __device__ __forceinline__ void fb_rope_back(float (&a)[HD / 8][4], const int32_
     }
 }
 
+/* Blocks per SM the kernels are compiled for: the bf16 entry's hd-64 kernels at 3 (dK/dV: 190 -> 168
+ * registers) and 4 (dQ: 146 -> 128), a few bytes of spills outside the products; with 2 and 3 blocks
+ * their 4-warp blocks left each scheduler 2 warps, stalled on the mma chains (ncu). H100, fwd+bwd at
+ * 512 / 2048 / 8192 tokens: 74-75 / 144-145 / 184-185 -> 86 / 163 / 200-205 TFLOP/s. 0: no hint (the
+ * f32 entry's kernels compile as before; a hint of 1 alone changes their register allocation). */
+#define FB_MINB_A(HD, B16) ((HD) == 64 && (B16) ? 3 : 0)
+#define FB_MINB_B(HD, B16) ((HD) == 64 && (B16) ? 4 : 0)
+
 /* B16 (both kernels): qb, kb, vb are the caller's bf16 rows ([B*T, H*hd], [B*T, KVH*hd]; q unscaled),
  * read where they lie (rows past T zero-filled), and the scores are scaled by sl2 in the exponent's
  * FFMA, as the bf16 forward does; dout still comes converted (ob, with lse2 and delta). */
 template <int HD, int WARPS, int B16>
-__global__ void __launch_bounds__(WARPS * 32) fb_dkdv_k(float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob,
+__global__ void __launch_bounds__(WARPS * 32, FB_MINB_A(HD, B16)) fb_dkdv_k(float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob,
                                                  const __nv_bfloat16 *kb,
                                                  const __nv_bfloat16 *vb, const float *lse2, const float *delta, int T, int Tp, int H,
                                                  int KVH, int nsplit, size_t part_n, float scale, float sl2, const int32_t *pos,
@@ -303,7 +311,7 @@ __global__ void __launch_bounds__(WARPS * 32) fb_dkdv_k(float *dk, float *dv, co
 /* Kernel B: dQ of one tile of 16 * WARPS queries of one head. grid (H, B, query tiles), heaviest (last)
  * first; keys come in tiles of FB_T (a block of 128 queries reads each K/V tile once for all of them). */
 template <int HD, int WARPS, int B16>
-__global__ void __launch_bounds__(WARPS * 32) fb_dq_k(float *dq, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
+__global__ void __launch_bounds__(WARPS * 32, FB_MINB_B(HD, B16)) fb_dq_k(float *dq, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
                                                       const __nv_bfloat16 *vb, const float *lse2, const float *delta,
                                                       int T, int Tp, int H, int KVH, float scale, float sl2, const int32_t *pos,
                                                       const float *inv_freq, uint16_t *dq16) {
