@@ -7,7 +7,9 @@
  * gradients; GGUF K-quant files (Q2_K, Q3_K_M, Q6_K: groups of 16) give on the GPU the CPU's NLL,
  * logits and greedy ids. Tolerances: exact-f32 paths 1e-5 relative L2, except the packed one-to-eight-row products
  * (1e-4): they sum scale * (x . q) + bias * sum(x) per 16 codes where the CPU dequantizes first,
- * and the two f32 orders differ by up to 4.2e-5 (H200, 2026-12-05); bf16 tensor-core paths 1e-2.
+ * and the two f32 orders differ by up to 4.2e-5 (H200, 2026-12-05); the one-row product on 4/8-bit
+ * codes takes x as two int8 digits, as the CPU's decode does (different blocks of x: q4 decode logits
+ * 5.8e-5, q8 4.4e-5 from the CPU's, H100, 2026-12-06); bf16 tensor-core paths 1e-2.
  * Without a GPU: "skipped: no GPU". */
 #include "test_cuda.h"
 #include "core/memory.h"

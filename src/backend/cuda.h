@@ -14,8 +14,9 @@ size_t av_cuda_held_bytes(void);
 void av_cuda_reset_peak(void);
 /* Score-buffer budget (floats) of the inference attention's row chunks (tests shrink it; 0 = default). */
 void av_cuda_set_attention_chunk(size_t floats);
-/* The backend's matmul_fused_forward: f32 != 0 keeps exact f32 arithmetic (one row fused, more rows
- * through the separate exact ops); 0 also runs 2..32 rows on bf16 tensor cores. No-op without CUDA. */
+/* The backend's matmul_fused_forward: f32 != 0 keeps f32 arithmetic (one row fused: exact f32, or x as
+ * two int8 digits on 4/8-bit codes, as the CPU's decode; more rows through the separate exact ops); 0
+ * also runs 2..32 rows on bf16 tensor cores. No-op without CUDA. */
 void av_cuda_matmul_fused_forward_mode(float *out, const float *x, const av_mat *W, int T, const av_gemv_fusion *f, int f32);
 
 #ifdef AV_HAVE_CUDA

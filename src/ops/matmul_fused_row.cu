@@ -1,5 +1,5 @@
-/* One-row fused decode products: an exact f32 GEMV over bf16/f16 rows (fz1_k) or over packed MLX
- * codes (fzq1_k), with the greedy argmax of the LM head folded in (fz_amax_*). */
+/* One-row fused decode products: an exact f32 GEMV over bf16/f16 rows (fz1_k) or a GEMV over packed MLX
+ * codes (fzq1_k: f32, or int8 digits of x for 4/8-bit codes), with the greedy argmax of the LM head folded in (fz_amax_*). */
 #include "ops/matmul_fused.cuh"
 
 /* ---------------------------------------------------------------- greedy argmax in the LM head */
@@ -210,8 +210,10 @@ __device__ __forceinline__ void fz1_out(const fz_args &a, const float (&red)[2 *
  * before the wait. After it the block stages x once into shared memory (times the norm weight, with
  * the sum of squares and each piece's sum of x computed on the way; the layout is swizzled so the
  * lanes' float4 reads are conflict-free), then every lane takes scale * (x . q) + bias * sum(x) per
- * piece, exact f32, and one warp-shuffle reduction gives the unit's outputs (no block reduction).
- * Codes are decoded one at a time (aq_code: shift, mask, | 2^23, subtract). An in-place decode of
+ * piece and one warp-shuffle reduction gives the unit's outputs (no block reduction). 4- and 8-bit
+ * codes in groups of 32+ (MLX 4/8-bit, GGUF Q4_0/Q8_0 repacked) take x . q by dp4a against x staged
+ * as two int8 digits (fzq_i8; H100 decode b1 +15-32%, bench/NOTES-gpu.md); the other widths in f32,
+ * codes decoded one at a time (aq_code: shift, mask, | 2^23, subtract). An in-place decode of
  * 2/4/8-bit codes (masking within the half-word into per-position accumulators) was measured in
  * bench/q1_variants.cu (w2 vs w2g): ~4% faster on o and down, but 25-30% slower on the RMSNorm-input
  * products (4-bit q|k|v 4.18 vs 3.16 us, gate|up 11.14 vs 9.12 us on an H200), so it is not used.
@@ -236,10 +238,82 @@ static constexpr int fzq1_umax() {
     return 48 / (2 * (fzq_piece<BITS>::WORDS + 2 * SUB)) >= 4 ? 4 : 2;
 }
 
-/* Dynamic shared memory of the one-row kernel: x, the sums of x per group-piece, the warps' sums of squares. */
+/* 4- and 8-bit codes in groups of 32+ take x as two int8 digits per value, as the CPU's VNNI kernel
+ * does (quant/qmatmul.h): x = d (q1 + q2/256), d = amax/127 per 32 values, error <= d/512 a value;
+ * the codes enter dp4a as unsigned bytes against the digits (exact int32 sums), a piece's sum is
+ * scaled by scale * d/256. Two dp4a per 4 codes and digit instead of a decode and an FMA per code. */
+template <int BITS, int SUB>
+struct fzq_i8 {
+    static constexpr bool on = (BITS == 4 || BITS == 8) && SUB == 1;
+};
+
+/* Dynamic shared memory of the one-row kernel: x (f32, or its digits and d/256 per 32 values), the
+ * sums of x per group-piece, the warps' sums of squares. */
 template <int BITS, int SUB>
 static size_t fzq1_smem(int K, int nw) {
-    return (size_t)K * sizeof(float) + (size_t)(K / fzq_piece<BITS>::CODES * SUB) * sizeof(float) + (size_t)nw * sizeof(float);
+    size_t xb = fzq_i8<BITS, SUB>::on ? (size_t)K * 2 + (size_t)(K / 32) * sizeof(float) : (size_t)K * sizeof(float);
+    return xb + (size_t)(K / fzq_piece<BITS>::CODES * SUB) * sizeof(float) + (size_t)nw * sizeof(float);
+}
+
+/* d = a + sum of the bytes of u (unsigned) times those of s (signed). */
+__device__ __forceinline__ int fzq_dp4a(uint32_t u, uint32_t s, int a) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(u), "r"(s), "r"(a));
+    return d;
+}
+
+/* Staging of x's digits: the thread with x[4f .. 4f+3] (8 lanes a 32-value block, all lanes of the
+ * warp present) writes d/256 of the block and, with its odd neighbour's bytes, one 16-byte slot.
+ * 4-bit pieces (32 codes, 4 words): slot (word i, piece m) at i * NP + m holds q1 of the word's even
+ * codes (what w & 0x0f0f0f0f holds), q1 of its odd codes, then q2 of both. 8-bit pieces (16 codes):
+ * slot (j, m) at j * NP + m holds q1, q2 of word 2j, then of word 2j + 1. Lanes on consecutive
+ * pieces read consecutive slots (conflict-free). */
+template <int BITS>
+__device__ __forceinline__ void fzq_digits(uint4 *dig, float *dd, float4 v, int f, bool in, int NP) {
+    float am = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))); /* a NaN is left out */
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
+    float d = am == INFINITY ? NAN : am * (1.0f / 127.0f), id = am > 0.0f ? __fdividef(127.0f, am) : 0.0f;
+    /* rounding by the 1.5 * 2^23 shift: the sum's low byte is the rounded value's two's complement */
+    const float e[4] = {v.x, v.y, v.z, v.w}, SH = 12582912.0f;
+    uint32_t b1[4], b2[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        float s = e[k] * id, t = s + SH, r = fminf((s - (t - SH)) * 256.0f, 127.0f);
+        b1[k] = __float_as_uint(t), b2[k] = __float_as_uint(r + SH);
+    }
+    uint32_t q1 = __byte_perm(__byte_perm(b1[0], b1[1], 0x0040), __byte_perm(b1[2], b1[3], 0x0040), 0x5410);
+    uint32_t q2 = __byte_perm(__byte_perm(b2[0], b2[1], 0x0040), __byte_perm(b2[2], b2[3], 0x0040), 0x5410);
+    uint32_t p1 = __shfl_down_sync(0xffffffffu, q1, 1), p2 = __shfl_down_sync(0xffffffffu, q2, 1);
+    if (!in) return;
+    if ((f & 7) == 0) dd[f >> 3] = d * (1.0f / 256.0f);
+    if (f & 1) return;
+    if (BITS == 4)
+        dig[((f & 7) >> 1) * NP + (f >> 3)] =
+            make_uint4(__byte_perm(q1, p1, 0x6420), __byte_perm(q1, p1, 0x7531), __byte_perm(q2, p2, 0x6420), __byte_perm(q2, p2, 0x7531));
+    else
+        dig[((f & 3) >> 1) * NP + (f >> 2)] = make_uint4(q1, q2, p1, p2);
+}
+
+/* q . (q1 * 256 + q2) over one piece, from its slots xd. */
+template <int BITS>
+__device__ __forceinline__ int fzq_piece_i8(const uint32_t (&w)[fzq_piece<BITS>::WORDS], const uint4 (&xd)[BITS == 4 ? 4 : 2]) {
+    int a1 = 0, a2 = 0;
+    if constexpr (BITS == 4) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            uint32_t lo = w[i] & 0x0f0f0f0fu, hi = (w[i] >> 4) & 0x0f0f0f0fu;
+            a1 = fzq_dp4a(lo, xd[i].x, a1), a1 = fzq_dp4a(hi, xd[i].y, a1);
+            a2 = fzq_dp4a(lo, xd[i].z, a2), a2 = fzq_dp4a(hi, xd[i].w, a2);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            a1 = fzq_dp4a(w[2 * j], xd[j].x, a1), a2 = fzq_dp4a(w[2 * j], xd[j].y, a2);
+            a1 = fzq_dp4a(w[2 * j + 1], xd[j].z, a1), a2 = fzq_dp4a(w[2 * j + 1], xd[j].w, a2);
+        }
+    }
+    return a1 * 256 + a2;
 }
 
 template <int BITS>
@@ -288,17 +362,46 @@ __device__ __forceinline__ float fzq_piece_dot(const uint32_t (&w)[fzq_piece<BIT
     return d;
 }
 
+/* x[4f .. 4f+3] (zeros when !in), times the norm weight for RMSNorm input; *ss += their squares. */
+template <int IN>
+__device__ __forceinline__ float4 fzq1_xload(const fz_args &a, int f, bool in, float *ss) {
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (!in) return v;
+    if (IN == AV_GEMV_IN_X && a.xb) {
+        uint2 u = reinterpret_cast<const uint2 *>(a.x)[f];
+        v = make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
+    } else {
+        v = reinterpret_cast<const float4 *>(a.x)[f];
+    }
+    if (IN == AV_GEMV_IN_RMSNORM) {
+        *ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        float g0, g1, g2, g3;
+        if (a.nvec) {
+            uint2 u = __ldg(reinterpret_cast<const uint2 *>(a.norm) + f);
+            g0 = __uint_as_float(u.x << 16), g1 = __uint_as_float(u.x & 0xffff0000u);
+            g2 = __uint_as_float(u.y << 16), g3 = __uint_as_float(u.y & 0xffff0000u);
+        } else {
+            g0 = av_ld_w(a.norm, a.ndt, (size_t)4 * f), g1 = av_ld_w(a.norm, a.ndt, (size_t)4 * f + 1);
+            g2 = av_ld_w(a.norm, a.ndt, (size_t)4 * f + 2), g3 = av_ld_w(a.norm, a.ndt, (size_t)4 * f + 3);
+        }
+        v.x *= g0, v.y *= g1, v.z *= g2, v.w *= g3;
+    }
+    return v;
+}
+
 /* Block = NW warps, warp w on unit grp * NW + w for grp = blockIdx.x, + gridDim.x, ..; lane l on
  * pieces l, l + 32, .. of both rows, U of them per pass (the first pass loaded before the wait). */
 template <int IN, int OUT, int NW, int BITS, int U, int SUB>
 __global__ void __launch_bounds__(NW * 32) fzq1_k(fz_args a, fzq_args qa, int units) {
     using PC = fzq_piece<BITS>;
     constexpr int NTH = NW * 32, NWD = PC::WORDS, CH = PC::CODES / SUB, XF4 = PC::F4 / SUB; /* codes, float4s of x a group-piece */
+    constexpr bool I8 = fzq_i8<BITS, SUB>::on;
     extern __shared__ float4 fzq1_sm[];
     __shared__ unsigned long long keys[NW];
     const int K = a.K, NP = K / PC::CODES, nf4 = K >> 2, ng = K / qa.group, rw = K / 32 * BITS;
     const int gsh = SUB == 1 ? (31 - __clz(qa.group)) - PC::LOG2 : 0; /* SUB 1: piece m is in group m >> gsh; SUB 2: groups 2m, 2m + 1 */
-    float *xs = reinterpret_cast<float *>(fzq1_sm + nf4), *ssw = xs + NP * SUB;
+    uint4 *dig = reinterpret_cast<uint4 *>(fzq1_sm); /* I8: x's digits (K / 8 slots), then d/256 per 32 values */
+    float *dd = reinterpret_cast<float *>(fzq1_sm + (I8 ? K / 8 : nf4)), *xs = dd + (I8 ? K / 32 : 0), *ssw = xs + NP * SUB;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int ngroups = (units + NW - 1) / NW, npass = (NP + 32 * U - 1) / (32 * U);
 
@@ -344,37 +447,32 @@ __global__ void __launch_bounds__(NW * 32) fzq1_k(fz_args a, fzq_args qa, int un
 
     /* x (times the norm weight) into shared memory, the pieces' sums of x, the sum of squares */
     float ss = 0.0f;
-    for (int f0 = 0; f0 < nf4; f0 += NTH) {
-        int f = f0 + tid;
-        bool in = f < nf4;
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (in) {
-            if (IN == AV_GEMV_IN_X && a.xb) {
-                uint2 u = reinterpret_cast<const uint2 *>(a.x)[f];
-                v = make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
-                                __uint_as_float(u.y & 0xffff0000u));
-            } else {
-                v = reinterpret_cast<const float4 *>(a.x)[f];
-            }
-            if (IN == AV_GEMV_IN_RMSNORM) {
-                ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-                float g0, g1, g2, g3;
-                if (a.nvec) {
-                    uint2 u = __ldg(reinterpret_cast<const uint2 *>(a.norm) + f);
-                    g0 = __uint_as_float(u.x << 16), g1 = __uint_as_float(u.x & 0xffff0000u);
-                    g2 = __uint_as_float(u.y << 16), g3 = __uint_as_float(u.y & 0xffff0000u);
-                } else {
-                    g0 = av_ld_w(a.norm, a.ndt, (size_t)4 * f), g1 = av_ld_w(a.norm, a.ndt, (size_t)4 * f + 1);
-                    g2 = av_ld_w(a.norm, a.ndt, (size_t)4 * f + 2), g3 = av_ld_w(a.norm, a.ndt, (size_t)4 * f + 3);
-                }
-                v.x *= g0, v.y *= g1, v.z *= g2, v.w *= g3;
-            }
-            fzq1_sm[fzq_swz(f)] = v;
-        }
+    auto piece_sums = [&](float4 v, int f, bool in) {
         float t = (v.x + v.y) + (v.z + v.w);
 #pragma unroll
         for (int o = 1; o < XF4; o <<= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
         if (in && f % XF4 == 0) xs[f / XF4] = t;
+    };
+    if constexpr (!I8) {
+        for (int f0 = 0; f0 < nf4; f0 += NTH) {
+            int f = f0 + tid;
+            bool in = f < nf4;
+            float4 v = fzq1_xload<IN>(a, f, in, &ss);
+            if (in) fzq1_sm[fzq_swz(f)] = v;
+            piece_sums(v, f, in);
+        }
+    } else { /* 4 float4s a thread in flight: the digits' shuffle chains overlap */
+        for (int f0 = 0; f0 < nf4; f0 += 4 * NTH) {
+            float4 v[4];
+#pragma unroll
+            for (int s = 0; s < 4; s++) v[s] = fzq1_xload<IN>(a, f0 + s * NTH + tid, f0 + s * NTH + tid < nf4, &ss);
+#pragma unroll
+            for (int s = 0; s < 4; s++) {
+                int f = f0 + s * NTH + tid;
+                fzq_digits<BITS>(dig, dd, v[s], f, f < nf4, NP);
+                piece_sums(v[s], f, f < nf4);
+            }
+        }
     }
     if (IN == AV_GEMV_IN_RMSNORM) {
         ss = av_warp_sum(ss);
@@ -401,7 +499,16 @@ __global__ void __launch_bounds__(NW * 32) fzq1_k(fz_args a, fzq_args qa, int un
 #pragma unroll
             for (int j = 0; j < U; j++) {
                 int m = lane + 32 * (j + U * pass);
-                if (m < NP) {
+                if (m >= NP) continue;
+                if constexpr (I8) {
+                    uint4 xd[BITS == 4 ? 4 : 2];
+#pragma unroll
+                    for (int i = 0; i < (BITS == 4 ? 4 : 2); i++) xd[i] = dig[i * NP + m];
+                    float dq = dd[BITS == 4 ? m : m >> 1], xsum = xs[m];
+                    float t0 = (float)fzq_piece_i8<BITS>(w[j][0], xd), t1 = (float)fzq_piece_i8<BITS>(w[j][1], xd);
+                    acc0 = fmaf(fzq_sb(sv[j][0][0], a.dt) * dq, t0, fmaf(fzq_sb(bv[j][0][0], a.dt), xsum, acc0));
+                    acc1 = fmaf(fzq_sb(sv[j][1][0], a.dt) * dq, t1, fmaf(fzq_sb(bv[j][1][0], a.dt), xsum, acc1));
+                } else {
                     float4 xv[PC::F4];
 #pragma unroll
                     for (int e = 0; e < PC::F4; e++) xv[e] = fzq1_sm[fzq_swz(m * PC::F4 + e)];
