@@ -296,16 +296,46 @@ __global__ void __launch_bounds__(MM_WARPS * 32, NT == 1 && U == 1 ? (BITS == 2 
 /* Several rows on packed weights: x RMSNormed once into bf16 rows (one block a row), so the product
  * reads its input fragments as they lie instead of every block normalizing and rounding all of x
  * again (at 8+ rows that input work outweighs the packed weights' bytes). */
+template <int V>
 __global__ void __launch_bounds__(256) fz_norm16_k(uint16_t *out, const float *x, const void *w, av_dtype wt, int K, float eps) {
     __shared__ float sh[32];
     av_pdl_launch(); /* the product may start streaming its weights; it waits for this grid before reading out */
+    const int n4 = K >> 2, tid = threadIdx.x;
+    float4 g[V]; /* the norm weight is constant: read before the wait */
+#pragma unroll
+    for (int i = 0; i < V; i++) {
+        int f = tid + 256 * i;
+        g[i] = f < n4 ? make_float4(av_ld_w(w, wt, 4 * (size_t)f), av_ld_w(w, wt, 4 * (size_t)f + 1), av_ld_w(w, wt, 4 * (size_t)f + 2),
+                                    av_ld_w(w, wt, 4 * (size_t)f + 3))
+                      : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
     av_pdl_wait();
-    const float *xr = x + (size_t)blockIdx.x * K;
+    const float4 *xr = reinterpret_cast<const float4 *>(x + (size_t)blockIdx.x * K);
+    uint2 *o = reinterpret_cast<uint2 *>(out + (size_t)blockIdx.x * K);
+    float4 v[V]; /* all of a thread's loads in flight at once (rows up to 1024 V values) */
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) ss += xr[i] * xr[i];
+#pragma unroll
+    for (int i = 0; i < V; i++) {
+        int f = tid + 256 * i;
+        v[i] = f < n4 ? xr[f] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        ss += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
+    }
+    for (int f = tid + 256 * V; f < n4; f += 256) {
+        float4 t = xr[f];
+        ss += t.x * t.x + t.y * t.y + t.z * t.z + t.w * t.w;
+    }
     ss = av_block_sum(ss, sh);
     float r = 1.0f / sqrtf(ss / (float)K + eps);
-    for (int i = threadIdx.x; i < K; i += blockDim.x) out[(size_t)blockIdx.x * K + i] = fz_bf16(av_ld_w(w, wt, i) * (xr[i] * r));
+    auto put = [&](int f, float4 xv, float4 gv) {
+        o[f] = make_uint2((uint32_t)fz_bf16(gv.x * (xv.x * r)) | (uint32_t)fz_bf16(gv.y * (xv.y * r)) << 16,
+                          (uint32_t)fz_bf16(gv.z * (xv.z * r)) | (uint32_t)fz_bf16(gv.w * (xv.w * r)) << 16);
+    };
+#pragma unroll
+    for (int i = 0; i < V; i++)
+        if (tid + 256 * i < n4) put(tid + 256 * i, v[i], g[i]);
+    for (int f = tid + 256 * V; f < n4; f += 256)
+        put(f, xr[f], make_float4(av_ld_w(w, wt, 4 * (size_t)f), av_ld_w(w, wt, 4 * (size_t)f + 1), av_ld_w(w, wt, 4 * (size_t)f + 2),
+                                  av_ld_w(w, wt, 4 * (size_t)f + 3)));
 }
 
 template <int IN, int OUT, int NT, int U, int TU, int BITS>
@@ -373,5 +403,8 @@ void fz_mma_launch(const fz_args &a, const fzq_args &qa, av_gemv_in in, int bits
 }
 
 void fz_norm16(uint16_t *out, const float *x, const void *w, av_dtype wt, int T, int K, float eps) {
-    av_launch(fz_norm16_k, dim3(T), dim3(256), 0, 1, out, x, w, wt, K, eps);
+    int n4 = K >> 2; /* K % 8 == 0 (fused_ok) */
+    if (n4 <= 256) av_launch(fz_norm16_k<1>, dim3(T), dim3(256), 0, 1, out, x, w, wt, K, eps);
+    else if (n4 <= 512) av_launch(fz_norm16_k<2>, dim3(T), dim3(256), 0, 1, out, x, w, wt, K, eps);
+    else av_launch(fz_norm16_k<4>, dim3(T), dim3(256), 0, 1, out, x, w, wt, K, eps);
 }
