@@ -49,7 +49,7 @@ static int fused_ok(const float *x, const av_mat *W, int T, const av_gemv_fusion
     if (T > 1 && (f32 || (W->q_bits ? !fzq_mma_bits(W->q_bits) : W->dtype != AV_BF16))) return 0;
     if ((!W->q_bits && W->dtype != AV_BF16 && W->dtype != AV_F16) || K % 8 || N < 1 || ((uintptr_t)x % 16) || ((uintptr_t)W->data % 16))
         return 0;
-    if (W->q_bits && (K % W->q_group || K % 32)) return 0;
+    if (W->q_bits && (K % W->q_group || K % 32 || (W->q_group & (W->q_group - 1)))) return 0; /* groups: powers of two */
     if (W->q_bits && T > 1 && K % (128 / W->q_bits)) return 0; /* whole 16-byte pieces per row */
     if (W->q_bits && W->q_group < 32 && (W->q_group != 16 || (T == 1 && !(W->q_bits == 2 || W->q_bits == 3 || W->q_bits == 6 || W->q_bits == 8))))
         return 0; /* groups of 16: the one-row kernel's SUB = 2 widths (fzq_g16) and 8 bits; 2+ rows take any group of 8+ */
