@@ -1,7 +1,7 @@
 /* Fused decode products (backend.h av_gemv_fusion): out = in(x) . W^T for T <= 16 rows (packed
  * weights: 32), with RMSNorm on the input and a residual add, RoPE or SwiGLU pairs on the output, so a
  * decoder layer is four products and the attention. One row: an exact f32 GEMV (4/8-bit codes: x as two
- * int8 digits, error <= 2^-9 of x's step, as the CPU's decode); more: bf16 tensor-core
+ * int8 digits, error <= 2^-8 of x's step, as the CPU's decode); more: bf16 tensor-core
  * products (bf16 weights, or 2-, 4-, 8-bit MLX codes turned into bf16 fragments in registers); more
  * rows still: the separate ops. Weight loads start before the wait on the previous kernel (PDL).
  * This file picks the kernel (matmul_fused_row.cu, matmul_fused_mma.cu) or the separate ops. */

@@ -90,8 +90,8 @@ __device__ __forceinline__ void fzm_w_load(fzm_w<BITS> &w, const fz_args &a, con
  * register e holds codes (e, e + 4) of the chunk, made bf16 by the exponent trick ((q | 0x4300) is the
  * bf16 of 128 + q; minus 128, then scale * q + bias, two codes an instruction), and fzm_steps pairs x
  * the same way. H100 4-bit g64 decode, tok/s: 2 rows 2,227 -> 2,370, 8 rows 7,806 -> 8,250; with two
- * input tiles even, with four 14,570 -> 13,259 (the input permutes cost more than the decode saves),
- * so more rows keep the I2F decode. Otherwise register e holds codes (2e, 2e + 1). */
+ * input tiles even, with four 14,570 -> 13,259 (not analysed: the input permutes are one suspect), so
+ * more rows keep the I2F decode. Otherwise register e holds codes (2e, 2e + 1). */
 template <int BITS, bool M4>
 __device__ __forceinline__ uint4 fzm_w_frag(const fzm_w<BITS> &w, int j) {
     if constexpr (BITS == 0) {
@@ -333,14 +333,13 @@ __global__ void __launch_bounds__(256) fz_norm16_k(uint16_t *out, const float *x
     __shared__ float sh[32];
     av_pdl_launch(); /* the product may start streaming its weights; it waits for this grid before reading out */
     const int n4 = K >> 2, tid = threadIdx.x;
+    auto gw = [&](int f) { /* norm weights 4f .. 4f+3 */
+        return make_float4(av_ld_w(w, wt, 4 * (size_t)f), av_ld_w(w, wt, 4 * (size_t)f + 1), av_ld_w(w, wt, 4 * (size_t)f + 2),
+                           av_ld_w(w, wt, 4 * (size_t)f + 3));
+    };
     float4 g[V]; /* the norm weight is constant: read before the wait */
 #pragma unroll
-    for (int i = 0; i < V; i++) {
-        int f = tid + 256 * i;
-        g[i] = f < n4 ? make_float4(av_ld_w(w, wt, 4 * (size_t)f), av_ld_w(w, wt, 4 * (size_t)f + 1), av_ld_w(w, wt, 4 * (size_t)f + 2),
-                                    av_ld_w(w, wt, 4 * (size_t)f + 3))
-                      : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
+    for (int i = 0; i < V; i++) g[i] = tid + 256 * i < n4 ? gw(tid + 256 * i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     av_pdl_wait();
     const float4 *xr = reinterpret_cast<const float4 *>(x + (size_t)blockIdx.x * K);
     uint2 *o = reinterpret_cast<uint2 *>(out + (size_t)blockIdx.x * K);
@@ -365,9 +364,7 @@ __global__ void __launch_bounds__(256) fz_norm16_k(uint16_t *out, const float *x
 #pragma unroll
     for (int i = 0; i < V; i++)
         if (tid + 256 * i < n4) put(tid + 256 * i, v[i], g[i]);
-    for (int f = tid + 256 * V; f < n4; f += 256)
-        put(f, xr[f], make_float4(av_ld_w(w, wt, 4 * (size_t)f), av_ld_w(w, wt, 4 * (size_t)f + 1), av_ld_w(w, wt, 4 * (size_t)f + 2),
-                                  av_ld_w(w, wt, 4 * (size_t)f + 3)));
+    for (int f = tid + 256 * V; f < n4; f += 256) put(f, xr[f], gw(f));
 }
 
 template <int IN, int OUT, int NT, int U, int TU, int BITS>

@@ -239,7 +239,7 @@ static constexpr int fzq1_umax() {
 }
 
 /* 4- and 8-bit codes in groups of 32+ take x as two int8 digits per value, as the CPU's VNNI kernel
- * does (quant/qmatmul.h): x = d (q1 + q2/256), d = amax/127 per 32 values, error <= d/512 a value;
+ * does (quant/qmatmul.h): x = d (q1 + q2/256), d = amax/127 per 32 values, error <= d/256 a value;
  * the codes enter dp4a as unsigned bytes against the digits (exact int32 sums), a piece's sum is
  * scaled by scale * d/256. Two dp4a per 4 codes and digit instead of a decode and an FMA per code. */
 template <int BITS, int SUB>
