@@ -375,9 +375,11 @@ static void launchm_k(const fz_args &a, const fzq_args &qa, unsigned units) {
 
 template <int IN, int OUT, int NT, int BITS>
 static void launchm(const fz_args &a, const fzq_args &qa) {
-    /* pairs: two tiles; plain: one tile for <= 8 rows, else two (fewer input reads per weight byte;
-     * four tiles measured slower: too few blocks for the 2048-row products) */
-    constexpr int TU = (OUT == AV_GEMV_OUT_ROPE || OUT == AV_GEMV_OUT_SWIGLU || NT > 1) ? 2 : 1;
+    /* pairs: two tiles; plain: one tile for <= 8 rows or packed codes, else two (fewer input reads per
+     * weight byte; four tiles measured slower: too few blocks for the 2048-row products). Packed codes
+     * at 9..32 rows with two tiles left half the SMs idle on the 2048-row products (64 blocks): one
+     * tile took H100 4-bit g64 decode b16 9,457 -> 10,331 tok/s, b32 14,513 -> 15,997 */
+    constexpr int TU = (OUT == AV_GEMV_OUT_ROPE || OUT == AV_GEMV_OUT_SWIGLU || (NT > 1 && BITS == 0)) ? 2 : 1;
     unsigned units = OUT == AV_GEMV_OUT_SWIGLU ? (unsigned)(a.F / 16)
                      : OUT == AV_GEMV_OUT_ROPE ? (unsigned)(a.rope_rows / 32 + av_cdiv((size_t)(a.N - a.rope_rows), 32))
                                                : av_cdiv((size_t)a.N, 16 * TU);
@@ -387,6 +389,11 @@ static void launchm(const fz_args &a, const fzq_args &qa) {
     if constexpr (BITS) { /* a step is KS chunks of 8 k: fewer steps keep as many k in flight */
         if constexpr (NT == 1)
             if (units <= (unsigned)sm_count()) return launchm_k<IN, OUT, NT, 2, TU, BITS>(a, qa, units);
+        /* 9..16 rows, plain outputs: two k steps a warp when the grid is one block per SM or less
+         * (H100 4-bit g64 b16 +7%; at 17..32 rows it lost 1.4%: 246 registers) */
+        if constexpr (NT == 2 && TU == 1 && BITS != 2)
+            if (units <= (unsigned)sm_count() && av_cdiv((size_t)(a.K >> 3), 4 * fzm_w<BITS>::KS) > MM_WARPS)
+                return launchm_k<IN, OUT, NT, 2, TU, BITS>(a, qa, units);
         launchm_k<IN, OUT, NT, 1, TU, BITS>(a, qa, units);
     } else if constexpr (NT == 1) {
         if (units <= (unsigned)sm_count()) return launchm_k<IN, OUT, NT, 8, TU, BITS>(a, qa, units);

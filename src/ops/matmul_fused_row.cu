@@ -218,7 +218,7 @@ __device__ __forceinline__ void fz1_out(const fz_args &a, const float (&red)[2 *
  * bench/q1_variants.cu (w2 vs w2g): ~4% faster on o and down, but 25-30% slower on the RMSNorm-input
  * products (4-bit q|k|v 4.18 vs 3.16 us, gate|up 11.14 vs 9.12 us on an H200), so it is not used.
  * Grids larger than the resident blocks become persistent (blocks stride over groups of units: x
- * staged once per block). */
+ * staged once per block; with 4-bit codes the next group's pieces load during this group's products). */
 
 /* A piece: the 16 bytes a lane reads at once (32 codes of 4 bits, 16 of 8), 8 bytes of 2-bit codes
  * (32: a whole chunk, as K is only known to be a multiple of 32); 3/5/6 bits: a 32-code chunk (BITS
@@ -406,6 +406,10 @@ __global__ void __launch_bounds__(NW * 32) fzq1_k(fz_args a, fzq_args qa, int un
     const int ngroups = (units + NW - 1) / NW, npass = (NP + 32 * U - 1) / (32 * U);
 
     uint32_t w[U][2][NWD], sv[U][2][SUB], bv[U][2][SUB];
+    /* 4-bit codes in one-pass persistent grids: the next group's pieces load while this group's are
+     * consumed (H100 decode b1 4-bit g64 +3%, Q4_0 +5%; 8-bit codes lost 12%: twice their registers) */
+    constexpr bool PF = I8 && BITS == 4;
+    uint32_t wn[PF ? U : 1][2][NWD], svn[PF ? U : 1][2][SUB], bvn[PF ? U : 1][2][SUB];
     const uint32_t *wp[2];
     size_t gb[2];
     auto rows = [&](int grp) {
@@ -419,7 +423,7 @@ __global__ void __launch_bounds__(NW * 32) fzq1_k(fz_args a, fzq_args qa, int un
             gb[h] = ok ? (size_t)r[h] * ng : 0;
         }
     };
-    auto load = [&](int pass) {
+    auto load_to = [&](auto &w, auto &sv, auto &bv, int pass) {
 #pragma unroll
         for (int j = 0; j < U; j++) {
             int m = lane + 32 * (j + U * pass);
@@ -439,6 +443,7 @@ __global__ void __launch_bounds__(NW * 32) fzq1_k(fz_args a, fzq_args qa, int un
             }
         }
     };
+    auto load = [&](int pass) { load_to(w, sv, bv, pass); };
     int grp = blockIdx.x;
     rows(grp);
     load(0); /* weights are constant: start streaming before the wait */
@@ -490,9 +495,30 @@ __global__ void __launch_bounds__(NW * 32) fzq1_k(fz_args a, fzq_args qa, int un
     const bool fold = OUT == AV_GEMV_OUT_STORE && a.fold;
     unsigned long long best = 0ull;
     for (bool first = true; grp < ngroups; grp += gridDim.x, first = false) {
+        bool pf = PF && npass == 1;
         if (!first) {
-            rows(grp);
-            load(0);
+            if constexpr (PF) {
+                if (pf) {
+#pragma unroll
+                    for (int j = 0; j < U; j++)
+#pragma unroll
+                        for (int h = 0; h < 2; h++) {
+#pragma unroll
+                            for (int i = 0; i < NWD; i++) w[j][h][i] = wn[j][h][i];
+                            sv[j][h][0] = svn[j][h][0], bv[j][h][0] = bvn[j][h][0];
+                        }
+                }
+            }
+            if (!pf) {
+                rows(grp);
+                load(0);
+            }
+        }
+        if constexpr (PF) {
+            if (pf && grp + (int)gridDim.x < ngroups) {
+                rows(grp + gridDim.x);
+                load_to(wn, svn, bvn, 0);
+            }
         }
         float acc0 = 0.0f, acc1 = 0.0f;
         for (int pass = 0;;) {
@@ -581,7 +607,8 @@ static void launchq1n(const fz_args &a, const fzq_args &qa, unsigned units) {
     int per = (int)av_cdiv((size_t)(a.K / fzq_piece<BITS>::CODES), 32); /* pieces per lane and row */
     constexpr int UM = fzq1_umax<BITS, SUB>();
     if (per <= 2) launchq1u<IN, OUT, NW, BITS, 2, SUB>(a, qa, units);
-    else launchq1u<IN, OUT, NW, BITS, UM, SUB>(a, qa, units); /* several passes beyond */
+    else if (per <= UM || per > 6 || !fzq_i8<BITS, SUB>::on) launchq1u<IN, OUT, NW, BITS, UM, SUB>(a, qa, units); /* several passes beyond */
+    else launchq1u<IN, OUT, NW, BITS, 6, SUB>(a, qa, units); /* int8 digits, 5-6 pieces: one pass (4-bit down, K 5632: 6.36 -> 5.43 us) */
 }
 
 /* Block size per product, from bench/q1_variants.cu on an H200 (us a launch, 4-bit g64, w2g = this
