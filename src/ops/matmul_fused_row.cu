@@ -607,8 +607,12 @@ static void launchq1n(const fz_args &a, const fzq_args &qa, unsigned units) {
     int per = (int)av_cdiv((size_t)(a.K / fzq_piece<BITS>::CODES), 32); /* pieces per lane and row */
     constexpr int UM = fzq1_umax<BITS, SUB>();
     if (per <= 2) launchq1u<IN, OUT, NW, BITS, 2, SUB>(a, qa, units);
-    else if (per <= UM || per > 6 || !fzq_i8<BITS, SUB>::on) launchq1u<IN, OUT, NW, BITS, UM, SUB>(a, qa, units); /* several passes beyond */
-    else launchq1u<IN, OUT, NW, BITS, 6, SUB>(a, qa, units); /* int8 digits, 5-6 pieces: one pass (4-bit down, K 5632: 6.36 -> 5.43 us) */
+    else if constexpr (fzq_i8<BITS, SUB>::on) { /* 5-6 pieces: one pass (4-bit down, K 5632: 6.36 -> 5.43 us) */
+        if (per > UM && per <= 6) launchq1u<IN, OUT, NW, BITS, 6, SUB>(a, qa, units);
+        else launchq1u<IN, OUT, NW, BITS, UM, SUB>(a, qa, units);
+    } else {
+        launchq1u<IN, OUT, NW, BITS, UM, SUB>(a, qa, units); /* several passes beyond */
+    }
 }
 
 /* Block size per product, from bench/q1_variants.cu on an H200 (us a launch, 4-bit g64, w2g = this
