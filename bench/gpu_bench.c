@@ -326,7 +326,7 @@ static void bench_parts(av_model *m) {
      * LM head), and with one kind left out: that kind's marginal cost inside the chain */
     const char *skip_names[] = {"none", "qkv", "attn", "o", "gate_up", "down", "lm_head"};
     float *qkv = xb, *att = xb + (size_t)32 * nq, *gu = kc; /* scratch regions (values do not matter) */
-    for (int ti = 0; ti < 2; ti++) {
+    for (int ti = 0; ti < 3; ti++) {
         int T = Ts[ti];
         double full = 0;
         for (int skip = 0; skip < 8; skip++) { /* 7: the whole chain twice in one graph (the graph boundary's cost) */

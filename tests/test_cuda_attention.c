@@ -7,7 +7,8 @@
 /* Batched decode attention: 4 sequences at different positions vs per-sequence CPU attention (the
  * last one at the end of an MS-row cache region); then each sequence alone (N = 1), whose kernel
  * keeps keys and values in registers for hd 64 (and reads the rest, past 256 keys / 128 values).
- * Caches of 4096+ rows take the split-KV kernel (chunk edges, the new row inside or at a chunk's end). */
+ * Caches of 512+ rows take the split-KV kernel (chunk edges, the new row inside or at a chunk's end),
+ * shorter ones of several sequences the same kernel with one chunk a sequence. */
 static void check_decode_shape(int hd, int H, int KVH, int MS, const int posn[4]) {
     int N = 4;
     size_t kvd = (size_t)KVH * hd, qd = (size_t)H * hd, stride = (size_t)MS * kvd;
@@ -40,6 +41,8 @@ static void check_decode(int hd) {
     static const int pos600[4] = {0, 17, 49, 599}, pos5k[4] = {0, 1023, 4096, 4999}, pos8k[4] = {300, 2047, 6000, 8191};
     check_decode_shape(hd, 4, 2, 600, pos600);
     if (hd < 64) return;
+    static const int pos300[4] = {0, 5, 130, 299};
+    check_decode_shape(hd, 8, 1, 300, pos300);  /* a short cache, 8 heads per KV head: one chunk a sequence */
     check_decode_shape(hd, 8, 1, 5000, pos5k);  /* 8 query heads per KV head */
     check_decode_shape(hd, 8, 2, 8192, pos8k);  /* 4 per KV head */
     check_decode_shape(hd, 4, 4, 5000, pos5k);  /* no grouping */

@@ -83,9 +83,9 @@ static void test_products(void) {
 }
 
 /* Fused products on packed weights vs the CPU's composition of the same fusion: one row (the exact
- * f32 kernel), 6, 16 and 29 rows (2-, 4- and 8-bit codes: the bf16 tensor-core kernel with one, two
- * and four 8-row input tiles; other widths the separate ops) and 40 rows (the separate ops:
- * dequantized panels and cuBLAS). */
+ * f32 kernel), 6, 16 and 29 rows (2-, 4- and 8-bit codes: the bf16 tensor-core kernels with one, two
+ * and four 8-row input tiles, 4- and 8-bit codes at more rows or on long rows split over a cluster;
+ * other widths the separate ops) and 40 rows (the separate ops: dequantized panels and cuBLAS). */
 static void test_fused(void) {
     struct { av_gemv_in in; av_gemv_out out; int N, K, rope_heads, hd, bits, group; } cases[] = {
         {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 2560, 2048, 36, 64, 4, 64}, {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 2048, 5632, 0, 0, 4, 64},
@@ -94,6 +94,8 @@ static void test_fused(void) {
         {AV_GEMV_IN_X, AV_GEMV_OUT_STORE, 77, 128, 0, 0, 2, 128},           {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 352, 1024, 0, 0, 5, 64},
         {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 64, 12288, 0, 0, 8, 128},           {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 640, 1024, 8, 64, 8, 32},
         {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 1024, 512, 0, 0, 2, 64},   {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 440, 4096, 8, 40, 6, 32},
+        /* long rows: the K-split cluster kernel from 2 rows (matmul_fused_split.cu) */
+        {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 512, 5632, 0, 0, 4, 64},            {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 256, 4096, 0, 0, 4, 32},
         /* groups of 16 (GGUF Q6_K, Q3_K, Q2_K repacked) */
         {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_ROPE, 2560, 2048, 36, 64, 6, 16}, {AV_GEMV_IN_X, AV_GEMV_OUT_ADD, 2048, 5632, 0, 0, 6, 16},
         {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_SWIGLU, 608, 2048, 0, 0, 3, 16},   {AV_GEMV_IN_RMSNORM, AV_GEMV_OUT_STORE, 9001, 256, 0, 0, 6, 16},

@@ -23,6 +23,9 @@ extern "C" {
 #define DS_MIN_KEYS 512
 #endif
 #define DS_NST 3 /* cp.async stages per warp: 3 x 8 KB in flight per warp, 1 block per SM */
+/* Shorter caches of this many sequences or more: the same kernel, one chunk a sequence, no merge */
+#define DS_SHORT_MIN_SEQS 2
+#define DS_SHORT_NST 2
 
 /* Per (sequence, head, chunk): the chunk's unnormalised P V row, then its max score (log2 domain) and
  * sum of exp2 (and 2 floats of padding: rows stay 16-byte aligned). */
@@ -38,8 +41,8 @@ template <int HD> struct ds_shape {
     static constexpr int DPL = HD / 32;  /* dims per lane in P V */
     static constexpr int TILE = 2 * TK * HD;
     /* per warp: the stages, scores [TK][G] and G correction factors (+ padding); reused for the warp's result */
-    __host__ __device__ static constexpr int WARP_FLOATS(int G) {
-        return DS_NST * TILE + TK * G + 8 > G * HD + 2 * G ? DS_NST * TILE + TK * G + 8 : G * HD + 2 * G;
+    __host__ __device__ static constexpr int WARP_FLOATS(int G, int NST) {
+        return NST * TILE + TK * G + 8 > G * HD + 2 * G ? NST * TILE + TK * G + 8 : G * HD + 2 * G;
     }
 };
 
@@ -69,18 +72,18 @@ template <int G> static __device__ __forceinline__ int ds_head_of(int c) {
     return h;
 }
 
-template <int G, int HD>
+template <int G, int HD, int NST, bool FINAL>
 __global__ void __launch_bounds__(DS_THREADS, 1) attn_dec_split_k(float *part, const float *q, const float *k_new, const float *v_new,
                                                                   float *kc, float *vc, const int32_t *pos, size_t seq_stride, int KVH,
                                                                   float scale, size_t qrow, size_t knrow, int chunk, int keep, int ring) {
     using S = ds_shape<HD>;
-    constexpr int TK = S::TK, LPK = S::LPK, KPS = S::KPS, H4 = S::H4, DPL = S::DPL, TILE = S::TILE, WF = S::WARP_FLOATS(G);
+    constexpr int TK = S::TK, LPK = S::LPK, KPS = S::KPS, H4 = S::H4, DPL = S::DPL, TILE = S::TILE, WF = S::WARP_FLOATS(G, NST);
     constexpr int NPAIR = (TK * G + 31) / 32;
     extern __shared__ float4 ds_smem4[];
     int kh = blockIdx.x, r = blockIdx.y, nchunks = gridDim.z, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     int H = KVH * G;
     size_t ks = (size_t)KVH * HD;
-    float *ws = reinterpret_cast<float *>(ds_smem4) + warp * WF, *ps = ws + DS_NST * TILE, *cs = ps + TK * G;
+    float *ws = reinterpret_cast<float *>(ds_smem4) + warp * WF, *ps = ws + NST * TILE, *cs = ps + TK * G;
     /* positions change only between steps and cached rows were written by earlier steps (decode.cu):
      * the first stages are issued before the wait, all but the new row, which the q|k|v product writes */
     int sl = av_kv_ring_slot(pos[r], keep, ring), n = av_kv_ring_rows(pos[r], ring), p = n - 1, s0 = blockIdx.z * chunk;
@@ -89,10 +92,10 @@ __global__ void __launch_bounds__(DS_THREADS, 1) attn_dec_split_k(float *part, c
     int mine = ntiles > warp ? (ntiles - warp + DS_WARPS - 1) / DS_WARPS : 0;
     float *K = kc + r * seq_stride + (size_t)kh * HD, *V = vc + r * seq_stride + (size_t)kh * HD;
     const float *kn = k_new + (size_t)r * knrow + (size_t)kh * HD, *vn = v_new + (size_t)r * knrow + (size_t)kh * HD;
-    /* the warp's j-th tile (keys (warp + j DS_WARPS) TK ..) into stage j % DS_NST: lane takes 16-byte piece
+    /* the warp's j-th tile (keys (warp + j DS_WARPS) TK ..) into stage j % NST: lane takes 16-byte piece
      * d4 of rows key0 + u 32/H4 of K and of V */
     auto issue = [&](int j, bool before_wait) {
-        float *st = ws + (j % DS_NST) * TILE;
+        float *st = ws + (j % NST) * TILE;
         int i0 = (warp + j * DS_WARPS) * TK, d4 = lane % H4;
 #pragma unroll
         for (int u = 0; u < TK * H4 / 32; u++) {
@@ -110,14 +113,14 @@ __global__ void __launch_bounds__(DS_THREADS, 1) attn_dec_split_k(float *part, c
         }
     };
 #pragma unroll
-    for (int j = 0; j < DS_NST - 1; j++) {
+    for (int j = 0; j < NST - 1; j++) {
         if (j < mine) issue(j, true);
         cp_async_commit();
     }
     av_pdl_wait();
     av_pdl_launch();
     int ip = p - s0; /* the new row's index in this chunk, if it is here */
-    if (ip >= 0 && ip < cn && (ip / TK) % DS_WARPS == warp && (ip / TK) / DS_WARPS < DS_NST - 1) {
+    if (ip >= 0 && ip < cn && (ip / TK) % DS_WARPS == warp && (ip / TK) / DS_WARPS < NST - 1) {
         float *st = ws + ((ip / TK) / DS_WARPS) * TILE;
         int key = ip % TK;
         for (int d4 = lane; d4 < H4; d4 += 32) {
@@ -149,11 +152,11 @@ __global__ void __launch_bounds__(DS_THREADS, 1) attn_dec_split_k(float *part, c
 #pragma unroll
         for (int e = 0; e < DPL; e++) acc[g][e] = 0.0f;
     for (int j = 0; j < mine; j++) {
-        if (j + DS_NST - 1 < mine) issue(j + DS_NST - 1, false);
+        if (j + NST - 1 < mine) issue(j + NST - 1, false);
         cp_async_commit();
-        cp_async_wait<DS_NST - 1>();
+        cp_async_wait<NST - 1>();
         __syncwarp();
-        const float *Ks = ws + (j % DS_NST) * TILE, *Vs = Ks + TK * HD;
+        const float *Ks = ws + (j % NST) * TILE, *Vs = Ks + TK * HD;
         int i0 = (warp + j * DS_WARPS) * TK;
         /* scores of the tile's keys for the G heads into ps[key][head] (masked past the chunk) */
 #pragma unroll
@@ -243,6 +246,10 @@ __global__ void __launch_bounds__(DS_THREADS, 1) attn_dec_split_k(float *part, c
             o += e * all[w * WF + g * HD + d];
             L += e * all[w * WF + G * HD + G + g];
         }
+        if (FINAL) { /* one chunk: the result itself (part is out) */
+            part[((size_t)r * H + (size_t)kh * G + g) * HD + d] = o / L;
+            continue;
+        }
         float *e = pr + ((size_t)g * nchunks + blockIdx.z) * pf;
         e[d] = o;
         if (d == 0) e[HD] = M, e[HD + 1] = L;
@@ -287,18 +294,28 @@ __global__ void __launch_bounds__(DM_THREADS) attn_dec_merge_k(float *out, const
     out[((size_t)r * H + h) * HD + d] = At / Lt;
 }
 
+template <int G, int HD, int NST, bool FINAL>
+static void launch_part(float *part, const float *q, const float *k_new, const float *v_new, float *kc, float *vc, const int32_t *pos, int N,
+                        size_t seq_stride, int KVH, float scale, size_t qrow, size_t knrow, int chunk, int S, int keep, int ring) {
+    size_t smem = (size_t)DS_WARPS * ds_shape<HD>::WARP_FLOATS(G, NST) * sizeof(float);
+    static thread_local size_t smem_set = 48 << 10;
+    if (smem > smem_set) {
+        cudaFuncSetAttribute(attn_dec_split_k<G, HD, NST, FINAL>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        smem_set = smem;
+    }
+    av_launch(attn_dec_split_k<G, HD, NST, FINAL>, dim3(KVH, N, S), dim3(DS_THREADS), smem, 1, part, q, k_new, v_new, kc, vc, pos,
+              seq_stride, KVH, scale, qrow, knrow, chunk, keep, ring);
+}
+
 template <int G, int HD>
 static void launch_split(float *part, float *out, const float *q, const float *k_new, const float *v_new, float *kc, float *vc,
                          const int32_t *pos, int N, size_t seq_stride, int KVH, float scale, size_t qrow, size_t knrow, int chunk, int S,
                          int keep, int ring) {
-    size_t smem = (size_t)DS_WARPS * ds_shape<HD>::WARP_FLOATS(G) * sizeof(float);
-    static thread_local size_t smem_set = 48 << 10;
-    if (smem > smem_set) {
-        cudaFuncSetAttribute(attn_dec_split_k<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        smem_set = smem;
+    if (!part) { /* several sequences on a short cache: one chunk a (KV head, sequence), the result written directly */
+        launch_part<G, HD, DS_SHORT_NST, true>(out, q, k_new, v_new, kc, vc, pos, N, seq_stride, KVH, scale, qrow, knrow, chunk, 1, keep, ring);
+        return;
     }
-    av_launch(attn_dec_split_k<G, HD>, dim3(KVH, N, S), dim3(DS_THREADS), smem, 1, part, q, k_new, v_new, kc, vc, pos, seq_stride,
-              KVH, scale, qrow, knrow, chunk, keep, ring);
+    launch_part<G, HD, DS_NST, false>(part, q, k_new, v_new, kc, vc, pos, N, seq_stride, KVH, scale, qrow, knrow, chunk, S, keep, ring);
     av_launch(attn_dec_merge_k<HD>, dim3(KVH * G, N), dim3(DM_THREADS), 0, 1, out, (const float *)part, pos, KVH * G, S, chunk, ring);
 }
 
@@ -307,7 +324,9 @@ extern "C" int av_cuda_attention_decode_split(float *out, const float *q, const 
                                               size_t qrow, size_t knrow, int keep, int ring) {
     int G = H / KVH;
     size_t max_s = seq_stride / ((size_t)KVH * hd);
-    if ((hd != 64 && hd != 128) || (G != 1 && G != 2 && G != 4 && G != 8) || qrow % 4 || knrow % 4 || max_s < DS_MIN_KEYS) return 0;
+    if ((hd != 64 && hd != 128) || (G != 1 && G != 2 && G != 4 && G != 8) || qrow % 4 || knrow % 4) return 0;
+    int shortc = max_s < DS_MIN_KEYS;
+    if (shortc && N < DS_SHORT_MIN_SEQS) return 0;
     /* chunk: one block per SM over the cache's capacity in whole waves (H100, TinyLlama at 32k keys: 32
      * chunks of 1024), multiples of 64 keys, at most 1024 (bench/NOTES-attention.md) */
     static int sms = 0;
@@ -320,8 +339,9 @@ extern "C" int av_cuda_attention_decode_split(float *out, const float *q, const 
     chunk = (chunk + 63) / 64 * 64;
     if (chunk > 1024) chunk = 1024;
     int S = (int)av_cdiv(max_s, chunk);
-    float *part = (float *)av_cuda_scratch(AV_SCR_DECODE, (size_t)N * H * S * ds_part_floats(hd) * sizeof(float));
-    if (!part) return 0;
+    float *part = NULL;
+    if (shortc) chunk = max_s, S = 1;
+    else if (!(part = (float *)av_cuda_scratch(AV_SCR_DECODE, (size_t)N * H * S * ds_part_floats(hd) * sizeof(float)))) return 0;
     float scale = 1.0f / sqrtf((float)hd);
 #define DS_CASE(g, d)                                                                                                                      \
     if (G == g && hd == d) launch_split<g, d>(part, out, q, k_new, v_new, k_cache, v_cache, pos, N, seq_stride, KVH, scale, qrow, knrow, (int)chunk, S, keep, ring);

@@ -2,9 +2,10 @@
  * weights: 32), with RMSNorm on the input and a residual add, RoPE or SwiGLU pairs on the output, so a
  * decoder layer is four products and the attention. One row: an exact f32 GEMV (4/8-bit codes: x as two
  * int8 digits, error <= 2^-8 of x's step, as the CPU's decode); more: bf16 tensor-core
- * products (bf16 weights, or 2-, 4-, 8-bit MLX codes turned into bf16 fragments in registers); more
- * rows still: the separate ops. Weight loads start before the wait on the previous kernel (PDL).
- * This file picks the kernel (matmul_fused_row.cu, matmul_fused_mma.cu) or the separate ops. */
+ * products (bf16 weights, or 2-, 4-, 8-bit MLX codes turned into bf16 fragments in registers; 4- and
+ * 8-bit codes at more rows split K over a cluster); more rows still: the separate ops. Weight loads
+ * start before the wait on the previous kernel (PDL). This file picks the kernel
+ * (matmul_fused_row.cu, matmul_fused_split.cu, matmul_fused_mma.cu) or the separate ops. */
 #include "ops/matmul_fused.cuh"
 
 /* bf16 input widened to f32 for the separate ops on packed weights (which take f32 x). */
@@ -90,10 +91,10 @@ extern "C" void av_cuda_matmul_fused_forward_mode(float *out, const float *x, co
                 fz_norm16(xn, x, f->norm->data, f->norm->dtype, T, K, f->eps);
                 AV_CU_LAUNCHED("fused product input norm");
                 a.x = (const float *)xn, a.xb = 1;
-                fz_mma_launch(a, qa, AV_GEMV_IN_X, W->q_bits, f->out);
+                if (!fzs_launch(a, qa, W->q_bits, f->out)) fz_mma_launch(a, qa, AV_GEMV_IN_X, W->q_bits, f->out);
             } else if (T == 1) {
                 fzq_row_launch(a, qa, f->in, W->q_bits, f->out);
-            } else {
+            } else if (f->in != AV_GEMV_IN_X || !fzs_launch(a, qa, W->q_bits, f->out)) {
                 fz_mma_launch(a, qa, f->in, W->q_bits, f->out);
             }
         } else if (T == 1) {

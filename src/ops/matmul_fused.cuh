@@ -98,4 +98,8 @@ void fz_publish(const fz_amax_args &am);
  * packed products' input RMSNormed once into bf16 rows (fz_norm16). */
 void fz_mma_launch(const fz_args &a, const fzq_args &qa, av_gemv_in in, int bits, av_gemv_out out);
 void fz_norm16(uint16_t *out, const float *x, const void *w, av_dtype wt, int T, int K, float eps);
+
+/* Several rows on 4- or 8-bit codes split along K over a cluster (matmul_fused_split.cu); false: the
+ * shape is not one it takes (nothing launched). */
+bool fzs_launch(const fz_args &a, const fzq_args &qa, int bits, av_gemv_out out);
 #endif
