@@ -326,7 +326,7 @@ extern "C" int av_cuda_attention_decode_split(float *out, const float *q, const 
     size_t max_s = seq_stride / ((size_t)KVH * hd);
     if ((hd != 64 && hd != 128) || (G != 1 && G != 2 && G != 4 && G != 8) || qrow % 4 || knrow % 4) return 0;
     int shortc = max_s < DS_MIN_KEYS;
-    if (shortc && N < DS_SHORT_MIN_SEQS) return 0;
+    if (shortc && (N < DS_SHORT_MIN_SEQS || max_s == 0)) return 0;
     /* chunk: one block per SM over the cache's capacity in whole waves (H100, TinyLlama at 32k keys: 32
      * chunks of 1024), multiples of 64 keys, at most 1024 (bench/NOTES-attention.md) */
     static int sms = 0;
