@@ -47,21 +47,30 @@ __device__ __forceinline__ void av_pdl_launch(void) {
 }
 /* 1 when dependent launches are on (compute capability >= 9). */
 extern "C" int av_cuda_pdl(void);
+/* The same with the blocks in clusters of `cluster` along x (sm_90+; 0: no cluster attribute); the
+ * launch's status, for callers that have another kernel to fall back on. */
 template <typename... P, typename... A>
-static inline void av_launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, int pdl, A... args) {
+static inline cudaError_t av_launch_cluster(void (*k)(P...), dim3 grid, dim3 block, size_t smem, int pdl, int cluster, A... args) {
     cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute at[1];
+    cudaLaunchAttribute at[2];
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = av_cuda_stream();
+    cfg.attrs = at;
     if (pdl && av_cuda_pdl()) {
-        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        at[0].val.programmaticStreamSerializationAllowed = 1;
-        cfg.attrs = at;
-        cfg.numAttrs = 1;
+        at[cfg.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[cfg.numAttrs++].val.programmaticStreamSerializationAllowed = 1;
     }
-    cudaLaunchKernelEx(&cfg, k, ((P)args)...);
+    if (cluster > 0) {
+        at[cfg.numAttrs].id = cudaLaunchAttributeClusterDimension;
+        at[cfg.numAttrs++].val.clusterDim = {(unsigned)cluster, 1, 1};
+    }
+    return cudaLaunchKernelEx(&cfg, k, ((P)args)...);
+}
+template <typename... P, typename... A>
+static inline void av_launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, int pdl, A... args) {
+    av_launch_cluster(k, grid, block, smem, pdl, 0, args...);
 }
 
 static inline unsigned av_cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }

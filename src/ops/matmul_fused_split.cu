@@ -174,24 +174,13 @@ __global__ void __launch_bounds__(FS_WARPS * 32, 2) fzs_k(fz_args a, fzq_args qa
 
 template <int OUT, int NT, int BITS>
 static bool fzs_go(const fz_args &a, const fzq_args &qa, int units, int S, int steps, size_t smem) {
-    static bool attr = false; /* once per instantiation: shared memory past 48 KB is opt-in */
+    static thread_local bool attr = false; /* per instantiation and thread (= device): shared memory past 48 KB is opt-in */
     if (!attr) {
         if (cudaFuncSetAttribute(fzs_k<OUT, NT, BITS>, cudaFuncAttributeMaxDynamicSharedMemorySize, FS_SMEM_MAX) != cudaSuccess) return false;
         attr = true;
     }
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute at[2];
-    cfg.gridDim = dim3((unsigned)(units * S));
-    cfg.blockDim = dim3(FS_WARPS * 32);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = av_cuda_stream();
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = (unsigned)S, at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
-    at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[1].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = 2;
-    if (cudaLaunchKernelEx(&cfg, fzs_k<OUT, NT, BITS>, a, qa, S, steps) == cudaSuccess) return true;
+    if (av_launch_cluster(fzs_k<OUT, NT, BITS>, dim3((unsigned)(units * S)), dim3(FS_WARPS * 32), smem, 1, S, a, qa, S, steps) == cudaSuccess)
+        return true;
     (void)cudaGetLastError(); /* not launched: the caller takes the other kernel */
     return false;
 }
