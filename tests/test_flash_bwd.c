@@ -166,9 +166,9 @@ static void check_shape(const av_backend *G, shape sh) {
     check_rope_mode(G, sh, qd, kd, vd, dod, od, ld);
     if (!G->flash_attention_forward_bf16 || !G->flash_attention_backward_bf16)
         CHECK(0, "the CUDA table has no bf16 flash attention");
-    else if (hd == 64)
+    else if (hd == 64 || G->flash_attention_forward_bf16(NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL) == 0)
         check_bf16(G, sh, qd, kd, vd, dod, out, dq, dk, dv, g0q, g0k, g0v);
-    else /* head dim 128 keeps the f32 entry (flash.cu): the bf16 one refuses it, doing nothing */
+    else /* off Hopper head dim 128 keeps the f32 entry (flash.cu): the bf16 one refuses it, doing nothing */
         CHECK(G->flash_attention_forward_bf16(NULL, NULL, NULL, NULL, NULL, B, T, H, KVH, hd, NULL) == -1 &&
                   G->flash_attention_backward_bf16(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, B, T, H, KVH, hd, NULL, NULL, NULL) == -1,
               "bf16 flash attention accepted hd=%d", hd);

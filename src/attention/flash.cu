@@ -1,4 +1,5 @@
-/* CUDA flash attention forward for prefill (the twin of flash.c): bf16 tensor cores (mma.sync
+/* CUDA flash attention forward for prefill (the twin of flash.c); on Hopper flash_wgmma.cu's kernel runs
+ * instead (after the same K / V conversion for the f32 entry). Here: bf16 tensor cores (mma.sync
  * m16n8k16, f32 accumulate) with an online softmax in f32 registers. K and V are first converted to
  * bf16 once per call (hd 64: in their own layout; hd 128: K per KV head, V transposed; S' = S rounded up
  * to the key tile, zero padded); Q is converted from f32 while loading its fragments. One block per
@@ -10,6 +11,7 @@ extern "C" {
 #include "backend/cuda.h"
 #include "attention/attention.h"
 }
+#include "attention/flash_wgmma.h"
 
 /* Head dim 64's layout (FLAT): kb[b][s][c] = k[b * seq_rows + s][c], vb likewise, c < KVH * hd (the layout of the input, rounded
  * to bf16); zeros for S <= s < Sp. Eight values a thread: two 16-byte loads, one 16-byte store each. */
@@ -363,10 +365,16 @@ static void fa_forward(float *out, float *lse, const float *q, const float *k, c
     __nv_bfloat16 *kb = (__nv_bfloat16 *)av_cuda_scratch(AV_SCR_FLASH, 2 * n * sizeof(__nv_bfloat16));
     if (!kb) return;
     __nv_bfloat16 *vb = kb + n;
+    float qscale = 1.4426950409f / sqrtf((float)hd);
+    if (av_cuda_flash_fwd_wgmma(NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 0, 0, H, KVH, hd, NULL) == 0) { /* Hopper: flash_wgmma.cu */
+        fa_convert_kv_k<<<av_cdiv(n / 8, 256), 256, 0, av_cuda_stream()>>>(kb, vb, k, v, Sk, Sp, KVH * hd, seq_rows, n / 8);
+        AV_CU_LAUNCHED("flash attention convert");
+        av_cuda_flash_fwd_wgmma(out, lse, q, NULL, (const uint16_t *)kb, (const uint16_t *)vb, B, T, Sp, pos0, H, KVH, hd, out16);
+        return;
+    }
     if (FA_FLAT(hd)) fa_convert_kv_k<<<av_cdiv(n / 8, 256), 256, 0, av_cuda_stream()>>>(kb, vb, k, v, Sk, Sp, KVH * hd, seq_rows, n / 8);
     else fa_convert_kvt_k<<<dim3(Sp / 32, av_cdiv(hd, 32), B * KVH), dim3(32, 8), 0, av_cuda_stream()>>>(kb, vb, k, v, Sk, Sp, KVH, hd, seq_rows);
     AV_CU_LAUNCHED("flash attention convert");
-    float qscale = 1.4426950409f / sqrtf((float)hd);
     if (hd == 64) fa_launch<64, FA_WARPS(64), 0>(out, lse, q, NULL, kb, vb, B, T, Sp, pos0, H, KVH, qscale, out16);
     else fa_launch<128, FA_WARPS(128), 0>(out, lse, q, NULL, kb, vb, B, T, Sp, pos0, H, KVH, qscale, out16);
     AV_CU_LAUNCHED("flash attention");
@@ -392,14 +400,15 @@ extern "C" int av_cuda_flash_attention_forward_batch(float *out, float *lse, con
 }
 
 /* The same from bf16 q, k, v (the training layout, [B*T, H*hd] and [B*T, KVH*hd]; q unscaled, as the
- * bf16 backward reads them), K and V read where they lie: no conversion. Head dim 64 only: for 128
- * (V transposed, Q in shared memory, 255 registers) this path measured slower than converting from
- * f32 (8192 tokens 259 -> 236 TFLOP/s on an H100), so its callers keep the f32 entry. out (f32) or
- * out16 may be NULL. */
+ * bf16 backward reads them), K and V read where they lie: no conversion. Head dim 64, and 128 on Hopper
+ * (flash_wgmma.cu): this file's hd-128 kernel (V transposed, Q in shared memory, 255 registers) measured
+ * slower from bf16 than converting from f32 (8192 tokens 259 -> 236 TFLOP/s on an H100), so elsewhere its
+ * callers keep the f32 entry. out (f32) or out16 may be NULL. */
 extern "C" int av_cuda_flash_attention_forward_bf16(float *out, float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B,
                                                     int T, int H, int KVH, int hd, uint16_t *out16) {
-    if (hd != 64) return -1;
+    if (hd != 64 && !(hd == 128 && av_cuda_flash_wgmma_ok())) return -1;
     if (B <= 0 || T <= 0) return 0;
+    if (av_cuda_flash_fwd_wgmma(out, lse, NULL, q, k, v, B, T, T, 0, H, KVH, hd, out16) == 0) return 0; /* Hopper: flash_wgmma.cu */
     fa_launch<64, FA_WARPS(64), 1>(out, lse, NULL, (const __nv_bfloat16 *)q, (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, B, T, T, 0, H,
                                    KVH, 1.4426950409f / sqrtf((float)hd), out16);
     AV_CU_LAUNCHED("flash attention");

@@ -11,10 +11,14 @@
  *             dS^T = P^T (dP^T - delta), dK += dS^T Q, in registers.
  *   kernel B: one block per (16 * FB_WARPS queries, head, sequence); each warp owns 16 queries and
  *             loops over the 64-key tiles up to the diagonal: S, P, dP = dO V^T, dS, dQ += dS K.
+ *   On Hopper (sm_90a) fb_dkdv_wg_k and fb_dq_wg_k run the same two passes on warpgroup tensor cores
+ *             (wgmma), reading Q / dO / K / V rows from shared memory in the 128-byte swizzle.
  * Every gradient element has one writer and a fixed summation order: deterministic, no atomics.
  * When there are too few (key tile, KV head, sequence) blocks to fill the GPU, kernel A splits a
  * group's query heads over several blocks writing partial sums, added in a fixed order after. */
 #include "attention/flash_common.cuh"
+#include "attention/wgmma.cuh"
+#include "attention/flash_wgmma.h"
 extern "C" {
 #include "backend/cuda.h"
 #include "attention/attention.h"
@@ -308,6 +312,164 @@ __global__ void __launch_bounds__(WARPS * 32, FB_MINB_A(HD, B16)) fb_dkdv_k(floa
         }
 }
 
+/* Kernel A on Hopper (sm_90a): the same products on warpgroup tensor cores. One block of two
+ * warpgroups per (128 keys, KV head [, share of its query heads], sequence), each warpgroup owning 64
+ * keys; query chunks of 64 rows (Q and dO, 128-byte swizzle) in three shared-memory stages, so a chunk's
+ * dV / dK products still run while the next chunk is loaded and its S^T, dP^T issued. S^T = K Q^T and
+ * dP^T = V dO^T from shared memory; dV += P^T dO and dK += dS^T Q with P^T, dS^T from registers and
+ * dO, Q by transposed (MN-major) descriptors. Rows of each operand at p + b * sb + head * sh + t * st
+ * (t < T; zeros past it). sl2: the scores' factor to log2 units (1 where q comes pre-scaled). */
+struct fb_rows {
+    const __nv_bfloat16 *p;
+    size_t sb, sh;
+    unsigned st;
+};
+/* Warpgroups a block (H100, forward+backward TFLOP/s at 512 / 2048 / 8192 tokens, bench/NOTES-attention.md session 18):
+ * dK/dV 2 (128 keys) for both head dims; dQ 1 (64 rows) for hd 64 (83 / 184 / 261; with 2: 81 / 180 / 252) and 2 for
+ * hd 128 (86 / 206 / 309; with 1: 72 / 169 / 275; both kernels with 1: 57 / 140 / 238). */
+#define FB_WG_KW 2
+#define FB_WG_KT (64 * FB_WG_KW) /* keys a dK/dV block */
+#define FB_WG_QW(HD) ((HD) == 128 ? 2 : 1)
+#define FB_WG_QB(HD) (64 * FB_WG_QW(HD)) /* query rows a dQ block */
+template <int HD>
+__global__ void __launch_bounds__(FB_WG_KW * 128, 1) fb_dkdv_wg_k(float *dk, float *dv, fb_rows Q, fb_rows O, fb_rows K, fb_rows V, const float *lse2,
+                                                       const float *delta, int T, int Tp, int H, int KVH, int nsplit, size_t part_n,
+                                                       float scale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16) {
+#if AV_WGMMA
+    constexpr int KT = FB_WG_KT, QC = FB_T, CH = HD / 8, NT = FB_WG_KW * 128, NST = 3;
+    constexpr uint32_t KVB = KT * HD * 2, CB = QC * HD * 2; /* bytes: K (or V) of the block, a Q (or dO) chunk */
+    extern __shared__ __align__(16) unsigned char fb_wg_smem[];
+    uint32_t raw = (uint32_t)__cvta_generic_to_shared(fb_wg_smem), sbase = (raw + 1023u) & ~1023u;
+    const uint32_t sK = sbase, sV = sK + KVB, sC = sV + KVB; /* chunks: [NST][Q | dO] */
+    float *fl = reinterpret_cast<float *>(fb_wg_smem + (sC + NST * 2 * CB - raw)); /* [NST][lse2 64 | delta 64] */
+    int kh = blockIdx.x / nsplit, sp = blockIdx.x % nsplit, b = blockIdx.y, j = blockIdx.z;
+    int G = H / KVH, hpb = G / nsplit, h0 = kh * G + sp * hpb;
+    int nqt = Tp / QC, qs0 = j * KT / QC, nq = nqt - qs0, nit = hpb * nq; /* query chunks from the block's first key */
+    int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c = lane & 3;
+    int kw = j * KT + 64 * wg; /* the warpgroup's first key */
+
+    for (int x = tid; x < KT * CH; x += NT) {
+        int r = x / CH, cc = x % CH, s = j * KT + r;
+        bool ok = s < T;
+        uint32_t off = (cc >> 3) * (KT * 128) + swz128(r, cc & 7);
+        size_t row = (size_t)(ok ? s : 0);
+        cp_async16_zfill_s(sK + off, K.p + b * K.sb + kh * K.sh + row * K.st + cc * 8, ok);
+        cp_async16_zfill_s(sV + off, V.p + b * V.sb + kh * V.sh + row * V.st + cc * 8, ok);
+    }
+    auto load_chunk = [&](int it, int buf) {
+        int h = h0 + it / nq, q0 = (qs0 + it % nq) * QC;
+        uint32_t cq = sC + buf * 2 * CB;
+        for (int x = tid; x < QC * CH; x += NT) {
+            int r = x / CH, cc = x % CH, t = q0 + r;
+            bool ok = t < T;
+            uint32_t off = (cc >> 3) * (QC * 128) + swz128(r, cc & 7);
+            size_t row = (size_t)(ok ? t : 0);
+            cp_async16_zfill_s(cq + off, Q.p + b * Q.sb + h * Q.sh + row * Q.st + cc * 8, ok);
+            cp_async16_zfill_s(cq + CB + off, O.p + b * O.sb + h * O.sh + row * O.st + cc * 8, ok);
+        }
+        if (tid < 32) { /* 16 x 16 bytes of lse2, then of delta */
+            size_t z = (size_t)b * H + h;
+            const float *src = (tid < 16 ? lse2 : delta) + z * Tp + q0;
+            int o = (tid & 15) * 4;
+            cp_async16(fl + buf * 2 * QC + (tid < 16 ? 0 : QC) + o, src + o);
+        }
+        cp_async_commit();
+    };
+    load_chunk(0, 0);
+
+    float dK[HD / 2], dV[HD / 2];
+#pragma unroll
+    for (int i = 0; i < HD / 2; i++) dK[i] = dV[i] = 0.0f;
+    const int key0 = kw + 16 * warp + g, key1 = key0 + 8; /* the thread's two keys */
+    for (int it = 0; it < nit; it++) {
+        int buf = it % NST, q0 = (qs0 + it % nq) * QC;
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        if (it + 1 < nit) load_chunk(it + 1, (it + 1) % NST);
+        if (q0 + QC - 1 < kw) continue; /* every query of the chunk is before this warpgroup's keys */
+        int diag = q0 < kw + 63;        /* the causal edge crosses the chunk */
+        const uint32_t cq = sC + buf * 2 * CB, co = cq + CB;
+        float st[QC / 2], dp[QC / 2];
+#pragma unroll
+        for (int i = 0; i < QC / 2; i++) st[i] = dp[i] = 0.0f;
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            uint32_t ka = (kk >> 2) * (KT * 128) + wg * 64 * 128 + (kk & 3) * 32, kb_ = (kk >> 2) * (QC * 128) + (kk & 3) * 32;
+            wgmma_ss_n64(st, wg_desc(sK + ka, 16, 1024), wg_desc(cq + kb_, 16, 1024), kk > 0);
+        }
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            uint32_t ka = (kk >> 2) * (KT * 128) + wg * 64 * 128 + (kk & 3) * 32, kb_ = (kk >> 2) * (QC * 128) + (kk & 3) * 32;
+            wgmma_ss_n64(dp, wg_desc(sV + ka, 16, 1024), wg_desc(co + kb_, 16, 1024), kk > 0);
+        }
+        wg_commit();
+        wg_wait<0>(); /* also the last chunk's dV / dK products */
+        wg_reg_fence(st);
+        wg_reg_fence(dp);
+        const float *ls = fl + buf * 2 * QC, *dl = ls + QC;
+        uint32_t pa[QC / 16][4], da[QC / 16][4];
+#pragma unroll
+        for (int n = 0; n < QC / 8; n++) {
+            int tq = n * 8 + 2 * c, qa = q0 + tq; /* relative to the chunk / absolute */
+            float l0 = ls[tq], l1 = ls[tq + 1], d0 = dl[tq], d1 = dl[tq + 1];
+            float p0 = diag && qa < key0 ? 0.0f : fa_exp2(fmaf(st[4 * n + 0], sl2, -l0));
+            float p1 = diag && qa + 1 < key0 ? 0.0f : fa_exp2(fmaf(st[4 * n + 1], sl2, -l1));
+            float p2 = diag && qa < key1 ? 0.0f : fa_exp2(fmaf(st[4 * n + 2], sl2, -l0));
+            float p3 = diag && qa + 1 < key1 ? 0.0f : fa_exp2(fmaf(st[4 * n + 3], sl2, -l1));
+            pa[n / 2][(n & 1) * 2 + 0] = pack_bf16(p0, p1);
+            pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(p2, p3);
+            da[n / 2][(n & 1) * 2 + 0] = pack_bf16(p0 * (dp[4 * n + 0] - d0), p1 * (dp[4 * n + 1] - d1));
+            da[n / 2][(n & 1) * 2 + 1] = pack_bf16(p2 * (dp[4 * n + 2] - d0), p3 * (dp[4 * n + 3] - d1));
+        }
+        wg_reg_fence(dV);
+        wg_reg_fence(dK);
+        wg_fence();
+#pragma unroll
+        for (int kc = 0; kc < QC / 16; kc++) {
+            uint64_t dO_ = wg_desc_mn(co + kc * 2048, QC * 128, 1024), dQ_ = wg_desc_mn(cq + kc * 2048, QC * 128, 1024);
+            if constexpr (HD == 128) {
+                wgmma_rs_n128_t(dV, pa[kc], dO_);
+                wgmma_rs_n128_t(dK, da[kc], dQ_);
+            } else {
+                wgmma_rs_n64_t(dV, pa[kc], dO_);
+                wgmma_rs_n64_t(dK, da[kc], dQ_);
+            }
+        }
+        wg_commit();
+    }
+    wg_wait<0>();
+    wg_reg_fence(dV);
+    wg_reg_fence(dK);
+    float(&dK4)[HD / 8][4] = *reinterpret_cast<float(*)[HD / 8][4]>(dK);
+    float(&dV4)[HD / 8][4] = *reinterpret_cast<float(*)[HD / 8][4]>(dV);
+    int s0 = key0, s1 = key1;
+    size_t ks = (size_t)KVH * HD;
+    if (pos && nsplit == 1) { /* overwrite, dK rotated back (RoPE backward) */
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) dK4[n][e] *= scale;
+        fb_rope_back<HD>(dK4, pos + (size_t)b * T, inv_freq, s0, s1, c, T);
+    }
+    int acc = nsplit == 1 && !pos;
+    float *dkp = dk + sp * part_n, *dvp = dv + sp * part_n;
+    float ksc = pos && nsplit == 1 ? 1.0f : scale;
+    int use16 = pos && nsplit == 1 && o16.dk;
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) { /* the thread's keys s0 (elements 0, 1) and s1 (2, 3) */
+            int s = r ? s1 : s0;
+            if (s >= T) continue;
+            size_t off = ((size_t)b * T + s) * ks + (size_t)kh * HD + n * 8 + 2 * c;
+            fb_put2(dkp + off, use16 ? o16.dk + off : NULL, dK4[n][2 * r] * ksc, dK4[n][2 * r + 1] * ksc, acc);
+            fb_put2(dvp + off, use16 ? o16.dv + off : NULL, dV4[n][2 * r], dV4[n][2 * r + 1], acc);
+        }
+#endif
+}
+
 /* Kernel B: dQ of one tile of 16 * WARPS queries of one head. grid (H, B, query tiles), heaviest (last)
  * first; keys come in tiles of FB_T (a block of 128 queries reads each K/V tile once for all of them). */
 template <int HD, int WARPS, int B16>
@@ -433,6 +595,126 @@ __global__ void __launch_bounds__(WARPS * 32, FB_MINB_B(HD, B16)) fb_dq_k(float 
         }
 }
 
+/* Kernel B on Hopper (sm_90a): one block of two warpgroups per (128 queries, head, sequence), each
+ * warpgroup owning 64 query rows (Q, dO in shared memory for the whole loop); key tiles of 64 (K, V) in
+ * three stages. S = Q K^T and dP = dO V^T from shared memory, dQ += dS K with dS from registers and K by
+ * a transposed descriptor, still running while the next tile's S and dP are issued. */
+template <int HD>
+__global__ void __launch_bounds__(FB_WG_QW(HD) * 128, 1) fb_dq_wg_k(float *dq, fb_rows Q, fb_rows O, fb_rows K, fb_rows V, const float *lse2,
+                                                     const float *delta, int T, int Tp, int H, int KVH, float scale, float sl2,
+                                                     const int32_t *pos, const float *inv_freq, uint16_t *dq16) {
+#if AV_WGMMA
+    constexpr int QB = FB_WG_QB(HD), KC = FB_T, CH = HD / 8, NT = FB_WG_QW(HD) * 128, NST = 3;
+    constexpr uint32_t QBY = QB * HD * 2, TB = KC * HD * 2; /* bytes: Q (or dO) of the block, a K (or V) tile */
+    extern __shared__ __align__(16) unsigned char fb_wg_smem[];
+    uint32_t raw = (uint32_t)__cvta_generic_to_shared(fb_wg_smem), sbase = (raw + 1023u) & ~1023u;
+    const uint32_t sQ = sbase, sO = sQ + QBY, sT = sO + QBY; /* tiles: [NST][K | V] */
+    int h = blockIdx.x, b = blockIdx.y, qt = gridDim.z - 1 - blockIdx.z, kh = h / (H / KVH);
+    int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c = lane & 3;
+    int t0 = qt * QB, tw = t0 + 64 * wg;       /* the block's / the warpgroup's first row */
+    int nkt = min(Tp, t0 + QB) / KC;            /* key tiles the block's rows see */
+    int wkt = tw < Tp ? (tw + 63) / KC + 1 : 0; /* key tiles this warpgroup's rows see */
+    wkt = min(wkt, nkt);
+
+    for (int x = tid; x < QB * CH; x += NT) {
+        int r = x / CH, cc = x % CH, t = t0 + r;
+        bool ok = t < T;
+        uint32_t off = (cc >> 3) * (QB * 128) + swz128(r, cc & 7);
+        size_t row = (size_t)(ok ? t : 0);
+        cp_async16_zfill_s(sQ + off, Q.p + b * Q.sb + h * Q.sh + row * Q.st + cc * 8, ok);
+        cp_async16_zfill_s(sO + off, O.p + b * O.sb + h * O.sh + row * O.st + cc * 8, ok);
+    }
+    auto load_tile = [&](int j, int buf) {
+        uint32_t tk = sT + buf * 2 * TB;
+        for (int x = tid; x < KC * CH; x += NT) {
+            int r = x / CH, cc = x % CH, s = j * KC + r;
+            bool ok = s < T;
+            uint32_t off = (cc >> 3) * (KC * 128) + swz128(r, cc & 7);
+            size_t row = (size_t)(ok ? s : 0);
+            cp_async16_zfill_s(tk + off, K.p + b * K.sb + kh * K.sh + row * K.st + cc * 8, ok);
+            cp_async16_zfill_s(tk + TB + off, V.p + b * V.sb + kh * V.sh + row * V.st + cc * 8, ok);
+        }
+        cp_async_commit();
+    };
+    load_tile(0, 0);
+
+    int r0 = tw + 16 * warp + g, r1 = r0 + 8; /* the thread's rows */
+    size_t z = (size_t)b * H + h;
+    float l0 = lse2[z * Tp + min(r0, Tp - 1)], l1 = lse2[z * Tp + min(r1, Tp - 1)];
+    float d0 = delta[z * Tp + min(r0, Tp - 1)], d1 = delta[z * Tp + min(r1, Tp - 1)];
+    float acc[HD / 2];
+#pragma unroll
+    for (int i = 0; i < HD / 2; i++) acc[i] = 0.0f;
+    const uint32_t qw = sQ + wg * 64 * 128, ow = sO + wg * 64 * 128;
+    for (int j = 0; j < nkt; j++) {
+        int buf = j % NST, s0 = j * KC;
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        if (j + 1 < nkt) load_tile(j + 1, (j + 1) % NST);
+        if (j >= wkt) continue; /* every key of the tile is past this warpgroup's rows */
+        int diag = s0 + KC - 1 > tw;
+        const uint32_t tk = sT + buf * 2 * TB, tv = tk + TB;
+        float sc[KC / 2], dp[KC / 2];
+#pragma unroll
+        for (int i = 0; i < KC / 2; i++) sc[i] = dp[i] = 0.0f;
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            uint32_t oa = (kk >> 2) * (QB * 128) + (kk & 3) * 32, ob_ = (kk >> 2) * (KC * 128) + (kk & 3) * 32;
+            wgmma_ss_n64(sc, wg_desc(qw + oa, 16, 1024), wg_desc(tk + ob_, 16, 1024), kk > 0);
+        }
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            uint32_t oa = (kk >> 2) * (QB * 128) + (kk & 3) * 32, ob_ = (kk >> 2) * (KC * 128) + (kk & 3) * 32;
+            wgmma_ss_n64(dp, wg_desc(ow + oa, 16, 1024), wg_desc(tv + ob_, 16, 1024), kk > 0);
+        }
+        wg_commit();
+        wg_wait<0>(); /* also the last tile's dQ products */
+        wg_reg_fence(sc);
+        wg_reg_fence(dp);
+        uint32_t da[KC / 16][4];
+#pragma unroll
+        for (int n = 0; n < KC / 8; n++) {
+            int s = s0 + n * 8 + 2 * c; /* the key */
+            float p0 = diag && s > r0 ? 0.0f : fa_exp2(fmaf(sc[4 * n + 0], sl2, -l0));
+            float p1 = diag && s + 1 > r0 ? 0.0f : fa_exp2(fmaf(sc[4 * n + 1], sl2, -l0));
+            float p2 = diag && s > r1 ? 0.0f : fa_exp2(fmaf(sc[4 * n + 2], sl2, -l1));
+            float p3 = diag && s + 1 > r1 ? 0.0f : fa_exp2(fmaf(sc[4 * n + 3], sl2, -l1));
+            da[n / 2][(n & 1) * 2 + 0] = pack_bf16(p0 * (dp[4 * n + 0] - d0), p1 * (dp[4 * n + 1] - d0));
+            da[n / 2][(n & 1) * 2 + 1] = pack_bf16(p2 * (dp[4 * n + 2] - d1), p3 * (dp[4 * n + 3] - d1));
+        }
+        wg_reg_fence(acc);
+        wg_fence();
+#pragma unroll
+        for (int kc = 0; kc < KC / 16; kc++) {
+            uint64_t dk_ = wg_desc_mn(tk + kc * 2048, KC * 128, 1024);
+            if constexpr (HD == 128) wgmma_rs_n128_t(acc, da[kc], dk_);
+            else wgmma_rs_n64_t(acc, da[kc], dk_);
+        }
+        wg_commit();
+    }
+    wg_wait<0>();
+    wg_reg_fence(acc);
+    float(&a4)[HD / 8][4] = *reinterpret_cast<float(*)[HD / 8][4]>(acc);
+    size_t qs = (size_t)H * HD;
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) a4[n][e] *= scale;
+    if (pos) fb_rope_back<HD>(a4, pos + (size_t)b * T, inv_freq, r0, r1, c, T); /* overwrite, rotated back */
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) { /* rows r0 (elements 0, 1) and r1 (2, 3) */
+            int t = r ? r1 : r0;
+            if (t >= T) continue;
+            size_t off = ((size_t)b * T + t) * qs + (size_t)h * HD + n * 8 + 2 * c;
+            fb_put2(dq + off, pos && dq16 ? dq16 + off : NULL, a4[n][2 * r], a4[n][2 * r + 1], !pos);
+        }
+#endif
+}
+
 /* dk[i] += sum over sp of part_k[sp][i] (same for v), in share order. */
 __global__ void fb_reduce_k(float *dk, float *dv, const float *pk, const float *pv, size_t n, int nsplit) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -477,26 +759,65 @@ __global__ void fb_reduce_rope_k(float *dk, float *dv, const float *pk, const fl
  * with the halved shared memory of the untransposed tiles, for either kernel: 188 -> 178-186 on an H100). */
 #define FB_WARPS(HD) ((HD) == 128 ? 8 : 4)
 
+/* The Hopper kernels (fb_dkdv_wg_k, fb_dq_wg_k): the rows where they lie (B16) or as the pre-pass wrote them. */
+template <int HD, int B16>
+static void fb_launch_wg(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
+                         const __nv_bfloat16 *vb, const float *lse2, const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit,
+                         size_t part_n, float scale, float kscale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16) {
+    size_t smem_a = (size_t)2 * FB_WG_KT * HD * 2 + (size_t)3 * (2 * FB_T * HD * 2 + 2 * FB_T * sizeof(float)) + 1024;
+    size_t smem_b = (size_t)2 * FB_WG_QB(HD) * HD * 2 + (size_t)3 * 2 * FB_T * HD * 2 + 1024;
+    static thread_local int set; /* per thread = per device (attributes are per device) */
+    if (!set) {
+        cudaFuncSetAttribute(fb_dkdv_wg_k<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
+        cudaFuncSetAttribute(fb_dq_wg_k<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_b);
+        set = 1;
+    }
+    fb_rows Qr, Or = {ob, (size_t)H * Tp * HD, (size_t)Tp * HD, (unsigned)HD}, Kr, Vr;
+    if (B16) {
+        Qr = {qb, (size_t)T * H * HD, (size_t)HD, (unsigned)(H * HD)};
+        Kr = {kb, (size_t)T * KVH * HD, (size_t)HD, (unsigned)(KVH * HD)};
+    } else {
+        Qr = {qb, (size_t)H * Tp * HD, (size_t)Tp * HD, (unsigned)HD};
+        Kr = {kb, (size_t)KVH * Tp * HD, (size_t)Tp * HD, (unsigned)HD};
+    }
+    Vr = Kr;
+    Vr.p = vb;
+    float sl = B16 ? sl2 : 1.0f; /* the pre-pass's q rows come scaled to log2 units */
+    cudaStream_t st = av_cuda_stream();
+    fb_dkdv_wg_k<HD><<<dim3(KVH * nsplit, B, Tp / FB_WG_KT), FB_WG_KW * 128, smem_a, st>>>(dk, dv, Qr, Or, Kr, Vr, lse2, delta, T, Tp, H, KVH, nsplit,
+                                                                               part_n, kscale, sl, pos, inv_freq, o16);
+    AV_CU_LAUNCHED("flash attention backward dk/dv");
+    fb_dq_wg_k<HD><<<dim3(H, B, Tp / FB_WG_QB(HD)), FB_WG_QW(HD) * 128, smem_b, st>>>(dq, Qr, Or, Kr, Vr, lse2, delta, T, Tp, H, KVH, scale, sl, pos, inv_freq,
+                                                                 o16.dq);
+    AV_CU_LAUNCHED("flash attention backward dq");
+}
+
 template <int HD, int B16>
 static void fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
                       const __nv_bfloat16 *vb, const float *lse2, const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit,
                       size_t part_n, float scale, float kscale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16) {
-    constexpr int KS = HD + FA_PAD, W = FB_WARPS(HD);
-    size_t smem_a = (size_t)(2 * 16 * W * KS + 2 * 2 * FB_T * KS) * sizeof(__nv_bfloat16) + 4 * FB_T * sizeof(float);
-    size_t smem_b = (size_t)2 * 2 * FB_T * KS * sizeof(__nv_bfloat16);
-    static thread_local int set; /* per thread = per device (attributes are per device) */
-    if (!set) { /* above the 48 KiB default */
-        cudaFuncSetAttribute(fb_dkdv_k<HD, W, B16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
-        cudaFuncSetAttribute(fb_dq_k<HD, W, B16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_b);
-        set = 1;
+    if (av_cuda_flash_wgmma_ok()) {
+        fb_launch_wg<HD, B16>(dq, dk, dv, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16);
+        return;
     }
-    cudaStream_t st = av_cuda_stream();
-    fb_dkdv_k<HD, W, B16><<<dim3(KVH * nsplit, B, Tp / (16 * W)), W * 32, smem_a, st>>>(dk, dv, qb, ob, kb, vb, lse2, delta, T, Tp, H, KVH,
-                                                                                     nsplit, part_n, kscale, sl2, pos, inv_freq, o16);
-    AV_CU_LAUNCHED("flash attention backward dk/dv");
-    fb_dq_k<HD, W, B16><<<dim3(H, B, av_cdiv(Tp, 16 * W)), W * 32, smem_b, st>>>(dq, qb, ob, kb, vb, lse2, delta, T, Tp, H, KVH, scale, sl2,
-                                                                              pos, inv_freq, o16.dq);
-    AV_CU_LAUNCHED("flash attention backward dq");
+    if constexpr (HD == 64 || !B16) { /* (the bf16 entry refuses head dim 128 off Hopper) */
+        constexpr int KS = HD + FA_PAD, W = FB_WARPS(HD);
+        size_t smem_a = (size_t)(2 * 16 * W * KS + 2 * 2 * FB_T * KS) * sizeof(__nv_bfloat16) + 4 * FB_T * sizeof(float);
+        size_t smem_b = (size_t)2 * 2 * FB_T * KS * sizeof(__nv_bfloat16);
+        static thread_local int set; /* per thread = per device (attributes are per device) */
+        if (!set) { /* above the 48 KiB default */
+            cudaFuncSetAttribute(fb_dkdv_k<HD, W, B16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
+            cudaFuncSetAttribute(fb_dq_k<HD, W, B16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_b);
+            set = 1;
+        }
+        cudaStream_t st = av_cuda_stream();
+        fb_dkdv_k<HD, W, B16><<<dim3(KVH * nsplit, B, Tp / (16 * W)), W * 32, smem_a, st>>>(dk, dv, qb, ob, kb, vb, lse2, delta, T, Tp, H, KVH,
+                                                                                         nsplit, part_n, kscale, sl2, pos, inv_freq, o16);
+        AV_CU_LAUNCHED("flash attention backward dk/dv");
+        fb_dq_k<HD, W, B16><<<dim3(H, B, av_cdiv(Tp, 16 * W)), W * 32, smem_b, st>>>(dq, qb, ob, kb, vb, lse2, delta, T, Tp, H, KVH, scale, sl2,
+                                                                                  pos, inv_freq, o16.dq);
+        AV_CU_LAUNCHED("flash attention backward dq");
+    }
 }
 
 /* Query-head shares per KV head for kernel A: split (a power of two dividing the group) until the
@@ -518,7 +839,9 @@ static int fb_backward(float *dq, float *dk, float *dv, const float *dout, const
                        const void *v, int B, int T, int H, int KVH, int hd, const int32_t *pos, const float *inv_freq, uint16_t *d16) {
     if ((hd != 64 && hd != 128) || KVH <= 0 || H % KVH) return -1;
     if (B <= 0 || T <= 0) return 0;
-    int kblk = 16 * (hd == 128 ? FB_WARPS(128) : FB_WARPS(64)), align = kblk > FB_T ? kblk : FB_T; /* keys a dK/dV block */
+    int wgk = av_cuda_flash_wgmma_ok(), kblk = wgk ? FB_WG_KT : 16 * (hd == 128 ? FB_WARPS(128) : FB_WARPS(64)); /* keys a dK/dV block */
+    int align = kblk > FB_T ? kblk : FB_T;
+    if (wgk && FB_WG_QB(hd) > align) align = FB_WG_QB(hd); /* whole dQ blocks too */
     int Tp = (T + align - 1) / align * align, nsplit = fb_nsplit(Tp / kblk * KVH * B, H / KVH); /* Tp: whole key blocks */
     size_t nq = (size_t)B * H * Tp * hd, nk = (size_t)B * KVH * Tp * hd, nr = (size_t)B * H * Tp;
     size_t part_n = nsplit > 1 ? (size_t)B * T * KVH * hd : 0; /* floats of one share's dk (or dv) */
@@ -547,7 +870,7 @@ static int fb_backward(float *dq, float *dk, float *dv, const float *dout, const
     float kscale = B16 ? scale : scale / sl2; /* dK from Q as the kernels read it (f32 entry: pre-scaled rows) */
     if (hd == 64)
         fb_launch<64, B16>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16);
-    else if constexpr (!B16) /* the bf16 entry has head dim 64 only */
+    else /* the bf16 entry has head dim 128 on Hopper only */
         fb_launch<128, B16>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16);
     if (nsplit > 1 && pos) {
         fb_reduce_rope_k<<<av_cdiv(part_n / 2, 256), 256, 0, st>>>(dk, dv, pk, pv, part_n / 2, nsplit, KVH, hd, pos, inv_freq, o16);
@@ -568,6 +891,6 @@ extern "C" int av_cuda_flash_attention_backward_batch(float *dq, float *dk, floa
 extern "C" int av_cuda_flash_attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                                                      const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T, int H, int KVH,
                                                      int hd, const int32_t *pos, const float *inv_freq, uint16_t *d16) {
-    if (hd != 64) return -1; /* as the bf16 forward (flash.cu) */
+    if (hd != 64 && !(hd == 128 && av_cuda_flash_wgmma_ok())) return -1; /* as the bf16 forward (flash.cu) */
     return fb_backward<1>(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, KVH, hd, pos, inv_freq, d16);
 }
