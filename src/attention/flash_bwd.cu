@@ -165,6 +165,37 @@ __device__ __forceinline__ void fb_rope_back(float (&a)[HD / 8][4], const int32_
     }
 }
 
+/* A warp's dK, dV rows (keys s0: elements 0, 1; s1: 2, 3; 16 x HD fragments) into dk, dv [B*T, KVH*HD]:
+ * nsplit == 1: += (or, with pos, overwrite with dK rotated back and the bf16 copies); else share sp's
+ * partial sums (=) at + sp * part_n. dK is scaled by scale first. */
+template <int HD>
+__device__ __forceinline__ void fb_store_dkdv(float (&dK)[HD / 8][4], float (&dV)[HD / 8][4], float *dk, float *dv, int b, int T, int KVH,
+                                              int kh, int s0, int s1, int c, int nsplit, int sp, size_t part_n, float scale,
+                                              const int32_t *pos, const float *inv_freq, fb_out16 o16) {
+    size_t ks = (size_t)KVH * HD;
+    if (pos && nsplit == 1) { /* overwrite, dK rotated back (RoPE backward) */
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) dK[n][e] *= scale;
+        fb_rope_back<HD>(dK, pos + (size_t)b * T, inv_freq, s0, s1, c, T);
+    }
+    int acc = nsplit == 1 && !pos;
+    float *dkp = dk + sp * part_n, *dvp = dv + sp * part_n;
+    float ksc = pos && nsplit == 1 ? 1.0f : scale;
+    int use16 = pos && nsplit == 1 && o16.dk;
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) { /* the thread's keys s0 (elements 0, 1) and s1 (2, 3) */
+            int s = r ? s1 : s0;
+            if (s >= T) continue;
+            size_t off = ((size_t)b * T + s) * ks + (size_t)kh * HD + n * 8 + 2 * c;
+            fb_put2(dkp + off, use16 ? o16.dk + off : NULL, dK[n][2 * r] * ksc, dK[n][2 * r + 1] * ksc, acc);
+            fb_put2(dvp + off, use16 ? o16.dv + off : NULL, dV[n][2 * r], dV[n][2 * r + 1], acc);
+        }
+}
+
 /* Blocks per SM the kernels are compiled for: the bf16 entry's hd-64 kernels at 3 (dK/dV: 190 -> 168
  * registers) and 4 (dQ: 146 -> 128), a few bytes of spills outside the products; with 2 and 3 blocks
  * their 4-warp blocks left each scheduler 2 warps, stalled on the mma chains (ncu). H100, fwd+bwd at
@@ -287,29 +318,8 @@ __global__ void __launch_bounds__(WARPS * 32, FB_MINB_A(HD, B16)) fb_dkdv_k(floa
          * pre-scaled for the scores, so dK's scale is scale / that factor = ln 2; B16: unscaled) */
         fb_mma2t<HD / 8, FB_T / 16, KS>(dV, pa, os, dK, da, qs, lane);
     }
-    int s0 = j * KT + kw + g, s1 = s0 + 8;
-    size_t ks = (size_t)KVH * HD;
-    if (pos && nsplit == 1) { /* overwrite, dK rotated back (RoPE backward) */
-#pragma unroll
-        for (int n = 0; n < HD / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) dK[n][e] *= scale;
-        fb_rope_back<HD>(dK, pos + (size_t)b * T, inv_freq, s0, s1, c, T);
-    }
-    int acc = nsplit == 1 && !pos;
-    float *dkp = dk + sp * part_n, *dvp = dv + sp * part_n;
-    float ksc = pos && nsplit == 1 ? 1.0f : scale;
-    int use16 = pos && nsplit == 1 && o16.dk;
-#pragma unroll
-    for (int n = 0; n < HD / 8; n++)
-#pragma unroll
-        for (int r = 0; r < 2; r++) { /* the thread's keys s0 (elements 0, 1) and s1 (2, 3) */
-            int s = r ? s1 : s0;
-            if (s >= T) continue;
-            size_t off = ((size_t)b * T + s) * ks + (size_t)kh * HD + n * 8 + 2 * c;
-            fb_put2(dkp + off, use16 ? o16.dk + off : NULL, dK[n][2 * r] * ksc, dK[n][2 * r + 1] * ksc, acc);
-            fb_put2(dvp + off, use16 ? o16.dv + off : NULL, dV[n][2 * r], dV[n][2 * r + 1], acc);
-        }
+    int s0 = j * KT + kw + g;
+    fb_store_dkdv<HD>(dK, dV, dk, dv, b, T, KVH, kh, s0, s0 + 8, c, nsplit, sp, part_n, scale, pos, inv_freq, o16);
 }
 
 /* Kernel A on Hopper (sm_90a): the same products on warpgroup tensor cores. One block of two
@@ -442,31 +452,8 @@ __global__ void __launch_bounds__(FB_WG_KW * 128, 1) fb_dkdv_wg_k(float *dk, flo
     wg_wait<0>();
     wg_reg_fence(dV);
     wg_reg_fence(dK);
-    float(&dK4)[HD / 8][4] = *reinterpret_cast<float(*)[HD / 8][4]>(dK);
-    float(&dV4)[HD / 8][4] = *reinterpret_cast<float(*)[HD / 8][4]>(dV);
-    int s0 = key0, s1 = key1;
-    size_t ks = (size_t)KVH * HD;
-    if (pos && nsplit == 1) { /* overwrite, dK rotated back (RoPE backward) */
-#pragma unroll
-        for (int n = 0; n < HD / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) dK4[n][e] *= scale;
-        fb_rope_back<HD>(dK4, pos + (size_t)b * T, inv_freq, s0, s1, c, T);
-    }
-    int acc = nsplit == 1 && !pos;
-    float *dkp = dk + sp * part_n, *dvp = dv + sp * part_n;
-    float ksc = pos && nsplit == 1 ? 1.0f : scale;
-    int use16 = pos && nsplit == 1 && o16.dk;
-#pragma unroll
-    for (int n = 0; n < HD / 8; n++)
-#pragma unroll
-        for (int r = 0; r < 2; r++) { /* the thread's keys s0 (elements 0, 1) and s1 (2, 3) */
-            int s = r ? s1 : s0;
-            if (s >= T) continue;
-            size_t off = ((size_t)b * T + s) * ks + (size_t)kh * HD + n * 8 + 2 * c;
-            fb_put2(dkp + off, use16 ? o16.dk + off : NULL, dK4[n][2 * r] * ksc, dK4[n][2 * r + 1] * ksc, acc);
-            fb_put2(dvp + off, use16 ? o16.dv + off : NULL, dV4[n][2 * r], dV4[n][2 * r + 1], acc);
-        }
+    fb_store_dkdv<HD>(*reinterpret_cast<float(*)[HD / 8][4]>(dK), *reinterpret_cast<float(*)[HD / 8][4]>(dV), dk, dv, b, T, KVH, kh, key0, key1,
+                      c, nsplit, sp, part_n, scale, pos, inv_freq, o16);
 #endif
 }
 
