@@ -196,6 +196,28 @@ __device__ __forceinline__ void fb_store_dkdv(float (&dK)[HD / 8][4], float (&dV
         }
 }
 
+/* A warp's dQ rows (t0: elements 0, 1; t1: 2, 3) times scale into dq [B*T, H*HD]: += , or with pos
+ * overwritten, rotated back, and copied to dq16 (if not NULL). */
+template <int HD>
+__device__ __forceinline__ void fb_store_dq(float (&acc)[HD / 8][4], float *dq, uint16_t *dq16, int b, int T, int H, int h, int t0, int t1,
+                                            int c, float scale, const int32_t *pos, const float *inv_freq) {
+    size_t qs = (size_t)H * HD;
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[n][e] *= scale;
+    if (pos) fb_rope_back<HD>(acc, pos + (size_t)b * T, inv_freq, t0, t1, c, T); /* overwrite, rotated back */
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) { /* rows t0 (elements 0, 1) and t1 (2, 3) */
+            int t = r ? t1 : t0;
+            if (t >= T) continue;
+            size_t off = ((size_t)b * T + t) * qs + (size_t)h * HD + n * 8 + 2 * c;
+            fb_put2(dq + off, pos && dq16 ? dq16 + off : NULL, acc[n][2 * r], acc[n][2 * r + 1], !pos);
+        }
+}
+
 /* Blocks per SM the kernels are compiled for: the bf16 entry's hd-64 kernels at 3 (dK/dV: 190 -> 168
  * registers) and 4 (dQ: 146 -> 128), a few bytes of spills outside the products; with 2 and 3 blocks
  * their 4-warp blocks left each scheduler 2 warps, stalled on the mma chains (ncu). H100, fwd+bwd at
@@ -564,26 +586,11 @@ __global__ void __launch_bounds__(WARPS * 32, FB_MINB_B(HD, B16)) fb_dq_k(float 
                 mma_bf16(acc[n], da[2 * k2 + 1], f[2], f[3]);
             }
     }
-    int t0 = tw + g, t1 = t0 + 8;
-    size_t qs = (size_t)H * HD;
-#pragma unroll
-    for (int n = 0; n < HD / 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) acc[n][e] *= scale;
-    if (pos) fb_rope_back<HD>(acc, pos + (size_t)b * T, inv_freq, t0, t1, c, T); /* overwrite, rotated back */
-#pragma unroll
-    for (int n = 0; n < HD / 8; n++)
-#pragma unroll
-        for (int r = 0; r < 2; r++) { /* rows t0 (elements 0, 1) and t1 (2, 3) */
-            int t = r ? t1 : t0;
-            if (t >= T) continue;
-            size_t off = ((size_t)b * T + t) * qs + (size_t)h * HD + n * 8 + 2 * c;
-            fb_put2(dq + off, pos && dq16 ? dq16 + off : NULL, acc[n][2 * r], acc[n][2 * r + 1], !pos);
-        }
+    fb_store_dq<HD>(acc, dq, dq16, b, T, H, h, tw + g, tw + g + 8, c, scale, pos, inv_freq);
 }
 
-/* Kernel B on Hopper (sm_90a): one block of two warpgroups per (128 queries, head, sequence), each
- * warpgroup owning 64 query rows (Q, dO in shared memory for the whole loop); key tiles of 64 (K, V) in
+/* Kernel B on Hopper (sm_90a): one block of FB_WG_QW(HD) warpgroups per (64 * that queries, head,
+ * sequence), each warpgroup owning 64 query rows (Q, dO in shared memory for the whole loop); key tiles of 64 (K, V) in
  * three stages. S = Q K^T and dP = dO V^T from shared memory, dQ += dS K with dS from registers and K by
  * a transposed descriptor, still running while the next tile's S and dP are issued. */
 template <int HD>
@@ -683,22 +690,7 @@ __global__ void __launch_bounds__(FB_WG_QW(HD) * 128, 1) fb_dq_wg_k(float *dq, f
     }
     wg_wait<0>();
     wg_reg_fence(acc);
-    float(&a4)[HD / 8][4] = *reinterpret_cast<float(*)[HD / 8][4]>(acc);
-    size_t qs = (size_t)H * HD;
-#pragma unroll
-    for (int n = 0; n < HD / 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) a4[n][e] *= scale;
-    if (pos) fb_rope_back<HD>(a4, pos + (size_t)b * T, inv_freq, r0, r1, c, T); /* overwrite, rotated back */
-#pragma unroll
-    for (int n = 0; n < HD / 8; n++)
-#pragma unroll
-        for (int r = 0; r < 2; r++) { /* rows r0 (elements 0, 1) and r1 (2, 3) */
-            int t = r ? r1 : r0;
-            if (t >= T) continue;
-            size_t off = ((size_t)b * T + t) * qs + (size_t)h * HD + n * 8 + 2 * c;
-            fb_put2(dq + off, pos && dq16 ? dq16 + off : NULL, a4[n][2 * r], a4[n][2 * r + 1], !pos);
-        }
+    fb_store_dq<HD>(*reinterpret_cast<float(*)[HD / 8][4]>(acc), dq, dq16, b, T, H, h, r0, r1, c, scale, pos, inv_freq);
 #endif
 }
 
