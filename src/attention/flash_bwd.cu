@@ -476,6 +476,8 @@ __global__ void __launch_bounds__(FB_WG_KW * 128, 1) fb_dkdv_wg_k(float *dk, flo
     wg_reg_fence(dK);
     fb_store_dkdv<HD>(*reinterpret_cast<float(*)[HD / 8][4]>(dK), *reinterpret_cast<float(*)[HD / 8][4]>(dV), dk, dv, b, T, KVH, kh, key0, key1,
                       c, nsplit, sp, part_n, scale, pos, inv_freq, o16);
+#else
+    AV_WGMMA_MISSING();
 #endif
 }
 
@@ -691,6 +693,8 @@ __global__ void __launch_bounds__(FB_WG_QW(HD) * 128, 1) fb_dq_wg_k(float *dq, f
     wg_wait<0>();
     wg_reg_fence(acc);
     fb_store_dq<HD>(*reinterpret_cast<float(*)[HD / 8][4]>(acc), dq, dq16, b, T, H, h, r0, r1, c, scale, pos, inv_freq);
+#else
+    AV_WGMMA_MISSING();
 #endif
 }
 

@@ -186,6 +186,8 @@ __global__ void __launch_bounds__(NWG * 128, 1) fa_fwd_wg_k(float *out, float *l
         if (r0 < T) lse[((size_t)b * H + h) * T + r0] = (m0 * qscale + log2f(l0)) * ln2;
         if (r1 < T) lse[((size_t)b * H + h) * T + r1] = (m1 * qscale + log2f(l1)) * ln2;
     }
+#else
+    AV_WGMMA_MISSING();
 #endif
 }
 

@@ -19,6 +19,15 @@
 #define AV_WGMMA 0
 #endif
 
+/* The body of a Hopper kernel in a pass without wgmma. Never launched there on purpose (the callers ask
+ * av_cuda_flash_wgmma_ok: an sm_90 device and this build's sm_90a code), but a build whose only sm_90
+ * target is plain sm_90 would land here on a Hopper GPU: stop loudly rather than return nothing. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && !AV_WGMMA
+#define AV_WGMMA_MISSING() __trap()
+#else
+#define AV_WGMMA_MISSING() ((void)0)
+#endif
+
 /* byte offset of 16-byte chunk ch (0..7) of row r in a swizzled 64-column half */
 static __device__ __forceinline__ uint32_t swz128(int r, int ch) { return (uint32_t)(r * 128 + ((ch ^ (r & 7)) << 4)); }
 
