@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <stdint.h>
 
 av_status av_file_map(av_mapped_file *m, const char *path) {
     m->data = NULL;
@@ -208,6 +209,28 @@ void av_free(void *p) {
     char *base = (char *)p - AV_HDR;
     atomic_fetch_sub(&g_alloc_cur, *(size_t *)base);
     free(base);
+}
+
+#define AV_HUGE ((size_t)2 << 20)
+void *av_alloc_huge(size_t bytes) {
+    size_t n = (bytes + AV_HUGE - 1) / AV_HUGE * AV_HUGE;
+    char *p = mmap(NULL, n + AV_HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    char *a = (char *)(((uintptr_t)p + AV_HUGE - 1) & ~(uintptr_t)(AV_HUGE - 1)); /* trim to a 2 MB aligned range */
+    if (a > p) munmap(p, (size_t)(a - p));
+    if (p + n + AV_HUGE > a + n) munmap(a + n, (size_t)(p + n + AV_HUGE - (a + n)));
+    madvise(a, n, MADV_HUGEPAGE); /* before the first touch; a kernel without THP ignores it */
+    size_t cur = atomic_fetch_add(&g_alloc_cur, n) + n;
+    size_t pk = atomic_load(&g_alloc_peak);
+    while (cur > pk && !atomic_compare_exchange_weak(&g_alloc_peak, &pk, cur)) {}
+    return a;
+}
+
+void av_free_huge(void *p, size_t bytes) {
+    if (!p) return;
+    size_t n = (bytes + AV_HUGE - 1) / AV_HUGE * AV_HUGE;
+    munmap(p, n);
+    atomic_fetch_sub(&g_alloc_cur, n);
 }
 
 size_t av_mem_peak_alloc(void) { return atomic_load(&g_alloc_peak); }

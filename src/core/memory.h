@@ -36,6 +36,10 @@ av_status av_dir_publish(const char *tmp, const char *dir);
 void *av_alloc(size_t bytes, const char *what);
 void *av_calloc(size_t bytes, const char *what);
 void av_free(void *p);
+/* Anonymous memory in transparent huge pages where the kernel has them (THP "madvise" included), 2 MB
+ * aligned, counted with av_alloc's; NULL (no error set) when it cannot be had. Free with av_free_huge. */
+void *av_alloc_huge(size_t bytes);
+void av_free_huge(void *p, size_t bytes);
 /* Registers the calling thread's static _Thread_local scratch pointer *slot: freed (and set to NULL)
  * when the thread ends (core/thread_scratch.c). */
 void av_thread_scratch_track(void **slot);

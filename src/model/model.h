@@ -1,5 +1,6 @@
 /* A loaded model: config, the mmapped safetensors, and per-layer weight views resident on the
- * chosen backend (the mmap itself on the CPU; one uploaded arena on a GPU). */
+ * chosen backend (on the CPU the mapping, or the weight files' copies in huge pages; one uploaded arena
+ * on a GPU). */
 #ifndef AV_MODEL_H
 #define AV_MODEL_H
 #include "backend/backend.h"
@@ -28,6 +29,8 @@ struct av_model {
     av_layer *layers;
     float *inv_freq;           /* backend memory, head_dim/2 */
     void *arena;               /* uploaded weights (non-host backends) */
+    struct av_host_copy **host_copies; /* CPU: the weight files' huge-page copies the views read (weights_huge.c) */
+    int n_host_copies;
     size_t weight_bytes;
     int attention;             /* av_attention_kind: AUTO, FLASH or STANDARD */
     int no_graphs;             /* decode steps run eagerly, never captured (debugging) */

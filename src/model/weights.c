@@ -4,6 +4,7 @@
 #include "model/model.h"
 #include "core/memory.h"
 #include "quant/affine.h"
+#include "model/weights_huge.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -227,10 +228,49 @@ static av_status set_inv_freq(av_model *m) {
     return AV_OK;
 }
 
+/* CPU: each weight file the views mostly read is replaced under them by its copy in huge pages
+ * (weights_huge.c: at the same offsets, so every view keeps its alignment and neighbours). A file mostly
+ * unread by the views (a GGUF whose tensors were converted at load) or under 64 MB stays mapped, as does
+ * any file when no memory can be had for its copy. */
+static void host_huge_copy(av_model *m) {
+    enum { MAXF = 64 };
+    const av_mapped_file *f[MAXF];
+    const char *path[MAXF];
+    int nf = 0;
+    for (int i = 0; i < m->st.nfiles && nf < MAXF; i++)
+        if (!m->st.files[i].borrowed && m->st.files[i].map.data) f[nf] = &m->st.files[i].map, path[nf++] = m->st.files[i].path;
+    if (m->gguf && m->gguf->map.data && nf < MAXF) f[nf] = &m->gguf->map, path[nf++] = m->gguf->path;
+    int k, tied = m->lm_head.data == m->embed.data;
+    av_mat **all = model_mats(m, &k);
+    if (!all || !(m->host_copies = calloc((size_t)nf + 1, sizeof *m->host_copies))) { free(all); return; }
+    for (int x = 0; x < nf; x++) {
+        const char *lo = f[x]->data, *hi = lo + f[x]->size;
+        size_t used = 0;
+        for (int i = 0; i < k; i++)
+            for (int j = 0; j < mat_pieces(all[i]); j++) {
+                const char *p = *piece_ptr(all[i], j);
+                if (p >= lo && p < hi) used += piece_bytes(all[i], j);
+            }
+        if (f[x]->size < ((size_t)64 << 20) || used * 2 < f[x]->size) continue;
+        char *copy = av_host_copy_get(path[x], f[x], &m->host_copies[m->n_host_copies]);
+        if (!copy) continue;
+        m->n_host_copies++;
+        for (int i = 0; i < k; i++)
+            for (int j = 0; j < mat_pieces(all[i]); j++) {
+                const void **p = piece_ptr(all[i], j);
+                if ((const char *)*p >= lo && (const char *)*p < hi) *p = copy + ((const char *)*p - lo);
+            }
+    }
+    if (tied) m->lm_head = m->embed;
+    free(all);
+}
+
 /* The rest of loading, shared: RoPE frequencies, then the upload (GPU) or realignment (CPU). */
 static av_status finish_load(av_model *m) {
     AV_TRY(set_inv_freq(m));
-    return !m->be->host_visible ? upload_all(m) : realign_host(m);
+    if (!m->be->host_visible) return upload_all(m);
+    host_huge_copy(m);
+    return realign_host(m);
 }
 
 av_status av_model_extend_context(av_model *m, int n_ctx) {
@@ -320,6 +360,8 @@ void av_model_free(av_model *m) {
             L->lora_a = L->lora_b = NULL;
         }
     if (m->arena) m->be->free(m->arena);
+    for (int i = 0; i < m->n_host_copies; i++) av_host_copy_put(m->host_copies[i]);
+    free(m->host_copies);
     if (m->inv_freq) m->be->free(m->inv_freq);
     free(m->layers);
     av_st_set_close(&m->st);
