@@ -269,8 +269,9 @@ static void host_huge_copy(av_model *m) {
 static av_status finish_load(av_model *m) {
     AV_TRY(set_inv_freq(m));
     if (!m->be->host_visible) return upload_all(m);
+    AV_TRY(realign_host(m)); /* first: a file whose tensors were mostly realigned is then mostly unread, and not copied again */
     host_huge_copy(m);
-    return realign_host(m);
+    return AV_OK;
 }
 
 av_status av_model_extend_context(av_model *m, int n_ctx) {
