@@ -23,6 +23,7 @@ av_status av_file_map(av_mapped_file *m, const char *path) {
         return av_fail(AV_ERR_IO, "%s: not a regular file", path);
     }
     m->size = (size_t)st.st_size;
+    m->dev = st.st_dev, m->ino = st.st_ino, m->mtime = st.st_mtim;
     if (m->size == 0) { close(fd); return av_fail(AV_ERR_FORMAT, "%s: file is empty", path); }
     m->data = mmap(NULL, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);

@@ -5,11 +5,16 @@
 #define AV_MEMORY_H
 #include <stddef.h>
 #include <stdio.h>
+#include <sys/types.h>
+#include <time.h>
 #include "core/status.h"
 
 typedef struct {
     void *data;
     size_t size;
+    dev_t dev; /* the mapped file's identity when it was opened (av_file_map) */
+    ino_t ino;
+    struct timespec mtime;
 } av_mapped_file;
 
 av_status av_file_map(av_mapped_file *m, const char *path);   /* read-only, private */

@@ -235,11 +235,10 @@ static av_status set_inv_freq(av_model *m) {
 static void host_huge_copy(av_model *m) {
     enum { MAXF = 64 };
     const av_mapped_file *f[MAXF];
-    const char *path[MAXF];
     int nf = 0;
     for (int i = 0; i < m->st.nfiles && nf < MAXF; i++)
-        if (!m->st.files[i].borrowed && m->st.files[i].map.data) f[nf] = &m->st.files[i].map, path[nf++] = m->st.files[i].path;
-    if (m->gguf && m->gguf->map.data && nf < MAXF) f[nf] = &m->gguf->map, path[nf++] = m->gguf->path;
+        if (!m->st.files[i].borrowed && m->st.files[i].map.data) f[nf++] = &m->st.files[i].map;
+    if (m->gguf && m->gguf->map.data && nf < MAXF) f[nf++] = &m->gguf->map;
     int k, tied = m->lm_head.data == m->embed.data;
     av_mat **all = model_mats(m, &k);
     if (!all || !(m->host_copies = calloc((size_t)nf + 1, sizeof *m->host_copies))) { free(all); return; }
@@ -252,7 +251,7 @@ static void host_huge_copy(av_model *m) {
                 if (p >= lo && p < hi) used += piece_bytes(all[i], j);
             }
         if (f[x]->size < ((size_t)64 << 20) || used * 2 < f[x]->size) continue;
-        char *copy = av_host_copy_get(path[x], f[x], &m->host_copies[m->n_host_copies]);
+        char *copy = av_host_copy_get(f[x], &m->host_copies[m->n_host_copies]);
         if (!copy) continue;
         m->n_host_copies++;
         for (int i = 0; i < k; i++)

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 
 struct av_host_copy {
     dev_t dev;
@@ -21,9 +20,8 @@ struct av_host_copy {
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct av_host_copy *g_copies;
 
-static int same_file(const struct av_host_copy *h, const struct stat *st) {
-    return h->dev == st->st_dev && h->ino == st->st_ino && h->bytes == (size_t)st->st_size && h->mtime.tv_sec == st->st_mtim.tv_sec &&
-           h->mtime.tv_nsec == st->st_mtim.tv_nsec;
+static int same_file(const struct av_host_copy *h, const av_mapped_file *f) {
+    return h->dev == f->dev && h->ino == f->ino && h->bytes == f->size && h->mtime.tv_sec == f->mtime.tv_sec && h->mtime.tv_nsec == f->mtime.tv_nsec;
 }
 
 /* f's bytes into huge pages, 2 MB at a time on every thread; each piece of the file mapping is released
@@ -40,18 +38,15 @@ static void copy_release(char *dst, const av_mapped_file *f) {
     }
 }
 
-char *av_host_copy_get(const char *path, const av_mapped_file *f, av_host_copy **out) {
-    *out = NULL;
-    struct stat st;
-    if (stat(path, &st) != 0 || (size_t)st.st_size != f->size) return NULL;
+char *av_host_copy_get(const av_mapped_file *f, av_host_copy **out) {
     pthread_mutex_lock(&g_lock);
     struct av_host_copy *h = g_copies;
-    while (h && !same_file(h, &st)) h = h->next;
+    while (h && !same_file(h, f)) h = h->next;
     if (h) {
         h->refs++;
     } else if ((h = calloc(1, sizeof *h)) && (h->data = av_alloc_huge(f->size))) {
         copy_release(h->data, f);
-        h->dev = st.st_dev, h->ino = st.st_ino, h->mtime = st.st_mtim, h->bytes = f->size, h->refs = 1;
+        h->dev = f->dev, h->ino = f->ino, h->mtime = f->mtime, h->bytes = f->size, h->refs = 1;
         h->next = g_copies;
         g_copies = h;
     } else {
