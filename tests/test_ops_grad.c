@@ -164,7 +164,10 @@ static void t_matmul(av_dtype wdt, int T, int K) {
         printf("%s: worst error %.3g sum|x w|\n", what, worst);
     }
     av_matmul_backward(dx, dW, R, x, &M, T);
-    if (wdt == AV_BF16) { /* dx = R . W to f32 accuracy (AMX: R in three bf16 terms) */
+    /* dx = R . W: bf16 W to f32 accuracy (AMX: R in three bf16 terms); f16 W (AMX: R and W in two
+     * bf16 terms each, as packed weights take) to 2e-5 */
+    if (wdt == AV_BF16 || wdt == AV_F16) {
+        double bound = wdt == AV_BF16 ? 4e-7 : 2e-5;
         int bad = 0;
         double worst = 0;
         for (int t = 0; t < T; t++)
@@ -176,9 +179,9 @@ static void t_matmul(av_dtype wdt, int T, int K) {
                 }
                 double e = fabs(dx[t * K + k] - s) / a;
                 worst = e > worst ? e : worst;
-                bad += !(e <= 4e-7);
+                bad += !(e <= bound);
             }
-        CHECK(bad == 0, "%s: %d dx elements off by more than 4e-7 sum|d w| (worst %.3g)", what, bad, worst);
+        CHECK(bad == 0, "%s: %d dx elements off by more than %g sum|d w| (worst %.3g)", what, bad, bound, worst);
         printf("%s: dx worst error %.3g sum|d w|\n", what, worst);
     }
     fd(mm_loss, &c, c.x, T * K, gx);
@@ -458,6 +461,7 @@ int main(void) {
     t_matmul(AV_BF16, 9, 64);  /* K % 32 == 0: AMX with x in three bf16 terms where the CPU has it */
     t_matmul(AV_BF16, 27, 96);
     t_matmul(AV_BF16, 40, 64); /* 32+ rows: the prefill GEMM */
+    t_matmul(AV_F16, 40, 64);  /* f16 (as packed weights): dx on AMX in two terms */
     t_rope();
     t_swiglu();
     t_attention(5, 8, 3, 4, 2, 6);  /* GQA, pos0 > 0, S > pos0 + T */

@@ -273,25 +273,33 @@ static int gemm_amx(float *out, const float *x, const av_mat *W, int T, int exac
     }
     return !fail;
 }
-/* ---- the backward product dx[T, K] += d[T, N] . W[N, K] for bf16 weights on AMX. W is the B operand
- * as it lies: B tile row j = rows 2j and 2j+1 of a 32-row block interleaved per column (one dword =
- * the pair), 16 columns a tile, so packing a thread's 32 columns is one pass over W. d is the A operand,
- * split into three bf16 terms (all of f32's mantissa): the products are f32-accurate, as the f32
- * GEMM on converted panels they replace. Threads take 32-column panels of dx. */
+/* ---- the backward product dx[T, K] += d[T, N] . W[N, K] on AMX. W is the B operand: B tile row j =
+ * rows 2j and 2j+1 of a 32-row block interleaved per column (one dword = the pair), 16 columns a tile.
+ * bf16 weights go in as they lie and d as the A operand in three bf16 terms (all of f32's mantissa):
+ * the products are f32-accurate, as the f32 GEMM on converted panels they replace. Other weights
+ * (packed, f16, K-quants) are converted to f32 a chunk of rows at a time and split, like d, into hi +
+ * lo: hi.hi + hi.lo + lo.hi, ~2^-16 of each product (the forward's accuracy on such weights).
+ * Threads take groups of 32-column panels of dx. */
 static int gemm_amx_dx(float *dx, const float *d, const av_mat *W, int T) {
     static _Thread_local buf_t ab;
-    int N = W->rows, K = W->cols, Tp = (T + 31) / 32 * 32, NB = N / 32;
+    static _Thread_local buf_t wq; /* converted weights of a chunk, per calling thread */
+    int N = W->rows, K = W->cols, Tp = (T + 31) / 32 * 32, NB = N / 32, two = !(W->dtype == AV_BF16 && !W->q_bits);
+    int terms = two ? 2 : 3;
     const uint16_t *w = (const uint16_t *)W->data;
     /* a[term][t / 16][nb][t % 16][32] */
     size_t term = (size_t)Tp * N;
-    uint16_t *a = buf_bytes(&ab, sizeof(uint16_t) * 3 * term);
+    uint16_t *a = buf_bytes(&ab, sizeof(uint16_t) * terms * term);
     if (!a) return 0;
     int fail = 0, npan = K / 32;
-    /* column blocks of d a chunk: its three terms for every token in <= 768 KB, read from L2 by every
+    /* column blocks of d a chunk: its terms for every token in <= 768 KB, read from L2 by every
      * 32-column panel of dx instead of streaming all of d from memory once per panel (TinyLlama LoRA,
      * 124 rows, 2 threads: 1.5-1.8x); at most 32 blocks, so W's packed tiles stay within 512 KB */
-    int NBC = (int)(((size_t)768 << 10) / ((size_t)3 * Tp * 32 * sizeof(uint16_t)));
+    int NBC = (int)(((size_t)768 << 10) / ((size_t)terms * Tp * 32 * sizeof(uint16_t)));
     NBC = NBC < 1 ? 1 : NBC > 32 ? 32 : NBC > NB ? NB : NBC;
+    /* other weights: the chunk's rows converted once, hi and lo tiles for every panel: [term][panel][nb - c0][2][16][16] */
+    size_t qterm = (size_t)npan * NBC * 2 * 256;
+    uint32_t *bq = two ? buf_bytes(&wq, sizeof(uint32_t) * 2 * qterm) : NULL;
+    if (two && !bq) return 0;
     /* a thread's work item: GP 32-column panels of dx, so each W row is read as one longer run */
     enum { GP = 8 };
     int ngrp = (npan + GP - 1) / GP;
@@ -304,28 +312,49 @@ static int gemm_amx_dx(float *dx, const float *d, const av_mat *W, int T) {
                 for (int h = 0; h < 32; h += 16) {
                     __m512 v = t < T ? _mm512_loadu_ps(d + (size_t)t * N + nb * 32 + h) : _mm512_setzero_ps();
                     __m256bh hb, lb, mb;
-                    split3_bf16(v, &hb, &lb, &mb);
+                    if (two) split_bf16(v, &hb, &lb);
+                    else split3_bf16(v, &hb, &lb, &mb);
                     _mm256_storeu_si256((__m256i *)(a + at + h), (__m256i)hb);
                     _mm256_storeu_si256((__m256i *)(a + term + at + h), (__m256i)lb);
-                    _mm256_storeu_si256((__m256i *)(a + 2 * term + at + h), (__m256i)mb);
+                    if (!two) _mm256_storeu_si256((__m256i *)(a + 2 * term + at + h), (__m256i)mb);
                 }
             }
-        static _Thread_local buf_t bb;
-        uint32_t *b = buf_bytes(&bb, sizeof(uint32_t) * (size_t)GP * NBC * 2 * 256); /* [panel][nb - c0][2 tiles][16][16] */
-        if (!b) {
+        static _Thread_local buf_t bb, fb;
+        uint32_t *b = two ? NULL : buf_bytes(&bb, sizeof(uint32_t) * (size_t)GP * NBC * 2 * 256); /* [panel][nb - c0][2 tiles][16][16] */
+        float *frow = two ? buf_get(&fb, (size_t)2 * K) : NULL;
+        if (two ? !frow : !b) {
 #pragma omp atomic write
             fail = 1;
         } else
             amx_config();
+        int ok = two ? frow != NULL : b != NULL;
         float cb[32 * 32] __attribute__((aligned(64)));
         for (int c0 = 0; c0 < NB; c0 += NBC) { /* a chunk of d's columns at a time, so its tiles stay in L2 */
             int c1 = c0 + NBC < NB ? c0 + NBC : NB;
+            if (two) { /* the chunk's row pairs to f32, split, interleaved into every panel's tiles */
+#pragma omp for schedule(static)
+                for (int rp = c0 * 16; rp < c1 * 16; rp++) {
+                    if (!ok) continue;
+                    int nb = rp / 16, j = rp % 16;
+                    av_mat_rows_to_f32(frow, W, 2 * rp, 2);
+                    for (int k = 0; k < K; k += 16) {
+                        __m256bh h0, l0, h1, l1;
+                        split_bf16(_mm512_loadu_ps(frow + k), &h0, &l0);
+                        split_bf16(_mm512_loadu_ps(frow + K + k), &h1, &l1);
+                        size_t at = (((size_t)(k / 32) * NBC + (nb - c0)) * 2 + (k % 32) / 16) * 256 + (size_t)j * 16;
+                        __m512i hh = _mm512_or_si512(_mm512_cvtepu16_epi32((__m256i)h0), _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h1), 16));
+                        __m512i ll = _mm512_or_si512(_mm512_cvtepu16_epi32((__m256i)l0), _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)l1), 16));
+                        _mm512_storeu_si512(bq + at, hh);
+                        _mm512_storeu_si512(bq + qterm + at, ll);
+                    }
+                }
+            }
 #pragma omp for schedule(dynamic, 1)
             for (int g = 0; g < ngrp; g++) {
-                if (!b) continue;
+                if (!ok) continue;
                 int p0 = g * GP, np = npan - p0 < GP ? npan - p0 : GP;
-                /* the group's columns of W's chunk rows, each row read as one run of np * 64 bytes */
-                for (int nb = c0; nb < c1; nb++)
+                /* bf16: the group's columns of W's chunk rows, each row read as one run of np * 64 bytes */
+                for (int nb = c0; nb < c1 && !two; nb++)
                     for (int j = 0; j < 16; j++) {
                         const uint16_t *r0 = w + (size_t)(nb * 32 + 2 * j) * K + (size_t)p0 * 32, *r1 = r0 + K;
                         for (int pp = 0; pp < np; pp++)
@@ -338,17 +367,20 @@ static int gemm_amx_dx(float *dx, const float *d, const av_mat *W, int T) {
                     }
                 for (int pp = 0; pp < np; pp++) {
                     int k0 = (p0 + pp) * 32;
-                    const uint32_t *bp = b + (size_t)pp * NBC * 2 * 256;
+                    const uint32_t *bp = two ? bq + (size_t)(p0 + pp) * NBC * 2 * 256 : b + (size_t)pp * NBC * 2 * 256;
                     for (int t0 = 0; t0 < Tp; t0 += 32) {
                         zero_2x2();
                         for (int nb = c0; nb < c1; nb++) {
-                            _tile_loadd(6, bp + ((size_t)(nb - c0) * 2) * 256, 64);
-                            _tile_loadd(7, bp + ((size_t)(nb - c0) * 2 + 1) * 256, 64);
-                            for (int tm = 0; tm < 3; tm++) {
-                                const uint16_t *a0 = a + tm * term + ((size_t)(t0 / 16) * NB + nb) * 512, *a1 = a0 + (size_t)NB * 512;
-                                _tile_loadd(4, a0, 64);
-                                _tile_loadd(5, a1, 64);
-                                mma_2x2();
+                            for (int wt = 0; wt < (two ? 2 : 1); wt++) { /* W's hi, then (other weights) its lo */
+                                const uint32_t *bt = bp + (size_t)wt * qterm + ((size_t)(nb - c0) * 2) * 256;
+                                _tile_loadd(6, bt, 64);
+                                _tile_loadd(7, bt + 256, 64);
+                                for (int tm = 0; tm < terms - wt; tm++) { /* d's terms: all with W's hi; hi with W's lo */
+                                    const uint16_t *a0 = a + tm * term + ((size_t)(t0 / 16) * NB + nb) * 512, *a1 = a0 + (size_t)NB * 512;
+                                    _tile_loadd(4, a0, 64);
+                                    _tile_loadd(5, a1, 64);
+                                    mma_2x2();
+                                }
                             }
                         }
                         /* cb[t][k] */
@@ -363,7 +395,7 @@ static int gemm_amx_dx(float *dx, const float *d, const av_mat *W, int T) {
                 }
             }
         }
-        if (b) _tile_release();
+        if (ok) _tile_release();
     }
     return !fail;
 }
@@ -372,6 +404,15 @@ static int gemm_amx_dx(float *dx, const float *d, const av_mat *W, int T) {
 int av_gemm_dx_exact(float *dx, const float *dout, const av_mat *W, int T) {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
     return W->dtype == AV_BF16 && !W->q_bits && W->rows % 32 == 0 && W->cols % 32 == 0 && T > 0 && amx_ready() && gemm_amx_dx(dx, dout, W, T);
+#else
+    (void)dx; (void)dout; (void)W; (void)T;
+    return 0;
+#endif
+}
+
+int av_gemm_dx(float *dx, const float *dout, const av_mat *W, int T) {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+    return (W->q_bits || W->dtype == AV_F16) && W->rows % 32 == 0 && W->cols % 32 == 0 && T > 0 && amx_ready() && gemm_amx_dx(dx, dout, W, T);
 #else
     (void)dx; (void)dout; (void)W; (void)T;
     return 0;
@@ -453,6 +494,10 @@ int av_gemm_wt_exact(float *out, const float *x, const av_mat *W, int T) {
     return 0;
 }
 int av_gemm_dx_exact(float *dx, const float *dout, const av_mat *W, int T) {
+    (void)dx; (void)dout; (void)W; (void)T;
+    return 0;
+}
+int av_gemm_dx(float *dx, const float *dout, const av_mat *W, int T) {
     (void)dx; (void)dout; (void)W; (void)T;
     return 0;
 }

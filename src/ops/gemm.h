@@ -10,4 +10,7 @@ int av_gemm_wt_exact(float *out, const float *x, const av_mat *W, int T);
 /* dx[T, K] += dout[T, N] . W[N, K] for bf16 W on AMX, dout in three bf16 terms (f32-accurate); 0 when
  * AMX, the dtype or the shape (N, K multiples of 32) is not there. */
 int av_gemm_dx_exact(float *dx, const float *dout, const av_mat *W, int T);
+/* The same for packed (quantized) or f16 W: rows converted to f32 a chunk at a time, W and dout each
+ * split into two bf16 terms (~2^-16 of each product, as av_gemm_wt on such weights). */
+int av_gemm_dx(float *dx, const float *dout, const av_mat *W, int T);
 #endif

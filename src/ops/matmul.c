@@ -256,6 +256,7 @@ void av_matmul_backward(float *dx, float *dW, const float *dout, const float *x,
     }
     if (!dx) return;
     if (av_gemm_dx_exact(dx, dout, W, T)) return; /* bf16 weights on AMX, f32-accurate */
+    if (av_gemm_dx(dx, dout, W, T)) return;       /* packed or f16 weights on AMX (QLoRA) */
 #ifdef AV_HAVE_BLAS
     if (W->dtype == AV_F32 && !W->q_bits) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, K, N, 1.0f, dout, N, (const float *)W->data, K, 1.0f, dx, K);
