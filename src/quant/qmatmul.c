@@ -217,15 +217,16 @@ enum { K8, K4, K2, KG, KS }; /* 8 bits, 4, 2, 3/5/6 unpacked by VBMI, 3/5/6 unpa
 #if defined(__AVX512VBMI__)
 /* 64 codes of `bits` (any width) from 8*bits bytes: qword k gathers bytes bits*k.. (vpermb), each
  * byte j of it shifted by j*bits (vpmultishiftqb), masked. */
+#define VB_P8(b, k) (b) * (k), (b) * (k) + 1, (b) * (k) + 2, (b) * (k) + 3, (b) * (k) + 4, (b) * (k) + 5, (b) * (k) + 6, (b) * (k) + 7
+#define VB_PERM(b) {VB_P8(b, 0), VB_P8(b, 1), VB_P8(b, 2), VB_P8(b, 3), VB_P8(b, 4), VB_P8(b, 5), VB_P8(b, 6), VB_P8(b, 7)}
+#define VB_S8(b) 0, (b), 2 * (b), 3 * (b), 4 * (b), 5 * (b), 6 * (b), 7 * (b)
+#define VB_SHIFT(b) {VB_S8(b), VB_S8(b), VB_S8(b), VB_S8(b), VB_S8(b), VB_S8(b), VB_S8(b), VB_S8(b)}
+/* constant per width: built per call they cost QLoRA's per-row dequantization 6% of a training step */
+static const uint8_t vb_perm[9][64] = {{0}, {0}, VB_PERM(2), VB_PERM(3), VB_PERM(4), VB_PERM(5), VB_PERM(6), VB_PERM(7), VB_PERM(8)};
+static const uint8_t vb_shift[9][64] = {{0}, {0}, VB_SHIFT(2), VB_SHIFT(3), VB_SHIFT(4), VB_SHIFT(5), VB_SHIFT(6), VB_SHIFT(7), VB_SHIFT(8)};
 static void vbmi_tables(__m512i *perm, __m512i *shift, int bits) {
-    uint8_t pi[64], si[64];
-    for (int k = 0; k < 8; k++)
-        for (int j = 0; j < 8; j++) {
-            pi[8 * k + j] = (uint8_t)(bits * k + j);
-            si[8 * k + j] = (uint8_t)(bits * j);
-        }
-    *perm = _mm512_loadu_si512(pi);
-    *shift = _mm512_loadu_si512(si);
+    *perm = _mm512_loadu_si512(vb_perm[bits]);
+    *shift = _mm512_loadu_si512(vb_shift[bits]);
 }
 #endif
 
