@@ -535,6 +535,14 @@ void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, i
 #endif
 
 /* ------------------------------------------------------------------ row dequantization */
+#if defined(QK_VNNI) && defined(__AVX512VBMI__)
+/* scale or bias i of a packed matrix as f32 */
+static inline float sb_at(const void *p, av_dtype dt, size_t i) {
+    if (dt == AV_F32) return ((const float *)p)[i];
+    uint16_t h = ((const uint16_t *)p)[i];
+    return dt == AV_F16 ? av_f16_to_f32(h) : av_bf16_to_f32(h);
+}
+#endif
 void av_qdequant_rows(float *dst, size_t ldd, const av_mat *W, int r0, int nr) {
     const int K = W->cols, bits = W->q_bits, G = W->q_group;
 #if defined(QK_VNNI) && defined(__AVX512VBMI__)
@@ -547,6 +555,8 @@ void av_qdequant_rows(float *dst, size_t ldd, const av_mat *W, int r0, int nr) {
         const uint8_t *wr = (const uint8_t *)W->data + (size_t)(r0 + r) * rowbytes;
         float *d = dst + (size_t)r * ldd;
         size_t s0 = (size_t)(r0 + r) * ng;
+        __m512 s = _mm512_setzero_ps(), b = s;
+        int gp = -1;
         /* 64 codes per step; 16 columns never straddle a group (G >= 32) */
         for (int c = 0; c * 64 < K; c++) {
             size_t off = (size_t)c * cb, nb = rowbytes - off < (size_t)cb ? rowbytes - off : (size_t)cb;
@@ -556,8 +566,11 @@ void av_qdequant_rows(float *dst, size_t ldd, const av_mat *W, int r0, int nr) {
                              _mm512_extracti32x4_epi32(q, 3)};
             for (int h = 0; h < 4 && c * 64 + h * 16 < K; h++) {
                 int col = c * 64 + h * 16, g = col / G;
-                __m512 s = _mm512_permutexvar_ps(_mm512_setzero_si512(), ld16_s(W->scales, W->dtype, s0 + g, 1));
-                __m512 b = _mm512_permutexvar_ps(_mm512_setzero_si512(), ld16_s(W->biases, W->dtype, s0 + g, 1));
+                if (g != gp) { /* a group's scale and bias once (groups of 32+ span 2+ steps) */
+                    s = _mm512_set1_ps(sb_at(W->scales, W->dtype, s0 + g));
+                    b = _mm512_set1_ps(sb_at(W->biases, W->dtype, s0 + g));
+                    gp = g;
+                }
                 /* s * q + b as two roundings, as the scalar dequantization */
                 _mm512_storeu_ps(d + col, _mm512_add_ps(_mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(qq[h]))), b));
             }
