@@ -535,14 +535,6 @@ void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, i
 #endif
 
 /* ------------------------------------------------------------------ row dequantization */
-#if defined(QK_VNNI) && defined(__AVX512VBMI__)
-/* scale or bias i of a packed matrix as f32 */
-static inline float sb_at(const void *p, av_dtype dt, size_t i) {
-    if (dt == AV_F32) return ((const float *)p)[i];
-    uint16_t h = ((const uint16_t *)p)[i];
-    return dt == AV_F16 ? av_f16_to_f32(h) : av_bf16_to_f32(h);
-}
-#endif
 void av_qdequant_rows(float *dst, size_t ldd, const av_mat *W, int r0, int nr) {
     const int K = W->cols, bits = W->q_bits, G = W->q_group;
 #if defined(QK_VNNI) && defined(__AVX512VBMI__)
@@ -567,8 +559,8 @@ void av_qdequant_rows(float *dst, size_t ldd, const av_mat *W, int r0, int nr) {
             for (int h = 0; h < 4 && c * 64 + h * 16 < K; h++) {
                 int col = c * 64 + h * 16, g = col / G;
                 if (g != gp) { /* a group's scale and bias once (groups of 32+ span 2+ steps) */
-                    s = _mm512_set1_ps(sb_at(W->scales, W->dtype, s0 + g));
-                    b = _mm512_set1_ps(sb_at(W->biases, W->dtype, s0 + g));
+                    s = _mm512_set1_ps(av_quant_load_sb(W->scales, W->dtype, s0 + g));
+                    b = _mm512_set1_ps(av_quant_load_sb(W->biases, W->dtype, s0 + g));
                     gp = g;
                 }
                 /* s * q + b as two roundings, as the scalar dequantization */
