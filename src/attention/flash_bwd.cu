@@ -346,11 +346,13 @@ __global__ void __launch_bounds__(WARPS * 32, FB_MINB_A(HD, B16)) fb_dkdv_k(floa
 
 /* Kernel A on Hopper (sm_90a): the same products on warpgroup tensor cores. One block of two
  * warpgroups per (128 keys, KV head [, share of its query heads], sequence), each warpgroup owning 64
- * keys; query chunks of 64 rows (Q and dO, 128-byte swizzle) in three shared-memory stages, so a chunk's
- * dV / dK products still run while the next chunk is loaded and its S^T, dP^T issued. S^T = K Q^T and
- * dP^T = V dO^T from shared memory; dV += P^T dO and dK += dS^T Q with P^T, dS^T from registers and
- * dO, Q by transposed (MN-major) descriptors. Rows of each operand at p + b * sb + head * sh + t * st
- * (t < T; zeros past it). sl2: the scores' factor to log2 units (1 where q comes pre-scaled). */
+ * keys; query chunks of 64 rows (Q and dO, 128-byte swizzle) in four shared-memory stages, loaded two
+ * chunks ahead, so a chunk's dV / dK products still run while the next chunks load and its S^T, dP^T
+ * are issued. S^T = K Q^T and dP^T = V dO^T from shared memory; dV += P^T dO and dK += dS^T Q with
+ * P^T, dS^T from registers and dO, Q by transposed (MN-major) descriptors. S^T and dP^T are separate
+ * commit groups: P^T is exponentiated and dV issued while dP^T runs. Rows of each operand at p + b * sb
+ * + head * sh + t * st (t < T; zeros past it). sl2: the scores' factor to log2 units (1 where q comes
+ * pre-scaled). */
 struct fb_rows {
     const __nv_bfloat16 *p;
     size_t sb, sh;
@@ -360,6 +362,8 @@ struct fb_rows {
  * dK/dV 2 (128 keys) for both head dims; dQ 1 (64 rows) for hd 64 (83 / 184 / 261; with 2: 81 / 180 / 252) and 2 for
  * hd 128 (86 / 206 / 309; with 1: 72 / 169 / 275; both kernels with 1: 57 / 140 / 238). */
 #define FB_WG_KW 2
+#define FB_WG_NST 4 /* query chunk stages of the dK/dV kernel: two loading while one is used */
+#define FB_WG_QST(HD) ((HD) == 128 ? 4 : 3) /* K/V tile stages of the dQ kernel (hd 64: three blocks an SM) */
 #define FB_WG_KT (64 * FB_WG_KW) /* keys a dK/dV block */
 #define FB_WG_QW(HD) ((HD) == 128 ? 2 : 1)
 #define FB_WG_QB(HD) (64 * FB_WG_QW(HD)) /* query rows a dQ block */
@@ -368,7 +372,7 @@ __global__ void __launch_bounds__(FB_WG_KW * 128, 1) fb_dkdv_wg_k(float *dk, flo
                                                        const float *delta, int T, int Tp, int H, int KVH, int nsplit, size_t part_n,
                                                        float scale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16) {
 #if AV_WGMMA
-    constexpr int KT = FB_WG_KT, QC = FB_T, CH = HD / 8, NT = FB_WG_KW * 128, NST = 3;
+    constexpr int KT = FB_WG_KT, QC = FB_T, CH = HD / 8, NT = FB_WG_KW * 128, NST = FB_WG_NST;
     constexpr uint32_t KVB = KT * HD * 2, CB = QC * HD * 2; /* bytes: K (or V) of the block, a Q (or dO) chunk */
     extern __shared__ __align__(16) unsigned char fb_wg_smem[];
     uint32_t raw = (uint32_t)__cvta_generic_to_shared(fb_wg_smem), sbase = (raw + 1023u) & ~1023u;
@@ -408,6 +412,8 @@ __global__ void __launch_bounds__(FB_WG_KW * 128, 1) fb_dkdv_wg_k(float *dk, flo
         cp_async_commit();
     };
     load_chunk(0, 0);
+    if (nit > 1) load_chunk(1, 1);
+    else cp_async_commit();
 
     float dK[HD / 2], dV[HD / 2];
 #pragma unroll
@@ -415,11 +421,15 @@ __global__ void __launch_bounds__(FB_WG_KW * 128, 1) fb_dkdv_wg_k(float *dk, flo
     const int key0 = kw + 16 * warp + g, key1 = key0 + 8; /* the thread's two keys */
     for (int it = 0; it < nit; it++) {
         int buf = it % NST, q0 = (qs0 + it % nq) * QC;
-        cp_async_wait<0>();
+        cp_async_wait<1>(); /* chunk it (it + 1 may still be in flight) */
         fence_proxy_async();
         __syncthreads();
-        if (it + 1 < nit) load_chunk(it + 1, (it + 1) % NST);
-        if (q0 + QC - 1 < kw) continue; /* every query of the chunk is before this warpgroup's keys */
+        if (it + 2 < nit) load_chunk(it + 2, (it + 2) % NST); /* its buffer's last products (chunk it - 2) were awaited in it - 1 */
+        else cp_async_commit();
+        if (q0 + QC - 1 < kw) { /* every query of the chunk is before this warpgroup's keys; its products in flight */
+            wg_wait<0>();      /* finish before their chunk's buffer is loaded again */
+            continue;
+        }
         int diag = q0 < kw + 63;        /* the causal edge crosses the chunk */
         const uint32_t cq = sC + buf * 2 * CB, co = cq + CB;
         float st[QC / 2], dp[QC / 2];
@@ -431,43 +441,53 @@ __global__ void __launch_bounds__(FB_WG_KW * 128, 1) fb_dkdv_wg_k(float *dk, flo
             uint32_t ka = (kk >> 2) * (KT * 128) + wg * 64 * 128 + (kk & 3) * 32, kb_ = (kk >> 2) * (QC * 128) + (kk & 3) * 32;
             wgmma_ss_n64(st, wg_desc(sK + ka, 16, 1024), wg_desc(cq + kb_, 16, 1024), kk > 0);
         }
+        wg_commit();
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
             uint32_t ka = (kk >> 2) * (KT * 128) + wg * 64 * 128 + (kk & 3) * 32, kb_ = (kk >> 2) * (QC * 128) + (kk & 3) * 32;
             wgmma_ss_n64(dp, wg_desc(sV + ka, 16, 1024), wg_desc(co + kb_, 16, 1024), kk > 0);
         }
         wg_commit();
-        wg_wait<0>(); /* also the last chunk's dV / dK products */
+        wg_wait<1>(); /* S^T (and the last chunk's dV / dK products); dP^T still running */
         wg_reg_fence(st);
-        wg_reg_fence(dp);
         const float *ls = fl + buf * 2 * QC, *dl = ls + QC;
         uint32_t pa[QC / 16][4], da[QC / 16][4];
 #pragma unroll
-        for (int n = 0; n < QC / 8; n++) {
+        for (int n = 0; n < QC / 8; n++) { /* P^T, kept in st for dS^T */
             int tq = n * 8 + 2 * c, qa = q0 + tq; /* relative to the chunk / absolute */
-            float l0 = ls[tq], l1 = ls[tq + 1], d0 = dl[tq], d1 = dl[tq + 1];
-            float p0 = diag && qa < key0 ? 0.0f : fa_exp2(fmaf(st[4 * n + 0], sl2, -l0));
-            float p1 = diag && qa + 1 < key0 ? 0.0f : fa_exp2(fmaf(st[4 * n + 1], sl2, -l1));
-            float p2 = diag && qa < key1 ? 0.0f : fa_exp2(fmaf(st[4 * n + 2], sl2, -l0));
-            float p3 = diag && qa + 1 < key1 ? 0.0f : fa_exp2(fmaf(st[4 * n + 3], sl2, -l1));
-            pa[n / 2][(n & 1) * 2 + 0] = pack_bf16(p0, p1);
-            pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(p2, p3);
-            da[n / 2][(n & 1) * 2 + 0] = pack_bf16(p0 * (dp[4 * n + 0] - d0), p1 * (dp[4 * n + 1] - d1));
-            da[n / 2][(n & 1) * 2 + 1] = pack_bf16(p2 * (dp[4 * n + 2] - d0), p3 * (dp[4 * n + 3] - d1));
+            float l0 = ls[tq], l1 = ls[tq + 1];
+            st[4 * n + 0] = diag && qa < key0 ? 0.0f : fa_exp2(fmaf(st[4 * n + 0], sl2, -l0));
+            st[4 * n + 1] = diag && qa + 1 < key0 ? 0.0f : fa_exp2(fmaf(st[4 * n + 1], sl2, -l1));
+            st[4 * n + 2] = diag && qa < key1 ? 0.0f : fa_exp2(fmaf(st[4 * n + 2], sl2, -l0));
+            st[4 * n + 3] = diag && qa + 1 < key1 ? 0.0f : fa_exp2(fmaf(st[4 * n + 3], sl2, -l1));
+            pa[n / 2][(n & 1) * 2 + 0] = pack_bf16(st[4 * n + 0], st[4 * n + 1]);
+            pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(st[4 * n + 2], st[4 * n + 3]);
         }
         wg_reg_fence(dV);
+        wg_fence();
+#pragma unroll
+        for (int kc = 0; kc < QC / 16; kc++) { /* dV += P^T dO under dP^T and dS^T */
+            uint64_t dO_ = wg_desc_mn(co + kc * 2048, QC * 128, 1024);
+            if constexpr (HD == 128) wgmma_rs_n128_t(dV, pa[kc], dO_);
+            else wgmma_rs_n64_t(dV, pa[kc], dO_);
+        }
+        wg_commit();
+        wg_wait<1>(); /* dP^T */
+        wg_reg_fence(dp);
+#pragma unroll
+        for (int n = 0; n < QC / 8; n++) {
+            int tq = n * 8 + 2 * c;
+            float d0 = dl[tq], d1 = dl[tq + 1];
+            da[n / 2][(n & 1) * 2 + 0] = pack_bf16(st[4 * n + 0] * (dp[4 * n + 0] - d0), st[4 * n + 1] * (dp[4 * n + 1] - d1));
+            da[n / 2][(n & 1) * 2 + 1] = pack_bf16(st[4 * n + 2] * (dp[4 * n + 2] - d0), st[4 * n + 3] * (dp[4 * n + 3] - d1));
+        }
         wg_reg_fence(dK);
         wg_fence();
 #pragma unroll
         for (int kc = 0; kc < QC / 16; kc++) {
-            uint64_t dO_ = wg_desc_mn(co + kc * 2048, QC * 128, 1024), dQ_ = wg_desc_mn(cq + kc * 2048, QC * 128, 1024);
-            if constexpr (HD == 128) {
-                wgmma_rs_n128_t(dV, pa[kc], dO_);
-                wgmma_rs_n128_t(dK, da[kc], dQ_);
-            } else {
-                wgmma_rs_n64_t(dV, pa[kc], dO_);
-                wgmma_rs_n64_t(dK, da[kc], dQ_);
-            }
+            uint64_t dQ_ = wg_desc_mn(cq + kc * 2048, QC * 128, 1024);
+            if constexpr (HD == 128) wgmma_rs_n128_t(dK, da[kc], dQ_);
+            else wgmma_rs_n64_t(dK, da[kc], dQ_);
         }
         wg_commit();
     }
@@ -593,14 +613,15 @@ __global__ void __launch_bounds__(WARPS * 32, FB_MINB_B(HD, B16)) fb_dq_k(float 
 
 /* Kernel B on Hopper (sm_90a): one block of FB_WG_QW(HD) warpgroups per (64 * that queries, head,
  * sequence), each warpgroup owning 64 query rows (Q, dO in shared memory for the whole loop); key tiles of 64 (K, V) in
- * three stages. S = Q K^T and dP = dO V^T from shared memory, dQ += dS K with dS from registers and K by
- * a transposed descriptor, still running while the next tile's S and dP are issued. */
+ * FB_WG_QST stages (hd 128: four, loaded two ahead; hd 64: three, one ahead, which keeps three blocks an SM). S = Q K^T
+ * and dP = dO V^T from shared memory (separate commit groups: P is exponentiated while dP runs), dQ += dS K with dS
+ * from registers and K by a transposed descriptor, still running while the next tile's S and dP are issued. */
 template <int HD>
 __global__ void __launch_bounds__(FB_WG_QW(HD) * 128, 1) fb_dq_wg_k(float *dq, fb_rows Q, fb_rows O, fb_rows K, fb_rows V, const float *lse2,
                                                      const float *delta, int T, int Tp, int H, int KVH, float scale, float sl2,
                                                      const int32_t *pos, const float *inv_freq, uint16_t *dq16) {
 #if AV_WGMMA
-    constexpr int QB = FB_WG_QB(HD), KC = FB_T, CH = HD / 8, NT = FB_WG_QW(HD) * 128, NST = 3;
+    constexpr int QB = FB_WG_QB(HD), KC = FB_T, CH = HD / 8, NT = FB_WG_QW(HD) * 128, NST = FB_WG_QST(HD), AHEAD = NST - 2; /* tiles loading ahead: 1 or 2 */
     constexpr uint32_t QBY = QB * HD * 2, TB = KC * HD * 2; /* bytes: Q (or dO) of the block, a K (or V) tile */
     extern __shared__ __align__(16) unsigned char fb_wg_smem[];
     uint32_t raw = (uint32_t)__cvta_generic_to_shared(fb_wg_smem), sbase = (raw + 1023u) & ~1023u;
@@ -633,6 +654,10 @@ __global__ void __launch_bounds__(FB_WG_QW(HD) * 128, 1) fb_dq_wg_k(float *dq, f
         cp_async_commit();
     };
     load_tile(0, 0);
+    if constexpr (AHEAD == 2) { /* one commit group a tile, empty past the last */
+        if (nkt > 1) load_tile(1, 1);
+        else cp_async_commit();
+    }
 
     int r0 = tw + 16 * warp + g, r1 = r0 + 8; /* the thread's rows */
     size_t z = (size_t)b * H + h;
@@ -644,11 +669,15 @@ __global__ void __launch_bounds__(FB_WG_QW(HD) * 128, 1) fb_dq_wg_k(float *dq, f
     const uint32_t qw = sQ + wg * 64 * 128, ow = sO + wg * 64 * 128;
     for (int j = 0; j < nkt; j++) {
         int buf = j % NST, s0 = j * KC;
-        cp_async_wait<0>();
+        cp_async_wait<AHEAD - 1>(); /* tile j (the later ones may still be in flight) */
         fence_proxy_async();
         __syncthreads();
-        if (j + 1 < nkt) load_tile(j + 1, (j + 1) % NST);
-        if (j >= wkt) continue; /* every key of the tile is past this warpgroup's rows */
+        if (j + AHEAD < nkt) load_tile(j + AHEAD, (j + AHEAD) % NST); /* its buffer's last products (tile j + AHEAD - NST) were awaited */
+        else if constexpr (AHEAD == 2) cp_async_commit();
+        if (j >= wkt) { /* every key of the tile is past this warpgroup's rows; its products in flight */
+            wg_wait<0>(); /* finish before their tile's buffer is loaded again */
+            continue;
+        }
         int diag = s0 + KC - 1 > tw;
         const uint32_t tk = sT + buf * 2 * TB, tv = tk + TB;
         float sc[KC / 2], dp[KC / 2];
@@ -660,25 +689,30 @@ __global__ void __launch_bounds__(FB_WG_QW(HD) * 128, 1) fb_dq_wg_k(float *dq, f
             uint32_t oa = (kk >> 2) * (QB * 128) + (kk & 3) * 32, ob_ = (kk >> 2) * (KC * 128) + (kk & 3) * 32;
             wgmma_ss_n64(sc, wg_desc(qw + oa, 16, 1024), wg_desc(tk + ob_, 16, 1024), kk > 0);
         }
+        wg_commit();
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
             uint32_t oa = (kk >> 2) * (QB * 128) + (kk & 3) * 32, ob_ = (kk >> 2) * (KC * 128) + (kk & 3) * 32;
             wgmma_ss_n64(dp, wg_desc(ow + oa, 16, 1024), wg_desc(tv + ob_, 16, 1024), kk > 0);
         }
         wg_commit();
-        wg_wait<0>(); /* also the last tile's dQ products */
+        wg_wait<1>(); /* S (and the last tile's dQ products); dP still running */
         wg_reg_fence(sc);
+#pragma unroll
+        for (int n = 0; n < KC / 8; n++) { /* P, in place */
+            int s = s0 + n * 8 + 2 * c; /* the key */
+            sc[4 * n + 0] = diag && s > r0 ? 0.0f : fa_exp2(fmaf(sc[4 * n + 0], sl2, -l0));
+            sc[4 * n + 1] = diag && s + 1 > r0 ? 0.0f : fa_exp2(fmaf(sc[4 * n + 1], sl2, -l0));
+            sc[4 * n + 2] = diag && s > r1 ? 0.0f : fa_exp2(fmaf(sc[4 * n + 2], sl2, -l1));
+            sc[4 * n + 3] = diag && s + 1 > r1 ? 0.0f : fa_exp2(fmaf(sc[4 * n + 3], sl2, -l1));
+        }
+        wg_wait<0>(); /* dP */
         wg_reg_fence(dp);
         uint32_t da[KC / 16][4];
 #pragma unroll
         for (int n = 0; n < KC / 8; n++) {
-            int s = s0 + n * 8 + 2 * c; /* the key */
-            float p0 = diag && s > r0 ? 0.0f : fa_exp2(fmaf(sc[4 * n + 0], sl2, -l0));
-            float p1 = diag && s + 1 > r0 ? 0.0f : fa_exp2(fmaf(sc[4 * n + 1], sl2, -l0));
-            float p2 = diag && s > r1 ? 0.0f : fa_exp2(fmaf(sc[4 * n + 2], sl2, -l1));
-            float p3 = diag && s + 1 > r1 ? 0.0f : fa_exp2(fmaf(sc[4 * n + 3], sl2, -l1));
-            da[n / 2][(n & 1) * 2 + 0] = pack_bf16(p0 * (dp[4 * n + 0] - d0), p1 * (dp[4 * n + 1] - d0));
-            da[n / 2][(n & 1) * 2 + 1] = pack_bf16(p2 * (dp[4 * n + 2] - d1), p3 * (dp[4 * n + 3] - d1));
+            da[n / 2][(n & 1) * 2 + 0] = pack_bf16(sc[4 * n + 0] * (dp[4 * n + 0] - d0), sc[4 * n + 1] * (dp[4 * n + 1] - d0));
+            da[n / 2][(n & 1) * 2 + 1] = pack_bf16(sc[4 * n + 2] * (dp[4 * n + 2] - d1), sc[4 * n + 3] * (dp[4 * n + 3] - d1));
         }
         wg_reg_fence(acc);
         wg_fence();
@@ -747,8 +781,8 @@ template <int HD, int B16>
 static void fb_launch_wg(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
                          const __nv_bfloat16 *vb, const float *lse2, const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit,
                          size_t part_n, float scale, float kscale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16) {
-    size_t smem_a = (size_t)2 * FB_WG_KT * HD * 2 + (size_t)3 * (2 * FB_T * HD * 2 + 2 * FB_T * sizeof(float)) + 1024;
-    size_t smem_b = (size_t)2 * FB_WG_QB(HD) * HD * 2 + (size_t)3 * 2 * FB_T * HD * 2 + 1024;
+    size_t smem_a = (size_t)2 * FB_WG_KT * HD * 2 + (size_t)FB_WG_NST * (2 * FB_T * HD * 2 + 2 * FB_T * sizeof(float)) + 1024;
+    size_t smem_b = (size_t)2 * FB_WG_QB(HD) * HD * 2 + (size_t)FB_WG_QST(HD) * 2 * FB_T * HD * 2 + 1024;
     static thread_local int set; /* per thread = per device (attributes are per device) */
     if (!set) {
         cudaFuncSetAttribute(fb_dkdv_wg_k<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
