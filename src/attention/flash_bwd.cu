@@ -373,6 +373,7 @@ __global__ void __launch_bounds__(FB_WG_KW * 128, 1) fb_dkdv_wg_k(float *dk, flo
                                                        float scale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16) {
 #if AV_WGMMA
     constexpr int KT = FB_WG_KT, QC = FB_T, CH = HD / 8, NT = FB_WG_KW * 128, NST = FB_WG_NST;
+    static_assert(NST == 4, "chunks load two ahead (it + 2, wait_group 1): four stages");
     constexpr uint32_t KVB = KT * HD * 2, CB = QC * HD * 2; /* bytes: K (or V) of the block, a Q (or dO) chunk */
     extern __shared__ __align__(16) unsigned char fb_wg_smem[];
     uint32_t raw = (uint32_t)__cvta_generic_to_shared(fb_wg_smem), sbase = (raw + 1023u) & ~1023u;
