@@ -1,12 +1,15 @@
 /* Kernel-level timing of the attention implementations (anvil bench --suite attention): one
  * backend's training attention (standard: materialised probabilities; flash: tiled, lse only) on
  * random inputs, forward or forward + backward, median wall time over reps and the bytes of the
- * buffers the attention call owns (allocated with the backend's own allocator). Flash takes q, k, v
- * in bf16 where the backend has that entry (as training hands it its bf16-saved activations). */
+ * buffers the attention call owns (allocated with the backend's own allocator). Flash makes
+ * training's calls: q, k, v in bf16 where the backend has that entry (its bf16-saved activations),
+ * RoPE positions (the backward overwrites dq, dk, dv, rotating dq and dk back) and, on a table that
+ * computes in bf16, the bf16 copies of out and of the gradients that its products read. */
 #include "anvil.h"
 #include "attention/attention.h"
 #include "backend/backend.h"
 #include "core/status.h"
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -108,6 +111,28 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
             total += (qn + 2 * kn) * sizeof(uint16_t);
         }
     }
+    /* training's RoPE positions (0..T-1 in each sequence) and bf16 copies */
+    int32_t *posd = NULL;
+    float *invd = NULL;
+    uint16_t *out16 = NULL, *d16 = NULL;
+    if (flash && st == AV_OK) {
+        int32_t *pos = (int32_t *)host; /* host holds qn >= N + hd / 2 floats */
+        float *inv = host + N;
+        for (size_t r = 0; r < N; r++) pos[r] = (int32_t)(r % (size_t)T);
+        for (int i = 0; i < hd / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / hd);
+        posd = be->alloc(N * sizeof(int32_t), "attention timing"), invd = be->alloc(sizeof(float) * (size_t)(hd / 2), "attention timing");
+        if (be->save_acts_bf16) {
+            out16 = be->alloc(qn * 2, "attention timing");
+            if (backward) d16 = be->alloc((qn + 2 * kn) * 2, "attention timing");
+        }
+        if (!posd || !invd || (be->save_acts_bf16 && (!out16 || (backward && !d16)))) {
+            st = av_fail(AV_ERR_NOMEM, "attention timing: out of %s memory for positions and bf16 copies", be->name);
+        } else {
+            be->upload(posd, pos, N * sizeof(int32_t));
+            be->upload(invd, inv, sizeof(float) * (size_t)(hd / 2));
+            total += N * sizeof(int32_t) + (out16 ? qn * 2 : 0) + (d16 ? (qn + 2 * kn) * 2 : 0);
+        }
+    }
     if (flash && be->device == AV_DEVICE_CPU) { /* flash.c's own scratch, one call at a time: the larger one */
         size_t f = av_flash_attention_scratch_bytes(B, T, T, H, KVH, hd, 0), b = backward ? av_flash_attention_scratch_bytes(B, T, T, H, KVH, hd, 1) : 0;
         total += f > b ? f : b;
@@ -118,15 +143,15 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
         be->sync();
         double t0 = now_s();
         if (f16) {
-            be->flash_attention_forward_bf16(p[B_OUT], p[B_SOFT], q16, k16, v16, B, T, H, KVH, hd, NULL);
+            be->flash_attention_forward_bf16(p[B_OUT], p[B_SOFT], q16, k16, v16, B, T, H, KVH, hd, out16);
             if (backward)
-                be->flash_attention_backward_bf16(p[B_DQ], p[B_DK], p[B_DV], p[B_DOUT], p[B_OUT], p[B_SOFT], q16, k16, v16, B, T, H, KVH, hd, NULL,
-                                                  NULL, NULL);
+                be->flash_attention_backward_bf16(p[B_DQ], p[B_DK], p[B_DV], p[B_DOUT], p[B_OUT], p[B_SOFT], q16, k16, v16, B, T, H, KVH, hd, posd,
+                                                  invd, d16);
         } else if (flash) {
-            be->flash_attention_forward_batch(p[B_OUT], p[B_SOFT], p[B_Q], p[B_K], p[B_V], B, T, H, KVH, hd, NULL);
+            be->flash_attention_forward_batch(p[B_OUT], p[B_SOFT], p[B_Q], p[B_K], p[B_V], B, T, H, KVH, hd, out16);
             if (backward)
                 be->flash_attention_backward_batch(p[B_DQ], p[B_DK], p[B_DV], p[B_DOUT], p[B_OUT], p[B_SOFT], p[B_Q], p[B_K], p[B_V], B, T, H, KVH,
-                                                   hd, NULL, NULL, NULL);
+                                                   hd, posd, invd, d16);
         } else {
             be->attention_forward_batch(p[B_OUT], p[B_SOFT], p[B_Q], p[B_K], p[B_V], B, T, H, KVH, hd, p[B_WORK], n[B_WORK]);
             if (backward)
@@ -144,8 +169,8 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
     free(t);
     free(host);
     free_bufs(be, p, B_N);
-    void *p16[3] = {q16, k16, v16};
-    free_bufs(be, p16, 3);
+    void *p16[7] = {q16, k16, v16, posd, invd, out16, d16};
+    free_bufs(be, p16, 7);
     return st;
 }
 
