@@ -9,7 +9,7 @@
 #include "attention/attention.h"
 #include "backend/backend.h"
 #include "core/status.h"
-#include <math.h>
+#include "model/config.h"
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -119,7 +119,8 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
         int32_t *pos = (int32_t *)host; /* host holds qn >= N + hd / 2 floats */
         float *inv = host + N;
         for (size_t r = 0; r < N; r++) pos[r] = (int32_t)(r % (size_t)T);
-        for (int i = 0; i < hd / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / hd);
+        av_config rc = {.head_dim = hd, .rope_theta = 10000.0}; /* Llama's default RoPE */
+        av_config_inv_freq(&rc, inv);
         posd = be->alloc(N * sizeof(int32_t), "attention timing"), invd = be->alloc(sizeof(float) * (size_t)(hd / 2), "attention timing");
         if (be->save_acts_bf16) {
             out16 = be->alloc(qn * 2, "attention timing");
