@@ -13,7 +13,6 @@
 #include "attention/attention.h"
 #include "backend/backend.h"
 #include "backend/cuda.h"
-#include "attention/flash_wgmma.h"
 #include "model/model.h"
 #include "model/config.h"
 #include "train/lora.h"
@@ -281,8 +280,9 @@ static void check_bf16(const av_backend *G, shape sh, const float *qd, const flo
     int io = G->flash_attention_backward_bf16io &&
              G->flash_attention_backward_bf16io(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL, NULL) == 0;
     if (io) check_bf16io(G, sh, q16, k16, v16, o16, ld, dod, dq, dk, dv, g0q, g0k, g0v);
-    else /* the bf16-only kernels are Hopper's */
-        CHECK(!av_cuda_flash_wgmma_ok(), "bf16io backward refused hd=%d on Hopper", hd);
+    else /* the bf16-only kernels are Hopper's, as the bf16 forward's at head dim 128 (refused elsewhere) */
+        CHECK(G->flash_attention_forward_bf16(NULL, NULL, NULL, NULL, NULL, 0, 0, 8, 8, 128, NULL) != 0, "bf16io backward refused hd=%d on Hopper",
+              hd);
     G->free(q16); G->free(k16); G->free(v16); G->free(o16); G->free(od); G->free(ld); G->free(f);
     free(go); free(g16);
 }
