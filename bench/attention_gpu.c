@@ -1,8 +1,9 @@
 /* GPU attention kernels alone: anvil's flash and standard training attention (causal, bf16 tensor-core
  * products inside; f32 out and gradients; q, k, v in f32, or in bf16 where training hands flash its
- * bf16-saved q, k, v: head dim 64) through av_attention_time on the CUDA backend, forward and
- * forward + backward, at a fixed number of tokens per batch. One JSON line per (T, head dim, kind);
- * bench/attention_vs_torch.py runs it beside PyTorch's scaled_dot_product_attention.
+ * bf16-saved q, k, v) through av_attention_time on the CUDA backend, forward and forward + backward,
+ * at a fixed number of tokens per batch; kind "flash_bf16": flash in PyTorch's contract (bf16 q, k, v,
+ * out, dout and gradients; Hopper). One JSON line per (T, head dim, kind); bench/attention_vs_torch.py
+ * runs it beside PyTorch's scaled_dot_product_attention.
  *   attention_gpu [flash] [reps [tokens_per_batch [T...]]]   (model width 2048: H = 2048 / hd, KVH = H;
  *   "flash": the flash kernels only, for A/B runs of their variants)
  * Decode attention (one new row per sequence against a long f32 KV cache; GB/s of K and V read):
@@ -40,9 +41,11 @@ static int decode_main(int argc, char **argv) {
 
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "decode")) return decode_main(argc, argv);
-    int last_kind = AV_ATTN_STANDARD;
+    /* kinds: flash (training's entry points), flash in bf16 throughout, standard */
+    static const char *names[3] = {"flash", "flash_bf16", "standard"};
+    int nkinds = 3;
     if (argc > 1 && !strcmp(argv[1], "flash")) {
-        last_kind = AV_ATTN_FLASH;
+        nkinds = 2;
         argc--, argv++;
     }
     int reps = argc > 1 ? atoi(argv[1]) : 10, tokens = argc > 2 ? atoi(argv[2]) : 16384;
@@ -55,14 +58,16 @@ int main(int argc, char **argv) {
     if (!be) { fprintf(stderr, "attention_gpu: no CUDA device: %s\n", av_last_error()); return 1; }
     for (int h = 0; h < 2; h++)
         for (int i = 0; i < nT; i++)
-            for (int kind = AV_ATTN_FLASH; kind <= last_kind; kind++) {
+            for (int v = 0; v < nkinds; v++) {
                 int T = Ts[i], hd = hds[h], H = 2048 / hd, B = tokens / T > 0 ? tokens / T : 1;
                 double f = 0, fb = 0;
                 size_t bf = 0, bfb = 0;
-                const char *name = kind == AV_ATTN_FLASH ? "flash" : "standard";
+                const char *name = names[v];
+                av_attention_kind kind = v == 2 ? AV_ATTN_STANDARD : AV_ATTN_FLASH;
+                int io = v == 1 ? AV_ATTN_TIME_BF16_IO : 0;
                 double flops = 4.0 * B * H * (double)T * T * hd / 2; /* causal: half the score matrix */
-                if (av_attention_time(be, (av_attention_kind)kind, B, T, H, H, hd, 0, reps, &f, &bf) != AV_OK ||
-                    av_attention_time(be, (av_attention_kind)kind, B, T, H, H, hd, 1, reps, &fb, &bfb) != AV_OK) {
+                if (av_attention_time(be, kind, B, T, H, H, hd, io, reps, &f, &bf) != AV_OK ||
+                    av_attention_time(be, kind, B, T, H, H, hd, io | AV_ATTN_TIME_BACKWARD, reps, &fb, &bfb) != AV_OK) {
                     printf("{\"tool\":\"anvil\",\"kind\":\"%s\",\"T\":%d,\"hd\":%d,\"error\":\"%s\"}\n", name, T, hd, av_last_error());
                     continue;
                 }

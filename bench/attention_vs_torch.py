@@ -3,8 +3,9 @@
 scaled_dot_product_attention (flash, cuDNN and math backends; bf16, causal) and anvil's flash and
 standard attention (bench/attention_gpu). Same shapes: 16k tokens per batch, model width 2048
 (H = 2048 / head_dim, no GQA). TFLOP/s count the causal half of the scores; forward+backward counts
-3.5x the forward. anvil's calls are training's: bf16 q, k, v at head dim 64 (f32 at 128, converted
-inside), f32 out, lse and gradients; PyTorch's tensors are all bf16. Peak memory is PyTorch's allocator peak for the call (inputs included).
+3.5x the forward. anvil "flash" is training's entry points: bf16 q, k, v, f32 out, lse and gradients
+(dout f32, converted inside); anvil "flash_bf16" is PyTorch's contract: q, k, v, out, dout and
+gradients all bf16 (Hopper). Peak memory is PyTorch's allocator peak for the call (inputs included).
 usage: attention_vs_torch.py ANVIL_ATTENTION_GPU_BINARY [reps]"""
 import json, subprocess, sys
 import torch
@@ -66,8 +67,8 @@ def main():
             rows.append(json.loads(line))
             print(line, flush=True)
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}; TFLOP/s forward / forward+backward\n")
-    print("| hd | T | torch flash | torch cuDNN | torch math | anvil flash | anvil standard |")
-    print("|---|---|---|---|---|---|---|")
+    print("| hd | T | torch flash | torch cuDNN | torch math | anvil flash (f32 out, grads) | anvil flash (bf16 io) | anvil standard |")
+    print("|---|---|---|---|---|---|---|---|")
     def cell(tool, kind, T, hd):
         for r in rows:
             if r["tool"] == tool and r["kind"] == kind and r["T"] == T and r["hd"] == hd:
@@ -76,7 +77,8 @@ def main():
     for hd in HDS:
         for T in LENGTHS:
             print(f"| {hd} | {T} | " + " | ".join(cell(t, k, T, hd) for t, k in
-                  (("torch", "flash"), ("torch", "cudnn"), ("torch", "math"), ("anvil", "flash"), ("anvil", "standard"))) + " |")
+                  (("torch", "flash"), ("torch", "cudnn"), ("torch", "math"), ("anvil", "flash"), ("anvil", "flash_bf16"),
+                   ("anvil", "standard"))) + " |")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ static void kernels(bench_ctx *b, const av_config *c, const av_backend *be, cJSO
                     size_t bytes = 0;
                     if (skip) cJSON_AddStringToObject(o, "status", skip);
                     else {
-                        av_status st = av_attention_time(be, k, B, T, c->n_heads, c->n_kv_heads, c->head_dim, bw, reps, &sec, &bytes);
+                        av_status st = av_attention_time(be, k, B, T, c->n_heads, c->n_kv_heads, c->head_dim, bw ? AV_ATTN_TIME_BACKWARD : 0, reps, &sec, &bytes);
                         if (st == AV_ERR_UNSUPPORTED) { cJSON_AddStringToObject(o, "status", "unsupported"); ++*n_unsup; }
                         else if (st != AV_OK) cJSON_AddStringToObject(o, "status", av_last_error());
                         else {

@@ -149,11 +149,14 @@ typedef enum { AV_ATTN_AUTO = 0, AV_ATTN_FLASH, AV_ATTN_STANDARD } av_attention_
 av_status av_model_extend_context(av_model *m, int n_ctx);
 void av_model_set_attention(av_model *m, av_attention_kind k);
 av_attention_kind av_model_attention(const av_model *m);
-/* Times one attention call of `kind` (forward, or forward + backward) on backend be for B sequences of
- * T tokens (causal; H query heads, KVH key/value heads, head dim hd) on random inputs: median seconds
- * over reps, and bytes: the attention's own buffers (inputs, outputs, scores or lse, scratch). For
- * anvil bench --suite attention. */
-av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B, int T, int H, int KVH, int hd, int backward,
+/* Times one attention call of `kind` (forward, or with AV_ATTN_TIME_BACKWARD forward + backward) on
+ * backend be for B sequences of T tokens (causal; H query heads, KVH key/value heads, head dim hd) on
+ * random inputs: median seconds over reps, and bytes: the attention's own buffers (inputs, outputs,
+ * scores or lse, scratch). Flash runs training's entry points (f32 out and gradients); with
+ * AV_ATTN_TIME_BF16_IO PyTorch's contract instead (bf16 q, k, v, out, dout and gradients;
+ * AV_ERR_UNSUPPORTED where the backend lacks it). For anvil bench --suite attention. */
+enum { AV_ATTN_TIME_BACKWARD = 1, AV_ATTN_TIME_BF16_IO = 2 };
+av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B, int T, int H, int KVH, int hd, int flags,
                             int reps, double *seconds, size_t *bytes);
 /* Times the backend's decode attention (one new query row per sequence against a cache of `keys`
  * rows, the new row written into it): N sequences, H query heads, KVH key/value heads, head dim hd,

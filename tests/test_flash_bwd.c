@@ -4,7 +4,8 @@
  * into non-zero buffers; two runs are bit-identical. Then one LoRA training step of a random
  * head_dim-64 model on the GPU with flash attention vs the CPU and vs the GPU's standard attention,
  * and bit-identical over two runs. The bf16 entry points (q, k, v given in bf16, as training hands
- * them its saved activations) against the same reference. Without a GPU: "skipped: no GPU". */
+ * them its saved activations) against the same reference, and the bf16-only entry (PyTorch's
+ * contract: out, dout and the gradients in bf16; Hopper) too. Without a GPU: "skipped: no GPU". */
 #include "test.h"
 #include "test_lora_step.h"
 #include <stddef.h>
@@ -129,6 +130,81 @@ static void check_bf16(const av_backend *G, shape sh, const float *qd, const flo
                        const float *out, const float *dq, const float *dk, const float *dv, const float *g0q, const float *g0k,
                        const float *g0v);
 
+/* dq | dk | dv (n floats of one device block of bf16) as host floats */
+static float *down16(const av_backend *G, const uint16_t *d, size_t n) {
+    float *f = G->alloc(n * 4, "t");
+    G->load_bf16(f, d, n);
+    float *h = down(G, f, n);
+    G->free(f);
+    return h;
+}
+
+/* The bf16-only entry (flash_attention_backward_bf16io) on the bf16 q, k, v, out (o16) and dout: its
+ * gradients overwrite (the buffers start as garbage) and carry one more bf16 rounding than the f32 entry's
+ * (relative 2^-9 each) and delta from bf16 dout and out, so the same tolerances against the reference
+ * increments (dq - g0q ...); two runs bit-identical; with positions, the no-position result passed
+ * through rope_backward (in f32, then both rounded to bf16: 4e-3). */
+static void check_bf16io(const av_backend *G, shape sh, const uint16_t *q16, const uint16_t *k16, const uint16_t *v16, const uint16_t *o16,
+                         const float *ld, const float *dod, const float *dq, const float *dk, const float *dv, const float *g0q,
+                         const float *g0k, const float *g0v) {
+    int B = sh.B, T = sh.T, H = sh.H, KVH = sh.KVH, hd = sh.hd;
+    size_t N = (size_t)B * T, qn = N * H * hd, kn = N * KVH * hd, gn = qn + 2 * kn;
+    uint16_t *do16 = G->alloc(qn * 2, "t"), *g16[3];
+    G->store_bf16(do16, dod, qn);
+    float *junk = test_rnd(gn, 100), *jd = up(G, junk, gn);
+    uint16_t *raw[2];
+    for (int run = 0; run < 3; run++) { /* two runs without positions, one with */
+        g16[run] = G->alloc(gn * 2, "t");
+        G->store_bf16(g16[run], jd, gn);
+    }
+    int32_t *pos = malloc(N * sizeof(int32_t)), *posd = G->alloc(N * sizeof(int32_t), "t");
+    float *inv = malloc(sizeof(float) * hd / 2);
+    for (size_t r = 0; r < N; r++) pos[r] = (int32_t)(r % T) + 3;
+    for (int i = 0; i < hd / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / hd);
+    G->upload(posd, pos, N * sizeof(int32_t));
+    float *invd = up(G, inv, hd / 2);
+    for (int run = 0; run < 3; run++) {
+        uint16_t *g = g16[run];
+        int rc = G->flash_attention_backward_bf16io(g, g + qn, g + qn + kn, do16, o16, ld, q16, k16, v16, B, T, H, KVH, hd, run == 2 ? posd : NULL,
+                                                    run == 2 ? invd : NULL);
+        CHECK(rc == 0, "bf16io backward refused");
+        if (run < 2) {
+            raw[run] = malloc(gn * 2);
+            G->download(raw[run], g, gn * 2);
+        }
+    }
+    CHECK_OK(av_cuda_status());
+    float *gr = down16(G, g16[0], gn), *ref = malloc(gn * 4);
+    for (size_t i = 0; i < qn; i++) ref[i] = dq[i] - g0q[i];
+    for (size_t i = 0; i < kn; i++) ref[qn + i] = dk[i] - g0k[i], ref[qn + kn + i] = dv[i] - g0v[i];
+    double e[3];
+    e[0] = test_rel_l2(gr, ref, qn), e[1] = test_rel_l2(gr + qn, ref + qn, kn), e[2] = test_rel_l2(gr + qn + kn, ref + qn + kn, kn);
+    if (T == 1) { /* dq, dk: exact increment 0, as check_backward bounds them */
+        e[0] = max_abs_diff(gr, ref, qn), e[1] = max_abs_diff(gr + qn, ref + qn, kn);
+        CHECK(e[0] <= TOL_ONE_KEY && e[1] <= TOL_ONE_KEY && e[2] <= TOL_GRAD, "bf16io flash bwd B=%d T=1 H=%d KVH=%d hd=%d: %.3g %.3g %.3g", B,
+              H, KVH, hd, e[0], e[1], e[2]);
+    } else {
+        CHECK(e[0] <= TOL_GRAD && e[1] <= TOL_GRAD && e[2] <= TOL_GRAD, "bf16io flash bwd B=%d T=%d H=%d KVH=%d hd=%d: dq %.3g dk %.3g dv %.3g",
+              B, T, H, KVH, hd, e[0], e[1], e[2]);
+    }
+    int same = !memcmp(raw[0], raw[1], gn * 2);
+    CHECK(same, "bf16io flash bwd B=%d T=%d H=%d KVH=%d hd=%d: two runs differ", B, T, H, KVH, hd);
+    /* positions: dq, dk rotated back, dv as without */
+    float *f = up(G, gr, gn);
+    G->rope_backward(f, posd, invd, (int)N, H, hd);
+    G->rope_backward(f + qn, posd, invd, (int)N, KVH, hd);
+    float *rr = down(G, f, gn), *gp = down16(G, g16[2], gn);
+    double r[3] = {test_rel_l2(gp, rr, qn), test_rel_l2(gp + qn, rr + qn, kn), test_rel_l2(gp + qn + kn, rr + qn + kn, kn)};
+    if (T == 1) r[0] = max_abs_diff(gp, rr, qn), r[1] = max_abs_diff(gp + qn, rr + qn, kn);
+    CHECK((T == 1 ? r[0] <= TOL_ONE_KEY && r[1] <= TOL_ONE_KEY : r[0] <= 4e-3 && r[1] <= 4e-3) && r[2] <= 4e-3,
+          "bf16io flash bwd with positions B=%d T=%d H=%d KVH=%d hd=%d: dq %.3g dk %.3g dv %.3g", B, T, H, KVH, hd, r[0], r[1], r[2]);
+    printf("bf16 out, dout, gradients: dq %.2e, dk %.2e, dv %.2e%s; with positions %.1e %.1e %.1e\n", e[0], e[1], e[2],
+           same ? ", deterministic" : "", r[0], r[1], r[2]);
+    G->free(f); G->free(do16); G->free(jd); G->free(posd); G->free(invd);
+    for (int run = 0; run < 3; run++) G->free(g16[run]);
+    free(raw[0]); free(raw[1]); free(junk); free(pos); free(inv); free(gr); free(ref); free(rr); free(gp);
+}
+
 static void check_shape(const av_backend *G, shape sh) {
     int B = sh.B, T = sh.T, H = sh.H, KVH = sh.KVH, hd = sh.hd;
     size_t N = (size_t)B * T, qn = N * H * hd, kn = N * KVH * hd;
@@ -201,6 +277,12 @@ static void check_bf16(const av_backend *G, shape sh, const float *qd, const flo
     double g[3];
     int same = check_backward(G, sh, "bf16 ", dod, od, ld, NULL, NULL, NULL, q16, k16, v16, g0q, g0k, g0v, dq, dk, dv, g);
     printf("bf16 q/k/v: out %.2e (bf16-only out %.2e), dq %.2e, dk %.2e, dv %.2e%s\n", e, e16, g[0], g[1], g[2], same ? ", deterministic" : "");
+    int io = G->flash_attention_backward_bf16io &&
+             G->flash_attention_backward_bf16io(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL, NULL) == 0;
+    if (io) check_bf16io(G, sh, q16, k16, v16, o16, ld, dod, dq, dk, dv, g0q, g0k, g0v);
+    else /* the bf16-only kernels are Hopper's, as the bf16 forward's at head dim 128 (refused elsewhere) */
+        CHECK(G->flash_attention_forward_bf16(NULL, NULL, NULL, NULL, NULL, 0, 0, 8, 8, 128, NULL) != 0, "bf16io backward refused hd=%d on Hopper",
+              hd);
     G->free(q16); G->free(k16); G->free(v16); G->free(o16); G->free(od); G->free(ld); G->free(f);
     free(go); free(g16);
 }

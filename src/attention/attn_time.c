@@ -4,7 +4,8 @@
  * buffers the attention call owns (allocated with the backend's own allocator). Flash makes
  * training's calls: q, k, v in bf16 where the backend has that entry (its bf16-saved activations),
  * RoPE positions (the backward overwrites dq, dk, dv, rotating dq and dk back) and, on a table that
- * computes in bf16, the bf16 copies of out and of the gradients that its products read. */
+ * computes in bf16, the bf16 copies of out and of the gradients that its products read. With
+ * AV_ATTN_TIME_BF16_IO: PyTorch's contract instead (out, dout and the gradients in bf16 only). */
 #include "anvil.h"
 #include "attention/attention.h"
 #include "backend/backend.h"
@@ -55,16 +56,22 @@ static void free_bufs(const av_backend *be, void **p, int n) {
 
 enum { B_Q, B_K, B_V, B_OUT, B_SOFT, B_WORK, B_DOUT, B_DQ, B_DK, B_DV, B_N };
 
-av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B, int T, int H, int KVH, int hd, int backward,
+av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B, int T, int H, int KVH, int hd, int flags,
                             int reps, double *seconds, size_t *bytes) {
     *seconds = 0;
     *bytes = 0;
+    int backward = flags & AV_ATTN_TIME_BACKWARD, io16 = (flags & AV_ATTN_TIME_BF16_IO) != 0;
     if (!be || B <= 0 || T <= 0 || H <= 0 || KVH <= 0 || hd <= 0 || H % KVH)
         return av_fail(AV_ERR_ARG, "attention timing: bad shape B=%d T=%d H=%d KVH=%d hd=%d", B, T, H, KVH, hd);
     if (reps < 1) reps = 1;
     int flash = kind != AV_ATTN_STANDARD && has_flash(be, H, KVH, hd);
     if (kind == AV_ATTN_FLASH && !flash)
         return av_fail(AV_ERR_UNSUPPORTED, "attention timing: the %s backend has no flash attention for H=%d KVH=%d hd=%d", be->name, H, KVH, hd);
+    if (io16 && !(flash && be->flash_attention_forward_bf16 && be->flash_attention_backward_bf16io && be->store_bf16 &&
+                  be->flash_attention_forward_bf16(NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL) == 0 &&
+                  be->flash_attention_backward_bf16io(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL, NULL) == 0))
+        return av_fail(AV_ERR_UNSUPPORTED, "attention timing: the %s backend has no bf16-in, bf16-out flash attention for H=%d KVH=%d hd=%d",
+                       be->name, H, KVH, hd);
     if (!flash && !be->attention_forward_batch)
         return av_fail(AV_ERR_UNSUPPORTED, "attention timing: the %s backend has no batched attention", be->name);
     size_t N = (size_t)B * T, qn = N * H * hd, kn = N * KVH * hd;
@@ -115,7 +122,7 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
     int32_t *posd = NULL;
     float *invd = NULL;
     uint16_t *out16 = NULL, *d16 = NULL;
-    if (flash && st == AV_OK) {
+    if (flash && !io16 && st == AV_OK) {
         int32_t *pos = (int32_t *)host; /* host holds qn >= N + hd / 2 floats */
         float *inv = host + N;
         for (size_t r = 0; r < N; r++) pos[r] = (int32_t)(r % (size_t)T);
@@ -134,6 +141,24 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
             total += N * sizeof(int32_t) + (out16 ? qn * 2 : 0) + (d16 ? (qn + 2 * kn) * 2 : 0);
         }
     }
+    /* PyTorch's contract: out, dout and dq | dk | dv in bf16 instead (the f32 buffers freed) */
+    uint16_t *o16 = NULL, *do16 = NULL, *g16 = NULL; /* (out16, d16: training's copies) */
+    if (io16 && st == AV_OK) {
+        o16 = be->alloc(qn * 2, "attention timing");
+        if (backward) do16 = be->alloc(qn * 2, "attention timing"), g16 = be->alloc((qn + 2 * kn) * 2, "attention timing");
+        if (!o16 || (backward && (!do16 || !g16))) {
+            st = av_fail(AV_ERR_NOMEM, "attention timing: out of %s memory for the bf16 out, dout and gradients", be->name);
+        } else {
+            if (backward) be->store_bf16(do16, p[B_DOUT], qn);
+            for (int i = B_OUT; i < B_N; i++) {
+                if (i == B_SOFT || !p[i]) continue;
+                be->free(p[i]);
+                p[i] = NULL;
+                total -= n[i] * sizeof(float);
+            }
+            total += (backward ? 2 * qn + (qn + 2 * kn) : qn) * sizeof(uint16_t);
+        }
+    }
     if (flash && be->device == AV_DEVICE_CPU) { /* flash.c's own scratch, one call at a time: the larger one */
         size_t f = av_flash_attention_scratch_bytes(B, T, T, H, KVH, hd, 0), b = backward ? av_flash_attention_scratch_bytes(B, T, T, H, KVH, hd, 1) : 0;
         total += f > b ? f : b;
@@ -143,7 +168,12 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
     for (int r = -1; r < reps && st == AV_OK; r++) { /* r = -1: warm-up, not timed */
         be->sync();
         double t0 = now_s();
-        if (f16) {
+        if (io16) {
+            be->flash_attention_forward_bf16(NULL, p[B_SOFT], q16, k16, v16, B, T, H, KVH, hd, o16);
+            if (backward)
+                be->flash_attention_backward_bf16io(g16, g16 + qn, g16 + qn + kn, do16, o16, p[B_SOFT], q16, k16, v16, B, T, H, KVH, hd, NULL,
+                                                    NULL);
+        } else if (f16) {
             be->flash_attention_forward_bf16(p[B_OUT], p[B_SOFT], q16, k16, v16, B, T, H, KVH, hd, out16);
             if (backward)
                 be->flash_attention_backward_bf16(p[B_DQ], p[B_DK], p[B_DV], p[B_DOUT], p[B_OUT], p[B_SOFT], q16, k16, v16, B, T, H, KVH, hd, posd,
@@ -170,8 +200,8 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
     free(t);
     free(host);
     free_bufs(be, p, B_N);
-    void *p16[7] = {q16, k16, v16, posd, invd, out16, d16};
-    free_bufs(be, p16, 7);
+    void *p16[10] = {q16, k16, v16, o16, do16, g16, posd, invd, out16, d16};
+    free_bufs(be, p16, 10);
     return st;
 }
 

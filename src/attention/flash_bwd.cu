@@ -63,6 +63,34 @@ __global__ void __launch_bounds__(256) fb_convert_k(__nv_bfloat16 *rows, const f
     }
 }
 
+/* The bf16-gradient entry's pre-pass (PyTorch's contract: dout and out in bf16, [B*T, NH*hd] rows, read where
+ * they lie by the kernels): delta = dout . out per row in f32 and lse2 as fb_convert_k's. One thread a
+ * 16-byte piece; a row's hd / 8 threads are consecutive lanes. */
+__global__ void __launch_bounds__(256) fb_delta16_k(const __nv_bfloat16 *dout, const __nv_bfloat16 *out, int T, int Tp, int NH, int hd,
+                                                    const float *lse, float *delta, float *lse2) {
+    int z = blockIdx.y, b = z / NH, t0 = blockIdx.x * FB_CT, h8 = hd >> 3;
+    size_t xs = (size_t)NH * hd, base = (size_t)b * T * xs + (size_t)(z % NH) * hd;
+    for (int i = threadIdx.x; i < FB_CT * h8; i += 256) {
+        int r = i / h8, d = (i - r * h8) * 8, t = t0 + r;
+        float dot = 0.0f;
+        if (t < T) {
+            uint4 x = *reinterpret_cast<const uint4 *>(dout + base + (size_t)t * xs + d);
+            uint4 o = *reinterpret_cast<const uint4 *>(out + base + (size_t)t * xs + d);
+            const __nv_bfloat162 *xp = reinterpret_cast<const __nv_bfloat162 *>(&x), *op = reinterpret_cast<const __nv_bfloat162 *>(&o);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float2 a = __bfloat1622float2(xp[e]), c = __bfloat1622float2(op[e]);
+                dot = fmaf(a.x, c.x, fmaf(a.y, c.y, dot));
+            }
+        }
+        for (int o = h8 >> 1; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if ((i & (h8 - 1)) == 0) {
+            delta[(size_t)z * Tp + t] = dot;
+            lse2[(size_t)z * Tp + t] = t < T ? lse[(size_t)z * T + t] * LOG2E : INFINITY;
+        }
+    }
+}
+
 static __device__ __forceinline__ uint32_t ld32(const __nv_bfloat16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
 
 /* Kernel A: dK, dV of one block of 16 * WARPS keys. grid (KVH * nsplit, B, key blocks), heaviest (most
@@ -135,12 +163,23 @@ __device__ __forceinline__ void fb_st2(uint16_t *p, float a, float b) {
     *reinterpret_cast<__nv_bfloat162 *>(p) = v;
 }
 
-/* p[0..1] = (or, acc: +=) a, b; p16 (or NULL): the same values in bf16. */
-__device__ __forceinline__ void fb_put2(float *p, uint16_t *p16, float a, float b, int acc) {
-    float2 *q = reinterpret_cast<float2 *>(p);
-    float2 x = acc ? *q : make_float2(0.f, 0.f);
-    *q = make_float2(x.x + a, x.y + b);
+/* p[0..1] = a, b; p16 (or NULL): the same values in bf16. */
+__device__ __forceinline__ void fb_put2(float *p, uint16_t *p16, float a, float b) {
+    *reinterpret_cast<float2 *>(p) = make_float2(a, b);
     if (p16) fb_st2(p16, a, b);
+}
+
+/* The accumulate mode's old values of a group of FB_GN column blocks of a thread's two rows (p0, p1 at
+ * the group's first column; a row that is NULL reads 0): all of a group's loads are issued before any of
+ * its stores, so a thread waits for one round trip a group instead of one per element (the compiler
+ * may not move a load above a store through another pointer: they could alias). */
+#define FB_GN 4
+__device__ __forceinline__ void fb_load_old(float2 (&o)[FB_GN][2], const float *p0, const float *p1) {
+#pragma unroll
+    for (int i = 0; i < FB_GN; i++) {
+        o[i][0] = p0 ? *reinterpret_cast<const float2 *>(p0 + i * 8) : make_float2(0.f, 0.f);
+        o[i][1] = p1 ? *reinterpret_cast<const float2 *>(p1 + i * 8) : make_float2(0.f, 0.f);
+    }
 }
 
 /* RoPE backward (rotate-half, as rope.c with the angle negated) on a [16 rows x HD] accumulator
@@ -167,8 +206,9 @@ __device__ __forceinline__ void fb_rope_back(float (&a)[HD / 8][4], const int32_
 
 /* A warp's dK, dV rows (keys s0: elements 0, 1; s1: 2, 3; 16 x HD fragments) into dk, dv [B*T, KVH*HD]:
  * nsplit == 1: += (or, with pos, overwrite with dK rotated back and the bf16 copies); else share sp's
- * partial sums (=) at + sp * part_n. dK is scaled by scale first. */
-template <int HD>
+ * partial sums (=) at + sp * part_n. dK is scaled by scale first. G16 (nsplit == 1): only o16's bf16
+ * rows, overwritten (rotated back with pos); dk, dv unused. */
+template <int HD, int G16 = 0>
 __device__ __forceinline__ void fb_store_dkdv(float (&dK)[HD / 8][4], float (&dV)[HD / 8][4], float *dk, float *dv, int b, int T, int KVH,
                                               int kh, int s0, int s1, int c, int nsplit, int sp, size_t part_n, float scale,
                                               const int32_t *pos, const float *inv_freq, fb_out16 o16) {
@@ -181,24 +221,37 @@ __device__ __forceinline__ void fb_store_dkdv(float (&dK)[HD / 8][4], float (&dV
         fb_rope_back<HD>(dK, pos + (size_t)b * T, inv_freq, s0, s1, c, T);
     }
     int acc = nsplit == 1 && !pos;
-    float *dkp = dk + sp * part_n, *dvp = dv + sp * part_n;
+    float *dkp = G16 ? NULL : dk + sp * part_n, *dvp = G16 ? NULL : dv + sp * part_n;
     float ksc = pos && nsplit == 1 ? 1.0f : scale;
     int use16 = pos && nsplit == 1 && o16.dk;
+    size_t off0 = ((size_t)b * T + s0) * ks + (size_t)kh * HD + 2 * c, off1 = ((size_t)b * T + s1) * ks + (size_t)kh * HD + 2 * c;
 #pragma unroll
-    for (int n = 0; n < HD / 8; n++)
+    for (int n0 = 0; n0 < HD / 8; n0 += FB_GN) {
+        float2 ok[FB_GN][2], ov[FB_GN][2]; /* += : the group's old dk, dv */
+        bool l0 = !G16 && acc && s0 < T, l1 = !G16 && acc && s1 < T;
+        fb_load_old(ok, l0 ? dkp + off0 + n0 * 8 : NULL, l1 ? dkp + off1 + n0 * 8 : NULL);
+        fb_load_old(ov, l0 ? dvp + off0 + n0 * 8 : NULL, l1 ? dvp + off1 + n0 * 8 : NULL);
 #pragma unroll
-        for (int r = 0; r < 2; r++) { /* the thread's keys s0 (elements 0, 1) and s1 (2, 3) */
-            int s = r ? s1 : s0;
-            if (s >= T) continue;
-            size_t off = ((size_t)b * T + s) * ks + (size_t)kh * HD + n * 8 + 2 * c;
-            fb_put2(dkp + off, use16 ? o16.dk + off : NULL, dK[n][2 * r] * ksc, dK[n][2 * r + 1] * ksc, acc);
-            fb_put2(dvp + off, use16 ? o16.dv + off : NULL, dV[n][2 * r], dV[n][2 * r + 1], acc);
-        }
+        for (int i = 0; i < FB_GN; i++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) { /* the thread's keys s0 (elements 0, 1) and s1 (2, 3) */
+                int n = n0 + i;
+                if ((r ? s1 : s0) >= T) continue;
+                size_t off = (r ? off1 : off0) + n * 8;
+                if constexpr (G16) {
+                    fb_st2(o16.dk + off, dK[n][2 * r] * ksc, dK[n][2 * r + 1] * ksc);
+                    fb_st2(o16.dv + off, dV[n][2 * r], dV[n][2 * r + 1]);
+                } else {
+                    fb_put2(dkp + off, use16 ? o16.dk + off : NULL, ok[i][r].x + dK[n][2 * r] * ksc, ok[i][r].y + dK[n][2 * r + 1] * ksc);
+                    fb_put2(dvp + off, use16 ? o16.dv + off : NULL, ov[i][r].x + dV[n][2 * r], ov[i][r].y + dV[n][2 * r + 1]);
+                }
+            }
+    }
 }
 
 /* A warp's dQ rows (t0: elements 0, 1; t1: 2, 3) times scale into dq [B*T, H*HD]: += , or with pos
- * overwritten, rotated back, and copied to dq16 (if not NULL). */
-template <int HD>
+ * overwritten, rotated back, and copied to dq16 (if not NULL). G16: into dq16 only (overwritten). */
+template <int HD, int G16 = 0>
 __device__ __forceinline__ void fb_store_dq(float (&acc)[HD / 8][4], float *dq, uint16_t *dq16, int b, int T, int H, int h, int t0, int t1,
                                             int c, float scale, const int32_t *pos, const float *inv_freq) {
     size_t qs = (size_t)H * HD;
@@ -207,15 +260,22 @@ __device__ __forceinline__ void fb_store_dq(float (&acc)[HD / 8][4], float *dq, 
 #pragma unroll
         for (int e = 0; e < 4; e++) acc[n][e] *= scale;
     if (pos) fb_rope_back<HD>(acc, pos + (size_t)b * T, inv_freq, t0, t1, c, T); /* overwrite, rotated back */
+    size_t off0 = ((size_t)b * T + t0) * qs + (size_t)h * HD + 2 * c, off1 = ((size_t)b * T + t1) * qs + (size_t)h * HD + 2 * c;
 #pragma unroll
-    for (int n = 0; n < HD / 8; n++)
+    for (int n0 = 0; n0 < HD / 8; n0 += FB_GN) {
+        float2 o[FB_GN][2]; /* += (no positions): the group's old dq */
+        fb_load_old(o, !G16 && !pos && t0 < T ? dq + off0 + n0 * 8 : NULL, !G16 && !pos && t1 < T ? dq + off1 + n0 * 8 : NULL);
 #pragma unroll
-        for (int r = 0; r < 2; r++) { /* rows t0 (elements 0, 1) and t1 (2, 3) */
-            int t = r ? t1 : t0;
-            if (t >= T) continue;
-            size_t off = ((size_t)b * T + t) * qs + (size_t)h * HD + n * 8 + 2 * c;
-            fb_put2(dq + off, pos && dq16 ? dq16 + off : NULL, acc[n][2 * r], acc[n][2 * r + 1], !pos);
-        }
+        for (int i = 0; i < FB_GN; i++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) { /* rows t0 (elements 0, 1) and t1 (2, 3) */
+                int n = n0 + i;
+                if ((r ? t1 : t0) >= T) continue;
+                size_t off = (r ? off1 : off0) + n * 8;
+                if constexpr (G16) fb_st2(dq16 + off, acc[n][2 * r], acc[n][2 * r + 1]);
+                else fb_put2(dq + off, pos && dq16 ? dq16 + off : NULL, o[i][r].x + acc[n][2 * r], o[i][r].y + acc[n][2 * r + 1]);
+            }
+    }
 }
 
 /* Blocks per SM the kernels are compiled for: the bf16 entry's hd-64 kernels at 3 (dK/dV: 190 -> 168
@@ -367,7 +427,7 @@ struct fb_rows {
 #define FB_WG_KT (64 * FB_WG_KW) /* keys a dK/dV block */
 #define FB_WG_QW(HD) ((HD) == 128 ? 2 : 1)
 #define FB_WG_QB(HD) (64 * FB_WG_QW(HD)) /* query rows a dQ block */
-template <int HD>
+template <int HD, int G16>
 __global__ void __launch_bounds__(FB_WG_KW * 128, 1) fb_dkdv_wg_k(float *dk, float *dv, fb_rows Q, fb_rows O, fb_rows K, fb_rows V, const float *lse2,
                                                        const float *delta, int T, int Tp, int H, int KVH, int nsplit, size_t part_n,
                                                        float scale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16) {
@@ -495,7 +555,7 @@ __global__ void __launch_bounds__(FB_WG_KW * 128, 1) fb_dkdv_wg_k(float *dk, flo
     wg_wait<0>();
     wg_reg_fence(dV);
     wg_reg_fence(dK);
-    fb_store_dkdv<HD>(*reinterpret_cast<float(*)[HD / 8][4]>(dK), *reinterpret_cast<float(*)[HD / 8][4]>(dV), dk, dv, b, T, KVH, kh, key0, key1,
+    fb_store_dkdv<HD, G16>(*reinterpret_cast<float(*)[HD / 8][4]>(dK), *reinterpret_cast<float(*)[HD / 8][4]>(dV), dk, dv, b, T, KVH, kh, key0, key1,
                       c, nsplit, sp, part_n, scale, pos, inv_freq, o16);
 #else
     AV_WGMMA_MISSING();
@@ -617,7 +677,7 @@ __global__ void __launch_bounds__(WARPS * 32, FB_MINB_B(HD, B16)) fb_dq_k(float 
  * FB_WG_QST stages (hd 128: four, loaded two ahead; hd 64: three, one ahead, which keeps three blocks an SM). S = Q K^T
  * and dP = dO V^T from shared memory (separate commit groups: P is exponentiated while dP runs), dQ += dS K with dS
  * from registers and K by a transposed descriptor, still running while the next tile's S and dP are issued. */
-template <int HD>
+template <int HD, int G16>
 __global__ void __launch_bounds__(FB_WG_QW(HD) * 128, 1) fb_dq_wg_k(float *dq, fb_rows Q, fb_rows O, fb_rows K, fb_rows V, const float *lse2,
                                                      const float *delta, int T, int Tp, int H, int KVH, float scale, float sl2,
                                                      const int32_t *pos, const float *inv_freq, uint16_t *dq16) {
@@ -727,14 +787,15 @@ __global__ void __launch_bounds__(FB_WG_QW(HD) * 128, 1) fb_dq_wg_k(float *dq, f
     }
     wg_wait<0>();
     wg_reg_fence(acc);
-    fb_store_dq<HD>(*reinterpret_cast<float(*)[HD / 8][4]>(acc), dq, dq16, b, T, H, h, r0, r1, c, scale, pos, inv_freq);
+    fb_store_dq<HD, G16>(*reinterpret_cast<float(*)[HD / 8][4]>(acc), dq, dq16, b, T, H, h, r0, r1, c, scale, pos, inv_freq);
 #else
     AV_WGMMA_MISSING();
 #endif
 }
 
-/* dk[i] += sum over sp of part_k[sp][i] (same for v), in share order. */
-__global__ void fb_reduce_k(float *dk, float *dv, const float *pk, const float *pv, size_t n, int nsplit) {
+/* dk[i] += sum over sp of part_k[sp][i] (same for v), in share order; with o16 (the bf16-gradient
+ * entry) the sums overwrite o16's bf16 dk, dv instead. */
+__global__ void fb_reduce_k(float *dk, float *dv, const float *pk, const float *pv, size_t n, int nsplit, uint16_t *k16, uint16_t *v16) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float sk = 0.0f, sv = 0.0f;
@@ -742,11 +803,17 @@ __global__ void fb_reduce_k(float *dk, float *dv, const float *pk, const float *
         sk += pk[s * n + i];
         sv += pv[s * n + i];
     }
+    if (k16) {
+        reinterpret_cast<__nv_bfloat16 *>(k16)[i] = __float2bfloat16_rn(sk);
+        reinterpret_cast<__nv_bfloat16 *>(v16)[i] = __float2bfloat16_rn(sv);
+        return;
+    }
     dk[i] += sk;
     dv[i] += sv;
 }
 
-/* The same with the output overwritten and dk rotated back: one thread per (row, KV head, pair). */
+/* The same with the output overwritten and dk rotated back: one thread per (row, KV head, pair); dk, dv
+ * NULL: into o16's bf16 rows only. */
 __global__ void fb_reduce_rope_k(float *dk, float *dv, const float *pk, const float *pv, size_t npairs, int nsplit, int KVH, int hd,
                                  const int32_t *pos, const float *inv_freq, fb_out16 o16) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -760,13 +827,14 @@ __global__ void fb_reduce_rope_k(float *dk, float *dv, const float *pk, const fl
     }
     float sn, cs;
     sincosf((float)pos[row] * inv_freq[d], &sn, &cs);
-    dk[e0] = k0 * cs + k1 * sn;
-    dk[e1] = k1 * cs - k0 * sn;
-    dv[e0] = v0;
-    dv[e1] = v1;
+    float r0 = k0 * cs + k1 * sn, r1 = k1 * cs - k0 * sn;
+    if (dk) {
+        dk[e0] = r0, dk[e1] = r1;
+        dv[e0] = v0, dv[e1] = v1;
+    }
     if (o16.dk) {
         __nv_bfloat16 *k16 = reinterpret_cast<__nv_bfloat16 *>(o16.dk), *v16 = reinterpret_cast<__nv_bfloat16 *>(o16.dv);
-        k16[e0] = __float2bfloat16_rn(dk[e0]), k16[e1] = __float2bfloat16_rn(dk[e1]);
+        k16[e0] = __float2bfloat16_rn(r0), k16[e1] = __float2bfloat16_rn(r1);
         v16[e0] = __float2bfloat16_rn(v0), v16[e1] = __float2bfloat16_rn(v1);
     }
 }
@@ -777,20 +845,25 @@ __global__ void fb_reduce_rope_k(float *dk, float *dv, const float *pk, const fl
  * with the halved shared memory of the untransposed tiles, for either kernel: 188 -> 178-186 on an H100). */
 #define FB_WARPS(HD) ((HD) == 128 ? 8 : 4)
 
-/* The Hopper kernels (fb_dkdv_wg_k, fb_dq_wg_k): the rows where they lie (B16) or as the pre-pass wrote them. */
-template <int HD, int B16>
+/* The Hopper kernels (fb_dkdv_wg_k, fb_dq_wg_k): the rows where they lie (B16) or as the pre-pass wrote them.
+ * G16 (the bf16-gradient entry): ob is the caller's bf16 dout rows, and the gradients go to o16 only
+ * (dK/dV through f32 shares and the reduction when nsplit > 1). */
+template <int HD, int B16, int G16>
 static void fb_launch_wg(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
                          const __nv_bfloat16 *vb, const float *lse2, const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit,
                          size_t part_n, float scale, float kscale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16) {
     size_t smem_a = (size_t)2 * FB_WG_KT * HD * 2 + (size_t)FB_WG_NST * (2 * FB_T * HD * 2 + 2 * FB_T * sizeof(float)) + 1024;
     size_t smem_b = (size_t)2 * FB_WG_QB(HD) * HD * 2 + (size_t)FB_WG_QST(HD) * 2 * FB_T * HD * 2 + 1024;
+    constexpr int GK = G16 ? 1 : 0; /* the dK/dV instantiation writing bf16 (nsplit == 1) */
     static thread_local int set; /* per thread = per device (attributes are per device) */
     if (!set) {
-        cudaFuncSetAttribute(fb_dkdv_wg_k<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
-        cudaFuncSetAttribute(fb_dq_wg_k<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_b);
+        cudaFuncSetAttribute(fb_dkdv_wg_k<HD, 0>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
+        cudaFuncSetAttribute(fb_dkdv_wg_k<HD, GK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
+        cudaFuncSetAttribute(fb_dq_wg_k<HD, G16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_b);
         set = 1;
     }
     fb_rows Qr, Or = {ob, (size_t)H * Tp * HD, (size_t)Tp * HD, (unsigned)HD}, Kr, Vr;
+    if (G16) Or = {ob, (size_t)T * H * HD, (size_t)HD, (unsigned)(H * HD)};
     if (B16) {
         Qr = {qb, (size_t)T * H * HD, (size_t)HD, (unsigned)(H * HD)};
         Kr = {kb, (size_t)T * KVH * HD, (size_t)HD, (unsigned)(KVH * HD)};
@@ -802,23 +875,28 @@ static void fb_launch_wg(float *dq, float *dk, float *dv, const __nv_bfloat16 *q
     Vr.p = vb;
     float sl = B16 ? sl2 : 1.0f; /* the pre-pass's q rows come scaled to log2 units */
     cudaStream_t st = av_cuda_stream();
-    fb_dkdv_wg_k<HD><<<dim3(KVH * nsplit, B, Tp / FB_WG_KT), FB_WG_KW * 128, smem_a, st>>>(dk, dv, Qr, Or, Kr, Vr, lse2, delta, T, Tp, H, KVH, nsplit,
-                                                                               part_n, kscale, sl, pos, inv_freq, o16);
+    dim3 ga(KVH * nsplit, B, Tp / FB_WG_KT);
+    if (G16 && nsplit == 1)
+        fb_dkdv_wg_k<HD, GK><<<ga, FB_WG_KW * 128, smem_a, st>>>(dk, dv, Qr, Or, Kr, Vr, lse2, delta, T, Tp, H, KVH, nsplit, part_n, kscale, sl, pos,
+                                                               inv_freq, o16);
+    else
+        fb_dkdv_wg_k<HD, 0><<<ga, FB_WG_KW * 128, smem_a, st>>>(dk, dv, Qr, Or, Kr, Vr, lse2, delta, T, Tp, H, KVH, nsplit, part_n, kscale, sl, pos,
+                                                              inv_freq, o16);
     AV_CU_LAUNCHED("flash attention backward dk/dv");
-    fb_dq_wg_k<HD><<<dim3(H, B, Tp / FB_WG_QB(HD)), FB_WG_QW(HD) * 128, smem_b, st>>>(dq, Qr, Or, Kr, Vr, lse2, delta, T, Tp, H, KVH, scale, sl, pos, inv_freq,
-                                                                 o16.dq);
+    fb_dq_wg_k<HD, G16><<<dim3(H, B, Tp / FB_WG_QB(HD)), FB_WG_QW(HD) * 128, smem_b, st>>>(dq, Qr, Or, Kr, Vr, lse2, delta, T, Tp, H, KVH, scale, sl, pos,
+                                                                                      inv_freq, o16.dq);
     AV_CU_LAUNCHED("flash attention backward dq");
 }
 
-template <int HD, int B16>
+template <int HD, int B16, int G16>
 static void fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
                       const __nv_bfloat16 *vb, const float *lse2, const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit,
                       size_t part_n, float scale, float kscale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16) {
     if (av_cuda_flash_wgmma_ok()) {
-        fb_launch_wg<HD, B16>(dq, dk, dv, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16);
+        fb_launch_wg<HD, B16, G16>(dq, dk, dv, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16);
         return;
     }
-    if constexpr (HD == 64 || !B16) { /* (the bf16 entry refuses head dim 128 off Hopper) */
+    if constexpr (!G16 && (HD == 64 || !B16)) { /* (the bf16 entries refuse head dim 128, and bf16 gradients, off Hopper) */
         constexpr int KS = HD + FA_PAD, W = FB_WARPS(HD);
         size_t smem_a = (size_t)(2 * 16 * W * KS + 2 * 2 * FB_T * KS) * sizeof(__nv_bfloat16) + 4 * FB_T * sizeof(float);
         size_t smem_b = (size_t)2 * 2 * FB_T * KS * sizeof(__nv_bfloat16);
@@ -851,10 +929,12 @@ static int fb_nsplit(int blocks, int G) {
     return ns;
 }
 
-/* q, k, v: f32 (converted here) or, B16, the caller's bf16 rows (read where they lie). */
-template <int B16>
-static int fb_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse, const void *q, const void *k,
-                       const void *v, int B, int T, int H, int KVH, int hd, const int32_t *pos, const float *inv_freq, uint16_t *d16) {
+/* q, k, v: f32 (converted here) or, B16, the caller's bf16 rows (read where they lie). G16 (with B16, Hopper
+ * kernels only): dout and out are bf16 rows too, and the gradients go only to g16's rows, overwritten. */
+template <int B16, int G16>
+static int fb_backward(float *dq, float *dk, float *dv, const void *dout, const void *out, const float *lse, const void *q, const void *k,
+                       const void *v, int B, int T, int H, int KVH, int hd, const int32_t *pos, const float *inv_freq, uint16_t *d16,
+                       fb_out16 g16) {
     if ((hd != 64 && hd != 128) || KVH <= 0 || H % KVH) return -1;
     if (B <= 0 || T <= 0) return 0;
     int wgk = av_cuda_flash_wgmma_ok(), kblk = wgk ? FB_WG_KT : 16 * (hd == 128 ? FB_WARPS(128) : FB_WARPS(64)); /* keys a dK/dV block */
@@ -864,7 +944,7 @@ static int fb_backward(float *dq, float *dk, float *dv, const float *dout, const
     size_t nq = (size_t)B * H * Tp * hd, nk = (size_t)B * KVH * Tp * hd, nr = (size_t)B * H * Tp;
     size_t part_n = nsplit > 1 ? (size_t)B * T * KVH * hd : 0; /* floats of one share's dk (or dv) */
     size_t fl = 2 * nr + 2 * (size_t)nsplit * part_n;
-    size_t n16 = B16 ? nq : 2 * nq + 2 * nk; /* bf16 copies: dout (and q, k, v) */
+    size_t n16 = G16 ? 0 : B16 ? nq : 2 * nq + 2 * nk; /* bf16 copies: dout (and q, k, v) */
     char *w = (char *)av_cuda_scratch(AV_SCR_FLASH_BWD, fl * sizeof(float) + n16 * sizeof(__nv_bfloat16));
     if (!w) return 0;
     float *lse2 = (float *)w, *delta = lse2 + nr, *pk = delta + nr, *pv = pk + nsplit * part_n;
@@ -872,7 +952,12 @@ static int fb_backward(float *dq, float *dk, float *dv, const float *dout, const
     cudaStream_t st = av_cuda_stream();
     float sl2 = LOG2E / sqrtf((float)hd), scale = 1.0f / sqrtf((float)hd);
     dim3 cq(Tp / FB_CT, B * H), ck(Tp / FB_CT, B * KVH);
-    fb_convert_k<<<cq, 256, 0, st>>>(ob, dout, 1.0f, T, Tp, H, hd, out, lse, delta, lse2);
+    if (G16) {
+        ob = (__nv_bfloat16 *)dout;
+        fb_delta16_k<<<cq, 256, 0, st>>>(ob, (const __nv_bfloat16 *)out, T, Tp, H, hd, lse, delta, lse2);
+    } else {
+        fb_convert_k<<<cq, 256, 0, st>>>(ob, (const float *)dout, 1.0f, T, Tp, H, hd, (const float *)out, lse, delta, lse2);
+    }
     if (B16) {
         qb = (__nv_bfloat16 *)q, kb = (__nv_bfloat16 *)k, vb = (__nv_bfloat16 *)v;
     } else {
@@ -884,17 +969,18 @@ static int fb_backward(float *dq, float *dk, float *dv, const float *dout, const
     AV_CU_LAUNCHED("flash attention backward convert");
     float *dka = nsplit > 1 ? pk : dk, *dva = nsplit > 1 ? pv : dv;
     fb_out16 o16 = {NULL, NULL, NULL};
-    if (pos && d16) o16 = {d16, d16 + (size_t)B * T * H * hd, d16 + (size_t)B * T * (H + KVH) * hd};
+    if (G16) o16 = g16;
+    else if (pos && d16) o16 = {d16, d16 + (size_t)B * T * H * hd, d16 + (size_t)B * T * (H + KVH) * hd};
     float kscale = B16 ? scale : scale / sl2; /* dK from Q as the kernels read it (f32 entry: pre-scaled rows) */
     if (hd == 64)
-        fb_launch<64, B16>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16);
+        fb_launch<64, B16, G16>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16);
     else /* the bf16 entry has head dim 128 on Hopper only */
-        fb_launch<128, B16>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16);
+        fb_launch<128, B16, G16>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16);
     if (nsplit > 1 && pos) {
         fb_reduce_rope_k<<<av_cdiv(part_n / 2, 256), 256, 0, st>>>(dk, dv, pk, pv, part_n / 2, nsplit, KVH, hd, pos, inv_freq, o16);
         AV_CU_LAUNCHED("flash attention backward reduce");
     } else if (nsplit > 1) {
-        fb_reduce_k<<<av_cdiv(part_n, 256), 256, 0, st>>>(dk, dv, pk, pv, part_n, nsplit);
+        fb_reduce_k<<<av_cdiv(part_n, 256), 256, 0, st>>>(dk, dv, pk, pv, part_n, nsplit, o16.dk, o16.dv);
         AV_CU_LAUNCHED("flash attention backward reduce");
     }
     return 0;
@@ -903,12 +989,19 @@ static int fb_backward(float *dq, float *dk, float *dv, const float *dout, const
 extern "C" int av_cuda_flash_attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                                                       const float *q, const float *k, const float *v, int B, int T, int H, int KVH, int hd,
                                                       const int32_t *pos, const float *inv_freq, uint16_t *d16) {
-    return fb_backward<0>(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, KVH, hd, pos, inv_freq, d16);
+    return fb_backward<0, 0>(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, KVH, hd, pos, inv_freq, d16, fb_out16{NULL, NULL, NULL});
 }
 
 extern "C" int av_cuda_flash_attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                                                      const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T, int H, int KVH,
                                                      int hd, const int32_t *pos, const float *inv_freq, uint16_t *d16) {
     if (hd != 64 && !(hd == 128 && av_cuda_flash_wgmma_ok())) return -1; /* as the bf16 forward (flash.cu) */
-    return fb_backward<1>(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, KVH, hd, pos, inv_freq, d16);
+    return fb_backward<1, 0>(dq, dk, dv, dout, out, lse, q, k, v, B, T, H, KVH, hd, pos, inv_freq, d16, fb_out16{NULL, NULL, NULL});
+}
+
+extern "C" int av_cuda_flash_attention_backward_bf16io(uint16_t *dq, uint16_t *dk, uint16_t *dv, const uint16_t *dout, const uint16_t *out,
+                                                       const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
+                                                       int H, int KVH, int hd, const int32_t *pos, const float *inv_freq) {
+    if ((hd != 64 && hd != 128) || !av_cuda_flash_wgmma_ok()) return -1; /* the Hopper kernels only */
+    return fb_backward<1, 1>(NULL, NULL, NULL, dout, out, lse, q, k, v, B, T, H, KVH, hd, pos, inv_freq, NULL, fb_out16{dq, dk, dv});
 }

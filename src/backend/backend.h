@@ -155,6 +155,13 @@ struct av_backend {
     int (*flash_attention_backward_bf16)(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                                          const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T, int H, int KVH, int hd,
                                          const int32_t *rope_pos, const float *inv_freq, uint16_t *d16);
+    /* PyTorch's contract, bf16 throughout: dout and out (the forward's out16) as bf16 rows [B*T, H*hd], and
+     * dq, dk, dv overwritten as bf16 rows only (with rope_pos: rotated back, as above). Training keeps the
+     * entry above (its LoRA products read f32 gradients). NULL, or -1 (nothing done) for a shape or device
+     * without the kernels (CUDA: Hopper's only); a call with B = 0 only asks. */
+    int (*flash_attention_backward_bf16io)(uint16_t *dq, uint16_t *dk, uint16_t *dv, const uint16_t *dout, const uint16_t *out, const float *lse,
+                                           const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T, int H, int KVH, int hd,
+                                           const int32_t *rope_pos, const float *inv_freq);
     /* 16-bit activation storage (ops.h: av_store_bf16 / av_load_bf16). */
     void (*store_bf16)(uint16_t *dst, const float *src, size_t n);
     void (*load_bf16)(float *dst, const uint16_t *src, size_t n);

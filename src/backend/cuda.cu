@@ -552,6 +552,7 @@ static void fill_table(av_backend *b, int f32) {
     b->flash_attention_backward_batch = f32 ? NULL : av_cuda_flash_attention_backward_batch;
     b->flash_attention_forward_bf16 = f32 ? NULL : av_cuda_flash_attention_forward_bf16;
     b->flash_attention_backward_bf16 = f32 ? NULL : av_cuda_flash_attention_backward_bf16;
+    b->flash_attention_backward_bf16io = f32 ? NULL : av_cuda_flash_attention_backward_bf16io;
     b->matmul_fused_forward = f32 ? mmf_f32 : mmf_bf16;
     b->sample = av_cuda_sample;
     b->graph_begin = cuda_graph_begin;

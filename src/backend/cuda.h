@@ -80,6 +80,10 @@ int av_cuda_flash_attention_forward_bf16(float *out, float *lse, const uint16_t 
 int av_cuda_flash_attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                                           const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T, int H, int KVH, int hd,
                                           const int32_t *rope_pos, const float *inv_freq, uint16_t *d16);
+/* bf16 out, dout and gradients (backend.h: flash_attention_backward_bf16io); Hopper only, else -1. */
+int av_cuda_flash_attention_backward_bf16io(uint16_t *dq, uint16_t *dk, uint16_t *dv, const uint16_t *dout, const uint16_t *out,
+                                            const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T, int H,
+                                            int KVH, int hd, const int32_t *rope_pos, const float *inv_freq);
 /* Batched training attention (attention.h: av_attention_forward_batch / av_attention_backward_batch). */
 void av_cuda_attention_forward_batch_mode(float *out, float *probs, const float *q, const float *k, const float *v, int B, int T, int H,
                                           int KVH, int hd, float *work, size_t work_floats, int f32);
