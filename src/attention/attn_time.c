@@ -33,6 +33,12 @@ static int has_flash(const av_backend *be, int H, int KVH, int hd) {
            be->flash_attention_backward_batch(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL, NULL, NULL) == 0;
 }
 
+/* The bf16-input flash forward exists for this shape (and bf16 stores to make its inputs). */
+static int has_flash_fwd16(const av_backend *be, int H, int KVH, int hd) {
+    return be->flash_attention_forward_bf16 && be->store_bf16 &&
+           be->flash_attention_forward_bf16(NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL) == 0;
+}
+
 /* Random values in [-1, 1) into n floats of backend memory (host staging through buf). */
 static void fill_random(const av_backend *be, float *dst, float *buf, size_t n, uint32_t seed) {
     uint32_t r = 0x9E3779B9u * seed;
@@ -67,8 +73,7 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
     int flash = kind != AV_ATTN_STANDARD && has_flash(be, H, KVH, hd);
     if (kind == AV_ATTN_FLASH && !flash)
         return av_fail(AV_ERR_UNSUPPORTED, "attention timing: the %s backend has no flash attention for H=%d KVH=%d hd=%d", be->name, H, KVH, hd);
-    if (io16 && !(flash && be->flash_attention_forward_bf16 && be->flash_attention_backward_bf16io && be->store_bf16 &&
-                  be->flash_attention_forward_bf16(NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL) == 0 &&
+    if (io16 && !(flash && has_flash_fwd16(be, H, KVH, hd) && be->flash_attention_backward_bf16io &&
                   be->flash_attention_backward_bf16io(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL, NULL) == 0))
         return av_fail(AV_ERR_UNSUPPORTED, "attention timing: the %s backend has no bf16-in, bf16-out flash attention for H=%d KVH=%d hd=%d",
                        be->name, H, KVH, hd);
@@ -97,10 +102,10 @@ av_status av_attention_time(const av_backend *be, av_attention_kind kind, int B,
             be->zero(p[i], n[i] * sizeof(float));
         }
     }
-    /* training's flash path on a bf16 table: q, k, v as bf16 copies (made before timing), the f32 ones freed */
-    int f16 = flash && be->flash_attention_forward_bf16 && be->flash_attention_backward_bf16 && be->store_bf16 &&
-              be->flash_attention_forward_bf16(NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL) == 0 &&
-              be->flash_attention_backward_bf16(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL, NULL, NULL) == 0;
+    /* flash on a bf16 table (training's path, or PyTorch's contract): q, k, v as bf16 copies (made before timing), the f32 ones freed */
+    int f16 = flash && has_flash_fwd16(be, H, KVH, hd) &&
+              (io16 || (be->flash_attention_backward_bf16 &&
+                        be->flash_attention_backward_bf16(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, H, KVH, hd, NULL, NULL, NULL) == 0));
     uint16_t *q16 = NULL, *k16 = NULL, *v16 = NULL;
     if (f16 && st == AV_OK) {
         q16 = be->alloc(qn * 2, "attention timing"), k16 = be->alloc(kn * 2, "attention timing"), v16 = be->alloc(kn * 2, "attention timing");
