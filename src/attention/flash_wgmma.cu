@@ -233,6 +233,10 @@ extern "C" int av_cuda_flash_fwd_wgmma(float *out, float *lse, const float *q32,
     if ((hd != 64 && hd != 128) || !fa_wg_available()) return -1;
     if (B <= 0 || T <= 0) return 0;
     const __nv_bfloat16 *q = (const __nv_bfloat16 *)q16, *k = (const __nv_bfloat16 *)kb, *v = (const __nv_bfloat16 *)vb;
+    if (!q32 && av_cuda_flash_fwd_ws(out, lse, q16, kb, vb, B, T, kv_rows, pos0, H, KVH, hd, out16) == 0) { /* flash_fwd_ws.cu */
+        AV_CU_LAUNCHED("flash attention (warp-specialised)");
+        return 0;
+    }
     if (hd == 64) {
         if (q32) fa_wg_launch<64, FA_WG_BN, FA_WG_NWG(64), 1>(out, lse, q32, q, k, v, B, T, kv_rows, pos0, H, KVH, out16);
         else fa_wg_launch<64, FA_WG_BN, FA_WG_NWG(64), 0>(out, lse, q32, q, k, v, B, T, kv_rows, pos0, H, KVH, out16);

@@ -12,6 +12,9 @@ extern "C" {
 int av_cuda_flash_wgmma_ok(void);
 int av_cuda_flash_fwd_wgmma(float *out, float *lse, const float *q32, const uint16_t *q16, const uint16_t *kb, const uint16_t *vb, int B, int T,
                             int kv_rows, int pos0, int H, int KVH, int hd, uint16_t *out16);
+/* The warp-specialised (TMA) forward for bf16 q (flash_fwd_ws.cu); -1 where the driver has no TMA. */
+int av_cuda_flash_fwd_ws(float *out, float *lse, const uint16_t *q16, const uint16_t *kb, const uint16_t *vb, int B, int T, int kv_rows, int pos0,
+                         int H, int KVH, int hd, uint16_t *out16);
 #ifdef __cplusplus
 }
 #endif
