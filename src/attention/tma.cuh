@@ -47,11 +47,8 @@ template <int N> static __device__ __forceinline__ void regs_dec(void) { asm vol
 template <int N> static __device__ __forceinline__ void regs_inc(void) { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
 #endif
 
-/* Tensor map of a bf16 tensor of nb batches x rows x cols (row stride ld, batch stride bs, in elements)
- * read in boxes of 64 columns (128 bytes: the swizzle's row) x box_rows rows; rows past `rows` read as
- * zeros. Returns 0 on success, -1 where the driver has no TMA (then the caller takes another kernel). */
-static inline int tma_map_bf16(CUtensorMap *map, const void *base, uint64_t cols, uint64_t rows, uint64_t nb, uint64_t ld, uint64_t bs,
-                               uint32_t box_rows) {
+/* The driver's tensor-map encoder, or NULL where the driver has none (asked once per process). */
+static inline PFN_cuTensorMapEncodeTiled_v12000 tma_encoder(void) {
     static PFN_cuTensorMapEncodeTiled_v12000 encode = NULL;
     static int tried = 0;
     if (!tried) {
@@ -63,6 +60,16 @@ static inline int tma_map_bf16(CUtensorMap *map, const void *base, uint64_t cols
         cudaGetLastError();
         tried = 1;
     }
+    return encode;
+}
+
+/* Tensor map of a bf16 tensor of nb batches x rows x cols (row stride ld, batch stride bs, in elements)
+ * read in boxes of 64 columns (128 bytes: the swizzle's row) x box_rows rows; rows past `rows` read as
+ * zeros. Returns 0 on success, -1 where the driver has no TMA or the base or strides are not 16-byte
+ * multiples (then the caller takes another kernel). */
+static inline int tma_map_bf16(CUtensorMap *map, const void *base, uint64_t cols, uint64_t rows, uint64_t nb, uint64_t ld, uint64_t bs,
+                               uint32_t box_rows) {
+    PFN_cuTensorMapEncodeTiled_v12000 encode = tma_encoder();
     if (!encode || ((uintptr_t)base & 15) || (ld * 2) % 16 || (bs * 2) % 16) return -1;
     cuuint64_t dims[3] = {cols, rows, nb}, strides[2] = {ld * 2, bs * 2};
     cuuint32_t box[3] = {64, box_rows, 1}, step[3] = {1, 1, 1};
