@@ -1,5 +1,5 @@
 /* CUDA flash attention forward for prefill (the twin of flash.c); on Hopper flash_wgmma.cu's kernel runs
- * instead (after the same K / V conversion for the f32 entry). Here: bf16 tensor cores (mma.sync
+ * instead (for the f32 entry after converting K, V and Q to bf16). Here: bf16 tensor cores (mma.sync
  * m16n8k16, f32 accumulate) with an online softmax in f32 registers. K and V are first converted to
  * bf16 once per call (hd 64: in their own layout; hd 128: K per KV head, V transposed; S' = S rounded up
  * to the key tile, zero padded); Q is converted from f32 while loading its fragments. One block per
@@ -30,6 +30,15 @@ __global__ void fa_convert_kv_k(__nv_bfloat16 *kb, __nv_bfloat16 *vb, const floa
     }
     reinterpret_cast<uint4 *>(kb)[i] = ko;
     reinterpret_cast<uint4 *>(vb)[i] = vo;
+}
+
+/* q rounded to bf16 (the Hopper forward reads bf16 q; the kernels round f32 q the same way on their own) */
+__global__ void fa_convert_q_k(__nv_bfloat16 *qb, const float *q, size_t n8) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n8) return;
+    const float4 *q4 = reinterpret_cast<const float4 *>(q) + 2 * i;
+    float4 a = __ldcs(q4), b = __ldcs(q4 + 1);
+    reinterpret_cast<uint4 *>(qb)[i] = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(b.x, b.y), pack_bf16(b.z, b.w));
 }
 
 /* Head dim 128's layout: kb[b][kh][s][d] = k[b][s][kh*hd + d]; vt[b][kh][d][s] = v[b][s][kh*hd + d]; zeros for S <= s < Sp.
@@ -361,16 +370,18 @@ static void fa_launch(float *out, float *lse, const float *q, const __nv_bfloat1
 static void fa_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int seq_rows, int pos0,
                        int H, int KVH, int hd, uint16_t *out16) {
     int Sk = pos0 + T, Sp = (Sk + FA_BC - 1) / FA_BC * FA_BC; /* only keys 0..pos0+T-1 are ever seen */
-    size_t n = (size_t)B * KVH * Sp * hd;
-    __nv_bfloat16 *kb = (__nv_bfloat16 *)av_cuda_scratch(AV_SCR_FLASH, 2 * n * sizeof(__nv_bfloat16));
+    size_t n = (size_t)B * KVH * Sp * hd, nq = (size_t)B * T * H * hd;
+    int hopper = av_cuda_flash_fwd_wgmma(NULL, NULL, NULL, NULL, NULL, 0, 0, 0, 0, H, KVH, hd, NULL) == 0; /* flash_wgmma.cu */
+    __nv_bfloat16 *kb = (__nv_bfloat16 *)av_cuda_scratch(AV_SCR_FLASH, (2 * n + (hopper ? nq : 0)) * sizeof(__nv_bfloat16));
     if (!kb) return;
-    __nv_bfloat16 *vb = kb + n;
+    __nv_bfloat16 *vb = kb + n, *qb = vb + n;
     float qscale = 1.4426950409f / sqrtf((float)hd);
-    if (av_cuda_flash_fwd_wgmma(NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 0, 0, H, KVH, hd, NULL) == 0) { /* Hopper: flash_wgmma.cu */
+    if (hopper) {
         fa_convert_kv_k<<<av_cdiv(n / 8, 256), 256, 0, av_cuda_stream()>>>(kb, vb, k, v, Sk, Sp, KVH * hd, seq_rows, n / 8);
+        fa_convert_q_k<<<av_cdiv(nq / 8, 256), 256, 0, av_cuda_stream()>>>(qb, q, nq / 8);
         AV_CU_LAUNCHED("flash attention convert");
-        av_cuda_flash_fwd_wgmma(out, lse, q, NULL, (const uint16_t *)kb, (const uint16_t *)vb, B, T, Sp, pos0, H, KVH, hd, out16);
-        return;
+        if (av_cuda_flash_fwd_wgmma(out, lse, (const uint16_t *)qb, (const uint16_t *)kb, (const uint16_t *)vb, B, T, Sp, pos0, H, KVH, hd, out16) == 0)
+            return;
     }
     if (FA_FLAT(hd)) fa_convert_kv_k<<<av_cdiv(n / 8, 256), 256, 0, av_cuda_stream()>>>(kb, vb, k, v, Sk, Sp, KVH * hd, seq_rows, n / 8);
     else fa_convert_kvt_k<<<dim3(Sp / 32, av_cdiv(hd, 32), B * KVH), dim3(32, 8), 0, av_cuda_stream()>>>(kb, vb, k, v, Sk, Sp, KVH, hd, seq_rows);
@@ -408,7 +419,11 @@ extern "C" int av_cuda_flash_attention_forward_bf16(float *out, float *lse, cons
                                                     int T, int H, int KVH, int hd, uint16_t *out16) {
     if (hd != 64 && !(hd == 128 && av_cuda_flash_wgmma_ok())) return -1;
     if (B <= 0 || T <= 0) return 0;
-    if (av_cuda_flash_fwd_wgmma(out, lse, NULL, q, k, v, B, T, T, 0, H, KVH, hd, out16) == 0) return 0; /* Hopper: flash_wgmma.cu */
+    if (av_cuda_flash_fwd_wgmma(out, lse, q, k, v, B, T, T, 0, H, KVH, hd, out16) == 0) return 0; /* Hopper: flash_wgmma.cu */
+    if (hd != 64) { /* q, k or v not 16-byte aligned for the Hopper kernel, and no other kernel takes hd 128 from bf16 */
+        av_cuda_note(cudaErrorInvalidValue, "flash attention: bf16 q, k, v must be 16-byte aligned");
+        return -1;
+    }
     fa_launch<64, FA_WARPS(64), 1>(out, lse, NULL, (const __nv_bfloat16 *)q, (const __nv_bfloat16 *)k, (const __nv_bfloat16 *)v, B, T, T, 0, H,
                                    KVH, 1.4426950409f / sqrtf((float)hd), out16);
     AV_CU_LAUNCHED("flash attention");
