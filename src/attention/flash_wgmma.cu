@@ -18,6 +18,10 @@ extern "C" {
 }
 #include "attention/flash_wgmma.h"
 
+/* Keys a tile, stages of the ring, consumer warpgroups a block (measured: bench/NOTES-attention.md, session 24) */
+#define FA_WS_BN 128
+#define FA_WS_ST 3
+#define FA_WS_NC(HD) ((HD) == 64 ? 3 : 2)
 
 template <int HD, int NC, int BN, int ST>
 __global__ void __launch_bounds__((NC + 1) * 128, 1)
@@ -220,10 +224,10 @@ __global__ void __launch_bounds__((NC + 1) * 128, 1)
 #endif
 }
 
-template <int HD, int NC>
+template <int HD>
 static int fa_ws_launch(float *out, float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T, int kv_rows, int pos0, int H,
                         int KVH, uint16_t *out16) {
-    constexpr int BN = 128, ST = 3;
+    constexpr int BN = FA_WS_BN, ST = FA_WS_ST, NC = FA_WS_NC(HD);
     CUtensorMap mq, mk, mv;
     uint64_t qc = (uint64_t)H * HD, kc = (uint64_t)KVH * HD;
     if (tma_map_bf16(&mq, q, qc, T, B, qc, qc * T, 64) || tma_map_bf16(&mk, k, kc, pos0 + T, B, kc, kc * kv_rows, BN) ||
@@ -249,7 +253,7 @@ static int fa_wg_available(void) {
         int dev = 0, major = 0;
         cudaFuncAttributes fa;
         avail = cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-                major == 9 && tma_encoder() && cudaFuncGetAttributes(&fa, fa_fwd_ws_k<64, 3, 128, 3>) == cudaSuccess && fa.ptxVersion >= 90;
+                major == 9 && tma_encoder() && cudaFuncGetAttributes(&fa, fa_fwd_ws_k<64, FA_WS_NC(64), FA_WS_BN, FA_WS_ST>) == cudaSuccess && fa.ptxVersion >= 90;
         cudaGetLastError();
     }
     return avail;
@@ -261,8 +265,8 @@ extern "C" int av_cuda_flash_fwd_wgmma(float *out, float *lse, const uint16_t *q
                                        int pos0, int H, int KVH, int hd, uint16_t *out16) {
     if ((hd != 64 && hd != 128) || !fa_wg_available()) return -1;
     if (B <= 0 || T <= 0) return 0;
-    int rc = hd == 64 ? fa_ws_launch<64, 3>(out, lse, q16, kb, vb, B, T, kv_rows, pos0, H, KVH, out16)
-                      : fa_ws_launch<128, 2>(out, lse, q16, kb, vb, B, T, kv_rows, pos0, H, KVH, out16);
+    int rc = hd == 64 ? fa_ws_launch<64>(out, lse, q16, kb, vb, B, T, kv_rows, pos0, H, KVH, out16)
+                      : fa_ws_launch<128>(out, lse, q16, kb, vb, B, T, kv_rows, pos0, H, KVH, out16);
     AV_CU_LAUNCHED("flash attention (wgmma)");
     return rc;
 }
