@@ -18,6 +18,7 @@
  * group's query heads over several blocks writing partial sums, added in a fixed order after. */
 #include "attention/flash_common.cuh"
 #include "attention/wgmma.cuh"
+#include "attention/tma.cuh"
 #include "attention/flash_wgmma.h"
 extern "C" {
 #include "backend/cuda.h"
@@ -404,114 +405,129 @@ __global__ void __launch_bounds__(WARPS * 32, FB_MINB_A(HD, B16)) fb_dkdv_k(floa
     fb_store_dkdv<HD>(dK, dV, dk, dv, b, T, KVH, kh, s0, s0 + 8, c, nsplit, sp, part_n, scale, pos, inv_freq, o16);
 }
 
-/* Kernel A on Hopper (sm_90a): the same products on warpgroup tensor cores. One block of two
- * warpgroups per (128 keys, KV head [, share of its query heads], sequence), each warpgroup owning 64
- * keys; query chunks of 64 rows (Q and dO, 128-byte swizzle) in four shared-memory stages, loaded two
- * chunks ahead, so a chunk's dV / dK products still run while the next chunks load and its S^T, dP^T
- * are issued. S^T = K Q^T and dP^T = V dO^T from shared memory; dV += P^T dO and dK += dS^T Q with
- * P^T, dS^T from registers and dO, Q by transposed (MN-major) descriptors. S^T and dP^T are separate
- * commit groups: P^T is exponentiated and dV issued while dP^T runs. Rows of each operand at p + b * sb
- * + head * sh + t * st (t < T; zeros past it). sl2: the scores' factor to log2 units (1 where q comes
- * pre-scaled). */
+/* Kernel A on Hopper (sm_90a): the same products on warpgroup tensor cores, warp-specialised as the
+ * forward (flash_wgmma.cu). One block per (128 keys, KV head [, share of its query heads], sequence):
+ * a producer warpgroup (one lane) loads the block's K and V once and the query chunks (64 rows of Q and
+ * dO, their lse2 and delta) by TMA into FB_WG_NST shared-memory stages (128-byte swizzle), mbarriers
+ * counting the bytes in and the consumers' releases out; two consumer warpgroups, each owning 64 keys,
+ * take the chunks at their own pace (no block barrier in the loop). S^T = K Q^T and dP^T = V dO^T from
+ * shared memory; dV += P^T dO and dK += dS^T Q with P^T, dS^T from registers and dO, Q by transposed
+ * (MN-major) descriptors. S^T and dP^T are separate commit groups: P^T is exponentiated and dV issued
+ * while dP^T runs; a chunk's dK product still runs while the next chunk's S^T, dP^T are issued, and its
+ * stage is released once those are awaited. Rows of each operand at p + b * sb + head * sh + t * st
+ * (t < T; zeros past it; the tensor maps are built from these). sl2: the scores' factor to log2 units
+ * (1 where q comes pre-scaled). */
 struct fb_rows {
     const __nv_bfloat16 *p;
     size_t sb, sh;
     unsigned st;
 };
-/* Warpgroups a block (H100, forward+backward TFLOP/s at 512 / 2048 / 8192 tokens, bench/NOTES-attention.md session 18):
- * dK/dV 2 (128 keys) for both head dims; dQ 1 (64 rows) for hd 64 (83 / 184 / 261; with 2: 81 / 180 / 252) and 2 for
- * hd 128 (86 / 206 / 309; with 1: 72 / 169 / 275; both kernels with 1: 57 / 140 / 238). */
+/* Consumer warpgroups a dK/dV block: 2 (128 keys) for both head dims (bench/NOTES-attention.md, session 18) */
 #define FB_WG_KW 2
-#define FB_WG_NST 4 /* query chunk stages of the dK/dV kernel: two loading while one is used */
-#define FB_WG_QST(HD) ((HD) == 128 ? 4 : 3) /* K/V tile stages of the dQ kernel (hd 64: three blocks an SM) */
+#define FB_WG_NST 4 /* query chunk stages of the dK/dV kernel */
+#define FB_WG_QST 4 /* K/V tile stages of the dQ kernel */
 #define FB_WG_KT (64 * FB_WG_KW) /* keys a dK/dV block */
-#define FB_WG_QW(HD) ((HD) == 128 ? 2 : 1)
-#define FB_WG_QB(HD) (64 * FB_WG_QW(HD)) /* query rows a dQ block */
+/* consumer warpgroups of the dQ kernel (64 query rows each); hd 64 with two: 2-4% slower (session 25) */
+#define FB_WG_QNC(HD) ((HD) == 128 ? 2 : 3)
+#define FB_WG_QB(HD) (64 * FB_WG_QNC(HD)) /* query rows a dQ block */
 template <int HD, int G16>
-__global__ void __launch_bounds__(FB_WG_KW * 128, 1) fb_dkdv_wg_k(float *dk, float *dv, fb_rows Q, fb_rows O, fb_rows K, fb_rows V, const float *lse2,
-                                                       const float *delta, int T, int Tp, int H, int KVH, int nsplit, size_t part_n,
-                                                       float scale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16) {
+__global__ void __launch_bounds__((FB_WG_KW + 1) * 128, 1)
+    fb_dkdv_wg_k(float *dk, float *dv, const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap to,
+                 const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv, const float *lse2, const float *delta, int T,
+                 int Tp, int H, int KVH, int nsplit, size_t part_n, float scale, float sl2, const int32_t *pos, const float *inv_freq,
+                 fb_out16 o16) {
 #if AV_WGMMA
-    constexpr int KT = FB_WG_KT, QC = FB_T, CH = HD / 8, NT = FB_WG_KW * 128, NST = FB_WG_NST;
-    static_assert(NST == 4, "chunks load two ahead (it + 2, wait_group 1): four stages");
-    constexpr uint32_t KVB = KT * HD * 2, CB = QC * HD * 2; /* bytes: K (or V) of the block, a Q (or dO) chunk */
+    constexpr int KT = FB_WG_KT, QC = FB_T, NST = FB_WG_NST, HP = HD / 64;
+    constexpr uint32_t KVB = KT * HD * 2, CB = QC * HD * 2, FLB = 2 * QC * 4; /* bytes: K (or V), a Q (or dO) chunk, its lse2 + delta */
     extern __shared__ __align__(16) unsigned char fb_wg_smem[];
-    uint32_t raw = (uint32_t)__cvta_generic_to_shared(fb_wg_smem), sbase = (raw + 1023u) & ~1023u;
-    const uint32_t sK = sbase, sV = sK + KVB, sC = sV + KVB; /* chunks: [NST][Q | dO] */
-    float *fl = reinterpret_cast<float *>(fb_wg_smem + (sC + NST * 2 * CB - raw)); /* [NST][lse2 64 | delta 64] */
+    __shared__ __align__(8) uint64_t bars[1 + 2 * NST];
+    uint32_t raw = (uint32_t)__cvta_generic_to_shared(fb_wg_smem), sK = (raw + 1023u) & ~1023u;
+    const uint32_t sV = sK + KVB, sC = sV + KVB, sF = sC + NST * 2 * CB; /* chunks [NST][Q | dO], then [NST][lse2 | delta] */
+    const uint32_t bKV = (uint32_t)__cvta_generic_to_shared(bars), bF = bKV + 8, bE = bF + 8 * NST;
+    const float *fl = reinterpret_cast<const float *>(fb_wg_smem + (sF - raw));
     int kh = blockIdx.x / nsplit, sp = blockIdx.x % nsplit, b = blockIdx.y, j = blockIdx.z;
     int G = H / KVH, hpb = G / nsplit, h0 = kh * G + sp * hpb;
     int nqt = Tp / QC, qs0 = j * KT / QC, nq = nqt - qs0, nit = hpb * nq; /* query chunks from the block's first key */
     int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c = lane & 3;
-    int kw = j * KT + 64 * wg; /* the warpgroup's first key */
-
-    for (int x = tid; x < KT * CH; x += NT) {
-        int r = x / CH, cc = x % CH, s = j * KT + r;
-        bool ok = s < T;
-        uint32_t off = (cc >> 3) * (KT * 128) + swz128(r, cc & 7);
-        size_t row = (size_t)(ok ? s : 0);
-        cp_async16_zfill_s(sK + off, K.p + b * K.sb + kh * K.sh + row * K.st + cc * 8, ok);
-        cp_async16_zfill_s(sV + off, V.p + b * V.sb + kh * V.sh + row * V.st + cc * 8, ok);
+    if (tid == 0) {
+        mbar_init(bKV, 1);
+        for (int s = 0; s < NST; s++) {
+            mbar_init(bF + 8 * s, 1);
+            mbar_init(bE + 8 * s, 4 * FB_WG_KW); /* a warp of each consumer warpgroup */
+        }
+        mbar_init_fence();
     }
-    auto load_chunk = [&](int it, int buf) {
-        int h = h0 + it / nq, q0 = (qs0 + it % nq) * QC;
-        uint32_t cq = sC + buf * 2 * CB;
-        for (int x = tid; x < QC * CH; x += NT) {
-            int r = x / CH, cc = x % CH, t = q0 + r;
-            bool ok = t < T;
-            uint32_t off = (cc >> 3) * (QC * 128) + swz128(r, cc & 7);
-            size_t row = (size_t)(ok ? t : 0);
-            cp_async16_zfill_s(cq + off, Q.p + b * Q.sb + h * Q.sh + row * Q.st + cc * 8, ok);
-            cp_async16_zfill_s(cq + CB + off, O.p + b * O.sb + h * O.sh + row * O.st + cc * 8, ok);
-        }
-        if (tid < 32) { /* 16 x 16 bytes of lse2, then of delta */
-            size_t z = (size_t)b * H + h;
-            const float *src = (tid < 16 ? lse2 : delta) + z * Tp + q0;
-            int o = (tid & 15) * 4;
-            cp_async16(fl + buf * 2 * QC + (tid < 16 ? 0 : QC) + o, src + o);
-        }
-        cp_async_commit();
-    };
-    load_chunk(0, 0);
-    if (nit > 1) load_chunk(1, 1);
-    else cp_async_commit();
+    __syncthreads();
 
+    if (wg == 0) { /* producer */
+        regs_dec<24>();
+        if (warp == 0 && lane == 0) {
+            mbar_expect(bKV, 2 * KVB);
+            for (int p = 0; p < HP; p++)
+                for (int w = 0; w < KT / 64; w++) {
+                    uint32_t o = p * (KT * 128) + w * (64 * 128);
+                    tma_load4(sK + o, &tk, 64 * p, j * KT + 64 * w, kh, b, bKV);
+                    tma_load4(sV + o, &tv, 64 * p, j * KT + 64 * w, kh, b, bKV);
+                }
+            for (int it = 0; it < nit; it++) {
+                int s = it % NST, h = h0 + it / nq, q0 = (qs0 + it % nq) * QC;
+                if (it >= NST) mbar_wait(bE + 8 * s, ((it / NST) - 1) & 1); /* the consumers released its last use */
+                uint32_t cq = sC + s * 2 * CB, bar = bF + 8 * s;
+                mbar_expect(bar, 2 * CB + FLB);
+                for (int p = 0; p < HP; p++) {
+                    tma_load4(cq + p * (QC * 128), &tq, 64 * p, q0, h, b, bar);
+                    tma_load4(cq + CB + p * (QC * 128), &to, 64 * p, q0, h, b, bar);
+                }
+                size_t z = ((size_t)b * H + h) * Tp + q0;
+                bulk_load(sF + s * FLB, lse2 + z, QC * 4, bar);
+                bulk_load(sF + s * FLB + QC * 4, delta + z, QC * 4, bar);
+            }
+        }
+        return;
+    }
+    regs_inc<240>();
+    const int cw = wg - 1, kw = j * KT + 64 * cw; /* the warpgroup's first key */
     float dK[HD / 2], dV[HD / 2];
 #pragma unroll
     for (int i = 0; i < HD / 2; i++) dK[i] = dV[i] = 0.0f;
     const int key0 = kw + 16 * warp + g, key1 = key0 + 8; /* the thread's two keys */
+    int prev = -1;                                        /* the stage whose dK product is still in flight */
+    auto release = [&](int s) {
+        if (s >= 0 && lane == 0) mbar_arrive(bE + 8 * s);
+    };
+    mbar_wait(bKV, 0);
     for (int it = 0; it < nit; it++) {
-        int buf = it % NST, q0 = (qs0 + it % nq) * QC;
-        cp_async_wait<1>(); /* chunk it (it + 1 may still be in flight) */
-        fence_proxy_async();
-        __syncthreads();
-        if (it + 2 < nit) load_chunk(it + 2, (it + 2) % NST); /* its buffer's last products (chunk it - 2) were awaited in it - 1 */
-        else cp_async_commit();
-        if (q0 + QC - 1 < kw) { /* every query of the chunk is before this warpgroup's keys; its products in flight */
-            wg_wait<0>();      /* finish before their chunk's buffer is loaded again */
+        int s = it % NST, q0 = (qs0 + it % nq) * QC;
+        mbar_wait(bF + 8 * s, (it / NST) & 1);
+        if (q0 + QC - 1 < kw) { /* every query of the chunk is before this warpgroup's keys */
+            wg_wait<0>();
+            release(prev);
+            release(s);
+            prev = -1;
             continue;
         }
-        int diag = q0 < kw + 63;        /* the causal edge crosses the chunk */
-        const uint32_t cq = sC + buf * 2 * CB, co = cq + CB;
+        int diag = q0 < kw + 63; /* the causal edge crosses the chunk */
+        const uint32_t cq = sC + s * 2 * CB, co = cq + CB;
         float st[QC / 2], dp[QC / 2];
 #pragma unroll
         for (int i = 0; i < QC / 2; i++) st[i] = dp[i] = 0.0f;
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
-            uint32_t ka = (kk >> 2) * (KT * 128) + wg * 64 * 128 + (kk & 3) * 32, kb_ = (kk >> 2) * (QC * 128) + (kk & 3) * 32;
+            uint32_t ka = (kk >> 2) * (KT * 128) + cw * 64 * 128 + (kk & 3) * 32, kb_ = (kk >> 2) * (QC * 128) + (kk & 3) * 32;
             wgmma_ss_n64(st, wg_desc(sK + ka, 16, 1024), wg_desc(cq + kb_, 16, 1024), kk > 0);
         }
         wg_commit();
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
-            uint32_t ka = (kk >> 2) * (KT * 128) + wg * 64 * 128 + (kk & 3) * 32, kb_ = (kk >> 2) * (QC * 128) + (kk & 3) * 32;
+            uint32_t ka = (kk >> 2) * (KT * 128) + cw * 64 * 128 + (kk & 3) * 32, kb_ = (kk >> 2) * (QC * 128) + (kk & 3) * 32;
             wgmma_ss_n64(dp, wg_desc(sV + ka, 16, 1024), wg_desc(co + kb_, 16, 1024), kk > 0);
         }
         wg_commit();
         wg_wait<1>(); /* S^T (and the last chunk's dV / dK products); dP^T still running */
+        release(prev);
         wg_reg_fence(st);
-        const float *ls = fl + buf * 2 * QC, *dl = ls + QC;
+        const float *ls = fl + s * 2 * QC, *dl = ls + QC;
         uint32_t pa[QC / 16][4], da[QC / 16][4];
 #pragma unroll
         for (int n = 0; n < QC / 8; n++) { /* P^T, kept in st for dS^T */
@@ -551,6 +567,7 @@ __global__ void __launch_bounds__(FB_WG_KW * 128, 1) fb_dkdv_wg_k(float *dk, flo
             else wgmma_rs_n64_t(dK, da[kc], dQ_);
         }
         wg_commit();
+        prev = s;
     }
     wg_wait<0>();
     wg_reg_fence(dV);
@@ -672,75 +689,92 @@ __global__ void __launch_bounds__(WARPS * 32, FB_MINB_B(HD, B16)) fb_dq_k(float 
     fb_store_dq<HD>(acc, dq, dq16, b, T, H, h, tw + g, tw + g + 8, c, scale, pos, inv_freq);
 }
 
-/* Kernel B on Hopper (sm_90a): one block of FB_WG_QW(HD) warpgroups per (64 * that queries, head,
- * sequence), each warpgroup owning 64 query rows (Q, dO in shared memory for the whole loop); key tiles of 64 (K, V) in
- * FB_WG_QST stages (hd 128: four, loaded two ahead; hd 64: three, one ahead, which keeps three blocks an SM). S = Q K^T
- * and dP = dO V^T from shared memory (separate commit groups: P is exponentiated while dP runs), dQ += dS K with dS
- * from registers and K by a transposed descriptor, still running while the next tile's S and dP are issued. */
+/* Kernel B on Hopper (sm_90a), warp-specialised as kernel A: one block per (FB_WG_QB(HD) query rows, head,
+ * sequence); a producer warpgroup loads the block's Q and dO once and the key tiles of 64 (K, V) by TMA
+ * into FB_WG_QST stages; FB_WG_QNC consumer warpgroups of 64 query rows each (those past the padded rows
+ * stay idle) take the tiles up to their diagonal at their own pace and release the rest unread. S = Q K^T
+ * and dP = dO V^T from shared memory (separate commit groups: P is exponentiated while dP runs), dQ += dS K
+ * with dS from registers and K by a transposed descriptor, still running while the next tile's S and dP
+ * are issued. */
 template <int HD, int G16>
-__global__ void __launch_bounds__(FB_WG_QW(HD) * 128, 1) fb_dq_wg_k(float *dq, fb_rows Q, fb_rows O, fb_rows K, fb_rows V, const float *lse2,
-                                                     const float *delta, int T, int Tp, int H, int KVH, float scale, float sl2,
-                                                     const int32_t *pos, const float *inv_freq, uint16_t *dq16) {
+__global__ void __launch_bounds__((FB_WG_QNC(HD) + 1) * 128, 1)
+    fb_dq_wg_k(float *dq, const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap to, const __grid_constant__ CUtensorMap tk,
+               const __grid_constant__ CUtensorMap tv, const float *lse2, const float *delta, int T, int Tp, int H, int KVH, float scale,
+               float sl2, const int32_t *pos, const float *inv_freq, uint16_t *dq16) {
 #if AV_WGMMA
-    constexpr int QB = FB_WG_QB(HD), KC = FB_T, CH = HD / 8, NT = FB_WG_QW(HD) * 128, NST = FB_WG_QST(HD), AHEAD = NST - 2; /* tiles loading ahead: 1 or 2 */
+    constexpr int NC = FB_WG_QNC(HD), QB = 64 * NC, KC = FB_T, NST = FB_WG_QST, HP = HD / 64;
     constexpr uint32_t QBY = QB * HD * 2, TB = KC * HD * 2; /* bytes: Q (or dO) of the block, a K (or V) tile */
     extern __shared__ __align__(16) unsigned char fb_wg_smem[];
-    uint32_t raw = (uint32_t)__cvta_generic_to_shared(fb_wg_smem), sbase = (raw + 1023u) & ~1023u;
-    const uint32_t sQ = sbase, sO = sQ + QBY, sT = sO + QBY; /* tiles: [NST][K | V] */
+    __shared__ __align__(8) uint64_t bars[1 + 2 * NST];
+    uint32_t raw = (uint32_t)__cvta_generic_to_shared(fb_wg_smem), sQ = (raw + 1023u) & ~1023u;
+    const uint32_t sO = sQ + QBY, sT = sO + QBY; /* tiles: [NST][K | V] */
+    const uint32_t bQ = (uint32_t)__cvta_generic_to_shared(bars), bF = bQ + 8, bE = bF + 8 * NST;
     int h = blockIdx.x, b = blockIdx.y, qt = gridDim.z - 1 - blockIdx.z, kh = h / (H / KVH);
     int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c = lane & 3;
-    int t0 = qt * QB, tw = t0 + 64 * wg;       /* the block's / the warpgroup's first row */
-    int nkt = min(Tp, t0 + QB) / KC;            /* key tiles the block's rows see */
-    int wkt = tw < Tp ? (tw + 63) / KC + 1 : 0; /* key tiles this warpgroup's rows see */
-    wkt = min(wkt, nkt);
-
-    for (int x = tid; x < QB * CH; x += NT) {
-        int r = x / CH, cc = x % CH, t = t0 + r;
-        bool ok = t < T;
-        uint32_t off = (cc >> 3) * (QB * 128) + swz128(r, cc & 7);
-        size_t row = (size_t)(ok ? t : 0);
-        cp_async16_zfill_s(sQ + off, Q.p + b * Q.sb + h * Q.sh + row * Q.st + cc * 8, ok);
-        cp_async16_zfill_s(sO + off, O.p + b * O.sb + h * O.sh + row * O.st + cc * 8, ok);
-    }
-    auto load_tile = [&](int j, int buf) {
-        uint32_t tk = sT + buf * 2 * TB;
-        for (int x = tid; x < KC * CH; x += NT) {
-            int r = x / CH, cc = x % CH, s = j * KC + r;
-            bool ok = s < T;
-            uint32_t off = (cc >> 3) * (KC * 128) + swz128(r, cc & 7);
-            size_t row = (size_t)(ok ? s : 0);
-            cp_async16_zfill_s(tk + off, K.p + b * K.sb + kh * K.sh + row * K.st + cc * 8, ok);
-            cp_async16_zfill_s(tk + TB + off, V.p + b * V.sb + kh * V.sh + row * V.st + cc * 8, ok);
+    int t0 = qt * QB, nact = min(NC, (Tp - t0) / 64); /* the block's first row; consumers with rows before Tp */
+    int nkt = min(Tp, t0 + QB) / KC;                  /* key tiles the block's rows see */
+    if (tid == 0) {
+        mbar_init(bQ, 1);
+        for (int s = 0; s < NST; s++) {
+            mbar_init(bF + 8 * s, 1);
+            mbar_init(bE + 8 * s, 4 * nact); /* a warp of each active consumer warpgroup */
         }
-        cp_async_commit();
-    };
-    load_tile(0, 0);
-    if constexpr (AHEAD == 2) { /* one commit group a tile, empty past the last */
-        if (nkt > 1) load_tile(1, 1);
-        else cp_async_commit();
+        mbar_init_fence();
     }
+    __syncthreads();
 
+    if (wg == 0) { /* producer */
+        regs_dec<24>();
+        if (warp == 0 && lane == 0) {
+            mbar_expect(bQ, 2 * nact * 64 * HD * 2);
+            for (int p = 0; p < HP; p++)
+                for (int w = 0; w < nact; w++) {
+                    uint32_t o = p * (QB * 128) + w * (64 * 128);
+                    tma_load4(sQ + o, &tq, 64 * p, t0 + 64 * w, h, b, bQ);
+                    tma_load4(sO + o, &to, 64 * p, t0 + 64 * w, h, b, bQ);
+                }
+            for (int j = 0; j < nkt; j++) {
+                int s = j % NST;
+                if (j >= NST) mbar_wait(bE + 8 * s, ((j / NST) - 1) & 1); /* the consumers released its last use */
+                uint32_t tk_ = sT + s * 2 * TB, bar = bF + 8 * s;
+                mbar_expect(bar, 2 * TB);
+                for (int p = 0; p < HP; p++) {
+                    tma_load4(tk_ + p * (KC * 128), &tk, 64 * p, j * KC, kh, b, bar);
+                    tma_load4(tk_ + TB + p * (KC * 128), &tv, 64 * p, j * KC, kh, b, bar);
+                }
+            }
+        }
+        return;
+    }
+    regs_inc<NC == 2 ? 240 : 160>();
+    const int cw = wg - 1, tw = t0 + 64 * cw; /* the warpgroup's first row */
+    if (cw >= nact) return;
+    int wkt = tw / KC + 1; /* key tiles this warpgroup's rows see */
     int r0 = tw + 16 * warp + g, r1 = r0 + 8; /* the thread's rows */
     size_t z = (size_t)b * H + h;
-    float l0 = lse2[z * Tp + min(r0, Tp - 1)], l1 = lse2[z * Tp + min(r1, Tp - 1)];
-    float d0 = delta[z * Tp + min(r0, Tp - 1)], d1 = delta[z * Tp + min(r1, Tp - 1)];
+    float l0 = lse2[z * Tp + r0], l1 = lse2[z * Tp + r1];
+    float d0 = delta[z * Tp + r0], d1 = delta[z * Tp + r1];
     float acc[HD / 2];
 #pragma unroll
     for (int i = 0; i < HD / 2; i++) acc[i] = 0.0f;
-    const uint32_t qw = sQ + wg * 64 * 128, ow = sO + wg * 64 * 128;
+    const uint32_t qw = sQ + cw * 64 * 128, ow = sO + cw * 64 * 128;
+    int prev = -1; /* the stage whose dQ product is still in flight */
+    auto release = [&](int s) {
+        if (s >= 0 && lane == 0) mbar_arrive(bE + 8 * s);
+    };
+    mbar_wait(bQ, 0);
     for (int j = 0; j < nkt; j++) {
-        int buf = j % NST, s0 = j * KC;
-        cp_async_wait<AHEAD - 1>(); /* tile j (the later ones may still be in flight) */
-        fence_proxy_async();
-        __syncthreads();
-        if (j + AHEAD < nkt) load_tile(j + AHEAD, (j + AHEAD) % NST); /* its buffer's last products (tile j + AHEAD - NST) were awaited */
-        else if constexpr (AHEAD == 2) cp_async_commit();
-        if (j >= wkt) { /* every key of the tile is past this warpgroup's rows; its products in flight */
-            wg_wait<0>(); /* finish before their tile's buffer is loaded again */
+        int sg = j % NST, s0 = j * KC;
+        mbar_wait(bF + 8 * sg, (j / NST) & 1);
+        if (j >= wkt) { /* every key of the tile is past this warpgroup's rows */
+            wg_wait<0>();
+            release(prev);
+            release(sg);
+            prev = -1;
             continue;
         }
         int diag = s0 + KC - 1 > tw;
-        const uint32_t tk = sT + buf * 2 * TB, tv = tk + TB;
+        const uint32_t tk_ = sT + sg * 2 * TB, tv_ = tk_ + TB;
         float sc[KC / 2], dp[KC / 2];
 #pragma unroll
         for (int i = 0; i < KC / 2; i++) sc[i] = dp[i] = 0.0f;
@@ -748,16 +782,17 @@ __global__ void __launch_bounds__(FB_WG_QW(HD) * 128, 1) fb_dq_wg_k(float *dq, f
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
             uint32_t oa = (kk >> 2) * (QB * 128) + (kk & 3) * 32, ob_ = (kk >> 2) * (KC * 128) + (kk & 3) * 32;
-            wgmma_ss_n64(sc, wg_desc(qw + oa, 16, 1024), wg_desc(tk + ob_, 16, 1024), kk > 0);
+            wgmma_ss_n64(sc, wg_desc(qw + oa, 16, 1024), wg_desc(tk_ + ob_, 16, 1024), kk > 0);
         }
         wg_commit();
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
             uint32_t oa = (kk >> 2) * (QB * 128) + (kk & 3) * 32, ob_ = (kk >> 2) * (KC * 128) + (kk & 3) * 32;
-            wgmma_ss_n64(dp, wg_desc(ow + oa, 16, 1024), wg_desc(tv + ob_, 16, 1024), kk > 0);
+            wgmma_ss_n64(dp, wg_desc(ow + oa, 16, 1024), wg_desc(tv_ + ob_, 16, 1024), kk > 0);
         }
         wg_commit();
         wg_wait<1>(); /* S (and the last tile's dQ products); dP still running */
+        release(prev);
         wg_reg_fence(sc);
 #pragma unroll
         for (int n = 0; n < KC / 8; n++) { /* P, in place */
@@ -779,11 +814,12 @@ __global__ void __launch_bounds__(FB_WG_QW(HD) * 128, 1) fb_dq_wg_k(float *dq, f
         wg_fence();
 #pragma unroll
         for (int kc = 0; kc < KC / 16; kc++) {
-            uint64_t dk_ = wg_desc_mn(tk + kc * 2048, KC * 128, 1024);
+            uint64_t dk_ = wg_desc_mn(tk_ + kc * 2048, KC * 128, 1024);
             if constexpr (HD == 128) wgmma_rs_n128_t(acc, da[kc], dk_);
             else wgmma_rs_n64_t(acc, da[kc], dk_);
         }
         wg_commit();
+        prev = sg;
     }
     wg_wait<0>();
     wg_reg_fence(acc);
@@ -847,13 +883,18 @@ __global__ void fb_reduce_rope_k(float *dk, float *dv, const float *pk, const fl
 
 /* The Hopper kernels (fb_dkdv_wg_k, fb_dq_wg_k): the rows where they lie (B16) or as the pre-pass wrote them.
  * G16 (the bf16-gradient entry): ob is the caller's bf16 dout rows, and the gradients go to o16 only
- * (dK/dV through f32 shares and the reduction when nsplit > 1). */
+ * (dK/dV through f32 shares and the reduction when nsplit > 1). -1 where a tensor map cannot be made
+ * (a base or stride not a 16-byte multiple). */
+static int fb_map(CUtensorMap *m, fb_rows r, int T, int heads, int B, int hd) {
+    uint64_t dims[4] = {(uint64_t)hd, (uint64_t)T, (uint64_t)heads, (uint64_t)B}, strides[3] = {r.st, r.sh, r.sb};
+    return tma_map_bf16_nd(m, r.p, 4, dims, strides, 64);
+}
 template <int HD, int B16, int G16>
-static void fb_launch_wg(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
-                         const __nv_bfloat16 *vb, const float *lse2, const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit,
-                         size_t part_n, float scale, float kscale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16) {
+static int fb_launch_wg(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
+                        const __nv_bfloat16 *vb, const float *lse2, const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit,
+                        size_t part_n, float scale, float kscale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16) {
     size_t smem_a = (size_t)2 * FB_WG_KT * HD * 2 + (size_t)FB_WG_NST * (2 * FB_T * HD * 2 + 2 * FB_T * sizeof(float)) + 1024;
-    size_t smem_b = (size_t)2 * FB_WG_QB(HD) * HD * 2 + (size_t)FB_WG_QST(HD) * 2 * FB_T * HD * 2 + 1024;
+    size_t smem_b = (size_t)2 * FB_WG_QB(HD) * HD * 2 + (size_t)FB_WG_QST * 2 * FB_T * HD * 2 + 1024;
     constexpr int GK = G16 ? 1 : 0; /* the dK/dV instantiation writing bf16 (nsplit == 1) */
     static thread_local int set; /* per thread = per device (attributes are per device) */
     if (!set) {
@@ -873,29 +914,31 @@ static void fb_launch_wg(float *dq, float *dk, float *dv, const __nv_bfloat16 *q
     }
     Vr = Kr;
     Vr.p = vb;
+    CUtensorMap mq, mo, mk, mv;
+    if (fb_map(&mq, Qr, T, H, B, HD) || fb_map(&mo, Or, T, H, B, HD) || fb_map(&mk, Kr, T, KVH, B, HD) || fb_map(&mv, Vr, T, KVH, B, HD)) return -1;
     float sl = B16 ? sl2 : 1.0f; /* the pre-pass's q rows come scaled to log2 units */
     cudaStream_t st = av_cuda_stream();
     dim3 ga(KVH * nsplit, B, Tp / FB_WG_KT);
     if (G16 && nsplit == 1)
-        fb_dkdv_wg_k<HD, GK><<<ga, FB_WG_KW * 128, smem_a, st>>>(dk, dv, Qr, Or, Kr, Vr, lse2, delta, T, Tp, H, KVH, nsplit, part_n, kscale, sl, pos,
-                                                               inv_freq, o16);
+        fb_dkdv_wg_k<HD, GK><<<ga, (FB_WG_KW + 1) * 128, smem_a, st>>>(dk, dv, mq, mo, mk, mv, lse2, delta, T, Tp, H, KVH, nsplit, part_n, kscale, sl,
+                                                                     pos, inv_freq, o16);
     else
-        fb_dkdv_wg_k<HD, 0><<<ga, FB_WG_KW * 128, smem_a, st>>>(dk, dv, Qr, Or, Kr, Vr, lse2, delta, T, Tp, H, KVH, nsplit, part_n, kscale, sl, pos,
-                                                              inv_freq, o16);
+        fb_dkdv_wg_k<HD, 0><<<ga, (FB_WG_KW + 1) * 128, smem_a, st>>>(dk, dv, mq, mo, mk, mv, lse2, delta, T, Tp, H, KVH, nsplit, part_n, kscale, sl,
+                                                                    pos, inv_freq, o16);
     AV_CU_LAUNCHED("flash attention backward dk/dv");
-    fb_dq_wg_k<HD, G16><<<dim3(H, B, Tp / FB_WG_QB(HD)), FB_WG_QW(HD) * 128, smem_b, st>>>(dq, Qr, Or, Kr, Vr, lse2, delta, T, Tp, H, KVH, scale, sl, pos,
-                                                                                      inv_freq, o16.dq);
+    fb_dq_wg_k<HD, G16><<<dim3(H, B, av_cdiv(Tp, FB_WG_QB(HD))), (FB_WG_QNC(HD) + 1) * 128, smem_b, st>>>(dq, mq, mo, mk, mv, lse2, delta, T, Tp, H,
+                                                                                                         KVH, scale, sl, pos, inv_freq, o16.dq);
     AV_CU_LAUNCHED("flash attention backward dq");
+    return 0;
 }
 
 template <int HD, int B16, int G16>
-static void fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
+static int fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
                       const __nv_bfloat16 *vb, const float *lse2, const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit,
                       size_t part_n, float scale, float kscale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16) {
-    if (av_cuda_flash_wgmma_ok()) {
-        fb_launch_wg<HD, B16, G16>(dq, dk, dv, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16);
-        return;
-    }
+    if (av_cuda_flash_wgmma_ok())
+        return fb_launch_wg<HD, B16, G16>(dq, dk, dv, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq,
+                                          o16);
     if constexpr (!G16 && (HD == 64 || !B16)) { /* (the bf16 entries refuse head dim 128, and bf16 gradients, off Hopper) */
         constexpr int KS = HD + FA_PAD, W = FB_WARPS(HD);
         size_t smem_a = (size_t)(2 * 16 * W * KS + 2 * 2 * FB_T * KS) * sizeof(__nv_bfloat16) + 4 * FB_T * sizeof(float);
@@ -914,6 +957,7 @@ static void fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, 
                                                                                   pos, inv_freq, o16.dq);
         AV_CU_LAUNCHED("flash attention backward dq");
     }
+    return 0;
 }
 
 /* Query-head shares per KV head for kernel A: split (a power of two dividing the group) until the
@@ -938,8 +982,7 @@ static int fb_backward(float *dq, float *dk, float *dv, const void *dout, const 
     if ((hd != 64 && hd != 128) || KVH <= 0 || H % KVH) return -1;
     if (B <= 0 || T <= 0) return 0;
     int wgk = av_cuda_flash_wgmma_ok(), kblk = wgk ? FB_WG_KT : 16 * (hd == 128 ? FB_WARPS(128) : FB_WARPS(64)); /* keys a dK/dV block */
-    int align = kblk > FB_T ? kblk : FB_T;
-    if (wgk && FB_WG_QB(hd) > align) align = FB_WG_QB(hd); /* whole dQ blocks too */
+    int align = kblk > FB_T ? kblk : FB_T; /* (the Hopper dQ kernel takes a last block of fewer rows) */
     int Tp = (T + align - 1) / align * align, nsplit = fb_nsplit(Tp / kblk * KVH * B, H / KVH); /* Tp: whole key blocks */
     size_t nq = (size_t)B * H * Tp * hd, nk = (size_t)B * KVH * Tp * hd, nr = (size_t)B * H * Tp;
     size_t part_n = nsplit > 1 ? (size_t)B * T * KVH * hd : 0; /* floats of one share's dk (or dv) */
@@ -972,10 +1015,10 @@ static int fb_backward(float *dq, float *dk, float *dv, const void *dout, const 
     if (G16) o16 = g16;
     else if (pos && d16) o16 = {d16, d16 + (size_t)B * T * H * hd, d16 + (size_t)B * T * (H + KVH) * hd};
     float kscale = B16 ? scale : scale / sl2; /* dK from Q as the kernels read it (f32 entry: pre-scaled rows) */
-    if (hd == 64)
-        fb_launch<64, B16, G16>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16);
-    else /* the bf16 entry has head dim 128 on Hopper only */
-        fb_launch<128, B16, G16>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16);
+    int rc = hd == 64 /* the bf16 entry has head dim 128 on Hopper only */
+                 ? fb_launch<64, B16, G16>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16)
+                 : fb_launch<128, B16, G16>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16);
+    if (rc) return rc;
     if (nsplit > 1 && pos) {
         fb_reduce_rope_k<<<av_cdiv(part_n / 2, 256), 256, 0, st>>>(dk, dv, pk, pv, part_n / 2, nsplit, KVH, hd, pos, inv_freq, o16);
         AV_CU_LAUNCHED("flash attention backward reduce");

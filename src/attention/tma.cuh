@@ -39,6 +39,18 @@ static __device__ __forceinline__ void tma_load3(uint32_t dst, const CUtensorMap
                  "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
                  : "memory");
 }
+/* the same for a 4-d tensor map (columns, rows, heads, sequences) */
+static __device__ __forceinline__ void tma_load4(uint32_t dst, const CUtensorMap *map, int c0, int c1, int c2, int c3, uint32_t bar) {
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+                 "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+                 : "memory");
+}
+/* `bytes` (a multiple of 16, both addresses 16-byte aligned) from global src into shared dst, counted on bar */
+static __device__ __forceinline__ void bulk_load(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst), "l"(src), "r"(bytes),
+                 "r"(bar)
+                 : "memory");
+}
 /* named barrier `id` (1..15; 0 is __syncthreads') over `n` threads: wait, or only arrive */
 static __device__ __forceinline__ void named_sync(uint32_t id, uint32_t n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
 static __device__ __forceinline__ void named_arrive(uint32_t id, uint32_t n) { asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
@@ -63,19 +75,30 @@ static inline PFN_cuTensorMapEncodeTiled_v12000 tma_encoder(void) {
     return encode;
 }
 
-/* Tensor map of a bf16 tensor of nb batches x rows x cols (row stride ld, batch stride bs, in elements)
- * read in boxes of 64 columns (128 bytes: the swizzle's row) x box_rows rows; rows past `rows` read as
- * zeros. Returns 0 on success, -1 where the driver has no TMA or the base or strides are not 16-byte
- * multiples (then the caller takes another kernel). */
-static inline int tma_map_bf16(CUtensorMap *map, const void *base, uint64_t cols, uint64_t rows, uint64_t nb, uint64_t ld, uint64_t bs,
-                               uint32_t box_rows) {
+/* Tensor map of a bf16 tensor of `rank` (3 or 4) dimensions, dims[0] columns first, strides[i] (in elements)
+ * of dims[i + 1], read in boxes of 64 columns (128 bytes: the swizzle's row) x box_rows rows (dims[1]) x 1
+ * of the rest; rows past dims[1] read as zeros. Returns 0 on success, -1 where the driver has no TMA or the
+ * base or strides are not 16-byte multiples (then the caller takes another kernel or reports it). */
+static inline int tma_map_bf16_nd(CUtensorMap *map, const void *base, int rank, const uint64_t *dims, const uint64_t *strides, uint32_t box_rows) {
     PFN_cuTensorMapEncodeTiled_v12000 encode = tma_encoder();
-    if (!encode || ((uintptr_t)base & 15) || (ld * 2) % 16 || (bs * 2) % 16) return -1;
-    cuuint64_t dims[3] = {cols, rows, nb}, strides[2] = {ld * 2, bs * 2};
-    cuuint32_t box[3] = {64, box_rows, 1}, step[3] = {1, 1, 1};
-    return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, (void *)base, dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
+    if (!encode || ((uintptr_t)base & 15)) return -1;
+    cuuint64_t d[4], st[3];
+    cuuint32_t box[4] = {64, box_rows, 1, 1}, step[4] = {1, 1, 1, 1};
+    for (int i = 0; i < rank; i++) d[i] = dims[i];
+    for (int i = 0; i + 1 < rank; i++) {
+        if ((strides[i] * 2) % 16) return -1;
+        st[i] = strides[i] * 2;
+    }
+    return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank, (void *)base, d, st, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
                   CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS
                ? 0
                : -1;
+}
+
+/* nb batches x rows x cols (row stride ld, batch stride bs, in elements) */
+static inline int tma_map_bf16(CUtensorMap *map, const void *base, uint64_t cols, uint64_t rows, uint64_t nb, uint64_t ld, uint64_t bs,
+                               uint32_t box_rows) {
+    uint64_t dims[3] = {cols, rows, nb}, strides[2] = {ld, bs};
+    return tma_map_bf16_nd(map, base, 3, dims, strides, box_rows);
 }
 #endif
