@@ -12,7 +12,8 @@
  *   kernel B: one block per (16 * FB_WARPS queries, head, sequence); each warp owns 16 queries and
  *             loops over the 64-key tiles up to the diagonal: S, P, dP = dO V^T, dS, dQ += dS K.
  *   On Hopper (sm_90a) fb_dkdv_wg_k and fb_dq_wg_k run the same two passes on warpgroup tensor cores
- *             (wgmma), reading Q / dO / K / V rows from shared memory in the 128-byte swizzle.
+ *             (wgmma), warp-specialised: a producer warpgroup loads Q / dO / K / V rows by TMA into
+ *             shared memory (128-byte swizzle), consumer warpgroups run the products.
  * Every gradient element has one writer and a fixed summation order: deterministic, no atomics.
  * When there are too few (key tile, KV head, sequence) blocks to fill the GPU, kernel A splits a
  * group's query heads over several blocks writing partial sums, added in a fixed order after. */

@@ -1,6 +1,7 @@
 /* Hopper (sm_90a) warpgroup tensor-core products (wgmma) for the flash attention kernels: shared-memory
- * matrix descriptors for 128-byte-swizzled tiles, the fences, and the four m64nNk16 bf16 -> f32 products
- * they use (m64n64, m64n128 with both operands from shared memory; m64n64, m64n128 with A from registers).
+ * matrix descriptors for 128-byte-swizzled tiles, the fences, and the m64nNk16 bf16 -> f32 products they
+ * use (m64n64, m64n128 with both operands from shared memory; m64n64 with A from registers and B K-major
+ * or MN-major, m64n128 with A from registers and B MN-major).
  * A warpgroup is 4 consecutive warps starting at a warp index divisible by 4; warp w of it owns
  * rows 16w..16w+15 of the 64-row product, and its accumulator registers are mma.m16n8k16's C fragment
  * repeated over the N / 8 column groups: d[4j + 0, 1] row g, cols 8j + 2c, +1; d[4j + 2, 3] row g + 8
