@@ -502,19 +502,8 @@ __global__ void __launch_bounds__((FB_WG_KW + 1) * 128, 1)
     constexpr int KR = HD == 64;
     uint32_t kf[KR ? HD / 16 : 1][4], vf[KR ? HD / 16 : 1][4];
     if constexpr (KR) {
-        const unsigned char *kp = fb_wg_smem + (sK - raw), *vp = fb_wg_smem + (sV - raw);
-        int rk = cw * 64 + 16 * warp + g;
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) {
-            kf[kk][0] = *reinterpret_cast<const uint32_t *>(kp + swz128(rk, 2 * kk) + 4 * c);
-            kf[kk][1] = *reinterpret_cast<const uint32_t *>(kp + swz128(rk + 8, 2 * kk) + 4 * c);
-            kf[kk][2] = *reinterpret_cast<const uint32_t *>(kp + swz128(rk, 2 * kk + 1) + 4 * c);
-            kf[kk][3] = *reinterpret_cast<const uint32_t *>(kp + swz128(rk + 8, 2 * kk + 1) + 4 * c);
-            vf[kk][0] = *reinterpret_cast<const uint32_t *>(vp + swz128(rk, 2 * kk) + 4 * c);
-            vf[kk][1] = *reinterpret_cast<const uint32_t *>(vp + swz128(rk + 8, 2 * kk) + 4 * c);
-            vf[kk][2] = *reinterpret_cast<const uint32_t *>(vp + swz128(rk, 2 * kk + 1) + 4 * c);
-            vf[kk][3] = *reinterpret_cast<const uint32_t *>(vp + swz128(rk + 8, 2 * kk + 1) + 4 * c);
-        }
+        wg_afrag_rows<HD>(kf, fb_wg_smem + (sK - raw), KT * 128, cw * 64 + 16 * warp + g, c);
+        wg_afrag_rows<HD>(vf, fb_wg_smem + (sV - raw), KT * 128, cw * 64 + 16 * warp + g, c);
     }
     for (int it = 0; it < nit; it++) {
         int s = it % NST, q0 = (qs0 + it % nq) * QC;
@@ -535,14 +524,14 @@ __global__ void __launch_bounds__((FB_WG_KW + 1) * 128, 1)
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
             uint32_t ka = (kk >> 2) * (KT * 128) + cw * 64 * 128 + (kk & 3) * 32, kb_ = (kk >> 2) * (QC * 128) + (kk & 3) * 32;
-            if constexpr (KR) wgmma_rs_n64(st, kf[KR ? kk : 0], wg_desc(cq + kb_, 16, 1024));
+            if constexpr (KR) wgmma_rs_n64<0>(st, kf[KR ? kk : 0], wg_desc(cq + kb_, 16, 1024));
             else wgmma_ss_n64(st, wg_desc(sK + ka, 16, 1024), wg_desc(cq + kb_, 16, 1024), kk > 0);
         }
         wg_commit();
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
             uint32_t ka = (kk >> 2) * (KT * 128) + cw * 64 * 128 + (kk & 3) * 32, kb_ = (kk >> 2) * (QC * 128) + (kk & 3) * 32;
-            if constexpr (KR) wgmma_rs_n64(dp, vf[KR ? kk : 0], wg_desc(co + kb_, 16, 1024));
+            if constexpr (KR) wgmma_rs_n64<0>(dp, vf[KR ? kk : 0], wg_desc(co + kb_, 16, 1024));
             else wgmma_ss_n64(dp, wg_desc(sV + ka, 16, 1024), wg_desc(co + kb_, 16, 1024), kk > 0);
         }
         wg_commit();
@@ -568,7 +557,7 @@ __global__ void __launch_bounds__((FB_WG_KW + 1) * 128, 1)
         for (int kc = 0; kc < QC / 16; kc++) { /* dV += P^T dO under dP^T and dS^T */
             uint64_t dO_ = wg_desc_mn(co + kc * 2048, QC * 128, 1024);
             if constexpr (HD == 128) wgmma_rs_n128_t(dV, pa[kc], dO_);
-            else wgmma_rs_n64_t(dV, pa[kc], dO_);
+            else wgmma_rs_n64<1>(dV, pa[kc], dO_);
         }
         wg_commit();
         wg_wait<1>(); /* dP^T */
@@ -586,7 +575,7 @@ __global__ void __launch_bounds__((FB_WG_KW + 1) * 128, 1)
         for (int kc = 0; kc < QC / 16; kc++) {
             uint64_t dQ_ = wg_desc_mn(cq + kc * 2048, QC * 128, 1024);
             if constexpr (HD == 128) wgmma_rs_n128_t(dK, da[kc], dQ_);
-            else wgmma_rs_n64_t(dK, da[kc], dQ_);
+            else wgmma_rs_n64<1>(dK, da[kc], dQ_);
         }
         wg_commit();
         /* hd 128: dV awaited here, so its P^T registers are free before the next chunk's S^T, dP^T accumulators are
@@ -793,20 +782,8 @@ __global__ void __launch_bounds__((FB_WG_QNC(HD) + 1) * 128, 1)
     constexpr int QR = HD == 128;
     uint32_t qf[QR ? HD / 16 : 1][4], of[QR ? HD / 16 : 1][4];
     if constexpr (QR) {
-        const unsigned char *qp_ = fb_wg_smem + (sQ - raw), *op_ = fb_wg_smem + (sO - raw);
-        int rq = cw * 64 + 16 * warp + g;
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) {
-            uint32_t o = (kk >> 2) * (QB * 128), c0 = 2 * (kk & 3);
-            qf[kk][0] = *reinterpret_cast<const uint32_t *>(qp_ + o + swz128(rq, c0) + 4 * c);
-            qf[kk][1] = *reinterpret_cast<const uint32_t *>(qp_ + o + swz128(rq + 8, c0) + 4 * c);
-            qf[kk][2] = *reinterpret_cast<const uint32_t *>(qp_ + o + swz128(rq, c0 + 1) + 4 * c);
-            qf[kk][3] = *reinterpret_cast<const uint32_t *>(qp_ + o + swz128(rq + 8, c0 + 1) + 4 * c);
-            of[kk][0] = *reinterpret_cast<const uint32_t *>(op_ + o + swz128(rq, c0) + 4 * c);
-            of[kk][1] = *reinterpret_cast<const uint32_t *>(op_ + o + swz128(rq + 8, c0) + 4 * c);
-            of[kk][2] = *reinterpret_cast<const uint32_t *>(op_ + o + swz128(rq, c0 + 1) + 4 * c);
-            of[kk][3] = *reinterpret_cast<const uint32_t *>(op_ + o + swz128(rq + 8, c0 + 1) + 4 * c);
-        }
+        wg_afrag_rows<HD>(qf, fb_wg_smem + (sQ - raw), QB * 128, cw * 64 + 16 * warp + g, c);
+        wg_afrag_rows<HD>(of, fb_wg_smem + (sO - raw), QB * 128, cw * 64 + 16 * warp + g, c);
     }
     for (int j = 0; j < nkt; j++) {
         int sg = j % NST, s0 = j * KC;
@@ -827,14 +804,14 @@ __global__ void __launch_bounds__((FB_WG_QNC(HD) + 1) * 128, 1)
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
             uint32_t oa = (kk >> 2) * (QB * 128) + (kk & 3) * 32, ob_ = (kk >> 2) * (KC * 128) + (kk & 3) * 32;
-            if constexpr (QR) wgmma_rs_n64(sc, qf[QR ? kk : 0], wg_desc(tk_ + ob_, 16, 1024));
+            if constexpr (QR) wgmma_rs_n64<0>(sc, qf[QR ? kk : 0], wg_desc(tk_ + ob_, 16, 1024));
             else wgmma_ss_n64(sc, wg_desc(qw + oa, 16, 1024), wg_desc(tk_ + ob_, 16, 1024), kk > 0);
         }
         wg_commit();
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
             uint32_t oa = (kk >> 2) * (QB * 128) + (kk & 3) * 32, ob_ = (kk >> 2) * (KC * 128) + (kk & 3) * 32;
-            if constexpr (QR) wgmma_rs_n64(dp, of[QR ? kk : 0], wg_desc(tv_ + ob_, 16, 1024));
+            if constexpr (QR) wgmma_rs_n64<0>(dp, of[QR ? kk : 0], wg_desc(tv_ + ob_, 16, 1024));
             else wgmma_ss_n64(dp, wg_desc(ow + oa, 16, 1024), wg_desc(tv_ + ob_, 16, 1024), kk > 0);
         }
         wg_commit();
@@ -863,7 +840,7 @@ __global__ void __launch_bounds__((FB_WG_QNC(HD) + 1) * 128, 1)
         for (int kc = 0; kc < KC / 16; kc++) {
             uint64_t dk_ = wg_desc_mn(tk_ + kc * 2048, KC * 128, 1024);
             if constexpr (HD == 128) wgmma_rs_n128_t(acc, da[kc], dk_);
-            else wgmma_rs_n64_t(acc, da[kc], dk_);
+            else wgmma_rs_n64<1>(acc, da[kc], dk_);
         }
         wg_commit();
         prev = sg;

@@ -100,7 +100,7 @@ __global__ void __launch_bounds__((NC + 1) * 128, 1)
         for (int kc = 0; kc < BN / 16; kc++) {
             uint64_t dv = wg_desc_mn(sV + st * KBYTES + kc * 2048, BN * 128, 1024);
             if constexpr (HD == 128) wgmma_rs_n128_t(o, pa[kc], dv);
-            else wgmma_rs_n64_t(o, pa[kc], dv);
+            else wgmma_rs_n64<1>(o, pa[kc], dv);
         }
         wg_commit();
     };

@@ -33,6 +33,22 @@
 /* byte offset of 16-byte chunk ch (0..7) of row r in a swizzled 64-column half */
 static __device__ __forceinline__ uint32_t swz128(int r, int ch) { return (uint32_t)(r * 128 + ((ch ^ (r & 7)) << 4)); }
 
+/* A register fragment of the m64 products (as wgmma takes A from registers: mma.m16n8k16's A fragment) read
+ * from a swizzled tile at t: rows r and r + 8, the 16 columns in 16-byte chunks ch and ch + 1 (c = lane % 4) */
+static __device__ __forceinline__ void wg_afrag_ld(uint32_t (&a)[4], const unsigned char *t, int r, int ch, int c) {
+    a[0] = *reinterpret_cast<const uint32_t *>(t + swz128(r, ch) + 4 * c);
+    a[1] = *reinterpret_cast<const uint32_t *>(t + swz128(r + 8, ch) + 4 * c);
+    a[2] = *reinterpret_cast<const uint32_t *>(t + swz128(r, ch + 1) + 4 * c);
+    a[3] = *reinterpret_cast<const uint32_t *>(t + swz128(r + 8, ch + 1) + 4 * c);
+}
+
+/* The A fragments of a warpgroup's 64 rows (row r = 64 * its index + 16 * warp + lane / 4) over all HD
+ * columns of a tile stored as 64-column parts `part` bytes apart: a[kk] for columns 16 kk .. 16 kk + 15 */
+template <int HD> static __device__ __forceinline__ void wg_afrag_rows(uint32_t (&a)[HD / 16][4], const unsigned char *t, uint32_t part, int r, int c) {
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) wg_afrag_ld(a[kk], t + (kk >> 2) * part, r, 2 * (kk & 3), c);
+}
+
 /* 16 bytes global -> shared (a shared-window address), zeros when !ok (gmem must still be valid) */
 static __device__ __forceinline__ void cp_async16_zfill_s(uint32_t s, const void *gmem, bool ok) {
     asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(ok ? 16 : 0));
@@ -63,6 +79,15 @@ template <int N> static __device__ __forceinline__ void wg_reg_fence(float (&d)[
     for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
 
+/* the 32 accumulator registers of an m64n64 product: their names in the asm text, and their operands */
+#define WG_D32_REGS                                                                                                                          \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, "     \
+    "%28, %29, %30, %31"
+#define WG_D32_OPS                                                                                                                           \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                                       \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),                                 \
+    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),                               \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
 /* the 64 accumulator registers of an m64n128 product: their names in the asm text, and their operands */
 #define WG_D64_REGS                                                                                                                          \
     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, "     \
@@ -81,41 +106,20 @@ template <int N> static __device__ __forceinline__ void wg_reg_fence(float (&d)[
 static __device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t a, uint64_t b, int scale_d) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+                 WG_D32_REGS
                  "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : WG_D32_OPS
                  : "l"(a), "l"(b), "r"(scale_d));
 }
 /* D += A B, m64n64k16: A (64 x 16) from registers (per warp mma.m16n8k16's A fragment of its 16 rows), B (16 x 64) from
- * shared memory, MN-major (transposed: stored [k][n]) */
-static __device__ __forceinline__ void wgmma_rs_n64_t(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
+ * shared memory, K-major, or MN-major (TB: transposed, stored [k][n]) */
+template <int TB> static __device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-                 "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(1));
-}
-/* D += A B, m64n64k16: A from registers as wgmma_rs_n64_t, B (16 x 64) from shared memory, K-major */
-static __device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-                 "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(1));
+                 WG_D32_REGS
+                 "}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+                 : WG_D32_OPS
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(1), "n"(TB));
 }
 /* D += A B, m64n128k16: A (64 x 16) from registers (per warp mma.m16n8k16's A fragment of its 16 rows), B (16 x 128) from
  * shared memory, MN-major (transposed: stored [k][n]) */
