@@ -939,7 +939,10 @@ static int fb_launch_wg(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb
     Vr = Kr;
     Vr.p = vb;
     CUtensorMap mq, mo, mk, mv;
-    if (fb_map(&mq, Qr, T, H, B, HD) || fb_map(&mo, Or, T, H, B, HD) || fb_map(&mk, Kr, T, KVH, B, HD) || fb_map(&mv, Vr, T, KVH, B, HD)) return -1;
+    if (fb_map(&mq, Qr, T, H, B, HD) || fb_map(&mo, Or, T, H, B, HD) || fb_map(&mk, Kr, T, KVH, B, HD) || fb_map(&mv, Vr, T, KVH, B, HD)) {
+        av_cuda_note(cudaErrorInvalidValue, "flash attention backward: bf16 rows must be 16-byte aligned"); /* (training ignores the -1) */
+        return -1;
+    }
     float sl = B16 ? sl2 : 1.0f; /* the pre-pass's q rows come scaled to log2 units */
     cudaStream_t st = av_cuda_stream();
     dim3 ga(KVH * nsplit, B, Tp / FB_WG_KT);
