@@ -248,49 +248,65 @@ static void check_llama_tokenize(void) {
     av_tokenizer_free(t);
 }
 
+/* FNV-1a, 64 bits: how the fixtures name a tensor's bytes without holding them */
+static uint64_t fnv1a64(const void *p, size_t n) {
+    const uint8_t *b = p;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
 /* K-quant writing: a tiny-k256 file (de-quantized at load) exported as q4_k / q6_k holds, tensor by
- * tensor, the bytes llama-quantize --allow-requantize --pure wrote from the same file -- except the
- * tensors already of the target type, which llama-quantize copies as they are (anvil re-quantizes
- * their values; Q6_K of Q6_K values is not the identity). */
+ * tensor, the bytes llama-quantize --allow-requantize --pure wrote from the same file (the fixture keeps
+ * each of its tensors' name, type, size and FNV-1a 64 of the bytes) -- except the tensors already of the
+ * target type, which llama-quantize copies as they are (anvil re-quantizes their values; Q6_K of Q6_K
+ * values is not the identity). */
 static void check_k_export(const char *src, const char *outtype, int ggml_type, const char *ref) {
     char path[300];
     snprintf(path, sizeof path, "%s/k256-%s.gguf", tmpdir, outtype);
     av_model *m = NULL;
     av_tokenizer *tok = NULL;
+    cJSON *rj = NULL;
     CHECK_OK(av_model_load(&m, test_fixture(src), av_backend_cpu()));
     CHECK_OK(av_tokenizer_load(&tok, test_fixture(src), 0));
-    if (m && tok) {
+    CHECK_OK(av_json_load(test_fixture(ref), &rj));
+    const cJSON *want = rj ? av_json_get(rj, "tensors") : NULL;
+    CHECK(!rj || (want && cJSON_IsArray(want)), "%s: no tensors array", ref);
+    if (m && tok && want) {
         av_gguf_export_opts o = {.outtype = av_gguf_outtype_parse(outtype)};
         av_gguf_export_report r;
         CHECK_OK(av_gguf_export(m, tok, path, &o, &r));
         CHECK(r.n_quantized == 8 && r.n_fallback == 0, "%s: %d quantized, %d fallback", outtype, r.n_quantized, r.n_fallback);
-        av_gguf_file a, b;
+        av_gguf_file a;
         if (av_gguf_open(&a, path) == AV_OK) {
             av_gguf_file sf;
             int sok = av_gguf_open(&sf, test_fixture(src)) == AV_OK;
             CHECK(sok, "%s: %s", src, av_last_error());
-            if (av_gguf_open(&b, test_fixture(ref)) == AV_OK) {
-                int bad = 0, nq = 0, copied = 0;
-                for (int i = 0; i < b.n_tensors; i++) {
-                    const av_gguf_tensor *tb = &b.tensors[i], *ta = av_gguf_tensor_find(&a, tb->name), *ts = sok ? av_gguf_tensor_find(&sf, tb->name) : NULL;
-                    nq += tb->type == ggml_type;
-                    if (ts && ts->type == ggml_type) {
-                        copied++;
-                        bad += !(ta && ta->type == tb->type && ta->nbytes == tb->nbytes);
-                        continue;
-                    }
-                    bad += !(ta && ta->type == tb->type && ta->nbytes == tb->nbytes && !memcmp(ta->data, tb->data, tb->nbytes));
+            int bad = 0, nq = 0, copied = 0, n = 0;
+            for (const cJSON *e = want->child; e; e = e->next, n++) {
+                const char *name = av_json_str(e, "name", "");
+                int type = (int)av_json_num(e, "type", -1);
+                size_t nb = (size_t)av_json_num(e, "nbytes", 0);
+                uint64_t h = strtoull(av_json_str(e, "fnv1a64", "0"), NULL, 16);
+                const av_gguf_tensor *ta = av_gguf_tensor_find(&a, name), *ts = sok ? av_gguf_tensor_find(&sf, name) : NULL;
+                nq += type == ggml_type;
+                if (ts && ts->type == ggml_type) {
+                    copied++;
+                    bad += !(ta && ta->type == type && ta->nbytes == nb);
+                    continue;
                 }
-                CHECK(bad == 0 && nq == 8 && a.n_tensors == b.n_tensors, "%s: %d of %d tensors differ from llama-quantize's", outtype, bad, b.n_tensors);
-                printf("%s from %s: %d of %d tensors (%d %s) byte-identical to llama-quantize's (%d already %s there, copied by it)\n",
-                       outtype, src, b.n_tensors - bad - copied, b.n_tensors - copied, nq - copied, av_ggml_type_name(ggml_type), copied,
-                       av_ggml_type_name(ggml_type));
-                av_gguf_close(&b);
+                int ok = ta && ta->type == type && ta->nbytes == nb && fnv1a64(ta->data, nb) == h;
+                if (!ok) fprintf(stderr, "%s: tensor %s differs from llama-quantize's\n", outtype, name);
+                bad += !ok;
             }
+            CHECK(bad == 0 && nq == 8 && a.n_tensors == n, "%s: %d of %d tensors differ from llama-quantize's", outtype, bad, n);
+            printf("%s from %s: %d of %d tensors (%d %s) byte-identical to llama-quantize's (%d already %s there, copied by it)\n", outtype, src,
+                   n - bad - copied, n - copied, nq - copied, av_ggml_type_name(ggml_type), copied, av_ggml_type_name(ggml_type));
             if (sok) av_gguf_close(&sf);
             av_gguf_close(&a);
         }
     }
+    cJSON_Delete(rj);
     av_tokenizer_free(tok);
     av_model_free(m);
 }
@@ -303,8 +319,8 @@ int main(void) {
     check_export();
     check_llama_tokenize();
     check_requant_roundtrip();
-    check_k_export("gguf/tiny-k256-q6_k.gguf", "q4_k", AV_GGML_Q4_K, "gguf/tiny-k256-q6_k-to-q4_k.gguf");
-    check_k_export("gguf/tiny-k256-q5_k_m.gguf", "q6_k", AV_GGML_Q6_K, "gguf/tiny-k256-q5_k_m-to-q6_k.gguf");
+    check_k_export("gguf/tiny-k256-q6_k.gguf", "q4_k", AV_GGML_Q4_K, "gguf/tiny-k256-q6_k-to-q4_k.tensors.json");
+    check_k_export("gguf/tiny-k256-q5_k_m.gguf", "q6_k", AV_GGML_Q6_K, "gguf/tiny-k256-q5_k_m-to-q6_k.tensors.json");
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) printf("could not remove %s\n", tmpdir);
