@@ -7,8 +7,8 @@ need_fixtures
 TOK="$FX/llama2-tokenizer"
 PUB="$FX/tokenize_public.jsonl"
 
-# every line: --jsonl output == hf_ids / sp_ids (spaces removed)
-ids_col() { sed -n "s/.*\"$1\": \(\[[^]]*\]\).*/\1/p" "$PUB" | tr -d ' '; }
+# every line: --jsonl output == hf_ids / sp_ids (spaces removed; a line without sp_ids has the same ids as hf_ids)
+ids_col() { sed -n -e "s/.*\"$1\": \(\[[^]]*\]\).*/\1/p" -e t -e "s/.*\"hf_ids\": \(\[[^]]*\]\).*/\1/p" "$PUB" | tr -d ' '; }
 ids_col hf_ids > "$AV_TMP/want_hf"
 ids_col sp_ids > "$AV_TMP/want_sp"
 if "$ANVIL" tokenize --model "$TOK" --jsonl "$PUB" > "$AV_TMP/got_hf" && cmp -s "$AV_TMP/got_hf" "$AV_TMP/want_hf" \

@@ -193,7 +193,9 @@ static void check_tokens_pre(const char *model, const char *jsonl, const char *k
     while (n < max && av_jsonl_next(&j, &o) > 0) {
         if (pre && strcmp(av_json_str(o, "pre", ""), pre)) { cJSON_Delete(o); continue; }
         const char *text = av_json_str(o, "text", "");
-        int nw = read_ids(av_json_get(o, key), want, 65536), ng;
+        const cJSON *wj = av_json_get(o, key);
+        if (!wj) wj = av_json_get(o, "hf_ids"); /* tokenize_public.jsonl: sp_ids only where they differ */
+        int nw = read_ids(wj, want, 65536), ng;
         int32_t *ids;
         CHECK_OK(av_tokenizer_encode(t, text, strlen(text), 1, &ids, &ng));
         if (ng != nw || memcmp(ids, want, sizeof *ids * (size_t)ng)) {

@@ -51,7 +51,8 @@ static char *stream_all(const av_tokenizer *t, const int32_t *ids, int n) {
 
 static int32_t ids_a[65536], ids_b[65536];
 
-/* Checks every line of a jsonl: encode(text) == ids_key (hf or sp), decode == decoded, stream == decode. */
+/* Checks every line of a jsonl: encode(text) == ids_key (hf or sp; hf_ids where the line has no ids_key), decode ==
+ * decoded (text where the line has none), stream == decode. */
 static void check_jsonl(const av_tokenizer *t, const char *path, const char *ids_key, const char *variant, int check_decode, const char *what) {
     av_jsonl j;
     if (av_jsonl_open(&j, path) != AV_OK) { CHECK(0, "%s", av_last_error()); return; }
@@ -60,7 +61,9 @@ static void check_jsonl(const av_tokenizer *t, const char *path, const char *ids
     while (av_jsonl_next(&j, &o) == 1) {
         if (variant && strcmp(av_json_str(o, "variant", ""), variant)) { cJSON_Delete(o); continue; }
         const char *text = av_json_str(o, "text", "");
-        int ne = ids_of(av_json_get(o, ids_key), ids_a, 65536);
+        const cJSON *ids = av_json_get(o, ids_key);
+        if (!ids) ids = av_json_get(o, "hf_ids"); /* tokenize_public.jsonl: sp_ids only where they differ */
+        int ne = ids_of(ids, ids_a, 65536);
         int32_t *got;
         int ng;
         CHECK_OK(av_tokenizer_encode(t, text, strlen(text), 1, &got, &ng));
@@ -75,7 +78,7 @@ static void check_jsonl(const av_tokenizer *t, const char *path, const char *ids
         }
         free(got);
         if (check_decode) {
-            const char *want = av_json_str(o, "decoded", "");
+            const char *want = av_json_str(o, "decoded", text); /* absent: the text itself */
             char *dec = NULL;
             CHECK_OK(av_tokenizer_decode(t, ids_a, ne, 1, &dec));
             if (!dec || strcmp(dec, want)) {
