@@ -654,9 +654,9 @@ static void launch1(const fz_args &a) {
     /* block shapes measured best per product (H200, bench/gpu_bench parts): q|k|v two pairs per 128
      * threads, the LM head two per 256, o and down (residual products; down has K > 4096) four per 256
      * (fewer, fuller blocks keep more bytes in flight per SM), gate|up one per 128 */
-    if (OUT == AV_GEMV_OUT_ROPE) launch1c<IN, OUT, 128, 2>(a, units);
-    else if (OUT == AV_GEMV_OUT_STORE) launch1c<IN, OUT, 256, 2>(a, units);
-    else if (OUT == AV_GEMV_OUT_ADD) launch1c<IN, OUT, 256, 4>(a, units);
+    if constexpr (OUT == AV_GEMV_OUT_ROPE) launch1c<IN, OUT, 128, 2>(a, units);
+    else if constexpr (OUT == AV_GEMV_OUT_STORE) launch1c<IN, OUT, 256, 2>(a, units);
+    else if constexpr (OUT == AV_GEMV_OUT_ADD) launch1c<IN, OUT, 256, 4>(a, units);
     else launch1c<IN, OUT, 128, 1>(a, units);
 }
 
