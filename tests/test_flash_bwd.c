@@ -1,6 +1,6 @@
 /* Flash training attention on the GPU (flash_attention_forward_batch / _backward_batch: flash.cu,
  * flash_bwd.cu) vs the CPU reference av_attention_forward_batch + av_attention_backward_batch on
- * B 1..3, T in {1, 17, 64, 130, 512}, GQA ratios 1/4/8, head_dim 64 and 128; gradients accumulate
+ * B 1..3, T in {1, 17, 64, 130, 512, 4100}, GQA ratios 1/2/4/8, head_dim 64 and 128; gradients accumulate
  * into non-zero buffers; two runs are bit-identical. Then one LoRA training step of a random
  * head_dim-64 model on the GPU with flash attention vs the CPU and vs the GPU's standard attention,
  * and bit-identical over two runs. The bf16 entry points (q, k, v given in bf16, as training hands
@@ -49,6 +49,7 @@ typedef struct { int B, T, H, KVH, hd; } shape;
 static const shape shapes[] = {
     {1, 1, 4, 4, 64},   {2, 17, 8, 2, 64},   {3, 64, 8, 1, 64},  {1, 130, 4, 4, 64},   {2, 130, 8, 1, 64},  {3, 512, 8, 2, 64},
     {1, 512, 32, 4, 64}, {3, 1, 8, 1, 128},  {2, 17, 4, 4, 128}, {1, 130, 8, 2, 128},  {2, 512, 8, 1, 128},
+    {2, 4100, 4, 2, 64}, /* Hopper's one-pass kernel (hd 64 from 4096 tokens): two heads a block, a partial last chunk */
 };
 
 /* The RoPE mode (positions given): overwrites dq, dk, dv (buffers start as garbage) with the

@@ -428,23 +428,41 @@ struct fb_rows {
 #define FB_WG_NST 4 /* query chunk stages of the dK/dV kernel */
 #define FB_WG_QST 4 /* K/V tile stages of the dQ kernel */
 #define FB_WG_KT (64 * FB_WG_KW) /* keys a dK/dV block */
+#define FB_WG_NSG 2 /* dQ staging buffers of the one-pass kernel */
+#define FB_NW 2     /* its dQ writer threads (one a warp, alternate chunks; one: 1-2% slower at 8192 tokens, session 29) */
 /* consumer warpgroups of the dQ kernel (64 query rows each); hd 64 with two: 2-4% slower (session 25) */
 #define FB_WG_QNC(HD) ((HD) == 128 ? 2 : 3)
 #define FB_WG_QB(HD) (64 * FB_WG_QNC(HD)) /* query rows a dQ block */
-template <int HD, int G16>
+#if AV_WGMMA
+/* The one-pass kernel's dQ product of a chunk, after both consumers' dS^T rows are in shared memory: d = dS K for 64 queries
+ * x the 32 columns of K at k (a consumer's half), over the block's 128 keys. */
+static __device__ __forceinline__ void fb_issue_dq(float (&d)[16], uint32_t ds, uint32_t k) {
+    fence_proxy_async();
+    named_sync(1, 2 * 128);
+    wg_reg_fence(d);
+    wg_fence();
+#pragma unroll
+    for (int kc = 0; kc < FB_WG_KT / 16; kc++)
+        wgmma_ss_n32_tt(d, wg_desc_mn(ds + kc * 2048, 0, 1024), wg_desc_mn(k + kc * 2048, 0, 1024), kc > 0);
+    wg_commit();
+}
+#endif
+template <int HD, int G16, int DQ>
 __global__ void __launch_bounds__((FB_WG_KW + 1) * 128, 1)
     fb_dkdv_wg_k(float *dk, float *dv, const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap to,
                  const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv, const float *lse2, const float *delta, int T,
                  int Tp, int H, int KVH, int nsplit, size_t part_n, float scale, float sl2, const int32_t *pos, const float *inv_freq,
-                 fb_out16 o16) {
+                 fb_out16 o16, const __grid_constant__ CUtensorMap tdq, unsigned *flags) {
 #if AV_WGMMA
-    constexpr int KT = FB_WG_KT, QC = FB_T, NST = FB_WG_NST, HP = HD / 64;
+    constexpr int KT = FB_WG_KT, QC = FB_T, NST = FB_WG_NST, HP = HD / 64, NSG = FB_WG_NSG;
     constexpr uint32_t KVB = KT * HD * 2, CB = QC * HD * 2, FLB = 2 * QC * 4; /* bytes: K (or V), a Q (or dO) chunk, its lse2 + delta */
+    constexpr uint32_t DSB = KT * QC * 2, DQB = QC * 32 * 4; /* bytes: dS^T of a chunk, a consumer's half of its dQ */
     extern __shared__ __align__(16) unsigned char fb_wg_smem[];
-    __shared__ __align__(8) uint64_t bars[1 + 2 * NST];
+    __shared__ __align__(8) uint64_t bars[1 + 2 * NST + 2 * NSG];
     uint32_t raw = (uint32_t)__cvta_generic_to_shared(fb_wg_smem), sK = (raw + 1023u) & ~1023u;
     const uint32_t sV = sK + KVB, sC = sV + KVB, sF = sC + NST * 2 * CB; /* chunks [NST][Q | dO], then [NST][lse2 | delta] */
-    const uint32_t bKV = (uint32_t)__cvta_generic_to_shared(bars), bF = bKV + 8, bE = bF + 8 * NST;
+    const uint32_t sDS = sF + NST * FLB, sDQ = sDS + 2 * DSB; /* DQ: dS^T [2][key][query], dQ staging [NSG][consumer][query][32] */
+    const uint32_t bKV = (uint32_t)__cvta_generic_to_shared(bars), bF = bKV + 8, bE = bF + 8 * NST, bQF = bE + 8 * NST, bQE = bQF + 8 * NSG;
     const float *fl = reinterpret_cast<const float *>(fb_wg_smem + (sF - raw));
     int kh = blockIdx.x / nsplit, sp = blockIdx.x % nsplit, b = blockIdx.y, j = blockIdx.z;
     int G = H / KVH, hpb = G / nsplit, h0 = kh * G + sp * hpb;
@@ -456,9 +474,16 @@ __global__ void __launch_bounds__((FB_WG_KW + 1) * 128, 1)
             mbar_init(bF + 8 * s, 1);
             mbar_init(bE + 8 * s, 4 * FB_WG_KW); /* a warp of each consumer warpgroup */
         }
+        for (int u = 0; u < (DQ ? NSG : 0); u++) {
+            mbar_init(bQF + 8 * u, 4 * FB_WG_KW); /* every consumer warp staged its part */
+            mbar_init(bQE + 8 * u, 1);            /* the writer has read it */
+        }
         mbar_init_fence();
     }
     __syncthreads();
+    /* DQ: a block takes its query chunks last first, so block j - 1 (launched no later) reaches each chunk no later than
+     * block j, which adds its dQ share only after j - 1 has (fixed order, no waiting in the common case) */
+    auto chunk = [&](int it) { return qs0 + (DQ ? nq - 1 - it % nq : it % nq); };
 
     if (wg == 0) { /* producer */
         regs_dec<24>();
@@ -471,7 +496,7 @@ __global__ void __launch_bounds__((FB_WG_KW + 1) * 128, 1)
                     tma_load4(sV + o, &tv, 64 * p, j * KT + 64 * w, kh, b, bKV);
                 }
             for (int it = 0; it < nit; it++) {
-                int s = it % NST, h = h0 + it / nq, q0 = (qs0 + it % nq) * QC;
+                int s = it % NST, h = h0 + it / nq, q0 = chunk(it) * QC;
                 if (it >= NST) mbar_wait(bE + 8 * s, ((it / NST) - 1) & 1); /* the consumers released its last use */
                 uint32_t cq = sC + s * 2 * CB, bar = bF + 8 * s;
                 mbar_expect(bar, 2 * CB + FLB);
@@ -483,6 +508,29 @@ __global__ void __launch_bounds__((FB_WG_KW + 1) * 128, 1)
                 bulk_load(sF + s * FLB, lse2 + z, QC * 4, bar);
                 bulk_load(sF + s * FLB + QC * 4, delta + z, QC * 4, bar);
             }
+        }
+        if (DQ && warp >= 1 && warp <= FB_NW && lane == 0) { /* dQ writers (chunks alternate): staged dQ into the f32 sums, in block order */
+            for (int it = warp - 1; it < nit; it += FB_NW) {
+                int u = it % NSG, h = h0 + it / nq, qc = chunk(it);
+                mbar_wait(bQF + 8 * u, (it / NSG) & 1);
+                unsigned *f = flags + ((size_t)b * H + h) * nqt + qc;
+                if (j > 0)
+                    while (flag_get(f) != (unsigned)j) {
+                    } /* key blocks 0 .. j - 1 have added theirs */
+                fence_proxy_async_global();
+                for (int c2 = 0; c2 < 2; c2++) {
+                    uint32_t src = sDQ + (u * 2 + c2) * DQB;
+                    if (j == 0) tma_store4(&tdq, 32 * c2, qc * QC, h, b, src);
+                    else tma_add4(&tdq, 32 * c2, qc * QC, h, b, src);
+                }
+                bulk_commit();
+                bulk_wait_read<0>();
+                mbar_arrive(bQE + 8 * u);
+                bulk_wait<0>(); /* complete: the next block may add */
+                fence_proxy_async_global();
+                flag_bump(f);
+            }
+            bulk_wait<0>();
         }
         return;
     }
@@ -496,6 +544,25 @@ __global__ void __launch_bounds__((FB_WG_KW + 1) * 128, 1)
     auto release = [&](int s) {
         if (s >= 0 && lane == 0) mbar_arrive(bE + 8 * s);
     };
+    /* DQ: the consumer's half (32 columns) of the chunk's dQ = dS K over the block's keys, staged into shared memory
+     * (128-byte swizzle, as the writer's tensor map reads it) once its product is awaited */
+    float dqa[16] = {};
+    auto stage_dq = [&](int i) {
+        int u = i % NSG;
+        mbar_wait(bQE + 8 * u, ((i / NSG) & 1) ^ 1); /* the writer has read what buffer u held before */
+        unsigned char *t = fb_wg_smem + (sDQ + (u * 2 + cw) * DQB - raw);
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int h2 = 0; h2 < 2; h2++) {
+                int r = 16 * warp + g + 8 * h2;
+                *reinterpret_cast<float2 *>(t + r * 128 + (((2 * n + (c >> 1)) ^ (r & 7)) << 4) + 8 * (c & 1)) =
+                    make_float2(dqa[4 * n + 2 * h2], dqa[4 * n + 2 * h2 + 1]);
+            }
+        fence_proxy_async();
+        __syncwarp();
+        if (lane == 0) mbar_arrive(bQF + 8 * u);
+    };
     mbar_wait(bKV, 0);
     /* hd 64: the warpgroup's K and V rows as register A fragments for S^T and dP^T, read once (H100, session 25: forward+backward
      * 2-4% faster; hd 128 has no registers for them) */
@@ -506,82 +573,115 @@ __global__ void __launch_bounds__((FB_WG_KW + 1) * 128, 1)
         wg_afrag_rows<HD>(vf, fb_wg_smem + (sV - raw), KT * 128, cw * 64 + 16 * warp + g, c);
     }
     for (int it = 0; it < nit; it++) {
-        int s = it % NST, q0 = (qs0 + it % nq) * QC;
+        int s = it % NST, q0 = chunk(it) * QC;
         mbar_wait(bF + 8 * s, (it / NST) & 1);
-        if (q0 + QC - 1 < kw) { /* every query of the chunk is before this warpgroup's keys */
+        /* every query of the chunk is before this warpgroup's keys: skipped (DQ: computed, all zero, so the loop has no branch
+         * around products, which ptxas would serialise) */
+        if (!DQ && q0 + QC - 1 < kw) {
             wg_wait<0>();
             release(prev);
             release(s);
             prev = -1;
             continue;
         }
-        int diag = q0 < kw + 63; /* the causal edge crosses the chunk */
-        const uint32_t cq = sC + s * 2 * CB, co = cq + CB;
-        float st[QC / 2], dp[QC / 2];
+        {
+            int diag = q0 < kw + 63; /* the causal edge crosses the chunk */
+            const uint32_t cq = sC + s * 2 * CB, co = cq + CB;
+            float st[QC / 2], dp[QC / 2];
+            if constexpr (!(KR && DQ)) /* (KR && DQ: the first products overwrite them) */
 #pragma unroll
-        for (int i = 0; i < QC / 2; i++) st[i] = dp[i] = 0.0f;
-        wg_fence();
+                for (int i = 0; i < QC / 2; i++) st[i] = dp[i] = 0.0f;
+            wg_fence();
+            if constexpr (KR && DQ) { /* one asm statement a chain: with the zeroed accumulators above, NVVM put copies between
+                                         this kernel's chain steps, and ptxas waits there (C7517; see wgmma_rs_n64_x4) */
+                uint64_t bq[4], bo[4];
 #pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) {
-            uint32_t ka = (kk >> 2) * (KT * 128) + cw * 64 * 128 + (kk & 3) * 32, kb_ = (kk >> 2) * (QC * 128) + (kk & 3) * 32;
-            if constexpr (KR) wgmma_rs_n64<0>(st, kf[KR ? kk : 0], wg_desc(cq + kb_, 16, 1024));
-            else wgmma_ss_n64(st, wg_desc(sK + ka, 16, 1024), wg_desc(cq + kb_, 16, 1024), kk > 0);
+                for (int kk = 0; kk < 4; kk++) bq[kk] = wg_desc(cq + kk * 32, 16, 1024), bo[kk] = wg_desc(co + kk * 32, 16, 1024);
+                wgmma_rs_n64_x4<0, 0>(st, *reinterpret_cast<const uint32_t(*)[4][4]>(kf), bq);
+                wg_commit();
+                wgmma_rs_n64_x4<0, 0>(dp, *reinterpret_cast<const uint32_t(*)[4][4]>(vf), bo);
+                wg_commit();
+            } else {
+#pragma unroll
+                for (int kk = 0; kk < HD / 16; kk++) {
+                    uint32_t ka = (kk >> 2) * (KT * 128) + cw * 64 * 128 + (kk & 3) * 32, kb_ = (kk >> 2) * (QC * 128) + (kk & 3) * 32;
+                    if constexpr (KR) wgmma_rs_n64<0>(st, kf[KR ? kk : 0], wg_desc(cq + kb_, 16, 1024));
+                    else wgmma_ss_n64(st, wg_desc(sK + ka, 16, 1024), wg_desc(cq + kb_, 16, 1024), kk > 0);
+                }
+                wg_commit();
+#pragma unroll
+                for (int kk = 0; kk < HD / 16; kk++) {
+                    uint32_t ka = (kk >> 2) * (KT * 128) + cw * 64 * 128 + (kk & 3) * 32, kb_ = (kk >> 2) * (QC * 128) + (kk & 3) * 32;
+                    if constexpr (KR) wgmma_rs_n64<0>(dp, vf[KR ? kk : 0], wg_desc(co + kb_, 16, 1024));
+                    else wgmma_ss_n64(dp, wg_desc(sV + ka, 16, 1024), wg_desc(co + kb_, 16, 1024), kk > 0);
+                }
+                wg_commit();
+            }
+            wg_wait<1>(); /* S^T (and the last chunk's dV / dK products); dP^T still running */
+            release(prev);
+            wg_reg_fence(st);
+            const float *ls = fl + s * 2 * QC, *dl = ls + QC;
+            uint32_t pa[QC / 16][4], da[QC / 16][4];
+#pragma unroll
+            for (int n = 0; n < QC / 8; n++) { /* P^T, kept in st for dS^T */
+                int tq = n * 8 + 2 * c, qa = q0 + tq; /* relative to the chunk / absolute */
+                float l0 = ls[tq], l1 = ls[tq + 1];
+                st[4 * n + 0] = diag && qa < key0 ? 0.0f : fa_exp2(fmaf(st[4 * n + 0], sl2, -l0));
+                st[4 * n + 1] = diag && qa + 1 < key0 ? 0.0f : fa_exp2(fmaf(st[4 * n + 1], sl2, -l1));
+                st[4 * n + 2] = diag && qa < key1 ? 0.0f : fa_exp2(fmaf(st[4 * n + 2], sl2, -l0));
+                st[4 * n + 3] = diag && qa + 1 < key1 ? 0.0f : fa_exp2(fmaf(st[4 * n + 3], sl2, -l1));
+                pa[n / 2][(n & 1) * 2 + 0] = pack_bf16(st[4 * n + 0], st[4 * n + 1]);
+                pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(st[4 * n + 2], st[4 * n + 3]);
+            }
+            wg_reg_fence(dV);
+            wg_fence();
+#pragma unroll
+            for (int kc = 0; kc < QC / 16; kc++) { /* dV += P^T dO under dP^T and dS^T */
+                uint64_t dO_ = wg_desc_mn(co + kc * 2048, QC * 128, 1024);
+                if constexpr (HD == 128) wgmma_rs_n128_t(dV, pa[kc], dO_);
+                else wgmma_rs_n64<1>(dV, pa[kc], dO_);
+            }
+            wg_commit();
+            wg_wait<1>(); /* dP^T */
+            wg_reg_fence(dp);
+#pragma unroll
+            for (int n = 0; n < QC / 8; n++) {
+                int tq = n * 8 + 2 * c;
+                float d0 = dl[tq], d1 = dl[tq + 1];
+                da[n / 2][(n & 1) * 2 + 0] = pack_bf16(st[4 * n + 0] * (dp[4 * n + 0] - d0), st[4 * n + 1] * (dp[4 * n + 1] - d1));
+                da[n / 2][(n & 1) * 2 + 1] = pack_bf16(st[4 * n + 2] * (dp[4 * n + 2] - d0), st[4 * n + 3] * (dp[4 * n + 3] - d1));
+            }
+            if constexpr (DQ) { /* dS^T rows (keys) of 64 queries into shared memory as dQ's A operand reads them (MN-major); dQ = dS K */
+                unsigned char *t = fb_wg_smem + (sDS + (it & 1) * DSB - raw);
+#pragma unroll
+                for (int n = 0; n < QC / 8; n++)
+#pragma unroll
+                    for (int h2 = 0; h2 < 2; h2++) {
+                        int r = cw * 64 + 16 * warp + g + 8 * h2;
+                        *reinterpret_cast<uint32_t *>(t + r * 128 + ((n ^ (r & 7)) << 4) + 4 * c) = da[n / 2][(n & 1) * 2 + h2];
+                    }
+                fb_issue_dq(dqa, sDS + (it & 1) * DSB, sK + 64 * cw);
+            }
+            wg_reg_fence(dK);
+            wg_fence();
+#pragma unroll
+            for (int kc = 0; kc < QC / 16; kc++) {
+                uint64_t dQ_ = wg_desc_mn(cq + kc * 2048, QC * 128, 1024);
+                if constexpr (HD == 128) wgmma_rs_n128_t(dK, da[kc], dQ_);
+                else wgmma_rs_n64<1>(dK, da[kc], dQ_);
+            }
+            wg_commit();
+            if constexpr (DQ) { /* dQ (and dV) done, dK still running: dQ to the writer within the iteration (ptxas cannot see a
+                                   product of the last iteration retired by this one's waits, and would serialise them all) */
+                wg_wait<1>();
+                wg_reg_fence(dqa);
+                stage_dq(it);
+            }
+            /* hd 128: dV awaited here, so its P^T registers are free before the next chunk's S^T, dP^T accumulators are
+             * (otherwise ptxas serialises the products for want of registers; H100, session 25: 8192 tokens fwd+bwd 4.55 -> 4.05 ms) */
+            if constexpr (HD == 128) wg_wait<1>();
+            prev = s;
         }
-        wg_commit();
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) {
-            uint32_t ka = (kk >> 2) * (KT * 128) + cw * 64 * 128 + (kk & 3) * 32, kb_ = (kk >> 2) * (QC * 128) + (kk & 3) * 32;
-            if constexpr (KR) wgmma_rs_n64<0>(dp, vf[KR ? kk : 0], wg_desc(co + kb_, 16, 1024));
-            else wgmma_ss_n64(dp, wg_desc(sV + ka, 16, 1024), wg_desc(co + kb_, 16, 1024), kk > 0);
-        }
-        wg_commit();
-        wg_wait<1>(); /* S^T (and the last chunk's dV / dK products); dP^T still running */
-        release(prev);
-        wg_reg_fence(st);
-        const float *ls = fl + s * 2 * QC, *dl = ls + QC;
-        uint32_t pa[QC / 16][4], da[QC / 16][4];
-#pragma unroll
-        for (int n = 0; n < QC / 8; n++) { /* P^T, kept in st for dS^T */
-            int tq = n * 8 + 2 * c, qa = q0 + tq; /* relative to the chunk / absolute */
-            float l0 = ls[tq], l1 = ls[tq + 1];
-            st[4 * n + 0] = diag && qa < key0 ? 0.0f : fa_exp2(fmaf(st[4 * n + 0], sl2, -l0));
-            st[4 * n + 1] = diag && qa + 1 < key0 ? 0.0f : fa_exp2(fmaf(st[4 * n + 1], sl2, -l1));
-            st[4 * n + 2] = diag && qa < key1 ? 0.0f : fa_exp2(fmaf(st[4 * n + 2], sl2, -l0));
-            st[4 * n + 3] = diag && qa + 1 < key1 ? 0.0f : fa_exp2(fmaf(st[4 * n + 3], sl2, -l1));
-            pa[n / 2][(n & 1) * 2 + 0] = pack_bf16(st[4 * n + 0], st[4 * n + 1]);
-            pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(st[4 * n + 2], st[4 * n + 3]);
-        }
-        wg_reg_fence(dV);
-        wg_fence();
-#pragma unroll
-        for (int kc = 0; kc < QC / 16; kc++) { /* dV += P^T dO under dP^T and dS^T */
-            uint64_t dO_ = wg_desc_mn(co + kc * 2048, QC * 128, 1024);
-            if constexpr (HD == 128) wgmma_rs_n128_t(dV, pa[kc], dO_);
-            else wgmma_rs_n64<1>(dV, pa[kc], dO_);
-        }
-        wg_commit();
-        wg_wait<1>(); /* dP^T */
-        wg_reg_fence(dp);
-#pragma unroll
-        for (int n = 0; n < QC / 8; n++) {
-            int tq = n * 8 + 2 * c;
-            float d0 = dl[tq], d1 = dl[tq + 1];
-            da[n / 2][(n & 1) * 2 + 0] = pack_bf16(st[4 * n + 0] * (dp[4 * n + 0] - d0), st[4 * n + 1] * (dp[4 * n + 1] - d1));
-            da[n / 2][(n & 1) * 2 + 1] = pack_bf16(st[4 * n + 2] * (dp[4 * n + 2] - d0), st[4 * n + 3] * (dp[4 * n + 3] - d1));
-        }
-        wg_reg_fence(dK);
-        wg_fence();
-#pragma unroll
-        for (int kc = 0; kc < QC / 16; kc++) {
-            uint64_t dQ_ = wg_desc_mn(cq + kc * 2048, QC * 128, 1024);
-            if constexpr (HD == 128) wgmma_rs_n128_t(dK, da[kc], dQ_);
-            else wgmma_rs_n64<1>(dK, da[kc], dQ_);
-        }
-        wg_commit();
-        /* hd 128: dV awaited here, so its P^T registers are free before the next chunk's S^T, dP^T accumulators are
-         * (otherwise ptxas serialises the products for want of registers; H100, session 25: 8192 tokens fwd+bwd 4.55 -> 4.05 ms) */
-        if constexpr (HD == 128) wg_wait<1>();
-        prev = s;
     }
     wg_wait<0>();
     wg_reg_fence(dV);
@@ -899,6 +999,36 @@ __global__ void fb_reduce_rope_k(float *dk, float *dv, const float *pk, const fl
     }
 }
 
+/* dq from the one-pass kernel's sums acc [B][H][Tp][hd] (dS K, unscaled), as fb_store_dq writes it: scaled; with pos
+ * rotated back and overwritten (and copied to dq16 if not NULL), else added; dq NULL (the bf16-gradient entry): into
+ * dq16 only. One thread per (row, head, pair d, d + hd / 2). */
+__global__ void fb_dq_finish_k(float *dq, uint16_t *dq16, const float *acc, size_t npairs, int T, int Tp, int H, int hd, float scale,
+                               const int32_t *pos, const float *inv_freq) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= npairs) return;
+    int half = hd / 2, d = (int)(i % half);
+    size_t rh = i / half, row = rh / H; /* row = b * T + t */
+    int h = (int)(rh % H), t = (int)(row % T);
+    const float *a = acc + (((row / T) * H + h) * Tp + t) * hd;
+    float x0 = a[d] * scale, x1 = a[d + half] * scale;
+    if (pos) {
+        float sn, cs;
+        sincosf((float)pos[row] * inv_freq[d], &sn, &cs);
+        float r0 = x0 * cs + x1 * sn, r1 = x1 * cs - x0 * sn;
+        x0 = r0, x1 = r1;
+    }
+    size_t e0 = rh * hd + d, e1 = e0 + half;
+    if (dq && !pos) {
+        dq[e0] += x0, dq[e1] += x1;
+        return;
+    }
+    if (dq) dq[e0] = x0, dq[e1] = x1;
+    if (dq16) {
+        __nv_bfloat16 *q16 = reinterpret_cast<__nv_bfloat16 *>(dq16);
+        q16[e0] = __float2bfloat16_rn(x0), q16[e1] = __float2bfloat16_rn(x1);
+    }
+}
+
 /* Warps of a backward block (16 keys, or 16 query rows, each): 8 for hd 128, so each Q/dO chunk (dK/dV
  * kernel) or K/V tile (dQ kernel) in shared memory serves 128 keys or rows instead of 64 (forward+
  * backward at 8192 tokens 156 -> 180 TFLOP/s on an H200); 4 for hd 64 (8 measured slower: 168 -> 163; again
@@ -913,18 +1043,37 @@ static int fb_map(CUtensorMap *m, fb_rows r, int T, int heads, int B, int hd) {
     uint64_t dims[4] = {(uint64_t)hd, (uint64_t)T, (uint64_t)heads, (uint64_t)B}, strides[3] = {r.st, r.sh, r.sb};
     return tma_map_bf16_nd(m, r.p, 4, dims, strides, 64);
 }
-template <int HD, int B16, int G16>
+/* The SM count of the first device asked (per process). */
+static int fb_sms(void) {
+    static int sms;
+    if (!sms) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) sms = 1;
+    }
+    return sms;
+}
+
+/* Head dim 64 on Hopper takes one pass (dQ inside the dK/dV kernel: f32 sums in scratch, added in a fixed key-block
+ * order, then fb_dq_finish_k) from FB_ONEPASS_T tokens when a key tile's blocks (KV heads x shares x batch) fill at most
+ * half the SMs; otherwise two passes. Measured on an H100 (bench/NOTES-attention.md, session 30): with 32-64 blocks a
+ * tile one pass is 3-10% faster at 4096-16384 tokens; with 96-256 it is 17-31% slower at 4096-8192, and 11-24% slower
+ * below 4096 (256-1024 blocks). hd 128 stays two passes (its consumers have no registers for a third accumulator). */
+#define FB_ONEPASS_T 4096
+static int fb_onepass(int hd, int T, int tile_blocks) { return hd == 64 && T >= FB_ONEPASS_T && 2 * tile_blocks <= fb_sms(); }
+template <int HD, int B16, int G16, int DQ>
 static int fb_launch_wg(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
                         const __nv_bfloat16 *vb, const float *lse2, const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit,
-                        size_t part_n, float scale, float kscale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16) {
+                        size_t part_n, float scale, float kscale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16, float *dqa,
+                        unsigned *flags) {
     size_t smem_a = (size_t)2 * FB_WG_KT * HD * 2 + (size_t)FB_WG_NST * (2 * FB_T * HD * 2 + 2 * FB_T * sizeof(float)) + 1024;
+    if (DQ) smem_a += (size_t)2 * FB_WG_KT * FB_T * 2 + (size_t)FB_WG_NSG * FB_T * HD * 4; /* dS^T, dQ staging */
     size_t smem_b = (size_t)2 * FB_WG_QB(HD) * HD * 2 + (size_t)FB_WG_QST * 2 * FB_T * HD * 2 + 1024;
     constexpr int GK = G16 ? 1 : 0; /* the dK/dV instantiation writing bf16 (nsplit == 1) */
     static thread_local int set; /* per thread = per device (attributes are per device) */
     if (!set) {
-        cudaFuncSetAttribute(fb_dkdv_wg_k<HD, 0>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
-        cudaFuncSetAttribute(fb_dkdv_wg_k<HD, GK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
-        cudaFuncSetAttribute(fb_dq_wg_k<HD, G16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_b);
+        cudaFuncSetAttribute(fb_dkdv_wg_k<HD, 0, DQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
+        cudaFuncSetAttribute(fb_dkdv_wg_k<HD, GK, DQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_a);
+        if constexpr (!DQ) cudaFuncSetAttribute(fb_dq_wg_k<HD, G16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_b);
         set = 1;
     }
     fb_rows Qr, Or = {ob, (size_t)H * Tp * HD, (size_t)Tp * HD, (unsigned)HD}, Kr, Vr;
@@ -945,16 +1094,31 @@ static int fb_launch_wg(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb
     }
     float sl = B16 ? sl2 : 1.0f; /* the pre-pass's q rows come scaled to log2 units */
     cudaStream_t st = av_cuda_stream();
+    CUtensorMap mdq = mq;
+    if (DQ) {
+        uint64_t dims[4] = {(uint64_t)HD, (uint64_t)Tp, (uint64_t)H, (uint64_t)B}, strides[3] = {HD, (uint64_t)Tp * HD, (uint64_t)H * Tp * HD};
+        if (tma_map_f32_4d(&mdq, dqa, dims, strides, FB_T)) {
+            av_cuda_note(cudaErrorInvalidValue, "flash attention backward: no tensor map for the dq sums");
+            return -1;
+        }
+        size_t nfl = (size_t)B * H * (Tp / FB_T);
+        av_cuda_note(cudaMemsetAsync(flags, 0, nfl * sizeof(unsigned), st), "flash attention backward: zero the dq order");
+    }
     dim3 ga(KVH * nsplit, B, Tp / FB_WG_KT);
     if (G16 && nsplit == 1)
-        fb_dkdv_wg_k<HD, GK><<<ga, (FB_WG_KW + 1) * 128, smem_a, st>>>(dk, dv, mq, mo, mk, mv, lse2, delta, T, Tp, H, KVH, nsplit, part_n, kscale, sl,
-                                                                     pos, inv_freq, o16);
+        fb_dkdv_wg_k<HD, GK, DQ><<<ga, (FB_WG_KW + 1) * 128, smem_a, st>>>(dk, dv, mq, mo, mk, mv, lse2, delta, T, Tp, H, KVH, nsplit, part_n, kscale,
+                                                                         sl, pos, inv_freq, o16, mdq, flags);
     else
-        fb_dkdv_wg_k<HD, 0><<<ga, (FB_WG_KW + 1) * 128, smem_a, st>>>(dk, dv, mq, mo, mk, mv, lse2, delta, T, Tp, H, KVH, nsplit, part_n, kscale, sl,
-                                                                    pos, inv_freq, o16);
+        fb_dkdv_wg_k<HD, 0, DQ><<<ga, (FB_WG_KW + 1) * 128, smem_a, st>>>(dk, dv, mq, mo, mk, mv, lse2, delta, T, Tp, H, KVH, nsplit, part_n, kscale,
+                                                                        sl, pos, inv_freq, o16, mdq, flags);
     AV_CU_LAUNCHED("flash attention backward dk/dv");
-    fb_dq_wg_k<HD, G16><<<dim3(H, B, av_cdiv(Tp, FB_WG_QB(HD))), (FB_WG_QNC(HD) + 1) * 128, smem_b, st>>>(dq, mq, mo, mk, mv, lse2, delta, T, Tp, H,
-                                                                                                         KVH, scale, sl, pos, inv_freq, o16.dq);
+    if constexpr (DQ) {
+        size_t np = (size_t)B * T * H * (HD / 2);
+        fb_dq_finish_k<<<av_cdiv(np, 256), 256, 0, st>>>(dq, o16.dq, dqa, np, T, Tp, H, HD, scale, pos, inv_freq);
+    } else {
+        fb_dq_wg_k<HD, G16><<<dim3(H, B, av_cdiv(Tp, FB_WG_QB(HD))), (FB_WG_QNC(HD) + 1) * 128, smem_b, st>>>(dq, mq, mo, mk, mv, lse2, delta, T, Tp,
+                                                                                                             H, KVH, scale, sl, pos, inv_freq, o16.dq);
+    }
     AV_CU_LAUNCHED("flash attention backward dq");
     return 0;
 }
@@ -962,10 +1126,13 @@ static int fb_launch_wg(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb
 template <int HD, int B16, int G16>
 static int fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, const __nv_bfloat16 *ob, const __nv_bfloat16 *kb,
                       const __nv_bfloat16 *vb, const float *lse2, const float *delta, int B, int T, int Tp, int H, int KVH, int nsplit,
-                      size_t part_n, float scale, float kscale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16) {
-    if (av_cuda_flash_wgmma_ok())
-        return fb_launch_wg<HD, B16, G16>(dq, dk, dv, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq,
-                                          o16);
+                      size_t part_n, float scale, float kscale, float sl2, const int32_t *pos, const float *inv_freq, fb_out16 o16, float *dqa,
+                      unsigned *flags) {
+    if (av_cuda_flash_wgmma_ok()) /* (dqa: the one-pass kernel's sums, given where fb_onepass chose it) */
+        return dqa ? fb_launch_wg<HD, B16, G16, HD == 64>(dq, dk, dv, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2,
+                                                          pos, inv_freq, o16, dqa, flags)
+                   : fb_launch_wg<HD, B16, G16, 0>(dq, dk, dv, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos,
+                                                   inv_freq, o16, NULL, NULL);
     if constexpr (!G16 && (HD == 64 || !B16)) { /* (the bf16 entries refuse head dim 128, and bf16 gradients, off Hopper) */
         constexpr int KS = HD + FA_PAD, W = FB_WARPS(HD);
         size_t smem_a = (size_t)(2 * 16 * W * KS + 2 * 2 * FB_T * KS) * sizeof(__nv_bfloat16) + 4 * FB_T * sizeof(float);
@@ -990,12 +1157,7 @@ static int fb_launch(float *dq, float *dk, float *dv, const __nv_bfloat16 *qb, c
 /* Query-head shares per KV head for kernel A: split (a power of two dividing the group) until the
  * blocks cover the GPU twice; depends only on the shape and the GPU, so runs repeat bit for bit. */
 static int fb_nsplit(int blocks, int G) {
-    static int sms;
-    if (!sms) {
-        int dev = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) sms = 1;
-    }
-    int ns = 1;
+    int ns = 1, sms = fb_sms();
     while (G % (ns * 2) == 0 && blocks * ns < 2 * sms) ns *= 2;
     return ns;
 }
@@ -1013,11 +1175,15 @@ static int fb_backward(float *dq, float *dk, float *dv, const void *dout, const 
     int Tp = (T + align - 1) / align * align, nsplit = fb_nsplit(Tp / kblk * KVH * B, H / KVH); /* Tp: whole key blocks */
     size_t nq = (size_t)B * H * Tp * hd, nk = (size_t)B * KVH * Tp * hd, nr = (size_t)B * H * Tp;
     size_t part_n = nsplit > 1 ? (size_t)B * T * KVH * hd : 0; /* floats of one share's dk (or dv) */
-    size_t fl = 2 * nr + 2 * (size_t)nsplit * part_n;
+    size_t nqa = wgk && fb_onepass(hd, T, KVH * nsplit * B) ? nq + (nr / FB_T + 3) / 4 * 4 : 0; /* the one-pass kernel's dq sums and chunk order counters
+                                                                            (whole 16 bytes: the bf16 rows after them are TMA's) */
+    size_t fl = 2 * nr + 2 * (size_t)nsplit * part_n + nqa;
     size_t n16 = G16 ? 0 : B16 ? nq : 2 * nq + 2 * nk; /* bf16 copies: dout (and q, k, v) */
     char *w = (char *)av_cuda_scratch(AV_SCR_FLASH_BWD, fl * sizeof(float) + n16 * sizeof(__nv_bfloat16));
     if (!w) return 0;
-    float *lse2 = (float *)w, *delta = lse2 + nr, *pk = delta + nr, *pv = pk + nsplit * part_n;
+    float *lse2 = (float *)w, *delta = lse2 + nr, *pk = delta + nr, *pv = pk + nsplit * part_n, *dqa = pv + nsplit * part_n;
+    unsigned *flags = nqa ? (unsigned *)(dqa + nq) : NULL;
+    if (!nqa) dqa = NULL;
     __nv_bfloat16 *ob = (__nv_bfloat16 *)(w + fl * sizeof(float)), *qb, *kb, *vb;
     cudaStream_t st = av_cuda_stream();
     float sl2 = LOG2E / sqrtf((float)hd), scale = 1.0f / sqrtf((float)hd);
@@ -1043,8 +1209,9 @@ static int fb_backward(float *dq, float *dk, float *dv, const void *dout, const 
     else if (pos && d16) o16 = {d16, d16 + (size_t)B * T * H * hd, d16 + (size_t)B * T * (H + KVH) * hd};
     float kscale = B16 ? scale : scale / sl2; /* dK from Q as the kernels read it (f32 entry: pre-scaled rows) */
     int rc = hd == 64 /* the bf16 entry has head dim 128 on Hopper only */
-                 ? fb_launch<64, B16, G16>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16)
-                 : fb_launch<128, B16, G16>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16);
+                 ? fb_launch<64, B16, G16>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16, dqa, flags)
+                 : fb_launch<128, B16, G16>(dq, dka, dva, qb, ob, kb, vb, lse2, delta, B, T, Tp, H, KVH, nsplit, part_n, scale, kscale, sl2, pos, inv_freq, o16,
+                                            dqa, flags);
     if (rc) return rc;
     if (nsplit > 1 && pos) {
         fb_reduce_rope_k<<<av_cdiv(part_n / 2, 256), 256, 0, st>>>(dk, dv, pk, pv, part_n / 2, nsplit, KVH, hd, pos, inv_freq, o16);

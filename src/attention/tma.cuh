@@ -54,6 +54,32 @@ static __device__ __forceinline__ void bulk_load(uint32_t dst, const void *src, 
 /* named barrier `id` (1..15; 0 is __syncthreads') over `n` threads: wait, or only arrive */
 static __device__ __forceinline__ void named_sync(uint32_t id, uint32_t n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
 static __device__ __forceinline__ void named_arrive(uint32_t id, uint32_t n) { asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+/* shared memory at src (written by the generic proxy, then fence_proxy_async and a barrier) into the box at
+ * (c0..c3) of a 4-d tensor map: stored, or added element by element (f32 reduction at L2); one bulk group each
+ * once committed */
+static __device__ __forceinline__ void tma_store4(const CUtensorMap *map, int c0, int c1, int c2, int c3, uint32_t src) {
+    asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group [%0, {%1, %2, %3, %4}], [%5];\n" ::"l"((uint64_t)map), "r"(c0),
+                 "r"(c1), "r"(c2), "r"(c3), "r"(src)
+                 : "memory");
+}
+static __device__ __forceinline__ void tma_add4(const CUtensorMap *map, int c0, int c1, int c2, int c3, uint32_t src) {
+    asm volatile("cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%1, %2, %3, %4}], [%5];\n" ::"l"((uint64_t)map),
+                 "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(src)
+                 : "memory");
+}
+static __device__ __forceinline__ void bulk_commit(void) { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+/* until at most N of this thread's committed bulk groups still read their shared memory / are not complete */
+template <int N> static __device__ __forceinline__ void bulk_wait_read(void) { asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory"); }
+template <int N> static __device__ __forceinline__ void bulk_wait(void) { asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory"); }
+/* global memory written by the async proxy (completed bulk groups) ordered before this thread's later accesses */
+static __device__ __forceinline__ void fence_proxy_async_global(void) { asm volatile("fence.proxy.async.global;\n" ::: "memory"); }
+/* a GPU-scope counter in global memory: acquire-read / release-increment */
+static __device__ __forceinline__ unsigned flag_get(const unsigned *p) {
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+static __device__ __forceinline__ void flag_bump(unsigned *p) { asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(p) : "memory"); }
 /* a warpgroup's register budget per thread (every thread of the warpgroup executes it) */
 template <int N> static __device__ __forceinline__ void regs_dec(void) { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
 template <int N> static __device__ __forceinline__ void regs_inc(void) { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
@@ -91,6 +117,24 @@ static inline int tma_map_bf16_nd(CUtensorMap *map, const void *base, int rank, 
     }
     return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank, (void *)base, d, st, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
                   CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS
+               ? 0
+               : -1;
+}
+
+/* The same for an f32 tensor of 4 dimensions (strides in elements), boxes of 32 columns (128 bytes) x box_rows rows in the
+ * 128-byte swizzle: the target of tma_store4 / tma_add4. */
+static inline int tma_map_f32_4d(CUtensorMap *map, const void *base, const uint64_t *dims, const uint64_t *strides, uint32_t box_rows) {
+    PFN_cuTensorMapEncodeTiled_v12000 encode = tma_encoder();
+    if (!encode || ((uintptr_t)base & 15)) return -1;
+    cuuint64_t d[4], st[3];
+    cuuint32_t box[4] = {32, box_rows, 1, 1}, step[4] = {1, 1, 1, 1};
+    for (int i = 0; i < 4; i++) d[i] = dims[i];
+    for (int i = 0; i < 3; i++) {
+        if ((strides[i] * 4) % 16) return -1;
+        st[i] = strides[i] * 4;
+    }
+    return encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, (void *)base, d, st, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS
                ? 0
                : -1;
 }

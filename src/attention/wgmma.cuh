@@ -111,15 +111,36 @@ static __device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t a, 
                  : WG_D32_OPS
                  : "l"(a), "l"(b), "r"(scale_d));
 }
-/* D += A B, m64n64k16: A (64 x 16) from registers (per warp mma.m16n8k16's A fragment of its 16 rows), B (16 x 64) from
- * shared memory, K-major, or MN-major (TB: transposed, stored [k][n]) */
-template <int TB> static __device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
+/* D += A B (SD 0: D = A B), m64n64k16: A (64 x 16) from registers (per warp mma.m16n8k16's A fragment of its 16 rows), B (16 x 64)
+ * from shared memory, K-major, or MN-major (TB: transposed, stored [k][n]) */
+template <int TB, int SD = 1> static __device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
                  WG_D32_REGS
                  "}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
                  : WG_D32_OPS
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(1), "n"(TB));
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(SD), "n"(TB));
+}
+/* Four chained m64n64k16 products over k = 0..63 in one asm statement (D (+)= sum_k A[k] B[k], SD 0: the first overwrites D), so
+ * the compiler cannot put register copies between the steps of a chain in flight (ptxas then waits for every product) */
+#define WG_RS4_STEP(A0, B, P) "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" WG_D32_REGS "}, {" A0 "}, " B ", " P ", 1, 1, %52;\n"
+#define WG_RS4_TEXT                                                                                                                          \
+    "{\n.reg .pred p, q;\nsetp.ne.b32 p, %53, 0;\nsetp.ne.b32 q, 1, 0;\n" WG_RS4_STEP("%32, %33, %34, %35", "%48", "p")                        \
+        WG_RS4_STEP("%36, %37, %38, %39", "%49", "q") WG_RS4_STEP("%40, %41, %42, %43", "%50", "q")                                          \
+            WG_RS4_STEP("%44, %45, %46, %47", "%51", "q") "}\n"
+#define WG_RS4_INS                                                                                                                           \
+    "r"(a[0][0]), "r"(a[0][1]), "r"(a[0][2]), "r"(a[0][3]), "r"(a[1][0]), "r"(a[1][1]), "r"(a[1][2]), "r"(a[1][3]), "r"(a[2][0]),          \
+        "r"(a[2][1]), "r"(a[2][2]), "r"(a[2][3]), "r"(a[3][0]), "r"(a[3][1]), "r"(a[3][2]), "r"(a[3][3]), "l"(b[0]), "l"(b[1]), "l"(b[2]), \
+        "l"(b[3]), "n"(TB), "n"(SD)
+/* (SD 0: D is only written, so no earlier value of it is an input the compiler must carry into the products) */
+#define WG_D32_OUTS                                                                                                                          \
+    "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]),                                       \
+    "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]),                                 \
+    "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]),                               \
+    "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
+template <int TB, int SD> static __device__ __forceinline__ void wgmma_rs_n64_x4(float (&d)[32], const uint32_t (&a)[4][4], const uint64_t (&b)[4]) {
+    if constexpr (SD) asm volatile(WG_RS4_TEXT : WG_D32_OPS : WG_RS4_INS);
+    else asm volatile(WG_RS4_TEXT : WG_D32_OUTS : WG_RS4_INS);
 }
 /* D += A B, m64n128k16: A (64 x 16) from registers (per warp mma.m16n8k16's A fragment of its 16 rows), B (16 x 128) from
  * shared memory, MN-major (transposed: stored [k][n]) */
@@ -138,6 +159,21 @@ static __device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t a,
                  WG_D64_REGS
                  "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
                  : WG_D64_OPS
+                 : "l"(a), "l"(b), "r"(scale_d));
+}
+/* the 16 accumulator registers of an m64n32 product */
+#define WG_D16_REGS "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+#define WG_D16_OPS                                                                                                                           \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                                       \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+/* D (+)= A B, m64n32k16: A (64 x 16) and B (16 x 32) from shared memory, both MN-major (stored [k][m], [k][n]);
+ * scale_d 0 overwrites D */
+static __device__ __forceinline__ void wgmma_ss_n32_tt(float (&d)[16], uint64_t a, uint64_t b, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
+                 WG_D16_REGS
+                 "}, %16, %17, p, 1, 1, 1, 1;\n}\n"
+                 : WG_D16_OPS
                  : "l"(a), "l"(b), "r"(scale_d));
 }
 #endif
