@@ -39,8 +39,8 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TEST_BIN += $(BUILD)/tests/test_qmatmul_avx2 $(BUILD)/tests/test_qmatmul_portable
 # the checker of an `anvil bench` report (tests/cli_bench.sh)
 TEST_BIN += $(BUILD)/tests/bench_check
-# the CPU flash attention test again with flash.c's portable (non-AVX-512) tile products
-TEST_BIN += $(BUILD)/tests/test_flash_cpu_portable
+# the CPU flash attention test again with flash.c's AVX2 and portable tile products compiled in
+TEST_BIN += $(BUILD)/tests/test_flash_cpu_avx2 $(BUILD)/tests/test_flash_cpu_portable
 
 ifeq ($(CUDA),1)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell readlink -f $$(command -v $(NVCC))))
@@ -94,6 +94,8 @@ $(BUILD)/tests/test_qmatmul_avx2: tests/test_qmatmul.c src/quant/qmatmul.c $(BUI
 	$(CC) $(CFLAGS) -mno-avx512f $(LDFLAGS) -o $@ $< $(BUILD)/libanvil.a $(LDLIBS)
 $(BUILD)/tests/test_qmatmul_portable: tests/test_qmatmul.c src/quant/qmatmul.c $(BUILD)/libanvil.a $(wildcard tests/*.h)
 	$(CC) $(CFLAGS) -mno-avx2 $(LDFLAGS) -o $@ $< $(BUILD)/libanvil.a $(LDLIBS)
+$(BUILD)/tests/test_flash_cpu_avx2: tests/test_flash_cpu.c src/attention/flash.c $(BUILD)/libanvil.a $(wildcard tests/*.h)
+	$(CC) $(CFLAGS) -mno-avx512f -DFLASH_TEST_PORTABLE $(LDFLAGS) -o $@ tests/test_flash_cpu.c src/attention/flash.c $(BUILD)/libanvil.a $(LDLIBS)
 $(BUILD)/tests/test_flash_cpu_portable: tests/test_flash_cpu.c src/attention/flash.c $(BUILD)/libanvil.a $(wildcard tests/*.h)
 	$(CC) $(CFLAGS) -mno-avx512f -mno-avx2 -DFLASH_TEST_PORTABLE $(LDFLAGS) -o $@ tests/test_flash_cpu.c src/attention/flash.c $(BUILD)/libanvil.a $(LDLIBS)
 

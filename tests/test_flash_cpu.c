@@ -174,7 +174,7 @@ int main(void) {
     CHECK(av_flash_attention_backward_batch(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 6, 4, 64, NULL, NULL, NULL) != 0,
           "H=6 KVH=4 accepted");
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-#ifdef FLASH_TEST_PORTABLE /* the portable build (Makefile: test_flash_cpu_portable) covers the edges, not the long rows */
+#ifdef FLASH_TEST_PORTABLE /* the AVX2 and portable builds (Makefile: test_flash_cpu_avx2, _portable) cover the edges, not the long rows */
         if (shapes[i].T > 511) continue;
 #endif
         if (TEST_SANITIZED && shapes[i].T > 511 && !getenv("AV_TEST_LONG")) { /* same loops as 511; 150 s of make asan */

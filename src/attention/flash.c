@@ -1,7 +1,7 @@
 /* Flash attention on the CPU, forward and backward: causal GQA attention over 64-query x 64-key
  * tiles with an online softmax (forward) and the softmax recomputed from the log-sum-exp (backward),
  * never holding more than one tile of scores. Tile products run on a small register-blocked kernel
- * (AVX-512 where compiled in); threads split (sequence, head, query tile) or (sequence, KV head, key
+ * (AVX-512 or AVX2 where compiled in); threads split (sequence, head, query tile) or (sequence, KV head, key
  * tile), so every output element has one writer. Equal to standard.c within f32 rounding. */
 #include <stddef.h>
 #include "attention/attention.h"
@@ -83,6 +83,55 @@ static void mm(float *C, int ldc, const float *A, int lda, const float *B, int l
         int w = n - j < 64 ? n - j : 64, i = 0;
         if (w == 64)
             for (; i + 4 <= m; i += 4) mm_4x64(C + (size_t)i * ldc + j, ldc, A + (size_t)i * lda, lda, B + j, ldb, k, acc);
+        for (; i < m; i++) mm_1xn(C + (size_t)i * ldc + j, A + (size_t)i * lda, B + j, ldb, w, k, acc);
+    }
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+/* AVX2 has 16 ymm registers: 4 rows x 16 columns in 8 accumulators, per step 2 loads of B, 4
+ * broadcasts of A, 8 FMAs (each element summed in the same order as the AVX-512 kernel). */
+#define FL_ROW(r)                                                                                                                 \
+    __m256 c##r##0 = acc ? _mm256_loadu_ps(C + (size_t)(r) * ldc) : _mm256_setzero_ps();                                          \
+    __m256 c##r##1 = acc ? _mm256_loadu_ps(C + (size_t)(r) * ldc + 8) : _mm256_setzero_ps();
+#define FL_FMA(r)                                                                                                                 \
+    do {                                                                                                                          \
+        __m256 a = _mm256_broadcast_ss(A + (size_t)(r) * lda + p);                                                                \
+        c##r##0 = _mm256_fmadd_ps(a, b0, c##r##0), c##r##1 = _mm256_fmadd_ps(a, b1, c##r##1);                                     \
+    } while (0)
+#define FL_STORE(r) _mm256_storeu_ps(C + (size_t)(r) * ldc, c##r##0), _mm256_storeu_ps(C + (size_t)(r) * ldc + 8, c##r##1)
+static void mm_4x16(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int k, int acc) {
+    FL_ROW(0) FL_ROW(1) FL_ROW(2) FL_ROW(3)
+    for (int p = 0; p < k; p++) {
+        const float *b = B + (size_t)p * ldb;
+        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+        FL_FMA(0);
+        FL_FMA(1);
+        FL_FMA(2);
+        FL_FMA(3);
+    }
+    FL_STORE(0);
+    FL_STORE(1);
+    FL_STORE(2);
+    FL_STORE(3);
+}
+/* One row by n (<= 16) columns, masked: the edges of the tiles. */
+static void mm_1xn(float *C, const float *A, const float *B, int ldb, int n, int k, int acc) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane), m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8), lane);
+    __m256 c0 = acc ? _mm256_maskload_ps(C, m0) : _mm256_setzero_ps(), c1 = acc ? _mm256_maskload_ps(C + 8, m1) : _mm256_setzero_ps();
+    for (int p = 0; p < k; p++) {
+        const float *b = B + (size_t)p * ldb;
+        __m256 a = _mm256_broadcast_ss(A + p);
+        c0 = _mm256_fmadd_ps(a, _mm256_maskload_ps(b, m0), c0);
+        c1 = _mm256_fmadd_ps(a, _mm256_maskload_ps(b + 8, m1), c1);
+    }
+    _mm256_maskstore_ps(C, m0, c0);
+    _mm256_maskstore_ps(C + 8, m1, c1);
+}
+static void mm(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int m, int n, int k, int acc) {
+    for (int j = 0; j < n; j += 16) {
+        int w = n - j < 16 ? n - j : 16, i = 0;
+        if (w == 16)
+            for (; i + 4 <= m; i += 4) mm_4x16(C + (size_t)i * ldc + j, ldc, A + (size_t)i * lda, lda, B + j, ldb, k, acc);
         for (; i < m; i++) mm_1xn(C + (size_t)i * ldc + j, A + (size_t)i * lda, B + j, ldb, w, k, acc);
     }
 }
