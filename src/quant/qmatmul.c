@@ -100,6 +100,70 @@ int av_qx_max_digits(void) {
     return 2;
 #endif
 }
+#if defined(QK_AVX2)
+/* quantize_chunk's arithmetic on 16 columns at a time (lanes of cc/16 = 4, 8 or 16 columns, natural
+ * order), the codes then placed in x_pos order: 4 bits even columns then odd, 2 bits the four planes. */
+static void prepare_avx2(int8_t *q, float *dl, const float *xr, int K, int nc, int cc) {
+    const int lw = cc / 16;
+    const __m128i deint = lw == 8 ? _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15)
+                                  : _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256 inf = _mm256_set1_ps(INFINITY), c127 = _mm256_set1_ps(127.0f), m127 = _mm256_set1_ps(-127.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7); /* packs' lane order back to column order */
+    for (int c = 0; c < nc; c++)
+        for (int j = 0; j < cc; j += 16) {
+            int col = c * cc + j;
+            __m256i ci = _mm256_add_epi32(_mm256_set1_epi32(col), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            __m256i in0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(K), ci), in1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(K - 8), ci);
+            __m256 x[2] = {_mm256_maskload_ps(xr + col, in0), _mm256_maskload_ps(xr + col + 8, in1)}, a[2];
+            for (int h = 0; h < 2; h++) {
+                a[h] = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x[h]);
+                a[h] = _mm256_and_ps(a[h], _mm256_cmp_ps(a[h], a[h], _CMP_ORD_Q)); /* a NaN is left out */
+                a[h] = _mm256_max_ps(a[h], _mm256_permute_ps(a[h], 0xB1));
+                a[h] = _mm256_max_ps(a[h], _mm256_permute_ps(a[h], 0x4E)); /* 4-column maxima */
+                if (lw >= 8) a[h] = _mm256_max_ps(a[h], _mm256_permute2f128_ps(a[h], a[h], 1));
+            }
+            if (lw == 16) a[0] = a[1] = _mm256_max_ps(a[0], a[1]);
+            __m256i q1[2], q2[2];
+            for (int h = 0; h < 2; h++) {
+                __m256 d = _mm256_div_ps(a[h], c127);
+                d = _mm256_blendv_ps(d, _mm256_set1_ps(NAN), _mm256_cmp_ps(a[h], inf, _CMP_EQ_OQ));
+                __m256 id = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), d), _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_GT_OQ));
+                __m256 v = _mm256_mul_ps(x[h], id);
+                v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q));
+                __m256 r1 = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                __m256 r2 = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(v, r1), _mm256_set1_ps(256.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                r2 = _mm256_min_ps(_mm256_max_ps(r2, m127), c127);
+                q1[h] = _mm256_cvtps_epi32(r1), q2[h] = _mm256_cvtps_epi32(r2);
+                /* d / 256 of each lane in these 8 columns */
+                float dd[8] __attribute__((aligned(32)));
+                _mm256_store_ps(dd, _mm256_mul_ps(d, _mm256_set1_ps(1.0f / 256.0f)));
+                int l0 = (j + 8 * h) / lw;
+                if (lw == 4) dl[c * 16 + l0] = dd[0], dl[c * 16 + l0 + 1] = dd[4];
+                else if (lw == 8 || h == 0) dl[c * 16 + l0] = dd[0];
+            }
+            /* 16 int32 codes -> 16 bytes in column order */
+            __m256i w1 = _mm256_permutevar8x32_epi32(_mm256_packs_epi32(q1[0], q1[1]), perm);
+            __m256i w2 = _mm256_permutevar8x32_epi32(_mm256_packs_epi32(q2[0], q2[1]), perm);
+            __m128i b1 = _mm_packs_epi16(_mm256_castsi256_si128(w1), _mm256_extracti128_si256(w1, 1));
+            __m128i b2 = _mm_packs_epi16(_mm256_castsi256_si128(w2), _mm256_extracti128_si256(w2, 1));
+            int8_t *d1 = q + (size_t)c * cc * 2, *d2 = d1 + cc;
+            if (lw == 4) { /* 8 bits, 3/5/6: natural order */
+                _mm_storeu_si128((__m128i *)(d1 + j), b1);
+                _mm_storeu_si128((__m128i *)(d2 + j), b2);
+            } else if (lw == 8) { /* 4 bits: even columns at j/2, odd at 64 + j/2 */
+                b1 = _mm_shuffle_epi8(b1, deint), b2 = _mm_shuffle_epi8(b2, deint);
+                _mm_storel_epi64((__m128i *)(d1 + j / 2), b1), _mm_storel_epi64((__m128i *)(d1 + 64 + j / 2), _mm_unpackhi_epi64(b1, b1));
+                _mm_storel_epi64((__m128i *)(d2 + j / 2), b2), _mm_storel_epi64((__m128i *)(d2 + 64 + j / 2), _mm_unpackhi_epi64(b2, b2));
+            } else { /* 2 bits: plane k (columns = k mod 4) at 64 k + j/4 */
+                int32_t p1[4], p2[4];
+                _mm_storeu_si128((__m128i *)p1, _mm_shuffle_epi8(b1, deint));
+                _mm_storeu_si128((__m128i *)p2, _mm_shuffle_epi8(b2, deint));
+                for (int k = 0; k < 4; k++) memcpy(d1 + 64 * k + j / 4, p1 + k, 4), memcpy(d2 + 64 * k + j / 4, p2 + k, 4);
+            }
+        }
+}
+#endif
+
 static int clamp_digits(int nd) { return nd < 2 ? 2 : nd > av_qx_max_digits() ? av_qx_max_digits() : nd; }
 
 size_t av_qx_size_digits(int T, const av_mat *W, int nd) {
@@ -132,6 +196,16 @@ void av_qx_prepare_digits(av_qx *qx, void *buf, const float *x, int T, const av_
                 xs[g] = _mm512_reduce_add_ps(s);
             }
         } else
+#elif defined(QK_AVX2)
+        if (G % 8 == 0) {
+            for (int g = 0; g < ngp; g++) {
+                __m256 s = _mm256_setzero_ps();
+                for (int i = 0; g < ng && i < G; i += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(xr + (size_t)g * G + i));
+                __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+                h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+                xs[g] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+            }
+        } else
 #endif
             for (int g = 0; g < ngp; g++) {
                 float s = 0.0f;
@@ -143,27 +217,7 @@ void av_qx_prepare_digits(av_qx *qx, void *buf, const float *x, int T, const av_
             quantize_chunk(qx->q + (size_t)t * nc * cc * nd + (size_t)c * cc * nd, qx->dl + (size_t)t * nc * 16 + (size_t)c * 16, xr, K,
                            c, cc, bits, nd);
 #elif defined(QK_AVX2)
-        int8_t *q = qx->q + (size_t)t * nc * cc * 2;
-        float *dl = qx->dl + (size_t)t * nc * 16;
-        int lw = cc / 16; /* quantize_chunk's arithmetic, one column at a time */
-        for (int b = 0; b < nc * 16; b++) {
-            float amax = 0.0f;
-            for (int i = 0; i < lw && b * lw + i < K; i++) {
-                float a = fabsf(xr[b * lw + i]);
-                amax = a > amax ? a : amax; /* a NaN is left out */
-            }
-            float d = amax == INFINITY ? NAN : amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
-            for (int i = 0; i < lw; i++) {
-                int col = b * lw + i;
-                float v = col < K ? xr[col] * id : 0.0f;
-                if (v != v) v = 0.0f;
-                float q1 = rintf(v), q2 = rintf((v - q1) * 256.0f);
-                size_t at = x_pos(col, bits), c = at / (size_t)cc;
-                q[at + c * cc] = (int8_t)q1;
-                q[at + c * cc + cc] = (int8_t)(q2 > 127.0f ? 127.0f : q2 < -127.0f ? -127.0f : q2);
-            }
-            dl[b] = d * (1.0f / 256.0f);
-        }
+        prepare_avx2(qx->q + (size_t)t * nc * cc * 2, qx->dl + (size_t)t * nc * 16, xr, K, nc, cc);
 #endif
     }
 }
@@ -364,14 +418,14 @@ void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, i
 #elif defined(QK_AVX2)
 /* ------------------------------------------------------------------ AVX2 */
 /* The VNNI kernel's scheme on the two 32-byte halves of each chunk (lanes 0-7, 8-15), vpdpbusd's per-lane
- * sum of 4 byte products done as vpmaddubsw (u8 code x s8 digit, pairs to s16) + vpmaddwd (pairs to s32,
- * times 1 or 16). The s16 pair sums hold for codes <= 63 (2 * 63 * 127 < 2^15): 8-bit codes go as two
- * nibble planes (low x 1, high x 16) against the same x. */
+ * sum of 4 byte products done as vpmaddubsw (u8 code x s8 digit, pairs to s16) + vpmaddwd (pairs to s32).
+ * The planes of a chunk (2 of 4 bits, 4 of 2 bits) are summed in s16 before the one vpmaddwd per digit
+ * (2 * 15 * 127 per pair and plane: at most 7,620); the first digit's vpmaddwd multiplies by 256, so
+ * (q.q1)*256 + q.q2 needs no shift. 8-bit codes go as q - 128 (the 128 folded into the bias: b + 128 s)
+ * in vpsignb's form, |q - 128| times the digit signed by q - 128: 2 * 128 * 127 < 2^15. */
 #define QK_PREFETCH 4096
 
-static inline __m256i a_dot(__m256i acc, __m256i p, const int8_t *x, __m256i mul) {
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(p, _mm256_load_si256((const __m256i *)x)), mul));
-}
+static inline __m256i a_mul(__m256i p, const int8_t *x) { return _mm256_maddubs_epi16(p, _mm256_load_si256((const __m256i *)x)); }
 
 /* n (<= 16) scales or biases from i as two f32 vectors, zeros past n */
 static inline void a_ld16_s(__m256 *lo, __m256 *hi, const void *p, av_dtype dt, size_t i, int n) {
@@ -418,12 +472,14 @@ static inline void a_unpack64(uint8_t *ub, const uint8_t *p, int bits, __m256i c
 }
 
 static inline __attribute__((always_inline)) void avx2_row(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n, int t0,
-                                                           const int T, const int kind, const __m256i (*idx)[2], const __m256 (*hi8)[2]) {
-    const int cc = kind == A4 ? 128 : kind == A2 ? 256 : 64, P = kind == A4 || kind == A8 ? 2 : kind == A2 ? 4 : 1;
+                                                           const int T, const int kind, const __m256i (*idx)[2], const __m256 (*hi8)[2],
+                                                           const int (*gh)[2], const int uni) {
+    const int cc = kind == A4 ? 128 : kind == A2 ? 256 : 64, P = kind == A4 ? 2 : kind == A2 ? 4 : 1;
     const int K = qx->K, bits = qx->bits, G = qx->group, nc = qx->nc, ng = K / G, cps = 16 * G / cc, cb = cc * bits / 8;
     const size_t rowbytes = (size_t)K * bits / 8, s0 = (size_t)n * ng;
     const uint8_t *wr = (const uint8_t *)W->data + (size_t)n * rowbytes;
-    const __m256i m4 = _mm256_set1_epi8(kind == A2 ? 0x03 : 0x0F), one = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16);
+    const __m256i m4 = _mm256_set1_epi8(kind == A2 ? 0x03 : 0x0F), one = _mm256_set1_epi16(1), c256 = _mm256_set1_epi16(256);
+    const __m256i x80 = _mm256_set1_epi8((char)0x80);
     const int8_t *xq[4];
     const float *dl[4];
     __m256 acc[4];
@@ -434,6 +490,7 @@ static inline __attribute__((always_inline)) void avx2_row(float *out, size_t ld
         dl[t] = qx->dl + (size_t)(t0 + t) * nc * 16;
     }
     uint8_t ub[64] __attribute__((aligned(32)));
+    float sf[16] __attribute__((aligned(32))); /* uni: the 16 groups' scales */
     __m256i ctl = _mm256_setzero_si256();
     if (kind == AS) { /* a_unpack64's byte gather: 64-bit lane i of each half takes bytes i*bits .. i*bits+7 */
         uint8_t cb8[32];
@@ -445,6 +502,11 @@ static inline __attribute__((always_inline)) void avx2_row(float *out, size_t ld
         __m256 sl, sh, bl, bh;
         a_ld16_s(&sl, &sh, W->scales, W->dtype, s0 + g0, ng - g0);
         a_ld16_s(&bl, &bh, W->biases, W->dtype, s0 + g0, ng - g0);
+        if (kind == A8) { /* codes taken as q - 128 below */
+            bl = _mm256_fmadd_ps(sl, _mm256_set1_ps(128.0f), bl);
+            bh = _mm256_fmadd_ps(sh, _mm256_set1_ps(128.0f), bh);
+        }
+        if (uni) _mm256_store_ps(sf, sl), _mm256_store_ps(sf + 8, sh);
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
             const float *xs = qx->xs + (size_t)(t0 + t) * qx->ngp + g0;
@@ -473,22 +535,31 @@ static inline __attribute__((always_inline)) void avx2_row(float *out, size_t ld
                 if (kind == AS) p[0] = v;
                 else if (kind == A2)
                     for (int k = 0; k < 4; k++) p[k] = _mm256_and_si256(_mm256_srli_epi16(v, 2 * k), m4);
-                else p[0] = _mm256_and_si256(v, m4), p[1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                const __m256i *ix = &idx[c - c0][h];
-                __m256 sw = _mm256_blendv_ps(_mm256_permutevar8x32_ps(sl, *ix), _mm256_permutevar8x32_ps(sh, *ix), hi8[c - c0][h]);
+                else if (kind == A4) p[0] = _mm256_and_si256(v, m4), p[1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                else p[1] = _mm256_xor_si256(v, x80), p[0] = _mm256_abs_epi8(p[1]); /* |q - 128|, q - 128 */
+                __m256 sw; /* the weight scale of each lane */
+                if (uni) sw = _mm256_broadcast_ss(sf + gh[c - c0][h]);
+                else {
+                    const __m256i *ix = &idx[c - c0][h];
+                    sw = _mm256_blendv_ps(_mm256_permutevar8x32_ps(sl, *ix), _mm256_permutevar8x32_ps(sh, *ix), hi8[c - c0][h]);
+                }
 #pragma GCC unroll 4
                 for (int t = 0; t < T; t++) {
                     const int8_t *xc = xq[t] + (size_t)c * cc * 2 + 32 * h;
-                    __m256i i1 = _mm256_setzero_si256(), i2 = _mm256_setzero_si256();
+                    __m256i s1, s2;
+                    if (kind == A8) {
+                        s1 = _mm256_maddubs_epi16(p[0], _mm256_sign_epi8(_mm256_load_si256((const __m256i *)xc), p[1]));
+                        s2 = _mm256_maddubs_epi16(p[0], _mm256_sign_epi8(_mm256_load_si256((const __m256i *)(xc + cc)), p[1]));
+                    } else {
+                        /* plane k against x plane k, summed in s16 */
+                        s1 = a_mul(p[0], xc), s2 = a_mul(p[0], xc + cc);
 #pragma GCC unroll 4
-                    for (int k = 0; k < P; k++) {
-                        /* 8 bits: both nibble planes against the same x; else plane k against x plane k */
-                        const int8_t *xk = kind == A8 ? xc : xc + 64 * k;
-                        __m256i mul = kind == A8 && k == 1 ? sixteen : one;
-                        i1 = a_dot(i1, p[k], xk, mul);
-                        i2 = a_dot(i2, p[k], xk + cc, mul);
+                        for (int k = 1; k < P; k++) {
+                            s1 = _mm256_add_epi16(s1, a_mul(p[k], xc + 64 * k));
+                            s2 = _mm256_add_epi16(s2, a_mul(p[k], xc + 64 * k + cc));
+                        }
                     }
-                    __m256i ia = _mm256_add_epi32(_mm256_slli_epi32(i1, 8), i2);
+                    __m256i ia = _mm256_add_epi32(_mm256_madd_epi16(s1, c256), _mm256_madd_epi16(s2, one));
                     __m256 sd = _mm256_mul_ps(sw, _mm256_loadu_ps(dl[t] + (size_t)c * 16 + 8 * h));
                     acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), sd, acc[t]);
                 }
@@ -511,17 +582,25 @@ void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, i
      * in the halves' index vectors (permutevar8x32 takes its low 3 bits) and "group >= 8" blend masks */
     __m256i idx[32][2];
     __m256 hi8[32][2];
+    int gh[32][2]; /* the group of each half's first lane */
     for (int j = 0; j < cps; j++)
         for (int h = 0; h < 2; h++) {
             int g[8];
             for (int l = 0; l < 8; l++) g[l] = (j * cc + (8 * h + l) * (cc / 16)) / G;
             idx[j][h] = _mm256_loadu_si256((const __m256i *)g);
             hi8[j][h] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx[j][h], _mm256_set1_epi32(7)));
+            gh[j][h] = g[0];
         }
-    if (bits == 8) { QK_ROWS(avx2_row, A8, idx, hi8) }
-    else if (bits == 4) { QK_ROWS(avx2_row, A4, idx, hi8) }
-    else if (bits == 2) { QK_ROWS(avx2_row, A2, idx, hi8) }
-    else { QK_ROWS(avx2_row, AS, idx, hi8) }
+    /* a half-chunk (8 lanes, cc/2 columns) within one group: one broadcast scale (4 bits g >= 64, 8 bits g >= 32, ...) */
+    if (G >= cc / 2) {
+        if (bits == 8) { QK_ROWS(avx2_row, A8, idx, hi8, gh, 1) }
+        else if (bits == 4) { QK_ROWS(avx2_row, A4, idx, hi8, gh, 1) }
+        else if (bits == 2) { QK_ROWS(avx2_row, A2, idx, hi8, gh, 1) }
+        else { QK_ROWS(avx2_row, AS, idx, hi8, gh, 1) }
+    } else if (bits == 8) { QK_ROWS(avx2_row, A8, idx, hi8, gh, 0) }
+    else if (bits == 4) { QK_ROWS(avx2_row, A4, idx, hi8, gh, 0) }
+    else if (bits == 2) { QK_ROWS(avx2_row, A2, idx, hi8, gh, 0) }
+    else { QK_ROWS(avx2_row, AS, idx, hi8, gh, 0) }
 }
 
 #else
