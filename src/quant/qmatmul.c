@@ -497,6 +497,11 @@ static inline __attribute__((always_inline)) void avx2_row(float *out, size_t ld
         for (int k = 0; k < 32; k++) cb8[k] = (uint8_t)((k % 16) / 8 * bits + k % 8);
         ctl = _mm256_loadu_si256((const __m256i *)cb8);
     }
+    /* chunks read in place: whole 64-byte chunks of the row (3/5/6 bits: whole 64-column chunks with the
+     * 16 bytes a_unpack64 reads past them inside the matrix); the rest go through ub */
+    int cfast = kind == AS ? K / 64 : (int)(rowbytes / 64);
+    if (kind == AS)
+        while (cfast > 0 && (size_t)(W->rows - n) * rowbytes - (size_t)(cfast - 1) * cb < (size_t)cb + 16) cfast--;
     for (int c0 = 0; c0 < nc; c0 += cps) {
         int g0 = c0 / cps * 16, ce = c0 + cps < nc ? c0 + cps : nc;
         __m256 sl, sh, bl, bh;
@@ -517,7 +522,7 @@ static inline __attribute__((always_inline)) void avx2_row(float *out, size_t ld
             size_t off = (size_t)c * cb;
             _mm_prefetch((const char *)wr + off + QK_PREFETCH, _MM_HINT_T0);
             const uint8_t *src = wr + off;
-            if (kind == AS && c * 64 + 64 <= K && ((size_t)(W->rows - n) * rowbytes - off) >= (size_t)cb + 16) {
+            if (kind == AS && c < cfast) {
                 a_unpack64(ub, wr + off, bits, ctl);
                 src = ub;
             } else if (kind == AS) {
@@ -525,11 +530,12 @@ static inline __attribute__((always_inline)) void avx2_row(float *out, size_t ld
                 memset(ub, 0, sizeof ub);
                 av_quant_unpack(ub, (const uint32_t *)wr, c * 64, nv, bits);
                 src = ub;
-            } else if (off + 64 > rowbytes) {
+            } else if (kind != AS && c >= cfast) {
                 memset(ub, 0, sizeof ub);
                 memcpy(ub, wr + off, rowbytes - off);
                 src = ub;
             }
+#pragma GCC unroll 2
             for (int h = 0; h < 2; h++) {
                 __m256i v = _mm256_loadu_si256((const __m256i *)(src + 32 * h)), p[4];
                 if (kind == AS) p[0] = v;
