@@ -95,7 +95,7 @@ static void check_case(int N, int K, int bits, int group, av_dtype sdt, int T, u
         CHECK(rel < 2e-4, "%d bits g%d T %d: int8-x relative L2 error %g", bits, group, T, rel);
         if (rel > worst_rel_vnni) worst_rel_vnni = rel;
     }
-    /* three digits of x (prompt rows, av_qx_max_digits() == 3 on VNNI): f32-level, the prefill bound */
+    /* three digits of x (prompt rows, av_qx_max_digits() == 3 on VNNI and AVX2): f32-level, the prefill bound */
     if (av_qx_max_digits() == 3) {
         void *b3 = aligned_alloc(64, (av_qx_size_digits(T, &W, 3) + 63) / 64 * 64);
         av_qx_prepare_digits(&qx, b3, x, T, &W, 3);
@@ -167,7 +167,7 @@ int main(void) {
         }
     for (int bi = 0; bi < 6; bi++) check_prefill(BITS[bi], BITS[bi] == 4 ? 32 : BITS[bi] == 8 ? 64 : 128, bi % 2 ? 64 : 33);
     check_prefill(6, 16, 33);
-    /* 5-31 rows: three-digit int8 kernel on VNNI, panels elsewhere; both at the f32 bound */
+    /* 5-31 rows: three-digit int8 kernel on VNNI and AVX2, panels in portable builds; both at the f32 bound */
     for (int bi = 0; bi < 6; bi++) check_prefill(BITS[bi], 64, 5 + 5 * bi);
     /* NaN in x reaches the outputs */
     {

@@ -94,7 +94,7 @@ static void quantize_chunk(int8_t *q, float *dl, const float *xr, int K, int c, 
 #endif
 
 int av_qx_max_digits(void) {
-#if defined(QK_VNNI)
+#if defined(QK_INT8)
     return 3;
 #else
     return 2;
@@ -103,7 +103,7 @@ int av_qx_max_digits(void) {
 #if defined(QK_AVX2)
 /* quantize_chunk's arithmetic on 16 columns at a time (lanes of cc/16 = 4, 8 or 16 columns, natural
  * order), the codes then placed in x_pos order: 4 bits even columns then odd, 2 bits the four planes. */
-static void prepare_avx2(int8_t *q, float *dl, const float *xr, int K, int nc, int cc) {
+static void prepare_avx2(int8_t *q, float *dl, const float *xr, int K, int nc, int cc, int nd) {
     const int lw = cc / 16;
     const __m128i deint = lw == 8 ? _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15)
                                   : _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
@@ -123,7 +123,7 @@ static void prepare_avx2(int8_t *q, float *dl, const float *xr, int K, int nc, i
                 if (lw >= 8) a[h] = _mm256_max_ps(a[h], _mm256_permute2f128_ps(a[h], a[h], 1));
             }
             if (lw == 16) a[0] = a[1] = _mm256_max_ps(a[0], a[1]);
-            __m256i q1[2], q2[2];
+            __m256i q1[2], q2[2], q3[2];
             for (int h = 0; h < 2; h++) {
                 __m256 d = _mm256_div_ps(a[h], c127);
                 d = _mm256_blendv_ps(d, _mm256_set1_ps(NAN), _mm256_cmp_ps(a[h], inf, _CMP_EQ_OQ));
@@ -134,6 +134,12 @@ static void prepare_avx2(int8_t *q, float *dl, const float *xr, int K, int nc, i
                 __m256 r2 = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(v, r1), _mm256_set1_ps(256.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
                 r2 = _mm256_min_ps(_mm256_max_ps(r2, m127), c127);
                 q1[h] = _mm256_cvtps_epi32(r1), q2[h] = _mm256_cvtps_epi32(r2);
+                if (nd == 3) { /* (v - q1) * 256 - q2 is exact in f32: the third digit's remainder */
+                    __m256 r = _mm256_sub_ps(_mm256_mul_ps(_mm256_sub_ps(v, r1), _mm256_set1_ps(256.0f)), r2);
+                    __m256 r3 = _mm256_round_ps(_mm256_mul_ps(r, _mm256_set1_ps(256.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                    q3[h] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r3, m127), c127));
+                } else
+                    q3[h] = _mm256_setzero_si256();
                 /* d / 256 of each lane in these 8 columns */
                 float dd[8] __attribute__((aligned(32)));
                 _mm256_store_ps(dd, _mm256_mul_ps(d, _mm256_set1_ps(1.0f / 256.0f)));
@@ -144,21 +150,22 @@ static void prepare_avx2(int8_t *q, float *dl, const float *xr, int K, int nc, i
             /* 16 int32 codes -> 16 bytes in column order */
             __m256i w1 = _mm256_permutevar8x32_epi32(_mm256_packs_epi32(q1[0], q1[1]), perm);
             __m256i w2 = _mm256_permutevar8x32_epi32(_mm256_packs_epi32(q2[0], q2[1]), perm);
-            __m128i b1 = _mm_packs_epi16(_mm256_castsi256_si128(w1), _mm256_extracti128_si256(w1, 1));
-            __m128i b2 = _mm_packs_epi16(_mm256_castsi256_si128(w2), _mm256_extracti128_si256(w2, 1));
-            int8_t *d1 = q + (size_t)c * cc * 2, *d2 = d1 + cc;
-            if (lw == 4) { /* 8 bits, 3/5/6: natural order */
-                _mm_storeu_si128((__m128i *)(d1 + j), b1);
-                _mm_storeu_si128((__m128i *)(d2 + j), b2);
-            } else if (lw == 8) { /* 4 bits: even columns at j/2, odd at 64 + j/2 */
-                b1 = _mm_shuffle_epi8(b1, deint), b2 = _mm_shuffle_epi8(b2, deint);
-                _mm_storel_epi64((__m128i *)(d1 + j / 2), b1), _mm_storel_epi64((__m128i *)(d1 + 64 + j / 2), _mm_unpackhi_epi64(b1, b1));
-                _mm_storel_epi64((__m128i *)(d2 + j / 2), b2), _mm_storel_epi64((__m128i *)(d2 + 64 + j / 2), _mm_unpackhi_epi64(b2, b2));
-            } else { /* 2 bits: plane k (columns = k mod 4) at 64 k + j/4 */
-                int32_t p1[4], p2[4];
-                _mm_storeu_si128((__m128i *)p1, _mm_shuffle_epi8(b1, deint));
-                _mm_storeu_si128((__m128i *)p2, _mm_shuffle_epi8(b2, deint));
-                for (int k = 0; k < 4; k++) memcpy(d1 + 64 * k + j / 4, p1 + k, 4), memcpy(d2 + 64 * k + j / 4, p2 + k, 4);
+            __m256i w3 = _mm256_permutevar8x32_epi32(_mm256_packs_epi32(q3[0], q3[1]), perm);
+            __m128i b[3] = {_mm_packs_epi16(_mm256_castsi256_si128(w1), _mm256_extracti128_si256(w1, 1)),
+                            _mm_packs_epi16(_mm256_castsi256_si128(w2), _mm256_extracti128_si256(w2, 1)),
+                            _mm_packs_epi16(_mm256_castsi256_si128(w3), _mm256_extracti128_si256(w3, 1))};
+            for (int e = 0; e < nd; e++) { /* digit e of the chunk at cc * e */
+                int8_t *de = q + (size_t)c * cc * nd + (size_t)e * cc;
+                if (lw == 4) /* 8 bits, 3/5/6: natural order */
+                    _mm_storeu_si128((__m128i *)(de + j), b[e]);
+                else if (lw == 8) { /* 4 bits: even columns at j/2, odd at 64 + j/2 */
+                    __m128i s = _mm_shuffle_epi8(b[e], deint);
+                    _mm_storel_epi64((__m128i *)(de + j / 2), s), _mm_storel_epi64((__m128i *)(de + 64 + j / 2), _mm_unpackhi_epi64(s, s));
+                } else { /* 2 bits: plane k (columns = k mod 4) at 64 k + j/4 */
+                    int32_t pl[4];
+                    _mm_storeu_si128((__m128i *)pl, _mm_shuffle_epi8(b[e], deint));
+                    for (int k = 0; k < 4; k++) memcpy(de + 64 * k + j / 4, pl + k, 4);
+                }
             }
         }
 }
@@ -217,7 +224,7 @@ void av_qx_prepare_digits(av_qx *qx, void *buf, const float *x, int T, const av_
             quantize_chunk(qx->q + (size_t)t * nc * cc * nd + (size_t)c * cc * nd, qx->dl + (size_t)t * nc * 16 + (size_t)c * 16, xr, K,
                            c, cc, bits, nd);
 #elif defined(QK_AVX2)
-        prepare_avx2(qx->q + (size_t)t * nc * cc * 2, qx->dl + (size_t)t * nc * 16, xr, K, nc, cc);
+        prepare_avx2(qx->q + (size_t)t * nc * cc * nd, qx->dl + (size_t)t * nc * 16, xr, K, nc, cc, nd);
 #endif
     }
 }
@@ -473,7 +480,7 @@ static inline void a_unpack64(uint8_t *ub, const uint8_t *p, int bits, __m256i c
 
 static inline __attribute__((always_inline)) void avx2_row(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n, int t0,
                                                            const int T, const int kind, const __m256i (*idx)[2], const __m256 (*hi8)[2],
-                                                           const int (*gh)[2], const int uni) {
+                                                           const int (*gh)[2], const int uni, const int ND) {
     const int cc = kind == A4 ? 128 : kind == A2 ? 256 : 64, P = kind == A4 ? 2 : kind == A2 ? 4 : 1;
     const int K = qx->K, bits = qx->bits, G = qx->group, nc = qx->nc, ng = K / G, cps = 16 * G / cc, cb = cc * bits / 8;
     const size_t rowbytes = (size_t)K * bits / 8, s0 = (size_t)n * ng;
@@ -486,7 +493,7 @@ static inline __attribute__((always_inline)) void avx2_row(float *out, size_t ld
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++) {
         acc[t] = _mm256_setzero_ps();
-        xq[t] = qx->q + (size_t)(t0 + t) * nc * cc * 2;
+        xq[t] = qx->q + (size_t)(t0 + t) * nc * cc * ND;
         dl[t] = qx->dl + (size_t)(t0 + t) * nc * 16;
     }
     uint8_t ub[64] __attribute__((aligned(32)));
@@ -551,23 +558,23 @@ static inline __attribute__((always_inline)) void avx2_row(float *out, size_t ld
                 }
 #pragma GCC unroll 4
                 for (int t = 0; t < T; t++) {
-                    const int8_t *xc = xq[t] + (size_t)c * cc * 2 + 32 * h;
-                    __m256i s1, s2;
-                    if (kind == A8) {
-                        s1 = _mm256_maddubs_epi16(p[0], _mm256_sign_epi8(_mm256_load_si256((const __m256i *)xc), p[1]));
-                        s2 = _mm256_maddubs_epi16(p[0], _mm256_sign_epi8(_mm256_load_si256((const __m256i *)(xc + cc)), p[1]));
-                    } else {
-                        /* plane k against x plane k, summed in s16 */
-                        s1 = a_mul(p[0], xc), s2 = a_mul(p[0], xc + cc);
+                    const int8_t *xc = xq[t] + (size_t)c * cc * ND + 32 * h;
+                    __m256i s[3];
+#pragma GCC unroll 3
+                    for (int e = 0; e < ND; e++) { /* digit e: the codes against x's digit e, in s16 */
+                        const int8_t *xe = xc + (size_t)e * cc;
+                        if (kind == A8) s[e] = _mm256_maddubs_epi16(p[0], _mm256_sign_epi8(_mm256_load_si256((const __m256i *)xe), p[1]));
+                        else {
+                            s[e] = a_mul(p[0], xe); /* plane k against x plane k */
 #pragma GCC unroll 4
-                        for (int k = 1; k < P; k++) {
-                            s1 = _mm256_add_epi16(s1, a_mul(p[k], xc + 64 * k));
-                            s2 = _mm256_add_epi16(s2, a_mul(p[k], xc + 64 * k + cc));
+                            for (int k = 1; k < P; k++) s[e] = _mm256_add_epi16(s[e], a_mul(p[k], xe + 64 * k));
                         }
                     }
-                    __m256i ia = _mm256_add_epi32(_mm256_madd_epi16(s1, c256), _mm256_madd_epi16(s2, one));
+                    __m256 fa = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_madd_epi16(s[0], c256), _mm256_madd_epi16(s[1], one)));
+                    if (ND == 3) /* q . q3 in 1/256ths of the unit of fa (in f32: (q.q1) * 65536 can pass 2^31) */
+                        fa = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s[2], one)), _mm256_set1_ps(1.0f / 256.0f), fa);
                     __m256 sd = _mm256_mul_ps(sw, _mm256_loadu_ps(dl[t] + (size_t)c * 16 + 8 * h));
-                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), sd, acc[t]);
+                    acc[t] = _mm256_fmadd_ps(fa, sd, acc[t]);
                 }
             }
         }
@@ -581,6 +588,19 @@ static inline __attribute__((always_inline)) void avx2_row(float *out, size_t ld
     }
 }
 
+
+/* The kernels of one digit count and scale form (constants inside: the always-inline avx2_row specialises;
+ * three digits, the prompt rows, test the scale form at run time instead of doubling that code) */
+static inline __attribute__((always_inline)) void avx2_rows_nd(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n0, int n1,
+                                                               int bits, const __m256i (*idx)[2], const __m256 (*hi8)[2],
+                                                               const int (*gh)[2], const int uni, const int ND) {
+#define AVX2_ROW(o, l, q, w, n, t0, T, kind, ...) avx2_row(o, l, q, w, n, t0, T, kind, __VA_ARGS__, ND)
+    if (bits == 8) { QK_ROWS(AVX2_ROW, A8, idx, hi8, gh, uni) }
+    else if (bits == 4) { QK_ROWS(AVX2_ROW, A4, idx, hi8, gh, uni) }
+    else if (bits == 2) { QK_ROWS(AVX2_ROW, A2, idx, hi8, gh, uni) }
+    else { QK_ROWS(AVX2_ROW, AS, idx, hi8, gh, uni) }
+#undef AVX2_ROW
+}
 
 void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, int n0, int n1) {
     int bits = qx->bits, G = qx->group, cc = qx->cc, cps = 16 * G / cc;
@@ -598,15 +618,10 @@ void av_qmatmul_rows(float *out, size_t ldo, const av_qx *qx, const av_mat *W, i
             gh[j][h] = g[0];
         }
     /* a half-chunk (8 lanes, cc/2 columns) within one group: one broadcast scale (4 bits g >= 64, 8 bits g >= 32, ...) */
-    if (G >= cc / 2) {
-        if (bits == 8) { QK_ROWS(avx2_row, A8, idx, hi8, gh, 1) }
-        else if (bits == 4) { QK_ROWS(avx2_row, A4, idx, hi8, gh, 1) }
-        else if (bits == 2) { QK_ROWS(avx2_row, A2, idx, hi8, gh, 1) }
-        else { QK_ROWS(avx2_row, AS, idx, hi8, gh, 1) }
-    } else if (bits == 8) { QK_ROWS(avx2_row, A8, idx, hi8, gh, 0) }
-    else if (bits == 4) { QK_ROWS(avx2_row, A4, idx, hi8, gh, 0) }
-    else if (bits == 2) { QK_ROWS(avx2_row, A2, idx, hi8, gh, 0) }
-    else { QK_ROWS(avx2_row, AS, idx, hi8, gh, 0) }
+    int uni = G >= cc / 2;
+    if (qx->nd == 3) avx2_rows_nd(out, ldo, qx, W, n0, n1, bits, idx, hi8, gh, uni, 3);
+    else if (uni) avx2_rows_nd(out, ldo, qx, W, n0, n1, bits, idx, hi8, gh, 1, 2);
+    else avx2_rows_nd(out, ldo, qx, W, n0, n1, bits, idx, hi8, gh, 0, 2);
 }
 
 #else

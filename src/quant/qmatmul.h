@@ -9,7 +9,8 @@
  *     <= d/256 (one digit alone, as llama.cpp's Q8 activations: d/2, ~0.4% of a product; two:
  *     ~1e-5, for ~5-10% more time at T = 1; a third digit q3/65536 for prompt rows: ~6e-8, f32's rounding).
  *     AVX512_VBMI unpacks 3/5/6 bits (vpermb + vpmultishiftqb).
- *   AVX2: codes widened to f32 in registers, FMA against the f32 x (exact up to f32 rounding).
+ *   AVX2: the same digits and lanes, vpdpbusd done as vpmaddubsw + vpmaddwd on 32-byte halves
+ *     (8-bit codes as q - 128 through vpsignb, the 128 folded into the bias).
  *   portable C: av_quant_dot_row per row.
  * tests/test_qmatmul.c states the bound; the weight codes themselves lose far more (4 bits: ~10%,
  * 8 bits: ~0.6% of a product). */
@@ -24,9 +25,9 @@ typedef struct {
     const float *x;   /* [T, K] the f32 rows */
     int T, K, bits, group;
     int nc, cc;       /* chunks per row, columns per chunk (VNNI layout) */
-    int nd;           /* int8 digits of x: 2, or 3 (VNNI only: error ~d/2^17, at f32's rounding) */
+    int nd;           /* int8 digits of x: 2, or 3 (VNNI and AVX2: error ~d/2^17, at f32's rounding) */
     int8_t *q;        /* [T, nc, nd, cc] x digits q1, q2 (, q3) per chunk in the byte order of the packed weights */
-    float *dl;        /* [T, nc, 16] d/256 of each vpdpbusd lane (VNNI) */
+    float *dl;        /* [T, nc, 16] d/256 of each vpdpbusd lane */
     float *xs;        /* [T, ngp] sum of x over each weight group (ngp = groups rounded up to 16, zeros past) */
     int ngp;
 } av_qx;
@@ -35,7 +36,7 @@ typedef struct {
 size_t av_qx_size(int T, const av_mat *W);
 /* Prepares x[T, W->cols] for products with W into buf (av_qx_size bytes, 64-byte aligned): two digits. */
 void av_qx_prepare(av_qx *qx, void *buf, const float *x, int T, const av_mat *W);
-/* The most digits this build's kernel takes (3 with VNNI, else 2), and the _digits forms of the two
+/* The most digits this build's kernel takes (3 with VNNI or AVX2, else 2), and the _digits forms of the two
  * calls above (nd above the maximum is clamped to it). Prompt rows take 3: their products match the
  * f32 panel path to f32 rounding; decode keeps 2, ~5-10% faster (bench/NOTES-cpu-quant.md). */
 int av_qx_max_digits(void);
