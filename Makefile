@@ -41,6 +41,8 @@ TEST_BIN += $(BUILD)/tests/test_qmatmul_avx2 $(BUILD)/tests/test_qmatmul_portabl
 TEST_BIN += $(BUILD)/tests/bench_check
 # the CPU flash attention test again with flash.c's AVX2 and portable tile products compiled in
 TEST_BIN += $(BUILD)/tests/test_flash_cpu_avx2 $(BUILD)/tests/test_flash_cpu_portable
+# the prefill GEMM's test again with its AVX2 kernel, and with none (it must decline)
+TEST_BIN += $(BUILD)/tests/test_gemm_avx2 $(BUILD)/tests/test_gemm_portable
 
 ifeq ($(CUDA),1)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell readlink -f $$(command -v $(NVCC))))
@@ -98,6 +100,10 @@ $(BUILD)/tests/test_flash_cpu_avx2: tests/test_flash_cpu.c src/attention/flash.c
 	$(CC) $(CFLAGS) -mno-avx512f -DFLASH_TEST_PORTABLE $(LDFLAGS) -o $@ tests/test_flash_cpu.c src/attention/flash.c $(BUILD)/libanvil.a $(LDLIBS)
 $(BUILD)/tests/test_flash_cpu_portable: tests/test_flash_cpu.c src/attention/flash.c $(BUILD)/libanvil.a $(wildcard tests/*.h)
 	$(CC) $(CFLAGS) -mno-avx512f -mno-avx2 -DFLASH_TEST_PORTABLE $(LDFLAGS) -o $@ tests/test_flash_cpu.c src/attention/flash.c $(BUILD)/libanvil.a $(LDLIBS)
+$(BUILD)/tests/test_gemm_avx2: tests/test_gemm.c src/ops/gemm.c $(BUILD)/libanvil.a $(wildcard tests/*.h)
+	$(CC) $(CFLAGS) -mno-avx512f $(LDFLAGS) -o $@ $< $(BUILD)/libanvil.a $(LDLIBS)
+$(BUILD)/tests/test_gemm_portable: tests/test_gemm.c src/ops/gemm.c $(BUILD)/libanvil.a $(wildcard tests/*.h)
+	$(CC) $(CFLAGS) -mno-avx2 $(LDFLAGS) -o $@ $< $(BUILD)/libanvil.a $(LDLIBS)
 
 # `make test`: set up dependencies, build, run every test (C unit tests + CLI shell tests).
 test: setup

@@ -1,7 +1,8 @@
-/* Prefill GEMM out[T, N] = x[T, K] W^T for bf16/f16/f32 or quantized weights (AVX-512). x is transposed once into
- * 32-row blocks xt[T/32][K][32] shared by all threads; each thread converts (or dequantizes) panels of weight rows to
- * f32 (row stride padded so the 12 rows of a micro-panel fall in different cache sets) and runs a
- * 12x32 register-tile kernel (12 weight rows broadcast x 32 token rows in 2 zmm, 24 accumulators),
+/* Prefill GEMM out[T, N] = x[T, K] W^T for bf16/f16/f32 or quantized weights (AVX-512 or AVX2 + FMA). x is
+ * transposed once into NT-row blocks xt[T/NT][K][NT] shared by all threads; each thread converts (or dequantizes)
+ * panels of weight rows to f32 (row stride padded so the MR rows of a micro-panel fall in different cache sets)
+ * and runs an MR x NT register-tile kernel (MR weight rows broadcast x NT token rows in 2 vectors, 2 MR
+ * accumulators): AVX-512 12 x 32 (24 zmm accumulators), AVX2 6 x 16 (12 of the 16 ymm),
  * blocked over K so the xt slab stays in L2 and the weight micro-panel in L1. */
 #include "ops/gemm.h"
 #include "ops/simd.h"
@@ -10,13 +11,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #if defined(__AVX512F__)
-#ifndef MR
 #define MR 12     /* weight rows per micro-tile */
-#endif
 #define NT 32     /* token rows per micro-tile (2 zmm) */
-#ifndef KC
-#define KC 256    /* K block */
+#define KC 256    /* K block: the xt slab (Tp x KC) in L2 */
+#else
+#define MR 6
+#define NT 16     /* 2 ymm */
+#define KC 128    /* L2 of 512 KB (Zen 2/3): half of it for the slab at T 512 */
 #endif
 #define NP (8 * MR) /* most weight rows per thread panel */
 
@@ -34,8 +37,9 @@ static void *buf_bytes(buf_t *b, size_t bytes) {
 }
 static float *buf_get(buf_t *b, size_t floats) { return buf_bytes(b, floats * sizeof(float)); }
 
-/* acc[MR][lda] (+)= W[MR rows, ldw][k0..k0+kc) . xt[kc][32] */
-static inline void kernel_12x32(float *acc, int lda, const float *w, int ldw, const float *xt, int kc, int first) {
+/* acc[MR][lda] (+)= W[MR rows, ldw][k0..k0+kc) . xt[kc][NT] */
+#if defined(__AVX512F__)
+static inline void kernel_tile(float *acc, int lda, const float *w, int ldw, const float *xt, int kc, int first) {
     __m512 c[MR][2];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; r++) c[r][0] = c[r][1] = _mm512_setzero_ps();
@@ -59,6 +63,32 @@ static inline void kernel_12x32(float *acc, int lda, const float *w, int ldw, co
         _mm512_store_ps(a + 16, c[r][1]);
     }
 }
+#else
+static inline void kernel_tile(float *acc, int lda, const float *w, int ldw, const float *xt, int kc, int first) {
+    __m256 c[MR][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) c[r][0] = c[r][1] = _mm256_setzero_ps();
+    for (int k = 0; k < kc; k++) {
+        __m256 x0 = _mm256_load_ps(xt + (size_t)k * NT), x1 = _mm256_load_ps(xt + (size_t)k * NT + 8);
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; r++) {
+            __m256 b = _mm256_broadcast_ss(w + (size_t)r * ldw + k);
+            c[r][0] = _mm256_fmadd_ps(b, x0, c[r][0]);
+            c[r][1] = _mm256_fmadd_ps(b, x1, c[r][1]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) {
+        float *a = acc + (size_t)r * lda;
+        if (!first) {
+            c[r][0] = _mm256_add_ps(c[r][0], _mm256_load_ps(a));
+            c[r][1] = _mm256_add_ps(c[r][1], _mm256_load_ps(a + 8));
+        }
+        _mm256_store_ps(a, c[r][0]);
+        _mm256_store_ps(a + 8, c[r][1]);
+    }
+}
+#endif
 
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
@@ -473,7 +503,7 @@ int av_gemm_wt(float *out, const float *x, const av_mat *W, int T) {
                 int kc = K - k0 < KC ? K - k0 : KC;
                 for (int m = 0; m < nmr; m += MR)
                     for (int tb = 0; tb < TB; tb++)
-                        kernel_12x32(acc + (size_t)m * Tp + tb * NT, Tp, wp + (size_t)m * ldw + k0, ldw,
+                        kernel_tile(acc + (size_t)m * Tp + tb * NT, Tp, wp + (size_t)m * ldw + k0, ldw,
                                      xt + ((size_t)tb * K + k0) * NT, kc, k0 == 0);
             }
             for (int t = 0; t < T; t++) {
@@ -484,7 +514,7 @@ int av_gemm_wt(float *out, const float *x, const av_mat *W, int T) {
     }
     return !fail;
 }
-#else
+#else /* neither AVX-512 nor AVX2 + FMA: callers take their BLAS or row paths */
 int av_gemm_wt(float *out, const float *x, const av_mat *W, int T) {
     (void)out; (void)x; (void)W; (void)T;
     return 0;

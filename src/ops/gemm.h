@@ -1,5 +1,5 @@
 /* Prefill GEMM for 16-bit/f32 or quantized weights without BLAS packing overheads: out[T, N] = x[T, K] W^T.
- * AVX-512 only; returns 0 when it cannot run (no AVX-512, out of memory) so callers fall back. */
+ * AVX-512 or AVX2 + FMA; returns 0 when it cannot run (neither, out of memory) so callers fall back. */
 #ifndef AV_GEMM_H
 #define AV_GEMM_H
 #include "ops/ops.h"
